@@ -1,0 +1,4 @@
+//! stub
+pub mod rpc {
+    tonic::include_proto!("rpc");
+}
