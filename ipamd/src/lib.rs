@@ -1,4 +1,24 @@
-//! stub
+//! `ipamd`, the node daemon of the Rust AWS VPC CNI: it owns the node's pool of VPC addresses
+//! (the secondary IPs of the instance's ENIs), brings up secondary ENIs, hands addresses to the
+//! `aws-cni` plugin over gRPC on a Unix socket, checkpoints every assignment, and writes the CNI
+//! conflist once it is ready.
+
+pub mod checkpoint;
+pub mod cloud;
+pub mod config;
+// pub mod conflist;
+// pub mod daemon;
+pub mod datastore;
+pub mod fsutil;
+// pub mod host_network;
+// pub mod logging;
+pub mod mac;
+// pub mod pool;
+// pub mod server;
+// pub mod state;
+
+/// The gRPC contract with the plugin (`proto/rpc.proto`), server and client.
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
 pub mod rpc {
     tonic::include_proto!("rpc");
 }

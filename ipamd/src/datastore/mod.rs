@@ -1,0 +1,844 @@
+//! The node's address book: ENIs → secondary /32 addresses → assignments keyed by
+//! (network name, container ID, ifname).
+//!
+//! Every operation is O(log n) or amortized O(1); nothing scans all addresses:
+//! - each ENI keeps an ordered set of its free addresses, and the store keeps the set of ENIs that
+//!   have any, so an assignment takes the lowest free address of the lowest-numbered ENI. Pods
+//!   pack onto the primary ENI first, which later lets emptied secondary ENIs be released (the
+//!   reference picks at random and spreads pods, issue #2203);
+//! - released addresses enter one FIFO cooling queue (all share one cooldown, so the queue is
+//!   ordered by expiry) and move back to their ENI's free set when `IP_COOLDOWN_PERIOD` has passed.
+//!   Cooling addresses are never assignable and are reported separately (the reference counts them
+//!   as available, issue #2896).
+
+mod clock;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::Ipv4Net;
+use thiserror::Error;
+
+pub use self::clock::{Clock, ManualClock, SystemClock};
+
+/// Route table of the primary ENI's addresses (main).
+pub const MAIN_TABLE: u32 = 254;
+
+/// The host route table of an ENI: main for device 0, `device + 1` otherwise (the reference's
+/// `CalculateRouteTableId` for network card 0).
+pub fn route_table_for_device(device_number: u32) -> u32 {
+    if device_number == 0 {
+        MAIN_TABLE
+    } else {
+        device_number + 1
+    }
+}
+
+/// The CNI primary key of an attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpamKey {
+    /// CNI network name (the conflist's `name`).
+    pub network_name: String,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub if_name: String,
+}
+
+impl fmt::Display for IpamKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.network_name, self.container_id, self.if_name)
+    }
+}
+
+/// What is known about the pod behind an assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodMetadata {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Number of interfaces the pod has (1 for a regular pod).
+    pub interfaces_count: u32,
+}
+
+/// An ENI as the datastore needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EniSpec {
+    /// `eni-…`.
+    pub id: String,
+    /// Device number (0 = primary ENI).
+    pub device_number: u32,
+    /// The ENI's own address (never assigned to pods).
+    pub primary_ip: Ipv4Addr,
+    /// Its subnet.
+    pub subnet: Ipv4Net,
+}
+
+/// A pod's address and where it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// Who has it.
+    pub key: IpamKey,
+    /// About the pod.
+    pub metadata: PodMetadata,
+    /// When it was assigned.
+    pub assigned_at: SystemTime,
+    /// The ENI it belongs to.
+    pub eni_id: String,
+    /// That ENI's device number.
+    pub device_number: u32,
+    /// That ENI's host route table.
+    pub route_table: u32,
+}
+
+/// Counts for PoolStatus and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// ENIs in the store.
+    pub enis: usize,
+    /// Secondary addresses in the store.
+    pub total: usize,
+    /// Addresses assigned to pods.
+    pub assigned: usize,
+    /// Released addresses still cooling down.
+    pub cooling: usize,
+    /// Addresses an assignment could take now.
+    pub assignable: usize,
+}
+
+/// Errors changing the set of ENIs and addresses.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DatastoreError {
+    /// An ENI with this id or device number is already known.
+    #[error("ENI {id} (device {device_number}) is already in the datastore")]
+    DuplicateEni {
+        /// ENI id.
+        id: String,
+        /// Device number.
+        device_number: u32,
+    },
+    /// The ENI is not known.
+    #[error("ENI {id} is not in the datastore")]
+    UnknownEni {
+        /// ENI id.
+        id: String,
+    },
+    /// The ENI still has pods.
+    #[error("ENI {id} still has {assigned} assigned IPs")]
+    EniInUse {
+        /// ENI id.
+        id: String,
+        /// How many.
+        assigned: usize,
+    },
+    /// The address is already known.
+    #[error("IP {ip} is already in the datastore (ENI {eni})")]
+    DuplicateIp {
+        /// The address.
+        ip: Ipv4Addr,
+        /// Its ENI.
+        eni: String,
+    },
+    /// The address is an ENI's primary address.
+    #[error("IP {ip} is the primary address of ENI {eni} and is never given to pods")]
+    PrimaryIp {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The ENI.
+        eni: String,
+    },
+    /// The address is outside the ENI's subnet.
+    #[error("IP {ip} is outside subnet {subnet} of ENI {eni}")]
+    OutsideSubnet {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The ENI.
+        eni: String,
+        /// Its subnet.
+        subnet: Ipv4Net,
+    },
+    /// The address is not known.
+    #[error("IP {ip} is not in the datastore")]
+    UnknownIp {
+        /// The address.
+        ip: Ipv4Addr,
+    },
+    /// The address is assigned.
+    #[error("IP {ip} is assigned to {key}")]
+    IpAssigned {
+        /// The address.
+        ip: Ipv4Addr,
+        /// Its holder.
+        key: IpamKey,
+    },
+    /// The key already holds another address (restore).
+    #[error("{key} already holds IP {ip}")]
+    KeyAssigned {
+        /// The key.
+        key: IpamKey,
+        /// The address it holds.
+        ip: Ipv4Addr,
+    },
+}
+
+/// No address can be assigned; the message says why, with numbers.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("{message}")]
+pub struct NoAssignableIp {
+    /// The user-facing explanation.
+    pub message: String,
+    /// The counts at the time.
+    pub stats: Stats,
+}
+
+/// The result of [`Datastore::release`], needed to undo it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// What was released.
+    pub assignment: Assignment,
+}
+
+#[derive(Debug, Clone)]
+struct AssignedInfo {
+    key: IpamKey,
+    metadata: PodMetadata,
+    assigned_at: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+enum AddrState {
+    Free,
+    Assigned(Box<AssignedInfo>),
+    Cooling { seq: u64 },
+}
+
+#[derive(Debug, Clone)]
+struct Addr {
+    device: u32,
+    state: AddrState,
+}
+
+#[derive(Debug, Clone)]
+struct Eni {
+    spec: EniSpec,
+    members: BTreeSet<Ipv4Addr>,
+    free: BTreeSet<Ipv4Addr>,
+    total: usize,
+    assigned: usize,
+    cooling: usize,
+}
+
+/// A view of one ENI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EniView {
+    /// The ENI.
+    pub spec: EniSpec,
+    /// Its secondary addresses.
+    pub total: usize,
+    /// Assigned ones.
+    pub assigned: usize,
+    /// Cooling ones.
+    pub cooling: usize,
+}
+
+/// The address book. Not internally synchronized: the owner wraps it in a lock.
+#[derive(Debug)]
+pub struct Datastore {
+    enis: BTreeMap<u32, Eni>,
+    eni_devices: HashMap<String, u32>,
+    addrs: HashMap<Ipv4Addr, Addr>,
+    by_key: HashMap<IpamKey, Ipv4Addr>,
+    cooling_queue: VecDeque<(Instant, u64, Ipv4Addr)>,
+    with_free: BTreeSet<u32>,
+    seq: u64,
+    total: usize,
+    assigned: usize,
+    cooling: usize,
+    cooldown: Duration,
+    clock: Arc<dyn Clock>,
+    capacity_note: String,
+}
+
+/// The explanation appended to exhaustion messages in instance-metadata-only mode, where the
+/// instance's ENI and IP limits are not known and ipamd cannot add addresses.
+pub const IMDS_ONLY_CAPACITY_NOTE: &str = "in instance-metadata-only mode the pool is limited to the secondary IPs that instance metadata lists (the instance's ENI x IP limit is not known and ipamd adds no ENIs or IPs); assign more secondary IPs to the node's ENIs to grow it";
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn secs_ceil(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl Datastore {
+    /// An empty store whose released addresses cool down for `cooldown`. `capacity_note` ends
+    /// every exhaustion message (what limits the pool, and how to grow it).
+    pub fn new(cooldown: Duration, clock: Arc<dyn Clock>, capacity_note: impl Into<String>) -> Self {
+        Self {
+            enis: BTreeMap::new(),
+            eni_devices: HashMap::new(),
+            addrs: HashMap::new(),
+            by_key: HashMap::new(),
+            cooling_queue: VecDeque::new(),
+            with_free: BTreeSet::new(),
+            seq: 0,
+            total: 0,
+            assigned: 0,
+            cooling: 0,
+            cooldown,
+            clock,
+            capacity_note: capacity_note.into(),
+        }
+    }
+
+    /// The configured cooldown.
+    pub fn cooldown(&self) -> Duration {
+        self.cooldown
+    }
+
+    /// Adds an ENI with no addresses.
+    ///
+    /// # Errors
+    /// [`DatastoreError::DuplicateEni`] when its id or device number is known.
+    pub fn add_eni(&mut self, spec: EniSpec) -> Result<(), DatastoreError> {
+        if self.eni_devices.contains_key(&spec.id) || self.enis.contains_key(&spec.device_number) {
+            return Err(DatastoreError::DuplicateEni {
+                id: spec.id,
+                device_number: spec.device_number,
+            });
+        }
+        self.eni_devices.insert(spec.id.clone(), spec.device_number);
+        self.enis.insert(
+            spec.device_number,
+            Eni {
+                spec,
+                members: BTreeSet::new(),
+                free: BTreeSet::new(),
+                total: 0,
+                assigned: 0,
+                cooling: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes an ENI and its addresses; refused while any address is assigned.
+    ///
+    /// # Errors
+    /// Unknown ENI, or ENI in use.
+    pub fn remove_eni(&mut self, id: &str) -> Result<EniView, DatastoreError> {
+        let device = self.device_of(id)?;
+        let eni = self
+            .enis
+            .get(&device)
+            .ok_or_else(|| DatastoreError::UnknownEni { id: id.to_owned() })?;
+        if eni.assigned > 0 {
+            return Err(DatastoreError::EniInUse {
+                id: id.to_owned(),
+                assigned: eni.assigned,
+            });
+        }
+        let ips: Vec<Ipv4Addr> = eni.members.iter().copied().collect();
+        for ip in ips {
+            self.remove_ip(ip)?;
+        }
+        self.eni_devices.remove(id);
+        self.with_free.remove(&device);
+        let eni = self
+            .enis
+            .remove(&device)
+            .ok_or_else(|| DatastoreError::UnknownEni { id: id.to_owned() })?;
+        Ok(EniView {
+            spec: eni.spec,
+            total: 0,
+            assigned: 0,
+            cooling: 0,
+        })
+    }
+
+    fn device_of(&self, id: &str) -> Result<u32, DatastoreError> {
+        self.eni_devices
+            .get(id)
+            .copied()
+            .ok_or_else(|| DatastoreError::UnknownEni { id: id.to_owned() })
+    }
+
+    /// Adds a free secondary address to an ENI.
+    ///
+    /// # Errors
+    /// Unknown ENI, address already known, the ENI's primary address, or outside its subnet.
+    pub fn add_ip(&mut self, eni_id: &str, ip: Ipv4Addr) -> Result<(), DatastoreError> {
+        let device = self.device_of(eni_id)?;
+        if let Some(existing) = self.addrs.get(&ip) {
+            let eni = self
+                .enis
+                .get(&existing.device)
+                .map(|e| e.spec.id.clone())
+                .unwrap_or_default();
+            return Err(DatastoreError::DuplicateIp { ip, eni });
+        }
+        let eni = self
+            .enis
+            .get_mut(&device)
+            .ok_or_else(|| DatastoreError::UnknownEni { id: eni_id.to_owned() })?;
+        if ip == eni.spec.primary_ip {
+            return Err(DatastoreError::PrimaryIp {
+                ip,
+                eni: eni_id.to_owned(),
+            });
+        }
+        if !eni.spec.subnet.contains(&ip) {
+            return Err(DatastoreError::OutsideSubnet {
+                ip,
+                eni: eni_id.to_owned(),
+                subnet: eni.spec.subnet,
+            });
+        }
+        eni.free.insert(ip);
+        eni.members.insert(ip);
+        eni.total += 1;
+        self.with_free.insert(device);
+        self.addrs.insert(
+            ip,
+            Addr {
+                device,
+                state: AddrState::Free,
+            },
+        );
+        self.total += 1;
+        Ok(())
+    }
+
+    /// Removes a free or cooling address (it left the ENI). Assigned addresses are never removed.
+    ///
+    /// # Errors
+    /// Unknown or assigned address.
+    pub fn remove_ip(&mut self, ip: Ipv4Addr) -> Result<(), DatastoreError> {
+        let addr = self.addrs.get(&ip).ok_or(DatastoreError::UnknownIp { ip })?;
+        if let AddrState::Assigned(info) = &addr.state {
+            return Err(DatastoreError::IpAssigned {
+                ip,
+                key: info.key.clone(),
+            });
+        }
+        let device = addr.device;
+        let was_cooling = matches!(addr.state, AddrState::Cooling { .. });
+        self.addrs.remove(&ip);
+        self.total -= 1;
+        if let Some(eni) = self.enis.get_mut(&device) {
+            eni.total -= 1;
+            eni.members.remove(&ip);
+            if was_cooling {
+                eni.cooling -= 1;
+            } else {
+                eni.free.remove(&ip);
+                if eni.free.is_empty() {
+                    self.with_free.remove(&device);
+                }
+            }
+        }
+        if was_cooling {
+            // Its queue entry goes stale and is skipped when it reaches the front.
+            self.cooling -= 1;
+        }
+        Ok(())
+    }
+
+    /// Moves addresses whose cooldown has passed back to their ENI's free set.
+    fn expire_cooldowns(&mut self) {
+        let now = self.clock.now();
+        while let Some(&(released_at, seq, ip)) = self.cooling_queue.front() {
+            if now.saturating_duration_since(released_at) < self.cooldown {
+                break;
+            }
+            self.cooling_queue.pop_front();
+            let Some(addr) = self.addrs.get_mut(&ip) else {
+                continue;
+            };
+            if !matches!(addr.state, AddrState::Cooling { seq: s } if s == seq) {
+                continue;
+            }
+            addr.state = AddrState::Free;
+            let device = addr.device;
+            self.cooling -= 1;
+            if let Some(eni) = self.enis.get_mut(&device) {
+                eni.cooling -= 1;
+                eni.free.insert(ip);
+                self.with_free.insert(device);
+            }
+        }
+    }
+
+    fn assignment(&self, ip: Ipv4Addr, device: u32, info: &AssignedInfo) -> Assignment {
+        let eni_id = self
+            .enis
+            .get(&device)
+            .map(|e| e.spec.id.clone())
+            .unwrap_or_default();
+        Assignment {
+            ip,
+            key: info.key.clone(),
+            metadata: info.metadata.clone(),
+            assigned_at: info.assigned_at,
+            eni_id,
+            device_number: device,
+            route_table: route_table_for_device(device),
+        }
+    }
+
+    /// The assignment of `key`, if any.
+    pub fn lookup(&self, key: &IpamKey) -> Option<Assignment> {
+        let ip = *self.by_key.get(key)?;
+        let addr = self.addrs.get(&ip)?;
+        match &addr.state {
+            AddrState::Assigned(info) => Some(self.assignment(ip, addr.device, info)),
+            _ => None,
+        }
+    }
+
+    /// Assigns an address to `key`. A key that already holds one gets the same address back
+    /// (`false` in the second field); otherwise the lowest free address of the lowest-numbered
+    /// ENI that has one (`true`).
+    ///
+    /// # Errors
+    /// [`NoAssignableIp`] with the reason, in numbers.
+    pub fn assign(
+        &mut self,
+        key: &IpamKey,
+        metadata: PodMetadata,
+    ) -> Result<(Assignment, bool), NoAssignableIp> {
+        if let Some(existing) = self.lookup(key) {
+            return Ok((existing, false));
+        }
+        self.expire_cooldowns();
+        let Some(&device) = self.with_free.first() else {
+            return Err(self.exhaustion());
+        };
+        let eni = self.enis.get_mut(&device).ok_or_else(|| NoAssignableIp {
+            message: "datastore inconsistency: ENI with free IPs vanished".into(),
+            stats: Stats::default(),
+        })?;
+        let Some(ip) = eni.free.pop_first() else {
+            self.with_free.remove(&device);
+            return Err(self.exhaustion());
+        };
+        if eni.free.is_empty() {
+            self.with_free.remove(&device);
+        }
+        eni.assigned += 1;
+        self.assigned += 1;
+        let info = AssignedInfo {
+            key: key.clone(),
+            metadata,
+            assigned_at: self.clock.wall(),
+        };
+        let assignment = self.assignment(ip, device, &info);
+        if let Some(addr) = self.addrs.get_mut(&ip) {
+            addr.state = AddrState::Assigned(Box::new(info));
+        }
+        self.by_key.insert(key.clone(), ip);
+        Ok((assignment, true))
+    }
+
+    /// Undoes a fresh [`Datastore::assign`] (the checkpoint could not be written): the address
+    /// becomes free again at once, since no pod ever used it.
+    pub fn rollback_assign(&mut self, key: &IpamKey) {
+        let Some(ip) = self.by_key.remove(key) else {
+            return;
+        };
+        let Some(addr) = self.addrs.get_mut(&ip) else {
+            return;
+        };
+        if !matches!(addr.state, AddrState::Assigned(_)) {
+            return;
+        }
+        addr.state = AddrState::Free;
+        let device = addr.device;
+        self.assigned -= 1;
+        if let Some(eni) = self.enis.get_mut(&device) {
+            eni.assigned -= 1;
+            eni.free.insert(ip);
+            self.with_free.insert(device);
+        }
+    }
+
+    /// Puts a checkpointed assignment back (restart). The address must be known and free.
+    ///
+    /// # Errors
+    /// Unknown address (not on any known ENI), address taken, or key already holding another.
+    pub fn restore(
+        &mut self,
+        key: &IpamKey,
+        metadata: PodMetadata,
+        ip: Ipv4Addr,
+        assigned_at: SystemTime,
+    ) -> Result<Assignment, DatastoreError> {
+        if let Some(&held) = self.by_key.get(key) {
+            return Err(DatastoreError::KeyAssigned {
+                key: key.clone(),
+                ip: held,
+            });
+        }
+        let addr = self.addrs.get(&ip).ok_or(DatastoreError::UnknownIp { ip })?;
+        match &addr.state {
+            AddrState::Assigned(info) => {
+                return Err(DatastoreError::IpAssigned {
+                    ip,
+                    key: info.key.clone(),
+                });
+            }
+            AddrState::Cooling { .. } => {
+                // Restore happens before any release; treat as taken to stay safe.
+                return Err(DatastoreError::IpAssigned { ip, key: key.clone() });
+            }
+            AddrState::Free => {}
+        }
+        let device = addr.device;
+        if let Some(eni) = self.enis.get_mut(&device) {
+            eni.free.remove(&ip);
+            if eni.free.is_empty() {
+                self.with_free.remove(&device);
+            }
+            eni.assigned += 1;
+        }
+        self.assigned += 1;
+        let info = AssignedInfo {
+            key: key.clone(),
+            metadata,
+            assigned_at,
+        };
+        let assignment = self.assignment(ip, device, &info);
+        if let Some(addr) = self.addrs.get_mut(&ip) {
+            addr.state = AddrState::Assigned(Box::new(info));
+        }
+        self.by_key.insert(key.clone(), ip);
+        Ok(assignment)
+    }
+
+    /// Releases the address of `key` into cooldown (or straight to free with a zero cooldown).
+    /// `None` when the key holds nothing.
+    pub fn release(&mut self, key: &IpamKey) -> Option<Released> {
+        let assignment = self.lookup(key)?;
+        let ip = assignment.ip;
+        self.by_key.remove(key);
+        let addr = self.addrs.get_mut(&ip)?;
+        let device = addr.device;
+        self.assigned -= 1;
+        let eni = self.enis.get_mut(&device)?;
+        eni.assigned -= 1;
+        if self.cooldown.is_zero() {
+            addr.state = AddrState::Free;
+            eni.free.insert(ip);
+            self.with_free.insert(device);
+        } else {
+            self.seq += 1;
+            addr.state = AddrState::Cooling { seq: self.seq };
+            eni.cooling += 1;
+            self.cooling += 1;
+            self.cooling_queue
+                .push_back((self.clock.now(), self.seq, ip));
+        }
+        Some(Released { assignment })
+    }
+
+    /// Undoes a [`Datastore::release`] (the checkpoint could not be written).
+    pub fn rollback_release(&mut self, released: &Released) {
+        let a = &released.assignment;
+        let Some(addr) = self.addrs.get_mut(&a.ip) else {
+            return;
+        };
+        let device = addr.device;
+        let Some(eni) = self.enis.get_mut(&device) else {
+            return;
+        };
+        match addr.state {
+            AddrState::Free => {
+                eni.free.remove(&a.ip);
+                if eni.free.is_empty() {
+                    self.with_free.remove(&device);
+                }
+            }
+            AddrState::Cooling { .. } => {
+                // The queue entry goes stale: the state no longer matches its sequence number.
+                eni.cooling -= 1;
+                self.cooling -= 1;
+            }
+            AddrState::Assigned(_) => return,
+        }
+        addr.state = AddrState::Assigned(Box::new(AssignedInfo {
+            key: a.key.clone(),
+            metadata: a.metadata.clone(),
+            assigned_at: a.assigned_at,
+        }));
+        eni.assigned += 1;
+        self.assigned += 1;
+        self.by_key.insert(a.key.clone(), a.ip);
+    }
+
+    /// Current counts (cooldowns that have passed are applied first).
+    pub fn stats(&mut self) -> Stats {
+        self.expire_cooldowns();
+        self.stats_now()
+    }
+
+    fn stats_now(&self) -> Stats {
+        Stats {
+            enis: self.enis.len(),
+            total: self.total,
+            assigned: self.assigned,
+            cooling: self.cooling,
+            assignable: self.total - self.assigned - self.cooling,
+        }
+    }
+
+    /// Why nothing is assignable, or `None` when something is.
+    pub fn exhaustion_reason(&mut self) -> Option<NoAssignableIp> {
+        self.expire_cooldowns();
+        if self.with_free.is_empty() {
+            Some(self.exhaustion())
+        } else {
+            None
+        }
+    }
+
+    /// Remaining cooldown of the soonest and the latest valid cooling entries.
+    fn cooling_window(&self) -> (Duration, Duration) {
+        let now = self.clock.now();
+        let valid = |&&(_, seq, ip): &&(Instant, u64, Ipv4Addr)| {
+            self.addrs
+                .get(&ip)
+                .is_some_and(|a| matches!(a.state, AddrState::Cooling { seq: s } if s == seq))
+        };
+        let remaining = |released_at: Instant| {
+            self.cooldown
+                .saturating_sub(now.saturating_duration_since(released_at))
+        };
+        let first = self
+            .cooling_queue
+            .iter()
+            .find(valid)
+            .map_or(Duration::ZERO, |e| remaining(e.0));
+        let last = self
+            .cooling_queue
+            .iter()
+            .rev()
+            .find(valid)
+            .map_or(Duration::ZERO, |e| remaining(e.0));
+        (first, last)
+    }
+
+    fn exhaustion(&self) -> NoAssignableIp {
+        let s = self.stats_now();
+        let ips_on_enis = format!(
+            "{} on {}",
+            plural(s.total, "IP", "IPs"),
+            plural(s.enis, "ENI", "ENIs")
+        );
+        let note = &self.capacity_note;
+        let cooldown_secs = self.cooldown.as_secs();
+        let message = if s.total == 0 {
+            format!(
+                "no assignable IP: the node's {} {} no secondary IPs; {note}",
+                plural(s.enis, "ENI", "ENIs"),
+                if s.enis == 1 { "has" } else { "have" }
+            )
+        } else if s.cooling == 0 {
+            format!("no assignable IP: all {ips_on_enis} are assigned; {note}")
+        } else {
+            let (first, last) = self.cooling_window();
+            let (first, last) = (secs_ceil(first), secs_ceil(last));
+            let cooling_part = format!(
+                "{} of {} {} in cooldown for up to {last} s (IP_COOLDOWN_PERIOD={cooldown_secs} s; the first becomes assignable in {first} s)",
+                s.cooling,
+                plural(s.total, "IP", "IPs"),
+                if s.cooling == 1 { "is" } else { "are" }
+            );
+            if s.assigned == 0 {
+                format!("no assignable IP on {}: {cooling_part}; {note}", plural(s.enis, "ENI", "ENIs"))
+            } else {
+                format!(
+                    "no assignable IP on {}: {} assigned and {cooling_part}; {note}",
+                    plural(s.enis, "ENI", "ENIs"),
+                    plural(s.assigned, "IP is", "IPs are"),
+                )
+            }
+        };
+        NoAssignableIp { message, stats: s }
+    }
+
+    /// Every assignment (for the checkpoint), ordered by address.
+    pub fn assignments(&self) -> Vec<Assignment> {
+        let mut out: Vec<Assignment> = self
+            .by_key
+            .values()
+            .filter_map(|ip| {
+                let addr = self.addrs.get(ip)?;
+                match &addr.state {
+                    AddrState::Assigned(info) => Some(self.assignment(*ip, addr.device, info)),
+                    _ => None,
+                }
+            })
+            .collect();
+        out.sort_by_key(|a| a.ip);
+        out
+    }
+
+    /// Keys of `network_name` (for CNI GC).
+    pub fn keys_of_network(&self, network_name: &str) -> Vec<IpamKey> {
+        let mut keys: Vec<IpamKey> = self
+            .by_key
+            .keys()
+            .filter(|k| k.network_name == network_name)
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The ENIs, by device number.
+    pub fn enis(&self) -> Vec<EniView> {
+        self.enis
+            .values()
+            .map(|e| EniView {
+                spec: e.spec.clone(),
+                total: e.total,
+                assigned: e.assigned,
+                cooling: e.cooling,
+            })
+            .collect()
+    }
+
+    /// The ENI with this id.
+    pub fn eni(&self, id: &str) -> Option<EniView> {
+        let device = self.eni_devices.get(id)?;
+        self.enis.get(device).map(|e| EniView {
+            spec: e.spec.clone(),
+            total: e.total,
+            assigned: e.assigned,
+            cooling: e.cooling,
+        })
+    }
+
+    /// The addresses of an ENI with whether each is assigned (reconcile against metadata).
+    pub fn eni_addresses(&self, id: &str) -> Vec<(Ipv4Addr, Option<IpamKey>)> {
+        let Some(eni) = self.eni_devices.get(id).and_then(|d| self.enis.get(d)) else {
+            return Vec::new();
+        };
+        eni.members
+            .iter()
+            .map(|ip| match self.addrs.get(ip).map(|a| &a.state) {
+                Some(AddrState::Assigned(info)) => (*ip, Some(info.key.clone())),
+                _ => (*ip, None),
+            })
+            .collect()
+    }
+}

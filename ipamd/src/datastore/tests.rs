@@ -1,0 +1,434 @@
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+
+use super::*;
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn key(c: &str) -> IpamKey {
+    IpamKey {
+        network_name: "aws-cni".into(),
+        container_id: c.into(),
+        if_name: "eth0".into(),
+    }
+}
+
+fn md(name: &str) -> PodMetadata {
+    PodMetadata {
+        namespace: "default".into(),
+        name: name.into(),
+        interfaces_count: 1,
+    }
+}
+
+/// Two ENIs in 10.0.0.0/24: primary (device 0) with 3 secondaries, eth1 (device 1) with 2.
+fn store(cooldown_secs: u64) -> (Datastore, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new());
+    let mut ds = Datastore::new(
+        Duration::from_secs(cooldown_secs),
+        clock.clone(),
+        IMDS_ONLY_CAPACITY_NOTE,
+    );
+    ds.add_eni(EniSpec {
+        id: "eni-b".into(),
+        device_number: 1,
+        primary_ip: ip("10.0.0.20"),
+        subnet: "10.0.0.0/24".parse().unwrap(),
+    })
+    .unwrap();
+    ds.add_eni(EniSpec {
+        id: "eni-a".into(),
+        device_number: 0,
+        primary_ip: ip("10.0.0.10"),
+        subnet: "10.0.0.0/24".parse().unwrap(),
+    })
+    .unwrap();
+    for a in ["10.0.0.13", "10.0.0.11", "10.0.0.12"] {
+        ds.add_ip("eni-a", ip(a)).unwrap();
+    }
+    for b in ["10.0.0.22", "10.0.0.21"] {
+        ds.add_ip("eni-b", ip(b)).unwrap();
+    }
+    (ds, clock)
+}
+
+#[test]
+fn repeated_key_gets_the_same_ip() {
+    let (mut ds, _) = store(30);
+    let (first, new) = ds.assign(&key("c1"), md("p1")).unwrap();
+    assert!(new);
+    let (again, new_again) = ds.assign(&key("c1"), md("p1")).unwrap();
+    assert!(!new_again);
+    assert_eq!(first.ip, again.ip);
+    assert_eq!(ds.stats().assigned, 1);
+}
+
+#[test]
+fn packs_primary_eni_first_in_address_order_then_next_device() {
+    let (mut ds, _) = store(30);
+    let got: Vec<(Ipv4Addr, u32, u32, String)> = (0..5)
+        .map(|i| {
+            let (a, _) = ds.assign(&key(&format!("c{i}")), md("p")).unwrap();
+            (a.ip, a.device_number, a.route_table, a.eni_id)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (ip("10.0.0.11"), 0, 254, "eni-a".into()),
+            (ip("10.0.0.12"), 0, 254, "eni-a".into()),
+            (ip("10.0.0.13"), 0, 254, "eni-a".into()),
+            (ip("10.0.0.21"), 1, 2, "eni-b".into()),
+            (ip("10.0.0.22"), 1, 2, "eni-b".into()),
+        ]
+    );
+}
+
+#[test]
+fn released_ip_waits_for_the_cooldown() {
+    let (mut ds, clock) = store(30);
+    let (a, _) = ds.assign(&key("c1"), md("p1")).unwrap();
+    assert_eq!(a.ip, ip("10.0.0.11"));
+    let released = ds.release(&key("c1")).unwrap();
+    assert_eq!(released.assignment.ip, a.ip);
+    assert_eq!(ds.stats().cooling, 1);
+    // The cooling address is skipped.
+    let (b, _) = ds.assign(&key("c2"), md("p2")).unwrap();
+    assert_eq!(b.ip, ip("10.0.0.12"));
+    clock.advance(Duration::from_secs(29));
+    assert_eq!(ds.stats().cooling, 1);
+    clock.advance(Duration::from_secs(1));
+    let s = ds.stats();
+    assert_eq!((s.cooling, s.assignable), (0, 4));
+    let (c, _) = ds.assign(&key("c3"), md("p3")).unwrap();
+    assert_eq!(c.ip, ip("10.0.0.11"), "lowest free address again after cooldown");
+}
+
+#[test]
+fn zero_cooldown_makes_released_ip_reusable_at_once() {
+    let (mut ds, _) = store(0);
+    let (a, _) = ds.assign(&key("c1"), md("p1")).unwrap();
+    ds.release(&key("c1")).unwrap();
+    assert_eq!(ds.stats().cooling, 0);
+    let (b, _) = ds.assign(&key("c2"), md("p2")).unwrap();
+    assert_eq!(a.ip, b.ip);
+}
+
+#[test]
+fn release_of_unknown_key_is_none() {
+    let (mut ds, _) = store(30);
+    assert!(ds.release(&key("nope")).is_none());
+}
+
+#[test]
+fn exhaustion_all_assigned_names_counts_and_limit() {
+    let (mut ds, _) = store(30);
+    for i in 0..5 {
+        ds.assign(&key(&format!("c{i}")), md("p")).unwrap();
+    }
+    let err = ds.assign(&key("c9"), md("p")).unwrap_err();
+    assert!(
+        err.message
+            .starts_with("no assignable IP: all 5 IPs on 2 ENIs are assigned;"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("limit"), "{}", err.message);
+    assert_eq!(err.stats.assigned, 5);
+}
+
+#[test]
+fn exhaustion_with_cooldown_says_how_long() {
+    let (mut ds, clock) = store(30);
+    for i in 0..5 {
+        ds.assign(&key(&format!("c{i}")), md("p")).unwrap();
+    }
+    ds.release(&key("c0")).unwrap();
+    clock.advance(Duration::from_secs(3));
+    ds.release(&key("c1")).unwrap();
+    let err = ds.assign(&key("c9"), md("p")).unwrap_err();
+    assert_eq!(
+        err.message,
+        format!(
+            "no assignable IP on 2 ENIs: 3 IPs are assigned and 2 of 5 IPs are in cooldown for up to 30 s (IP_COOLDOWN_PERIOD=30 s; the first becomes assignable in 27 s); {IMDS_ONLY_CAPACITY_NOTE}"
+        )
+    );
+    for i in 2..5 {
+        ds.release(&key(&format!("c{i}"))).unwrap();
+    }
+    let err = ds.exhaustion_reason().unwrap();
+    assert!(
+        err.message
+            .starts_with("no assignable IP on 2 ENIs: 5 of 5 IPs are in cooldown for up to 30 s"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn exhaustion_with_no_secondary_ips() {
+    let clock = Arc::new(ManualClock::new());
+    let mut ds = Datastore::new(Duration::from_secs(30), clock, "note");
+    ds.add_eni(EniSpec {
+        id: "eni-a".into(),
+        device_number: 0,
+        primary_ip: ip("10.0.0.10"),
+        subnet: "10.0.0.0/24".parse().unwrap(),
+    })
+    .unwrap();
+    let err = ds.assign(&key("c"), md("p")).unwrap_err();
+    assert_eq!(
+        err.message,
+        "no assignable IP: the node's 1 ENI has no secondary IPs; note"
+    );
+    assert!(ds.exhaustion_reason().is_some());
+}
+
+#[test]
+fn stats_track_every_state() {
+    let (mut ds, _) = store(30);
+    assert_eq!(
+        ds.stats(),
+        Stats {
+            enis: 2,
+            total: 5,
+            assigned: 0,
+            cooling: 0,
+            assignable: 5
+        }
+    );
+    ds.assign(&key("a"), md("a")).unwrap();
+    ds.assign(&key("b"), md("b")).unwrap();
+    ds.release(&key("a")).unwrap();
+    assert_eq!(
+        ds.stats(),
+        Stats {
+            enis: 2,
+            total: 5,
+            assigned: 1,
+            cooling: 1,
+            assignable: 3
+        }
+    );
+    assert!(ds.exhaustion_reason().is_none());
+}
+
+#[test]
+fn rollbacks_restore_the_previous_state() {
+    let (mut ds, _) = store(30);
+    let before = ds.stats();
+    let (a, _) = ds.assign(&key("c1"), md("p1")).unwrap();
+    ds.rollback_assign(&key("c1"));
+    assert_eq!(ds.stats(), before);
+    assert!(ds.lookup(&key("c1")).is_none());
+    let (again, _) = ds.assign(&key("c1"), md("p1")).unwrap();
+    assert_eq!(again.ip, a.ip, "a rolled-back address is free at once");
+
+    let held = ds.stats();
+    let released = ds.release(&key("c1")).unwrap();
+    ds.rollback_release(&released);
+    assert_eq!(ds.stats(), held);
+    assert_eq!(ds.lookup(&key("c1")).unwrap().ip, a.ip);
+    // The stale cooling entry must not free the address later.
+    ds.assign(&key("c2"), md("p2")).unwrap();
+    let all: HashSet<Ipv4Addr> = ds.assignments().iter().map(|x| x.ip).collect();
+    assert_eq!(all.len(), 2);
+}
+
+#[test]
+fn rollback_release_with_zero_cooldown() {
+    let (mut ds, _) = store(0);
+    let (a, _) = ds.assign(&key("c1"), md("p1")).unwrap();
+    let released = ds.release(&key("c1")).unwrap();
+    ds.rollback_release(&released);
+    let (b, _) = ds.assign(&key("c2"), md("p2")).unwrap();
+    assert_ne!(a.ip, b.ip);
+    assert_eq!(ds.lookup(&key("c1")).unwrap().ip, a.ip);
+}
+
+#[test]
+fn restore_puts_assignments_back_and_checks_conflicts() {
+    let (mut ds, _) = store(30);
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let r = ds.restore(&key("c1"), md("p1"), ip("10.0.0.21"), at).unwrap();
+    assert_eq!((r.device_number, r.route_table, r.eni_id.as_str()), (1, 2, "eni-b"));
+    assert_eq!(ds.lookup(&key("c1")).unwrap().assigned_at, at);
+    assert!(matches!(
+        ds.restore(&key("c2"), md("p2"), ip("10.0.0.21"), at),
+        Err(DatastoreError::IpAssigned { .. })
+    ));
+    assert!(matches!(
+        ds.restore(&key("c1"), md("p1"), ip("10.0.0.22"), at),
+        Err(DatastoreError::KeyAssigned { .. })
+    ));
+    assert!(matches!(
+        ds.restore(&key("c3"), md("p3"), ip("10.9.9.9"), at),
+        Err(DatastoreError::UnknownIp { .. })
+    ));
+    // The restored address is not handed out again.
+    let ips: Vec<Ipv4Addr> = (0..4)
+        .map(|i| ds.assign(&key(&format!("n{i}")), md("p")).unwrap().0.ip)
+        .collect();
+    assert!(!ips.contains(&ip("10.0.0.21")));
+    assert!(ds.assign(&key("n9"), md("p")).is_err());
+}
+
+#[test]
+fn eni_and_ip_bookkeeping_rules() {
+    let (mut ds, _) = store(30);
+    assert!(matches!(
+        ds.add_ip("eni-a", ip("10.0.0.10")),
+        Err(DatastoreError::PrimaryIp { .. })
+    ));
+    assert!(matches!(
+        ds.add_ip("eni-a", ip("10.0.0.21")),
+        Err(DatastoreError::DuplicateIp { .. })
+    ));
+    assert!(matches!(
+        ds.add_ip("eni-a", ip("10.1.0.5")),
+        Err(DatastoreError::OutsideSubnet { .. })
+    ));
+    assert!(matches!(
+        ds.add_ip("eni-x", ip("10.0.0.50")),
+        Err(DatastoreError::UnknownEni { .. })
+    ));
+    assert!(matches!(
+        ds.add_eni(EniSpec {
+            id: "eni-c".into(),
+            device_number: 1,
+            primary_ip: ip("10.0.0.30"),
+            subnet: "10.0.0.0/24".parse().unwrap(),
+        }),
+        Err(DatastoreError::DuplicateEni { .. })
+    ));
+    let (a, _) = ds.assign(&key("c1"), md("p1")).unwrap();
+    assert!(matches!(ds.remove_ip(a.ip), Err(DatastoreError::IpAssigned { .. })));
+    ds.remove_ip(ip("10.0.0.12")).unwrap();
+    assert_eq!(ds.stats().total, 4);
+    assert_eq!(
+        ds.eni_addresses("eni-a"),
+        vec![(ip("10.0.0.11"), Some(key("c1"))), (ip("10.0.0.13"), None)]
+    );
+    assert!(matches!(ds.remove_eni("eni-a"), Err(DatastoreError::EniInUse { .. })));
+    ds.assign(&key("c2"), md("p2")).unwrap();
+    ds.release(&key("c2")).unwrap();
+    let removed = ds.remove_eni("eni-b");
+    assert!(removed.is_ok(), "ENI with only free/cooling IPs can go: {removed:?}");
+    let s = ds.stats();
+    assert_eq!((s.enis, s.total, s.cooling), (1, 2, 1));
+}
+
+#[test]
+fn removing_a_cooling_ip_drops_it_from_the_counts() {
+    let (mut ds, clock) = store(30);
+    let (a, _) = ds.assign(&key("c1"), md("p1")).unwrap();
+    ds.release(&key("c1")).unwrap();
+    ds.remove_ip(a.ip).unwrap();
+    assert_eq!(ds.stats().cooling, 0);
+    clock.advance(Duration::from_secs(60));
+    let s = ds.stats();
+    assert_eq!((s.total, s.assignable), (4, 4));
+    // Re-adding it later (metadata shows it again) works and does not duplicate it.
+    ds.add_ip("eni-a", a.ip).unwrap();
+    assert_eq!(ds.stats().assignable, 5);
+}
+
+#[test]
+fn gc_keys_are_per_network() {
+    let (mut ds, _) = store(30);
+    ds.assign(&key("c1"), md("p1")).unwrap();
+    let other = IpamKey {
+        network_name: "other".into(),
+        container_id: "c2".into(),
+        if_name: "eth0".into(),
+    };
+    ds.assign(&other, md("p2")).unwrap();
+    assert_eq!(ds.keys_of_network("aws-cni"), vec![key("c1")]);
+    assert_eq!(ds.keys_of_network("other"), vec![other]);
+}
+
+/// A small xorshift generator: deterministic and dependency-free.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Random assign/release/rollback/cooldown/reconcile sequences never hand one address to two
+/// keys, and the counters always agree with a recount.
+#[test]
+fn randomized_operations_never_double_assign() {
+    for seed in 1..=20u64 {
+        let (mut ds, clock) = store(if seed % 3 == 0 { 0 } else { 5 });
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut holders: HashMap<IpamKey, Ipv4Addr> = HashMap::new();
+        for _ in 0..3000 {
+            let k = key(&format!("c{}", rng.below(12)));
+            match rng.below(10) {
+                0..=3 => match ds.assign(&k, md("p")) {
+                    Ok((a, new)) => {
+                        if let Some(prev) = holders.get(&k) {
+                            assert!(!new);
+                            assert_eq!(*prev, a.ip);
+                        } else {
+                            assert!(new);
+                            assert!(
+                                !holders.values().any(|ip| *ip == a.ip),
+                                "seed {seed}: {} handed out twice",
+                                a.ip
+                            );
+                            if rng.below(8) == 0 {
+                                ds.rollback_assign(&k);
+                            } else {
+                                holders.insert(k, a.ip);
+                            }
+                        }
+                    }
+                    Err(e) => assert_eq!(e.stats.assignable, 0, "seed {seed}: {}", e.message),
+                },
+                4..=6 => {
+                    let released = ds.release(&k);
+                    assert_eq!(released.as_ref().map(|r| r.assignment.ip), holders.get(&k).copied());
+                    if let Some(r) = released {
+                        if rng.below(8) == 0 {
+                            ds.rollback_release(&r);
+                        } else {
+                            holders.remove(&k);
+                        }
+                    }
+                }
+                7 => clock.advance(Duration::from_secs(rng.below(4))),
+                8 => {
+                    // Metadata churn: an address disappears (if not assigned) and comes back.
+                    let candidate = Ipv4Addr::new(10, 0, 0, 11 + u8::try_from(rng.below(3)).unwrap());
+                    if !holders.values().any(|ip| *ip == candidate) && ds.remove_ip(candidate).is_ok() {
+                        ds.add_ip("eni-a", candidate).unwrap();
+                    }
+                }
+                _ => {
+                    let s = ds.stats();
+                    assert_eq!(s.assigned, holders.len(), "seed {seed}");
+                    assert_eq!(s.total, 5);
+                    assert_eq!(s.assigned + s.cooling + s.assignable, s.total);
+                    let listed: HashSet<Ipv4Addr> = ds.assignments().iter().map(|a| a.ip).collect();
+                    assert_eq!(listed.len(), holders.len(), "seed {seed}");
+                }
+            }
+            for (k, ip) in &holders {
+                assert_eq!(ds.lookup(k).map(|a| a.ip), Some(*ip));
+            }
+        }
+    }
+}
