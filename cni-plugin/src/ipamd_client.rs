@@ -1,0 +1,227 @@
+//! The gRPC client for ipamd (`rpc.CNIBackend`, ipamd/proto/rpc.proto) over its Unix socket,
+//! with every connect and call bounded in time.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The generated messages and client.
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations
+)]
+pub mod rpc {
+    tonic::include_proto!("rpc");
+}
+
+use rpc::cni_backend_client::CniBackendClient;
+
+/// How long connecting to the socket may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one RPC may take.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `DelNetwork` reason of a normal DEL.
+pub const REASON_POD_DELETED: &str = "PodDeleted";
+/// `DelNetwork` reason of an ADD rollback.
+pub const REASON_SETUP_FAILED: &str = "SetupNSFailed";
+
+/// Failures talking to ipamd.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamdError {
+    /// The socket could not be connected.
+    #[error("cannot connect to ipamd at {socket}: {source}")]
+    Connect {
+        /// The socket path.
+        socket: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The HTTP/2 connection could not be set up.
+    #[error("cannot open a gRPC connection to ipamd at {socket}: {source}")]
+    Transport {
+        /// The socket path.
+        socket: PathBuf,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+    /// Connect or call took too long.
+    #[error("ipamd at {socket} did not answer {what} within {timeout:?}")]
+    Timeout {
+        /// The socket path.
+        socket: PathBuf,
+        /// The step.
+        what: &'static str,
+        /// The bound.
+        timeout: Duration,
+    },
+    /// ipamd answered with an error status.
+    #[error("ipamd {rpc}: {message} ({code:?})")]
+    Status {
+        /// The RPC.
+        rpc: &'static str,
+        /// The gRPC code.
+        code: tonic::Code,
+        /// ipamd's message.
+        message: String,
+    },
+}
+
+impl IpamdError {
+    /// Whether retrying later may help (ipamd unreachable, not ready, or out of addresses): the
+    /// cases reported as CNI code 11.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect { .. } | Self::Transport { .. } | Self::Timeout { .. } => true,
+            Self::Status { code, .. } => matches!(
+                code,
+                tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+            ),
+        }
+    }
+
+    /// Whether ipamd could not be reached at all (as opposed to answering with an error).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Connect { .. } | Self::Transport { .. } | Self::Timeout { .. } => true,
+            Self::Status { code, .. } => *code == tonic::Code::Unavailable,
+        }
+    }
+
+    /// Whether ipamd said the key is unknown.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Self::Status {
+                code: tonic::Code::NotFound,
+                ..
+            }
+        )
+    }
+}
+
+/// A connected ipamd client.
+#[derive(Debug)]
+pub struct IpamdClient {
+    client: CniBackendClient<Channel>,
+    socket: PathBuf,
+}
+
+impl IpamdClient {
+    /// Connects to the socket and sets up the gRPC connection. Must run inside a tokio runtime.
+    pub async fn connect(socket: &Path) -> Result<Self, IpamdError> {
+        let socket = socket.to_path_buf();
+        let timeout = |what| IpamdError::Timeout {
+            socket: socket.clone(),
+            what,
+            timeout: CONNECT_TIMEOUT,
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&socket))
+            .await
+            .map_err(|_| timeout("the connection"))?
+            .map_err(|source| IpamdError::Connect {
+                socket: socket.clone(),
+                source,
+            })?;
+        // Hand the already connected stream to tonic: a connect error above names the OS
+        // error (ENOENT, ECONNREFUSED) instead of a generic transport failure.
+        let slot = Arc::new(Mutex::new(Some(stream)));
+        let connector = tower::service_fn(move |_: Uri| {
+            let slot = Arc::clone(&slot);
+            async move {
+                let stream = slot
+                    .lock()
+                    .map_err(|_| io::Error::other("connector lock poisoned"))?
+                    .take()
+                    .ok_or_else(|| io::Error::other("the ipamd connection was closed"))?;
+                Ok::<_, io::Error>(TokioIo::new(stream))
+            }
+        });
+        let channel = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Endpoint::from_static("http://[::]:50051")
+                .timeout(RPC_TIMEOUT)
+                .connect_with_connector(connector),
+        )
+        .await
+        .map_err(|_| timeout("the gRPC handshake"))?
+        .map_err(|source| IpamdError::Transport {
+            socket: socket.clone(),
+            source,
+        })?;
+        Ok(Self {
+            client: CniBackendClient::new(channel),
+            socket,
+        })
+    }
+
+    async fn bounded<T>(
+        &self,
+        rpc: &'static str,
+        fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, IpamdError> {
+        match tokio::time::timeout(RPC_TIMEOUT, fut).await {
+            Err(_) => Err(IpamdError::Timeout {
+                socket: self.socket.clone(),
+                what: rpc,
+                timeout: RPC_TIMEOUT,
+            }),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(IpamdError::Status {
+                rpc,
+                code: status.code(),
+                message: status.message().to_string(),
+            }),
+        }
+    }
+
+    /// `AddNetwork`.
+    pub async fn add_network(
+        &mut self,
+        req: rpc::AddNetworkRequest,
+    ) -> Result<rpc::AddNetworkReply, IpamdError> {
+        let mut c = self.client.clone();
+        self.bounded("AddNetwork", c.add_network(req)).await
+    }
+
+    /// `DelNetwork`.
+    pub async fn del_network(
+        &mut self,
+        req: rpc::DelNetworkRequest,
+    ) -> Result<rpc::DelNetworkReply, IpamdError> {
+        let mut c = self.client.clone();
+        self.bounded("DelNetwork", c.del_network(req)).await
+    }
+
+    /// `CheckNetwork`.
+    pub async fn check_network(
+        &mut self,
+        req: rpc::CheckNetworkRequest,
+    ) -> Result<rpc::CheckNetworkReply, IpamdError> {
+        let mut c = self.client.clone();
+        self.bounded("CheckNetwork", c.check_network(req)).await
+    }
+
+    /// `PoolStatus`.
+    pub async fn pool_status(&mut self) -> Result<rpc::PoolStatusReply, IpamdError> {
+        let mut c = self.client.clone();
+        self.bounded("PoolStatus", c.pool_status(rpc::PoolStatusRequest {}))
+            .await
+    }
+
+    /// `GarbageCollect`.
+    pub async fn garbage_collect(
+        &mut self,
+        req: rpc::GarbageCollectRequest,
+    ) -> Result<rpc::GarbageCollectReply, IpamdError> {
+        let mut c = self.client.clone();
+        self.bounded("GarbageCollect", c.garbage_collect(req)).await
+    }
+}

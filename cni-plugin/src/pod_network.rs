@@ -1,0 +1,511 @@
+//! One pod's data plane: setup (ADD), teardown (DEL, GC, ADD rollback) and verification (CHECK).
+//!
+//! Pod side: `<ip>/32` on `CNI_IFNAME`, `169.254.1.1/32 scope link`, `default via 169.254.1.1
+//! onlink`, and a PERMANENT neighbour `169.254.1.1 -> <host veth MAC>`. Host side: `<ip>/32 dev
+//! <host veth> scope link` in main, rule 512 `to <ip> lookup main`, and rule 1536 `from <ip>
+//! lookup <table>` when the address belongs to a secondary ENI (table != 254). Names, priorities
+//! and tables are the reference's (design.md §1).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use rtnetlink::packet_route::route::RouteScope;
+use sha1::{Digest, Sha1};
+
+use crate::cni::result::POD_GATEWAY;
+use crate::netlink::{MAIN_TABLE, Netlink, NetlinkError, RuleSpec, format_mac};
+use crate::netns::Netns;
+
+/// Priority of `to <pod ip> lookup main`.
+pub const TO_POD_RULE_PRIORITY: u32 = 512;
+/// Priority of `from <pod ip> lookup <ENI table>`.
+pub const FROM_POD_RULE_PRIORITY: u32 = 1536;
+
+/// Failures of setup, naming the step.
+#[derive(Debug, thiserror::Error)]
+pub enum PodNetworkError {
+    /// `CNI_IFNAME` already exists in the pod.
+    #[error("interface {ifname} already exists in the pod network namespace")]
+    InterfaceExists {
+        /// The name.
+        ifname: String,
+    },
+    /// A kernel operation failed; what was made was rolled back (failures of the rollback are
+    /// listed).
+    #[error("{source}{}", rollback_note(rollback))]
+    Kernel {
+        /// The failed operation.
+        source: NetlinkError,
+        /// Rollback steps that failed too.
+        rollback: Vec<String>,
+    },
+    /// A link just created could not be found again.
+    #[error("link {name} vanished right after it was created")]
+    Vanished {
+        /// The name.
+        name: String,
+    },
+}
+
+fn rollback_note(errors: &[String]) -> String {
+    if errors.is_empty() {
+        String::new()
+    } else {
+        format!(" (rollback also failed: {})", errors.join("; "))
+    }
+}
+
+/// The host veth name: `prefix` + the first 11 hex chars of sha1("<namespace>.<name>").
+pub fn host_veth_name(prefix: &str, namespace: &str, name: &str) -> String {
+    let digest = Sha1::digest(format!("{namespace}.{name}").as_bytes());
+    let hex = hex::encode(digest);
+    format!("{prefix}{}", &hex[..11])
+}
+
+/// A random locally administered unicast MAC.
+pub fn random_mac() -> [u8; 6] {
+    let mut mac: [u8; 6] = rand::random();
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+/// What setup needs to know.
+#[derive(Clone, Debug)]
+pub struct PodSpec<'a> {
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+    /// Host route table of the address's ENI (254 = main).
+    pub route_table: u32,
+    /// Host end of the veth.
+    pub host_veth: &'a str,
+    /// Container end (`CNI_IFNAME`).
+    pub ifname: &'a str,
+    /// MTU of both ends.
+    pub mtu: u32,
+}
+
+/// What setup made that the result reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetupOutcome {
+    /// MAC of the host end.
+    pub host_mac: [u8; 6],
+    /// MAC of the container end.
+    pub container_mac: [u8; 6],
+}
+
+/// Builds the pod's data plane. `host` and `pod` are connections in the host and pod
+/// namespaces; `host_ns` is the host namespace (the veth peer is created directly in it).
+/// On failure everything made here is removed again before the error is returned.
+pub async fn setup(
+    host: &Netlink,
+    host_ns: &Netns,
+    pod: &Netlink,
+    spec: &PodSpec<'_>,
+) -> Result<SetupOutcome, PodNetworkError> {
+    if pod
+        .link_by_name(spec.ifname)
+        .await
+        .map_err(kernel)?
+        .is_some()
+    {
+        return Err(PodNetworkError::InterfaceExists {
+            ifname: spec.ifname.to_string(),
+        });
+    }
+
+    let links = host.links().await.map_err(kernel)?;
+    if let Some(stale) = links.iter().find(|l| l.name == spec.host_veth) {
+        // A pod re-created under the same name: its old veth goes (as the reference does).
+        tracing::info!(veth = %stale.name, "deleting stale host veth of a previous pod");
+        host.del_link(stale.index, &stale.name)
+            .await
+            .map_err(kernel)?;
+    }
+    let used: HashSet<[u8; 6]> = links.iter().filter_map(|l| l.mac).collect();
+    // A pre-set MAC keeps systemd-udev's MACAddressPolicy=persistent from rewriting it after
+    // the neighbour entry was written (reference PR #3354).
+    let mut host_mac = random_mac();
+    while used.contains(&host_mac) {
+        host_mac = random_mac();
+    }
+    let mut container_mac = random_mac();
+    while container_mac == host_mac {
+        container_mac = random_mac();
+    }
+
+    pod.create_veth(
+        spec.ifname,
+        container_mac,
+        spec.host_veth,
+        host_mac,
+        host_ns,
+        spec.mtu,
+    )
+    .await
+    .map_err(kernel)?;
+
+    match configure(host, pod, spec, host_mac).await {
+        Ok(()) => Ok(SetupOutcome {
+            host_mac,
+            container_mac,
+        }),
+        Err(e) => {
+            let mut rollback = Vec::new();
+            if let Err(err) = delete_veth_by_name(host, spec.host_veth).await {
+                rollback.push(err.to_string());
+            }
+            // The veth took the host route with it; the rules must go explicitly.
+            rollback.extend(delete_rules_for(host, &[spec.ip]).await);
+            match e {
+                PodNetworkError::Kernel { source, .. } => {
+                    Err(PodNetworkError::Kernel { source, rollback })
+                }
+                other => Err(other),
+            }
+        }
+    }
+}
+
+async fn configure(
+    host: &Netlink,
+    pod: &Netlink,
+    spec: &PodSpec<'_>,
+    host_mac: [u8; 6],
+) -> Result<(), PodNetworkError> {
+    let host_link = host
+        .link_by_name(spec.host_veth)
+        .await
+        .map_err(kernel)?
+        .ok_or_else(|| PodNetworkError::Vanished {
+            name: spec.host_veth.to_string(),
+        })?;
+    host.set_up(host_link.index, spec.host_veth)
+        .await
+        .map_err(kernel)?;
+    let pod_link = pod
+        .link_by_name(spec.ifname)
+        .await
+        .map_err(kernel)?
+        .ok_or_else(|| PodNetworkError::Vanished {
+            name: spec.ifname.to_string(),
+        })?;
+    let idx = pod_link.index;
+
+    pod.add_address(idx, spec.ifname, spec.ip, 32)
+        .await
+        .map_err(kernel)?;
+    pod.replace_link_route(POD_GATEWAY, 32, idx, MAIN_TABLE)
+        .await
+        .map_err(kernel)?;
+    pod.replace_default_route(POD_GATEWAY, idx)
+        .await
+        .map_err(kernel)?;
+    pod.replace_permanent_neighbour(idx, POD_GATEWAY, host_mac)
+        .await
+        .map_err(kernel)?;
+
+    host.replace_link_route(spec.ip, 32, host_link.index, MAIN_TABLE)
+        .await
+        .map_err(kernel)?;
+    host.add_rule(RuleSpec {
+        priority: TO_POD_RULE_PRIORITY,
+        src: None,
+        dst: Some(spec.ip),
+        table: MAIN_TABLE,
+    })
+    .await
+    .map_err(kernel)?;
+    if spec.route_table != MAIN_TABLE {
+        host.add_rule(RuleSpec {
+            priority: FROM_POD_RULE_PRIORITY,
+            src: Some(spec.ip),
+            dst: None,
+            table: spec.route_table,
+        })
+        .await
+        .map_err(kernel)?;
+    }
+    Ok(())
+}
+
+fn kernel(source: NetlinkError) -> PodNetworkError {
+    PodNetworkError::Kernel {
+        source,
+        rollback: Vec::new(),
+    }
+}
+
+async fn delete_veth_by_name(host: &Netlink, name: &str) -> Result<bool, NetlinkError> {
+    match host.link_by_name(name).await? {
+        Some(link) => host.del_link(link.index, name).await,
+        None => Ok(false),
+    }
+}
+
+/// Removes every priority-512 rule `to <ip>` and every priority-1536 rule `from <ip>` for the
+/// given addresses. Returns the failures (already-gone rules are not failures).
+pub async fn delete_rules_for(host: &Netlink, ips: &[Ipv4Addr]) -> Vec<String> {
+    let mut errors = Vec::new();
+    if ips.is_empty() {
+        return errors;
+    }
+    let rules = match host.rules().await {
+        Ok(r) => r,
+        Err(e) => return vec![e.to_string()],
+    };
+    for rule in rules.iter().filter(|r| {
+        (r.priority == TO_POD_RULE_PRIORITY
+            && r.src.is_none()
+            && r.dst.is_some_and(|(d, len)| len == 32 && ips.contains(&d)))
+            || (r.priority == FROM_POD_RULE_PRIORITY
+                && r.dst.is_none()
+                && r.src.is_some_and(|(s, len)| len == 32 && ips.contains(&s)))
+    }) {
+        if let Err(e) = host.del_rule(rule).await {
+            errors.push(e.to_string());
+        }
+    }
+    errors
+}
+
+/// Host-side teardown for DEL: the pod's rules, then its /32 routes that point at one of
+/// `veths` (or at nothing), then the veths. Returns every failure; missing objects are fine.
+pub async fn teardown_host(host: &Netlink, ips: &[Ipv4Addr], veths: &[String]) -> Vec<String> {
+    let mut errors = delete_rules_for(host, ips).await;
+    let mut veth_links = Vec::new();
+    for name in veths {
+        match host.link_by_name(name).await {
+            Ok(Some(l)) => veth_links.push(l),
+            Ok(None) => {}
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !ips.is_empty() {
+        match host.routes().await {
+            Ok(routes) => {
+                for r in routes
+                    .iter()
+                    .filter(|r| r.table == MAIN_TABLE && r.prefix_len == 32 && ips.contains(&r.dst))
+                {
+                    let ours = r
+                        .oif
+                        .is_none_or(|oif| veth_links.iter().any(|l| l.index == oif));
+                    if !ours {
+                        // The address now routes to another pod's veth: not ours to remove.
+                        tracing::warn!(ip = %r.dst, oif = ?r.oif, "host route points at another link; kept");
+                        continue;
+                    }
+                    if let Err(e) = host.del_route(r).await {
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    for l in &veth_links {
+        if let Err(e) = host.del_link(l.index, &l.name).await {
+            errors.push(e.to_string());
+        }
+    }
+    errors
+}
+
+/// Host-side teardown for GC: for each address, its rules, its /32 route in main, and the veth
+/// that route points at. Returns every failure.
+pub async fn teardown_released(host: &Netlink, ips: &[Ipv4Addr]) -> Vec<String> {
+    let mut errors = delete_rules_for(host, ips).await;
+    if ips.is_empty() {
+        return errors;
+    }
+    let (routes, links) = match (host.routes().await, host.links().await) {
+        (Ok(r), Ok(l)) => (r, l),
+        (Err(e), _) | (_, Err(e)) => {
+            errors.push(e.to_string());
+            return errors;
+        }
+    };
+    for r in routes
+        .iter()
+        .filter(|r| r.table == MAIN_TABLE && r.prefix_len == 32 && ips.contains(&r.dst))
+    {
+        let veth = r
+            .oif
+            .and_then(|oif| links.iter().find(|l| l.index == oif && l.is_veth));
+        match veth {
+            // Deleting the veth removes the route with it.
+            Some(l) => {
+                if let Err(e) = host.del_link(l.index, &l.name).await {
+                    errors.push(e.to_string());
+                }
+            }
+            None => {
+                if let Err(e) = host.del_route(r).await {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Pod-side teardown: deletes `ifname` (usually already gone with its host peer).
+pub async fn teardown_pod(pod: &Netlink, ifname: &str) -> Vec<String> {
+    match pod.link_by_name(ifname).await {
+        Ok(Some(l)) => match pod.del_link(l.index, ifname).await {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![e.to_string()],
+        },
+        Ok(None) => Vec::new(),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+/// Verifies the data plane ADD made. Returns the list of differences (empty = all good); an
+/// `Err` means the state could not be read at all.
+pub async fn check(
+    host: &Netlink,
+    pod: &Netlink,
+    spec: &PodSpec<'_>,
+) -> Result<Vec<String>, NetlinkError> {
+    let mut diffs = Vec::new();
+    let ip = spec.ip;
+
+    // Host side.
+    let host_link = host.link_by_name(spec.host_veth).await?;
+    match &host_link {
+        None => diffs.push(format!("host veth {} does not exist", spec.host_veth)),
+        Some(l) if !l.up => diffs.push(format!("host veth {} is down", spec.host_veth)),
+        Some(_) => {}
+    }
+    let host_routes = host.routes().await?;
+    let has_host_route = host_routes.iter().any(|r| {
+        r.table == MAIN_TABLE
+            && r.dst == ip
+            && r.prefix_len == 32
+            && r.scope == RouteScope::Link
+            && host_link.as_ref().is_some_and(|l| r.oif == Some(l.index))
+    });
+    if !has_host_route {
+        diffs.push(format!(
+            "host route {ip}/32 dev {} scope link is missing",
+            spec.host_veth
+        ));
+    }
+    let rules = host.rules().await?;
+    let has_rule = |prio: u32, src: Option<Ipv4Addr>, dst: Option<Ipv4Addr>, table: u32| {
+        rules.iter().any(|r| {
+            r.priority == prio
+                && r.table == table
+                && r.src.map(|(a, _)| a) == src
+                && r.dst.map(|(a, _)| a) == dst
+        })
+    };
+    if !has_rule(TO_POD_RULE_PRIORITY, None, Some(ip), MAIN_TABLE) {
+        diffs.push(format!(
+            "rule {TO_POD_RULE_PRIORITY} `to {ip} lookup main` is missing"
+        ));
+    }
+    if spec.route_table != MAIN_TABLE
+        && !has_rule(FROM_POD_RULE_PRIORITY, Some(ip), None, spec.route_table)
+    {
+        diffs.push(format!(
+            "rule {FROM_POD_RULE_PRIORITY} `from {ip} lookup {}` is missing",
+            spec.route_table
+        ));
+    }
+
+    // Pod side.
+    let Some(pod_link) = pod.link_by_name(spec.ifname).await? else {
+        diffs.push(format!(
+            "interface {} does not exist in the pod",
+            spec.ifname
+        ));
+        return Ok(diffs);
+    };
+    if !pod_link.up {
+        diffs.push(format!("interface {} is down", spec.ifname));
+    }
+    let addrs = pod.addresses(pod_link.index).await?;
+    if !addrs.contains(&(ip, 32)) {
+        diffs.push(format!("address {ip}/32 is missing on {}", spec.ifname));
+    }
+    let pod_routes = pod.routes().await?;
+    let idx = pod_link.index;
+    if !pod_routes.iter().any(|r| {
+        r.table == MAIN_TABLE
+            && r.dst == POD_GATEWAY
+            && r.prefix_len == 32
+            && r.scope == RouteScope::Link
+            && r.oif == Some(idx)
+    }) {
+        diffs.push(format!(
+            "pod route {POD_GATEWAY}/32 dev {} scope link is missing",
+            spec.ifname
+        ));
+    }
+    if !pod_routes.iter().any(|r| {
+        r.table == MAIN_TABLE
+            && r.prefix_len == 0
+            && r.gateway == Some(POD_GATEWAY)
+            && r.oif == Some(idx)
+    }) {
+        diffs.push(format!(
+            "pod default route via {POD_GATEWAY} dev {} is missing",
+            spec.ifname
+        ));
+    }
+    let neigh = pod
+        .neighbours()
+        .await?
+        .into_iter()
+        .find(|n| n.ifindex == idx && n.ip == POD_GATEWAY);
+    let host_mac = host_link.as_ref().and_then(|l| l.mac);
+    match neigh {
+        None => diffs.push(format!(
+            "neighbour {POD_GATEWAY} on {} is missing",
+            spec.ifname
+        )),
+        Some(n) => {
+            if !n.permanent {
+                diffs.push(format!("neighbour {POD_GATEWAY} is not PERMANENT"));
+            }
+            if let (Some(want), Some(got)) = (host_mac, n.mac)
+                && want != got
+            {
+                diffs.push(format!(
+                    "neighbour {POD_GATEWAY} has lladdr {} but host veth {} has {}",
+                    format_mac(&got),
+                    spec.host_veth,
+                    format_mac(&want)
+                ));
+            }
+        }
+    }
+    Ok(diffs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_name_is_prefix_plus_11_hex_of_sha1() {
+        // `printf 'default.web-0' | sha1sum` = 0d7763386da219ddff1f...
+        assert_eq!(host_veth_name("eni", "default", "web-0"), "eni0d7763386da");
+        // `printf 'kube-system.coredns-abc' | sha1sum` = 3d5d6ab04b5152ac04d8...
+        assert_eq!(
+            host_veth_name("vlan", "kube-system", "coredns-abc"),
+            "vlan3d5d6ab04b5"
+        );
+    }
+
+    #[test]
+    fn random_macs_are_local_unicast() {
+        for _ in 0..64 {
+            let m = random_mac();
+            assert_eq!(m[0] & 0x01, 0, "unicast");
+            assert_eq!(m[0] & 0x02, 0x02, "locally administered");
+        }
+    }
+}
