@@ -1,0 +1,240 @@
+//! Where the programs under test are, and what the machine must have to run the tests.
+//!
+//! `aws-cni` and `ipamd` are taken from the cargo target directory of the build the tests run
+//! from (`target/debug/` for `cargo test`), overridable with `AWS_CNI_BIN` and `IPAMD_BIN`. The
+//! Go libcni front end `cniclient` lives in `<target>/go/cniclient` (override `CNICLIENT_BIN`);
+//! the harness builds it there with Debian's libcni sources if it is missing or older than
+//! `tests/libcni-client/main.go`. Missing prerequisites are errors, never silent skips.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Env var overriding the path of the plugin binary.
+pub const AWS_CNI_BIN_ENV: &str = "AWS_CNI_BIN";
+/// Env var overriding the path of the ipamd binary.
+pub const IPAMD_BIN_ENV: &str = "IPAMD_BIN";
+/// Env var overriding the path of the libcni front end.
+pub const CNICLIENT_BIN_ENV: &str = "CNICLIENT_BIN";
+/// Where Debian's golang-github-appc-cni-dev installs libcni (GOPATH layout).
+pub const DEBIAN_GOPATH: &str = "/usr/share/gocode";
+/// Where Debian's containernetworking-plugins installs portmap and friends.
+pub const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
+
+/// Errors about missing programs or privileges.
+#[derive(Debug, thiserror::Error)]
+pub enum BinError {
+    /// A binary under test is missing.
+    #[error("{what} not found at {path}: {hint}")]
+    Missing {
+        /// Which program.
+        what: &'static str,
+        /// Where it was expected.
+        path: PathBuf,
+        /// How to get it.
+        hint: String,
+    },
+    /// The tests run as a user other than root.
+    #[error(
+        "the end-to-end tests must run as root (they create network namespaces); run `sudo make test`"
+    )]
+    NotRoot,
+    /// A tool the tests need is not installed.
+    #[error("required tool {tool} is missing: {hint}")]
+    MissingTool {
+        /// The tool.
+        tool: String,
+        /// How to install it.
+        hint: String,
+    },
+    /// Building the Go front end failed.
+    #[error("building cniclient failed: {0}")]
+    GoBuild(String),
+}
+
+/// The workspace root (parent of this crate's manifest directory).
+pub fn workspace_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_owned()
+}
+
+/// The directory holding the cargo-built binaries of this build (`target/debug`, ...).
+pub fn profile_dir() -> PathBuf {
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        // Integration tests run from target/<profile>/deps, binaries from target/<profile>.
+        let dir = if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.parent().unwrap_or(dir)
+        } else {
+            dir
+        };
+        if dir.join("ipamd").exists() || dir.join("aws-cni").exists() {
+            return dir.to_owned();
+        }
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target"));
+    target.join("debug")
+}
+
+/// The cargo target directory (parent of [`profile_dir`]).
+pub fn target_dir() -> PathBuf {
+    let profile = profile_dir();
+    profile.parent().map(Path::to_owned).unwrap_or(profile)
+}
+
+fn locate(what: &'static str, env: &str, file: &str) -> Result<PathBuf, BinError> {
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| profile_dir().join(file));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(BinError::Missing {
+            what,
+            path,
+            hint: format!(
+                "build it with `cargo build --workspace --locked` (or `make build`), or point {env} at it"
+            ),
+        })
+    }
+}
+
+/// The `aws-cni` plugin binary.
+pub fn aws_cni() -> Result<PathBuf, BinError> {
+    locate("the aws-cni plugin", AWS_CNI_BIN_ENV, "aws-cni")
+}
+
+/// The `ipamd` binary.
+pub fn ipamd() -> Result<PathBuf, BinError> {
+    locate("ipamd", IPAMD_BIN_ENV, "ipamd")
+}
+
+/// `CNI_PATH` for the plugin: the directory of `aws-cni`, then the system plugins (portmap).
+pub fn cni_path() -> Result<String, BinError> {
+    let plugin = aws_cni()?;
+    let dir = plugin.parent().unwrap_or(Path::new("/"));
+    Ok(format!("{}:{SYSTEM_CNI_DIR}", dir.display()))
+}
+
+/// The source of the libcni front end.
+pub fn cniclient_source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("libcni-client/main.go")
+}
+
+/// The libcni front end, built on first use (or when its source is newer than the binary).
+pub fn cniclient() -> Result<PathBuf, BinError> {
+    if let Some(path) = std::env::var_os(CNICLIENT_BIN_ENV).map(PathBuf::from) {
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(BinError::Missing {
+                what: "cniclient",
+                path,
+                hint: format!("{CNICLIENT_BIN_ENV} points at a file that does not exist"),
+            })
+        };
+    }
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _serialized = BUILD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let out = target_dir().join("go").join("cniclient");
+    let source = cniclient_source();
+    let stale = match (out.metadata(), source.metadata()) {
+        (Ok(bin), Ok(src)) => match (bin.modified(), src.modified()) {
+            (Ok(b), Ok(s)) => s > b,
+            _ => false,
+        },
+        (Err(_), _) => true,
+        (Ok(_), Err(_)) => false,
+    };
+    if stale {
+        build_cniclient(&source, &out)?;
+    }
+    Ok(out)
+}
+
+/// Builds the libcni front end offline against Debian's libcni (GOPATH mode).
+pub fn build_cniclient(source: &Path, out: &Path) -> Result<(), BinError> {
+    require_tool("go", "apt-get install golang-go")?;
+    if !Path::new(DEBIAN_GOPATH)
+        .join("src/github.com/containernetworking/cni/libcni")
+        .is_dir()
+    {
+        return Err(BinError::MissingTool {
+            tool: "libcni sources".into(),
+            hint: "apt-get install golang-github-appc-cni-dev".into(),
+        });
+    }
+    let dir = source.parent().unwrap_or(Path::new("."));
+    let parent = out.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| BinError::GoBuild(format!("cannot create {}: {e}", parent.display())))?;
+    let tmp = parent.join(format!(".cniclient.{}", std::process::id()));
+    let gocache = target_dir().join("go").join("cache");
+    let result = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&tmp)
+        .arg("main.go")
+        .current_dir(dir)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", DEBIAN_GOPATH)
+        .env("GOFLAGS", "")
+        .env("GOCACHE", &gocache)
+        .output()
+        .map_err(|e| BinError::GoBuild(format!("cannot run go: {e}")))?;
+    if !result.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(BinError::GoBuild(
+            String::from_utf8_lossy(&result.stderr).trim().to_owned(),
+        ));
+    }
+    std::fs::rename(&tmp, out)
+        .map_err(|e| BinError::GoBuild(format!("cannot move the binary into place: {e}")))
+}
+
+/// Fails unless the process runs as root.
+pub fn require_root() -> Result<(), BinError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(BinError::NotRoot)
+    }
+}
+
+/// Fails unless `tool` is on PATH (or is an existing absolute path).
+pub fn require_tool(tool: &str, install_hint: &str) -> Result<(), BinError> {
+    let found = if tool.starts_with('/') {
+        Path::new(tool).is_file()
+    } else {
+        std::env::split_paths(&crate::netns::default_path()).any(|d| d.join(tool).is_file())
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(BinError::MissingTool {
+            tool: tool.to_owned(),
+            hint: install_hint.to_owned(),
+        })
+    }
+}
+
+/// Everything a simulated node needs: root, iproute2, ping, the system CNI plugins, and the
+/// two binaries under test.
+pub fn require_node_prerequisites() -> Result<(), BinError> {
+    require_root()?;
+    require_tool("ip", "apt-get install iproute2")?;
+    require_tool("ping", "apt-get install iputils-ping")?;
+    require_tool("sysctl", "apt-get install procps")?;
+    require_tool(
+        &format!("{SYSTEM_CNI_DIR}/portmap"),
+        "apt-get install containernetworking-plugins",
+    )?;
+    require_tool("iptables", "apt-get install iptables")?;
+    aws_cni()?;
+    ipamd()?;
+    Ok(())
+}

@@ -1,0 +1,494 @@
+//! Network namespaces owned by the harness, and processes running inside them.
+//!
+//! [`Netns`] creates `vcni-<pid>-<counter>-<role>` with `ip netns add` and deletes it on drop
+//! (also during a panic's unwinding), after killing whatever still runs inside. Reads go through
+//! `ip -j -n <ns> ...` and come back as parsed JSON, the same view an operator gets.
+//! [`NetnsProcess`] is a long-running child started under `ip netns exec`, killed on drop.
+//! [`Netns::run_in`] runs a closure on a fresh thread that entered the namespace (setns is per
+//! thread), e.g. to open a listening socket there that can then be served from anywhere.
+
+use std::fs::{File, OpenOptions};
+use std::net::IpAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::cleanup;
+
+/// Errors of namespace and process handling.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// A command could not be started at all.
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A command ran and failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: ExitStatus,
+        /// Its stderr (trimmed).
+        stderr: String,
+    },
+    /// `ip -j` printed something that is not JSON.
+    #[error("`{command}` printed invalid JSON ({source}): {stdout}")]
+    Json {
+        /// The command line.
+        command: String,
+        /// The parse error.
+        source: serde_json::Error,
+        /// What it printed.
+        stdout: String,
+    },
+    /// The namespace could not be entered.
+    #[error("cannot enter network namespace {name}: {reason}")]
+    Enter {
+        /// The namespace name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A log file for a child process could not be opened.
+    #[error("cannot open log file {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Standard search path handed to children whose environment is cleared.
+pub fn default_path() -> String {
+    std::env::var("PATH")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into())
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&arg.to_string_lossy());
+    }
+    s
+}
+
+/// Runs `cmd` to completion and returns its output, whatever its exit status.
+pub fn run(cmd: &mut Command) -> Result<Output, NetnsError> {
+    cmd.stdin(Stdio::null())
+        .output()
+        .map_err(|source| NetnsError::Spawn {
+            command: describe(cmd),
+            source,
+        })
+}
+
+/// Runs `cmd` and returns its stdout, or an error naming the command and its stderr.
+pub fn run_checked(cmd: &mut Command) -> Result<String, NetnsError> {
+    let out = run(cmd)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(NetnsError::Failed {
+            command: describe(cmd),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// A network namespace created by the harness and deleted when dropped.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    deleted: bool,
+}
+
+impl Netns {
+    /// Creates `vcni-<pid>-<n>-<role>`. `role` should be short and say what it is (`node`,
+    /// `vpc`, `pod-a`).
+    pub fn new(role: &str) -> Result<Self, NetnsError> {
+        cleanup::reap_stale_namespaces();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "{}-{}-{n}-{role}",
+            cleanup::NETNS_PREFIX,
+            std::process::id()
+        );
+        run_checked(Command::new("ip").args(["netns", "add", &name]))?;
+        cleanup::register_netns(&name);
+        let ns = Self {
+            name,
+            deleted: false,
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name (for `ip -n`, `ip netns exec`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its bind-mount path, what a runtime passes as `CNI_NETNS`.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Whether the namespace still exists.
+    pub fn exists(&self) -> bool {
+        !self.deleted && self.path().exists()
+    }
+
+    /// `ip -n <ns> <args>`, checked; returns stdout.
+    pub fn ip(&self, args: &[&str]) -> Result<String, NetnsError> {
+        run_checked(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// `ip -j -n <ns> <args>` parsed as a JSON array (empty when ip prints nothing).
+    pub fn ip_json(&self, args: &[&str]) -> Result<Vec<Value>, NetnsError> {
+        let mut cmd = Command::new("ip");
+        cmd.arg("-j").arg("-n").arg(&self.name).args(args);
+        let out = run_checked(&mut cmd)?;
+        if out.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        serde_json::from_str(&out).map_err(|source| NetnsError::Json {
+            command: describe(&cmd),
+            source,
+            stdout: out,
+        })
+    }
+
+    /// A `Command` that runs `program` inside the namespace (`ip netns exec`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `program args` inside the namespace and returns its output (any exit status).
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output, NetnsError> {
+        run(self.command(program).args(args))
+    }
+
+    /// Runs `program args` inside the namespace; fails unless it exits 0.
+    pub fn exec_checked(&self, program: &str, args: &[&str]) -> Result<String, NetnsError> {
+        run_checked(self.command(program).args(args))
+    }
+
+    /// Sets a sysctl of this namespace (`net.*` keys are per namespace).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<(), NetnsError> {
+        self.exec_checked("sysctl", &["-q", "-w", &format!("{key}={value}")])
+            .map(|_| ())
+    }
+
+    /// Reads a sysctl of this namespace.
+    pub fn sysctl_get(&self, key: &str) -> Result<String, NetnsError> {
+        self.exec_checked("sysctl", &["-n", key])
+            .map(|s| s.trim().to_owned())
+    }
+
+    /// `ip -j link show`.
+    pub fn links(&self) -> Result<Vec<Value>, NetnsError> {
+        self.ip_json(&["link", "show"])
+    }
+
+    /// The link called `name`, if it exists.
+    pub fn link(&self, name: &str) -> Result<Option<Value>, NetnsError> {
+        Ok(self
+            .links()?
+            .into_iter()
+            .find(|l| l["ifname"].as_str() == Some(name)))
+    }
+
+    /// Names of every link.
+    pub fn link_names(&self) -> Result<Vec<String>, NetnsError> {
+        Ok(self
+            .links()?
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// `ip -j -4 addr show`.
+    pub fn addresses(&self) -> Result<Vec<Value>, NetnsError> {
+        self.ip_json(&["-4", "addr", "show"])
+    }
+
+    /// IPv4 addresses of `ifname` as `a.b.c.d/len` strings.
+    pub fn addresses_of(&self, ifname: &str) -> Result<Vec<String>, NetnsError> {
+        Ok(self
+            .addresses()?
+            .iter()
+            .filter(|l| l["ifname"].as_str() == Some(ifname))
+            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| {
+                Some(format!(
+                    "{}/{}",
+                    a["local"].as_str()?,
+                    a["prefixlen"].as_u64()?
+                ))
+            })
+            .collect())
+    }
+
+    /// `ip -j -4 route show table <table>`; a table that does not exist is empty.
+    pub fn routes(&self, table: &str) -> Result<Vec<Value>, NetnsError> {
+        match self.ip_json(&["-4", "route", "show", "table", table]) {
+            Err(NetnsError::Failed { stderr, .. }) if stderr.contains("does not exist") => {
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+
+    /// `ip -j -4 rule show`.
+    pub fn rules(&self) -> Result<Vec<Value>, NetnsError> {
+        self.ip_json(&["-4", "rule", "show"])
+    }
+
+    /// `ip -j -4 neigh show`.
+    pub fn neighbours(&self) -> Result<Vec<Value>, NetnsError> {
+        self.ip_json(&["-4", "neigh", "show"])
+    }
+
+    /// Pings `dst` from inside the namespace (3 probes, 0.2 s apart, 1 s deadline per reply).
+    pub fn ping(&self, dst: IpAddr) -> Result<PingOutcome, NetnsError> {
+        let out = self.exec(
+            "ping",
+            &["-n", "-c", "3", "-i", "0.2", "-W", "1", &dst.to_string()],
+        )?;
+        Ok(PingOutcome {
+            ok: out.status.success(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        })
+    }
+
+    /// Runs `f` on a new thread that entered this namespace, and returns its result. Sockets
+    /// created by `f` stay in the namespace when used from other threads.
+    pub fn run_in<F, R>(&self, f: F) -> Result<R, NetnsError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let file = File::open(self.path()).map_err(|e| NetnsError::Enter {
+            name: self.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let name = self.name.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("in-{}", self.name))
+            .spawn(move || {
+                // The thread ends after `f`, so it never needs to switch back.
+                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+                Ok::<R, String>(f())
+            })
+            .map_err(|e| NetnsError::Enter {
+                name: name.clone(),
+                reason: e.to_string(),
+            })?;
+        match handle.join() {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(reason)) => Err(NetnsError::Enter { name, reason }),
+            Err(_) => Err(NetnsError::Enter {
+                name,
+                reason: "the closure panicked".into(),
+            }),
+        }
+    }
+
+    /// Deletes the namespace now (e.g. to test DEL after the netns is gone).
+    pub fn delete(&mut self) -> Result<(), NetnsError> {
+        if self.deleted {
+            return Ok(());
+        }
+        self.deleted = true;
+        cleanup::unregister_netns(&self.name);
+        if cleanup::delete_netns_by_name(&self.name) {
+            Ok(())
+        } else {
+            Err(NetnsError::Enter {
+                name: self.name.clone(),
+                reason: "ip netns del failed (see stderr)".into(),
+            })
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if !self.deleted {
+            self.deleted = true;
+            cleanup::unregister_netns(&self.name);
+            cleanup::delete_netns_by_name(&self.name);
+        }
+    }
+}
+
+/// Result of [`Netns::ping`].
+#[derive(Debug, Clone)]
+pub struct PingOutcome {
+    /// Whether replies came back (ping exit 0).
+    pub ok: bool,
+    /// ping's output, for assertion messages.
+    pub output: String,
+}
+
+/// A long-running process started inside a namespace with `ip netns exec` (which execs the
+/// program, so the child's pid is the program's). Killed with SIGKILL when dropped.
+#[derive(Debug)]
+pub struct NetnsProcess {
+    child: Child,
+    label: String,
+    status: Option<ExitStatus>,
+}
+
+impl NetnsProcess {
+    /// Starts `program args` in `netns` with exactly `env` (plus PATH), stdout and stderr
+    /// appended to `output_log`.
+    pub fn spawn(
+        netns: &Netns,
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        output_log: &Path,
+    ) -> Result<Self, NetnsError> {
+        let open_log = || {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(output_log)
+                .map_err(|source| NetnsError::Log {
+                    path: output_log.to_owned(),
+                    source,
+                })
+        };
+        let (out, err) = (open_log()?, open_log()?);
+        let mut cmd = netns.command(program);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", default_path())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let label = describe(&cmd);
+        let child = cmd.spawn().map_err(|source| NetnsError::Spawn {
+            command: label.clone(),
+            source,
+        })?;
+        if let Ok(pid) = i32::try_from(child.id()) {
+            cleanup::register_pid(pid);
+        }
+        Ok(Self {
+            child,
+            label,
+            status: None,
+        })
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap_or(i32::MAX)
+    }
+
+    /// The command line it was started with.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Sends `signal` (no-op if it already exited).
+    pub fn signal(&mut self, signal: Signal) -> Result<(), NetnsError> {
+        if self.try_wait().is_some() {
+            return Ok(());
+        }
+        match kill(Pid::from_raw(self.pid()), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(NetnsError::Enter {
+                name: self.label.clone(),
+                reason: format!("kill({signal}): {e}"),
+            }),
+        }
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none()
+            && let Ok(Some(status)) = self.child.try_wait()
+        {
+            self.exited(status);
+        }
+        self.status
+    }
+
+    fn exited(&mut self, status: ExitStatus) {
+        self.status = Some(status);
+        cleanup::unregister_pid(self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and reap; returns the exit status.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if let Some(status) = self.try_wait() {
+            return Some(status);
+        }
+        let _ = self.child.kill();
+        match self.child.wait() {
+            Ok(status) => {
+                self.exited(status);
+                Some(status)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// A readable description of an exit status (`exit 0`, `signal 9`).
+    pub fn describe_status(status: ExitStatus) -> String {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => format!("{status}"),
+        }
+    }
+}
+
+impl Drop for NetnsProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

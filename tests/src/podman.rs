@@ -1,0 +1,164 @@
+//! Driving the plugin through podman 4.3 with its CNI backend, the way a user of a plain
+//! container host would meet it. podman runs inside the node's namespace (so the plugin it
+//! execs works on the node), with a private `containers.conf` (`CONTAINERS_CONF`: CNI backend,
+//! plugin dirs = aws-cni's dir + /usr/lib/cni, network config dir = ipamd's net.d, runc, lowered
+//! ulimits) and private storage (`--root`, `--runroot`, `--tmpdir`) removed afterwards, so
+//! nothing on the machine changes. `podman system reset` is never used: it deletes conflists.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::bins::{self, BinError};
+use crate::cleanup;
+use crate::netns::run;
+use crate::node::{NodeError, SimNode};
+
+/// The local image the tests run (busybox-static, imported, no registry involved).
+pub const BUSYBOX_IMAGE: &str = "localhost/vcni-busybox:latest";
+
+/// Applets linked into the image.
+const APPLETS: &[&str] = &[
+    "sh", "ip", "ls", "cat", "echo", "sleep", "ping", "ifconfig", "route", "hostname",
+];
+
+/// podman with private configuration and storage, bound to one node.
+#[derive(Debug)]
+pub struct Podman<'a> {
+    node: &'a SimNode,
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> NodeError {
+    move |source| NodeError::Io { context, source }
+}
+
+impl<'a> Podman<'a> {
+    /// Writes the private `containers.conf` and storage directories for `node`.
+    pub fn new(node: &'a SimNode) -> Result<Self, NodeError> {
+        bins::require_tool("podman", "apt-get install podman")?;
+        bins::require_tool("runc", "apt-get install runc")?;
+        bins::require_tool("tar", "apt-get install tar")?;
+        let dir = tempfile::Builder::new()
+            .prefix("vcni-podman-")
+            .tempdir()
+            .map_err(io_err("cannot create podman's private directory".into()))?;
+        cleanup::register_dir(dir.path());
+        let plugin = bins::aws_cni()?;
+        let plugin_dir = plugin.parent().unwrap_or(Path::new("/"));
+        let conf = dir.path().join("containers.conf");
+        let text = format!(
+            "[containers]\n\
+             default_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
+             [network]\n\
+             network_backend = \"cni\"\n\
+             cni_plugin_dirs = [{plugin_dir:?}, {system:?}]\n\
+             network_config_dir = {confdir:?}\n\
+             default_network = \"aws-cni\"\n\
+             [engine]\n\
+             runtime = \"runc\"\n\
+             cgroup_manager = \"cgroupfs\"\n\
+             events_logger = \"none\"\n\
+             tmp_dir = {tmp:?}\n",
+            plugin_dir = plugin_dir.to_string_lossy(),
+            system = bins::SYSTEM_CNI_DIR,
+            confdir = node.conflist_dir().to_string_lossy(),
+            tmp = dir.path().join("tmp").to_string_lossy(),
+        );
+        fs::write(&conf, text).map_err(io_err(format!("cannot write {}", conf.display())))?;
+        Ok(Self { node, dir, conf })
+    }
+
+    /// The private directory (configuration, storage, state).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A podman command running inside the node's namespace with the private setup.
+    pub fn command(&self) -> Command {
+        let mut cmd = self.node.ns().command("podman");
+        cmd.env("CONTAINERS_CONF", &self.conf)
+            .arg("--root")
+            .arg(self.dir().join("root"))
+            .arg("--runroot")
+            .arg(self.dir().join("runroot"))
+            .arg("--tmpdir")
+            .arg(self.dir().join("tmp"));
+        cmd
+    }
+
+    /// Runs podman with `args` and returns its output (any exit status).
+    pub fn run(&self, args: &[&str]) -> Result<Output, NodeError> {
+        Ok(run(self.command().args(args))?)
+    }
+
+    /// Builds [`BUSYBOX_IMAGE`] from the static busybox binary with `podman import`.
+    pub fn import_busybox(&self) -> Result<&'static str, NodeError> {
+        let busybox = fs::canonicalize("/bin/busybox").map_err(|_| {
+            NodeError::Bin(BinError::MissingTool {
+                tool: "/bin/busybox".into(),
+                hint: "apt-get install busybox-static".into(),
+            })
+        })?;
+        let rootfs = self.dir().join("rootfs");
+        let bin = rootfs.join("bin");
+        fs::create_dir_all(&bin).map_err(io_err(format!("cannot create {}", bin.display())))?;
+        fs::copy(&busybox, bin.join("busybox"))
+            .map_err(io_err(format!("cannot copy {}", busybox.display())))?;
+        for applet in APPLETS {
+            std::os::unix::fs::symlink("busybox", bin.join(applet))
+                .map_err(io_err(format!("cannot link {applet}")))?;
+        }
+        let tar = self.dir().join("rootfs.tar");
+        crate::netns::run_checked(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&rootfs)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("."),
+        )?;
+        let out = self.run(&[
+            "import",
+            "-q",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+            &tar.to_string_lossy(),
+            BUSYBOX_IMAGE,
+        ])?;
+        if !out.status.success() {
+            return Err(NodeError::Io {
+                context: format!(
+                    "podman import failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                source: std::io::Error::other("podman import"),
+            });
+        }
+        Ok(BUSYBOX_IMAGE)
+    }
+
+    /// Starts `podman <args>` with stdout and stderr piped (to follow a container's output).
+    pub fn spawn(&self, args: &[&str]) -> Result<std::process::Child, NodeError> {
+        self.command()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_err("cannot start podman".into()))
+    }
+}
+
+impl Drop for Podman<'_> {
+    fn drop(&mut self) {
+        // Remove leftovers (a failed test may leave a container running) so the storage's
+        // mounts go away before the directory is removed.
+        let _ = run(self
+            .command()
+            .args(["rm", "--all", "--force", "--time", "0"]));
+        let _ = run(self.command().args(["rmi", "--all", "--force"]));
+        cleanup::unregister_dir(self.dir.path());
+    }
+}
