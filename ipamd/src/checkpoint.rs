@@ -44,7 +44,9 @@ pub enum CheckpointError {
         source: serde_json::Error,
     },
     /// A version this build does not know.
-    #[error("checkpoint {path} has version {found:?}; this ipamd reads only {CHECKPOINT_VERSION:?}")]
+    #[error(
+        "checkpoint {path} has version {found:?}; this ipamd reads only {CHECKPOINT_VERSION:?}"
+    )]
     UnknownVersion {
         /// The file.
         path: PathBuf,
@@ -57,10 +59,18 @@ pub enum CheckpointError {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CheckpointMetadata {
     /// `k8sPodNamespace`.
-    #[serde(rename = "k8sPodNamespace", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "k8sPodNamespace",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub pod_namespace: String,
     /// `k8sPodName`.
-    #[serde(rename = "k8sPodName", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "k8sPodName",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub pod_name: String,
     /// `interfacesCount`.
     #[serde(rename = "interfacesCount", default, skip_serializing_if = "is_zero")]
@@ -179,7 +189,10 @@ impl CheckpointData {
     pub fn from_assignments(assignments: &[Assignment]) -> Self {
         Self {
             version: CHECKPOINT_VERSION.to_owned(),
-            allocations: assignments.iter().map(CheckpointEntry::from_assignment).collect(),
+            allocations: assignments
+                .iter()
+                .map(CheckpointEntry::from_assignment)
+                .collect(),
         }
     }
 }
@@ -339,8 +352,16 @@ mod tests {
         assert_eq!(back, data);
         assert_eq!(back.allocations[0].allocated_at(), a.assigned_at);
         let text = std::fs::read_to_string(cp.path()).unwrap();
-        assert!(text.contains(r#""allocationTimestamp":1700000000123456789"#), "{text}");
-        assert!(text.contains(r#""metadata":{"k8sPodNamespace":"ns","k8sPodName":"pod","interfacesCount":1}"#), "{text}");
+        assert!(
+            text.contains(r#""allocationTimestamp":1700000000123456789"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#""metadata":{"k8sPodNamespace":"ns","k8sPodName":"pod","interfacesCount":1}"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -367,7 +388,10 @@ mod tests {
         let path = dir.path().join("ipam.json");
         std::fs::write(&path, r#"{"version":"vpc-cni-ipam/2","allocations":[]}"#).unwrap();
         let err = FileCheckpointer::new(&path).load().unwrap_err().to_string();
-        assert!(err.contains("vpc-cni-ipam/2") && err.contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.contains("vpc-cni-ipam/2") && err.contains(&path.display().to_string()),
+            "{err}"
+        );
         std::fs::write(&path, r#"{"allocations":[]}"#).unwrap();
         assert!(matches!(
             FileCheckpointer::new(&path).load(),
@@ -379,17 +403,29 @@ mod tests {
     fn torn_or_garbage_files_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ipam.json");
-        for content in [&REFERENCE_SAMPLE[..60], "garbage", "", "{\"version\":\"vpc-cni-ipam/1\",\"allocations\":{}}"] {
+        for content in [
+            &REFERENCE_SAMPLE[..60],
+            "garbage",
+            "",
+            "{\"version\":\"vpc-cni-ipam/1\",\"allocations\":{}}",
+        ] {
             std::fs::write(&path, content).unwrap();
             let err = FileCheckpointer::new(&path).load().unwrap_err();
-            assert!(matches!(err, CheckpointError::Corrupt { .. }), "{content:?}: {err}");
+            assert!(
+                matches!(err, CheckpointError::Corrupt { .. }),
+                "{content:?}: {err}"
+            );
             assert!(err.to_string().contains("ipam.json"));
         }
     }
 
     #[test]
     fn null_allocations_read_as_empty() {
-        let data = decode(Path::new("x"), br#"{"version":"vpc-cni-ipam/1","allocations":null}"#).unwrap();
+        let data = decode(
+            Path::new("x"),
+            br#"{"version":"vpc-cni-ipam/1","allocations":null}"#,
+        )
+        .unwrap();
         assert!(data.allocations.is_empty());
     }
 

@@ -10,7 +10,7 @@ pub mod config;
 // pub mod daemon;
 pub mod datastore;
 pub mod fsutil;
-// pub mod host_network;
+pub mod host_network;
 // pub mod logging;
 pub mod mac;
 // pub mod pool;

@@ -68,7 +68,13 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "02:00:0a:00:00", "02:00:0a:00:00:0a:01", "0200:0a:00:00:0a", "zz:00:0a:00:00:0a"] {
+        for bad in [
+            "",
+            "02:00:0a:00:00",
+            "02:00:0a:00:00:0a:01",
+            "0200:0a:00:00:0a",
+            "zz:00:0a:00:00:0a",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -68,7 +68,9 @@ impl FakeImds {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Changes the ENIs.
@@ -103,7 +105,12 @@ impl FakeImds {
         f(&state).ok_or(ImdsError::NotFound { path })
     }
 
-    fn eni<T>(&self, mac: MacAddr, field: &str, f: impl FnOnce(&FakeEni) -> T) -> Result<T, ImdsError> {
+    fn eni<T>(
+        &self,
+        mac: MacAddr,
+        field: &str,
+        f: impl FnOnce(&FakeEni) -> T,
+    ) -> Result<T, ImdsError> {
         self.read(&format!("network/interfaces/macs/{mac}/{field}"), |s| {
             s.enis.iter().find(|e| e.mac == mac).map(f)
         })
@@ -124,7 +131,9 @@ impl Imds for FakeImds {
     }
 
     async fn availability_zone(&self) -> Result<String, ImdsError> {
-        self.read("placement/availability-zone", |_| Some("us-west-2a".to_owned()))
+        self.read("placement/availability-zone", |_| {
+            Some("us-west-2a".to_owned())
+        })
     }
 
     async fn region(&self) -> Result<String, ImdsError> {
@@ -136,11 +145,21 @@ impl Imds for FakeImds {
     }
 
     async fn local_ipv4(&self) -> Result<Ipv4Addr, ImdsError> {
-        self.read("local-ipv4", |s| Self::primary(s).and_then(|e| e.ips.first().copied()))
+        self.read("local-ipv4", |s| {
+            Self::primary(s).and_then(|e| e.ips.first().copied())
+        })
     }
 
     async fn macs(&self) -> Result<Vec<MacAddr>, ImdsError> {
-        self.read("network/interfaces/macs/", |s| Some(s.enis.iter().map(|e| e.mac).filter(|m| !s.hidden.contains(m)).collect()))
+        self.read("network/interfaces/macs/", |s| {
+            Some(
+                s.enis
+                    .iter()
+                    .map(|e| e.mac)
+                    .filter(|m| !s.hidden.contains(m))
+                    .collect(),
+            )
+        })
     }
 
     async fn device_number(&self, mac: MacAddr) -> Result<u32, ImdsError> {
@@ -170,6 +189,8 @@ impl Imds for FakeImds {
     }
 
     async fn security_group_ids(&self, mac: MacAddr) -> Result<Vec<String>, ImdsError> {
-        self.eni(mac, "security-group-ids", |_| vec!["sg-0a1b2c3d".to_owned()])
+        self.eni(mac, "security-group-ids", |_| {
+            vec!["sg-0a1b2c3d".to_owned()]
+        })
     }
 }

@@ -71,11 +71,9 @@ pub trait Imds: Send + Sync + 'static {
     /// `network/interfaces/macs/`: every attached ENI.
     fn macs(&self) -> impl Future<Output = Result<Vec<MacAddr>, ImdsError>> + Send;
     /// `network/interfaces/macs/<mac>/device-number`.
-    fn device_number(&self, mac: MacAddr)
-    -> impl Future<Output = Result<u32, ImdsError>> + Send;
+    fn device_number(&self, mac: MacAddr) -> impl Future<Output = Result<u32, ImdsError>> + Send;
     /// `network/interfaces/macs/<mac>/interface-id`.
-    fn interface_id(&self, mac: MacAddr)
-    -> impl Future<Output = Result<String, ImdsError>> + Send;
+    fn interface_id(&self, mac: MacAddr) -> impl Future<Output = Result<String, ImdsError>> + Send;
     /// `network/interfaces/macs/<mac>/local-ipv4s`: primary address first. An ENI without IPv4
     /// addresses (EFA-only) answers 404, returned here as an empty list.
     fn local_ipv4s(
@@ -181,7 +179,9 @@ pub fn lines(value: &str) -> impl Iterator<Item = &str> {
 }
 
 fn parse_mac(value: &str) -> Result<MacAddr, String> {
-    value.parse().map_err(|e: crate::mac::ParseMacError| e.to_string())
+    value
+        .parse()
+        .map_err(|e: crate::mac::ParseMacError| e.to_string())
 }
 
 fn parse_ip(value: &str) -> Result<Ipv4Addr, String> {
@@ -320,7 +320,10 @@ mod tests {
         assert_eq!(macs[1].to_string(), "02:00:0a:00:00:0b");
         assert!(parse_mac_list("nonsense/").is_err());
         let ips = parse_ip_list("10.0.0.10\n10.0.0.11\n").unwrap();
-        assert_eq!(ips, vec![Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 11)]);
+        assert_eq!(
+            ips,
+            vec![Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 11)]
+        );
         assert!(parse_ip_list("10.0.0.300").is_err());
         assert_eq!(parse_net_list("10.0.0.0/16\n").unwrap().len(), 1);
         assert!(parse_net_list("10.0.0.0").is_err());

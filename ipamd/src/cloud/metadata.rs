@@ -19,7 +19,9 @@ pub enum MetadataError {
     #[error(transparent)]
     Imds(#[from] ImdsError),
     /// The instance's primary MAC is not among the attached ENIs.
-    #[error("instance metadata: primary MAC {mac} (path mac) is not listed under network/interfaces/macs/")]
+    #[error(
+        "instance metadata: primary MAC {mac} (path mac) is not listed under network/interfaces/macs/"
+    )]
     PrimaryMissing {
         /// The primary MAC.
         mac: MacAddr,
@@ -249,8 +251,20 @@ mod tests {
         FakeImds::new(
             "i-0123",
             vec![
-                FakeEni::new("02:00:0a:00:00:0a", "eni-a", 0, "10.0.0.0/24", &["10.0.0.10", "10.0.0.11", "10.0.0.12"]),
-                FakeEni::new("02:00:0a:00:00:0b", "eni-b", 1, "10.0.0.0/24", &["10.0.0.20", "10.0.0.21"]),
+                FakeEni::new(
+                    "02:00:0a:00:00:0a",
+                    "eni-a",
+                    0,
+                    "10.0.0.0/24",
+                    &["10.0.0.10", "10.0.0.11", "10.0.0.12"],
+                ),
+                FakeEni::new(
+                    "02:00:0a:00:00:0b",
+                    "eni-b",
+                    1,
+                    "10.0.0.0/24",
+                    &["10.0.0.20", "10.0.0.21"],
+                ),
             ],
         )
     }
@@ -265,10 +279,16 @@ mod tests {
         let (a, b) = (&md.enis[0], &md.enis[1]);
         assert!(a.is_primary && !b.is_primary);
         assert_eq!(a.primary_ip, Ipv4Addr::new(10, 0, 0, 10));
-        assert_eq!(a.secondary_ips, vec![Ipv4Addr::new(10, 0, 0, 11), Ipv4Addr::new(10, 0, 0, 12)]);
+        assert_eq!(
+            a.secondary_ips,
+            vec![Ipv4Addr::new(10, 0, 0, 11), Ipv4Addr::new(10, 0, 0, 12)]
+        );
         assert_eq!(b.device_number, 1);
         assert_eq!(b.gateway(), Ipv4Addr::new(10, 0, 0, 1));
-        assert_eq!(md.vpc_cidrs(), vec!["10.0.0.0/16".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(
+            md.vpc_cidrs(),
+            vec!["10.0.0.0/16".parse::<Ipv4Net>().unwrap()]
+        );
     }
 
     #[tokio::test]
@@ -309,6 +329,9 @@ mod tests {
         let imds = node();
         imds.fail_path(Some("network/interfaces/macs/02:00:0a:00:00:0b/subnet-id"));
         let err = fetch_instance(&imds).await.unwrap_err().to_string();
-        assert!(err.contains("/latest/meta-data/network/interfaces/macs/02:00:0a:00:00:0b/subnet-id"), "{err}");
+        assert!(
+            err.contains("/latest/meta-data/network/interfaces/macs/02:00:0a:00:00:0b/subnet-id"),
+            "{err}"
+        );
     }
 }

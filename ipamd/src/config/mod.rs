@@ -376,8 +376,11 @@ impl Config {
         let eni_mtu = r.or(AWS_VPC_ENI_MTU, 9001, parse::parse_mtu)?;
         let pod_mtu = r.or(POD_MTU, eni_mtu, parse::parse_mtu)?;
 
-        let (additional_eni_tags, dropped) =
-            r.or(ADDITIONAL_ENI_TAGS, (BTreeMap::new(), Vec::new()), parse::parse_eni_tags)?;
+        let (additional_eni_tags, dropped) = r.or(
+            ADDITIONAL_ENI_TAGS,
+            (BTreeMap::new(), Vec::new()),
+            parse::parse_eni_tags,
+        )?;
         for key in dropped {
             warnings.push(format!(
                 "{ADDITIONAL_ENI_TAGS}: tag key {key:?} is ignored (keys containing k8s.amazonaws.com are reserved for ipamd)"
@@ -449,7 +452,11 @@ impl Config {
                 LogDestination::File("/host/var/log/aws-routed-eni/ipamd.log".into()),
                 parse::parse_log_destination,
             )?,
-            log_level: r.or(AWS_VPC_K8S_CNI_LOGLEVEL, tracing::Level::DEBUG, parse::parse_log_level)?,
+            log_level: r.or(
+                AWS_VPC_K8S_CNI_LOGLEVEL,
+                tracing::Level::DEBUG,
+                parse::parse_log_level,
+            )?,
             ip_cooldown: Duration::from_secs(u64::from(r.or(
                 IP_COOLDOWN_PERIOD,
                 30,
@@ -492,7 +499,11 @@ impl Config {
                 node_port_support: r.bool(AWS_VPC_CNI_NODE_PORT_SUPPORT, true)?,
             },
             plugin: PluginConfig {
-                veth_prefix: r.or(AWS_VPC_K8S_CNI_VETHPREFIX, "eni".into(), parse::parse_veth_prefix)?,
+                veth_prefix: r.or(
+                    AWS_VPC_K8S_CNI_VETHPREFIX,
+                    "eni".into(),
+                    parse::parse_veth_prefix,
+                )?,
                 pod_mtu,
                 log_file: r.or(
                     AWS_VPC_K8S_PLUGIN_LOG_FILE,
@@ -563,7 +574,9 @@ impl Config {
             return Err(ConfigError::Invalid {
                 var: ENABLE_IPV6,
                 value: raw(ENABLE_IPV6)?,
-                reason: format!("{ENABLE_IPV4} and {ENABLE_IPV6} cannot both be true (dual stack is not supported)"),
+                reason: format!(
+                    "{ENABLE_IPV4} and {ENABLE_IPV6} cannot both be true (dual stack is not supported)"
+                ),
             });
         }
         if !f.ipv4 && !f.ipv6 {
@@ -588,18 +601,32 @@ impl Config {
         }
         let unsupported = [
             (f.ipv6, ENABLE_IPV6, "IPv6 mode"),
-            (f.prefix_delegation, ENABLE_PREFIX_DELEGATION, "prefix delegation"),
-            (f.custom_network, AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG, "custom networking (ENIConfig)"),
+            (
+                f.prefix_delegation,
+                ENABLE_PREFIX_DELEGATION,
+                "prefix delegation",
+            ),
+            (
+                f.custom_network,
+                AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG,
+                "custom networking (ENIConfig)",
+            ),
             (f.pod_eni, ENABLE_POD_ENI, "security groups for pods"),
             (f.multi_nic, ENABLE_MULTI_NIC, "multiple network cards"),
-            (f.v6_egress, ENABLE_V6_EGRESS, "IPv6 egress for pods (egress-cni)"),
+            (
+                f.v6_egress,
+                ENABLE_V6_EGRESS,
+                "IPv6 egress for pods (egress-cni)",
+            ),
         ];
         for (enabled, var, what) in unsupported {
             if enabled {
                 return Err(ConfigError::Unsupported {
                     var,
                     value: raw(var)?,
-                    reason: format!("{what} is not available in this build yet; unset {var} or set it to false"),
+                    reason: format!(
+                        "{what} is not available in this build yet; unset {var} or set it to false"
+                    ),
                 });
             }
         }

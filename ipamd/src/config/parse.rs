@@ -13,13 +13,18 @@ pub fn parse_bool(value: &str) -> Result<bool, String> {
     match value {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err("not a boolean (accepted: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False)".into()),
+        _ => Err(
+            "not a boolean (accepted: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False)"
+                .into(),
+        ),
     }
 }
 
 /// A decimal integer as Go's `strconv.Atoi` reads it (optional sign, digits, no spaces).
 pub fn parse_int(value: &str) -> Result<i64, String> {
-    value.parse::<i64>().map_err(|_| "not an integer".to_owned())
+    value
+        .parse::<i64>()
+        .map_err(|_| "not an integer".to_owned())
 }
 
 /// A non-negative integer that fits in `u32`.
@@ -80,7 +85,9 @@ pub fn parse_veth_prefix(value: &str) -> Result<String, String> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
     {
-        return Err("only ASCII letters, digits, '-', '_' and '.' are allowed in an interface name".into());
+        return Err(
+            "only ASCII letters, digits, '-', '_' and '.' are allowed in an interface name".into(),
+        );
     }
     Ok(value.to_owned())
 }
@@ -282,9 +289,7 @@ pub fn parse_bind_address(value: &str) -> Result<BindAddress, String> {
 
 /// An `http://` or `https://` URL with a host (`AWS_EC2_ENDPOINT`, `CLUSTER_ENDPOINT`).
 pub fn parse_url(value: &str) -> Result<String, String> {
-    let uri: http::Uri = value
-        .parse()
-        .map_err(|e| format!("not a URL: {e}"))?;
+    let uri: http::Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
         _ => return Err("the URL must start with http:// or https://".into()),
@@ -345,7 +350,11 @@ mod tests {
     fn mtu_range_is_576_to_9001() {
         assert_eq!(parse_mtu("576"), Ok(576));
         assert_eq!(parse_mtu("9001"), Ok(9001));
-        assert!(parse_mtu("575").unwrap_err().contains("between 576 and 9001"));
+        assert!(
+            parse_mtu("575")
+                .unwrap_err()
+                .contains("between 576 and 9001")
+        );
         assert!(parse_mtu("70000").is_err());
         assert!(parse_mtu("-1500").is_err());
         assert!(parse_mtu("jumbo").is_err());
@@ -367,9 +376,17 @@ mod tests {
     fn veth_prefix_rules() {
         assert_eq!(parse_veth_prefix("eni").unwrap(), "eni");
         assert_eq!(parse_veth_prefix("cali").unwrap(), "cali");
-        assert!(parse_veth_prefix("toolong").unwrap_err().contains("4 characters"));
+        assert!(
+            parse_veth_prefix("toolong")
+                .unwrap_err()
+                .contains("4 characters")
+        );
         for reserved in ["eth", "lo", "vlan"] {
-            assert!(parse_veth_prefix(reserved).unwrap_err().contains("reserved"));
+            assert!(
+                parse_veth_prefix(reserved)
+                    .unwrap_err()
+                    .contains("reserved")
+            );
         }
         assert!(parse_veth_prefix("").is_err());
         assert!(parse_veth_prefix("a/b").is_err());
@@ -388,7 +405,11 @@ mod tests {
             Ok(LogDestination::File("/var/log/x.log".into()))
         );
         assert!(parse_log_destination("/var/log/").is_err());
-        assert!(parse_plugin_log_file("stdout").unwrap_err().contains("stdout"));
+        assert!(
+            parse_plugin_log_file("stdout")
+                .unwrap_err()
+                .contains("stdout")
+        );
         assert_eq!(parse_plugin_log_file("stderr").unwrap(), "stderr");
         assert_eq!(parse_plugin_log_level("INFO").unwrap(), "INFO");
         assert!(parse_plugin_log_level("chatty").is_err());
@@ -419,7 +440,10 @@ mod tests {
     #[test]
     fn enumerations() {
         assert_eq!(parse_randomize_snat("prng"), Ok(RandomizeSnat::Prng));
-        assert_eq!(parse_randomize_snat("hashrandom"), Ok(RandomizeSnat::HashRandom));
+        assert_eq!(
+            parse_randomize_snat("hashrandom"),
+            Ok(RandomizeSnat::HashRandom)
+        );
         assert_eq!(parse_randomize_snat("none"), Ok(RandomizeSnat::None));
         assert!(parse_randomize_snat("random").is_err());
         assert_eq!(parse_sg_mode("standard").unwrap(), "standard");
@@ -431,8 +455,15 @@ mod tests {
     #[test]
     fn paths_and_addresses() {
         assert!(parse_socket_path("relative.sock").is_err());
-        assert!(parse_socket_path(&format!("/{}", "a".repeat(200))).unwrap_err().contains("at most 107"));
-        assert_eq!(parse_socket_path("/run/x.sock").unwrap(), PathBuf::from("/run/x.sock"));
+        assert!(
+            parse_socket_path(&format!("/{}", "a".repeat(200)))
+                .unwrap_err()
+                .contains("at most 107")
+        );
+        assert_eq!(
+            parse_socket_path("/run/x.sock").unwrap(),
+            PathBuf::from("/run/x.sock")
+        );
         assert_eq!(
             parse_bind_address("127.0.0.1:61679"),
             Ok(BindAddress::Tcp("127.0.0.1:61679".parse().unwrap()))

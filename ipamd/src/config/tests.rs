@@ -28,7 +28,10 @@ fn defaults_match_the_reference() {
     let c = Config::from_env(&base()).unwrap();
     assert_eq!(c.provisioning, ProvisioningMode::ImdsOnly);
     assert_eq!(c.socket_path, PathBuf::from("/var/run/aws-node/ipamd.sock"));
-    assert_eq!(c.backing_store, PathBuf::from("/var/run/aws-node/ipam.json"));
+    assert_eq!(
+        c.backing_store,
+        PathBuf::from("/var/run/aws-node/ipam.json")
+    );
     assert_eq!(c.cni_conf_dir, PathBuf::from("/host/etc/cni/net.d"));
     assert_eq!(
         c.log_destination,
@@ -110,7 +113,10 @@ fn valid_values_are_taken() {
         (MAX_ENI, "3"),
         (AWS_VPC_ENI_MTU, "1500"),
         (AWS_VPC_K8S_CNI_EXTERNALSNAT, "true"),
-        (AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS, "10.10.0.0/16,10.20.0.0/16"),
+        (
+            AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS,
+            "10.10.0.0/16,10.20.0.0/16",
+        ),
         (AWS_EXTERNAL_SERVICE_CIDRS, "172.16.0.0/12"),
         (AWS_VPC_K8S_CNI_RANDOMIZESNAT, "none"),
         (AWS_VPC_K8S_CNI_CONNMARK, "0x4000"),
@@ -168,7 +174,10 @@ fn valid_values_are_taken() {
     assert_eq!(n.connmark, 0x4000);
     assert!(!n.node_port_support);
     assert_eq!(c.plugin.veth_prefix, "cali");
-    assert_eq!(c.plugin.pod_mtu, 1500, "POD_MTU defaults to AWS_VPC_ENI_MTU");
+    assert_eq!(
+        c.plugin.pod_mtu, 1500,
+        "POD_MTU defaults to AWS_VPC_ENI_MTU"
+    );
     assert_eq!(c.plugin.log_file, "stderr");
     assert_eq!(c.plugin.log_level, "INFO");
     assert_eq!(c.plugin.pod_sg_enforcing_mode, "standard");
@@ -181,7 +190,10 @@ fn valid_values_are_taken() {
     assert!(c.kubernetes.annotate_pod_ip);
     assert_eq!(c.kubernetes.eni_config_annotation, "example.com/eni");
     assert_eq!(c.kubernetes.eni_config_label, "topology.kubernetes.io/zone");
-    assert_eq!(c.cloud.ec2_endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+    assert_eq!(
+        c.cloud.ec2_endpoint.as_deref(),
+        Some("http://127.0.0.1:5000")
+    );
     assert_eq!(c.cloud.http_timeout, Duration::from_secs(30));
     assert_eq!(
         c.cloud.additional_eni_tags.get("team").map(String::as_str),
@@ -315,7 +327,10 @@ fn features_that_change_assignment_are_refused() {
         assert!(msg.contains(var) && msg.contains("not available"), "{msg}");
     }
     let msg = err_of(&[(ENABLE_IPV6, "true"), (ENABLE_IPV4, "false")]);
-    assert!(msg.contains(ENABLE_IPV6) && msg.contains("not available"), "{msg}");
+    assert!(
+        msg.contains(ENABLE_IPV6) && msg.contains("not available"),
+        "{msg}"
+    );
     let msg = err_of(&[(ENABLE_IPV6, "true")]);
     assert!(msg.contains("cannot both be true"), "{msg}");
     let msg = err_of(&[(ENABLE_IPV4, "false")]);
@@ -325,14 +340,20 @@ fn features_that_change_assignment_are_refused() {
 #[test]
 fn prefix_delegation_needs_a_target() {
     let msg = err_of(&[(ENABLE_PREFIX_DELEGATION, "true")]);
-    assert!(msg.contains(WARM_PREFIX_TARGET) && msg.contains(ENABLE_PREFIX_DELEGATION), "{msg}");
+    assert!(
+        msg.contains(WARM_PREFIX_TARGET) && msg.contains(ENABLE_PREFIX_DELEGATION),
+        "{msg}"
+    );
 }
 
 #[test]
 fn soft_problems_become_warnings() {
     let c = with(&[
         (HTTP_TIMEOUT, "5"),
-        (ADDITIONAL_ENI_TAGS, r#"{"node.k8s.amazonaws.com/instance_id":"x","a":"b"}"#),
+        (
+            ADDITIONAL_ENI_TAGS,
+            r#"{"node.k8s.amazonaws.com/instance_id":"x","a":"b"}"#,
+        ),
     ])
     .unwrap();
     assert_eq!(c.cloud.http_timeout, Duration::from_secs(10));

@@ -52,7 +52,11 @@ pub struct IpamKey {
 
 impl fmt::Display for IpamKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.network_name, self.container_id, self.if_name)
+        write!(
+            f,
+            "{}/{}/{}",
+            self.network_name, self.container_id, self.if_name
+        )
     }
 }
 
@@ -282,7 +286,11 @@ fn secs_ceil(d: Duration) -> u64 {
 impl Datastore {
     /// An empty store whose released addresses cool down for `cooldown`. `capacity_note` ends
     /// every exhaustion message (what limits the pool, and how to grow it).
-    pub fn new(cooldown: Duration, clock: Arc<dyn Clock>, capacity_note: impl Into<String>) -> Self {
+    pub fn new(
+        cooldown: Duration,
+        clock: Arc<dyn Clock>,
+        capacity_note: impl Into<String>,
+    ) -> Self {
         Self {
             enis: BTreeMap::new(),
             eni_devices: HashMap::new(),
@@ -389,7 +397,9 @@ impl Datastore {
         let eni = self
             .enis
             .get_mut(&device)
-            .ok_or_else(|| DatastoreError::UnknownEni { id: eni_id.to_owned() })?;
+            .ok_or_else(|| DatastoreError::UnknownEni {
+                id: eni_id.to_owned(),
+            })?;
         if ip == eni.spec.primary_ip {
             return Err(DatastoreError::PrimaryIp {
                 ip,
@@ -423,7 +433,10 @@ impl Datastore {
     /// # Errors
     /// Unknown or assigned address.
     pub fn remove_ip(&mut self, ip: Ipv4Addr) -> Result<(), DatastoreError> {
-        let addr = self.addrs.get(&ip).ok_or(DatastoreError::UnknownIp { ip })?;
+        let addr = self
+            .addrs
+            .get(&ip)
+            .ok_or(DatastoreError::UnknownIp { ip })?;
         if let AddrState::Assigned(info) = &addr.state {
             return Err(DatastoreError::IpAssigned {
                 ip,
@@ -588,7 +601,10 @@ impl Datastore {
                 ip: held,
             });
         }
-        let addr = self.addrs.get(&ip).ok_or(DatastoreError::UnknownIp { ip })?;
+        let addr = self
+            .addrs
+            .get(&ip)
+            .ok_or(DatastoreError::UnknownIp { ip })?;
         match &addr.state {
             AddrState::Assigned(info) => {
                 return Err(DatastoreError::IpAssigned {
@@ -598,7 +614,10 @@ impl Datastore {
             }
             AddrState::Cooling { .. } => {
                 // Restore happens before any release; treat as taken to stay safe.
-                return Err(DatastoreError::IpAssigned { ip, key: key.clone() });
+                return Err(DatastoreError::IpAssigned {
+                    ip,
+                    key: key.clone(),
+                });
             }
             AddrState::Free => {}
         }
@@ -763,7 +782,10 @@ impl Datastore {
                 if s.cooling == 1 { "is" } else { "are" }
             );
             if s.assigned == 0 {
-                format!("no assignable IP on {}: {cooling_part}; {note}", plural(s.enis, "ENI", "ENIs"))
+                format!(
+                    "no assignable IP on {}: {cooling_part}; {note}",
+                    plural(s.enis, "ENI", "ENIs")
+                )
             } else {
                 format!(
                     "no assignable IP on {}: {} assigned and {cooling_part}; {note}",

@@ -104,7 +104,11 @@ fn released_ip_waits_for_the_cooldown() {
     let s = ds.stats();
     assert_eq!((s.cooling, s.assignable), (0, 4));
     let (c, _) = ds.assign(&key("c3"), md("p3")).unwrap();
-    assert_eq!(c.ip, ip("10.0.0.11"), "lowest free address again after cooldown");
+    assert_eq!(
+        c.ip,
+        ip("10.0.0.11"),
+        "lowest free address again after cooldown"
+    );
 }
 
 #[test]
@@ -253,8 +257,13 @@ fn rollback_release_with_zero_cooldown() {
 fn restore_puts_assignments_back_and_checks_conflicts() {
     let (mut ds, _) = store(30);
     let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let r = ds.restore(&key("c1"), md("p1"), ip("10.0.0.21"), at).unwrap();
-    assert_eq!((r.device_number, r.route_table, r.eni_id.as_str()), (1, 2, "eni-b"));
+    let r = ds
+        .restore(&key("c1"), md("p1"), ip("10.0.0.21"), at)
+        .unwrap();
+    assert_eq!(
+        (r.device_number, r.route_table, r.eni_id.as_str()),
+        (1, 2, "eni-b")
+    );
     assert_eq!(ds.lookup(&key("c1")).unwrap().assigned_at, at);
     assert!(matches!(
         ds.restore(&key("c2"), md("p2"), ip("10.0.0.21"), at),
@@ -305,18 +314,27 @@ fn eni_and_ip_bookkeeping_rules() {
         Err(DatastoreError::DuplicateEni { .. })
     ));
     let (a, _) = ds.assign(&key("c1"), md("p1")).unwrap();
-    assert!(matches!(ds.remove_ip(a.ip), Err(DatastoreError::IpAssigned { .. })));
+    assert!(matches!(
+        ds.remove_ip(a.ip),
+        Err(DatastoreError::IpAssigned { .. })
+    ));
     ds.remove_ip(ip("10.0.0.12")).unwrap();
     assert_eq!(ds.stats().total, 4);
     assert_eq!(
         ds.eni_addresses("eni-a"),
         vec![(ip("10.0.0.11"), Some(key("c1"))), (ip("10.0.0.13"), None)]
     );
-    assert!(matches!(ds.remove_eni("eni-a"), Err(DatastoreError::EniInUse { .. })));
+    assert!(matches!(
+        ds.remove_eni("eni-a"),
+        Err(DatastoreError::EniInUse { .. })
+    ));
     ds.assign(&key("c2"), md("p2")).unwrap();
     ds.release(&key("c2")).unwrap();
     let removed = ds.remove_eni("eni-b");
-    assert!(removed.is_ok(), "ENI with only free/cooling IPs can go: {removed:?}");
+    assert!(
+        removed.is_ok(),
+        "ENI with only free/cooling IPs can go: {removed:?}"
+    );
     let s = ds.stats();
     assert_eq!((s.enis, s.total, s.cooling), (1, 2, 1));
 }
@@ -400,7 +418,10 @@ fn randomized_operations_never_double_assign() {
                 },
                 4..=6 => {
                     let released = ds.release(&k);
-                    assert_eq!(released.as_ref().map(|r| r.assignment.ip), holders.get(&k).copied());
+                    assert_eq!(
+                        released.as_ref().map(|r| r.assignment.ip),
+                        holders.get(&k).copied()
+                    );
                     if let Some(r) = released {
                         if rng.below(8) == 0 {
                             ds.rollback_release(&r);
@@ -412,8 +433,11 @@ fn randomized_operations_never_double_assign() {
                 7 => clock.advance(Duration::from_secs(rng.below(4))),
                 8 => {
                     // Metadata churn: an address disappears (if not assigned) and comes back.
-                    let candidate = Ipv4Addr::new(10, 0, 0, 11 + u8::try_from(rng.below(3)).unwrap());
-                    if !holders.values().any(|ip| *ip == candidate) && ds.remove_ip(candidate).is_ok() {
+                    let candidate =
+                        Ipv4Addr::new(10, 0, 0, 11 + u8::try_from(rng.below(3)).unwrap());
+                    if !holders.values().any(|ip| *ip == candidate)
+                        && ds.remove_ip(candidate).is_ok()
+                    {
                         ds.add_ip("eni-a", candidate).unwrap();
                     }
                 }
