@@ -152,8 +152,22 @@ fn netns_error(e: NetnsError, path: &str) -> CniError {
 
 fn netlink_error(e: NetlinkError) -> CniError {
     match e {
+        NetlinkError::Netns(NetnsError::Enter { path, source }) if source == nix::Error::EINVAL => {
+            CniError::InvalidEnv {
+                var: CNI_NETNS,
+                reason: format!(
+                    "{} is not a network namespace (setns: {source})",
+                    path.display()
+                ),
+            }
+        }
         NetlinkError::Netns(n) => CniError::Netns {
-            netns: "(namespace)".into(),
+            netns: match &n {
+                NetnsError::NotFound { path }
+                | NetnsError::NotANetns { path, .. }
+                | NetnsError::Open { path, .. }
+                | NetnsError::Enter { path, .. } => path.display().to_string(),
+            },
             reason: n.to_string(),
         },
         other => CniError::Setup {
@@ -284,9 +298,15 @@ async fn add(conf: &NetConf, a: &Attachment) -> Result<Value, CniError> {
             .await);
         }
         Err(e) => {
-            return Err(
-                release_after_failure(&mut ipamd, network, a, &pod_namespace, &pod_name, e).await,
-            );
+            return Err(release_after_failure(
+                &mut ipamd,
+                network,
+                a,
+                &pod_namespace,
+                &pod_name,
+                e,
+            )
+            .await);
         }
     };
     info!(ip = %alloc.ip, table = alloc.route_table, eni = %reply.eniid, veth = %host_veth, "address assigned");

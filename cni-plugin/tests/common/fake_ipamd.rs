@@ -1,0 +1,276 @@
+//! A fake ipamd for the plugin's tests: the real gRPC contract (server code generated from
+//! ipamd/proto/rpc.proto by build.rs) over a Unix socket, with an honest in-memory pool: a key
+//! keeps its address, released addresses return to the pool, exhaustion and "not ready" are
+//! reported with the contract's status codes. It also records, at each DelNetwork, how many
+//! priority-512/1536 rules still named the released address in the host namespace, which proves
+//! the plugin's teardown-before-release order.
+#![allow(clippy::unwrap_used, missing_docs, missing_debug_implementations)]
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+pub mod rpc {
+    #![allow(
+        clippy::all,
+        clippy::pedantic,
+        missing_docs,
+        missing_debug_implementations
+    )]
+    include!(concat!(env!("OUT_DIR"), "/server/rpc.rs"));
+}
+
+use rpc::cni_backend_server::{CniBackend, CniBackendServer};
+
+type Key = (String, String, String);
+
+#[derive(Default)]
+pub struct State {
+    /// Free addresses with their route table.
+    pub free: Vec<(Ipv4Addr, i32)>,
+    pub assigned: HashMap<Key, (Ipv4Addr, i32)>,
+    pub ready: bool,
+    /// PodVlanId returned by AddNetwork (non-zero = branch ENI).
+    pub pod_vlan_id: i32,
+    pub add_requests: Vec<rpc::AddNetworkRequest>,
+    pub del_requests: Vec<rpc::DelNetworkRequest>,
+    /// (address, rules naming it in the host namespace) at each release by DelNetwork.
+    pub rules_at_release: Vec<(Ipv4Addr, usize)>,
+    /// Host namespace to inspect at release time.
+    pub host_ns: Option<String>,
+}
+
+#[derive(Clone)]
+struct Service(Arc<Mutex<State>>);
+
+fn meta(ip: Ipv4Addr, table: i32) -> rpc::IpAllocationMetadata {
+    rpc::IpAllocationMetadata {
+        i_pv4_addr: ip.to_string(),
+        i_pv6_addr: String::new(),
+        device_number: if table == 254 { 0 } else { table - 1 },
+        route_table_id: table,
+    }
+}
+
+fn count_rules(ns: &str, ip: Ipv4Addr) -> usize {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-j", "-4", "rule", "show"])
+        .output()
+        .unwrap();
+    let rules: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let ip = ip.to_string();
+    rules
+        .iter()
+        .filter(|r| {
+            let p = r["priority"].as_u64().unwrap_or(0);
+            (p == 512 || p == 1536) && (r["dst"] == ip.as_str() || r["src"] == ip.as_str())
+        })
+        .count()
+}
+
+#[tonic::async_trait]
+impl CniBackend for Service {
+    async fn add_network(
+        &self,
+        req: Request<rpc::AddNetworkRequest>,
+    ) -> Result<Response<rpc::AddNetworkReply>, Status> {
+        let r = req.into_inner();
+        let mut s = self.0.lock().unwrap();
+        s.add_requests.push(r.clone());
+        if !s.ready {
+            return Err(Status::unavailable(
+                "ipamd is starting: checkpoint not restored yet",
+            ));
+        }
+        let key = (
+            r.network_name.clone(),
+            r.container_id.clone(),
+            r.if_name.clone(),
+        );
+        let (ip, table) = match s.assigned.get(&key) {
+            Some(v) => *v,
+            None => {
+                if s.free.is_empty() {
+                    let n = s.assigned.len();
+                    return Err(Status::resource_exhausted(format!(
+                        "no assignable IP address: {n} of {n} assigned, 0 cooling down; node at its limit of 1 ENIs x {n} IPs"
+                    )));
+                }
+                let v = s.free.remove(0);
+                s.assigned.insert(key, v);
+                v
+            }
+        };
+        Ok(Response::new(rpc::AddNetworkReply {
+            success: true,
+            ip_allocation_metadata: vec![meta(ip, table)],
+            pod_vlan_id: s.pod_vlan_id,
+            eniid: "eni-0000000000000000a".into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn del_network(
+        &self,
+        req: Request<rpc::DelNetworkRequest>,
+    ) -> Result<Response<rpc::DelNetworkReply>, Status> {
+        let r = req.into_inner();
+        let mut s = self.0.lock().unwrap();
+        s.del_requests.push(r.clone());
+        let key = (
+            r.network_name.clone(),
+            r.container_id.clone(),
+            r.if_name.clone(),
+        );
+        let released = match s.assigned.remove(&key) {
+            Some((ip, table)) => {
+                if let Some(ns) = s.host_ns.clone() {
+                    let n = count_rules(&ns, ip);
+                    s.rules_at_release.push((ip, n));
+                }
+                s.free.push((ip, table));
+                vec![meta(ip, table)]
+            }
+            None => vec![],
+        };
+        Ok(Response::new(rpc::DelNetworkReply {
+            success: true,
+            ip_allocation_metadata: released,
+            ..Default::default()
+        }))
+    }
+
+    async fn check_network(
+        &self,
+        req: Request<rpc::CheckNetworkRequest>,
+    ) -> Result<Response<rpc::CheckNetworkReply>, Status> {
+        let r = req.into_inner();
+        let s = self.0.lock().unwrap();
+        let key = (r.network_name, r.container_id, r.if_name);
+        match s.assigned.get(&key) {
+            Some((ip, table)) => Ok(Response::new(rpc::CheckNetworkReply {
+                ip_allocation_metadata: vec![meta(*ip, *table)],
+                eniid: "eni-0000000000000000a".into(),
+            })),
+            None => Err(Status::not_found("no assignment for this key")),
+        }
+    }
+
+    async fn pool_status(
+        &self,
+        _req: Request<rpc::PoolStatusRequest>,
+    ) -> Result<Response<rpc::PoolStatusReply>, Status> {
+        let s = self.0.lock().unwrap();
+        let assigned = u32::try_from(s.assigned.len()).unwrap();
+        let free = u32::try_from(s.free.len()).unwrap();
+        Ok(Response::new(rpc::PoolStatusReply {
+            ready: s.ready,
+            total_i_ps: assigned + free,
+            assigned_i_ps: assigned,
+            cooldown_i_ps: 0,
+            assignable_i_ps: free,
+            message: if free == 0 {
+                format!("all {assigned} addresses are assigned")
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    async fn garbage_collect(
+        &self,
+        req: Request<rpc::GarbageCollectRequest>,
+    ) -> Result<Response<rpc::GarbageCollectReply>, Status> {
+        let r = req.into_inner();
+        let mut s = self.0.lock().unwrap();
+        let keep = |k: &Key| {
+            k.0 != r.network_name
+                || r.valid_attachments
+                    .iter()
+                    .any(|a| a.container_id == k.1 && a.if_name == k.2)
+        };
+        let gone: Vec<Key> = s.assigned.keys().filter(|k| !keep(k)).cloned().collect();
+        let mut released = Vec::new();
+        for k in gone {
+            if let Some((ip, table)) = s.assigned.remove(&k) {
+                s.free.push((ip, table));
+                released.push(meta(ip, table));
+            }
+        }
+        Ok(Response::new(rpc::GarbageCollectReply { released }))
+    }
+}
+
+/// A running fake ipamd; stopped on drop.
+pub struct FakeIpamd {
+    pub socket: PathBuf,
+    pub state: Arc<Mutex<State>>,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeIpamd {
+    /// Serves `pool` (address, route table) on a fresh socket, ready.
+    pub fn start(pool: &[(Ipv4Addr, i32)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("ipamd.sock");
+        let state = Arc::new(Mutex::new(State {
+            free: pool.to_vec(),
+            ready: true,
+            ..Default::default()
+        }));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let svc = Service(Arc::clone(&state));
+        let path = socket.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::UnixListener::bind(&path).unwrap();
+                ready_tx.send(()).unwrap();
+                tonic::transport::Server::builder()
+                    .add_service(CniBackendServer::new(svc))
+                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                        let _ = rx.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        ready_rx.recv().unwrap();
+        Self {
+            socket,
+            state,
+            _dir: dir,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn socket_str(&self) -> String {
+        self.socket.display().to_string()
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+}
+
+impl Drop for FakeIpamd {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

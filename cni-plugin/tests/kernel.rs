@@ -1,0 +1,364 @@
+//! Kernel tests of the pod data plane (library level): each test builds a "host" namespace
+//! standing for the node and a "pod" namespace, runs the library on a thread that entered the
+//! host namespace, and reads the result back with `ip -j`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use aws_cni::netlink::{Netlink, format_mac};
+use aws_cni::netns::Netns;
+use aws_cni::pod_network::{self, PodNetworkError, PodSpec, SetupOutcome, host_veth_name};
+use common::{TestNetns, in_netns, runtime};
+use serde_json::Value;
+
+const HOST_ADDR: &str = "10.200.0.1";
+
+struct Pod {
+    ip: Ipv4Addr,
+    table: u32,
+    veth: String,
+    ifname: String,
+}
+
+impl Pod {
+    fn new(ip: [u8; 4], table: u32, name: &str) -> Self {
+        Self {
+            ip: Ipv4Addr::from(ip),
+            table,
+            veth: host_veth_name("eni", "default", name),
+            ifname: "eth0".into(),
+        }
+    }
+}
+
+fn node() -> (TestNetns, TestNetns) {
+    let host = TestNetns::new("host");
+    let pod = TestNetns::new("pod");
+    host.ip(&["addr", "add", &format!("{HOST_ADDR}/32"), "dev", "lo"]);
+    (host, pod)
+}
+
+fn setup(host: &TestNetns, pod_ns: &TestNetns, pod: &Pod) -> Result<SetupOutcome, PodNetworkError> {
+    let (path, ip, table, veth, ifname) = (
+        pod_ns.path(),
+        pod.ip,
+        pod.table,
+        pod.veth.clone(),
+        pod.ifname.clone(),
+    );
+    in_netns(host, move || {
+        runtime().block_on(async move {
+            let host_ns = Netns::current().unwrap();
+            let pod_ns = Netns::open(&path).unwrap();
+            let h = Netlink::current().unwrap();
+            let p = Netlink::in_netns(&pod_ns).unwrap();
+            let spec = PodSpec {
+                ip,
+                route_table: table,
+                host_veth: &veth,
+                ifname: &ifname,
+                mtu: 9001,
+            };
+            pod_network::setup(&h, &host_ns, &p, &spec).await
+        })
+    })
+}
+
+fn check(host: &TestNetns, pod_ns: &TestNetns, pod: &Pod) -> Vec<String> {
+    let (path, ip, table, veth, ifname) = (
+        pod_ns.path(),
+        pod.ip,
+        pod.table,
+        pod.veth.clone(),
+        pod.ifname.clone(),
+    );
+    in_netns(host, move || {
+        runtime().block_on(async move {
+            let pod_ns = Netns::open(&path).unwrap();
+            let h = Netlink::current().unwrap();
+            let p = Netlink::in_netns(&pod_ns).unwrap();
+            let spec = PodSpec {
+                ip,
+                route_table: table,
+                host_veth: &veth,
+                ifname: &ifname,
+                mtu: 9001,
+            };
+            pod_network::check(&h, &p, &spec).await.unwrap()
+        })
+    })
+}
+
+/// DEL's teardown: host side, then the pod side when the namespace still exists.
+fn teardown(host: &TestNetns, pod_path: Option<String>, pod: &Pod) -> Vec<String> {
+    let (ip, veth, ifname) = (pod.ip, pod.veth.clone(), pod.ifname.clone());
+    in_netns(host, move || {
+        runtime().block_on(async move {
+            let h = Netlink::current().unwrap();
+            let mut errors = pod_network::teardown_host(&h, &[ip], &[veth]).await;
+            if let Some(path) = pod_path
+                && let Ok(ns) = Netns::open(&path)
+            {
+                let p = Netlink::in_netns(&ns).unwrap();
+                errors.extend(pod_network::teardown_pod(&p, &ifname).await);
+            }
+            errors
+        })
+    })
+}
+
+fn has_flag(v: &Value, flag: &str) -> bool {
+    v["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == flag))
+}
+
+fn assert_host_clean(host: &TestNetns, pod: &Pod) {
+    assert!(
+        host.link(&pod.veth).is_none(),
+        "host veth {} still exists",
+        pod.veth
+    );
+    let ip = pod.ip.to_string();
+    let routes: Vec<_> = host
+        .routes()
+        .into_iter()
+        .filter(|r| r["dst"] == ip.as_str())
+        .collect();
+    assert!(routes.is_empty(), "host routes left: {routes:?}");
+    assert!(
+        host.pod_rules(pod.ip).is_empty(),
+        "rules left: {:?}",
+        host.pod_rules(pod.ip)
+    );
+}
+
+#[test]
+fn setup_builds_the_reference_data_plane_and_traffic_flows() {
+    let (host, pod_ns) = node();
+    let pod = Pod::new([10, 200, 0, 5], 2, "web-0");
+    let out = setup(&host, &pod_ns, &pod).unwrap();
+    let host_mac = format_mac(&out.host_mac);
+    let container_mac = format_mac(&out.container_mac);
+    assert_eq!(out.host_mac[0] & 0x03, 0x02, "host MAC is local unicast");
+
+    // Pod side.
+    let eth0 = pod_ns.link("eth0").expect("eth0 in pod");
+    assert!(has_flag(&eth0, "UP"), "{eth0}");
+    assert_eq!(eth0["mtu"], 9001);
+    assert_eq!(eth0["address"], container_mac.as_str());
+    let addrs = pod_ns.ip_json(&["-4", "addr", "show", "dev", "eth0"]);
+    let info = addrs[0]["addr_info"].as_array().unwrap();
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert_eq!(info[0]["local"], "10.200.0.5");
+    assert_eq!(info[0]["prefixlen"], 32);
+    let routes = pod_ns.routes();
+    assert!(
+        routes.iter().any(|r| r["dst"] == "default"
+            && r["gateway"] == "169.254.1.1"
+            && r["dev"] == "eth0"
+            && has_flag(r, "onlink")),
+        "default route: {routes:?}"
+    );
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["dst"] == "169.254.1.1" && r["dev"] == "eth0" && r["scope"] == "link"),
+        "gateway route: {routes:?}"
+    );
+    assert_eq!(routes.len(), 2, "pod routes: {routes:?}");
+    let neigh = pod_ns.neighbours();
+    assert!(
+        neigh.iter().any(|n| n["dst"] == "169.254.1.1"
+            && n["dev"] == "eth0"
+            && n["lladdr"] == host_mac.as_str()
+            && n["state"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x == "PERMANENT"))),
+        "neighbour: {neigh:?}"
+    );
+
+    // Host side.
+    let veth = host.link(&pod.veth).expect("host veth");
+    assert!(has_flag(&veth, "UP"), "{veth}");
+    assert_eq!(veth["mtu"], 9001);
+    assert_eq!(veth["address"], host_mac.as_str());
+    assert_eq!(pod.veth, "eni0d7763386da");
+    let host_routes = host.routes();
+    assert!(
+        host_routes.iter().any(|r| r["dst"] == "10.200.0.5"
+            && r["dev"] == pod.veth.as_str()
+            && r["scope"] == "link"),
+        "host route: {host_routes:?}"
+    );
+    let rules = host.pod_rules(pod.ip);
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["priority"] == 512 && r["dst"] == "10.200.0.5" && r["table"] == "main"),
+        "{rules:?}"
+    );
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["priority"] == 1536 && r["src"] == "10.200.0.5" && r["table"] == "2"),
+        "{rules:?}"
+    );
+
+    assert!(host.ping("10.200.0.5"), "host -> pod ping");
+    assert!(pod_ns.ping(HOST_ADDR), "pod -> host ping");
+}
+
+#[test]
+fn primary_eni_address_gets_no_from_rule() {
+    let (host, pod_ns) = node();
+    let pod = Pod::new([10, 200, 0, 6], 254, "web-1");
+    setup(&host, &pod_ns, &pod).unwrap();
+    let rules = host.pod_rules(pod.ip);
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["priority"], 512);
+    assert!(check(&host, &pod_ns, &pod).is_empty());
+}
+
+#[test]
+fn check_passes_then_names_a_removed_route_and_neighbour() {
+    let (host, pod_ns) = node();
+    let pod = Pod::new([10, 200, 0, 7], 3, "web-2");
+    setup(&host, &pod_ns, &pod).unwrap();
+    assert_eq!(check(&host, &pod_ns, &pod), Vec::<String>::new());
+
+    pod_ns.ip(&["route", "del", "default"]);
+    let diffs = check(&host, &pod_ns, &pod);
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert!(
+        diffs[0].contains("default route via 169.254.1.1"),
+        "{diffs:?}"
+    );
+
+    pod_ns.ip(&["neigh", "del", "169.254.1.1", "dev", "eth0"]);
+    host.ip(&["rule", "del", "priority", "1536", "from", "10.200.0.7"]);
+    let diffs = check(&host, &pod_ns, &pod);
+    assert_eq!(diffs.len(), 3, "{diffs:?}");
+    assert!(
+        diffs.iter().any(|d| d.contains("neighbour 169.254.1.1")),
+        "{diffs:?}"
+    );
+    assert!(
+        diffs
+            .iter()
+            .any(|d| d.contains("rule 1536 `from 10.200.0.7 lookup 3`")),
+        "{diffs:?}"
+    );
+
+    host.ip(&["link", "set", &pod.veth, "down"]);
+    let diffs = check(&host, &pod_ns, &pod);
+    assert!(
+        diffs
+            .iter()
+            .any(|d| d.contains(&format!("host veth {} is down", pod.veth))),
+        "{diffs:?}"
+    );
+}
+
+#[test]
+fn teardown_leaves_nothing_and_is_repeatable() {
+    let (host, pod_ns) = node();
+    let pod = Pod::new([10, 200, 0, 8], 2, "web-3");
+    let other = Pod::new([10, 200, 0, 9], 2, "web-4");
+    let other_ns = TestNetns::new("pod2");
+    setup(&host, &pod_ns, &pod).unwrap();
+    setup(&host, &other_ns, &other).unwrap();
+
+    assert!(teardown(&host, Some(pod_ns.path()), &pod).is_empty());
+    assert_host_clean(&host, &pod);
+    assert!(pod_ns.link("eth0").is_none(), "pod eth0 left");
+    assert!(pod_ns.routes().is_empty(), "{:?}", pod_ns.routes());
+    // The neighbour pod is untouched.
+    assert_eq!(host.pod_rules(other.ip).len(), 2);
+    assert!(check(&host, &other_ns, &other).is_empty());
+
+    // A second DEL finds nothing and still succeeds.
+    assert!(teardown(&host, Some(pod_ns.path()), &pod).is_empty());
+}
+
+#[test]
+fn teardown_after_the_pod_netns_is_gone_cleans_host_rules() {
+    let (host, pod_ns) = node();
+    let pod = Pod::new([10, 200, 0, 10], 2, "web-5");
+    setup(&host, &pod_ns, &pod).unwrap();
+    let path = pod_ns.path();
+    drop(pod_ns);
+    // The kernel removes the veth pair (and so the host route) with the namespace, in its
+    // cleanup workqueue, shortly after the last reference is gone...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while host.link(&pod.veth).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "veth outlived its namespace"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // ...but the rules stay until DEL removes them.
+    assert_eq!(host.pod_rules(pod.ip).len(), 2);
+    assert!(teardown(&host, Some(path), &pod).is_empty());
+    assert_host_clean(&host, &pod);
+}
+
+#[test]
+fn existing_ifname_is_refused_without_touching_the_host() {
+    let (host, pod_ns) = node();
+    pod_ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+    ]);
+    let pod = Pod::new([10, 200, 0, 11], 2, "web-6");
+    let before = host.link_names();
+    match setup(&host, &pod_ns, &pod) {
+        Err(PodNetworkError::InterfaceExists { ifname }) => assert_eq!(ifname, "eth0"),
+        other => panic!("expected InterfaceExists, got {other:?}"),
+    }
+    assert_eq!(host.link_names(), before);
+    assert!(host.pod_rules(pod.ip).is_empty());
+    assert!(
+        pod_ns.link("eth0").is_some(),
+        "the existing eth0 is left alone"
+    );
+}
+
+#[test]
+fn stale_host_veth_of_the_same_pod_name_is_replaced() {
+    let (host, pod_ns) = node();
+    let pod = Pod::new([10, 200, 0, 12], 2, "web-7");
+    // A leftover of an earlier pod with the same name.
+    host.ip(&[
+        "link", "add", &pod.veth, "type", "veth", "peer", "name", "stale0",
+    ]);
+    let out = setup(&host, &pod_ns, &pod).unwrap();
+    assert!(host.link("stale0").is_none(), "stale pair removed");
+    let veth = host.link(&pod.veth).unwrap();
+    assert_eq!(veth["address"], format_mac(&out.host_mac).as_str());
+    assert!(check(&host, &pod_ns, &pod).is_empty());
+    assert!(host.ping("10.200.0.12"));
+}
+
+#[test]
+fn gc_teardown_removes_rules_route_and_the_veth_the_route_points_at() {
+    let (host, pod_ns) = node();
+    let pod = Pod::new([10, 200, 0, 13], 2, "web-8");
+    let keep = Pod::new([10, 200, 0, 14], 2, "web-9");
+    let keep_ns = TestNetns::new("keep");
+    setup(&host, &pod_ns, &pod).unwrap();
+    setup(&host, &keep_ns, &keep).unwrap();
+    let ip = pod.ip;
+    let errors = in_netns(&host, move || {
+        runtime().block_on(async move {
+            let h = Netlink::current().unwrap();
+            pod_network::teardown_released(&h, &[ip]).await
+        })
+    });
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_host_clean(&host, &pod);
+    assert!(check(&host, &keep_ns, &keep).is_empty());
+}
