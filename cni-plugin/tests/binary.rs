@@ -1,0 +1,305 @@
+//! The plugin binary's error table and its behaviour without ipamd, exec'd inside throwaway
+//! namespaces exactly as a runtime would run it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{TestNetns, cni_env, conf, exec_plugin};
+use serde_json::json;
+
+const ARGS: &str =
+    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=cid1";
+
+struct Fixture {
+    host: TestNetns,
+    pod: TestNetns,
+    log: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            host: TestNetns::new("host"),
+            pod: TestNetns::new("pod"),
+            log: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn log_path(&self) -> String {
+        self.log.path().join("plugin.log").display().to_string()
+    }
+
+    fn conf(&self, version: &str) -> serde_json::Value {
+        let socket = self.log.path().join("absent.sock").display().to_string();
+        conf(version, &socket, &self.log_path())
+    }
+
+    fn run(&self, env: &HashMap<&str, String>, stdin: &serde_json::Value) -> common::PluginRun {
+        exec_plugin(&self.host, env, stdin.to_string().as_bytes())
+    }
+
+    fn add_env(&self) -> HashMap<&'static str, String> {
+        cni_env("ADD", "cid1", "eth0", Some(&self.pod.path()), ARGS)
+    }
+}
+
+#[test]
+fn version_lists_every_supported_version() {
+    let f = Fixture::new();
+    let env = HashMap::from([("CNI_COMMAND", "VERSION".to_string())]);
+    let r = f.run(&env, &json!({"cniVersion": "1.0.0"}));
+    r.assert_ok();
+    assert_eq!(
+        r.json(),
+        json!({"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]})
+    );
+    // libcni's VERSION probe also sets dummy values; they do not matter.
+    let env = HashMap::from([
+        ("CNI_COMMAND", "VERSION".to_string()),
+        ("CNI_NETNS", "dummy".to_string()),
+        ("CNI_IFNAME", "dummy".to_string()),
+    ]);
+    let r = f.run(&env, &json!({"cniVersion": "0.4.0"}));
+    r.assert_ok();
+    assert_eq!(r.json()["cniVersion"], "0.4.0");
+}
+
+#[test]
+fn malformed_json_is_code_6() {
+    let f = Fixture::new();
+    let r = exec_plugin(&f.host, &f.add_env(), b"{\"cniVersion\": \"1.0.0\",");
+    assert_eq!(r.code(), 6, "{}", r.stdout);
+    let r = exec_plugin(&f.host, &f.add_env(), b"{\"cniVersion\":\"1.0.0\"}\0");
+    assert_eq!(r.code(), 6);
+    assert!(r.msg().contains("NUL byte"), "{}", r.msg());
+    let mut c = f.conf("1.0.0");
+    c["mtu"] = json!(true);
+    let r = f.run(&f.add_env(), &c);
+    assert_eq!(r.code(), 6);
+    assert!(r.msg().contains("\"mtu\""), "{}", r.msg());
+}
+
+#[test]
+fn unknown_cni_version_is_code_1() {
+    let f = Fixture::new();
+    let r = f.run(&f.add_env(), &f.conf("9.9.9"));
+    assert_eq!(r.code(), 1);
+    assert!(r.msg().contains("9.9.9"), "{}", r.msg());
+    // GC and STATUS do not exist before 1.1.0.
+    let env = HashMap::from([("CNI_COMMAND", "STATUS".to_string())]);
+    let r = f.run(&env, &f.conf("1.0.0"));
+    assert_eq!(r.code(), 1);
+    assert!(r.msg().contains("STATUS"), "{}", r.msg());
+}
+
+#[test]
+fn missing_or_invalid_environment_is_code_4() {
+    let f = Fixture::new();
+    let c = f.conf("1.0.0");
+
+    let mut env = f.add_env();
+    env.remove("CNI_NETNS");
+    let r = f.run(&env, &c);
+    assert_eq!(r.code(), 4);
+    assert!(r.msg().contains("CNI_NETNS"), "{}", r.msg());
+
+    let mut env = f.add_env();
+    env.remove("CNI_CONTAINERID");
+    let r = f.run(&env, &c);
+    assert_eq!(r.code(), 4);
+    assert!(r.msg().contains("CNI_CONTAINERID"), "{}", r.msg());
+
+    let mut env = f.add_env();
+    env.insert("CNI_IFNAME", "a234567890123456".into());
+    let r = f.run(&env, &c);
+    assert_eq!(r.code(), 4);
+    assert!(r.msg().contains("CNI_IFNAME"), "{}", r.msg());
+
+    let mut env = f.add_env();
+    env.remove("CNI_COMMAND");
+    let r = f.run(&env, &c);
+    assert_eq!(r.code(), 4);
+    assert!(r.msg().contains("CNI_COMMAND"), "{}", r.msg());
+
+    // A path that exists but is no network namespace.
+    let mut env = f.add_env();
+    env.insert("CNI_NETNS", "/proc/self/ns/mnt".into());
+    let r = f.run(&env, &c);
+    assert_eq!(r.code(), 4);
+    assert!(r.msg().contains("not a network namespace"), "{}", r.msg());
+}
+
+#[test]
+fn netns_path_that_does_not_exist_is_code_3() {
+    let f = Fixture::new();
+    let mut env = f.add_env();
+    env.insert("CNI_NETNS", "/run/netns/acni-does-not-exist".into());
+    let r = f.run(&env, &f.conf("1.0.0"));
+    assert_eq!(r.code(), 3);
+    assert!(
+        r.msg().contains("/run/netns/acni-does-not-exist"),
+        "{}",
+        r.msg()
+    );
+}
+
+#[test]
+fn invalid_config_values_are_code_7() {
+    let f = Fixture::new();
+    for (key, value, needle) in [
+        ("vethPrefix", json!("toolong"), "vethPrefix"),
+        ("mtu", json!(100), "mtu"),
+        ("mtu", json!("70000"), "mtu"),
+        ("pluginLogFile", json!("stdout"), "pluginLogFile"),
+        ("podSGEnforcingMode", json!("loose"), "podSGEnforcingMode"),
+    ] {
+        let mut c = f.conf("1.0.0");
+        c[key] = value;
+        let r = f.run(&f.add_env(), &c);
+        assert_eq!(r.code(), 7, "{key}: {}", r.stdout);
+        assert!(r.msg().contains(needle), "{}", r.msg());
+    }
+}
+
+#[test]
+fn add_without_ipamd_is_code_11_and_leaves_nothing() {
+    let f = Fixture::new();
+    let host_links = f.host.link_names();
+    let r = f.run(&f.add_env(), &f.conf("1.0.0"));
+    assert_eq!(r.code(), 11, "{}", r.stdout);
+    assert!(r.msg().contains("ipamd"), "{}", r.msg());
+    assert!(r.msg().contains("absent.sock"), "{}", r.msg());
+    assert_eq!(f.host.link_names(), host_links);
+    assert_eq!(f.pod.link_names(), vec!["lo".to_string()]);
+    assert!(
+        f.host
+            .rules()
+            .iter()
+            .all(|r| r["priority"] != 512 && r["priority"] != 1536)
+    );
+    // Logs went to the configured file, not stdout.
+    let log = std::fs::read_to_string(f.log_path()).unwrap();
+    assert!(log.contains("code=11"), "{log}");
+}
+
+#[test]
+fn del_without_ipamd_cleans_up_from_prev_result() {
+    let f = Fixture::new();
+    let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
+    // What an earlier ADD left: the veth pair, the host route and both rules; plus another
+    // pod's rule that must stay.
+    f.host.ip(&[
+        "link",
+        "add",
+        &veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &f.pod.name,
+    ]);
+    f.host.ip(&["link", "set", &veth, "up"]);
+    f.host.ip(&[
+        "route",
+        "add",
+        "10.0.2.20/32",
+        "dev",
+        &veth,
+        "scope",
+        "link",
+    ]);
+    f.host.ip(&[
+        "rule",
+        "add",
+        "to",
+        "10.0.2.20",
+        "lookup",
+        "main",
+        "priority",
+        "512",
+    ]);
+    f.host.ip(&[
+        "rule",
+        "add",
+        "from",
+        "10.0.2.20",
+        "lookup",
+        "2",
+        "priority",
+        "1536",
+    ]);
+    f.host.ip(&[
+        "rule",
+        "add",
+        "to",
+        "10.0.2.21",
+        "lookup",
+        "main",
+        "priority",
+        "512",
+    ]);
+
+    let mut c = f.conf("1.0.0");
+    c["prevResult"] = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": veth, "mac": "02:00:00:00:00:01"},
+                       {"name": "eth0", "mac": "02:00:00:00:00:02", "sandbox": f.pod.path()}],
+        "ips": [{"address": "10.0.2.20/32", "interface": 1, "gateway": "169.254.1.1"}],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}],
+        "dns": {}
+    });
+    let env = cni_env("DEL", "cid1", "eth0", Some(&f.pod.path()), ARGS);
+    let r = f.run(&env, &c);
+    r.assert_ok();
+    assert_eq!(r.stdout, "", "DEL prints nothing");
+    assert!(f.host.link(&veth).is_none());
+    assert!(f.pod.link("eth0").is_none());
+    assert!(f.host.pod_rules("10.0.2.20".parse().unwrap()).is_empty());
+    assert_eq!(
+        f.host.pod_rules("10.0.2.21".parse().unwrap()).len(),
+        1,
+        "other pod's rule kept"
+    );
+    assert!(f.host.routes().iter().all(|r| r["dst"] != "10.0.2.20"));
+
+    // Again, and with the netns gone and CNI_NETNS empty: still success.
+    let r = f.run(&env, &c);
+    r.assert_ok();
+    let env = cni_env("DEL", "cid1", "eth0", Some(""), ARGS);
+    let r = f.run(&env, &c);
+    r.assert_ok();
+    // DEL without prevResult and without ipamd: nothing to find, still success.
+    let r = f.run(&env, &f.conf("1.0.0"));
+    r.assert_ok();
+}
+
+#[test]
+fn status_without_ipamd_is_code_50() {
+    let f = Fixture::new();
+    let env = HashMap::from([("CNI_COMMAND", "STATUS".to_string())]);
+    let r = f.run(&env, &f.conf("1.1.0"));
+    assert_eq!(r.code(), 50);
+    assert!(r.msg().contains("absent.sock"), "{}", r.msg());
+}
+
+#[test]
+fn check_without_prev_result_is_refused() {
+    let f = Fixture::new();
+    let env = cni_env("CHECK", "cid1", "eth0", Some(&f.pod.path()), ARGS);
+    let r = f.run(&env, &f.conf("1.0.0"));
+    assert_eq!(r.code(), 7);
+    assert!(r.msg().contains("prevResult"), "{}", r.msg());
+}
+
+#[test]
+fn oversized_stdin_is_refused() {
+    let f = Fixture::new();
+    let big = vec![b' '; (1 << 20) + 10];
+    let r = exec_plugin(&f.host, &f.add_env(), &big);
+    assert_eq!(r.code(), 5);
+    assert!(r.msg().contains("larger than"), "{}", r.msg());
+}

@@ -1,0 +1,312 @@
+//! The plugin binary end to end against a fake ipamd that speaks the real gRPC contract: ADD,
+//! CHECK, DEL, GC and STATUS, with the kernel state read back after each step.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use common::fake_ipamd::FakeIpamd;
+use common::{TestNetns, cni_env, conf, exec_plugin};
+use serde_json::{Value, json};
+
+fn args(name: &str) -> String {
+    format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=infra-{name};K8S_POD_UID=uid-{name}"
+    )
+}
+
+struct Node {
+    host: TestNetns,
+    ipamd: FakeIpamd,
+    log: tempfile::TempDir,
+}
+
+impl Node {
+    fn new(pool: &[(Ipv4Addr, i32)]) -> Self {
+        let host = TestNetns::new("host");
+        host.ip(&["addr", "add", "10.0.0.10/32", "dev", "lo"]);
+        let ipamd = FakeIpamd::start(pool);
+        ipamd.with(|s| s.host_ns = Some(host.name.clone()));
+        Self {
+            host,
+            ipamd,
+            log: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn conf(&self, version: &str) -> Value {
+        let log = self.log.path().join("plugin.log").display().to_string();
+        conf(version, &self.ipamd.socket_str(), &log)
+    }
+
+    fn exec(&self, env: &HashMap<&str, String>, stdin: &Value) -> common::PluginRun {
+        exec_plugin(&self.host, env, stdin.to_string().as_bytes())
+    }
+
+    fn add(&self, version: &str, cid: &str, pod: &TestNetns, name: &str) -> common::PluginRun {
+        self.exec(
+            &cni_env("ADD", cid, "eth0", Some(&pod.path()), &args(name)),
+            &self.conf(version),
+        )
+    }
+
+    fn with_prev(&self, version: &str, prev: &Value) -> Value {
+        let mut c = self.conf(version);
+        c["prevResult"] = prev.clone();
+        c
+    }
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn add_check_del_cycle_against_ipamd() {
+    let node = Node::new(&[(ip("10.0.2.20"), 2)]);
+    let pod = TestNetns::new("pod");
+    let r = node.add("1.0.0", "cid-a", &pod, "web-0");
+    r.assert_ok();
+    let result = r.json();
+    let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
+    let host_mac = node.host.link(&veth).unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pod_mac = pod.link("eth0").unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        result,
+        json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": veth, "mac": host_mac},
+                           {"name": "eth0", "mac": pod_mac, "sandbox": pod.path()}],
+            "ips": [{"address": "10.0.2.20/32", "interface": 1, "gateway": "169.254.1.1"}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}],
+            "dns": {}
+        })
+    );
+    // ipamd got the pod's identity.
+    let req = node.ipamd.with(|s| s.add_requests[0].clone());
+    assert_eq!(req.k8s_pod_name, "web-0");
+    assert_eq!(req.k8s_pod_namespace, "default");
+    assert_eq!(req.k8s_pod_infra_container_id, "infra-web-0");
+    assert_eq!(req.container_id, "cid-a");
+    assert_eq!(req.if_name, "eth0");
+    assert_eq!(req.network_name, "aws-cni");
+    assert_eq!(req.netns, pod.path());
+    assert_eq!(req.client_version, env!("CARGO_PKG_VERSION"));
+
+    let rules = node.host.pod_rules(ip("10.0.2.20"));
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert!(node.host.ping("10.0.2.20"), "node -> pod");
+    assert!(pod.ping("10.0.0.10"), "pod -> node");
+
+    // CHECK passes and prints nothing.
+    let check_env = cni_env("CHECK", "cid-a", "eth0", Some(&pod.path()), &args("web-0"));
+    let r = node.exec(&check_env, &node.with_prev("1.0.0", &result));
+    r.assert_ok();
+    assert_eq!(r.stdout, "");
+
+    // Tampering is reported with what differs.
+    pod.ip(&["route", "del", "default"]);
+    let r = node.exec(&check_env, &node.with_prev("1.0.0", &result));
+    assert_eq!(r.code(), 100);
+    assert!(
+        r.msg().contains("default route via 169.254.1.1"),
+        "{}",
+        r.msg()
+    );
+
+    // DEL removes everything, and released the address only after the rules were gone.
+    let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod.path()), &args("web-0"));
+    let r = node.exec(&del_env, &node.with_prev("1.0.0", &result));
+    r.assert_ok();
+    assert!(node.host.link(&veth).is_none());
+    assert!(pod.link("eth0").is_none());
+    assert!(node.host.pod_rules(ip("10.0.2.20")).is_empty());
+    assert!(node.host.routes().iter().all(|r| r["dst"] != "10.0.2.20"));
+    node.ipamd.with(|s| {
+        assert_eq!(s.rules_at_release, vec![(ip("10.0.2.20"), 0)]);
+        assert_eq!(s.del_requests[0].reason, "PodDeleted");
+        assert_eq!(s.del_requests[0].k8s_pod_uid, "uid-web-0");
+        assert!(s.assigned.is_empty());
+    });
+
+    // DEL again: success. CHECK after DEL: ipamd no longer knows the pod.
+    node.exec(&del_env, &node.with_prev("1.0.0", &result))
+        .assert_ok();
+    let r = node.exec(&check_env, &node.with_prev("1.0.0", &result));
+    assert_eq!(r.code(), 101, "{}", r.stdout);
+}
+
+#[test]
+fn results_follow_the_request_version() {
+    let node = Node::new(&[(ip("10.0.2.30"), 254), (ip("10.0.2.31"), 254)]);
+    let pod_a = TestNetns::new("pod");
+    let pod_b = TestNetns::new("pod");
+    let r = node.add("0.4.0", "cid-a", &pod_a, "a");
+    r.assert_ok();
+    let j = r.json();
+    let j_a = j.clone();
+    assert_eq!(j["cniVersion"], "0.4.0");
+    assert_eq!(j["ips"][0]["version"], "4");
+    assert!(j["interfaces"][0].get("mtu").is_none());
+    // Primary-ENI address: only the 512 rule.
+    assert_eq!(node.host.pod_rules(ip("10.0.2.30")).len(), 1);
+
+    let r = node.add("1.1.0", "cid-b", &pod_b, "b");
+    r.assert_ok();
+    let j = r.json();
+    assert_eq!(j["cniVersion"], "1.1.0");
+    assert_eq!(j["interfaces"][0]["mtu"], 9001);
+    assert_eq!(j["interfaces"][1]["mtu"], 9001);
+    assert!(j["ips"][0].get("version").is_none());
+
+    // A 0.4.0 cached result drives CHECK and DEL as well.
+    let prev = j_a.clone();
+    let check_env = cni_env("CHECK", "cid-a", "eth0", Some(&pod_a.path()), &args("a"));
+    node.exec(&check_env, &node.with_prev("0.4.0", &prev))
+        .assert_ok();
+
+    // A repeated ADD while eth0 exists is refused before ipamd is asked.
+    let again = node.add("0.4.0", "cid-a", &pod_a, "a");
+    assert_eq!(again.code(), 121);
+    assert!(
+        again.msg().contains("eth0 already exists"),
+        "{}",
+        again.msg()
+    );
+    assert_eq!(node.ipamd.with(|s| s.add_requests.len()), 2);
+
+    let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod_a.path()), &args("a"));
+    node.exec(&del_env, &node.with_prev("0.4.0", &prev))
+        .assert_ok();
+    assert!(node.host.pod_rules(ip("10.0.2.30")).is_empty());
+    assert!(pod_a.link("eth0").is_none());
+}
+
+#[test]
+fn exhausted_or_unready_ipamd_is_code_11_with_its_message_and_leaves_nothing() {
+    let node = Node::new(&[]);
+    let pod = TestNetns::new("pod");
+    let links = node.host.link_names();
+    let r = node.add("1.0.0", "cid-a", &pod, "web-0");
+    assert_eq!(r.code(), 11);
+    assert!(r.msg().contains("no assignable IP address"), "{}", r.msg());
+    assert!(r.msg().contains("limit"), "{}", r.msg());
+    assert_eq!(node.host.link_names(), links);
+    assert_eq!(pod.link_names(), vec!["lo".to_string()]);
+
+    node.ipamd.with(|s| {
+        s.ready = false;
+        s.free.push((ip("10.0.2.40"), 2));
+    });
+    let r = node.add("1.0.0", "cid-a", &pod, "web-0");
+    assert_eq!(r.code(), 11);
+    assert!(r.msg().contains("starting"), "{}", r.msg());
+    assert_eq!(node.host.link_names(), links);
+}
+
+#[test]
+fn failed_setup_returns_the_address() {
+    let node = Node::new(&[(ip("10.0.2.50"), 2)]);
+    node.ipamd.with(|s| s.pod_vlan_id = 7);
+    let pod = TestNetns::new("pod");
+    let r = node.add("1.0.0", "cid-a", &pod, "web-0");
+    assert_eq!(r.code(), 110);
+    assert!(r.msg().contains("VLAN 7"), "{}", r.msg());
+    node.ipamd.with(|s| {
+        assert_eq!(s.del_requests.len(), 1);
+        assert_eq!(s.del_requests[0].reason, "SetupNSFailed");
+        assert!(s.assigned.is_empty());
+        assert_eq!(s.free, vec![(ip("10.0.2.50"), 2)]);
+    });
+    assert_eq!(pod.link_names(), vec!["lo".to_string()]);
+    assert!(node.host.pod_rules(ip("10.0.2.50")).is_empty());
+}
+
+#[test]
+fn del_without_prev_result_asks_ipamd() {
+    let node = Node::new(&[(ip("10.0.2.60"), 3)]);
+    let pod = TestNetns::new("pod");
+    node.add("1.0.0", "cid-a", &pod, "web-0").assert_ok();
+    assert_eq!(node.host.pod_rules(ip("10.0.2.60")).len(), 2);
+    let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod.path()), &args("web-0"));
+    node.exec(&del_env, &node.conf("1.0.0")).assert_ok();
+    assert!(node.host.pod_rules(ip("10.0.2.60")).is_empty());
+    let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
+    assert!(node.host.link(&veth).is_none());
+    node.ipamd
+        .with(|s| assert_eq!(s.rules_at_release, vec![(ip("10.0.2.60"), 0)]));
+}
+
+#[test]
+fn gc_releases_attachments_not_in_the_valid_list() {
+    let node = Node::new(&[(ip("10.0.2.70"), 2), (ip("10.0.2.71"), 2)]);
+    let keep = TestNetns::new("pod");
+    let gone = TestNetns::new("pod");
+    let kept = node.add("1.1.0", "cid-keep", &keep, "keep").json();
+    node.add("1.1.0", "cid-gone", &gone, "gone").assert_ok();
+    let gone_veth = aws_cni::pod_network::host_veth_name("eni", "default", "gone");
+
+    let mut c = node.conf("1.1.0");
+    c["cni.dev/valid-attachments"] = json!([{"containerID": "cid-keep", "ifname": "eth0"}]);
+    let env = HashMap::from([
+        ("CNI_COMMAND", "GC".to_string()),
+        ("CNI_PATH", "/opt/cni/bin".to_string()),
+    ]);
+    let r = node.exec(&env, &c);
+    r.assert_ok();
+    assert_eq!(r.stdout, "");
+    assert!(node.host.link(&gone_veth).is_none());
+    assert!(node.host.pod_rules(ip("10.0.2.71")).is_empty());
+    assert!(node.host.routes().iter().all(|r| r["dst"] != "10.0.2.71"));
+    node.ipamd
+        .with(|s| assert_eq!(s.free, vec![(ip("10.0.2.71"), 2)]));
+
+    // The valid attachment is intact.
+    let check_env = cni_env(
+        "CHECK",
+        "cid-keep",
+        "eth0",
+        Some(&keep.path()),
+        &args("keep"),
+    );
+    node.exec(&check_env, &node.with_prev("1.1.0", &kept))
+        .assert_ok();
+
+    // GC without the list is refused rather than releasing everything.
+    let r = node.exec(&env, &node.conf("1.1.0"));
+    assert_eq!(r.code(), 7);
+    assert!(r.msg().contains("cni.dev/valid-attachments"), "{}", r.msg());
+}
+
+#[test]
+fn status_reports_whether_add_can_be_served() {
+    let node = Node::new(&[(ip("10.0.2.80"), 2)]);
+    let env = HashMap::from([("CNI_COMMAND", "STATUS".to_string())]);
+    let r = node.exec(&env, &node.conf("1.1.0"));
+    r.assert_ok();
+    assert_eq!(r.stdout, "");
+
+    let pod = TestNetns::new("pod");
+    node.add("1.1.0", "cid-a", &pod, "web-0").assert_ok();
+    let r = node.exec(&env, &node.conf("1.1.0"));
+    assert_eq!(r.code(), 50);
+    assert!(
+        r.msg()
+            .contains("no assignable IP address (1 total, 1 assigned"),
+        "{}",
+        r.msg()
+    );
+
+    node.ipamd.with(|s| s.ready = false);
+    let r = node.exec(&env, &node.conf("1.1.0"));
+    assert_eq!(r.code(), 50);
+    assert!(r.msg().contains("not ready"), "{}", r.msg());
+}
