@@ -6,16 +6,16 @@
 pub mod checkpoint;
 pub mod cloud;
 pub mod config;
-// pub mod conflist;
+pub mod conflist;
 // pub mod daemon;
 pub mod datastore;
 pub mod fsutil;
 pub mod host_network;
-// pub mod logging;
+pub mod logging;
 pub mod mac;
-// pub mod pool;
-// pub mod server;
-// pub mod state;
+pub mod pool;
+pub mod server;
+pub mod state;
 
 /// The gRPC contract with the plugin (`proto/rpc.proto`), server and client.
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]

@@ -1,0 +1,188 @@
+//! The CNI network configuration ipamd writes once it is ready (`10-aws.conflist` in
+//! `HOST_CNI_CONFDIR_PATH`): the kubelet marks the node's network ready when it appears, so it is
+//! written only after ipamd serves, atomically, and again on every start.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::fsutil;
+
+/// File name of the conflist.
+pub const CONFLIST_NAME: &str = "10-aws.conflist";
+
+/// Writing the conflist failed.
+#[derive(Debug, Error)]
+#[error("cannot write CNI config {path}: {source}")]
+pub struct ConflistError {
+    /// The file.
+    pub path: PathBuf,
+    /// The cause.
+    pub source: std::io::Error,
+}
+
+#[derive(Debug, Serialize)]
+struct AwsCniEntry<'a> {
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(rename = "vethPrefix")]
+    veth_prefix: &'a str,
+    mtu: String,
+    #[serde(rename = "podSGEnforcingMode")]
+    pod_sg_enforcing_mode: &'a str,
+    #[serde(rename = "pluginLogFile")]
+    plugin_log_file: &'a str,
+    #[serde(rename = "pluginLogLevel")]
+    plugin_log_level: &'a str,
+    #[serde(rename = "ipamdSocket")]
+    ipamd_socket: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Capabilities {
+    #[serde(rename = "portMappings")]
+    port_mappings: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct PortmapEntry {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    capabilities: Capabilities,
+    snat: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Plugin<'a> {
+    AwsCni(AwsCniEntry<'a>),
+    Portmap(PortmapEntry),
+}
+
+#[derive(Debug, Serialize)]
+struct Conflist<'a> {
+    #[serde(rename = "cniVersion")]
+    cni_version: &'static str,
+    name: &'static str,
+    plugins: Vec<Plugin<'a>>,
+}
+
+/// The conflist's JSON (pretty-printed, trailing newline), exactly as docs/contracts.md pins it:
+/// the `aws-cni` entry (MTU as a string, `POD_MTU` else `AWS_VPC_ENI_MTU`) then portmap.
+pub fn render(config: &Config) -> String {
+    let p = &config.plugin;
+    let list = Conflist {
+        cni_version: "1.0.0",
+        name: "aws-cni",
+        plugins: vec![
+            Plugin::AwsCni(AwsCniEntry {
+                name: "aws-cni",
+                kind: "aws-cni",
+                veth_prefix: &p.veth_prefix,
+                mtu: p.pod_mtu.to_string(),
+                pod_sg_enforcing_mode: &p.pod_sg_enforcing_mode,
+                plugin_log_file: &p.log_file,
+                plugin_log_level: &p.log_level,
+                ipamd_socket: config.socket_path.display().to_string(),
+            }),
+            Plugin::Portmap(PortmapEntry {
+                kind: "portmap",
+                capabilities: Capabilities {
+                    port_mappings: true,
+                },
+                snat: true,
+            }),
+        ],
+    };
+    // Serializing plain structs of strings and bools cannot fail.
+    let mut text = serde_json::to_string_pretty(&list).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// Writes the conflist into `dir` (created if missing) atomically, mode 0644.
+///
+/// # Errors
+/// The directory or the file could not be written.
+pub fn write(config: &Config, dir: &Path) -> Result<PathBuf, ConflistError> {
+    let path = dir.join(CONFLIST_NAME);
+    std::fs::create_dir_all(dir).map_err(|source| ConflistError {
+        path: path.clone(),
+        source,
+    })?;
+    fsutil::atomic_write(&path, render(config).as_bytes(), 0o644).map_err(|source| ConflistError {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(extra: &[(&str, &str)]) -> Config {
+        let mut env: HashMap<&str, &str> =
+            HashMap::from([("ENABLE_IMDS_ONLY_MODE", "true"), ("MY_NODE_NAME", "n")]);
+        env.extend(extra.iter().copied());
+        Config::from_env(&env).unwrap()
+    }
+
+    #[test]
+    fn defaults_render_the_contract_conflist() {
+        let got: serde_json::Value = serde_json::from_str(&render(&config(&[]))).unwrap();
+        let want: serde_json::Value = serde_json::from_str(
+            r#"{"cniVersion":"1.0.0","name":"aws-cni","plugins":[
+              {"name":"aws-cni","type":"aws-cni","vethPrefix":"eni","mtu":"9001","podSGEnforcingMode":"strict",
+               "pluginLogFile":"/var/log/aws-routed-eni/plugin.log","pluginLogLevel":"DEBUG",
+               "ipamdSocket":"/var/run/aws-node/ipamd.sock"},
+              {"type":"portmap","capabilities":{"portMappings":true},"snat":true}]}"#,
+        )
+        .unwrap();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn values_come_from_the_environment() {
+        let c = config(&[
+            ("AWS_VPC_K8S_CNI_VETHPREFIX", "cali"),
+            ("AWS_VPC_ENI_MTU", "1500"),
+            ("POD_SECURITY_GROUP_ENFORCING_MODE", "standard"),
+            ("AWS_VPC_K8S_PLUGIN_LOG_FILE", "/tmp/x/plugin.log"),
+            ("AWS_VPC_K8S_PLUGIN_LOG_LEVEL", "INFO"),
+            ("AWS_VPC_K8S_CNI_IPAMD_SOCKET", "/tmp/x/ipamd.sock"),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&render(&c)).unwrap();
+        let e = &v["plugins"][0];
+        assert_eq!(e["vethPrefix"], "cali");
+        assert_eq!(e["mtu"], "1500", "mtu is a string, from AWS_VPC_ENI_MTU when POD_MTU is unset");
+        assert_eq!(e["podSGEnforcingMode"], "standard");
+        assert_eq!(e["pluginLogFile"], "/tmp/x/plugin.log");
+        assert_eq!(e["pluginLogLevel"], "INFO");
+        assert_eq!(e["ipamdSocket"], "/tmp/x/ipamd.sock");
+        let v: serde_json::Value =
+            serde_json::from_str(&render(&config(&[("POD_MTU", "1400")]))).unwrap();
+        assert_eq!(v["plugins"][0]["mtu"], "1400");
+        assert!(v.get("disableCheck").is_none());
+    }
+
+    #[test]
+    fn write_creates_the_directory_and_replaces_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let confdir = dir.path().join("etc").join("net.d");
+        let path = write(&config(&[]), &confdir).unwrap();
+        assert_eq!(path, confdir.join(CONFLIST_NAME));
+        write(&config(&[("POD_MTU", "1400")]), &confdir).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"mtu\": \"1400\""), "{text}");
+        let names: Vec<_> = std::fs::read_dir(&confdir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+}

@@ -1,0 +1,254 @@
+//! Following instance metadata: what the datastore must change so its ENIs and secondary IPs
+//! match what IMDS lists. Addresses that appear are adopted; free ones that vanish are dropped;
+//! assigned ones are never dropped because metadata lags (they are logged and kept); an ENI that
+//! vanished is dropped only once no pod uses it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::Ipv4Addr;
+
+use crate::cloud::metadata::EniMetadata;
+use crate::datastore::{Datastore, DatastoreError, EniSpec, IpamKey};
+
+/// The difference between the datastore and metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// ENIs in metadata but not in the datastore (secondary ones need host bring-up first).
+    pub new_enis: Vec<EniMetadata>,
+    /// Addresses to adopt: (ENI id, address).
+    pub added_ips: Vec<(String, Ipv4Addr)>,
+    /// Free or cooling addresses metadata no longer lists.
+    pub removed_ips: Vec<(String, Ipv4Addr)>,
+    /// Assigned addresses metadata no longer lists; kept.
+    pub kept_assigned: Vec<(String, Ipv4Addr, IpamKey)>,
+    /// ENIs in the datastore that metadata no longer lists.
+    pub gone_enis: Vec<String>,
+}
+
+impl Diff {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.new_enis.is_empty()
+            && self.added_ips.is_empty()
+            && self.removed_ips.is_empty()
+            && self.kept_assigned.is_empty()
+            && self.gone_enis.is_empty()
+    }
+}
+
+/// Compares the datastore with metadata.
+pub fn diff(ds: &Datastore, metadata: &[EniMetadata]) -> Diff {
+    let mut out = Diff::default();
+    let listed: HashSet<&str> = metadata.iter().map(|e| e.id.as_str()).collect();
+    for eni in metadata {
+        if ds.eni(&eni.id).is_none() {
+            out.new_enis.push(eni.clone());
+            continue;
+        }
+        let present = ds.eni_addresses(&eni.id);
+        let present_set: BTreeSet<Ipv4Addr> = present.iter().map(|(ip, _)| *ip).collect();
+        let wanted: BTreeSet<Ipv4Addr> = eni.secondary_ips.iter().copied().collect();
+        for ip in wanted.difference(&present_set) {
+            out.added_ips.push((eni.id.clone(), *ip));
+        }
+        for (ip, holder) in present {
+            if wanted.contains(&ip) {
+                continue;
+            }
+            match holder {
+                Some(key) => out.kept_assigned.push((eni.id.clone(), ip, key)),
+                None => out.removed_ips.push((eni.id.clone(), ip)),
+            }
+        }
+    }
+    for view in ds.enis() {
+        if !listed.contains(view.spec.id.as_str()) {
+            out.gone_enis.push(view.spec.id);
+        }
+    }
+    out
+}
+
+/// The datastore's description of an ENI.
+pub fn eni_spec(eni: &EniMetadata) -> EniSpec {
+    EniSpec {
+        id: eni.id.clone(),
+        device_number: eni.device_number,
+        primary_ip: eni.primary_ip,
+        subnet: eni.subnet,
+    }
+}
+
+/// Adds an ENI and its secondary addresses; returns how many addresses were added.
+///
+/// # Errors
+/// The ENI (id or device number) is already known.
+pub fn add_eni(ds: &mut Datastore, eni: &EniMetadata) -> Result<usize, DatastoreError> {
+    ds.add_eni(eni_spec(eni))?;
+    let mut added = 0;
+    for ip in &eni.secondary_ips {
+        match ds.add_ip(&eni.id, *ip) {
+            Ok(()) => added += 1,
+            Err(e) => tracing::warn!(eni = %eni.id, %ip, error = %e, "secondary IP not added to the pool"),
+        }
+    }
+    Ok(added)
+}
+
+/// What applying a diff changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Addresses adopted.
+    pub added: usize,
+    /// Addresses dropped.
+    pub removed: usize,
+    /// ENIs dropped.
+    pub enis_removed: usize,
+}
+
+/// Applies the address changes and drops vanished ENIs that no pod uses (new ENIs are added by
+/// the caller once their host link is set up). Logs every change.
+pub fn apply(ds: &mut Datastore, diff: &Diff) -> Applied {
+    let mut applied = Applied::default();
+    for (eni, ip) in &diff.added_ips {
+        match ds.add_ip(eni, *ip) {
+            Ok(()) => {
+                applied.added += 1;
+                tracing::info!(%eni, %ip, "secondary IP appeared in instance metadata; added to the pool");
+            }
+            Err(e) => tracing::warn!(%eni, %ip, error = %e, "secondary IP from instance metadata not added"),
+        }
+    }
+    for (eni, ip) in &diff.removed_ips {
+        match ds.remove_ip(*ip) {
+            Ok(()) => {
+                applied.removed += 1;
+                tracing::info!(%eni, %ip, "secondary IP vanished from instance metadata; removed from the pool");
+            }
+            Err(e) => tracing::warn!(%eni, %ip, error = %e, "vanished secondary IP not removed"),
+        }
+    }
+    for (eni, ip, key) in &diff.kept_assigned {
+        tracing::warn!(%eni, %ip, %key, "instance metadata no longer lists this IP but a pod holds it; keeping it (metadata may lag)");
+    }
+    for eni in &diff.gone_enis {
+        match ds.remove_eni(eni) {
+            Ok(_) => {
+                applied.enis_removed += 1;
+                tracing::info!(%eni, "ENI vanished from instance metadata; removed from the pool");
+            }
+            Err(e) => tracing::warn!(%eni, error = %e, "ENI vanished from instance metadata but is kept"),
+        }
+    }
+    applied
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cloud::fake_imds::{FakeEni, FakeImds};
+    use crate::cloud::metadata::fetch_enis;
+    use crate::datastore::{ManualClock, PodMetadata};
+
+    fn fake() -> FakeImds {
+        FakeImds::new(
+            "i-1",
+            vec![
+                FakeEni::new("02:00:0a:00:00:0a", "eni-a", 0, "10.0.0.0/24", &["10.0.0.10", "10.0.0.11", "10.0.0.12"]),
+                FakeEni::new("02:00:0a:00:00:0b", "eni-b", 1, "10.0.0.0/24", &["10.0.0.20", "10.0.0.21"]),
+            ],
+        )
+    }
+
+    async fn enis(imds: &FakeImds) -> Vec<EniMetadata> {
+        fetch_enis(imds, "02:00:0a:00:00:0a".parse().unwrap()).await.unwrap()
+    }
+
+    fn key(c: &str) -> IpamKey {
+        IpamKey {
+            network_name: "aws-cni".into(),
+            container_id: c.into(),
+            if_name: "eth0".into(),
+        }
+    }
+
+    async fn store(imds: &FakeImds) -> Datastore {
+        let mut ds = Datastore::new(Duration::from_secs(30), Arc::new(ManualClock::new()), "note");
+        for eni in enis(imds).await {
+            add_eni(&mut ds, &eni).unwrap();
+        }
+        ds
+    }
+
+    #[tokio::test]
+    async fn in_sync_means_empty_diff() {
+        let imds = fake();
+        let ds = store(&imds).await;
+        assert!(diff(&ds, &enis(&imds).await).is_empty());
+        assert_eq!(ds.eni_addresses("eni-a").len(), 2, "the ENI primary IP is never in the pool");
+    }
+
+    #[tokio::test]
+    async fn appeared_ips_are_adopted_and_free_vanished_ones_dropped() {
+        let imds = fake();
+        let mut ds = store(&imds).await;
+        imds.update(|e| {
+            e[0].ips.push("10.0.0.13".parse().unwrap());
+            e[1].ips.retain(|ip| ip.to_string() != "10.0.0.21");
+        });
+        let d = diff(&ds, &enis(&imds).await);
+        assert_eq!(d.added_ips, vec![("eni-a".into(), "10.0.0.13".parse().unwrap())]);
+        assert_eq!(d.removed_ips, vec![("eni-b".into(), "10.0.0.21".parse().unwrap())]);
+        let applied = apply(&mut ds, &d);
+        assert_eq!((applied.added, applied.removed), (1, 1));
+        assert_eq!(ds.stats().total, 3);
+        assert!(diff(&ds, &enis(&imds).await).is_empty());
+    }
+
+    #[tokio::test]
+    async fn assigned_ips_are_never_dropped_for_lagging_metadata() {
+        let imds = fake();
+        let mut ds = store(&imds).await;
+        let (a, _) = ds.assign(&key("c1"), PodMetadata::default()).unwrap();
+        imds.update(|e| e[0].ips.retain(|ip| *ip != a.ip));
+        let d = diff(&ds, &enis(&imds).await);
+        assert_eq!(d.kept_assigned, vec![("eni-a".into(), a.ip, key("c1"))]);
+        apply(&mut ds, &d);
+        assert_eq!(ds.lookup(&key("c1")).unwrap().ip, a.ip);
+        assert_eq!(ds.stats().total, 3, "eni-a: .11 (kept) .12, eni-b: .21");
+    }
+
+    #[tokio::test]
+    async fn new_and_vanished_enis() {
+        let imds = fake();
+        let mut ds = store(&imds).await;
+        imds.update(|e| {
+            e.push(FakeEni::new("02:00:0a:00:00:0c", "eni-c", 2, "10.0.0.0/24", &["10.0.0.30", "10.0.0.31"]));
+            e.retain(|x| x.id != "eni-b");
+        });
+        let d = diff(&ds, &enis(&imds).await);
+        assert_eq!(d.new_enis.len(), 1);
+        assert_eq!(d.new_enis[0].id, "eni-c");
+        assert_eq!(d.gone_enis, vec!["eni-b".to_owned()]);
+        let applied = apply(&mut ds, &d);
+        assert_eq!(applied.enis_removed, 1);
+        assert_eq!(add_eni(&mut ds, &d.new_enis[0]).unwrap(), 1);
+        assert_eq!(ds.stats().total, 3);
+    }
+
+    #[tokio::test]
+    async fn vanished_eni_with_pods_is_kept() {
+        let imds = fake();
+        let mut ds = store(&imds).await;
+        ds.restore(&key("p"), PodMetadata::default(), "10.0.0.21".parse().unwrap(), std::time::SystemTime::now())
+            .unwrap();
+        imds.update(|e| e.retain(|x| x.id != "eni-b"));
+        let d = diff(&ds, &enis(&imds).await);
+        assert_eq!(apply(&mut ds, &d).enis_removed, 0);
+        assert!(ds.eni("eni-b").is_some());
+    }
+}

@@ -1,0 +1,411 @@
+//! The gRPC side: `rpc.CNIBackend` (AddNetwork, DelNetwork, CheckNetwork, PoolStatus,
+//! GarbageCollect, as commented in `proto/rpc.proto` and docs/contracts.md) and the standard
+//! `grpc.health.v1.Health`, both on the Unix socket `AWS_VPC_K8S_CNI_IPAMD_SOCKET`.
+//!
+//! Errors are gRPC statuses: RESOURCE_EXHAUSTED (no assignable IP, with the reason),
+//! UNAVAILABLE (starting or draining, with what is pending), INVALID_ARGUMENT, NOT_FOUND,
+//! INTERNAL (checkpoint write failed; the change was rolled back).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use thiserror::Error;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::Instrument;
+
+use crate::datastore::{Assignment, IpamKey, PodMetadata};
+use crate::rpc::cni_backend_server::{CniBackend, CniBackendServer};
+use crate::rpc::{
+    AddNetworkReply, AddNetworkRequest, CheckNetworkReply, CheckNetworkRequest, DelNetworkReply,
+    DelNetworkRequest, GarbageCollectReply, GarbageCollectRequest, IpAllocationMetadata,
+    PoolStatusReply, PoolStatusRequest,
+};
+use crate::state::{IpamError, IpamState};
+
+/// Health service names reported: the whole server, the reference's probe name, and the backend.
+pub const HEALTH_SERVICES: [&str; 3] = ["", "grpc.health.v1.aws-node", "rpc.CNIBackend"];
+
+/// Socket setup or serving failures.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The socket's directory could not be created.
+    #[error("cannot create socket directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Something that is not a socket sits at the socket path.
+    #[error("{path} exists and is not a Unix socket; refusing to remove it")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The stale socket could not be removed.
+    #[error("cannot remove stale socket {path}: {source}")]
+    RemoveStale {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Binding failed.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Setting the socket's mode failed.
+    #[error("cannot set mode 0660 on {path}: {source}")]
+    Chmod {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server on {path}: {source}")]
+    Serve {
+        /// The socket.
+        path: PathBuf,
+        /// The cause.
+        source: tonic::transport::Error,
+    },
+}
+
+/// Creates the socket's directory (0755), removes a stale socket, binds, and sets mode 0660.
+///
+/// # Errors
+/// Any of those steps failed (the message names the path).
+pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    let dir = crate::fsutil::parent_dir(path);
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|source| ServerError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        Ok(_) => {
+            return Err(ServerError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+        path: path.to_owned(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
+        ServerError::Chmod {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+
+/// Sets every reported health service to SERVING or NOT_SERVING.
+pub async fn set_health(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for name in HEALTH_SERVICES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Fields of AddNetworkReply that come from configuration and metadata, not from the pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplyInfo {
+    /// VPC CIDRs plus `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS` (the reference fills both in).
+    pub vpc_v4_cidrs: Vec<String>,
+    /// `AWS_VPC_K8S_CNI_EXTERNALSNAT`.
+    pub use_external_snat: bool,
+    /// `NETWORK_POLICY_ENFORCING_MODE` (empty = off).
+    pub network_policy_mode: String,
+}
+
+/// The `rpc.CNIBackend` implementation.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    state: Arc<IpamState>,
+    info: Arc<RwLock<ReplyInfo>>,
+}
+
+impl Backend {
+    /// Serves `state`; `info` fills the configuration-derived reply fields.
+    pub fn new(state: Arc<IpamState>, info: Arc<RwLock<ReplyInfo>>) -> Self {
+        Self { state, info }
+    }
+
+    fn info(&self) -> ReplyInfo {
+        self.info
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn to_status(err: &IpamError) -> Status {
+    let msg = err.to_string();
+    match err {
+        IpamError::NotReady(_) | IpamError::Draining => Status::unavailable(msg),
+        IpamError::Exhausted(_) => Status::resource_exhausted(msg),
+        IpamError::NotFound { .. } => Status::not_found(msg),
+        IpamError::Checkpoint { .. } => Status::internal(msg),
+    }
+}
+
+fn require(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is empty")));
+    }
+    if value.contains('\0') {
+        return Err(Status::invalid_argument(format!("{field} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+fn key_of(network: &str, container: &str, ifname: &str) -> Result<IpamKey, Status> {
+    require("NetworkName", network)?;
+    require("ContainerID", container)?;
+    require("IfName", ifname)?;
+    Ok(IpamKey {
+        network_name: network.to_owned(),
+        container_id: container.to_owned(),
+        if_name: ifname.to_owned(),
+    })
+}
+
+fn clamp_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn allocation(a: &Assignment) -> IpAllocationMetadata {
+    IpAllocationMetadata {
+        i_pv4_addr: a.ip.to_string(),
+        i_pv6_addr: String::new(),
+        device_number: clamp_i32(a.device_number),
+        route_table_id: clamp_i32(a.route_table),
+    }
+}
+
+#[tonic::async_trait]
+impl CniBackend for Backend {
+    async fn add_network(
+        &self,
+        request: Request<AddNetworkRequest>,
+    ) -> Result<Response<AddNetworkReply>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "AddNetwork",
+            network = %req.network_name,
+            container_id = %req.container_id,
+            ifname = %req.if_name,
+            pod = %format!("{}/{}", req.k8s_pod_namespace, req.k8s_pod_name),
+            netns = %req.netns,
+            client = %req.client_version,
+        );
+        async {
+            let key = key_of(&req.network_name, &req.container_id, &req.if_name)?;
+            if req.requires_multi_nic_attachment {
+                tracing::info!("multi-NIC attachment requested but ENABLE_MULTI_NIC is off; assigning one IP");
+            }
+            let metadata = PodMetadata {
+                namespace: req.k8s_pod_namespace.clone(),
+                name: req.k8s_pod_name.clone(),
+                interfaces_count: 1,
+            };
+            match self.state.add(&key, metadata).await {
+                Ok(a) => {
+                    tracing::info!(ip = %a.ip, eni = %a.eni_id, device = a.device_number, table = a.route_table, "assigned");
+                    let info = self.info();
+                    Ok(Response::new(AddNetworkReply {
+                        success: true,
+                        ip_allocation_metadata: vec![allocation(&a)],
+                        use_external_snat: info.use_external_snat,
+                        vp_cv4_cid_rs: info.vpc_v4_cidrs,
+                        network_policy_mode: info.network_policy_mode,
+                        eniid: a.eni_id,
+                        ..AddNetworkReply::default()
+                    }))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "AddNetwork failed");
+                    Err(to_status(&e))
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn del_network(
+        &self,
+        request: Request<DelNetworkRequest>,
+    ) -> Result<Response<DelNetworkReply>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "DelNetwork",
+            network = %req.network_name,
+            container_id = %req.container_id,
+            ifname = %req.if_name,
+            pod = %format!("{}/{}", req.k8s_pod_namespace, req.k8s_pod_name),
+            reason = %req.reason,
+            client = %req.client_version,
+        );
+        async {
+            let key = key_of(&req.network_name, &req.container_id, &req.if_name)?;
+            match self.state.del(&key).await {
+                Ok(released) => {
+                    match &released {
+                        Some(a) => tracing::info!(ip = %a.ip, eni = %a.eni_id, "released"),
+                        None => tracing::info!("nothing assigned to this key (already released)"),
+                    }
+                    Ok(Response::new(DelNetworkReply {
+                        success: true,
+                        ip_allocation_metadata: released.iter().map(allocation).collect(),
+                        network_policy_mode: self.info().network_policy_mode,
+                        ..DelNetworkReply::default()
+                    }))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "DelNetwork failed");
+                    Err(to_status(&e))
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn check_network(
+        &self,
+        request: Request<CheckNetworkRequest>,
+    ) -> Result<Response<CheckNetworkReply>, Status> {
+        let req = request.into_inner();
+        let span = tracing::debug_span!(
+            "CheckNetwork",
+            network = %req.network_name,
+            container_id = %req.container_id,
+            ifname = %req.if_name,
+        );
+        async {
+            let key = key_of(&req.network_name, &req.container_id, &req.if_name)?;
+            match self.state.check(&key).await {
+                Ok(a) => Ok(Response::new(CheckNetworkReply {
+                    ip_allocation_metadata: vec![allocation(&a)],
+                    eniid: a.eni_id,
+                })),
+                Err(e) => {
+                    tracing::debug!(error = %e, "CheckNetwork");
+                    Err(to_status(&e))
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn pool_status(
+        &self,
+        _request: Request<PoolStatusRequest>,
+    ) -> Result<Response<PoolStatusReply>, Status> {
+        let s = self.state.status().await;
+        tracing::debug!(ready = s.ready, total = s.stats.total, assigned = s.stats.assigned, cooling = s.stats.cooling, "PoolStatus");
+        Ok(Response::new(PoolStatusReply {
+            ready: s.ready,
+            total_i_ps: clamp_u32(s.stats.total),
+            assigned_i_ps: clamp_u32(s.stats.assigned),
+            cooldown_i_ps: clamp_u32(s.stats.cooling),
+            assignable_i_ps: clamp_u32(s.stats.assignable),
+            message: s.message,
+        }))
+    }
+
+    async fn garbage_collect(
+        &self,
+        request: Request<GarbageCollectRequest>,
+    ) -> Result<Response<GarbageCollectReply>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "GarbageCollect",
+            network = %req.network_name,
+            valid = req.valid_attachments.len(),
+            client = %req.client_version,
+        );
+        async {
+            require("NetworkName", &req.network_name)?;
+            let valid: HashSet<(String, String)> = req
+                .valid_attachments
+                .iter()
+                .map(|a| (a.container_id.clone(), a.if_name.clone()))
+                .collect();
+            match self.state.gc(&req.network_name, &valid).await {
+                Ok(released) => {
+                    for a in &released {
+                        tracing::info!(ip = %a.ip, key = %a.key, "released by GC");
+                    }
+                    Ok(Response::new(GarbageCollectReply {
+                        released: released.iter().map(allocation).collect(),
+                    }))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "GarbageCollect failed");
+                    Err(to_status(&e))
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Serves the backend and health on `listener` until `shutdown` resolves, then stops accepting
+/// and lets in-flight requests finish.
+///
+/// # Errors
+/// The server failed.
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    backend: Backend,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(CniBackendServer::new(backend))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|source| ServerError::Serve { path, source })
+}
