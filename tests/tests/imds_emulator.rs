@@ -198,18 +198,31 @@ fn sdk_client_reads_every_path_ipamd_uses() {
         get("/02:00:0a:00:00:0a/local-ipv4s"),
         "10.0.0.10\n10.0.0.11\n10.0.0.12\n10.0.0.13"
     );
-    assert_eq!(get("/02:00:0a:00:00:14/local-ipv4s"), "10.0.0.20\n10.0.0.21\n10.0.0.22");
+    assert_eq!(
+        get("/02:00:0a:00:00:14/local-ipv4s"),
+        "10.0.0.20\n10.0.0.21\n10.0.0.22"
+    );
     assert_eq!(get("/02:00:0a:00:00:14/device-number"), "1");
     assert_eq!(get("/02:00:0a:00:00:0a/device-number"), "0");
     assert_eq!(
         get("/02:00:0a:00:00:14/interface-id"),
         fx.node.interface_by_device(1).unwrap().interface_id
     );
-    assert_eq!(get("/02:00:0a:00:00:14/subnet-ipv4-cidr-block"), "10.0.0.0/24");
-    assert_eq!(get("/02:00:0a:00:00:14/vpc-ipv4-cidr-blocks"), "10.0.0.0/16");
+    assert_eq!(
+        get("/02:00:0a:00:00:14/subnet-ipv4-cidr-block"),
+        "10.0.0.0/24"
+    );
+    assert_eq!(
+        get("/02:00:0a:00:00:14/vpc-ipv4-cidr-blocks"),
+        "10.0.0.0/16"
+    );
     assert_eq!(get("/02:00:0a:00:00:14/security-group-ids"), "sg-0a1b2c3d");
     assert_eq!(get("/02:00:0a:00:00:14/network-card"), "0");
-    assert!(get("/02:00:0a:00:00:14/").lines().any(|l| l == "local-ipv4s"));
+    assert!(
+        get("/02:00:0a:00:00:14/")
+            .lines()
+            .any(|l| l == "local-ipv4s")
+    );
     assert_eq!(region.as_deref(), Some("us-west-2"));
 }
 
@@ -260,7 +273,11 @@ fn only_imdsv2_sessions_are_served() {
             &[(TOKEN_HEADER, &good)],
         );
         assert_eq!(r.status, 404);
-        assert!(r.body.contains("<title>404 - Not Found</title>"), "{}", r.body);
+        assert!(
+            r.body.contains("<title>404 - Not Found</title>"),
+            "{}",
+            r.body
+        );
         assert_eq!(r.header("content-type"), Some("text/html"));
         // Tokens expire.
         let short = token(addr, "1");
@@ -282,7 +299,12 @@ fn identity_document_and_indexes_look_like_aws() {
     let (doc, index, macs_field_list) = fx.inside(|addr| {
         let t = token(addr, "60");
         let h = [(TOKEN_HEADER, t.as_str())];
-        let doc = http(addr, "GET", "/latest/dynamic/instance-identity/document", &h);
+        let doc = http(
+            addr,
+            "GET",
+            "/latest/dynamic/instance-identity/document",
+            &h,
+        );
         let index = http(addr, "GET", "/latest/meta-data/", &h);
         let fields = http(
             addr,
@@ -329,7 +351,8 @@ fn edits_of_the_node_file_are_served_at_once() {
     });
     assert_eq!(before, "10.0.0.20\n10.0.0.21\n10.0.0.22");
     let eth1 = node.interface_by_device_mut(1).unwrap();
-    eth1.local_ipv4s.retain(|ip| *ip != Ipv4Addr::new(10, 0, 0, 21));
+    eth1.local_ipv4s
+        .retain(|ip| *ip != Ipv4Addr::new(10, 0, 0, 21));
     eth1.local_ipv4s.push(Ipv4Addr::new(10, 0, 0, 29));
     node.store(&fx.node_file()).unwrap();
     let after = fx.inside(move |addr| {
@@ -345,7 +368,9 @@ fn edits_of_the_node_file_are_served_at_once() {
     });
     assert_eq!(broken.status, 500);
     assert!(
-        broken.body.contains("node.json is not a valid node description")
+        broken
+            .body
+            .contains("node.json is not a valid node description")
             && broken.body.contains("line 1 column 17"),
         "{}",
         broken.body
@@ -377,7 +402,13 @@ fn cli_serves_a_node_file_inside_a_namespace_and_stops_on_sigterm() {
         .unwrap();
     let body = fx.ns.run_in(move || {
         let t = token(addr, "60");
-        http(addr, "GET", "/latest/meta-data/local-ipv4", &[(TOKEN_HEADER, &t)]).body
+        http(
+            addr,
+            "GET",
+            "/latest/meta-data/local-ipv4",
+            &[(TOKEN_HEADER, &t)],
+        )
+        .body
     });
     assert_eq!(body.unwrap(), "10.0.0.10");
     nix::sys::signal::kill(
@@ -390,7 +421,12 @@ fn cli_serves_a_node_file_inside_a_namespace_and_stops_on_sigterm() {
 
     // Bad arguments fail with a message naming them.
     let out = std::process::Command::new(bin)
-        .args(["--listen", "127.0.0.1:1", "--node", "/nonexistent/node.json"])
+        .args([
+            "--listen",
+            "127.0.0.1:1",
+            "--node",
+            "/nonexistent/node.json",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -1,0 +1,250 @@
+//! The plugin driven by real libcni (Debian's libcni 1.1.2 through `cniclient`), inside the
+//! node's namespace, with the conflist ipamd wrote: ADD, CHECK, tampering, DEL and its
+//! idempotency, plus a 0.4.0 conflist.
+
+use std::net::Ipv4Addr;
+
+use harness::node::{CONFLIST_NAME, NETWORK_NAME};
+use harness::{CniClient, Pod, standard_node};
+use serde_json::Value;
+
+use crate::{assert_pod_gone, assert_pod_network, check, ok, pod, pod_ip, start_node, table_of};
+
+fn cache_file(client: &CniClient<'_>, pod: &Pod) -> std::path::PathBuf {
+    client.cache_dir().join("results").join(format!(
+        "{NETWORK_NAME}-{}-{}",
+        pod.container_id, pod.ifname
+    ))
+}
+
+#[test]
+fn libcni_add_check_del_lifecycle() {
+    let node = start_node(standard_node(&[3, 3]));
+    let client = ok(&node, CniClient::new(&node));
+
+    let validate = ok(&node, client.validate(NETWORK_NAME));
+    check!(
+        node,
+        validate.success(),
+        "validate: {}",
+        validate.describe()
+    );
+    let v = validate.json.clone().unwrap_or_default();
+    check!(
+        node,
+        v["cniVersion"] == "1.0.0" && v["capabilities"].to_string().contains("portMappings"),
+        "validate output {v}"
+    );
+
+    // Five pods on a node whose primary ENI has three secondary IPs: some land on eth1.
+    let pods: Vec<Pod> = (0..5)
+        .map(|i| pod("default", &format!("web-{i}")))
+        .collect();
+    let mut ips = Vec::new();
+    for p in &pods {
+        let out = ok(&node, client.add(NETWORK_NAME, p));
+        check!(node, out.success(), "libcni ADD: {}", out.describe());
+        let result = out.json.clone().unwrap_or_default();
+        check!(
+            node,
+            result["cniVersion"] == "1.0.0",
+            "result version: {result}"
+        );
+        let ip = pod_ip(&node, &result);
+        let veth = p.host_veth("eni");
+        let ifaces = result["interfaces"].as_array().cloned().unwrap_or_default();
+        check!(
+            node,
+            ifaces.iter().any(|i| i["name"] == veth.as_str())
+                && ifaces
+                    .iter()
+                    .any(|i| i["name"] == "eth0" && i["sandbox"] == p.netns_path.as_str()),
+            "result interfaces {ifaces:?} lack {veth} and eth0 in {}",
+            p.netns_path
+        );
+        check!(
+            node,
+            cache_file(&client, p).is_file(),
+            "libcni cached no result at {}",
+            cache_file(&client, p).display()
+        );
+        assert_pod_network(&node, p, ip);
+        ips.push(ip);
+    }
+    let distinct: std::collections::BTreeSet<_> = ips.iter().collect();
+    check!(
+        node,
+        distinct.len() == ips.len(),
+        "duplicate pod IPs {ips:?}"
+    );
+    let on_eth1: Vec<usize> = (0..ips.len())
+        .filter(|&i| table_of(&node, ips[i]) == 2)
+        .collect();
+    let on_eth0: Vec<usize> = (0..ips.len())
+        .filter(|&i| table_of(&node, ips[i]) == 254)
+        .collect();
+    check!(
+        node,
+        !on_eth1.is_empty() && !on_eth0.is_empty(),
+        "want pods on both ENIs, got {ips:?}"
+    );
+
+    // Reachability: pod <-> node, pod <-> pod across ENIs, and an eth1 pod reaches the VPC
+    // router through eth1 (rule 1536 -> table 2).
+    let node_ip = Ipv4Addr::new(10, 0, 0, 10);
+    let (a, b) = (on_eth0[0], on_eth1[0]);
+    for (from, to) in [
+        (pods[a].ns().unwrap(), node_ip),
+        (pods[b].ns().unwrap(), node_ip),
+        (node.ns(), ips[a]),
+        (node.ns(), ips[b]),
+        (pods[a].ns().unwrap(), ips[b]),
+        (pods[b].ns().unwrap(), ips[a]),
+    ] {
+        let ping = ok(&node, node.ping(from, to));
+        check!(
+            node,
+            ping.ok,
+            "ping {} -> {to} failed: {}",
+            from.name(),
+            ping.output
+        );
+    }
+    let tx = |node: &harness::SimNode| -> u64 {
+        let link = ok(node, node.ns().ip_json(&["-s", "link", "show", "eth1"]));
+        link[0]["stats64"]["tx"]["packets"].as_u64().unwrap_or(0)
+    };
+    let before = tx(&node);
+    let ping = ok(
+        &node,
+        node.ping(pods[b].ns().unwrap(), Ipv4Addr::new(10, 0, 0, 1)),
+    );
+    check!(
+        node,
+        ping.ok,
+        "eth1 pod cannot reach the VPC gateway: {}",
+        ping.output
+    );
+    let after = tx(&node);
+    check!(
+        node,
+        after >= before + 3,
+        "the eth1 pod's traffic did not leave through eth1 (tx {before} -> {after})"
+    );
+
+    // CHECK passes on an intact pod, fails once its default route is gone.
+    let target = &pods[b];
+    let out = ok(&node, client.check(NETWORK_NAME, target));
+    check!(
+        node,
+        out.success(),
+        "CHECK of an intact pod: {}",
+        out.describe()
+    );
+    ok(&node, target.ns().unwrap().ip(&["route", "del", "default"]));
+    let out = ok(&node, client.check(NETWORK_NAME, target));
+    check!(
+        node,
+        !out.success(),
+        "CHECK passed without the default route"
+    );
+    check!(
+        node,
+        out.error_code().is_some_and(|c| c >= 100),
+        "CHECK failure must carry a plugin code >= 100: {}",
+        out.describe()
+    );
+    check!(
+        node,
+        out.stdout.to_lowercase().contains("route"),
+        "CHECK failure should name the route: {}",
+        out.describe()
+    );
+
+    // DEL removes everything, twice is fine, and after the netns is gone too.
+    for (i, p) in pods.iter().enumerate().take(3) {
+        let out = ok(&node, client.del(NETWORK_NAME, p));
+        check!(node, out.success(), "DEL: {}", out.describe());
+        assert_pod_gone(&node, p, ips[i]);
+        let pod_links = ok(&node, p.ns().unwrap().link_names());
+        check!(
+            node,
+            pod_links == vec!["lo".to_owned()],
+            "pod namespace still has {pod_links:?} after DEL"
+        );
+        check!(
+            node,
+            ok(&node, node.ipamd_assignment(p)).is_none(),
+            "ipamd still holds {} after DEL",
+            ips[i]
+        );
+        check!(
+            node,
+            !cache_file(&client, p).exists(),
+            "libcni cache kept after DEL"
+        );
+        let again = ok(&node, client.del(NETWORK_NAME, p));
+        check!(node, again.success(), "second DEL: {}", again.describe());
+    }
+    let mut gone = pods;
+    // Pod 3: DEL after an earlier DEL and its netns deletion; pod 4: netns deleted before any DEL.
+    let out = ok(&node, client.del(NETWORK_NAME, &gone[3]));
+    check!(node, out.success(), "DEL: {}", out.describe());
+    for i in [3, 4] {
+        ok(&node, gone[i].delete_netns());
+        let out = ok(&node, client.del(NETWORK_NAME, &gone[i]));
+        check!(
+            node,
+            out.success(),
+            "DEL after netns deletion: {}",
+            out.describe()
+        );
+        assert_pod_gone(&node, &gone[i], ips[i]);
+        check!(
+            node,
+            ok(&node, node.ipamd_assignment(&gone[i])).is_none(),
+            "ipamd still holds {} after DEL",
+            ips[i]
+        );
+    }
+    let status = ok(&node, node.pool_status());
+    check!(
+        node,
+        status.assigned_i_ps == 0,
+        "addresses still assigned after every DEL: {status:?}"
+    );
+    gone.clear();
+}
+
+#[test]
+fn libcni_with_a_0_4_0_conflist_caches_ips_version() {
+    let node = start_node(standard_node(&[2]));
+    let mut conflist: Value = ok(&node, node.conflist());
+    conflist["cniVersion"] = Value::from("0.4.0");
+    let dir = node.dir().join("net.d-0.4.0");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(CONFLIST_NAME), conflist.to_string()).unwrap();
+    let client = ok(&node, CniClient::new(&node)).with_confdir(&dir);
+
+    let p = pod("kube-system", "coredns-0");
+    let out = ok(&node, client.add(NETWORK_NAME, &p));
+    check!(node, out.success(), "0.4.0 ADD: {}", out.describe());
+    let result = out.json.clone().unwrap_or_default();
+    check!(node, result["cniVersion"] == "0.4.0", "result {result}");
+    let ip = pod_ip(&node, &result);
+    let cached = ok(&node, client.cached(NETWORK_NAME, &p));
+    check!(node, cached.success(), "cached: {}", cached.describe());
+    let cached = cached.json.unwrap_or_default();
+    check!(
+        node,
+        cached["ips"][0]["version"] == "4"
+            && cached["ips"][0]["address"] == format!("{ip}/32").as_str(),
+        "cached 0.4.0 result must carry ips[].version \"4\": {cached}"
+    );
+    assert_pod_network(&node, &p, ip);
+    let out = ok(&node, client.check(NETWORK_NAME, &p));
+    check!(node, out.success(), "0.4.0 CHECK: {}", out.describe());
+    let out = ok(&node, client.del(NETWORK_NAME, &p));
+    check!(node, out.success(), "0.4.0 DEL: {}", out.describe());
+    assert_pod_gone(&node, &p, ip);
+}

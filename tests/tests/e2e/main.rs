@@ -1,0 +1,196 @@
+//! End-to-end tests: real ipamd, real plugin, real libcni, real kernel, on simulated nodes
+//! (network namespaces) with the IMDS emulator. Each test builds its own node and tears it down;
+//! tests run in parallel, so every name, port and directory is unique. They must run as root and
+//! fail (never skip) when a prerequisite is missing.
+
+#![allow(clippy::unwrap_used)]
+
+mod bad_inputs;
+mod direct;
+mod enis;
+mod fabric;
+mod ipamd_lifecycle;
+mod libcni;
+mod pool;
+mod restart;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use harness::node::POD_GATEWAY;
+use harness::{NodeDescription, NodeOptions, Pod, SimNode};
+use serde_json::Value;
+
+/// Asserts `cond`; on failure prints the message and the node's logs (ipamd, plugin).
+#[macro_export]
+macro_rules! check {
+    ($node:expr, $cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            panic!("{}\n{}", format!($($arg)+), $node.diag());
+        }
+    };
+}
+
+/// Unwraps a harness result, printing the node's logs on error.
+pub fn ok<T, E: std::fmt::Display>(node: &SimNode, r: Result<T, E>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{e}\n{}", node.diag()),
+    }
+}
+
+/// Unwraps the result of a node operation that needs `&mut` (its errors carry the logs).
+pub fn must<T>(r: Result<T, harness::NodeError>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts a node (and ipamd, unless the options say otherwise), panicking with logs on error.
+pub fn start(options: NodeOptions) -> SimNode {
+    match SimNode::start(options) {
+        Ok(node) => node,
+        Err(e) => panic!("cannot start the simulated node: {e}"),
+    }
+}
+
+/// Starts a node with `desc` and default options.
+pub fn start_node(desc: NodeDescription) -> SimNode {
+    start(NodeOptions::new(desc))
+}
+
+/// Creates a pod sandbox.
+pub fn pod(namespace: &str, name: &str) -> Pod {
+    Pod::new(namespace, name).unwrap()
+}
+
+/// The pod's address from an ADD result, checked to be a `/32` of a secondary address.
+pub fn pod_ip(node: &SimNode, result: &Value) -> Ipv4Addr {
+    let address = result["ips"][0]["address"].as_str().unwrap_or_default();
+    let ip = harness::cni::result_ip(result);
+    check!(
+        node,
+        address.ends_with("/32") && ip.is_some(),
+        "ADD result has no ip/32 address: {result}"
+    );
+    let ip = ip.unwrap();
+    check!(
+        node,
+        node.description().all_secondary_ips().contains(&ip),
+        "pod address {ip} is not one of the metadata's secondary IPs {:?}",
+        node.description().all_secondary_ips()
+    );
+    check!(
+        node,
+        !node.description().eni_primary_ips().contains(&ip),
+        "pod address {ip} is an ENI primary address"
+    );
+    ip
+}
+
+/// The route table of the ENI owning `ip` (254 for the primary ENI).
+pub fn table_of(node: &SimNode, ip: Ipv4Addr) -> u32 {
+    node.description()
+        .owner_of_secondary(ip)
+        .map(|e| e.route_table())
+        .unwrap_or_else(|| panic!("{ip} belongs to no ENI"))
+}
+
+/// Asserts the full data plane of a pod as ADD must leave it (design.md §1).
+pub fn assert_pod_network(node: &SimNode, pod: &Pod, ip: Ipv4Addr) {
+    let pod_ns = pod.ns().unwrap();
+    let veth = pod.host_veth("eni");
+    // Pod side: eth0 with ip/32, the two routes, the permanent neighbour.
+    let addrs = ok(node, pod_ns.addresses_of(&pod.ifname));
+    check!(
+        node,
+        addrs == vec![format!("{ip}/32")],
+        "pod eth0 addresses {addrs:?}, want [{ip}/32]"
+    );
+    let routes = ok(node, pod_ns.routes("main"));
+    let gw = POD_GATEWAY.to_string();
+    check!(
+        node,
+        routes
+            .iter()
+            .any(|r| r["dst"] == gw.as_str() && r["dev"] == "eth0" && r["scope"] == "link"),
+        "pod lacks `169.254.1.1 dev eth0 scope link`: {routes:?}"
+    );
+    check!(
+        node,
+        routes
+            .iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == gw.as_str() && r["dev"] == "eth0"),
+        "pod lacks `default via 169.254.1.1 dev eth0`: {routes:?}"
+    );
+    let host_link = ok(node, node.ns().link(&veth));
+    check!(
+        node,
+        host_link.is_some(),
+        "host veth {veth} is missing; node links: {:?}",
+        node.ns().link_names()
+    );
+    let host_link = host_link.unwrap();
+    let host_mac = host_link["address"].as_str().unwrap_or_default().to_owned();
+    let neigh = ok(node, pod_ns.neighbours());
+    check!(
+        node,
+        neigh.iter().any(|n| n["dst"] == gw.as_str()
+            && n["lladdr"] == host_mac.as_str()
+            && n["state"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x == "PERMANENT"))),
+        "pod lacks permanent neighbour 169.254.1.1 -> {host_mac}: {neigh:?}"
+    );
+    // Host side: /32 route via the veth, rule 512, and rule 1536 only for secondary-ENI IPs.
+    let routes = ok(node, node.routes_to(ip));
+    check!(
+        node,
+        routes
+            .iter()
+            .any(|r| r["dev"] == veth.as_str() && r["scope"] == "link"),
+        "host lacks `{ip} dev {veth} scope link`: {routes:?}"
+    );
+    let rules = ok(node, node.rules_for(ip));
+    check!(
+        node,
+        rules.iter().any(|r| r["priority"] == 512
+            && r["dst"] == ip.to_string().as_str()
+            && r["table"] == "main"),
+        "host lacks rule 512 `to {ip} lookup main`: {rules:?}"
+    );
+    let table = table_of(node, ip);
+    let from_rules: Vec<&Value> = rules.iter().filter(|r| r["priority"] == 1536).collect();
+    if table == 254 {
+        check!(
+            node,
+            from_rules.is_empty(),
+            "{ip} is on the primary ENI but has 1536 rules: {from_rules:?}"
+        );
+    } else {
+        check!(
+            node,
+            from_rules.len() == 1
+                && from_rules[0]["src"] == ip.to_string().as_str()
+                && from_rules[0]["table"] == table.to_string().as_str(),
+            "{ip} is on a secondary ENI: want exactly `1536: from {ip} lookup {table}`, got {from_rules:?}"
+        );
+    }
+}
+
+/// Asserts nothing of the pod remains on the node: no veth, no route, no rule.
+pub fn assert_pod_gone(node: &SimNode, pod: &Pod, ip: Ipv4Addr) {
+    let veth = pod.host_veth("eni");
+    check!(
+        node,
+        ok(node, node.ns().link(&veth)).is_none(),
+        "host veth {veth} still exists after DEL"
+    );
+    let routes = ok(node, node.routes_to(ip));
+    check!(node, routes.is_empty(), "routes to {ip} remain: {routes:?}");
+    let rules = ok(node, node.rules_for(ip));
+    check!(node, rules.is_empty(), "rules for {ip} remain: {rules:?}");
+}
+
+/// The set of addresses of several results.
+pub fn ip_set(ips: &[Ipv4Addr]) -> BTreeSet<Ipv4Addr> {
+    ips.iter().copied().collect()
+}
