@@ -184,6 +184,17 @@ impl Netns {
         cmd
     }
 
+    /// A `Command` that runs `program` in this network namespace only, via `nsenter --net`.
+    /// Unlike `ip netns exec` it keeps the caller's mount namespace and `/sys` (with its cgroup
+    /// mounts), which container runtimes need.
+    pub fn nsenter_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
     /// Runs `program args` inside the namespace and returns its output (any exit status).
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output, NetnsError> {
         run(self.command(program).args(args))

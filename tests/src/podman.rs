@@ -1,6 +1,6 @@
 //! Driving the plugin through podman 4.3 with its CNI backend, the way a user of a plain
-//! container host would meet it. podman runs inside the node's namespace (so the plugin it
-//! execs works on the node), with a private `containers.conf` (`CONTAINERS_CONF`: CNI backend,
+//! container host would meet it. podman runs inside the node's network namespace (so the plugin
+//! it execs works on the node; entered with `nsenter --net`, see [`Podman::command`]), with a private `containers.conf` (`CONTAINERS_CONF`: CNI backend,
 //! plugin dirs = aws-cni's dir + /usr/lib/cni, network config dir = ipamd's net.d, runc, lowered
 //! ulimits) and private storage (`--root`, `--runroot`, `--tmpdir`) removed afterwards, so
 //! nothing on the machine changes. `podman system reset` is never used: it deletes conflists.
@@ -22,12 +22,16 @@ const APPLETS: &[&str] = &[
     "sh", "ip", "ls", "cat", "echo", "sleep", "ping", "ifconfig", "route", "hostname",
 ];
 
+/// libcni's result cache, which podman 4.3's CNI backend does not let us relocate.
+const LIBCNI_CACHE_DIR: &str = "/var/lib/cni";
+
 /// podman with private configuration and storage, bound to one node.
 #[derive(Debug)]
 pub struct Podman<'a> {
     node: &'a SimNode,
     dir: tempfile::TempDir,
     conf: PathBuf,
+    cache_dir_existed: bool,
 }
 
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -40,6 +44,7 @@ impl<'a> Podman<'a> {
         bins::require_tool("podman", "apt-get install podman")?;
         bins::require_tool("runc", "apt-get install runc")?;
         bins::require_tool("tar", "apt-get install tar")?;
+        bins::require_tool("nsenter", "apt-get install util-linux")?;
         let dir = tempfile::Builder::new()
             .prefix("vcni-podman-")
             .tempdir()
@@ -67,7 +72,12 @@ impl<'a> Podman<'a> {
             tmp = dir.path().join("tmp").to_string_lossy(),
         );
         fs::write(&conf, text).map_err(io_err(format!("cannot write {}", conf.display())))?;
-        Ok(Self { node, dir, conf })
+        Ok(Self {
+            node,
+            dir,
+            conf,
+            cache_dir_existed: Path::new(LIBCNI_CACHE_DIR).exists(),
+        })
     }
 
     /// The private directory (configuration, storage, state).
@@ -75,9 +85,11 @@ impl<'a> Podman<'a> {
         self.dir.path()
     }
 
-    /// A podman command running inside the node's namespace with the private setup.
+    /// A podman command running inside the node's network namespace with the private setup.
+    /// It enters only the network namespace (`nsenter --net`): `ip netns exec` remounts `/sys`,
+    /// which hides the cgroup mounts runc needs ("no cgroup mount found in mountinfo").
     pub fn command(&self) -> Command {
-        let mut cmd = self.node.ns().command("podman");
+        let mut cmd = self.node.ns().nsenter_command("podman");
         cmd.env("CONTAINERS_CONF", &self.conf)
             .arg("--root")
             .arg(self.dir().join("root"))
@@ -160,5 +172,13 @@ impl Drop for Podman<'_> {
             .args(["rm", "--all", "--force", "--time", "0"]));
         let _ = run(self.command().args(["rmi", "--all", "--force"]));
         cleanup::unregister_dir(self.dir.path());
+        // podman's libcni writes its result cache under /var/lib/cni and removes the entries on
+        // `--rm`; drop the then-empty directories if they were not there before (remove_dir
+        // refuses non-empty ones, so nothing of anyone else's is lost).
+        if !self.cache_dir_existed {
+            let cache = Path::new(LIBCNI_CACHE_DIR);
+            let _ = fs::remove_dir(cache.join("results"));
+            let _ = fs::remove_dir(cache);
+        }
     }
 }

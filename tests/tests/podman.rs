@@ -1,0 +1,146 @@
+//! podman 4.3 with its CNI backend runs a container on the simulated node: the container gets a
+//! VPC address through aws-cni and the conflist ipamd wrote, and `--rm` leaves nothing behind.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::Ipv4Addr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use harness::node::NETWORK_NAME;
+use harness::{NodeOptions, Podman, SimNode, host_veth_name, standard_node};
+
+fn fail(node: &SimNode, msg: String) -> ! {
+    panic!("{msg}\n{}", node.diag())
+}
+
+#[test]
+fn podman_run_gets_a_vpc_address_from_the_written_conflist() {
+    let node = SimNode::start(NodeOptions::new(standard_node(&[3])))
+        .unwrap_or_else(|e| panic!("cannot start the simulated node: {e}"));
+    let podman = Podman::new(&node).unwrap_or_else(|e| fail(&node, e.to_string()));
+    let image = podman
+        .import_busybox()
+        .unwrap_or_else(|e| fail(&node, e.to_string()));
+    let name = format!("vcni-web-{}", std::process::id());
+    let script = "ip -4 addr show eth0; ip route; echo VCNI-READY; sleep 3";
+    let mut child = podman
+        .spawn(&[
+            "run",
+            "--rm",
+            "--network",
+            NETWORK_NAME,
+            "--name",
+            &name,
+            image,
+            "sh",
+            "-c",
+            script,
+        ])
+        .unwrap_or_else(|e| fail(&node, e.to_string()));
+
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    // Follow the container's output until it reports its network.
+    let mut output = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) if line == "VCNI-READY" => break,
+            Ok(line) => output.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = stderr_reader.join().unwrap_or_default();
+                fail(
+                    &node,
+                    format!("the container never got ready; stdout {output:?}\nstderr:\n{err}"),
+                );
+            }
+        }
+    }
+    let text = output.join("\n");
+    let ip: Ipv4Addr = text
+        .lines()
+        .find_map(|l| {
+            let l = l.trim();
+            let rest = l.strip_prefix("inet ")?;
+            let cidr = rest.split_whitespace().next()?;
+            let (addr, len) = cidr.split_once('/')?;
+            (len == "32").then(|| addr.parse().ok())?
+        })
+        .unwrap_or_else(|| {
+            fail(
+                &node,
+                format!("no inet x/32 on the container's eth0:\n{text}"),
+            )
+        });
+    if !node.description().all_secondary_ips().contains(&ip) {
+        fail(
+            &node,
+            format!("container address {ip} is not a secondary IP of the metadata"),
+        );
+    }
+    if !text
+        .lines()
+        .any(|l| l.trim().starts_with("default via 169.254.1.1 dev eth0"))
+    {
+        fail(
+            &node,
+            format!("the container has no default via 169.254.1.1:\n{text}"),
+        );
+    }
+    // podman passes K8S_POD_NAME=<container name> and no namespace: the plugin uses "default".
+    let veth = host_veth_name("eni", "default", &name);
+    let running_link = node.ns().link(&veth).unwrap();
+    let running_routes = node.routes_to(ip).unwrap();
+    let running_rules = node.rules_for(ip).unwrap();
+
+    let status = child.wait().unwrap();
+    let err = stderr_reader.join().unwrap_or_default();
+    if !status.success() {
+        fail(&node, format!("podman run exited {status}\nstderr:\n{err}"));
+    }
+    if running_link.is_none() || running_routes.is_empty() || running_rules.is_empty() {
+        fail(
+            &node,
+            format!(
+                "while the container ran the node lacked its veth {veth} ({running_link:?}), \
+                 route ({running_routes:?}) or rule 512 ({running_rules:?})"
+            ),
+        );
+    }
+    // --rm ran DEL: nothing of the container remains on the node or in ipamd.
+    let link = node.ns().link(&veth).unwrap();
+    let routes = node.routes_to(ip).unwrap();
+    let rules = node.rules_for(ip).unwrap();
+    if link.is_some() || !routes.is_empty() || !rules.is_empty() {
+        fail(
+            &node,
+            format!(
+                "after --rm: veth {link:?}, routes {routes:?}, rules {rules:?} remain\npodman stderr:\n{err}"
+            ),
+        );
+    }
+    let status = node.pool_status().unwrap();
+    if status.assigned_i_ps != 0 {
+        fail(
+            &node,
+            format!("ipamd still has assignments after --rm: {status:?}"),
+        );
+    }
+}
