@@ -113,9 +113,11 @@ pub fn write(config: &Config, dir: &Path) -> Result<PathBuf, ConflistError> {
         path: path.clone(),
         source,
     })?;
-    fsutil::atomic_write(&path, render(config).as_bytes(), 0o644).map_err(|source| ConflistError {
-        path: path.clone(),
-        source,
+    fsutil::atomic_write(&path, render(config).as_bytes(), 0o644).map_err(|source| {
+        ConflistError {
+            path: path.clone(),
+            source,
+        }
     })?;
     Ok(path)
 }
@@ -162,7 +164,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&render(&c)).unwrap();
         let e = &v["plugins"][0];
         assert_eq!(e["vethPrefix"], "cali");
-        assert_eq!(e["mtu"], "1500", "mtu is a string, from AWS_VPC_ENI_MTU when POD_MTU is unset");
+        assert_eq!(
+            e["mtu"], "1500",
+            "mtu is a string, from AWS_VPC_ENI_MTU when POD_MTU is unset"
+        );
         assert_eq!(e["podSGEnforcingMode"], "standard");
         assert_eq!(e["pluginLogFile"], "/tmp/x/plugin.log");
         assert_eq!(e["pluginLogLevel"], "INFO");
@@ -182,7 +187,10 @@ mod tests {
         write(&config(&[("POD_MTU", "1400")]), &confdir).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"mtu\": \"1400\""), "{text}");
-        let names: Vec<_> = std::fs::read_dir(&confdir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&confdir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 }

@@ -7,13 +7,14 @@ pub mod checkpoint;
 pub mod cloud;
 pub mod config;
 pub mod conflist;
-// pub mod daemon;
+pub mod daemon;
 pub mod datastore;
 pub mod fsutil;
 pub mod host_network;
 pub mod logging;
 pub mod mac;
 pub mod pool;
+pub mod restore;
 pub mod server;
 pub mod state;
 

@@ -45,7 +45,11 @@ const QUIET_CRATES: [&str; 12] = [
 
 /// The filter: `level` for ipamd, at most WARN for transport crates.
 pub fn filter(level: Level) -> EnvFilter {
-    let quiet = if level > Level::WARN { Level::WARN } else { level };
+    let quiet = if level > Level::WARN {
+        Level::WARN
+    } else {
+        level
+    };
     let mut directives = level.to_string().to_lowercase();
     for c in QUIET_CRATES {
         directives.push_str(&format!(",{c}={}", quiet.to_string().to_lowercase()));
@@ -94,7 +98,10 @@ mod tests {
     fn transport_crates_never_log_below_warn() {
         let f = filter(Level::DEBUG).to_string();
         assert!(f.split(',').any(|d| d == "debug"), "{f}");
-        assert!(f.contains("h2=warn") && f.contains("aws_smithy_runtime=warn"), "{f}");
+        assert!(
+            f.contains("h2=warn") && f.contains("aws_smithy_runtime=warn"),
+            "{f}"
+        );
         let f = filter(Level::ERROR).to_string();
         assert!(f.contains("h2=error"), "{f}");
     }

@@ -126,7 +126,6 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
-
 /// Sets every reported health service to SERVING or NOT_SERVING.
 pub async fn set_health(reporter: &HealthReporter, serving: bool) {
     let status = if serving {
@@ -186,7 +185,9 @@ fn require(field: &str, value: &str) -> Result<(), Status> {
         return Err(Status::invalid_argument(format!("{field} is empty")));
     }
     if value.contains('\0') {
-        return Err(Status::invalid_argument(format!("{field} contains a NUL byte")));
+        return Err(Status::invalid_argument(format!(
+            "{field} contains a NUL byte"
+        )));
     }
     Ok(())
 }
@@ -341,7 +342,13 @@ impl CniBackend for Backend {
         _request: Request<PoolStatusRequest>,
     ) -> Result<Response<PoolStatusReply>, Status> {
         let s = self.state.status().await;
-        tracing::debug!(ready = s.ready, total = s.stats.total, assigned = s.stats.assigned, cooling = s.stats.cooling, "PoolStatus");
+        tracing::debug!(
+            ready = s.ready,
+            total = s.stats.total,
+            assigned = s.stats.assigned,
+            cooling = s.stats.cooling,
+            "PoolStatus"
+        );
         Ok(Response::new(PoolStatusReply {
             ready: s.ready,
             total_i_ps: clamp_u32(s.stats.total),
@@ -399,7 +406,9 @@ pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
     backend: Backend,
-    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     tonic::transport::Server::builder()

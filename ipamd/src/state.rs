@@ -226,7 +226,9 @@ impl IpamState {
         let (ready, message) = match phase {
             Phase::Ready => (
                 true,
-                ds.exhaustion_reason().map(|e| e.message).unwrap_or_default(),
+                ds.exhaustion_reason()
+                    .map(|e| e.message)
+                    .unwrap_or_default(),
             ),
             Phase::Starting(pending) => (false, format!("ipamd is not ready yet: {pending}")),
             Phase::Draining => (false, "ipamd is shutting down".to_owned()),
@@ -267,7 +269,10 @@ impl IpamState {
                 ds.rollback_release(r);
             }
             return Err(IpamError::Checkpoint {
-                op: format!("garbage collection of {} assignments of network {network:?}", released.len()),
+                op: format!(
+                    "garbage collection of {} assignments of network {network:?}",
+                    released.len()
+                ),
                 source,
             });
         }
@@ -314,7 +319,11 @@ mod tests {
     }
 
     fn state() -> (IpamState, Arc<MemCheckpointer>) {
-        let mut ds = Datastore::new(Duration::from_secs(30), Arc::new(ManualClock::new()), "note");
+        let mut ds = Datastore::new(
+            Duration::from_secs(30),
+            Arc::new(ManualClock::new()),
+            "note",
+        );
         ds.add_eni(EniSpec {
             id: "eni-a".into(),
             device_number: 0,
@@ -342,7 +351,12 @@ mod tests {
             .lock()
             .unwrap()
             .as_ref()
-            .map(|d| d.allocations.iter().filter_map(|a| a.ipv4.clone()).collect())
+            .map(|d| {
+                d.allocations
+                    .iter()
+                    .filter_map(|a| a.ipv4.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -351,7 +365,10 @@ mod tests {
         let (st, _) = state();
         st.set_pending("bringing up ENI eni-b");
         let err = st.add(&key("c"), PodMetadata::default()).await.unwrap_err();
-        assert_eq!(err.to_string(), "ipamd is not ready yet: bringing up ENI eni-b");
+        assert_eq!(
+            err.to_string(),
+            "ipamd is not ready yet: bringing up ENI eni-b"
+        );
         let status = st.status().await;
         assert!(!status.ready);
         assert!(status.message.contains("bringing up ENI eni-b"));
@@ -379,16 +396,29 @@ mod tests {
         st.set_phase(Phase::Ready);
         let held = st.add(&key("c1"), PodMetadata::default()).await.unwrap();
         cp.fail.store(true, Ordering::SeqCst);
-        let err = st.add(&key("c2"), PodMetadata::default()).await.unwrap_err();
-        assert!(err.to_string().contains("rolled back") && err.to_string().contains("disk full"), "{err}");
-        assert!(matches!(st.check(&key("c2")).await, Err(IpamError::NotFound { .. })));
+        let err = st
+            .add(&key("c2"), PodMetadata::default())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("rolled back") && err.to_string().contains("disk full"),
+            "{err}"
+        );
+        assert!(matches!(
+            st.check(&key("c2")).await,
+            Err(IpamError::NotFound { .. })
+        ));
         let err = st.del(&key("c1")).await.unwrap_err();
         assert!(err.to_string().contains("releasing 10.0.0.11"), "{err}");
         assert_eq!(st.check(&key("c1")).await.unwrap().ip, held.ip);
         assert_eq!(st.status().await.stats.assigned, 1);
         cp.fail.store(false, Ordering::SeqCst);
         let b = st.add(&key("c2"), PodMetadata::default()).await.unwrap();
-        assert_eq!(b.ip.to_string(), "10.0.0.12", "the rolled-back address is free again");
+        assert_eq!(
+            b.ip.to_string(),
+            "10.0.0.12",
+            "the rolled-back address is free again"
+        );
     }
 
     #[tokio::test]
@@ -414,12 +444,23 @@ mod tests {
         let gone = st.add(&key("gone"), PodMetadata::default()).await.unwrap();
         let valid = HashSet::from([("keep".to_owned(), "eth0".to_owned())]);
         let released = st.gc("aws-cni", &valid).await.unwrap();
-        assert_eq!(released.iter().map(|a| a.ip).collect::<Vec<_>>(), vec![gone.ip]);
+        assert_eq!(
+            released.iter().map(|a| a.ip).collect::<Vec<_>>(),
+            vec![gone.ip]
+        );
         assert_eq!(saved_ips(&cp).len(), 1);
-        assert!(st.gc("other-net", &HashSet::new()).await.unwrap().is_empty());
+        assert!(
+            st.gc("other-net", &HashSet::new())
+                .await
+                .unwrap()
+                .is_empty()
+        );
         cp.fail.store(true, Ordering::SeqCst);
         assert!(st.gc("aws-cni", &HashSet::new()).await.is_err());
-        assert!(st.check(&key("keep")).await.is_ok(), "failed GC is rolled back");
+        assert!(
+            st.check(&key("keep")).await.is_ok(),
+            "failed GC is rolled back"
+        );
     }
 
     #[tokio::test]
@@ -431,7 +472,12 @@ mod tests {
         let s = st.status().await;
         assert!(s.ready);
         assert_eq!(s.stats.assignable, 0);
-        assert!(s.message.starts_with("no assignable IP: all 2 IPs on 1 ENI are assigned"), "{}", s.message);
+        assert!(
+            s.message
+                .starts_with("no assignable IP: all 2 IPs on 1 ENI are assigned"),
+            "{}",
+            s.message
+        );
         let err = st.add(&key("c"), PodMetadata::default()).await.unwrap_err();
         assert_eq!(err.to_string(), s.message);
     }

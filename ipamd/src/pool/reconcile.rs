@@ -88,7 +88,9 @@ pub fn add_eni(ds: &mut Datastore, eni: &EniMetadata) -> Result<usize, Datastore
     for ip in &eni.secondary_ips {
         match ds.add_ip(&eni.id, *ip) {
             Ok(()) => added += 1,
-            Err(e) => tracing::warn!(eni = %eni.id, %ip, error = %e, "secondary IP not added to the pool"),
+            Err(e) => {
+                tracing::warn!(eni = %eni.id, %ip, error = %e, "secondary IP not added to the pool")
+            }
         }
     }
     Ok(added)
@@ -115,7 +117,9 @@ pub fn apply(ds: &mut Datastore, diff: &Diff) -> Applied {
                 applied.added += 1;
                 tracing::info!(%eni, %ip, "secondary IP appeared in instance metadata; added to the pool");
             }
-            Err(e) => tracing::warn!(%eni, %ip, error = %e, "secondary IP from instance metadata not added"),
+            Err(e) => {
+                tracing::warn!(%eni, %ip, error = %e, "secondary IP from instance metadata not added")
+            }
         }
     }
     for (eni, ip) in &diff.removed_ips {
@@ -136,7 +140,9 @@ pub fn apply(ds: &mut Datastore, diff: &Diff) -> Applied {
                 applied.enis_removed += 1;
                 tracing::info!(%eni, "ENI vanished from instance metadata; removed from the pool");
             }
-            Err(e) => tracing::warn!(%eni, error = %e, "ENI vanished from instance metadata but is kept"),
+            Err(e) => {
+                tracing::warn!(%eni, error = %e, "ENI vanished from instance metadata but is kept")
+            }
         }
     }
     applied
@@ -158,14 +164,28 @@ mod tests {
         FakeImds::new(
             "i-1",
             vec![
-                FakeEni::new("02:00:0a:00:00:0a", "eni-a", 0, "10.0.0.0/24", &["10.0.0.10", "10.0.0.11", "10.0.0.12"]),
-                FakeEni::new("02:00:0a:00:00:0b", "eni-b", 1, "10.0.0.0/24", &["10.0.0.20", "10.0.0.21"]),
+                FakeEni::new(
+                    "02:00:0a:00:00:0a",
+                    "eni-a",
+                    0,
+                    "10.0.0.0/24",
+                    &["10.0.0.10", "10.0.0.11", "10.0.0.12"],
+                ),
+                FakeEni::new(
+                    "02:00:0a:00:00:0b",
+                    "eni-b",
+                    1,
+                    "10.0.0.0/24",
+                    &["10.0.0.20", "10.0.0.21"],
+                ),
             ],
         )
     }
 
     async fn enis(imds: &FakeImds) -> Vec<EniMetadata> {
-        fetch_enis(imds, "02:00:0a:00:00:0a".parse().unwrap()).await.unwrap()
+        fetch_enis(imds, "02:00:0a:00:00:0a".parse().unwrap())
+            .await
+            .unwrap()
     }
 
     fn key(c: &str) -> IpamKey {
@@ -177,7 +197,11 @@ mod tests {
     }
 
     async fn store(imds: &FakeImds) -> Datastore {
-        let mut ds = Datastore::new(Duration::from_secs(30), Arc::new(ManualClock::new()), "note");
+        let mut ds = Datastore::new(
+            Duration::from_secs(30),
+            Arc::new(ManualClock::new()),
+            "note",
+        );
         for eni in enis(imds).await {
             add_eni(&mut ds, &eni).unwrap();
         }
@@ -189,7 +213,11 @@ mod tests {
         let imds = fake();
         let ds = store(&imds).await;
         assert!(diff(&ds, &enis(&imds).await).is_empty());
-        assert_eq!(ds.eni_addresses("eni-a").len(), 2, "the ENI primary IP is never in the pool");
+        assert_eq!(
+            ds.eni_addresses("eni-a").len(),
+            2,
+            "the ENI primary IP is never in the pool"
+        );
     }
 
     #[tokio::test]
@@ -201,8 +229,14 @@ mod tests {
             e[1].ips.retain(|ip| ip.to_string() != "10.0.0.21");
         });
         let d = diff(&ds, &enis(&imds).await);
-        assert_eq!(d.added_ips, vec![("eni-a".into(), "10.0.0.13".parse().unwrap())]);
-        assert_eq!(d.removed_ips, vec![("eni-b".into(), "10.0.0.21".parse().unwrap())]);
+        assert_eq!(
+            d.added_ips,
+            vec![("eni-a".into(), "10.0.0.13".parse().unwrap())]
+        );
+        assert_eq!(
+            d.removed_ips,
+            vec![("eni-b".into(), "10.0.0.21".parse().unwrap())]
+        );
         let applied = apply(&mut ds, &d);
         assert_eq!((applied.added, applied.removed), (1, 1));
         assert_eq!(ds.stats().total, 3);
@@ -227,7 +261,13 @@ mod tests {
         let imds = fake();
         let mut ds = store(&imds).await;
         imds.update(|e| {
-            e.push(FakeEni::new("02:00:0a:00:00:0c", "eni-c", 2, "10.0.0.0/24", &["10.0.0.30", "10.0.0.31"]));
+            e.push(FakeEni::new(
+                "02:00:0a:00:00:0c",
+                "eni-c",
+                2,
+                "10.0.0.0/24",
+                &["10.0.0.30", "10.0.0.31"],
+            ));
             e.retain(|x| x.id != "eni-b");
         });
         let d = diff(&ds, &enis(&imds).await);
@@ -244,8 +284,13 @@ mod tests {
     async fn vanished_eni_with_pods_is_kept() {
         let imds = fake();
         let mut ds = store(&imds).await;
-        ds.restore(&key("p"), PodMetadata::default(), "10.0.0.21".parse().unwrap(), std::time::SystemTime::now())
-            .unwrap();
+        ds.restore(
+            &key("p"),
+            PodMetadata::default(),
+            "10.0.0.21".parse().unwrap(),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
         imds.update(|e| e.retain(|x| x.id != "eni-b"));
         let d = diff(&ds, &enis(&imds).await);
         assert_eq!(apply(&mut ds, &d).enis_removed, 0);

@@ -3,6 +3,9 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::print_stdout)]
 
+pub mod daemon;
+pub mod imds;
+
 use std::fs::File;
 use std::future::Future;
 use std::os::fd::AsFd;

@@ -1,0 +1,411 @@
+//! ipamd's life: bind the socket (health NOT_SERVING) → read instance metadata (retrying while
+//! IMDS is unreachable) → find ENIs by MAC and bring up the secondary ones → build the pool from
+//! the metadata's secondary IPs → restore the checkpoint → ready (health SERVING, then the
+//! conflist) → follow metadata every few seconds → on shutdown: NOT_SERVING, drain, remove the
+//! socket.
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::watch;
+use tonic_health::server::HealthReporter;
+
+use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::cloud::imds::Imds;
+use crate::cloud::metadata::{self, EniMetadata, InstanceMetadata};
+use crate::config::Config;
+use crate::conflist::{self, ConflistError};
+use crate::datastore::{Clock, Datastore, IMDS_ONLY_CAPACITY_NOTE, SystemClock};
+use crate::host_network::{HostNetwork, HostNetworkError, SecondaryEni};
+use crate::mac::MacAddr;
+use crate::pool::reconcile;
+use crate::restore::restore_allocations;
+use crate::server::{self, Backend, ReplyInfo, ServerError};
+use crate::state::{IpamState, Phase};
+
+/// How often instance metadata is re-read after start-up.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long in-flight requests may take to finish at shutdown.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(5);
+const INIT_BACKOFF_START: Duration = Duration::from_millis(250);
+const INIT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The socket could not be set up, or the server failed.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// No netlink socket.
+    #[error(transparent)]
+    HostNetwork(#[from] HostNetworkError),
+    /// The checkpoint is unreadable or of an unknown version, or cannot be written.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The conflist could not be written.
+    #[error(transparent)]
+    Conflist(#[from] ConflistError),
+}
+
+/// A start-up step that failed: retried (IMDS unreachable, link not there yet) or fatal.
+enum InitError {
+    Retry(String),
+    Fatal(DaemonError),
+}
+
+/// The daemon, with its dependencies passed in.
+#[derive(Debug)]
+pub struct Daemon<I: Imds> {
+    config: Config,
+    imds: I,
+    checkpointer: Arc<dyn Checkpointer>,
+    clock: Arc<dyn Clock>,
+    reconcile_interval: Duration,
+    drain_grace: Duration,
+}
+
+impl<I: Imds> Daemon<I> {
+    /// A daemon reading metadata from `imds` and storing allocations in `checkpointer`.
+    pub fn new(config: Config, imds: I, checkpointer: Arc<dyn Checkpointer>) -> Self {
+        Self {
+            config,
+            imds,
+            checkpointer,
+            clock: Arc::new(SystemClock),
+            reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
+            drain_grace: DEFAULT_DRAIN_GRACE,
+        }
+    }
+
+    /// Uses another clock (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Re-reads metadata at another interval.
+    #[must_use]
+    pub fn with_reconcile_interval(mut self, every: Duration) -> Self {
+        self.reconcile_interval = every;
+        self
+    }
+
+    /// Runs until `shutdown` resolves (then drains and returns `Ok`) or a fatal error.
+    ///
+    /// # Errors
+    /// The socket could not be bound, the checkpoint is unusable, or the conflist could not be
+    /// written. The socket is removed in every case.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), DaemonError> {
+        let socket = self.config.socket_path.clone();
+        let listener = server::bind(&socket)?;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        server::set_health(&reporter, false).await;
+        tracing::info!(socket = %socket.display(), "gRPC socket bound; NOT_SERVING until ready");
+
+        let datastore = Datastore::new(
+            self.config.ip_cooldown,
+            Arc::clone(&self.clock),
+            IMDS_ONLY_CAPACITY_NOTE,
+        );
+        let state = Arc::new(IpamState::new(datastore, Arc::clone(&self.checkpointer)));
+        let info = Arc::new(RwLock::new(ReplyInfo {
+            vpc_v4_cidrs: Vec::new(),
+            use_external_snat: self.config.node_network.external_snat,
+            network_policy_mode: self.config.network_policy_mode.clone().unwrap_or_default(),
+        }));
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let mut server_task = tokio::spawn(server::serve(
+            listener,
+            socket.clone(),
+            Backend::new(Arc::clone(&state), Arc::clone(&info)),
+            health,
+            async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            },
+        ));
+
+        let outcome = tokio::select! {
+            r = self.serve(&state, &info, &reporter, shutdown) => r,
+            r = &mut server_task => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(join) => {
+                    tracing::error!(error = %join, "gRPC server task ended");
+                    Ok(())
+                }
+            },
+        };
+
+        state.set_phase(Phase::Draining);
+        server::set_health(&reporter, false).await;
+        let _ = stop_tx.send(true);
+        if !server_task.is_finished() {
+            match tokio::time::timeout(self.drain_grace, &mut server_task).await {
+                Ok(Ok(Ok(()))) => tracing::info!("in-flight requests drained"),
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "gRPC server ended with an error while draining")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed while draining"),
+                Err(_) => {
+                    tracing::warn!(grace = ?self.drain_grace, "requests still open after the drain grace period; closing them");
+                    server_task.abort();
+                }
+            }
+        }
+        match std::fs::remove_file(&socket) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket")
+            }
+        }
+        match &outcome {
+            Ok(()) => tracing::info!("ipamd stopped"),
+            Err(e) => tracing::error!(error = %e, "ipamd stopped with an error"),
+        }
+        outcome
+    }
+
+    async fn serve(
+        &self,
+        state: &Arc<IpamState>,
+        info: &Arc<RwLock<ReplyInfo>>,
+        reporter: &HealthReporter,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), DaemonError> {
+        tokio::pin!(shutdown);
+        let host = HostNetwork::connect()?;
+        let md = tokio::select! {
+            r = self.initialize(&host, state, info) => r?,
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested before ipamd became ready");
+                return Ok(());
+            }
+        };
+        state.set_phase(Phase::Ready);
+        server::set_health(reporter, true).await;
+        let path = conflist::write(&self.config, &self.config.cni_conf_dir)?;
+        let stats = state.status().await.stats;
+        tracing::info!(
+            conflist = %path.display(), enis = stats.enis, total = stats.total,
+            assigned = stats.assigned, assignable = stats.assignable,
+            "ipamd is ready: health SERVING, CNI config written"
+        );
+        tokio::select! {
+            () = self.follow_metadata(&host, state, md.primary_mac) => Ok(()),
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested; draining");
+                Ok(())
+            }
+        }
+    }
+
+    async fn initialize(
+        &self,
+        host: &HostNetwork,
+        state: &IpamState,
+        info: &RwLock<ReplyInfo>,
+    ) -> Result<InstanceMetadata, DaemonError> {
+        let mut delay = INIT_BACKOFF_START;
+        loop {
+            match self.try_initialize(host, state, info).await {
+                Ok(md) => return Ok(md),
+                Err(InitError::Fatal(e)) => return Err(e),
+                Err(InitError::Retry(why)) => {
+                    tracing::warn!(reason = %why, retry_in = ?delay, "not ready yet");
+                    state.set_pending(why);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(INIT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    fn secondary(&self, eni: &EniMetadata) -> SecondaryEni {
+        SecondaryEni {
+            id: eni.id.clone(),
+            mac: eni.mac,
+            device_number: eni.device_number,
+            primary_ip: eni.primary_ip,
+            subnet: eni.subnet,
+            mtu: self.config.node_network.eni_mtu,
+        }
+    }
+
+    async fn try_initialize(
+        &self,
+        host: &HostNetwork,
+        state: &IpamState,
+        info: &RwLock<ReplyInfo>,
+    ) -> Result<InstanceMetadata, InitError> {
+        state.set_pending("reading instance metadata");
+        let md = metadata::fetch_instance(&self.imds)
+            .await
+            .map_err(|e| InitError::Retry(format!("cannot read instance metadata: {e}")))?;
+        tracing::info!(
+            instance = %md.instance_id, instance_type = %md.instance_type, region = %md.region,
+            zone = %md.availability_zone, primary_ip = %md.local_ipv4, enis = md.enis.len(),
+            "instance metadata read"
+        );
+
+        for eni in &md.enis {
+            if eni.is_primary {
+                state.set_pending(format!(
+                    "setting MTU on the primary ENI {} ({})",
+                    eni.id, eni.mac
+                ));
+                let link = host
+                    .set_primary_mtu(eni.mac, &eni.id, self.config.node_network.eni_mtu)
+                    .await
+                    .map_err(|e| InitError::Retry(format!("primary ENI {}: {e}", eni.id)))?;
+                tracing::info!(eni = %eni.id, link = %link.name, mtu = self.config.node_network.eni_mtu, "primary ENI found");
+            } else {
+                state.set_pending(format!(
+                    "bringing up ENI {} ({}, device {})",
+                    eni.id, eni.mac, eni.device_number
+                ));
+                let link = host
+                    .setup_secondary_eni(&self.secondary(eni))
+                    .await
+                    .map_err(|e| {
+                        InitError::Retry(format!(
+                            "bringing up ENI {} ({}, device {}): {e}",
+                            eni.id, eni.mac, eni.device_number
+                        ))
+                    })?;
+                tracing::info!(
+                    eni = %eni.id, link = %link.name, ip = %eni.primary_ip, table = eni.device_number + 1,
+                    "secondary ENI up"
+                );
+            }
+        }
+
+        state.set_pending("restoring the checkpoint");
+        let mut ds = Datastore::new(
+            self.config.ip_cooldown,
+            Arc::clone(&self.clock),
+            IMDS_ONLY_CAPACITY_NOTE,
+        );
+        for eni in &md.enis {
+            match reconcile::add_eni(&mut ds, eni) {
+                Ok(n) => {
+                    tracing::info!(eni = %eni.id, device = eni.device_number, secondary_ips = n, "ENI added to the pool")
+                }
+                Err(e) => tracing::warn!(eni = %eni.id, error = %e, "ENI not added to the pool"),
+            }
+        }
+        let checkpointer = Arc::clone(&self.checkpointer);
+        let loaded = tokio::task::spawn_blocking(move || checkpointer.load())
+            .await
+            .map_err(|e| InitError::Retry(format!("checkpoint read task failed: {e}")))?
+            .map_err(|e| InitError::Fatal(e.into()))?;
+        let links: Vec<String> = host
+            .links()
+            .await
+            .map_err(|e| InitError::Retry(e.to_string()))?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        if let Some(data) = loaded {
+            let report = restore_allocations(&mut ds, &data, &links);
+            tracing::info!(
+                restored = report.restored.len(),
+                stale = report.stale.len(),
+                unknown_ip = report.unknown_ip.len(),
+                invalid = report.invalid.len(),
+                "checkpoint restored from {}",
+                self.checkpointer.location()
+            );
+            for (entry, ip) in &report.stale {
+                match host.delete_pod_rules(*ip).await {
+                    Ok(n) => {
+                        tracing::info!(key = %entry.key(), %ip, rules = n, "deleted the stale pod's rules")
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %entry.key(), %ip, error = %e, "cannot delete the stale pod's rules")
+                    }
+                }
+            }
+        } else {
+            tracing::info!(checkpoint = %self.checkpointer.location(), "no checkpoint; starting with no allocations");
+        }
+        state.with_datastore(|current| *current = ds).await;
+        state
+            .write_checkpoint()
+            .await
+            .map_err(|e| InitError::Fatal(e.into()))?;
+
+        let mut cidrs: Vec<String> = md.vpc_cidrs().iter().map(ToString::to_string).collect();
+        cidrs.extend(
+            self.config
+                .node_network
+                .exclude_snat_cidrs
+                .iter()
+                .map(ToString::to_string),
+        );
+        info.write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .vpc_v4_cidrs = cidrs;
+        Ok(md)
+    }
+
+    /// Re-reads metadata forever, adopting what appeared and dropping what vanished.
+    async fn follow_metadata(&self, host: &HostNetwork, state: &IpamState, primary_mac: MacAddr) {
+        let mut tick = tokio::time::interval(self.reconcile_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            self.reconcile_once(host, state, primary_mac).await;
+        }
+    }
+
+    async fn reconcile_once(&self, host: &HostNetwork, state: &IpamState, primary_mac: MacAddr) {
+        let enis = match metadata::fetch_enis(&self.imds, primary_mac).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-read instance metadata; keeping the pool as it is");
+                return;
+            }
+        };
+        let diff = state.with_datastore(|ds| reconcile::diff(ds, &enis)).await;
+        if diff.is_empty() {
+            return;
+        }
+        let mut usable = Vec::new();
+        for eni in &diff.new_enis {
+            if eni.is_primary {
+                usable.push(eni);
+                continue;
+            }
+            match host.setup_secondary_eni(&self.secondary(eni)).await {
+                Ok(link) => {
+                    tracing::info!(eni = %eni.id, link = %link.name, "new ENI in instance metadata brought up");
+                    usable.push(eni);
+                }
+                Err(e) => {
+                    tracing::warn!(eni = %eni.id, error = %e, "new ENI in instance metadata is not usable yet; retrying next cycle")
+                }
+            }
+        }
+        state
+            .with_datastore(|ds| {
+                let applied = reconcile::apply(ds, &diff);
+                for eni in usable {
+                    match reconcile::add_eni(ds, eni) {
+                        Ok(n) => tracing::info!(eni = %eni.id, secondary_ips = n, "ENI added to the pool"),
+                        Err(e) => tracing::warn!(eni = %eni.id, error = %e, "ENI not added to the pool"),
+                    }
+                }
+                let s = ds.stats();
+                tracing::info!(
+                    added = applied.added, removed = applied.removed, enis_removed = applied.enis_removed,
+                    total = s.total, assigned = s.assigned, "pool follows instance metadata"
+                );
+            })
+            .await;
+    }
+}

@@ -1,0 +1,175 @@
+//! Checkpoint restore at start-up: which stored allocations still belong to live pods.
+//! An allocation is kept when a host link still carries its pod's veth suffix (the plugin names
+//! host veths `<prefix>` + sha1("<ns>.<name>")[:11], whatever the prefix); otherwise the pod was
+//! deleted while ipamd was down, and the caller removes its policy rules. Allocations of addresses
+//! that are on no known ENI are dropped and logged.
+
+use std::net::Ipv4Addr;
+
+use crate::checkpoint::{CheckpointData, CheckpointEntry};
+use crate::datastore::{Assignment, Datastore, DatastoreError};
+use crate::host_network::veth_suffix;
+
+/// The outcome of a restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Allocations back in the datastore.
+    pub restored: Vec<Assignment>,
+    /// Allocations whose host veth is gone (their rules must be deleted).
+    pub stale: Vec<(CheckpointEntry, Ipv4Addr)>,
+    /// Allocations of addresses that are on no known ENI.
+    pub unknown_ip: Vec<CheckpointEntry>,
+    /// Allocations that cannot be used, with the reason.
+    pub invalid: Vec<(CheckpointEntry, String)>,
+}
+
+/// Whether some link name ends with the pod's veth suffix.
+pub fn has_veth(link_names: &[String], namespace: &str, name: &str) -> bool {
+    let suffix = veth_suffix(namespace, name);
+    link_names.iter().any(|l| l.ends_with(&suffix))
+}
+
+/// Puts the live allocations of `data` into `ds`. Allocations without pod metadata (written by
+/// old reference versions) skip the veth check, as the reference does.
+pub fn restore_allocations(
+    ds: &mut Datastore,
+    data: &CheckpointData,
+    link_names: &[String],
+) -> RestoreReport {
+    let mut report = RestoreReport::default();
+    for entry in &data.allocations {
+        let Some(ip) = entry.ipv4_addr() else {
+            let why = match (&entry.ipv4, &entry.ipv6) {
+                (Some(v4), _) => format!("ipv4 {v4:?} is not an IPv4 address"),
+                (None, Some(v6)) => {
+                    format!("IPv6 allocation {v6} ignored: this ipamd runs in IPv4 mode")
+                }
+                (None, None) => "no address".to_owned(),
+            };
+            tracing::warn!(key = %entry.key(), reason = %why, "checkpoint allocation dropped");
+            report.invalid.push((entry.clone(), why));
+            continue;
+        };
+        let md = &entry.metadata;
+        if !md.pod_namespace.is_empty()
+            && !md.pod_name.is_empty()
+            && !has_veth(link_names, &md.pod_namespace, &md.pod_name)
+        {
+            tracing::info!(
+                key = %entry.key(), %ip, pod = %format!("{}/{}", md.pod_namespace, md.pod_name),
+                "pod's host veth is gone (deleted while ipamd was down); releasing its IP"
+            );
+            report.stale.push((entry.clone(), ip));
+            continue;
+        }
+        match ds.restore(&entry.key(), entry.pod_metadata(), ip, entry.allocated_at()) {
+            Ok(a) => {
+                tracing::info!(key = %a.key, ip = %a.ip, eni = %a.eni_id, "restored allocation");
+                report.restored.push(a);
+            }
+            Err(DatastoreError::UnknownIp { .. }) => {
+                tracing::warn!(key = %entry.key(), %ip, "checkpoint allocation uses an IP on no known ENI; presuming it stale and dropping it");
+                report.unknown_ip.push(entry.clone());
+            }
+            Err(e) => {
+                tracing::warn!(key = %entry.key(), %ip, error = %e, "checkpoint allocation dropped");
+                report.invalid.push((entry.clone(), e.to_string()));
+            }
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::checkpoint::decode;
+    use crate::datastore::{EniSpec, ManualClock};
+
+    fn store() -> Datastore {
+        let mut ds = Datastore::new(Duration::from_secs(30), Arc::new(ManualClock::new()), "n");
+        ds.add_eni(EniSpec {
+            id: "eni-a".into(),
+            device_number: 0,
+            primary_ip: "10.0.0.10".parse().unwrap(),
+            subnet: "10.0.0.0/24".parse().unwrap(),
+        })
+        .unwrap();
+        for ip in ["10.0.0.11", "10.0.0.12", "10.0.0.13"] {
+            ds.add_ip("eni-a", ip.parse().unwrap()).unwrap();
+        }
+        ds
+    }
+
+    #[test]
+    fn keeps_live_pods_drops_the_rest() {
+        let data = decode(
+            std::path::Path::new("ipam.json"),
+            br#"{"version":"vpc-cni-ipam/1","allocations":[
+              {"networkName":"aws-cni","containerID":"live","ifName":"eth0","ipv4":"10.0.0.11","allocationTimestamp":5,"metadata":{"k8sPodNamespace":"default","k8sPodName":"web-0","interfacesCount":1}},
+              {"networkName":"aws-cni","containerID":"dead","ifName":"eth0","ipv4":"10.0.0.12","allocationTimestamp":6,"metadata":{"k8sPodNamespace":"default","k8sPodName":"web-1","interfacesCount":1}},
+              {"networkName":"aws-cni","containerID":"old","ifName":"eth0","ipv4":"10.0.0.13","allocationTimestamp":7,"metadata":{}},
+              {"networkName":"aws-cni","containerID":"elsewhere","ifName":"eth0","ipv4":"10.0.9.9","allocationTimestamp":8,"metadata":{}},
+              {"networkName":"aws-cni","containerID":"v6","ifName":"eth0","ipv6":"2600::1","allocationTimestamp":9,"metadata":{}}
+            ]}"#,
+        )
+        .unwrap();
+        // A calico-style prefix still matches: only the suffix counts.
+        let links = vec![
+            "lo".to_owned(),
+            "eth0".to_owned(),
+            format!("cali{}", veth_suffix("default", "web-0")),
+        ];
+        let mut ds = store();
+        let r = restore_allocations(&mut ds, &data, &links);
+        let restored: Vec<_> = r
+            .restored
+            .iter()
+            .map(|a| a.key.container_id.as_str())
+            .collect();
+        assert_eq!(restored, vec!["live", "old"]);
+        assert_eq!(r.stale.len(), 1);
+        assert_eq!(r.stale[0].1.to_string(), "10.0.0.12");
+        assert_eq!(r.unknown_ip.len(), 1);
+        assert_eq!(r.invalid.len(), 1);
+        assert!(r.invalid[0].1.contains("IPv6"));
+        let s = ds.stats();
+        assert_eq!((s.assigned, s.assignable), (2, 1));
+        let (next, _) = ds
+            .assign(
+                &crate::datastore::IpamKey {
+                    network_name: "aws-cni".into(),
+                    container_id: "new".into(),
+                    if_name: "eth0".into(),
+                },
+                crate::datastore::PodMetadata::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            next.ip.to_string(),
+            "10.0.0.12",
+            "the stale pod's IP is free again"
+        );
+    }
+
+    #[test]
+    fn duplicate_ip_in_checkpoint_keeps_the_first() {
+        let data = decode(
+            std::path::Path::new("ipam.json"),
+            br#"{"version":"vpc-cni-ipam/1","allocations":[
+              {"networkName":"aws-cni","containerID":"a","ifName":"eth0","ipv4":"10.0.0.11","allocationTimestamp":1,"metadata":{}},
+              {"networkName":"aws-cni","containerID":"b","ifName":"eth0","ipv4":"10.0.0.11","allocationTimestamp":2,"metadata":{}}
+            ]}"#,
+        )
+        .unwrap();
+        let mut ds = store();
+        let r = restore_allocations(&mut ds, &data, &[]);
+        assert_eq!(r.restored.len(), 1);
+        assert_eq!(r.invalid.len(), 1);
+    }
+}
