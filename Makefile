@@ -1,0 +1,84 @@
+# Rust AWS VPC CNI (aws-cni + ipamd).
+#
+#   make build    cargo build --workspace --locked, plus the libcni front end (Go) into target/go
+#   make test     build, then cargo test --workspace --locked  (root; Debian 12 with `make deps`)
+#   make demo     build, then `vpcsim demo`: one simulated node, 3 pods, pings, teardown (root)
+#   make lint     rustfmt --check, clippy -D warnings, gofmt
+#   make release  optimized build of every binary
+#   make deps     the Debian packages the tests and the demo use (apt-get, root)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+
+CARGO ?= cargo
+GO ?= go
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+CNICLIENT := $(TARGET_DIR)/go/cniclient
+CNICLIENT_SRC := tests/libcni-client/main.go
+DEBIAN_GOPATH := /usr/share/gocode
+
+APT_PACKAGES := golang-go golang-github-appc-cni-dev containernetworking-plugins podman runc \
+	busybox-static iptables iputils-ping jq hyperfine uidmap iproute2 procps util-linux
+
+# Tools the end-to-end tests and the demo run (name:package).
+TOOLS := ip:iproute2 ping:iputils-ping sysctl:procps nsenter:util-linux iptables:iptables \
+	go:golang-go podman:podman runc:runc busybox:busybox-static tar:tar
+
+.PHONY: build cniclient test demo lint release deps check-root check-tools help
+
+help:
+	@sed -n '3,9p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+
+build: cniclient
+	$(CARGO) build --workspace --locked
+
+cniclient: $(CNICLIENT)
+
+# Offline build against Debian's libcni 1.1.2 (GOPATH mode, no module download).
+$(CNICLIENT): $(CNICLIENT_SRC)
+	@test -d $(DEBIAN_GOPATH)/src/github.com/containernetworking/cni/libcni || \
+		{ echo "error: libcni sources missing: run 'make deps' (golang-github-appc-cni-dev)" >&2; exit 1; }
+	@mkdir -p $(dir $@)
+	cd $(dir $(CNICLIENT_SRC)) && GO111MODULE=off GOPATH=$(DEBIAN_GOPATH) GOFLAGS= \
+		GOCACHE=$(TARGET_DIR)/go/cache $(GO) build -o $@ main.go
+
+check-root:
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "error: this target must run as root (it creates network namespaces): sudo make $(MAKECMDGOALS)" >&2; \
+		exit 1; \
+	fi
+
+check-tools:
+	@missing=""; \
+	for t in $(TOOLS); do \
+		tool=$${t%%:*}; pkg=$${t##*:}; \
+		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool($$pkg)"; \
+	done; \
+	[ -x /usr/lib/cni/portmap ] || missing="$$missing /usr/lib/cni/portmap(containernetworking-plugins)"; \
+	[ -d $(DEBIAN_GOPATH)/src/github.com/containernetworking/cni/libcni ] || \
+		missing="$$missing libcni(golang-github-appc-cni-dev)"; \
+	if [ -n "$$missing" ]; then \
+		echo "error: missing tools (package):$$missing" >&2; \
+		echo "       install them with: sudo make deps" >&2; \
+		exit 1; \
+	fi
+
+test: check-root check-tools build
+	$(CARGO) test --workspace --locked
+
+demo: check-root check-tools build
+	$(TARGET_DIR)/debug/vpcsim demo
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	@out=$$(gofmt -l tests/libcni-client); \
+	if [ -n "$$out" ]; then echo "error: gofmt would reformat: $$out" >&2; exit 1; fi
+
+release: cniclient
+	$(CARGO) build --workspace --release --locked
+
+deps: check-root
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES)
