@@ -259,9 +259,11 @@ async fn add(conf: &NetConf, a: &Attachment) -> Result<Value, CniError> {
         });
     }
 
+    debug!("validated; asking ipamd for an address");
     let mut ipamd = IpamdClient::connect(&conf.ipamd_socket)
         .await
         .map_err(ipamd_error)?;
+    debug!("connected to ipamd");
     let reply = ipamd
         .add_network(rpc::AddNetworkRequest {
             client_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -143,6 +143,7 @@ pub async fn setup(
     )
     .await
     .map_err(kernel)?;
+    tracing::debug!(veth = spec.host_veth, mac = %format_mac(&host_mac), "veth pair created");
 
     match configure(host, pod, spec, host_mac).await {
         Ok(()) => Ok(SetupOutcome {
@@ -203,6 +204,7 @@ async fn configure(
     pod.replace_permanent_neighbour(idx, POD_GATEWAY, host_mac)
         .await
         .map_err(kernel)?;
+    tracing::debug!(ip = %spec.ip, "pod side configured");
 
     host.replace_link_route(spec.ip, 32, host_link.index, MAIN_TABLE)
         .await
