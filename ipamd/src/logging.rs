@@ -28,18 +28,16 @@ pub enum LoggingError {
     Init(String),
 }
 
-const QUIET_CRATES: [&str; 12] = [
+/// Target prefixes held at WARN (directives match targets by prefix).
+const QUIET_CRATES: [&str; 9] = [
     "h2",
     "hyper",
-    "hyper_util",
     "tower",
     "tonic",
     "rustls",
-    "aws_smithy_runtime",
-    "aws_smithy_runtime_api",
-    "aws_smithy_http_client",
-    "aws_config",
+    "aws_",
     "netlink_proto",
+    "netlink_sys",
     "mio",
 ];
 
@@ -99,7 +97,7 @@ mod tests {
         let f = filter(Level::DEBUG).to_string();
         assert!(f.split(',').any(|d| d == "debug"), "{f}");
         assert!(
-            f.contains("h2=warn") && f.contains("aws_smithy_runtime=warn"),
+            f.contains("h2=warn") && f.contains("aws_=warn"),
             "{f}"
         );
         let f = filter(Level::ERROR).to_string();

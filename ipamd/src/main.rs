@@ -83,6 +83,9 @@ fn run(config: Config) -> anyhow::Result<()> {
         node = %config.kubernetes.node_name,
         "ipamd starting"
     );
+    tracing::info!(
+        "not in this build yet (settings are validated, without effect): EC2 provisioning and warm-pool targets, SNAT/connmark rules, metrics (:61678), introspection (:61679)"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -163,14 +163,12 @@ impl IpamState {
         self.ensure_ready()?;
         let mut ds = self.pool.lock().await;
         let (assignment, is_new) = ds.assign(key, metadata)?;
-        if is_new {
-            if let Err(source) = self.persist(&ds).await {
-                ds.rollback_assign(key);
-                return Err(IpamError::Checkpoint {
-                    op: format!("assigning {} to {key}", assignment.ip),
-                    source,
-                });
-            }
+        if is_new && let Err(source) = self.persist(&ds).await {
+            ds.rollback_assign(key);
+            return Err(IpamError::Checkpoint {
+                op: format!("assigning {} to {key}", assignment.ip),
+                source,
+            });
         }
         Ok(assignment)
     }
