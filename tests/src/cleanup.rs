@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once, OnceLock, PoisonError};
 
 use nix::sys::signal::{Signal, kill};
@@ -16,6 +17,14 @@ use nix::unistd::Pid;
 
 /// Prefix of every network namespace the harness creates.
 pub const NETNS_PREFIX: &str = "vcni";
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a termination signal arrived and [`cleanup_all`] is tearing everything down; new
+/// resources must not be created any more (their creators check this after registering).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 #[derive(Debug, Default)]
 struct Registry {
@@ -63,6 +72,9 @@ pub fn unregister_dir(dir: &Path) {
 /// Kills every registered child, deletes every registered namespace (after killing what still
 /// runs inside) and removes registered directories. Errors are reported on stderr and skipped.
 pub fn cleanup_all() {
+    // Set before emptying the registry: anything registered afterwards sees the flag and
+    // removes itself.
+    INTERRUPTED.store(true, Ordering::SeqCst);
     let (pids, netns, dirs) = with_registry(|r| {
         (
             std::mem::take(&mut r.pids),

@@ -138,6 +138,13 @@ impl Netns {
             name,
             deleted: false,
         };
+        if cleanup::interrupted() {
+            // Dropping `ns` deletes it again.
+            return Err(NetnsError::Enter {
+                name: ns.name.clone(),
+                reason: "the harness is shutting down (signal received)".into(),
+            });
+        }
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -413,11 +420,19 @@ impl NetnsProcess {
         if let Ok(pid) = i32::try_from(child.id()) {
             cleanup::register_pid(pid);
         }
-        Ok(Self {
+        let process = Self {
             child,
             label,
             status: None,
-        })
+        };
+        if cleanup::interrupted() {
+            // Dropping `process` kills it.
+            return Err(NetnsError::Enter {
+                name: netns.name.clone(),
+                reason: "the harness is shutting down (signal received)".into(),
+            });
+        }
+        Ok(process)
     }
 
     /// The child's pid.

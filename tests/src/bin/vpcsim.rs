@@ -19,11 +19,15 @@ const USAGE: &str = "usage: vpcsim demo\n\n\
          show their VPC addresses, ping between them, tear everything down (needs root)";
 
 /// Writes one line to stdout (the demo's output is its purpose).
+/// Writes one line to stdout (the demo's output is its purpose); silent once a signal started
+/// the teardown, so the interrupted run does not print misleading failures.
 macro_rules! say {
     ($($arg:tt)*) => {{
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, $($arg)*);
-        let _ = out.flush();
+        if !harness::cleanup::interrupted() {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, $($arg)*);
+            let _ = out.flush();
+        }
     }};
 }
 
@@ -39,6 +43,7 @@ fn main() {
     let code = match args.first().map(String::as_str) {
         Some("demo") if args.len() == 1 => match demo() {
             Ok(()) => 0,
+            Err(_) if harness::cleanup::interrupted() => 130,
             Err(err) => {
                 eprintln!("\nvpcsim demo failed: {err:#}");
                 1
@@ -175,7 +180,7 @@ fn demo() -> anyhow::Result<()> {
             .map(|e| format!("eth{} ({})", e.device_number, e.interface_id))
             .unwrap_or_else(|| "?".into());
         say!(
-            "  {:<18} {:<16} {:<24} {}/32",
+            "  {:<18} {:<16} {:<30} {}/32",
             format!("default/{}", p.pod.name),
             p.pod.host_veth("eni"),
             eni,
@@ -250,10 +255,21 @@ fn demo() -> anyhow::Result<()> {
             .filter(|n| n.starts_with("eni"))
             .count()
     );
+    let namespaces = [node.ns().path(), node.vpc().path()];
+    let state_dir = node.dir().to_owned();
     drop(pods);
     drop(node);
+    let left: Vec<String> = namespaces
+        .iter()
+        .chain(std::iter::once(&state_dir))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !left.is_empty() {
+        bail!("teardown left {}", left.join(", "));
+    }
     say!(
-        "      done in {:.1} s; nothing is left behind",
+        "      done in {:.1} s; namespaces and state removed",
         started.elapsed().as_secs_f64()
     );
     if failures > 0 {
