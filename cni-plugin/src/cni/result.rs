@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::version::CniVersion;
 
@@ -251,14 +251,6 @@ impl PrevResult {
             .iter()
             .filter(|i| i.sandbox.is_none() && !i.name.is_empty())
             .map(|i| i.name.as_str())
-    }
-
-    /// The raw object (for logs).
-    pub fn raw(&self) -> &Map<String, Value> {
-        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-        self.raw
-            .as_object()
-            .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
     }
 }
 
