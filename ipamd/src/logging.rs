@@ -96,10 +96,7 @@ mod tests {
     fn transport_crates_never_log_below_warn() {
         let f = filter(Level::DEBUG).to_string();
         assert!(f.split(',').any(|d| d == "debug"), "{f}");
-        assert!(
-            f.contains("h2=warn") && f.contains("aws_=warn"),
-            "{f}"
-        );
+        assert!(f.contains("h2=warn") && f.contains("aws_=warn"), "{f}");
         let f = filter(Level::ERROR).to_string();
         assert!(f.contains("h2=error"), "{f}");
     }

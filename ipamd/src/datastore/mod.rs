@@ -14,17 +14,18 @@
 mod clock;
 #[cfg(test)]
 mod tests;
+mod types;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ipnet::Ipv4Net;
-use thiserror::Error;
-
 pub use self::clock::{Clock, ManualClock, SystemClock};
+pub use self::types::{
+    Assignment, DatastoreError, EniSpec, EniView, IpamKey, NoAssignableIp, PodMetadata, Released,
+    Stats,
+};
 
 /// Route table of the primary ENI's addresses (main).
 pub const MAIN_TABLE: u32 = 254;
@@ -37,177 +38,6 @@ pub fn route_table_for_device(device_number: u32) -> u32 {
     } else {
         device_number + 1
     }
-}
-
-/// The CNI primary key of an attachment.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IpamKey {
-    /// CNI network name (the conflist's `name`).
-    pub network_name: String,
-    /// `CNI_CONTAINERID`.
-    pub container_id: String,
-    /// `CNI_IFNAME`.
-    pub if_name: String,
-}
-
-impl fmt::Display for IpamKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}/{}",
-            self.network_name, self.container_id, self.if_name
-        )
-    }
-}
-
-/// What is known about the pod behind an assignment.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PodMetadata {
-    /// Kubernetes namespace.
-    pub namespace: String,
-    /// Pod name.
-    pub name: String,
-    /// Number of interfaces the pod has (1 for a regular pod).
-    pub interfaces_count: u32,
-}
-
-/// An ENI as the datastore needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EniSpec {
-    /// `eni-…`.
-    pub id: String,
-    /// Device number (0 = primary ENI).
-    pub device_number: u32,
-    /// The ENI's own address (never assigned to pods).
-    pub primary_ip: Ipv4Addr,
-    /// Its subnet.
-    pub subnet: Ipv4Net,
-}
-
-/// A pod's address and where it lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Assignment {
-    /// The address.
-    pub ip: Ipv4Addr,
-    /// Who has it.
-    pub key: IpamKey,
-    /// About the pod.
-    pub metadata: PodMetadata,
-    /// When it was assigned.
-    pub assigned_at: SystemTime,
-    /// The ENI it belongs to.
-    pub eni_id: String,
-    /// That ENI's device number.
-    pub device_number: u32,
-    /// That ENI's host route table.
-    pub route_table: u32,
-}
-
-/// Counts for PoolStatus and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Stats {
-    /// ENIs in the store.
-    pub enis: usize,
-    /// Secondary addresses in the store.
-    pub total: usize,
-    /// Addresses assigned to pods.
-    pub assigned: usize,
-    /// Released addresses still cooling down.
-    pub cooling: usize,
-    /// Addresses an assignment could take now.
-    pub assignable: usize,
-}
-
-/// Errors changing the set of ENIs and addresses.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum DatastoreError {
-    /// An ENI with this id or device number is already known.
-    #[error("ENI {id} (device {device_number}) is already in the datastore")]
-    DuplicateEni {
-        /// ENI id.
-        id: String,
-        /// Device number.
-        device_number: u32,
-    },
-    /// The ENI is not known.
-    #[error("ENI {id} is not in the datastore")]
-    UnknownEni {
-        /// ENI id.
-        id: String,
-    },
-    /// The ENI still has pods.
-    #[error("ENI {id} still has {assigned} assigned IPs")]
-    EniInUse {
-        /// ENI id.
-        id: String,
-        /// How many.
-        assigned: usize,
-    },
-    /// The address is already known.
-    #[error("IP {ip} is already in the datastore (ENI {eni})")]
-    DuplicateIp {
-        /// The address.
-        ip: Ipv4Addr,
-        /// Its ENI.
-        eni: String,
-    },
-    /// The address is an ENI's primary address.
-    #[error("IP {ip} is the primary address of ENI {eni} and is never given to pods")]
-    PrimaryIp {
-        /// The address.
-        ip: Ipv4Addr,
-        /// The ENI.
-        eni: String,
-    },
-    /// The address is outside the ENI's subnet.
-    #[error("IP {ip} is outside subnet {subnet} of ENI {eni}")]
-    OutsideSubnet {
-        /// The address.
-        ip: Ipv4Addr,
-        /// The ENI.
-        eni: String,
-        /// Its subnet.
-        subnet: Ipv4Net,
-    },
-    /// The address is not known.
-    #[error("IP {ip} is not in the datastore")]
-    UnknownIp {
-        /// The address.
-        ip: Ipv4Addr,
-    },
-    /// The address is assigned.
-    #[error("IP {ip} is assigned to {key}")]
-    IpAssigned {
-        /// The address.
-        ip: Ipv4Addr,
-        /// Its holder.
-        key: IpamKey,
-    },
-    /// The key already holds another address (restore).
-    #[error("{key} already holds IP {ip}")]
-    KeyAssigned {
-        /// The key.
-        key: IpamKey,
-        /// The address it holds.
-        ip: Ipv4Addr,
-    },
-}
-
-/// No address can be assigned; the message says why, with numbers.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[error("{message}")]
-pub struct NoAssignableIp {
-    /// The user-facing explanation.
-    pub message: String,
-    /// The counts at the time.
-    pub stats: Stats,
-}
-
-/// The result of [`Datastore::release`], needed to undo it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Released {
-    /// What was released.
-    pub assignment: Assignment,
 }
 
 #[derive(Debug, Clone)]
@@ -238,19 +68,6 @@ struct Eni {
     total: usize,
     assigned: usize,
     cooling: usize,
-}
-
-/// A view of one ENI.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EniView {
-    /// The ENI.
-    pub spec: EniSpec,
-    /// Its secondary addresses.
-    pub total: usize,
-    /// Assigned ones.
-    pub assigned: usize,
-    /// Cooling ones.
-    pub cooling: usize,
 }
 
 /// The address book. Not internally synchronized: the owner wraps it in a lock.
