@@ -238,3 +238,64 @@ pub fn require_node_prerequisites() -> Result<(), BinError> {
     ipamd()?;
     Ok(())
 }
+
+fn newest_source(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if let Ok(modified) = meta.modified()
+                && newest.as_ref().is_none_or(|(t, _)| modified > *t)
+            {
+                newest = Some((modified, path));
+            }
+        }
+    }
+    newest
+}
+
+/// Warnings about binaries under test that are older than their crate's sources (the harness
+/// uses whatever `cargo build --workspace` last produced; `cargo test -p vpc-cni-tests` alone
+/// does not rebuild them). Empty when everything is fresh or the binaries were overridden.
+pub fn staleness_warnings() -> Vec<String> {
+    let ws = workspace_dir();
+    type Locate = fn() -> Result<PathBuf, BinError>;
+    let checks: [(&str, Locate, &[&str]); 2] = [
+        (AWS_CNI_BIN_ENV, aws_cni, &["cni-plugin/src", "ipamd/proto"]),
+        (IPAMD_BIN_ENV, ipamd, &["ipamd/src", "ipamd/proto"]),
+    ];
+    let mut warnings = Vec::new();
+    for (env, locate_bin, dirs) in checks {
+        if std::env::var_os(env).is_some() {
+            continue;
+        }
+        let Ok(bin) = locate_bin() else {
+            continue;
+        };
+        let Ok(built) = bin.metadata().and_then(|m| m.modified()) else {
+            continue;
+        };
+        for dir in dirs {
+            if let Some((modified, source)) = newest_source(&ws.join(dir))
+                && modified > built
+            {
+                warnings.push(format!(
+                    "{} is older than {}: run `cargo build --workspace` (make build)",
+                    bin.display(),
+                    source.display()
+                ));
+                break;
+            }
+        }
+    }
+    warnings
+}

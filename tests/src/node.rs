@@ -847,13 +847,18 @@ impl SimNode {
 
     /// ipamd's log, its stdout/stderr and the plugin log (tails), for failure messages.
     pub fn diag(&self) -> String {
-        format!(
+        let mut out = format!(
             "===== ipamd log ({}) =====\n{}\n===== ipamd stdout/stderr =====\n{}\n===== plugin log =====\n{}",
             self.ipamd_log_path().display(),
             tail(&self.ipamd_log_path(), 60),
             tail(&self.ipamd_output_path(), 30),
             tail(&self.plugin_log_path(), 40)
-        )
+        );
+        for warning in bins::staleness_warnings() {
+            out.push_str("\n===== WARNING: stale binary: ");
+            out.push_str(&warning);
+        }
+        out
     }
 }
 

@@ -1,7 +1,7 @@
 //! ipamd's own lifecycle: invalid configuration stops it at once naming the variable; SIGTERM
 //! ends it cleanly.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use harness::netns::NetnsProcess;
 use harness::node::tail;
@@ -13,6 +13,7 @@ use crate::{check, must, ok, start};
 fn invalid_configuration_stops_ipamd_naming_the_variable() {
     let node = start(NodeOptions::new(standard_node(&[2])).without_ipamd());
     for (var, value) in [("IP_COOLDOWN_PERIOD", "-3"), ("AWS_VPC_ENI_MTU", "70000")] {
+        let started = Instant::now();
         let mut process = ok(&node, node.spawn_ipamd_process(&[(var, value)]));
         let status = process.wait_timeout(Duration::from_secs(10));
         let status = match status {
@@ -25,6 +26,12 @@ fn invalid_configuration_stops_ipamd_naming_the_variable() {
                 );
             }
         };
+        check!(
+            node,
+            started.elapsed() < Duration::from_secs(5),
+            "ipamd with {var}={value} took {:?} to give up",
+            started.elapsed()
+        );
         check!(
             node,
             !status.success(),
