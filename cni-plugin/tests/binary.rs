@@ -303,3 +303,26 @@ fn oversized_stdin_is_refused() {
     assert_eq!(r.code(), 5);
     assert!(r.msg().contains("larger than"), "{}", r.msg());
 }
+
+#[test]
+fn check_and_gc_without_ipamd_are_code_11() {
+    let f = Fixture::new();
+    let mut c = f.conf("1.1.0");
+    c["prevResult"] = json!({
+        "cniVersion": "1.1.0",
+        "interfaces": [{"name": "eni0d7763386da", "mac": "02:00:00:00:00:01"},
+                       {"name": "eth0", "mac": "02:00:00:00:00:02", "sandbox": f.pod.path()}],
+        "ips": [{"address": "10.0.2.20/32", "interface": 1, "gateway": "169.254.1.1"}],
+    });
+    let env = cni_env("CHECK", "cid1", "eth0", Some(&f.pod.path()), ARGS);
+    let r = f.run(&env, &c);
+    assert_eq!(r.code(), 11);
+    assert!(r.msg().contains("cannot connect to ipamd"), "{}", r.msg());
+
+    let mut c = f.conf("1.1.0");
+    c["cni.dev/valid-attachments"] = json!([]);
+    let env = HashMap::from([("CNI_COMMAND", "GC".to_string())]);
+    let r = f.run(&env, &c);
+    assert_eq!(r.code(), 11);
+    assert!(r.msg().contains("cannot connect to ipamd"), "{}", r.msg());
+}
