@@ -15,9 +15,11 @@ use tonic_health::server::HealthReporter;
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::cloud::imds::Imds;
 use crate::cloud::metadata::{self, EniMetadata, InstanceMetadata};
-use crate::config::Config;
+use crate::config::{Config, ProvisioningMode};
 use crate::conflist::{self, ConflistError};
-use crate::datastore::{Clock, Datastore, IMDS_ONLY_CAPACITY_NOTE, SystemClock};
+use crate::datastore::{
+    Clock, Datastore, IMDS_ONLY_CAPACITY_NOTE, PROVISIONING_DISABLED_CAPACITY_NOTE, SystemClock,
+};
 use crate::host_network::{HostNetwork, HostNetworkError, SecondaryEni};
 use crate::mac::MacAddr;
 use crate::pool::reconcile;
@@ -105,11 +107,7 @@ impl<I: Imds> Daemon<I> {
         server::set_health(&reporter, false).await;
         tracing::info!(socket = %socket.display(), "gRPC socket bound; NOT_SERVING until ready");
 
-        let datastore = Datastore::new(
-            self.config.ip_cooldown,
-            Arc::clone(&self.clock),
-            IMDS_ONLY_CAPACITY_NOTE,
-        );
+        let datastore = self.new_datastore();
         let state = Arc::new(IpamState::new(datastore, Arc::clone(&self.checkpointer)));
         let info = Arc::new(RwLock::new(ReplyInfo {
             vpc_v4_cidrs: Vec::new(),
@@ -224,6 +222,14 @@ impl<I: Imds> Daemon<I> {
         }
     }
 
+    fn new_datastore(&self) -> Datastore {
+        let note = match self.config.provisioning {
+            ProvisioningMode::ImdsOnly => IMDS_ONLY_CAPACITY_NOTE,
+            ProvisioningMode::ProvisioningDisabled => PROVISIONING_DISABLED_CAPACITY_NOTE,
+        };
+        Datastore::new(self.config.ip_cooldown, Arc::clone(&self.clock), note)
+    }
+
     fn secondary(&self, eni: &EniMetadata) -> SecondaryEni {
         SecondaryEni {
             id: eni.id.clone(),
@@ -284,11 +290,7 @@ impl<I: Imds> Daemon<I> {
         }
 
         state.set_pending("restoring the checkpoint");
-        let mut ds = Datastore::new(
-            self.config.ip_cooldown,
-            Arc::clone(&self.clock),
-            IMDS_ONLY_CAPACITY_NOTE,
-        );
+        let mut ds = self.new_datastore();
         for eni in &md.enis {
             match reconcile::add_eni(&mut ds, eni) {
                 Ok(n) => {

@@ -470,3 +470,40 @@ async fn bad_configuration_exits_quickly_naming_the_variable() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_checkpoint_stops_startup_naming_the_file() {
+    let w = world();
+    std::fs::create_dir_all(w.paths.checkpoint().parent().unwrap()).unwrap();
+    for (content, expect) in [
+        (
+            r#"{"version":"vpc-cni-ipam/2","allocations":[]}"#,
+            "vpc-cni-ipam/2",
+        ),
+        (
+            r#"{"version":"vpc-cni-ipam/1","allocations":[{"netw"#,
+            "not valid checkpoint JSON",
+        ),
+    ] {
+        std::fs::write(w.paths.checkpoint(), content).unwrap();
+        let mut ipamd = Ipamd::start(&w.node, &w.paths, &w.imds.endpoint(), &[]);
+        let status = ipamd.wait_exit(Duration::from_secs(20));
+        assert!(!status.success());
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(ipamd.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(
+            stderr.contains(expect) && stderr.contains(&w.paths.checkpoint().display().to_string()),
+            "{stderr}"
+        );
+        assert!(
+            !w.paths.socket().exists(),
+            "socket removed after a failed start"
+        );
+        assert!(!w.paths.conflist().exists(), "never ready, so no conflist");
+        assert_eq!(
+            std::fs::read_to_string(w.paths.checkpoint()).unwrap(),
+            content,
+            "the file is left for the operator"
+        );
+    }
+}

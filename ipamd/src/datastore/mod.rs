@@ -92,6 +92,9 @@ pub struct Datastore {
 /// instance's ENI and IP limits are not known and ipamd cannot add addresses.
 pub const IMDS_ONLY_CAPACITY_NOTE: &str = "in instance-metadata-only mode the pool is limited to the secondary IPs that instance metadata lists (the instance's ENI x IP limit is not known and ipamd adds no ENIs or IPs); assign more secondary IPs to the node's ENIs to grow it";
 
+/// The same for `DISABLE_NETWORK_RESOURCE_PROVISIONING=true`.
+pub const PROVISIONING_DISABLED_CAPACITY_NOTE: &str = "with DISABLE_NETWORK_RESOURCE_PROVISIONING=true the pool is limited to the secondary IPs that instance metadata lists (ipamd adds no ENIs or IPs, and the instance's ENI x IP limit is not consulted); assign more secondary IPs to the node's ENIs to grow it";
+
 fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
