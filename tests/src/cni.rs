@@ -271,9 +271,8 @@ impl Pod {
 
     /// The pod's namespace, or an error saying it was deleted.
     pub fn ns(&self) -> Result<&Netns, NetnsError> {
-        self.netns.as_ref().ok_or_else(|| NetnsError::Enter {
+        self.netns.as_ref().ok_or_else(|| NetnsError::Deleted {
             name: self.netns_path.clone(),
-            reason: "the pod's namespace was deleted".into(),
         })
     }
 

@@ -61,6 +61,34 @@ pub enum NetnsError {
         /// Why.
         reason: String,
     },
+    /// A signal could not be delivered to a child process.
+    #[error("cannot send {signal} to `{process}`: {errno}")]
+    Signal {
+        /// The child's command line.
+        process: String,
+        /// The signal.
+        signal: Signal,
+        /// Why.
+        errno: nix::errno::Errno,
+    },
+    /// A termination signal arrived; the harness creates nothing more.
+    #[error("not creating {what}: the harness is shutting down after a signal")]
+    ShuttingDown {
+        /// What was about to be created.
+        what: String,
+    },
+    /// The namespace is gone (deleted on purpose, e.g. to test DEL without it).
+    #[error("network namespace {name} was deleted")]
+    Deleted {
+        /// The namespace path or name.
+        name: String,
+    },
+    /// `ip netns del` failed.
+    #[error("cannot delete network namespace {name} (see stderr)")]
+    Delete {
+        /// The namespace name.
+        name: String,
+    },
     /// A log file for a child process could not be opened.
     #[error("cannot open log file {path}: {source}")]
     Log {
@@ -140,9 +168,8 @@ impl Netns {
         };
         if cleanup::interrupted() {
             // Dropping `ns` deletes it again.
-            return Err(NetnsError::Enter {
-                name: ns.name.clone(),
-                reason: "the harness is shutting down (signal received)".into(),
+            return Err(NetnsError::ShuttingDown {
+                what: format!("network namespace {}", ns.name),
             });
         }
         ns.ip(&["link", "set", "lo", "up"])?;
@@ -347,9 +374,8 @@ impl Netns {
         if cleanup::delete_netns_by_name(&self.name) {
             Ok(())
         } else {
-            Err(NetnsError::Enter {
+            Err(NetnsError::Delete {
                 name: self.name.clone(),
-                reason: "ip netns del failed (see stderr)".into(),
             })
         }
     }
@@ -427,9 +453,8 @@ impl NetnsProcess {
         };
         if cleanup::interrupted() {
             // Dropping `process` kills it.
-            return Err(NetnsError::Enter {
-                name: netns.name.clone(),
-                reason: "the harness is shutting down (signal received)".into(),
+            return Err(NetnsError::ShuttingDown {
+                what: process.label.clone(),
             });
         }
         Ok(process)
@@ -452,9 +477,10 @@ impl NetnsProcess {
         }
         match kill(Pid::from_raw(self.pid()), signal) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(NetnsError::Enter {
-                name: self.label.clone(),
-                reason: format!("kill({signal}): {e}"),
+            Err(errno) => Err(NetnsError::Signal {
+                process: self.label.clone(),
+                signal,
+                errno,
             }),
         }
     }

@@ -11,8 +11,8 @@ use std::process::{Command, Output, Stdio};
 
 use crate::bins::{self, BinError};
 use crate::cleanup;
-use crate::netns::run;
-use crate::node::{NodeError, SimNode};
+use crate::netns::{NetnsError, run};
+use crate::node::SimNode;
 
 /// The local image the tests run (busybox-static, imported, no registry involved).
 pub const BUSYBOX_IMAGE: &str = "localhost/vcni-busybox:latest";
@@ -21,6 +21,33 @@ pub const BUSYBOX_IMAGE: &str = "localhost/vcni-busybox:latest";
 const APPLETS: &[&str] = &[
     "sh", "ip", "ls", "cat", "echo", "sleep", "ping", "ifconfig", "route", "hostname",
 ];
+
+/// Errors of preparing or running podman.
+#[derive(Debug, thiserror::Error)]
+pub enum PodmanError {
+    /// podman, runc or another tool is missing.
+    #[error(transparent)]
+    Bin(#[from] BinError),
+    /// A command could not be run.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// A file of the private setup could not be written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `podman import` of the busybox image failed.
+    #[error("podman import of {image} failed: {stderr}")]
+    Import {
+        /// The image name.
+        image: &'static str,
+        /// podman's stderr.
+        stderr: String,
+    },
+}
 
 /// libcni's result cache, which podman 4.3's CNI backend does not let us relocate.
 const LIBCNI_CACHE_DIR: &str = "/var/lib/cni";
@@ -34,13 +61,13 @@ pub struct Podman<'a> {
     cache_dir_existed: bool,
 }
 
-fn io_err(context: String) -> impl FnOnce(std::io::Error) -> NodeError {
-    move |source| NodeError::Io { context, source }
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> PodmanError {
+    move |source| PodmanError::Io { context, source }
 }
 
 impl<'a> Podman<'a> {
     /// Writes the private `containers.conf` and storage directories for `node`.
-    pub fn new(node: &'a SimNode) -> Result<Self, NodeError> {
+    pub fn new(node: &'a SimNode) -> Result<Self, PodmanError> {
         bins::require_tool("podman", "apt-get install podman")?;
         bins::require_tool("runc", "apt-get install runc")?;
         bins::require_tool("tar", "apt-get install tar")?;
@@ -101,17 +128,15 @@ impl<'a> Podman<'a> {
     }
 
     /// Runs podman with `args` and returns its output (any exit status).
-    pub fn run(&self, args: &[&str]) -> Result<Output, NodeError> {
+    pub fn run(&self, args: &[&str]) -> Result<Output, PodmanError> {
         Ok(run(self.command().args(args))?)
     }
 
     /// Builds [`BUSYBOX_IMAGE`] from the static busybox binary with `podman import`.
-    pub fn import_busybox(&self) -> Result<&'static str, NodeError> {
-        let busybox = fs::canonicalize("/bin/busybox").map_err(|_| {
-            NodeError::Bin(BinError::MissingTool {
-                tool: "/bin/busybox".into(),
-                hint: "apt-get install busybox-static".into(),
-            })
+    pub fn import_busybox(&self) -> Result<&'static str, PodmanError> {
+        let busybox = fs::canonicalize("/bin/busybox").map_err(|_| BinError::MissingTool {
+            tool: "/bin/busybox".into(),
+            hint: "apt-get install busybox-static".into(),
         })?;
         let rootfs = self.dir().join("rootfs");
         let bin = rootfs.join("bin");
@@ -140,19 +165,16 @@ impl<'a> Podman<'a> {
             BUSYBOX_IMAGE,
         ])?;
         if !out.status.success() {
-            return Err(NodeError::Io {
-                context: format!(
-                    "podman import failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-                source: std::io::Error::other("podman import"),
+            return Err(PodmanError::Import {
+                image: BUSYBOX_IMAGE,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });
         }
         Ok(BUSYBOX_IMAGE)
     }
 
     /// Starts `podman <args>` with stdout and stderr piped (to follow a container's output).
-    pub fn spawn(&self, args: &[&str]) -> Result<std::process::Child, NodeError> {
+    pub fn spawn(&self, args: &[&str]) -> Result<std::process::Child, PodmanError> {
         self.command()
             .args(args)
             .stdin(Stdio::null())
