@@ -37,7 +37,7 @@ fn libcni_add_check_del_lifecycle() {
     );
 
     // Five pods on a node whose primary ENI has three secondary IPs: some land on eth1.
-    let pods: Vec<Pod> = (0..5)
+    let mut pods: Vec<Pod> = (0..5)
         .map(|i| pod("default", &format!("web-{i}")))
         .collect();
     let mut ips = Vec::new();
@@ -186,23 +186,22 @@ fn libcni_add_check_del_lifecycle() {
         let again = ok(&node, client.del(NETWORK_NAME, p));
         check!(node, again.success(), "second DEL: {}", again.describe());
     }
-    let mut gone = pods;
     // Pod 3: DEL after an earlier DEL and its netns deletion; pod 4: netns deleted before any DEL.
-    let out = ok(&node, client.del(NETWORK_NAME, &gone[3]));
+    let out = ok(&node, client.del(NETWORK_NAME, &pods[3]));
     check!(node, out.success(), "DEL: {}", out.describe());
     for i in [3, 4] {
-        ok(&node, gone[i].delete_netns());
-        let out = ok(&node, client.del(NETWORK_NAME, &gone[i]));
+        ok(&node, pods[i].delete_netns());
+        let out = ok(&node, client.del(NETWORK_NAME, &pods[i]));
         check!(
             node,
             out.success(),
             "DEL after netns deletion: {}",
             out.describe()
         );
-        assert_pod_gone(&node, &gone[i], ips[i]);
+        assert_pod_gone(&node, &pods[i], ips[i]);
         check!(
             node,
-            ok(&node, node.ipamd_assignment(&gone[i])).is_none(),
+            ok(&node, node.ipamd_assignment(&pods[i])).is_none(),
             "ipamd still holds {} after DEL",
             ips[i]
         );
@@ -213,7 +212,6 @@ fn libcni_add_check_del_lifecycle() {
         status.assigned_i_ps == 0,
         "addresses still assigned after every DEL: {status:?}"
     );
-    gone.clear();
 }
 
 #[test]
