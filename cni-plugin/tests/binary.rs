@@ -129,6 +129,18 @@ fn missing_or_invalid_environment_is_code_4() {
     let r = f.run(&env, &c);
     assert_eq!(r.code(), 4);
     assert!(r.msg().contains("not a network namespace"), "{}", r.msg());
+
+    // The plugin's own namespace is never a pod's.
+    let mut env = f.add_env();
+    env.insert("CNI_NETNS", "/proc/self/ns/net".into());
+    let r = f.run(&env, &c);
+    assert_eq!(r.code(), 4);
+    assert!(
+        r.msg().contains("plugin's own network namespace"),
+        "{}",
+        r.msg()
+    );
+    assert_eq!(f.host.link_names(), vec!["lo".to_string()]);
 }
 
 #[test]
