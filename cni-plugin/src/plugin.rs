@@ -71,6 +71,7 @@ fn run_inner(
         ),
         None => info_span!("cni", command = env.command.as_str()),
     };
+    span.in_scope(|| debug!(cni_version = %conf.cni_version, network = ?conf.name, "request"));
     let result = runtime.block_on(dispatch(&env, &conf).instrument(span.clone()));
     let _enter = span.enter();
     match &result {
