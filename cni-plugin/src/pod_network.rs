@@ -270,10 +270,18 @@ pub async fn delete_rules_for(host: &Netlink, ips: &[Ipv4Addr]) -> Vec<String> {
     errors
 }
 
-/// Host-side teardown for DEL: the pod's rules, then its /32 routes that point at one of
-/// `veths` (or at nothing), then the veths. Returns every failure; missing objects are fine.
+/// Host-side teardown for DEL: the pod's rules, its /32 routes in main, and the named host veth
+/// when one of those routes points at it. Returns every failure; missing objects are fine.
+///
+/// A veth is only deleted when it carries one of the pod's addresses: a pod re-created under the
+/// same name has a host veth of the same name, and a late DEL of the old sandbox must not cut the
+/// new pod off. When the old pod's namespace is gone its veth went with it, and when it still
+/// exists the pod-side teardown removes the pair.
 pub async fn teardown_host(host: &Netlink, ips: &[Ipv4Addr], veths: &[String]) -> Vec<String> {
     let mut errors = delete_rules_for(host, ips).await;
+    if ips.is_empty() {
+        return errors;
+    }
     let mut veth_links = Vec::new();
     for name in veths {
         match host.link_by_name(name).await {
@@ -282,30 +290,46 @@ pub async fn teardown_host(host: &Netlink, ips: &[Ipv4Addr], veths: &[String]) -
             Err(e) => errors.push(e.to_string()),
         }
     }
-    if !ips.is_empty() {
-        match host.routes().await {
-            Ok(routes) => {
-                for r in routes
-                    .iter()
-                    .filter(|r| r.table == MAIN_TABLE && r.prefix_len == 32 && ips.contains(&r.dst))
-                {
-                    let ours = r
-                        .oif
-                        .is_none_or(|oif| veth_links.iter().any(|l| l.index == oif));
-                    if !ours {
-                        // The address now routes to another pod's veth: not ours to remove.
-                        tracing::warn!(ip = %r.dst, oif = ?r.oif, "host route points at another link; kept");
-                        continue;
-                    }
-                    if let Err(e) = host.del_route(r).await {
-                        errors.push(e.to_string());
+    let mut ours = Vec::new();
+    match host.routes().await {
+        Ok(routes) => {
+            for r in routes
+                .iter()
+                .filter(|r| r.table == MAIN_TABLE && r.prefix_len == 32 && ips.contains(&r.dst))
+            {
+                match r.oif {
+                    Some(oif) => match veth_links.iter().find(|l| l.index == oif) {
+                        // Deleting the veth removes the route with it.
+                        Some(l) => {
+                            if !ours
+                                .iter()
+                                .any(|o: &&crate::netlink::Link| o.index == l.index)
+                            {
+                                ours.push(l);
+                            }
+                        }
+                        None => {
+                            // The address now routes to another pod's veth: not ours to remove.
+                            tracing::warn!(ip = %r.dst, oif, "host route points at another link; kept");
+                        }
+                    },
+                    None => {
+                        if let Err(e) = host.del_route(r).await {
+                            errors.push(e.to_string());
+                        }
                     }
                 }
             }
-            Err(e) => errors.push(e.to_string()),
         }
+        Err(e) => errors.push(e.to_string()),
     }
-    for l in &veth_links {
+    for l in veth_links
+        .iter()
+        .filter(|l| !ours.iter().any(|o| o.index == l.index))
+    {
+        tracing::info!(veth = %l.name, "host veth carries none of the pod's addresses; left to its owner");
+    }
+    for l in ours {
         if let Err(e) = host.del_link(l.index, &l.name).await {
             errors.push(e.to_string());
         }

@@ -362,3 +362,32 @@ fn gc_teardown_removes_rules_route_and_the_veth_the_route_points_at() {
     assert_host_clean(&host, &pod);
     assert!(check(&host, &keep_ns, &keep).is_empty());
 }
+
+#[test]
+fn late_del_of_an_old_sandbox_keeps_the_new_pod_of_the_same_name() {
+    let (host, old_ns) = node();
+    let new_ns = TestNetns::new("new");
+    // web-0 was re-created: the old sandbox (10.200.0.15) lost its namespace, the new one
+    // (10.200.0.16) has the same pod name, hence the same host veth name.
+    let old = Pod::new([10, 200, 0, 15], 2, "web-0");
+    let new = Pod::new([10, 200, 0, 16], 2, "web-0");
+    setup(&host, &old_ns, &old).unwrap();
+    drop(old_ns);
+    setup(&host, &new_ns, &new).unwrap();
+
+    // The old sandbox's DEL arrives late, with its cached result.
+    let errors = teardown(&host, None, &old);
+    assert!(errors.is_empty(), "{errors:?}");
+
+    assert!(
+        host.pod_rules(old.ip).is_empty(),
+        "old pod's rules must go: {:?}",
+        host.pod_rules(old.ip)
+    );
+    assert!(
+        check(&host, &new_ns, &new).is_empty(),
+        "the new pod must be untouched: {:?}",
+        check(&host, &new_ns, &new)
+    );
+    assert!(host.ping("10.200.0.16"));
+}
