@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod host_network;
 pub mod logging;
 pub mod mac;
+pub mod metrics;
 pub mod pool;
 pub mod restore;
 pub mod server;
