@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use thiserror::Error;
 use tokio::sync::Mutex;
@@ -71,12 +72,49 @@ pub struct PoolStatus {
     pub message: String,
 }
 
+/// The instance's limits, as the pool manager knows them (unknown in
+/// instance-metadata-only mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLimits {
+    /// ENIs ipamd may use (instance limit, capped by `MAX_ENI`).
+    pub max_enis: u32,
+    /// Pod IPs per ENI (IPv4 addresses per interface − 1).
+    pub ips_per_eni: u32,
+    /// Max pods the node takes.
+    pub max_pods: u32,
+}
+
+/// The last failed call to the cloud (EC2), for introspection and `ipamd status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudErrorReport {
+    /// The API call (`CreateNetworkInterface`, ...).
+    pub operation: String,
+    /// What it answered (code and message).
+    pub message: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// What introspection and metrics show about the node beyond the pool itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// `instance-id` from metadata, once read.
+    pub instance_id: Option<String>,
+    /// `instance-type` from metadata, once read.
+    pub instance_type: Option<String>,
+    /// Limits, when known.
+    pub limits: Option<NodeLimits>,
+    /// The most recent cloud error, if any.
+    pub last_cloud_error: Option<CloudErrorReport>,
+}
+
 /// Phase plus pool, shared by the gRPC server, start-up and the reconcile loop.
 #[derive(Debug)]
 pub struct IpamState {
     phase: RwLock<Phase>,
     pool: Mutex<Datastore>,
     checkpointer: Arc<dyn Checkpointer>,
+    facts: RwLock<NodeFacts>,
 }
 
 impl IpamState {
@@ -86,7 +124,24 @@ impl IpamState {
             phase: RwLock::new(Phase::Starting("reading instance metadata".into())),
             pool: Mutex::new(datastore),
             checkpointer,
+            facts: RwLock::new(NodeFacts::default()),
         }
+    }
+
+    /// What is known about the node (introspection, metrics).
+    pub fn facts(&self) -> NodeFacts {
+        self.facts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Updates the node facts (instance identity, limits, last cloud error).
+    pub fn update_facts(&self, f: impl FnOnce(&mut NodeFacts)) {
+        f(&mut self
+            .facts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 
     /// The current phase.

@@ -1,5 +1,6 @@
-//! ipamd's Prometheus metrics: the counter type that keeps the reference's names and the text
-//! exposition of the daemon's one [`Registry`].
+//! ipamd's Prometheus metrics: the counter type that keeps the reference's names, the text
+//! exposition of the daemon's one [`Registry`], the pool/request/start-up families
+//! ([`IpamdMetrics`]), and the `/metrics` HTTP server ([`server`], over [`http`]).
 //!
 //! Every component registers its own families into the daemon's single
 //! `prometheus_client::registry::Registry`, passed by `&mut` to its constructor
@@ -10,12 +11,18 @@
 //! the reference's names. The exposition is produced by [`encode`], which is the only place that
 //! turns a registry into text.
 
+pub mod families;
+pub mod http;
+pub mod server;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+
+pub use families::{IpamdMetrics, StartupOutcome};
 
 /// `Content-Type` of the exposition: the Prometheus text format 0.0.4, as the reference's Go
 /// client serves it.
