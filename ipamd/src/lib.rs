@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod datastore;
 pub mod fsutil;
 pub mod host_network;
+pub mod introspect;
 pub mod logging;
 pub mod mac;
 pub mod metrics;
