@@ -11,3 +11,4 @@ pub mod netlink;
 pub mod netns;
 pub mod plugin;
 pub mod pod_network;
+pub mod timing;

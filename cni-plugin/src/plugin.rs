@@ -16,6 +16,7 @@ use crate::ipamd_client::{IpamdClient, IpamdError, REASON_POD_DELETED, REASON_SE
 use crate::netlink::{MAIN_TABLE, Netlink, NetlinkError, format_mac};
 use crate::netns::{Netns, NetnsError};
 use crate::pod_network::{self, PodNetworkError, PodSpec, host_veth_name};
+use crate::timing;
 
 /// What an invocation produced.
 #[derive(Debug)]
@@ -52,7 +53,9 @@ fn run_inner(
     }
     let conf = NetConf::parse(&bytes)?;
     check_verb_version(env.command, conf.cni_version)?;
+    timing::mark("env_config");
     crate::logging::init(&conf.log_target, conf.log_level);
+    timing::mark("log_init");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -61,6 +64,7 @@ fn run_inner(
             what: "the async runtime",
             reason: e.to_string(),
         })?;
+    timing::mark("runtime");
     let span = match &env.attachment {
         Some(a) => info_span!(
             "cni",
@@ -78,6 +82,10 @@ fn run_inner(
         Ok(_) => info!("done"),
         Err(e) => warn!(code = e.cni_code(), error = %e, "failed"),
     }
+    debug!(
+        us = %timing::summary(&timing::snapshot()),
+        "phases"
+    );
     result
 }
 
@@ -244,9 +252,11 @@ async fn add(conf: &NetConf, a: &Attachment) -> Result<Value, CniError> {
     let pod_ns = open_pod_netns(netns_path, &host_ns)?;
     let (pod_namespace, pod_name) = pod_identity(a);
     let host_veth = host_veth_name(&conf.veth_prefix, &pod_namespace, &pod_name);
+    timing::mark("netns_open");
 
     let host = Netlink::current().map_err(netlink_error)?;
     let pod = Netlink::in_netns(&pod_ns).map_err(netlink_error)?;
+    timing::mark("netlink_open");
     // Fail before taking an address when the interface is already there.
     if pod
         .link_by_name(&a.ifname)
@@ -260,10 +270,12 @@ async fn add(conf: &NetConf, a: &Attachment) -> Result<Value, CniError> {
         });
     }
 
+    timing::mark("ifname_check");
     debug!("validated; asking ipamd for an address");
     let mut ipamd = IpamdClient::connect(&conf.ipamd_socket)
         .await
         .map_err(ipamd_error)?;
+    timing::mark("ipamd_connect");
     debug!("connected to ipamd");
     let reply = ipamd
         .add_network(rpc::AddNetworkRequest {
@@ -279,6 +291,7 @@ async fn add(conf: &NetConf, a: &Attachment) -> Result<Value, CniError> {
         })
         .await
         .map_err(ipamd_error)?;
+    timing::mark("add_network_rpc");
     debug!(?reply, "AddNetwork reply");
 
     let alloc = match allocation_from(&reply.ip_allocation_metadata, "AddNetwork") {
@@ -332,7 +345,9 @@ async fn add(conf: &NetConf, a: &Attachment) -> Result<Value, CniError> {
                 mtu: conf.mtu,
                 ip: alloc.ip,
             };
-            Ok(result.render(conf.cni_version, conf.prev_result.as_ref()))
+            let rendered = result.render(conf.cni_version, conf.prev_result.as_ref());
+            timing::mark("result_render");
+            Ok(rendered)
         }
         Err(e) => {
             let err = match e {
@@ -444,6 +459,7 @@ async fn del(conf: &NetConf, a: &Attachment) -> Result<(), CniError> {
         },
     };
 
+    timing::mark("netns_open");
     let mut ipamd = match IpamdClient::connect(&conf.ipamd_socket).await {
         Ok(c) => Some(c),
         Err(e) => {
@@ -451,6 +467,7 @@ async fn del(conf: &NetConf, a: &Attachment) -> Result<(), CniError> {
             None
         }
     };
+    timing::mark("ipamd_connect");
     if ips.is_empty()
         && let Some(client) = ipamd.as_mut()
     {
@@ -465,10 +482,12 @@ async fn del(conf: &NetConf, a: &Attachment) -> Result<(), CniError> {
             Err(e) if e.is_not_found() => debug!("ipamd has no assignment for this attachment"),
             Err(e) => warn!(error = %e, "CheckNetwork failed; tearing down by name only"),
         }
+        timing::mark("check_network_rpc");
     }
     info!(?ips, ?veths, "tearing down");
 
     let host = Netlink::current().map_err(netlink_error)?;
+    timing::mark("netlink_open");
     let host_errors = pod_network::teardown_host(&host, &ips, &veths).await;
     let mut errors = host_errors.clone();
     if let Some(ns) = &pod_ns {
@@ -476,6 +495,7 @@ async fn del(conf: &NetConf, a: &Attachment) -> Result<(), CniError> {
             Ok(pod) => errors.extend(pod_network::teardown_pod(&pod, &a.ifname).await),
             Err(e) => info!(error = %e, "pod namespace not enterable; pod side skipped"),
         }
+        timing::mark("pod_teardown");
     }
 
     // Release only once the host no longer routes the address: a pod that gets it next
@@ -493,6 +513,7 @@ async fn del(conf: &NetConf, a: &Attachment) -> Result<(), CniError> {
                 .await
             {
                 Ok(reply) => {
+                    timing::mark("del_network_rpc");
                     let released: Vec<&str> = reply
                         .ip_allocation_metadata
                         .iter()

@@ -15,6 +15,7 @@ use sha1::{Digest, Sha1};
 use crate::cni::result::POD_GATEWAY;
 use crate::netlink::{MAIN_TABLE, Netlink, NetlinkError, RuleSpec, format_mac};
 use crate::netns::Netns;
+use crate::timing;
 
 /// Priority of `to <pod ip> lookup main`.
 pub const TO_POD_RULE_PRIORITY: u32 = 512;
@@ -112,6 +113,7 @@ pub async fn setup(
             ifname: spec.ifname.to_string(),
         });
     }
+    timing::mark("ifname_recheck");
 
     let links = host.links().await.map_err(kernel)?;
     if let Some(stale) = links.iter().find(|l| l.name == spec.host_veth) {
@@ -132,6 +134,7 @@ pub async fn setup(
     while container_mac == host_mac {
         container_mac = random_mac();
     }
+    timing::mark("host_links_dump");
 
     pod.create_veth(
         spec.ifname,
@@ -143,6 +146,7 @@ pub async fn setup(
     )
     .await
     .map_err(kernel)?;
+    timing::mark("veth_create");
     tracing::debug!(veth = spec.host_veth, mac = %format_mac(&host_mac), "veth pair created");
 
     match configure(host, pod, spec, host_mac).await {
@@ -183,6 +187,7 @@ async fn configure(
     host.set_up(host_link.index, spec.host_veth)
         .await
         .map_err(kernel)?;
+    timing::mark("host_veth_up");
     let pod_link = pod
         .link_by_name(spec.ifname)
         .await
@@ -191,24 +196,29 @@ async fn configure(
             name: spec.ifname.to_string(),
         })?;
     let idx = pod_link.index;
+    timing::mark("pod_link_lookup");
 
     pod.add_address(idx, spec.ifname, spec.ip, 32)
         .await
         .map_err(kernel)?;
+    timing::mark("pod_addr");
     pod.replace_link_route(POD_GATEWAY, 32, idx, MAIN_TABLE)
         .await
         .map_err(kernel)?;
     pod.replace_default_route(POD_GATEWAY, idx)
         .await
         .map_err(kernel)?;
+    timing::mark("pod_routes");
     pod.replace_permanent_neighbour(idx, POD_GATEWAY, host_mac)
         .await
         .map_err(kernel)?;
+    timing::mark("pod_neigh");
     tracing::debug!(ip = %spec.ip, "pod side configured");
 
     host.replace_link_route(spec.ip, 32, host_link.index, MAIN_TABLE)
         .await
         .map_err(kernel)?;
+    timing::mark("host_route");
     host.add_rule(RuleSpec {
         priority: TO_POD_RULE_PRIORITY,
         src: None,
@@ -227,6 +237,7 @@ async fn configure(
         .await
         .map_err(kernel)?;
     }
+    timing::mark("host_rules");
     Ok(())
 }
 
@@ -279,6 +290,7 @@ pub async fn delete_rules_for(host: &Netlink, ips: &[Ipv4Addr]) -> Vec<String> {
 /// exists the pod-side teardown removes the pair.
 pub async fn teardown_host(host: &Netlink, ips: &[Ipv4Addr], veths: &[String]) -> Vec<String> {
     let mut errors = delete_rules_for(host, ips).await;
+    timing::mark("host_rules_del");
     if ips.is_empty() {
         return errors;
     }
@@ -323,6 +335,7 @@ pub async fn teardown_host(host: &Netlink, ips: &[Ipv4Addr], veths: &[String]) -
         }
         Err(e) => errors.push(e.to_string()),
     }
+    timing::mark("host_links_routes");
     for l in veth_links
         .iter()
         .filter(|l| !ours.iter().any(|o| o.index == l.index))
@@ -334,6 +347,7 @@ pub async fn teardown_host(host: &Netlink, ips: &[Ipv4Addr], veths: &[String]) -
             errors.push(e.to_string());
         }
     }
+    timing::mark("veth_del");
     errors
 }
 
