@@ -2,11 +2,15 @@
 //! IMDS is unreachable) → find ENIs by MAC and bring up the secondary ones → build the pool from
 //! the metadata's secondary IPs → restore the checkpoint → ready (health SERVING, then the
 //! conflist) → follow metadata every few seconds → on shutdown: NOT_SERVING, drain, remove the
-//! socket.
+//! socket. Alongside, from the moment the socket is bound: `/metrics` on `:61678` and the
+//! introspection endpoint (unless disabled), both answering from the same shared state.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
 
 use thiserror::Error;
 use tokio::sync::watch;
@@ -15,13 +19,18 @@ use tonic_health::server::HealthReporter;
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::cloud::imds::Imds;
 use crate::cloud::metadata::{self, EniMetadata, InstanceMetadata};
+use crate::config::parse::BindAddress;
 use crate::config::{Config, ProvisioningMode};
 use crate::conflist::{self, ConflistError};
 use crate::datastore::{
     Clock, Datastore, IMDS_ONLY_CAPACITY_NOTE, PROVISIONING_DISABLED_CAPACITY_NOTE, SystemClock,
 };
 use crate::host_network::{HostNetwork, HostNetworkError, SecondaryEni};
+use crate::introspect;
 use crate::mac::MacAddr;
+use crate::metrics::http::{self as metrics_http};
+use crate::metrics::server::{METRICS_ADDRESS, Scrape};
+use crate::metrics::{IpamdMetrics, StartupOutcome};
 use crate::pool::reconcile;
 use crate::restore::restore_allocations;
 use crate::server::{self, Backend, ReplyInfo, ServerError};
@@ -66,11 +75,17 @@ pub struct Daemon<I: Imds> {
     clock: Arc<dyn Clock>,
     reconcile_interval: Duration,
     drain_grace: Duration,
+    registry: Registry,
+    metrics: IpamdMetrics,
+    metrics_address: SocketAddr,
+    started_at: Instant,
 }
 
 impl<I: Imds> Daemon<I> {
     /// A daemon reading metadata from `imds` and storing allocations in `checkpointer`.
     pub fn new(config: Config, imds: I, checkpointer: Arc<dyn Checkpointer>) -> Self {
+        let mut registry = Registry::default();
+        let metrics = IpamdMetrics::new(&mut registry);
         Self {
             config,
             imds,
@@ -78,7 +93,40 @@ impl<I: Imds> Daemon<I> {
             clock: Arc::new(SystemClock),
             reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
             drain_grace: DEFAULT_DRAIN_GRACE,
+            registry,
+            metrics,
+            metrics_address: METRICS_ADDRESS,
+            started_at: Instant::now(),
         }
+    }
+
+    /// Serves `registry` on `/metrics`: the daemon's one registry, into which the components
+    /// built before the daemon (the EC2 client, ...) registered their families. The daemon
+    /// registers its own families into it here.
+    #[must_use]
+    pub fn with_registry(mut self, mut registry: Registry) -> Self {
+        self.metrics = IpamdMetrics::new(&mut registry);
+        self.registry = registry;
+        self
+    }
+
+    /// The daemon's own metric families (request, pool, reconcile, error counters).
+    pub fn metrics(&self) -> &IpamdMetrics {
+        &self.metrics
+    }
+
+    /// Counts start-up time from `at` (the process start) instead of from [`Daemon::new`].
+    #[must_use]
+    pub fn with_start_time(mut self, at: Instant) -> Self {
+        self.started_at = at;
+        self
+    }
+
+    /// Serves `/metrics` on another address than `:61678` (tests).
+    #[must_use]
+    pub fn with_metrics_address(mut self, addr: SocketAddr) -> Self {
+        self.metrics_address = addr;
+        self
     }
 
     /// Uses another clock (tests).
@@ -100,7 +148,10 @@ impl<I: Imds> Daemon<I> {
     /// # Errors
     /// The socket could not be bound, the checkpoint is unusable, or the conflist could not be
     /// written. The socket is removed in every case.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), DaemonError> {
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), DaemonError> {
         let socket = self.config.socket_path.clone();
         let listener = server::bind(&socket)?;
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -115,10 +166,12 @@ impl<I: Imds> Daemon<I> {
             network_policy_mode: self.config.network_policy_mode.clone().unwrap_or_default(),
         }));
         let (stop_tx, mut stop_rx) = watch::channel(false);
+        let registry = Arc::new(std::mem::take(&mut self.registry));
+        let side_servers = self.spawn_http_endpoints(&state, registry, &stop_rx);
         let mut server_task = tokio::spawn(server::serve(
             listener,
             socket.clone(),
-            Backend::new(Arc::clone(&state), Arc::clone(&info)),
+            Backend::new(Arc::clone(&state), Arc::clone(&info)).with_metrics(self.metrics.clone()),
             health,
             async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
@@ -160,11 +213,66 @@ impl<I: Imds> Daemon<I> {
                 tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket")
             }
         }
+        for task in side_servers {
+            // They stop at once on the watch; a hung client must not hold the exit.
+            if tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("an HTTP endpoint did not stop within 1 s");
+            }
+        }
         match &outcome {
             Ok(()) => tracing::info!("ipamd stopped"),
             Err(e) => tracing::error!(error = %e, "ipamd stopped with an error"),
         }
         outcome
+    }
+
+    /// Starts `/metrics` and the introspection endpoint (each unless disabled), stopping when
+    /// `stop` turns true.
+    fn spawn_http_endpoints(
+        &self,
+        state: &Arc<IpamState>,
+        registry: Arc<Registry>,
+        stop: &watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        if self.config.disable_metrics {
+            tracing::info!("metrics endpoint disabled (DISABLE_METRICS=true)");
+        } else {
+            let router = crate::metrics::server::router(Scrape::new(
+                registry,
+                self.metrics.clone(),
+                Arc::clone(state),
+            ));
+            let addr = BindAddress::Tcp(self.metrics_address);
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let bind = metrics_http::bind_with_retry("metrics", &addr, stopped(stop.clone()));
+                if let Some(listener) = bind.await {
+                    metrics_http::serve("metrics", listener, router, stopped(stop)).await;
+                }
+            }));
+        }
+        if self.config.disable_introspection {
+            tracing::info!("introspection endpoint disabled (DISABLE_INTROSPECTION=true)");
+        } else {
+            let router = introspect::router(Arc::clone(state), &self.config);
+            let addr = self.config.introspection_bind.clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let bind =
+                    metrics_http::bind_with_retry("introspection", &addr, stopped(stop.clone()));
+                if let Some(listener) = bind.await {
+                    metrics_http::serve("introspection", listener, router, stopped(stop)).await;
+                }
+            }));
+        }
+        tasks
     }
 
     async fn serve(
@@ -177,7 +285,16 @@ impl<I: Imds> Daemon<I> {
         tokio::pin!(shutdown);
         let host = HostNetwork::connect()?;
         let md = tokio::select! {
-            r = self.initialize(&host, state, info) => r?,
+            r = self.initialize(&host, state, info) => match r {
+                Ok(md) => md,
+                Err(e) => {
+                    self.metrics.startup(
+                        self.started_at.elapsed(),
+                        &StartupOutcome::Failed(startup_failure_reason(&e).into()),
+                    );
+                    return Err(e);
+                }
+            },
             () = &mut shutdown => {
                 tracing::info!("shutdown requested before ipamd became ready");
                 return Ok(());
@@ -185,11 +302,22 @@ impl<I: Imds> Daemon<I> {
         };
         state.set_phase(Phase::Ready);
         server::set_health(reporter, true).await;
-        let path = conflist::write(&self.config, &self.config.cni_conf_dir)?;
+        let path = match conflist::write(&self.config, &self.config.cni_conf_dir) {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.startup(
+                    self.started_at.elapsed(),
+                    &StartupOutcome::Failed("conflist".into()),
+                );
+                return Err(e.into());
+            }
+        };
+        let took = self.started_at.elapsed();
+        self.metrics.startup(took, &StartupOutcome::Ready);
         let stats = state.status().await.stats;
         tracing::info!(
             conflist = %path.display(), enis = stats.enis, total = stats.total,
-            assigned = stats.assigned, assignable = stats.assignable,
+            assigned = stats.assigned, assignable = stats.assignable, startup = ?took,
             "ipamd is ready: health SERVING, CNI config written"
         );
         tokio::select! {
@@ -213,6 +341,7 @@ impl<I: Imds> Daemon<I> {
                 Ok(md) => return Ok(md),
                 Err(InitError::Fatal(e)) => return Err(e),
                 Err(InitError::Retry(why)) => {
+                    self.metrics.error("nodeInit");
                     tracing::warn!(reason = %why, retry_in = ?delay, "not ready yet");
                     state.set_pending(why);
                     tokio::time::sleep(delay).await;
@@ -256,6 +385,10 @@ impl<I: Imds> Daemon<I> {
             zone = %md.availability_zone, primary_ip = %md.local_ipv4, enis = md.enis.len(),
             "instance metadata read"
         );
+        state.update_facts(|f| {
+            f.instance_id = Some(md.instance_id.clone());
+            f.instance_type = Some(md.instance_type.clone());
+        });
 
         for eni in &md.enis {
             if eni.is_primary {
@@ -369,6 +502,7 @@ impl<I: Imds> Daemon<I> {
         let enis = match metadata::fetch_enis(&self.imds, primary_mac).await {
             Ok(e) => e,
             Err(e) => {
+                self.metrics.error("reconcileFailedGetENIs");
                 tracing::warn!(error = %e, "cannot re-read instance metadata; keeping the pool as it is");
                 return;
             }
@@ -389,6 +523,7 @@ impl<I: Imds> Daemon<I> {
                     usable.push(eni);
                 }
                 Err(e) => {
+                    self.metrics.error("reconcileSetupENIFailed");
                     tracing::warn!(eni = %eni.id, error = %e, "new ENI in instance metadata is not usable yet; retrying next cycle")
                 }
             }
@@ -396,9 +531,17 @@ impl<I: Imds> Daemon<I> {
         state
             .with_datastore(|ds| {
                 let applied = reconcile::apply(ds, &diff);
+                let m = &self.metrics;
+                m.reconciled("eniDataStorePoolReconcileAdd", applied.added);
+                m.reconciled("eniIPPoolReconcileDel", applied.removed);
+                m.reconciled("eniReconcileDel", applied.enis_removed);
                 for eni in usable {
                     match reconcile::add_eni(ds, eni) {
-                        Ok(n) => tracing::info!(eni = %eni.id, secondary_ips = n, "ENI added to the pool"),
+                        Ok(n) => {
+                            m.reconciled("eniReconcileAdd", 1);
+                            m.reconciled("eniDataStorePoolReconcileAdd", n);
+                            tracing::info!(eni = %eni.id, secondary_ips = n, "ENI added to the pool");
+                        }
                         Err(e) => tracing::warn!(eni = %eni.id, error = %e, "ENI not added to the pool"),
                     }
                 }
@@ -409,5 +552,15 @@ impl<I: Imds> Daemon<I> {
                 );
             })
             .await;
+    }
+}
+
+/// The `failure_reason` label of a start-up that gave up.
+fn startup_failure_reason(e: &DaemonError) -> &'static str {
+    match e {
+        DaemonError::Server(_) => "server",
+        DaemonError::HostNetwork(_) => "host_network",
+        DaemonError::Checkpoint(_) => "checkpoint",
+        DaemonError::Conflist(_) => "conflist",
     }
 }

@@ -1,60 +1,201 @@
-//! `ipamd`: reads its configuration from the environment, sets up logging, runs the daemon until
-//! SIGTERM/SIGINT, and maps the outcome to an exit code. Subcommands get their own words later
-//! (e.g. `ipamd probe`); today only `ipamd` (run), `--help` and `--version` exist.
+//! `ipamd`: the node daemon and its operator subcommands. Each subcommand parses its input,
+//! calls the library and maps the outcome to an exit code:
+//!
+//! - `ipamd` / `ipamd run`: the daemon (configuration from the environment);
+//! - `ipamd probe [-addr=unix:///...] [-service=...] [-connect-timeout=5s] [-rpc-timeout=5s]`:
+//!   the readiness/liveness probe (`grpc-health-probe` flags and exit codes);
+//! - `ipamd status [--addr ADDR]`: the node's pool at a glance, from the introspection endpoint;
+//! - `ipamd install-cni [--from DIR]`: the init container's work (install the plugin, sysctls).
 
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use ipamd::checkpoint::FileCheckpointer;
 use ipamd::cloud::imds::SdkImds;
-use ipamd::config::{Config, ProcessEnv};
+use ipamd::config::parse::parse_bind_address;
+use ipamd::config::{
+    AWS_VPC_K8S_CNI_IPAMD_SOCKET, Config, Env, INTROSPECTION_BIND_ADDRESS, ProcessEnv,
+};
 use ipamd::daemon::Daemon;
+use ipamd::install::{self, InstallConfig};
 
-const USAGE: &str = "usage: ipamd [--help | --version]
+const USAGE: &str = "usage: ipamd [run | probe | status | install-cni | help | version]
 
-Runs the node daemon of the Rust AWS VPC CNI. Configuration comes from the environment
-(ENABLE_IMDS_ONLY_MODE, AWS_VPC_K8S_CNI_IPAMD_SOCKET, AWS_VPC_K8S_CNI_BACKING_STORE,
-HOST_CNI_CONFDIR_PATH, AWS_VPC_K8S_CNI_LOG_FILE, IP_COOLDOWN_PERIOD, MY_NODE_NAME, ...;
-the same variables and defaults as aws/amazon-vpc-cni-k8s).";
-
-enum Command {
-    Run,
-    Help,
-    Version,
-}
-
-fn parse_args() -> Result<Command, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        [] | ["run"] => Ok(Command::Run),
-        ["-h" | "--help" | "help"] => Ok(Command::Help),
-        ["-V" | "--version" | "version"] => Ok(Command::Version),
-        other => Err(format!("unknown arguments {other:?}")),
-    }
-}
+  ipamd [run]         run the node daemon. Configuration comes from the environment
+                      (ENABLE_IMDS_ONLY_MODE, AWS_VPC_K8S_CNI_IPAMD_SOCKET, HOST_CNI_CONFDIR_PATH,
+                      WARM_ENI_TARGET, IP_COOLDOWN_PERIOD, MY_NODE_NAME, ...: the same variables
+                      and defaults as aws/amazon-vpc-cni-k8s).
+  ipamd probe [-addr=unix:///var/run/aws-node/ipamd.sock] [-service=NAME]
+              [-connect-timeout=1s] [-rpc-timeout=1s]
+                      gRPC health check of a running ipamd, as grpc-health-probe: exit 0 when
+                      SERVING, 1 bad arguments, 2 cannot connect, 3 RPC failed, 4 not serving.
+                      Without -addr: AWS_VPC_K8S_CNI_IPAMD_SOCKET or /var/run/aws-node/ipamd.sock.
+  ipamd status [--addr 127.0.0.1:61679 | --addr unix:/path]
+                      print the node's pool (ENIs, IPs total/assigned/cooling, limits, last
+                      EC2 error) from the introspection endpoint (default:
+                      INTROSPECTION_BIND_ADDRESS or 127.0.0.1:61679).
+  ipamd install-cni [--from DIR]
+                      init container: copy the plugin binaries in DIR (default: cni/bin next to
+                      this executable) into HOST_CNI_BIN_PATH (default /host/opt/cni/bin)
+                      atomically, and set net.ipv4.conf.<primary ENI>.rp_filter=2 and
+                      net.ipv4.tcp_early_demux (0 when DISABLE_TCP_EARLY_DEMUX=true, else 1).";
 
 fn main() -> ExitCode {
-    match parse_args() {
-        Ok(Command::Run) => {}
-        Ok(Command::Help) => {
+    let started = Instant::now();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (command, rest) = match args.split_first() {
+        None => ("run", &[][..]),
+        Some((c, rest)) => (c.as_str(), rest),
+    };
+    match command {
+        "run" if rest.is_empty() => run_daemon(started),
+        "probe" => probe(rest),
+        "status" => status(rest),
+        "install-cni" => install_cni(rest),
+        "-h" | "--help" | "help" if rest.is_empty() => {
             eprintln!("{USAGE}");
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
-        Ok(Command::Version) => {
+        "-V" | "--version" | "version" if rest.is_empty() => {
             eprintln!("ipamd {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("ipamd: {e}\n{USAGE}");
-            return ExitCode::from(2);
+        _ => {
+            eprintln!("ipamd: unknown arguments {args:?}\n{USAGE}");
+            ExitCode::from(2)
         }
     }
+}
+
+fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+fn print_stdout(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ipamd: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(args: &[String]) -> ExitCode {
+    let socket = ProcessEnv
+        .var(AWS_VPC_K8S_CNI_IPAMD_SOCKET)
+        .ok()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| ipamd::probe::DEFAULT_SOCKET.to_owned());
+    let opts = match ipamd::probe::parse_args(args, PathBuf::from(socket)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let runtime = match current_thread_runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(ipamd::probe::probe(&opts)) {
+        Ok(()) => print_stdout("status: SERVING\n"),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn status(args: &[String]) -> ExitCode {
+    let raw = match args {
+        [] => ProcessEnv
+            .var(INTROSPECTION_BIND_ADDRESS)
+            .ok()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "127.0.0.1:61679".to_owned()),
+        [flag, value] if flag == "--addr" || flag == "-addr" => value.clone(),
+        [one] if one.starts_with("--addr=") => one["--addr=".len()..].to_owned(),
+        _ => {
+            eprintln!("ipamd status: unknown arguments {args:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let addr = match parse_bind_address(&raw) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ipamd status: invalid address {raw:?}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = current_thread_runtime()
+        .context("cannot start the async runtime")
+        .and_then(|rt| {
+            rt.block_on(ipamd::introspect::status::status(&addr))
+                .map_err(anyhow::Error::from)
+        });
+    match result {
+        Ok(text) => print_stdout(&text),
+        Err(e) => {
+            eprintln!("ipamd status: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn install_cni(args: &[String]) -> ExitCode {
+    let source = match args {
+        [] => install::default_source_dir().context("cannot find the plugins shipped with ipamd"),
+        [flag, dir] if flag == "--from" => Ok(PathBuf::from(dir)),
+        _ => {
+            eprintln!("ipamd install-cni: unknown arguments {args:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match source.and_then(|s| run_install(&s)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ipamd install-cni: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_install(source: &std::path::Path) -> anyhow::Result<()> {
+    let config = InstallConfig::from_env(&ProcessEnv).context("configuration error")?;
+    for done in install::install_binaries(source, &config.bin_dir)? {
+        eprintln!(
+            "ipamd install-cni: {} {} ({} bytes)",
+            if done.unchanged {
+                "unchanged"
+            } else {
+                "installed"
+            },
+            done.path.display(),
+            done.bytes
+        );
+    }
+    let runtime = current_thread_runtime().context("cannot start the async runtime")?;
+    let set = runtime.block_on(install::set_node_sysctls(&config, &SdkImds::from_env()))?;
+    for (key, value) in &set.written {
+        eprintln!("ipamd install-cni: {key}={value}");
+    }
+    Ok(())
+}
+
+fn run_daemon(started: Instant) -> ExitCode {
     // Configuration errors stop start-up before anything is bound or written.
     let config = match Config::from_env(&ProcessEnv) {
         Ok(c) => c,
@@ -63,7 +204,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match run(config) {
+    match run(config, started) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ipamd: {e:#}");
@@ -72,7 +213,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, started: Instant) -> anyhow::Result<()> {
     ipamd::logging::init(&config).context("cannot set up logging")?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
@@ -84,7 +225,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         "ipamd starting"
     );
     tracing::info!(
-        "not in this build yet (settings are validated, without effect): EC2 provisioning and warm-pool targets, SNAT/connmark rules, metrics (:61678), introspection (:61679)"
+        "not in this build yet (settings are validated, without effect): EC2 provisioning and warm-pool targets, SNAT/connmark rules"
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -101,7 +242,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
     runtime.block_on(async {
         let checkpointer = Arc::new(FileCheckpointer::new(config.backing_store.clone()));
-        let daemon = Daemon::new(config, SdkImds::from_env(), checkpointer);
+        let daemon =
+            Daemon::new(config, SdkImds::from_env(), checkpointer).with_start_time(started);
         let shutdown = shutdown_signal()?;
         daemon.run(shutdown).await.map_err(anyhow::Error::from)
     })

@@ -21,6 +21,7 @@ use tonic_health::server::HealthReporter;
 use tracing::Instrument;
 
 use crate::datastore::{Assignment, IpamKey, PodMetadata};
+use crate::metrics::IpamdMetrics;
 use crate::rpc::cni_backend_server::{CniBackend, CniBackendServer};
 use crate::rpc::{
     AddNetworkReply, AddNetworkRequest, CheckNetworkReply, CheckNetworkRequest, DelNetworkReply,
@@ -154,12 +155,26 @@ pub struct ReplyInfo {
 pub struct Backend {
     state: Arc<IpamState>,
     info: Arc<RwLock<ReplyInfo>>,
+    metrics: IpamdMetrics,
 }
 
 impl Backend {
-    /// Serves `state`; `info` fills the configuration-derived reply fields.
+    /// Serves `state`; `info` fills the configuration-derived reply fields. Request metrics go
+    /// to a private registry until [`Backend::with_metrics`] gives the daemon's.
     pub fn new(state: Arc<IpamState>, info: Arc<RwLock<ReplyInfo>>) -> Self {
-        Self { state, info }
+        Self {
+            state,
+            info,
+            metrics: IpamdMetrics::new(&mut prometheus_client::registry::Registry::default()),
+        }
+    }
+
+    /// Counts requests in `metrics` (`awscni_add_ip_req_count`, `awscni_del_ip_req_count`,
+    /// `awscni_no_available_ip_addresses`).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: IpamdMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn info(&self) -> ReplyInfo {
@@ -237,6 +252,7 @@ impl CniBackend for Backend {
             client = %req.client_version,
         );
         async {
+            self.metrics.add_ip_req.inc();
             let key = key_of(&req.network_name, &req.container_id, &req.if_name)?;
             if req.requires_multi_nic_attachment {
                 tracing::info!("multi-NIC attachment requested but ENABLE_MULTI_NIC is off; assigning one IP");
@@ -261,6 +277,9 @@ impl CniBackend for Backend {
                     }))
                 }
                 Err(e) => {
+                    if matches!(e, IpamError::Exhausted(_)) {
+                        self.metrics.no_available_ip.inc();
+                    }
                     tracing::warn!(error = %e, "AddNetwork failed");
                     Err(to_status(&e))
                 }
@@ -285,6 +304,7 @@ impl CniBackend for Backend {
             client = %req.client_version,
         );
         async {
+            self.metrics.del_request(&req.reason);
             let key = key_of(&req.network_name, &req.container_id, &req.if_name)?;
             match self.state.del(&key).await {
                 Ok(released) => {

@@ -61,7 +61,7 @@ pub fn router(state: Arc<IpamState>, config: &Config) -> axum::Router {
             "/v1/enis",
             get(move || {
                 let state = Arc::clone(&enis_state);
-                async move { Json(state.with_datastore(|ds| eni_infos(ds)).await) }
+                async move { Json(state.with_datastore(eni_infos).await) }
             }),
         )
         .route(
