@@ -577,6 +577,60 @@ impl HostNetwork {
             })
     }
 
+    /// Undoes [`Self::setup_secondary_eni`] before the ENI is detached: deletes rule 32765
+    /// `from <primary ip>` and every route of table `device + 1`, so a later ENI at the same
+    /// device index starts clean. Links and addresses go with the detached ENI. Carries on past
+    /// failures and reports them all; what is already gone counts as deleted.
+    ///
+    /// # Errors
+    /// Every failed deletion.
+    pub async fn teardown_secondary_eni(&self, eni: &SecondaryEni) -> Result<(), HostNetworkError> {
+        let mut errors = Vec::new();
+        let table = eni.route_table();
+        for rule in self.rules_v4().await? {
+            if rule_priority(&rule) == Some(FROM_ENI_PRIMARY_IP_RULE_PRIORITY)
+                && rule_is_for(&rule, eni.primary_ip, true)
+                && let Err(e) = self
+                    .delete_rule(
+                        rule,
+                        &format!(
+                            "rule {FROM_ENI_PRIMARY_IP_RULE_PRIORITY} from {} ({})",
+                            eni.primary_ip, eni.id
+                        ),
+                    )
+                    .await
+            {
+                errors.push(e);
+            }
+        }
+        for route in self.routes_v4().await? {
+            if route_table_of(&route) != table {
+                continue;
+            }
+            let dst = route_dst(&route).map_or_else(|| "default".to_owned(), |d| {
+                format!("{d}/{}", route.header.destination_prefix_length)
+            });
+            if let Err(source) = self
+                .handle
+                .route()
+                .del(route)
+                .execute()
+                .await
+                .or_else(|e| if is_gone(&e) { Ok(()) } else { Err(e) })
+            {
+                errors.push(HostNetworkError::Netlink {
+                    op: format!("delete route {dst} table {table} ({})", eni.id),
+                    source,
+                });
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(HostNetworkError::Many(errors))
+        }
+    }
+
     /// Deletes a pod's policy rules: priority 512 `to <ip>` and every priority 1536 `from <ip>`.
     /// Carries on past failures and reports them all; returns how many rules were deleted.
     ///

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use thiserror::Error;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 use crate::checkpoint::{CheckpointData, CheckpointError, Checkpointer};
 use crate::datastore::{Assignment, Datastore, IpamKey, NoAssignableIp, PodMetadata, Stats};
@@ -115,6 +115,7 @@ pub struct IpamState {
     pool: Mutex<Datastore>,
     checkpointer: Arc<dyn Checkpointer>,
     facts: RwLock<NodeFacts>,
+    pool_wanted: Arc<Notify>,
 }
 
 impl IpamState {
@@ -125,7 +126,14 @@ impl IpamState {
             pool: Mutex::new(datastore),
             checkpointer,
             facts: RwLock::new(NodeFacts::default()),
+            pool_wanted: Arc::new(Notify::new()),
         }
+    }
+
+    /// Notified whenever an assignment finds no address, so the pool manager (EC2 mode) grows
+    /// the pool now instead of at its next cycle.
+    pub fn pool_wanted(&self) -> Arc<Notify> {
+        Arc::clone(&self.pool_wanted)
     }
 
     /// What is known about the node (introspection, metrics).
@@ -217,7 +225,9 @@ impl IpamState {
     pub async fn add(&self, key: &IpamKey, metadata: PodMetadata) -> Result<Assignment, IpamError> {
         self.ensure_ready()?;
         let mut ds = self.pool.lock().await;
-        let (assignment, is_new) = ds.assign(key, metadata)?;
+        let (assignment, is_new) = ds.assign(key, metadata).inspect_err(|_| {
+            self.pool_wanted.notify_one();
+        })?;
         if is_new && let Err(source) = self.persist(&ds).await {
             ds.rollback_assign(key);
             return Err(IpamError::Checkpoint {

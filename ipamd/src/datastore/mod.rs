@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use self::clock::{Clock, ManualClock, SystemClock};
 pub use self::types::{
-    Assignment, DatastoreError, EniSpec, EniView, IpamKey, NoAssignableIp, PodMetadata, Released,
-    Stats,
+    Assignment, CapacityNote, DatastoreError, EniSpec, EniView, IpamKey, NoAssignableIp,
+    PodMetadata, Released, Stats,
 };
 
 /// Route table of the primary ENI's addresses (main).
@@ -85,7 +85,7 @@ pub struct Datastore {
     cooling: usize,
     cooldown: Duration,
     clock: Arc<dyn Clock>,
-    capacity_note: String,
+    capacity_note: Arc<dyn CapacityNote>,
 }
 
 /// The explanation appended to exhaustion messages in instance-metadata-only mode, where the
@@ -94,6 +94,18 @@ pub const IMDS_ONLY_CAPACITY_NOTE: &str = "in instance-metadata-only mode the po
 
 /// The same for `DISABLE_NETWORK_RESOURCE_PROVISIONING=true`.
 pub const PROVISIONING_DISABLED_CAPACITY_NOTE: &str = "with DISABLE_NETWORK_RESOURCE_PROVISIONING=true the pool is limited to the secondary IPs that instance metadata lists (ipamd adds no ENIs or IPs, and the instance's ENI x IP limit is not consulted); assign more secondary IPs to the node's ENIs to grow it";
+
+/// Whether a VPC reserves `ip` in `subnet`: the network address, the router (+1), DNS (+2), the
+/// address reserved for future use (+3) and the last address. A pod given one of these would be
+/// unreachable, so they never enter the pool, whatever EC2 or metadata claims.
+pub fn is_reserved_in_subnet(ip: Ipv4Addr, subnet: ipnet::Ipv4Net) -> bool {
+    if subnet.prefix_len() > 28 {
+        return false;
+    }
+    let net = u32::from(subnet.network());
+    let n = u32::from(ip);
+    n.wrapping_sub(net) <= 3 || ip == subnet.broadcast()
+}
 
 fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
@@ -124,8 +136,14 @@ impl Datastore {
             cooling: 0,
             cooldown,
             clock,
-            capacity_note: capacity_note.into(),
+            capacity_note: Arc::new(capacity_note.into()),
         }
+    }
+
+    /// Replaces what ends exhaustion messages with a note computed when the message is made
+    /// (EC2 mode: limits, subnet, EC2's health, whether the pool is growing).
+    pub fn set_capacity_note(&mut self, note: Arc<dyn CapacityNote>) {
+        self.capacity_note = note;
     }
 
     /// The configured cooldown.
@@ -228,6 +246,13 @@ impl Datastore {
         }
         if !eni.spec.subnet.contains(&ip) {
             return Err(DatastoreError::OutsideSubnet {
+                ip,
+                eni: eni_id.to_owned(),
+                subnet: eni.spec.subnet,
+            });
+        }
+        if is_reserved_in_subnet(ip, eni.spec.subnet) {
+            return Err(DatastoreError::ReservedIp {
                 ip,
                 eni: eni_id.to_owned(),
                 subnet: eni.spec.subnet,
@@ -582,16 +607,20 @@ impl Datastore {
             plural(s.total, "IP", "IPs"),
             plural(s.enis, "ENI", "ENIs")
         );
-        let note = &self.capacity_note;
+        let note = self
+            .capacity_note
+            .note(&s)
+            .map(|n| format!("; {n}"))
+            .unwrap_or_default();
         let cooldown_secs = self.cooldown.as_secs();
         let message = if s.total == 0 {
             format!(
-                "no assignable IP: the node's {} {} no secondary IPs; {note}",
+                "no assignable IP: the node's {} {} no secondary IPs{note}",
                 plural(s.enis, "ENI", "ENIs"),
                 if s.enis == 1 { "has" } else { "have" }
             )
         } else if s.cooling == 0 {
-            format!("no assignable IP: all {ips_on_enis} are assigned; {note}")
+            format!("no assignable IP: all {ips_on_enis} are assigned{note}")
         } else {
             let (first, last) = self.cooling_window();
             let (first, last) = (secs_ceil(first), secs_ceil(last));
@@ -603,18 +632,49 @@ impl Datastore {
             );
             if s.assigned == 0 {
                 format!(
-                    "no assignable IP on {}: {cooling_part}; {note}",
+                    "no assignable IP on {}: {cooling_part}{note}",
                     plural(s.enis, "ENI", "ENIs")
                 )
             } else {
                 format!(
-                    "no assignable IP on {}: {} assigned and {cooling_part}; {note}",
+                    "no assignable IP on {}: {} assigned and {cooling_part}{note}",
                     plural(s.enis, "ENI", "ENIs"),
                     plural(s.assigned, "IP is", "IPs are"),
                 )
             }
         };
         NoAssignableIp { message, stats: s }
+    }
+
+    /// Removes up to `max` free addresses (never assigned or cooling ones) so they can be given
+    /// back to EC2: from the highest-numbered ENIs first (pods pack onto the lowest, so this
+    /// empties ENIs that can then be freed), highest address first. Returns (ENI id, address).
+    pub fn take_free_ips(&mut self, max: usize) -> Vec<(String, Ipv4Addr)> {
+        self.expire_cooldowns();
+        let mut taken = Vec::new();
+        let devices: Vec<u32> = self.with_free.iter().rev().copied().collect();
+        for device in devices {
+            if taken.len() >= max {
+                break;
+            }
+            let Some(eni) = self.enis.get(&device) else {
+                continue;
+            };
+            let id = eni.spec.id.clone();
+            let ips: Vec<Ipv4Addr> = eni
+                .free
+                .iter()
+                .rev()
+                .take(max - taken.len())
+                .copied()
+                .collect();
+            for ip in ips {
+                if self.remove_ip(ip).is_ok() {
+                    taken.push((id.clone(), ip));
+                }
+            }
+        }
+        taken
     }
 
     /// Every assignment (for the checkpoint), ordered by address.

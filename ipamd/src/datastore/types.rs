@@ -137,6 +137,18 @@ pub enum DatastoreError {
         /// Its subnet.
         subnet: Ipv4Net,
     },
+    /// The address is one the VPC reserves in the subnet.
+    #[error(
+        "IP {ip} is reserved by the VPC in subnet {subnet} of ENI {eni} and is never given to pods"
+    )]
+    ReservedIp {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The ENI.
+        eni: String,
+        /// Its subnet.
+        subnet: Ipv4Net,
+    },
     /// The address is not known.
     #[error("IP {ip} is not in the datastore")]
     UnknownIp {
@@ -189,4 +201,17 @@ pub struct EniView {
     pub assigned: usize,
     /// Cooling ones.
     pub cooling: usize,
+}
+
+/// What ends an exhaustion message: what limits the pool now and what happens next. Asked at
+/// the moment the message is made, with the counts of that moment.
+pub trait CapacityNote: Send + Sync + fmt::Debug {
+    /// The note, or `None` when there is nothing to add.
+    fn note(&self, stats: &Stats) -> Option<String>;
+}
+
+impl CapacityNote for String {
+    fn note(&self, _stats: &Stats) -> Option<String> {
+        (!self.is_empty()).then(|| self.clone())
+    }
 }

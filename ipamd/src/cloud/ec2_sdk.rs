@@ -1,0 +1,563 @@
+//! [`SdkEc2`]: the [`Ec2Api`] over aws-sdk-ec2.
+//!
+//! The client is built from `aws_config` with the SDK's standard settings only: region from
+//! `AWS_REGION`/`AWS_DEFAULT_REGION`, the profile, else instance metadata; credentials from the
+//! SDK's default chain (environment, profile, web identity, container, instance profile through
+//! IMDS); endpoint from `AWS_ENDPOINT_URL_EC2` / `AWS_ENDPOINT_URL`, overridden by the reference's
+//! `AWS_EC2_ENDPOINT` when that is set. Each request attempt times out after `HTTP_TIMEOUT`.
+//!
+//! The SDK's own retries are switched off: [`super::ec2_client::Ec2Client`] retries with jittered
+//! exponential backoff and counts every attempt, so the number of requests EC2 sees is the number
+//! the metrics show.
+//!
+//! The client is built on first use, not at start-up, because finding the region may need
+//! instance metadata, which ipamd waits for before it makes any EC2 call.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types as sdk;
+use aws_smithy_runtime_api::http::Response as HttpResponse;
+use tokio::sync::OnceCell;
+
+use super::ec2::{
+    CreateEni, Ec2Api, Ec2Error, Ec2ErrorKind, EniAttachment, EniStatus, Filter, Instance,
+    InstanceEni, InstanceTypeLimits, NetworkInterface, Tags,
+};
+use super::imds::error_chain;
+use crate::config::CloudConfig;
+
+/// Page size of filtered `DescribeNetworkInterfaces` (the reference's).
+const PAGE_SIZE: i32 = 1000;
+
+/// EC2 through aws-sdk-ec2.
+#[derive(Debug)]
+pub struct SdkEc2 {
+    endpoint: Option<String>,
+    timeout: Duration,
+    app_name: Option<String>,
+    client: OnceCell<Client>,
+}
+
+impl SdkEc2 {
+    /// A client for `config`'s endpoint override and timeout; nothing is resolved yet.
+    pub fn new(config: &CloudConfig) -> Self {
+        Self {
+            endpoint: config.ec2_endpoint.clone(),
+            timeout: config.http_timeout,
+            app_name: config
+                .vpc_cni_version
+                .as_ref()
+                .map(|v| format!("aws-vpc-cni-rs-{v}")),
+            client: OnceCell::new(),
+        }
+    }
+
+    async fn client(&self, api: &'static str) -> Result<&Client, Ec2Error> {
+        self.client
+            .get_or_try_init(|| async {
+                let mut loader = aws_config::defaults(BehaviorVersion::v2026_01_12())
+                    .region(RegionProviderChain::default_provider())
+                    .retry_config(RetryConfig::disabled())
+                    .timeout_config(
+                        TimeoutConfig::builder()
+                            .operation_attempt_timeout(self.timeout)
+                            .connect_timeout(self.timeout.min(Duration::from_secs(5)))
+                            .build(),
+                    );
+                if let Some(name) = &self.app_name {
+                    match aws_config::AppName::new(name.clone()) {
+                        Ok(app) => loader = loader.app_name(app),
+                        Err(e) => tracing::warn!(app_name = %name, error = %e, "VPC_CNI_VERSION is not usable in the user agent"),
+                    }
+                }
+                let shared = loader.load().await;
+                let Some(region) = shared.region() else {
+                    return Err(Ec2Error::new(
+                        api,
+                        Ec2ErrorKind::Config,
+                        "no AWS region: set AWS_REGION, or make instance metadata (placement/region) reachable",
+                    ));
+                };
+                let mut builder = aws_sdk_ec2::config::Builder::from(&shared);
+                if let Some(url) = &self.endpoint {
+                    builder = builder.endpoint_url(url.clone());
+                }
+                tracing::info!(
+                    region = %region,
+                    endpoint = self.endpoint.as_deref().unwrap_or("(SDK default: AWS_ENDPOINT_URL_EC2, AWS_ENDPOINT_URL or the regional endpoint)"),
+                    timeout = ?self.timeout,
+                    "EC2 client ready"
+                );
+                Ok(Client::from_conf(builder.build()))
+            })
+            .await
+    }
+}
+
+/// Converts an SDK failure, keeping EC2's code and message.
+fn convert<E>(api: &'static str, err: &SdkError<E, HttpResponse>) -> Ec2Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let code = ctx.err().code().unwrap_or("Unknown").to_owned();
+            let message = ctx
+                .err()
+                .message()
+                .map_or_else(|| error_chain(ctx.err()), str::to_owned);
+            Ec2Error::from_code(api, code, message, Some(status))
+        }
+        SdkError::TimeoutError(_) => Ec2Error::new(api, Ec2ErrorKind::Timeout, error_chain(err)),
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            Ec2Error::new(api, Ec2ErrorKind::Timeout, error_chain(err))
+        }
+        SdkError::DispatchFailure(_) => {
+            Ec2Error::new(api, Ec2ErrorKind::Transport, error_chain(err))
+        }
+        SdkError::ResponseError(r) => {
+            let status = r.raw().status().as_u16();
+            let kind = if status >= 500 {
+                Ec2ErrorKind::Server
+            } else {
+                Ec2ErrorKind::InvalidResponse
+            };
+            let mut e = Ec2Error::new(api, kind, error_chain(err));
+            e.status = Some(status);
+            e
+        }
+        SdkError::ConstructionFailure(_) => {
+            Ec2Error::new(api, Ec2ErrorKind::Config, error_chain(err))
+        }
+        _ => Ec2Error::new(api, Ec2ErrorKind::Other, error_chain(err)),
+    }
+}
+
+fn parse_ip(api: &'static str, what: &str, value: &str) -> Result<Ipv4Addr, Ec2Error> {
+    value.parse().map_err(|_| {
+        Ec2Error::new(
+            api,
+            Ec2ErrorKind::InvalidResponse,
+            format!("{what} {value:?} is not an IPv4 address"),
+        )
+    })
+}
+
+fn to_u32(v: Option<i32>) -> Option<u32> {
+    v.and_then(|n| u32::try_from(n).ok())
+}
+
+fn tags_of(tags: &[sdk::Tag]) -> Tags {
+    tags.iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+        .collect()
+}
+
+fn sdk_tags(tags: &Tags) -> Vec<sdk::Tag> {
+    tags.iter()
+        .map(|(k, v)| sdk::Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+fn network_interface(
+    api: &'static str,
+    eni: &sdk::NetworkInterface,
+) -> Result<NetworkInterface, Ec2Error> {
+    let id = eni
+        .network_interface_id()
+        .ok_or_else(|| {
+            Ec2Error::new(
+                api,
+                Ec2ErrorKind::InvalidResponse,
+                "a network interface without NetworkInterfaceId",
+            )
+        })?
+        .to_owned();
+    let mut primary_ip = eni
+        .private_ip_address()
+        .map(|ip| parse_ip(api, "PrivateIpAddress", ip))
+        .transpose()?;
+    let mut private_ips = Vec::with_capacity(eni.private_ip_addresses().len());
+    for entry in eni.private_ip_addresses() {
+        let Some(raw) = entry.private_ip_address() else {
+            continue;
+        };
+        let ip = parse_ip(api, "PrivateIpAddresses.PrivateIpAddress", raw)?;
+        if entry.primary() == Some(true) {
+            primary_ip = Some(ip);
+        }
+        if !private_ips.contains(&ip) {
+            private_ips.push(ip);
+        }
+    }
+    if let Some(p) = primary_ip {
+        private_ips.retain(|ip| *ip != p);
+        private_ips.insert(0, p);
+    }
+    let attachment = eni.attachment().and_then(|a| {
+        Some(EniAttachment {
+            attachment_id: a.attachment_id()?.to_owned(),
+            instance_id: a.instance_id().map(str::to_owned),
+            device_index: to_u32(a.device_index()),
+            network_card_index: to_u32(a.network_card_index()),
+            status: a.status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            delete_on_termination: a.delete_on_termination().unwrap_or(false),
+        })
+    });
+    Ok(NetworkInterface {
+        mac: eni.mac_address().and_then(|m| m.parse().ok()),
+        description: eni.description().unwrap_or_default().to_owned(),
+        status: EniStatus::parse(eni.status().map(|s| s.as_str()).unwrap_or_default()),
+        subnet_id: eni.subnet_id().unwrap_or_default().to_owned(),
+        vpc_id: eni.vpc_id().unwrap_or_default().to_owned(),
+        primary_ip,
+        private_ips,
+        attachment,
+        tags: tags_of(eni.tag_set()),
+        security_groups: eni
+            .groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_owned))
+            .collect(),
+        id,
+    })
+}
+
+fn network_interfaces(
+    api: &'static str,
+    enis: &[sdk::NetworkInterface],
+) -> Result<Vec<NetworkInterface>, Ec2Error> {
+    enis.iter().map(|e| network_interface(api, e)).collect()
+}
+
+impl Ec2Api for SdkEc2 {
+    async fn describe_instance_types(
+        &self,
+        instance_types: &[String],
+    ) -> Result<Vec<InstanceTypeLimits>, Ec2Error> {
+        const API: &str = "DescribeInstanceTypes";
+        let client = self.client(API).await?;
+        let out = client
+            .describe_instance_types()
+            .set_instance_types(Some(
+                instance_types
+                    .iter()
+                    .map(|t| sdk::InstanceType::from(t.as_str()))
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| convert(API, &e))?;
+        let mut limits = Vec::new();
+        for info in out.instance_types() {
+            let Some(name) = info.instance_type().map(|t| t.as_str().to_owned()) else {
+                continue;
+            };
+            let Some(net) = info.network_info() else {
+                return Err(Ec2Error::new(
+                    API,
+                    Ec2ErrorKind::InvalidResponse,
+                    format!("{name} has no NetworkInfo"),
+                ));
+            };
+            // Multi-card types: the limit that matters is the default card's.
+            let default_card = net.default_network_card_index().unwrap_or(0);
+            let card_max = net
+                .network_cards()
+                .iter()
+                .find(|c| c.network_card_index() == Some(default_card))
+                .and_then(|c| c.maximum_network_interfaces());
+            let max_enis = to_u32(card_max.or(net.maximum_network_interfaces()));
+            let ipv4 = to_u32(net.ipv4_addresses_per_interface());
+            match (max_enis, ipv4) {
+                (Some(max_enis), Some(ipv4_per_eni)) if max_enis > 0 && ipv4_per_eni > 0 => {
+                    limits.push(InstanceTypeLimits {
+                        instance_type: name,
+                        max_enis,
+                        ipv4_per_eni,
+                    });
+                }
+                _ => {
+                    return Err(Ec2Error::new(
+                        API,
+                        Ec2ErrorKind::InvalidResponse,
+                        format!(
+                            "{name}: MaximumNetworkInterfaces {max_enis:?} / Ipv4AddressesPerInterface {ipv4:?} missing or zero"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(limits)
+    }
+
+    async fn describe_network_interfaces(
+        &self,
+        eni_ids: &[String],
+    ) -> Result<Vec<NetworkInterface>, Ec2Error> {
+        const API: &str = "DescribeNetworkInterfaces";
+        if eni_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client(API).await?;
+        let out = client
+            .describe_network_interfaces()
+            .set_network_interface_ids(Some(eni_ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| convert(API, &e))?;
+        network_interfaces(API, out.network_interfaces())
+    }
+
+    async fn describe_network_interfaces_filtered(
+        &self,
+        filters: &[Filter],
+    ) -> Result<Vec<NetworkInterface>, Ec2Error> {
+        const API: &str = "DescribeNetworkInterfaces";
+        let client = self.client(API).await?;
+        let sdk_filters: Vec<sdk::Filter> = filters
+            .iter()
+            .map(|f| {
+                sdk::Filter::builder()
+                    .name(&f.name)
+                    .set_values(Some(f.values.clone()))
+                    .build()
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = client
+                .describe_network_interfaces()
+                .set_filters(Some(sdk_filters.clone()))
+                .max_results(PAGE_SIZE)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| convert(API, &e))?;
+            all.extend(network_interfaces(API, out.network_interfaces())?);
+            match out.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(all)
+    }
+
+    async fn describe_instance(&self, instance_id: &str) -> Result<Instance, Ec2Error> {
+        const API: &str = "DescribeInstances";
+        let client = self.client(API).await?;
+        let out = client
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| convert(API, &e))?;
+        let inst = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find(|i| i.instance_id() == Some(instance_id))
+            .ok_or_else(|| {
+                Ec2Error::from_code(
+                    API,
+                    "InvalidInstanceID.NotFound",
+                    format!("instance {instance_id} is not in the DescribeInstances answer"),
+                    None,
+                )
+            })?;
+        let enis = inst
+            .network_interfaces()
+            .iter()
+            .filter_map(|n| {
+                let att = n.attachment()?;
+                Some(InstanceEni {
+                    eni_id: n.network_interface_id()?.to_owned(),
+                    device_index: to_u32(att.device_index())?,
+                    network_card_index: to_u32(att.network_card_index()).unwrap_or(0),
+                })
+            })
+            .collect();
+        Ok(Instance {
+            id: instance_id.to_owned(),
+            instance_type: inst
+                .instance_type()
+                .map(|t| t.as_str().to_owned())
+                .unwrap_or_default(),
+            enis,
+        })
+    }
+
+    async fn create_network_interface(
+        &self,
+        request: &CreateEni,
+    ) -> Result<NetworkInterface, Ec2Error> {
+        const API: &str = "CreateNetworkInterface";
+        let client = self.client(API).await?;
+        let mut call = client
+            .create_network_interface()
+            .subnet_id(&request.subnet_id)
+            .set_groups(Some(request.security_groups.clone()))
+            .description(&request.description)
+            .client_token(&request.client_token);
+        if request.secondary_ip_count > 0 {
+            call = call.secondary_private_ip_address_count(
+                i32::try_from(request.secondary_ip_count).unwrap_or(i32::MAX),
+            );
+        }
+        if !request.tags.is_empty() {
+            call = call.tag_specifications(
+                sdk::TagSpecification::builder()
+                    .resource_type(sdk::ResourceType::NetworkInterface)
+                    .set_tags(Some(sdk_tags(&request.tags)))
+                    .build(),
+            );
+        }
+        let out = call.send().await.map_err(|e| convert(API, &e))?;
+        let eni = out.network_interface().ok_or_else(|| {
+            Ec2Error::new(
+                API,
+                Ec2ErrorKind::InvalidResponse,
+                "no NetworkInterface in the answer",
+            )
+        })?;
+        network_interface(API, eni)
+    }
+
+    async fn attach_network_interface(
+        &self,
+        eni_id: &str,
+        instance_id: &str,
+        device_index: u32,
+    ) -> Result<String, Ec2Error> {
+        const API: &str = "AttachNetworkInterface";
+        let client = self.client(API).await?;
+        let out = client
+            .attach_network_interface()
+            .network_interface_id(eni_id)
+            .instance_id(instance_id)
+            .device_index(i32::try_from(device_index).unwrap_or(i32::MAX))
+            .network_card_index(0)
+            .send()
+            .await
+            .map_err(|e| convert(API, &e))?;
+        out.attachment_id().map(str::to_owned).ok_or_else(|| {
+            Ec2Error::new(
+                API,
+                Ec2ErrorKind::InvalidResponse,
+                format!("no AttachmentId in the answer for {eni_id}"),
+            )
+        })
+    }
+
+    async fn set_delete_on_termination(
+        &self,
+        eni_id: &str,
+        attachment_id: &str,
+    ) -> Result<(), Ec2Error> {
+        const API: &str = "ModifyNetworkInterfaceAttribute";
+        let client = self.client(API).await?;
+        client
+            .modify_network_interface_attribute()
+            .network_interface_id(eni_id)
+            .attachment(
+                sdk::NetworkInterfaceAttachmentChanges::builder()
+                    .attachment_id(attachment_id)
+                    .delete_on_termination(true)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| convert(API, &e))?;
+        Ok(())
+    }
+
+    async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
+        const API: &str = "DetachNetworkInterface";
+        let client = self.client(API).await?;
+        client
+            .detach_network_interface()
+            .attachment_id(attachment_id)
+            .send()
+            .await
+            .map_err(|e| convert(API, &e))?;
+        Ok(())
+    }
+
+    async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
+        const API: &str = "DeleteNetworkInterface";
+        let client = self.client(API).await?;
+        client
+            .delete_network_interface()
+            .network_interface_id(eni_id)
+            .send()
+            .await
+            .map_err(|e| convert(API, &e))?;
+        Ok(())
+    }
+
+    async fn assign_private_ip_addresses(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+        const API: &str = "AssignPrivateIpAddresses";
+        let client = self.client(API).await?;
+        let out = client
+            .assign_private_ip_addresses()
+            .network_interface_id(eni_id)
+            .secondary_private_ip_address_count(i32::try_from(count).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| convert(API, &e))?;
+        out.assigned_private_ip_addresses()
+            .iter()
+            .filter_map(|a| a.private_ip_address())
+            .map(|ip| parse_ip(API, "AssignedPrivateIpAddresses.PrivateIpAddress", ip))
+            .collect()
+    }
+
+    async fn unassign_private_ip_addresses(
+        &self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+    ) -> Result<(), Ec2Error> {
+        const API: &str = "UnassignPrivateIpAddresses";
+        if ips.is_empty() {
+            return Ok(());
+        }
+        let client = self.client(API).await?;
+        client
+            .unassign_private_ip_addresses()
+            .network_interface_id(eni_id)
+            .set_private_ip_addresses(Some(ips.iter().map(ToString::to_string).collect()))
+            .send()
+            .await
+            .map_err(|e| convert(API, &e))?;
+        Ok(())
+    }
+
+    async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<(), Ec2Error> {
+        const API: &str = "CreateTags";
+        if resource_ids.is_empty() || tags.is_empty() {
+            return Ok(());
+        }
+        let client = self.client(API).await?;
+        client
+            .create_tags()
+            .set_resources(Some(resource_ids.to_vec()))
+            .set_tags(Some(sdk_tags(tags)))
+            .send()
+            .await
+            .map_err(|e| convert(API, &e))?;
+        Ok(())
+    }
+}

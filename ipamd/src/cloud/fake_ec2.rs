@@ -1,0 +1,922 @@
+//! A stateful, honest EC2 for unit tests. Like the real service (and unlike moto) it enforces
+//! the instance type's ENI and per-ENI address limits, refuses taken device indexes, deleting
+//! attached ENIs and detaching the primary ENI, hands out addresses from the subnet (never the
+//! VPC-reserved ones) and runs out of them when told to. Tests make it throttle, fail with 5xx
+//! or any other error, count and time every call, and change things out of band.
+//!
+//! [`FakeEc2::imds`] is instance metadata answered from the same live state (what an ENI
+//! attached through EC2 looks like to the instance), and [`FakeEc2::host`] is the instance's
+//! links (the link of an attached ENI appears), so a pool manager under test sees one
+//! consistent world.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ipnet::Ipv4Net;
+
+use super::ec2::{
+    CreateEni, Ec2Api, Ec2Error, Ec2ErrorKind, EniAttachment, EniStatus, Filter, Instance,
+    InstanceEni, InstanceTypeLimits, NetworkInterface, Tags,
+};
+use super::imds::{Imds, ImdsError, META_DATA};
+use crate::datastore::is_reserved_in_subnet;
+use crate::host_network::{HostNetworkError, SecondaryEni};
+use crate::limits::BUILTIN_LIMITS;
+use crate::mac::MacAddr;
+use crate::pool::host::EniHost;
+
+/// The fake VPC's id and CIDR.
+pub const VPC_ID: &str = "vpc-0fake";
+/// The fake VPC's CIDR.
+pub const VPC_CIDR: &str = "10.0.0.0/16";
+/// The default subnet's id.
+pub const SUBNET_ID: &str = "subnet-0fake";
+/// The default subnet's CIDR.
+pub const SUBNET_CIDR: &str = "10.0.0.0/24";
+/// The security group of every instance.
+pub const SECURITY_GROUP: &str = "sg-0fake";
+
+#[derive(Debug, Clone)]
+struct Subnet {
+    cidr: Ipv4Net,
+    /// Addresses still allocatable before InsufficientFreeAddressesInSubnet (None = the CIDR).
+    capacity: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct Att {
+    id: String,
+    instance: String,
+    device: u32,
+    delete_on_termination: bool,
+}
+
+/// One ENI of the fake.
+#[derive(Debug, Clone)]
+pub struct FakeEni {
+    /// `eni-…`.
+    pub id: String,
+    /// MAC.
+    pub mac: MacAddr,
+    /// Description.
+    pub description: String,
+    /// Subnet.
+    pub subnet_id: String,
+    /// Addresses, primary first.
+    pub ips: Vec<Ipv4Addr>,
+    /// Tags.
+    pub tags: Tags,
+    attachment: Option<Att>,
+}
+
+impl FakeEni {
+    /// Attached to this instance at this device index.
+    pub fn attached_to(&self) -> Option<(&str, u32)> {
+        self.attachment
+            .as_ref()
+            .map(|a| (a.instance.as_str(), a.device))
+    }
+
+    /// DeleteOnTermination of its attachment.
+    pub fn delete_on_termination(&self) -> bool {
+        self.attachment
+            .as_ref()
+            .is_some_and(|a| a.delete_on_termination)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Injected {
+    api: String,
+    kind: Ec2ErrorKind,
+    remaining: Option<u32>,
+}
+
+#[derive(Debug)]
+struct World {
+    types: HashMap<String, (u32, u32)>,
+    subnets: BTreeMap<String, Subnet>,
+    instances: BTreeMap<String, String>,
+    enis: BTreeMap<String, FakeEni>,
+    tokens: HashMap<String, String>,
+    next: u64,
+    failures: Vec<Injected>,
+    calls: Vec<(&'static str, tokio::time::Instant)>,
+    imds_hidden: BTreeSet<String>,
+    links_hidden: BTreeSet<String>,
+    hide_new_links: bool,
+}
+
+/// The fake service; clones share state.
+#[derive(Debug, Clone)]
+pub struct FakeEc2 {
+    world: Arc<Mutex<World>>,
+}
+
+impl Default for FakeEc2 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn err(api: &'static str, code: &str, message: impl Into<String>) -> Ec2Error {
+    let status = match Ec2ErrorKind::classify(code, None) {
+        Ec2ErrorKind::Throttled => 503,
+        Ec2ErrorKind::Server => 500,
+        Ec2ErrorKind::Unauthorized => 403,
+        _ => 400,
+    };
+    Ec2Error::from_code(api, code, message, Some(status))
+}
+
+fn glob(pattern: &str, value: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => pattern == value,
+    }
+}
+
+impl FakeEc2 {
+    /// A VPC with one subnet and no instances; instance types from the built-in table.
+    pub fn new() -> Self {
+        let types = BUILTIN_LIMITS
+            .iter()
+            .map(|(t, e, i)| ((*t).to_owned(), (*e, *i)))
+            .collect();
+        let subnets = BTreeMap::from([(
+            SUBNET_ID.to_owned(),
+            Subnet {
+                cidr: SUBNET_CIDR.parse().unwrap(),
+                capacity: None,
+            },
+        )]);
+        Self {
+            world: Arc::new(Mutex::new(World {
+                types,
+                subnets,
+                instances: BTreeMap::new(),
+                enis: BTreeMap::new(),
+                tokens: HashMap::new(),
+                next: 1,
+                failures: Vec::new(),
+                calls: Vec::new(),
+                imds_hidden: BTreeSet::new(),
+                links_hidden: BTreeSet::new(),
+                hide_new_links: false,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, World> {
+        self.world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Launches an instance with its primary ENI (device 0, no secondary addresses); returns
+    /// the instance id.
+    pub fn launch(&self, instance_type: &str) -> String {
+        let mut w = self.lock();
+        let n = w.next;
+        w.next += 1;
+        let id = format!("i-{n:017x}");
+        w.instances.insert(id.clone(), instance_type.to_owned());
+        let eni = w.new_eni(SUBNET_ID, "Primary network interface", 0).unwrap();
+        w.enis.get_mut(&eni).unwrap().attachment = Some(Att {
+            id: format!("eni-attach-{n:017x}"),
+            instance: id.clone(),
+            device: 0,
+            delete_on_termination: true,
+        });
+        id
+    }
+
+    /// Makes the next `count` calls of `api` (`"*"` = any) fail with an error of `kind`.
+    pub fn fail_next(&self, api: &str, kind: Ec2ErrorKind, count: u32) {
+        self.lock().failures.push(Injected {
+            api: api.to_owned(),
+            kind,
+            remaining: Some(count),
+        });
+    }
+
+    /// Makes every call of `api` (`"*"` = any) fail with an error of `kind` until [`Self::heal`].
+    pub fn fail_always(&self, api: &str, kind: Ec2ErrorKind) {
+        self.lock().failures.push(Injected {
+            api: api.to_owned(),
+            kind,
+            remaining: None,
+        });
+    }
+
+    /// Stops every injected failure.
+    pub fn heal(&self) {
+        self.lock().failures.clear();
+    }
+
+    /// Lets the subnet hand out only `n` more addresses.
+    pub fn set_subnet_capacity(&self, n: usize) {
+        self.lock().subnets.get_mut(SUBNET_ID).unwrap().capacity = Some(n);
+    }
+
+    /// Hides an ENI from instance metadata (metadata lagging), or shows it again.
+    pub fn hide_from_imds(&self, eni: &str, hidden: bool) {
+        let mut w = self.lock();
+        if hidden {
+            w.imds_hidden.insert(eni.to_owned());
+        } else {
+            w.imds_hidden.remove(eni);
+        }
+    }
+
+    /// Keeps an ENI's link from appearing on the instance, or lets it appear.
+    pub fn hide_link(&self, eni: &str, hidden: bool) {
+        let mut w = self.lock();
+        if hidden {
+            w.links_hidden.insert(eni.to_owned());
+        } else {
+            w.links_hidden.remove(eni);
+        }
+    }
+
+    /// Keeps the links of ENIs created from now on from appearing (`false`: they appear, and
+    /// every hidden link shows).
+    pub fn hide_new_links(&self, hide: bool) {
+        let mut w = self.lock();
+        w.hide_new_links = hide;
+        if !hide {
+            w.links_hidden.clear();
+        }
+    }
+
+    /// Assigns a given address to an ENI behind ipamd's back.
+    pub fn assign_ip_out_of_band(&self, eni: &str, ip: Ipv4Addr) {
+        self.lock().enis.get_mut(eni).unwrap().ips.push(ip);
+    }
+
+    /// How many calls of `api` were made (`"*"` = all).
+    pub fn calls(&self, api: &str) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|(a, _)| api == "*" || *a == api)
+            .count()
+    }
+
+    /// When each call of `api` was made (`"*"` = all).
+    pub fn call_times(&self, api: &str) -> Vec<tokio::time::Instant> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|(a, _)| api == "*" || *a == api)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+
+    /// An ENI.
+    pub fn eni(&self, id: &str) -> Option<FakeEni> {
+        self.lock().enis.get(id).cloned()
+    }
+
+    /// Every ENI.
+    pub fn all_enis(&self) -> Vec<FakeEni> {
+        self.lock().enis.values().cloned().collect()
+    }
+
+    /// The ENIs attached to an instance, by device index.
+    pub fn attached(&self, instance: &str) -> Vec<FakeEni> {
+        let mut v: Vec<FakeEni> = self
+            .lock()
+            .enis
+            .values()
+            .filter(|e| e.attached_to().is_some_and(|(i, _)| i == instance))
+            .cloned()
+            .collect();
+        v.sort_by_key(|e| e.attached_to().map(|(_, d)| d));
+        v
+    }
+
+    /// The instance's primary ENI.
+    pub fn primary_eni(&self, instance: &str) -> FakeEni {
+        self.attached(instance).remove(0)
+    }
+
+    /// Assigns addresses to an ENI behind ipamd's back (another tool, a human).
+    pub fn assign_out_of_band(&self, eni: &str, count: u32) -> Vec<Ipv4Addr> {
+        self.lock().assign(eni, count, "AssignPrivateIpAddresses").unwrap()
+    }
+
+    /// Unassigns an address behind ipamd's back.
+    pub fn unassign_out_of_band(&self, eni: &str, ip: Ipv4Addr) {
+        self.lock().enis.get_mut(eni).unwrap().ips.retain(|x| *x != ip);
+    }
+
+    /// Creates an unattached ENI with tags and a description (a leaked ENI, say); returns its id.
+    pub fn create_detached(&self, description: &str, tags: &[(&str, &str)]) -> String {
+        let mut w = self.lock();
+        let id = w.new_eni(SUBNET_ID, description, 0).unwrap();
+        w.enis.get_mut(&id).unwrap().tags = tags
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        id
+    }
+
+    /// Sets a tag on an ENI behind ipamd's back.
+    pub fn tag(&self, eni: &str, key: &str, value: &str) {
+        self.lock()
+            .enis
+            .get_mut(eni)
+            .unwrap()
+            .tags
+            .insert(key.to_owned(), value.to_owned());
+    }
+
+    /// Instance metadata of `instance`, answered from this fake's live state.
+    pub fn imds(&self, instance: &str) -> FakeEc2Imds {
+        FakeEc2Imds {
+            ec2: self.clone(),
+            instance: instance.to_owned(),
+        }
+    }
+
+    /// The links of `instance`, from this fake's live state.
+    pub fn host(&self, instance: &str) -> FakeHost {
+        FakeHost {
+            ec2: self.clone(),
+            instance: instance.to_owned(),
+            log: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Records the call and returns the injected failure for it, if any.
+    fn enter(&self, api: &'static str) -> Result<(), Ec2Error> {
+        let mut w = self.lock();
+        w.calls.push((api, tokio::time::Instant::now()));
+        let pos = w
+            .failures
+            .iter()
+            .position(|f| f.api == "*" || f.api == api);
+        let Some(pos) = pos else { return Ok(()) };
+        let kind = w.failures[pos].kind;
+        if let Some(n) = w.failures[pos].remaining.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                w.failures.remove(pos);
+            }
+        }
+        Err(match kind {
+            Ec2ErrorKind::Throttled => err(api, "RequestLimitExceeded", "Request limit exceeded."),
+            Ec2ErrorKind::Server => err(
+                api,
+                "InternalError",
+                "An internal error has occurred",
+            ),
+            Ec2ErrorKind::SubnetFull => err(
+                api,
+                "InsufficientFreeAddressesInSubnet",
+                format!("The specified subnet {SUBNET_ID} does not have enough free addresses to satisfy the request."),
+            ),
+            Ec2ErrorKind::Unauthorized => err(
+                api,
+                "UnauthorizedOperation",
+                format!("You are not authorized to perform this operation (ec2:{api})."),
+            ),
+            other => Ec2Error::new(api, other, "injected failure"),
+        })
+    }
+}
+
+impl World {
+    fn new_eni(&mut self, subnet: &str, description: &str, secondary: u32) -> Result<String, Ec2Error> {
+        const API: &str = "CreateNetworkInterface";
+        if !self.subnets.contains_key(subnet) {
+            return Err(err(API, "InvalidSubnetID.NotFound", format!("The subnet ID '{subnet}' does not exist")));
+        }
+        let n = self.next;
+        self.next += 1;
+        let id = format!("eni-{n:017x}");
+        let mac: MacAddr = format!("02:fe:00:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff)
+            .parse()
+            .unwrap();
+        self.enis.insert(
+            id.clone(),
+            FakeEni {
+                id: id.clone(),
+                mac,
+                description: description.to_owned(),
+                subnet_id: subnet.to_owned(),
+                ips: Vec::new(),
+                tags: Tags::new(),
+                attachment: None,
+            },
+        );
+        if let Err(e) = self.assign(&id, 1 + secondary, API) {
+            self.enis.remove(&id);
+            return Err(e);
+        }
+        if self.hide_new_links {
+            self.links_hidden.insert(id.clone());
+        }
+        Ok(id)
+    }
+
+    fn limits_of(&self, instance: &str) -> (u32, u32) {
+        let t = self.instances.get(instance).cloned().unwrap_or_default();
+        self.types.get(&t).copied().unwrap_or((2, 2))
+    }
+
+    fn assign(&mut self, eni_id: &str, count: u32, api: &'static str) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+        let eni = self.enis.get(eni_id).ok_or_else(|| {
+            err(api, "InvalidNetworkInterfaceID.NotFound", format!("The networkInterface ID '{eni_id}' does not exist"))
+        })?;
+        let limit = match &eni.attachment {
+            Some(a) => self.limits_of(&a.instance).1,
+            None => 50,
+        };
+        let have = u32::try_from(eni.ips.len()).unwrap();
+        if have + count > limit {
+            return Err(err(
+                api,
+                "PrivateIpAddressLimitExceeded",
+                format!("Number of private addresses will exceed limit of {limit} for {eni_id}"),
+            ));
+        }
+        let subnet = self.subnets.get(&eni.subnet_id).cloned().unwrap();
+        let used: BTreeSet<Ipv4Addr> = self
+            .enis
+            .values()
+            .filter(|e| e.subnet_id == eni.subnet_id)
+            .flat_map(|e| e.ips.iter().copied())
+            .collect();
+        let mut fresh = Vec::new();
+        for ip in subnet.cidr.hosts() {
+            if fresh.len() == count as usize {
+                break;
+            }
+            if !used.contains(&ip) && !is_reserved_in_subnet(ip, subnet.cidr) {
+                fresh.push(ip);
+            }
+        }
+        let capacity = subnet.capacity.unwrap_or(usize::MAX);
+        if fresh.len() < count as usize || capacity < count as usize {
+            return Err(err(
+                api,
+                "InsufficientFreeAddressesInSubnet",
+                format!("The specified subnet {} does not have enough free addresses to satisfy the request.", eni.subnet_id),
+            ));
+        }
+        if let Some(c) = self.subnets.get_mut(&eni.subnet_id).and_then(|s| s.capacity.as_mut()) {
+            *c -= fresh.len();
+        }
+        self.enis.get_mut(eni_id).unwrap().ips.extend(&fresh);
+        Ok(fresh)
+    }
+
+    fn view(&self, e: &FakeEni) -> NetworkInterface {
+        NetworkInterface {
+            id: e.id.clone(),
+            mac: Some(e.mac),
+            description: e.description.clone(),
+            status: if e.attachment.is_some() {
+                EniStatus::InUse
+            } else {
+                EniStatus::Available
+            },
+            subnet_id: e.subnet_id.clone(),
+            vpc_id: VPC_ID.to_owned(),
+            primary_ip: e.ips.first().copied(),
+            private_ips: e.ips.clone(),
+            attachment: e.attachment.as_ref().map(|a| EniAttachment {
+                attachment_id: a.id.clone(),
+                instance_id: Some(a.instance.clone()),
+                device_index: Some(a.device),
+                network_card_index: Some(0),
+                status: "attached".into(),
+                delete_on_termination: a.delete_on_termination,
+            }),
+            tags: e.tags.clone(),
+            security_groups: vec![SECURITY_GROUP.to_owned()],
+        }
+    }
+
+    fn matches(&self, e: &FakeEni, f: &Filter) -> Result<bool, Ec2Error> {
+        let v = self.view(e);
+        let any = |value: &str| f.values.iter().any(|p| glob(p, value));
+        Ok(match f.name.as_str() {
+            "tag-key" => v.tags.keys().any(|k| any(k)),
+            "status" => any(v.status.as_str()),
+            "vpc-id" => any(&v.vpc_id),
+            "subnet-id" => any(&v.subnet_id),
+            "description" => any(&v.description),
+            "network-interface-id" => any(&v.id),
+            "attachment.instance-id" => v
+                .attachment
+                .as_ref()
+                .and_then(|a| a.instance_id.as_deref())
+                .is_some_and(any),
+            name => match name.strip_prefix("tag:") {
+                Some(key) => v.tags.get(key).is_some_and(|val| any(val)),
+                None => {
+                    return Err(err(
+                        "DescribeNetworkInterfaces",
+                        "InvalidParameterValue",
+                        format!("The filter '{name}' is invalid"),
+                    ));
+                }
+            },
+        })
+    }
+}
+
+impl Ec2Api for FakeEc2 {
+    async fn describe_instance_types(
+        &self,
+        instance_types: &[String],
+    ) -> Result<Vec<InstanceTypeLimits>, Ec2Error> {
+        const API: &str = "DescribeInstanceTypes";
+        self.enter(API)?;
+        let w = self.lock();
+        let mut out = Vec::new();
+        for t in instance_types {
+            let Some(&(max_enis, ipv4_per_eni)) = w.types.get(t) else {
+                return Err(err(API, "InvalidInstanceType", format!("The following supplied instance types do not exist: [{t}]")));
+            };
+            out.push(InstanceTypeLimits {
+                instance_type: t.clone(),
+                max_enis,
+                ipv4_per_eni,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn describe_network_interfaces(
+        &self,
+        eni_ids: &[String],
+    ) -> Result<Vec<NetworkInterface>, Ec2Error> {
+        const API: &str = "DescribeNetworkInterfaces";
+        self.enter(API)?;
+        let w = self.lock();
+        eni_ids
+            .iter()
+            .map(|id| {
+                w.enis.get(id).map(|e| w.view(e)).ok_or_else(|| {
+                    err(API, "InvalidNetworkInterfaceID.NotFound", format!("The networkInterface ID '{id}' does not exist"))
+                })
+            })
+            .collect()
+    }
+
+    async fn describe_network_interfaces_filtered(
+        &self,
+        filters: &[Filter],
+    ) -> Result<Vec<NetworkInterface>, Ec2Error> {
+        self.enter("DescribeNetworkInterfaces")?;
+        let w = self.lock();
+        let mut out = Vec::new();
+        for e in w.enis.values() {
+            let mut ok = true;
+            for f in filters {
+                ok &= w.matches(e, f)?;
+            }
+            if ok {
+                out.push(w.view(e));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn describe_instance(&self, instance_id: &str) -> Result<Instance, Ec2Error> {
+        const API: &str = "DescribeInstances";
+        self.enter(API)?;
+        let w = self.lock();
+        let Some(t) = w.instances.get(instance_id) else {
+            return Err(err(API, "InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist")));
+        };
+        let enis = w
+            .enis
+            .values()
+            .filter_map(|e| {
+                let a = e.attachment.as_ref()?;
+                (a.instance == instance_id).then(|| InstanceEni {
+                    eni_id: e.id.clone(),
+                    device_index: a.device,
+                    network_card_index: 0,
+                })
+            })
+            .collect();
+        Ok(Instance {
+            id: instance_id.to_owned(),
+            instance_type: t.clone(),
+            enis,
+        })
+    }
+
+    async fn create_network_interface(
+        &self,
+        request: &CreateEni,
+    ) -> Result<NetworkInterface, Ec2Error> {
+        const API: &str = "CreateNetworkInterface";
+        self.enter(API)?;
+        let mut w = self.lock();
+        if let Some(id) = w.tokens.get(&request.client_token).cloned()
+            && let Some(e) = w.enis.get(&id)
+        {
+            return Ok(w.view(e));
+        }
+        if request.secondary_ip_count > 49 {
+            return Err(err(API, "PrivateIpAddressLimitExceeded", "too many secondary addresses"));
+        }
+        let id = w.new_eni(&request.subnet_id, &request.description, request.secondary_ip_count)?;
+        w.enis.get_mut(&id).unwrap().tags = request.tags.clone();
+        w.tokens.insert(request.client_token.clone(), id.clone());
+        let e = w.enis.get(&id).unwrap();
+        Ok(w.view(e))
+    }
+
+    async fn attach_network_interface(
+        &self,
+        eni_id: &str,
+        instance_id: &str,
+        device_index: u32,
+    ) -> Result<String, Ec2Error> {
+        const API: &str = "AttachNetworkInterface";
+        self.enter(API)?;
+        let mut w = self.lock();
+        if !w.instances.contains_key(instance_id) {
+            return Err(err(API, "InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist")));
+        }
+        let Some(eni) = w.enis.get(eni_id) else {
+            return Err(err(API, "InvalidNetworkInterfaceID.NotFound", format!("The networkInterface ID '{eni_id}' does not exist")));
+        };
+        if eni.attachment.is_some() {
+            return Err(err(API, "InvalidParameterValue", format!("Interface {eni_id} is already attached")));
+        }
+        let ips = eni.ips.len();
+        let (max_enis, ipv4) = w.limits_of(instance_id);
+        let attached: Vec<u32> = w
+            .enis
+            .values()
+            .filter_map(|e| e.attachment.as_ref().filter(|a| a.instance == instance_id).map(|a| a.device))
+            .collect();
+        if attached.contains(&device_index) {
+            return Err(err(API, "InvalidParameterValue", format!("Instance '{instance_id}' already has an interface attached at device index '{device_index}'.")));
+        }
+        if attached.len() >= max_enis as usize {
+            return Err(err(API, "AttachmentLimitExceeded", format!("Interface count {} exceeds the limit for {}", attached.len() + 1, w.instances[instance_id])));
+        }
+        if ips > ipv4 as usize {
+            return Err(err(API, "PrivateIpAddressLimitExceeded", format!("{eni_id} has {ips} addresses; the instance type allows {ipv4} per interface")));
+        }
+        let n = w.next;
+        w.next += 1;
+        let att = format!("eni-attach-{n:017x}");
+        w.enis.get_mut(eni_id).unwrap().attachment = Some(Att {
+            id: att.clone(),
+            instance: instance_id.to_owned(),
+            device: device_index,
+            delete_on_termination: false,
+        });
+        Ok(att)
+    }
+
+    async fn set_delete_on_termination(
+        &self,
+        eni_id: &str,
+        attachment_id: &str,
+    ) -> Result<(), Ec2Error> {
+        const API: &str = "ModifyNetworkInterfaceAttribute";
+        self.enter(API)?;
+        let mut w = self.lock();
+        let Some(att) = w
+            .enis
+            .get_mut(eni_id)
+            .and_then(|e| e.attachment.as_mut())
+            .filter(|a| a.id == attachment_id)
+        else {
+            return Err(err(API, "InvalidAttachmentID.NotFound", format!("The attachment ID '{attachment_id}' does not exist")));
+        };
+        att.delete_on_termination = true;
+        Ok(())
+    }
+
+    async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
+        const API: &str = "DetachNetworkInterface";
+        self.enter(API)?;
+        let mut w = self.lock();
+        let Some(eni) = w
+            .enis
+            .values_mut()
+            .find(|e| e.attachment.as_ref().is_some_and(|a| a.id == attachment_id))
+        else {
+            return Err(err(API, "InvalidAttachmentID.NotFound", format!("The attachment ID '{attachment_id}' does not exist")));
+        };
+        if eni.attachment.as_ref().is_some_and(|a| a.device == 0) {
+            return Err(err(API, "OperationNotPermitted", "The network interface at device index 0 cannot be detached."));
+        }
+        eni.attachment = None;
+        Ok(())
+    }
+
+    async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
+        const API: &str = "DeleteNetworkInterface";
+        self.enter(API)?;
+        let mut w = self.lock();
+        match w.enis.get(eni_id) {
+            None => Err(err(API, "InvalidNetworkInterfaceID.NotFound", format!("The networkInterface ID '{eni_id}' does not exist"))),
+            Some(e) if e.attachment.is_some() => Err(err(API, "InvalidNetworkInterface.InUse", format!("The network interface '{eni_id}' is currently in use."))),
+            Some(_) => {
+                w.enis.remove(eni_id);
+                Ok(())
+            }
+        }
+    }
+
+    async fn assign_private_ip_addresses(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+        const API: &str = "AssignPrivateIpAddresses";
+        self.enter(API)?;
+        self.lock().assign(eni_id, count, API)
+    }
+
+    async fn unassign_private_ip_addresses(
+        &self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+    ) -> Result<(), Ec2Error> {
+        const API: &str = "UnassignPrivateIpAddresses";
+        self.enter(API)?;
+        let mut w = self.lock();
+        let Some(eni) = w.enis.get_mut(eni_id) else {
+            return Err(err(API, "InvalidNetworkInterfaceID.NotFound", format!("The networkInterface ID '{eni_id}' does not exist")));
+        };
+        for ip in ips {
+            if eni.ips.first() == Some(ip) || !eni.ips.contains(ip) {
+                return Err(err(API, "InvalidParameterValue", format!("Some of the specified addresses are not assigned to interface {eni_id}: {ip}")));
+            }
+        }
+        eni.ips.retain(|ip| !ips.contains(ip));
+        Ok(())
+    }
+
+    async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<(), Ec2Error> {
+        const API: &str = "CreateTags";
+        self.enter(API)?;
+        let mut w = self.lock();
+        for id in resource_ids {
+            if !w.enis.contains_key(id) {
+                return Err(err(API, "InvalidNetworkInterfaceID.NotFound", format!("The networkInterface ID '{id}' does not exist")));
+            }
+        }
+        for id in resource_ids {
+            let e = w.enis.get_mut(id).unwrap();
+            e.tags.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        Ok(())
+    }
+}
+
+/// Instance metadata of one instance of a [`FakeEc2`].
+#[derive(Debug, Clone)]
+pub struct FakeEc2Imds {
+    ec2: FakeEc2,
+    instance: String,
+}
+
+impl FakeEc2Imds {
+    fn visible(&self) -> Vec<FakeEni> {
+        let hidden = self.ec2.lock().imds_hidden.clone();
+        self.ec2
+            .attached(&self.instance)
+            .into_iter()
+            .filter(|e| !hidden.contains(&e.id))
+            .collect()
+    }
+
+    fn eni<T>(&self, mac: MacAddr, field: &str, f: impl FnOnce(&FakeEni) -> T) -> Result<T, ImdsError> {
+        self.visible()
+            .iter()
+            .find(|e| e.mac == mac)
+            .map(f)
+            .ok_or_else(|| ImdsError::NotFound {
+                path: format!("{META_DATA}network/interfaces/macs/{mac}/{field}"),
+            })
+    }
+}
+
+impl Imds for FakeEc2Imds {
+    async fn instance_id(&self) -> Result<String, ImdsError> {
+        Ok(self.instance.clone())
+    }
+
+    async fn instance_type(&self) -> Result<String, ImdsError> {
+        Ok(self.ec2.lock().instances.get(&self.instance).cloned().unwrap_or_default())
+    }
+
+    async fn availability_zone(&self) -> Result<String, ImdsError> {
+        Ok("us-west-2a".into())
+    }
+
+    async fn region(&self) -> Result<String, ImdsError> {
+        Ok("us-west-2".into())
+    }
+
+    async fn primary_mac(&self) -> Result<MacAddr, ImdsError> {
+        Ok(self.ec2.primary_eni(&self.instance).mac)
+    }
+
+    async fn local_ipv4(&self) -> Result<Ipv4Addr, ImdsError> {
+        Ok(self.ec2.primary_eni(&self.instance).ips[0])
+    }
+
+    async fn macs(&self) -> Result<Vec<MacAddr>, ImdsError> {
+        Ok(self.visible().iter().map(|e| e.mac).collect())
+    }
+
+    async fn device_number(&self, mac: MacAddr) -> Result<u32, ImdsError> {
+        self.eni(mac, "device-number", |e| e.attached_to().map_or(0, |(_, d)| d))
+    }
+
+    async fn interface_id(&self, mac: MacAddr) -> Result<String, ImdsError> {
+        self.eni(mac, "interface-id", |e| e.id.clone())
+    }
+
+    async fn local_ipv4s(&self, mac: MacAddr) -> Result<Vec<Ipv4Addr>, ImdsError> {
+        self.eni(mac, "local-ipv4s", |e| e.ips.clone())
+    }
+
+    async fn subnet_id(&self, mac: MacAddr) -> Result<String, ImdsError> {
+        self.eni(mac, "subnet-id", |e| e.subnet_id.clone())
+    }
+
+    async fn subnet_ipv4_cidr_block(&self, mac: MacAddr) -> Result<Ipv4Net, ImdsError> {
+        self.eni(mac, "subnet-ipv4-cidr-block", |_| SUBNET_CIDR.parse().unwrap())
+    }
+
+    async fn vpc_ipv4_cidr_blocks(&self, mac: MacAddr) -> Result<Vec<Ipv4Net>, ImdsError> {
+        self.eni(mac, "vpc-ipv4-cidr-blocks", |_| vec![VPC_CIDR.parse().unwrap()])
+    }
+
+    async fn security_group_ids(&self, mac: MacAddr) -> Result<Vec<String>, ImdsError> {
+        self.eni(mac, "security-group-ids", |_| vec![SECURITY_GROUP.to_owned()])
+    }
+}
+
+/// What the manager did to the instance's links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostOp {
+    /// A secondary ENI was brought up.
+    Setup(String),
+    /// A secondary ENI's rules and routes were removed.
+    Teardown(String),
+}
+
+/// The links of one instance of a [`FakeEc2`]: the link of every attached ENI is there
+/// (unless hidden); bring-up and teardown are recorded.
+#[derive(Debug, Clone)]
+pub struct FakeHost {
+    ec2: FakeEc2,
+    instance: String,
+    log: Arc<Mutex<Vec<HostOp>>>,
+}
+
+impl FakeHost {
+    /// Bring-ups and teardowns so far.
+    pub fn ops(&self) -> Vec<HostOp> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl EniHost for FakeHost {
+    async fn has_link(&self, mac: MacAddr) -> Result<bool, HostNetworkError> {
+        let hidden = self.ec2.lock().links_hidden.clone();
+        Ok(self
+            .ec2
+            .attached(&self.instance)
+            .iter()
+            .any(|e| e.mac == mac && !hidden.contains(&e.id)))
+    }
+
+    async fn setup_secondary_eni(&self, eni: &SecondaryEni) -> Result<(), HostNetworkError> {
+        if !self.has_link(eni.mac).await? {
+            return Err(HostNetworkError::LinkNotFound {
+                mac: eni.mac,
+                eni: eni.id.clone(),
+            });
+        }
+        self.log.lock().unwrap().push(HostOp::Setup(eni.id.clone()));
+        Ok(())
+    }
+
+    async fn teardown_secondary_eni(&self, eni: &SecondaryEni) -> Result<(), HostNetworkError> {
+        self.log.lock().unwrap().push(HostOp::Teardown(eni.id.clone()));
+        Ok(())
+    }
+}

@@ -1,0 +1,322 @@
+//! ENI lifecycle: create → attach → DeleteOnTermination → wait for metadata and the link →
+//! bring up → into the pool; and free: out of the pool → rules and routes removed → detach →
+//! wait for `available` → delete. Failures roll back what EC2 holds (a new ENI whose attach
+//! failed is deleted) and never leave the datastore pointing at an ENI that is not usable.
+
+use std::net::Ipv4Addr;
+
+use rand::Rng;
+
+use super::PoolManager;
+use crate::cloud::ec2::{
+    CREATED_AT_TAG, CreateEni, ENI_DESCRIPTION_PREFIX, Ec2Api, Ec2Error, Ec2ErrorKind, EniStatus,
+    rfc3339,
+};
+use crate::cloud::imds::Imds;
+use crate::cloud::metadata::{self, EniMetadata};
+use crate::datastore::EniSpec;
+use crate::host_network::SecondaryEni;
+use crate::mac::MacAddr;
+use crate::pool::host::EniHost;
+use crate::pool::policy::{self, Capacity};
+
+impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
+    pub(super) fn secondary(&self, id: &str, mac: MacAddr, device: u32, primary_ip: Ipv4Addr) -> SecondaryEni {
+        SecondaryEni {
+            id: id.to_owned(),
+            mac,
+            device_number: device,
+            primary_ip,
+            subnet: self.node.subnet,
+            mtu: self.cfg.eni_mtu,
+        }
+    }
+
+    /// Creates, attaches and brings up a new ENI with `ips` secondary addresses; returns how
+    /// many addresses entered the pool. Errors are logged here.
+    pub(super) async fn create_eni(&mut self, ips: u32, cap: &Capacity) -> Result<u32, ()> {
+        let instance_id = self.node.instance_id.clone();
+        // EC2's own view of the attachments is the last word on the ENI limit: ENIs attached
+        // by anyone (and not yet in metadata) count too.
+        let instance = match self.ec2.describe_instance(&instance_id).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the instance's attachments; no new ENI this cycle");
+                return Err(());
+            }
+        };
+        let attached = u32::try_from(instance.enis.len()).unwrap_or(u32::MAX);
+        if attached >= cap.max_enis {
+            tracing::info!(attached, max_enis = cap.max_enis, "EC2 shows the instance at its ENI limit; no new ENI");
+            return Err(());
+        }
+        let Some(device) = instance.first_free_device_index() else {
+            tracing::warn!("no free device index on network card 0");
+            return Err(());
+        };
+        let mut tags = self.wanted_tags();
+        tags.insert(CREATED_AT_TAG.to_owned(), rfc3339(self.clock.wall()));
+        let request = CreateEni {
+            subnet_id: self.node.subnet_id.clone(),
+            security_groups: self.node.security_groups.clone(),
+            description: format!("{ENI_DESCRIPTION_PREFIX}{instance_id}"),
+            secondary_ip_count: ips,
+            tags,
+            client_token: format!("ipamd-{:032x}", rand::rng().random::<u128>()),
+        };
+        let eni = match self.ec2.create_network_interface(&request).await {
+            Ok(eni) => eni,
+            Err(e) => {
+                tracing::warn!(subnet = %request.subnet_id, ips, error = %e, "cannot create an ENI");
+                return Err(());
+            }
+        };
+        let (Some(mac), Some(primary_ip)) = (eni.mac, eni.primary_ip) else {
+            tracing::error!(eni = %eni.id, "EC2 returned a new ENI without MAC or address; deleting it");
+            self.delete_eni(&eni.id).await;
+            return Err(());
+        };
+        let secondary = eni.secondary_ips();
+        tracing::info!(eni = %eni.id, %mac, ip = %primary_ip, secondary = ?secondary, device, "ENI created");
+        let attachment = match self
+            .ec2
+            .attach_network_interface(&eni.id, &instance_id, device)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(eni = %eni.id, device, error = %e, "cannot attach the new ENI; deleting it");
+                self.delete_eni(&eni.id).await;
+                return Err(());
+            }
+        };
+        if let Err(e) = self.ec2.set_delete_on_termination(&eni.id, &attachment).await {
+            tracing::warn!(eni = %eni.id, error = %e, "cannot set DeleteOnTermination on the new ENI; detaching and deleting it");
+            self.release_eni(&eni.id).await;
+            return Err(());
+        }
+        self.tagged.insert(eni.id.clone());
+        let shown = match self.wait_visible(&eni.id, mac, primary_ip, &secondary).await {
+            Ok(md) => md,
+            Err(why) => {
+                tracing::warn!(eni = %eni.id, reason = %why, "new ENI is attached but not usable yet; the next reconcile adopts it once it shows");
+                return Err(());
+            }
+        };
+        let device = if shown.device_number == device {
+            device
+        } else {
+            tracing::warn!(eni = %eni.id, attached_at = device, metadata = shown.device_number, "metadata shows another device number; using it");
+            shown.device_number
+        };
+        let spec = self.secondary(&eni.id, mac, device, primary_ip);
+        if let Err(e) = self.host.setup_secondary_eni(&spec).await {
+            tracing::warn!(eni = %eni.id, error = %e, "cannot bring up the new ENI; the next reconcile retries");
+            return Err(());
+        }
+        let added = self
+            .state
+            .with_datastore(|ds| {
+                if let Err(e) = ds.add_eni(EniSpec {
+                    id: eni.id.clone(),
+                    device_number: device,
+                    primary_ip,
+                    subnet: self.node.subnet,
+                }) {
+                    tracing::warn!(eni = %eni.id, error = %e, "new ENI not added to the pool");
+                    return None;
+                }
+                let mut n = 0u32;
+                for ip in &secondary {
+                    match ds.add_ip(&eni.id, *ip) {
+                        Ok(()) => n += 1,
+                        Err(e) => tracing::warn!(eni = %eni.id, %ip, error = %e, "address not added to the pool"),
+                    }
+                }
+                Some(n)
+            })
+            .await;
+        let Some(added) = added else { return Err(()) };
+        self.added_at.insert(eni.id.clone(), self.clock.now());
+        self.macs.insert(eni.id.clone(), mac);
+        tracing::info!(eni = %eni.id, device, ips = added, table = device + 1, "new ENI up and in the pool");
+        Ok(added)
+    }
+
+    /// Polls metadata and the links until the new ENI shows with its addresses and its link
+    /// exists, backing off from [`super::Timings::poll_start`] to [`super::Timings::poll_cap`].
+    /// At the deadline a listed ENI with a link is accepted even when metadata lacks some
+    /// addresses (EC2's answer is used for those).
+    async fn wait_visible(
+        &self,
+        eni_id: &str,
+        mac: MacAddr,
+        primary_ip: Ipv4Addr,
+        secondary: &[Ipv4Addr],
+    ) -> Result<EniMetadata, String> {
+        let t = &self.cfg.timings;
+        let deadline = tokio::time::Instant::now() + t.attach_wait;
+        let mut delay = t.poll_start;
+        loop {
+            let mut why = String::new();
+            let listed = match metadata::fetch_enis(&*self.imds, self.node.primary_mac).await {
+                Ok(enis) => enis.into_iter().find(|e| e.id == eni_id),
+                Err(e) => {
+                    why = format!("instance metadata: {e}");
+                    None
+                }
+            };
+            let link = match self.host.has_link(mac).await {
+                Ok(l) => l,
+                Err(e) => {
+                    why = e.to_string();
+                    false
+                }
+            };
+            let complete = listed.as_ref().is_some_and(|m| {
+                m.primary_ip == primary_ip && secondary.iter().all(|ip| m.secondary_ips.contains(ip))
+            });
+            let now = tokio::time::Instant::now();
+            let is_listed = listed.is_some();
+            match listed {
+                Some(md) if link && (complete || now >= deadline) => {
+                    if !complete {
+                        tracing::warn!(eni = %eni_id, metadata = ?md.secondary_ips, ec2 = ?secondary, "metadata still lacks some of the ENI's addresses; using EC2's list");
+                    }
+                    return Ok(md);
+                }
+                _ if now >= deadline => {
+                    return Err(format!(
+                        "after {:?}: listed in instance metadata: {is_listed}, link with MAC {mac}: {link}{}",
+                        t.attach_wait,
+                        if why.is_empty() { String::new() } else { format!(" ({why})") }
+                    ));
+                }
+                _ => {}
+            }
+            tokio::time::sleep(delay.min(deadline - now)).await;
+            delay = (delay * 2).min(t.poll_cap);
+        }
+    }
+
+    /// Deletes an ENI that is not attached (rollback). NotFound counts as deleted.
+    pub(super) async fn delete_eni(&self, eni_id: &str) -> bool {
+        match self.ec2.delete_network_interface(eni_id).await {
+            Ok(()) => {
+                tracing::info!(eni = %eni_id, "ENI deleted");
+                true
+            }
+            Err(e) if e.kind == Ec2ErrorKind::NotFound => true,
+            Err(e) => {
+                tracing::warn!(eni = %eni_id, error = %e, "cannot delete ENI; the leaked-ENI cleanup removes it later");
+                false
+            }
+        }
+    }
+
+    /// Detaches (if attached), waits until `available`, deletes. NotFound at any step means the
+    /// ENI is gone, which is the goal. Returns whether it is gone.
+    pub(super) async fn release_eni(&self, eni_id: &str) -> bool {
+        let ids = [eni_id.to_owned()];
+        let eni = match self.ec2.describe_network_interfaces(&ids).await {
+            Ok(v) => match v.into_iter().next() {
+                Some(e) => e,
+                None => return true,
+            },
+            Err(e) if e.kind == Ec2ErrorKind::NotFound => return true,
+            Err(e) => {
+                tracing::warn!(eni = %eni_id, error = %e, "cannot describe the ENI to free; retrying later");
+                return false;
+            }
+        };
+        if let Some(att) = &eni.attachment {
+            match self.ec2.detach_network_interface(&att.attachment_id).await {
+                Ok(()) => tracing::info!(eni = %eni_id, attachment = %att.attachment_id, "ENI detached"),
+                Err(e) if e.kind == Ec2ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(eni = %eni_id, error = %e, "cannot detach ENI");
+                    return false;
+                }
+            }
+            match self.wait_available(eni_id).await {
+                Ok(true) => {}
+                Ok(false) => return true,
+                Err(e) => {
+                    tracing::warn!(eni = %eni_id, error = %e, "detached ENI did not become available; the leaked-ENI cleanup deletes it later");
+                    return false;
+                }
+            }
+        }
+        self.delete_eni(eni_id).await
+    }
+
+    /// Polls until the ENI is `available`: `Ok(true)`; gone: `Ok(false)`.
+    async fn wait_available(&self, eni_id: &str) -> Result<bool, Ec2Error> {
+        let t = &self.cfg.timings;
+        let deadline = tokio::time::Instant::now() + t.detach_wait;
+        let mut delay = t.poll_start;
+        let ids = [eni_id.to_owned()];
+        loop {
+            match self.ec2.describe_network_interfaces(&ids).await {
+                Ok(v) => match v.first() {
+                    None => return Ok(false),
+                    Some(e) if e.status == EniStatus::Available => return Ok(true),
+                    Some(e) => {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(Ec2Error::new(
+                                "DescribeNetworkInterfaces",
+                                Ec2ErrorKind::Other,
+                                format!("{eni_id} is still {} after {:?}", e.status, t.detach_wait),
+                            ));
+                        }
+                    }
+                },
+                Err(e) if e.kind == Ec2ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(t.poll_cap);
+        }
+    }
+
+    /// Frees at most one ENI the pool no longer needs (see [`policy::deletable_eni`]).
+    /// Returns the freed ENI.
+    pub async fn free_one_eni(&mut self) -> Option<String> {
+        let cap = self.situation.capacity()?;
+        let (enis, counts) = self.snapshot().await;
+        if !policy::should_try_free_eni(counts, self.cfg.targets, cap) {
+            return None;
+        }
+        let candidate =
+            policy::deletable_eni(&enis, self.cfg.targets, self.cfg.timings.min_eni_age)?.clone();
+        // Out of the pool first, so no pod is given one of its addresses from now on; the
+        // datastore is re-checked under its lock (a pod may have arrived since the snapshot).
+        let removed = self
+            .state
+            .with_datastore(|ds| {
+                ds.stats();
+                match ds.eni(&candidate.id) {
+                    Some(v) if v.assigned == 0 && v.cooling == 0 => ds.remove_eni(&candidate.id).ok(),
+                    _ => None,
+                }
+            })
+            .await?;
+        tracing::info!(
+            eni = %candidate.id, device = candidate.device_number, ips = candidate.total,
+            "freeing an ENI the pool no longer needs"
+        );
+        let spec = removed.spec;
+        let mac = self.macs.get(&spec.id).copied().unwrap_or(self.node.primary_mac);
+        let host_spec = self.secondary(&spec.id, mac, spec.device_number, spec.primary_ip);
+        if let Err(e) = self.host.teardown_secondary_eni(&host_spec).await {
+            tracing::warn!(eni = %spec.id, error = %e, "cannot remove all of the ENI's rules and routes");
+        }
+        self.added_at.remove(&spec.id);
+        self.macs.remove(&spec.id);
+        self.tagged.remove(&spec.id);
+        if self.release_eni(&spec.id).await {
+            tracing::info!(eni = %spec.id, "ENI freed");
+        }
+        Some(spec.id)
+    }
+}

@@ -1,0 +1,587 @@
+//! The pool manager (EC2 mode): a background task that keeps the warm pool at its targets
+//! through EC2, never inside an RPC. Every few seconds, or at once when an assignment found the
+//! pool empty, one cycle runs:
+//!
+//! 1. reconcile: instance metadata vs the datastore, confirmed with EC2 when they disagree
+//!    ([`sync`]);
+//! 2. grow while the pool is too low: fill existing ENIs first (`AssignPrivateIpAddresses` with
+//!    a count), then create ENIs with their addresses in the same call ([`enis`]);
+//! 3. otherwise shrink when it is too high, at most once per 30 s (`UnassignPrivateIpAddresses`);
+//! 4. free at most one ENI that is no longer needed.
+//!
+//! Limits (ENIs per instance, addresses per ENI, max pods) are enforced here for every request,
+//! also when EC2 itself would not (moto). ENIs tagged `no_manage=true` are never touched and
+//! count against the ENI limit. Start-up calls [`PoolManager::discover`] (limits, tags, unmanaged
+//! ENIs) and [`PoolManager::prescale`] before ipamd reports ready; neither blocks readiness for
+//! long when EC2 fails: ipamd then serves what metadata shows and keeps trying here.
+
+mod enis;
+mod sync;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::Ipv4Net;
+use tokio::sync::Notify;
+
+use super::host::EniHost;
+use super::policy::{self, Counts, EniState, Grow, Targets};
+use super::situation::PoolSituation;
+use crate::cloud::ec2::{
+    CLUSTER_NAME_TAG, ENI_OWNER_TAG, ENI_OWNER_VALUE, Ec2Api, Ec2ErrorKind, INSTANCE_ID_TAG,
+    NetworkInterface, Tags,
+};
+use crate::cloud::imds::Imds;
+use crate::cloud::metadata::{EniMetadata, InstanceMetadata};
+use crate::config::Config;
+use crate::datastore::Clock;
+use crate::limits;
+use crate::mac::MacAddr;
+use crate::cloud::ec2_client::Ec2Health;
+use crate::state::{CloudErrorReport, IpamState, NodeLimits};
+
+/// The manager's timings. The defaults are the reference's; tests shorten them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timings {
+    /// Time between cycles when nothing asks for one.
+    pub cycle: Duration,
+    /// Shortest time between two cycles, also when assignments keep asking for one.
+    pub min_gap: Duration,
+    /// The pool shrinks at most once per this (the reference's 30 s).
+    pub decrease_interval: Duration,
+    /// An ENI younger than this is never freed (the reference's 1 minute).
+    pub min_eni_age: Duration,
+    /// Addresses ipamd released are not re-adopted from metadata for this long (60 s).
+    pub reconcile_grace: Duration,
+    /// How long a new ENI may take to show in metadata and as a link.
+    pub attach_wait: Duration,
+    /// How long a detaching ENI may take to become `available`.
+    pub detach_wait: Duration,
+    /// First pause when polling metadata, links or EC2 for a change.
+    pub poll_start: Duration,
+    /// Longest pause when polling.
+    pub poll_cap: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            cycle: Duration::from_secs(5),
+            min_gap: Duration::from_secs(1),
+            decrease_interval: policy::DECREASE_INTERVAL,
+            min_eni_age: policy::MIN_ENI_AGE,
+            reconcile_grace: Duration::from_secs(60),
+            attach_wait: Duration::from_secs(60),
+            detach_wait: Duration::from_secs(60),
+            poll_start: Duration::from_millis(100),
+            poll_cap: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the manager takes from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerConfig {
+    /// Warm-pool targets.
+    pub targets: Targets,
+    /// `MAX_ENI`.
+    pub max_eni: Option<u32>,
+    /// `AWS_VPC_ENI_MTU` for new ENIs.
+    pub eni_mtu: u32,
+    /// Tags every managed ENI carries besides the instance id (cluster tags,
+    /// `ADDITIONAL_ENI_TAGS`).
+    pub extra_tags: Tags,
+    /// Timings.
+    pub timings: Timings,
+}
+
+impl ManagerConfig {
+    /// From ipamd's configuration: targets, `MAX_ENI`, MTU, `CLUSTER_NAME` tags (the cluster tag
+    /// and `eks:eni:owner`) and `ADDITIONAL_ENI_TAGS`.
+    pub fn from_config(config: &Config) -> Self {
+        let mut extra_tags = config.cloud.additional_eni_tags.clone();
+        if let Some(cluster) = &config.kubernetes.cluster_name {
+            extra_tags.insert(CLUSTER_NAME_TAG.to_owned(), cluster.clone());
+            extra_tags.insert(ENI_OWNER_TAG.to_owned(), ENI_OWNER_VALUE.to_owned());
+        }
+        Self {
+            targets: Targets::from(&config.pool),
+            max_eni: config.pool.max_eni,
+            eni_mtu: config.node_network.eni_mtu,
+            extra_tags,
+            timings: Timings::default(),
+        }
+    }
+}
+
+/// The instance, as start-up read it from metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// `i-…`.
+    pub instance_id: String,
+    /// Instance type.
+    pub instance_type: String,
+    /// The primary ENI's id.
+    pub primary_eni: String,
+    /// The primary ENI's MAC.
+    pub primary_mac: MacAddr,
+    /// The subnet new ENIs go into (the primary ENI's).
+    pub subnet_id: String,
+    /// Its CIDR.
+    pub subnet: Ipv4Net,
+    /// Security groups of new ENIs (the primary ENI's).
+    pub security_groups: Vec<String>,
+}
+
+impl NodeInfo {
+    /// From instance metadata; `None` when it lists no primary ENI.
+    pub fn from_metadata(md: &InstanceMetadata) -> Option<Self> {
+        let primary = md.enis.iter().find(|e| e.is_primary)?;
+        Some(Self {
+            instance_id: md.instance_id.clone(),
+            instance_type: md.instance_type.clone(),
+            primary_eni: primary.id.clone(),
+            primary_mac: primary.mac,
+            subnet_id: primary.subnet_id.clone(),
+            subnet: primary.subnet,
+            security_groups: primary.security_groups.clone(),
+        })
+    }
+}
+
+/// What one growth pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GrowReport {
+    /// Addresses added to the pool.
+    pub ips_added: u32,
+    /// ENIs attached and added.
+    pub enis_added: u32,
+    /// Stopped at the instance's (or `MAX_ENI`'s) limit.
+    pub at_limit: bool,
+    /// Stopped by an EC2 error.
+    pub failed: bool,
+}
+
+/// The pool manager. See the module documentation.
+#[derive(Debug)]
+pub struct PoolManager<E, I, H> {
+    cfg: ManagerConfig,
+    node: NodeInfo,
+    ec2: Arc<E>,
+    imds: Arc<I>,
+    host: H,
+    state: Arc<IpamState>,
+    clock: Arc<dyn Clock>,
+    situation: Arc<PoolSituation>,
+    health: Arc<Ec2Health>,
+    /// When each managed ENI entered the pool (its age for freeing).
+    added_at: HashMap<String, Instant>,
+    /// The MACs of managed ENIs.
+    macs: HashMap<String, MacAddr>,
+    /// Attached ENIs tagged `no_manage=true`.
+    unmanaged: BTreeSet<String>,
+    /// ENIs whose tags are known to be complete.
+    tagged: HashSet<String>,
+    /// The VPC (from EC2; the leaked-ENI cleanup filters on it).
+    vpc_id: Option<String>,
+    last_decrease: Option<Instant>,
+    /// Addresses ipamd gave back to EC2, and when (not re-adopted within the grace).
+    released: HashMap<Ipv4Addr, Instant>,
+    at_limit_logged: bool,
+}
+
+impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
+    /// A manager for `node`'s pool in `state`. `situation` (which the datastore quotes in
+    /// exhaustion messages) and `health` are the EC2 client's view of EC2.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: ManagerConfig,
+        node: NodeInfo,
+        ec2: Arc<E>,
+        imds: Arc<I>,
+        host: H,
+        state: Arc<IpamState>,
+        clock: Arc<dyn Clock>,
+        situation: Arc<PoolSituation>,
+        health: Arc<Ec2Health>,
+    ) -> Self {
+        situation.set_subnet(&node.subnet_id);
+        Self {
+            health,
+            cfg,
+            node,
+            ec2,
+            imds,
+            host,
+            state,
+            clock,
+            situation,
+            added_at: HashMap::new(),
+            macs: HashMap::new(),
+            unmanaged: BTreeSet::new(),
+            tagged: HashSet::new(),
+            vpc_id: None,
+            last_decrease: None,
+            released: HashMap::new(),
+            at_limit_logged: false,
+        }
+    }
+
+    /// The instance the manager works for.
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+
+    /// The ENIs ipamd leaves alone.
+    pub fn unmanaged(&self) -> &BTreeSet<String> {
+        &self.unmanaged
+    }
+
+    /// The VPC, once EC2 told.
+    pub fn vpc_id(&self) -> Option<&str> {
+        self.vpc_id.as_deref()
+    }
+
+    /// The situation the exhaustion messages quote.
+    pub fn situation(&self) -> Arc<PoolSituation> {
+        Arc::clone(&self.situation)
+    }
+
+    /// The tags every managed ENI carries.
+    fn wanted_tags(&self) -> Tags {
+        let mut tags = self.cfg.extra_tags.clone();
+        tags.insert(INSTANCE_ID_TAG.to_owned(), self.node.instance_id.clone());
+        tags
+    }
+
+    /// Start-up, before the datastore is built: the instance's limits, and EC2's view of the
+    /// attached ENIs (which are tagged `no_manage`, the VPC), tagging managed ENIs that lack
+    /// ipamd's tags. Failures are logged and retried by later cycles; returns whether EC2
+    /// described the ENIs.
+    pub async fn discover(&mut self, attached: &[EniMetadata]) -> bool {
+        self.refresh_limits().await;
+        let ids: Vec<String> = attached.iter().map(|e| e.id.clone()).collect();
+        match self.ec2.describe_network_interfaces(&ids).await {
+            Ok(enis) => {
+                for eni in &enis {
+                    self.learn(eni);
+                    if !self.unmanaged.contains(&eni.id) {
+                        self.ensure_tags(eni).await;
+                    }
+                }
+                self.publish_unmanaged();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot describe the attached ENIs; using every ENI instance metadata shows until EC2 answers");
+                false
+            }
+        }
+    }
+
+    /// Records what EC2 says about an attached ENI: its VPC, and whether it is unmanaged.
+    fn learn(&mut self, eni: &NetworkInterface) {
+        if self.vpc_id.is_none() && !eni.vpc_id.is_empty() {
+            self.vpc_id = Some(eni.vpc_id.clone());
+        }
+        if eni.is_no_manage() && eni.id != self.node.primary_eni {
+            if self.unmanaged.insert(eni.id.clone()) {
+                tracing::info!(eni = %eni.id, "ENI is tagged node.k8s.amazonaws.com/no_manage=true; ipamd leaves it alone (it counts against the ENI limit)");
+            }
+        } else {
+            self.unmanaged.remove(&eni.id);
+        }
+    }
+
+    fn publish_unmanaged(&self) {
+        self.situation
+            .set_unmanaged_enis(u32::try_from(self.unmanaged.len()).unwrap_or(u32::MAX));
+        self.publish_limits();
+    }
+
+    /// Tells the rest of ipamd (metrics, introspection) the limits as ipamd may use them (the
+    /// ENI limit less the unmanaged ENIs, as the reference's `awscni_eni_max`) and EC2's last
+    /// error.
+    fn publish_limits(&self) {
+        let limits = self.situation.limits().map(|l| {
+            let unmanaged = u32::try_from(self.unmanaged.len()).unwrap_or(u32::MAX);
+            NodeLimits {
+                max_enis: l.max_enis.saturating_sub(unmanaged),
+                ips_per_eni: l.ips_per_eni,
+                max_pods: l.max_pods,
+            }
+        });
+        let last_error = self.health.last_error().map(|f| CloudErrorReport {
+            operation: f.error.api.to_owned(),
+            message: format!("{}: {}", f.error.code, f.error.message),
+            at: SystemTime::now()
+                .checked_sub(f.at.elapsed())
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        });
+        self.state.update_facts(|facts| {
+            facts.instance_id = Some(self.node.instance_id.clone());
+            facts.instance_type = Some(self.node.instance_type.clone());
+            if limits.is_some() {
+                facts.limits = limits;
+            }
+            if last_error.is_some() {
+                facts.last_cloud_error = last_error;
+            }
+        });
+    }
+
+    /// Tags a managed ENI with whatever of ipamd's tags it lacks (once per ENI).
+    async fn ensure_tags(&mut self, eni: &NetworkInterface) {
+        if self.tagged.contains(&eni.id) {
+            return;
+        }
+        let missing: Tags = self
+            .wanted_tags()
+            .into_iter()
+            .filter(|(k, v)| eni.tags.get(k) != Some(v))
+            .collect();
+        if missing.is_empty() {
+            self.tagged.insert(eni.id.clone());
+            return;
+        }
+        match self.ec2.create_tags(&[eni.id.clone()], &missing).await {
+            Ok(()) => {
+                tracing::info!(eni = %eni.id, tags = ?missing, "tagged ENI");
+                self.tagged.insert(eni.id.clone());
+            }
+            Err(e) => tracing::warn!(eni = %eni.id, error = %e, "cannot tag ENI; retrying later"),
+        }
+    }
+
+    async fn refresh_limits(&mut self) {
+        if self.situation.limits().is_some() {
+            return;
+        }
+        match limits::resolve(&*self.ec2, &self.node.instance_type, self.cfg.max_eni).await {
+            Ok(l) => {
+                tracing::info!(
+                    instance_type = %l.instance_type, max_enis = l.max_enis, instance_max_enis = l.instance_max_enis,
+                    ips_per_eni = l.ips_per_eni, max_pods = l.max_pods, source = %l.source,
+                    "instance limits"
+                );
+                self.situation.set_limits(l);
+                self.publish_limits();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "instance limits unknown; the pool does not grow until they are known");
+                self.situation.set_limits_error(e.to_string());
+            }
+        }
+    }
+
+    /// Remembers ENIs start-up put into the pool from metadata (their MAC, and now as the
+    /// time they entered it).
+    pub fn note_enis<'a>(&mut self, enis: impl IntoIterator<Item = &'a EniMetadata>) {
+        let now = self.clock.now();
+        for eni in enis {
+            self.added_at.entry(eni.id.clone()).or_insert(now);
+            self.macs.insert(eni.id.clone(), eni.mac);
+        }
+    }
+
+    /// The managed ENIs as the policy sees them, and the pool's counts.
+    async fn snapshot(&mut self) -> (Vec<EniState>, Counts) {
+        let views = self
+            .state
+            .with_datastore(|ds| {
+                ds.stats();
+                ds.enis()
+            })
+            .await;
+        let now = self.clock.now();
+        let enis: Vec<EniState> = views
+            .into_iter()
+            .map(|v| {
+                let added = *self.added_at.entry(v.spec.id.clone()).or_insert(now);
+                let u = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                EniState {
+                    is_primary: v.spec.device_number == 0 || v.spec.id == self.node.primary_eni,
+                    device_number: v.spec.device_number,
+                    age: now.saturating_duration_since(added),
+                    total: u(v.total),
+                    assigned: u(v.assigned),
+                    cooling: u(v.cooling),
+                    id: v.spec.id,
+                }
+            })
+            .collect();
+        let counts = policy::counts(&enis);
+        (enis, counts)
+    }
+
+    /// Grows the pool until it is not low, at the limit, or EC2 fails. Used at start-up
+    /// (pre-scaling) and by every cycle.
+    pub async fn grow(&mut self) -> GrowReport {
+        let mut report = GrowReport::default();
+        let Some(cap) = self.situation.capacity() else {
+            return report;
+        };
+        let max_steps = cap.max_enis.saturating_mul(2).saturating_add(4);
+        for _ in 0..max_steps {
+            let (enis, counts) = self.snapshot().await;
+            let short = policy::shortfall(counts, self.cfg.targets, cap);
+            match policy::next_grow_step(short, &enis, cap) {
+                None => {
+                    self.at_limit_logged = false;
+                    break;
+                }
+                Some(Grow::AtLimit) => {
+                    if !self.at_limit_logged {
+                        tracing::info!(
+                            short, enis = enis.len(), unmanaged = cap.unmanaged_enis, max_enis = cap.max_enis,
+                            ips_per_eni = cap.ips_per_eni, total = counts.total, "pool is low but the node is at its ENI x IP limit"
+                        );
+                        self.at_limit_logged = true;
+                    }
+                    report.at_limit = true;
+                    break;
+                }
+                Some(Grow::Assign { eni, count }) => match self.assign_ips(&eni, count).await {
+                    Ok(n) if n > 0 => report.ips_added += n,
+                    Ok(_) => {
+                        report.failed = true;
+                        break;
+                    }
+                    Err(kind) => {
+                        report.failed = true;
+                        if kind == Ec2ErrorKind::IpLimitExceeded {
+                            // EC2 says the ENI is full: learn what it really holds next cycle.
+                            self.reconcile().await;
+                        }
+                        break;
+                    }
+                },
+                Some(Grow::CreateEni { ips }) => match self.create_eni(ips, &cap).await {
+                    Ok(n) => {
+                        report.enis_added += 1;
+                        report.ips_added += n;
+                    }
+                    Err(()) => {
+                        report.failed = true;
+                        break;
+                    }
+                },
+            }
+        }
+        report
+    }
+
+    /// Adds `count` addresses to an ENI; returns how many entered the pool.
+    async fn assign_ips(&mut self, eni: &str, count: u32) -> Result<u32, Ec2ErrorKind> {
+        let ips = match self.ec2.assign_private_ip_addresses(eni, count).await {
+            Ok(ips) => ips,
+            Err(e) => {
+                tracing::warn!(%eni, count, error = %e, "cannot add IPs to ENI");
+                return Err(e.kind);
+            }
+        };
+        let added = self
+            .state
+            .with_datastore(|ds| {
+                let known: HashSet<Ipv4Addr> =
+                    ds.eni_addresses(eni).into_iter().map(|(ip, _)| ip).collect();
+                let primary = ds.eni(eni).map(|v| v.spec.primary_ip);
+                let mut added = Vec::new();
+                for ip in ips {
+                    if known.contains(&ip) || Some(ip) == primary {
+                        continue;
+                    }
+                    match ds.add_ip(eni, ip) {
+                        Ok(()) => added.push(ip),
+                        Err(e) => tracing::warn!(%eni, %ip, error = %e, "address from EC2 not added to the pool"),
+                    }
+                }
+                added
+            })
+            .await;
+        for ip in &added {
+            self.released.remove(ip);
+        }
+        tracing::info!(%eni, asked = count, added = ?added, "IPs added to the pool");
+        Ok(u32::try_from(added.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Gives addresses beyond the targets back to EC2, at most once per 30 s.
+    pub async fn shrink(&mut self) -> u32 {
+        let now = self.clock.now();
+        if !policy::may_decrease(self.last_decrease, now, self.cfg.timings.decrease_interval) {
+            return 0;
+        }
+        let (_, counts) = self.snapshot().await;
+        let over = policy::surplus(counts, self.cfg.targets);
+        if over == 0 {
+            return 0;
+        }
+        self.last_decrease = Some(now);
+        let taken = self
+            .state
+            .with_datastore(|ds| ds.take_free_ips(usize::try_from(over).unwrap_or(usize::MAX)))
+            .await;
+        let mut by_eni: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
+        for (eni, ip) in taken {
+            by_eni.entry(eni).or_default().push(ip);
+        }
+        let mut released = 0;
+        for (eni, ips) in by_eni {
+            match self.ec2.unassign_private_ip_addresses(&eni, &ips).await {
+                Ok(()) => {
+                    let at = self.clock.now();
+                    for ip in &ips {
+                        self.released.insert(*ip, at);
+                    }
+                    released += u32::try_from(ips.len()).unwrap_or(u32::MAX);
+                    tracing::info!(%eni, ips = ?ips, "IPs beyond the warm targets given back to EC2");
+                }
+                Err(e) => {
+                    tracing::warn!(%eni, ips = ?ips, error = %e, "cannot give IPs back to EC2; keeping them in the pool");
+                    self.state
+                        .with_datastore(|ds| {
+                            for ip in &ips {
+                                if let Err(e) = ds.add_ip(&eni, *ip) {
+                                    tracing::warn!(%eni, %ip, error = %e, "address not put back");
+                                }
+                            }
+                        })
+                        .await;
+                }
+            }
+        }
+        released
+    }
+
+    /// One cycle: reconcile, then grow, or shrink, then free at most one ENI.
+    pub async fn cycle(&mut self) {
+        self.refresh_limits().await;
+        self.reconcile().await;
+        let report = self.grow().await;
+        if report.ips_added == 0 && !report.failed && !report.at_limit {
+            self.shrink().await;
+        }
+        self.free_one_eni().await;
+        self.publish_unmanaged();
+    }
+
+    /// Runs cycles forever: every [`Timings::cycle`], or sooner when `wake` is notified (an
+    /// assignment found no address), but never closer than [`Timings::min_gap`].
+    pub async fn run(&mut self, wake: Arc<Notify>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.cfg.timings.cycle) => {}
+                () = wake.notified() => {
+                    tracing::debug!("an assignment found the pool empty; running a pool cycle now");
+                }
+            }
+            self.cycle().await;
+            tokio::time::sleep(self.cfg.timings.min_gap).await;
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Reconcile in EC2 mode: instance metadata against the datastore; when they disagree, EC2's
+//! `DescribeNetworkInterfaces` (the ENIs attached to this instance) decides, because metadata
+//! lags. Addresses EC2 shows are adopted, except those ipamd itself gave back less than the
+//! grace period ago (EC2's answers can lag too); free addresses EC2 no longer shows are dropped
+//! (assigned ones are kept and logged); ENIs attached outside ipamd are tagged, brought up and
+//! adopted unless tagged `no_manage`; ENIs EC2 no longer shows attached leave the pool once no
+//! pod uses them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use super::PoolManager;
+use crate::cloud::ec2::{Ec2Api, Filter, NetworkInterface};
+use crate::cloud::imds::Imds;
+use crate::cloud::metadata;
+use crate::datastore::EniSpec;
+use crate::pool::host::EniHost;
+use crate::pool::reconcile;
+
+impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
+    /// Compares metadata with the datastore and, where they differ, applies what EC2 says.
+    pub async fn reconcile(&mut self) {
+        let now = self.clock.now();
+        let grace = self.cfg.timings.reconcile_grace;
+        self.released
+            .retain(|_, at| now.saturating_duration_since(*at) < grace);
+
+        let listed = match metadata::fetch_enis(&*self.imds, self.node.primary_mac).await {
+            Ok(enis) => enis,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-read instance metadata; keeping the pool as it is");
+                return;
+            }
+        };
+        let managed: Vec<_> = listed
+            .into_iter()
+            .filter(|e| !self.unmanaged.contains(&e.id))
+            .collect();
+        let diff = self
+            .state
+            .with_datastore(|ds| reconcile::diff(ds, &managed))
+            .await;
+        if diff.is_empty() {
+            return;
+        }
+        let attached = match self
+            .ec2
+            .describe_network_interfaces_filtered(&[Filter::one(
+                "attachment.instance-id",
+                &self.node.instance_id,
+            )])
+            .await
+        {
+            Ok(enis) => enis,
+            Err(e) => {
+                tracing::warn!(error = %e, "instance metadata and the pool disagree and EC2 cannot confirm which is right; keeping the pool as it is");
+                return;
+            }
+        };
+        for eni in &attached {
+            self.learn(eni);
+        }
+        self.publish_unmanaged();
+        let truth: HashMap<String, NetworkInterface> =
+            attached.into_iter().map(|e| (e.id.clone(), e)).collect();
+
+        // Addresses of ENIs both sides know.
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        touched.extend(diff.added_ips.iter().map(|(e, _)| e.clone()));
+        touched.extend(diff.removed_ips.iter().map(|(e, _)| e.clone()));
+        touched.extend(diff.kept_assigned.iter().map(|(e, _, _)| e.clone()));
+        for eni in touched {
+            let Some(t) = truth.get(&eni) else { continue };
+            let ec2_ips: BTreeSet<Ipv4Addr> = t.secondary_ips().into_iter().collect();
+            let released = &self.released;
+            self.state
+                .with_datastore(|ds| {
+                    let present = ds.eni_addresses(&eni);
+                    let have: BTreeSet<Ipv4Addr> = present.iter().map(|(ip, _)| *ip).collect();
+                    for ip in ec2_ips.difference(&have) {
+                        if released.contains_key(ip) {
+                            tracing::debug!(%eni, %ip, "ipamd released this address less than the grace period ago; not re-adopting it");
+                            continue;
+                        }
+                        match ds.add_ip(&eni, *ip) {
+                            Ok(()) => tracing::info!(%eni, %ip, "address assigned outside ipamd (EC2 confirms); added to the pool"),
+                            Err(e) => tracing::warn!(%eni, %ip, error = %e, "address EC2 shows not added to the pool"),
+                        }
+                    }
+                    for (ip, holder) in present {
+                        if ec2_ips.contains(&ip) {
+                            continue;
+                        }
+                        match holder {
+                            None => match ds.remove_ip(ip) {
+                                Ok(()) => tracing::info!(%eni, %ip, "address unassigned outside ipamd (EC2 confirms); removed from the pool"),
+                                Err(e) => tracing::warn!(%eni, %ip, error = %e, "vanished address not removed"),
+                            },
+                            Some(key) => tracing::warn!(%eni, %ip, %key, "EC2 no longer lists this address but a pod holds it; keeping it until the pod is deleted"),
+                        }
+                    }
+                })
+                .await;
+        }
+
+        // ENIs attached outside ipamd (or whose bring-up failed before).
+        for md in &diff.new_enis {
+            let Some(t) = truth.get(&md.id).cloned() else {
+                tracing::debug!(eni = %md.id, "metadata lists an ENI that EC2 does not show attached; ignoring it");
+                continue;
+            };
+            if self.unmanaged.contains(&md.id) {
+                continue;
+            }
+            self.ensure_tags(&t).await;
+            if !md.is_primary {
+                let spec = self.secondary(&md.id, md.mac, md.device_number, md.primary_ip);
+                if let Err(e) = self.host.setup_secondary_eni(&spec).await {
+                    tracing::warn!(eni = %md.id, error = %e, "ENI attached but not usable yet; retrying next cycle");
+                    continue;
+                }
+            }
+            let released = &self.released;
+            let subnet = md.subnet;
+            let added = self
+                .state
+                .with_datastore(|ds| {
+                    if let Err(e) = ds.add_eni(EniSpec {
+                        id: md.id.clone(),
+                        device_number: md.device_number,
+                        primary_ip: md.primary_ip,
+                        subnet,
+                    }) {
+                        tracing::warn!(eni = %md.id, error = %e, "ENI not added to the pool");
+                        return None;
+                    }
+                    let mut n = 0;
+                    for ip in t.secondary_ips() {
+                        if released.contains_key(&ip) {
+                            continue;
+                        }
+                        match ds.add_ip(&md.id, ip) {
+                            Ok(()) => n += 1,
+                            Err(e) => tracing::warn!(eni = %md.id, %ip, error = %e, "address not added to the pool"),
+                        }
+                    }
+                    Some(n)
+                })
+                .await;
+            if let Some(n) = added {
+                self.added_at.insert(md.id.clone(), self.clock.now());
+                self.macs.insert(md.id.clone(), md.mac);
+                tracing::info!(eni = %md.id, device = md.device_number, ips = n, "attached ENI adopted into the pool");
+            }
+        }
+
+        // ENIs metadata no longer lists, or that are now tagged no_manage.
+        let mut leaving: Vec<String> = diff
+            .gone_enis
+            .iter()
+            .filter(|id| {
+                let still = truth.contains_key(*id);
+                if still {
+                    tracing::debug!(eni = %id, "metadata no longer lists the ENI but EC2 shows it attached; keeping it");
+                }
+                !still
+            })
+            .cloned()
+            .collect();
+        leaving.extend(
+            self.state
+                .with_datastore(|ds| ds.enis())
+                .await
+                .into_iter()
+                .map(|v| v.spec.id)
+                .filter(|id| self.unmanaged.contains(id)),
+        );
+        for id in leaving {
+            let removed = self.state.with_datastore(|ds| ds.remove_eni(&id)).await;
+            match removed {
+                Ok(_) => {
+                    self.added_at.remove(&id);
+                    self.macs.remove(&id);
+                    tracing::info!(eni = %id, "ENI left the instance (or is no_manage); removed from the pool");
+                }
+                Err(e) => tracing::warn!(eni = %id, error = %e, "ENI left the instance (or is no_manage) but pods use it; keeping it until they are deleted"),
+            }
+        }
+    }
+}

@@ -1,0 +1,713 @@
+//! The pool manager against the stateful fake EC2 (which enforces limits and can throttle),
+//! instance metadata and links answered from the fake's live state, the real datastore and
+//! state, and a manual clock for what the reference times (30 s shrink gate, 1 minute ENI age,
+//! 60 s reconcile grace, 30 s cooldown). The manager's own waits (cycle, polling, EC2 backoff)
+//! are shortened to milliseconds so the tests run in real time, quickly.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+
+use super::{ManagerConfig, NodeInfo, PoolManager, Timings};
+use crate::checkpoint::{CheckpointData, CheckpointError, Checkpointer};
+use crate::cloud::ec2::{CLUSTER_NAME_TAG, Ec2ErrorKind, INSTANCE_ID_TAG, NO_MANAGE_TAG, Tags};
+use crate::cloud::ec2_client::{Ec2Client, RetryPolicy};
+use crate::cloud::fake_ec2::{FakeEc2, FakeEc2Imds, FakeHost, HostOp};
+use crate::cloud::metadata::{self, fetch_instance};
+use crate::datastore::{Datastore, IpamKey, ManualClock, PodMetadata};
+use crate::pool::policy::Targets;
+use crate::pool::reconcile;
+use crate::pool::situation::PoolSituation;
+use crate::state::{IpamError, IpamState, Phase};
+
+#[derive(Debug)]
+struct NullCheckpointer;
+
+impl Checkpointer for NullCheckpointer {
+    fn load(&self) -> Result<Option<CheckpointData>, CheckpointError> {
+        Ok(None)
+    }
+    fn save(&self, _: &CheckpointData) -> Result<(), CheckpointError> {
+        Ok(())
+    }
+    fn location(&self) -> String {
+        "/dev/null".into()
+    }
+}
+
+type Manager = PoolManager<Ec2Client<FakeEc2>, FakeEc2Imds, FakeHost>;
+
+struct World {
+    ec2: FakeEc2,
+    instance: String,
+    state: Arc<IpamState>,
+    clock: Arc<ManualClock>,
+    host: FakeHost,
+    client: Arc<Ec2Client<FakeEc2>>,
+    pods: u32,
+}
+
+fn targets(warm_eni: u32, warm_ip: u32, minimum_ip: u32) -> Targets {
+    Targets {
+        warm_eni,
+        warm_ip,
+        minimum_ip,
+    }
+}
+
+fn config(t: Targets) -> ManagerConfig {
+    ManagerConfig {
+        targets: t,
+        max_eni: None,
+        eni_mtu: 9001,
+        extra_tags: Tags::new(),
+        timings: Timings {
+            cycle: Duration::from_millis(50),
+            min_gap: Duration::from_millis(200),
+            attach_wait: Duration::from_millis(500),
+            detach_wait: Duration::from_millis(500),
+            poll_start: Duration::from_millis(5),
+            poll_cap: Duration::from_millis(50),
+            ..Timings::default()
+        },
+    }
+}
+
+/// EC2 backoff in milliseconds instead of seconds (same shape: 5 attempts, doubling, capped).
+const FAST_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 5,
+    base: Duration::from_millis(20),
+    cap: Duration::from_millis(200),
+};
+
+/// Starts a manager the way the daemon does: discover, build the pool from metadata (minus
+/// unmanaged ENIs), ready.
+async fn start_with(ec2: FakeEc2, instance: &str, cfg: ManagerConfig, cooldown: Duration) -> (World, Manager) {
+    let imds = ec2.imds(instance);
+    let host = ec2.host(instance);
+    let md = fetch_instance(&imds).await.unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let mut registry = Registry::default();
+    let client = Arc::new(Ec2Client::new(ec2.clone(), &mut registry).with_retry(FAST_RETRY));
+    let state = Arc::new(IpamState::new(
+        Datastore::new(cooldown, clock.clone(), ""),
+        Arc::new(NullCheckpointer),
+    ));
+    let node = NodeInfo::from_metadata(&md).unwrap();
+    let situation = Arc::new(PoolSituation::new(cfg.targets, &node.subnet_id, client.health()));
+    let mut m = PoolManager::new(
+        cfg,
+        node,
+        client.clone(),
+        Arc::new(imds),
+        host.clone(),
+        state.clone(),
+        clock.clone(),
+        situation.clone(),
+        client.health(),
+    );
+    m.discover(&md.enis).await;
+    let unmanaged = m.unmanaged().clone();
+    let managed: Vec<_> = md.enis.iter().filter(|e| !unmanaged.contains(&e.id)).collect();
+    m.note_enis(managed.iter().copied());
+    state
+        .with_datastore(|ds| {
+            ds.set_capacity_note(situation);
+            for e in &managed {
+                reconcile::add_eni(ds, e).unwrap();
+            }
+        })
+        .await;
+    state.set_phase(Phase::Ready);
+    let w = World {
+        ec2,
+        instance: instance.to_owned(),
+        state,
+        clock,
+        host,
+        client,
+        pods: 0,
+    };
+    (w, m)
+}
+
+async fn start(instance_type: &str, t: Targets) -> (World, Manager) {
+    let ec2 = FakeEc2::new();
+    let instance = ec2.launch(instance_type);
+    start_with(ec2, &instance, config(t), Duration::ZERO).await
+}
+
+fn key(n: u32) -> IpamKey {
+    IpamKey {
+        network_name: "aws-cni".into(),
+        container_id: format!("pod-{n}"),
+        if_name: "eth0".into(),
+    }
+}
+
+impl World {
+    async fn add_pod(&mut self) -> Result<Ipv4Addr, IpamError> {
+        self.pods += 1;
+        self.state
+            .add(&key(self.pods), PodMetadata::default())
+            .await
+            .map(|a| a.ip)
+    }
+
+    async fn del_pod(&self, n: u32) {
+        self.state.del(&key(n)).await.unwrap().unwrap();
+    }
+
+    /// (ENIs, addresses) in the pool.
+    async fn pool(&self) -> (usize, usize) {
+        let s = self.state.with_datastore(Datastore::stats).await;
+        (s.enis, s.total)
+    }
+
+    /// (ENIs attached, secondary addresses on them) as EC2 sees it.
+    fn ec2_shape(&self) -> (usize, usize) {
+        let enis = self.ec2.attached(&self.instance);
+        (enis.len(), enis.iter().map(|e| e.ips.len() - 1).sum())
+    }
+
+    /// Every attached ENI within the instance type's limits (t3.small: 3 ENIs, 4 addresses).
+    fn assert_within(&self, max_enis: usize, ipv4_per_eni: usize) {
+        let enis = self.ec2.attached(&self.instance);
+        assert!(enis.len() <= max_enis, "{} ENIs attached", enis.len());
+        for e in enis {
+            assert!(e.ips.len() <= ipv4_per_eni, "{} holds {} addresses", e.id, e.ips.len());
+        }
+    }
+
+    /// The pool's addresses, which must be exactly EC2's secondary addresses of the managed ENIs.
+    async fn assert_pool_matches_ec2(&self, unmanaged: &BTreeSet<String>) {
+        let mut pool: Vec<(String, Ipv4Addr)> = self
+            .state
+            .with_datastore(|ds| {
+                ds.enis()
+                    .into_iter()
+                    .flat_map(|v| {
+                        ds.eni_addresses(&v.spec.id)
+                            .into_iter()
+                            .map(move |(ip, _)| (v.spec.id.clone(), ip))
+                    })
+                    .collect()
+            })
+            .await;
+        pool.sort();
+        let mut ec2: Vec<(String, Ipv4Addr)> = self
+            .ec2
+            .attached(&self.instance)
+            .into_iter()
+            .filter(|e| !unmanaged.contains(&e.id))
+            .flat_map(|e| e.ips[1..].iter().map(move |ip| (e.id.clone(), *ip)).collect::<Vec<_>>())
+            .collect();
+        ec2.sort();
+        assert_eq!(pool, ec2, "the pool and EC2 disagree");
+    }
+}
+
+#[tokio::test]
+async fn t3_small_warm_eni_target_reaches_the_reference_numbers() {
+    let (mut w, mut m) = start("t3.small", targets(1, 0, 0)).await;
+    let r = m.grow().await;
+    assert_eq!((r.ips_added, r.enis_added), (3, 0));
+    assert_eq!(w.pool().await, (1, 3), "1 ENI with 3 IPs at start");
+    assert_eq!(w.ec2.calls("CreateNetworkInterface"), 0);
+    for _ in 0..5 {
+        w.add_pod().await.unwrap();
+        m.cycle().await;
+        w.assert_within(3, 4);
+    }
+    assert_eq!(w.pool().await, (3, 9), "5 pods: 3 ENIs, 9 IPs");
+    assert_eq!(w.ec2_shape(), (3, 9));
+    w.assert_pool_matches_ec2(&BTreeSet::new()).await;
+    // New ENIs: the node's subnet and security groups, description, tags, DeleteOnTermination.
+    for eni in &w.ec2.attached(&w.instance)[1..] {
+        assert_eq!(eni.description, format!("aws-K8S-{}", w.instance));
+        assert_eq!(eni.tags.get(INSTANCE_ID_TAG), Some(&w.instance));
+        assert!(eni.tags.contains_key(crate::cloud::ec2::CREATED_AT_TAG));
+        assert!(eni.delete_on_termination());
+    }
+    assert_eq!(
+        w.host.ops(),
+        w.ec2.attached(&w.instance)[1..]
+            .iter()
+            .map(|e| HostOp::Setup(e.id.clone()))
+            .collect::<Vec<_>>(),
+        "every new ENI is brought up on the node"
+    );
+    // Devices 1 and 2, route tables 2 and 3.
+    let devices: Vec<u32> = w
+        .state
+        .with_datastore(|ds| ds.enis().iter().map(|e| e.spec.device_number).collect())
+        .await;
+    assert_eq!(devices, vec![0, 1, 2]);
+}
+
+#[tokio::test]
+async fn warm_ip_and_minimum_ip_targets_give_five_ips_on_two_enis() {
+    let (w, mut m) = start("t3.small", targets(1, 2, 5)).await;
+    m.grow().await;
+    assert_eq!(w.pool().await, (2, 5));
+    assert_eq!(w.ec2_shape(), (2, 5));
+    // One assign (3 on the primary), one create with the remaining 2 in the same call.
+    assert_eq!(w.ec2.calls("AssignPrivateIpAddresses"), 1);
+    assert_eq!(w.ec2.calls("CreateNetworkInterface"), 1);
+    m.cycle().await;
+    assert_eq!(w.pool().await, (2, 5), "settled");
+}
+
+#[tokio::test]
+async fn limits_are_never_exceeded_even_when_asked_for_more() {
+    let (mut w, mut m) = start("t3.small", targets(0, 0, 50)).await;
+    m.grow().await;
+    assert_eq!(w.pool().await, (3, 9));
+    for _ in 0..12 {
+        let _ = w.add_pod().await;
+        m.cycle().await;
+        w.assert_within(3, 4);
+    }
+    assert_eq!(w.ec2_shape(), (3, 9));
+    assert_eq!(
+        w.ec2.calls("AttachNetworkInterface"),
+        2,
+        "ipamd never even tries a 4th ENI"
+    );
+    assert_eq!(w.client.metrics().errors("AssignPrivateIpAddresses"), 0);
+    let err = w.add_pod().await.unwrap_err().to_string();
+    assert!(
+        err.contains("limit of 3 ENIs x 3 IPs = 9 pod IPs (t3.small"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn max_eni_caps_growth() {
+    let ec2 = FakeEc2::new();
+    let instance = ec2.launch("m5.large");
+    let mut cfg = config(targets(1, 0, 0));
+    cfg.max_eni = Some(2);
+    let (mut w, mut m) = start_with(ec2, &instance, cfg, Duration::ZERO).await;
+    m.grow().await;
+    for _ in 0..20 {
+        let _ = w.add_pod().await;
+        m.cycle().await;
+    }
+    assert_eq!(w.ec2_shape(), (2, 18), "MAX_ENI=2 on m5.large: 2 ENIs x 9");
+    let err = w.add_pod().await.unwrap_err().to_string();
+    assert!(err.contains("MAX_ENI=2"), "{err}");
+}
+
+#[tokio::test]
+async fn existing_enis_are_filled_before_any_is_created() {
+    let ec2 = FakeEc2::new();
+    let instance = ec2.launch("m5.large");
+    // An ENI attached (by an earlier ipamd) with one secondary address.
+    let eni = ec2.create_detached(&format!("aws-K8S-{instance}"), &[]);
+    ec2.assign_out_of_band(&eni, 1);
+    {
+        use crate::cloud::ec2::Ec2Api;
+        ec2.attach_network_interface(&eni, &instance, 1).await.unwrap();
+    }
+    let (w, mut m) = start_with(ec2, &instance, config(targets(0, 15, 0)), Duration::ZERO).await;
+    assert_eq!(w.pool().await, (2, 1));
+    m.grow().await;
+    assert_eq!(w.pool().await, (2, 15), "9 on the primary + 6 more on the second ENI");
+    assert_eq!(w.ec2.calls("CreateNetworkInterface"), 0);
+    assert_eq!(w.ec2.calls("AssignPrivateIpAddresses"), 2);
+}
+
+#[tokio::test]
+async fn failed_attach_deletes_the_new_eni() {
+    let (w, mut m) = start("t3.small", targets(0, 5, 0)).await;
+    w.ec2.fail_next("AttachNetworkInterface", Ec2ErrorKind::EniLimitExceeded, 1);
+    let r = m.grow().await;
+    assert!(r.failed);
+    assert_eq!(w.ec2.calls("CreateNetworkInterface"), 1);
+    assert_eq!(w.ec2.calls("DeleteNetworkInterface"), 1);
+    assert_eq!(w.ec2.all_enis().len(), 1, "only the primary ENI is left");
+    assert_eq!(w.pool().await, (1, 3));
+    // Next cycle succeeds.
+    m.cycle().await;
+    assert_eq!(w.pool().await, (2, 5));
+}
+
+#[tokio::test]
+async fn throttling_keeps_the_call_rate_bounded_and_pods_keep_getting_ips() {
+    let (mut w, mut m) = start("t3.small", targets(1, 0, 0)).await;
+    m.grow().await;
+    assert_eq!(w.pool().await, (1, 3));
+    w.ec2.fail_always("*", Ec2ErrorKind::Throttled);
+    let wake = w.state.pool_wanted();
+    let before = w.ec2.calls("*");
+    let t0 = tokio::time::Instant::now();
+    // Pods keep coming (each exhaustion nudges the manager) while EC2 throttles everything.
+    let pods = async {
+        let mut served = 0;
+        let mut refused = Vec::new();
+        for _ in 0..60 {
+            match w.add_pod().await {
+                Ok(_) => served += 1,
+                Err(e) => refused.push(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (served, refused)
+    };
+    let (served, refused) = tokio::select! {
+        r = pods => r,
+        () = async { m.run(wake).await } => unreachable!(),
+    };
+    let window = t0.elapsed();
+    assert_eq!(served, 3, "the pool's 3 IPs were served while EC2 failed");
+    let last = refused.last().unwrap();
+    assert!(
+        last.contains("EC2 is throttling ipamd") && last.contains("RequestLimitExceeded"),
+        "{last}"
+    );
+    let times = w.ec2.call_times("*");
+    let calls = times.len() - before;
+    // Throttled answers in a row push every call of the client back by a doubling backoff
+    // (here 20 ms doubling to a 200 ms cap; 250 ms to 10 s in production), with equal jitter:
+    // once the streak reaches the cap, calls are at least cap/2 = 100 ms apart, however many
+    // cycles the 57 exhausted assignments asked for.
+    let steady = &times[before + 5..];
+    let min_gap = steady
+        .windows(2)
+        .map(|p| p[1] - p[0])
+        .min()
+        .unwrap();
+    assert!(calls >= 5, "{calls} calls: the manager kept trying");
+    assert!(
+        min_gap >= Duration::from_millis(99),
+        "{calls} EC2 calls in {window:?}; closest two in steady state {min_gap:?} apart"
+    );
+    assert!(calls <= 35, "{calls} EC2 calls in {window:?} under throttling");
+    let m_total: u64 = ["DescribeInstances", "AssignPrivateIpAddresses", "DescribeNetworkInterfaces", "DescribeInstanceTypes", "CreateTags"]
+        .iter()
+        .map(|api| w.client.metrics().requests(api))
+        .sum();
+    assert_eq!(
+        m_total,
+        u64::try_from(w.ec2.calls("*")).unwrap(),
+        "every attempt is counted in awscni_ec2api_req_count"
+    );
+    assert_eq!(
+        w.client.metrics().errors("AssignPrivateIpAddresses"),
+        u64::try_from(w.ec2.calls("AssignPrivateIpAddresses")).unwrap() - 1,
+        "every throttled attempt is counted in awscni_ec2api_error_count"
+    );
+    // EC2 recovers: the pool grows at the next cycle.
+    w.ec2.heal();
+    m.cycle().await;
+    assert!(w.pool().await.1 > 3);
+}
+
+#[tokio::test]
+async fn eni_is_freed_only_when_empty_cool_old_and_not_needed() {
+    let ec2 = FakeEc2::new();
+    let instance = ec2.launch("t3.small");
+    let mut cfg = config(targets(0, 2, 0));
+    cfg.timings.decrease_interval = Duration::from_secs(30);
+    let (mut w, mut m) = start_with(ec2, &instance, cfg, Duration::from_secs(30)).await;
+    m.grow().await;
+    for _ in 0..5 {
+        w.add_pod().await.unwrap();
+        m.cycle().await;
+    }
+    assert_eq!(w.pool().await, (3, 7));
+    for n in 1..=5 {
+        w.del_pod(n).await;
+    }
+    // The 2 never-used IPs go back to EC2; the 5 cooling ones stay (never given back while
+    // cooling), and so do the ENIs holding them.
+    m.cycle().await;
+    assert_eq!(w.pool().await, (3, 5));
+    assert_eq!(w.ec2_shape(), (3, 5));
+    m.cycle().await;
+    assert_eq!(w.pool().await, (3, 5), "at most one shrink per 30 s");
+    w.clock.advance(Duration::from_secs(31));
+    // Out of cooldown: 3 more go, from the highest ENIs; the emptied ENIs are 31 s old: kept.
+    m.cycle().await;
+    assert_eq!(w.pool().await, (3, 2));
+    assert_eq!(w.ec2_shape(), (3, 2));
+    assert_eq!(w.ec2.calls("DetachNetworkInterface"), 0, "younger than a minute");
+    w.clock.advance(Duration::from_secs(30));
+    m.cycle().await;
+    m.cycle().await;
+    assert_eq!(w.pool().await, (1, 2), "one ENI per cycle, never the primary");
+    assert_eq!(w.ec2_shape(), (1, 2));
+    assert_eq!(w.ec2.all_enis().len(), 1, "freed ENIs are deleted in EC2");
+    assert_eq!(w.ec2.calls("DetachNetworkInterface"), 2);
+    let teardowns = w.host.ops().iter().filter(|o| matches!(o, HostOp::Teardown(_))).count();
+    assert_eq!(teardowns, 2);
+    w.assert_pool_matches_ec2(&BTreeSet::new()).await;
+}
+
+#[tokio::test]
+async fn eni_with_a_pod_is_never_freed() {
+    let (mut w, mut m) = start("t3.small", targets(0, 1, 0)).await;
+    m.grow().await;
+    let mut ips = Vec::new();
+    for _ in 0..4 {
+        ips.push(w.add_pod().await.unwrap());
+        m.cycle().await;
+    }
+    // Pods 1..3 on the primary, pod 4 on the second ENI.
+    for n in 1..=3 {
+        w.del_pod(n).await;
+    }
+    w.clock.advance(Duration::from_secs(3600));
+    for _ in 0..4 {
+        m.cycle().await;
+        w.clock.advance(Duration::from_secs(31));
+    }
+    assert_eq!(w.pool().await.0, 2, "the second ENI holds pod 4");
+    assert_eq!(w.ec2.calls("DetachNetworkInterface"), 0);
+}
+
+async fn pool_has(state: &IpamState, eni: &str, ip: Ipv4Addr) -> bool {
+    state
+        .with_datastore(|ds| ds.eni_addresses(eni).iter().any(|(a, _)| *a == ip))
+        .await
+}
+
+#[tokio::test]
+async fn reconcile_adopts_and_drops_out_of_band_changes() {
+    let (mut w, mut m) = start("m5.large", targets(0, 3, 0)).await;
+    m.grow().await;
+    assert_eq!(w.pool().await, (1, 3));
+    let primary = w.ec2.primary_eni(&w.instance).id;
+    let enis = w.ec2.attached(&w.instance).len();
+    let held = w.add_pod().await.unwrap();
+
+    // Assigned outside ipamd: adopted.
+    let extra = w.ec2.assign_out_of_band(&primary, 1)[0];
+    m.reconcile().await;
+    assert!(pool_has(&w.state, &primary, extra).await, "{extra} adopted");
+
+    // Unassigned outside ipamd: a free one is dropped, the pod's one is kept.
+    let free = w
+        .state
+        .with_datastore(|ds| {
+            ds.eni_addresses(&primary)
+                .iter()
+                .find(|(ip, k)| k.is_none() && *ip != extra)
+                .unwrap()
+                .0
+        })
+        .await;
+    w.ec2.unassign_out_of_band(&primary, free);
+    w.ec2.unassign_out_of_band(&primary, held);
+    m.reconcile().await;
+    assert!(!pool_has(&w.state, &primary, free).await, "{free} dropped");
+    assert!(pool_has(&w.state, &primary, held).await, "{held} kept: a pod holds it");
+    assert_eq!(w.ec2.attached(&w.instance).len(), enis);
+}
+
+#[tokio::test]
+async fn addresses_ipamd_released_are_not_readopted_within_the_grace() {
+    let (w, mut m) = start("m5.large", targets(0, 2, 0)).await;
+    m.grow().await;
+    assert_eq!(w.pool().await, (1, 2));
+    let primary = w.ec2.primary_eni(&w.instance).id;
+    let on_eni = |w: &World| -> BTreeSet<Ipv4Addr> {
+        w.ec2.eni(&primary).unwrap().ips[1..].iter().copied().collect()
+    };
+    // Two more appear outside ipamd: adopted, then (beyond WARM_IP_TARGET) given back.
+    w.ec2.assign_out_of_band(&primary, 2);
+    m.reconcile().await;
+    assert_eq!(w.pool().await, (1, 4));
+    let before = on_eni(&w);
+    assert_eq!(m.shrink().await, 2);
+    let released: Vec<Ipv4Addr> = before.difference(&on_eni(&w)).copied().collect();
+    assert_eq!(released.len(), 2);
+    assert_eq!(w.pool().await, (1, 2));
+
+    // EC2's answers lag: it shows a released address again. Not re-adopted within 60 s...
+    w.ec2.assign_ip_out_of_band(&primary, released[0]);
+    m.reconcile().await;
+    w.clock.advance(Duration::from_secs(59));
+    m.reconcile().await;
+    assert!(!pool_has(&w.state, &primary, released[0]).await);
+    assert_eq!(w.pool().await, (1, 2));
+    // ...after that EC2's word counts.
+    w.clock.advance(Duration::from_secs(2));
+    m.reconcile().await;
+    assert!(pool_has(&w.state, &primary, released[0]).await);
+    assert_eq!(w.pool().await, (1, 3));
+}
+
+#[tokio::test]
+async fn new_eni_waits_for_its_link_and_is_adopted_when_it_shows() {
+    let (w, mut m) = start("t3.small", targets(0, 5, 0)).await;
+    w.ec2.hide_new_links(true);
+    let t0 = tokio::time::Instant::now();
+    let r = m.grow().await;
+    assert!(r.failed);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
+        "waited the bounded attach wait: {waited:?}"
+    );
+    assert_eq!(w.ec2_shape().0, 2, "attached in EC2");
+    assert_eq!(w.pool().await, (1, 3), "but not in the pool without its link");
+    w.ec2.hide_new_links(false);
+    m.cycle().await;
+    assert_eq!(w.pool().await, (2, 5), "reconcile adopted it");
+    w.assert_pool_matches_ec2(&BTreeSet::new()).await;
+}
+
+#[tokio::test]
+async fn no_manage_enis_are_left_alone_and_count_against_the_limit() {
+    let ec2 = FakeEc2::new();
+    let instance = ec2.launch("t3.small");
+    let eni = ec2.create_detached("someone else's", &[(NO_MANAGE_TAG, "true")]);
+    ec2.assign_out_of_band(&eni, 2);
+    {
+        use crate::cloud::ec2::Ec2Api;
+        ec2.attach_network_interface(&eni, &instance, 1).await.unwrap();
+    }
+    let (mut w, mut m) = start_with(ec2, &instance, config(targets(0, 0, 9)), Duration::ZERO).await;
+    assert_eq!(m.unmanaged().iter().collect::<Vec<_>>(), vec![&eni]);
+    m.grow().await;
+    for _ in 0..8 {
+        let _ = w.add_pod().await;
+        m.cycle().await;
+    }
+    assert_eq!(w.pool().await, (2, 6), "3 ENIs allowed, one is unmanaged");
+    assert_eq!(w.ec2.attached(&w.instance).len(), 3);
+    let untouched = w.ec2.eni(&eni).unwrap();
+    assert_eq!(untouched.ips.len(), 3);
+    assert!(!untouched.tags.contains_key(INSTANCE_ID_TAG), "never tagged");
+    w.assert_pool_matches_ec2(&m.unmanaged().clone()).await;
+    let err = w.add_pod().await.unwrap_err().to_string();
+    assert!(err.contains("limit of 3 ENIs") && err.contains("no_manage"), "{err}");
+}
+
+#[tokio::test]
+async fn managed_enis_get_missing_tags() {
+    let ec2 = FakeEc2::new();
+    let instance = ec2.launch("t3.small");
+    let mut cfg = config(targets(1, 0, 0));
+    cfg.extra_tags.insert(CLUSTER_NAME_TAG.into(), "prod".into());
+    cfg.extra_tags.insert("team".into(), "net".into());
+    let (w, _m) = start_with(ec2, &instance, cfg, Duration::ZERO).await;
+    let tags = w.ec2.primary_eni(&w.instance).tags;
+    assert_eq!(tags.get(INSTANCE_ID_TAG), Some(&w.instance));
+    assert_eq!(tags.get(CLUSTER_NAME_TAG).map(String::as_str), Some("prod"));
+    assert_eq!(tags.get("team").map(String::as_str), Some("net"));
+    assert_eq!(w.ec2.calls("CreateTags"), 1);
+}
+
+#[tokio::test]
+async fn exhaustion_messages_say_why() {
+    // Subnet out of addresses.
+    let (mut w, mut m) = start("t3.small", targets(1, 0, 0)).await;
+    m.grow().await;
+    w.ec2.set_subnet_capacity(0);
+    for _ in 0..3 {
+        w.add_pod().await.unwrap();
+    }
+    m.cycle().await;
+    let err = w.add_pod().await.unwrap_err().to_string();
+    assert!(
+        err.starts_with("no assignable IP: all 3 IPs on 1 ENI are assigned; EC2 cannot add addresses: subnet subnet-0fake has no free addresses")
+            && err.contains("InsufficientFreeAddressesInSubnet"),
+        "{err}"
+    );
+
+    // EC2 failing with 5xx.
+    let (mut w, mut m) = start("t3.small", targets(1, 0, 0)).await;
+    m.grow().await;
+    w.ec2.fail_always("*", Ec2ErrorKind::Server);
+    for _ in 0..3 {
+        w.add_pod().await.unwrap();
+    }
+    m.cycle().await;
+    let err = w.add_pod().await.unwrap_err().to_string();
+    assert!(err.contains("EC2 is failing") && err.contains("InternalError"), "{err}");
+
+    // Only cooling IPs.
+    let ec2 = FakeEc2::new();
+    let instance = ec2.launch("t3.small");
+    let (mut w, mut m) = start_with(ec2, &instance, config(targets(0, 3, 0)), Duration::from_secs(30)).await;
+    m.grow().await;
+    for _ in 0..3 {
+        w.add_pod().await.unwrap();
+    }
+    for n in 1..=3 {
+        w.del_pod(n).await;
+    }
+    let err = w.add_pod().await.unwrap_err().to_string();
+    assert!(
+        err.contains("3 of 3 IPs are in cooldown") && err.contains("first becomes assignable in 30 s"),
+        "{err}"
+    );
+
+    // Still growing (EC2 fine, the manager has not run yet).
+    let (mut w, _m) = start("t3.small", targets(1, 0, 0)).await;
+    let err = w.add_pod().await.unwrap_err().to_string();
+    assert!(err.contains("the pool is growing"), "{err}");
+}
+
+#[tokio::test]
+async fn an_exhausted_assignment_wakes_the_manager_at_once() {
+    let ec2 = FakeEc2::new();
+    let instance = ec2.launch("t3.small");
+    let mut cfg = config(targets(0, 0, 0));
+    cfg.timings.cycle = Duration::from_secs(3600);
+    let (mut w, mut m) = start_with(ec2, &instance, cfg, Duration::ZERO).await;
+    let wake = w.state.pool_wanted();
+    let state = w.state.clone();
+    let run = async { m.run(wake).await };
+    let t0 = tokio::time::Instant::now();
+    let test = async {
+        assert!(w.add_pod().await.is_err(), "empty pool");
+        for _ in 0..100 {
+            if state.with_datastore(Datastore::stats).await.total > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        () = test => {}
+        () = run => unreachable!(),
+    }
+    assert!(tokio::time::Instant::now() - t0 < Duration::from_secs(2));
+    assert_eq!(w.pool().await, (1, 3));
+}
+
+#[tokio::test]
+async fn ec2_down_at_start_leaves_the_pool_to_metadata_and_recovers() {
+    let ec2 = FakeEc2::new();
+    let instance = ec2.launch("t3.small");
+    let eni = ec2.primary_eni(&instance).id;
+    ec2.assign_out_of_band(&eni, 2);
+    ec2.fail_always("*", Ec2ErrorKind::Transport);
+    let (mut w, mut m) = start_with(ec2, &instance, config(targets(1, 0, 0)), Duration::ZERO).await;
+    let r = m.grow().await;
+    assert_eq!(r.ips_added, 0);
+    assert_eq!(w.pool().await, (1, 2), "what metadata shows");
+    w.add_pod().await.unwrap();
+    w.ec2.heal();
+    m.cycle().await;
+    assert_eq!(
+        w.pool().await,
+        (2, 6),
+        "limits from the built-in table meanwhile; the pool grows once EC2 answers"
+    );
+    let md_ips = metadata::fetch_enis(&w.ec2.imds(&w.instance), w.ec2.primary_eni(&w.instance).mac)
+        .await
+        .unwrap()[0]
+        .secondary_ips
+        .len();
+    assert_eq!(md_ips, 3);
+}

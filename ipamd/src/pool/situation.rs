@@ -1,0 +1,254 @@
+//! What limits the pool right now, in words a user can act on. The datastore asks for this
+//! note at the moment an assignment fails ([`CapacityNote`]), so the reason is never stale:
+//! the node at its ENI × IP limit (with the numbers and the instance type), the subnet out of
+//! addresses (EC2's `InsufficientFreeAddressesInSubnet`), EC2 failing or throttling (its last
+//! error and when), the limits still unknown, or the pool still growing. Cooling addresses are
+//! explained by the datastore's own message, which this note ends.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use crate::cloud::ec2_client::{Ec2Failure, Ec2Health};
+use crate::datastore::{CapacityNote, Stats};
+use crate::limits::Limits;
+use crate::pool::policy::{self, Capacity, Counts, Targets};
+
+#[derive(Debug, Default)]
+struct Inner {
+    limits: Option<Limits>,
+    limits_error: Option<String>,
+    unmanaged_enis: u32,
+    subnet_id: String,
+}
+
+/// The pool's situation, shared by the pool manager (which updates it) and the datastore
+/// (which quotes it).
+#[derive(Debug)]
+pub struct PoolSituation {
+    inner: RwLock<Inner>,
+    targets: Targets,
+    health: Arc<Ec2Health>,
+}
+
+fn ago(at: Instant) -> String {
+    format!("{} s ago", at.elapsed().as_secs())
+}
+
+fn describe_failure(f: &Ec2Failure) -> String {
+    format!("{} ({})", f.error, ago(f.at))
+}
+
+impl PoolSituation {
+    /// A situation for a pool with these targets, quoting EC2's `health`.
+    pub fn new(targets: Targets, subnet_id: &str, health: Arc<Ec2Health>) -> Self {
+        Self {
+            inner: RwLock::new(Inner {
+                subnet_id: subnet_id.to_owned(),
+                ..Inner::default()
+            }),
+            targets,
+            health,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The instance's limits are known.
+    pub fn set_limits(&self, limits: Limits) {
+        let mut w = self.write();
+        w.limits = Some(limits);
+        w.limits_error = None;
+    }
+
+    /// The limits could not be found (yet).
+    pub fn set_limits_error(&self, why: String) {
+        self.write().limits_error = Some(why);
+    }
+
+    /// Attached ENIs ipamd leaves alone.
+    pub fn set_unmanaged_enis(&self, n: u32) {
+        self.write().unmanaged_enis = n;
+    }
+
+    /// The subnet new ENIs go into.
+    pub fn set_subnet(&self, subnet_id: &str) {
+        subnet_id.clone_into(&mut self.write().subnet_id);
+    }
+
+    /// The limits, when known.
+    pub fn limits(&self) -> Option<Limits> {
+        self.read().limits.clone()
+    }
+
+    /// Attached ENIs ipamd leaves alone.
+    pub fn unmanaged_enis(&self) -> u32 {
+        self.read().unmanaged_enis
+    }
+
+    /// The policy's view of the limits, when known.
+    pub fn capacity(&self) -> Option<Capacity> {
+        let r = self.read();
+        r.limits.as_ref().map(|l| Capacity {
+            max_enis: l.max_enis,
+            ips_per_eni: l.ips_per_eni,
+            max_pods: l.max_pods,
+            unmanaged_enis: r.unmanaged_enis,
+        })
+    }
+
+    fn limit_text(l: &Limits, unmanaged: u32) -> String {
+        let mut s = format!(
+            "the node is at its limit of {} ENIs x {} IPs = {} pod IPs ({}",
+            l.max_enis,
+            l.ips_per_eni,
+            l.pod_ip_capacity(),
+            l.instance_type
+        );
+        if l.max_enis < l.instance_max_enis {
+            s.push_str(&format!(
+                ", MAX_ENI={} of the instance's {} ENIs",
+                l.max_enis, l.instance_max_enis
+            ));
+        }
+        if unmanaged > 0 {
+            s.push_str(&format!(
+                "; {unmanaged} of them tagged node.k8s.amazonaws.com/no_manage=true and not used for pods"
+            ));
+        }
+        s.push_str("); schedule fewer pods on this node or use a larger instance type");
+        s
+    }
+}
+
+impl CapacityNote for PoolSituation {
+    fn note(&self, stats: &Stats) -> Option<String> {
+        let r = self.read();
+        let Some(limits) = r.limits.as_ref() else {
+            let why = r
+                .limits_error
+                .clone()
+                .unwrap_or_else(|| "they have not been read yet".to_owned());
+            return Some(format!(
+                "the instance's ENI and IP limits are not known ({why}), so ipamd adds no addresses yet"
+            ));
+        };
+        let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let enis = u32_of(stats.enis);
+        let total = u32_of(stats.total);
+        let cap = Capacity {
+            max_enis: limits.max_enis,
+            ips_per_eni: limits.ips_per_eni,
+            max_pods: limits.max_pods,
+            unmanaged_enis: r.unmanaged_enis,
+        };
+        let full = total >= enis.saturating_mul(limits.ips_per_eni);
+        if full && !policy::has_room_for_eni(enis, cap) {
+            return Some(Self::limit_text(limits, r.unmanaged_enis));
+        }
+        if total >= limits.max_pods {
+            return Some(format!(
+                "the node holds its max pods' worth of IPs ({} = {} ENIs x {} IPs + 2, {})",
+                limits.max_pods, limits.instance_max_enis, limits.ips_per_eni, limits.instance_type
+            ));
+        }
+        if let Some(f) = self.health.subnet_full() {
+            return Some(format!(
+                "EC2 cannot add addresses: subnet {} has no free addresses ({}); free addresses in the subnet or give the node a larger one",
+                r.subnet_id,
+                describe_failure(&f)
+            ));
+        }
+        if let Some(f) = self.health.failing() {
+            let what = match f.error.kind {
+                crate::cloud::ec2::Ec2ErrorKind::Throttled => "EC2 is throttling ipamd",
+                crate::cloud::ec2::Ec2ErrorKind::Unauthorized => {
+                    "EC2 refuses ipamd's requests (check the node's IAM policy)"
+                }
+                _ => "EC2 is failing",
+            };
+            return Some(format!(
+                "{what}: {}; ipamd keeps retrying with backoff and the pool grows once EC2 answers",
+                describe_failure(&f)
+            ));
+        }
+        let counts = Counts {
+            total,
+            assigned: u32_of(stats.assigned),
+        };
+        if stats.cooling > 0 && policy::shortfall(counts, self.targets, cap) == 0 {
+            return None;
+        }
+        Some(format!(
+            "the pool is growing: ipamd is adding IPs through EC2 ({} of at most {} pod IPs on this node so far); retry in a few seconds",
+            total,
+            limits.pod_ip_capacity()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::limits::LimitsSource;
+
+    fn stats(enis: usize, total: usize, assigned: usize, cooling: usize) -> Stats {
+        Stats {
+            enis,
+            total,
+            assigned,
+            cooling,
+            assignable: total - assigned - cooling,
+        }
+    }
+
+    fn situation(health: Arc<Ec2Health>) -> PoolSituation {
+        let s = PoolSituation::new(
+            Targets {
+                warm_eni: 1,
+                ..Targets::default()
+            },
+            "subnet-0abc",
+            health,
+        );
+        s.set_limits(Limits::new("t3.small", 3, 4, None, LimitsSource::Ec2));
+        s
+    }
+
+    #[test]
+    fn at_the_limit_names_the_numbers() {
+        let s = situation(Arc::default());
+        let note = s.note(&stats(3, 9, 9, 0)).unwrap();
+        assert!(
+            note.starts_with("the node is at its limit of 3 ENIs x 3 IPs = 9 pod IPs (t3.small"),
+            "{note}"
+        );
+        s.set_unmanaged_enis(1);
+        let note = s.note(&stats(2, 6, 6, 0)).unwrap();
+        assert!(note.contains("limit of 3 ENIs") && note.contains("no_manage"), "{note}");
+    }
+
+    #[test]
+    fn unknown_limits_and_growing_pool() {
+        let s = PoolSituation::new(Targets::default(), "subnet-0abc", Arc::default());
+        s.set_limits_error("DescribeInstanceTypes failed".into());
+        assert!(s.note(&stats(1, 0, 0, 0)).unwrap().contains("DescribeInstanceTypes failed"));
+        let s = situation(Arc::default());
+        let note = s.note(&stats(1, 3, 3, 0)).unwrap();
+        assert!(note.starts_with("the pool is growing"), "{note}");
+        // Only cooling addresses, and the policy does not grow for them: the datastore's
+        // cooldown explanation stands alone.
+        assert_eq!(s.note(&stats(2, 6, 3, 3)), None);
+    }
+}
