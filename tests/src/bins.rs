@@ -20,6 +20,11 @@ pub const CNICLIENT_BIN_ENV: &str = "CNICLIENT_BIN";
 pub const DEBIAN_GOPATH: &str = "/usr/share/gocode";
 /// Where Debian's containernetworking-plugins installs portmap and friends.
 pub const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
+/// Env var naming the Python interpreter that has moto (else `<target>/moto-venv`, else the
+/// `python3` on PATH).
+pub const PYTHON_ENV: &str = "VCNI_PYTHON";
+/// The moto release the simulated VPC is written against (its launcher patches moto's internals).
+pub const MOTO_VERSION: &str = "5.2.1";
 
 /// Errors about missing programs or privileges.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +225,73 @@ pub fn require_tool(tool: &str, install_hint: &str) -> Result<(), BinError> {
             hint: install_hint.to_owned(),
         })
     }
+}
+
+/// The Python interpreter (its real path, not a pyenv shim) that can import moto's server:
+/// `$VCNI_PYTHON`, else `<target>/moto-venv/bin/python3` (what `make deps` creates when the
+/// system has no moto), else `python3` on PATH. Checked once per process.
+pub fn python_with_moto() -> Result<PathBuf, BinError> {
+    static FOUND: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(find_python_with_moto)
+        .clone()
+        .map_err(|hint| BinError::MissingTool {
+            tool: format!("moto {MOTO_VERSION} (Python)"),
+            hint,
+        })
+}
+
+fn find_python_with_moto() -> Result<PathBuf, String> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os(PYTHON_ENV) {
+        candidates.push(PathBuf::from(p));
+    } else {
+        let venv = target_dir().join("moto-venv/bin/python3");
+        if venv.exists() {
+            candidates.push(venv);
+        }
+        candidates.push(PathBuf::from("python3"));
+    }
+    let probe =
+        "import sys, moto, moto.server, moto.ec2; print(sys.executable); print(moto.__version__)";
+    let mut tried = Vec::new();
+    for python in candidates {
+        let out = Command::new(&python).args(["-c", probe]).output();
+        match out {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let mut lines = text.lines();
+                let exe = lines.next().unwrap_or_default().trim().to_owned();
+                let version = lines.next().unwrap_or_default().trim().to_owned();
+                if version != MOTO_VERSION {
+                    tried.push(format!(
+                        "{} has moto {version}, the harness needs {MOTO_VERSION}",
+                        python.display()
+                    ));
+                    continue;
+                }
+                return Ok(if exe.is_empty() {
+                    python
+                } else {
+                    PathBuf::from(exe)
+                });
+            }
+            Ok(out) => tried.push(format!(
+                "{}: {}",
+                python.display(),
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("failed")
+            )),
+            Err(err) => tried.push(format!("{}: {err}", python.display())),
+        }
+    }
+    Err(format!(
+        "no Python with moto {MOTO_VERSION} found ({}); run `sudo make deps` (creates target/moto-venv) \
+         or `pip install 'moto[server]=={MOTO_VERSION}'`, or point {PYTHON_ENV} at an interpreter that has it",
+        tried.join("; ")
+    ))
 }
 
 /// Everything a simulated node needs: root, iproute2, ping, the system CNI plugins, and the

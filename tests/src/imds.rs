@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -341,6 +341,7 @@ where
 }
 
 const META_INDEX: &[&str] = &[
+    "iam/",
     "instance-id",
     "instance-type",
     "local-ipv4",
@@ -364,8 +365,83 @@ const MAC_FIELDS: &[&str] = &[
     "vpc-ipv4-cidr-blocks",
 ];
 
+/// Name of the IAM role of every simulated instance's instance profile.
+pub const INSTANCE_PROFILE_ROLE: &str = "vcni-node-role";
+/// How long the instance-profile credentials the emulator hands out are valid.
+pub const CREDENTIALS_VALIDITY: Duration = Duration::from_secs(6 * 3600);
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (the format of IMDS's credential documents).
+pub fn rfc3339_utc(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm), in unsigned arithmetic.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn instance_profile_credentials(
+    node: &crate::metadata::NodeDescription,
+    now: SystemTime,
+) -> String {
+    let suffix: String = node
+        .instance_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    let key_id = format!("ASIA{suffix:0>16}");
+    let doc = serde_json::json!({
+        "Code": "Success",
+        "LastUpdated": rfc3339_utc(now),
+        "Type": "AWS-HMAC",
+        "AccessKeyId": &key_id[..20.min(key_id.len())],
+        "SecretAccessKey": format!("vcni-simulated-secret-of-{}", node.instance_id),
+        "Token": format!("vcni-simulated-session-token-of-{}", node.instance_id),
+        "Expiration": rfc3339_utc(now + CREDENTIALS_VALIDITY),
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+fn instance_profile_info(node: &crate::metadata::NodeDescription, now: SystemTime) -> String {
+    let doc = serde_json::json!({
+        "Code": "Success",
+        "LastUpdated": rfc3339_utc(now),
+        "InstanceProfileArn": format!(
+            "arn:aws:iam::{}:instance-profile/{INSTANCE_PROFILE_ROLE}",
+            node.account_id
+        ),
+        "InstanceProfileId": "AIPAVCNISIMULATED0001",
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
 /// The body for a metadata path, `None` when AWS would answer 404.
 pub fn lookup(node: &crate::metadata::NodeDescription, path: &str) -> Option<String> {
+    lookup_at(node, path, SystemTime::now())
+}
+
+/// [`lookup`] at time `now` (credential documents carry times).
+pub fn lookup_at(
+    node: &crate::metadata::NodeDescription,
+    path: &str,
+    now: SystemTime,
+) -> Option<String> {
     // Directory listings are served with or without the trailing slash, as on AWS.
     let path = path.strip_suffix('/').unwrap_or(path);
     if path == "/latest" {
@@ -393,6 +469,12 @@ pub fn lookup(node: &crate::metadata::NodeDescription, path: &str) -> Option<Str
         "/placement/region" => return Some(node.region.clone()),
         "/network" => return Some("interfaces/".to_owned()),
         "/network/interfaces" => return Some("macs/".to_owned()),
+        "/iam" => return Some(lines(["info", "security-credentials/"])),
+        "/iam/info" => return Some(instance_profile_info(node, now)),
+        "/iam/security-credentials" => return Some(INSTANCE_PROFILE_ROLE.to_owned()),
+        p if p == format!("/iam/security-credentials/{INSTANCE_PROFILE_ROLE}") => {
+            return Some(instance_profile_credentials(node, now));
+        }
         "/network/interfaces/macs" => {
             let mut enis: Vec<&InterfaceDescription> = node.interfaces.iter().collect();
             enis.sort_by_key(|e| (e.network_card, e.device_number));
@@ -511,6 +593,46 @@ mod tests {
         assert_eq!(doc["privateIp"], "10.0.0.10");
         assert_eq!(doc["region"], "us-west-2");
         assert_eq!(doc["accountId"], crate::metadata::DEFAULT_ACCOUNT_ID);
+    }
+
+    #[test]
+    fn instance_profile_credentials_look_like_aws() {
+        let n = node();
+        let now = UNIX_EPOCH + Duration::from_secs(1_764_115_200); // 2025-11-26T00:00:00Z
+        let get = |p: &str| lookup_at(&n, p, now);
+        assert_eq!(
+            get("/latest/meta-data/iam/security-credentials/").unwrap(),
+            INSTANCE_PROFILE_ROLE
+        );
+        let creds: serde_json::Value = serde_json::from_str(
+            &get(&format!(
+                "/latest/meta-data/iam/security-credentials/{INSTANCE_PROFILE_ROLE}"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(creds["Code"], "Success");
+        assert_eq!(creds["Expiration"], "2025-11-26T06:00:00Z");
+        assert_eq!(creds["LastUpdated"], "2025-11-26T00:00:00Z");
+        assert!(creds["AccessKeyId"].as_str().unwrap().starts_with("ASIA"));
+        assert_eq!(creds["AccessKeyId"].as_str().unwrap().len(), 20);
+        assert!(creds["Token"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(get("/latest/meta-data/iam/security-credentials/other-role").is_none());
+        assert!(
+            get("/latest/meta-data/")
+                .unwrap()
+                .lines()
+                .any(|l| l == "iam/")
+        );
+    }
+
+    #[test]
+    fn rfc3339_handles_leap_years_and_epoch() {
+        assert_eq!(rfc3339_utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400 + 86_399); // 2000-02-29
+        assert_eq!(rfc3339_utc(leap), "2000-02-29T23:59:59Z");
+        let y2038 = UNIX_EPOCH + Duration::from_secs(2_147_483_647);
+        assert_eq!(rfc3339_utc(y2038), "2038-01-19T03:14:07Z");
     }
 
     #[test]

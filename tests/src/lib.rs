@@ -1,19 +1,22 @@
 //! Test harness of the Rust AWS VPC CNI: an IMDS emulator, simulated EC2 nodes built from
-//! network namespaces, and drivers for the real clients of the plugin (direct exec as a runtime
-//! does, libcni through a Go front end, podman). Used by the end-to-end tests in `tests/` and by
-//! the `vpcsim` demo. Everything kernel-related happens in namespaces the harness creates and
+//! network namespaces (alone, or as instances of a moto-backed simulated VPC), and drivers for
+//! the real clients of the plugin (direct exec as a runtime does, libcni through a Go front
+//! end, podman). Used by the end-to-end tests in `tests/` and by the `vpcsim` demo. Everything kernel-related happens in namespaces the harness creates and
 //! deletes; the machine's root namespace is never changed.
 
 pub mod bins;
 pub mod cleanup;
 pub mod cni;
 pub mod cniclient;
+pub mod http;
 pub mod imds;
 pub mod ipamd_client;
 pub mod metadata;
 pub mod netns;
 pub mod node;
 pub mod podman;
+pub mod probe;
+pub mod vpc;
 
 pub use cni::{CniOutcome, CniRequest, Pod, host_veth_name};
 pub use cniclient::CniClient;
@@ -21,3 +24,4 @@ pub use metadata::{InterfaceDescription, NodeDescription};
 pub use netns::Netns;
 pub use node::{NodeError, NodeOptions, SimNode, standard_node};
 pub use podman::Podman;
+pub use vpc::{FabricOptions, NodeSpec, VpcFabric, VpcNode};

@@ -1,33 +1,29 @@
-//! A simulated EC2 node: a `vpc` namespace playing the VPC router, a `node` namespace whose
-//! `eth0`, `eth1`, … are the instance's ENIs, the IMDS emulator listening on the node's own
-//! loopback, and ipamd running inside the node namespace. Everything is torn down on drop.
-//!
-//! Topology (design.md §5, §8): each ENI is a veth pair; the node end carries the ENI's MAC,
-//! the peer is a port of bridge `br0` in the `vpc` namespace, which holds each subnet's gateway
-//! (`.1`). The router knows every ENI address as a permanent neighbour (`ip/32 -> ENI MAC`),
-//! the way the VPC fabric knows which ENI owns an address. `eth0` is configured like the node OS
-//! does (primary address, default route via `.1`, `ip_forward=1`); secondary ENIs are created
-//! and left down for ipamd to bring up. Nothing here touches the machine's root namespace.
+//! What every simulated node has, whatever plays its VPC: a node namespace, a private state
+//! directory, ipamd running inside the namespace, and the helpers that drive the plugin and
+//! inspect the node the way a runtime and an operator would. [`crate::node::SimNode`] (one
+//! node, metadata from a file) and [`crate::vpc::VpcNode`] (instances of a moto-backed VPC)
+//! both deref to a [`NodeHost`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipamd::rpc::PoolStatusReply;
-use ipnet::Ipv4Net;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::bins::{self, BinError};
 use crate::cleanup;
 use crate::cni::{CniError, CniOutcome, CniRequest, Pod};
-use crate::imds::{self, ImdsError, ImdsServer};
+use crate::http::{self, HttpError};
+use crate::imds::ImdsError;
 use crate::ipamd_client::{self, IpamdClientError};
-use crate::metadata::{InterfaceDescription, MetadataError, NodeDescription};
+use crate::metadata::MetadataError;
 use crate::netns::{Netns, NetnsError, NetnsProcess, PingOutcome};
 
 /// Name of the conflist ipamd writes when ready.
@@ -102,6 +98,20 @@ pub enum NodeError {
         /// Why.
         reason: String,
     },
+    /// An HTTP exchange with the node (introspection) failed.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    /// ipamd's introspection endpoint answered something unusable.
+    #[error("introspection {path}: {reason}")]
+    Introspection {
+        /// The path asked.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The simulated VPC around the node failed (moto, the hypervisor, the router).
+    #[error("simulated VPC: {0}")]
+    Vpc(String),
     /// A plugin call that had to succeed failed.
     #[error("{what} failed:\n{outcome}\n{diag}")]
     PluginFailed {
@@ -114,99 +124,12 @@ pub enum NodeError {
     },
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
     let context = context.into();
     move |source| NodeError::Io { context, source }
 }
 
-/// How to build a node and run its ipamd.
-#[derive(Debug, Clone)]
-pub struct NodeOptions {
-    /// The instance and its ENIs.
-    pub description: NodeDescription,
-    /// `IP_COOLDOWN_PERIOD` for ipamd (a string so invalid values can be tested).
-    pub cooldown: String,
-    /// `MY_NODE_NAME`.
-    pub node_name: String,
-    /// Extra environment for ipamd (overrides the defaults).
-    pub ipamd_env: Vec<(String, String)>,
-    /// Start ipamd and wait for readiness as part of [`SimNode::start`].
-    pub start_ipamd: bool,
-    /// How long to wait for ipamd's conflist.
-    pub ready_timeout: Duration,
-}
-
-impl NodeOptions {
-    /// Defaults: cooldown 0, ipamd started, 60 s readiness timeout.
-    pub fn new(description: NodeDescription) -> Self {
-        Self {
-            node_name: format!("node-{}", description.instance_id),
-            description,
-            cooldown: "0".into(),
-            ipamd_env: Vec::new(),
-            start_ipamd: true,
-            ready_timeout: Duration::from_secs(60),
-        }
-    }
-
-    /// Sets `IP_COOLDOWN_PERIOD` in seconds.
-    pub fn cooldown_seconds(mut self, seconds: u64) -> Self {
-        self.cooldown = seconds.to_string();
-        self
-    }
-
-    /// Adds or overrides one ipamd environment variable.
-    pub fn ipamd_env(mut self, key: &str, value: &str) -> Self {
-        self.ipamd_env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Builds the namespaces and the emulator but leaves ipamd to the test.
-    pub fn without_ipamd(mut self) -> Self {
-        self.start_ipamd = false;
-        self
-    }
-}
-
-/// Describes a node whose subnet is 10.0.0.0/24 (VPC 10.0.0.0/16), with one ENI per entry of
-/// `secondary_ips`: ENI `i` has primary address `10.0.0.(10 + 10 i)`, then that many secondary
-/// addresses following it, MAC `02:00:0a:00:00:<primary's last octet in hex>`.
-pub fn standard_node(secondary_ips: &[u8]) -> NodeDescription {
-    let interfaces = secondary_ips
-        .iter()
-        .zip(0u8..)
-        .map(|(&count, device)| {
-            let base = 10 + 10 * device;
-            InterfaceDescription {
-                mac: format!("02:00:0a:00:00:{base:02x}"),
-                interface_id: format!("eni-0a1b2c3d4e5f6{:04x}", u16::from(base)),
-                device_number: u32::from(device),
-                network_card: 0,
-                subnet_id: "subnet-0a1b2c3d".into(),
-                subnet_ipv4_cidr_block: Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 24)
-                    .unwrap_or_default(),
-                security_group_ids: vec!["sg-0a1b2c3d".into()],
-                local_ipv4s: (0..=count)
-                    .map(|k| Ipv4Addr::new(10, 0, 0, base.saturating_add(k)))
-                    .collect(),
-            }
-        })
-        .collect();
-    NodeDescription {
-        instance_id: format!("i-0a1b2c3d{:09x}", std::process::id()),
-        instance_type: "m5.large".into(),
-        region: "us-west-2".into(),
-        availability_zone: "us-west-2a".into(),
-        vpc_id: "vpc-0a1b2c3d".into(),
-        vpc_ipv4_cidr_blocks: vec![
-            Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 16).unwrap_or_default(),
-        ],
-        account_id: crate::metadata::DEFAULT_ACCOUNT_ID.into(),
-        interfaces,
-    }
-}
-
-enum StateDir {
+pub(crate) enum StateDir {
     Temp(tempfile::TempDir),
     Kept(PathBuf),
 }
@@ -218,203 +141,109 @@ impl std::fmt::Debug for StateDir {
 }
 
 impl StateDir {
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         match self {
             Self::Temp(t) => t.path(),
             Self::Kept(p) => p,
         }
     }
-}
 
-/// One running simulated node. Dropping it kills ipamd, stops the emulator and deletes the
-/// namespaces and the state directory.
-#[derive(Debug)]
-pub struct SimNode {
-    ipamd: Option<NetnsProcess>,
-    imds: Option<ImdsServer>,
-    node_ns: Netns,
-    vpc_ns: Netns,
-    dir: StateDir,
-    options: NodeOptions,
-    description: NodeDescription,
-    imds_endpoint: String,
-    ipamd_bin: PathBuf,
-    cni_path: String,
-}
-
-impl SimNode {
-    /// Builds the node and (unless told otherwise) starts ipamd and waits until it is ready.
-    pub fn start(options: NodeOptions) -> Result<Self, NodeError> {
-        bins::require_node_prerequisites()?;
-        cleanup::install_signal_cleanup();
-        options.description.validate()?;
-        let ipamd_bin = bins::ipamd()?;
-        let cni_path = bins::cni_path()?;
-
+    /// A fresh `vcni-<what>-*` temp dir, kept after the run when `VCNI_KEEP_DIRS` is set,
+    /// else removed on drop (and on a termination signal).
+    pub(crate) fn create(what: &str) -> Result<Self, NodeError> {
         let temp = tempfile::Builder::new()
-            .prefix("vcni-node-")
+            .prefix(&format!("vcni-{what}-"))
             .tempdir()
-            .map_err(io_err("cannot create the node's state directory"))?;
-        let dir = if std::env::var_os(KEEP_DIRS_ENV).is_some() {
+            .map_err(io_err(format!(
+                "cannot create a state directory for {what}"
+            )))?;
+        Ok(if std::env::var_os(KEEP_DIRS_ENV).is_some() {
             StateDir::Kept(temp.keep())
         } else {
             cleanup::register_dir(temp.path());
             StateDir::Temp(temp)
-        };
-        let vpc_ns = Netns::new("vpc")?;
-        let node_ns = Netns::new("node")?;
-        let mut node = Self {
+        })
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if let StateDir::Temp(t) = self {
+            cleanup::unregister_dir(t.path());
+        }
+    }
+}
+
+/// Extra failure context from whatever surrounds the node (the simulated VPC's state).
+pub type DiagFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// How ipamd runs on a node: the environment every node shares is built by [`NodeHost`];
+/// this adds the mode (endpoints, credentials, IMDS-only) and the test's knobs.
+#[derive(Clone)]
+pub struct HostSettings {
+    /// `MY_NODE_NAME`.
+    pub node_name: String,
+    /// `AWS_REGION`.
+    pub region: String,
+    /// `IP_COOLDOWN_PERIOD` (a string so invalid values can be tested).
+    pub cooldown: String,
+    /// The mode's environment (e.g. `ENABLE_IMDS_ONLY_MODE`, `AWS_ENDPOINT_URL_EC2`).
+    pub mode_env: Vec<(String, String)>,
+    /// The test's overrides, applied last.
+    pub overrides: Vec<(String, String)>,
+    /// How long to wait for ipamd's conflist.
+    pub ready_timeout: Duration,
+    /// Extra context for failure messages.
+    pub diag: Option<DiagFn>,
+}
+
+impl std::fmt::Debug for HostSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostSettings")
+            .field("node_name", &self.node_name)
+            .field("region", &self.region)
+            .field("cooldown", &self.cooldown)
+            .field("mode_env", &self.mode_env)
+            .field("overrides", &self.overrides)
+            .field("ready_timeout", &self.ready_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A node's namespace, state directory and ipamd. Dropping it kills ipamd, then deletes the
+/// namespace and the directory.
+#[derive(Debug)]
+pub struct NodeHost {
+    ipamd: Option<NetnsProcess>,
+    ns: Netns,
+    dir: StateDir,
+    settings: HostSettings,
+    ipamd_bin: PathBuf,
+    cni_path: String,
+}
+
+impl NodeHost {
+    /// Prepares a node in `ns` (its state directory with `net.d`); ipamd is not started.
+    pub fn new(ns: Netns, settings: HostSettings) -> Result<Self, NodeError> {
+        bins::require_node_prerequisites()?;
+        let ipamd_bin = bins::ipamd()?;
+        let cni_path = bins::cni_path()?;
+        let dir = StateDir::create("node")?;
+        let host = Self {
             ipamd: None,
-            imds: None,
-            node_ns,
-            vpc_ns,
+            ns,
             dir,
-            description: options.description.clone(),
-            options,
-            imds_endpoint: String::new(),
+            settings,
             ipamd_bin,
             cni_path,
         };
-        fs::create_dir_all(node.conflist_dir()).map_err(io_err("cannot create net.d"))?;
-        node.description.store(&node.node_file())?;
-        node.build_fabric()?;
-        node.start_imds()?;
-        if node.options.start_ipamd {
-            node.start_ipamd()?;
-        }
-        Ok(node)
-    }
-
-    fn build_fabric(&self) -> Result<(), NodeError> {
-        let vpc = &self.vpc_ns;
-        vpc.ip(&["link", "add", "br0", "type", "bridge"])?;
-        let subnets: BTreeSet<Ipv4Net> = self
-            .description
-            .interfaces
-            .iter()
-            .map(|e| e.subnet_ipv4_cidr_block)
-            .collect();
-        for subnet in &subnets {
-            let gw = Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1));
-            vpc.ip(&[
-                "addr",
-                "add",
-                &format!("{gw}/{}", subnet.prefix_len()),
-                "dev",
-                "br0",
-            ])?;
-        }
-        vpc.ip(&["link", "set", "br0", "up"])?;
-
-        let mut enis: Vec<&InterfaceDescription> = self.description.interfaces.iter().collect();
-        enis.sort_by_key(|e| e.device_number);
-        for eni in enis {
-            let ifname = format!("eth{}", eni.device_number);
-            let peer = format!("enid{}", eni.device_number);
-            self.node_ns.ip(&[
-                "link",
-                "add",
-                &ifname,
-                "address",
-                &eni.mac,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &peer,
-                "netns",
-                vpc.name(),
-            ])?;
-            vpc.ip(&["link", "set", &peer, "master", "br0", "up"])?;
-        }
-        self.sync_router_neighbours(None)?;
-
-        // The node OS configures the primary ENI (DHCP on AWS) and enables forwarding.
-        let primary = self
-            .description
-            .primary_interface()
-            .ok_or_else(|| MetadataError::Invalid("no primary ENI".into()))?;
-        let primary_ip = primary
-            .primary_ip()
-            .ok_or_else(|| MetadataError::Invalid("primary ENI has no address".into()))?;
-        let prefix = primary.subnet_ipv4_cidr_block.prefix_len();
-        self.node_ns.ip(&[
-            "addr",
-            "add",
-            &format!("{primary_ip}/{prefix}"),
-            "dev",
-            "eth0",
-        ])?;
-        self.node_ns.ip(&["link", "set", "eth0", "up"])?;
-        self.node_ns.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &primary.gateway().to_string(),
-            "dev",
-            "eth0",
-        ])?;
-        self.node_ns.sysctl("net.ipv4.ip_forward", "1")?;
-        Ok(())
-    }
-
-    /// Makes the router's neighbour table match the ENI addresses of the description
-    /// (`old` = the previous description, whose vanished addresses are removed).
-    fn sync_router_neighbours(&self, old: Option<&NodeDescription>) -> Result<(), NodeError> {
-        let wanted: BTreeSet<(Ipv4Addr, String)> = self
-            .description
-            .interfaces
-            .iter()
-            .flat_map(|e| e.local_ipv4s.iter().map(|ip| (*ip, e.mac.clone())))
-            .collect();
-        if let Some(old) = old {
-            for eni in &old.interfaces {
-                for ip in &eni.local_ipv4s {
-                    if !wanted.iter().any(|(w, _)| w == ip) {
-                        self.vpc_ns
-                            .ip(&["neigh", "del", &ip.to_string(), "dev", "br0"])?;
-                    }
-                }
-            }
-        }
-        for (ip, mac) in &wanted {
-            self.vpc_ns.ip(&[
-                "neigh",
-                "replace",
-                &ip.to_string(),
-                "lladdr",
-                mac,
-                "dev",
-                "br0",
-                "nud",
-                "permanent",
-            ])?;
-        }
-        Ok(())
-    }
-
-    fn start_imds(&mut self) -> Result<(), NodeError> {
-        // Loopback is per namespace: open the listener inside the node so ipamd reaches it on
-        // 127.0.0.1; the socket keeps its namespace when served from this process's thread.
-        let listener = self
-            .node_ns
-            .run_in(|| TcpListener::bind("127.0.0.1:0"))?
-            .map_err(io_err("cannot listen on the node's loopback"))?;
-        let server = imds::spawn(listener, self.node_file())?;
-        self.imds_endpoint = server.endpoint();
-        self.imds = Some(server);
-        Ok(())
+        fs::create_dir_all(host.conflist_dir()).map_err(io_err("cannot create net.d"))?;
+        Ok(host)
     }
 
     /// The node's namespace (where ipamd, the plugin and the host veths live).
     pub fn ns(&self) -> &Netns {
-        &self.node_ns
-    }
-
-    /// The VPC router's namespace.
-    pub fn vpc(&self) -> &Netns {
-        &self.vpc_ns
+        &self.ns
     }
 
     /// The node's state directory (socket, checkpoint, net.d, logs).
@@ -422,40 +251,32 @@ impl SimNode {
         self.dir.path()
     }
 
-    /// The current instance description.
-    pub fn description(&self) -> &NodeDescription {
-        &self.description
+    /// How ipamd runs here.
+    pub fn settings(&self) -> &HostSettings {
+        &self.settings
     }
 
-    /// The options the node was started with.
-    pub fn options(&self) -> &NodeOptions {
-        &self.options
+    /// Adds or replaces one ipamd environment variable for the next start.
+    pub fn set_ipamd_env(&mut self, key: &str, value: &str) {
+        self.settings.overrides.retain(|(k, _)| k != key);
+        self.settings
+            .overrides
+            .push((key.to_owned(), value.to_owned()));
     }
 
-    /// The emulator's endpoint as ipamd sees it (`http://127.0.0.1:<port>` in the node).
-    pub fn imds_endpoint(&self) -> &str {
-        &self.imds_endpoint
+    /// Sets one variable of the mode's environment (e.g. the IMDS endpoint once it is known).
+    pub fn set_mode_env(&mut self, key: &str, value: &str) {
+        self.settings.mode_env.retain(|(k, _)| k != key);
+        self.settings
+            .mode_env
+            .push((key.to_owned(), value.to_owned()));
     }
 
-    /// The JSON node file the emulator serves.
-    pub fn node_file(&self) -> PathBuf {
-        self.dir().join("node.json")
-    }
-
-    /// Edits the instance description (e.g. adds or removes secondary addresses, as EC2 does
-    /// when someone calls AssignPrivateIpAddresses); the emulator serves the new state at once
-    /// and the router learns the new addresses.
-    pub fn update_description(
-        &mut self,
-        edit: impl FnOnce(&mut NodeDescription),
-    ) -> Result<(), NodeError> {
-        let old = self.description.clone();
-        let mut new = old.clone();
-        edit(&mut new);
-        new.validate()?;
-        new.store(&self.node_file())?;
-        self.description = new;
-        self.sync_router_neighbours(Some(&old))
+    /// Kills ipamd (SIGKILL) if it runs; used on teardown.
+    pub fn kill_ipamd_if_running(&mut self) {
+        if let Some(mut p) = self.ipamd.take() {
+            p.kill();
+        }
     }
 
     /// ipamd's `HOST_CNI_CONFDIR_PATH`.
@@ -502,11 +323,6 @@ impl SimNode {
     pub fn ipamd_env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let d = |p: PathBuf| p.to_string_lossy().into_owned();
         let mut env: Vec<(String, String)> = vec![
-            ("ENABLE_IMDS_ONLY_MODE".into(), "true".into()),
-            (
-                "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
-                self.imds_endpoint.clone(),
-            ),
             ("AWS_VPC_K8S_CNI_IPAMD_SOCKET".into(), d(self.socket_path())),
             (
                 "AWS_VPC_K8S_CNI_BACKING_STORE".into(),
@@ -520,22 +336,18 @@ impl SimNode {
                 d(self.plugin_log_path()),
             ),
             ("AWS_VPC_K8S_PLUGIN_LOG_LEVEL".into(), "DEBUG".into()),
-            ("MY_NODE_NAME".into(), self.options.node_name.clone()),
-            ("AWS_REGION".into(), self.description.region.clone()),
-            ("IP_COOLDOWN_PERIOD".into(), self.options.cooldown.clone()),
-            // Harmless dummies: IMDS-only mode makes no signed calls, and nothing may try real AWS.
-            ("AWS_ACCESS_KEY_ID".into(), "AKIAVCNITESTS0000000".into()),
-            (
-                "AWS_SECRET_ACCESS_KEY".into(),
-                "vcni-tests-not-a-secret".into(),
-            ),
+            ("MY_NODE_NAME".into(), self.settings.node_name.clone()),
+            ("AWS_REGION".into(), self.settings.region.clone()),
+            ("IP_COOLDOWN_PERIOD".into(), self.settings.cooldown.clone()),
+            // No ~/.aws of the machine's user is ever read.
             ("HOME".into(), d(self.dir().to_owned())),
             ("RUST_BACKTRACE".into(), "1".into()),
         ];
         let overrides = self
-            .options
-            .ipamd_env
+            .settings
+            .mode_env
             .iter()
+            .chain(self.settings.overrides.iter())
             .map(|(k, v)| (k.clone(), v.clone()))
             .chain(
                 extra
@@ -555,7 +367,7 @@ impl SimNode {
         let env = self.ipamd_env(extra);
         let bin = self.ipamd_bin.to_string_lossy().into_owned();
         Ok(NetnsProcess::spawn(
-            &self.node_ns,
+            &self.ns,
             Path::new(&bin),
             &[],
             &env,
@@ -576,7 +388,7 @@ impl SimNode {
         }
         let process = self.spawn_ipamd_process(&[])?;
         self.ipamd = Some(process);
-        self.wait_ready(self.options.ready_timeout)
+        self.wait_ready(self.settings.ready_timeout)
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), NodeError> {
@@ -697,7 +509,7 @@ impl SimNode {
     /// Execs the plugin inside the node namespace, as a runtime on the node would.
     pub fn exec_plugin(&self, request: &CniRequest) -> Result<CniOutcome, NodeError> {
         let plugin = bins::aws_cni()?;
-        Ok(request.run_in(&self.node_ns, plugin, &self.cni_path)?)
+        Ok(request.run_in(&self.ns, plugin, &self.cni_path)?)
     }
 
     /// Direct-exec `command` for `pod` with the written conflist at `cni_version`.
@@ -771,6 +583,63 @@ impl SimNode {
         }))
     }
 
+    /// Where ipamd's introspection endpoint listens (`INTROSPECTION_BIND_ADDRESS`, default
+    /// `127.0.0.1:61679`, inside the node).
+    pub fn introspection_addr(&self) -> SocketAddr {
+        self.settings
+            .overrides
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "INTROSPECTION_BIND_ADDRESS")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 61679)))
+    }
+
+    /// GET of an introspection path (`/v1/enis`, `/v1/pods`, `/v1/pool`) as JSON.
+    pub fn introspect(&self, path: &str) -> Result<Value, NodeError> {
+        let reply = http::request(&self.ns, self.introspection_addr(), "GET", path, &[])?;
+        if reply.status != 200 {
+            return Err(NodeError::Introspection {
+                path: path.to_owned(),
+                reason: format!("status {}: {}", reply.status, reply.body.trim()),
+            });
+        }
+        reply.json().ok_or_else(|| NodeError::Introspection {
+            path: path.to_owned(),
+            reason: format!("not JSON: {}", reply.body.trim()),
+        })
+    }
+
+    /// The addresses in ipamd's datastore by ENI id (`/v1/enis`, every network card).
+    pub fn datastore_ips(&self) -> Result<BTreeMap<String, BTreeSet<Ipv4Addr>>, NodeError> {
+        let cards = self.introspect("/v1/enis")?;
+        let bad = |reason: &str| NodeError::Introspection {
+            path: "/v1/enis".into(),
+            reason: format!("{reason}: {cards}"),
+        };
+        let mut out = BTreeMap::new();
+        for card in cards
+            .as_object()
+            .ok_or_else(|| bad("not an object"))?
+            .values()
+        {
+            let enis = card["ENIs"].as_object().ok_or_else(|| bad("no ENIs"))?;
+            for (id, eni) in enis {
+                let ips: BTreeSet<Ipv4Addr> = eni["AvailableIPv4Cidrs"]
+                    .as_object()
+                    .map(|cidrs| {
+                        cidrs
+                            .keys()
+                            .filter_map(|c| c.trim_end_matches("/32").parse().ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.insert(id.clone(), ips);
+            }
+        }
+        Ok(out)
+    }
+
     /// ipamd's checkpoint file as JSON.
     pub fn checkpoint(&self) -> Result<Value, NodeError> {
         let path = self.checkpoint_path();
@@ -799,7 +668,7 @@ impl SimNode {
         let ip = ip.to_string();
         let with_len = format!("{ip}/32");
         Ok(self
-            .node_ns
+            .ns
             .rules()?
             .into_iter()
             .filter(|r| {
@@ -815,7 +684,7 @@ impl SimNode {
         let ip = ip.to_string();
         let with_len = format!("{ip}/32");
         Ok(self
-            .node_ns
+            .ns
             .routes("main")?
             .into_iter()
             .filter(|r| r["dst"].as_str() == Some(&ip) || r["dst"].as_str() == Some(&with_len))
@@ -824,15 +693,15 @@ impl SimNode {
 
     /// A snapshot of what pods leave on the node: link names, main routes and rules.
     pub fn host_state(&self) -> Result<HostState, NodeError> {
-        let mut links: Vec<String> = self.node_ns.link_names()?;
+        let mut links: Vec<String> = self.ns.link_names()?;
         links.sort();
         let routes = self
-            .node_ns
+            .ns
             .routes("all")?
             .iter()
             .map(Value::to_string)
             .collect();
-        let rules = self.node_ns.rules()?.iter().map(Value::to_string).collect();
+        let rules = self.ns.rules()?.iter().map(Value::to_string).collect();
         Ok(HostState {
             links,
             routes,
@@ -854,6 +723,10 @@ impl SimNode {
             tail(&self.ipamd_output_path(), 30),
             tail(&self.plugin_log_path(), 40)
         );
+        if let Some(extra) = &self.settings.diag {
+            out.push('\n');
+            out.push_str(&extra());
+        }
         for warning in bins::staleness_warnings() {
             out.push_str("\n===== WARNING: stale binary: ");
             out.push_str(&warning);
@@ -862,18 +735,10 @@ impl SimNode {
     }
 }
 
-impl Drop for SimNode {
+impl Drop for NodeHost {
     fn drop(&mut self) {
-        if let Some(mut p) = self.ipamd.take() {
-            p.kill();
-        }
-        if let Some(server) = self.imds.take() {
-            server.stop();
-        }
-        if let StateDir::Temp(t) = &self.dir {
-            cleanup::unregister_dir(t.path());
-        }
-        // The namespaces and the temp dir go with the remaining fields.
+        self.kill_ipamd_if_running();
+        // The namespace and the state directory go with the remaining fields.
     }
 }
 
@@ -932,19 +797,6 @@ pub fn tail(path: &Path, lines: usize) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn standard_node_is_valid_and_shaped_as_documented() {
-        let d = standard_node(&[4, 3]);
-        d.validate().unwrap();
-        let eth1 = d.interface_by_device(1).unwrap();
-        assert_eq!(eth1.mac, "02:00:0a:00:00:14");
-        assert_eq!(eth1.primary_ip(), Some(Ipv4Addr::new(10, 0, 0, 20)));
-        assert_eq!(eth1.secondary_ips().len(), 3);
-        assert_eq!(eth1.route_table(), 2);
-        assert_eq!(d.all_secondary_ips().len(), 7);
-        assert_eq!(d.local_ipv4(), Some(Ipv4Addr::new(10, 0, 0, 10)));
-    }
 
     #[test]
     fn host_state_diff_names_the_new_link() {

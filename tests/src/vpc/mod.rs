@@ -1,0 +1,116 @@
+//! The VPC simulator on moto (design.md §5): a `vpc` namespace is the VPC router, an `internet`
+//! namespace holds 203.0.113.0/24 behind it (with moto, the EC2 endpoint), and every simulated
+//! node is a namespace whose `eth0`, `eth1`, … are veths into the router carrying the MACs of the
+//! instance's ENIs in moto. A hypervisor thread follows moto: ENIs attached to a node's instance
+//! appear in the node (and vanish on detach), and the router routes every private address moto
+//! shows on an ENI to that ENI. The IMDS emulator answers on 169.254.169.254 from the same
+//! state, for the instance that asks. ipamd runs on each node in EC2 mode (or IMDS-only mode)
+//! exactly as on an EC2 instance: endpoints from the SDK's standard settings, credentials from
+//! the instance profile.
+//!
+//! Use it as a library ([`VpcFabric::start`], [`VpcFabric::add_node`]) or through
+//! `vpcsim vpc-demo`. Nothing connects to the machine's root namespace: the harness's own EC2
+//! client runs on threads that entered the internet namespace, and the IMDS emulator's socket
+//! was opened inside the router namespace.
+
+mod ec2;
+mod fabric;
+mod model;
+mod moto;
+mod node;
+pub mod router;
+mod watcher;
+
+use std::time::Duration;
+
+pub use ec2::{Ec2, Ec2Error, EniRequest, SIMULATED_AMI};
+pub use fabric::{FabricOptions, VpcFabric};
+pub use model::{EniAttachment, EniState, InstanceInfo, SubnetInfo, VpcSnapshot};
+pub use moto::MotoServer;
+pub use node::{IpamdMode, NodeSpec, VpcNode};
+pub use router::{EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT, IMDS_ADDR, INTERNET_HOST};
+pub use watcher::{DEFAULT_POLL, Hypervisor, MotoSource, RegisteredNode, Watcher};
+
+use crate::bins::BinError;
+use crate::imds::ImdsError;
+use crate::netns::NetnsError;
+use crate::node::NodeError;
+
+/// Tags and description the reference (and ipamd) put on the ENIs it creates.
+pub mod tags {
+    /// Tag naming the instance an ENI was created for.
+    pub const INSTANCE_ID: &str = "node.k8s.amazonaws.com/instance_id";
+    /// Tag with the ENI's creation time (RFC 3339), used by leaked-ENI cleanup.
+    pub const CREATED_AT: &str = "node.k8s.amazonaws.com/createdAt";
+    /// Tag that makes ipamd leave an ENI alone.
+    pub const NO_MANAGE: &str = "node.k8s.amazonaws.com/no_manage";
+    /// Description prefix of ENIs ipamd created (`aws-K8S-<instance id>`).
+    pub const DESCRIPTION_PREFIX: &str = "aws-K8S-";
+}
+
+/// Errors of the simulated VPC.
+#[derive(Debug, thiserror::Error)]
+pub enum VpcError {
+    /// Namespace or command failure.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// A tool or binary is missing.
+    #[error(transparent)]
+    Bin(#[from] BinError),
+    /// An EC2 call of the harness failed.
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    /// A node failed (ipamd, plugin).
+    #[error(transparent)]
+    Node(#[from] Box<NodeError>),
+    /// The IMDS emulator did not start.
+    #[error(transparent)]
+    Imds(#[from] ImdsError),
+    /// moto did not start or died.
+    #[error("moto: {reason}\n===== moto log =====\n{log}")]
+    Moto {
+        /// What went wrong.
+        reason: String,
+        /// moto's log tail.
+        log: String,
+    },
+    /// The hypervisor could not follow moto.
+    #[error("hypervisor: {0}")]
+    Hypervisor(String),
+    /// A wait ran out.
+    #[error("timed out after {waited:?} waiting for {what}; last seen: {state}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        waited: Duration,
+        /// The last observed state.
+        state: String,
+    },
+    /// A file could not be written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A request to the simulator is inconsistent.
+    #[error("invalid request to the VPC simulator: {0}")]
+    Invalid(String),
+}
+
+impl From<NodeError> for VpcError {
+    fn from(err: NodeError) -> Self {
+        Self::Node(Box::new(err))
+    }
+}
+
+impl From<VpcError> for NodeError {
+    fn from(err: VpcError) -> Self {
+        match err {
+            VpcError::Node(node) => *node,
+            other => NodeError::Vpc(other.to_string()),
+        }
+    }
+}

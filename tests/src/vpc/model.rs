@@ -1,0 +1,303 @@
+//! What the simulated VPC knows about EC2's state: ENIs (MAC, attachment, private addresses,
+//! tags), subnets and instances, as read from moto, plus the instance metadata view derived
+//! from it (the [`NodeDescription`] the IMDS emulator serves for one instance).
+//!
+//! These are the harness's own types, filled from aws-sdk-ec2's, so tests and the watcher never
+//! juggle `Option`s of SDK structs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use ipnet::Ipv4Net;
+
+use crate::metadata::{DEFAULT_ACCOUNT_ID, InterfaceDescription, NodeDescription};
+
+/// Where an ENI is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EniAttachment {
+    /// `eni-attach-...`.
+    pub attachment_id: String,
+    /// The instance it is attached to.
+    pub instance_id: String,
+    /// `DeviceIndex` (0 = primary ENI).
+    pub device_index: u32,
+    /// `NetworkCardIndex`.
+    pub network_card: u32,
+}
+
+/// One ENI as EC2 (moto) describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EniState {
+    /// `eni-...`.
+    pub id: String,
+    /// Lowercase MAC address.
+    pub mac: String,
+    /// `available`, `in-use`, ...
+    pub status: String,
+    /// The ENI's description (`aws-K8S-<instance id>` for ENIs ipamd created).
+    pub description: String,
+    /// Its subnet.
+    pub subnet_id: String,
+    /// Its VPC.
+    pub vpc_id: String,
+    /// Private IPv4 addresses, the primary one first.
+    pub private_ips: Vec<Ipv4Addr>,
+    /// Security group ids.
+    pub security_groups: Vec<String>,
+    /// The attachment, if attached.
+    pub attachment: Option<EniAttachment>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl EniState {
+    /// The ENI's primary private address.
+    pub fn primary_ip(&self) -> Option<Ipv4Addr> {
+        self.private_ips.first().copied()
+    }
+
+    /// The secondary private addresses (what ipamd hands to pods).
+    pub fn secondary_ips(&self) -> &[Ipv4Addr] {
+        self.private_ips.get(1..).unwrap_or_default()
+    }
+
+    /// Whether it is attached to `instance_id`.
+    pub fn attached_to(&self, instance_id: &str) -> bool {
+        self.attachment
+            .as_ref()
+            .is_some_and(|a| a.instance_id == instance_id)
+    }
+
+    /// Its device index, when attached.
+    pub fn device_index(&self) -> Option<u32> {
+        self.attachment.as_ref().map(|a| a.device_index)
+    }
+}
+
+/// A subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetInfo {
+    /// `subnet-...`.
+    pub id: String,
+    /// Its IPv4 CIDR block.
+    pub cidr: Ipv4Net,
+    /// Its availability zone.
+    pub availability_zone: String,
+}
+
+impl SubnetInfo {
+    /// The subnet router (`.1`), which the VPC router answers for.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.cidr.network()).wrapping_add(1))
+    }
+}
+
+/// An instance of the simulated VPC (one simulated node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// `i-...`.
+    pub id: String,
+    /// `t3.small`, `m5.large`, ...
+    pub instance_type: String,
+    /// Its availability zone.
+    pub availability_zone: String,
+    /// The primary ENI's id.
+    pub primary_eni: String,
+    /// The primary ENI's MAC.
+    pub mac: String,
+    /// The primary private address (`local-ipv4`).
+    pub private_ip: Ipv4Addr,
+    /// The primary ENI's subnet.
+    pub subnet_id: String,
+}
+
+/// Everything the fabric read from moto in one poll.
+#[derive(Debug, Clone)]
+pub struct VpcSnapshot {
+    /// When it was read.
+    pub taken: Instant,
+    /// The region.
+    pub region: String,
+    /// The VPC.
+    pub vpc_id: String,
+    /// The VPC's IPv4 CIDR blocks, primary first.
+    pub vpc_cidrs: Vec<Ipv4Net>,
+    /// Every ENI of the VPC, by id.
+    pub enis: BTreeMap<String, EniState>,
+    /// Subnets by id.
+    pub subnets: BTreeMap<String, SubnetInfo>,
+    /// The instances the fabric runs as nodes, by id.
+    pub instances: BTreeMap<String, InstanceInfo>,
+}
+
+impl VpcSnapshot {
+    /// An empty view of `vpc_id` (before the first poll).
+    pub fn empty(region: &str, vpc_id: &str, vpc_cidrs: Vec<Ipv4Net>) -> Self {
+        Self {
+            taken: Instant::now(),
+            region: region.to_owned(),
+            vpc_id: vpc_id.to_owned(),
+            vpc_cidrs,
+            enis: BTreeMap::new(),
+            subnets: BTreeMap::new(),
+            instances: BTreeMap::new(),
+        }
+    }
+
+    /// The ENIs attached to `instance_id`, by device index.
+    pub fn enis_of(&self, instance_id: &str) -> Vec<&EniState> {
+        let mut enis: Vec<&EniState> = self
+            .enis
+            .values()
+            .filter(|e| e.attached_to(instance_id))
+            .collect();
+        enis.sort_by_key(|e| {
+            e.attachment
+                .as_ref()
+                .map(|a| (a.network_card, a.device_index))
+        });
+        enis
+    }
+
+    /// The instance whose attached ENIs hold `ip` (the caller of IMDS, the owner of a route).
+    pub fn instance_with_ip(&self, ip: Ipv4Addr) -> Option<&InstanceInfo> {
+        let eni = self
+            .enis
+            .values()
+            .find(|e| e.attachment.is_some() && e.private_ips.contains(&ip))?;
+        let instance = &eni.attachment.as_ref()?.instance_id;
+        self.instances.get(instance)
+    }
+
+    /// Every private address attached to `instance_id`.
+    pub fn addresses_of(&self, instance_id: &str) -> BTreeSet<Ipv4Addr> {
+        self.enis_of(instance_id)
+            .iter()
+            .flat_map(|e| e.private_ips.iter().copied())
+            .collect()
+    }
+
+    /// What instance metadata shows for `instance_id`: its attached ENIs with their MACs,
+    /// device numbers, addresses and subnets. `None` for an instance the fabric does not run.
+    pub fn node_description(&self, instance_id: &str) -> Option<NodeDescription> {
+        let instance = self.instances.get(instance_id)?;
+        let interfaces = self
+            .enis_of(instance_id)
+            .into_iter()
+            .filter_map(|eni| {
+                let attachment = eni.attachment.as_ref()?;
+                let subnet = self.subnets.get(&eni.subnet_id)?;
+                Some(InterfaceDescription {
+                    mac: eni.mac.clone(),
+                    interface_id: eni.id.clone(),
+                    device_number: attachment.device_index,
+                    network_card: attachment.network_card,
+                    subnet_id: eni.subnet_id.clone(),
+                    subnet_ipv4_cidr_block: subnet.cidr,
+                    security_group_ids: eni.security_groups.clone(),
+                    local_ipv4s: eni.private_ips.clone(),
+                })
+            })
+            .collect();
+        Some(NodeDescription {
+            instance_id: instance.id.clone(),
+            instance_type: instance.instance_type.clone(),
+            region: self.region.clone(),
+            availability_zone: instance.availability_zone.clone(),
+            vpc_id: self.vpc_id.clone(),
+            vpc_ipv4_cidr_blocks: self.vpc_cidrs.clone(),
+            account_id: DEFAULT_ACCOUNT_ID.to_owned(),
+            interfaces,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn eni(id: &str, instance: Option<(&str, u32)>, ips: &[&str]) -> EniState {
+        EniState {
+            id: id.into(),
+            mac: format!("02:00:00:00:00:{:02x}", id.len()),
+            status: if instance.is_some() {
+                "in-use".into()
+            } else {
+                "available".into()
+            },
+            description: String::new(),
+            subnet_id: "subnet-1".into(),
+            vpc_id: "vpc-1".into(),
+            private_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            security_groups: vec!["sg-1".into()],
+            attachment: instance.map(|(i, d)| EniAttachment {
+                attachment_id: format!("eni-attach-{id}"),
+                instance_id: i.into(),
+                device_index: d,
+                network_card: 0,
+            }),
+            tags: BTreeMap::new(),
+        }
+    }
+
+    fn snapshot() -> VpcSnapshot {
+        let mut s = VpcSnapshot::empty("us-west-2", "vpc-1", vec!["10.0.0.0/16".parse().unwrap()]);
+        s.subnets.insert(
+            "subnet-1".into(),
+            SubnetInfo {
+                id: "subnet-1".into(),
+                cidr: "10.0.0.0/24".parse().unwrap(),
+                availability_zone: "us-west-2a".into(),
+            },
+        );
+        s.instances.insert(
+            "i-1".into(),
+            InstanceInfo {
+                id: "i-1".into(),
+                instance_type: "t3.small".into(),
+                availability_zone: "us-west-2a".into(),
+                primary_eni: "eni-a".into(),
+                mac: "02:00:00:00:00:05".into(),
+                private_ip: "10.0.0.4".parse().unwrap(),
+                subnet_id: "subnet-1".into(),
+            },
+        );
+        for e in [
+            eni("eni-bb", Some(("i-1", 1)), &["10.0.0.8", "10.0.0.9"]),
+            eni("eni-a", Some(("i-1", 0)), &["10.0.0.4", "10.0.0.5"]),
+            eni("eni-ccc", None, &["10.0.0.20"]),
+        ] {
+            s.enis.insert(e.id.clone(), e);
+        }
+        s
+    }
+
+    #[test]
+    fn metadata_lists_attached_enis_in_device_order() {
+        let s = snapshot();
+        let d = s.node_description("i-1").unwrap();
+        d.validate().unwrap();
+        let ids: Vec<&str> = d
+            .interfaces
+            .iter()
+            .map(|e| e.interface_id.as_str())
+            .collect();
+        assert_eq!(ids, ["eni-a", "eni-bb"]);
+        assert_eq!(d.local_ipv4(), Some("10.0.0.4".parse().unwrap()));
+        assert_eq!(d.all_secondary_ips().len(), 2);
+        assert!(s.node_description("i-2").is_none());
+    }
+
+    #[test]
+    fn callers_are_found_by_any_attached_address() {
+        let s = snapshot();
+        assert_eq!(
+            s.instance_with_ip("10.0.0.9".parse().unwrap()).unwrap().id,
+            "i-1"
+        );
+        assert!(s.instance_with_ip("10.0.0.20".parse().unwrap()).is_none());
+        assert_eq!(s.addresses_of("i-1").len(), 4);
+    }
+}

@@ -1,0 +1,351 @@
+//! [`VpcNode`]: an instance of the simulated VPC run as a node. Its namespace's `eth0` is the
+//! instance's primary ENI (configured as the node OS would: primary address, default route via
+//! the subnet's `.1`, `ip_forward=1`); further ENIs appear when moto shows them attached. ipamd
+//! runs inside in EC2 mode against the VPC's moto, with instance metadata from 169.254.169.254
+//! and credentials from the instance profile, as on EC2 (or in IMDS-only mode on ENIs the test
+//! pre-provisions in moto). Derefs to [`NodeHost`] for ipamd and the plugin.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::VpcError;
+use super::ec2::EniRequest;
+use super::fabric::{VpcFabric, fabric_diag};
+use super::model::{EniState, InstanceInfo, SubnetInfo};
+use super::router::{EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT};
+use super::watcher::{Hypervisor, RegisteredNode};
+use crate::metadata::NodeDescription;
+use crate::netns::Netns;
+use crate::node::{DiagFn, HostSettings, NodeHost};
+
+/// How ipamd provisions addresses on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpamdMode {
+    /// EC2 mode: ipamd creates, attaches and frees ENIs and addresses through EC2 (moto).
+    Ec2,
+    /// `ENABLE_IMDS_ONLY_MODE=true`: ipamd uses exactly what instance metadata shows.
+    ImdsOnly,
+}
+
+/// What node to create.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Node name (`MY_NODE_NAME`, and the instance's `Name` tag).
+    pub name: String,
+    /// EC2 instance type (its ENI and address limits are EC2's).
+    pub instance_type: String,
+    /// How ipamd provisions.
+    pub mode: IpamdMode,
+    /// `IP_COOLDOWN_PERIOD`.
+    pub cooldown: String,
+    /// ipamd environment set by the test (`WARM_ENI_TARGET`, `MAX_ENI`, ...).
+    pub env: Vec<(String, String)>,
+    /// Start ipamd and wait for readiness.
+    pub start_ipamd: bool,
+    /// How long to wait for ipamd's conflist.
+    pub ready_timeout: Duration,
+    /// Secondary addresses assigned in moto to the primary ENI before ipamd starts.
+    pub primary_secondary_ips: u32,
+    /// ENIs created and attached in moto before ipamd starts (device 1, 2, ...), each with
+    /// this many secondary addresses.
+    pub extra_enis: Vec<u32>,
+}
+
+impl NodeSpec {
+    /// A node of `instance_type` in EC2 mode with cooldown 0 and ipamd started.
+    pub fn new(name: &str, instance_type: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            instance_type: instance_type.to_owned(),
+            mode: IpamdMode::Ec2,
+            cooldown: "0".into(),
+            env: Vec::new(),
+            start_ipamd: true,
+            ready_timeout: Duration::from_secs(90),
+            primary_secondary_ips: 0,
+            extra_enis: Vec::new(),
+        }
+    }
+
+    /// IMDS-only ipamd on ENIs provisioned in moto now: `primary` secondary addresses on the
+    /// primary ENI, and one more ENI per entry of `enis` with that many.
+    pub fn imds_only(mut self, primary: u32, enis: &[u32]) -> Self {
+        self.mode = IpamdMode::ImdsOnly;
+        self.primary_secondary_ips = primary;
+        self.extra_enis = enis.to_vec();
+        self
+    }
+
+    /// Sets one ipamd environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sets `IP_COOLDOWN_PERIOD` in seconds.
+    pub fn cooldown_seconds(mut self, seconds: u64) -> Self {
+        self.cooldown = seconds.to_string();
+        self
+    }
+
+    /// Builds the node but leaves ipamd to the test.
+    pub fn without_ipamd(mut self) -> Self {
+        self.start_ipamd = false;
+        self
+    }
+}
+
+/// A running node of a [`VpcFabric`]. Dropping it kills ipamd, removes its ENI links from the
+/// router and deletes its namespace; the instance stays in moto until the fabric goes.
+#[derive(Debug)]
+pub struct VpcNode {
+    host: NodeHost,
+    instance: InstanceInfo,
+    subnet: SubnetInfo,
+    hypervisor: Arc<Hypervisor>,
+}
+
+impl Deref for VpcNode {
+    type Target = NodeHost;
+
+    fn deref(&self) -> &NodeHost {
+        &self.host
+    }
+}
+
+impl DerefMut for VpcNode {
+    fn deref_mut(&mut self) -> &mut NodeHost {
+        &mut self.host
+    }
+}
+
+impl VpcNode {
+    pub(super) fn create(fabric: &VpcFabric, spec: NodeSpec) -> Result<Self, VpcError> {
+        let ec2 = fabric.ec2();
+        let subnet = fabric.subnet().clone();
+        let sg = fabric.security_group().to_owned();
+        let instance = ec2.run_instance(&spec.instance_type, &subnet, &sg, &spec.name)?;
+        if spec.primary_secondary_ips > 0 {
+            ec2.assign_private_ips(&instance.primary_eni, spec.primary_secondary_ips)?;
+        }
+        for (device, &count) in (1u32..).zip(&spec.extra_enis) {
+            let eni = ec2.create_eni(&EniRequest {
+                subnet_id: subnet.id.clone(),
+                security_groups: vec![sg.clone()],
+                secondary_ips: count,
+                description: format!("vcni pre-provisioned ENI of {}", instance.id),
+                ..EniRequest::default()
+            })?;
+            ec2.attach_eni(&eni.id, &instance.id, device)?;
+        }
+
+        let ns = Netns::new("node")?;
+        let hypervisor = Arc::clone(fabric.hypervisor());
+        hypervisor.register(RegisteredNode {
+            instance: instance.clone(),
+            netns: ns.name().to_owned(),
+        });
+        let diag: DiagFn = {
+            let hv = Arc::clone(&hypervisor);
+            let moto_log = fabric.dir().join("moto.log");
+            let id = instance.id.clone();
+            Arc::new(move || {
+                let enis: Vec<String> = hv
+                    .latest()
+                    .enis_of(&id)
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "  eth{} {} {} {:?}",
+                            e.device_index().unwrap_or(0),
+                            e.id,
+                            e.mac,
+                            e.private_ips
+                        )
+                    })
+                    .collect();
+                format!(
+                    "===== instance {id} in moto (last poll) =====\n{}\n{}",
+                    enis.join("\n"),
+                    fabric_diag(&hv, Some(&moto_log))
+                )
+            })
+        };
+        let mut mode_env: Vec<(String, String)> = Vec::new();
+        match spec.mode {
+            IpamdMode::Ec2 => mode_env.push((
+                "AWS_ENDPOINT_URL_EC2".into(),
+                format!("http://{EC2_ENDPOINT_ADDR}:{EC2_ENDPOINT_PORT}"),
+            )),
+            IpamdMode::ImdsOnly => {
+                mode_env.push(("ENABLE_IMDS_ONLY_MODE".into(), "true".into()));
+            }
+        }
+        let settings = HostSettings {
+            node_name: spec.name.clone(),
+            region: fabric.options().region.clone(),
+            cooldown: spec.cooldown.clone(),
+            mode_env,
+            overrides: spec.env.clone(),
+            ready_timeout: spec.ready_timeout,
+            diag: Some(diag),
+        };
+        let host = match NodeHost::new(ns, settings) {
+            Ok(host) => host,
+            Err(err) => {
+                hypervisor.unregister(&instance.id);
+                return Err(err.into());
+            }
+        };
+        let mut node = Self {
+            host,
+            instance,
+            subnet,
+            hypervisor,
+        };
+        node.boot()?;
+        if spec.start_ipamd {
+            node.host.start_ipamd()?;
+        }
+        Ok(node)
+    }
+
+    /// What the node OS does at boot once the hypervisor plugged the primary ENI in.
+    fn boot(&self) -> Result<(), VpcError> {
+        self.hypervisor.sync()?;
+        let ns = self.host.ns();
+        let eth0 = ns.link("eth0")?.ok_or_else(|| {
+            VpcError::Hypervisor(format!(
+                "the primary ENI {} of {} did not appear as eth0 in {}",
+                self.instance.primary_eni,
+                self.instance.id,
+                ns.name()
+            ))
+        })?;
+        let mac = eth0["address"].as_str().unwrap_or_default();
+        if !mac.eq_ignore_ascii_case(&self.instance.mac) {
+            return Err(VpcError::Hypervisor(format!(
+                "eth0 of {} has MAC {mac}, the primary ENI has {}",
+                self.instance.id, self.instance.mac
+            )));
+        }
+        let address = format!(
+            "{}/{}",
+            self.instance.private_ip,
+            self.subnet.cidr.prefix_len()
+        );
+        ns.ip(&["addr", "add", &address, "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.subnet.gateway().to_string(),
+            "dev",
+            "eth0",
+        ])?;
+        ns.sysctl("net.ipv4.ip_forward", "1")?;
+        Ok(())
+    }
+
+    /// The instance.
+    pub fn instance(&self) -> &InstanceInfo {
+        &self.instance
+    }
+
+    /// The instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance.id
+    }
+
+    /// The node's primary address (`eth0`, `local-ipv4`).
+    pub fn primary_ip(&self) -> Ipv4Addr {
+        self.instance.private_ip
+    }
+
+    /// The node's subnet.
+    pub fn subnet(&self) -> &SubnetInfo {
+        &self.subnet
+    }
+
+    /// What instance metadata shows the node right now.
+    pub fn metadata(&self) -> Option<NodeDescription> {
+        self.hypervisor
+            .imds_view()
+            .node_description(&self.instance.id)
+    }
+
+    /// The ENIs attached to the instance, as moto shows them right now (by device index).
+    pub fn enis(&self) -> Result<Vec<EniState>, VpcError> {
+        Ok(self.hypervisor.ec2().instance_enis(&self.instance.id)?)
+    }
+
+    /// The secondary addresses of every attached ENI in moto right now, by ENI id.
+    pub fn secondary_ips(&self) -> Result<BTreeMap<String, Vec<Ipv4Addr>>, VpcError> {
+        Ok(self
+            .enis()?
+            .into_iter()
+            .map(|e| (e.id.clone(), e.secondary_ips().to_vec()))
+            .collect())
+    }
+
+    /// The attached ENI that holds `ip` in moto right now.
+    pub fn eni_holding(&self, ip: Ipv4Addr) -> Result<Option<EniState>, VpcError> {
+        Ok(self
+            .enis()?
+            .into_iter()
+            .find(|e| e.private_ips.contains(&ip)))
+    }
+
+    /// Waits until the hypervisor's view of moto satisfies `done` for this instance's ENIs
+    /// (by device index).
+    pub fn wait_for_enis(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[&EniState]) -> bool,
+    ) -> Result<Vec<EniState>, VpcError> {
+        let id = self.instance.id.clone();
+        let snapshot = self.hypervisor.wait_until(
+            what,
+            timeout,
+            |s| done(&s.enis_of(&id)),
+            |s| describe_enis(&s.enis_of(&id)),
+        )?;
+        Ok(snapshot
+            .enis_of(&self.instance.id)
+            .into_iter()
+            .cloned()
+            .collect())
+    }
+}
+
+/// One line per ENI: device, id, address counts.
+pub fn describe_enis(enis: &[&EniState]) -> String {
+    enis.iter()
+        .map(|e| {
+            format!(
+                "eth{}={} ({} secondary: {:?})",
+                e.device_index().unwrap_or(0),
+                e.id,
+                e.secondary_ips().len(),
+                e.secondary_ips()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Drop for VpcNode {
+    fn drop(&mut self) {
+        self.host.kill_ipamd_if_running();
+        self.hypervisor.unregister(&self.instance.id);
+        // Take the links away before the namespace goes (errors: the fabric is gone already).
+        let _ = self.hypervisor.sync();
+    }
+}

@@ -1,0 +1,189 @@
+//! EC2's limits (moto does not enforce them, ipamd must) are never exceeded in moto, even when
+//! more pods are asked for than fit; and the errors a user sees when no IP is left say why.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use harness::vpc::Ec2;
+use harness::{Pod, VpcNode};
+
+use crate::{
+    add_pod_retrying, check, ec2_node, eni_and_ip_counts, fabric, node, ok, pod, show_enis,
+};
+
+/// The largest (ENIs attached, private addresses on one ENI) seen per instance.
+type Peaks = BTreeMap<String, (usize, usize)>;
+
+/// Samples moto every 100 ms until stopped, recording each instance's peaks.
+fn watch_limits(
+    ec2: Ec2,
+    instances: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Peaks> {
+    std::thread::spawn(move || {
+        let mut peaks = Peaks::new();
+        while !stop.load(Ordering::SeqCst) {
+            for id in &instances {
+                if let Ok(enis) = ec2.instance_enis(id) {
+                    let per_eni = enis.iter().map(|e| e.private_ips.len()).max().unwrap_or(0);
+                    let peak = peaks.entry(id.clone()).or_insert((0, 0));
+                    peak.0 = peak.0.max(enis.len());
+                    peak.1 = peak.1.max(per_eni);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        peaks
+    })
+}
+
+/// Adds `fit` pods (retrying while the pool grows), then asks for `extra` more: each must fail
+/// with code 11 and a message naming the limit. Returns the last error message.
+fn fill_beyond_the_limit(node: &VpcNode, prefix: &str, fit: usize, extra: usize) -> String {
+    let mut pods: Vec<Pod> = Vec::new();
+    for i in 0..fit {
+        let p = pod("default", &format!("{prefix}-{i}"));
+        add_pod_retrying(node, &p, Duration::from_secs(60));
+        pods.push(p);
+    }
+    let mut last = String::new();
+    for i in 0..extra {
+        let p = pod("default", &format!("{prefix}-over-{i}"));
+        // While ipamd still believes it can grow it may say so; at the limit it must say that.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = ok(node, node.cni("ADD", &p, "1.0.0", None));
+            check!(
+                node,
+                !out.success(),
+                "pod {} got an address beyond the instance's limit: {}\nmoto: {}",
+                p.name,
+                out.stdout,
+                show_enis(node)
+            );
+            check!(node, out.error_code() == Some(11), "{}", out.describe());
+            last = out.error_text();
+            if last.contains("limit") {
+                break;
+            }
+            check!(
+                node,
+                Instant::now() < deadline,
+                "at the limit the error must say `limit`: {}",
+                out.describe()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    last
+}
+
+#[test]
+fn limits_hold_in_moto_and_the_exhaustion_error_names_the_limit() {
+    let vpc = fabric();
+    // t3.small: 3 ENIs x 4 addresses (3 for pods each) = 9 pod IPs; MAX_ENI=2 caps it at 6.
+    let a = node(&vpc, ec2_node("limit-a", "t3.small"));
+    let b = node(&vpc, ec2_node("limit-b", "t3.small").env("MAX_ENI", "2"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let monitor = watch_limits(
+        vpc.ec2().clone(),
+        vec![a.instance_id().to_owned(), b.instance_id().to_owned()],
+        Arc::clone(&stop),
+    );
+    let (msg_a, msg_b) = std::thread::scope(|s| {
+        let ta = s.spawn(|| fill_beyond_the_limit(&a, "la", 9, 3));
+        let tb = s.spawn(|| fill_beyond_the_limit(&b, "lb", 6, 2));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    // Let the pool manager run a few more cycles at the limit.
+    std::thread::sleep(Duration::from_secs(6));
+    stop.store(true, Ordering::SeqCst);
+    let peaks = monitor.join().unwrap();
+
+    for (n, max_enis, pod_ips, msg) in [(&a, 3, 9, &msg_a), (&b, 2, 6, &msg_b)] {
+        let (peak_enis, peak_per_eni) = peaks.get(n.instance_id()).copied().unwrap_or_default();
+        check!(
+            n,
+            peak_enis <= max_enis && peak_per_eni <= 4,
+            "moto saw {peak_enis} ENIs (limit {max_enis}) and {peak_per_eni} addresses on one ENI (limit 4)"
+        );
+        let counts = eni_and_ip_counts(n);
+        check!(
+            n,
+            counts == (max_enis, pod_ips),
+            "at the limit moto must show {max_enis} ENIs / {pod_ips} IPs, shows {counts:?}: {}",
+            show_enis(n)
+        );
+        let status = ok(n, n.pool_status());
+        check!(
+            n,
+            status.assigned_i_ps == u32::try_from(pod_ips).unwrap() && status.assignable_i_ps == 0,
+            "{status:?}"
+        );
+        for number in [max_enis.to_string(), "3".to_owned(), pod_ips.to_string()] {
+            check!(
+                n,
+                msg.contains(&number),
+                "the exhaustion message must give the numbers ({max_enis} ENIs x 3 IPs = {pod_ips}): {msg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cooling_down_ips_are_named_as_the_reason_and_become_usable_after_the_period() {
+    const COOLDOWN: Duration = Duration::from_secs(5);
+    let vpc = fabric();
+    // One ENI (MAX_ENI=1) of 3 pod IPs: the pool cannot grow past them.
+    let n = node(
+        &vpc,
+        ec2_node("cooldown", "t3.small")
+            .env("MAX_ENI", "1")
+            .cooldown_seconds(COOLDOWN.as_secs()),
+    );
+    let mut pods = Vec::new();
+    for i in 0..3 {
+        let p = pod("default", &format!("cool-{i}"));
+        let (result, ip) = add_pod_retrying(&n, &p, Duration::from_secs(60));
+        pods.push((p, result, ip));
+    }
+    let (gone, result, released_ip) = pods.remove(0);
+    ok(&n, n.del_pod(&gone, "1.0.0", Some(&result)));
+    let released = Instant::now();
+
+    let next = pod("default", "cool-next");
+    let out = ok(&n, n.cni("ADD", &next, "1.0.0", None));
+    check!(
+        n,
+        !out.success() && out.error_code() == Some(11),
+        "ADD while the only free IP cools down must fail with 11: {}",
+        out.describe()
+    );
+    let why = out.error_text().to_lowercase();
+    check!(
+        n,
+        why.contains("cooldown") || why.contains("cooling"),
+        "the error must say the free IP is cooling down: {}",
+        out.describe()
+    );
+    let (_, ip) = add_pod_retrying(&n, &next, COOLDOWN + Duration::from_secs(20));
+    check!(
+        n,
+        released.elapsed() >= COOLDOWN,
+        "{released_ip} was reused {:?} after release, before the {COOLDOWN:?} cooldown",
+        released.elapsed()
+    );
+    check!(
+        n,
+        ip == released_ip,
+        "the only free address is {released_ip}, the pod got {ip}"
+    );
+    check!(
+        n,
+        eni_and_ip_counts(&n) == (1, 3),
+        "MAX_ENI=1 must keep one ENI: {}",
+        show_enis(&n)
+    );
+}
