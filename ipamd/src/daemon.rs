@@ -2,7 +2,11 @@
 //! IMDS is unreachable) → find ENIs by MAC and bring up the secondary ones → build the pool from
 //! the metadata's secondary IPs → restore the checkpoint → ready (health SERVING, then the
 //! conflist) → follow metadata every few seconds → on shutdown: NOT_SERVING, drain, remove the
-//! socket. Alongside, from the moment the socket is bound: `/metrics` on `:61678` and the
+//! socket. In EC2 mode (the default) the pool manager joins in: before the pool is built it
+//! reads the instance's limits and EC2's view of the ENIs (skipping those tagged `no_manage`),
+//! before ready it pre-scales the pool (bounded: a failing EC2 leaves the pool as metadata shows
+//! it), and after ready it replaces "follow metadata" with its cycles plus the leaked-ENI
+//! cleanup. Alongside, from the moment the socket is bound: `/metrics` on `:61678` and the
 //! introspection endpoint (unless disabled), both answering from the same shared state.
 
 use std::future::Future;
@@ -17,6 +21,8 @@ use tokio::sync::watch;
 use tonic_health::server::HealthReporter;
 
 use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::cloud::ec2::{Ec2Api, NoEc2};
+use crate::cloud::ec2_client::Ec2Client;
 use crate::cloud::imds::Imds;
 use crate::cloud::metadata::{self, EniMetadata, InstanceMetadata};
 use crate::config::parse::BindAddress;
@@ -31,7 +37,10 @@ use crate::mac::MacAddr;
 use crate::metrics::http::{self as metrics_http};
 use crate::metrics::server::{METRICS_ADDRESS, Scrape};
 use crate::metrics::{IpamdMetrics, StartupOutcome};
+use crate::pool::leak::LeakCleaner;
+use crate::pool::manager::{ManagerConfig, NodeInfo, PoolManager};
 use crate::pool::reconcile;
+use crate::pool::situation::PoolSituation;
 use crate::restore::restore_allocations;
 use crate::server::{self, Backend, ReplyInfo, ServerError};
 use crate::state::{IpamState, Phase};
@@ -66,11 +75,16 @@ enum InitError {
     Fatal(DaemonError),
 }
 
-/// The daemon, with its dependencies passed in.
+/// The pool manager of EC2 mode, over the daemon's EC2 client and the node's links.
+type Manager<I, E> = PoolManager<Ec2Client<E>, I, HostNetwork>;
+
+/// The daemon, with its dependencies passed in. `E` is the EC2 implementation behind the
+/// [`Ec2Client`] in EC2 mode ([`NoEc2`] in the metadata-only modes, which make no EC2 calls).
 #[derive(Debug)]
-pub struct Daemon<I: Imds> {
+pub struct Daemon<I: Imds, E: Ec2Api = NoEc2> {
     config: Config,
-    imds: I,
+    imds: Arc<I>,
+    ec2: Option<Arc<Ec2Client<E>>>,
     checkpointer: Arc<dyn Checkpointer>,
     clock: Arc<dyn Clock>,
     reconcile_interval: Duration,
@@ -81,14 +95,39 @@ pub struct Daemon<I: Imds> {
     started_at: Instant,
 }
 
-impl<I: Imds> Daemon<I> {
-    /// A daemon reading metadata from `imds` and storing allocations in `checkpointer`.
+impl<I: Imds> Daemon<I, NoEc2> {
+    /// A daemon reading metadata from `imds` and storing allocations in `checkpointer`, making
+    /// no EC2 calls (instance-metadata-only mode, or provisioning disabled).
     pub fn new(config: Config, imds: I, checkpointer: Arc<dyn Checkpointer>) -> Self {
+        Self::build(config, imds, None, checkpointer)
+    }
+}
+
+impl<I: Imds, E: Ec2Api> Daemon<I, E> {
+    /// A daemon that keeps the warm pool through `ec2` (EC2 mode; in the other modes `ec2` is
+    /// not used). `ec2` registered its metric families into the registry later given to
+    /// [`Daemon::with_registry`].
+    pub fn with_ec2(
+        config: Config,
+        imds: I,
+        ec2: Ec2Client<E>,
+        checkpointer: Arc<dyn Checkpointer>,
+    ) -> Self {
+        Self::build(config, imds, Some(Arc::new(ec2)), checkpointer)
+    }
+
+    fn build(
+        config: Config,
+        imds: I,
+        ec2: Option<Arc<Ec2Client<E>>>,
+        checkpointer: Arc<dyn Checkpointer>,
+    ) -> Self {
         let mut registry = Registry::default();
         let metrics = IpamdMetrics::new(&mut registry);
         Self {
             config,
-            imds,
+            imds: Arc::new(imds),
+            ec2,
             checkpointer,
             clock: Arc::new(SystemClock),
             reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
@@ -284,8 +323,9 @@ impl<I: Imds> Daemon<I> {
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
         let host = HostNetwork::connect()?;
+        let mut manager = None;
         let md = tokio::select! {
-            r = self.initialize(&host, state, info) => match r {
+            r = self.initialize(&host, state, info, &mut manager) => match r {
                 Ok(md) => md,
                 Err(e) => {
                     self.metrics.startup(
@@ -300,6 +340,18 @@ impl<I: Imds> Daemon<I> {
                 return Ok(());
             }
         };
+        if let Some(m) = manager.as_mut() {
+            state.set_pending("pre-scaling the pool through EC2");
+            let start = Instant::now();
+            let r = m.grow().await;
+            let stats = state.status().await.stats;
+            tracing::info!(
+                ips_added = r.ips_added, enis_added = r.enis_added, at_limit = r.at_limit, ec2_failed = r.failed,
+                enis = stats.enis, total = stats.total, took = ?start.elapsed(),
+                "pool pre-scaled{}",
+                if r.failed { " (EC2 failed; ready with what instance metadata shows, the pool manager keeps trying)" } else { "" }
+            );
+        }
         state.set_phase(Phase::Ready);
         server::set_health(reporter, true).await;
         let path = match conflist::write(&self.config, &self.config.cni_conf_dir) {
@@ -320,8 +372,14 @@ impl<I: Imds> Daemon<I> {
             assigned = stats.assigned, assignable = stats.assignable, startup = ?took,
             "ipamd is ready: health SERVING, CNI config written"
         );
+        let work = async {
+            match manager {
+                Some(mut m) => self.manage_pool(&mut m, state).await,
+                None => self.follow_metadata(&host, state, md.primary_mac).await,
+            }
+        };
         tokio::select! {
-            () = self.follow_metadata(&host, state, md.primary_mac) => Ok(()),
+            () = work => Ok(()),
             () = &mut shutdown => {
                 tracing::info!("shutdown requested; draining");
                 Ok(())
@@ -329,15 +387,43 @@ impl<I: Imds> Daemon<I> {
         }
     }
 
+    /// EC2 mode after ready: the pool manager's cycles and the leaked-ENI cleanup, forever.
+    async fn manage_pool(&self, manager: &mut Manager<I, E>, state: &Arc<IpamState>) {
+        let (instance_id, primary_eni) = manager_node(manager);
+        let vpc_id = manager.vpc_id().map(str::to_owned);
+        let cleanup = async {
+            let Some(ec2) = self.ec2.clone() else { return };
+            if self.config.cloud.disable_leaked_eni_cleanup {
+                tracing::info!("leaked-ENI cleanup disabled (DISABLE_LEAKED_ENI_CLEANUP=true)");
+                return;
+            }
+            let mut cleaner = LeakCleaner::new(
+                ec2,
+                &instance_id,
+                &primary_eni,
+                vpc_id,
+                self.config.kubernetes.cluster_name.clone(),
+                Arc::clone(&self.clock),
+            );
+            cleaner.run().await;
+        };
+        let wake = state.pool_wanted();
+        tokio::join!(manager.run(wake), async {
+            cleanup.await;
+            std::future::pending::<()>().await;
+        });
+    }
+
     async fn initialize(
         &self,
         host: &HostNetwork,
-        state: &IpamState,
+        state: &Arc<IpamState>,
         info: &RwLock<ReplyInfo>,
+        manager: &mut Option<Manager<I, E>>,
     ) -> Result<InstanceMetadata, DaemonError> {
         let mut delay = INIT_BACKOFF_START;
         loop {
-            match self.try_initialize(host, state, info).await {
+            match self.try_initialize(host, state, info, manager).await {
                 Ok(md) => return Ok(md),
                 Err(InitError::Fatal(e)) => return Err(e),
                 Err(InitError::Retry(why)) => {
@@ -355,6 +441,8 @@ impl<I: Imds> Daemon<I> {
         let note = match self.config.provisioning {
             ProvisioningMode::ImdsOnly => IMDS_ONLY_CAPACITY_NOTE,
             ProvisioningMode::ProvisioningDisabled => PROVISIONING_DISABLED_CAPACITY_NOTE,
+            // The pool manager's situation replaces this note once it knows the limits.
+            ProvisioningMode::Ec2 => "",
         };
         Datastore::new(self.config.ip_cooldown, Arc::clone(&self.clock), note)
     }
@@ -370,14 +458,54 @@ impl<I: Imds> Daemon<I> {
         }
     }
 
+    /// EC2 mode, once per start: the pool manager, its limits and EC2's view of the attached
+    /// ENIs (which are `no_manage`). Never fails: without EC2 the pool is what metadata shows.
+    async fn start_manager(
+        &self,
+        host: &HostNetwork,
+        state: &Arc<IpamState>,
+        md: &InstanceMetadata,
+    ) -> Option<Manager<I, E>> {
+        let ec2 = self.ec2.clone()?;
+        if self.config.provisioning != ProvisioningMode::Ec2 {
+            return None;
+        }
+        let Some(node) = NodeInfo::from_metadata(md) else {
+            tracing::error!("instance metadata lists no primary ENI; EC2 provisioning is off");
+            return None;
+        };
+        let mcfg = ManagerConfig::from_config(&self.config);
+        let health = ec2.health();
+        let situation = Arc::new(PoolSituation::new(
+            mcfg.targets,
+            &node.subnet_id,
+            Arc::clone(&health),
+        ));
+        let mut m = PoolManager::new(
+            mcfg,
+            node,
+            ec2,
+            Arc::clone(&self.imds),
+            host.clone(),
+            Arc::clone(state),
+            Arc::clone(&self.clock),
+            situation,
+            health,
+        );
+        state.set_pending("reading the instance's limits and ENIs from EC2");
+        m.discover(&md.enis).await;
+        Some(m)
+    }
+
     async fn try_initialize(
         &self,
         host: &HostNetwork,
-        state: &IpamState,
+        state: &Arc<IpamState>,
         info: &RwLock<ReplyInfo>,
+        manager: &mut Option<Manager<I, E>>,
     ) -> Result<InstanceMetadata, InitError> {
         state.set_pending("reading instance metadata");
-        let md = metadata::fetch_instance(&self.imds)
+        let md = metadata::fetch_instance(self.imds.as_ref())
             .await
             .map_err(|e| InitError::Retry(format!("cannot read instance metadata: {e}")))?;
         tracing::info!(
@@ -390,7 +518,26 @@ impl<I: Imds> Daemon<I> {
             f.instance_type = Some(md.instance_type.clone());
         });
 
-        for eni in &md.enis {
+        if manager.is_none() {
+            *manager = self.start_manager(host, state, &md).await;
+        }
+        let unmanaged = manager
+            .as_ref()
+            .map(|m| m.unmanaged().clone())
+            .unwrap_or_default();
+        let managed: Vec<&EniMetadata> = md
+            .enis
+            .iter()
+            .filter(|e| {
+                let skip = unmanaged.contains(&e.id);
+                if skip {
+                    tracing::info!(eni = %e.id, "ENI tagged no_manage: not brought up, not used for pods");
+                }
+                !skip
+            })
+            .collect();
+
+        for &eni in &managed {
             if eni.is_primary {
                 state.set_pending(format!(
                     "setting MTU on the primary ENI {} ({})",
@@ -424,7 +571,11 @@ impl<I: Imds> Daemon<I> {
 
         state.set_pending("restoring the checkpoint");
         let mut ds = self.new_datastore();
-        for eni in &md.enis {
+        if let Some(m) = manager.as_mut() {
+            ds.set_capacity_note(m.situation());
+            m.note_enis(managed.iter().copied());
+        }
+        for &eni in &managed {
             match reconcile::add_eni(&mut ds, eni) {
                 Ok(n) => {
                     tracing::info!(eni = %eni.id, device = eni.device_number, secondary_ips = n, "ENI added to the pool")
@@ -499,7 +650,7 @@ impl<I: Imds> Daemon<I> {
     }
 
     async fn reconcile_once(&self, host: &HostNetwork, state: &IpamState, primary_mac: MacAddr) {
-        let enis = match metadata::fetch_enis(&self.imds, primary_mac).await {
+        let enis = match metadata::fetch_enis(self.imds.as_ref(), primary_mac).await {
             Ok(e) => e,
             Err(e) => {
                 self.metrics.error("reconcileFailedGetENIs");
@@ -563,4 +714,10 @@ fn startup_failure_reason(e: &DaemonError) -> &'static str {
         DaemonError::Checkpoint(_) => "checkpoint",
         DaemonError::Conflist(_) => "conflist",
     }
+}
+
+/// The instance id and primary ENI a manager works for.
+fn manager_node<I: Imds, E: Ec2Api>(m: &Manager<I, E>) -> (String, String) {
+    let n = m.node();
+    (n.instance_id.clone(), n.primary_eni.clone())
 }

@@ -607,9 +607,10 @@ impl HostNetwork {
             if route_table_of(&route) != table {
                 continue;
             }
-            let dst = route_dst(&route).map_or_else(|| "default".to_owned(), |d| {
-                format!("{d}/{}", route.header.destination_prefix_length)
-            });
+            let dst = route_dst(&route).map_or_else(
+                || "default".to_owned(),
+                |d| format!("{d}/{}", route.header.destination_prefix_length),
+            );
             if let Err(source) = self
                 .handle
                 .route()

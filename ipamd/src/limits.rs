@@ -309,7 +309,8 @@ mod tests {
         // EC2 itself does not know the type either.
         let err = resolve(&ec2, "z9.mega", None).await.unwrap_err();
         assert!(
-            err.to_string().contains("InvalidInstanceType") && err.to_string().contains("built-in table"),
+            err.to_string().contains("InvalidInstanceType")
+                && err.to_string().contains("built-in table"),
             "{err}"
         );
     }

@@ -15,13 +15,17 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ipamd::checkpoint::FileCheckpointer;
+use ipamd::cloud::ec2_client::Ec2Client;
+use ipamd::cloud::ec2_sdk::SdkEc2;
 use ipamd::cloud::imds::SdkImds;
 use ipamd::config::parse::parse_bind_address;
 use ipamd::config::{
     AWS_VPC_K8S_CNI_IPAMD_SOCKET, Config, Env, INTROSPECTION_BIND_ADDRESS, ProcessEnv,
+    ProvisioningMode,
 };
 use ipamd::daemon::Daemon;
 use ipamd::install::{self, InstallConfig};
+use prometheus_client::registry::Registry;
 
 const USAGE: &str = "usage: ipamd [run | probe | status | install-cni | help | version]
 
@@ -225,7 +229,7 @@ fn run(config: Config, started: Instant) -> anyhow::Result<()> {
         "ipamd starting"
     );
     tracing::info!(
-        "not in this build yet (settings are validated, without effect): EC2 provisioning and warm-pool targets, SNAT/connmark rules"
+        "not in this build yet (settings are validated, without effect): SNAT/connmark rules"
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -242,10 +246,24 @@ fn run(config: Config, started: Instant) -> anyhow::Result<()> {
     }
     runtime.block_on(async {
         let checkpointer = Arc::new(FileCheckpointer::new(config.backing_store.clone()));
-        let daemon =
-            Daemon::new(config, SdkImds::from_env(), checkpointer).with_start_time(started);
         let shutdown = shutdown_signal()?;
-        daemon.run(shutdown).await.map_err(anyhow::Error::from)
+        if config.provisioning == ProvisioningMode::Ec2 {
+            // The one registry: the EC2 client registers its families, the daemon its own.
+            let mut registry = Registry::default();
+            let ec2 = Ec2Client::new(SdkEc2::new(&config.cloud), &mut registry);
+            Daemon::with_ec2(config, SdkImds::from_env(), ec2, checkpointer)
+                .with_registry(registry)
+                .with_start_time(started)
+                .run(shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        } else {
+            Daemon::new(config, SdkImds::from_env(), checkpointer)
+                .with_start_time(started)
+                .run(shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        }
     })
 }
 

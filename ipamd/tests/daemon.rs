@@ -451,7 +451,8 @@ async fn bad_configuration_exits_quickly_naming_the_variable() {
     for (var, value) in [
         ("IP_COOLDOWN_PERIOD", "-3"),
         ("AWS_VPC_ENI_MTU", "70000"),
-        ("ENABLE_IMDS_ONLY_MODE", "false"),
+        ("WARM_IP_TARGET", "-2"),
+        ("ENABLE_IMDS_ONLY_MODE", "maybe"),
     ] {
         let start = Instant::now();
         let out = command(&w.node, &w.paths, &w.imds.endpoint(), &[(var, value)])

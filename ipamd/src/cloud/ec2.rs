@@ -501,15 +501,24 @@ pub trait Ec2Api: Send + Sync + 'static {
 pub enum NoEc2 {}
 
 impl Ec2Api for NoEc2 {
-    async fn describe_instance_types(&self, _: &[String]) -> Result<Vec<InstanceTypeLimits>, Ec2Error> {
+    async fn describe_instance_types(
+        &self,
+        _: &[String],
+    ) -> Result<Vec<InstanceTypeLimits>, Ec2Error> {
         match *self {}
     }
 
-    async fn describe_network_interfaces(&self, _: &[String]) -> Result<Vec<NetworkInterface>, Ec2Error> {
+    async fn describe_network_interfaces(
+        &self,
+        _: &[String],
+    ) -> Result<Vec<NetworkInterface>, Ec2Error> {
         match *self {}
     }
 
-    async fn describe_network_interfaces_filtered(&self, _: &[Filter]) -> Result<Vec<NetworkInterface>, Ec2Error> {
+    async fn describe_network_interfaces_filtered(
+        &self,
+        _: &[Filter],
+    ) -> Result<Vec<NetworkInterface>, Ec2Error> {
         match *self {}
     }
 
@@ -537,7 +546,11 @@ impl Ec2Api for NoEc2 {
         match *self {}
     }
 
-    async fn assign_private_ip_addresses(&self, _: &str, _: u32) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+    async fn assign_private_ip_addresses(
+        &self,
+        _: &str,
+        _: u32,
+    ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
         match *self {}
     }
 
@@ -564,7 +577,11 @@ mod tests {
             ("Whatever", Some(503), K::Server),
             ("InvalidNetworkInterfaceID.NotFound", Some(400), K::NotFound),
             ("InvalidAttachmentID.NotFound", Some(400), K::NotFound),
-            ("PrivateIpAddressLimitExceeded", Some(400), K::IpLimitExceeded),
+            (
+                "PrivateIpAddressLimitExceeded",
+                Some(400),
+                K::IpLimitExceeded,
+            ),
             ("AttachmentLimitExceeded", Some(400), K::EniLimitExceeded),
             (
                 "InsufficientFreeAddressesInSubnet",
@@ -576,7 +593,12 @@ mod tests {
         ] {
             assert_eq!(Ec2ErrorKind::classify(code, status), kind, "{code}");
         }
-        let e = Ec2Error::from_code("AssignPrivateIpAddresses", "RequestLimitExceeded", "Request limit exceeded.", Some(503));
+        let e = Ec2Error::from_code(
+            "AssignPrivateIpAddresses",
+            "RequestLimitExceeded",
+            "Request limit exceeded.",
+            Some(503),
+        );
         assert!(e.is_transient() && e.not_executed());
         assert_eq!(
             e.to_string(),

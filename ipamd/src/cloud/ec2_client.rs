@@ -39,8 +39,8 @@ use crate::metrics::Counter;
 
 /// Latency buckets in milliseconds: 5 ms to ~41 s.
 const LATENCY_BUCKETS_MS: [f64; 14] = [
-    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0,
-    30000.0, 41000.0,
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0, 30000.0,
+    41000.0,
 ];
 
 /// How transient failures are retried.
@@ -153,22 +153,31 @@ impl Ec2Metrics {
 
     /// Failed requests to `api`.
     pub fn errors(&self, api: &str) -> u64 {
-        self.errors.get_or_create(&FnName { r#fn: api.into() }).get()
+        self.errors
+            .get_or_create(&FnName { r#fn: api.into() })
+            .get()
     }
 
     fn record(&self, api: &'static str, elapsed: Duration, outcome: Result<(), &Ec2Error>) {
-        self.requests.get_or_create(&FnName { r#fn: api.into() }).inc();
+        self.requests
+            .get_or_create(&FnName { r#fn: api.into() })
+            .inc();
         let (error, status) = match outcome {
             Ok(()) => ("false", "200".to_owned()),
             Err(e) => {
-                self.errors.get_or_create(&FnName { r#fn: api.into() }).inc();
+                self.errors
+                    .get_or_create(&FnName { r#fn: api.into() })
+                    .inc();
                 self.api_errors
                     .get_or_create(&ApiErrorLabels {
                         api: api.into(),
                         error: e.code.clone(),
                     })
                     .inc();
-                ("true", e.status.map_or_else(|| "0".to_owned(), |s| s.to_string()))
+                (
+                    "true",
+                    e.status.map_or_else(|| "0".to_owned(), |s| s.to_string()),
+                )
             }
         };
         self.latency
@@ -319,7 +328,12 @@ impl<E: Ec2Api> Ec2Client<E> {
 
     /// Runs one API call with metrics and retries. `idempotent` calls are retried after any
     /// transient failure, the others only after throttling.
-    async fn call<T, F, Fut>(&self, api: &'static str, idempotent: bool, mut f: F) -> Result<T, Ec2Error>
+    async fn call<T, F, Fut>(
+        &self,
+        api: &'static str,
+        idempotent: bool,
+        mut f: F,
+    ) -> Result<T, Ec2Error>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Ec2Error>>,
@@ -514,11 +528,20 @@ mod tests {
         let p = RetryPolicy::default();
         for _ in 0..50 {
             let b0 = p.backoff(0);
-            assert!(b0 >= Duration::from_millis(125) && b0 <= Duration::from_millis(250), "{b0:?}");
+            assert!(
+                b0 >= Duration::from_millis(125) && b0 <= Duration::from_millis(250),
+                "{b0:?}"
+            );
             let b3 = p.backoff(3);
-            assert!(b3 >= Duration::from_secs(1) && b3 <= Duration::from_secs(2), "{b3:?}");
+            assert!(
+                b3 >= Duration::from_secs(1) && b3 <= Duration::from_secs(2),
+                "{b3:?}"
+            );
             let b9 = p.backoff(9);
-            assert!(b9 >= Duration::from_secs(5) && b9 <= Duration::from_secs(10), "{b9:?}");
+            assert!(
+                b9 >= Duration::from_secs(5) && b9 <= Duration::from_secs(10),
+                "{b9:?}"
+            );
         }
     }
 
@@ -531,7 +554,10 @@ mod tests {
         assert_eq!(ec2.calls("DescribeInstances"), 3);
         assert_eq!(c.metrics().requests("DescribeInstances"), 3);
         assert_eq!(c.metrics().errors("DescribeInstances"), 2);
-        assert!(c.health().failing().is_none(), "a success came after the errors");
+        assert!(
+            c.health().failing().is_none(),
+            "a success came after the errors"
+        );
 
         // Gives up after max_attempts.
         ec2.fail_always("DescribeInstances", Ec2ErrorKind::Timeout);
@@ -565,9 +591,16 @@ mod tests {
         ec2.fail_next("AssignPrivateIpAddresses", Ec2ErrorKind::Server, 1);
         let e = c.assign_private_ip_addresses(&eni, 2).await.unwrap_err();
         assert_eq!(e.kind, Ec2ErrorKind::Server);
-        assert_eq!(ec2.calls("AssignPrivateIpAddresses"), 1, "a 5xx may have assigned: no retry");
+        assert_eq!(
+            ec2.calls("AssignPrivateIpAddresses"),
+            1,
+            "a 5xx may have assigned: no retry"
+        );
         ec2.fail_next("AssignPrivateIpAddresses", Ec2ErrorKind::Throttled, 2);
-        assert_eq!(c.assign_private_ip_addresses(&eni, 2).await.unwrap().len(), 2);
+        assert_eq!(
+            c.assign_private_ip_addresses(&eni, 2).await.unwrap().len(),
+            2
+        );
         assert_eq!(ec2.calls("AssignPrivateIpAddresses"), 4);
         // Errors that a retry cannot fix are returned at once.
         let e = c.assign_private_ip_addresses(&eni, 9).await.unwrap_err();
@@ -595,9 +628,19 @@ mod tests {
         // The shared gate: after the first throttled answers, callers wait for the gate that
         // the growing streak keeps closing, instead of each retrying on its own schedule.
         let times = ec2.call_times("*");
-        assert!(t0.elapsed() >= Duration::from_millis(60), "{:?}", t0.elapsed());
-        let bursts = times.windows(2).filter(|p| p[1] - p[0] >= Duration::from_millis(5)).count();
-        assert!(bursts >= 3, "calls come in gated bursts, not a continuous stream: {times:?}");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(60),
+            "{:?}",
+            t0.elapsed()
+        );
+        let bursts = times
+            .windows(2)
+            .filter(|p| p[1] - p[0] >= Duration::from_millis(5))
+            .count();
+        assert!(
+            bursts >= 3,
+            "calls come in gated bursts, not a continuous stream: {times:?}"
+        );
         assert!(c.health().failing().unwrap().error.kind == Ec2ErrorKind::Throttled);
     }
 }

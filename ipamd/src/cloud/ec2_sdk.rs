@@ -157,7 +157,12 @@ fn to_u32(v: Option<i32>) -> Option<u32> {
 
 fn tags_of(tags: &[sdk::Tag]) -> Tags {
     tags.iter()
-        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_owned(),
+                t.value().unwrap_or_default().to_owned(),
+            ))
+        })
         .collect()
 }
 
@@ -208,7 +213,10 @@ fn network_interface(
             instance_id: a.instance_id().map(str::to_owned),
             device_index: to_u32(a.device_index()),
             network_card_index: to_u32(a.network_card_index()),
-            status: a.status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            status: a
+                .status()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
             delete_on_termination: a.delete_on_termination().unwrap_or(false),
         })
     });

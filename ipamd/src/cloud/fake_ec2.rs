@@ -184,7 +184,9 @@ impl FakeEc2 {
         w.next += 1;
         let id = format!("i-{n:017x}");
         w.instances.insert(id.clone(), instance_type.to_owned());
-        let eni = w.new_eni(SUBNET_ID, "Primary network interface", 0).unwrap();
+        let eni = w
+            .new_eni(SUBNET_ID, "Primary network interface", 0)
+            .unwrap();
         w.enis.get_mut(&eni).unwrap().attachment = Some(Att {
             id: format!("eni-attach-{n:017x}"),
             instance: id.clone(),
@@ -306,12 +308,19 @@ impl FakeEc2 {
 
     /// Assigns addresses to an ENI behind ipamd's back (another tool, a human).
     pub fn assign_out_of_band(&self, eni: &str, count: u32) -> Vec<Ipv4Addr> {
-        self.lock().assign(eni, count, "AssignPrivateIpAddresses").unwrap()
+        self.lock()
+            .assign(eni, count, "AssignPrivateIpAddresses")
+            .unwrap()
     }
 
     /// Unassigns an address behind ipamd's back.
     pub fn unassign_out_of_band(&self, eni: &str, ip: Ipv4Addr) {
-        self.lock().enis.get_mut(eni).unwrap().ips.retain(|x| *x != ip);
+        self.lock()
+            .enis
+            .get_mut(eni)
+            .unwrap()
+            .ips
+            .retain(|x| *x != ip);
     }
 
     /// Creates an unattached ENI with tags and a description (a leaked ENI, say); returns its id.
@@ -356,10 +365,7 @@ impl FakeEc2 {
     fn enter(&self, api: &'static str) -> Result<(), Ec2Error> {
         let mut w = self.lock();
         w.calls.push((api, tokio::time::Instant::now()));
-        let pos = w
-            .failures
-            .iter()
-            .position(|f| f.api == "*" || f.api == api);
+        let pos = w.failures.iter().position(|f| f.api == "*" || f.api == api);
         let Some(pos) = pos else { return Ok(()) };
         let kind = w.failures[pos].kind;
         if let Some(n) = w.failures[pos].remaining.as_mut() {
@@ -370,15 +376,13 @@ impl FakeEc2 {
         }
         Err(match kind {
             Ec2ErrorKind::Throttled => err(api, "RequestLimitExceeded", "Request limit exceeded."),
-            Ec2ErrorKind::Server => err(
-                api,
-                "InternalError",
-                "An internal error has occurred",
-            ),
+            Ec2ErrorKind::Server => err(api, "InternalError", "An internal error has occurred"),
             Ec2ErrorKind::SubnetFull => err(
                 api,
                 "InsufficientFreeAddressesInSubnet",
-                format!("The specified subnet {SUBNET_ID} does not have enough free addresses to satisfy the request."),
+                format!(
+                    "The specified subnet {SUBNET_ID} does not have enough free addresses to satisfy the request."
+                ),
             ),
             Ec2ErrorKind::Unauthorized => err(
                 api,
@@ -391,10 +395,19 @@ impl FakeEc2 {
 }
 
 impl World {
-    fn new_eni(&mut self, subnet: &str, description: &str, secondary: u32) -> Result<String, Ec2Error> {
+    fn new_eni(
+        &mut self,
+        subnet: &str,
+        description: &str,
+        secondary: u32,
+    ) -> Result<String, Ec2Error> {
         const API: &str = "CreateNetworkInterface";
         if !self.subnets.contains_key(subnet) {
-            return Err(err(API, "InvalidSubnetID.NotFound", format!("The subnet ID '{subnet}' does not exist")));
+            return Err(err(
+                API,
+                "InvalidSubnetID.NotFound",
+                format!("The subnet ID '{subnet}' does not exist"),
+            ));
         }
         let n = self.next;
         self.next += 1;
@@ -429,9 +442,18 @@ impl World {
         self.types.get(&t).copied().unwrap_or((2, 2))
     }
 
-    fn assign(&mut self, eni_id: &str, count: u32, api: &'static str) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+    fn assign(
+        &mut self,
+        eni_id: &str,
+        count: u32,
+        api: &'static str,
+    ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
         let eni = self.enis.get(eni_id).ok_or_else(|| {
-            err(api, "InvalidNetworkInterfaceID.NotFound", format!("The networkInterface ID '{eni_id}' does not exist"))
+            err(
+                api,
+                "InvalidNetworkInterfaceID.NotFound",
+                format!("The networkInterface ID '{eni_id}' does not exist"),
+            )
         })?;
         let limit = match &eni.attachment {
             Some(a) => self.limits_of(&a.instance).1,
@@ -466,10 +488,17 @@ impl World {
             return Err(err(
                 api,
                 "InsufficientFreeAddressesInSubnet",
-                format!("The specified subnet {} does not have enough free addresses to satisfy the request.", eni.subnet_id),
+                format!(
+                    "The specified subnet {} does not have enough free addresses to satisfy the request.",
+                    eni.subnet_id
+                ),
             ));
         }
-        if let Some(c) = self.subnets.get_mut(&eni.subnet_id).and_then(|s| s.capacity.as_mut()) {
+        if let Some(c) = self
+            .subnets
+            .get_mut(&eni.subnet_id)
+            .and_then(|s| s.capacity.as_mut())
+        {
             *c -= fresh.len();
         }
         self.enis.get_mut(eni_id).unwrap().ips.extend(&fresh);
@@ -543,7 +572,11 @@ impl Ec2Api for FakeEc2 {
         let mut out = Vec::new();
         for t in instance_types {
             let Some(&(max_enis, ipv4_per_eni)) = w.types.get(t) else {
-                return Err(err(API, "InvalidInstanceType", format!("The following supplied instance types do not exist: [{t}]")));
+                return Err(err(
+                    API,
+                    "InvalidInstanceType",
+                    format!("The following supplied instance types do not exist: [{t}]"),
+                ));
             };
             out.push(InstanceTypeLimits {
                 instance_type: t.clone(),
@@ -565,7 +598,11 @@ impl Ec2Api for FakeEc2 {
             .iter()
             .map(|id| {
                 w.enis.get(id).map(|e| w.view(e)).ok_or_else(|| {
-                    err(API, "InvalidNetworkInterfaceID.NotFound", format!("The networkInterface ID '{id}' does not exist"))
+                    err(
+                        API,
+                        "InvalidNetworkInterfaceID.NotFound",
+                        format!("The networkInterface ID '{id}' does not exist"),
+                    )
                 })
             })
             .collect()
@@ -595,7 +632,11 @@ impl Ec2Api for FakeEc2 {
         self.enter(API)?;
         let w = self.lock();
         let Some(t) = w.instances.get(instance_id) else {
-            return Err(err(API, "InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist")));
+            return Err(err(
+                API,
+                "InvalidInstanceID.NotFound",
+                format!("The instance ID '{instance_id}' does not exist"),
+            ));
         };
         let enis = w
             .enis
@@ -629,9 +670,17 @@ impl Ec2Api for FakeEc2 {
             return Ok(w.view(e));
         }
         if request.secondary_ip_count > 49 {
-            return Err(err(API, "PrivateIpAddressLimitExceeded", "too many secondary addresses"));
+            return Err(err(
+                API,
+                "PrivateIpAddressLimitExceeded",
+                "too many secondary addresses",
+            ));
         }
-        let id = w.new_eni(&request.subnet_id, &request.description, request.secondary_ip_count)?;
+        let id = w.new_eni(
+            &request.subnet_id,
+            &request.description,
+            request.secondary_ip_count,
+        )?;
         w.enis.get_mut(&id).unwrap().tags = request.tags.clone();
         w.tokens.insert(request.client_token.clone(), id.clone());
         let e = w.enis.get(&id).unwrap();
@@ -648,29 +697,66 @@ impl Ec2Api for FakeEc2 {
         self.enter(API)?;
         let mut w = self.lock();
         if !w.instances.contains_key(instance_id) {
-            return Err(err(API, "InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist")));
+            return Err(err(
+                API,
+                "InvalidInstanceID.NotFound",
+                format!("The instance ID '{instance_id}' does not exist"),
+            ));
         }
         let Some(eni) = w.enis.get(eni_id) else {
-            return Err(err(API, "InvalidNetworkInterfaceID.NotFound", format!("The networkInterface ID '{eni_id}' does not exist")));
+            return Err(err(
+                API,
+                "InvalidNetworkInterfaceID.NotFound",
+                format!("The networkInterface ID '{eni_id}' does not exist"),
+            ));
         };
         if eni.attachment.is_some() {
-            return Err(err(API, "InvalidParameterValue", format!("Interface {eni_id} is already attached")));
+            return Err(err(
+                API,
+                "InvalidParameterValue",
+                format!("Interface {eni_id} is already attached"),
+            ));
         }
         let ips = eni.ips.len();
         let (max_enis, ipv4) = w.limits_of(instance_id);
         let attached: Vec<u32> = w
             .enis
             .values()
-            .filter_map(|e| e.attachment.as_ref().filter(|a| a.instance == instance_id).map(|a| a.device))
+            .filter_map(|e| {
+                e.attachment
+                    .as_ref()
+                    .filter(|a| a.instance == instance_id)
+                    .map(|a| a.device)
+            })
             .collect();
         if attached.contains(&device_index) {
-            return Err(err(API, "InvalidParameterValue", format!("Instance '{instance_id}' already has an interface attached at device index '{device_index}'.")));
+            return Err(err(
+                API,
+                "InvalidParameterValue",
+                format!(
+                    "Instance '{instance_id}' already has an interface attached at device index '{device_index}'."
+                ),
+            ));
         }
         if attached.len() >= max_enis as usize {
-            return Err(err(API, "AttachmentLimitExceeded", format!("Interface count {} exceeds the limit for {}", attached.len() + 1, w.instances[instance_id])));
+            return Err(err(
+                API,
+                "AttachmentLimitExceeded",
+                format!(
+                    "Interface count {} exceeds the limit for {}",
+                    attached.len() + 1,
+                    w.instances[instance_id]
+                ),
+            ));
         }
         if ips > ipv4 as usize {
-            return Err(err(API, "PrivateIpAddressLimitExceeded", format!("{eni_id} has {ips} addresses; the instance type allows {ipv4} per interface")));
+            return Err(err(
+                API,
+                "PrivateIpAddressLimitExceeded",
+                format!(
+                    "{eni_id} has {ips} addresses; the instance type allows {ipv4} per interface"
+                ),
+            ));
         }
         let n = w.next;
         w.next += 1;
@@ -698,7 +784,11 @@ impl Ec2Api for FakeEc2 {
             .and_then(|e| e.attachment.as_mut())
             .filter(|a| a.id == attachment_id)
         else {
-            return Err(err(API, "InvalidAttachmentID.NotFound", format!("The attachment ID '{attachment_id}' does not exist")));
+            return Err(err(
+                API,
+                "InvalidAttachmentID.NotFound",
+                format!("The attachment ID '{attachment_id}' does not exist"),
+            ));
         };
         att.delete_on_termination = true;
         Ok(())
@@ -713,10 +803,18 @@ impl Ec2Api for FakeEc2 {
             .values_mut()
             .find(|e| e.attachment.as_ref().is_some_and(|a| a.id == attachment_id))
         else {
-            return Err(err(API, "InvalidAttachmentID.NotFound", format!("The attachment ID '{attachment_id}' does not exist")));
+            return Err(err(
+                API,
+                "InvalidAttachmentID.NotFound",
+                format!("The attachment ID '{attachment_id}' does not exist"),
+            ));
         };
         if eni.attachment.as_ref().is_some_and(|a| a.device == 0) {
-            return Err(err(API, "OperationNotPermitted", "The network interface at device index 0 cannot be detached."));
+            return Err(err(
+                API,
+                "OperationNotPermitted",
+                "The network interface at device index 0 cannot be detached.",
+            ));
         }
         eni.attachment = None;
         Ok(())
@@ -727,8 +825,16 @@ impl Ec2Api for FakeEc2 {
         self.enter(API)?;
         let mut w = self.lock();
         match w.enis.get(eni_id) {
-            None => Err(err(API, "InvalidNetworkInterfaceID.NotFound", format!("The networkInterface ID '{eni_id}' does not exist"))),
-            Some(e) if e.attachment.is_some() => Err(err(API, "InvalidNetworkInterface.InUse", format!("The network interface '{eni_id}' is currently in use."))),
+            None => Err(err(
+                API,
+                "InvalidNetworkInterfaceID.NotFound",
+                format!("The networkInterface ID '{eni_id}' does not exist"),
+            )),
+            Some(e) if e.attachment.is_some() => Err(err(
+                API,
+                "InvalidNetworkInterface.InUse",
+                format!("The network interface '{eni_id}' is currently in use."),
+            )),
             Some(_) => {
                 w.enis.remove(eni_id);
                 Ok(())
@@ -755,11 +861,21 @@ impl Ec2Api for FakeEc2 {
         self.enter(API)?;
         let mut w = self.lock();
         let Some(eni) = w.enis.get_mut(eni_id) else {
-            return Err(err(API, "InvalidNetworkInterfaceID.NotFound", format!("The networkInterface ID '{eni_id}' does not exist")));
+            return Err(err(
+                API,
+                "InvalidNetworkInterfaceID.NotFound",
+                format!("The networkInterface ID '{eni_id}' does not exist"),
+            ));
         };
         for ip in ips {
             if eni.ips.first() == Some(ip) || !eni.ips.contains(ip) {
-                return Err(err(API, "InvalidParameterValue", format!("Some of the specified addresses are not assigned to interface {eni_id}: {ip}")));
+                return Err(err(
+                    API,
+                    "InvalidParameterValue",
+                    format!(
+                        "Some of the specified addresses are not assigned to interface {eni_id}: {ip}"
+                    ),
+                ));
             }
         }
         eni.ips.retain(|ip| !ips.contains(ip));
@@ -772,12 +888,17 @@ impl Ec2Api for FakeEc2 {
         let mut w = self.lock();
         for id in resource_ids {
             if !w.enis.contains_key(id) {
-                return Err(err(API, "InvalidNetworkInterfaceID.NotFound", format!("The networkInterface ID '{id}' does not exist")));
+                return Err(err(
+                    API,
+                    "InvalidNetworkInterfaceID.NotFound",
+                    format!("The networkInterface ID '{id}' does not exist"),
+                ));
             }
         }
         for id in resource_ids {
             let e = w.enis.get_mut(id).unwrap();
-            e.tags.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+            e.tags
+                .extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         Ok(())
     }
@@ -800,7 +921,12 @@ impl FakeEc2Imds {
             .collect()
     }
 
-    fn eni<T>(&self, mac: MacAddr, field: &str, f: impl FnOnce(&FakeEni) -> T) -> Result<T, ImdsError> {
+    fn eni<T>(
+        &self,
+        mac: MacAddr,
+        field: &str,
+        f: impl FnOnce(&FakeEni) -> T,
+    ) -> Result<T, ImdsError> {
         self.visible()
             .iter()
             .find(|e| e.mac == mac)
@@ -817,7 +943,13 @@ impl Imds for FakeEc2Imds {
     }
 
     async fn instance_type(&self) -> Result<String, ImdsError> {
-        Ok(self.ec2.lock().instances.get(&self.instance).cloned().unwrap_or_default())
+        Ok(self
+            .ec2
+            .lock()
+            .instances
+            .get(&self.instance)
+            .cloned()
+            .unwrap_or_default())
     }
 
     async fn availability_zone(&self) -> Result<String, ImdsError> {
@@ -841,7 +973,9 @@ impl Imds for FakeEc2Imds {
     }
 
     async fn device_number(&self, mac: MacAddr) -> Result<u32, ImdsError> {
-        self.eni(mac, "device-number", |e| e.attached_to().map_or(0, |(_, d)| d))
+        self.eni(mac, "device-number", |e| {
+            e.attached_to().map_or(0, |(_, d)| d)
+        })
     }
 
     async fn interface_id(&self, mac: MacAddr) -> Result<String, ImdsError> {
@@ -857,15 +991,21 @@ impl Imds for FakeEc2Imds {
     }
 
     async fn subnet_ipv4_cidr_block(&self, mac: MacAddr) -> Result<Ipv4Net, ImdsError> {
-        self.eni(mac, "subnet-ipv4-cidr-block", |_| SUBNET_CIDR.parse().unwrap())
+        self.eni(mac, "subnet-ipv4-cidr-block", |_| {
+            SUBNET_CIDR.parse().unwrap()
+        })
     }
 
     async fn vpc_ipv4_cidr_blocks(&self, mac: MacAddr) -> Result<Vec<Ipv4Net>, ImdsError> {
-        self.eni(mac, "vpc-ipv4-cidr-blocks", |_| vec![VPC_CIDR.parse().unwrap()])
+        self.eni(mac, "vpc-ipv4-cidr-blocks", |_| {
+            vec![VPC_CIDR.parse().unwrap()]
+        })
     }
 
     async fn security_group_ids(&self, mac: MacAddr) -> Result<Vec<String>, ImdsError> {
-        self.eni(mac, "security-group-ids", |_| vec![SECURITY_GROUP.to_owned()])
+        self.eni(mac, "security-group-ids", |_| {
+            vec![SECURITY_GROUP.to_owned()]
+        })
     }
 }
 
@@ -916,7 +1056,10 @@ impl EniHost for FakeHost {
     }
 
     async fn teardown_secondary_eni(&self, eni: &SecondaryEni) -> Result<(), HostNetworkError> {
-        self.log.lock().unwrap().push(HostOp::Teardown(eni.id.clone()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(HostOp::Teardown(eni.id.clone()));
         Ok(())
     }
 }

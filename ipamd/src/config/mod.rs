@@ -163,6 +163,9 @@ pub enum ConfigError {
 /// How ipamd obtains ENIs and IPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProvisioningMode {
+    /// The default: ipamd keeps the warm pool through the EC2 API (creates and attaches ENIs,
+    /// assigns and unassigns secondary IPs) within the instance's limits.
+    Ec2,
     /// `ENABLE_IMDS_ONLY_MODE=true`: only what instance metadata shows, no EC2 calls at all.
     ImdsOnly,
     /// `DISABLE_NETWORK_RESOURCE_PROVISIONING=true`: no EC2 writes; the pool is what instance
@@ -170,7 +173,7 @@ pub enum ProvisioningMode {
     ProvisioningDisabled,
 }
 
-/// Warm-pool knobs, parsed now and used by the pool manager of a later milestone.
+/// Warm-pool knobs (EC2 mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolTargets {
     /// `WARM_ENI_TARGET` (default 1).
@@ -238,7 +241,7 @@ pub struct KubernetesConfig {
     pub eni_config_label: String,
 }
 
-/// EC2-side knobs, used once EC2 provisioning exists.
+/// EC2-side knobs (EC2 mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudConfig {
     /// `AWS_EC2_ENDPOINT`.
@@ -251,7 +254,8 @@ pub struct CloudConfig {
     pub manage_untagged_eni: bool,
     /// `AWS_MANAGE_ENIS_NON_SCHEDULABLE` (default false).
     pub manage_enis_non_schedulable: bool,
-    /// `DISABLE_LEAKED_ENI_CLEANUP` (default false; implied in IMDS-only mode).
+    /// `DISABLE_LEAKED_ENI_CLEANUP` (default false; implied in IMDS-only mode and with
+    /// provisioning disabled).
     pub disable_leaked_eni_cleanup: bool,
     /// `ENABLE_SUBNET_DISCOVERY` (default true).
     pub enable_subnet_discovery: bool,
@@ -424,13 +428,7 @@ impl Config {
             provisioning: match (imds_only, provisioning_disabled) {
                 (true, _) => ProvisioningMode::ImdsOnly,
                 (false, true) => ProvisioningMode::ProvisioningDisabled,
-                (false, false) => {
-                    return Err(ConfigError::Unsupported {
-                        var: ENABLE_IMDS_ONLY_MODE,
-                        value: r.raw(ENABLE_IMDS_ONLY_MODE)?.unwrap_or_else(|| "false".into()),
-                        reason: "EC2 provisioning (creating ENIs and assigning IPs through the EC2 API) is not available in this build yet; set ENABLE_IMDS_ONLY_MODE=true (or DISABLE_NETWORK_RESOURCE_PROVISIONING=true) to use the ENIs and secondary IPs that instance metadata shows".into(),
-                    });
-                }
+                (false, false) => ProvisioningMode::Ec2,
             },
             socket_path: r.or(
                 AWS_VPC_K8S_CNI_IPAMD_SOCKET,

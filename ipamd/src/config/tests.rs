@@ -295,13 +295,25 @@ fn missing_node_name_is_an_error_naming_it() {
 }
 
 #[test]
-fn ec2_provisioning_is_refused_with_guidance() {
+fn ec2_provisioning_is_the_default_mode() {
     let env = HashMap::from([(MY_NODE_NAME, "n")]);
-    let msg = Config::from_env(&env).unwrap_err().to_string();
-    assert!(msg.contains("ENABLE_IMDS_ONLY_MODE=true"), "{msg}");
-    assert!(msg.contains("not available in this build"), "{msg}");
-    let msg = err_of(&[(ENABLE_IMDS_ONLY_MODE, "false")]);
-    assert!(msg.contains("ENABLE_IMDS_ONLY_MODE=\"false\""), "{msg}");
+    let c = Config::from_env(&env).unwrap();
+    assert_eq!(c.provisioning, ProvisioningMode::Ec2);
+    let env = HashMap::from([(MY_NODE_NAME, "n"), (ENABLE_IMDS_ONLY_MODE, "false")]);
+    assert_eq!(
+        Config::from_env(&env).unwrap().provisioning,
+        ProvisioningMode::Ec2
+    );
+    let env = HashMap::from([
+        (MY_NODE_NAME, "n"),
+        (ENABLE_IMDS_ONLY_MODE, "true"),
+        (DISABLE_NETWORK_RESOURCE_PROVISIONING, "true"),
+    ]);
+    assert_eq!(
+        Config::from_env(&env).unwrap().provisioning,
+        ProvisioningMode::ImdsOnly,
+        "IMDS-only wins: no EC2 calls at all"
+    );
 }
 
 #[test]

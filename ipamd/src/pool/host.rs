@@ -11,7 +11,8 @@ use crate::mac::MacAddr;
 /// The node's links, as the pool manager uses them.
 pub trait EniHost: Send + Sync + 'static {
     /// Whether a link with this MAC exists.
-    fn has_link(&self, mac: MacAddr) -> impl Future<Output = Result<bool, HostNetworkError>> + Send;
+    fn has_link(&self, mac: MacAddr)
+    -> impl Future<Output = Result<bool, HostNetworkError>> + Send;
 
     /// Brings up a secondary ENI (MTU, address, route table, rule 32765).
     fn setup_secondary_eni(
@@ -32,7 +33,9 @@ impl EniHost for HostNetwork {
     }
 
     async fn setup_secondary_eni(&self, eni: &SecondaryEni) -> Result<(), HostNetworkError> {
-        HostNetwork::setup_secondary_eni(self, eni).await.map(|_| ())
+        HostNetwork::setup_secondary_eni(self, eni)
+            .await
+            .map(|_| ())
     }
 
     async fn teardown_secondary_eni(&self, eni: &SecondaryEni) -> Result<(), HostNetworkError> {

@@ -84,7 +84,12 @@ impl<E: Ec2Api> LeakCleaner<E> {
                 .describe_network_interfaces(std::slice::from_ref(&self.primary_eni))
                 .await
             {
-                Ok(v) => self.vpc_id = v.first().map(|e| e.vpc_id.clone()).filter(|v| !v.is_empty()),
+                Ok(v) => {
+                    self.vpc_id = v
+                        .first()
+                        .map(|e| e.vpc_id.clone())
+                        .filter(|v| !v.is_empty())
+                }
                 Err(e) => tracing::warn!(error = %e, "leaked-ENI cleanup: cannot find the VPC"),
             }
         }
@@ -106,7 +111,10 @@ impl<E: Ec2Api> LeakCleaner<E> {
         if let Some(cluster) = &self.cluster_name {
             filters.push(Filter::one(format!("tag:{CLUSTER_NAME_TAG}"), cluster));
         }
-        let candidates = self.ec2.describe_network_interfaces_filtered(&filters).await?;
+        let candidates = self
+            .ec2
+            .describe_network_interfaces_filtered(&filters)
+            .await?;
         let mut report = CleanupReport::default();
         let now = self.clock.wall();
         for eni in candidates {
@@ -117,15 +125,24 @@ impl<E: Ec2Api> LeakCleaner<E> {
             {
                 continue;
             }
-            let created = eni.tags.get(CREATED_AT_TAG).and_then(|v| parse_created_at(v));
+            let created = eni
+                .tags
+                .get(CREATED_AT_TAG)
+                .and_then(|v| parse_created_at(v));
             let Some(created) = created else {
                 let tags = Tags::from([(CREATED_AT_TAG.to_owned(), rfc3339(now))]);
-                match self.ec2.create_tags(std::slice::from_ref(&eni.id), &tags).await {
+                match self
+                    .ec2
+                    .create_tags(std::slice::from_ref(&eni.id), &tags)
+                    .await
+                {
                     Ok(()) => {
                         tracing::info!(eni = %eni.id, "leaked-ENI cleanup: available ENI without createdAt tagged now; deleted in a later run if still unused");
                         report.tagged.push(eni.id);
                     }
-                    Err(e) => tracing::warn!(eni = %eni.id, error = %e, "leaked-ENI cleanup: cannot tag ENI"),
+                    Err(e) => {
+                        tracing::warn!(eni = %eni.id, error = %e, "leaked-ENI cleanup: cannot tag ENI")
+                    }
                 }
                 continue;
             };
@@ -140,7 +157,9 @@ impl<E: Ec2Api> LeakCleaner<E> {
                     report.deleted.push(eni.id);
                 }
                 Err(e) if e.kind == Ec2ErrorKind::NotFound => report.deleted.push(eni.id),
-                Err(e) => tracing::warn!(eni = %eni.id, error = %e, "leaked-ENI cleanup: cannot delete ENI; retrying next run"),
+                Err(e) => {
+                    tracing::warn!(eni = %eni.id, error = %e, "leaked-ENI cleanup: cannot delete ENI; retrying next run")
+                }
             }
         }
         Ok(report)
@@ -156,10 +175,14 @@ impl<E: Ec2Api> LeakCleaner<E> {
         loop {
             match self.run_once().await {
                 Ok(r) => tracing::info!(
-                    deleted = r.deleted.len(), tagged = r.tagged.len(), too_young = r.too_young.len(),
+                    deleted = r.deleted.len(),
+                    tagged = r.tagged.len(),
+                    too_young = r.too_young.len(),
                     "leaked-ENI cleanup done"
                 ),
-                Err(e) => tracing::warn!(error = %e, "leaked-ENI cleanup: cannot list available ENIs; retrying next run"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "leaked-ENI cleanup: cannot list available ENIs; retrying next run")
+                }
             }
             tokio::time::sleep(INTERVAL).await;
         }
@@ -192,32 +215,69 @@ mod tests {
         let old = rfc3339(clock.wall() - Duration::from_secs(600));
         let recent = rfc3339(clock.wall() - Duration::from_secs(60));
         let desc = format!("aws-K8S-{me}");
-        let leaked = ec2.create_detached(&desc, &[(INSTANCE_ID_TAG, me.as_str()), (CREATED_AT_TAG, old.as_str())]);
-        let young = ec2.create_detached(&desc, &[(INSTANCE_ID_TAG, me.as_str()), (CREATED_AT_TAG, recent.as_str())]);
+        let leaked = ec2.create_detached(
+            &desc,
+            &[
+                (INSTANCE_ID_TAG, me.as_str()),
+                (CREATED_AT_TAG, old.as_str()),
+            ],
+        );
+        let young = ec2.create_detached(
+            &desc,
+            &[
+                (INSTANCE_ID_TAG, me.as_str()),
+                (CREATED_AT_TAG, recent.as_str()),
+            ],
+        );
         let untagged = ec2.create_detached(&desc, &[]);
         let foreign = ec2.create_detached(
             &format!("aws-K8S-{other}"),
-            &[(INSTANCE_ID_TAG, other.as_str()), (CREATED_AT_TAG, old.as_str())],
+            &[
+                (INSTANCE_ID_TAG, other.as_str()),
+                (CREATED_AT_TAG, old.as_str()),
+            ],
         );
         let no_manage = ec2.create_detached(
             &desc,
-            &[(INSTANCE_ID_TAG, me.as_str()), (CREATED_AT_TAG, old.as_str()), (NO_MANAGE_TAG, "true")],
+            &[
+                (INSTANCE_ID_TAG, me.as_str()),
+                (CREATED_AT_TAG, old.as_str()),
+                (NO_MANAGE_TAG, "true"),
+            ],
         );
-        let not_ours = ec2.create_detached("made by hand", &[(INSTANCE_ID_TAG, me.as_str()), (CREATED_AT_TAG, old.as_str())]);
+        let not_ours = ec2.create_detached(
+            "made by hand",
+            &[
+                (INSTANCE_ID_TAG, me.as_str()),
+                (CREATED_AT_TAG, old.as_str()),
+            ],
+        );
         let no_date = ec2.create_detached(&desc, &[(INSTANCE_ID_TAG, me.as_str())]);
         let primary = ec2.primary_eni(&me).id;
 
-        let mut cleaner = LeakCleaner::new(Arc::new(ec2.clone()), &me, &primary, None, None, clock.clone());
+        let mut cleaner = LeakCleaner::new(
+            Arc::new(ec2.clone()),
+            &me,
+            &primary,
+            None,
+            None,
+            clock.clone(),
+        );
         let r = cleaner.run_once().await.unwrap();
         assert_eq!(r.deleted, vec![leaked.clone()]);
         assert_eq!(r.tagged, vec![no_date.clone()]);
         assert_eq!(r.too_young, vec![young.clone()]);
         assert!(ec2.eni(&leaked).is_none());
-        for kept in [&young, &untagged, &foreign, &no_manage, &not_ours, &no_date, &primary] {
+        for kept in [
+            &young, &untagged, &foreign, &no_manage, &not_ours, &no_date, &primary,
+        ] {
             assert!(ec2.eni(kept).is_some(), "{kept} must be left alone");
         }
         assert!(ec2.eni(&no_date).unwrap().tags.contains_key(CREATED_AT_TAG));
-        assert_eq!(cleaner.vpc_id.as_deref(), Some(crate::cloud::fake_ec2::VPC_ID));
+        assert_eq!(
+            cleaner.vpc_id.as_deref(),
+            Some(crate::cloud::fake_ec2::VPC_ID)
+        );
 
         // Five minutes later the young one and the freshly dated one go too.
         clock.advance(Duration::from_secs(301));
@@ -238,11 +298,19 @@ mod tests {
         let desc = format!("aws-K8S-{me}");
         let mine = ec2.create_detached(
             &desc,
-            &[(INSTANCE_ID_TAG, me.as_str()), (CREATED_AT_TAG, old.as_str()), (CLUSTER_NAME_TAG, "prod")],
+            &[
+                (INSTANCE_ID_TAG, me.as_str()),
+                (CREATED_AT_TAG, old.as_str()),
+                (CLUSTER_NAME_TAG, "prod"),
+            ],
         );
         let other_cluster = ec2.create_detached(
             &desc,
-            &[(INSTANCE_ID_TAG, me.as_str()), (CREATED_AT_TAG, old.as_str()), (CLUSTER_NAME_TAG, "dev")],
+            &[
+                (INSTANCE_ID_TAG, me.as_str()),
+                (CREATED_AT_TAG, old.as_str()),
+                (CLUSTER_NAME_TAG, "dev"),
+            ],
         );
         let primary = ec2.primary_eni(&me).id;
         let mut cleaner = LeakCleaner::new(

@@ -310,7 +310,10 @@ mod tests {
         ];
         for ((we, wi, mi, pods), want) in cases {
             let got = shape(&simulate(targets(we, wi, mi), T3_SMALL, pods));
-            assert_eq!(got, want, "WARM_ENI={we} WARM_IP={wi} MIN_IP={mi} pods={pods}");
+            assert_eq!(
+                got, want,
+                "WARM_ENI={we} WARM_IP={wi} MIN_IP={mi} pods={pods}"
+            );
         }
     }
 
@@ -431,8 +434,16 @@ mod tests {
     fn decrease_at_most_once_per_interval() {
         let now = Instant::now();
         assert!(may_decrease(None, now, DECREASE_INTERVAL));
-        assert!(!may_decrease(Some(now), now + Duration::from_secs(29), DECREASE_INTERVAL));
-        assert!(may_decrease(Some(now), now + Duration::from_secs(30), DECREASE_INTERVAL));
+        assert!(!may_decrease(
+            Some(now),
+            now + Duration::from_secs(29),
+            DECREASE_INTERVAL
+        ));
+        assert!(may_decrease(
+            Some(now),
+            now + Duration::from_secs(30),
+            DECREASE_INTERVAL
+        ));
     }
 
     #[test]
@@ -456,7 +467,10 @@ mod tests {
         // Younger than a minute: kept.
         let mut young = eni(1, 3, 0);
         young.age = Duration::from_secs(59);
-        assert_eq!(deletable_eni(&[eni(0, 3, 0), young.clone()], t, MIN_ENI_AGE), None);
+        assert_eq!(
+            deletable_eni(&[eni(0, 3, 0), young.clone()], t, MIN_ENI_AGE),
+            None
+        );
         young.age = MIN_ENI_AGE;
         assert!(deletable_eni(&[eni(0, 3, 0), young], t, MIN_ENI_AGE).is_some());
         // Needed for WARM_IP_TARGET: the others have 1 free < 2.
@@ -487,7 +501,10 @@ mod tests {
             e.total -= n;
             left -= n;
         }
-        assert_eq!(enis.iter().map(|e| e.total).collect::<Vec<_>>(), vec![2, 0, 0]);
+        assert_eq!(
+            enis.iter().map(|e| e.total).collect::<Vec<_>>(),
+            vec![2, 0, 0]
+        );
         let first = deletable_eni(&enis, t, MIN_ENI_AGE).unwrap().id.clone();
         assert_eq!(first, "eni-2");
         enis.retain(|e| e.id != first);

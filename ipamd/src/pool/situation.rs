@@ -236,14 +236,21 @@ mod tests {
         );
         s.set_unmanaged_enis(1);
         let note = s.note(&stats(2, 6, 6, 0)).unwrap();
-        assert!(note.contains("limit of 3 ENIs") && note.contains("no_manage"), "{note}");
+        assert!(
+            note.contains("limit of 3 ENIs") && note.contains("no_manage"),
+            "{note}"
+        );
     }
 
     #[test]
     fn unknown_limits_and_growing_pool() {
         let s = PoolSituation::new(Targets::default(), "subnet-0abc", Arc::default());
         s.set_limits_error("DescribeInstanceTypes failed".into());
-        assert!(s.note(&stats(1, 0, 0, 0)).unwrap().contains("DescribeInstanceTypes failed"));
+        assert!(
+            s.note(&stats(1, 0, 0, 0))
+                .unwrap()
+                .contains("DescribeInstanceTypes failed")
+        );
         let s = situation(Arc::default());
         let note = s.note(&stats(1, 3, 3, 0)).unwrap();
         assert!(note.starts_with("the pool is growing"), "{note}");

@@ -21,7 +21,13 @@ use crate::pool::host::EniHost;
 use crate::pool::policy::{self, Capacity};
 
 impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
-    pub(super) fn secondary(&self, id: &str, mac: MacAddr, device: u32, primary_ip: Ipv4Addr) -> SecondaryEni {
+    pub(super) fn secondary(
+        &self,
+        id: &str,
+        mac: MacAddr,
+        device: u32,
+        primary_ip: Ipv4Addr,
+    ) -> SecondaryEni {
         SecondaryEni {
             id: id.to_owned(),
             mac,
@@ -47,7 +53,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         };
         let attached = u32::try_from(instance.enis.len()).unwrap_or(u32::MAX);
         if attached >= cap.max_enis {
-            tracing::info!(attached, max_enis = cap.max_enis, "EC2 shows the instance at its ENI limit; no new ENI");
+            tracing::info!(
+                attached,
+                max_enis = cap.max_enis,
+                "EC2 shows the instance at its ENI limit; no new ENI"
+            );
             return Err(());
         }
         let Some(device) = instance.first_free_device_index() else {
@@ -90,13 +100,20 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 return Err(());
             }
         };
-        if let Err(e) = self.ec2.set_delete_on_termination(&eni.id, &attachment).await {
+        if let Err(e) = self
+            .ec2
+            .set_delete_on_termination(&eni.id, &attachment)
+            .await
+        {
             tracing::warn!(eni = %eni.id, error = %e, "cannot set DeleteOnTermination on the new ENI; detaching and deleting it");
             self.release_eni(&eni.id).await;
             return Err(());
         }
         self.tagged.insert(eni.id.clone());
-        let shown = match self.wait_visible(&eni.id, mac, primary_ip, &secondary).await {
+        let shown = match self
+            .wait_visible(&eni.id, mac, primary_ip, &secondary)
+            .await
+        {
             Ok(md) => md,
             Err(why) => {
                 tracing::warn!(eni = %eni.id, reason = %why, "new ENI is attached but not usable yet; the next reconcile adopts it once it shows");
@@ -174,7 +191,8 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 }
             };
             let complete = listed.as_ref().is_some_and(|m| {
-                m.primary_ip == primary_ip && secondary.iter().all(|ip| m.secondary_ips.contains(ip))
+                m.primary_ip == primary_ip
+                    && secondary.iter().all(|ip| m.secondary_ips.contains(ip))
             });
             let now = tokio::time::Instant::now();
             let is_listed = listed.is_some();
@@ -189,7 +207,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                     return Err(format!(
                         "after {:?}: listed in instance metadata: {is_listed}, link with MAC {mac}: {link}{}",
                         t.attach_wait,
-                        if why.is_empty() { String::new() } else { format!(" ({why})") }
+                        if why.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({why})")
+                        }
                     ));
                 }
                 _ => {}
@@ -231,7 +253,9 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         };
         if let Some(att) = &eni.attachment {
             match self.ec2.detach_network_interface(&att.attachment_id).await {
-                Ok(()) => tracing::info!(eni = %eni_id, attachment = %att.attachment_id, "ENI detached"),
+                Ok(()) => {
+                    tracing::info!(eni = %eni_id, attachment = %att.attachment_id, "ENI detached")
+                }
                 Err(e) if e.kind == Ec2ErrorKind::NotFound => {}
                 Err(e) => {
                     tracing::warn!(eni = %eni_id, error = %e, "cannot detach ENI");
@@ -296,7 +320,9 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             .with_datastore(|ds| {
                 ds.stats();
                 match ds.eni(&candidate.id) {
-                    Some(v) if v.assigned == 0 && v.cooling == 0 => ds.remove_eni(&candidate.id).ok(),
+                    Some(v) if v.assigned == 0 && v.cooling == 0 => {
+                        ds.remove_eni(&candidate.id).ok()
+                    }
                     _ => None,
                 }
             })
@@ -306,7 +332,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             "freeing an ENI the pool no longer needs"
         );
         let spec = removed.spec;
-        let mac = self.macs.get(&spec.id).copied().unwrap_or(self.node.primary_mac);
+        let mac = self
+            .macs
+            .get(&spec.id)
+            .copied()
+            .unwrap_or(self.node.primary_mac);
         let host_spec = self.secondary(&spec.id, mac, spec.device_number, spec.primary_ip);
         if let Err(e) = self.host.teardown_secondary_eni(&host_spec).await {
             tracing::warn!(eni = %spec.id, error = %e, "cannot remove all of the ENI's rules and routes");

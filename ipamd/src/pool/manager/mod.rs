@@ -35,13 +35,13 @@ use crate::cloud::ec2::{
     CLUSTER_NAME_TAG, ENI_OWNER_TAG, ENI_OWNER_VALUE, Ec2Api, Ec2ErrorKind, INSTANCE_ID_TAG,
     NetworkInterface, Tags,
 };
+use crate::cloud::ec2_client::Ec2Health;
 use crate::cloud::imds::Imds;
 use crate::cloud::metadata::{EniMetadata, InstanceMetadata};
 use crate::config::Config;
 use crate::datastore::Clock;
 use crate::limits;
 use crate::mac::MacAddr;
-use crate::cloud::ec2_client::Ec2Health;
 use crate::state::{CloudErrorReport, IpamState, NodeLimits};
 
 /// The manager's timings. The defaults are the reference's; tests shorten them.
@@ -348,7 +348,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             self.tagged.insert(eni.id.clone());
             return;
         }
-        match self.ec2.create_tags(&[eni.id.clone()], &missing).await {
+        match self
+            .ec2
+            .create_tags(std::slice::from_ref(&eni.id), &missing)
+            .await
+        {
             Ok(()) => {
                 tracing::info!(eni = %eni.id, tags = ?missing, "tagged ENI");
                 self.tagged.insert(eni.id.clone());
@@ -437,8 +441,13 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 Some(Grow::AtLimit) => {
                     if !self.at_limit_logged {
                         tracing::info!(
-                            short, enis = enis.len(), unmanaged = cap.unmanaged_enis, max_enis = cap.max_enis,
-                            ips_per_eni = cap.ips_per_eni, total = counts.total, "pool is low but the node is at its ENI x IP limit"
+                            short,
+                            enis = enis.len(),
+                            unmanaged = cap.unmanaged_enis,
+                            max_enis = cap.max_enis,
+                            ips_per_eni = cap.ips_per_eni,
+                            total = counts.total,
+                            "pool is low but the node is at its ENI x IP limit"
                         );
                         self.at_limit_logged = true;
                     }

@@ -183,7 +183,9 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                     self.macs.remove(&id);
                     tracing::info!(eni = %id, "ENI left the instance (or is no_manage); removed from the pool");
                 }
-                Err(e) => tracing::warn!(eni = %id, error = %e, "ENI left the instance (or is no_manage) but pods use it; keeping it until they are deleted"),
+                Err(e) => {
+                    tracing::warn!(eni = %id, error = %e, "ENI left the instance (or is no_manage) but pods use it; keeping it until they are deleted")
+                }
             }
         }
     }

@@ -87,7 +87,12 @@ const FAST_RETRY: RetryPolicy = RetryPolicy {
 
 /// Starts a manager the way the daemon does: discover, build the pool from metadata (minus
 /// unmanaged ENIs), ready.
-async fn start_with(ec2: FakeEc2, instance: &str, cfg: ManagerConfig, cooldown: Duration) -> (World, Manager) {
+async fn start_with(
+    ec2: FakeEc2,
+    instance: &str,
+    cfg: ManagerConfig,
+    cooldown: Duration,
+) -> (World, Manager) {
     let imds = ec2.imds(instance);
     let host = ec2.host(instance);
     let md = fetch_instance(&imds).await.unwrap();
@@ -99,7 +104,11 @@ async fn start_with(ec2: FakeEc2, instance: &str, cfg: ManagerConfig, cooldown: 
         Arc::new(NullCheckpointer),
     ));
     let node = NodeInfo::from_metadata(&md).unwrap();
-    let situation = Arc::new(PoolSituation::new(cfg.targets, &node.subnet_id, client.health()));
+    let situation = Arc::new(PoolSituation::new(
+        cfg.targets,
+        &node.subnet_id,
+        client.health(),
+    ));
     let mut m = PoolManager::new(
         cfg,
         node,
@@ -113,7 +122,11 @@ async fn start_with(ec2: FakeEc2, instance: &str, cfg: ManagerConfig, cooldown: 
     );
     m.discover(&md.enis).await;
     let unmanaged = m.unmanaged().clone();
-    let managed: Vec<_> = md.enis.iter().filter(|e| !unmanaged.contains(&e.id)).collect();
+    let managed: Vec<_> = md
+        .enis
+        .iter()
+        .filter(|e| !unmanaged.contains(&e.id))
+        .collect();
     m.note_enis(managed.iter().copied());
     state
         .with_datastore(|ds| {
@@ -180,7 +193,12 @@ impl World {
         let enis = self.ec2.attached(&self.instance);
         assert!(enis.len() <= max_enis, "{} ENIs attached", enis.len());
         for e in enis {
-            assert!(e.ips.len() <= ipv4_per_eni, "{} holds {} addresses", e.id, e.ips.len());
+            assert!(
+                e.ips.len() <= ipv4_per_eni,
+                "{} holds {} addresses",
+                e.id,
+                e.ips.len()
+            );
         }
     }
 
@@ -205,7 +223,12 @@ impl World {
             .attached(&self.instance)
             .into_iter()
             .filter(|e| !unmanaged.contains(&e.id))
-            .flat_map(|e| e.ips[1..].iter().map(move |ip| (e.id.clone(), *ip)).collect::<Vec<_>>())
+            .flat_map(|e| {
+                e.ips[1..]
+                    .iter()
+                    .map(move |ip| (e.id.clone(), *ip))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         ec2.sort();
         assert_eq!(pool, ec2, "the pool and EC2 disagree");
@@ -313,12 +336,18 @@ async fn existing_enis_are_filled_before_any_is_created() {
     ec2.assign_out_of_band(&eni, 1);
     {
         use crate::cloud::ec2::Ec2Api;
-        ec2.attach_network_interface(&eni, &instance, 1).await.unwrap();
+        ec2.attach_network_interface(&eni, &instance, 1)
+            .await
+            .unwrap();
     }
     let (w, mut m) = start_with(ec2, &instance, config(targets(0, 15, 0)), Duration::ZERO).await;
     assert_eq!(w.pool().await, (2, 1));
     m.grow().await;
-    assert_eq!(w.pool().await, (2, 15), "9 on the primary + 6 more on the second ENI");
+    assert_eq!(
+        w.pool().await,
+        (2, 15),
+        "9 on the primary + 6 more on the second ENI"
+    );
     assert_eq!(w.ec2.calls("CreateNetworkInterface"), 0);
     assert_eq!(w.ec2.calls("AssignPrivateIpAddresses"), 2);
 }
@@ -326,7 +355,8 @@ async fn existing_enis_are_filled_before_any_is_created() {
 #[tokio::test]
 async fn failed_attach_deletes_the_new_eni() {
     let (w, mut m) = start("t3.small", targets(0, 5, 0)).await;
-    w.ec2.fail_next("AttachNetworkInterface", Ec2ErrorKind::EniLimitExceeded, 1);
+    w.ec2
+        .fail_next("AttachNetworkInterface", Ec2ErrorKind::EniLimitExceeded, 1);
     let r = m.grow().await;
     assert!(r.failed);
     assert_eq!(w.ec2.calls("CreateNetworkInterface"), 1);
@@ -378,21 +408,26 @@ async fn throttling_keeps_the_call_rate_bounded_and_pods_keep_getting_ips() {
     // once the streak reaches the cap, calls are at least cap/2 = 100 ms apart, however many
     // cycles the 57 exhausted assignments asked for.
     let steady = &times[before + 5..];
-    let min_gap = steady
-        .windows(2)
-        .map(|p| p[1] - p[0])
-        .min()
-        .unwrap();
+    let min_gap = steady.windows(2).map(|p| p[1] - p[0]).min().unwrap();
     assert!(calls >= 5, "{calls} calls: the manager kept trying");
     assert!(
         min_gap >= Duration::from_millis(99),
         "{calls} EC2 calls in {window:?}; closest two in steady state {min_gap:?} apart"
     );
-    assert!(calls <= 35, "{calls} EC2 calls in {window:?} under throttling");
-    let m_total: u64 = ["DescribeInstances", "AssignPrivateIpAddresses", "DescribeNetworkInterfaces", "DescribeInstanceTypes", "CreateTags"]
-        .iter()
-        .map(|api| w.client.metrics().requests(api))
-        .sum();
+    assert!(
+        calls <= 35,
+        "{calls} EC2 calls in {window:?} under throttling"
+    );
+    let m_total: u64 = [
+        "DescribeInstances",
+        "AssignPrivateIpAddresses",
+        "DescribeNetworkInterfaces",
+        "DescribeInstanceTypes",
+        "CreateTags",
+    ]
+    .iter()
+    .map(|api| w.client.metrics().requests(api))
+    .sum();
     assert_eq!(
         m_total,
         u64::try_from(w.ec2.calls("*")).unwrap(),
@@ -437,15 +472,28 @@ async fn eni_is_freed_only_when_empty_cool_old_and_not_needed() {
     m.cycle().await;
     assert_eq!(w.pool().await, (3, 2));
     assert_eq!(w.ec2_shape(), (3, 2));
-    assert_eq!(w.ec2.calls("DetachNetworkInterface"), 0, "younger than a minute");
+    assert_eq!(
+        w.ec2.calls("DetachNetworkInterface"),
+        0,
+        "younger than a minute"
+    );
     w.clock.advance(Duration::from_secs(30));
     m.cycle().await;
     m.cycle().await;
-    assert_eq!(w.pool().await, (1, 2), "one ENI per cycle, never the primary");
+    assert_eq!(
+        w.pool().await,
+        (1, 2),
+        "one ENI per cycle, never the primary"
+    );
     assert_eq!(w.ec2_shape(), (1, 2));
     assert_eq!(w.ec2.all_enis().len(), 1, "freed ENIs are deleted in EC2");
     assert_eq!(w.ec2.calls("DetachNetworkInterface"), 2);
-    let teardowns = w.host.ops().iter().filter(|o| matches!(o, HostOp::Teardown(_))).count();
+    let teardowns = w
+        .host
+        .ops()
+        .iter()
+        .filter(|o| matches!(o, HostOp::Teardown(_)))
+        .count();
     assert_eq!(teardowns, 2);
     w.assert_pool_matches_ec2(&BTreeSet::new()).await;
 }
@@ -507,7 +555,10 @@ async fn reconcile_adopts_and_drops_out_of_band_changes() {
     w.ec2.unassign_out_of_band(&primary, held);
     m.reconcile().await;
     assert!(!pool_has(&w.state, &primary, free).await, "{free} dropped");
-    assert!(pool_has(&w.state, &primary, held).await, "{held} kept: a pod holds it");
+    assert!(
+        pool_has(&w.state, &primary, held).await,
+        "{held} kept: a pod holds it"
+    );
     assert_eq!(w.ec2.attached(&w.instance).len(), enis);
 }
 
@@ -518,7 +569,10 @@ async fn addresses_ipamd_released_are_not_readopted_within_the_grace() {
     assert_eq!(w.pool().await, (1, 2));
     let primary = w.ec2.primary_eni(&w.instance).id;
     let on_eni = |w: &World| -> BTreeSet<Ipv4Addr> {
-        w.ec2.eni(&primary).unwrap().ips[1..].iter().copied().collect()
+        w.ec2.eni(&primary).unwrap().ips[1..]
+            .iter()
+            .copied()
+            .collect()
     };
     // Two more appear outside ipamd: adopted, then (beyond WARM_IP_TARGET) given back.
     w.ec2.assign_out_of_band(&primary, 2);
@@ -557,7 +611,11 @@ async fn new_eni_waits_for_its_link_and_is_adopted_when_it_shows() {
         "waited the bounded attach wait: {waited:?}"
     );
     assert_eq!(w.ec2_shape().0, 2, "attached in EC2");
-    assert_eq!(w.pool().await, (1, 3), "but not in the pool without its link");
+    assert_eq!(
+        w.pool().await,
+        (1, 3),
+        "but not in the pool without its link"
+    );
     w.ec2.hide_new_links(false);
     m.cycle().await;
     assert_eq!(w.pool().await, (2, 5), "reconcile adopted it");
@@ -572,7 +630,9 @@ async fn no_manage_enis_are_left_alone_and_count_against_the_limit() {
     ec2.assign_out_of_band(&eni, 2);
     {
         use crate::cloud::ec2::Ec2Api;
-        ec2.attach_network_interface(&eni, &instance, 1).await.unwrap();
+        ec2.attach_network_interface(&eni, &instance, 1)
+            .await
+            .unwrap();
     }
     let (mut w, mut m) = start_with(ec2, &instance, config(targets(0, 0, 9)), Duration::ZERO).await;
     assert_eq!(m.unmanaged().iter().collect::<Vec<_>>(), vec![&eni]);
@@ -585,10 +645,16 @@ async fn no_manage_enis_are_left_alone_and_count_against_the_limit() {
     assert_eq!(w.ec2.attached(&w.instance).len(), 3);
     let untouched = w.ec2.eni(&eni).unwrap();
     assert_eq!(untouched.ips.len(), 3);
-    assert!(!untouched.tags.contains_key(INSTANCE_ID_TAG), "never tagged");
+    assert!(
+        !untouched.tags.contains_key(INSTANCE_ID_TAG),
+        "never tagged"
+    );
     w.assert_pool_matches_ec2(&m.unmanaged().clone()).await;
     let err = w.add_pod().await.unwrap_err().to_string();
-    assert!(err.contains("limit of 3 ENIs") && err.contains("no_manage"), "{err}");
+    assert!(
+        err.contains("limit of 3 ENIs") && err.contains("no_manage"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -596,7 +662,8 @@ async fn managed_enis_get_missing_tags() {
     let ec2 = FakeEc2::new();
     let instance = ec2.launch("t3.small");
     let mut cfg = config(targets(1, 0, 0));
-    cfg.extra_tags.insert(CLUSTER_NAME_TAG.into(), "prod".into());
+    cfg.extra_tags
+        .insert(CLUSTER_NAME_TAG.into(), "prod".into());
     cfg.extra_tags.insert("team".into(), "net".into());
     let (w, _m) = start_with(ec2, &instance, cfg, Duration::ZERO).await;
     let tags = w.ec2.primary_eni(&w.instance).tags;
@@ -632,12 +699,21 @@ async fn exhaustion_messages_say_why() {
     }
     m.cycle().await;
     let err = w.add_pod().await.unwrap_err().to_string();
-    assert!(err.contains("EC2 is failing") && err.contains("InternalError"), "{err}");
+    assert!(
+        err.contains("EC2 is failing") && err.contains("InternalError"),
+        "{err}"
+    );
 
     // Only cooling IPs.
     let ec2 = FakeEc2::new();
     let instance = ec2.launch("t3.small");
-    let (mut w, mut m) = start_with(ec2, &instance, config(targets(0, 3, 0)), Duration::from_secs(30)).await;
+    let (mut w, mut m) = start_with(
+        ec2,
+        &instance,
+        config(targets(0, 3, 0)),
+        Duration::from_secs(30),
+    )
+    .await;
     m.grow().await;
     for _ in 0..3 {
         w.add_pod().await.unwrap();
@@ -647,7 +723,8 @@ async fn exhaustion_messages_say_why() {
     }
     let err = w.add_pod().await.unwrap_err().to_string();
     assert!(
-        err.contains("3 of 3 IPs are in cooldown") && err.contains("first becomes assignable in 30 s"),
+        err.contains("3 of 3 IPs are in cooldown")
+            && err.contains("first becomes assignable in 30 s"),
         "{err}"
     );
 
