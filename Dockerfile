@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+#
+# aws-vpc-cni-rs image: both binaries and the conf files, for the aws-node DaemonSet in
+# conf/aws-k8s-cni.yaml. Build: docker build -t ghcr.io/example/aws-vpc-cni-rs:v0.1.0 .
+#
+# Layout of the final image (all under /app, owned by root, read-only at run time):
+#   /app/ipamd              the daemon; also `ipamd probe`, `ipamd status`, `ipamd install-cni`
+#   /app/cni/bin/aws-cni    the CNI plugin, static (musl); `ipamd install-cni` copies every file of
+#                           /app/cni/bin into the host's /opt/cni/bin
+#   /app/conf/              10-aws.conflist (what ipamd writes), aws-k8s-cni.yaml,
+#                           kustomization.yaml, iam-policy.json
+#
+# The build stage runs `make image-binaries`, the same target CI runs (.ci/run), with the pinned
+# toolchain and --locked.
+
+ARG RUST_VERSION=1.95
+
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN make image-binaries
+
+# glibc (ipamd links it dynamically) and nothing else: no shell, no package manager.
+FROM gcr.io/distroless/cc-debian12:nonroot
+ARG VERSION=v0.1.0
+LABEL org.opencontainers.image.title="aws-vpc-cni-rs" \
+      org.opencontainers.image.description="Rust drop-in for the AWS VPC CNI: aws-cni plugin and ipamd node daemon" \
+      org.opencontainers.image.source="https://github.com/example/aws-vpc-cni-rs" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}"
+COPY --from=build /src/target/image/ /app/
+WORKDIR /app
+# Non-root by default; the DaemonSet runs both containers as root (host paths, sysctls).
+USER 65532:65532
+ENTRYPOINT ["/app/ipamd"]
