@@ -5,6 +5,7 @@
 #   make demo     build, then `vpcsim demo`: one simulated node, 3 pods, pings, teardown (root)
 #   make lint     rustfmt --check, clippy -D warnings, gofmt
 #   make release  optimized build of every binary
+#   make bench    static musl aws-cni + release ipamd, criterion, `cnibench run` -> BENCHMARKS.md (root)
 #   make deps     the Debian packages the tests and the demo use (apt-get, root)
 
 SHELL := /bin/bash
@@ -25,10 +26,10 @@ APT_PACKAGES := golang-go golang-github-appc-cni-dev containernetworking-plugins
 TOOLS := ip:iproute2 ping:iputils-ping sysctl:procps nsenter:util-linux iptables:iptables \
 	go:golang-go podman:podman runc:runc busybox:busybox-static tar:tar
 
-.PHONY: build cniclient test demo lint release deps check-root check-tools help
+.PHONY: build cniclient test demo lint release deps check-root check-tools help bench
 
 help:
-	@sed -n '3,9p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,10p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 build: cniclient
 	$(CARGO) build --workspace --locked
@@ -78,6 +79,33 @@ lint:
 
 release: cniclient
 	$(CARGO) build --workspace --release --locked
+
+# Benchmarks (issue 6): the plugin as shipped (static musl), ipamd and the driver in release
+# mode, the datastore's criterion benches, then the driver, which builds a simulated node in
+# namespaces, compares aws-cni with Debian's ptp + host-local in the same run and writes
+# BENCHMARKS.md and the raw samples. Several minutes; not part of `make test` (whose smoke test
+# runs the same driver with tiny N). Extra driver flags: make bench BENCH_ARGS="--reps 5".
+MUSL_TARGET := x86_64-unknown-linux-musl
+MUSL_RELEASE := $(TARGET_DIR)/$(MUSL_TARGET)/release
+BENCH_ARGS ?=
+
+bench: check-root check-tools
+	@command -v rustup >/dev/null 2>&1 || \
+		{ echo "error: rustup is needed to add the $(MUSL_TARGET) target" >&2; exit 1; }
+	rustup target add $(MUSL_TARGET)
+	$(CARGO) build --release --locked --target $(MUSL_TARGET) -p aws-cni --bin aws-cni \
+		--example kernel-floor --example peak-rss
+	$(CARGO) build --workspace --release --locked
+	$(CARGO) bench --locked -p ipamd --bench datastore
+	$(TARGET_DIR)/release/cnibench run \
+		--plugin $(MUSL_RELEASE)/aws-cni \
+		--floor $(MUSL_RELEASE)/examples/kernel-floor \
+		--peak-rss $(MUSL_RELEASE)/examples/peak-rss \
+		--glibc-plugin $(TARGET_DIR)/release/aws-cni \
+		--criterion-dir $(TARGET_DIR)/criterion \
+		--json $(TARGET_DIR)/bench/results.json \
+		--out BENCHMARKS.md \
+		--command "make bench $(BENCH_ARGS)" $(BENCH_ARGS)
 
 deps: check-root
 	apt-get update -qq

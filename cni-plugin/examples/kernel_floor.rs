@@ -253,7 +253,8 @@ async fn del(host: &Handle, ip: Ipv4Addr, host_veth: &str, table: u32) -> Res<Op
 }
 
 fn parse_ip(s: &str) -> Res<Ipv4Addr> {
-    s.parse().map_err(|_| format!("{s:?} is not an IPv4 address"))
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 address"))
 }
 
 fn parse_table(s: &str) -> Res<u32> {
@@ -285,7 +286,11 @@ fn json_ops(out: &mut String, all: &[Ops]) {
         out.push_str("\",[");
         let values: Vec<String> = all
             .iter()
-            .filter_map(|o| o.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_string()))
+            .filter_map(|o| {
+                o.iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.to_string())
+            })
             .collect();
         out.push_str(&values.join(","));
         out.push_str("]]");

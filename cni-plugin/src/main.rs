@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             &std::env::var("CNI_COMMAND").unwrap_or_default(),
             &std::env::var("CNI_CONTAINERID").unwrap_or_default(),
             ok,
+            timing::vm_hwm_kib(),
         );
         // Timing is diagnostics: it never changes the outcome of the CNI operation.
         if let Err(e) = timing::append(std::path::Path::new(&path), &line) {

@@ -8,13 +8,14 @@
 //!
 //! ```json
 //! {"command":"ADD","container_id":"…","ok":true,"t_main_ns":123,"t_end_ns":456,
-//!  "phases":[["stdin",1200],["env_config",5300],…,["print",2100]]}
+//!  "vm_hwm_kib":2345,"phases":[["stdin",1200],["env_config",5300],…,["print",2100]]}
 //! ```
 //!
 //! Times are CLOCK_MONOTONIC nanoseconds (the clock every process of the machine shares), so a
 //! driver that notes the clock before spawning the plugin and after reaping it can tell
 //! exec/startup (`t_main_ns - spawn`) and exit (`reaped - t_end_ns`) apart from the work.
 //! Each phase's duration runs from the previous mark (or `t_main_ns`) to its own mark.
+//! `vm_hwm_kib` is the process's peak resident set so far (`VmHWM`), read when the line is made.
 //!
 //! The recorder is per thread: the plugin runs on one thread (a current-thread runtime), and
 //! tests that call the library from several threads do not mix their marks.
@@ -119,8 +120,27 @@ fn json_escape(out: &mut String, s: &str) {
     }
 }
 
-/// The JSON line for `p` (without the newline).
-pub fn to_json(p: &Phases, command: &str, container_id: &str, ok: bool) -> String {
+/// Peak resident set of this process since it was exec'd (`VmHWM` of /proc/self/status), KiB.
+/// Unlike `ru_maxrss` it does not count the memory image the process had before `exec`.
+pub fn vm_hwm_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The JSON line for `p` (with the newline).
+pub fn to_json(
+    p: &Phases,
+    command: &str,
+    container_id: &str,
+    ok: bool,
+    vm_hwm_kib: Option<u64>,
+) -> String {
     let mut s = String::with_capacity(128 + p.phases.len() * 24);
     s.push_str("{\"command\":\"");
     json_escape(&mut s, command);
@@ -128,9 +148,13 @@ pub fn to_json(p: &Phases, command: &str, container_id: &str, ok: bool) -> Strin
     json_escape(&mut s, container_id);
     let _ = write!(
         s,
-        "\",\"ok\":{ok},\"t_main_ns\":{},\"t_end_ns\":{},\"phases\":[",
+        "\",\"ok\":{ok},\"t_main_ns\":{},\"t_end_ns\":{},",
         p.t_main_ns, p.t_end_ns
     );
+    if let Some(kib) = vm_hwm_kib {
+        let _ = write!(s, "\"vm_hwm_kib\":{kib},");
+    }
+    s.push_str("\"phases\":[");
     for (i, (name, ns)) in p.phases.iter().enumerate() {
         if i > 0 {
             s.push(',');
@@ -187,7 +211,7 @@ mod tests {
             phases: vec![("stdin", 5), ("print", 7)],
             t_end_ns: 22,
         };
-        let line = to_json(&p, "ADD", "c\"1", true);
+        let line = to_json(&p, "ADD", "c\"1", true, Some(1234));
         assert!(line.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
         assert_eq!(v["command"], "ADD");
@@ -195,6 +219,11 @@ mod tests {
         assert_eq!(v["ok"], true);
         assert_eq!(v["t_main_ns"], 10);
         assert_eq!(v["t_end_ns"], 22);
+        assert_eq!(v["vm_hwm_kib"], 1234);
+        let without = to_json(&p, "DEL", "c", false, None);
+        let w: serde_json::Value = serde_json::from_str(without.trim()).unwrap();
+        assert!(w.get("vm_hwm_kib").is_none());
+        assert!(vm_hwm_kib().unwrap() > 0);
         assert_eq!(v["phases"][1][0], "print");
         assert_eq!(v["phases"][1][1], 7);
         assert_eq!(summary(&p), "stdin=0 print=0");

@@ -4,6 +4,7 @@
 //! end, podman). Used by the end-to-end tests in `tests/` and by the `vpcsim` demo. Everything kernel-related happens in namespaces the harness creates and
 //! deletes; the machine's root namespace is never changed.
 
+pub mod bench;
 pub mod bins;
 pub mod cleanup;
 pub mod cni;

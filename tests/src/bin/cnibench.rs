@@ -1,0 +1,182 @@
+//! `cnibench run`: the benchmark of issue 6 (see `harness::bench`), writing BENCHMARKS.md and a
+//! JSON of every sample. `make bench` builds the release binaries and runs it as root.
+//!
+//! ```text
+//! cnibench run --plugin <aws-cni> --floor <kernel-floor> --peak-rss <peak-rss>
+//!              [--out BENCHMARKS.md] [--json results.json] [--rss-pods 50]
+//!              [--pods 200] [--conc 1,2,8] [--reps 3] [--cycle-conc 8] [--ptp-dir /usr/lib/cni]
+//!              [--exec-reps 300] [--load-clients 8] [--load-iterations 500] [--no-disk-checkpoint]
+//!              [--startup-pods 250] [--startup-reps 5] [--criterion-dir target/criterion]
+//!              [--glibc-plugin target/release/aws-cni] [--dockerfile Dockerfile] [--command "make bench"]
+//! ```
+//! ipamd is the one next to `cnibench` (or `IPAMD_BIN`). Exits 1 when the run fails, 3 when it
+//! completed with failed calls (the report is written and says so).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use harness::bench::{self, BenchConfig};
+
+const USAGE: &str = "usage: cnibench run --plugin <aws-cni> --floor <kernel-floor> --peak-rss <peak-rss>\n\
+  [--out FILE.md] [--json FILE.json] [--rss-pods N] [--pods N] [--conc 1,2,8] [--reps R] [--cycle-conc C] [--ptp-dir DIR] [--exec-reps N]\n\
+  [--load-clients N] [--load-iterations N] [--no-disk-checkpoint] [--startup-pods N]\n\
+  [--startup-reps N] [--criterion-dir DIR] [--glibc-plugin FILE] [--dockerfile FILE] [--command TEXT] [--quiet]\n\
+  Runs as root; builds a simulated node in network namespaces and removes it afterwards.";
+
+struct Cli {
+    config: BenchConfig,
+    out: Option<PathBuf>,
+    json: Option<PathBuf>,
+}
+
+fn number(flag: &str, v: &str) -> anyhow::Result<usize> {
+    v.parse::<usize>()
+        .with_context(|| format!("{flag} wants a whole number, got {v:?}"))
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Cli> {
+    if args.first().map(String::as_str) != Some("run") {
+        bail!("{USAGE}");
+    }
+    let mut plugin = None;
+    let mut floor = None;
+    let mut peak_rss = None;
+    let mut rest: Vec<(String, Option<String>)> = Vec::new();
+    let mut it = args[1..].iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--no-disk-checkpoint" | "--quiet" => rest.push((flag.clone(), None)),
+            "--plugin" | "--floor" | "--peak-rss" | "--out" | "--json" | "--pods" | "--conc"
+            | "--reps" | "--cycle-conc" | "--ptp-dir" | "--exec-reps" | "--load-clients"
+            | "--load-iterations" | "--rss-pods" | "--startup-pods" | "--startup-reps"
+            | "--criterion-dir" | "--glibc-plugin" | "--dockerfile" | "--command" => {
+                let v = it
+                    .next()
+                    .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+                match flag.as_str() {
+                    "--plugin" => plugin = Some(PathBuf::from(v)),
+                    "--floor" => floor = Some(PathBuf::from(v)),
+                    "--peak-rss" => peak_rss = Some(PathBuf::from(v)),
+                    _ => rest.push((flag.clone(), Some(v.clone()))),
+                }
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let plugin = plugin.with_context(|| format!("--plugin is required\n{USAGE}"))?;
+    let floor = floor.with_context(|| format!("--floor is required\n{USAGE}"))?;
+    let peak_rss = peak_rss.with_context(|| format!("--peak-rss is required\n{USAGE}"))?;
+    let mut config = BenchConfig::full(plugin, floor, peak_rss);
+    let mut out = None;
+    let mut json = None;
+    for (flag, v) in rest {
+        let v = v.unwrap_or_default();
+        match flag.as_str() {
+            "--no-disk-checkpoint" => config.disk_checkpoint = false,
+            "--quiet" => config.progress = false,
+            "--out" => out = Some(PathBuf::from(v)),
+            "--json" => json = Some(PathBuf::from(v)),
+            "--pods" => config.pods = number(&flag, &v)?,
+            "--conc" => {
+                config.concurrency = v
+                    .split(',')
+                    .map(|c| number(&flag, c.trim()))
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            "--reps" => config.reps = number(&flag, &v)?,
+            "--cycle-conc" => config.cycle_concurrency = number(&flag, &v)?,
+            "--ptp-dir" => config.ptp_dir = PathBuf::from(v),
+            "--exec-reps" => config.exec_floor_reps = number(&flag, &v)?,
+            "--load-clients" => config.load_clients = number(&flag, &v)?,
+            "--load-iterations" => config.load_iterations = number(&flag, &v)?,
+            "--rss-pods" => config.rss_pods = number(&flag, &v)?,
+            "--startup-pods" => config.startup_pods = number(&flag, &v)?,
+            "--startup-reps" => config.startup_reps = number(&flag, &v)?,
+            "--criterion-dir" => config.criterion_dir = Some(PathBuf::from(v)),
+            "--glibc-plugin" => config.glibc_plugin = Some(PathBuf::from(v)),
+            "--dockerfile" => config.dockerfile = PathBuf::from(v),
+            "--command" => config.command = v,
+            _ => unreachable!("flags are matched above"),
+        }
+    }
+    Ok(Cli { config, out, json })
+}
+
+fn write(path: &PathBuf, text: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = match parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let results = match bench::run(&cli.config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cnibench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = bench::report::markdown(&results);
+    let written = (|| {
+        if let Some(json) = &cli.json {
+            let text = serde_json::to_string_pretty(&results).context("encoding the results")?;
+            write(json, &text)?;
+            eprintln!("cnibench: raw results in {}", json.display());
+        }
+        match &cli.out {
+            Some(out) => {
+                write(out, &report)?;
+                eprintln!("cnibench: report in {}", out.display());
+            }
+            None => {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                stdout
+                    .write_all(report.as_bytes())
+                    .context("writing the report")?;
+            }
+        }
+        anyhow::Ok(())
+    })();
+    if let Err(e) = written {
+        eprintln!("cnibench: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    for t in bench::report::targets(&results) {
+        eprintln!(
+            "cnibench: {:<8} {} — {}",
+            match t.met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "n/a",
+            },
+            t.target,
+            t.measured
+        );
+    }
+    if results.failures() > 0 {
+        eprintln!(
+            "cnibench: {} calls failed or left links behind (see the report)",
+            results.failures()
+        );
+        return ExitCode::from(3);
+    }
+    ExitCode::SUCCESS
+}

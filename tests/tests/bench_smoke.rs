@@ -1,0 +1,167 @@
+//! Smoke run of the benchmark driver (`make bench`, issue 6) with tiny N, so its harness is
+//! compiled and exercised by `make test`: a simulated node, both plugins through every kind of
+//! round, the phase breakdown, the floors, ipamd's load, start-up and memory, and the report.
+//! It asserts what every figure is made of (sample counts, phases, restored pods, the report's
+//! sections), never how fast anything was. Needs root, like every end-to-end test; run
+//! `cargo build --workspace` and `cargo test` (which builds the `kernel-floor` and `peak-rss`
+//! examples of aws-cni) first.
+
+use std::path::PathBuf;
+
+use harness::bench::plugins::Flavor;
+use harness::bench::{self, BenchConfig};
+
+fn example(name: &str) -> PathBuf {
+    let path = harness::bins::profile_dir().join("examples").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p aws-cni --example {name}` (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn benchmark_driver_runs_every_measurement_with_tiny_n() {
+    harness::bins::require_root().unwrap_or_else(|e| panic!("{e}"));
+    let plugin = harness::bins::aws_cni().unwrap_or_else(|e| panic!("{e}"));
+    let mut c = BenchConfig::full(plugin, example("kernel-floor"), example("peak-rss"));
+    c.pods = 3;
+    c.concurrency = vec![1, 2];
+    c.reps = 1;
+    c.cycle_concurrency = 2;
+    c.exec_floor_reps = 3;
+    c.load_clients = 2;
+    c.load_iterations = 4;
+    c.rss_pods = 2;
+    c.startup_pods = 5;
+    c.startup_reps = 1;
+    c.progress = false;
+    c.command = "cargo test --test bench_smoke".into();
+    let criterion = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    c.criterion_dir = Some(criterion.path().to_owned());
+
+    let r = bench::run(&c).unwrap_or_else(|e| panic!("benchmark run failed: {e}"));
+
+    assert_eq!(r.failures(), 0, "failed calls: {:#?}", r.rounds);
+    // Both plugins at both concurrencies, every pod added and deleted.
+    assert_eq!(r.rounds.len(), 4);
+    for flavor in [Flavor::Ours, Flavor::Ptp] {
+        for conc in [1, 2] {
+            let round = r
+                .rounds
+                .iter()
+                .find(|x| x.flavor == flavor && x.concurrency == conc)
+                .unwrap_or_else(|| panic!("no {flavor:?} round at C={conc}"));
+            assert_eq!(round.add.latencies_ns.len(), 3);
+            assert_eq!(round.del.latencies_ns.len(), 3);
+            assert!(round.add.wall_ns > 0 && round.leaked_links.is_empty());
+        }
+    }
+    assert_eq!(r.cycles.len(), 2);
+    assert!(r.cycles.iter().all(|cy| cy.cycle_ns.len() == 3));
+    assert_eq!(r.floor_rounds.len(), 1);
+    assert_eq!(r.floor_rounds[0].add.latencies_ns.len(), 3);
+
+    // The plugin's own phase marks were joined with the driver's clock.
+    let add = r
+        .phases
+        .iter()
+        .find(|t| t.command == "ADD")
+        .unwrap_or_else(|| panic!("no ADD phases"));
+    let names: Vec<&str> = add.phases.iter().map(|p| p.name.as_str()).collect();
+    for phase in [
+        "exec_startup",
+        "env_config",
+        "ipamd_connect",
+        "add_network_rpc",
+        "veth_create",
+        "host_rules",
+        "print",
+        "exit_reap",
+    ] {
+        assert!(names.contains(&phase), "ADD phases {names:?} lack {phase}");
+    }
+    assert_eq!(add.n, 3);
+    assert!(add.vm_hwm_kib.is_some_and(|(med, _)| med > 0));
+    let del = r
+        .phases
+        .iter()
+        .find(|t| t.command == "DEL")
+        .unwrap_or_else(|| panic!("no DEL phases"));
+    assert!(del.phases.iter().any(|p| p.name == "veth_del"));
+    assert!(del.phases.iter().any(|p| p.name == "del_network_rpc"));
+
+    // Peak RSS through the helper, both plugins.
+    assert_eq!(r.rss.len(), 2);
+    assert!(
+        r.rss
+            .iter()
+            .all(|x| x.add_kib.len() == 2 && x.add_kib.iter().all(|&k| k > 0))
+    );
+
+    // Floors.
+    assert_eq!(r.exec_floors.ours_version.n, 3);
+    assert_eq!(r.kernel_floor.n, 3);
+    let ops: Vec<&str> = r
+        .kernel_floor
+        .add
+        .iter()
+        .map(|(n, _, _)| n.as_str())
+        .collect();
+    assert_eq!(ops.first(), Some(&"netlink_open"));
+    assert!(
+        ops.contains(&"veth_create") && ops.contains(&"host_rules"),
+        "{ops:?}"
+    );
+    assert!(r.kernel_floor.del.iter().any(|(n, _, _)| n == "veth_del"));
+
+    // ipamd: load with the checkpoint on tmpfs (2 clients, 1 client) and in /var/tmp (disk).
+    assert_eq!(r.loads.len(), 3);
+    assert_eq!(r.loads[0].add.n, 8);
+    assert_eq!(r.loads[1].clients, 1);
+    assert_eq!(r.loads[0].checkpoint, "tmpfs");
+    let var_tmp = if bench::on_tmpfs(std::path::Path::new("/var/tmp")) {
+        "tmpfs"
+    } else {
+        "disk"
+    };
+    assert_eq!(r.loads[2].checkpoint, var_tmp);
+    assert_eq!(r.startups.len(), 2);
+    assert_eq!(r.startups[0].pods, 0);
+    assert_eq!(r.startups[1].restored, 5, "every checkpointed pod restored");
+    assert!(r.ipamd_memory.len() >= 3);
+    assert!(
+        r.ipamd_memory
+            .iter()
+            .all(|(_, m)| m.rss_kib > 0 && m.hwm_kib >= m.rss_kib)
+    );
+    assert!(r.criterion.is_empty());
+
+    let md = bench::report::markdown(&r);
+    for section in [
+        "## Targets",
+        "## 1. Per-pod ADD and DEL latency",
+        "### Concurrency 2",
+        "**ours/ptp**",
+        "### ADD+DEL cycle throughput",
+        "## 2. Where the time goes",
+        "add_network_rpc",
+        "### Kernel floor",
+        "## 3. ipamd",
+        "### Start-up to ready",
+        "## 4. Binary size and memory",
+        "cargo test --test bench_smoke",
+    ] {
+        assert!(md.contains(section), "report lacks {section:?}:\n{md}");
+    }
+    let targets = bench::report::targets(&r);
+    assert!(
+        targets
+            .iter()
+            .any(|t| t.target.starts_with("DEL median") && t.met.is_some()),
+        "{targets:#?}"
+    );
+    let json = serde_json::to_value(&r).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(json["rounds"].as_array().map(Vec::len), Some(4));
+}
