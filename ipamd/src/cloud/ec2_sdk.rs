@@ -59,6 +59,22 @@ impl SdkEc2 {
         }
     }
 
+    /// A client over an already-loaded SDK configuration (region, credentials, timeouts,
+    /// endpoint), with `endpoint` (the reference's `AWS_EC2_ENDPOINT`) overriding the
+    /// configuration's endpoint when given. The SDK's retries are switched off here too.
+    pub fn from_shared_config(shared: &aws_config::SdkConfig, endpoint: Option<String>) -> Self {
+        let client = client_from(shared, endpoint.as_deref());
+        Self {
+            timeout: shared
+                .timeout_config()
+                .and_then(|t| t.operation_attempt_timeout())
+                .unwrap_or(Duration::from_secs(10)),
+            endpoint,
+            app_name: None,
+            client: OnceCell::new_with(Some(client)),
+        }
+    }
+
     async fn client(&self, api: &'static str) -> Result<&Client, Ec2Error> {
         self.client
             .get_or_try_init(|| async {
@@ -85,20 +101,29 @@ impl SdkEc2 {
                         "no AWS region: set AWS_REGION, or make instance metadata (placement/region) reachable",
                     ));
                 };
-                let mut builder = aws_sdk_ec2::config::Builder::from(&shared);
-                if let Some(url) = &self.endpoint {
-                    builder = builder.endpoint_url(url.clone());
-                }
+                let client = client_from(&shared, self.endpoint.as_deref());
                 tracing::info!(
                     region = %region,
                     endpoint = self.endpoint.as_deref().unwrap_or("(SDK default: AWS_ENDPOINT_URL_EC2, AWS_ENDPOINT_URL or the regional endpoint)"),
                     timeout = ?self.timeout,
                     "EC2 client ready"
                 );
-                Ok(Client::from_conf(builder.build()))
+                Ok(client)
             })
             .await
     }
+}
+
+/// The EC2 client of a loaded configuration: `endpoint` (when given) wins over the
+/// configuration's (`AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL`, profile), and the SDK's own
+/// retries are off ([`super::ec2_client::Ec2Client`] retries and counts every attempt).
+fn client_from(shared: &aws_config::SdkConfig, endpoint: Option<&str>) -> Client {
+    let mut builder =
+        aws_sdk_ec2::config::Builder::from(shared).retry_config(RetryConfig::disabled());
+    if let Some(url) = endpoint {
+        builder = builder.endpoint_url(url);
+    }
+    Client::from_conf(builder.build())
 }
 
 /// Converts an SDK failure, keeping EC2's code and message.

@@ -1,0 +1,314 @@
+//! `SdkEc2` (aws-sdk-ec2) against moto's EC2 server: every call ipamd makes, the domain types
+//! it returns, how EC2's errors are classified, and which endpoint wins. moto runs inside a
+//! throwaway network namespace; the client runs on a thread that entered it.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
+use aws_sdk_ec2::types as sdk;
+use common::{Netns, require_root};
+use ipamd::cloud::ec2::{
+    CreateEni, Ec2Api, Ec2ErrorKind, EniStatus, Filter, INSTANCE_ID_TAG, Tags,
+};
+use ipamd::cloud::ec2_sdk::SdkEc2;
+
+const PORT: u16 = 5000;
+
+/// moto's server in `ns`, killed on drop.
+struct Moto {
+    child: Child,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Moto {
+    fn start(ns: &Netns) -> Self {
+        let probe = Command::new("python3")
+            .args(["-c", "import moto.server"])
+            .output()
+            .expect("python3 is needed for this test");
+        assert!(
+            probe.status.success(),
+            "moto is needed for this test (pip install 'moto[server]'): {}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("moto.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-m", "moto.server"])
+            .args(["-H", "127.0.0.1", "-p", &PORT.to_string()])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn shared_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::v2026_01_12())
+        .region(Region::new("us-west-2"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "AKIDTEST", "secret", None, None, "test",
+        )))
+        .endpoint_url(endpoint)
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .build()
+}
+
+async fn wait_for_moto(log: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", PORT))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "moto did not listen within 30 s:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A VPC, a subnet, a security group and a t3.small instance; returns (subnet, sg, instance).
+async fn seed(client: &aws_sdk_ec2::Client) -> (String, String, String) {
+    let vpc = client
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap();
+    let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_owned();
+    let subnet = client
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.0.0.0/24")
+        .availability_zone("us-west-2a")
+        .send()
+        .await
+        .unwrap();
+    let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_owned();
+    let sg = client
+        .create_security_group()
+        .group_name("nodes")
+        .description("nodes")
+        .vpc_id(&vpc_id)
+        .send()
+        .await
+        .unwrap();
+    let sg_id = sg.group_id().unwrap().to_owned();
+    let run = client
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .instance_type(sdk::InstanceType::T3Small)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&subnet_id)
+        .security_group_ids(&sg_id)
+        .send()
+        .await
+        .unwrap();
+    let instance = run.instances()[0].instance_id().unwrap().to_owned();
+    (subnet_id, sg_id, instance)
+}
+
+#[test]
+fn every_call_ipamd_makes_works_against_moto() {
+    require_root();
+    let ns = Netns::new("moto");
+    let moto = Moto::start(&ns);
+    let log = moto.log.clone();
+    ns.run(move || async move {
+        let moto_url = format!("http://127.0.0.1:{PORT}");
+        wait_for_moto(&log).await;
+        let shared = shared_config(&moto_url);
+        let raw = aws_sdk_ec2::Client::new(&shared);
+        let (subnet, sg, instance) = seed(&raw).await;
+        let ec2 = SdkEc2::from_shared_config(&shared, None);
+
+        let types = ec2
+            .describe_instance_types(&["t3.small".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!((types[0].max_enis, types[0].ipv4_per_eni), (3, 4));
+        let e = ec2
+            .describe_instance_types(&["z9.mega".to_owned()])
+            .await
+            .unwrap_err();
+        assert_eq!(e.api, "DescribeInstanceTypes");
+        assert!(!e.code.is_empty() && e.status.is_some(), "{e:?}");
+
+        let inst = ec2.describe_instance(&instance).await.unwrap();
+        assert_eq!(inst.instance_type, "t3.small");
+        assert_eq!(inst.enis.len(), 1);
+        assert_eq!(inst.enis[0].device_index, 0);
+        assert_eq!(inst.first_free_device_index(), Some(1));
+
+        let tags = Tags::from([
+            (INSTANCE_ID_TAG.to_owned(), instance.clone()),
+            ("team".to_owned(), "net".to_owned()),
+        ]);
+        let eni = ec2
+            .create_network_interface(&CreateEni {
+                subnet_id: subnet.clone(),
+                security_groups: vec![sg.clone()],
+                description: format!("aws-K8S-{instance}"),
+                secondary_ip_count: 2,
+                tags: tags.clone(),
+                client_token: "token-1".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(eni.private_ips.len(), 3, "{eni:?}");
+        assert_eq!(eni.private_ips[0], eni.primary_ip.unwrap());
+        assert_eq!(eni.secondary_ips().len(), 2);
+        assert!(eni.mac.is_some());
+        assert_eq!(eni.status, EniStatus::Available);
+        assert_eq!(eni.description, format!("aws-K8S-{instance}"));
+        assert_eq!(eni.tags, tags);
+        assert_eq!(eni.security_groups, vec![sg.clone()]);
+        assert_eq!(eni.subnet_id, subnet);
+
+        let attachment = ec2
+            .attach_network_interface(&eni.id, &instance, 1)
+            .await
+            .unwrap();
+        assert!(attachment.starts_with("eni-attach-"), "{attachment}");
+        ec2.set_delete_on_termination(&eni.id, &attachment)
+            .await
+            .unwrap();
+        let inst = ec2.describe_instance(&instance).await.unwrap();
+        assert!(
+            inst.enis
+                .iter()
+                .any(|e| e.eni_id == eni.id && e.device_index == 1),
+            "{inst:?}"
+        );
+        let described = ec2
+            .describe_network_interfaces(std::slice::from_ref(&eni.id))
+            .await
+            .unwrap();
+        let d = &described[0];
+        assert_eq!(d.status, EniStatus::InUse);
+        let att = d.attachment.as_ref().unwrap();
+        assert_eq!(att.attachment_id, attachment);
+        assert_eq!(att.instance_id.as_deref(), Some(instance.as_str()));
+        assert_eq!(att.device_index, Some(1));
+
+        // moto reports all of the ENI's addresses after an assign; EC2 only the new ones.
+        let before: Vec<Ipv4Addr> = d.private_ips.clone();
+        let reported = ec2.assign_private_ip_addresses(&eni.id, 1).await.unwrap();
+        let now = ec2
+            .describe_network_interfaces(std::slice::from_ref(&eni.id))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(now.private_ips.len(), 4);
+        let new: Vec<Ipv4Addr> = now
+            .private_ips
+            .iter()
+            .copied()
+            .filter(|ip| !before.contains(ip))
+            .collect();
+        assert_eq!(new.len(), 1);
+        assert!(reported.contains(&new[0]), "{reported:?}");
+        ec2.unassign_private_ip_addresses(&eni.id, &new)
+            .await
+            .unwrap();
+        let now = ec2
+            .describe_network_interfaces(std::slice::from_ref(&eni.id))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(now.private_ips, before);
+
+        ec2.create_tags(
+            std::slice::from_ref(&eni.id),
+            &Tags::from([("extra".to_owned(), "1".to_owned())]),
+        )
+        .await
+        .unwrap();
+        let mine = ec2
+            .describe_network_interfaces_filtered(&[
+                Filter::one(format!("tag:{INSTANCE_ID_TAG}"), &instance),
+                Filter::one("status", "in-use"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].tags.get("extra").map(String::as_str), Some("1"));
+        let attached = ec2
+            .describe_network_interfaces_filtered(&[Filter::one(
+                "attachment.instance-id",
+                &instance,
+            )])
+            .await
+            .unwrap();
+        assert_eq!(attached.len(), 2);
+
+        let e = ec2
+            .describe_network_interfaces(&["eni-0123456789abcdef0".to_owned()])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, Ec2ErrorKind::NotFound, "{e:?}");
+        assert_eq!(e.code, "InvalidNetworkInterfaceID.NotFound");
+
+        ec2.detach_network_interface(&attachment).await.unwrap();
+        let d = ec2
+            .describe_network_interfaces(std::slice::from_ref(&eni.id))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(d.status, EniStatus::Available);
+        assert!(d.attachment.is_none());
+        ec2.delete_network_interface(&eni.id).await.unwrap();
+        let e = ec2.delete_network_interface(&eni.id).await.unwrap_err();
+        assert_eq!(e.kind, Ec2ErrorKind::NotFound, "{e:?}");
+
+        // AWS_EC2_ENDPOINT wins over the SDK's configured endpoint.
+        let elsewhere = shared_config("http://127.0.0.1:1");
+        let overridden = SdkEc2::from_shared_config(&elsewhere, Some(moto_url.clone()));
+        assert_eq!(
+            overridden
+                .describe_instance(&instance)
+                .await
+                .unwrap()
+                .instance_type,
+            "t3.small"
+        );
+        let refused = SdkEc2::from_shared_config(&elsewhere, None)
+            .describe_instance(&instance)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind, Ec2ErrorKind::Transport, "{refused:?}");
+    });
+    drop(moto);
+}
