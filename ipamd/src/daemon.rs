@@ -491,7 +491,8 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             Arc::clone(&self.clock),
             situation,
             health,
-        );
+        )
+        .with_metrics(self.metrics.clone());
         state.set_pending("reading the instance's limits and ENIs from EC2");
         m.discover(&md.enis).await;
         Some(m)

@@ -77,6 +77,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         let eni = match self.ec2.create_network_interface(&request).await {
             Ok(eni) => eni,
             Err(e) => {
+                self.count_error("increaseIPPoolAllocENIFailed");
                 tracing::warn!(subnet = %request.subnet_id, ips, error = %e, "cannot create an ENI");
                 return Err(());
             }
@@ -95,6 +96,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         {
             Ok(a) => a,
             Err(e) => {
+                self.count_error("increaseIPPoolAllocENIFailed");
                 tracing::warn!(eni = %eni.id, device, error = %e, "cannot attach the new ENI; deleting it");
                 self.delete_eni(&eni.id).await;
                 return Err(());
@@ -346,6 +348,8 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         self.tagged.remove(&spec.id);
         if self.release_eni(&spec.id).await {
             tracing::info!(eni = %spec.id, "ENI freed");
+        } else {
+            self.count_error("decreaseIPPoolFreeENIFailed");
         }
         Some(spec.id)
     }

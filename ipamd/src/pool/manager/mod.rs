@@ -42,6 +42,7 @@ use crate::config::Config;
 use crate::datastore::Clock;
 use crate::limits;
 use crate::mac::MacAddr;
+use crate::metrics::IpamdMetrics;
 use crate::state::{CloudErrorReport, IpamState, NodeLimits};
 
 /// The manager's timings. The defaults are the reference's; tests shorten them.
@@ -178,6 +179,8 @@ pub struct PoolManager<E, I, H> {
     clock: Arc<dyn Clock>,
     situation: Arc<PoolSituation>,
     health: Arc<Ec2Health>,
+    /// ipamd's own metric families (reconcile and error counts), when the daemon has them.
+    metrics: Option<IpamdMetrics>,
     /// When each managed ENI entered the pool (its age for freeing).
     added_at: HashMap<String, Instant>,
     /// The MACs of managed ENIs.
@@ -212,6 +215,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         situation.set_subnet(&node.subnet_id);
         Self {
             health,
+            metrics: None,
             cfg,
             node,
             ec2,
@@ -228,6 +232,27 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             last_decrease: None,
             released: HashMap::new(),
             at_limit_logged: false,
+        }
+    }
+
+    /// Counts reconcile changes (`awscni_reconcile_count{fn}`) and failures
+    /// (`awscni_ipamd_error_count{fn}`) into ipamd's metric families, with the reference's
+    /// function names.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: IpamdMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_error(&self, site: &str) {
+        if let Some(m) = &self.metrics {
+            m.error(site);
+        }
+    }
+
+    fn count_reconciled(&self, site: &str, n: usize) {
+        if let Some(m) = &self.metrics {
+            m.reconciled(site, n);
         }
     }
 
@@ -489,6 +514,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         let ips = match self.ec2.assign_private_ip_addresses(eni, count).await {
             Ok(ips) => ips,
             Err(e) => {
+                self.count_error("increaseIPPoolAllocIPAddressesFailed");
                 tracing::warn!(%eni, count, error = %e, "cannot add IPs to ENI");
                 return Err(e.kind);
             }
@@ -551,6 +577,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                     tracing::info!(%eni, ips = ?ips, "IPs beyond the warm targets given back to EC2");
                 }
                 Err(e) => {
+                    self.count_error("decreaseIPPoolFreeIPsFailed");
                     tracing::warn!(%eni, ips = ?ips, error = %e, "cannot give IPs back to EC2; keeping them in the pool");
                     self.state
                         .with_datastore(|ds| {

@@ -28,6 +28,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         let listed = match metadata::fetch_enis(&*self.imds, self.node.primary_mac).await {
             Ok(enis) => enis,
             Err(e) => {
+                self.count_error("reconcileFailedGetENIs");
                 tracing::warn!(error = %e, "cannot re-read instance metadata; keeping the pool as it is");
                 return;
             }
@@ -53,6 +54,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         {
             Ok(enis) => enis,
             Err(e) => {
+                self.count_error("reconcileFailedDescribeENIs");
                 tracing::warn!(error = %e, "instance metadata and the pool disagree and EC2 cannot confirm which is right; keeping the pool as it is");
                 return;
             }
@@ -73,8 +75,10 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             let Some(t) = truth.get(&eni) else { continue };
             let ec2_ips: BTreeSet<Ipv4Addr> = t.secondary_ips().into_iter().collect();
             let released = &self.released;
-            self.state
+            let (added, dropped) = self
+                .state
                 .with_datastore(|ds| {
+                    let (mut added, mut dropped) = (0, 0);
                     let present = ds.eni_addresses(&eni);
                     let have: BTreeSet<Ipv4Addr> = present.iter().map(|(ip, _)| *ip).collect();
                     for ip in ec2_ips.difference(&have) {
@@ -83,7 +87,10 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                             continue;
                         }
                         match ds.add_ip(&eni, *ip) {
-                            Ok(()) => tracing::info!(%eni, %ip, "address assigned outside ipamd (EC2 confirms); added to the pool"),
+                            Ok(()) => {
+                                added += 1;
+                                tracing::info!(%eni, %ip, "address assigned outside ipamd (EC2 confirms); added to the pool");
+                            }
                             Err(e) => tracing::warn!(%eni, %ip, error = %e, "address EC2 shows not added to the pool"),
                         }
                     }
@@ -93,14 +100,20 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                         }
                         match holder {
                             None => match ds.remove_ip(ip) {
-                                Ok(()) => tracing::info!(%eni, %ip, "address unassigned outside ipamd (EC2 confirms); removed from the pool"),
+                                Ok(()) => {
+                                    dropped += 1;
+                                    tracing::info!(%eni, %ip, "address unassigned outside ipamd (EC2 confirms); removed from the pool");
+                                }
                                 Err(e) => tracing::warn!(%eni, %ip, error = %e, "vanished address not removed"),
                             },
                             Some(key) => tracing::warn!(%eni, %ip, %key, "EC2 no longer lists this address but a pod holds it; keeping it until the pod is deleted"),
                         }
                     }
+                    (added, dropped)
                 })
                 .await;
+            self.count_reconciled("eniDataStorePoolReconcileAdd", added);
+            self.count_reconciled("eniIPPoolReconcileDel", dropped);
         }
 
         // ENIs attached outside ipamd (or whose bring-up failed before).
@@ -148,6 +161,8 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 })
                 .await;
             if let Some(n) = added {
+                self.count_reconciled("eniReconcileAdd", 1);
+                self.count_reconciled("eniDataStorePoolReconcileAdd", n);
                 self.added_at.insert(md.id.clone(), self.clock.now());
                 self.macs.insert(md.id.clone(), md.mac);
                 tracing::info!(eni = %md.id, device = md.device_number, ips = n, "attached ENI adopted into the pool");
@@ -179,6 +194,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             let removed = self.state.with_datastore(|ds| ds.remove_eni(&id)).await;
             match removed {
                 Ok(_) => {
+                    self.count_reconciled("eniReconcileDel", 1);
                     self.added_at.remove(&id);
                     self.macs.remove(&id);
                     tracing::info!(eni = %id, "ENI left the instance (or is no_manage); removed from the pool");

@@ -49,6 +49,7 @@ struct World {
     clock: Arc<ManualClock>,
     host: FakeHost,
     client: Arc<Ec2Client<FakeEc2>>,
+    registry: Registry,
     pods: u32,
 }
 
@@ -109,6 +110,7 @@ async fn start_with(
         &node.subnet_id,
         client.health(),
     ));
+    let metrics = crate::metrics::IpamdMetrics::new(&mut registry);
     let mut m = PoolManager::new(
         cfg,
         node,
@@ -119,7 +121,8 @@ async fn start_with(
         clock.clone(),
         situation.clone(),
         client.health(),
-    );
+    )
+    .with_metrics(metrics);
     m.discover(&md.enis).await;
     let unmanaged = m.unmanaged().clone();
     let managed: Vec<_> = md
@@ -144,6 +147,7 @@ async fn start_with(
         clock,
         host,
         client,
+        registry,
         pods: 0,
     };
     (w, m)
@@ -560,6 +564,13 @@ async fn reconcile_adopts_and_drops_out_of_band_changes() {
         "{held} kept: a pod holds it"
     );
     assert_eq!(w.ec2.attached(&w.instance).len(), enis);
+    let text = crate::metrics::encode(&w.registry).unwrap();
+    for line in [
+        "awscni_reconcile_count{fn=\"eniDataStorePoolReconcileAdd\"} 1",
+        "awscni_reconcile_count{fn=\"eniIPPoolReconcileDel\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
 }
 
 #[tokio::test]
