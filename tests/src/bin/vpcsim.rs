@@ -1,8 +1,10 @@
-//! `vpcsim demo`: builds one simulated EC2 node with two ENIs (network namespaces, a VPC router,
-//! the IMDS emulator), starts ipamd on it, adds three pods through the aws-cni plugin exactly as
-//! a container runtime would (CNI ADD by exec), prints where each pod landed, proves the data
-//! path with pings, and tears everything down (also on Ctrl-C or error). Must run as root; it
-//! changes nothing outside the namespaces it creates.
+//! The demos of the simulator. `vpcsim vpc-demo` ([`vpc_demo`]): a moto-backed VPC with two
+//! nodes in EC2 mode (what `make demo` runs). `vpcsim demo`: builds one simulated EC2 node with
+//! two ENIs from a metadata file (network namespaces, a VPC router, the IMDS emulator), starts
+//! ipamd on it, adds three pods through the aws-cni plugin exactly as a container runtime would
+//! (CNI ADD by exec), prints where each pod landed, proves the data path with pings, and tears
+//! everything down. Both tear down also on Ctrl-C or error, must run as root, and change nothing
+//! outside the namespaces they create.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -14,11 +16,13 @@ use harness::node::CONFLIST_NAME;
 use harness::{NodeOptions, Pod, SimNode, standard_node};
 use serde_json::Value;
 
-const USAGE: &str = "usage: vpcsim demo\n\n\
-  demo   build a simulated node (2 ENIs), run ipamd, add 3 pods through aws-cni,\n\
-         show their VPC addresses, ping between them, tear everything down (needs root)";
+const USAGE: &str = "usage: vpcsim demo | vpcsim vpc-demo\n\n\
+  vpc-demo  a simulated VPC on moto: two m5.large nodes with ipamd in EC2 mode, 12 pods each\n\
+            through aws-cni (some on ENIs ipamd attaches), where they landed, a connectivity\n\
+            matrix, teardown (needs root and moto)\n\
+  demo      one simulated node (2 ENIs from a metadata file), ipamd in IMDS-only mode, 3 pods\n\
+            through aws-cni, their VPC addresses, pings, teardown (needs root)";
 
-/// Writes one line to stdout (the demo's output is its purpose).
 /// Writes one line to stdout (the demo's output is its purpose); silent once a signal started
 /// the teardown, so the interrupted run does not print misleading failures.
 macro_rules! say {
@@ -30,6 +34,9 @@ macro_rules! say {
         }
     }};
 }
+
+#[path = "vpcsim/vpc_demo.rs"]
+mod vpc_demo;
 
 fn main() {
     tracing_subscriber::fmt()
@@ -46,6 +53,14 @@ fn main() {
             Err(_) if harness::cleanup::interrupted() => 130,
             Err(err) => {
                 eprintln!("\nvpcsim demo failed: {err:#}");
+                1
+            }
+        },
+        Some("vpc-demo") if args.len() == 1 => match vpc_demo::run() {
+            Ok(()) => 0,
+            Err(_) if harness::cleanup::interrupted() => 130,
+            Err(err) => {
+                eprintln!("\nvpcsim vpc-demo failed: {err:#}");
                 1
             }
         },

@@ -218,6 +218,29 @@ impl VpcFabric {
         Ok(self.ec2.vpc_enis(&self.vpc_id)?)
     }
 
+    /// Makes the EC2 endpoint unreachable from every node (`false`: the router answers "prohibited"
+    /// for it, as a broken route or a closed security group would) or reachable again (`true`).
+    /// The harness and IMDS keep working.
+    pub fn set_ec2_reachable(&self, reachable: bool) -> Result<(), VpcError> {
+        let target = format!("{EC2_ENDPOINT_ADDR}/32");
+        if reachable {
+            match self.router.ip(&["route", "del", "prohibit", &target]) {
+                Ok(_) => Ok(()),
+                Err(crate::netns::NetnsError::Failed { stderr, .. })
+                    if stderr.contains("No such process") =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
+        } else {
+            self.router
+                .ip(&["route", "replace", "prohibit", &target])
+                .map(|_| ())
+                .map_err(Into::into)
+        }
+    }
+
     /// Delays instance metadata by `lag` behind moto (stale IMDS, as on AWS under load).
     pub fn set_imds_lag(&self, lag: Duration) {
         self.hypervisor.set_imds_lag(lag);

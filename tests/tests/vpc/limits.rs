@@ -1,16 +1,18 @@
 //! EC2's limits (moto does not enforce them, ipamd must) are never exceeded in moto, even when
-//! more pods are asked for than fit; and the errors a user sees when no IP is left say why.
+//! more pods are asked for than fit; and the errors a user sees when no IP is left say why: the
+//! node's limit, IPs cooling down, a full subnet, EC2 failing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use harness::vpc::Ec2;
-use harness::{Pod, VpcNode};
+use harness::vpc::{Ec2, tags};
+use harness::{FabricOptions, Pod, VpcNode};
 
 use crate::{
-    add_pod_retrying, check, ec2_node, eni_and_ip_counts, fabric, node, ok, pod, show_enis,
+    add_pod_retrying, check, ec2_node, eni_and_ip_counts, fabric, fabric_with, node, ok, pod,
+    show_enis,
 };
 
 /// The largest (ENIs attached, private addresses on one ENI) seen per instance.
@@ -185,5 +187,115 @@ fn cooling_down_ips_are_named_as_the_reason_and_become_usable_after_the_period()
         eni_and_ip_counts(&n) == (1, 3),
         "MAX_ENI=1 must keep one ENI: {}",
         show_enis(&n)
+    );
+}
+
+/// Adds pods until one fails (or `max` succeeded); returns the failed ADD's error text.
+fn add_until_exhausted(node: &VpcNode, prefix: &str, max: usize) -> (usize, String) {
+    for i in 0..max {
+        let p = pod("default", &format!("{prefix}-{i}"));
+        let t = Instant::now();
+        let out = ok(node, node.cni("ADD", &p, "1.0.0", None));
+        if !out.success() {
+            check!(node, out.error_code() == Some(11), "{}", out.describe());
+            return (i, out.error_text());
+        }
+        check!(
+            node,
+            t.elapsed() < Duration::from_secs(3),
+            "ADD of {} took {:?} although the pool had a free IP",
+            p.name,
+            t.elapsed()
+        );
+    }
+    (max, String::new())
+}
+
+#[test]
+fn a_full_subnet_is_named_as_the_reason_and_nothing_is_left_half_made() {
+    // A /28 has 11 usable addresses: the instance takes one, ipamd's first 9 IPs leave one, so
+    // the second ENI (1 + 9 addresses) cannot be created.
+    let vpc = fabric_with(FabricOptions::default().subnet("10.0.0.0/28".parse().unwrap()));
+    let n = node(&vpc, ec2_node("subnet-full", "m5.large"));
+    let (added, msg) = add_until_exhausted(&n, "full", 12);
+    check!(
+        n,
+        added == 9,
+        "9 pods fit the primary ENI, {added} were added"
+    );
+    // ipamd may first say the pool is growing; once EC2 refused, it must name the subnet.
+    let p = pod("default", "full-next");
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut why = msg;
+    while !why.contains(&vpc.subnet().id) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let out = ok(&n, n.cni("ADD", &p, "1.0.0", None));
+        check!(
+            n,
+            !out.success() && out.error_code() == Some(11),
+            "{}",
+            out.describe()
+        );
+        why = out.error_text();
+    }
+    check!(
+        n,
+        why.contains(&vpc.subnet().id) && why.to_lowercase().contains("subnet"),
+        "the error must name the full subnet {}: {why}",
+        vpc.subnet().id
+    );
+    check!(
+        n,
+        eni_and_ip_counts(&n) == (1, 9),
+        "moto must still show 1 ENI with 9 IPs: {}",
+        show_enis(&n)
+    );
+    let stray: Vec<_> = ok(&n, vpc.enis())
+        .into_iter()
+        .filter(|e| e.attachment.is_none())
+        .collect();
+    check!(n, stray.is_empty(), "a failed ENI creation left {stray:?}");
+}
+
+#[test]
+fn ec2_failing_is_named_as_the_reason_and_the_pool_grows_once_it_answers() {
+    let vpc = fabric();
+    let n = node(&vpc, ec2_node("ec2-down", "m5.large"));
+    ok(&n, vpc.set_ec2_reachable(false));
+    // The pool's 9 warm IPs serve pods without EC2.
+    let (added, msg) = add_until_exhausted(&n, "down", 12);
+    check!(
+        n,
+        added == 9,
+        "the 9 warm IPs must serve pods while EC2 is down, {added} did"
+    );
+    let p = pod("default", "down-next");
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut why = msg;
+    while !why.to_lowercase().contains("ec2") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let out = ok(&n, n.cni("ADD", &p, "1.0.0", None));
+        check!(
+            n,
+            !out.success() && out.error_code() == Some(11),
+            "{}",
+            out.describe()
+        );
+        why = out.error_text();
+    }
+    check!(
+        n,
+        why.to_lowercase().contains("ec2"),
+        "the error must say EC2 is failing: {why}"
+    );
+    check!(n, eni_and_ip_counts(&n) == (1, 9), "{}", show_enis(&n));
+    ok(&n, vpc.set_ec2_reachable(true));
+    let (_, ip) = add_pod_retrying(&n, &p, Duration::from_secs(60));
+    let eni = ok(&n, n.eni_holding(ip)).unwrap();
+    check!(
+        n,
+        eni.device_index() == Some(1)
+            && eni.tags.get(tags::INSTANCE_ID).map(String::as_str) == Some(n.instance_id()),
+        "the pod's IP {ip} must come from the ENI ipamd attached once EC2 answered: {eni:?}"
     );
 }
