@@ -102,8 +102,7 @@ pub fn provisioning_mode(mode: ProvisioningMode) -> &'static str {
         ProvisioningMode::ProvisioningDisabled => {
             "no provisioning (DISABLE_NETWORK_RESOURCE_PROVISIONING)"
         }
-        #[allow(unreachable_patterns)]
-        _ => "EC2 provisioning",
+        ProvisioningMode::Ec2 => "EC2 provisioning",
     }
 }
 

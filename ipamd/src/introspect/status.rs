@@ -241,7 +241,7 @@ pub fn render(pool: &PoolReport, enis: &BTreeMap<String, EniInfos>) -> String {
         None => {
             let _ = writeln!(
                 out,
-                "limits:         not known (ipamd does not query instance limits in this mode)"
+                "limits:         not known (ipamd reads them from EC2 in EC2 mode only)"
             );
         }
     }
