@@ -5,6 +5,8 @@
 #   make demo     build, then `vpcsim vpc-demo`: a VPC on moto, 2 nodes, 24 pods, matrix (root)
 #   make lint     rustfmt --check, clippy -D warnings, gofmt
 #   make release  optimized build of every binary
+#   make image-binaries  what the Dockerfile builds (release, static musl aws-cni) -> target/image
+#   make image-test      image-binaries, then the tests of the staged image tree (root)
 #   make bench    static musl aws-cni + release ipamd, criterion, `cnibench run` -> BENCHMARKS.md (root)
 #   make deps     the Debian packages the tests and the demo use (apt-get, root), and moto
 
@@ -37,7 +39,7 @@ TOOLS := ip:iproute2 ping:iputils-ping sysctl:procps nsenter:util-linux iptables
 .PHONY: build cniclient test demo lint release deps check-root check-tools help bench
 
 help:
-	@sed -n '3,10p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,12p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 build: cniclient
 	$(CARGO) build --workspace --locked
