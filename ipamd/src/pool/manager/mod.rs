@@ -606,18 +606,21 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         self.publish_unmanaged();
     }
 
-    /// Runs cycles forever: every [`Timings::cycle`], or sooner when `wake` is notified (an
-    /// assignment found no address), but never closer than [`Timings::min_gap`].
+    /// Runs cycles forever: [`Timings::cycle`] after the end of the last one, or sooner when
+    /// `wake` is notified (an assignment found no address), but never less than
+    /// [`Timings::min_gap`] after the end of the last one.
     pub async fn run(&mut self, wake: Arc<Notify>) {
+        let mut last = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                () = tokio::time::sleep(self.cfg.timings.cycle) => {}
+                () = tokio::time::sleep_until(last + self.cfg.timings.cycle) => {}
                 () = wake.notified() => {
                     tracing::debug!("an assignment found the pool empty; running a pool cycle now");
+                    tokio::time::sleep_until(last + self.cfg.timings.min_gap).await;
                 }
             }
             self.cycle().await;
-            tokio::time::sleep(self.cfg.timings.min_gap).await;
+            last = tokio::time::Instant::now();
         }
     }
 }

@@ -41,7 +41,15 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             .state
             .with_datastore(|ds| reconcile::diff(ds, &managed))
             .await;
-        if diff.is_empty() {
+        for (eni, ip, key) in &diff.kept_assigned {
+            tracing::debug!(%eni, %ip, %key, "instance metadata no longer lists this address but a pod holds it; keeping it");
+        }
+        if diff.new_enis.is_empty()
+            && diff.added_ips.is_empty()
+            && diff.removed_ips.is_empty()
+            && diff.gone_enis.is_empty()
+        {
+            // Nothing to change (an address a pod holds is kept whatever EC2 says).
             return;
         }
         let attached = match self
