@@ -11,6 +11,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod views;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,12 +23,11 @@ use super::ec2::{
     CreateEni, Ec2Api, Ec2Error, Ec2ErrorKind, EniAttachment, EniStatus, Filter, Instance,
     InstanceEni, InstanceTypeLimits, NetworkInterface, Tags,
 };
-use super::imds::{Imds, ImdsError, META_DATA};
 use crate::datastore::is_reserved_in_subnet;
-use crate::host_network::{HostNetworkError, SecondaryEni};
 use crate::limits::BUILTIN_LIMITS;
 use crate::mac::MacAddr;
-use crate::pool::host::EniHost;
+
+pub use self::views::{FakeEc2Imds, FakeHost, HostOp};
 
 /// The fake VPC's id and CIDR.
 pub const VPC_ID: &str = "vpc-0fake";
@@ -346,19 +347,12 @@ impl FakeEc2 {
 
     /// Instance metadata of `instance`, answered from this fake's live state.
     pub fn imds(&self, instance: &str) -> FakeEc2Imds {
-        FakeEc2Imds {
-            ec2: self.clone(),
-            instance: instance.to_owned(),
-        }
+        FakeEc2Imds::new(self.clone(), instance)
     }
 
     /// The links of `instance`, from this fake's live state.
     pub fn host(&self, instance: &str) -> FakeHost {
-        FakeHost {
-            ec2: self.clone(),
-            instance: instance.to_owned(),
-            log: Arc::new(Mutex::new(Vec::new())),
-        }
+        FakeHost::new(self.clone(), instance)
     }
 
     /// Records the call and returns the injected failure for it, if any.
@@ -900,166 +894,6 @@ impl Ec2Api for FakeEc2 {
             e.tags
                 .extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        Ok(())
-    }
-}
-
-/// Instance metadata of one instance of a [`FakeEc2`].
-#[derive(Debug, Clone)]
-pub struct FakeEc2Imds {
-    ec2: FakeEc2,
-    instance: String,
-}
-
-impl FakeEc2Imds {
-    fn visible(&self) -> Vec<FakeEni> {
-        let hidden = self.ec2.lock().imds_hidden.clone();
-        self.ec2
-            .attached(&self.instance)
-            .into_iter()
-            .filter(|e| !hidden.contains(&e.id))
-            .collect()
-    }
-
-    fn eni<T>(
-        &self,
-        mac: MacAddr,
-        field: &str,
-        f: impl FnOnce(&FakeEni) -> T,
-    ) -> Result<T, ImdsError> {
-        self.visible()
-            .iter()
-            .find(|e| e.mac == mac)
-            .map(f)
-            .ok_or_else(|| ImdsError::NotFound {
-                path: format!("{META_DATA}network/interfaces/macs/{mac}/{field}"),
-            })
-    }
-}
-
-impl Imds for FakeEc2Imds {
-    async fn instance_id(&self) -> Result<String, ImdsError> {
-        Ok(self.instance.clone())
-    }
-
-    async fn instance_type(&self) -> Result<String, ImdsError> {
-        Ok(self
-            .ec2
-            .lock()
-            .instances
-            .get(&self.instance)
-            .cloned()
-            .unwrap_or_default())
-    }
-
-    async fn availability_zone(&self) -> Result<String, ImdsError> {
-        Ok("us-west-2a".into())
-    }
-
-    async fn region(&self) -> Result<String, ImdsError> {
-        Ok("us-west-2".into())
-    }
-
-    async fn primary_mac(&self) -> Result<MacAddr, ImdsError> {
-        Ok(self.ec2.primary_eni(&self.instance).mac)
-    }
-
-    async fn local_ipv4(&self) -> Result<Ipv4Addr, ImdsError> {
-        Ok(self.ec2.primary_eni(&self.instance).ips[0])
-    }
-
-    async fn macs(&self) -> Result<Vec<MacAddr>, ImdsError> {
-        Ok(self.visible().iter().map(|e| e.mac).collect())
-    }
-
-    async fn device_number(&self, mac: MacAddr) -> Result<u32, ImdsError> {
-        self.eni(mac, "device-number", |e| {
-            e.attached_to().map_or(0, |(_, d)| d)
-        })
-    }
-
-    async fn interface_id(&self, mac: MacAddr) -> Result<String, ImdsError> {
-        self.eni(mac, "interface-id", |e| e.id.clone())
-    }
-
-    async fn local_ipv4s(&self, mac: MacAddr) -> Result<Vec<Ipv4Addr>, ImdsError> {
-        self.eni(mac, "local-ipv4s", |e| e.ips.clone())
-    }
-
-    async fn subnet_id(&self, mac: MacAddr) -> Result<String, ImdsError> {
-        self.eni(mac, "subnet-id", |e| e.subnet_id.clone())
-    }
-
-    async fn subnet_ipv4_cidr_block(&self, mac: MacAddr) -> Result<Ipv4Net, ImdsError> {
-        self.eni(mac, "subnet-ipv4-cidr-block", |_| {
-            SUBNET_CIDR.parse().unwrap()
-        })
-    }
-
-    async fn vpc_ipv4_cidr_blocks(&self, mac: MacAddr) -> Result<Vec<Ipv4Net>, ImdsError> {
-        self.eni(mac, "vpc-ipv4-cidr-blocks", |_| {
-            vec![VPC_CIDR.parse().unwrap()]
-        })
-    }
-
-    async fn security_group_ids(&self, mac: MacAddr) -> Result<Vec<String>, ImdsError> {
-        self.eni(mac, "security-group-ids", |_| {
-            vec![SECURITY_GROUP.to_owned()]
-        })
-    }
-}
-
-/// What the manager did to the instance's links.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostOp {
-    /// A secondary ENI was brought up.
-    Setup(String),
-    /// A secondary ENI's rules and routes were removed.
-    Teardown(String),
-}
-
-/// The links of one instance of a [`FakeEc2`]: the link of every attached ENI is there
-/// (unless hidden); bring-up and teardown are recorded.
-#[derive(Debug, Clone)]
-pub struct FakeHost {
-    ec2: FakeEc2,
-    instance: String,
-    log: Arc<Mutex<Vec<HostOp>>>,
-}
-
-impl FakeHost {
-    /// Bring-ups and teardowns so far.
-    pub fn ops(&self) -> Vec<HostOp> {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl EniHost for FakeHost {
-    async fn has_link(&self, mac: MacAddr) -> Result<bool, HostNetworkError> {
-        let hidden = self.ec2.lock().links_hidden.clone();
-        Ok(self
-            .ec2
-            .attached(&self.instance)
-            .iter()
-            .any(|e| e.mac == mac && !hidden.contains(&e.id)))
-    }
-
-    async fn setup_secondary_eni(&self, eni: &SecondaryEni) -> Result<(), HostNetworkError> {
-        if !self.has_link(eni.mac).await? {
-            return Err(HostNetworkError::LinkNotFound {
-                mac: eni.mac,
-                eni: eni.id.clone(),
-            });
-        }
-        self.log.lock().unwrap().push(HostOp::Setup(eni.id.clone()));
-        Ok(())
-    }
-
-    async fn teardown_secondary_eni(&self, eni: &SecondaryEni) -> Result<(), HostNetworkError> {
-        self.log
-            .lock()
-            .unwrap()
-            .push(HostOp::Teardown(eni.id.clone()));
         Ok(())
     }
 }

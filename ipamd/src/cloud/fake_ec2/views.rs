@@ -1,0 +1,191 @@
+//! What an instance of the [`FakeEc2`] sees: its instance metadata and its links, both
+//! answered from the fake's live state (an ENI attached through EC2 shows in metadata and as a
+//! link, unless a test hides it to play lag).
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use ipnet::Ipv4Net;
+
+use super::{FakeEc2, FakeEni, SECURITY_GROUP, SUBNET_CIDR, VPC_CIDR};
+use crate::cloud::imds::{Imds, ImdsError, META_DATA};
+use crate::host_network::{HostNetworkError, SecondaryEni};
+use crate::mac::MacAddr;
+use crate::pool::host::EniHost;
+
+/// Instance metadata of one instance of a [`FakeEc2`].
+#[derive(Debug, Clone)]
+pub struct FakeEc2Imds {
+    ec2: FakeEc2,
+    instance: String,
+}
+
+impl FakeEc2Imds {
+    pub(super) fn new(ec2: FakeEc2, instance: &str) -> Self {
+        Self {
+            ec2,
+            instance: instance.to_owned(),
+        }
+    }
+
+    fn visible(&self) -> Vec<FakeEni> {
+        let hidden = self.ec2.lock().imds_hidden.clone();
+        self.ec2
+            .attached(&self.instance)
+            .into_iter()
+            .filter(|e| !hidden.contains(&e.id))
+            .collect()
+    }
+
+    fn eni<T>(
+        &self,
+        mac: MacAddr,
+        field: &str,
+        f: impl FnOnce(&FakeEni) -> T,
+    ) -> Result<T, ImdsError> {
+        self.visible()
+            .iter()
+            .find(|e| e.mac == mac)
+            .map(f)
+            .ok_or_else(|| ImdsError::NotFound {
+                path: format!("{META_DATA}network/interfaces/macs/{mac}/{field}"),
+            })
+    }
+}
+
+impl Imds for FakeEc2Imds {
+    async fn instance_id(&self) -> Result<String, ImdsError> {
+        Ok(self.instance.clone())
+    }
+
+    async fn instance_type(&self) -> Result<String, ImdsError> {
+        Ok(self
+            .ec2
+            .lock()
+            .instances
+            .get(&self.instance)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn availability_zone(&self) -> Result<String, ImdsError> {
+        Ok("us-west-2a".into())
+    }
+
+    async fn region(&self) -> Result<String, ImdsError> {
+        Ok("us-west-2".into())
+    }
+
+    async fn primary_mac(&self) -> Result<MacAddr, ImdsError> {
+        Ok(self.ec2.primary_eni(&self.instance).mac)
+    }
+
+    async fn local_ipv4(&self) -> Result<Ipv4Addr, ImdsError> {
+        Ok(self.ec2.primary_eni(&self.instance).ips[0])
+    }
+
+    async fn macs(&self) -> Result<Vec<MacAddr>, ImdsError> {
+        Ok(self.visible().iter().map(|e| e.mac).collect())
+    }
+
+    async fn device_number(&self, mac: MacAddr) -> Result<u32, ImdsError> {
+        self.eni(mac, "device-number", |e| {
+            e.attached_to().map_or(0, |(_, d)| d)
+        })
+    }
+
+    async fn interface_id(&self, mac: MacAddr) -> Result<String, ImdsError> {
+        self.eni(mac, "interface-id", |e| e.id.clone())
+    }
+
+    async fn local_ipv4s(&self, mac: MacAddr) -> Result<Vec<Ipv4Addr>, ImdsError> {
+        self.eni(mac, "local-ipv4s", |e| e.ips.clone())
+    }
+
+    async fn subnet_id(&self, mac: MacAddr) -> Result<String, ImdsError> {
+        self.eni(mac, "subnet-id", |e| e.subnet_id.clone())
+    }
+
+    async fn subnet_ipv4_cidr_block(&self, mac: MacAddr) -> Result<Ipv4Net, ImdsError> {
+        self.eni(mac, "subnet-ipv4-cidr-block", |_| {
+            SUBNET_CIDR.parse().unwrap()
+        })
+    }
+
+    async fn vpc_ipv4_cidr_blocks(&self, mac: MacAddr) -> Result<Vec<Ipv4Net>, ImdsError> {
+        self.eni(mac, "vpc-ipv4-cidr-blocks", |_| {
+            vec![VPC_CIDR.parse().unwrap()]
+        })
+    }
+
+    async fn security_group_ids(&self, mac: MacAddr) -> Result<Vec<String>, ImdsError> {
+        self.eni(mac, "security-group-ids", |_| {
+            vec![SECURITY_GROUP.to_owned()]
+        })
+    }
+}
+
+/// What the manager did to the instance's links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostOp {
+    /// A secondary ENI was brought up.
+    Setup(String),
+    /// A secondary ENI's rules and routes were removed.
+    Teardown(String),
+}
+
+/// The links of one instance of a [`FakeEc2`]: the link of every attached ENI is there
+/// (unless hidden); bring-up and teardown are recorded.
+#[derive(Debug, Clone)]
+pub struct FakeHost {
+    ec2: FakeEc2,
+    instance: String,
+    log: Arc<Mutex<Vec<HostOp>>>,
+}
+
+impl FakeHost {
+    pub(super) fn new(ec2: FakeEc2, instance: &str) -> Self {
+        Self {
+            ec2,
+            instance: instance.to_owned(),
+            log: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Bring-ups and teardowns so far.
+    pub fn ops(&self) -> Vec<HostOp> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl EniHost for FakeHost {
+    async fn has_link(&self, mac: MacAddr) -> Result<bool, HostNetworkError> {
+        let hidden = self.ec2.lock().links_hidden.clone();
+        Ok(self
+            .ec2
+            .attached(&self.instance)
+            .iter()
+            .any(|e| e.mac == mac && !hidden.contains(&e.id)))
+    }
+
+    async fn setup_secondary_eni(&self, eni: &SecondaryEni) -> Result<(), HostNetworkError> {
+        if !self.has_link(eni.mac).await? {
+            return Err(HostNetworkError::LinkNotFound {
+                mac: eni.mac,
+                eni: eni.id.clone(),
+            });
+        }
+        self.log.lock().unwrap().push(HostOp::Setup(eni.id.clone()));
+        Ok(())
+    }
+
+    async fn teardown_secondary_eni(&self, eni: &SecondaryEni) -> Result<(), HostNetworkError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(HostOp::Teardown(eni.id.clone()));
+        Ok(())
+    }
+}
