@@ -227,6 +227,49 @@ fn sdk_client_reads_every_path_ipamd_uses() {
 }
 
 #[test]
+fn sdk_instance_profile_provider_gets_credentials_valid_for_hours() {
+    let fx = Fixture::new();
+    let endpoint = fx.server.endpoint();
+    let (access_key, session_token, valid_for) = fx.inside(move |_| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use aws_sdk_ec2::config::ProvideCredentials;
+            let client = aws_config::imds::Client::builder()
+                .endpoint(&endpoint)
+                .unwrap()
+                .build();
+            let creds = aws_config::imds::credentials::ImdsCredentialsProvider::builder()
+                .imds_client(client)
+                .build()
+                .provide_credentials()
+                .await
+                .unwrap_or_else(|e| panic!("the SDK got no instance-profile credentials: {e}"));
+            let valid_for = creds
+                .expiry()
+                .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+                .unwrap_or_default();
+            (
+                creds.access_key_id().to_owned(),
+                creds.session_token().map(str::to_owned),
+                valid_for,
+            )
+        })
+    });
+    assert!(
+        access_key.starts_with("ASIA") && access_key.len() == 20,
+        "{access_key}"
+    );
+    assert!(session_token.is_some_and(|t| t.contains(&fx.node.instance_id)));
+    assert!(
+        valid_for > Duration::from_secs(5 * 3600),
+        "credentials expire in {valid_for:?}"
+    );
+}
+
+#[test]
 fn only_imdsv2_sessions_are_served() {
     let fx = Fixture::new();
     fx.inside(|addr| {

@@ -12,6 +12,7 @@
 //! and left down for ipamd to bring up. Nothing here touches the machine's root namespace.
 
 mod host;
+mod inspect;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
@@ -20,10 +21,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use host::{
-    CONFLIST_NAME, DiagFn, HostSettings, HostState, KEEP_DIRS_ENV, NETWORK_NAME, NodeError,
-    NodeHost, POD_GATEWAY, tail,
+    CONFLIST_NAME, DiagFn, HostSettings, KEEP_DIRS_ENV, NETWORK_NAME, NodeError, NodeHost,
+    POD_GATEWAY, tail,
 };
 pub(crate) use host::{StateDir, io_err};
+pub use inspect::HostState;
 use ipnet::Ipv4Net;
 
 use crate::cleanup;
