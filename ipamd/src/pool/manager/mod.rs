@@ -58,6 +58,9 @@ pub struct Timings {
     pub min_eni_age: Duration,
     /// Addresses ipamd released are not re-adopted from metadata for this long (60 s).
     pub reconcile_grace: Duration,
+    /// After EC2 said the subnet is out of addresses, no growth is tried for this long (the
+    /// reference's 120 s).
+    pub subnet_full_backoff: Duration,
     /// How long a new ENI may take to show in metadata and as a link.
     pub attach_wait: Duration,
     /// How long a detaching ENI may take to become `available`.
@@ -76,6 +79,7 @@ impl Default for Timings {
             decrease_interval: policy::DECREASE_INTERVAL,
             min_eni_age: policy::MIN_ENI_AGE,
             reconcile_grace: Duration::from_secs(60),
+            subnet_full_backoff: Duration::from_secs(120),
             attach_wait: Duration::from_secs(60),
             detach_wait: Duration::from_secs(60),
             poll_start: Duration::from_millis(100),
@@ -165,6 +169,8 @@ pub struct GrowReport {
     pub at_limit: bool,
     /// Stopped by an EC2 error.
     pub failed: bool,
+    /// Not tried: the subnet was out of addresses less than the back-off ago.
+    pub subnet_backoff: bool,
 }
 
 /// The pool manager. See the module documentation.
@@ -454,6 +460,13 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         let Some(cap) = self.situation.capacity() else {
             return report;
         };
+        if let Some(full) = self.health.subnet_full()
+            && full.at.elapsed() < self.cfg.timings.subnet_full_backoff
+        {
+            tracing::debug!(since = ?full.at.elapsed(), "the subnet was out of addresses; not growing during the back-off");
+            report.subnet_backoff = true;
+            return report;
+        }
         let max_steps = cap.max_enis.saturating_mul(2).saturating_add(4);
         for _ in 0..max_steps {
             let (enis, counts) = self.snapshot().await;
@@ -599,7 +612,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         self.refresh_limits().await;
         self.reconcile().await;
         let report = self.grow().await;
-        if report.ips_added == 0 && !report.failed && !report.at_limit {
+        if report.ips_added == 0 && !report.failed && !report.at_limit && !report.subnet_backoff {
             self.shrink().await;
         }
         self.free_one_eni().await;

@@ -71,6 +71,7 @@ fn config(t: Targets) -> ManagerConfig {
             cycle: Duration::from_millis(50),
             min_gap: Duration::from_millis(200),
             attach_wait: Duration::from_millis(500),
+            subnet_full_backoff: Duration::from_millis(300),
             detach_wait: Duration::from_millis(500),
             poll_start: Duration::from_millis(5),
             poll_cap: Duration::from_millis(50),
@@ -743,6 +744,36 @@ async fn exhaustion_messages_say_why() {
     let (mut w, _m) = start("t3.small", targets(1, 0, 0)).await;
     let err = w.add_pod().await.unwrap_err().to_string();
     assert!(err.contains("the pool is growing"), "{err}");
+}
+
+#[tokio::test]
+async fn a_full_subnet_holds_growth_back_for_the_back_off() {
+    let (mut w, mut m) = start("t3.small", targets(1, 0, 0)).await;
+    w.ec2.set_subnet_capacity(3);
+    m.grow().await;
+    assert_eq!(w.pool().await, (1, 3));
+    w.add_pod().await.unwrap();
+    let r = m.grow().await;
+    assert!(r.failed, "the new ENI does not fit the subnet");
+    let calls = w.ec2.calls("CreateNetworkInterface");
+    for _ in 0..3 {
+        let r = m.grow().await;
+        assert!(r.subnet_backoff);
+    }
+    assert_eq!(
+        w.ec2.calls("CreateNetworkInterface"),
+        calls,
+        "no new attempt during the back-off"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    w.ec2.set_subnet_capacity(10);
+    let r = m.grow().await;
+    assert_eq!(
+        (r.enis_added, r.ips_added),
+        (1, 3),
+        "tried again after the back-off"
+    );
+    assert!(w.client.health().subnet_full().is_none());
 }
 
 #[tokio::test]
