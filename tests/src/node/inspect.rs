@@ -100,6 +100,35 @@ impl NodeHost {
         Ok(out)
     }
 
+    /// Where ipamd serves Prometheus metrics (`:61678`, reached on the node's loopback).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 61678))
+    }
+
+    /// ipamd's `/metrics`, as (series with labels, value) pairs in the order served.
+    pub fn metrics(&self) -> Result<Vec<(String, f64)>, NodeError> {
+        let reply = http::request(self.ns(), self.metrics_addr(), "GET", "/metrics", &[])?;
+        if reply.status != 200 {
+            return Err(NodeError::Introspection {
+                path: "/metrics".into(),
+                reason: format!("status {}: {}", reply.status, reply.body.trim()),
+            });
+        }
+        Ok(parse_metrics(&reply.body))
+    }
+
+    /// The sum of every series of metric `name` (all label sets); `None` when ipamd does not
+    /// export it.
+    pub fn metric(&self, name: &str) -> Result<Option<f64>, NodeError> {
+        let series: Vec<f64> = self
+            .metrics()?
+            .into_iter()
+            .filter(|(s, _)| s.split('{').next() == Some(name))
+            .map(|(_, v)| v)
+            .collect();
+        Ok((!series.is_empty()).then(|| series.iter().sum()))
+    }
+
     /// ipamd's checkpoint file as JSON.
     pub fn checkpoint(&self) -> Result<Value, NodeError> {
         let path = self.checkpoint_path();
@@ -175,6 +204,17 @@ impl NodeHost {
     }
 }
 
+/// Prometheus text format 0.0.4 → (series, value); comments and malformed lines are skipped.
+pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.trim().rsplit_once(char::is_whitespace)?;
+            Some((series.trim().to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Links, routes and rules of a node, compared before and after operations that must leave
 /// nothing behind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +251,20 @@ impl HostState {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_text_is_parsed_by_series() {
+        let text = "# HELP awscni_eni_max x\n# TYPE awscni_eni_max gauge\nawscni_eni_max 3\n\
+                    awscni_ec2api_req_count{fn=\"CreateTags\"} 2\n\
+                    awscni_ec2api_req_count{fn=\"AttachNetworkInterface\"} 1\nbroken\n";
+        let m = parse_metrics(text);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0], ("awscni_eni_max".to_owned(), 3.0));
+        assert_eq!(
+            m[2].0,
+            "awscni_ec2api_req_count{fn=\"AttachNetworkInterface\"}"
+        );
+    }
 
     #[test]
     fn host_state_diff_names_the_new_link() {

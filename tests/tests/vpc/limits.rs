@@ -124,6 +124,22 @@ fn limits_hold_in_moto_and_the_exhaustion_error_names_the_limit() {
             status.assigned_i_ps == u32::try_from(pod_ips).unwrap() && status.assignable_i_ps == 0,
             "{status:?}"
         );
+        // ipamd's metrics agree with EC2's state and count the refused ADDs.
+        let metric = |name: &str| ok(n, n.metric(name)).unwrap_or(-1.0);
+        let refused = if max_enis == 3 { 3.0 } else { 2.0 };
+        check!(
+            n,
+            metric("awscni_no_available_ip_addresses") >= refused
+                && metric("awscni_eni_allocated") == max_enis as f64
+                && metric("awscni_total_ip_addresses") == pod_ips as f64
+                && metric("awscni_assigned_ip_addresses") == pod_ips as f64
+                && metric("awscni_ec2api_req_count") > 0.0,
+            "metrics disagree with moto ({max_enis} ENIs, {pod_ips} IPs, >= {refused} refused ADDs): {:?}",
+            n.metrics().ok().map(|m| m
+                .into_iter()
+                .filter(|(s, _)| s.starts_with("awscni_"))
+                .collect::<Vec<_>>())
+        );
         for number in [max_enis.to_string(), "3".to_owned(), pod_ips.to_string()] {
             check!(
                 n,
