@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod ec2;
 mod image;
 mod install;
 mod manifests;
