@@ -78,7 +78,7 @@ check-tools:
 	fi
 
 test: check-root check-tools build
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --no-fail-fast
 
 demo: check-root check-tools build
 	$(TARGET_DIR)/debug/vpcsim vpc-demo
