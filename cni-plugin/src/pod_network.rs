@@ -40,6 +40,14 @@ pub enum PodNetworkError {
         /// Rollback steps that failed too.
         rollback: Vec<String>,
     },
+    /// A host interface that is not a veth already has the pod's host veth name.
+    #[error(
+        "host interface {name} exists and is not a veth; it is not replaced (does vethPrefix collide with the node's interface names?)"
+    )]
+    NameTaken {
+        /// The name.
+        name: String,
+    },
     /// A link just created could not be found again.
     #[error("link {name} vanished right after it was created")]
     Vanished {
@@ -116,6 +124,15 @@ pub async fn setup(
     timing::mark("ifname_recheck");
 
     let links = host.links().await.map_err(kernel)?;
+    if let Some(other) = links
+        .iter()
+        .find(|l| l.name == spec.host_veth && !l.is_veth)
+    {
+        // Never delete a node interface that merely has the pod's veth name.
+        return Err(PodNetworkError::NameTaken {
+            name: other.name.clone(),
+        });
+    }
     if let Some(stale) = links.iter().find(|l| l.name == spec.host_veth) {
         // A pod re-created under the same name: its old veth goes (as the reference does).
         tracing::info!(veth = %stale.name, "deleting stale host veth of a previous pod");

@@ -10,6 +10,8 @@ pub mod bins;
 pub mod cleanup;
 pub mod cni;
 pub mod cniclient;
+pub mod faults;
+pub mod faults_proxy;
 pub mod http;
 pub mod imds;
 pub mod ipamd_client;

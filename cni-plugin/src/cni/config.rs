@@ -217,14 +217,7 @@ impl NetConf {
 
         let log_target = match opt_str(&map, "pluginLogFile")? {
             None | Some("") => LogTarget::File(PathBuf::from(DEFAULT_LOG_FILE)),
-            Some(s) if s.eq_ignore_ascii_case("stdout") => {
-                return Err(CniError::InvalidConfig {
-                    key: "pluginLogFile",
-                    reason: "\"stdout\" is refused: stdout carries the CNI result".into(),
-                });
-            }
-            Some(s) if s.eq_ignore_ascii_case("stderr") => LogTarget::Stderr,
-            Some(s) => LogTarget::File(PathBuf::from(s)),
+            Some(s) => parse_log_file(s)?,
         };
 
         let log_level = match opt_str(&map, "pluginLogLevel")? {
@@ -316,6 +309,14 @@ fn validate_network_name(name: &str) -> Result<(), CniError> {
     }
 }
 
+/// Prefixes of the node's own interfaces: a host veth named after one of them could be taken
+/// for (or collide with) an ENI, a VLAN or loopback. ipamd refuses the same ones for
+/// `AWS_VPC_K8S_CNI_VETHPREFIX`.
+pub const RESERVED_VETH_PREFIXES: [&str; 3] = ["eth", "lo", "vlan"];
+
+/// `vethPrefix`: 1..=4 of `[A-Za-z0-9_.-]` (the rule ipamd applies to
+/// `AWS_VPC_K8S_CNI_VETHPREFIX`, so every conflist ipamd writes is one the plugin accepts), and
+/// none of [`RESERVED_VETH_PREFIXES`].
 fn validate_veth_prefix(prefix: &str) -> Result<(), CniError> {
     let invalid = |reason: String| CniError::InvalidConfig {
         key: "vethPrefix",
@@ -324,20 +325,70 @@ fn validate_veth_prefix(prefix: &str) -> Result<(), CniError> {
     if prefix.is_empty() {
         return Err(invalid("must not be empty".into()));
     }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(invalid(format!(
+            "{prefix:?} contains {c:?}; only ASCII letters, digits, '_', '.' and '-' can start a host interface name"
+        )));
+    }
     if prefix.len() > MAX_VETH_PREFIX_LEN {
         return Err(invalid(format!(
             "{prefix:?} is longer than {MAX_VETH_PREFIX_LEN} characters"
         )));
     }
-    if let Some(c) = prefix
-        .chars()
-        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control() || *c == '.')
-    {
+    if RESERVED_VETH_PREFIXES.contains(&prefix) {
         return Err(invalid(format!(
-            "{prefix:?} contains {c:?}, which cannot be part of an interface name"
+            "{prefix:?} is reserved for the node's own interfaces ({})",
+            RESERVED_VETH_PREFIXES.join(", ")
         )));
     }
     Ok(())
+}
+
+/// `pluginLogFile`: `stderr`, or an absolute file path without `..` components that is not a
+/// directory. `stdout` is refused (it carries the CNI result); a relative path would depend on
+/// the runtime's working directory, and `..` would let a config written for one directory
+/// climb out of it (`/var/log/aws-routed-eni/../../etc/x`). ipamd applies the same rule to
+/// `AWS_VPC_K8S_PLUGIN_LOG_FILE`.
+pub fn parse_log_file(value: &str) -> Result<LogTarget, CniError> {
+    let invalid = |reason: String| CniError::InvalidConfig {
+        key: "pluginLogFile",
+        reason,
+    };
+    if value.eq_ignore_ascii_case("stderr") {
+        return Ok(LogTarget::Stderr);
+    }
+    if value.eq_ignore_ascii_case("stdout") {
+        return Err(invalid(
+            "\"stdout\" is refused: stdout carries the CNI result (use stderr or an absolute file path)"
+                .into(),
+        ));
+    }
+    if value.contains('\0') {
+        return Err(invalid(format!("{value:?} contains a NUL byte")));
+    }
+    let path = std::path::Path::new(value);
+    if !path.is_absolute() {
+        return Err(invalid(format!(
+            "{value:?} is not an absolute path (use stderr or an absolute file path)"
+        )));
+    }
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(invalid(format!(
+            "{value:?} contains a \"..\" component; give the log file's path without it"
+        )));
+    }
+    if value.ends_with('/') || path.is_dir() {
+        return Err(invalid(format!(
+            "{value:?} is a directory, not a file path"
+        )));
+    }
+    Ok(LogTarget::File(path.to_path_buf()))
 }
 
 fn parse_mtu_str(s: &str) -> Result<u32, CniError> {
@@ -479,6 +530,57 @@ mod tests {
         assert_eq!(code(r#"{"cniVersion":"1.0.0","vethPrefix":""}"#), 7);
         assert_eq!(code(r#"{"cniVersion":"1.0.0","vethPrefix":"a/b"}"#), 7);
         assert_eq!(code(r#"{"cniVersion":"1.0.0","vethPrefix":5}"#), 6);
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","vethPrefix":"a.b"}"#), 0);
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","vethPrefix":"c_-1"}"#), 0);
+        for reserved in ["eth", "lo", "vlan"] {
+            let conf = format!(r#"{{"cniVersion":"1.0.0","vethPrefix":"{reserved}"}}"#);
+            match parse(&conf) {
+                Err(CniError::InvalidConfig { key, reason }) => {
+                    assert_eq!(key, "vethPrefix");
+                    assert!(reason.contains("reserved"), "{reason}");
+                }
+                other => panic!("{reserved}: {other:?}"),
+            }
+        }
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","vethPrefix":"é"}"#), 7);
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","vethPrefix":"a b"}"#), 7);
+    }
+
+    #[test]
+    fn plugin_log_file_must_be_an_absolute_file_path_without_dotdot() {
+        let target = |s: &str| {
+            parse(&format!(
+                r#"{{"cniVersion":"1.0.0","pluginLogFile":{}}}"#,
+                serde_json::Value::from(s)
+            ))
+            .map(|c| c.log_target)
+        };
+        assert_eq!(
+            target("/var/log/aws-routed-eni/plugin.log").ok(),
+            Some(LogTarget::File("/var/log/aws-routed-eni/plugin.log".into()))
+        );
+        assert_eq!(target("STDERR").ok(), Some(LogTarget::Stderr));
+        for (bad, why) in [
+            ("plugin.log", "absolute"),
+            ("./plugin.log", "absolute"),
+            ("../../etc/x", "absolute"),
+            ("/var/log/aws-routed-eni/../../etc/x", "\"..\""),
+            ("/var/log/..", "\"..\""),
+            ("/var/log/aws-routed-eni/", "directory"),
+            ("/tmp", "directory"),
+            ("/var/log/a\u{0}b", "NUL"),
+            ("stdout", "stdout"),
+        ] {
+            match target(bad) {
+                Err(CniError::InvalidConfig {
+                    key: "pluginLogFile",
+                    reason,
+                }) => {
+                    assert!(reason.contains(why), "{bad}: {reason}")
+                }
+                other => panic!("{bad:?} was not refused: {other:?}"),
+            }
+        }
     }
 
     #[test]

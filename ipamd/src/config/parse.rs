@@ -125,25 +125,50 @@ impl std::fmt::Display for LogDestination {
     }
 }
 
-/// `stdout`, `stderr` or a file path (ipamd's own log).
+/// The rule for log file paths (ipamd's own and the plugin's): absolute, without `..`
+/// components, not a directory. A relative path would depend on the working directory of
+/// whoever opens it (the plugin runs in the runtime's), and `..` lets a value that looks like
+/// it stays under `/var/log/aws-routed-eni` climb anywhere (`.../../../etc/x`). The plugin
+/// applies the same rule to the conflist's `pluginLogFile`.
+pub fn check_log_path(path: &str) -> Result<(), String> {
+    let p = std::path::Path::new(path);
+    if !p.is_absolute() {
+        return Err("is not an absolute path".into());
+    }
+    if p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err("contains a \"..\" component; give the path without it".into());
+    }
+    if path.ends_with('/') || p.is_dir() {
+        return Err("is a directory, not a file path".into());
+    }
+    Ok(())
+}
+
+/// `stdout`, `stderr` or an absolute file path (ipamd's own log; see [`check_log_path`]).
 pub fn parse_log_destination(value: &str) -> Result<LogDestination, String> {
     match value {
         "" => Err("must not be empty (use stdout, stderr or a file path)".into()),
         "stdout" => Ok(LogDestination::Stdout),
         "stderr" => Ok(LogDestination::Stderr),
-        path if path.ends_with('/') => Err("is a directory, not a file path".into()),
-        path => Ok(LogDestination::File(PathBuf::from(path))),
+        path => {
+            check_log_path(path)
+                .map_err(|e| format!("{e} (use stdout, stderr or an absolute file path)"))?;
+            Ok(LogDestination::File(PathBuf::from(path)))
+        }
     }
 }
 
-/// The plugin's log file: a path or `stderr`. `stdout` is refused because the plugin's stdout
-/// carries the CNI result.
+/// The plugin's log file: `stderr` or an absolute file path (see [`check_log_path`]). `stdout`
+/// is refused because the plugin's stdout carries the CNI result.
 pub fn parse_plugin_log_file(value: &str) -> Result<String, String> {
     match value {
         "stdout" => Err("the plugin cannot log to stdout, which carries the CNI result (use stderr or a file path)".into()),
         "" => Err("must not be empty (use stderr or a file path)".into()),
-        path if path.ends_with('/') => Err("is a directory, not a file path".into()),
-        other => Ok(other.to_owned()),
+        "stderr" => Ok(value.to_owned()),
+        path => {
+            check_log_path(path).map_err(|e| format!("{e} (use stderr or an absolute file path)"))?;
+            Ok(path.to_owned())
+        }
     }
 }
 
@@ -405,6 +430,29 @@ mod tests {
             Ok(LogDestination::File("/var/log/x.log".into()))
         );
         assert!(parse_log_destination("/var/log/").is_err());
+        for bad in [
+            "ipamd.log",
+            "../../etc/x",
+            "/var/log/aws-routed-eni/../../etc/x",
+            "/tmp",
+        ] {
+            assert!(parse_log_destination(bad).is_err(), "{bad}");
+            assert!(parse_plugin_log_file(bad).is_err(), "{bad}");
+        }
+        assert!(
+            parse_plugin_log_file("/var/log/aws-routed-eni/../../etc/x")
+                .unwrap_err()
+                .contains("\"..\"")
+        );
+        assert!(
+            parse_plugin_log_file("plugin.log")
+                .unwrap_err()
+                .contains("absolute")
+        );
+        assert_eq!(
+            parse_plugin_log_file("/var/log/aws-routed-eni/plugin.log").unwrap(),
+            "/var/log/aws-routed-eni/plugin.log"
+        );
         assert!(
             parse_plugin_log_file("stdout")
                 .unwrap_err()

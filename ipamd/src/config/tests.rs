@@ -255,6 +255,12 @@ fn invalid_values_name_the_variable_and_value() {
         (AWS_VPC_K8S_CNI_VETHPREFIX, "lo"),
         (AWS_VPC_K8S_CNI_VETHPREFIX, "vlan"),
         (AWS_VPC_K8S_PLUGIN_LOG_FILE, "stdout"),
+        (AWS_VPC_K8S_PLUGIN_LOG_FILE, "../../etc/x"),
+        (
+            AWS_VPC_K8S_PLUGIN_LOG_FILE,
+            "/var/log/aws-routed-eni/../../etc/x",
+        ),
+        (AWS_VPC_K8S_CNI_LOG_FILE, "ipamd.log"),
         (AWS_VPC_K8S_PLUGIN_LOG_LEVEL, "noisy"),
         (POD_SECURITY_GROUP_ENFORCING_MODE, "loose"),
         (CLUSTER_ENDPOINT, "api.example"),
