@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv4Net;
 use prometheus_client::registry::Registry;
 
 use thiserror::Error;
@@ -37,6 +38,7 @@ use crate::mac::MacAddr;
 use crate::metrics::http::{self as metrics_http};
 use crate::metrics::server::{METRICS_ADDRESS, Scrape};
 use crate::metrics::{IpamdMetrics, StartupOutcome};
+use crate::node_network::{self, NodeFacts, NodeNetwork, NodeNetworkMetrics, NodeNetworkSettings};
 use crate::pool::leak::LeakCleaner;
 use crate::pool::manager::{ManagerConfig, NodeInfo, PoolManager};
 use crate::pool::reconcile;
@@ -91,6 +93,8 @@ pub struct Daemon<I: Imds, E: Ec2Api = NoEc2> {
     drain_grace: Duration,
     registry: Registry,
     metrics: IpamdMetrics,
+    node_metrics: NodeNetworkMetrics,
+    node_network_interval: Duration,
     metrics_address: SocketAddr,
     started_at: Instant,
 }
@@ -124,6 +128,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
     ) -> Self {
         let mut registry = Registry::default();
         let metrics = IpamdMetrics::new(&mut registry);
+        let node_metrics = NodeNetworkMetrics::new(&mut registry);
         Self {
             config,
             imds: Arc::new(imds),
@@ -134,6 +139,8 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             drain_grace: DEFAULT_DRAIN_GRACE,
             registry,
             metrics,
+            node_metrics,
+            node_network_interval: node_network::RECONCILE_INTERVAL,
             metrics_address: METRICS_ADDRESS,
             started_at: Instant::now(),
         }
@@ -145,6 +152,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
     #[must_use]
     pub fn with_registry(mut self, mut registry: Registry) -> Self {
         self.metrics = IpamdMetrics::new(&mut registry);
+        self.node_metrics = NodeNetworkMetrics::new(&mut registry);
         self.registry = registry;
         self
     }
@@ -179,6 +187,14 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
     #[must_use]
     pub fn with_reconcile_interval(mut self, every: Duration) -> Self {
         self.reconcile_interval = every;
+        self
+    }
+
+    /// Reconciles node networking (SNAT, connmark, rules) at another interval than
+    /// [`node_network::RECONCILE_INTERVAL`] after start-up.
+    #[must_use]
+    pub fn with_node_network_interval(mut self, every: Duration) -> Self {
+        self.node_network_interval = every;
         self
     }
 
@@ -323,10 +339,13 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
         let host = HostNetwork::connect()?;
+        let node_net =
+            NodeNetwork::new(NodeNetworkSettings::from_config(&self.config), host.clone())
+                .with_metrics(self.node_metrics.clone());
         let mut manager = None;
-        let md = tokio::select! {
-            r = self.initialize(&host, state, info, &mut manager) => match r {
-                Ok(md) => md,
+        let (md, facts) = tokio::select! {
+            r = self.initialize(&host, &node_net, state, info, &mut manager) => match r {
+                Ok(found) => found,
                 Err(e) => {
                     self.metrics.startup(
                         self.started_at.elapsed(),
@@ -372,11 +391,14 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             assigned = stats.assigned, assignable = stats.assignable, startup = ?took,
             "ipamd is ready: health SERVING, CNI config written"
         );
-        let work = async {
+        let pool = async {
             match manager {
                 Some(mut m) => self.manage_pool(&mut m, state).await,
                 None => self.follow_metadata(&host, state, md.primary_mac).await,
             }
+        };
+        let work = async {
+            tokio::join!(pool, self.keep_node_network(&node_net, facts, info));
         };
         tokio::select! {
             () = work => Ok(()),
@@ -417,14 +439,18 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
     async fn initialize(
         &self,
         host: &HostNetwork,
+        node_net: &NodeNetwork,
         state: &Arc<IpamState>,
         info: &RwLock<ReplyInfo>,
         manager: &mut Option<Manager<I, E>>,
-    ) -> Result<InstanceMetadata, DaemonError> {
+    ) -> Result<(InstanceMetadata, NodeFacts), DaemonError> {
         let mut delay = INIT_BACKOFF_START;
         loop {
-            match self.try_initialize(host, state, info, manager).await {
-                Ok(md) => return Ok(md),
+            match self
+                .try_initialize(host, node_net, state, info, manager)
+                .await
+            {
+                Ok(found) => return Ok(found),
                 Err(InitError::Fatal(e)) => return Err(e),
                 Err(InitError::Retry(why)) => {
                     self.metrics.error("nodeInit");
@@ -501,10 +527,11 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
     async fn try_initialize(
         &self,
         host: &HostNetwork,
+        node_net: &NodeNetwork,
         state: &Arc<IpamState>,
         info: &RwLock<ReplyInfo>,
         manager: &mut Option<Manager<I, E>>,
-    ) -> Result<InstanceMetadata, InitError> {
+    ) -> Result<(InstanceMetadata, NodeFacts), InitError> {
         state.set_pending("reading instance metadata");
         let md = metadata::fetch_instance(self.imds.as_ref())
             .await
@@ -570,6 +597,21 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             }
         }
 
+        let facts = node_facts(&md)
+            .ok_or_else(|| InitError::Retry("instance metadata lists no primary ENI".into()))?;
+        state.set_pending(format!(
+            "programming node networking on the primary ENI {} (SNAT, connmark, rules 1024/1535, rp_filter)",
+            facts.primary_eni
+        ));
+        match node_net.reconcile(&facts).await {
+            Ok(report) => tracing::info!(
+                changes = %report, external_snat = self.config.node_network.external_snat,
+                vpc_cidrs = ?facts.vpc_cidrs, snat_to = %facts.primary_ip,
+                "node networking in place"
+            ),
+            Err(e) => return Err(InitError::Retry(format!("node networking: {e}"))),
+        }
+
         state.set_pending("restoring the checkpoint");
         let mut ds = self.new_datastore();
         if let Some(m) = manager.as_mut() {
@@ -625,18 +667,66 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             .await
             .map_err(|e| InitError::Fatal(e.into()))?;
 
-        let mut cidrs: Vec<String> = md.vpc_cidrs().iter().map(ToString::to_string).collect();
-        cidrs.extend(
-            self.config
-                .node_network
-                .exclude_snat_cidrs
-                .iter()
-                .map(ToString::to_string),
-        );
         info.write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .vpc_v4_cidrs = cidrs;
-        Ok(md)
+            .vpc_v4_cidrs = self.reply_cidrs(&facts.vpc_cidrs);
+        Ok((md, facts))
+    }
+
+    /// The CIDRs ipamd tells the plugin are not SNATed: the VPC's and the excluded ones.
+    fn reply_cidrs(&self, vpc: &[Ipv4Net]) -> Vec<String> {
+        vpc.iter()
+            .chain(&self.config.node_network.exclude_snat_cidrs)
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// After start-up, forever: every [`node_network::RECONCILE_INTERVAL`] re-reads the VPC's
+    /// CIDRs from instance metadata (the reference's 30 s watcher) and reconciles node
+    /// networking, which also repairs rules someone deleted and removes ones added to ipamd's
+    /// chains.
+    async fn keep_node_network(
+        &self,
+        node_net: &NodeNetwork,
+        mut facts: NodeFacts,
+        info: &RwLock<ReplyInfo>,
+    ) {
+        let mut tick = tokio::time::interval(self.node_network_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.imds.vpc_ipv4_cidr_blocks(facts.primary_mac).await {
+                Ok(cidrs) if cidrs.is_empty() => {
+                    tracing::warn!(eni = %facts.primary_eni, "instance metadata lists no VPC CIDR; keeping the last known ones");
+                }
+                Ok(cidrs) => {
+                    if cidrs != facts.vpc_cidrs {
+                        tracing::info!(old = ?facts.vpc_cidrs, new = ?cidrs, "the VPC's CIDRs changed");
+                        info.write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .vpc_v4_cidrs = self.reply_cidrs(&cidrs);
+                        facts.vpc_cidrs = cidrs;
+                    }
+                }
+                Err(e) => {
+                    self.metrics.error("reconcileFailedGetVPCCIDRs");
+                    tracing::warn!(error = %e, "cannot re-read the VPC's CIDRs; keeping the last known ones");
+                }
+            }
+            match node_net.reconcile(&facts).await {
+                Ok(report) if report.is_empty() => {
+                    tracing::debug!("node networking unchanged");
+                }
+                Ok(report) => {
+                    tracing::info!(changes = %report, "node networking reconciled");
+                }
+                Err(e) => {
+                    self.metrics.error("nodeNetworkReconcile");
+                    tracing::warn!(error = %e, retry_in = ?self.node_network_interval, "node networking reconcile failed");
+                }
+            }
+        }
     }
 
     /// Re-reads metadata forever, adopting what appeared and dropping what vanished.
@@ -715,6 +805,17 @@ fn startup_failure_reason(e: &DaemonError) -> &'static str {
         DaemonError::Checkpoint(_) => "checkpoint",
         DaemonError::Conflist(_) => "conflist",
     }
+}
+
+/// What node networking is computed from: the primary ENI and the VPC's CIDRs.
+fn node_facts(md: &InstanceMetadata) -> Option<NodeFacts> {
+    let primary = md.enis.iter().find(|e| e.is_primary)?;
+    Some(NodeFacts {
+        primary_mac: primary.mac,
+        primary_eni: primary.id.clone(),
+        primary_ip: primary.primary_ip,
+        vpc_cidrs: primary.vpc_cidrs.clone(),
+    })
 }
 
 /// The instance id and primary ENI a manager works for.

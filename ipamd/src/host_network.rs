@@ -189,7 +189,7 @@ fn route_gw(msg: &RouteMessage) -> Option<Ipv4Addr> {
     })
 }
 
-fn rule_table(msg: &RuleMessage) -> u32 {
+pub(crate) fn rule_table(msg: &RuleMessage) -> u32 {
     msg.attributes
         .iter()
         .find_map(|a| match a {
@@ -199,21 +199,21 @@ fn rule_table(msg: &RuleMessage) -> u32 {
         .unwrap_or_else(|| u32::from(msg.header.table))
 }
 
-fn rule_priority(msg: &RuleMessage) -> Option<u32> {
+pub(crate) fn rule_priority(msg: &RuleMessage) -> Option<u32> {
     msg.attributes.iter().find_map(|a| match a {
         RuleAttribute::Priority(p) => Some(*p),
         _ => None,
     })
 }
 
-fn rule_src(msg: &RuleMessage) -> Option<(IpAddr, u8)> {
+pub(crate) fn rule_src(msg: &RuleMessage) -> Option<(IpAddr, u8)> {
     msg.attributes.iter().find_map(|a| match a {
         RuleAttribute::Source(ip) => Some((*ip, msg.header.src_len)),
         _ => None,
     })
 }
 
-fn rule_dst(msg: &RuleMessage) -> Option<(IpAddr, u8)> {
+pub(crate) fn rule_dst(msg: &RuleMessage) -> Option<(IpAddr, u8)> {
     msg.attributes.iter().find_map(|a| match a {
         RuleAttribute::Destination(ip) => Some((*ip, msg.header.dst_len)),
         _ => None,
@@ -233,7 +233,7 @@ fn rule_is_for(msg: &RuleMessage, ip: Ipv4Addr, by_source: bool) -> bool {
 /// Netlink access to the namespace ipamd runs in.
 #[derive(Debug, Clone)]
 pub struct HostNetwork {
-    handle: Handle,
+    pub(crate) handle: Handle,
 }
 
 impl HostNetwork {
@@ -499,7 +499,7 @@ impl HostNetwork {
         Ok(())
     }
 
-    async fn rules_v4(&self) -> Result<Vec<RuleMessage>, HostNetworkError> {
+    pub(crate) async fn rules_v4(&self) -> Result<Vec<RuleMessage>, HostNetworkError> {
         self.handle
             .rule()
             .get(IpVersion::V4)
@@ -564,7 +564,11 @@ impl HostNetwork {
         Ok(())
     }
 
-    async fn delete_rule(&self, rule: RuleMessage, what: &str) -> Result<(), HostNetworkError> {
+    pub(crate) async fn delete_rule(
+        &self,
+        rule: RuleMessage,
+        what: &str,
+    ) -> Result<(), HostNetworkError> {
         self.handle
             .rule()
             .del(rule)

@@ -228,9 +228,6 @@ fn run(config: Config, started: Instant) -> anyhow::Result<()> {
         node = %config.kubernetes.node_name,
         "ipamd starting"
     );
-    tracing::info!(
-        "not in this build yet (settings are validated, without effect): SNAT/connmark rules"
-    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
