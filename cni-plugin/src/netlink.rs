@@ -612,6 +612,56 @@ impl Netlink {
         Ok(msgs.into_iter().map(Rule::from_message).collect())
     }
 
+    /// Deletes every IPv4 rule of `priority` whose `from` is `src/32` (when given) and whose
+    /// `to` is `dst/32` (when given), in any table; returns how many went. The kernel matches
+    /// a delete request on the attributes it carries only (fib_rules `rule_find`), so no dump
+    /// is needed; the loop takes duplicates too and ends at ENOENT.
+    pub async fn del_rules_matching(
+        &self,
+        priority: u32,
+        src: Option<Ipv4Addr>,
+        dst: Option<Ipv4Addr>,
+    ) -> Result<usize, NetlinkError> {
+        // A node never holds more than a handful of copies of one rule; the bound only keeps
+        // a misbehaving kernel from spinning the plugin.
+        const MAX_COPIES: usize = 64;
+        let mut msg = RuleMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.attributes.push(RuleAttribute::Priority(priority));
+        if let Some(src) = src {
+            msg.header.src_len = 32;
+            msg.attributes.push(RuleAttribute::Source(IpAddr::V4(src)));
+        }
+        if let Some(dst) = dst {
+            msg.header.dst_len = 32;
+            msg.attributes
+                .push(RuleAttribute::Destination(IpAddr::V4(dst)));
+        }
+        let op = || {
+            format!(
+                "delete rule priority {priority}{}{} in {}",
+                src.map(|s| format!(" from {s}")).unwrap_or_default(),
+                dst.map(|d| format!(" to {d}")).unwrap_or_default(),
+                self.netns
+            )
+        };
+        for deleted in 0..MAX_COPIES {
+            match self
+                .handle
+                .rule()
+                .del(msg.clone())
+                .execute()
+                .await
+                .map_err(req(op()))
+            {
+                Ok(()) => {}
+                Err(e) if e.is(&GONE) => return Ok(deleted),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(MAX_COPIES)
+    }
+
     /// Deletes a rule read back by [`Netlink::rules`]; `Ok(false)` if already gone.
     pub async fn del_rule(&self, rule: &Rule) -> Result<bool, NetlinkError> {
         match self

@@ -77,6 +77,9 @@ fn run_inner(
     };
     span.in_scope(|| debug!(cni_version = %conf.cni_version, network = ?conf.name, "request"));
     let result = runtime.block_on(dispatch(&env, &conf).instrument(span.clone()));
+    // Closes the netlink and gRPC connections the verb opened.
+    drop(runtime);
+    timing::mark("runtime_drop");
     let _enter = span.enter();
     match &result {
         Ok(_) => info!("done"),

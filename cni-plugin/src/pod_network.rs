@@ -6,7 +6,6 @@
 //! lookup <table>` when the address belongs to a secondary ENI (table != 254). Names, priorities
 //! and tables are the reference's (design.md §1).
 
-use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use rtnetlink::packet_route::route::RouteScope;
@@ -123,35 +122,32 @@ pub async fn setup(
     }
     timing::mark("ifname_recheck");
 
-    let links = host.links().await.map_err(kernel)?;
-    if let Some(other) = links
-        .iter()
-        .find(|l| l.name == spec.host_veth && !l.is_veth)
-    {
-        // Never delete a node interface that merely has the pod's veth name.
-        return Err(PodNetworkError::NameTaken {
-            name: other.name.clone(),
-        });
-    }
-    if let Some(stale) = links.iter().find(|l| l.name == spec.host_veth) {
+    // One lookup by name, not a dump of every host link: a dump grows with the pods on the
+    // node (≈ 1.5 KiB per link) and was the one ADD step whose cost did (BENCHMARKS.md).
+    if let Some(existing) = host.link_by_name(spec.host_veth).await.map_err(kernel)? {
+        if !existing.is_veth {
+            // Never delete a node interface that merely has the pod's veth name.
+            return Err(PodNetworkError::NameTaken {
+                name: existing.name.clone(),
+            });
+        }
         // A pod re-created under the same name: its old veth goes (as the reference does).
-        tracing::info!(veth = %stale.name, "deleting stale host veth of a previous pod");
-        host.del_link(stale.index, &stale.name)
+        tracing::info!(veth = %existing.name, "deleting stale host veth of a previous pod");
+        host.del_link(existing.index, &existing.name)
             .await
             .map_err(kernel)?;
     }
-    let used: HashSet<[u8; 6]> = links.iter().filter_map(|l| l.mac).collect();
     // A pre-set MAC keeps systemd-udev's MACAddressPolicy=persistent from rewriting it after
-    // the neighbour entry was written (reference PR #3354).
-    let mut host_mac = random_mac();
-    while used.contains(&host_mac) {
-        host_mac = random_mac();
-    }
+    // the neighbour entry was written (reference PR #3354). The MACs are random locally
+    // administered addresses (46 random bits); each veth is its own link, so the host end's
+    // MAC only has to differ from its peer's, not from every other link's (the reference's
+    // uniqueness loop against all host links bought nothing for a dump per ADD).
+    let host_mac = random_mac();
     let mut container_mac = random_mac();
     while container_mac == host_mac {
         container_mac = random_mac();
     }
-    timing::mark("host_links_dump");
+    timing::mark("host_veth_check");
 
     pod.create_veth(
         spec.ifname,
@@ -272,27 +268,22 @@ async fn delete_veth_by_name(host: &Netlink, name: &str) -> Result<bool, Netlink
     }
 }
 
-/// Removes every priority-512 rule `to <ip>` and every priority-1536 rule `from <ip>` for the
-/// given addresses. Returns the failures (already-gone rules are not failures).
+/// Removes every priority-512 rule `to <ip>` and every priority-1536 rule `from <ip>` (whatever
+/// their table) for the given addresses. Returns the failures (already-gone rules are not
+/// failures).
+///
+/// The rules are deleted by value, as the reference does, rather than found in a dump of every
+/// rule: a dump grows with the pods on the node (two rules each).
 pub async fn delete_rules_for(host: &Netlink, ips: &[Ipv4Addr]) -> Vec<String> {
     let mut errors = Vec::new();
-    if ips.is_empty() {
-        return errors;
-    }
-    let rules = match host.rules().await {
-        Ok(r) => r,
-        Err(e) => return vec![e.to_string()],
-    };
-    for rule in rules.iter().filter(|r| {
-        (r.priority == TO_POD_RULE_PRIORITY
-            && r.src.is_none()
-            && r.dst.is_some_and(|(d, len)| len == 32 && ips.contains(&d)))
-            || (r.priority == FROM_POD_RULE_PRIORITY
-                && r.dst.is_none()
-                && r.src.is_some_and(|(s, len)| len == 32 && ips.contains(&s)))
-    }) {
-        if let Err(e) = host.del_rule(rule).await {
-            errors.push(e.to_string());
+    for &ip in ips {
+        for (priority, src, dst) in [
+            (TO_POD_RULE_PRIORITY, None, Some(ip)),
+            (FROM_POD_RULE_PRIORITY, Some(ip), None),
+        ] {
+            if let Err(e) = host.del_rules_matching(priority, src, dst).await {
+                errors.push(e.to_string());
+            }
         }
     }
     errors

@@ -391,3 +391,89 @@ fn late_del_of_an_old_sandbox_keeps_the_new_pod_of_the_same_name() {
     );
     assert!(host.ping("10.200.0.16"));
 }
+
+#[test]
+fn rules_are_deleted_by_value_in_every_table_and_others_stay() {
+    let (host, _pod_ns) = node();
+    let ip = "10.200.0.40";
+    // The pod's rules, a duplicate in another table (an old layout), and rules that only look
+    // alike: another address, another priority, and a 512 rule that also has a `from`.
+    for args in [
+        vec!["add", "to", ip, "lookup", "main", "priority", "512"],
+        vec!["add", "from", ip, "lookup", "2", "priority", "1536"],
+        vec!["add", "from", ip, "lookup", "3", "priority", "1536"],
+        vec![
+            "add",
+            "to",
+            "10.200.0.41",
+            "lookup",
+            "main",
+            "priority",
+            "512",
+        ],
+        vec![
+            "add",
+            "from",
+            "10.200.0.41",
+            "lookup",
+            "2",
+            "priority",
+            "1536",
+        ],
+        vec!["add", "from", ip, "lookup", "2", "priority", "1537"],
+    ] {
+        let mut a = vec!["rule"];
+        a.extend(args);
+        host.ip(&a);
+    }
+    let errors = in_netns(&host, move || {
+        runtime().block_on(async move {
+            let h = Netlink::current().unwrap();
+            pod_network::delete_rules_for(&h, &[ip.parse().unwrap()]).await
+        })
+    });
+    assert!(errors.is_empty(), "{errors:?}");
+    let left: Vec<(u64, String)> = host
+        .ip_json(&["-4", "rule", "show"])
+        .iter()
+        .filter(|r| {
+            r["priority"]
+                .as_u64()
+                .is_some_and(|p| (512..32766).contains(&p))
+        })
+        .map(|r| (r["priority"].as_u64().unwrap(), r.to_string()))
+        .collect();
+    assert_eq!(left.len(), 3, "{left:#?}");
+    assert!(
+        left.iter()
+            .any(|(p, r)| *p == 512 && r.contains("10.200.0.41"))
+    );
+    assert!(
+        left.iter()
+            .any(|(p, r)| *p == 1536 && r.contains("10.200.0.41"))
+    );
+    assert!(left.iter().any(|(p, r)| *p == 1537 && r.contains(ip)));
+    // Nothing left to delete is not an error.
+    let again = in_netns(&host, move || {
+        runtime().block_on(async move {
+            let h = Netlink::current().unwrap();
+            pod_network::delete_rules_for(&h, &[ip.parse().unwrap()]).await
+        })
+    });
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn a_node_link_with_the_veth_name_is_never_replaced() {
+    let (host, pod_ns) = node();
+    let pod = Pod::new([10, 200, 0, 42], 2, "web-42");
+    // Not a veth (this kernel has no dummy links; a bridge will do).
+    host.ip(&["link", "add", &pod.veth, "type", "bridge"]);
+    match setup(&host, &pod_ns, &pod) {
+        Err(PodNetworkError::NameTaken { name }) => assert_eq!(name, pod.veth),
+        other => panic!("expected NameTaken, got {other:?}"),
+    }
+    assert!(host.link(&pod.veth).is_some(), "the node's link stays");
+    assert!(pod_ns.link("eth0").is_none(), "nothing made in the pod");
+    assert!(host.pod_rules(pod.ip).is_empty());
+}
