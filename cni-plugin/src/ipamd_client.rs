@@ -62,6 +62,17 @@ pub enum IpamdError {
         /// The bound.
         timeout: Duration,
     },
+    /// The connection broke during the call (ipamd died or closed it): no answer came, and
+    /// ipamd may or may not have acted on the request.
+    #[error("the connection to ipamd at {socket} broke during {rpc}: {message}")]
+    Broken {
+        /// The socket path.
+        socket: PathBuf,
+        /// The RPC.
+        rpc: &'static str,
+        /// What the transport said.
+        message: String,
+    },
     /// ipamd answered with an error status.
     #[error("ipamd {rpc}: {message} ({code:?})")]
     Status {
@@ -79,7 +90,10 @@ impl IpamdError {
     /// cases reported as CNI code 11.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::Transport { .. } | Self::Timeout { .. } => true,
+            Self::Connect { .. }
+            | Self::Transport { .. }
+            | Self::Timeout { .. }
+            | Self::Broken { .. } => true,
             Self::Status { code, .. } => matches!(
                 code,
                 tonic::Code::Unavailable | tonic::Code::ResourceExhausted
@@ -90,7 +104,10 @@ impl IpamdError {
     /// Whether ipamd could not be reached at all (as opposed to answering with an error).
     pub fn is_unreachable(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::Transport { .. } | Self::Timeout { .. } => true,
+            Self::Connect { .. }
+            | Self::Transport { .. }
+            | Self::Timeout { .. }
+            | Self::Broken { .. } => true,
             Self::Status { code, .. } => *code == tonic::Code::Unavailable,
         }
     }
@@ -174,6 +191,15 @@ impl IpamdClient {
                 timeout: RPC_TIMEOUT,
             }),
             Ok(Ok(r)) => Ok(r.into_inner()),
+            // A status that carries a source error was made here from a transport failure
+            // (tonic: code Unknown, "transport error"); ipamd's own answers carry none.
+            Ok(Err(status)) if std::error::Error::source(&status).is_some() => {
+                Err(IpamdError::Broken {
+                    socket: self.socket.clone(),
+                    rpc,
+                    message: status.message().to_string(),
+                })
+            }
             Ok(Err(status)) => Err(IpamdError::Status {
                 rpc,
                 code: status.code(),

@@ -254,6 +254,11 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<CheckpointData, CheckpointErr
 
 impl Checkpointer for FileCheckpointer {
     fn load(&self) -> Result<Option<CheckpointData>, CheckpointError> {
+        // A write cut short by a crash (SIGKILL between the temp file and the rename) leaves
+        // its temp file; the checkpoint itself is intact (old content), the temp file is junk.
+        for stale in fsutil::remove_stale_temp_files(&self.path) {
+            tracing::info!(file = %stale, checkpoint = %self.path.display(), "removed the temp file of an interrupted checkpoint write");
+        }
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

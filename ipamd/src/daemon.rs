@@ -397,8 +397,15 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
                 None => self.follow_metadata(&host, state, md.primary_mac).await,
             }
         };
+        let sweep = crate::orphans::sweep_forever(
+            Arc::clone(state),
+            host.clone(),
+            Arc::clone(&self.clock),
+            crate::orphans::SWEEP_INTERVAL,
+            crate::orphans::ORPHAN_GRACE,
+        );
         let work = async {
-            tokio::join!(pool, self.keep_node_network(&node_net, facts, info));
+            tokio::join!(pool, self.keep_node_network(&node_net, facts, info), sweep);
         };
         tokio::select! {
             () = work => Ok(()),

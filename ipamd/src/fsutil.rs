@@ -48,6 +48,35 @@ fn write_and_rename(tmp: &Path, path: &Path, contents: &[u8], mode: u32) -> io::
     fs::rename(tmp, path)
 }
 
+/// Removes the temp files [`atomic_write`] leaves behind when the process dies between creating
+/// one and renaming it over `path` (`.<name>.tmp-<pid>-<n>`), except those of processes that
+/// still run. Returns the names removed; errors are skipped (a leftover is harmless).
+pub fn remove_stale_temp_files(path: &Path) -> Vec<String> {
+    let dir = parent_dir(path);
+    let Some(name) = path.file_name() else {
+        return Vec::new();
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| {
+            p == std::process::id() || Path::new("/proc").join(p.to_string()).exists()
+        });
+        if !alive && fs::remove_file(entry.path()).is_ok() {
+            removed.push(file);
+        }
+    }
+    removed
+}
+
 /// The directory holding `path` (`.` for a bare file name).
 pub fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
@@ -84,6 +113,24 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn stale_temp_files_of_dead_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipam.json");
+        atomic_write(&path, b"{}", 0o600).unwrap();
+        // pid 0x7fffffff never exists; our own pid does.
+        let dead = dir.path().join(".ipam.json.tmp-2147483647-3");
+        let ours = dir.path().join(format!(".ipam.json.tmp-{}-9", std::process::id()));
+        let other = dir.path().join(".other.json.tmp-2147483647-3");
+        for f in [&dead, &ours, &other] {
+            fs::write(f, b"{\"torn").unwrap();
+        }
+        let removed = remove_stale_temp_files(&path);
+        assert_eq!(removed, vec![".ipam.json.tmp-2147483647-3".to_owned()]);
+        assert!(!dead.exists() && ours.exists() && other.exists());
+        assert_eq!(fs::read(&path).unwrap(), b"{}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod logging;
 pub mod mac;
 pub mod metrics;
+pub mod orphans;
 pub mod node_network;
 pub mod pool;
 pub mod probe;

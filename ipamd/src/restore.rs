@@ -1,7 +1,9 @@
 //! Checkpoint restore at start-up: which stored allocations still belong to live pods.
 //! An allocation is kept when a host link still carries its pod's veth suffix (the plugin names
-//! host veths `<prefix>` + sha1("<ns>.<name>")[:11], whatever the prefix); otherwise the pod was
-//! deleted while ipamd was down, and the caller removes its policy rules. Allocations of addresses
+//! host veths `<prefix>` + sha1("<ns>.<name>")[:11], whatever the prefix), or when it is younger
+//! than [`crate::orphans::ORPHAN_GRACE`] (its ADD may still be creating the veth; the orphan
+//! sweep releases it later if the veth never comes); otherwise the pod was deleted while ipamd
+//! was down, and the caller removes its policy rules. Allocations of addresses
 //! that are on no known ENI are dropped and logged.
 
 use std::net::Ipv4Addr;
@@ -37,6 +39,7 @@ pub fn restore_allocations(
     link_names: &[String],
 ) -> RestoreReport {
     let mut report = RestoreReport::default();
+    let now = std::time::SystemTime::now();
     for entry in &data.allocations {
         let Some(ip) = entry.ipv4_addr() else {
             let why = match (&entry.ipv4, &entry.ipv6) {
@@ -51,8 +54,17 @@ pub fn restore_allocations(
             continue;
         };
         let md = &entry.metadata;
+        // An allocation younger than the orphan grace may belong to an ADD whose plugin is
+        // still between ipamd's answer and creating the veth (ipamd restarted in between):
+        // dropping it would hand the address to a second pod. It is kept; the orphan sweep
+        // releases it later if its veth never appears.
+        let young = now
+            .duration_since(entry.allocated_at())
+            .is_ok_and(|age| age < crate::orphans::ORPHAN_GRACE)
+            || entry.allocated_at() > now;
         if !md.pod_namespace.is_empty()
             && !md.pod_name.is_empty()
+            && !young
             && !has_veth(link_names, &md.pod_namespace, &md.pod_name)
         {
             tracing::info!(
@@ -155,6 +167,21 @@ mod tests {
             "10.0.0.12",
             "the stale pod's IP is free again"
         );
+    }
+
+    #[test]
+    fn young_allocations_without_a_veth_are_kept_for_the_sweep() {
+        let now = crate::checkpoint::unix_nanos(std::time::SystemTime::now());
+        let text = format!(
+            r#"{{"version":"vpc-cni-ipam/1","allocations":[
+              {{"networkName":"aws-cni","containerID":"adding","ifName":"eth0","ipv4":"10.0.0.11","allocationTimestamp":{now},"metadata":{{"k8sPodNamespace":"default","k8sPodName":"web-0","interfacesCount":1}}}}
+            ]}}"#
+        );
+        let data = decode(std::path::Path::new("ipam.json"), text.as_bytes()).unwrap();
+        let mut ds = store();
+        let r = restore_allocations(&mut ds, &data, &["eth0".to_owned()]);
+        assert_eq!(r.restored.len(), 1, "{r:?}");
+        assert!(r.stale.is_empty());
     }
 
     #[test]

@@ -264,6 +264,30 @@ impl IpamState {
         Ok(Some(released.assignment))
     }
 
+    /// Releases `key`'s address if it is still `ip` (the orphan sweep: the pod is gone and
+    /// no DEL came). `Ok(false)` when the key holds nothing or another address by now.
+    ///
+    /// # Errors
+    /// Not ready, or the checkpoint write failed (rolled back).
+    pub async fn release_if(&self, key: &IpamKey, ip: std::net::Ipv4Addr) -> Result<bool, IpamError> {
+        self.ensure_ready()?;
+        let mut ds = self.pool.lock().await;
+        if ds.lookup(key).is_none_or(|a| a.ip != ip) {
+            return Ok(false);
+        }
+        let Some(released) = ds.release(key) else {
+            return Ok(false);
+        };
+        if let Err(source) = self.persist(&ds).await {
+            ds.rollback_release(&released);
+            return Err(IpamError::Checkpoint {
+                op: format!("releasing {ip} of {key} (pod gone)"),
+                source,
+            });
+        }
+        Ok(true)
+    }
+
     /// The assignment of `key`.
     ///
     /// # Errors

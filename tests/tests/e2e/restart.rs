@@ -1,5 +1,6 @@
 //! ipamd killed with SIGKILL while pods hold addresses, then restarted: assignments survive via
-//! the checkpoint, and a pod whose host veth vanished meanwhile is dropped with its rules.
+//! the checkpoint, and a pod whose host veth vanished meanwhile is dropped with its rules (by
+//! the orphan sweep, since its allocation is younger than the restore's grace).
 
 use std::collections::BTreeSet;
 
@@ -55,6 +56,17 @@ fn kill_9_and_restart_keeps_every_assignment() {
         );
     }
     let kept: BTreeSet<_> = survivors.iter().map(|&i| ips[i]).collect();
+    // The victim's allocation is seconds old: the restore keeps it (its ADD might still be
+    // creating the veth) and the orphan sweep releases it once it is older than the grace.
+    let deadline = std::time::Instant::now()
+        + ipamd::orphans::ORPHAN_GRACE
+        + ipamd::orphans::SWEEP_INTERVAL
+        + std::time::Duration::from_secs(5);
+    while ok(&node, node.ipamd_assignment(&pods[victim])).is_some()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let checkpoint = ok(&node, node.checkpoint_ips());
     check!(
         node,
