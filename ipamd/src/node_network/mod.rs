@@ -531,3 +531,87 @@ impl NodeNetwork {
         Ok(Some((applied.summary, left.is_none())))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connmark_metrics_keep_the_reference_names_and_types() {
+        let mut registry = Registry::default();
+        let m = NodeNetworkMetrics::new(&mut registry);
+        m.reconciled(true);
+        m.reconciled(true);
+        m.reconciled(false);
+        m.backend
+            .get_or_create(&BackendLabel {
+                backend: "iptables".into(),
+            })
+            .set(1);
+        let text = crate::metrics::encode(&registry).unwrap();
+        for line in [
+            "# TYPE awscni_connmark_reconcile_total counter",
+            "awscni_connmark_reconcile_total{result=\"success\"} 2",
+            "awscni_connmark_reconcile_total{result=\"error\"} 1",
+            "# TYPE awscni_connmark_backend gauge",
+            "awscni_connmark_backend{backend=\"iptables\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn rule_1024_is_wanted_with_node_port_support_or_on_node_snat() {
+        let base = NodeNetworkSettings {
+            external_snat: false,
+            exclude_snat_cidrs: Vec::new(),
+            external_service_cidrs: Vec::new(),
+            randomize_snat: RandomizeSnat::Prng,
+            connmark: 0x80,
+            node_port_support: true,
+            veth_prefix: "eni".into(),
+        };
+        for (external_snat, node_port, wanted) in [
+            (false, true, true),
+            (false, false, true),
+            (true, true, true),
+            (true, false, false),
+        ] {
+            let s = NodeNetworkSettings {
+                external_snat,
+                node_port_support: node_port,
+                ..base.clone()
+            };
+            assert_eq!(s.wants_host_rule(), wanted, "{s:?}");
+            assert_eq!(s.wants_iptables(), wanted, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn settings_come_from_the_config() {
+        let env: std::collections::HashMap<String, String> = [
+            ("MY_NODE_NAME", "n"),
+            ("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true"),
+            ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "203.0.113.0/24"),
+            ("AWS_EXTERNAL_SERVICE_CIDRS", "198.51.100.0/24,192.0.2.0/24"),
+            ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "none"),
+            ("AWS_VPC_K8S_CNI_CONNMARK", "0x4000"),
+            ("AWS_VPC_CNI_NODE_PORT_SUPPORT", "false"),
+            ("AWS_VPC_K8S_CNI_VETHPREFIX", "cali"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let s = NodeNetworkSettings::from_config(&Config::from_env(&env).unwrap());
+        assert!(s.external_snat && !s.node_port_support);
+        assert_eq!(s.exclude_snat_cidrs.len(), 1);
+        assert_eq!(s.external_service_cidrs.len(), 2);
+        assert_eq!(s.randomize_snat, RandomizeSnat::None);
+        assert_eq!(s.connmark, 0x4000);
+        assert_eq!(s.veth_prefix, "cali");
+    }
+}

@@ -165,4 +165,17 @@ fn three_nodes_with_twelve_pods_each_reach_every_pod_and_node_over_icmp_and_tcp(
             );
         }
     }
+
+    // Beyond the VPC every pod, on the primary or a secondary ENI, leaves as its node's
+    // primary IP (SNAT; tests/vpc/snat.rs covers EXTERNALSNAT and excluded CIDRs).
+    for p in &cluster.pods {
+        let node_ip = IpAddr::from(cluster.nodes[p.node].primary_ip());
+        let peer = crate::snat::internet_peer(&cluster.vpc, p.pod.ns().unwrap())
+            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.diag()));
+        assert_eq!(
+            peer, node_ip,
+            "node-{}/{} ({}, eth{}) reached the internet as {peer}, not as its node",
+            p.node, p.pod.name, p.ip, p.device
+        );
+    }
 }

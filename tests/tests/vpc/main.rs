@@ -12,6 +12,7 @@ mod connectivity;
 mod fabric;
 mod limits;
 mod maintenance;
+mod snat;
 mod warm_pool;
 
 use std::collections::BTreeSet;

@@ -1,7 +1,9 @@
 //! `vpcsim vpc-demo`: the issue-4 shape on the VPC simulator. moto plays EC2 in the simulated
 //! internet, a VPC with one subnet gets two m5.large instances run as nodes with ipamd in EC2
 //! mode, pods are added through aws-cni on both until some sit on ENIs ipamd attached, and the
-//! demo prints where each pod landed and a connectivity matrix, then tears everything down.
+//! demo prints where each pod landed, a connectivity matrix and the source address a server in
+//! the internet sees for pods on each ENI (SNAT to the node's primary IP), then tears everything
+//! down.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -220,6 +222,31 @@ pub fn run() -> anyhow::Result<()> {
         server.group(),
         peer.ip()
     );
+    let mut failures = failures;
+    for (i, name) in NODES.iter().enumerate() {
+        let node_ip = nodes[i].primary_ip();
+        for secondary in [false, true] {
+            let Some(p) = pods
+                .iter()
+                .find(|p| p.node == i && (p.device > 0) == secondary)
+            else {
+                continue;
+            };
+            let seen = tcp_round_trip(vpc.internet(), INTERNET_HOST, p.pod.ns()?)?.ip();
+            let verdict = if seen == IpAddr::from(node_ip) {
+                format!("SNAT to {name}'s primary IP")
+            } else {
+                failures += 1;
+                format!("FAIL: expected {name}'s primary IP {node_ip}")
+            };
+            say!(
+                "      pod -> internet: {} ({}, {}) -> {INTERNET_HOST}: the server saw {seen} ({verdict})",
+                p.pod.name,
+                p.ip,
+                p.group()
+            );
+        }
+    }
 
     say!(
         "\n[5/5] tearing down: CNI DEL of every pod, then ipamd, the nodes, moto and the namespaces"
