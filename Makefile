@@ -92,25 +92,22 @@ lint:
 release: cniclient
 	$(CARGO) build --workspace --release --locked
 
-# Benchmarks (issue 6): the plugin as shipped (static musl), ipamd and the driver in release
-# mode, the datastore's criterion benches, then the driver, which builds a simulated node in
-# namespaces, compares aws-cni with Debian's ptp + host-local in the same run and writes
-# BENCHMARKS.md and the raw samples. Several minutes; not part of `make test` (whose smoke test
-# runs the same driver with tiny N). Extra driver flags: make bench BENCH_ARGS="--reps 5".
+# Benchmarks (issue 6): the binaries as the image ships them (image-binaries: ipamd release,
+# aws-cni static musl) and the driver, the floor programs, the datastore's criterion benches,
+# then the driver, which builds a simulated node in namespaces, compares aws-cni with Debian's
+# ptp + host-local in the same run and writes BENCHMARKS.md and the raw samples. Several
+# minutes; not part of `make test` (whose smoke test runs the same driver with tiny N). Extra
+# driver flags: make bench BENCH_ARGS="--reps 5".
 MUSL_TARGET := x86_64-unknown-linux-musl
 MUSL_RELEASE := $(TARGET_DIR)/$(MUSL_TARGET)/release
 BENCH_ARGS ?=
 
-bench: check-root check-tools
-	@command -v rustup >/dev/null 2>&1 || \
-		{ echo "error: rustup is needed to add the $(MUSL_TARGET) target" >&2; exit 1; }
-	rustup target add $(MUSL_TARGET)
-	$(CARGO) build --release --locked --target $(MUSL_TARGET) -p aws-cni --bin aws-cni \
+bench: check-root check-tools image-binaries
+	$(CARGO) build --release --locked --target $(MUSL_TARGET) -p aws-cni \
 		--example kernel-floor --example peak-rss
-	$(CARGO) build --workspace --release --locked
 	$(CARGO) bench --locked -p ipamd --bench datastore
 	$(TARGET_DIR)/release/cnibench run \
-		--plugin $(MUSL_RELEASE)/aws-cni \
+		--plugin $(IMAGE_DIR)/cni/bin/aws-cni \
 		--floor $(MUSL_RELEASE)/examples/kernel-floor \
 		--peak-rss $(MUSL_RELEASE)/examples/peak-rss \
 		--glibc-plugin $(TARGET_DIR)/release/aws-cni \

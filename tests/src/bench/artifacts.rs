@@ -71,8 +71,11 @@ pub struct ImageEstimate {
 }
 
 /// Estimates the image from `dockerfile`'s last stage: every `COPY`/`ADD` source is mapped to
-/// a local file (`--from=<stage>` paths by file name among `candidates`, the build outputs;
-/// plain sources relative to the Dockerfile's directory). `None` when there is no Dockerfile.
+/// local files. A `--from=<stage>` path under that stage's `WORKDIR` is taken relative to the
+/// build context (the Dockerfile's directory), since build stages copy the context into their
+/// `WORKDIR`; failing that, by file name among `candidates` (the build outputs). Plain sources
+/// are relative to the context. Directories count with every file in them. `None` when there
+/// is no Dockerfile.
 pub fn image_estimate(dockerfile: &Path, candidates: &[PathBuf]) -> Option<ImageEstimate> {
     let text = fs::read_to_string(dockerfile).ok()?;
     let root = dockerfile.parent().unwrap_or(Path::new("."));
@@ -95,6 +98,28 @@ pub fn image_estimate(dockerfile: &Path, candidates: &[PathBuf]) -> Option<Image
     let last_from = lines
         .iter()
         .rposition(|l| l.to_ascii_uppercase().starts_with("FROM "))?;
+    // WORKDIR of every named stage (the last one set in it).
+    let mut workdirs: Vec<(String, String)> = Vec::new();
+    let mut stage: Option<String> = None;
+    for l in &lines[..last_from] {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        match words.first().map(|w| w.to_ascii_uppercase()).as_deref() {
+            Some("FROM") => {
+                stage = words
+                    .iter()
+                    .position(|w| w.eq_ignore_ascii_case("AS"))
+                    .and_then(|i| words.get(i + 1))
+                    .map(|s| (*s).to_owned());
+            }
+            Some("WORKDIR") => {
+                if let (Some(name), Some(dir)) = (&stage, words.get(1)) {
+                    workdirs.retain(|(n, _)| n != name);
+                    workdirs.push((name.clone(), dir.trim_end_matches('/').to_owned()));
+                }
+            }
+            _ => {}
+        }
+    }
     let base = lines[last_from]
         .split_whitespace()
         .skip(1)
@@ -109,7 +134,10 @@ pub fn image_estimate(dockerfile: &Path, candidates: &[PathBuf]) -> Option<Image
             continue;
         }
         let words: Vec<&str> = l.split_whitespace().skip(1).collect();
-        let from_stage = words.iter().any(|w| w.starts_with("--from="));
+        let from_stage = words
+            .iter()
+            .find_map(|w| w.strip_prefix("--from="))
+            .map(str::to_owned);
         let args: Vec<&str> = words
             .iter()
             .copied()
@@ -120,12 +148,20 @@ pub fn image_estimate(dockerfile: &Path, candidates: &[PathBuf]) -> Option<Image
         }
         for src in &args[..args.len() - 1] {
             let src = src.trim_matches(|c| c == '"' || c == '[' || c == ']' || c == ',');
-            let found = if from_stage {
-                let name = Path::new(src).file_name();
-                candidates
+            let found = if let Some(stage) = &from_stage {
+                let in_context = workdirs
                     .iter()
-                    .find(|c| c.file_name() == name && c.is_file())
-                    .cloned()
+                    .find(|(n, _)| n == stage)
+                    .and_then(|(_, dir)| src.strip_prefix(&format!("{dir}/")))
+                    .map(|rel| root.join(rel))
+                    .filter(|p| p.exists());
+                let name = Path::new(src).file_name();
+                in_context.or_else(|| {
+                    candidates
+                        .iter()
+                        .find(|c| c.file_name() == name && c.is_file())
+                        .cloned()
+                })
             } else {
                 let p = root.join(src);
                 p.exists().then_some(p)
@@ -133,7 +169,8 @@ pub fn image_estimate(dockerfile: &Path, candidates: &[PathBuf]) -> Option<Image
             match found {
                 Some(p) if p.is_dir() => {
                     for f in walk(&p) {
-                        if let Some(s) = file_size(&f.display().to_string(), &f) {
+                        let what = f.strip_prefix(root).unwrap_or(&f).display().to_string();
+                        if let Some(s) = file_size(&what, &f) {
                             files.push(s);
                         }
                     }
@@ -339,6 +376,26 @@ mod tests {
         assert_eq!(est.bytes, 1320);
         assert_eq!(est.unresolved, vec!["/src/missing".to_owned()]);
         assert!(image_estimate(&dir.path().join("nope"), &[]).is_none());
+
+        // A staged tree in the build stage's WORKDIR maps to the same path in the context.
+        let staged = dir.path().join("target/image/cni/bin");
+        fs::create_dir_all(&staged).unwrap();
+        fs::write(staged.join("aws-cni"), vec![0u8; 300]).unwrap();
+        fs::write(dir.path().join("target/image/ipamd"), vec![0u8; 1000]).unwrap();
+        fs::write(
+            &df,
+            "FROM rust:1.95 AS build\nWORKDIR /src\nCOPY . .\nRUN make image-binaries\n\
+             FROM gcr.io/distroless/cc-debian12:nonroot\nCOPY --from=build /src/target/image/ /app/\n",
+        )
+        .unwrap();
+        let est = image_estimate(&df, &[]).unwrap();
+        assert_eq!(est.bytes, 1300);
+        assert!(est.unresolved.is_empty(), "{:?}", est.unresolved);
+        assert!(
+            est.files
+                .iter()
+                .any(|f| f.what == "target/image/cni/bin/aws-cni")
+        );
     }
 
     #[test]

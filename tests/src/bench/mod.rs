@@ -512,9 +512,15 @@ pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
         )?);
     }
     say(config, "exec floors");
+    let glibc = config
+        .glibc_plugin
+        .as_ref()
+        .filter(|p| p.is_file())
+        .map(|p| Plugin::ours(p, serde_json::Value::Null, &tmp.0));
     let exec_floors = phases::exec_floors(
         &ctx(&node),
         &ours,
+        glibc.as_ref(),
         &ptp,
         cni_version,
         config.exec_floor_reps,

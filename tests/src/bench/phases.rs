@@ -176,6 +176,8 @@ pub struct ExecFloors {
     pub bin_true: Summary,
     /// `aws-cni` with `CNI_COMMAND=VERSION`.
     pub ours_version: Summary,
+    /// The glibc (dynamically linked) build of `aws-cni`, `CNI_COMMAND=VERSION`.
+    pub ours_glibc_version: Option<Summary>,
     /// `ptp` with `CNI_COMMAND=VERSION`.
     pub ptp_version: Summary,
     /// `/bin/true` started with `ip netns exec <node>` (what the harness's own helpers pay;
@@ -187,6 +189,7 @@ pub struct ExecFloors {
 pub fn exec_floors(
     ctx: &Ctx,
     ours: &Plugin,
+    ours_glibc: Option<&Plugin>,
     ptp: &Plugin,
     cni_version: &str,
     reps: usize,
@@ -216,6 +219,10 @@ pub fn exec_floors(
     let bin_true_s = run(&|| exec_timed(bin_true, &[], &env, b""), "/bin/true")?;
     let ours_v = run(&|| ours.version(cni_version), "aws-cni VERSION")?;
     let ptp_v = run(&|| ptp.version(cni_version), "ptp VERSION")?;
+    let glibc_v = match ours_glibc {
+        Some(g) => Some(run(&|| g.version(cni_version), "aws-cni (glibc) VERSION")?),
+        None => None,
+    };
     let ip = Path::new("/usr/bin/ip");
     let ip_netns = if ip.is_file() {
         let node = ctx.node_name.clone();
@@ -229,6 +236,7 @@ pub fn exec_floors(
     Ok(ExecFloors {
         bin_true: bin_true_s,
         ours_version: ours_v,
+        ours_glibc_version: glibc_v,
         ptp_version: ptp_v,
         ip_netns_exec_true: ip_netns,
     })
