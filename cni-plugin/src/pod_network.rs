@@ -295,11 +295,13 @@ pub async fn delete_rules_for(host: &Netlink, ips: &[Ipv4Addr]) -> Vec<String> {
 /// A veth is only deleted when it carries one of the pod's addresses: a pod re-created under the
 /// same name has a host veth of the same name, and a late DEL of the old sandbox must not cut the
 /// new pod off. When the old pod's namespace is gone its veth went with it, and when it still
-/// exists the pod-side teardown removes the pair.
+/// exists the pod-side teardown removes the pair. Likewise the rules of an address are kept when
+/// its route leads to another pod's veth: a DEL repeated after the address went to a new pod must
+/// not cut that pod off.
 pub async fn teardown_host(host: &Netlink, ips: &[Ipv4Addr], veths: &[String]) -> Vec<String> {
-    let mut errors = delete_rules_for(host, ips).await;
-    timing::mark("host_rules_del");
+    let mut errors = Vec::new();
     if ips.is_empty() {
+        timing::mark("host_rules_del");
         return errors;
     }
     let mut veth_links = Vec::new();
@@ -311,39 +313,53 @@ pub async fn teardown_host(host: &Netlink, ips: &[Ipv4Addr], veths: &[String]) -
         }
     }
     let mut ours = Vec::new();
-    match host.routes().await {
-        Ok(routes) => {
-            for r in routes
-                .iter()
-                .filter(|r| r.table == MAIN_TABLE && r.prefix_len == 32 && ips.contains(&r.dst))
-            {
-                match r.oif {
-                    Some(oif) => match veth_links.iter().find(|l| l.index == oif) {
-                        // Deleting the veth removes the route with it.
-                        Some(l) => {
-                            if !ours
-                                .iter()
-                                .any(|o: &&crate::netlink::Link| o.index == l.index)
-                            {
-                                ours.push(l);
-                            }
-                        }
-                        None => {
-                            // The address now routes to another pod's veth: not ours to remove.
-                            tracing::warn!(ip = %r.dst, oif, "host route points at another link; kept");
-                        }
-                    },
-                    None => {
-                        if let Err(e) = host.del_route(r).await {
-                            errors.push(e.to_string());
-                        }
+    // Addresses routed to a link that is not this pod's: another pod holds them by now (a DEL
+    // repeated after the address was released and reused). Their rules are that pod's.
+    let mut foreign: Vec<Ipv4Addr> = Vec::new();
+    let routes = match host.routes().await {
+        Ok(routes) => routes,
+        Err(e) => {
+            // Without the routes the rules' owner is unknown: none is touched, the DEL fails
+            // and the runtime retries it.
+            errors.push(e.to_string());
+            return errors;
+        }
+    };
+    for r in routes
+        .iter()
+        .filter(|r| r.table == MAIN_TABLE && r.prefix_len == 32 && ips.contains(&r.dst))
+    {
+        match r.oif {
+            Some(oif) => match veth_links.iter().find(|l| l.index == oif) {
+                // Deleting the veth removes the route with it.
+                Some(l) => {
+                    if !ours
+                        .iter()
+                        .any(|o: &&crate::netlink::Link| o.index == l.index)
+                    {
+                        ours.push(l);
                     }
+                }
+                None => {
+                    tracing::warn!(ip = %r.dst, oif, "the address routes to another link (another pod holds it now); its route and rules are kept");
+                    foreign.push(r.dst);
+                }
+            },
+            None => {
+                if let Err(e) = host.del_route(r).await {
+                    errors.push(e.to_string());
                 }
             }
         }
-        Err(e) => errors.push(e.to_string()),
     }
     timing::mark("host_links_routes");
+    let mine: Vec<Ipv4Addr> = ips
+        .iter()
+        .copied()
+        .filter(|ip| !foreign.contains(ip))
+        .collect();
+    errors.extend(delete_rules_for(host, &mine).await);
+    timing::mark("host_rules_del");
     for l in veth_links
         .iter()
         .filter(|l| !ours.iter().any(|o| o.index == l.index))

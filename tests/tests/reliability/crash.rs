@@ -39,7 +39,7 @@ struct Live {
 struct Tally {
     adds_ok: u64,
     adds_failed: BTreeMap<u64, u64>,
-    add_failures: Vec<String>,
+    add_failures: BTreeMap<String, u64>,
     down_add_latency: Vec<Duration>,
     dels_ok: u64,
     refused_cooling: u64,
@@ -52,7 +52,9 @@ impl Tally {
         for (k, v) in o.adds_failed {
             *self.adds_failed.entry(k).or_default() += v;
         }
-        self.add_failures.extend(o.add_failures);
+        for (k, v) in o.add_failures {
+            *self.add_failures.entry(k).or_default() += v;
+        }
         self.down_add_latency.extend(o.down_add_latency);
         self.dels_ok += o.dels_ok;
         self.refused_cooling += o.refused_cooling;
@@ -135,9 +137,17 @@ fn worker(shared: &Shared<'_>, w: usize, seed: u64) -> (Tally, Vec<Live>) {
                         p.name,
                         out.describe()
                     ));
-                } else if tally.add_failures.len() < 5 && !out.error_text().contains("in cooldown")
-                {
-                    tally.add_failures.push(out.error_text());
+                } else {
+                    // Grouped by cause for the summary (the message up to its first ':',
+                    // without the socket path).
+                    let text = out.error_text();
+                    let cause = text
+                        .replace(&node.socket_path().display().to_string(), "<socket>")
+                        .split(':')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    *tally.add_failures.entry(cause).or_default() += 1;
                 }
                 // With the churn of 8 workers most addresses can be cooling down at once: ipamd
                 // then refuses the ADD (code 11, saying so), which is not a fault. Running out
@@ -487,8 +497,8 @@ fn crash_campaign_kill_9_during_pod_churn_loses_and_leaks_nothing() {
         sampler.parsed,
         sampler.missing,
     );
-    for f in &tally.add_failures {
-        eprintln!("  sample failed ADD: {f}");
+    for (cause, n) in &tally.add_failures {
+        eprintln!("  failed ADDs (code 11): {n} x {cause}");
     }
     drop(ipamd);
 }

@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod crash;
+mod plugin_faults;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
