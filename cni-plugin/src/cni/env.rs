@@ -212,10 +212,36 @@ impl CniArgs {
                 "K8S_POD_UID" => &mut args.pod_uid,
                 _ => continue,
             };
+            validate_arg(key, value)?;
             *slot = Some(value.to_string()).filter(|v| !v.is_empty());
         }
         Ok(args)
     }
+}
+
+/// Longest value of a pod identity key (a Kubernetes object name, a DNS subdomain, is at most
+/// 253 characters; namespaces, UIDs and sandbox IDs are shorter).
+pub const MAX_ARG_VALUE_LEN: usize = 253;
+
+/// The pod identity values end up in ipamd's checkpoint, its logs and the host veth's name:
+/// anything longer than a Kubernetes name or carrying control characters is refused.
+fn validate_arg(key: &str, value: &str) -> Result<(), CniError> {
+    let invalid = |reason: String| CniError::InvalidEnv {
+        var: CNI_ARGS,
+        reason,
+    };
+    if value.len() > MAX_ARG_VALUE_LEN {
+        return Err(invalid(format!(
+            "{key} is {} bytes long; at most {MAX_ARG_VALUE_LEN} are accepted",
+            value.len()
+        )));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(invalid(format!(
+            "{key}={value:?} contains the control character {c:?}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -337,5 +363,22 @@ mod tests {
             CniArgs::parse("K8S_POD_NAME"),
             Err(CniError::InvalidEnv { var: CNI_ARGS, .. })
         ));
+        let long = format!("K8S_POD_NAME={}", "a".repeat(MAX_ARG_VALUE_LEN + 1));
+        match CniArgs::parse(&long) {
+            Err(CniError::InvalidEnv {
+                var: CNI_ARGS,
+                reason,
+            }) => {
+                assert!(
+                    reason.contains("K8S_POD_NAME") && reason.contains("254"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(CniArgs::parse(&format!("K8S_POD_NAME={}", "a".repeat(253))).is_ok());
+        assert!(CniArgs::parse("K8S_POD_NAMESPACE=a\nb").is_err());
+        // Unknown keys are not looked at.
+        assert!(CniArgs::parse(&format!("OTHER={}", "x\t".repeat(500))).is_ok());
     }
 }
