@@ -67,6 +67,8 @@ pub struct Hypervisor {
     state: Mutex<WatchState>,
     changed: Condvar,
     imds_lag_ms: AtomicU64,
+    /// Instances whose metadata shows only these ENIs (see [`Hypervisor::hide_new_enis`]).
+    imds_visible_only: Mutex<BTreeMap<String, std::collections::BTreeSet<String>>>,
     region: String,
     vpc_id: String,
     vpc_cidrs: Vec<Ipv4Net>,
@@ -106,6 +108,7 @@ impl Hypervisor {
             }),
             changed: Condvar::new(),
             imds_lag_ms: AtomicU64::new(0),
+            imds_visible_only: Mutex::new(BTreeMap::new()),
             region,
             vpc_id: vpc_id.to_owned(),
             vpc_cidrs,
@@ -136,6 +139,24 @@ impl Hypervisor {
     pub fn set_imds_lag(&self, lag: Duration) {
         let ms = u64::try_from(lag.as_millis()).unwrap_or(u64::MAX);
         self.imds_lag_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// From now on the instance metadata of `instance_id` lists only the ENIs attached to it
+    /// now: an ENI attached later never shows up there (its link still appears in the node), as
+    /// when the metadata service misses an attachment. [`Hypervisor::show_all_enis`] ends it.
+    pub fn hide_new_enis(&self, instance_id: &str) {
+        let visible = self
+            .latest()
+            .enis_of(instance_id)
+            .iter()
+            .map(|e| e.id.clone())
+            .collect();
+        lock(&self.imds_visible_only).insert(instance_id.to_owned(), visible);
+    }
+
+    /// Instance metadata of `instance_id` lists every attached ENI again.
+    pub fn show_all_enis(&self, instance_id: &str) {
+        lock(&self.imds_visible_only).remove(instance_id);
     }
 
     /// The current IMDS lag.
@@ -444,8 +465,14 @@ impl MetadataSource for MotoSource {
                 "no simulated instance has address {ip} (caller {caller})"
             ))
         })?;
-        view.node_description(&instance.id)
-            .map(Arc::new)
-            .ok_or_else(|| MetadataError::Invalid(format!("instance {} vanished", instance.id)))
+        let mut description = view
+            .node_description(&instance.id)
+            .ok_or_else(|| MetadataError::Invalid(format!("instance {} vanished", instance.id)))?;
+        if let Some(visible) = lock(&self.hypervisor.imds_visible_only).get(&instance.id) {
+            description
+                .interfaces
+                .retain(|i| visible.contains(&i.interface_id));
+        }
+        Ok(Arc::new(description))
     }
 }

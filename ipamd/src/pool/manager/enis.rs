@@ -1,7 +1,8 @@
 //! ENI lifecycle: create → attach → DeleteOnTermination → wait for metadata and the link →
 //! bring up → into the pool; and free: out of the pool → rules and routes removed → detach →
 //! wait for `available` → delete. Failures roll back what EC2 holds (a new ENI whose attach
-//! failed is deleted) and never leave the datastore pointing at an ENI that is not usable.
+//! failed or timed out, or that never shows in instance metadata, is detached if needed and
+//! deleted) and never leave the datastore pointing at an ENI that is not usable.
 
 use std::net::Ipv4Addr;
 
@@ -97,8 +98,13 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             Ok(a) => a,
             Err(e) => {
                 self.count_error("increaseIPPoolAllocENIFailed");
-                tracing::warn!(eni = %eni.id, device, error = %e, "cannot attach the new ENI; deleting it");
-                self.delete_eni(&eni.id).await;
+                // A timed-out or cut-off attach may have happened all the same: detach first if
+                // EC2 shows it attached, then delete (a plain delete would fail "in use" and
+                // leave an attached ENI the pool does not know).
+                tracing::warn!(eni = %eni.id, device, error = %e, "cannot attach the new ENI; removing it");
+                if !self.release_eni(&eni.id).await {
+                    tracing::warn!(eni = %eni.id, "the half-created ENI could not be removed now; the reconcile adopts it if it is attached, the leaked-ENI cleanup deletes it if not");
+                }
                 return Err(());
             }
         };
@@ -118,7 +124,15 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         {
             Ok(md) => md,
             Err(why) => {
-                tracing::warn!(eni = %eni.id, reason = %why, "new ENI is attached but not usable yet; the next reconcile adopts it once it shows");
+                // An ENI that never shows in instance metadata (or as a link) cannot be used, yet
+                // holds one of the instance's ENI slots and its addresses: detach and delete it,
+                // and let a later cycle try a fresh one (at most one per attach wait).
+                self.count_error("increaseIPPoolwaitENIAttachedFailed");
+                tracing::warn!(eni = %eni.id, reason = %why, "new ENI did not become usable; detaching and deleting it");
+                self.tagged.remove(&eni.id);
+                if !self.release_eni(&eni.id).await {
+                    tracing::warn!(eni = %eni.id, "the unusable ENI could not be removed now; the reconcile adopts it if it shows, the leaked-ENI cleanup deletes it once detached");
+                }
                 return Err(());
             }
         };

@@ -611,8 +611,9 @@ async fn addresses_ipamd_released_are_not_readopted_within_the_grace() {
 }
 
 #[tokio::test]
-async fn new_eni_waits_for_its_link_and_is_adopted_when_it_shows() {
+async fn new_eni_that_never_becomes_usable_is_removed_and_a_fresh_one_is_used_later() {
     let (w, mut m) = start("t3.small", targets(0, 5, 0)).await;
+    let before: BTreeSet<String> = w.ec2.all_enis().into_iter().map(|e| e.id).collect();
     w.ec2.hide_new_links(true);
     let t0 = tokio::time::Instant::now();
     let r = m.grow().await;
@@ -622,15 +623,30 @@ async fn new_eni_waits_for_its_link_and_is_adopted_when_it_shows() {
         waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
         "waited the bounded attach wait: {waited:?}"
     );
-    assert_eq!(w.ec2_shape().0, 2, "attached in EC2");
-    assert_eq!(
-        w.pool().await,
-        (1, 3),
-        "but not in the pool without its link"
-    );
+    assert_eq!(w.ec2_shape().0, 1, "the unusable ENI was detached");
+    let after: BTreeSet<String> = w.ec2.all_enis().into_iter().map(|e| e.id).collect();
+    assert_eq!(after, before, "and deleted: no half-created ENI is left");
+    assert_eq!(w.pool().await, (1, 3), "the pool is what it was");
     w.ec2.hide_new_links(false);
     m.cycle().await;
-    assert_eq!(w.pool().await, (2, 5), "reconcile adopted it");
+    assert_eq!(w.pool().await, (2, 5), "a fresh ENI was created and used");
+    w.assert_pool_matches_ec2(&BTreeSet::new()).await;
+}
+
+#[tokio::test]
+async fn an_attach_that_failed_after_all_is_undone() {
+    let (w, mut m) = start("t3.small", targets(0, 5, 0)).await;
+    let before: BTreeSet<String> = w.ec2.all_enis().into_iter().map(|e| e.id).collect();
+    // The attach answers with a timeout (it may have run): the new ENI must not stay behind.
+    w.ec2
+        .fail_next("AttachNetworkInterface", Ec2ErrorKind::Timeout, 1);
+    let r = m.grow().await;
+    assert!(r.failed);
+    let after: BTreeSet<String> = w.ec2.all_enis().into_iter().map(|e| e.id).collect();
+    assert_eq!(after, before, "the half-created ENI was deleted");
+    assert_eq!(w.ec2_shape().0, 1);
+    m.cycle().await;
+    assert_eq!(w.pool().await, (2, 5));
     w.assert_pool_matches_ec2(&BTreeSet::new()).await;
 }
 
