@@ -32,6 +32,12 @@ pub struct Memory {
     pub rss_kib: u64,
     /// `VmHWM` (peak RSS).
     pub hwm_kib: u64,
+    /// `RssAnon`: heap, stacks and other private memory.
+    pub anon_kib: u64,
+    /// `RssFile`: mapped files, i.e. the executable's pages in use.
+    pub file_kib: u64,
+    /// `Threads`.
+    pub threads: u64,
 }
 
 /// Reads VmRSS and VmHWM of `pid`.
@@ -51,6 +57,9 @@ pub fn memory(pid: i32) -> Result<Memory, BenchError> {
     Ok(Memory {
         rss_kib: field("VmRSS:")?,
         hwm_kib: field("VmHWM:")?,
+        anon_kib: field("RssAnon:")?,
+        file_kib: field("RssFile:")?,
+        threads: field("Threads:")?,
     })
 }
 
