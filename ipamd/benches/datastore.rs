@@ -17,7 +17,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use ipamd::checkpoint::{CheckpointData, CheckpointError, Checkpointer};
 use ipamd::datastore::{Datastore, EniSpec, IpamKey, PodMetadata, SystemClock};
 use ipamd::state::{IpamState, Phase};
@@ -123,8 +125,10 @@ fn datastore(c: &mut Criterion) {
 fn ipam_state(c: &mut Criterion) {
     let mut group = c.benchmark_group("ipam_state");
     group.throughput(Throughput::Elements(1));
-    // The O(assigned) checkpoint encoding makes 100k slow; fewer samples keep the run short.
+    // The O(assigned) checkpoint encoding makes 100k slow (hundreds of ms per pair): fewer,
+    // flat samples keep the run to seconds instead of minutes.
     group.sample_size(20);
+    group.sampling_mode(SamplingMode::Flat);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
