@@ -122,7 +122,9 @@ mod tests {
         atomic_write(&path, b"{}", 0o600).unwrap();
         // pid 0x7fffffff never exists; our own pid does.
         let dead = dir.path().join(".ipam.json.tmp-2147483647-3");
-        let ours = dir.path().join(format!(".ipam.json.tmp-{}-9", std::process::id()));
+        let ours = dir
+            .path()
+            .join(format!(".ipam.json.tmp-{}-9", std::process::id()));
         let other = dir.path().join(".other.json.tmp-2147483647-3");
         for f in [&dead, &ours, &other] {
             fs::write(f, b"{\"torn").unwrap();

@@ -269,7 +269,11 @@ impl IpamState {
     ///
     /// # Errors
     /// Not ready, or the checkpoint write failed (rolled back).
-    pub async fn release_if(&self, key: &IpamKey, ip: std::net::Ipv4Addr) -> Result<bool, IpamError> {
+    pub async fn release_if(
+        &self,
+        key: &IpamKey,
+        ip: std::net::Ipv4Addr,
+    ) -> Result<bool, IpamError> {
         self.ensure_ready()?;
         let mut ds = self.pool.lock().await;
         if ds.lookup(key).is_none_or(|a| a.ip != ip) {
