@@ -35,7 +35,7 @@ use self::artifacts::{CriterionResult, FileSize, ImageEstimate, Machine};
 use self::daemon::{LoadResult, Memory, StartupResult};
 use self::latency::{Ctx, CycleRound, Round, RssRound};
 use self::phases::{ExecFloors, KernelFloor, PhaseTable};
-use self::plugins::{Flavor, Plugin};
+use self::plugins::Plugin;
 use crate::metadata::{InterfaceDescription, NodeDescription};
 use crate::netns::NetnsError;
 use crate::node::{NodeError, NodeOptions, SimNode};
@@ -488,7 +488,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
         1,
         config.pods,
         &[(
-            aws_cni_timing_env().to_owned(),
+            aws_cni::timing::TIMING_ENV.to_owned(),
             timing_file.display().to_string(),
         )],
     )?;
@@ -662,12 +662,6 @@ pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
     })
 }
 
-/// The plugin's timing variable (`aws_cni::timing::TIMING_ENV`; the harness does not link the
-/// plugin crate).
-pub fn aws_cni_timing_env() -> &'static str {
-    "AWS_CNI_TIMING"
-}
-
 /// Where the "checkpoint on disk" variant keeps it: /var/tmp, which distributions keep on disk
 /// (the report labels it by what statfs says).
 pub fn disk_dir() -> PathBuf {
@@ -679,13 +673,6 @@ pub fn on_tmpfs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
         .unwrap_or(false)
-}
-
-/// Which plugin a flavor label stands for (for report lookups).
-pub fn flavor_of(label: &str) -> Option<Flavor> {
-    [Flavor::Ours, Flavor::Ptp, Flavor::Floor]
-        .into_iter()
-        .find(|f| f.label() == label)
 }
 
 #[cfg(test)]

@@ -10,6 +10,38 @@ use super::latency::{OpSamples, Round};
 use super::plugins::Flavor;
 use super::stats::{Summary, median_ns, ns_to_ms, ratio};
 
+/// A duration given in ns, in the unit that keeps it readable.
+fn duration_text(ns: f64) -> String {
+    if ns < 10_000.0 {
+        format!("{ns:.0} ns")
+    } else if ns < 10_000_000.0 {
+        format!("{} µs", f2(ns / 1e3))
+    } else {
+        format!("{} ms", f2(ns / 1e6))
+    }
+}
+
+/// A rate per second with an SI prefix.
+fn rate_text(per_s: f64) -> String {
+    if per_s >= 1e6 {
+        format!("{:.2} M", per_s / 1e6)
+    } else if per_s >= 1e3 {
+        format!("{:.1} k", per_s / 1e3)
+    } else {
+        f2(per_s)
+    }
+}
+
+/// A size in bytes, in KiB below 1 MiB.
+fn size_text(bytes: u64) -> String {
+    // `mib` takes KiB.
+    if bytes < 1024 * 1024 {
+        format!("{} KiB", f2(mib(bytes)))
+    } else {
+        format!("{} MiB", f2(mib(bytes / 1024)))
+    }
+}
+
 /// One of the issue's targets, evaluated.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Target {
@@ -797,19 +829,26 @@ pub fn markdown(res: &BenchResults) -> String {
             w,
             "One iteration = assign one address and release it, the pool holding N addresses of which half are assigned, `IP_COOLDOWN_PERIOD=0`. `datastore/*` is the bare datastore; `ipam_state/*` adds the pool lock, encoding the checkpoint of every assignment and the hand-off of the write (to a checkpointer that stores nothing).\n"
         );
-        let _ = writeln!(w, "| benchmark | median ns per pair | pairs per second |");
+        let _ = writeln!(w, "| benchmark | median time per pair | pairs per second |");
         let _ = writeln!(w, "| --- | ---: | ---: |");
-        for c in &res.criterion {
+        let mut sorted: Vec<&CriterionResult> = res.criterion.iter().collect();
+        let size = |c: &CriterionResult| {
+            c.id.rsplit('/')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        sorted.sort_by(|a, b| {
+            let group = |c: &CriterionResult| c.id.split('/').next().unwrap_or("").to_owned();
+            group(a).cmp(&group(b)).then(size(a).cmp(&size(b)))
+        });
+        for c in sorted {
             let _ = writeln!(
                 w,
                 "| {} | {} | {} |",
                 c.id,
-                f2(c.median_ns),
-                if c.per_second() >= 1e6 {
-                    format!("{:.2} M", c.per_second() / 1e6)
-                } else {
-                    format!("{:.1} k", c.per_second() / 1e3)
-                }
+                duration_text(c.median_ns),
+                rate_text(c.per_second())
             );
         }
         let _ = writeln!(w);
@@ -953,7 +992,7 @@ pub fn markdown(res: &BenchResults) -> String {
                 }
             );
             for f in &img.files {
-                let _ = writeln!(w, "- `{}`: {} MiB", f.what, f2(mib(f.bytes / 1024)));
+                let _ = writeln!(w, "- `{}`: {}", f.what, size_text(f.bytes));
             }
             if !img.unresolved.is_empty() {
                 let _ = writeln!(
@@ -990,7 +1029,7 @@ const HISTORY: &str = r"
 const NOTES: &str = r"
 - **Where it runs.** A simulated EC2 node (network namespaces, the project's IMDS emulator, ipamd in instance-metadata-only mode with a warm pool and `IP_COOLDOWN_PERIOD=0`, its checkpoint on tmpfs as `/var/run` is on a real node). Both plugins are exec'd by worker threads that entered the node's namespace, so the node is their host namespace; nothing runs in or changes the machine's root namespace. ptp's IPAM store is on tmpfs too.
 - **Alternation.** In every repetition the two plugins run back to back at each concurrency, in alternating order, so machine noise hits both; other% is the CPU other processes (and kernel workers, e.g. those finishing namespace deletions) used during the round.
-- **DEL.** Both plugins delete the pod's veth pair, which the kernel does synchronously (unregistering a netdevice waits for RCU grace periods under the RTNL lock): that is most of either plugin's DEL. The reference aws-cni does not delete the veth; it removes the routes and rules and leaves the veth to the runtime's removal of the pod namespace, which happens asynchronously. Doing the same would take the veth deletion out of DEL's latency; it is a behaviour change (contract and tests), not made here.
+- **DEL.** Both plugins delete the pod's veth pair, which the kernel does synchronously (unregistering a netdevice waits for RCU grace periods before the request returns): that is most of either plugin's DEL. The reference aws-cni does not delete the veth; it removes the routes and rules and leaves the veth to the runtime's removal of the pod namespace, which happens asynchronously. Doing the same would take the veth deletion out of DEL's latency; it is a behaviour change (contract and tests), not made here.
 - **Static plugin.** A static musl binary starts without the dynamic loader (no shared-library lookup, mapping and relocation), which is most of the exec cost a glibc build pays; it is also what the image ships.
 - **ipamd's memory after a start with many pods.** The heap left after start-up grows with the host links on the node, not with the checkpoint: in a one-off trial, a start with an empty checkpoint but the same 250 pod veths present kept 10.4 MiB of heap, as much as one that restored the 250 pods (7–11 MiB between trials), against 2.9 MiB with 250 pods assigned at run time. Start-up reads every host link with all its attributes (statistics, per-device IPv6 settings: kilobytes per veth) to find the pods' veths, and the allocator keeps what that took. Asking the kernel for less (RTEXT_FILTER_SKIP_STATS, names only) or trimming the heap after start-up would likely bring the 250-pod figure under the 20 MiB target; that is ipamd's code, left to its owner. The binary's own pages in use (RssFile, ≈ 11 MiB of a 16 MiB binary) are the larger, fixed share.
 - **Timing instrumentation.** The plugin always records its phase marks (a `clock_gettime` per phase); it writes them only at `pluginLogLevel` DEBUG (one `phases` line) or with `AWS_CNI_TIMING=<absolute path>` (one JSON line per call, used for section 2 only).
@@ -1007,6 +1046,18 @@ mod tests {
         let n = miss_note(Some(0.6), 0.5, || "floor".into());
         assert!(n.starts_with("missed by 20 %"), "{n}");
         assert!(n.ends_with("floor"), "{n}");
+    }
+
+    #[test]
+    fn units_stay_readable() {
+        assert_eq!(duration_text(522.4), "522 ns");
+        assert_eq!(duration_text(209_144.0), "209 µs");
+        assert_eq!(duration_text(248_986_264.0), "249 ms");
+        assert_eq!(rate_text(1_910_000.0), "1.91 M");
+        assert_eq!(rate_text(4_780.0), "4.8 k");
+        assert_eq!(rate_text(98.6), "98.6");
+        assert_eq!(size_text(2048), "2.00 KiB");
+        assert_eq!(size_text(3 * 1024 * 1024), "3.00 MiB");
     }
 
     #[test]
