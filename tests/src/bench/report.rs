@@ -910,6 +910,25 @@ pub fn markdown(res: &BenchResults) -> String {
             b.path.display()
         );
     }
+    let size_of = |prefix: &str| {
+        res.binaries
+            .iter()
+            .find(|b| b.what.starts_with(prefix))
+            .map(|b| b.bytes)
+    };
+    if let (Some(ours), Some(ptp), Some(hl)) = (
+        size_of("aws-cni (benchmarked"),
+        size_of("ptp"),
+        size_of("host-local"),
+    ) {
+        #[allow(clippy::cast_precision_loss)]
+        let r = ratio(ours as f64, (ptp + hl) as f64);
+        let _ = writeln!(
+            w,
+            "| **aws-cni / (ptp + host-local)** | **{}** | | what a runtime execs per ADD |",
+            ratio_text(r)
+        );
+    }
     let rss_of = |flavor: Flavor, add: bool| -> Vec<u64> {
         res.rss
             .iter()
