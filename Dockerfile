@@ -20,8 +20,16 @@ WORKDIR /src
 COPY . .
 RUN make image-binaries
 
-# glibc (ipamd links it dynamically) and nothing else: no shell, no package manager.
-FROM gcr.io/distroless/cc-debian12:nonroot
+# glibc (ipamd links it dynamically) and the iptables commands: ipamd programs the SNAT, connmark
+# and NodePort rules with iptables-restore and picks the backend the node already uses
+# (iptables-nft or iptables-legacy, both shipped), as the reference's image does.
+FROM docker.io/library/debian:bookworm-slim
+# Not pinned (DL3008): bookworm's iptables only changes for security fixes, which the image
+# should pick up on rebuild.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends iptables \
+    && rm -rf /var/lib/apt/lists/*
 ARG VERSION=v0.1.0
 LABEL org.opencontainers.image.title="aws-vpc-cni-rs" \
       org.opencontainers.image.description="Rust drop-in for the AWS VPC CNI: aws-cni plugin and ipamd node daemon" \

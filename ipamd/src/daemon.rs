@@ -38,6 +38,7 @@ use crate::mac::MacAddr;
 use crate::metrics::http::{self as metrics_http};
 use crate::metrics::server::{METRICS_ADDRESS, Scrape};
 use crate::metrics::{IpamdMetrics, StartupOutcome};
+use crate::node_network::iptables::Iptables;
 use crate::node_network::{self, NodeFacts, NodeNetwork, NodeNetworkMetrics, NodeNetworkSettings};
 use crate::pool::leak::LeakCleaner;
 use crate::pool::manager::{ManagerConfig, NodeInfo, PoolManager};
@@ -339,9 +340,12 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
         let host = HostNetwork::connect()?;
-        let node_net =
-            NodeNetwork::new(NodeNetworkSettings::from_config(&self.config), host.clone())
-                .with_metrics(self.node_metrics.clone());
+        let node_net = NodeNetwork::with_iptables(
+            NodeNetworkSettings::from_config(&self.config),
+            host.clone(),
+            Iptables::detect().await,
+        )
+        .with_metrics(self.node_metrics.clone());
         let mut manager = None;
         let (md, facts) = tokio::select! {
             r = self.initialize(&host, &node_net, state, info, &mut manager) => match r {

@@ -401,3 +401,41 @@ fn missing_primary_link_or_vpc_cidrs_are_errors_naming_them() {
             .any(|l| l.contains("AWS"))
     );
 }
+
+/// ipamd joins the backend kube-proxy uses: a node whose rules live in iptables-legacy gets its
+/// AWS chains there too, and a fresh node (nothing anywhere) gets nft.
+#[test]
+fn the_backend_the_node_already_uses_is_detected() {
+    let (fresh, _vpc) = node();
+    let chosen = fresh.run(|| async { Iptables::detect().await.command_name().to_owned() });
+    assert_eq!(chosen, "iptables-nft", "an empty node defaults to nft");
+
+    let (legacy_node, _vpc2) = node();
+    restore(
+        &legacy_node,
+        "iptables-legacy",
+        "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n",
+    );
+    let chosen = legacy_node.run(|| async { Iptables::detect().await.command_name().to_owned() });
+    assert_eq!(chosen, "iptables-legacy", "kubelet's hint is in legacy");
+    let report = legacy_node
+        .run(|| async {
+            let host = HostNetwork::connect().map_err(|e| e.to_string())?;
+            NodeNetwork::with_iptables(settings(), host, Iptables::detect().await)
+                .reconcile(&facts())
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .unwrap();
+    assert_eq!(report.primary_link, "eth0");
+    assert_eq!(
+        count(&save(&legacy_node, "iptables-legacy", "nat"), SNAT_JUMP),
+        1,
+        "the SNAT chain went to legacy"
+    );
+    assert_eq!(
+        count(&save(&legacy_node, "iptables-nft", "nat"), SNAT_JUMP),
+        0,
+        "and not to nft"
+    );
+}

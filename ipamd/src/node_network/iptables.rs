@@ -119,6 +119,49 @@ impl IptablesVersion {
     }
 }
 
+/// An iptables backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `iptables-nft`.
+    Nft,
+    /// `iptables-legacy`.
+    Legacy,
+}
+
+/// What one backend's `iptables-save` holds, as far as choosing a backend needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaveSummary {
+    /// Number of rules (`-A` lines).
+    pub rules: usize,
+    /// Whether kubelet's hint chains are there (kubelet creates them in the backend it uses).
+    pub kubelet_hint: bool,
+}
+
+impl SaveSummary {
+    /// Summarises `iptables-save` output.
+    pub fn of(save: &str) -> Self {
+        Self {
+            rules: save.lines().filter(|l| l.starts_with("-A ")).count(),
+            kubelet_hint: save.lines().any(|l| {
+                l.starts_with(':')
+                    && (l.starts_with(":KUBE-IPTABLES-HINT ")
+                        || l.starts_with(":KUBE-KUBELET-CANARY "))
+            }),
+        }
+    }
+}
+
+/// The backend to use when both exist: kubelet's hint first, then the one with more rules, nft
+/// on a tie (Debian's and the reference's default).
+pub fn choose_backend(nft: &SaveSummary, legacy: &SaveSummary) -> Backend {
+    match (nft.kubelet_hint, legacy.kubelet_hint) {
+        (true, _) => Backend::Nft,
+        (false, true) => Backend::Legacy,
+        (false, false) if legacy.rules > nft.rules => Backend::Legacy,
+        (false, false) => Backend::Nft,
+    }
+}
+
 /// The iptables commands of one family: `iptables`, `iptables-save`, `iptables-restore`
 /// (production), or e.g. `iptables-legacy…` (tests prove both backends).
 #[derive(Debug, Clone)]
@@ -136,6 +179,37 @@ impl Iptables {
     /// The node's `iptables`, `iptables-save` and `iptables-restore` from `PATH`.
     pub fn new() -> Self {
         Self::with_command("iptables")
+    }
+
+    /// The backend the node already uses, picked the way Kubernetes' iptables-wrappers (and the
+    /// reference's image) pick it, so ipamd's rules sit next to kube-proxy's and never in the
+    /// other store: when both `iptables-nft` and `iptables-legacy` exist, the one holding
+    /// kubelet's hint chains (`KUBE-IPTABLES-HINT`, `KUBE-KUBELET-CANARY`) wins, else the one with
+    /// more rules, nft on a tie; when only one exists it is used; when neither, plain `iptables`.
+    pub async fn detect() -> Self {
+        let nft = Self::with_command("iptables-nft");
+        let legacy = Self::with_command("iptables-legacy");
+        let (n, l) = tokio::join!(nft.summary(), legacy.summary());
+        let chosen = match (n, l) {
+            (None, None) => Self::new(),
+            (Some(_), None) => nft,
+            (None, Some(_)) => legacy,
+            (Some(n), Some(l)) => match choose_backend(&n, &l) {
+                Backend::Nft => nft,
+                Backend::Legacy => legacy,
+            },
+        };
+        tracing::debug!(command = chosen.command_name(), "iptables backend chosen");
+        chosen
+    }
+
+    /// What `<base>-save` shows of every table, or `None` when the command is missing or fails.
+    async fn summary(&self) -> Option<SaveSummary> {
+        let program = format!("{}-save", self.base);
+        self.run(&program, &[], None)
+            .await
+            .ok()
+            .map(|out| SaveSummary::of(&out))
     }
 
     /// Commands named `<base>`, `<base>-save` and `<base>-restore` (`iptables-legacy`,
@@ -251,6 +325,29 @@ impl Iptables {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_follows_kubelet_hint_then_rule_count_then_nft() {
+        let empty = SaveSummary::default();
+        let kube_legacy = SaveSummary::of(
+            "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n",
+        );
+        assert!(kube_legacy.kubelet_hint);
+        assert_eq!(choose_backend(&empty, &kube_legacy), Backend::Legacy);
+        let busy_nft = SaveSummary::of("*filter\n-A INPUT -j ACCEPT\n-A INPUT -j DROP\nCOMMIT\n");
+        assert_eq!(busy_nft.rules, 2);
+        // kubelet's hint beats a rule count.
+        assert_eq!(choose_backend(&busy_nft, &kube_legacy), Backend::Legacy);
+        let kube_nft = SaveSummary {
+            rules: 0,
+            kubelet_hint: true,
+        };
+        assert_eq!(choose_backend(&kube_nft, &kube_legacy), Backend::Nft);
+        let one_legacy = SaveSummary::of("*nat\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n");
+        assert_eq!(choose_backend(&empty, &one_legacy), Backend::Legacy);
+        assert_eq!(choose_backend(&busy_nft, &one_legacy), Backend::Nft);
+        assert_eq!(choose_backend(&empty, &empty), Backend::Nft);
+    }
 
     #[test]
     fn versions_parse_with_and_without_a_backend() {

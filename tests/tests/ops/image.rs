@@ -199,7 +199,7 @@ fn image_tree_has_the_layout_the_manifest_expects() {
     );
     assert!(
         needs_interpreter(&dir.join("ipamd")),
-        "ipamd links glibc (distroless/cc)"
+        "ipamd links glibc (debian:bookworm-slim)"
     );
     for f in [
         "10-aws.conflist",
