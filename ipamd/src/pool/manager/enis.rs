@@ -85,7 +85,9 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         };
         let (Some(mac), Some(primary_ip)) = (eni.mac, eni.primary_ip) else {
             tracing::error!(eni = %eni.id, "EC2 returned a new ENI without MAC or address; deleting it");
-            self.delete_eni(&eni.id).await;
+            if !self.delete_eni(&eni.id).await {
+                self.to_remove.insert(eni.id.clone());
+            }
             return Err(());
         };
         let secondary = eni.secondary_ips();
@@ -103,7 +105,8 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 // leave an attached ENI the pool does not know).
                 tracing::warn!(eni = %eni.id, device, error = %e, "cannot attach the new ENI; removing it");
                 if !self.release_eni(&eni.id).await {
-                    tracing::warn!(eni = %eni.id, "the half-created ENI could not be removed now; the reconcile adopts it if it is attached, the leaked-ENI cleanup deletes it if not");
+                    tracing::warn!(eni = %eni.id, "the half-created ENI could not be removed now; retrying every cycle");
+                    self.to_remove.insert(eni.id.clone());
                 }
                 return Err(());
             }
@@ -114,7 +117,9 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             .await
         {
             tracing::warn!(eni = %eni.id, error = %e, "cannot set DeleteOnTermination on the new ENI; detaching and deleting it");
-            self.release_eni(&eni.id).await;
+            if !self.release_eni(&eni.id).await {
+                self.to_remove.insert(eni.id.clone());
+            }
             return Err(());
         }
         self.tagged.insert(eni.id.clone());
@@ -131,7 +136,8 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 tracing::warn!(eni = %eni.id, reason = %why, "new ENI did not become usable; detaching and deleting it");
                 self.tagged.remove(&eni.id);
                 if !self.release_eni(&eni.id).await {
-                    tracing::warn!(eni = %eni.id, "the unusable ENI could not be removed now; the reconcile adopts it if it shows, the leaked-ENI cleanup deletes it once detached");
+                    tracing::warn!(eni = %eni.id, "the unusable ENI could not be removed now; retrying every cycle");
+                    self.to_remove.insert(eni.id.clone());
                 }
                 return Err(());
             }
@@ -364,6 +370,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             tracing::info!(eni = %spec.id, "ENI freed");
         } else {
             self.count_error("decreaseIPPoolFreeENIFailed");
+            self.to_remove.insert(spec.id.clone());
         }
         Some(spec.id)
     }

@@ -200,6 +200,13 @@ pub struct PoolManager<E, I, H> {
     last_decrease: Option<Instant>,
     /// Addresses ipamd gave back to EC2, and when (not re-adopted within the grace).
     released: HashMap<Ipv4Addr, Instant>,
+    /// ENIs whose last `AssignPrivateIpAddresses` failed in a way that may have run in EC2
+    /// (timeout, cut connection, 5xx): EC2's view of them is read before assigning again, or
+    /// a second request on top of addresses ipamd does not know could exceed the ENI's limit.
+    uncertain: HashSet<String>,
+    /// ENIs ipamd set out to remove (half-created, or freed) whose removal failed: retried
+    /// every cycle instead of waiting for the hourly leaked-ENI cleanup.
+    to_remove: BTreeSet<String>,
     at_limit_logged: bool,
 }
 
@@ -237,6 +244,8 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             vpc_id: None,
             last_decrease: None,
             released: HashMap::new(),
+            uncertain: HashSet::new(),
+            to_remove: BTreeSet::new(),
             at_limit_logged: false,
         }
     }
@@ -492,6 +501,12 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                     report.at_limit = true;
                     break;
                 }
+                Some(Grow::Assign { eni, .. }) if self.uncertain.contains(&eni) => {
+                    if !self.settle(&eni).await {
+                        report.failed = true;
+                        break;
+                    }
+                }
                 Some(Grow::Assign { eni, count }) => match self.assign_ips(&eni, count).await {
                     Ok(n) if n > 0 => report.ips_added += n,
                     Ok(_) => {
@@ -529,6 +544,12 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             Err(e) => {
                 self.count_error("increaseIPPoolAllocIPAddressesFailed");
                 tracing::warn!(%eni, count, error = %e, "cannot add IPs to ENI");
+                if matches!(
+                    e.kind,
+                    Ec2ErrorKind::Timeout | Ec2ErrorKind::Transport | Ec2ErrorKind::Server
+                ) {
+                    self.uncertain.insert(eni.to_owned());
+                }
                 return Err(e.kind);
             }
         };
@@ -556,6 +577,48 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         }
         tracing::info!(%eni, asked = count, added = ?added, "IPs added to the pool");
         Ok(u32::try_from(added.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Reads what EC2 holds on an ENI whose last assignment may have run unseen, and adds the
+    /// addresses the pool lacks (not those ipamd released within the grace). Returns whether
+    /// EC2 answered (only then may ipamd assign to the ENI again).
+    async fn settle(&mut self, eni: &str) -> bool {
+        let ids = [eni.to_owned()];
+        let shown = match self.ec2.describe_network_interfaces(&ids).await {
+            Ok(v) => v.into_iter().next(),
+            Err(e) if e.kind == Ec2ErrorKind::NotFound => None,
+            Err(e) => {
+                self.count_error("reconcileFailedDescribeENIs");
+                tracing::warn!(%eni, error = %e, "cannot read the ENI whose last IP assignment may have run; not assigning to it until EC2 answers");
+                return false;
+            }
+        };
+        self.uncertain.remove(eni);
+        let Some(shown) = shown else { return true };
+        let released = &self.released;
+        let added = self
+            .state
+            .with_datastore(|ds| {
+                let known: HashSet<Ipv4Addr> =
+                    ds.eni_addresses(eni).into_iter().map(|(ip, _)| ip).collect();
+                let mut added = Vec::new();
+                for ip in shown.secondary_ips() {
+                    if known.contains(&ip) || released.contains_key(&ip) {
+                        continue;
+                    }
+                    match ds.add_ip(eni, ip) {
+                        Ok(()) => added.push(ip),
+                        Err(e) => tracing::warn!(%eni, %ip, error = %e, "address EC2 shows not added to the pool"),
+                    }
+                }
+                added
+            })
+            .await;
+        if !added.is_empty() {
+            tracing::info!(%eni, added = ?added, "the assignment that seemed to fail did run in EC2; its addresses joined the pool");
+        }
+        self.count_reconciled("eniDataStorePoolReconcileAdd", added.len());
+        true
     }
 
     /// Gives addresses beyond the targets back to EC2, at most once per 30 s.
@@ -607,9 +670,27 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         released
     }
 
+    /// Retries the removal of ENIs whose removal failed before. One the pool uses by now (the
+    /// reconcile adopted it) is kept.
+    async fn retry_removals(&mut self) {
+        for id in std::mem::take(&mut self.to_remove) {
+            let in_pool = self.state.with_datastore(|ds| ds.eni(&id).is_some()).await;
+            if in_pool {
+                tracing::info!(eni = %id, "an ENI whose removal failed is in the pool now; kept");
+                continue;
+            }
+            if self.release_eni(&id).await {
+                tracing::info!(eni = %id, "ENI removed on retry");
+            } else {
+                self.to_remove.insert(id);
+            }
+        }
+    }
+
     /// One cycle: reconcile, then grow, or shrink, then free at most one ENI.
     pub async fn cycle(&mut self) {
         self.refresh_limits().await;
+        self.retry_removals().await;
         self.reconcile().await;
         let report = self.grow().await;
         if report.ips_added == 0 && !report.failed && !report.at_limit && !report.subnet_backoff {

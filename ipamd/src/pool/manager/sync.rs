@@ -133,6 +133,10 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             if self.unmanaged.contains(&md.id) {
                 continue;
             }
+            if self.to_remove.contains(&md.id) {
+                tracing::debug!(eni = %md.id, "ENI is being removed (a half-created or freed one); not adopting it");
+                continue;
+            }
             self.ensure_tags(&t).await;
             if !md.is_primary {
                 let spec = self.secondary(&md.id, md.mac, md.device_number, md.primary_ip);

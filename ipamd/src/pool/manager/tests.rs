@@ -634,6 +634,56 @@ async fn new_eni_that_never_becomes_usable_is_removed_and_a_fresh_one_is_used_la
 }
 
 #[tokio::test]
+async fn an_assignment_that_may_have_run_is_read_back_before_assigning_again() {
+    let (w, mut m) = start("t3.small", targets(0, 2, 0)).await;
+    let primary = w.ec2.primary_eni(&w.instance).id;
+    // EC2 runs the next assignment but the answer is lost (a timeout after the fact).
+    let ran = w.ec2.assign_out_of_band(&primary, 2);
+    w.ec2
+        .fail_next("AssignPrivateIpAddresses", Ec2ErrorKind::Timeout, 1);
+    let r = m.grow().await;
+    assert!(r.failed);
+    // Before assigning to that ENI again ipamd reads it back: the two addresses join the pool
+    // and nothing more is asked for, so the ENI stays within its limit.
+    let calls = w.ec2.calls("AssignPrivateIpAddresses");
+    m.grow().await;
+    assert_eq!(w.ec2.calls("AssignPrivateIpAddresses"), calls);
+    for ip in ran {
+        assert!(pool_has(&w.state, &primary, ip).await, "{ip} not adopted");
+    }
+    w.assert_within(3, 4);
+    w.assert_pool_matches_ec2(&BTreeSet::new()).await;
+}
+
+#[tokio::test]
+async fn a_half_created_eni_whose_removal_failed_is_removed_by_a_later_cycle() {
+    let (w, mut m) = start("t3.small", targets(0, 5, 0)).await;
+    let before: BTreeSet<String> = w.ec2.all_enis().into_iter().map(|e| e.id).collect();
+    w.ec2
+        .fail_next("AttachNetworkInterface", Ec2ErrorKind::Server, 1);
+    w.ec2
+        .fail_next("DeleteNetworkInterface", Ec2ErrorKind::Server, 50);
+    assert!(m.grow().await.failed);
+    let left: Vec<String> = w
+        .ec2
+        .all_enis()
+        .into_iter()
+        .map(|e| e.id)
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "the delete failed, so the ENI is still there"
+    );
+    w.ec2.heal();
+    m.cycle().await;
+    assert!(w.ec2.eni(&left[0]).is_none(), "the next cycle removed it");
+    assert_eq!(w.pool().await, (2, 5), "and grew with a fresh ENI");
+    w.assert_pool_matches_ec2(&BTreeSet::new()).await;
+}
+
+#[tokio::test]
 async fn an_attach_that_failed_after_all_is_undone() {
     let (w, mut m) = start("t3.small", targets(0, 5, 0)).await;
     let before: BTreeSet<String> = w.ec2.all_enis().into_iter().map(|e| e.id).collect();
