@@ -12,6 +12,7 @@
 mod bad_input;
 mod crash;
 mod ec2_faults;
+mod imds_faults;
 mod plugin_faults;
 
 use std::collections::{BTreeMap, BTreeSet};
