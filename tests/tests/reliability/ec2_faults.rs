@@ -321,6 +321,19 @@ fn ec2_throttling_errors_slow_answers_and_resets_keep_pods_served_and_converge()
     );
 
     // The metrics count what the proxy injected (every injected fault is one failed attempt).
+    // Every call on the wire is one the IAM policy grants (conf/iam-policy.json holds exactly
+    // ipamd::cloud::ec2::EC2_ACTIONS; security.rs checks that).
+    let stats = proxy.stats();
+    let unlisted: Vec<&String> = stats
+        .requests
+        .keys()
+        .filter(|a| !ipamd::cloud::ec2::EC2_ACTIONS.contains(&format!("ec2:{a}").as_str()))
+        .collect();
+    check!(
+        node,
+        unlisted.is_empty(),
+        "ipamd called EC2 actions the IAM policy does not grant: {unlisted:?}"
+    );
     // Throttles, 500s and late answers each fail one attempt ipamd makes and counts. (A reset
     // connection can be retried inside the HTTP client when it was a reused idle one, so
     // resets are reported, not required to match.)

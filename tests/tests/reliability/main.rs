@@ -14,6 +14,7 @@ mod crash;
 mod ec2_faults;
 mod imds_faults;
 mod plugin_faults;
+mod security;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
