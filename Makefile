@@ -9,6 +9,10 @@
 #   make image-test      image-binaries, then the tests of the staged image tree (root)
 #   make bench    static musl aws-cni + release ipamd, criterion, `cnibench run` -> BENCHMARKS.md (root)
 #   make deps     the Debian packages the tests and the demo use (apt-get, root), and moto
+#   make fuzz     cargo-fuzz targets (plugin config and CNI_ARGS parsers, checkpoint reader),
+#                 FUZZ_SECONDS (60) each; needs cargo-fuzz (make fuzz-tool)
+#   make soak     the reliability campaigns at soak size (VCNI_SOAK=1: 5000 ops, 20 kills) and
+#                 10 minutes of fuzzing per target; not part of CI (root)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -39,7 +43,7 @@ TOOLS := ip:iproute2 ping:iputils-ping sysctl:procps nsenter:util-linux iptables
 .PHONY: build cniclient test demo lint release deps check-root check-tools help bench
 
 help:
-	@sed -n '3,12p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,16p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 build: cniclient
 	$(CARGO) build --workspace --locked
@@ -157,3 +161,37 @@ image-binaries:
 
 image-test: check-root build image-binaries
 	$(CARGO) test --locked -p vpc-cni-tests --test ops -- --ignored
+
+# Fuzzing (issue 7). The fuzz crate is its own workspace (fuzz/Cargo.toml, fuzz/Cargo.lock,
+# fuzz/target), so its sanitizer build never touches the workspace's artifacts. libFuzzer's
+# flags need nightly; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. Seeds are in
+# fuzz/seeds/<target>, the growing corpus in fuzz/corpus/<target> (not committed); a crash
+# fails the target and leaves its input in fuzz/artifacts/<target>.
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := cni_config cni_args checkpoint
+
+.PHONY: fuzz fuzz-tool soak
+
+fuzz-tool:
+	command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || \
+		{ echo "error: cargo-fuzz is missing: make fuzz-tool (cargo install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked)" >&2; exit 1; }
+	cd fuzz && $(CARGO) fetch --locked
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build
+	@cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$t; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 \
+			> target/fuzz-$$t.log 2>&1 || { tail -n 40 target/fuzz-$$t.log >&2; \
+			echo "error: fuzz target $$t failed (input in fuzz/artifacts/$$t)" >&2; exit 1; }; \
+		echo "fuzz $$t: $$(grep -o 'Done [0-9]* runs in [0-9]* second(s)' target/fuzz-$$t.log), no crash"; \
+	done
+
+# The reliability campaigns with bigger numbers (crash: 5000 operations and 20 kills; longer
+# sustained throttling), then the fuzz targets for 10 minutes each. Takes about an hour.
+soak: check-root check-tools build
+	VCNI_SOAK=1 $(CARGO) test --locked -p vpc-cni-tests --test reliability -- --nocapture
+	$(MAKE) fuzz FUZZ_SECONDS=600
