@@ -67,7 +67,7 @@ pub fn watch_moto(
                 }
                 for e in &enis {
                     if e.tags.get(tags::INSTANCE_ID).map(String::as_str) == Some(instance.as_str())
-                        && !e.attachment.as_ref().is_some_and(|a| a.device_index == 0)
+                        && e.attachment.as_ref().is_none_or(|a| a.device_index != 0)
                     {
                         w.created.insert(e.id.clone());
                     }

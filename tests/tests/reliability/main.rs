@@ -27,7 +27,8 @@ use serde_json::Value;
 #[macro_export]
 macro_rules! check {
     ($node:expr, $cond:expr, $($arg:tt)+) => {
-        if !$cond {
+        if $cond {
+        } else {
             panic!("{}\n{}", format!($($arg)+), $node.diag());
         }
     };

@@ -423,10 +423,12 @@ const DEL_PHASES: [&str; 5] = [
 
 #[test]
 fn plugin_killed_between_any_two_steps_then_del_leaves_nothing() {
-    assert!(
-        aws_cni::timing::ABORT_HOOK_COMPILED,
-        "the plugin library was built without its test hook (feature test-hooks, debug build)"
-    );
+    const {
+        assert!(
+            aws_cni::timing::ABORT_HOOK_COMPILED,
+            "the plugin library was built without its test hook (feature test-hooks, debug build)"
+        );
+    }
     let node = node();
     let conf = conf(&node, "1.0.0");
     let clean = ok(&node, node.host_state());
