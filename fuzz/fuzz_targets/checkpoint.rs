@@ -35,7 +35,11 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     // A datastore whose ENIs hold every IPv4 address the checkpoint names (within a /16).
-    let mut ds = Datastore::new(Duration::from_secs(30), Arc::new(ManualClock::new()), "fuzz");
+    let mut ds = Datastore::new(
+        Duration::from_secs(30),
+        Arc::new(ManualClock::new()),
+        "fuzz",
+    );
     let subnet: ipnet::Ipv4Net = "10.0.0.0/16".parse().unwrap();
     let _ = ds.add_eni(EniSpec {
         id: "eni-fuzz".into(),
@@ -69,6 +73,10 @@ fuzz_target!(|data: &[u8]| {
     let bytes = serde_json::to_vec(&again).unwrap();
     let back = decode(path, &bytes).unwrap();
     assert_eq!(back, again);
-    let ips: BTreeSet<Ipv4Addr> = back.allocations.iter().filter_map(|a| a.ipv4_addr()).collect();
+    let ips: BTreeSet<Ipv4Addr> = back
+        .allocations
+        .iter()
+        .filter_map(|a| a.ipv4_addr())
+        .collect();
     assert_eq!(ips, restored);
 });

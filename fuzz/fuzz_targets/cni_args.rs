@@ -18,9 +18,14 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     match CniArgs::parse(&text) {
         Ok(args) => {
-            for v in [&args.pod_name, &args.pod_namespace, &args.infra_container_id, &args.pod_uid]
-                .into_iter()
-                .flatten()
+            for v in [
+                &args.pod_name,
+                &args.pod_namespace,
+                &args.infra_container_id,
+                &args.pod_uid,
+            ]
+            .into_iter()
+            .flatten()
             {
                 assert!(v.len() <= 253 && !v.chars().any(char::is_control));
             }
