@@ -24,7 +24,7 @@ use crate::state::IpamState;
 /// How old an assignment without a veth must be before it is released.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 /// How often the sweep runs.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The assignments of `assignments` whose pod has no host veth among `links` and that were made
 /// at least `grace` before `now`.
