@@ -118,7 +118,7 @@ bench: check-root check-tools image-binaries
 		--criterion-dir $(TARGET_DIR)/criterion \
 		--json $(TARGET_DIR)/bench/results.json \
 		--out BENCHMARKS.md \
-		--command "make bench $(BENCH_ARGS)" $(BENCH_ARGS)
+		--command "$(strip make bench $(BENCH_ARGS))" $(BENCH_ARGS)
 
 deps: check-root
 	apt-get update -qq

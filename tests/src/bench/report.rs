@@ -10,6 +10,12 @@ use super::latency::{OpSamples, Round};
 use super::plugins::Flavor;
 use super::stats::{Summary, median_ns, ns_to_ms, ratio};
 
+/// A path relative to the workspace when it is inside it (reports are read in the repository).
+fn shown(path: &std::path::Path) -> String {
+    let ws = crate::bins::workspace_dir();
+    path.strip_prefix(&ws).unwrap_or(path).display().to_string()
+}
+
 /// A duration given in ns, in the unit that keeps it readable.
 fn duration_text(ns: f64) -> String {
     if ns < 10_000.0 {
@@ -483,7 +489,7 @@ pub fn markdown(res: &BenchResults) -> String {
         |b| {
             format!(
                 "`{}`, {} MiB, {}",
-                b.path.display(),
+                shown(&b.path),
                 f2(mib(b.bytes / 1024)),
                 match b.static_binary {
                     Some(true) => "statically linked",
@@ -907,7 +913,7 @@ pub fn markdown(res: &BenchResults) -> String {
                 Some(false) => "dynamic",
                 None => "–",
             },
-            b.path.display()
+            shown(&b.path)
         );
     }
     let size_of = |prefix: &str| {
@@ -1001,7 +1007,7 @@ pub fn markdown(res: &BenchResults) -> String {
             let _ = writeln!(
                 w,
                 "No Docker engine runs on the benchmark machine, so the image is estimated from the final stage of `{}`: base `{}` plus the files it copies in, measured here: **{} MiB**{}.\n",
-                img.dockerfile.display(),
+                shown(&img.dockerfile),
                 img.base,
                 f2(mib(img.bytes / 1024)),
                 if img.base == "scratch" {
@@ -1039,7 +1045,7 @@ pub fn markdown(res: &BenchResults) -> String {
 /// What earlier runs of this benchmark led to (before/after figures of those runs, each
 /// measured against ptp in its own run).
 const HISTORY: &str = r"
-- **ADD: no dump of every host link.** The first breakdown showed `host_links_dump` (a dump of all host links, to find a stale veth of the pod's name and to keep the new MAC unique among them) taking 6.1 ms of a 10.6 ms median ADD with 200 pods on the node, 58 %, and growing with the pods. It is now one lookup by name (43 µs); the MAC only has to differ from its peer's, since every veth is its own link. Two runs of N = 200 on the same (busy) machine, before → after: ADD median at concurrency 1 10.1 → 3.95 ms (1.02× → 0.35× ptp), at concurrency 8 41.4 → 14.8 ms (0.62× → 0.20× ptp), p99 at concurrency 8 114 → 30.8 ms; ADD+DEL throughput at concurrency 8 2.76× → 2.95× ptp.
+- **ADD: no dump of every host link.** The first breakdown showed `host_links_dump` (a dump of all host links, to find a stale veth of the pod's name and to keep the new MAC unique among them) taking 6.1 ms of a 10.6 ms median ADD with 200 pods on the node, 58 %, and growing with the pods. It is now one lookup by name (43 µs); the MAC only has to differ from its peer's, since every veth is its own link. Two runs of N = 200 on the same machine while other work ran on it (so compare the ratios to ptp, measured in each run), before → after: ADD median at concurrency 1 10.1 → 3.95 ms (1.02× → 0.35× ptp), at concurrency 8 41.4 → 14.8 ms (0.62× → 0.20× ptp), p99 at concurrency 8 114 → 30.8 ms.
 - **DEL: rules deleted by value.** A pod's rules 512 and 1536 are deleted by priority and address in any table (the kernel matches a delete on the attributes it carries), instead of being searched in a dump of every rule, which grows by two per pod.
 - **Static musl plugin.** `make bench` measures the binary the image ships, built for `x86_64-unknown-linux-musl`; the exec floor table compares it with the glibc build in the same run.
 ";
@@ -1048,7 +1054,7 @@ const HISTORY: &str = r"
 const NOTES: &str = r"
 - **Where it runs.** A simulated EC2 node (network namespaces, the project's IMDS emulator, ipamd in instance-metadata-only mode with a warm pool and `IP_COOLDOWN_PERIOD=0`, its checkpoint on tmpfs as `/var/run` is on a real node). Both plugins are exec'd by worker threads that entered the node's namespace, so the node is their host namespace; nothing runs in or changes the machine's root namespace. ptp's IPAM store is on tmpfs too.
 - **Alternation.** In every repetition the two plugins run back to back at each concurrency, in alternating order, so machine noise hits both; other% is the CPU other processes (and kernel workers, e.g. those finishing namespace deletions) used during the round.
-- **DEL.** Both plugins delete the pod's veth pair, which the kernel does synchronously (unregistering a netdevice waits for RCU grace periods before the request returns): that is most of either plugin's DEL. The reference aws-cni does not delete the veth; it removes the routes and rules and leaves the veth to the runtime's removal of the pod namespace, which happens asynchronously. Doing the same would take the veth deletion out of DEL's latency; it is a behaviour change (contract and tests), not made here.
+- **DEL.** Both plugins delete the pod's veth pair, which the kernel does synchronously (unregistering a netdevice waits for RCU grace periods before the request returns, so its time comes in steps of the kernel's tick: 16, 20, 24 ms here): that is most of either plugin's DEL. The reference aws-cni does not delete the veth; it removes the routes and rules and leaves the veth to the runtime's removal of the pod namespace, which happens asynchronously. Doing the same would take the veth deletion out of DEL's latency; it is a behaviour change (contract and tests), not made here.
 - **Static plugin.** A static musl binary starts without the dynamic loader (no shared-library lookup, mapping and relocation), which is most of the exec cost a glibc build pays; it is also what the image ships.
 - **ipamd's memory after a start with many pods.** The heap left after start-up grows with the host links on the node, not with the checkpoint: in a one-off trial, a start with an empty checkpoint but the same 250 pod veths present kept 10.4 MiB of heap, as much as one that restored the 250 pods (7–11 MiB between trials), against 2.9 MiB with 250 pods assigned at run time. Start-up reads every host link with all its attributes (statistics, per-device IPv6 settings: kilobytes per veth) to find the pods' veths, and the allocator keeps what that took. Asking the kernel for less (RTEXT_FILTER_SKIP_STATS, names only) or trimming the heap after start-up would likely bring the 250-pod figure under the 20 MiB target; that is ipamd's code, left to its owner. The binary's own pages in use (RssFile, ≈ 11 MiB of a 16 MiB binary) are the larger, fixed share.
 - **Timing instrumentation.** The plugin always records its phase marks (a `clock_gettime` per phase); it writes them only at `pluginLogLevel` DEBUG (one `phases` line) or with `AWS_CNI_TIMING=<absolute path>` (one JSON line per call, used for section 2 only).
