@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! kernel-floor add  <pod-netns> <ip> <host-veth> <table>   one pod's ADD (exec'd per pod, timed by the caller)
-//! kernel-floor del  <pod-netns> <ip> <host-veth> <table>   its DEL: rules 512/1536, then the veth
+//! kernel-floor del  <pod-netns> <ip> <host-veth> <table>   its DEL: host route, rules 512/1536, pod address
 //! kernel-floor loop <ip-base> <table> <pod-netns>...       ADD then DEL of every namespace in one process,
 //!                                                          printing per-operation durations (µs) as JSON:
 //!                                                          {"add":[["veth_create",[µs,…]],…],"del":[…]}
@@ -17,8 +17,9 @@
 //! up, eth0's index, `<ip>/32` on eth0, `169.254.1.1/32 scope link`, `default via 169.254.1.1
 //! onlink`, PERMANENT neighbour 169.254.1.1 → host veth MAC; on the host `<ip>/32 dev
 //! <host-veth> scope link`, rule 512 `to <ip> lookup main` and, when `table` is not 254, rule
-//! 1536 `from <ip> lookup <table>`. DEL removes both rules by value and deletes the host veth
-//! (which removes its peer and the host route with it).
+//! 1536 `from <ip> lookup <table>`. DEL removes the host route and both rules by value and
+//! `<ip>/32` from eth0, and leaves the veth pair to the removal of the pod namespace, as the
+//! plugin does.
 //!
 //! Run it inside a namespace that stands for the node (never the machine's root namespace):
 //! `ip netns exec <node> kernel-floor add /run/netns/<pod> 10.0.0.5 flr0000000001 2`.
@@ -31,7 +32,9 @@ use std::time::Instant;
 
 use futures::TryStreamExt;
 use nix::sched::{CloneFlags, setns};
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::packet_route::rule::RuleAction;
@@ -208,11 +211,25 @@ async fn add(c: &Conns, host_ns: &File, ip: Ipv4Addr, host_veth: &str, table: u3
     Ok(ops)
 }
 
-async fn del(host: &Handle, ip: Ipv4Addr, host_veth: &str, table: u32) -> Res<Ops> {
+async fn del(c: &Conns, ip: Ipv4Addr, table: u32) -> Res<Ops> {
     let mut ops = Ops::new();
     let mut t = Instant::now();
+    // The kernel matches a route delete on the attributes it carries: dst/32, scope link, in
+    // main (as added).
+    let host_route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(ip, 32)
+        .scope(RouteScope::Link)
+        .build();
+    c.host
+        .route()
+        .del(host_route)
+        .execute()
+        .await
+        .map_err(|e| format!("delete host route {ip}/32: {e}"))?;
+    timed(&mut ops, "host_route_del", &mut t);
     let mut rules = vec![
-        host.rule()
+        c.host
+            .rule()
             .add()
             .v4()
             .priority(512)
@@ -222,7 +239,8 @@ async fn del(host: &Handle, ip: Ipv4Addr, host_veth: &str, table: u32) -> Res<Op
     ];
     if table != MAIN_TABLE {
         rules.push(
-            host.rule()
+            c.host
+                .rule()
                 .add()
                 .v4()
                 .priority(1536)
@@ -233,22 +251,30 @@ async fn del(host: &Handle, ip: Ipv4Addr, host_veth: &str, table: u32) -> Res<Op
     }
     for mut r in rules {
         let msg = r.message_mut().clone();
-        host.rule()
+        c.host
+            .rule()
             .del(msg)
             .execute()
             .await
             .map_err(|e| format!("delete rule for {ip}: {e}"))?;
     }
     timed(&mut ops, "host_rules_del", &mut t);
-    let by_name = LinkMessageBuilder::<LinkUnspec>::new()
-        .append_extra_attribute(LinkAttribute::IfName(host_veth.to_string()))
-        .build();
-    host.link()
-        .del_with_message(by_name)
+    let pod_idx = index_of(&c.pod, "eth0").await?;
+    let mut addr = AddressMessage::default();
+    addr.header.family = AddressFamily::Inet;
+    addr.header.prefix_len = 32;
+    addr.header.index = pod_idx;
+    addr.attributes
+        .push(AddressAttribute::Local(IpAddr::V4(ip)));
+    addr.attributes
+        .push(AddressAttribute::Address(IpAddr::V4(ip)));
+    c.pod
+        .address()
+        .del(addr)
         .execute()
         .await
-        .map_err(|e| format!("delete {host_veth}: {e}"))?;
-    timed(&mut ops, "veth_del", &mut t);
+        .map_err(|e| format!("delete {ip}/32 from eth0: {e}"))?;
+    timed(&mut ops, "pod_addr_del", &mut t);
     Ok(ops)
 }
 
@@ -308,13 +334,14 @@ async fn run(args: &[String]) -> Res<Option<String>> {
                 return Err(format!("host veth name {veth:?} must be 1..=15 bytes"));
             }
             let host = connection_in(&home, &home, "the node namespace")?;
-            if cmd == "del" {
-                del(&host, ip, veth, table).await?;
-                return Ok(None);
-            }
             let pod_ns = open_ns(netns)?;
             let pod = connection_in(&pod_ns, &home, netns)?;
-            add(&Conns { host, pod }, &home, ip, veth, table).await?;
+            let c = Conns { host, pod };
+            if cmd == "del" {
+                del(&c, ip, table).await?;
+            } else {
+                add(&c, &home, ip, veth, table).await?;
+            }
             Ok(None)
         }
         [cmd, base, table, netns @ ..] if cmd == "loop" && !netns.is_empty() => {
@@ -340,11 +367,11 @@ async fn run(args: &[String]) -> Res<Option<String>> {
                 };
                 ops.extend(add(&c, &home, ip, &veth, table).await?);
                 adds.push(ops);
-                pods.push((ip, veth));
+                pods.push((ip, c));
             }
             let mut dels = Vec::new();
-            for (ip, veth) in &pods {
-                dels.push(del(&host, *ip, veth, table).await?);
+            for (ip, c) in &pods {
+                dels.push(del(c, *ip, table).await?);
             }
             let mut out = String::from("{\"add\":");
             json_ops(&mut out, &adds);

@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use futures::TryStreamExt;
 use nix::errno::Errno;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -259,6 +259,20 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
     s
 }
 
+/// Parses `aa:bb:cc:dd:ee:ff` (either case); `None` for anything else.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// A netlink connection bound to one network namespace.
 #[derive(Debug)]
 pub struct Netlink {
@@ -410,6 +424,39 @@ impl Netlink {
                 "add address {ip}/{prefix} to {name} in {}",
                 self.netns
             )))
+    }
+
+    /// Deletes `ip/prefix` from a link; `Ok(false)` if it was not there.
+    pub async fn del_address(
+        &self,
+        index: u32,
+        name: &str,
+        ip: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<bool, NetlinkError> {
+        // The kernel matches a delete on IFA_LOCAL and, with IFA_ADDRESS, on the prefix
+        // (`inet_rtm_deladdr`); no dump is needed.
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = prefix;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(ip)));
+        match self
+            .handle
+            .address()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(req(format!(
+                "delete address {ip}/{prefix} from {name} in {}",
+                self.netns
+            ))) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is(&GONE) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The IPv4 addresses (with prefix lengths) on a link.
@@ -677,6 +724,29 @@ impl Netlink {
             Ok(()) => Ok(true),
             Err(e) if e.is(&GONE) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_back_from_their_text() {
+        let mac = [0x02, 0xab, 0x00, 0x10, 0xfe, 0x7f];
+        assert_eq!(parse_mac(&format_mac(&mac)), Some(mac));
+        assert_eq!(parse_mac("02:AB:00:10:FE:7F"), Some(mac));
+        for bad in [
+            "",
+            "02:ab:00:10:fe",
+            "02:ab:00:10:fe:7f:00",
+            "02:ab:00:10:fe:7",
+            "02-ab-00-10-fe-7f",
+            "02:ab:00:10:fe:zz",
+            "2:ab:00:10:fe:7f0",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
         }
     }
 }

@@ -13,9 +13,9 @@ use crate::cni::error::CniError;
 use crate::cni::result::AddResult;
 use crate::cni::version::{CniVersion, version_reply};
 use crate::ipamd_client::{IpamdClient, IpamdError, REASON_POD_DELETED, REASON_SETUP_FAILED, rpc};
-use crate::netlink::{MAIN_TABLE, Netlink, NetlinkError, format_mac};
+use crate::netlink::{MAIN_TABLE, Netlink, NetlinkError, format_mac, parse_mac};
 use crate::netns::{Netns, NetnsError};
-use crate::pod_network::{self, PodNetworkError, PodSpec, host_veth_name};
+use crate::pod_network::{self, HostVethRef, PodNetworkError, PodSpec, host_veth_name};
 use crate::timing;
 
 /// What an invocation produced.
@@ -432,13 +432,29 @@ fn check_request(network: &str, a: &Attachment) -> rpc::CheckNetworkRequest {
 async fn del(conf: &NetConf, a: &Attachment) -> Result<(), CniError> {
     let network = conf.network_name()?;
     let (pod_namespace, pod_name) = pod_identity(a);
-    let mut veths = vec![host_veth_name(&conf.veth_prefix, &pod_namespace, &pod_name)];
+    let mut veths = vec![HostVethRef {
+        name: host_veth_name(&conf.veth_prefix, &pod_namespace, &pod_name),
+        mac: None,
+    }];
     let mut ips: Vec<Ipv4Addr> = Vec::new();
+    let mut container_mac = None;
     if let Some(prev) = &conf.prev_result {
         ips = prev.pod_ipv4s(&a.ifname);
-        for name in prev.host_interface_names() {
-            if name.starts_with(&conf.veth_prefix) && !veths.iter().any(|v| v == name) {
-                veths.push(name.to_string());
+        container_mac = prev
+            .container_interface(&a.ifname)
+            .and_then(|i| i.mac.as_deref())
+            .and_then(parse_mac);
+        for i in prev.host_interfaces() {
+            if !i.name.starts_with(&conf.veth_prefix) {
+                continue;
+            }
+            let mac = i.mac.as_deref().and_then(parse_mac);
+            match veths.iter_mut().find(|v| v.name == i.name) {
+                Some(v) => v.mac = v.mac.or(mac),
+                None => veths.push(HostVethRef {
+                    name: i.name.clone(),
+                    mac,
+                }),
             }
         }
     }
@@ -491,19 +507,25 @@ async fn del(conf: &NetConf, a: &Attachment) -> Result<(), CniError> {
 
     let host = Netlink::current().map_err(netlink_error)?;
     timing::mark("netlink_open");
-    let host_errors = pod_network::teardown_host(&host, &ips, &veths).await;
-    let mut errors = host_errors.clone();
-    if let Some(ns) = &pod_ns {
+    // The host's routing state of the pod first, then its addresses in the pod; the veth pair
+    // stays for the runtime's removal of the namespace (docs/contracts.md, DEL).
+    let mut errors = pod_network::teardown_host(&host, &ips, &veths).await;
+    if let Some(ns) = &pod_ns
+        && !ips.is_empty()
+    {
         match Netlink::in_netns(ns) {
-            Ok(pod) => errors.extend(pod_network::teardown_pod(&pod, &a.ifname).await),
+            Ok(pod) => {
+                errors.extend(pod_network::teardown_pod(&pod, &a.ifname, &ips, container_mac).await)
+            }
             Err(e) => info!(error = %e, "pod namespace not enterable; pod side skipped"),
         }
-        timing::mark("pod_teardown");
+        timing::mark("pod_addr_del");
     }
 
-    // Release only once the host no longer routes the address: a pod that gets it next
-    // (IP_COOLDOWN_PERIOD=0) must never have its fresh rules removed by this DEL.
-    if host_errors.is_empty() {
+    // Release only once the host no longer routes the address and the pod no longer holds it:
+    // a pod that gets it next (IP_COOLDOWN_PERIOD=0) must never have its fresh rules removed
+    // by this DEL, nor share the address with this sandbox.
+    if errors.is_empty() {
         if let Some(client) = ipamd.as_mut() {
             match client
                 .del_network(del_request(
@@ -538,7 +560,8 @@ async fn del(conf: &NetConf, a: &Attachment) -> Result<(), CniError> {
             }
         }
     } else {
-        errors.push("the address was not released to ipamd because host cleanup failed".into());
+        errors
+            .push("the address was not released to ipamd because the pod's cleanup failed".into());
     }
 
     if errors.is_empty() {

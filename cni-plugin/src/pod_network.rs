@@ -12,7 +12,7 @@ use rtnetlink::packet_route::route::RouteScope;
 use sha1::{Digest, Sha1};
 
 use crate::cni::result::POD_GATEWAY;
-use crate::netlink::{MAIN_TABLE, Netlink, NetlinkError, RuleSpec, format_mac};
+use crate::netlink::{Link, MAIN_TABLE, Netlink, NetlinkError, RuleSpec, format_mac};
 use crate::netns::Netns;
 use crate::timing;
 
@@ -289,32 +289,53 @@ pub async fn delete_rules_for(host: &Netlink, ips: &[Ipv4Addr]) -> Vec<String> {
     errors
 }
 
-/// Host-side teardown for DEL: the pod's rules, its /32 routes in main, and the named host veth
-/// when one of those routes points at it. Returns every failure; missing objects are fine.
+/// A host veth DEL may clean up after: its name and, when the cached result recorded it, its
+/// MAC (every ADD gives its veth a fresh random MAC, so the MAC tells the veth of this sandbox
+/// from that of a later sandbox of the same pod, which has the same name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostVethRef {
+    /// The link name.
+    pub name: String,
+    /// The MAC ADD gave it, when known.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Host-side teardown for DEL: for each of the pod's addresses its `/32` route in main and its
+/// rules 512/1536. Returns every failure; missing objects are fine.
 ///
-/// A veth is only deleted when it carries one of the pod's addresses: a pod re-created under the
-/// same name has a host veth of the same name, and a late DEL of the old sandbox must not cut the
-/// new pod off. When the old pod's namespace is gone its veth went with it, and when it still
-/// exists the pod-side teardown removes the pair. Likewise the rules of an address are kept when
-/// its route leads to another pod's veth: a DEL repeated after the address went to a new pod must
-/// not cut that pod off.
-pub async fn teardown_host(host: &Netlink, ips: &[Ipv4Addr], veths: &[String]) -> Vec<String> {
+/// The veth itself stays: the runtime removes the pod's network namespace right after DEL and
+/// the kernel frees the pair with it, in its batched namespace cleanup, as with the reference
+/// (vpc-cni.md §2.3 step 5). Deleting it here would cost DEL the kernel's synchronous
+/// unregistration (RCU grace periods, ~16 ms) for nothing.
+///
+/// A route is only removed when it leads to one of the pod's host veths (by name and, when
+/// the cached result has it, MAC) or to no link at all; an address routed to another link
+/// belongs to another pod by now (a DEL repeated after the address was released and reused, or
+/// a late DEL of an old sandbox of a pod re-created under the same name), and its route and
+/// rules are that pod's and are kept.
+pub async fn teardown_host(host: &Netlink, ips: &[Ipv4Addr], veths: &[HostVethRef]) -> Vec<String> {
     let mut errors = Vec::new();
     if ips.is_empty() {
         timing::mark("host_rules_del");
         return errors;
     }
-    let mut veth_links = Vec::new();
-    for name in veths {
-        match host.link_by_name(name).await {
-            Ok(Some(l)) => veth_links.push(l),
+    let mut ours: Vec<Link> = Vec::new();
+    for v in veths {
+        match host.link_by_name(&v.name).await {
+            Ok(Some(l)) if v.mac.is_none_or(|m| l.mac == Some(m)) => {
+                if !ours.iter().any(|o| o.index == l.index) {
+                    ours.push(l);
+                }
+            }
+            Ok(Some(l)) => {
+                tracing::info!(veth = %l.name, "host veth has another MAC than the cached result: it belongs to a later sandbox of the pod and is left alone");
+            }
             Ok(None) => {}
             Err(e) => errors.push(e.to_string()),
         }
     }
-    let mut ours = Vec::new();
-    // Addresses routed to a link that is not this pod's: another pod holds them by now (a DEL
-    // repeated after the address was released and reused). Their rules are that pod's.
+    // Addresses routed to a link that is not this pod's: another pod holds them by now. Their
+    // rules are that pod's.
     let mut foreign: Vec<Ipv4Addr> = Vec::new();
     let routes = match host.routes().await {
         Ok(routes) => routes,
@@ -329,27 +350,14 @@ pub async fn teardown_host(host: &Netlink, ips: &[Ipv4Addr], veths: &[String]) -
         .iter()
         .filter(|r| r.table == MAIN_TABLE && r.prefix_len == 32 && ips.contains(&r.dst))
     {
-        match r.oif {
-            Some(oif) => match veth_links.iter().find(|l| l.index == oif) {
-                // Deleting the veth removes the route with it.
-                Some(l) => {
-                    if !ours
-                        .iter()
-                        .any(|o: &&crate::netlink::Link| o.index == l.index)
-                    {
-                        ours.push(l);
-                    }
-                }
-                None => {
-                    tracing::warn!(ip = %r.dst, oif, "the address routes to another link (another pod holds it now); its route and rules are kept");
-                    foreign.push(r.dst);
-                }
-            },
-            None => {
-                if let Err(e) = host.del_route(r).await {
-                    errors.push(e.to_string());
-                }
+        let mine = r.oif.is_none_or(|oif| ours.iter().any(|l| l.index == oif));
+        if mine {
+            if let Err(e) = host.del_route(r).await {
+                errors.push(e.to_string());
             }
+        } else {
+            tracing::warn!(ip = %r.dst, oif = ?r.oif, "the address routes to another link (another pod holds it now); its route and rules are kept");
+            foreign.push(r.dst);
         }
     }
     timing::mark("host_links_routes");
@@ -360,18 +368,6 @@ pub async fn teardown_host(host: &Netlink, ips: &[Ipv4Addr], veths: &[String]) -
         .collect();
     errors.extend(delete_rules_for(host, &mine).await);
     timing::mark("host_rules_del");
-    for l in veth_links
-        .iter()
-        .filter(|l| !ours.iter().any(|o| o.index == l.index))
-    {
-        tracing::info!(veth = %l.name, "host veth carries none of the pod's addresses; left to its owner");
-    }
-    for l in ours {
-        if let Err(e) = host.del_link(l.index, &l.name).await {
-            errors.push(e.to_string());
-        }
-    }
-    timing::mark("veth_del");
     errors
 }
 
@@ -413,16 +409,37 @@ pub async fn teardown_released(host: &Netlink, ips: &[Ipv4Addr]) -> Vec<String> 
     errors
 }
 
-/// Pod-side teardown: deletes `ifname` (usually already gone with its host peer).
-pub async fn teardown_pod(pod: &Netlink, ifname: &str) -> Vec<String> {
-    match pod.link_by_name(ifname).await {
-        Ok(Some(l)) => match pod.del_link(l.index, ifname).await {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![e.to_string()],
-        },
-        Ok(None) => Vec::new(),
-        Err(e) => vec![e.to_string()],
+/// Pod-side teardown for DEL: removes the pod's addresses from `ifname` and leaves the
+/// interface (it goes with the namespace, which the runtime removes after DEL). With its
+/// addresses gone the kernel also drops the interface's routes and neighbours, so a sandbox
+/// whose namespace outlives the DEL (`podman network disconnect`) can no longer use an address
+/// ipamd may give to another pod. `mac` is the interface's MAC from the cached result: an
+/// interface of that name with another MAC was made by someone else and is left alone.
+pub async fn teardown_pod(
+    pod: &Netlink,
+    ifname: &str,
+    ips: &[Ipv4Addr],
+    mac: Option<[u8; 6]>,
+) -> Vec<String> {
+    if ips.is_empty() {
+        return Vec::new();
     }
+    let link = match pod.link_by_name(ifname).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return Vec::new(),
+        Err(e) => return vec![e.to_string()],
+    };
+    if mac.is_some_and(|m| link.mac != Some(m)) {
+        tracing::info!(%ifname, "the pod's interface has another MAC than the cached result; left alone");
+        return Vec::new();
+    }
+    let mut errors = Vec::new();
+    for &ip in ips {
+        if let Err(e) = pod.del_address(link.index, ifname, ip, 32).await {
+            errors.push(e.to_string());
+        }
+    }
+    errors
 }
 
 /// Verifies the data plane ADD made. Returns the list of differences (empty = all good); an

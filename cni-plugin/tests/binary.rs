@@ -214,7 +214,11 @@ fn del_without_ipamd_cleans_up_from_prev_result() {
         "netns",
         &f.pod.name,
     ]);
-    f.host.ip(&["link", "set", &veth, "up"]);
+    f.host
+        .ip(&["link", "set", &veth, "address", "02:00:00:00:00:01", "up"]);
+    f.pod
+        .ip(&["link", "set", "eth0", "address", "02:00:00:00:00:02", "up"]);
+    f.pod.ip(&["addr", "add", "10.0.2.20/32", "dev", "eth0"]);
     f.host.ip(&[
         "route",
         "add",
@@ -268,8 +272,14 @@ fn del_without_ipamd_cleans_up_from_prev_result() {
     let r = f.run(&env, &c);
     r.assert_ok();
     assert_eq!(r.stdout, "", "DEL prints nothing");
-    assert!(f.host.link(&veth).is_none());
-    assert!(f.pod.link("eth0").is_none());
+    // The pod's routing state and address are gone; the pair waits for the netns removal.
+    assert!(f.host.link(&veth).is_some());
+    assert!(f.pod.link("eth0").is_some());
+    assert!(
+        f.pod.addresses("eth0").is_empty(),
+        "{:?}",
+        f.pod.addresses("eth0")
+    );
     assert!(f.host.pod_rules("10.0.2.20".parse().unwrap()).is_empty());
     assert_eq!(
         f.host.pod_rules("10.0.2.21".parse().unwrap()).len(),

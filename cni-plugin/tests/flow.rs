@@ -122,14 +122,28 @@ fn add_check_del_cycle_against_ipamd() {
         r.msg()
     );
 
-    // DEL removes everything, and released the address only after the rules were gone.
+    // DEL removes the pod's routing state and its address, and released the address only
+    // after the rules were gone; the veth pair is left to the removal of the namespace.
     let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod.path()), &args("web-0"));
     let r = node.exec(&del_env, &node.with_prev("1.0.0", &result));
     r.assert_ok();
-    assert!(node.host.link(&veth).is_none());
-    assert!(pod.link("eth0").is_none());
     assert!(node.host.pod_rules(ip("10.0.2.20")).is_empty());
     assert!(node.host.routes().iter().all(|r| r["dst"] != "10.0.2.20"));
+    assert_eq!(
+        node.host.link(&veth).map(|l| l["address"].clone()),
+        Some(json!(host_mac)),
+        "the host veth stays until the namespace goes"
+    );
+    assert_eq!(
+        pod.link("eth0").map(|l| l["address"].clone()),
+        Some(json!(pod_mac))
+    );
+    assert!(
+        pod.addresses("eth0").is_empty(),
+        "{:?}",
+        pod.addresses("eth0")
+    );
+    assert!(!node.host.ping("10.0.2.20"), "node -> deleted pod");
     node.ipamd.with(|s| {
         assert_eq!(s.rules_at_release, vec![(ip("10.0.2.20"), 0)]);
         assert_eq!(s.del_requests[0].reason, "PodDeleted");
@@ -142,6 +156,18 @@ fn add_check_del_cycle_against_ipamd() {
         .assert_ok();
     let r = node.exec(&check_env, &node.with_prev("1.0.0", &result));
     assert_eq!(r.code(), 101, "{}", r.stdout);
+
+    // The runtime removes the namespace: the kernel frees the pair; a DEL after that succeeds.
+    let path = pod.path();
+    drop(pod);
+    assert!(
+        node.host.wait_link_gone(&veth),
+        "veth outlived its namespace"
+    );
+    let del_env = cni_env("DEL", "cid-a", "eth0", Some(&path), &args("web-0"));
+    node.exec(&del_env, &node.with_prev("1.0.0", &result))
+        .assert_ok();
+    assert_eq!(node.ipamd.with(|s| s.del_requests.len()), 3);
 }
 
 #[test]
@@ -187,7 +213,18 @@ fn results_follow_the_request_version() {
     node.exec(&del_env, &node.with_prev("0.4.0", &prev))
         .assert_ok();
     assert!(node.host.pod_rules(ip("10.0.2.30")).is_empty());
-    assert!(pod_a.link("eth0").is_none());
+    assert!(pod_a.addresses("eth0").is_empty());
+
+    // A namespace that outlives its DEL (`podman network disconnect`) keeps its eth0, so an
+    // ADD of the same interface there is refused, as the spec and the reference have it.
+    let again = node.add("0.4.0", "cid-a2", &pod_a, "a");
+    assert_eq!(again.code(), 121);
+    assert!(
+        again.msg().contains("eth0 already exists"),
+        "{}",
+        again.msg()
+    );
+    assert_eq!(node.ipamd.with(|s| s.add_requests.len()), 2);
 }
 
 #[test]
@@ -239,10 +276,20 @@ fn del_without_prev_result_asks_ipamd() {
     let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod.path()), &args("web-0"));
     node.exec(&del_env, &node.conf("1.0.0")).assert_ok();
     assert!(node.host.pod_rules(ip("10.0.2.60")).is_empty());
+    assert!(node.host.routes().iter().all(|r| r["dst"] != "10.0.2.60"));
+    assert!(pod.addresses("eth0").is_empty());
     let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
-    assert!(node.host.link(&veth).is_none());
+    assert!(
+        node.host.link(&veth).is_some(),
+        "the veth goes with the netns"
+    );
     node.ipamd
         .with(|s| assert_eq!(s.rules_at_release, vec![(ip("10.0.2.60"), 0)]));
+    drop(pod);
+    assert!(
+        node.host.wait_link_gone(&veth),
+        "veth outlived its namespace"
+    );
 }
 
 #[test]

@@ -9,7 +9,9 @@ use std::net::Ipv4Addr;
 
 use aws_cni::netlink::{Netlink, format_mac};
 use aws_cni::netns::Netns;
-use aws_cni::pod_network::{self, PodNetworkError, PodSpec, SetupOutcome, host_veth_name};
+use aws_cni::pod_network::{
+    self, HostVethRef, PodNetworkError, PodSpec, SetupOutcome, host_veth_name,
+};
 use common::{TestNetns, in_netns, runtime};
 use serde_json::Value;
 
@@ -93,16 +95,30 @@ fn check(host: &TestNetns, pod_ns: &TestNetns, pod: &Pod) -> Vec<String> {
 
 /// DEL's teardown: host side, then the pod side when the namespace still exists.
 fn teardown(host: &TestNetns, pod_path: Option<String>, pod: &Pod) -> Vec<String> {
+    teardown_with_mac(host, pod_path, pod, None)
+}
+
+/// DEL's teardown with the host veth's MAC from the cached result.
+fn teardown_with_mac(
+    host: &TestNetns,
+    pod_path: Option<String>,
+    pod: &Pod,
+    host_mac: Option<[u8; 6]>,
+) -> Vec<String> {
     let (ip, veth, ifname) = (pod.ip, pod.veth.clone(), pod.ifname.clone());
     in_netns(host, move || {
         runtime().block_on(async move {
             let h = Netlink::current().unwrap();
-            let mut errors = pod_network::teardown_host(&h, &[ip], &[veth]).await;
+            let veths = [HostVethRef {
+                name: veth,
+                mac: host_mac,
+            }];
+            let mut errors = pod_network::teardown_host(&h, &[ip], &veths).await;
             if let Some(path) = pod_path
                 && let Ok(ns) = Netns::open(&path)
             {
                 let p = Netlink::in_netns(&ns).unwrap();
-                errors.extend(pod_network::teardown_pod(&p, &ifname).await);
+                errors.extend(pod_network::teardown_pod(&p, &ifname, &[ip], None).await);
             }
             errors
         })
@@ -115,12 +131,18 @@ fn has_flag(v: &Value, flag: &str) -> bool {
         .is_some_and(|f| f.iter().any(|x| x == flag))
 }
 
+/// No veth, route or rule of the pod is left on the host.
 fn assert_host_clean(host: &TestNetns, pod: &Pod) {
     assert!(
         host.link(&pod.veth).is_none(),
         "host veth {} still exists",
         pod.veth
     );
+    assert_host_unrouted(host, pod);
+}
+
+/// The host neither routes the pod's address nor has its rules (its veth may remain).
+fn assert_host_unrouted(host: &TestNetns, pod: &Pod) {
     let ip = pod.ip.to_string();
     let routes: Vec<_> = host
         .routes()
@@ -264,24 +286,59 @@ fn check_passes_then_names_a_removed_route_and_neighbour() {
 }
 
 #[test]
-fn teardown_leaves_nothing_and_is_repeatable() {
+fn teardown_removes_routing_state_leaves_the_link_and_netns_removal_frees_the_pair() {
     let (host, pod_ns) = node();
     let pod = Pod::new([10, 200, 0, 8], 2, "web-3");
     let other = Pod::new([10, 200, 0, 9], 2, "web-4");
     let other_ns = TestNetns::new("pod2");
-    setup(&host, &pod_ns, &pod).unwrap();
+    let out = setup(&host, &pod_ns, &pod).unwrap();
     setup(&host, &other_ns, &other).unwrap();
 
     assert!(teardown(&host, Some(pod_ns.path()), &pod).is_empty());
-    assert_host_clean(&host, &pod);
-    assert!(pod_ns.link("eth0").is_none(), "pod eth0 left");
+    // No routing state of the pod is left on the host...
+    assert_host_unrouted(&host, &pod);
+    assert!(!host.ping("10.200.0.8"), "the host still reaches the pod");
+    // ...but the veth pair stays for the runtime's removal of the namespace: the host end (the
+    // same link, not a new one) and eth0, which no longer holds the address, so the sandbox
+    // cannot use an address ipamd may give to another pod; its routes went with it.
+    let veth = host
+        .link(&pod.veth)
+        .expect("host veth stays until the netns goes");
+    assert_eq!(veth["address"], format_mac(&out.host_mac).as_str());
+    let eth0 = pod_ns
+        .link("eth0")
+        .expect("pod eth0 stays until the netns goes");
+    assert_eq!(eth0["address"], format_mac(&out.container_mac).as_str());
+    assert!(
+        pod_ns.addresses("eth0").is_empty(),
+        "{:?}",
+        pod_ns.addresses("eth0")
+    );
     assert!(pod_ns.routes().is_empty(), "{:?}", pod_ns.routes());
+    assert!(
+        !pod_ns.ping(HOST_ADDR),
+        "the old sandbox still reaches the node"
+    );
     // The neighbour pod is untouched.
     assert_eq!(host.pod_rules(other.ip).len(), 2);
     assert!(check(&host, &other_ns, &other).is_empty());
+    assert!(host.ping("10.200.0.9"));
 
     // A second DEL finds nothing and still succeeds.
     assert!(teardown(&host, Some(pod_ns.path()), &pod).is_empty());
+    assert_host_unrouted(&host, &pod);
+
+    // The runtime removes the namespace: the kernel frees the pair, nothing of the pod remains.
+    let path = pod_ns.path();
+    drop(pod_ns);
+    assert!(
+        host.wait_link_gone(&pod.veth),
+        "veth outlived its namespace"
+    );
+    assert_host_clean(&host, &pod);
+    // DEL after the namespace is gone still succeeds.
+    assert!(teardown(&host, Some(path), &pod).is_empty());
+    assert!(check(&host, &other_ns, &other).is_empty());
 }
 
 #[test]
@@ -293,14 +350,10 @@ fn teardown_after_the_pod_netns_is_gone_cleans_host_rules() {
     drop(pod_ns);
     // The kernel removes the veth pair (and so the host route) with the namespace, in its
     // cleanup workqueue, shortly after the last reference is gone...
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while host.link(&pod.veth).is_some() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "veth outlived its namespace"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert!(
+        host.wait_link_gone(&pod.veth),
+        "veth outlived its namespace"
+    );
     // ...but the rules stay until DEL removes them.
     assert_eq!(host.pod_rules(pod.ip).len(), 2);
     assert!(teardown(&host, Some(path), &pod).is_empty());
@@ -390,6 +443,37 @@ fn late_del_of_an_old_sandbox_keeps_the_new_pod_of_the_same_name() {
         check(&host, &new_ns, &new)
     );
     assert!(host.ping("10.200.0.16"));
+}
+
+#[test]
+fn repeated_del_after_the_address_went_to_a_new_sandbox_of_the_same_pod_keeps_it() {
+    let (host, old_ns) = node();
+    let new_ns = TestNetns::new("new");
+    // web-0's old sandbox had 10.200.0.17; it was deleted (its namespace is gone) and the
+    // address went to the pod's new sandbox, whose host veth has the same name.
+    let old = Pod::new([10, 200, 0, 17], 2, "web-0");
+    let new = Pod::new([10, 200, 0, 17], 2, "web-0");
+    let old_out = setup(&host, &old_ns, &old).unwrap();
+    assert!(teardown(&host, Some(old_ns.path()), &old).is_empty());
+    drop(old_ns);
+    assert!(host.wait_link_gone(&old.veth));
+    let new_out = setup(&host, &new_ns, &new).unwrap();
+    assert_ne!(old_out.host_mac, new_out.host_mac);
+
+    // The old sandbox's DEL comes again, with its cached result (host veth name and MAC).
+    let errors = teardown_with_mac(&host, None, &old, Some(old_out.host_mac));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        check(&host, &new_ns, &new).is_empty(),
+        "the new sandbox must be untouched: {:?}",
+        check(&host, &new_ns, &new)
+    );
+    assert!(host.ping("10.200.0.17"));
+
+    // Its own DEL (its MAC) does remove the routing state.
+    let errors = teardown_with_mac(&host, Some(new_ns.path()), &new, Some(new_out.host_mac));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_host_unrouted(&host, &new);
 }
 
 #[test]

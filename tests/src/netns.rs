@@ -264,6 +264,26 @@ impl Netns {
             .find(|l| l["ifname"].as_str() == Some(name)))
     }
 
+    /// Waits up to `timeout` for the link `name` to be gone; whether it went. A pod's veth
+    /// pair goes with the pod's namespace, freed by the kernel's namespace cleanup shortly
+    /// after the namespace is removed (not synchronously).
+    pub fn wait_link_gone(
+        &self,
+        name: &str,
+        timeout: std::time::Duration,
+    ) -> Result<bool, NetnsError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.link(name)?.is_none() {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Names of every link.
     pub fn link_names(&self) -> Result<Vec<String>, NetnsError> {
         Ok(self

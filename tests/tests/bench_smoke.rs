@@ -89,8 +89,20 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
         .iter()
         .find(|t| t.command == "DEL")
         .unwrap_or_else(|| panic!("no DEL phases"));
-    assert!(del.phases.iter().any(|p| p.name == "veth_del"));
-    assert!(del.phases.iter().any(|p| p.name == "del_network_rpc"));
+    let del_names: Vec<&str> = del.phases.iter().map(|p| p.name.as_str()).collect();
+    for phase in [
+        "host_links_routes",
+        "host_rules_del",
+        "pod_addr_del",
+        "del_network_rpc",
+    ] {
+        assert!(
+            del_names.contains(&phase),
+            "DEL phases {del_names:?} lack {phase}"
+        );
+    }
+    // DEL leaves the veth pair to the namespace's removal.
+    assert!(!del_names.contains(&"veth_del"), "{del_names:?}");
 
     // Peak RSS through the helper, both plugins.
     assert_eq!(r.rss.len(), 2);
@@ -114,7 +126,17 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
         ops.contains(&"veth_create") && ops.contains(&"host_rules"),
         "{ops:?}"
     );
-    assert!(r.kernel_floor.del.iter().any(|(n, _, _)| n == "veth_del"));
+    let del_ops: Vec<&str> = r
+        .kernel_floor
+        .del
+        .iter()
+        .map(|(n, _, _)| n.as_str())
+        .collect();
+    assert_eq!(
+        del_ops,
+        ["host_route_del", "host_rules_del", "pod_addr_del"],
+        "the floor's DEL does what the plugin's does"
+    );
 
     // ipamd: load with the checkpoint on tmpfs (2 clients, 1 client) and in /var/tmp (disk).
     assert_eq!(r.loads.len(), 3);

@@ -1,5 +1,6 @@
 //! podman 4.3 with its CNI backend runs a container on the simulated node: the container gets a
-//! VPC address through aws-cni and the conflist ipamd wrote, and `--rm` leaves nothing behind.
+//! VPC address through aws-cni and the conflist ipamd wrote, and `--rm` leaves nothing behind;
+//! `podman network disconnect` / `connect` behave as docs/contracts.md ("DEL") says.
 
 #![allow(clippy::unwrap_used)]
 
@@ -124,7 +125,13 @@ fn podman_run_gets_a_vpc_address_from_the_written_conflist() {
             ),
         );
     }
-    // --rm ran DEL: nothing of the container remains on the node or in ipamd.
+    // --rm ran DEL and removed the container's namespace: nothing of the container remains on
+    // the node or in ipamd (DEL removed the route and rules; the veth pair went with the
+    // namespace, in the kernel's asynchronous namespace cleanup).
+    let _ = node
+        .ns()
+        .wait_link_gone(&veth, Duration::from_secs(10))
+        .unwrap();
     let link = node.ns().link(&veth).unwrap();
     let routes = node.routes_to(ip).unwrap();
     let rules = node.rules_for(ip).unwrap();
@@ -142,5 +149,125 @@ fn podman_run_gets_a_vpc_address_from_the_written_conflist() {
             &node,
             format!("ipamd still has assignments after --rm: {status:?}"),
         );
+    }
+}
+
+/// A container whose network is disconnected keeps its namespace: DEL removes the node's route
+/// and rules of its address and the address from its eth0 (so it cannot use an address ipamd
+/// may give to another pod) and releases the address; the veth pair stays until the container
+/// goes. Connecting the same network again adds eth0 once more, which is refused because eth0
+/// still exists (docs/contracts.md, "DEL").
+#[test]
+fn podman_network_disconnect_unroutes_and_releases_and_connect_again_is_refused() {
+    let node = SimNode::start(NodeOptions::new(standard_node(&[3])))
+        .unwrap_or_else(|e| panic!("cannot start the simulated node: {e}"));
+    let podman = Podman::new(&node).unwrap_or_else(|e| fail(&node, e.to_string()));
+    let image = podman
+        .import_busybox()
+        .unwrap_or_else(|e| fail(&node, e.to_string()));
+    let name = format!("vcni-dis-{}", std::process::id());
+    let podman_ok = |args: &[&str]| -> String {
+        let out = podman
+            .run(args)
+            .unwrap_or_else(|e| fail(&node, e.to_string()));
+        if !out.status.success() {
+            fail(
+                &node,
+                format!(
+                    "podman {args:?} exited {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    podman_ok(&[
+        "run",
+        "-d",
+        "--network",
+        NETWORK_NAME,
+        "--name",
+        &name,
+        image,
+        "sleep",
+        "600",
+    ]);
+    let ipv4 = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                words.find(|w| *w == "inet")?;
+                words.next().map(str::to_owned)
+            })
+            .filter(|a| !a.starts_with("127."))
+            .collect()
+    };
+    let addrs = ipv4(&podman_ok(&["exec", &name, "ip", "-4", "-o", "addr"]));
+    let ip: Ipv4Addr = match addrs.as_slice() {
+        [one] if one.ends_with("/32") => one.trim_end_matches("/32").parse().unwrap(),
+        _ => fail(&node, format!("the container's addresses: {addrs:?}")),
+    };
+    let veth = host_veth_name("eni", "default", &name);
+    if node.ns().link(&veth).unwrap().is_none() || node.rules_for(ip).unwrap().is_empty() {
+        fail(
+            &node,
+            format!("the container's veth {veth} or rules are missing"),
+        );
+    }
+
+    // Disconnect: DEL. The node no longer routes the address, ipamd has it back, the container
+    // has no address any more; the veth pair stays with the container's namespace.
+    podman_ok(&["network", "disconnect", NETWORK_NAME, &name]);
+    let routes = node.routes_to(ip).unwrap();
+    let rules = node.rules_for(ip).unwrap();
+    if !routes.is_empty() || !rules.is_empty() {
+        fail(
+            &node,
+            format!("after disconnect: routes {routes:?}, rules {rules:?} of {ip} remain"),
+        );
+    }
+    let status = node.pool_status().unwrap();
+    if status.assigned_i_ps != 0 {
+        fail(&node, format!("{ip} was not released: {status:?}"));
+    }
+    let left = ipv4(&podman_ok(&["exec", &name, "ip", "-4", "-o", "addr"]));
+    if !left.is_empty() {
+        fail(
+            &node,
+            format!("the disconnected container still holds {left:?}"),
+        );
+    }
+    let links = podman_ok(&["exec", &name, "ip", "-o", "link"]);
+    if !links.contains("eth0") || node.ns().link(&veth).unwrap().is_none() {
+        fail(
+            &node,
+            format!("the veth pair should stay with the namespace: container links {links}"),
+        );
+    }
+
+    // Connect again: ADD of eth0 where eth0 exists is refused (CNI code 121), nothing taken.
+    let out = podman
+        .run(&["network", "connect", NETWORK_NAME, &name])
+        .unwrap_or_else(|e| fail(&node, e.to_string()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !stderr.contains("interface eth0 already exists") {
+        fail(
+            &node,
+            format!("connect after disconnect: {} {stderr}", out.status),
+        );
+    }
+    if node.pool_status().unwrap().assigned_i_ps != 0 {
+        fail(&node, "the refused ADD kept an address".into());
+    }
+
+    // Removing the container removes its namespace, and the pair goes with it.
+    podman_ok(&["rm", "--force", "--time", "0", &name]);
+    if !node
+        .ns()
+        .wait_link_gone(&veth, Duration::from_secs(10))
+        .unwrap()
+    {
+        fail(&node, format!("{veth} outlived the container's namespace"));
     }
 }

@@ -245,12 +245,16 @@ impl PrevResult {
             .find(|i| i.name == ifname && i.sandbox.is_some())
     }
 
-    /// Names of the host-side interfaces (no `sandbox`).
-    pub fn host_interface_names(&self) -> impl Iterator<Item = &str> {
+    /// The host-side interfaces (no `sandbox`) that have a name.
+    pub fn host_interfaces(&self) -> impl Iterator<Item = &PrevInterface> {
         self.interfaces
             .iter()
             .filter(|i| i.sandbox.is_none() && !i.name.is_empty())
-            .map(|i| i.name.as_str())
+    }
+
+    /// Names of the host-side interfaces (no `sandbox`).
+    pub fn host_interface_names(&self) -> impl Iterator<Item = &str> {
+        self.host_interfaces().map(|i| i.name.as_str())
     }
 }
 

@@ -121,6 +121,28 @@ impl TestNetns {
             .collect()
     }
 
+    /// The IPv4 addresses of `dev` as `ip/prefix`.
+    pub fn addresses(&self, dev: &str) -> Vec<String> {
+        self.ip_json(&["-4", "addr", "show", "dev", dev])
+            .iter()
+            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"])))
+            .collect()
+    }
+
+    /// Waits up to 10 s for the link `name` to disappear (the kernel frees a namespace's veth
+    /// pairs in its cleanup workqueue, shortly after the namespace is removed).
+    pub fn wait_link_gone(&self, name: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.link(name).is_some() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
+    }
+
     pub fn neighbours(&self) -> Vec<Value> {
         self.ip_json(&["-4", "neigh", "show"])
     }

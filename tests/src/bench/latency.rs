@@ -1,7 +1,8 @@
 //! Per-pod ADD and DEL latency and ADD+DEL cycle throughput, measured as bench-ptp.sh does: for
 //! every round, fresh namespaces (not timed), one warm-up ADD+DEL (not timed), N ADDs with C in
 //! flight, each timed from spawn to reap, then N DELs with the ADD result as `prevResult`. The
-//! namespaces are deleted afterwards (not timed) and the node is checked for leftovers.
+//! namespaces are deleted afterwards (not timed), as runtimes do after DEL, and once the kernel
+//! has freed what went with them the node is checked for leftovers.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -168,7 +169,8 @@ pub struct Round {
     pub del: OpSamples,
     /// CPU used by other processes during ADD+DEL, % of all CPUs.
     pub other_cpu_pct: f64,
-    /// Links left on the node after the round that were not there before.
+    /// Links and rules left on the node after the round (once its pod namespaces were removed
+    /// and the kernel freed what went with them) that were not there before.
     pub leaked_links: Vec<String>,
 }
 
@@ -192,29 +194,54 @@ pub struct RoundOutput {
     pub dels: Vec<Option<ExecOutcome>>,
 }
 
-fn node_links(ctx: &Ctx) -> Result<Vec<String>, BenchError> {
-    let out = crate::netns::run_checked(std::process::Command::new("ip").args([
-        "-n",
-        &ctx.node_name,
-        "-j",
-        "link",
-        "show",
-    ]))?;
-    let links: Vec<Value> = serde_json::from_str(&out)
-        .map_err(|e| BenchError::Invalid(format!("ip -j link printed invalid JSON: {e}")))?;
-    Ok(links
-        .iter()
-        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-        .collect())
+fn node_ip_json(ctx: &Ctx, args: &[&str]) -> Result<Vec<Value>, BenchError> {
+    let out = crate::netns::run_checked(
+        std::process::Command::new("ip")
+            .args(["-n", &ctx.node_name, "-j"])
+            .args(args),
+    )?;
+    if out.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(&out).map_err(|e| {
+        BenchError::Invalid(format!(
+            "ip -j {} printed invalid JSON: {e}",
+            args.join(" ")
+        ))
+    })
 }
 
-fn leaked(ctx: &Ctx, before: &[String]) -> Result<Vec<String>, BenchError> {
-    // Deleting a veth is synchronous: a DEL that succeeded left nothing behind. Checked while
-    // the pod namespaces still exist (their deletion would remove leftovers asynchronously).
-    Ok(node_links(ctx)?
-        .into_iter()
-        .filter(|l| !before.contains(l))
-        .collect())
+/// The node's links and IPv4 policy rules, as comparable strings.
+fn node_state(ctx: &Ctx) -> Result<Vec<String>, BenchError> {
+    let mut state: Vec<String> = node_ip_json(ctx, &["link", "show"])?
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(|n| format!("link {n}")))
+        .collect();
+    state.extend(
+        node_ip_json(ctx, &["-4", "rule", "show"])?
+            .iter()
+            .map(|r| format!("rule {r}")),
+    );
+    Ok(state)
+}
+
+/// Removes the round's pod namespaces, as a runtime does after DEL, and waits (up to 10 s)
+/// for the kernel to free what went with them: aws-cni's DEL leaves the veth pair to the
+/// namespace's removal, which the kernel completes asynchronously. Returns the links and rules
+/// then on the node that were not there before the round (not timed).
+fn remove_pods(ctx: &Ctx, set: PodSet, before: &[String]) -> Result<Vec<String>, BenchError> {
+    drop(set);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = node_state(ctx)?
+            .into_iter()
+            .filter(|l| !before.contains(l))
+            .collect();
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return Ok(left);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Lets asynchronous kernel cleanup of deleted namespaces finish before the next measurement.
@@ -224,6 +251,7 @@ pub fn settle() {
 
 /// One warm-up ADD+DEL in its own namespace (not timed): page cache, ipamd's first requests.
 fn warm_up(ctx: &Ctx, plugin: &Plugin, conf: &Value, round_id: usize) -> Result<(), BenchError> {
+    let before = node_state(ctx)?;
     let set = PodSet::create(1, "bw")?;
     let pod = set.pods("bench", &format!("w{round_id}")).remove(0);
     let (outs, _) = parallel(&ctx.node_netns, 1, 1, |_| {
@@ -245,7 +273,16 @@ fn warm_up(ctx: &Ctx, plugin: &Plugin, conf: &Value, round_id: usize) -> Result<
         Ok(())
     })?;
     outs.into_iter().collect::<Result<Vec<()>, _>>()?;
-    Ok(())
+    // Its namespace goes now, so the kernel's cleanup of it does not overlap the round.
+    let left = remove_pods(ctx, set, &before)?;
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(BenchError::Invalid(format!(
+            "the warm-up pod of {} left {left:?} on the node",
+            plugin.flavor.label()
+        )))
+    }
 }
 
 /// Runs one latency round of `plugin` (`extra_env` goes to every call, e.g. the timing file).
@@ -259,7 +296,7 @@ pub fn run_round(
     extra_env: &[(String, String)],
 ) -> Result<RoundOutput, BenchError> {
     let conf = plugin.conf_for_round(round_id);
-    let before = node_links(ctx)?;
+    let before = node_state(ctx)?;
     let set = PodSet::create(n, "bp")?;
     let pods = set.pods("bench", &format!("r{round_id}"));
     warm_up(ctx, plugin, &conf, round_id)?;
@@ -295,8 +332,7 @@ pub fn run_round(
         let ok = out.as_ref().is_ok_and(ExecOutcome::success);
         del.record(pod, out, ok);
     }
-    let leaked_links = leaked(ctx, &before)?;
-    drop(set);
+    let leaked_links = remove_pods(ctx, set, &before)?;
     settle();
     Ok(RoundOutput {
         round: Round {
@@ -351,7 +387,7 @@ pub fn run_cycles(
     n: usize,
 ) -> Result<CycleRound, BenchError> {
     let conf = plugin.conf_for_round(round_id);
-    let before = node_links(ctx)?;
+    let before = node_state(ctx)?;
     let set = PodSet::create(n, "bc")?;
     let pods = set.pods("bench", &format!("c{round_id}"));
     warm_up(ctx, plugin, &conf, round_id)?;
@@ -387,11 +423,10 @@ pub fn run_cycles(
         }
     }
     failures.extend(
-        leaked(ctx, &before)?
+        remove_pods(ctx, set, &before)?
             .into_iter()
-            .map(|l| format!("link {l} left on the node")),
+            .map(|l| format!("{l} left on the node")),
     );
-    drop(set);
     settle();
     Ok(CycleRound {
         rep,
@@ -413,7 +448,7 @@ pub fn run_floor_round(
     ip_base: Ipv4Addr,
     table: u32,
 ) -> Result<Round, BenchError> {
-    let before = node_links(ctx)?;
+    let before = node_state(ctx)?;
     let set = PodSet::create(n, "bf")?;
     let pods = set.pods("bench", &format!("f{rep}"));
     let env = vec![(
@@ -449,8 +484,7 @@ pub fn run_floor_round(
         add.record(pod, a, a.as_ref().is_ok_and(ExecOutcome::success));
         del.record(pod, d, d.as_ref().is_ok_and(ExecOutcome::success));
     }
-    let leaked_links = leaked(ctx, &before)?;
-    drop(set);
+    let leaked_links = remove_pods(ctx, set, &before)?;
     settle();
     Ok(Round {
         rep,
@@ -504,7 +538,7 @@ pub fn run_rss_round(
     n: usize,
 ) -> Result<RssRound, BenchError> {
     let conf = plugin.conf_for_round(round_id);
-    let before = node_links(ctx)?;
+    let before = node_state(ctx)?;
     let set = PodSet::create(n, "br")?;
     let pods = set.pods("bench", &format!("m{round_id}"));
     let (outs, _) = parallel(&ctx.node_netns, 1, n, |i| {
@@ -534,11 +568,10 @@ pub fn run_rss_round(
         }
     }
     round.failures.extend(
-        leaked(ctx, &before)?
+        remove_pods(ctx, set, &before)?
             .into_iter()
-            .map(|l| format!("link {l} left on the node")),
+            .map(|l| format!("{l} left on the node")),
     );
-    drop(set);
     settle();
     Ok(round)
 }

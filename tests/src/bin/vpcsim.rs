@@ -255,24 +255,38 @@ fn demo() -> anyhow::Result<()> {
     }
 
     say!("\n[4/4] tearing down: CNI DEL of every pod, then ipamd, emulator and namespaces");
+    let mut routed = 0;
     for p in &pods {
         node.del_pod(&p.pod, "1.0.0", Some(&p.result))
             .with_context(|| format!("DEL of default/{}", p.pod.name))?;
+        routed += node.routes_to(p.ip)?.len() + node.rules_for(p.ip)?.len();
     }
     let status = node.pool_status()?;
     say!(
-        "      after DEL: {} of {} IPs assigned; host veths left: {}",
+        "      after DEL: {} of {} IPs assigned; pod routes and rules left: {routed}",
         status.assigned_i_ps,
         status.total_i_ps,
-        node.ns()
+    );
+    // As a runtime does after DEL: the pods' namespaces go, and their veth pairs with them.
+    drop(pods);
+    let veths = || -> anyhow::Result<usize> {
+        Ok(node
+            .ns()
             .link_names()?
             .iter()
             .filter(|n| n.starts_with("eni"))
-            .count()
+            .count())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while veths()? > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    say!(
+        "      after the pods' namespaces were removed: host veths left: {}",
+        veths()?
     );
     let namespaces = [node.ns().path(), node.vpc().path()];
     let state_dir = node.dir().to_owned();
-    drop(pods);
     drop(node);
     let left: Vec<String> = namespaces
         .iter()

@@ -8,7 +8,10 @@ use harness::node::{CONFLIST_NAME, NETWORK_NAME};
 use harness::{CniClient, Pod, standard_node};
 use serde_json::Value;
 
-use crate::{assert_pod_gone, assert_pod_network, check, ok, pod, pod_ip, start_node, table_of};
+use crate::{
+    assert_pod_gone, assert_pod_network, assert_pod_unrouted, check, ok, pod, pod_ip, start_node,
+    table_of,
+};
 
 fn cache_file(client: &CniClient<'_>, pod: &Pod) -> std::path::PathBuf {
     client.cache_dir().join("results").join(format!(
@@ -161,16 +164,23 @@ fn libcni_add_check_del_lifecycle() {
         out.describe()
     );
 
-    // DEL removes everything, twice is fine, and after the netns is gone too.
-    for (i, p) in pods.iter().enumerate().take(3) {
+    // DEL removes the pod's routing state and address, twice is fine, and after the netns is
+    // gone too; the veth pair goes with the namespace.
+    for (i, p) in pods.iter_mut().enumerate().take(3) {
+        let veth = p.host_veth("eni");
         let out = ok(&node, client.del(NETWORK_NAME, p));
         check!(node, out.success(), "DEL: {}", out.describe());
-        assert_pod_gone(&node, p, ips[i]);
+        assert_pod_unrouted(&node, p, ips[i]);
+        check!(
+            node,
+            ok(&node, node.ns().link(&veth)).is_some(),
+            "DEL deleted the host veth {veth}; it goes with the namespace"
+        );
         let pod_links = ok(&node, p.ns().unwrap().link_names());
         check!(
             node,
-            pod_links == vec!["lo".to_owned()],
-            "pod namespace still has {pod_links:?} after DEL"
+            pod_links == vec!["lo".to_owned(), "eth0".to_owned()],
+            "pod namespace has {pod_links:?} after DEL, want lo and an eth0 without address"
         );
         check!(
             node,
@@ -185,6 +195,8 @@ fn libcni_add_check_del_lifecycle() {
         );
         let again = ok(&node, client.del(NETWORK_NAME, p));
         check!(node, again.success(), "second DEL: {}", again.describe());
+        ok(&node, p.delete_netns());
+        assert_pod_gone(&node, p, ips[i]);
     }
     // Pod 3: DEL after an earlier DEL and its netns deletion; pod 4: netns deleted before any DEL.
     let out = ok(&node, client.del(NETWORK_NAME, &pods[3]));
@@ -224,7 +236,7 @@ fn libcni_with_a_0_4_0_conflist_caches_ips_version() {
     std::fs::write(dir.join(CONFLIST_NAME), conflist.to_string()).unwrap();
     let client = ok(&node, CniClient::new(&node)).with_confdir(&dir);
 
-    let p = pod("kube-system", "coredns-0");
+    let mut p = pod("kube-system", "coredns-0");
     let out = ok(&node, client.add(NETWORK_NAME, &p));
     check!(node, out.success(), "0.4.0 ADD: {}", out.describe());
     let result = out.json.clone().unwrap_or_default();
@@ -244,5 +256,7 @@ fn libcni_with_a_0_4_0_conflist_caches_ips_version() {
     check!(node, out.success(), "0.4.0 CHECK: {}", out.describe());
     let out = ok(&node, client.del(NETWORK_NAME, &p));
     check!(node, out.success(), "0.4.0 DEL: {}", out.describe());
+    assert_pod_unrouted(&node, &p, ip);
+    ok(&node, p.delete_netns());
     assert_pod_gone(&node, &p, ip);
 }

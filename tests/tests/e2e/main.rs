@@ -176,13 +176,46 @@ pub fn assert_pod_network(node: &SimNode, pod: &Pod, ip: Ipv4Addr) {
     }
 }
 
-/// Asserts nothing of the pod remains on the node: no veth, no route, no rule.
+/// Asserts what DEL leaves (docs/contracts.md): the node neither routes the pod's address nor
+/// has its rules, and the pod's interface, while its namespace exists, no longer holds the
+/// address. The veth pair itself stays until the runtime removes the namespace.
+pub fn assert_pod_unrouted(node: &SimNode, pod: &Pod, ip: Ipv4Addr) {
+    let routes = ok(node, node.routes_to(ip));
+    check!(
+        node,
+        routes.is_empty(),
+        "routes to {ip} remain after DEL: {routes:?}"
+    );
+    let rules = ok(node, node.rules_for(ip));
+    check!(
+        node,
+        rules.is_empty(),
+        "rules for {ip} remain after DEL: {rules:?}"
+    );
+    if let Some(ns) = pod.netns() {
+        let addrs = ok(node, ns.addresses_of(&pod.ifname));
+        check!(
+            node,
+            addrs.is_empty(),
+            "the pod's {} still holds {addrs:?} after DEL",
+            pod.ifname
+        );
+    }
+}
+
+/// Asserts nothing of the pod remains on the node once its namespace is removed (or GC
+/// released it): no veth (the kernel frees the pair with the namespace, shortly after), no
+/// route, no rule.
 pub fn assert_pod_gone(node: &SimNode, pod: &Pod, ip: Ipv4Addr) {
     let veth = pod.host_veth("eni");
     check!(
         node,
-        ok(node, node.ns().link(&veth)).is_none(),
-        "host veth {veth} still exists after DEL"
+        ok(
+            node,
+            node.ns()
+                .wait_link_gone(&veth, std::time::Duration::from_secs(10))
+        ),
+        "host veth {veth} still exists 10 s after its namespace was removed"
     );
     let routes = ok(node, node.routes_to(ip));
     check!(node, routes.is_empty(), "routes to {ip} remain: {routes:?}");

@@ -37,44 +37,56 @@ fn add(node: &SimNode, p: &Pod) -> (Value, Ipv4Addr) {
     (result, ip)
 }
 
-/// Nothing of the pod (its veth, any rule or route of `ip`) remains, and its namespace (if it
-/// still exists) holds only `lo`.
-fn assert_gone(node: &SimNode, p: &Pod, ip: Option<Ipv4Addr>, what: &str) {
+/// What a DEL (or a failed ADD) must leave, then what the runtime's removal of the sandbox
+/// must leave. First: no rule or route of `ip`, and the pod's namespace, while it exists,
+/// holds at most `lo` and an `eth0` without an address (DEL leaves the veth pair to the
+/// namespace's removal). Then the namespace is removed, as runtimes do after DEL, and nothing of
+/// the pod remains: its host veth goes with the namespace (the kernel frees the pair in its
+/// namespace cleanup, asynchronously).
+fn assert_gone(node: &SimNode, p: &mut Pod, ip: Option<Ipv4Addr>, what: &str) {
     let veth = p.host_veth("eni");
-    // A veth whose peer was in a deleted namespace goes when the kernel finishes destroying the
-    // namespace, which it does asynchronously after `ip netns del`.
-    let within = if p.netns().is_none() {
-        Duration::from_secs(5)
-    } else {
-        Duration::ZERO
+    let unrouted = |when: &str| {
+        if let Some(ip) = ip {
+            let rules = ok(node, node.rules_for(ip));
+            check!(
+                node,
+                rules.is_empty(),
+                "{what}: rules of {ip} remain {when}: {rules:?}"
+            );
+            let routes = ok(node, node.routes_to(ip));
+            check!(
+                node,
+                routes.is_empty(),
+                "{what}: routes to {ip} remain {when}: {routes:?}"
+            );
+        }
     };
-    check!(
-        node,
-        wait_for(within, || ok(node, node.ns().link(&veth)).is_none()),
-        "{what}: host veth {veth} remains"
-    );
-    if let Some(ip) = ip {
-        let rules = ok(node, node.rules_for(ip));
-        check!(
-            node,
-            rules.is_empty(),
-            "{what}: rules of {ip} remain: {rules:?}"
-        );
-        let routes = ok(node, node.routes_to(ip));
-        check!(
-            node,
-            routes.is_empty(),
-            "{what}: routes to {ip} remain: {routes:?}"
-        );
-    }
+    unrouted("after DEL");
     if let Some(ns) = p.netns() {
         let links = ok(node, ns.link_names());
         check!(
             node,
-            links == vec!["lo".to_owned()],
-            "{what}: the pod namespace still holds {links:?}"
+            links.iter().all(|l| l == "lo" || *l == p.ifname),
+            "{what}: the pod namespace holds {links:?}"
         );
+        if links.contains(&p.ifname) {
+            let addrs = ok(node, ns.addresses_of(&p.ifname));
+            check!(
+                node,
+                addrs.is_empty(),
+                "{what}: the pod's {} still holds {addrs:?}",
+                p.ifname
+            );
+        }
     }
+    must(p.delete_netns());
+    check!(
+        node,
+        wait_for(Duration::from_secs(10), || ok(node, node.ns().link(&veth))
+            .is_none()),
+        "{what}: host veth {veth} remains 10 s after the pod's namespace was removed"
+    );
+    unrouted("after the namespace was removed");
 }
 
 /// ipamd no longer assigns anything to `p` (waiting up to `within` for the orphan sweep).
@@ -92,7 +104,7 @@ fn assert_released(node: &SimNode, p: &Pod, within: Duration, what: &str) {
 #[test]
 fn ipamd_down_add_is_code_11_at_once_del_cleans_from_prev_result_status_is_50() {
     let mut node = node();
-    let pods: Vec<Pod> = (0..5)
+    let mut pods: Vec<Pod> = (0..5)
         .map(|i| pod("faults", &format!("down-{i}")))
         .collect();
     let added: Vec<(Value, Ipv4Addr)> = pods.iter().map(|p| add(&node, p)).collect();
@@ -116,7 +128,7 @@ fn ipamd_down_add_is_code_11_at_once_del_cleans_from_prev_result_status_is_50() 
     must(node.kill_ipamd());
 
     // ADD: code 11, quickly, leaving nothing.
-    let newcomer = pod("faults", "down-new");
+    let mut newcomer = pod("faults", "down-new");
     let before = ok(&node, node.host_state());
     let started = Instant::now();
     let out = run(&node, "ADD", &conf10, &newcomer);
@@ -132,7 +144,7 @@ fn ipamd_down_add_is_code_11_at_once_del_cleans_from_prev_result_status_is_50() 
         took < Duration::from_secs(10),
         "ADD with ipamd down took {took:?}"
     );
-    assert_gone(&node, &newcomer, None, "ADD with ipamd down");
+    assert_gone(&node, &mut newcomer, None, "ADD with ipamd down");
     check!(
         node,
         before.diff(&ok(&node, node.host_state())).is_none(),
@@ -148,7 +160,8 @@ fn ipamd_down_add_is_code_11_at_once_del_cleans_from_prev_result_status_is_50() 
         status.describe()
     );
 
-    // DEL with prevResult cleans the host side: veth, route, rules 512 and 1536.
+    // DEL with prevResult cleans the host side: route, rules 512 and 1536 (the veth goes with
+    // the namespace).
     let started = Instant::now();
     let out = run(&node, "DEL", &with_prev(&conf10, &result), &pods[victim]);
     let del_took = started.elapsed();
@@ -158,7 +171,7 @@ fn ipamd_down_add_is_code_11_at_once_del_cleans_from_prev_result_status_is_50() 
         "DEL with ipamd down: {}",
         out.describe()
     );
-    assert_gone(&node, &pods[victim], Some(ip), "DEL with ipamd down");
+    assert_gone(&node, &mut pods[victim], Some(ip), "DEL with ipamd down");
     // The other pods are untouched (CHECK needs ipamd; their veth, route and rule 512 show it).
     for (i, p) in pods.iter().enumerate().filter(|(i, _)| *i != victim) {
         let ip = added[i].1;
@@ -219,14 +232,14 @@ fn del_after_the_netns_was_deleted_cleans_up_and_releases() {
             out.describe()
         );
     }
-    assert_gone(&node, &p, Some(ip), "DEL without the netns");
+    assert_gone(&node, &mut p, Some(ip), "DEL without the netns");
     assert_released(&node, &p, Duration::ZERO, "DEL without the netns");
 }
 
 #[test]
 fn veth_deleted_by_hand_fails_check_and_del_still_cleans_up() {
     let node = node();
-    let p = pod("faults", "veth-gone");
+    let mut p = pod("faults", "veth-gone");
     let (result, ip) = add(&node, &p);
     let veth = p.host_veth("eni");
     ok(&node, node.ns().ip(&["link", "del", &veth]));
@@ -245,7 +258,7 @@ fn veth_deleted_by_hand_fails_check_and_del_still_cleans_up() {
         "DEL after the veth was deleted: {}",
         out.describe()
     );
-    assert_gone(&node, &p, Some(ip), "DEL after the veth was deleted");
+    assert_gone(&node, &mut p, Some(ip), "DEL after the veth was deleted");
     assert_released(&node, &p, Duration::ZERO, "DEL after the veth was deleted");
 }
 
@@ -294,7 +307,7 @@ fn two_adds_for_one_pod_name_in_different_containers_and_the_late_del_of_the_fir
     // Same Kubernetes pod (namespace and name, so the same host veth name), two sandboxes: the
     // kubelet re-created the sandbox, and the old one's DEL comes late.
     let mut first = pod("faults", "recreated");
-    let second = pod("faults", "recreated");
+    let mut second = pod("faults", "recreated");
     let (first_result, first_ip) = add(&node, &first);
     let (second_result, second_ip) = add(&node, &second);
     check!(node, first_ip != second_ip, "both sandboxes got {first_ip}");
@@ -391,7 +404,12 @@ fn two_adds_for_one_pod_name_in_different_containers_and_the_late_del_of_the_fir
         "DEL of the second sandbox: {}",
         out.describe()
     );
-    assert_gone(&node, &second, Some(second_ip), "DEL of the second sandbox");
+    assert_gone(
+        &node,
+        &mut second,
+        Some(second_ip),
+        "DEL of the second sandbox",
+    );
     drop(others);
 }
 
@@ -415,9 +433,9 @@ const ADD_PHASES: [&str; 13] = [
 /// DEL's steps after which the plugin is killed.
 const DEL_PHASES: [&str; 5] = [
     "ipamd_connect",
-    "host_rules_del",
     "host_links_routes",
-    "veth_del",
+    "host_rules_del",
+    "pod_addr_del",
     "del_network_rpc",
 ];
 
@@ -460,7 +478,12 @@ fn plugin_killed_between_any_two_steps_then_del_leaves_nothing() {
             "DEL after ADD died at {phase}: {}",
             out.describe()
         );
-        assert_gone(&node, &p, ip, &format!("ADD killed at {phase}, then DEL"));
+        assert_gone(
+            &node,
+            &mut p,
+            ip,
+            &format!("ADD killed at {phase}, then DEL"),
+        );
         assert_released(&node, &p, Duration::ZERO, &format!("ADD killed at {phase}"));
         let now = ok(&node, node.host_state());
         if let Some(diff) = clean.diff(&now) {
@@ -472,7 +495,7 @@ fn plugin_killed_between_any_two_steps_then_del_leaves_nothing() {
         let _ = p.delete_netns();
     }
     for (i, phase) in DEL_PHASES.iter().enumerate() {
-        let p = pod("faults", &format!("killed-del-{i}"));
+        let mut p = pod("faults", &format!("killed-del-{i}"));
         let (result, ip) = add(&node, &p);
         let del_conf = with_prev(&conf, &result);
         let out = ok(
@@ -496,7 +519,7 @@ fn plugin_killed_between_any_two_steps_then_del_leaves_nothing() {
         );
         assert_gone(
             &node,
-            &p,
+            &mut p,
             Some(ip),
             &format!("DEL killed at {phase}, then DEL"),
         );

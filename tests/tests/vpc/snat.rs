@@ -218,10 +218,12 @@ fn pods_reach_the_internet_as_the_node_ip_unless_external_snat_or_excluded() {
         "VPC traffic must not be SNATed"
     );
 
-    // Teardown: every pod deleted, ipamd stopped: no pod route, rule or veth is left.
-    for (n, placed) in nodes.iter_mut().zip(pods) {
-        for p in &placed {
+    // Teardown: every pod deleted and its sandbox removed (as runtimes do), ipamd stopped: no
+    // pod route, rule or veth is left.
+    for (n, mut placed) in nodes.iter_mut().zip(pods) {
+        for p in &mut placed {
             ok(n, n.del_pod(&p.pod, "1.0.0", Some(&p.result)));
+            ok(n, p.pod.delete_netns());
         }
         let stopped = n.stop_ipamd(Duration::from_secs(15));
         let status = ok(n, stopped);
@@ -230,10 +232,20 @@ fn pods_reach_the_internet_as_the_node_ip_unless_external_snat_or_excluded() {
     }
 }
 
-/// No veth, `/32` route or rule 512/1536 of any pod is left on the node.
+/// No veth, `/32` route or rule 512/1536 of any pod is left on the node (the veths go with the
+/// pods' namespaces, in the kernel's asynchronous namespace cleanup: waited for up to 10 s).
 fn assert_no_pod_leftovers(node: &VpcNode, pods: &[Placed]) {
-    let links = ok(node, node.ns().link_names());
-    let veths: Vec<&String> = links.iter().filter(|l| l.starts_with("eni")).collect();
+    let veths = || -> Vec<String> {
+        ok(node, node.ns().link_names())
+            .into_iter()
+            .filter(|l| l.starts_with("eni"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !veths().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let veths = veths();
     check!(node, veths.is_empty(), "host veths left: {veths:?}");
     let rules = ip_rules(node);
     let pod_rules: Vec<&String> = rules
