@@ -197,6 +197,61 @@ impl CheckpointData {
     }
 }
 
+/// What a checkpoint file starts with, before its first allocation.
+const FILE_HEAD: &[u8] = b"{\"version\":\"vpc-cni-ipam/1\",\"allocations\":[";
+/// What it ends with, after its last allocation.
+const FILE_TAIL: &[u8] = b"]}\n";
+
+/// One allocation as it appears in the file (compact JSON, no separator): what
+/// [`encode_file`] joins. Encoding entries one at a time lets a writer keep them and re-encode
+/// only what changed.
+pub fn encode_entry(a: &Assignment) -> Vec<u8> {
+    // Serializing plain strings and integers into a Vec cannot fail.
+    serde_json::to_vec(&CheckpointEntry::from_assignment(a)).unwrap_or_default()
+}
+
+/// The bytes of a checkpoint file holding `entries` (from [`encode_entry`], in file order):
+/// byte for byte what serializing a [`CheckpointData`] of the same allocations gives, plus the
+/// trailing newline the Go ipamd writes. `out` is cleared first (a reused buffer).
+pub fn encode_file<'a>(entries: impl IntoIterator<Item = &'a [u8]>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(FILE_HEAD);
+    for (i, e) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e);
+    }
+    out.extend_from_slice(FILE_TAIL);
+}
+
+impl CheckpointError {
+    /// The same error, once more (the underlying I/O and JSON errors are not `Clone`): a write
+    /// that covered several changes fails each of their requests with it.
+    #[must_use]
+    pub fn duplicate(&self) -> Self {
+        let io = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+        match self {
+            Self::Read { path, source } => Self::Read {
+                path: path.clone(),
+                source: io(source),
+            },
+            Self::Write { path, source } => Self::Write {
+                path: path.clone(),
+                source: io(source),
+            },
+            Self::Corrupt { path, source } => Self::Read {
+                path: path.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidData, source.to_string()),
+            },
+            Self::UnknownVersion { path, found } => Self::UnknownVersion {
+                path: path.clone(),
+                found: found.clone(),
+            },
+        }
+    }
+}
+
 /// Persists allocations.
 pub trait Checkpointer: Send + Sync + std::fmt::Debug {
     /// The stored checkpoint; `None` when there is none yet (a fresh node).
@@ -210,6 +265,17 @@ pub trait Checkpointer: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// The write failed; the old checkpoint is intact.
     fn save(&self, data: &CheckpointData) -> Result<(), CheckpointError>;
+
+    /// Replaces the stored checkpoint with `bytes`, a whole file from [`encode_file`]. The
+    /// default decodes them and calls [`Checkpointer::save`]; a file-backed checkpointer writes
+    /// them as they are.
+    ///
+    /// # Errors
+    /// The bytes are not a checkpoint, or the write failed; the old checkpoint is intact.
+    fn save_encoded(&self, bytes: &[u8]) -> Result<(), CheckpointError> {
+        let data = decode(Path::new(&self.location()), bytes)?;
+        self.save(&data)
+    }
 
     /// Where it is stored (for messages).
     fn location(&self) -> String;
@@ -278,7 +344,11 @@ impl Checkpointer for FileCheckpointer {
             source: io::Error::other(e),
         })?;
         bytes.push(b'\n');
-        fsutil::atomic_write(&self.path, &bytes, 0o600).map_err(|source| CheckpointError::Write {
+        self.save_encoded(&bytes)
+    }
+
+    fn save_encoded(&self, bytes: &[u8]) -> Result<(), CheckpointError> {
+        fsutil::atomic_write(&self.path, bytes, 0o600).map_err(|source| CheckpointError::Write {
             path: self.path.clone(),
             source,
         })
@@ -366,6 +436,77 @@ mod tests {
                 r#""metadata":{"k8sPodNamespace":"ns","k8sPodName":"pod","interfacesCount":1}"#
             ),
             "{text}"
+        );
+    }
+
+    fn sample_assignment(i: u8, name: &str) -> Assignment {
+        Assignment {
+            ip: Ipv4Addr::new(10, 0, 0, i),
+            key: IpamKey {
+                network_name: "aws-cni".into(),
+                container_id: format!("c{i}\"\\{name}"),
+                if_name: "eth0".into(),
+            },
+            metadata: PodMetadata {
+                namespace: "ns".into(),
+                name: name.into(),
+                interfaces_count: u32::from(i % 2),
+            },
+            assigned_at: SystemTime::UNIX_EPOCH
+                + Duration::from_nanos(1_700_000_000_000 + u64::from(i)),
+            eni_id: "eni-a".into(),
+            device_number: 0,
+            route_table: 254,
+        }
+    }
+
+    #[test]
+    fn entry_by_entry_encoding_is_the_serialized_checkpoint() {
+        let mut out = Vec::new();
+        for n in [0u8, 1, 2, 5] {
+            let list: Vec<Assignment> = (1..=n)
+                .map(|i| sample_assignment(i, &format!("p-{i}")))
+                .collect();
+            let entries: Vec<Vec<u8>> = list.iter().map(encode_entry).collect();
+            encode_file(entries.iter().map(Vec::as_slice), &mut out);
+            let mut want = serde_json::to_vec(&CheckpointData::from_assignments(&list)).unwrap();
+            want.push(b'\n');
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&want)
+            );
+            assert_eq!(
+                decode(Path::new("x"), &out).unwrap(),
+                CheckpointData::from_assignments(&list)
+            );
+        }
+    }
+
+    #[test]
+    fn encoded_bytes_go_to_the_file_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = FileCheckpointer::new(dir.path().join("ipam.json"));
+        let a = sample_assignment(7, "web");
+        let mut bytes = Vec::new();
+        encode_file([encode_entry(&a).as_slice()], &mut bytes);
+        cp.save_encoded(&bytes).unwrap();
+        assert_eq!(std::fs::read(cp.path()).unwrap(), bytes);
+        assert_eq!(
+            cp.load().unwrap().unwrap(),
+            CheckpointData::from_assignments(&[a])
+        );
+    }
+
+    #[test]
+    fn duplicated_errors_keep_the_path_and_the_cause() {
+        let e = CheckpointError::Write {
+            path: "/var/run/aws-node/ipam.json".into(),
+            source: io::Error::new(io::ErrorKind::StorageFull, "No space left on device"),
+        };
+        let d = e.duplicate();
+        assert_eq!(d.to_string(), e.to_string());
+        assert!(
+            matches!(d, CheckpointError::Write { ref source, .. } if source.kind() == io::ErrorKind::StorageFull)
         );
     }
 

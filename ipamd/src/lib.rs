@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod host_network;
 pub mod install;
 pub mod introspect;
+pub mod journal;
 pub mod limits;
 pub mod logging;
 pub mod mac;

@@ -1,0 +1,429 @@
+//! ipamd's shared state: the lifecycle phase (starting, ready, draining) and the pool (the
+//! datastore plus its checkpoint). Every change to an assignment is written to the checkpoint
+//! before it is answered; when the write fails, the change is rolled back and the request fails,
+//! so the file never lags behind what pods were told. Writes are group commits made outside the
+//! pool lock ([`crate::journal`]).
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use thiserror::Error;
+use tokio::sync::{MutexGuard, Notify};
+
+use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::datastore::{Assignment, Datastore, IpamKey, NoAssignableIp, PodMetadata, Stats};
+use crate::journal::{Delta, Journal, Pool, Undo};
+
+/// Network name the reference used for allocations migrated from the CRI (before v1.12).
+pub const LEGACY_NETWORK_NAME: &str = "_migrated-from-cri";
+/// Interface name of such allocations.
+pub const LEGACY_IF_NAME: &str = "unknown";
+
+/// Where ipamd is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Not ready yet; the text says what is pending.
+    Starting(String),
+    /// Serving.
+    Ready,
+    /// Shutting down.
+    Draining,
+}
+
+/// Why a pool request failed.
+#[derive(Debug, Error)]
+pub enum IpamError {
+    /// ipamd is not ready.
+    #[error("ipamd is not ready yet: {0}")]
+    NotReady(String),
+    /// ipamd is shutting down.
+    #[error("ipamd is shutting down")]
+    Draining,
+    /// Nothing assignable.
+    #[error(transparent)]
+    Exhausted(#[from] NoAssignableIp),
+    /// The key has no assignment (CheckNetwork).
+    #[error("no IP is assigned to network {network:?} container {container:?} ifname {ifname:?}")]
+    NotFound {
+        /// Network name.
+        network: String,
+        /// Container ID.
+        container: String,
+        /// Interface name.
+        ifname: String,
+    },
+    /// The checkpoint could not be written; the change was rolled back.
+    #[error("{op} was rolled back: {source}")]
+    Checkpoint {
+        /// What was rolled back.
+        op: String,
+        /// The write error.
+        source: CheckpointError,
+    },
+}
+
+/// What PoolStatus reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Ready to serve.
+    pub ready: bool,
+    /// Counts.
+    pub stats: Stats,
+    /// Why nothing is assignable (or what start-up waits for); empty otherwise.
+    pub message: String,
+}
+
+/// The instance's limits, as the pool manager knows them (unknown in
+/// instance-metadata-only mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLimits {
+    /// ENIs ipamd may use (instance limit, capped by `MAX_ENI`).
+    pub max_enis: u32,
+    /// Pod IPs per ENI (IPv4 addresses per interface − 1).
+    pub ips_per_eni: u32,
+    /// Max pods the node takes.
+    pub max_pods: u32,
+}
+
+/// The last failed call to the cloud (EC2), for introspection and `ipamd status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudErrorReport {
+    /// The API call (`CreateNetworkInterface`, ...).
+    pub operation: String,
+    /// What it answered (code and message).
+    pub message: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// What introspection and metrics show about the node beyond the pool itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// `instance-id` from metadata, once read.
+    pub instance_id: Option<String>,
+    /// `instance-type` from metadata, once read.
+    pub instance_type: Option<String>,
+    /// Limits, when known.
+    pub limits: Option<NodeLimits>,
+    /// The most recent cloud error, if any.
+    pub last_cloud_error: Option<CloudErrorReport>,
+}
+
+/// Phase plus pool, shared by the gRPC server, start-up and the reconcile loop.
+#[derive(Debug)]
+pub struct IpamState {
+    phase: RwLock<Phase>,
+    journal: Arc<Journal>,
+    facts: RwLock<NodeFacts>,
+    pool_wanted: Arc<Notify>,
+}
+
+impl IpamState {
+    /// A starting state around an empty datastore.
+    pub fn new(datastore: Datastore, checkpointer: Arc<dyn Checkpointer>) -> Self {
+        Self {
+            phase: RwLock::new(Phase::Starting("reading instance metadata".into())),
+            journal: Journal::new(datastore, checkpointer),
+            facts: RwLock::new(NodeFacts::default()),
+            pool_wanted: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Notified whenever an assignment finds no address, so the pool manager (EC2 mode) grows
+    /// the pool now instead of at its next cycle.
+    pub fn pool_wanted(&self) -> Arc<Notify> {
+        Arc::clone(&self.pool_wanted)
+    }
+
+    /// What is known about the node (introspection, metrics).
+    pub fn facts(&self) -> NodeFacts {
+        self.facts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Updates the node facts (instance identity, limits, last cloud error).
+    pub fn update_facts(&self, f: impl FnOnce(&mut NodeFacts)) {
+        f(&mut self
+            .facts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Moves to a phase.
+    pub fn set_phase(&self, phase: Phase) {
+        *self
+            .phase
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = phase;
+    }
+
+    /// Says what start-up is waiting for (no effect once ready or draining).
+    pub fn set_pending(&self, what: impl Into<String>) {
+        let mut phase = self
+            .phase
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(*phase, Phase::Starting(_)) {
+            *phase = Phase::Starting(what.into());
+        }
+    }
+
+    fn ensure_ready(&self) -> Result<(), IpamError> {
+        match self.phase() {
+            Phase::Ready => Ok(()),
+            Phase::Starting(pending) => Err(IpamError::NotReady(pending)),
+            Phase::Draining => Err(IpamError::Draining),
+        }
+    }
+
+    /// Runs `f` on the datastore under the pool lock (start-up and reconcile). Assignments
+    /// changed here are not checkpointed: call [`IpamState::write_checkpoint`] after replacing
+    /// or restoring them.
+    pub async fn with_datastore<R>(&self, f: impl FnOnce(&mut Datastore) -> R) -> R {
+        let mut pool = self.journal.lock().await;
+        f(&mut pool.ds)
+    }
+
+    /// Writes the checkpoint from the datastore as it is now (every assignment encoded again).
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn write_checkpoint(&self) -> Result<usize, CheckpointError> {
+        let (n, ack) = {
+            let mut pool = self.journal.lock().await;
+            let n = pool.ds.assignments().len();
+            (n, self.journal.record_rewrite(&mut pool))
+        };
+        self.journal.durable(ack).await?;
+        Ok(n)
+    }
+
+    /// The pool lock, once no change of any of `keys` is waiting for its write: a request about
+    /// a key answers only from durable state.
+    async fn lock_settled(&self, keys: &[&IpamKey]) -> MutexGuard<'_, Pool> {
+        loop {
+            let pool = self.journal.lock().await;
+            match keys.iter().find_map(|k| self.journal.pending(&pool, k)) {
+                None => return pool,
+                Some(seq) => {
+                    drop(pool);
+                    self.journal.wait_settled(seq).await;
+                }
+            }
+        }
+    }
+
+    /// Assigns an address to `key` (the same one again for a repeated key).
+    ///
+    /// # Errors
+    /// Not ready, no assignable address, or the checkpoint write failed (rolled back).
+    pub async fn add(&self, key: &IpamKey, metadata: PodMetadata) -> Result<Assignment, IpamError> {
+        self.ensure_ready()?;
+        let (assignment, ack) = {
+            let mut pool = self.lock_settled(&[key]).await;
+            let (assignment, is_new) = pool.ds.assign(key, metadata).inspect_err(|_| {
+                self.pool_wanted.notify_one();
+            })?;
+            if !is_new {
+                return Ok(assignment);
+            }
+            let ack = self.journal.record(
+                &mut pool,
+                Undo::Assign(key.clone()),
+                vec![Delta::Set(assignment.clone())],
+                &[key],
+            );
+            (assignment, ack)
+        };
+        self.journal
+            .durable(ack)
+            .await
+            .map_err(|source| IpamError::Checkpoint {
+                op: format!("assigning {} to {key}", assignment.ip),
+                source,
+            })?;
+        Ok(assignment)
+    }
+
+    /// Releases the address of `key` (or of the reference's legacy CRI-migrated key for the same
+    /// container). `None` when nothing was assigned.
+    ///
+    /// # Errors
+    /// Not ready, or the checkpoint write failed (rolled back).
+    pub async fn del(&self, key: &IpamKey) -> Result<Option<Assignment>, IpamError> {
+        self.ensure_ready()?;
+        let legacy = IpamKey {
+            network_name: LEGACY_NETWORK_NAME.into(),
+            container_id: key.container_id.clone(),
+            if_name: LEGACY_IF_NAME.into(),
+        };
+        let (released, ack) = {
+            let mut pool = self.lock_settled(&[key, &legacy]).await;
+            let Some(released) = pool.ds.release(key).or_else(|| pool.ds.release(&legacy)) else {
+                return Ok(None);
+            };
+            let a = released.assignment.clone();
+            let ack = self.journal.record(
+                &mut pool,
+                Undo::Release(vec![released]),
+                vec![Delta::Remove(a.ip)],
+                &[&a.key],
+            );
+            (a, ack)
+        };
+        self.journal
+            .durable(ack)
+            .await
+            .map_err(|source| IpamError::Checkpoint {
+                op: format!("releasing {} of {key}", released.ip),
+                source,
+            })?;
+        Ok(Some(released))
+    }
+
+    /// Releases `key`'s address if it is still `ip` (the orphan sweep: the pod is gone and
+    /// no DEL came). `Ok(false)` when the key holds nothing or another address by now.
+    ///
+    /// # Errors
+    /// Not ready, or the checkpoint write failed (rolled back).
+    pub async fn release_if(
+        &self,
+        key: &IpamKey,
+        ip: std::net::Ipv4Addr,
+    ) -> Result<bool, IpamError> {
+        self.ensure_ready()?;
+        let ack = {
+            let mut pool = self.lock_settled(&[key]).await;
+            if pool.ds.lookup(key).is_none_or(|a| a.ip != ip) {
+                return Ok(false);
+            }
+            let Some(released) = pool.ds.release(key) else {
+                return Ok(false);
+            };
+            self.journal.record(
+                &mut pool,
+                Undo::Release(vec![released]),
+                vec![Delta::Remove(ip)],
+                &[key],
+            )
+        };
+        self.journal
+            .durable(ack)
+            .await
+            .map_err(|source| IpamError::Checkpoint {
+                op: format!("releasing {ip} of {key} (pod gone)"),
+                source,
+            })?;
+        Ok(true)
+    }
+
+    /// The assignment of `key`.
+    ///
+    /// # Errors
+    /// Not ready, or [`IpamError::NotFound`].
+    pub async fn check(&self, key: &IpamKey) -> Result<Assignment, IpamError> {
+        self.ensure_ready()?;
+        self.lock_settled(&[key])
+            .await
+            .ds
+            .lookup(key)
+            .ok_or_else(|| IpamError::NotFound {
+                network: key.network_name.clone(),
+                container: key.container_id.clone(),
+                ifname: key.if_name.clone(),
+            })
+    }
+
+    /// Counts and, when nothing is assignable, why.
+    pub async fn status(&self) -> PoolStatus {
+        let phase = self.phase();
+        let mut pool = self.journal.lock().await;
+        let ds = &mut pool.ds;
+        let stats = ds.stats();
+        let (ready, message) = match phase {
+            Phase::Ready => (
+                true,
+                ds.exhaustion_reason()
+                    .map(|e| e.message)
+                    .unwrap_or_default(),
+            ),
+            Phase::Starting(pending) => (false, format!("ipamd is not ready yet: {pending}")),
+            Phase::Draining => (false, "ipamd is shutting down".to_owned()),
+        };
+        PoolStatus {
+            ready,
+            stats,
+            message,
+        }
+    }
+
+    /// CNI GC: releases every assignment of `network` whose (container ID, ifname) is not in
+    /// `valid`, in one checkpoint write.
+    ///
+    /// # Errors
+    /// Not ready, or the checkpoint write failed (everything rolled back).
+    pub async fn gc(
+        &self,
+        network: &str,
+        valid: &HashSet<(String, String)>,
+    ) -> Result<Vec<Assignment>, IpamError> {
+        self.ensure_ready()?;
+        let (released, ack) = {
+            // GC looks at every key of the network: it waits until no change is unwritten.
+            let mut pool = loop {
+                let pool = self.journal.lock().await;
+                match self.journal.any_pending(&pool) {
+                    None => break pool,
+                    Some(seq) => {
+                        drop(pool);
+                        self.journal.wait_settled(seq).await;
+                    }
+                }
+            };
+            let mut released = Vec::new();
+            for key in pool.ds.keys_of_network(network) {
+                if valid.contains(&(key.container_id.clone(), key.if_name.clone())) {
+                    continue;
+                }
+                if let Some(r) = pool.ds.release(&key) {
+                    released.push(r);
+                }
+            }
+            if released.is_empty() {
+                return Ok(Vec::new());
+            }
+            let out: Vec<Assignment> = released.iter().map(|r| r.assignment.clone()).collect();
+            let deltas = out.iter().map(|a| Delta::Remove(a.ip)).collect();
+            let keys: Vec<&IpamKey> = out.iter().map(|a| &a.key).collect();
+            let ack = self
+                .journal
+                .record(&mut pool, Undo::Release(released), deltas, &keys);
+            (out, ack)
+        };
+        self.journal
+            .durable(ack)
+            .await
+            .map_err(|source| IpamError::Checkpoint {
+                op: format!(
+                    "garbage collection of {} assignments of network {network:?}",
+                    released.len()
+                ),
+                source,
+            })?;
+        Ok(released)
+    }
+}
+
+#[cfg(test)]
+mod tests;
