@@ -395,6 +395,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             assigned = stats.assigned, assignable = stats.assignable, startup = ?took,
             "ipamd is ready: health SERVING, CNI config written"
         );
+        release_startup_memory();
         let pool = async {
             match manager {
                 Some(mut m) => self.manage_pool(&mut m, state).await,
@@ -643,12 +644,9 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             .map_err(|e| InitError::Retry(format!("checkpoint read task failed: {e}")))?
             .map_err(|e| InitError::Fatal(e.into()))?;
         let links: Vec<String> = host
-            .links()
+            .link_names()
             .await
-            .map_err(|e| InitError::Retry(e.to_string()))?
-            .into_iter()
-            .map(|l| l.name)
-            .collect();
+            .map_err(|e| InitError::Retry(e.to_string()))?;
         if let Some(data) = loaded {
             let report = restore_allocations(&mut ds, &data, &links);
             tracing::info!(
@@ -833,4 +831,20 @@ fn node_facts(md: &InstanceMetadata) -> Option<NodeFacts> {
 fn manager_node<I: Imds, E: Ec2Api>(m: &Manager<I, E>) -> (String, String) {
     let n = m.node();
     (n.instance_id.clone(), n.primary_eni.clone())
+}
+
+/// Hands the heap start-up freed back to the kernel. Start-up reads the checkpoint, every host
+/// link and instance metadata; glibc keeps the freed memory in its arenas (one per thread that
+/// allocated), where it would stay resident for the daemon's whole life.
+fn release_startup_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only walks and shrinks glibc's own arenas under their locks; it
+        // takes no pointer and is safe to call at any time from any thread.
+        let trimmed = unsafe { libc::malloc_trim(0) };
+        tracing::debug!(
+            released = trimmed != 0,
+            "returned freed start-up memory to the kernel"
+        );
+    }
 }

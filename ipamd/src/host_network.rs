@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
 };
@@ -249,23 +249,34 @@ impl HostNetwork {
         Ok(Self { handle })
     }
 
-    /// Every link.
+    /// Every link. The kernel is asked to leave out the statistics (RTEXT_FILTER_SKIP_STATS)
+    /// and each message is reduced to what [`HostLink`] keeps as it arrives: with hundreds of
+    /// pod veths on the node, collecting the full messages (kilobytes each) first is what
+    /// ipamd's heap grew by at start-up.
     ///
     /// # Errors
     /// The dump failed.
     pub async fn links(&self) -> Result<Vec<HostLink>, HostNetworkError> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
+        self.handle
             .link()
             .get()
+            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
             .execute()
+            .map_ok(|msg| host_link(&msg))
             .try_collect()
             .await
             .map_err(|source| HostNetworkError::Netlink {
                 op: "list links".into(),
                 source,
-            })?;
-        Ok(msgs.iter().map(host_link).collect())
+            })
+    }
+
+    /// The names of every link (what restore and the orphan sweep look for pod veths in).
+    ///
+    /// # Errors
+    /// The dump failed.
+    pub async fn link_names(&self) -> Result<Vec<String>, HostNetworkError> {
+        Ok(self.links().await?.into_iter().map(|l| l.name).collect())
     }
 
     /// The link with this MAC.

@@ -56,8 +56,8 @@ pub async fn sweep(
     clock: &dyn Clock,
     grace: Duration,
 ) -> usize {
-    let links: Vec<String> = match host.links().await {
-        Ok(l) => l.into_iter().map(|l| l.name).collect(),
+    let links: Vec<String> = match host.link_names().await {
+        Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list the node's links; orphan sweep skipped");
             return 0;

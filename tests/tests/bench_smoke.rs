@@ -36,6 +36,7 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
     c.rss_pods = 2;
     c.startup_pods = 5;
     c.startup_reps = 1;
+    c.idle_window = std::time::Duration::from_secs(1);
     c.progress = false;
     c.command = "cargo test --test bench_smoke".into();
     let criterion = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -152,6 +153,13 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
     assert_eq!(r.startups.len(), 2);
     assert_eq!(r.startups[0].pods, 0);
     assert_eq!(r.startups[1].restored, 5, "every checkpointed pod restored");
+    let idle = r.startups[1]
+        .idle_cpu
+        .unwrap_or_else(|| panic!("no idle CPU figure after the start with pods"));
+    assert!(
+        idle.window_s >= 1.0 && idle.cpu_ms >= 0.0 && idle.percent_of_core() < 100.0,
+        "{idle:?}"
+    );
     assert!(r.ipamd_memory.len() >= 3);
     assert!(
         r.ipamd_memory

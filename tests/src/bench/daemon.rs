@@ -63,6 +63,64 @@ pub fn memory(pid: i32) -> Result<Memory, BenchError> {
     })
 }
 
+/// CPU time (user + system) `pid` has used, ms (`/proc/<pid>/stat`, in clock ticks).
+pub fn cpu_ms(pid: i32) -> Result<f64, BenchError> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).map_err(|source| BenchError::Io {
+        context: format!("cannot read {path}"),
+        source,
+    })?;
+    // The fields after the command name in parentheses (which may hold spaces): state is the
+    // first, utime the 12th, stime the 13th.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| BenchError::Invalid(format!("{path} has no command field")))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| BenchError::Invalid(format!("{path}: field {} is missing", i + 3)))
+    };
+    let total = ticks(11)? + ticks(12)?;
+    #[allow(clippy::cast_precision_loss)]
+    let ms = total as f64 * 1_000.0 / super::stats::clock_ticks_per_second() as f64;
+    Ok(ms)
+}
+
+/// ipamd's CPU use while idle (no requests), with its periodic work running.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct IdleCpu {
+    /// How long it was watched, s.
+    pub window_s: f64,
+    /// CPU time it used meanwhile, ms.
+    pub cpu_ms: f64,
+}
+
+impl IdleCpu {
+    /// Watches `pid` for `window`.
+    fn measure(pid: i32, window: Duration) -> Result<Self, BenchError> {
+        let before = cpu_ms(pid)?;
+        let t0 = Instant::now();
+        std::thread::sleep(window);
+        let cpu = cpu_ms(pid)? - before;
+        Ok(Self {
+            window_s: t0.elapsed().as_secs_f64(),
+            cpu_ms: cpu,
+        })
+    }
+
+    /// Percent of one core.
+    pub fn percent_of_core(&self) -> f64 {
+        if self.window_s > 0.0 {
+            self.cpu_ms / (self.window_s * 10.0)
+        } else {
+            0.0
+        }
+    }
+}
+
 async fn connect(socket: &Path) -> Result<CniBackendClient<Channel>, BenchError> {
     let path = socket.to_owned();
     let channel = Endpoint::from_static("http://[::]:50051")
@@ -410,6 +468,8 @@ pub struct StartupResult {
     pub restored: u32,
     /// Memory a second after the first start.
     pub memory: Memory,
+    /// CPU used while idle after the first start (when an idle window was asked for).
+    pub idle_cpu: Option<IdleCpu>,
 }
 
 fn write_checkpoint(path: &Path, entries: &[(String, String, Ipv4Addr)]) -> Result<(), BenchError> {
@@ -438,13 +498,16 @@ fn write_checkpoint(path: &Path, entries: &[(String, String, Ipv4Addr)]) -> Resu
 }
 
 /// Measures ipamd's start-up `reps` times with a checkpoint of `pods` pods whose host veths
-/// exist. The node's own ipamd is stopped for the measurement and restarted (empty) after.
+/// exist, and after the first start its memory and, when `idle` is not zero, the CPU it uses
+/// idle for that long. The node's own ipamd is stopped for the measurement and restarted
+/// (empty) after.
 pub fn startup(
     node: &mut SimNode,
     ipamd_bin: &Path,
     checkpoint: &Path,
     pods: usize,
     reps: usize,
+    idle: Duration,
 ) -> Result<StartupResult, BenchError> {
     let ips = node.description().all_secondary_ips();
     if ips.len() < pods {
@@ -476,6 +539,7 @@ pub fn startup(
     let mut ready_ms = Vec::with_capacity(reps);
     let mut restored = 0;
     let mut mem = Memory::default();
+    let mut idle_cpu = None;
     let result = (|| {
         for rep in 0..reps {
             let _ = fs::remove_file(node.conflist_path());
@@ -492,6 +556,9 @@ pub fn startup(
                 restored = assigned(&node.socket_path())?;
                 std::thread::sleep(Duration::from_secs(1));
                 mem = memory(ipamd.pid())?;
+                if !idle.is_zero() {
+                    idle_cpu = Some(IdleCpu::measure(ipamd.pid(), idle)?);
+                }
             }
             ipamd.stop()?;
         }
@@ -520,6 +587,7 @@ pub fn startup(
         ready_ms,
         restored,
         memory: mem,
+        idle_cpu,
     })
 }
 

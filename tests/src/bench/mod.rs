@@ -143,6 +143,8 @@ pub struct BenchConfig {
     pub startup_pods: usize,
     /// ipamd starts measured per checkpoint.
     pub startup_reps: usize,
+    /// How long ipamd's CPU use is watched while idle after a start (0: not measured).
+    pub idle_window: Duration,
     /// criterion's output directory (`target/criterion`), when `cargo bench` ran.
     pub criterion_dir: Option<PathBuf>,
     /// The glibc build of `aws-cni`, for the size table.
@@ -174,6 +176,7 @@ impl BenchConfig {
             disk_checkpoint: true,
             startup_pods: 250,
             startup_reps: 5,
+            idle_window: Duration::from_secs(30),
             criterion_dir: None,
             glibc_plugin: None,
             dockerfile: crate::bins::workspace_dir().join("Dockerfile"),
@@ -591,6 +594,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
             &checkpoint,
             pods,
             config.startup_reps,
+            config.idle_window,
         )?);
     }
     if let Some(s) = startups.last() {

@@ -880,6 +880,21 @@ pub fn markdown(res: &BenchResults) -> String {
             st.restored
         );
     }
+    if let Some((st, idle)) = res
+        .startups
+        .iter()
+        .rev()
+        .find_map(|st| st.idle_cpu.map(|i| (st, i)))
+    {
+        let _ = writeln!(
+            w,
+            "\n### CPU while idle\n\nipamd with {} restored pods and no requests, watched for {} s after its first start (its orphan sweep and pool reconcile run every 5 s, the node-network reconcile every 30 s): {} ms of CPU, {} % of one core.",
+            st.pods,
+            f2(idle.window_s),
+            f2(idle.cpu_ms),
+            f2(idle.percent_of_core())
+        );
+    }
     let _ = writeln!(w, "\n### Resident memory\n");
     let _ = writeln!(
         w,

@@ -6,7 +6,7 @@
 //!              [--out BENCHMARKS.md] [--json results.json] [--rss-pods 50]
 //!              [--pods 200] [--conc 1,2,8] [--reps 3] [--cycle-conc 8] [--ptp-dir /usr/lib/cni]
 //!              [--exec-reps 300] [--load-clients 8] [--load-iterations 500] [--no-disk-checkpoint]
-//!              [--startup-pods 250] [--startup-reps 5] [--criterion-dir target/criterion]
+//!              [--startup-pods 250] [--startup-reps 5] [--idle-seconds 30] [--criterion-dir target/criterion]
 //!              [--glibc-plugin target/release/aws-cni] [--dockerfile Dockerfile] [--command "make bench"]
 //! ```
 //! ipamd is the one next to `cnibench` (or `IPAMD_BIN`). Exits 1 when the run fails, 3 when it
@@ -21,7 +21,7 @@ use harness::bench::{self, BenchConfig};
 const USAGE: &str = "usage: cnibench run --plugin <aws-cni> --floor <kernel-floor> --peak-rss <peak-rss>\n\
   [--out FILE.md] [--json FILE.json] [--rss-pods N] [--pods N] [--conc 1,2,8] [--reps R] [--cycle-conc C] [--ptp-dir DIR] [--exec-reps N]\n\
   [--load-clients N] [--load-iterations N] [--no-disk-checkpoint] [--startup-pods N]\n\
-  [--startup-reps N] [--criterion-dir DIR] [--glibc-plugin FILE] [--dockerfile FILE] [--command TEXT] [--quiet]\n\
+  [--startup-reps N] [--idle-seconds N] [--criterion-dir DIR] [--glibc-plugin FILE] [--dockerfile FILE] [--command TEXT] [--quiet]\n\
   Runs as root; builds a simulated node in network namespaces and removes it afterwards.";
 
 struct Cli {
@@ -50,7 +50,8 @@ fn parse(args: &[String]) -> anyhow::Result<Cli> {
             "--plugin" | "--floor" | "--peak-rss" | "--out" | "--json" | "--pods" | "--conc"
             | "--reps" | "--cycle-conc" | "--ptp-dir" | "--exec-reps" | "--load-clients"
             | "--load-iterations" | "--rss-pods" | "--startup-pods" | "--startup-reps"
-            | "--criterion-dir" | "--glibc-plugin" | "--dockerfile" | "--command" => {
+            | "--idle-seconds" | "--criterion-dir" | "--glibc-plugin" | "--dockerfile"
+            | "--command" => {
                 let v = it
                     .next()
                     .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -93,6 +94,10 @@ fn parse(args: &[String]) -> anyhow::Result<Cli> {
             "--rss-pods" => config.rss_pods = number(&flag, &v)?,
             "--startup-pods" => config.startup_pods = number(&flag, &v)?,
             "--startup-reps" => config.startup_reps = number(&flag, &v)?,
+            "--idle-seconds" => {
+                config.idle_window =
+                    std::time::Duration::from_secs(u64::try_from(number(&flag, &v)?)?);
+            }
             "--criterion-dir" => config.criterion_dir = Some(PathBuf::from(v)),
             "--glibc-plugin" => config.glibc_plugin = Some(PathBuf::from(v)),
             "--dockerfile" => config.dockerfile = PathBuf::from(v),
