@@ -244,9 +244,25 @@ fn remove_pods(ctx: &Ctx, set: PodSet, before: &[String]) -> Result<Vec<String>,
     }
 }
 
-/// Lets asynchronous kernel cleanup of deleted namespaces finish before the next measurement.
+/// Lets asynchronous kernel cleanup of deleted namespaces finish before the next measurement:
+/// at least 300 ms, then until a 100 ms window sees the machine less than 5 % busy (at most
+/// 5 s). Namespace removal hands the teardown of what was in them (for aws-cni, the pod's veth
+/// pair) to kernel workers; without waiting for them, that work would land in the next round.
 pub fn settle() {
     std::thread::sleep(Duration::from_millis(300));
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let window = Duration::from_millis(100);
+    let hz = super::stats::clock_ticks_per_second();
+    // Ticks the whole machine has in one window; 5 % of them.
+    let quiet = u64::try_from(cpus).unwrap_or(1) * hz / 10 / 20;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let t0 = super::stats::proc_stat_busy_ticks();
+        std::thread::sleep(window);
+        if super::stats::proc_stat_busy_ticks().saturating_sub(t0) <= quiet {
+            return;
+        }
+    }
 }
 
 /// One warm-up ADD+DEL in its own namespace (not timed): page cache, ipamd's first requests.
@@ -275,6 +291,7 @@ fn warm_up(ctx: &Ctx, plugin: &Plugin, conf: &Value, round_id: usize) -> Result<
     outs.into_iter().collect::<Result<Vec<()>, _>>()?;
     // Its namespace goes now, so the kernel's cleanup of it does not overlap the round.
     let left = remove_pods(ctx, set, &before)?;
+    settle();
     if left.is_empty() {
         Ok(())
     } else {

@@ -119,7 +119,7 @@ pub fn clock_ticks_per_second() -> u64 {
     u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
 }
 
-fn proc_stat_busy_ticks() -> u64 {
+pub fn proc_stat_busy_ticks() -> u64 {
     let Ok(text) = std::fs::read_to_string("/proc/stat") else {
         return 0;
     };
