@@ -107,6 +107,7 @@ MUSL_RELEASE := $(TARGET_DIR)/$(MUSL_TARGET)/release
 BENCH_ARGS ?=
 
 bench: check-root check-tools image-binaries
+	$(CARGO) build --release --locked -p vpc-cni-tests -p aws-cni --bin cnibench --bin aws-cni
 	$(CARGO) build --release --locked --target $(MUSL_TARGET) -p aws-cni \
 		--example kernel-floor --example peak-rss
 	$(CARGO) bench --locked -p ipamd --bench datastore
@@ -137,8 +138,9 @@ deps: check-root
 	command -v kubectl >/dev/null 2>&1 || \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends kubernetes-client
 
-# The image's binaries, as the Dockerfile's build stage and CI build them: the workspace in
-# release (ipamd) and the plugin static for x86_64 musl, staged with the conf files in
+# The image's binaries, as the Dockerfile's build stage and CI build them: ipamd in release
+# (only its package: the test harness is not built in release here) and the plugin static for
+# x86_64 musl, staged with the conf files in
 # target/image, which becomes /app in the image:
 #   ipamd, cni/bin/aws-cni (copied to the host by `ipamd install-cni`), conf/*.
 # `make image-test` also checks that tree (the layout tests need the release build, so they
@@ -151,7 +153,7 @@ IMAGE_CONF := conf/10-aws.conflist conf/aws-k8s-cni.yaml conf/kustomization.yaml
 
 image-binaries:
 	rustup target add $(IMAGE_MUSL_TARGET)
-	$(CARGO) build --workspace --release --locked
+	$(CARGO) build --release --locked -p ipamd --bin ipamd
 	$(CARGO) build --release --locked --target $(IMAGE_MUSL_TARGET) -p aws-cni --bin aws-cni
 	rm -rf $(IMAGE_DIR)
 	install -d $(IMAGE_DIR)/cni/bin $(IMAGE_DIR)/conf

@@ -134,7 +134,9 @@ fn dockerfile_builds_with_the_target_ci_runs() {
         "{plan}"
     );
     assert!(
-        cargo_lines.iter().any(|l| l.contains("--workspace")),
+        cargo_lines
+            .iter()
+            .any(|l| l.contains("-p ipamd") && !l.contains("--target")),
         "{plan}"
     );
     assert!(
