@@ -200,14 +200,17 @@ fn results_follow_the_request_version() {
         .assert_ok();
 
     // A repeated ADD while eth0 exists is refused before ipamd is asked.
-    let again = node.add("0.4.0", "cid-a", &pod_a, "a");
-    assert_eq!(again.code(), 121);
-    assert!(
-        again.msg().contains("eth0 already exists"),
-        "{}",
-        again.msg()
-    );
-    assert_eq!(node.ipamd.with(|s| s.add_requests.len()), 2);
+    let refused_as_eth0_exists = |cid: &str| {
+        let again = node.add("0.4.0", cid, &pod_a, "a");
+        assert_eq!(again.code(), 121);
+        assert!(
+            again.msg().contains("eth0 already exists"),
+            "{}",
+            again.msg()
+        );
+        assert_eq!(node.ipamd.with(|s| s.add_requests.len()), 2);
+    };
+    refused_as_eth0_exists("cid-a");
 
     let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod_a.path()), &args("a"));
     node.exec(&del_env, &node.with_prev("0.4.0", &prev))
@@ -217,14 +220,7 @@ fn results_follow_the_request_version() {
 
     // A namespace that outlives its DEL (`podman network disconnect`) keeps its eth0, so an
     // ADD of the same interface there is refused, as the spec and the reference have it.
-    let again = node.add("0.4.0", "cid-a2", &pod_a, "a");
-    assert_eq!(again.code(), 121);
-    assert!(
-        again.msg().contains("eth0 already exists"),
-        "{}",
-        again.msg()
-    );
-    assert_eq!(node.ipamd.with(|s| s.add_requests.len()), 2);
+    refused_as_eth0_exists("cid-a2");
 }
 
 #[test]

@@ -16,14 +16,25 @@ fn fail(node: &SimNode, msg: String) -> ! {
     panic!("{msg}\n{}", node.diag())
 }
 
-#[test]
-fn podman_run_gets_a_vpc_address_from_the_written_conflist() {
-    let node = SimNode::start(NodeOptions::new(standard_node(&[3])))
-        .unwrap_or_else(|e| panic!("cannot start the simulated node: {e}"));
-    let podman = Podman::new(&node).unwrap_or_else(|e| fail(&node, e.to_string()));
+/// A simulated node with one ENI of 3 secondary addresses.
+fn start_node() -> SimNode {
+    SimNode::start(NodeOptions::new(standard_node(&[3])))
+        .unwrap_or_else(|e| panic!("cannot start the simulated node: {e}"))
+}
+
+/// podman set up on `node`, and the busybox image it runs.
+fn podman_with_busybox(node: &SimNode) -> (Podman<'_>, &'static str) {
+    let podman = Podman::new(node).unwrap_or_else(|e| fail(node, e.to_string()));
     let image = podman
         .import_busybox()
-        .unwrap_or_else(|e| fail(&node, e.to_string()));
+        .unwrap_or_else(|e| fail(node, e.to_string()));
+    (podman, image)
+}
+
+#[test]
+fn podman_run_gets_a_vpc_address_from_the_written_conflist() {
+    let node = start_node();
+    let (podman, image) = podman_with_busybox(&node);
     let name = format!("vcni-web-{}", std::process::id());
     let script = "ip -4 addr show eth0; ip route; echo VCNI-READY; sleep 3";
     let mut child = podman
@@ -159,12 +170,8 @@ fn podman_run_gets_a_vpc_address_from_the_written_conflist() {
 /// still exists (docs/contracts.md, "DEL").
 #[test]
 fn podman_network_disconnect_unroutes_and_releases_and_connect_again_is_refused() {
-    let node = SimNode::start(NodeOptions::new(standard_node(&[3])))
-        .unwrap_or_else(|e| panic!("cannot start the simulated node: {e}"));
-    let podman = Podman::new(&node).unwrap_or_else(|e| fail(&node, e.to_string()));
-    let image = podman
-        .import_busybox()
-        .unwrap_or_else(|e| fail(&node, e.to_string()));
+    let node = start_node();
+    let (podman, image) = podman_with_busybox(&node);
     let name = format!("vcni-dis-{}", std::process::id());
     let podman_ok = |args: &[&str]| -> String {
         let out = podman

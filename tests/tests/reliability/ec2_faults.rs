@@ -38,8 +38,35 @@ pub struct MotoWatch {
     pub created: BTreeSet<String>,
 }
 
-/// Samples moto every 150 ms until stopped.
-pub fn watch_moto(
+/// A thread sampling moto every 150 ms for one node's instance until [`MotoWatcher::finish`].
+pub struct MotoWatcher {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<MotoWatch>,
+}
+
+impl MotoWatcher {
+    /// Starts watching `node`'s instance in `vpc`.
+    pub fn start(vpc: &VpcFabric, node: &VpcNode) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = watch_moto(
+            vpc.ec2().clone(),
+            vpc.vpc_id().to_owned(),
+            node.instance_id().to_owned(),
+            Arc::clone(&stop),
+        );
+        Self { stop, thread }
+    }
+
+    /// Stops sampling; what it saw.
+    pub fn finish(self) -> MotoWatch {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| panic!("the moto watcher panicked"))
+    }
+}
+
+fn watch_moto(
     ec2: Ec2,
     vpc_id: String,
     instance: String,
@@ -204,13 +231,7 @@ fn ec2_throttling_errors_slow_answers_and_resets_keep_pods_served_and_converge()
             .env("WARM_IP_TARGET", "2")
             .env("MINIMUM_IP_TARGET", "2"),
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_moto(
-        vpc.ec2().clone(),
-        vpc.vpc_id().to_owned(),
-        node.instance_id().to_owned(),
-        Arc::clone(&stop),
-    );
+    let watcher = MotoWatcher::start(&vpc, &node);
 
     // Bursts: the calls of the next growth steps are throttled, fail with 500, are reset, and
     // an AssignPrivateIpAddresses and a DescribeNetworkInterfaces run but answer too late.
@@ -306,8 +327,7 @@ fn ec2_throttling_errors_slow_answers_and_resets_keep_pods_served_and_converge()
     let converge = healed.elapsed();
     pods.push((pending, pending_ip));
     assert_pool_matches_moto(&node);
-    stop.store(true, Ordering::SeqCst);
-    let watch = watcher.join().unwrap();
+    let watch = watcher.finish();
     assert_no_half_created_eni(&vpc, &node, &watch.created);
     check!(
         node,
@@ -378,13 +398,7 @@ fn half_created_enis_are_removed_and_the_pool_converges() {
             .env("WARM_ENI_TARGET", "0")
             .env("WARM_IP_TARGET", "1"),
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_moto(
-        vpc.ec2().clone(),
-        vpc.vpc_id().to_owned(),
-        node.instance_id().to_owned(),
-        Arc::clone(&stop),
-    );
+    let watcher = MotoWatcher::start(&vpc, &node);
     let mut pods = Vec::new();
     for i in 0..3 {
         let p = pod("eni", &format!("primary-{i}"));
@@ -468,8 +482,7 @@ fn half_created_enis_are_removed_and_the_pool_converges() {
     pods.push((blocked, ip));
 
     assert_pool_matches_moto(&node);
-    stop.store(true, Ordering::SeqCst);
-    let watch = watcher.join().unwrap();
+    let watch = watcher.finish();
     assert_no_half_created_eni(&vpc, &node, &watch.created);
     check!(
         node,
