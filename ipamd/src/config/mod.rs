@@ -58,6 +58,8 @@ pub const AWS_VPC_K8S_PLUGIN_LOG_LEVEL: &str = "AWS_VPC_K8S_PLUGIN_LOG_LEVEL";
 pub const CLUSTER_ENDPOINT: &str = "CLUSTER_ENDPOINT";
 /// Cluster name for ENI tags and leak cleanup scoping.
 pub const CLUSTER_NAME: &str = "CLUSTER_NAME";
+/// Chain the `tuning` plugin that disables IPv6 inside every pod (written into the conflist).
+pub const DISABLE_POD_V6: &str = "DISABLE_POD_V6";
 /// Disable the introspection endpoint.
 pub const DISABLE_INTROSPECTION: &str = "DISABLE_INTROSPECTION";
 /// Disable the leaked-ENI cleanup job.
@@ -66,6 +68,8 @@ pub const DISABLE_LEAKED_ENI_CLEANUP: &str = "DISABLE_LEAKED_ENI_CLEANUP";
 pub const DISABLE_METRICS: &str = "DISABLE_METRICS";
 /// Never add or remove ENIs/IPs through EC2.
 pub const DISABLE_NETWORK_RESOURCE_PROVISIONING: &str = "DISABLE_NETWORK_RESOURCE_PROVISIONING";
+/// Chain the `bandwidth` plugin (pod ingress/egress limits from annotations).
+pub const ENABLE_BANDWIDTH_PLUGIN: &str = "ENABLE_BANDWIDTH_PLUGIN";
 /// Use only what instance metadata shows; no EC2 calls at all.
 pub const ENABLE_IMDS_ONLY_MODE: &str = "ENABLE_IMDS_ONLY_MODE";
 /// IPv4 mode.
@@ -220,6 +224,11 @@ pub struct PluginConfig {
     pub log_level: String,
     /// `POD_SECURITY_GROUP_ENFORCING_MODE` (default `strict`).
     pub pod_sg_enforcing_mode: String,
+    /// `DISABLE_POD_V6` (default false): chain `tuning` with the sysctls that turn IPv6 off in
+    /// the pod.
+    pub disable_pod_v6: bool,
+    /// `ENABLE_BANDWIDTH_PLUGIN` (default false): chain `bandwidth`.
+    pub bandwidth_plugin: bool,
 }
 
 /// Kubernetes-related knobs (the API server is not needed in this build).
@@ -518,6 +527,8 @@ impl Config {
                     "strict".into(),
                     parse::parse_sg_mode,
                 )?,
+                disable_pod_v6: r.bool(DISABLE_POD_V6, false)?,
+                bandwidth_plugin: r.bool(ENABLE_BANDWIDTH_PLUGIN, false)?,
             },
             kubernetes: KubernetesConfig {
                 node_name,
