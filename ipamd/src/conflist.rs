@@ -1,7 +1,13 @@
 //! The CNI network configuration ipamd writes once it is ready (`10-aws.conflist` in
 //! `HOST_CNI_CONFDIR_PATH`): the kubelet marks the node's network ready when it appears, so it is
 //! written only after ipamd serves, atomically, and again on every start.
+//!
+//! Like the reference's `generateJSON`, optional upstream plugins are chained after `portmap`, in
+//! the reference's order: `bandwidth` (`ENABLE_BANDWIDTH_PLUGIN`), then `tuning`
+//! (`DISABLE_POD_V6`). Both come from containernetworking-plugins and act on the result of the
+//! plugins before them (the bandwidth plugin finds the host veth among its interfaces).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -56,10 +62,43 @@ struct PortmapEntry {
 }
 
 #[derive(Debug, Serialize)]
+struct BandwidthCapabilities {
+    bandwidth: bool,
+}
+
+/// `{"type":"bandwidth","capabilities":{"bandwidth":true}}`: the runtime passes the pod's
+/// rates (kubelet's `kubernetes.io/{ingress,egress}-bandwidth` annotations) as runtime config.
+#[derive(Debug, Serialize)]
+struct BandwidthEntry {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    capabilities: BandwidthCapabilities,
+}
+
+/// `{"type":"tuning","sysctl":{...}}`: sysctls written inside the pod's network namespace.
+#[derive(Debug, Serialize)]
+struct TuningEntry {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// Sorted, as the reference's Go map marshals.
+    sysctl: BTreeMap<&'static str, &'static str>,
+}
+
+/// The sysctls `DISABLE_POD_V6=true` sets in the pod: IPv6 off on every interface, present
+/// (`all`, `lo`) and future (`default`).
+const POD_V6_OFF_SYSCTLS: [(&str, &str); 3] = [
+    ("net.ipv6.conf.all.disable_ipv6", "1"),
+    ("net.ipv6.conf.default.disable_ipv6", "1"),
+    ("net.ipv6.conf.lo.disable_ipv6", "1"),
+];
+
+#[derive(Debug, Serialize)]
 #[serde(untagged)]
 enum Plugin<'a> {
     AwsCni(AwsCniEntry<'a>),
     Portmap(PortmapEntry),
+    Bandwidth(BandwidthEntry),
+    Tuning(TuningEntry),
 }
 
 #[derive(Debug, Serialize)]
@@ -71,10 +110,11 @@ struct Conflist<'a> {
 }
 
 /// The conflist's JSON (pretty-printed, trailing newline), exactly as docs/contracts.md pins it:
-/// the `aws-cni` entry (MTU as a string, `POD_MTU` else `AWS_VPC_ENI_MTU`) then portmap.
+/// the `aws-cni` entry (MTU as a string, `POD_MTU` else `AWS_VPC_ENI_MTU`), portmap, then
+/// `bandwidth` when `ENABLE_BANDWIDTH_PLUGIN=true` and `tuning` when `DISABLE_POD_V6=true`.
 pub fn render(config: &Config) -> String {
     let p = &config.plugin;
-    let list = Conflist {
+    let mut list = Conflist {
         cni_version: "1.0.0",
         name: "aws-cni",
         plugins: vec![
@@ -97,6 +137,18 @@ pub fn render(config: &Config) -> String {
             }),
         ],
     };
+    if p.bandwidth_plugin {
+        list.plugins.push(Plugin::Bandwidth(BandwidthEntry {
+            kind: "bandwidth",
+            capabilities: BandwidthCapabilities { bandwidth: true },
+        }));
+    }
+    if p.disable_pod_v6 {
+        list.plugins.push(Plugin::Tuning(TuningEntry {
+            kind: "tuning",
+            sysctl: POD_V6_OFF_SYSCTLS.into_iter().collect(),
+        }));
+    }
     // Serializing plain structs of strings and bools cannot fail.
     let mut text = serde_json::to_string_pretty(&list).unwrap_or_default();
     text.push('\n');
@@ -176,6 +228,87 @@ mod tests {
             serde_json::from_str(&render(&config(&[("POD_MTU", "1400")]))).unwrap();
         assert_eq!(v["plugins"][0]["mtu"], "1400");
         assert!(v.get("disableCheck").is_none());
+    }
+
+    fn plugins(c: &Config) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(&render(c)).unwrap();
+        v["plugins"].as_array().unwrap().clone()
+    }
+
+    fn bandwidth() -> serde_json::Value {
+        serde_json::json!({"type": "bandwidth", "capabilities": {"bandwidth": true}})
+    }
+
+    fn tuning() -> serde_json::Value {
+        serde_json::json!({"type": "tuning", "sysctl": {
+            "net.ipv6.conf.all.disable_ipv6": "1",
+            "net.ipv6.conf.default.disable_ipv6": "1",
+            "net.ipv6.conf.lo.disable_ipv6": "1"}})
+    }
+
+    #[test]
+    fn explicit_false_chains_nothing() {
+        let c = config(&[
+            ("ENABLE_BANDWIDTH_PLUGIN", "false"),
+            ("DISABLE_POD_V6", "false"),
+        ]);
+        assert_eq!(render(&c), render(&config(&[])));
+    }
+
+    #[test]
+    fn enable_bandwidth_plugin_chains_bandwidth_after_portmap() {
+        let got = plugins(&config(&[("ENABLE_BANDWIDTH_PLUGIN", "true")]));
+        let base = plugins(&config(&[]));
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[..2], base[..], "aws-cni and portmap unchanged");
+        assert_eq!(got[2], bandwidth());
+    }
+
+    #[test]
+    fn disable_pod_v6_chains_tuning_after_portmap() {
+        let got = plugins(&config(&[("DISABLE_POD_V6", "true")]));
+        let base = plugins(&config(&[]));
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[..2], base[..], "aws-cni and portmap unchanged");
+        assert_eq!(got[2], tuning());
+    }
+
+    #[test]
+    fn both_chain_bandwidth_then_tuning_in_the_reference_order() {
+        let c = config(&[
+            ("DISABLE_POD_V6", "true"),
+            ("ENABLE_BANDWIDTH_PLUGIN", "true"),
+        ]);
+        let got = plugins(&c);
+        let types: Vec<&str> = got.iter().map(|p| p["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["aws-cni", "portmap", "bandwidth", "tuning"]);
+        assert_eq!(got[2], bandwidth());
+        assert_eq!(got[3], tuning());
+        // The text itself: keys in the reference's field order, sysctls sorted.
+        let text = render(&c);
+        let tail = text.split("\"snat\": true").nth(1).unwrap();
+        assert_eq!(
+            tail,
+            r#"
+    },
+    {
+      "type": "bandwidth",
+      "capabilities": {
+        "bandwidth": true
+      }
+    },
+    {
+      "type": "tuning",
+      "sysctl": {
+        "net.ipv6.conf.all.disable_ipv6": "1",
+        "net.ipv6.conf.default.disable_ipv6": "1",
+        "net.ipv6.conf.lo.disable_ipv6": "1"
+      }
+    }
+  ]
+}
+"#
+        );
     }
 
     #[test]
