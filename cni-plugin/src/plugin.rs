@@ -92,23 +92,24 @@ fn run_inner(
     result
 }
 
-/// The verbs each version defines; GC and STATUS need 1.1.0, ADD/DEL/CHECK need 0.4.0.
+/// The verbs each version defines: ADD, DEL and VERSION in every served version, CHECK from
+/// 0.4.0, GC and STATUS from 1.1.0. Others get code 1, with `skel`'s wording for CHECK.
 fn check_verb_version(command: Command, version: CniVersion) -> Result<(), CniError> {
-    let ok = match command {
-        Command::Version => true,
-        Command::Add | Command::Del | Command::Check => version.serves_attachments(),
-        Command::Gc | Command::Status => version.has_gc_and_status(),
-    };
-    if ok {
-        return Ok(());
-    }
     let needed = match command {
+        Command::Version | Command::Add | Command::Del => return Ok(()),
+        Command::Check if version.has_check() => return Ok(()),
+        Command::Gc | Command::Status if version.has_gc_and_status() => return Ok(()),
+        Command::Check => "0.4.0 or newer",
         Command::Gc | Command::Status => "1.1.0",
-        _ => "0.4.0, 1.0.0 or 1.1.0",
+    };
+    let skel_words = if command == Command::Check {
+        "config version does not allow CHECK; "
+    } else {
+        ""
     };
     Err(CniError::IncompatibleVersion {
         reason: format!(
-            "{} is not served for cniVersion {version}; it needs cniVersion {needed}",
+            "{skel_words}{} is not defined for cniVersion {version}; it needs cniVersion {needed}",
             command.as_str()
         ),
     })
@@ -503,17 +504,57 @@ async fn del(conf: &NetConf, a: &Attachment) -> Result<(), CniError> {
         }
         timing::mark("check_network_rpc");
     }
+
+    let mut errors: Vec<String> = Vec::new();
+    let mut pod_nl: Option<Netlink> = None;
+    // Neither a cached result (runtimes send none on DEL before 0.4.0) nor ipamd named the
+    // address: the pod's own interface does, and its gateway neighbour gives the host veth's
+    // MAC, which keeps the ownership check prevResult's MAC gives (docs/contracts.md, DEL).
+    // Without the namespace nothing of this sandbox can be told apart: its veth pair and host
+    // route went with the namespace, and a veth of the pod's name is a later sandbox's.
+    if ips.is_empty()
+        && let Some(ns) = &pod_ns
+    {
+        if !conf.cni_version.del_has_prev_result() {
+            debug!(version = %conf.cni_version, "no prevResult on DEL in this version");
+        }
+        match Netlink::in_netns(ns) {
+            Ok(pod) => {
+                match pod_network::read_pod_side(&pod, &a.ifname).await {
+                    Ok(Some(side)) => {
+                        info!(ips = ?side.ips, "addresses taken from the pod's interface");
+                        ips = side.ips;
+                        container_mac = side.mac;
+                        if let (Some(mac), Some(v)) = (side.host_veth_mac, veths.first_mut()) {
+                            v.mac = Some(mac);
+                        }
+                    }
+                    Ok(None) => debug!("the pod has no such interface; nothing of it is left"),
+                    Err(e) => {
+                        errors.push(format!("reading {} in the pod namespace: {e}", a.ifname))
+                    }
+                }
+                pod_nl = Some(pod);
+            }
+            Err(e) => info!(error = %e, "pod namespace not enterable; pod side skipped"),
+        }
+        timing::mark("pod_side_read");
+    }
     info!(?ips, ?veths, "tearing down");
 
     let host = Netlink::current().map_err(netlink_error)?;
     timing::mark("netlink_open");
     // The host's routing state of the pod first, then its addresses in the pod; the veth pair
     // stays for the runtime's removal of the namespace (docs/contracts.md, DEL).
-    let mut errors = pod_network::teardown_host(&host, &ips, &veths).await;
+    errors.extend(pod_network::teardown_host(&host, &ips, &veths).await);
     if let Some(ns) = &pod_ns
         && !ips.is_empty()
     {
-        match Netlink::in_netns(ns) {
+        let pod = match pod_nl.take() {
+            Some(p) => Ok(p),
+            None => Netlink::in_netns(ns),
+        };
+        match pod {
             Ok(pod) => {
                 errors.extend(pod_network::teardown_pod(&pod, &a.ifname, &ips, container_mac).await)
             }
@@ -731,9 +772,29 @@ mod tests {
         assert!(check_verb_version(Command::Add, CniVersion::V0_4_0).is_ok());
         assert!(check_verb_version(Command::Check, CniVersion::V1_0_0).is_ok());
         assert!(check_verb_version(Command::Gc, CniVersion::V1_1_0).is_ok());
+        for v in [CniVersion::V0_3_0, CniVersion::V0_3_1] {
+            assert!(check_verb_version(Command::Add, v).is_ok(), "ADD {v}");
+            assert!(check_verb_version(Command::Del, v).is_ok(), "DEL {v}");
+            assert!(
+                check_verb_version(Command::Version, v).is_ok(),
+                "VERSION {v}"
+            );
+            let msg = check_verb_version(Command::Check, v)
+                .err()
+                .map(|e| (e.cni_code(), e.to_string()));
+            assert_eq!(
+                msg,
+                Some((
+                    1,
+                    format!(
+                        "incompatible CNI version: config version does not allow CHECK; CHECK is not defined for cniVersion {v}; it needs cniVersion 0.4.0 or newer"
+                    )
+                ))
+            );
+        }
         for (cmd, v) in [
-            (Command::Add, CniVersion::V0_3_1),
             (Command::Check, CniVersion::V0_3_0),
+            (Command::Gc, CniVersion::V0_3_1),
             (Command::Gc, CniVersion::V1_0_0),
             (Command::Status, CniVersion::V0_4_0),
         ] {

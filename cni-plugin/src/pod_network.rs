@@ -409,6 +409,47 @@ pub async fn teardown_released(host: &Netlink, ips: &[Ipv4Addr]) -> Vec<String> 
     errors
 }
 
+/// What the pod's own interface says about the attachment: what DEL works from when neither a
+/// cached result (0.3.x runtimes send none) nor ipamd names the pod's address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodSide {
+    /// The `/32` IPv4 addresses on `CNI_IFNAME` (link-local ones excluded: ADD never puts one
+    /// there).
+    pub ips: Vec<Ipv4Addr>,
+    /// The interface's MAC.
+    pub mac: Option<[u8; 6]>,
+    /// The lladdr of the PERMANENT neighbour 169.254.1.1 on it: ADD sets it to the host veth's
+    /// MAC, so it identifies this sandbox's host veth among same-named ones as prevResult's MAC
+    /// would.
+    pub host_veth_mac: Option<[u8; 6]>,
+}
+
+/// Reads [`PodSide`] from `ifname` in the pod namespace; `Ok(None)` when there is no such
+/// interface (nothing of this sandbox is left in it: the veth pair goes as one).
+pub async fn read_pod_side(pod: &Netlink, ifname: &str) -> Result<Option<PodSide>, NetlinkError> {
+    let Some(link) = pod.link_by_name(ifname).await? else {
+        return Ok(None);
+    };
+    let ips = pod
+        .addresses(link.index)
+        .await?
+        .into_iter()
+        .filter(|(ip, len)| *len == 32 && !ip.is_link_local())
+        .map(|(ip, _)| ip)
+        .collect();
+    let host_veth_mac = pod
+        .neighbours()
+        .await?
+        .into_iter()
+        .find(|n| n.ifindex == link.index && n.ip == POD_GATEWAY && n.permanent)
+        .and_then(|n| n.mac);
+    Ok(Some(PodSide {
+        ips,
+        mac: link.mac,
+        host_veth_mac,
+    }))
+}
+
 /// Pod-side teardown for DEL: removes the pod's addresses from `ifname` and leaves the
 /// interface (it goes with the namespace, which the runtime removes after DEL). With its
 /// addresses gone the kernel also drops the interface's routes and neighbours, so a sandbox

@@ -92,6 +92,95 @@ fn unknown_cni_version_is_code_1() {
     let r = f.run(&env, &f.conf("1.0.0"));
     assert_eq!(r.code(), 1);
     assert!(r.msg().contains("STATUS"), "{}", r.msg());
+    // CHECK does not exist before 0.4.0 (skel's answer, in the request's version).
+    for v in ["0.3.0", "0.3.1"] {
+        let env = cni_env("CHECK", "cid1", "eth0", Some(&f.pod.path()), ARGS);
+        let r = f.run(&env, &f.conf(v));
+        assert_eq!(r.code(), 1, "{v}");
+        assert!(
+            r.msg().contains("config version does not allow CHECK"),
+            "{}",
+            r.msg()
+        );
+        assert_eq!(r.json()["cniVersion"], v);
+        let env = HashMap::from([("CNI_COMMAND", "GC".to_string())]);
+        assert_eq!(f.run(&env, &f.conf(v)).code(), 1, "GC {v}");
+    }
+}
+
+#[test]
+fn add_0_3_x_without_ipamd_is_code_11_in_its_version() {
+    let f = Fixture::new();
+    for v in ["0.3.0", "0.3.1"] {
+        let r = f.run(&f.add_env(), &f.conf(v));
+        assert_eq!(r.code(), 11, "{v}: {}", r.stdout);
+        assert_eq!(r.json()["cniVersion"], v);
+        assert_eq!(f.pod.link_names(), vec!["lo".to_string()]);
+    }
+}
+
+#[test]
+fn del_0_3_1_without_ipamd_keeps_a_host_veth_the_pod_does_not_point_at() {
+    let f = Fixture::new();
+    let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
+    // A pair of the pod's host veth name whose pod end's gateway neighbour names another MAC
+    // than the host end's: the host side is not this sandbox's to remove.
+    f.host.ip(&[
+        "link",
+        "add",
+        &veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &f.pod.name,
+    ]);
+    f.host
+        .ip(&["link", "set", &veth, "address", "02:00:00:00:00:01", "up"]);
+    f.pod.ip(&["link", "set", "eth0", "up"]);
+    f.pod.ip(&["addr", "add", "10.0.2.20/32", "dev", "eth0"]);
+    f.pod.ip(&[
+        "neigh",
+        "replace",
+        "169.254.1.1",
+        "lladdr",
+        "02:00:00:00:00:09",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    f.host.ip(&[
+        "route",
+        "add",
+        "10.0.2.20/32",
+        "dev",
+        &veth,
+        "scope",
+        "link",
+    ]);
+    for rule in [
+        ["to", "10.0.2.20", "lookup", "main", "priority", "512"],
+        ["from", "10.0.2.20", "lookup", "2", "priority", "1536"],
+    ] {
+        let mut args = vec!["rule", "add"];
+        args.extend(rule);
+        f.host.ip(&args);
+    }
+    let env = cni_env("DEL", "cid1", "eth0", Some(&f.pod.path()), ARGS);
+    let r = f.run(&env, &f.conf("0.3.1"));
+    r.assert_ok();
+    assert_eq!(r.stdout, "");
+    assert_eq!(f.host.pod_rules("10.0.2.20".parse().unwrap()).len(), 2);
+    assert!(f.host.routes().iter().any(|r| r["dst"] == "10.0.2.20"));
+    // The pod's own interface is this sandbox's: its address goes.
+    assert!(
+        f.pod.addresses("eth0").is_empty(),
+        "{:?}",
+        f.pod.addresses("eth0")
+    );
 }
 
 #[test]

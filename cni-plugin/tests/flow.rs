@@ -353,3 +353,241 @@ fn status_reports_whether_add_can_be_served() {
     assert_eq!(r.code(), 50);
     assert!(r.msg().contains("not ready"), "{}", r.msg());
 }
+
+/// Asserts the data plane ADD made for `ip` (design.md §1): pod address, routes and gateway
+/// neighbour, host route and rules. Returns the host veth's MAC.
+fn assert_attached(node: &Node, pod: &TestNetns, veth: &str, ip: Ipv4Addr, table: u32) -> String {
+    let host_mac = node.host.link(veth).expect("host veth")["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(pod.addresses("eth0"), vec![format!("{ip}/32")]);
+    let routes = pod.routes();
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["dst"] == "169.254.1.1" && r["dev"] == "eth0" && r["scope"] == "link"),
+        "{routes:?}"
+    );
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == "169.254.1.1"),
+        "{routes:?}"
+    );
+    let neigh = pod.neighbours();
+    assert!(
+        neigh.iter().any(|n| n["dst"] == "169.254.1.1"
+            && n["lladdr"] == host_mac.as_str()
+            && n["state"].to_string().contains("PERMANENT")),
+        "{neigh:?}"
+    );
+    let ip_s = ip.to_string();
+    assert!(
+        node.host
+            .routes()
+            .iter()
+            .any(|r| r["dst"] == ip_s.as_str() && r["dev"] == veth && r["scope"] == "link"),
+        "{:?}",
+        node.host.routes()
+    );
+    let rules = node.host.pod_rules(ip);
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["priority"] == 512 && r["dst"] == ip_s.as_str() && r["table"] == "main"),
+        "{rules:?}"
+    );
+    assert!(
+        rules.iter().any(|r| r["priority"] == 1536
+            && r["src"] == ip_s.as_str()
+            && r["table"] == table.to_string().as_str()),
+        "{rules:?}"
+    );
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    host_mac
+}
+
+/// Asserts DEL left the host neither routing `ip` nor holding its rules, and the pod's eth0
+/// without the address.
+fn assert_detached(node: &Node, pod: &TestNetns, ip: Ipv4Addr) {
+    assert!(
+        node.host.pod_rules(ip).is_empty(),
+        "{:?}",
+        node.host.pod_rules(ip)
+    );
+    let ip_s = ip.to_string();
+    assert!(
+        node.host.routes().iter().all(|r| r["dst"] != ip_s.as_str()),
+        "{:?}",
+        node.host.routes()
+    );
+    assert!(
+        pod.addresses("eth0").is_empty(),
+        "{:?}",
+        pod.addresses("eth0")
+    );
+}
+
+#[test]
+fn add_and_del_with_0_3_0_and_0_3_1_configs() {
+    let node = Node::new(&[(ip("10.0.2.90"), 2), (ip("10.0.2.91"), 3)]);
+    for (version, addr, table, name) in [
+        ("0.3.0", ip("10.0.2.90"), 2, "web-30"),
+        ("0.3.1", ip("10.0.2.91"), 3, "web-31"),
+    ] {
+        let pod = TestNetns::new("pod");
+        let cid = format!("cid-{name}");
+        let r = node.add(version, &cid, &pod, name);
+        r.assert_ok();
+        let veth = aws_cni::pod_network::host_veth_name("eni", "default", name);
+        let host_mac = assert_attached(&node, &pod, &veth, addr, table);
+        let pod_mac = pod.link("eth0").unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // The 0.3.x result: ips[].version "4", interface indices, no interface MTU.
+        assert_eq!(
+            r.json(),
+            json!({
+                "cniVersion": version,
+                "interfaces": [{"name": veth, "mac": host_mac},
+                               {"name": "eth0", "mac": pod_mac, "sandbox": pod.path()}],
+                "ips": [{"version": "4", "address": format!("{addr}/32"), "interface": 1,
+                         "gateway": "169.254.1.1"}],
+                "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}],
+                "dns": {}
+            }),
+            "{version}"
+        );
+        assert!(node.host.ping(&addr.to_string()), "{version}: node -> pod");
+        assert!(pod.ping("10.0.0.10"), "{version}: pod -> node");
+
+        // CHECK does not exist before 0.4.0: code 1 with skel's words, nothing touched.
+        let check_env = cni_env("CHECK", &cid, "eth0", Some(&pod.path()), &args(name));
+        let c = node.exec(&check_env, &node.with_prev(version, &r.json()));
+        assert_eq!(c.code(), 1, "{version}: {}", c.stdout);
+        assert!(
+            c.msg().contains("config version does not allow CHECK"),
+            "{}",
+            c.msg()
+        );
+        assert_eq!(c.json()["cniVersion"], version);
+        assert_attached(&node, &pod, &veth, addr, table);
+
+        // DEL without prevResult (0.3.x runtimes have none): ipamd names the address, the
+        // pod's routing state and address go, and the address is released only after that.
+        let del_env = cni_env("DEL", &cid, "eth0", Some(&pod.path()), &args(name));
+        let d = node.exec(&del_env, &node.conf(version));
+        d.assert_ok();
+        assert_eq!(d.stdout, "", "DEL prints nothing");
+        assert_detached(&node, &pod, addr);
+        assert!(!node.host.ping(&addr.to_string()), "node -> deleted pod");
+        node.ipamd.with(|s| {
+            let last = s.del_requests.last().unwrap();
+            assert_eq!(
+                (last.container_id.as_str(), last.reason.as_str()),
+                (cid.as_str(), "PodDeleted")
+            );
+            assert_eq!(s.rules_at_release.last(), Some(&(addr, 0)));
+            assert!(s.free.contains(&(addr, i32::try_from(table).unwrap())));
+        });
+        // A repeated DEL succeeds; the namespace's removal frees the pair.
+        node.exec(&del_env, &node.conf(version)).assert_ok();
+        drop(pod);
+        assert!(
+            node.host.wait_link_gone(&veth),
+            "veth outlived its namespace"
+        );
+        assert!(node.host.pod_rules(addr).is_empty());
+    }
+    node.ipamd.with(|s| assert!(s.assigned.is_empty()));
+}
+
+#[test]
+fn del_0_3_1_without_ipamd_cleans_up_from_the_pod_interface() {
+    let node = Node::new(&[(ip("10.0.2.92"), 2), (ip("10.0.2.93"), 2)]);
+    let pod = TestNetns::new("pod");
+    let neighbour = TestNetns::new("pod");
+    node.add("0.3.1", "cid-a", &pod, "web-0").assert_ok();
+    node.add("0.3.1", "cid-b", &neighbour, "web-1").assert_ok();
+    let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
+    let other_veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-1");
+    assert_attached(&node, &pod, &veth, ip("10.0.2.92"), 2);
+
+    // ipamd unreachable, no prevResult: the pod's eth0 names the address and its gateway
+    // neighbour the host veth's MAC; the host's routing state and the pod's address go.
+    let mut unreachable = node.conf("0.3.1");
+    unreachable["ipamdSocket"] = json!(node.log.path().join("absent.sock"));
+    let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod.path()), &args("web-0"));
+    let d = node.exec(&del_env, &unreachable);
+    d.assert_ok();
+    assert_eq!(d.stdout, "");
+    assert_detached(&node, &pod, ip("10.0.2.92"));
+    assert!(
+        node.host.link(&veth).is_some(),
+        "the veth goes with the netns"
+    );
+    // ipamd was not told; it still holds the address (its orphan sweep or a later DEL frees it).
+    node.ipamd.with(|s| {
+        assert!(s.del_requests.is_empty());
+        assert_eq!(s.assigned.len(), 2);
+    });
+    // The other pod is untouched.
+    assert_attached(&node, &neighbour, &other_veth, ip("10.0.2.93"), 2);
+    assert!(node.host.ping("10.0.2.93"));
+
+    // Again without ipamd: nothing left to find, success.
+    node.exec(&del_env, &unreachable).assert_ok();
+    // Once ipamd answers, a repeated DEL releases the address.
+    node.exec(&del_env, &node.conf("0.3.1")).assert_ok();
+    node.ipamd.with(|s| {
+        assert_eq!(s.rules_at_release, vec![(ip("10.0.2.92"), 0)]);
+        assert_eq!(s.assigned.len(), 1);
+    });
+    drop(pod);
+    assert!(node.host.wait_link_gone(&veth));
+    assert_attached(&node, &neighbour, &other_veth, ip("10.0.2.93"), 2);
+}
+
+#[test]
+fn late_0_3_1_del_of_an_old_sandbox_without_ipamd_keeps_the_new_sandbox() {
+    let node = Node::new(&[(ip("10.0.2.94"), 2), (ip("10.0.2.95"), 2)]);
+    let old_ns = TestNetns::new("old");
+    let new_ns = TestNetns::new("new");
+    // web-0 re-created: the new sandbox's ADD replaces the old sandbox's host veth of the same
+    // name, which takes the old pod's eth0 and host route with it; the old rules stay.
+    node.add("0.3.1", "cid-old", &old_ns, "web-0").assert_ok();
+    node.add("0.3.1", "cid-new", &new_ns, "web-0").assert_ok();
+    let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
+    assert!(old_ns.link("eth0").is_none());
+    assert_attached(&node, &new_ns, &veth, ip("10.0.2.95"), 2);
+
+    // The old sandbox's DEL, without prevResult and without ipamd: its namespace no longer has
+    // eth0, so nothing names its address; the veth of the pod's name is the new sandbox's and
+    // is left alone, with its route and rules.
+    let mut unreachable = node.conf("0.3.1");
+    unreachable["ipamdSocket"] = json!(node.log.path().join("absent.sock"));
+    let old_del = cni_env(
+        "DEL",
+        "cid-old",
+        "eth0",
+        Some(&old_ns.path()),
+        &args("web-0"),
+    );
+    node.exec(&old_del, &unreachable).assert_ok();
+    assert_attached(&node, &new_ns, &veth, ip("10.0.2.95"), 2);
+    assert!(node.host.ping("10.0.2.95"));
+    // The same DEL with the namespace gone too.
+    let gone_del = cni_env("DEL", "cid-old", "eth0", Some(""), &args("web-0"));
+    node.exec(&gone_del, &unreachable).assert_ok();
+    assert_attached(&node, &new_ns, &veth, ip("10.0.2.95"), 2);
+    // What it could not find (the old address's rules) goes once ipamd answers the DEL.
+    assert_eq!(node.host.pod_rules(ip("10.0.2.94")).len(), 2);
+    node.exec(&old_del, &node.conf("0.3.1")).assert_ok();
+    assert!(node.host.pod_rules(ip("10.0.2.94")).is_empty());
+    node.ipamd
+        .with(|s| assert_eq!(s.rules_at_release, vec![(ip("10.0.2.94"), 0)]));
+    assert_attached(&node, &new_ns, &veth, ip("10.0.2.95"), 2);
+    assert!(node.host.ping("10.0.2.95"));
+}

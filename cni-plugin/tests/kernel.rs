@@ -416,6 +416,47 @@ fn gc_teardown_removes_rules_route_and_the_veth_the_route_points_at() {
     assert!(check(&host, &keep_ns, &keep).is_empty());
 }
 
+/// What DEL reads from the pod when it has neither prevResult nor ipamd's answer.
+fn read_pod_side(pod_ns: &TestNetns, ifname: &str) -> Option<pod_network::PodSide> {
+    let (path, ifname) = (pod_ns.path(), ifname.to_string());
+    in_netns(pod_ns, move || {
+        runtime().block_on(async move {
+            let ns = Netns::open(&path).unwrap();
+            let p = Netlink::in_netns(&ns).unwrap();
+            pod_network::read_pod_side(&p, &ifname).await.unwrap()
+        })
+    })
+}
+
+#[test]
+fn the_pod_interface_names_its_address_and_host_veth_for_a_del_without_prev_result() {
+    let (host, pod_ns) = node();
+    let pod = Pod::new([10, 200, 0, 30], 3, "web-30");
+    let out = setup(&host, &pod_ns, &pod).unwrap();
+
+    let side = read_pod_side(&pod_ns, "eth0").expect("eth0 exists");
+    assert_eq!(
+        side,
+        pod_network::PodSide {
+            ips: vec![pod.ip],
+            mac: Some(out.container_mac),
+            host_veth_mac: Some(out.host_mac),
+        }
+    );
+    assert_eq!(read_pod_side(&pod_ns, "eth1"), None);
+
+    // DEL from what the pod said: the host veth is matched by the MAC the pod's gateway
+    // neighbour names, and everything of the pod's routing goes.
+    let errors = teardown_with_mac(&host, Some(pod_ns.path()), &pod, side.host_veth_mac);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_host_unrouted(&host, &pod);
+    let again = read_pod_side(&pod_ns, "eth0").expect("eth0 stays until the netns goes");
+    assert!(
+        again.ips.is_empty(),
+        "a repeated DEL must find no address left in the pod: {again:?}"
+    );
+}
+
 #[test]
 fn late_del_of_an_old_sandbox_keeps_the_new_pod_of_the_same_name() {
     let (host, old_ns) = node();

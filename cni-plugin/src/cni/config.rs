@@ -584,6 +584,27 @@ mod tests {
     }
 
     #[test]
+    fn configs_of_0_3_x_parse_with_their_prev_result() {
+        for v in ["0.3.0", "0.3.1"] {
+            let c = parse(&format!(
+                r#"{{"cniVersion":"{v}","name":"aws-cni","type":"aws-cni","prevResult":
+                   {{"cniVersion":"{v}","interfaces":[{{"name":"eni0123456789a"}},
+                     {{"name":"eth0","sandbox":"/run/netns/p"}}],
+                     "ips":[{{"version":"4","address":"10.0.2.20/32","interface":1}}]}}}}"#
+            ))
+            .unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(c.cni_version.as_str(), v);
+            let prev = c
+                .prev_result
+                .unwrap_or_else(|| panic!("{v}: no prevResult"));
+            assert_eq!(
+                prev.pod_ipv4s("eth0"),
+                vec![std::net::Ipv4Addr::new(10, 0, 2, 20)]
+            );
+        }
+    }
+
+    #[test]
     fn version_errors_are_code_1() {
         assert_eq!(code(r#"{"name":"x"}"#), 1);
         assert_eq!(code(r#"{"cniVersion":"0.2.0"}"#), 1);

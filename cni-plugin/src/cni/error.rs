@@ -12,9 +12,11 @@
 //! | 130  | DEL or GC: some teardown steps failed (every failure is listed; the others were still done) |
 //! | 140  | a network namespace could not be opened or entered for a reason other than "does not exist" |
 //!
-//! Verbs a request's `cniVersion` does not define (GC and STATUS before 1.1.0, CHECK before
-//! 0.4.0) and ADD/DEL/CHECK for 0.3.x configs get code 1 (incompatible CNI version), as the
-//! reference `skel` does for GC/STATUS: the verb is valid, the version is not.
+//! Verbs a request's `cniVersion` does not define get code 1 (incompatible CNI version): CHECK
+//! before 0.4.0 (the reference `skel` answers "config version does not allow CHECK" with code
+//! 1; libcni does not even exec the plugin for it) and GC and STATUS before 1.1.0 (as `skel`
+//! does). The verb is valid, the version is not. ADD and DEL are served for every announced
+//! version, 0.3.0 and 0.3.1 included.
 
 use serde::Serialize;
 

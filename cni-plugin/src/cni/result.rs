@@ -1,5 +1,9 @@
 //! CNI results: rendering the ADD result in the request's version, and reading a cached result
 //! (`prevResult`) loosely, whatever supported version it was written in.
+//!
+//! 0.3.0, 0.3.1 and 0.4.0 share one result format (`ips[].version` required, no `mtu` on
+//! interfaces, routes of `dst` and `gw` only); 1.0.0 drops `ips[].version`; 1.1.0 adds
+//! `interfaces[].mtu` and more route keys.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -293,6 +297,65 @@ mod tests {
     }
 
     #[test]
+    fn render_0_3_x_is_the_0_3_result_format() {
+        for version in [CniVersion::V0_3_0, CniVersion::V0_3_1] {
+            let v = sample().render(version, None);
+            assert_eq!(
+                v,
+                json!({
+                    "cniVersion": version.as_str(),
+                    "interfaces": [
+                        {"name": "eni0123456789a", "mac": "02:11:22:33:44:55"},
+                        {"name": "eth0", "mac": "02:aa:bb:cc:dd:ee", "sandbox": "/run/netns/p1"}
+                    ],
+                    "ips": [{
+                        "version": "4", "address": "10.0.2.20/32", "gateway": "169.254.1.1",
+                        "interface": 1
+                    }],
+                    "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}],
+                    "dns": {}
+                }),
+                "{version}"
+            );
+        }
+    }
+
+    #[test]
+    fn render_0_3_1_appends_to_a_0_3_1_previous_result() {
+        // A plugin before this one in a 0.3.1 chain (e.g. an IPAM-only result without
+        // interface indices) and one with a 1.1.0-only route key the runtime left in.
+        let prev = PrevResult::from_value(&json!({
+            "cniVersion": "0.3.1",
+            "interfaces": [{"name": "lo", "sandbox": "/run/netns/p1"}],
+            "ips": [{"version": "4", "address": "192.168.0.2/24", "gateway": "192.168.0.1",
+                     "interface": 0},
+                    {"address": "fd00::2/64"}],
+            "routes": [{"dst": "192.168.0.0/16"}, {"dst": "10.9.0.0/16", "table": 5}],
+            "dns": {"nameservers": ["10.0.0.2"], "search": ["svc.local"]}
+        }));
+        let v = sample().render(CniVersion::V0_3_1, Some(&prev));
+        assert_eq!(v["cniVersion"], "0.3.1");
+        assert_eq!(v["interfaces"].as_array().map(Vec::len), Some(3));
+        assert_eq!(v["interfaces"][2]["name"], "eth0");
+        assert_eq!(v["ips"][0]["version"], "4");
+        assert_eq!(
+            v["ips"][1],
+            json!({"version": "6", "address": "fd00::2/64"})
+        );
+        assert_eq!(
+            v["ips"][2],
+            json!({"version": "4", "address": "10.0.2.20/32", "gateway": "169.254.1.1",
+                   "interface": 2})
+        );
+        assert_eq!(v["routes"][1], json!({"dst": "10.9.0.0/16"}));
+        assert_eq!(
+            v["routes"][2],
+            json!({"dst": "0.0.0.0/0", "gw": "169.254.1.1"})
+        );
+        assert_eq!(v["dns"]["search"][0], "svc.local");
+    }
+
+    #[test]
     fn render_0_4_0_has_ip_version() {
         let v = sample().render(CniVersion::V0_4_0, None);
         assert_eq!(v["cniVersion"], "0.4.0");
@@ -329,7 +392,7 @@ mod tests {
 
     #[test]
     fn prev_result_of_any_version_yields_the_pod_ip_and_host_veth() {
-        for version in ["0.4.0", "1.0.0", "1.1.0"] {
+        for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
             let cached = sample().render(
                 CniVersion::parse(version).unwrap_or(CniVersion::LATEST),
                 None,

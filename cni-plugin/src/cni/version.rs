@@ -1,5 +1,10 @@
-//! CNI specification versions: which ones the plugin announces, which ones it serves, and which
-//! verbs each version defines.
+//! CNI specification versions: which ones the plugin announces and serves, and which verbs and
+//! result fields each version defines.
+//!
+//! 0.3.0 and 0.3.1 are served for ADD and DEL, as the reference's `skel` (`version.All`) does:
+//! their result has the same shape as 0.4.0's (`ips[].version` required, `interface` an index),
+//! CHECK does not exist before 0.4.0, and runtimes send no cached result (`prevResult`) on DEL
+//! before 0.4.0 (libcni reads its cache for DEL only for lists of 0.4.0 or newer).
 
 use std::fmt;
 
@@ -9,11 +14,11 @@ pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "
 /// A CNI specification version this plugin knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CniVersion {
-    /// 0.3.0 (announced for runtime negotiation; not served for ADD/DEL/CHECK).
+    /// 0.3.0: ADD and DEL only; results carry `ips[].version`; DEL gets no `prevResult`.
     V0_3_0,
-    /// 0.3.1 (announced for runtime negotiation; not served for ADD/DEL/CHECK).
+    /// 0.3.1: as 0.3.0 (the result format did not change).
     V0_3_1,
-    /// 0.4.0: results carry `ips[].version`.
+    /// 0.4.0: adds CHECK and the cached result on DEL; results carry `ips[].version`.
     V0_4_0,
     /// 1.0.0.
     V1_0_0,
@@ -48,8 +53,14 @@ impl CniVersion {
         }
     }
 
-    /// Whether ADD, DEL and CHECK are served for configs of this version (0.4.0 and newer).
-    pub fn serves_attachments(self) -> bool {
+    /// Whether the CHECK verb exists in this version (0.4.0 and newer).
+    pub fn has_check(self) -> bool {
+        self >= Self::V0_4_0
+    }
+
+    /// Whether runtimes pass the cached ADD result as `prevResult` on DEL (0.4.0 and newer).
+    /// Before that, DEL learns the pod's address from ipamd or from the pod itself.
+    pub fn del_has_prev_result(self) -> bool {
         self >= Self::V0_4_0
     }
 
@@ -103,8 +114,15 @@ mod tests {
 
     #[test]
     fn verbs_and_fields_follow_the_spec_versions() {
-        assert!(!CniVersion::V0_3_1.serves_attachments());
-        assert!(CniVersion::V0_4_0.serves_attachments());
+        assert!(!CniVersion::V0_3_0.has_check());
+        assert!(!CniVersion::V0_3_1.has_check());
+        assert!(CniVersion::V0_4_0.has_check());
+        assert!(!CniVersion::V0_3_1.del_has_prev_result());
+        assert!(CniVersion::V0_4_0.del_has_prev_result());
+        assert!(CniVersion::V0_3_0.ip_has_version_field());
+        assert!(CniVersion::V0_3_1.ip_has_version_field());
+        assert!(!CniVersion::V0_3_1.interface_has_mtu());
+        assert!(!CniVersion::V0_3_1.has_gc_and_status());
         assert!(!CniVersion::V1_0_0.has_gc_and_status());
         assert!(CniVersion::V1_1_0.has_gc_and_status());
         assert!(CniVersion::V0_4_0.ip_has_version_field());
@@ -121,6 +139,8 @@ mod tests {
             r["supportedVersions"],
             serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
         );
+        assert_eq!(version_reply(Some("0.3.0"))["cniVersion"], "0.3.0");
+        assert_eq!(version_reply(Some("0.3.1"))["cniVersion"], "0.3.1");
         assert_eq!(version_reply(Some("9.9.9"))["cniVersion"], "1.1.0");
         assert_eq!(version_reply(None)["cniVersion"], "1.1.0");
     }

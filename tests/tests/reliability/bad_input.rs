@@ -107,10 +107,10 @@ fn plugin_cases(node: &SimNode, p: &Pod) -> Vec<Case> {
         with("cniVersion", json!("9.9.9")),
     );
     push(
-        "cniVersion 0.3.1 for ADD",
+        "cniVersion 0.2.0 for ADD",
         1,
-        "0.3.1",
-        with("cniVersion", json!("0.3.1")),
+        "0.2.0",
+        with("cniVersion", json!("0.2.0")),
     );
     push(
         "cniVersion as a number",
