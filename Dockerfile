@@ -7,15 +7,25 @@
 #   /app/ipamd              the daemon; also `ipamd probe`, `ipamd status`, `ipamd install-cni`
 #   /app/cni/bin/aws-cni    the CNI plugin, static (musl); `ipamd install-cni` copies every file of
 #                           /app/cni/bin into the host's /opt/cni/bin
+#   /app/cni/bin/{bandwidth,host-local,loopback,portmap,tuning}
+#                           Debian's upstream plugins, as the reference's init image ships them:
+#                           those the conflist chains, and loopback, which containerd requires
 #   /app/conf/              10-aws.conflist (what ipamd writes), aws-k8s-cni.yaml,
 #                           kustomization.yaml, iam-policy.json
 #
 # The build stage runs `make image-binaries`, the same target CI runs (.ci/run), with the pinned
-# toolchain and --locked.
+# toolchain and --locked; it stages the upstream plugins from /usr/lib/cni, so this stage
+# installs containernetworking-plugins (only those five binaries reach the final image).
 
 ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+# Not pinned (DL3008): bookworm's package only changes for security fixes, which the image
+# should pick up on rebuild.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends containernetworking-plugins \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN make image-binaries

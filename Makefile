@@ -36,6 +36,11 @@ MOTO_VERSION := 5.2.1
 MOTO_VENV := $(TARGET_DIR)/moto-venv
 MOTO_PYTHON := $(or $(VCNI_PYTHON),$(if $(wildcard $(MOTO_VENV)/bin/python3),$(MOTO_VENV)/bin/python3,python3))
 
+# Debian's upstream CNI plugins (containernetworking-plugins): the end-to-end tests chain them
+# from here, and the image ships these next to aws-cni (ipamd::install::SHIPPED_PLUGINS).
+SYSTEM_CNI_DIR := /usr/lib/cni
+CNI_PLUGINS := bandwidth host-local loopback portmap tuning
+
 # Tools the end-to-end tests and the demo run (name:package).
 TOOLS := ip:iproute2 ping:iputils-ping sysctl:procps nsenter:util-linux iptables:iptables \
 	go:golang-go podman:podman runc:runc busybox:busybox-static tar:tar
@@ -70,7 +75,9 @@ check-tools:
 		tool=$${t%%:*}; pkg=$${t##*:}; \
 		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool($$pkg)"; \
 	done; \
-	[ -x /usr/lib/cni/portmap ] || missing="$$missing /usr/lib/cni/portmap(containernetworking-plugins)"; \
+	for p in $(CNI_PLUGINS); do \
+		[ -x $(SYSTEM_CNI_DIR)/$$p ] || missing="$$missing $(SYSTEM_CNI_DIR)/$$p(containernetworking-plugins)"; \
+	done; \
 	[ -d $(DEBIAN_GOPATH)/src/github.com/containernetworking/cni/libcni ] || \
 		missing="$$missing libcni(golang-github-appc-cni-dev)"; \
 	[ "$$($(MOTO_PYTHON) -c 'import moto, moto.server, moto.ec2; print(moto.__version__)' 2>/dev/null)" = $(MOTO_VERSION) ] || \
@@ -140,9 +147,11 @@ deps: check-root
 
 # The image's binaries, as the Dockerfile's build stage and CI build them: ipamd in release
 # (only its package: the test harness is not built in release here) and the plugin static for
-# x86_64 musl, staged with the conf files in
-# target/image, which becomes /app in the image:
-#   ipamd, cni/bin/aws-cni (copied to the host by `ipamd install-cni`), conf/*.
+# x86_64 musl, staged with the conf files and Debian's upstream plugins the conflist can chain
+# (CNI_PLUGINS from /usr/lib/cni: containernetworking-plugins, installed by `make deps`
+# and by the Dockerfile's build stage) in target/image, which becomes /app in the image:
+#   ipamd, cni/bin/{aws-cni,bandwidth,host-local,loopback,portmap,tuning} (copied to the host
+#   by `ipamd install-cni`), conf/*.
 # `make image-test` also checks that tree (the layout tests need the release build, so they
 # are not part of `make test`).
 IMAGE_MUSL_TARGET := x86_64-unknown-linux-musl
@@ -152,6 +161,12 @@ IMAGE_CONF := conf/10-aws.conflist conf/aws-k8s-cni.yaml conf/kustomization.yaml
 .PHONY: image-binaries image-test
 
 image-binaries:
+	@missing=""; \
+	for p in $(CNI_PLUGINS); do [ -x $(SYSTEM_CNI_DIR)/$$p ] || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "error: $(SYSTEM_CNI_DIR) lacks$$missing: install containernetworking-plugins (make deps)" >&2; \
+		exit 1; \
+	fi
 	rustup target add $(IMAGE_MUSL_TARGET)
 	$(CARGO) build --release --locked -p ipamd --bin ipamd
 	$(CARGO) build --release --locked --target $(IMAGE_MUSL_TARGET) -p aws-cni --bin aws-cni
@@ -159,6 +174,7 @@ image-binaries:
 	install -d $(IMAGE_DIR)/cni/bin $(IMAGE_DIR)/conf
 	install -m 0755 $(TARGET_DIR)/release/ipamd $(IMAGE_DIR)/ipamd
 	install -m 0755 $(TARGET_DIR)/$(IMAGE_MUSL_TARGET)/release/aws-cni $(IMAGE_DIR)/cni/bin/aws-cni
+	install -m 0755 $(addprefix $(SYSTEM_CNI_DIR)/,$(CNI_PLUGINS)) $(IMAGE_DIR)/cni/bin/
 	install -m 0644 $(IMAGE_CONF) $(IMAGE_DIR)/conf/
 
 image-test: check-root build image-binaries

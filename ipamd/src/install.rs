@@ -1,10 +1,15 @@
 //! `ipamd install-cni`: what the reference's init container (`aws-vpc-cni-init`) does, run from
 //! the same image as ipamd before it starts.
 //!
-//! 1. Copies every plugin binary shipped in the image (`aws-cni`, plus any other file in the
-//!    plugins directory) into `HOST_CNI_BIN_PATH` (default `/host/opt/cni/bin`), each through a
-//!    temp file in the target directory, fsync and rename, so a kubelet or runtime exec'ing the
-//!    plugin at that moment runs the old binary or the new one, never a half-written file.
+//! 1. Copies every plugin binary shipped in the image into `HOST_CNI_BIN_PATH` (default
+//!    `/host/opt/cni/bin`), each through a temp file in the target directory, fsync and rename,
+//!    so a kubelet or runtime exec'ing a plugin at that moment runs the old binary or the new
+//!    one, never a half-written file. The image ships [`SHIPPED_PLUGINS`]: `aws-cni` and, as
+//!    the reference's init image does, the upstream plugins the written conflist chains
+//!    (`portmap`, `bandwidth`, `tuning`), `loopback` (containerd runs it for every pod's `lo`
+//!    and requires it in the CNI bin dir) and `host-local`, so a node whose OS image lacks them
+//!    still runs pods. All of them must be in the source directory: an image without them
+//!    would leave a node where every pod ADD fails, so the init container fails instead.
 //! 2. Sets the sysctls the reference's init container sets, in the node's network namespace
 //!    (the init container is hostNetwork): `net/ipv4/conf/<primary interface>/rp_filter=2`
 //!    (loose reverse-path filtering, needed for pods on secondary ENIs answering NodePort
@@ -36,6 +41,18 @@ pub const DISABLE_TCP_EARLY_DEMUX: &str = "DISABLE_TCP_EARLY_DEMUX";
 pub const DEFAULT_HOST_CNI_BIN_PATH: &str = "/host/opt/cni/bin";
 /// The plugin that must be among the installed binaries.
 pub const PLUGIN: &str = "aws-cni";
+/// Every binary the image ships in `/app/cni/bin` and this command requires in its source
+/// directory: [`PLUGIN`] and the upstream plugins (Debian's `containernetworking-plugins`,
+/// staged by `make image-binaries`) that a conflist ipamd writes can chain, plus `loopback`
+/// and `host-local`.
+pub const SHIPPED_PLUGINS: [&str; 6] = [
+    PLUGIN,
+    "bandwidth",
+    "host-local",
+    "loopback",
+    "portmap",
+    "tuning",
+];
 /// How long to keep asking instance metadata for the primary MAC.
 pub const IMDS_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -53,11 +70,13 @@ pub enum InstallError {
         /// The cause.
         source: io::Error,
     },
-    /// `aws-cni` is not among the binaries to install.
-    #[error("{dir} has no {PLUGIN} binary to install")]
-    MissingPlugin {
+    /// Binaries of [`SHIPPED_PLUGINS`] are not among the files to install.
+    #[error("{dir} has no {} binary to install", missing.join(", "))]
+    MissingPlugins {
         /// The directory.
         dir: PathBuf,
+        /// The missing names, in [`SHIPPED_PLUGINS`] order.
+        missing: Vec<&'static str>,
     },
     /// The target directory cannot be created.
     #[error("cannot create {dir}: {source}")]
@@ -186,10 +205,11 @@ pub fn default_source_dir() -> io::Result<PathBuf> {
 }
 
 /// Copies every regular file of `source` into `target` (created if missing), atomically per
-/// file, mode 0755. `aws-cni` must be among them.
+/// file, mode 0755. Every name of [`SHIPPED_PLUGINS`] must be among them; nothing is written
+/// otherwise.
 ///
 /// # Errors
-/// The source cannot be read or lacks `aws-cni`, or a copy failed.
+/// The source cannot be read or lacks one of [`SHIPPED_PLUGINS`], or a copy failed.
 pub fn install_binaries(source: &Path, target: &Path) -> Result<Vec<Installed>, InstallError> {
     let read_err = |source_err| InstallError::ReadSource {
         dir: source.to_owned(),
@@ -204,12 +224,18 @@ pub fn install_binaries(source: &Path, target: &Path) -> Result<Vec<Installed>, 
         }
     }
     files.sort();
-    if !files
-        .iter()
-        .any(|p| p.file_name().is_some_and(|n| n == PLUGIN))
-    {
-        return Err(InstallError::MissingPlugin {
+    let missing: Vec<&'static str> = SHIPPED_PLUGINS
+        .into_iter()
+        .filter(|name| {
+            !files
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| n == *name))
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(InstallError::MissingPlugins {
             dir: source.to_owned(),
+            missing,
         });
     }
     fs::create_dir_all(target).map_err(|e| InstallError::CreateTarget {
@@ -369,64 +395,110 @@ mod tests {
         );
     }
 
+    /// Writes every shipped plugin into `dir` with the content `<name> v1`, plus `extra`.
+    fn ship(dir: &Path) {
+        for name in SHIPPED_PLUGINS {
+            fs::write(dir.join(name), format!("{name} v1")).unwrap();
+        }
+        fs::write(dir.join("extra-plugin"), b"extra").unwrap();
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn installs_every_binary_atomically_and_leaves_no_temp_files() {
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
         let target = dst.path().join("opt").join("cni").join("bin");
-        fs::write(src.path().join("aws-cni"), b"plugin v1").unwrap();
-        fs::write(src.path().join("portmap"), b"portmap").unwrap();
+        ship(src.path());
         fs::create_dir(src.path().join("subdir")).unwrap();
         let done = install_binaries(src.path(), &target).unwrap();
+        let mut expected: Vec<(PathBuf, u64, bool)> = SHIPPED_PLUGINS
+            .iter()
+            .map(|n| (target.join(n), u64::try_from(n.len()).unwrap() + 3, false))
+            .collect();
+        expected.push((target.join("extra-plugin"), 5, false));
+        expected.sort();
         assert_eq!(
             done.iter()
                 .map(|i| (i.path.clone(), i.bytes, i.unchanged))
                 .collect::<Vec<_>>(),
-            [
-                (target.join("aws-cni"), 9, false),
-                (target.join("portmap"), 7, false)
-            ]
+            expected
         );
-        assert_eq!(fs::read(target.join("aws-cni")).unwrap(), b"plugin v1");
-        let mode = fs::metadata(target.join("aws-cni"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o755);
+        for name in SHIPPED_PLUGINS {
+            assert_eq!(
+                fs::read_to_string(target.join(name)).unwrap(),
+                format!("{name} v1")
+            );
+            let mode = fs::metadata(target.join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o755, "{name}");
+        }
 
         // A second run with the same content changes nothing; a new version replaces the file
         // by rename (a process holding the old inode keeps running the old binary).
         let again = install_binaries(src.path(), &target).unwrap();
         assert!(again.iter().all(|i| i.unchanged));
-        let old = fs::File::open(target.join("aws-cni")).unwrap();
-        fs::write(src.path().join("aws-cni"), b"plugin v2").unwrap();
+        let old_plugin = fs::File::open(target.join("aws-cni")).unwrap();
+        let old_portmap = fs::File::open(target.join("portmap")).unwrap();
+        fs::write(src.path().join("aws-cni"), b"aws-cni v2").unwrap();
+        fs::write(src.path().join("portmap"), b"portmap v2").unwrap();
         let third = install_binaries(src.path(), &target).unwrap();
-        assert!(!third[0].unchanged && third[1].unchanged);
-        assert_eq!(fs::read(target.join("aws-cni")).unwrap(), b"plugin v2");
-        assert_eq!(
-            std::io::read_to_string(&old).unwrap(),
-            "plugin v1",
-            "the file was replaced, not rewritten in place"
-        );
-        let mut names: Vec<_> = fs::read_dir(&target)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
+        let changed: Vec<_> = third
+            .iter()
+            .filter(|i| !i.unchanged)
+            .map(|i| i.path.clone())
             .collect();
-        names.sort();
-        assert_eq!(names, ["aws-cni", "portmap"]);
+        assert_eq!(changed, [target.join("aws-cni"), target.join("portmap")]);
+        assert_eq!(fs::read(target.join("aws-cni")).unwrap(), b"aws-cni v2");
+        assert_eq!(fs::read(target.join("portmap")).unwrap(), b"portmap v2");
+        for (old, content) in [(old_plugin, "aws-cni v1"), (old_portmap, "portmap v1")] {
+            assert_eq!(
+                std::io::read_to_string(&old).unwrap(),
+                content,
+                "the file was replaced, not rewritten in place"
+            );
+        }
+        let mut expected_names: Vec<String> =
+            SHIPPED_PLUGINS.iter().map(|n| (*n).to_owned()).collect();
+        expected_names.push("extra-plugin".into());
+        expected_names.sort();
+        assert_eq!(names_in(&target), expected_names, "temp files left behind");
     }
 
     #[test]
-    fn refuses_a_source_without_the_plugin() {
+    fn refuses_a_source_without_every_shipped_plugin() {
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
         fs::write(src.path().join("portmap"), b"x").unwrap();
         let e = install_binaries(src.path(), dst.path()).unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("{} has no aws-cni binary to install", src.path().display())
+            format!(
+                "{} has no aws-cni, bandwidth, host-local, loopback, tuning binary to install",
+                src.path().display()
+            )
         );
+        // One plugin short: nothing is installed, the message names it.
+        ship(src.path());
+        fs::remove_file(src.path().join("loopback")).unwrap();
+        let target = dst.path().join("bin");
+        let e = install_binaries(src.path(), &target).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{} has no loopback binary to install", src.path().display())
+        );
+        assert!(!target.exists());
         let e = install_binaries(&src.path().join("missing"), dst.path()).unwrap_err();
         assert!(
             e.to_string()

@@ -15,6 +15,7 @@ pub struct CniClient<'a> {
     binary: PathBuf,
     confdir: PathBuf,
     cache_dir: PathBuf,
+    cap_args: Option<String>,
 }
 
 impl<'a> CniClient<'a> {
@@ -31,12 +32,20 @@ impl<'a> CniClient<'a> {
             binary: bins::cniclient()?,
             confdir: node.conflist_dir(),
             cache_dir,
+            cap_args: None,
         })
     }
 
     /// Reads conflists from `dir` instead (e.g. a 0.4.0 copy of ipamd's conflist).
     pub fn with_confdir(mut self, dir: &Path) -> Self {
         self.confdir = dir.to_owned();
+        self
+    }
+
+    /// Passes `caps` (a JSON object, e.g. `{"bandwidth":{...}}`) as the runtime's capability
+    /// arguments (`CAP_ARGS`); libcni hands each to the plugins that declare it.
+    pub fn with_cap_args(mut self, caps: &serde_json::Value) -> Self {
+        self.cap_args = Some(caps.to_string());
         self
     }
 
@@ -59,6 +68,9 @@ impl<'a> CniClient<'a> {
             .env("NETCONFPATH", &self.confdir)
             .env("CNI_PATH", self.node.cni_path())
             .env("CNI_CACHE_DIR", &self.cache_dir);
+        if let Some(caps) = &self.cap_args {
+            cmd.env("CAP_ARGS", caps);
+        }
         if let Some(pod) = pod {
             cmd.arg(&pod.netns_path)
                 .arg(&pod.container_id)

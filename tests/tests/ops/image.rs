@@ -1,13 +1,18 @@
 //! The Dockerfile: lints clean with hadolint, builds with the Makefile target CI runs
-//! (`make image-binaries`, release and --locked, static musl plugin), and the staged image tree
-//! has the layout the manifest and `ipamd install-cni` rely on. The layout test needs the
-//! release build and runs in CI's `make image-test` step (`cargo test ... -- --ignored`).
+//! (`make image-binaries`, release and --locked, static musl plugin, Debian's upstream plugins),
+//! and the staged image tree has the layout the manifest and `ipamd install-cni` rely on. The
+//! layout test needs the release build and runs in CI's `make image-test` step
+//! (`cargo test ... -- --ignored`).
 
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use harness::{NodeOptions, standard_node};
+use ipamd::install::{PLUGIN, SHIPPED_PLUGINS};
 
+use super::plugins::{plugin_versions, plugins_a_node_needs};
 use super::{describe, pip_tool, read, start, workspace};
 
 /// Instructions of the Dockerfile, continuation lines joined, comments dropped.
@@ -85,8 +90,16 @@ fn dockerfile_builds_with_the_target_ci_runs() {
         .iter()
         .filter(|i| i.starts_with("RUN "))
         .collect();
-    assert_eq!(runs.len(), 1, "{runs:?}");
-    assert_eq!(runs[0].as_str(), "RUN make image-binaries");
+    // Debian's upstream plugins (what make image-binaries stages next to aws-cni), then the
+    // target itself.
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(
+        runs[0].contains("apt-get install -y --no-install-recommends containernetworking-plugins")
+            && runs[0].contains("rm -rf /var/lib/apt/lists/*"),
+        "{}",
+        runs[0]
+    );
+    assert_eq!(runs[1].as_str(), "RUN make image-binaries");
 
     // The final stage: the staged tree as /app, ipamd as entrypoint, non-root, labelled.
     let final_stage: Vec<&String> = ins.iter().skip_while(|i| *i != froms[1]).collect();
@@ -215,6 +228,39 @@ fn image_tree_has_the_layout_the_manifest_expects() {
             "{f}"
         );
     }
+    // Exactly the shipped plugins (a lean image: not the whole of containernetworking-plugins),
+    // each Debian's binary, executable, answering a runtime's VERSION; every plugin a conflist
+    // ipamd writes can chain is among them.
+    let cni_bin = dir.join("cni").join("bin");
+    let staged: BTreeSet<String> = std::fs::read_dir(&cni_bin)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let shipped: BTreeSet<String> = SHIPPED_PLUGINS.iter().map(|n| (*n).to_owned()).collect();
+    assert_eq!(staged, shipped, "{}", cni_bin.display());
+    let needed = plugins_a_node_needs();
+    assert!(
+        needed.is_subset(&staged),
+        "the image lacks {:?}",
+        needed.difference(&staged).collect::<Vec<_>>()
+    );
+    for name in &staged {
+        let path = cni_bin.join(name);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "{}", path.display());
+        if name != PLUGIN {
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                std::fs::read(Path::new(harness::bins::SYSTEM_CNI_DIR).join(name)).unwrap(),
+                "{name} is not Debian's"
+            );
+        }
+        assert!(
+            plugin_versions(&path).contains(&"1.0.0".to_owned()),
+            "{name} does not speak cniVersion 1.0.0"
+        );
+    }
+
     let v = Command::new(dir.join("ipamd"))
         .arg("--version")
         .output()
@@ -242,10 +288,27 @@ fn image_tree_has_the_layout_the_manifest_expects() {
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", node.imds_endpoint());
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", describe(&out));
+    let installed: BTreeSet<String> = std::fs::read_dir(&bin_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert_eq!(
-        std::fs::read(bin_dir.join("aws-cni")).unwrap(),
-        std::fs::read(&plugin).unwrap()
+        installed, staged,
+        "temp files left behind or binaries missing"
     );
+    for name in &staged {
+        let path = bin_dir.join(name);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read(cni_bin.join(name)).unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o755,
+            "{name}"
+        );
+    }
     assert_eq!(
         node.ns()
             .sysctl_get("net.ipv4.conf.eth0.rp_filter")

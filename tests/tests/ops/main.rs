@@ -1,7 +1,8 @@
 //! Deployment tests (issue 5): metrics and introspection of a running ipamd on a simulated node,
 //! the `ipamd probe` readiness check and the conflist install flow, `ipamd install-cni`, the
 //! manifests in `conf/` (Kubernetes schemas, kustomize, what they promise vs what the code
-//! reads and calls), and the Dockerfile (hadolint, the CI build target, the image layout).
+//! reads and calls), the Dockerfile (hadolint, the CI build target, the image layout), and the
+//! upstream plugins the image ships next to `aws-cni`.
 //!
 //! Node tests run inside namespaces the harness creates and deletes; they must run as root and
 //! fail (never skip) when a tool is missing.
@@ -13,6 +14,7 @@ mod image;
 mod install;
 mod manifests;
 mod metrics;
+mod plugins;
 mod readiness;
 
 use std::io::{Read, Write};
