@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_inputs;
+mod chained;
 mod direct;
 mod enis;
 mod fabric;
