@@ -1,6 +1,7 @@
 //! The plugin driven by real libcni (Debian's libcni 1.1.2 through `cniclient`), inside the
 //! node's namespace, with the conflist ipamd wrote: ADD, CHECK, tampering, DEL and its
-//! idempotency, plus a 0.4.0 conflist.
+//! idempotency, plus a 0.4.0 conflist and a 0.3.1 one (no CHECK, no cached result on DEL, with
+//! ipamd up and down).
 
 use std::net::Ipv4Addr;
 
@@ -9,8 +10,8 @@ use harness::{CniClient, Pod, standard_node};
 use serde_json::Value;
 
 use crate::{
-    assert_pod_gone, assert_pod_network, assert_pod_unrouted, check, ok, pod, pod_ip, start_node,
-    table_of,
+    assert_pod_gone, assert_pod_network, assert_pod_unrouted, check, must, ok, pod, pod_ip,
+    start_node, table_of,
 };
 
 fn cache_file(client: &CniClient<'_>, pod: &Pod) -> std::path::PathBuf {
@@ -259,4 +260,171 @@ fn libcni_with_a_0_4_0_conflist_caches_ips_version() {
     assert_pod_unrouted(&node, &p, ip);
     ok(&node, p.delete_netns());
     assert_pod_gone(&node, &p, ip);
+}
+
+/// A 0.3.1 copy of ipamd's conflist (aws-cni then portmap, as ipamd writes them) in its own
+/// directory.
+fn conflist_0_3_1(node: &harness::SimNode) -> std::path::PathBuf {
+    let mut conflist: Value = ok(node, node.conflist());
+    conflist["cniVersion"] = Value::from("0.3.1");
+    let plugins: Vec<Value> = conflist["plugins"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["type"] == "aws-cni" || p["type"] == "portmap")
+        .collect();
+    let types: Vec<&str> = plugins.iter().filter_map(|p| p["type"].as_str()).collect();
+    check!(
+        node,
+        types == ["aws-cni", "portmap"],
+        "ipamd's conflist lacks aws-cni then portmap: {conflist}"
+    );
+    conflist["plugins"] = Value::Array(plugins);
+    let dir = node.dir().join("net.d-0.3.1");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(CONFLIST_NAME), conflist.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn libcni_with_a_0_3_1_conflist_adds_and_deletes_without_cached_results() {
+    let mut node = start_node(standard_node(&[3, 3]));
+    let dir = conflist_0_3_1(&node);
+    let mut pods: Vec<Pod> = (0..4)
+        .map(|i| pod("default", &format!("legacy-{i}")))
+        .collect();
+    let mut ips = Vec::new();
+    {
+        let client = ok(&node, CniClient::new(&node)).with_confdir(&dir);
+        // libcni's VERSION validation: both plugins support 0.3.1.
+        let validate = ok(&node, client.validate(NETWORK_NAME));
+        check!(
+            node,
+            validate.success() && validate.json.as_ref().unwrap()["cniVersion"] == "0.3.1",
+            "validate: {}",
+            validate.describe()
+        );
+
+        // Four pods on a node whose ENIs have three secondary IPs each: both ENIs serve.
+        for p in &pods {
+            let out = ok(&node, client.add(NETWORK_NAME, p));
+            check!(node, out.success(), "0.3.1 ADD: {}", out.describe());
+            let result = out.json.clone().unwrap_or_default();
+            let ip = pod_ip(&node, &result);
+            let veth = p.host_veth("eni");
+            check!(
+                node,
+                result["cniVersion"] == "0.3.1"
+                    && result["ips"].as_array().map(Vec::len) == Some(1)
+                    && result["ips"][0]["version"] == "4"
+                    && result["ips"][0]["gateway"] == "169.254.1.1"
+                    && result["ips"][0]["interface"] == 1
+                    && result["interfaces"][0]["name"] == veth.as_str()
+                    && result["interfaces"][1]["name"] == "eth0"
+                    && result["interfaces"][1]["sandbox"] == p.netns_path.as_str()
+                    && result["routes"]
+                        == serde_json::json!([{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}]),
+                "not the 0.3.1 result of {veth}/eth0 in {}: {result}",
+                p.netns_path
+            );
+            // libcni caches it (it just never hands it to a 0.3.1 DEL).
+            let cached = ok(&node, client.cached(NETWORK_NAME, p));
+            check!(
+                node,
+                cached.success() && cached.json.as_ref().unwrap()["ips"][0]["version"] == "4",
+                "cached: {}",
+                cached.describe()
+            );
+            assert_pod_network(&node, p, ip);
+            ips.push(ip);
+        }
+        let tables: Vec<u32> = ips.iter().map(|ip| table_of(&node, *ip)).collect();
+        check!(
+            node,
+            tables.contains(&254) && tables.iter().any(|t| *t != 254),
+            "want pods on both ENIs (rule 1536 for the secondary one), got {ips:?} in {tables:?}"
+        );
+        let ping = ok(&node, node.ping(pods[0].ns().unwrap(), ips[1]));
+        check!(node, ping.ok, "pod -> pod: {}", ping.output);
+
+        // CHECK does not exist before 0.4.0: libcni refuses it without exec'ing a plugin.
+        let out = ok(&node, client.check(NETWORK_NAME, &pods[0]));
+        check!(
+            node,
+            !out.success() && out.stderr.contains("does not support the CHECK command"),
+            "0.3.1 CHECK: {}",
+            out.describe()
+        );
+        assert_pod_network(&node, &pods[0], ips[0]);
+
+        // DEL with ipamd up: no prevResult, ipamd names the address; the host route and rules
+        // 512/1536 go, the pod's eth0 loses the address, ipamd releases it.
+        for i in 0..2 {
+            let p = &pods[i];
+            let out = ok(&node, client.del(NETWORK_NAME, p));
+            check!(node, out.success(), "0.3.1 DEL: {}", out.describe());
+            assert_pod_unrouted(&node, p, ips[i]);
+            check!(
+                node,
+                ok(&node, node.ipamd_assignment(p)).is_none(),
+                "ipamd still holds {} after the 0.3.1 DEL",
+                ips[i]
+            );
+            let again = ok(&node, client.del(NETWORK_NAME, p));
+            check!(node, again.success(), "second DEL: {}", again.describe());
+        }
+    }
+    for i in 0..2 {
+        ok(&node, pods[i].delete_netns());
+        assert_pod_gone(&node, &pods[i], ips[i]);
+    }
+
+    // DEL with ipamd down: the plugin learns the address from the pod's eth0 and still
+    // removes the host route and the rules; ipamd, back, releases it on the runtime's next DEL.
+    must(node.stop_ipamd(std::time::Duration::from_secs(15)));
+    {
+        let client = ok(&node, CniClient::new(&node)).with_confdir(&dir);
+        for i in 2..4 {
+            let out = ok(&node, client.del(NETWORK_NAME, &pods[i]));
+            check!(
+                node,
+                out.success(),
+                "0.3.1 DEL without ipamd: {}",
+                out.describe()
+            );
+            assert_pod_unrouted(&node, &pods[i], ips[i]);
+        }
+    }
+    must(node.start_ipamd());
+    let client = ok(&node, CniClient::new(&node)).with_confdir(&dir);
+    for i in 2..4 {
+        check!(
+            node,
+            ok(&node, node.ipamd_assignment(&pods[i])) == Some(ips[i]),
+            "ipamd, restarted, lost {} of a pod whose DEL it did not see",
+            ips[i]
+        );
+        let out = ok(&node, client.del(NETWORK_NAME, &pods[i]));
+        check!(
+            node,
+            out.success(),
+            "DEL with ipamd back: {}",
+            out.describe()
+        );
+        check!(
+            node,
+            ok(&node, node.ipamd_assignment(&pods[i])).is_none(),
+            "ipamd still holds {} after the DEL",
+            ips[i]
+        );
+        ok(&node, pods[i].delete_netns());
+        assert_pod_gone(&node, &pods[i], ips[i]);
+    }
+    let status = ok(&node, node.pool_status());
+    check!(
+        node,
+        status.assigned_i_ps == 0,
+        "addresses still assigned after every DEL: {status:?}"
+    );
 }
