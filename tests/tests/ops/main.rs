@@ -127,35 +127,17 @@ pub fn describe(out: &Output) -> String {
     )
 }
 
-/// A tool installed with pip by `make deps` (`kubernetes-validate`, `hadolint`): on PATH, or in
-/// the scripts directory of the `python3` on PATH.
+/// A tool `make deps` installs from PyPI into the project's venv (`kubernetes-validate`,
+/// `hadolint`); panics naming the fix when it is missing.
 pub fn pip_tool(name: &str, package: &str) -> PathBuf {
-    let on_path = std::env::split_paths(&harness::netns::default_path())
-        .map(|d| d.join(name))
-        .find(|p| p.is_file());
-    if let Some(p) = on_path {
-        return p;
-    }
-    let scripts = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    match scripts.map(|d| d.join(name)).filter(|p| p.is_file()) {
-        Some(p) => p,
-        None => {
-            panic!("{name} is not installed: run `make deps` (python3 -m pip install {package})")
-        }
-    }
+    harness::bins::venv_tool(name, package).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// YAML documents as JSON values (PyYAML, which kubernetes-validate depends on).
+/// YAML documents as JSON values (PyYAML of the project's venv: kubernetes-validate depends
+/// on it).
 pub fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
-    let mut child = Command::new("python3")
+    let python = pip_tool("python3", "kubernetes-validate");
+    let mut child = Command::new(&python)
         .args([
             "-c",
             "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))",
@@ -164,7 +146,7 @@ pub fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run python3 (make deps): {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {} (make deps): {e}", python.display()));
     child
         .stdin
         .take()
