@@ -366,7 +366,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         if let Some(m) = manager.as_mut() {
             state.set_pending("pre-scaling the pool through EC2");
             let start = Instant::now();
-            let r = m.grow().await;
+            let r = m.prescale().await;
             let stats = state.status().await.stats;
             tracing::info!(
                 ips_added = r.ips_added, enis_added = r.enis_added, at_limit = r.at_limit, ec2_failed = r.failed,
@@ -514,11 +514,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         };
         let mcfg = ManagerConfig::from_config(&self.config);
         let health = ec2.health();
-        let situation = Arc::new(PoolSituation::new(
-            mcfg.targets,
-            &node.subnet_id,
-            Arc::clone(&health),
-        ));
+        let situation = Arc::new(PoolSituation::new(mcfg.targets, Arc::clone(&health)));
         let mut m = PoolManager::new(
             mcfg,
             node,

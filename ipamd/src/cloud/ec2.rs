@@ -14,6 +14,7 @@ use std::time::SystemTime;
 
 use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
+use ipnet::Ipv4Net;
 use thiserror::Error;
 
 use crate::mac::MacAddr;
@@ -35,7 +36,7 @@ pub const ENI_DESCRIPTION_PREFIX: &str = "aws-K8S-";
 
 /// The IAM actions behind the [`Ec2Api`] methods, i.e. every EC2 action ipamd can call. The IAM
 /// policy in `conf/` must list exactly these.
-pub const EC2_ACTIONS: [&str; 11] = [
+pub const EC2_ACTIONS: [&str; 12] = [
     "ec2:AssignPrivateIpAddresses",
     "ec2:AttachNetworkInterface",
     "ec2:CreateNetworkInterface",
@@ -44,6 +45,7 @@ pub const EC2_ACTIONS: [&str; 11] = [
     "ec2:DescribeInstanceTypes",
     "ec2:DescribeInstances",
     "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
     "ec2:DetachNetworkInterface",
     "ec2:ModifyNetworkInterfaceAttribute",
     "ec2:UnassignPrivateIpAddresses",
@@ -121,6 +123,23 @@ impl fmt::Display for EniStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// A subnet as `DescribeSubnets` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    /// `subnet-…`.
+    pub id: String,
+    /// Its IPv4 CIDR.
+    pub cidr: Ipv4Net,
+    /// Its Availability Zone.
+    pub availability_zone: String,
+    /// Its VPC.
+    pub vpc_id: String,
+    /// `AvailableIpAddressCount`: addresses no ENI holds (EC2's five reserved ones excluded).
+    pub available_ips: u32,
+    /// Its tags.
+    pub tags: Tags,
 }
 
 /// An ENI's attachment to an instance.
@@ -433,6 +452,12 @@ pub trait Ec2Api: Send + Sync + 'static {
         filters: &[Filter],
     ) -> impl Future<Output = Result<Vec<NetworkInterface>, Ec2Error>> + Send;
 
+    /// `DescribeSubnets` with filters, every page.
+    fn describe_subnets(
+        &self,
+        filters: &[Filter],
+    ) -> impl Future<Output = Result<Vec<Subnet>, Ec2Error>> + Send;
+
     /// `DescribeInstances` for one instance (its attached ENIs and device indexes).
     fn describe_instance(
         &self,
@@ -519,6 +544,10 @@ impl Ec2Api for NoEc2 {
         &self,
         _: &[Filter],
     ) -> Result<Vec<NetworkInterface>, Ec2Error> {
+        match *self {}
+    }
+
+    async fn describe_subnets(&self, _: &[Filter]) -> Result<Vec<Subnet>, Ec2Error> {
         match *self {}
     }
 

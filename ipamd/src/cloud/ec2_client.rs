@@ -33,7 +33,7 @@ use rand::Rng;
 
 use super::ec2::{
     CreateEni, Ec2Api, Ec2Error, Ec2ErrorKind, Filter, Instance, InstanceTypeLimits,
-    NetworkInterface, Tags,
+    NetworkInterface, Subnet, Tags,
 };
 use crate::metrics::Counter;
 
@@ -414,6 +414,13 @@ impl<E: Ec2Api> Ec2Api for Ec2Client<E> {
     ) -> Result<Vec<NetworkInterface>, Ec2Error> {
         self.call("DescribeNetworkInterfaces", true, || {
             self.inner.describe_network_interfaces_filtered(filters)
+        })
+        .await
+    }
+
+    async fn describe_subnets(&self, filters: &[Filter]) -> Result<Vec<Subnet>, Ec2Error> {
+        self.call("DescribeSubnets", true, || {
+            self.inner.describe_subnets(filters)
         })
         .await
     }

@@ -28,7 +28,7 @@ use tokio::sync::OnceCell;
 
 use super::ec2::{
     CreateEni, Ec2Api, Ec2Error, Ec2ErrorKind, EniAttachment, EniStatus, Filter, Instance,
-    InstanceEni, InstanceTypeLimits, NetworkInterface, Tags,
+    InstanceEni, InstanceTypeLimits, NetworkInterface, Subnet, Tags,
 };
 use super::imds::error_chain;
 use crate::config::CloudConfig;
@@ -264,6 +264,40 @@ fn network_interface(
     })
 }
 
+fn sdk_filters(filters: &[Filter]) -> Vec<sdk::Filter> {
+    filters
+        .iter()
+        .map(|f| {
+            sdk::Filter::builder()
+                .name(&f.name)
+                .set_values(Some(f.values.clone()))
+                .build()
+        })
+        .collect()
+}
+
+fn subnet(api: &'static str, s: &sdk::Subnet) -> Result<Subnet, Ec2Error> {
+    let invalid = |what: String| Ec2Error::new(api, Ec2ErrorKind::InvalidResponse, what);
+    let id = s
+        .subnet_id()
+        .ok_or_else(|| invalid("a subnet without SubnetId".into()))?
+        .to_owned();
+    let cidr = s.cidr_block().and_then(|c| c.parse().ok()).ok_or_else(|| {
+        invalid(format!(
+            "{id}: CidrBlock {:?} is not an IPv4 CIDR",
+            s.cidr_block()
+        ))
+    })?;
+    Ok(Subnet {
+        cidr,
+        availability_zone: s.availability_zone().unwrap_or_default().to_owned(),
+        vpc_id: s.vpc_id().unwrap_or_default().to_owned(),
+        available_ips: to_u32(s.available_ip_address_count()).unwrap_or(0),
+        tags: tags_of(s.tags()),
+        id,
+    })
+}
+
 fn network_interfaces(
     api: &'static str,
     enis: &[sdk::NetworkInterface],
@@ -356,15 +390,7 @@ impl Ec2Api for SdkEc2 {
     ) -> Result<Vec<NetworkInterface>, Ec2Error> {
         const API: &str = "DescribeNetworkInterfaces";
         let client = self.client(API).await?;
-        let sdk_filters: Vec<sdk::Filter> = filters
-            .iter()
-            .map(|f| {
-                sdk::Filter::builder()
-                    .name(&f.name)
-                    .set_values(Some(f.values.clone()))
-                    .build()
-            })
-            .collect();
+        let sdk_filters = sdk_filters(filters);
         let mut all = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -377,6 +403,32 @@ impl Ec2Api for SdkEc2 {
                 .await
                 .map_err(|e| convert(API, &e))?;
             all.extend(network_interfaces(API, out.network_interfaces())?);
+            match out.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(all)
+    }
+
+    async fn describe_subnets(&self, filters: &[Filter]) -> Result<Vec<Subnet>, Ec2Error> {
+        const API: &str = "DescribeSubnets";
+        let client = self.client(API).await?;
+        let sdk_filters = sdk_filters(filters);
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = client
+                .describe_subnets()
+                .set_filters(Some(sdk_filters.clone()))
+                .max_results(PAGE_SIZE)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| convert(API, &e))?;
+            for s in out.subnets() {
+                all.push(subnet(API, s)?);
+            }
             match out.next_token() {
                 Some(t) if !t.is_empty() => token = Some(t.to_owned()),
                 _ => break,

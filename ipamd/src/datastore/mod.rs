@@ -68,6 +68,9 @@ struct Eni {
     total: usize,
     assigned: usize,
     cooling: usize,
+    /// No new pod gets an address of this ENI (its subnet was excluded from pod addresses);
+    /// pods that hold one keep it.
+    excluded: bool,
 }
 
 /// The address book. Not internally synchronized: the owner wraps it in a lock.
@@ -172,6 +175,7 @@ impl Datastore {
                 total: 0,
                 assigned: 0,
                 cooling: 0,
+                excluded: false,
             },
         );
         Ok(())
@@ -208,6 +212,7 @@ impl Datastore {
             total: 0,
             assigned: 0,
             cooling: 0,
+            excluded: eni.excluded,
         })
     }
 
@@ -261,7 +266,9 @@ impl Datastore {
         eni.free.insert(ip);
         eni.members.insert(ip);
         eni.total += 1;
-        self.with_free.insert(device);
+        if !eni.excluded {
+            self.with_free.insert(device);
+        }
         self.addrs.insert(
             ip,
             Addr {
@@ -331,7 +338,9 @@ impl Datastore {
             if let Some(eni) = self.enis.get_mut(&device) {
                 eni.cooling -= 1;
                 eni.free.insert(ip);
-                self.with_free.insert(device);
+                if !eni.excluded {
+                    self.with_free.insert(device);
+                }
             }
         }
     }
@@ -425,7 +434,9 @@ impl Datastore {
         if let Some(eni) = self.enis.get_mut(&device) {
             eni.assigned -= 1;
             eni.free.insert(ip);
-            self.with_free.insert(device);
+            if !eni.excluded {
+                self.with_free.insert(device);
+            }
         }
     }
 
@@ -502,7 +513,9 @@ impl Datastore {
         if self.cooldown.is_zero() {
             addr.state = AddrState::Free;
             eni.free.insert(ip);
-            self.with_free.insert(device);
+            if !eni.excluded {
+                self.with_free.insert(device);
+            }
         } else {
             self.seq += 1;
             addr.state = AddrState::Cooling { seq: self.seq };
@@ -560,7 +573,17 @@ impl Datastore {
             total: self.total,
             assigned: self.assigned,
             cooling: self.cooling,
-            assignable: self.total - self.assigned - self.cooling,
+            // Free addresses of excluded ENIs are in the pool only until the pool manager
+            // gives them back; they are never assignable.
+            assignable: self.total
+                - self.assigned
+                - self.cooling
+                - self
+                    .enis
+                    .values()
+                    .filter(|e| e.excluded)
+                    .map(|e| e.free.len())
+                    .sum::<usize>(),
         }
     }
 
@@ -677,6 +700,37 @@ impl Datastore {
         taken
     }
 
+    /// Stops (`true`) or resumes handing out addresses of an ENI to new pods; pods that hold
+    /// one keep it. Returns whether the ENI is known.
+    pub fn set_excluded(&mut self, id: &str, excluded: bool) -> bool {
+        let Some(&device) = self.eni_devices.get(id) else {
+            return false;
+        };
+        let Some(eni) = self.enis.get_mut(&device) else {
+            return false;
+        };
+        eni.excluded = excluded;
+        if excluded || eni.free.is_empty() {
+            self.with_free.remove(&device);
+        } else {
+            self.with_free.insert(device);
+        }
+        true
+    }
+
+    /// Removes every free address of one ENI (not assigned or cooling ones) so they can be
+    /// given back to EC2.
+    pub fn take_free_ips_of(&mut self, id: &str) -> Vec<Ipv4Addr> {
+        self.expire_cooldowns();
+        let Some(eni) = self.eni_devices.get(id).and_then(|d| self.enis.get(d)) else {
+            return Vec::new();
+        };
+        let ips: Vec<Ipv4Addr> = eni.free.iter().copied().collect();
+        ips.into_iter()
+            .filter(|ip| self.remove_ip(*ip).is_ok())
+            .collect()
+    }
+
     /// Every assignment (for the checkpoint), ordered by address.
     pub fn assignments(&self) -> Vec<Assignment> {
         let mut out: Vec<Assignment> = self
@@ -715,6 +769,7 @@ impl Datastore {
                 total: e.total,
                 assigned: e.assigned,
                 cooling: e.cooling,
+                excluded: e.excluded,
             })
             .collect()
     }
@@ -727,6 +782,7 @@ impl Datastore {
             total: e.total,
             assigned: e.assigned,
             cooling: e.cooling,
+            excluded: e.excluded,
         })
     }
 

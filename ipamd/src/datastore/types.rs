@@ -201,6 +201,8 @@ pub struct EniView {
     pub assigned: usize,
     /// Cooling ones.
     pub cooling: usize,
+    /// Its addresses go to no new pod (its subnet was excluded).
+    pub excluded: bool,
 }
 
 /// What ends an exhaustion message: what limits the pool now and what happens next. Asked at

@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 
 use super::Counter;
 use crate::datastore::{Datastore, Stats};
-use crate::state::NodeLimits;
+use crate::state::{NodeLimits, SubnetReport};
 
 /// The Go client's default histogram buckets, which the reference's start-up histogram uses.
 pub const DEFAULT_BUCKETS: [f64; 11] = [
@@ -65,6 +65,13 @@ pub struct EniLabel {
 pub struct CidrLabel {
     /// `a.b.c.d/32` for a secondary IP.
     pub cidr: String,
+}
+
+/// `subnet_id` label of the subnet gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubnetLabel {
+    /// `subnet-…`.
+    pub subnet_id: String,
 }
 
 /// Labels of `awscni_ipamd_startup_duration_seconds`.
@@ -203,6 +210,8 @@ pub struct IpamdMetrics {
     ip_max: OptionalGauge,
     assigned_per_eni: Family<EniLabel, Gauge>,
     assigned_per_cidr: Family<CidrLabel, Gauge>,
+    subnet_available: Family<SubnetLabel, Gauge>,
+    subnet_low: Family<SubnetLabel, Gauge>,
 }
 
 impl IpamdMetrics {
@@ -224,6 +233,8 @@ impl IpamdMetrics {
             ip_max: OptionalGauge::default(),
             assigned_per_eni: Family::default(),
             assigned_per_cidr: Family::default(),
+            subnet_available: Family::default(),
+            subnet_low: Family::default(),
         };
         registry.register(
             "awscni_ipamd_error_count",
@@ -296,6 +307,16 @@ impl IpamdMetrics {
             m.assigned_per_eni.clone(),
         );
         registry.register(
+            "awscni_subnet_available_ips",
+            "Free addresses (AvailableIpAddressCount) of each subnet new ENIs may go into",
+            m.subnet_available.clone(),
+        );
+        registry.register(
+            "awscni_subnet_low_ips",
+            "1 when a subnet new ENIs may go into has fewer free addresses than one more node of this instance type takes for its warm pool",
+            m.subnet_low.clone(),
+        );
+        registry.register(
             "awscni_ipamd_startup_duration_seconds",
             "The duration of IPAMD startup from process start to ready to serve CNI requests",
             m.startup_duration.clone(),
@@ -345,6 +366,21 @@ impl IpamdMetrics {
                 failure_reason: reason,
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// Sets the subnet gauges to `subnets` (subnets no longer candidates lose their series).
+    pub fn observe_subnets(&self, subnets: &[SubnetReport]) {
+        self.subnet_available.clear();
+        self.subnet_low.clear();
+        for s in subnets {
+            let label = SubnetLabel {
+                subnet_id: s.id.clone(),
+            };
+            self.subnet_available
+                .get_or_create(&label)
+                .set(i64::from(s.available_ips));
+            self.subnet_low.get_or_create(&label).set(i64::from(s.low));
+        }
     }
 
     /// Sets the pool gauges to `snapshot`.

@@ -101,6 +101,9 @@ pub struct EniState {
     pub assigned: u32,
     /// Cooling ones.
     pub cooling: u32,
+    /// Its subnet has no free addresses (EC2 said so recently): no addresses are asked for on
+    /// it; a new ENI in another subnet may be.
+    pub subnet_full: bool,
 }
 
 impl EniState {
@@ -211,7 +214,10 @@ pub fn next_grow_step(short: u32, enis: &[EniState], cap: Capacity) -> Option<Gr
     }
     let mut by_device: Vec<&EniState> = enis.iter().collect();
     by_device.sort_by_key(|e| e.device_number);
-    if let Some(eni) = by_device.iter().find(|e| e.total < cap.ips_per_eni) {
+    if let Some(eni) = by_device
+        .iter()
+        .find(|e| e.total < cap.ips_per_eni && !e.subnet_full)
+    {
         return Some(Grow::Assign {
             eni: eni.id.clone(),
             count: (cap.ips_per_eni - eni.total).min(short),
@@ -224,6 +230,45 @@ pub fn next_grow_step(short: u32, enis: &[EniState], cap: Capacity) -> Option<Gr
         });
     }
     Some(Grow::AtLimit)
+}
+
+/// How many VPC addresses one more node of this instance type takes when it starts with no
+/// pods and pre-scales its pool to these targets: each ENI's own address plus the pool, as
+/// [`shortfall`] and [`next_grow_step`] grow it. The subnet-exhaustion warning compares each
+/// candidate subnet's free addresses with this.
+pub fn addresses_of_new_node(t: Targets, cap: Capacity) -> u32 {
+    let fresh = |device: u32| EniState {
+        id: format!("new-{device}"),
+        device_number: device,
+        is_primary: device == 0,
+        age: Duration::ZERO,
+        total: 0,
+        assigned: 0,
+        cooling: 0,
+        subnet_full: false,
+    };
+    let mut enis = vec![fresh(0)];
+    // Each step adds addresses or an ENI, both bounded by the capacity.
+    let bound = cap.max_enis.saturating_add(1).saturating_mul(2);
+    for _ in 0..bound {
+        let short = shortfall(counts(&enis), t, cap);
+        match next_grow_step(short, &enis, cap) {
+            Some(Grow::Assign { eni, count }) => {
+                if let Some(e) = enis.iter_mut().find(|e| e.id == eni) {
+                    e.total += count;
+                }
+            }
+            Some(Grow::CreateEni { ips }) => {
+                let device = u32::try_from(enis.len()).unwrap_or(u32::MAX);
+                let mut e = fresh(device);
+                e.total = ips;
+                enis.push(e);
+            }
+            None | Some(Grow::AtLimit) => break,
+        }
+    }
+    let enis_n = u32::try_from(enis.len()).unwrap_or(u32::MAX);
+    counts(&enis).total.saturating_add(enis_n)
 }
 
 #[cfg(test)]
@@ -249,6 +294,7 @@ mod tests {
             total,
             assigned,
             cooling: 0,
+            subnet_full: false,
         }
     }
 
@@ -411,6 +457,36 @@ mod tests {
             Some(Grow::CreateEni { ips: 3 })
         );
         assert_eq!(next_grow_step(0, &enis, T3_SMALL), None);
+    }
+
+    #[test]
+    fn enis_in_full_subnets_are_not_grown_a_new_eni_is() {
+        let mut enis = vec![eni(0, 3, 3), eni(1, 1, 0)];
+        enis[1].subnet_full = true;
+        assert_eq!(
+            next_grow_step(2, &enis, T3_SMALL),
+            Some(Grow::CreateEni { ips: 2 })
+        );
+        enis.push(eni(2, 3, 0));
+        assert_eq!(next_grow_step(2, &enis, T3_SMALL), Some(Grow::AtLimit));
+    }
+
+    #[test]
+    fn addresses_of_a_new_node_follow_the_pre_scaling() {
+        // t3.small, WARM_ENI_TARGET=1: the primary ENI's 3 addresses + its own = 4.
+        assert_eq!(addresses_of_new_node(targets(1, 0, 0), T3_SMALL), 4);
+        // WARM_ENI_TARGET=2: a second ENI with 3 more, and its own address.
+        assert_eq!(addresses_of_new_node(targets(2, 0, 0), T3_SMALL), 8);
+        // MINIMUM_IP_TARGET=5, WARM_IP_TARGET=2 (the reference's worked example): 5 IPs on 2 ENIs.
+        assert_eq!(addresses_of_new_node(targets(1, 2, 5), T3_SMALL), 7);
+        // m5.large, the reference's defaults: 9 + 1.
+        let m5 = Capacity {
+            max_enis: 3,
+            ips_per_eni: 9,
+            max_pods: 29,
+            unmanaged_enis: 0,
+        };
+        assert_eq!(addresses_of_new_node(targets(1, 0, 0), m5), 10);
     }
 
     #[test]

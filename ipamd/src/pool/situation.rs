@@ -18,7 +18,8 @@ struct Inner {
     limits: Option<Limits>,
     limits_error: Option<String>,
     unmanaged_enis: u32,
-    subnet_id: String,
+    /// Which subnets are out of addresses, when that holds growth back (set by the manager).
+    subnet_note: Option<String>,
 }
 
 /// The pool's situation, shared by the pool manager (which updates it) and the datastore
@@ -40,12 +41,9 @@ fn describe_failure(f: &Ec2Failure) -> String {
 
 impl PoolSituation {
     /// A situation for a pool with these targets, quoting EC2's `health`.
-    pub fn new(targets: Targets, subnet_id: &str, health: Arc<Ec2Health>) -> Self {
+    pub fn new(targets: Targets, health: Arc<Ec2Health>) -> Self {
         Self {
-            inner: RwLock::new(Inner {
-                subnet_id: subnet_id.to_owned(),
-                ..Inner::default()
-            }),
+            inner: RwLock::new(Inner::default()),
             targets,
             health,
         }
@@ -80,9 +78,10 @@ impl PoolSituation {
         self.write().unmanaged_enis = n;
     }
 
-    /// The subnet new ENIs go into.
-    pub fn set_subnet(&self, subnet_id: &str) {
-        subnet_id.clone_into(&mut self.write().subnet_id);
+    /// Which subnets are out of addresses (or that none may take ENIs), in words; `None` once
+    /// that no longer holds growth back.
+    pub fn set_subnet_note(&self, note: Option<String>) {
+        self.write().subnet_note = note;
     }
 
     /// The limits, when known.
@@ -161,12 +160,14 @@ impl CapacityNote for PoolSituation {
                 limits.max_pods, limits.instance_max_enis, limits.ips_per_eni, limits.instance_type
             ));
         }
-        if let Some(f) = self.health.subnet_full() {
-            return Some(format!(
-                "EC2 cannot add addresses: subnet {} has no free addresses ({}); free addresses in the subnet or give the node a larger one",
-                r.subnet_id,
-                describe_failure(&f)
-            ));
+        if let Some(subnets) = &r.subnet_note {
+            return Some(match self.health.subnet_full() {
+                Some(f) => format!(
+                    "EC2 cannot add addresses: {subnets} ({})",
+                    describe_failure(&f)
+                ),
+                None => format!("EC2 cannot add addresses: {subnets}"),
+            });
         }
         if let Some(f) = self.health.failing() {
             let what = match f.error.kind {
@@ -219,7 +220,6 @@ mod tests {
                 warm_eni: 1,
                 ..Targets::default()
             },
-            "subnet-0abc",
             health,
         );
         s.set_limits(Limits::new("t3.small", 3, 4, None, LimitsSource::Ec2));
@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn unknown_limits_and_growing_pool() {
-        let s = PoolSituation::new(Targets::default(), "subnet-0abc", Arc::default());
+        let s = PoolSituation::new(Targets::default(), Arc::default());
         s.set_limits_error("DescribeInstanceTypes failed".into());
         assert!(
             s.note(&stats(1, 0, 0, 0))

@@ -97,6 +97,23 @@ pub struct CloudErrorReport {
     pub at: SystemTime,
 }
 
+/// A subnet new ENIs may go into, as the pool manager last read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetReport {
+    /// `subnet-…`.
+    pub id: String,
+    /// Its CIDR.
+    pub cidr: ipnet::Ipv4Net,
+    /// `AvailableIpAddressCount`.
+    pub available_ips: u32,
+    /// The node's own subnet (else one tagged `kubernetes.io/role/cni`).
+    pub node_subnet: bool,
+    /// Fewer free addresses than one more node of this instance type takes.
+    pub low: bool,
+    /// How many addresses one more node of this instance type takes for its warm pool.
+    pub one_node_takes: u32,
+}
+
 /// What introspection and metrics show about the node beyond the pool itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeFacts {
@@ -108,6 +125,8 @@ pub struct NodeFacts {
     pub limits: Option<NodeLimits>,
     /// The most recent cloud error, if any.
     pub last_cloud_error: Option<CloudErrorReport>,
+    /// The subnets new ENIs may go into (EC2 mode), most free addresses first.
+    pub subnets: Vec<SubnetReport>,
 }
 
 /// Phase plus pool, shared by the gRPC server, start-up and the reconcile loop.

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use super::{Att, FakeEc2, err};
 use crate::cloud::ec2::{
     CreateEni, Ec2Api, Ec2Error, Filter, Instance, InstanceEni, InstanceTypeLimits,
-    NetworkInterface, Tags,
+    NetworkInterface, Subnet, Tags,
 };
 
 impl Ec2Api for FakeEc2 {
@@ -72,6 +72,22 @@ impl Ec2Api for FakeEc2 {
             }
             if ok {
                 out.push(w.view(e));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn describe_subnets(&self, filters: &[Filter]) -> Result<Vec<Subnet>, Ec2Error> {
+        self.enter("DescribeSubnets")?;
+        let w = self.lock();
+        let mut out = Vec::new();
+        for id in w.subnets.keys() {
+            let mut ok = true;
+            for f in filters {
+                ok &= w.subnet_matches(id, f)?;
+            }
+            if ok {
+                out.push(w.subnet_view(id));
             }
         }
         Ok(out)

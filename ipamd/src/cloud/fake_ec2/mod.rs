@@ -40,9 +40,14 @@ pub const SUBNET_CIDR: &str = "10.0.0.0/24";
 /// The security group of every instance.
 pub const SECURITY_GROUP: &str = "sg-0fake";
 
+/// The Availability Zone of the default subnet (and of every instance).
+pub const AVAILABILITY_ZONE: &str = "us-west-2a";
+
 #[derive(Debug, Clone)]
 struct Subnet {
     cidr: Ipv4Net,
+    availability_zone: String,
+    tags: Tags,
     /// Addresses still allocatable before InsufficientFreeAddressesInSubnet (None = the CIDR).
     capacity: Option<usize>,
 }
@@ -151,6 +156,8 @@ impl FakeEc2 {
             SUBNET_ID.to_owned(),
             Subnet {
                 cidr: SUBNET_CIDR.parse().unwrap(),
+                availability_zone: AVAILABILITY_ZONE.to_owned(),
+                tags: Tags::new(),
                 capacity: None,
             },
         )]);
@@ -222,7 +229,43 @@ impl FakeEc2 {
 
     /// Lets the subnet hand out only `n` more addresses.
     pub fn set_subnet_capacity(&self, n: usize) {
-        self.lock().subnets.get_mut(SUBNET_ID).unwrap().capacity = Some(n);
+        self.set_capacity_of(SUBNET_ID, n);
+    }
+
+    /// Lets subnet `id` hand out only `n` more addresses.
+    pub fn set_capacity_of(&self, id: &str, n: usize) {
+        self.lock().subnets.get_mut(id).unwrap().capacity = Some(n);
+    }
+
+    /// Adds a subnet of the VPC in `zone` with `tags`.
+    pub fn add_subnet(&self, id: &str, cidr: &str, zone: &str, tags: &[(&str, &str)]) {
+        self.lock().subnets.insert(
+            id.to_owned(),
+            Subnet {
+                cidr: cidr.parse().unwrap(),
+                availability_zone: zone.to_owned(),
+                tags: tags
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                capacity: None,
+            },
+        );
+    }
+
+    /// Sets a tag on a subnet.
+    pub fn tag_subnet(&self, id: &str, key: &str, value: &str) {
+        self.lock()
+            .subnets
+            .get_mut(id)
+            .unwrap()
+            .tags
+            .insert(key.to_owned(), value.to_owned());
+    }
+
+    /// The CIDR of subnet `id`.
+    pub fn subnet_cidr(&self, id: &str) -> Ipv4Net {
+        self.lock().subnets[id].cidr
     }
 
     /// Hides an ENI from instance metadata (metadata lagging), or shows it again.
@@ -429,6 +472,54 @@ impl World {
             self.links_hidden.insert(id.clone());
         }
         Ok(id)
+    }
+
+    /// `AvailableIpAddressCount`: the CIDR's host addresses less EC2's reserved ones and the
+    /// ENIs' addresses, capped by an injected capacity.
+    fn available_in(&self, id: &str) -> usize {
+        let subnet = &self.subnets[id];
+        let used = self
+            .enis
+            .values()
+            .filter(|e| e.subnet_id == id)
+            .map(|e| e.ips.len())
+            .sum::<usize>();
+        let size = 1usize << (32 - u32::from(subnet.cidr.prefix_len()));
+        let free = size.saturating_sub(5).saturating_sub(used);
+        subnet.capacity.map_or(free, |c| c.min(free))
+    }
+
+    fn subnet_view(&self, id: &str) -> crate::cloud::ec2::Subnet {
+        let s = &self.subnets[id];
+        crate::cloud::ec2::Subnet {
+            id: id.to_owned(),
+            cidr: s.cidr,
+            availability_zone: s.availability_zone.clone(),
+            vpc_id: VPC_ID.to_owned(),
+            available_ips: u32::try_from(self.available_in(id)).unwrap(),
+            tags: s.tags.clone(),
+        }
+    }
+
+    fn subnet_matches(&self, id: &str, f: &Filter) -> Result<bool, Ec2Error> {
+        let v = self.subnet_view(id);
+        let any = |value: &str| f.values.iter().any(|p| glob(p, value));
+        Ok(match f.name.as_str() {
+            "vpc-id" => any(&v.vpc_id),
+            "availability-zone" => any(&v.availability_zone),
+            "subnet-id" => any(&v.id),
+            "tag-key" => v.tags.keys().any(|k| any(k)),
+            name => match name.strip_prefix("tag:") {
+                Some(key) => v.tags.get(key).is_some_and(|val| any(val)),
+                None => {
+                    return Err(err(
+                        "DescribeSubnets",
+                        "InvalidParameterValue",
+                        format!("The filter '{name}' is invalid"),
+                    ));
+                }
+            },
+        })
     }
 
     fn limits_of(&self, instance: &str) -> (u32, u32) {

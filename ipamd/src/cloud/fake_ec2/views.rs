@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use ipnet::Ipv4Net;
 
-use super::{FakeEc2, FakeEni, SECURITY_GROUP, SUBNET_CIDR, VPC_CIDR};
+use super::{FakeEc2, FakeEni, SECURITY_GROUP, VPC_CIDR};
 use crate::cloud::imds::{Imds, ImdsError, META_DATA};
 use crate::host_network::{HostNetworkError, SecondaryEni};
 use crate::mac::MacAddr;
@@ -71,7 +71,7 @@ impl Imds for FakeEc2Imds {
     }
 
     async fn availability_zone(&self) -> Result<String, ImdsError> {
-        Ok("us-west-2a".into())
+        Ok(super::AVAILABILITY_ZONE.into())
     }
 
     async fn region(&self) -> Result<String, ImdsError> {
@@ -109,9 +109,8 @@ impl Imds for FakeEc2Imds {
     }
 
     async fn subnet_ipv4_cidr_block(&self, mac: MacAddr) -> Result<Ipv4Net, ImdsError> {
-        self.eni(mac, "subnet-ipv4-cidr-block", |_| {
-            SUBNET_CIDR.parse().unwrap()
-        })
+        let subnet = self.eni(mac, "subnet-ipv4-cidr-block", |e| e.subnet_id.clone())?;
+        Ok(self.ec2.subnet_cidr(&subnet))
     }
 
     async fn vpc_ipv4_cidr_blocks(&self, mac: MacAddr) -> Result<Vec<Ipv4Net>, ImdsError> {
@@ -143,6 +142,7 @@ pub struct FakeHost {
     ec2: FakeEc2,
     instance: String,
     log: Arc<Mutex<Vec<HostOp>>>,
+    brought_up: Arc<Mutex<Vec<SecondaryEni>>>,
 }
 
 impl FakeHost {
@@ -151,12 +151,18 @@ impl FakeHost {
             ec2,
             instance: instance.to_owned(),
             log: Arc::new(Mutex::new(Vec::new())),
+            brought_up: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
     /// Bring-ups and teardowns so far.
     pub fn ops(&self) -> Vec<HostOp> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Every secondary ENI brought up, as the manager described it (subnet, addresses).
+    pub fn brought_up(&self) -> Vec<SecondaryEni> {
+        self.brought_up.lock().unwrap().clone()
     }
 }
 
@@ -178,6 +184,7 @@ impl EniHost for FakeHost {
             });
         }
         self.log.lock().unwrap().push(HostOp::Setup(eni.id.clone()));
+        self.brought_up.lock().unwrap().push(eni.clone());
         Ok(())
     }
 

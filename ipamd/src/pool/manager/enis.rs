@@ -6,12 +6,13 @@
 
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use rand::Rng;
 
 use super::PoolManager;
 use crate::cloud::ec2::{
     CREATED_AT_TAG, CreateEni, ENI_DESCRIPTION_PREFIX, Ec2Api, Ec2Error, Ec2ErrorKind, EniStatus,
-    rfc3339,
+    NetworkInterface, rfc3339,
 };
 use crate::cloud::imds::Imds;
 use crate::cloud::metadata::{self, EniMetadata};
@@ -21,6 +22,16 @@ use crate::mac::MacAddr;
 use crate::pool::host::EniHost;
 use crate::pool::policy::{self, Capacity};
 
+/// Why no new ENI joined the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CreateFailed {
+    /// Every subnet a new ENI may go into is in its back-off after EC2 said it is out of
+    /// addresses, or none may take ENIs at all: nothing was asked of EC2.
+    NoSubnet,
+    /// An EC2 call or the bring-up failed (logged).
+    Failed,
+}
+
 impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
     pub(super) fn secondary(
         &self,
@@ -28,20 +39,77 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         mac: MacAddr,
         device: u32,
         primary_ip: Ipv4Addr,
+        subnet: Ipv4Net,
     ) -> SecondaryEni {
         SecondaryEni {
             id: id.to_owned(),
             mac,
             device_number: device,
             primary_ip,
-            subnet: self.node.subnet,
+            subnet,
             mtu: self.cfg.eni_mtu,
         }
     }
 
+    /// `CreateNetworkInterface` in the first candidate subnet that has room (subnet discovery:
+    /// most free addresses first); a subnet out of addresses enters its back-off and the next
+    /// one is tried. Returns the ENI and its subnet's CIDR.
+    async fn create_in_some_subnet(
+        &mut self,
+        request: &mut CreateEni,
+    ) -> Result<(NetworkInterface, Ipv4Net), CreateFailed> {
+        let (candidates, any_full) = self.candidates_for_new_eni().await;
+        if candidates.is_empty() {
+            if !any_full {
+                let read: Vec<String> = self
+                    .subnets
+                    .subnets()
+                    .into_iter()
+                    .map(|(s, e)| format!("{} ({})", s.id, e.reason()))
+                    .collect();
+                tracing::warn!(subnets = ?read, "no subnet of the node's Availability Zone may take new ENIs (the node's subnet is tagged kubernetes.io/role/cni=0 or for another cluster, and no other subnet is tagged kubernetes.io/role/cni=1 for this cluster)");
+                self.situation.set_subnet_note(Some(
+                    "no subnet may take new ENIs: the node's subnet is excluded (kubernetes.io/role/cni=0 or another cluster's tag) and no other subnet of the Availability Zone is tagged kubernetes.io/role/cni=1 for this cluster".into(),
+                ));
+            }
+            return Err(CreateFailed::NoSubnet);
+        }
+        for c in candidates {
+            request.subnet_id.clone_from(&c.id);
+            tracing::info!(
+                subnet = %c.id, cidr = %c.cidr, available = ?c.available_ips, node_subnet = c.is_node_subnet,
+                security_groups = ?request.security_groups, ips = request.secondary_ip_count,
+                "creating an ENI"
+            );
+            match self.ec2.create_network_interface(request).await {
+                Ok(eni) => {
+                    let n = 1 + u32::try_from(eni.secondary_ips().len()).unwrap_or(u32::MAX);
+                    self.subnet_answered(&c.id, n);
+                    return Ok((eni, c.cidr));
+                }
+                Err(e) if e.kind == Ec2ErrorKind::SubnetFull => {
+                    self.count_error("increaseIPPoolAllocENIFailed");
+                    self.mark_subnet_full(&c.id, &e);
+                }
+                Err(e) => {
+                    self.count_error("increaseIPPoolAllocENIFailed");
+                    tracing::warn!(subnet = %c.id, error = %e, "cannot create an ENI");
+                    return Err(CreateFailed::Failed);
+                }
+            }
+            // A fresh idempotency token per subnet: the failed request must not be replayed.
+            request.client_token = new_client_token();
+        }
+        Err(CreateFailed::Failed)
+    }
+
     /// Creates, attaches and brings up a new ENI with `ips` secondary addresses; returns how
     /// many addresses entered the pool. Errors are logged here.
-    pub(super) async fn create_eni(&mut self, ips: u32, cap: &Capacity) -> Result<u32, ()> {
+    pub(super) async fn create_eni(
+        &mut self,
+        ips: u32,
+        cap: &Capacity,
+    ) -> Result<u32, CreateFailed> {
         let instance_id = self.node.instance_id.clone();
         // EC2's own view of the attachments is the last word on the ENI limit: ENIs attached
         // by anyone (and not yet in metadata) count too.
@@ -49,7 +117,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the instance's attachments; no new ENI this cycle");
-                return Err(());
+                return Err(CreateFailed::Failed);
             }
         };
         let attached = u32::try_from(instance.enis.len()).unwrap_or(u32::MAX);
@@ -59,39 +127,34 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 max_enis = cap.max_enis,
                 "EC2 shows the instance at its ENI limit; no new ENI"
             );
-            return Err(());
+            return Err(CreateFailed::Failed);
         }
         let Some(device) = instance.first_free_device_index() else {
             tracing::warn!("no free device index on network card 0");
-            return Err(());
+            return Err(CreateFailed::Failed);
         };
         let mut tags = self.wanted_tags();
         tags.insert(CREATED_AT_TAG.to_owned(), rfc3339(self.clock.wall()));
-        let request = CreateEni {
+        // Every subnet gets the primary ENI's security groups, as in the reference.
+        let mut request = CreateEni {
             subnet_id: self.node.subnet_id.clone(),
             security_groups: self.node.security_groups.clone(),
             description: format!("{ENI_DESCRIPTION_PREFIX}{instance_id}"),
             secondary_ip_count: ips,
             tags,
-            client_token: format!("ipamd-{:032x}", rand::rng().random::<u128>()),
+            client_token: new_client_token(),
         };
-        let eni = match self.ec2.create_network_interface(&request).await {
-            Ok(eni) => eni,
-            Err(e) => {
-                self.count_error("increaseIPPoolAllocENIFailed");
-                tracing::warn!(subnet = %request.subnet_id, ips, error = %e, "cannot create an ENI");
-                return Err(());
-            }
-        };
+        let (eni, subnet) = self.create_in_some_subnet(&mut request).await?;
+        let subnet_id = request.subnet_id.clone();
         let (Some(mac), Some(primary_ip)) = (eni.mac, eni.primary_ip) else {
             tracing::error!(eni = %eni.id, "EC2 returned a new ENI without MAC or address; deleting it");
             if !self.delete_eni(&eni.id).await {
                 self.to_remove.insert(eni.id.clone());
             }
-            return Err(());
+            return Err(CreateFailed::Failed);
         };
         let secondary = eni.secondary_ips();
-        tracing::info!(eni = %eni.id, %mac, ip = %primary_ip, secondary = ?secondary, device, "ENI created");
+        tracing::info!(eni = %eni.id, subnet = %subnet_id, %mac, ip = %primary_ip, secondary = ?secondary, device, "ENI created");
         let attachment = match self
             .ec2
             .attach_network_interface(&eni.id, &instance_id, device)
@@ -108,7 +171,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                     tracing::warn!(eni = %eni.id, "the half-created ENI could not be removed now; retrying every cycle");
                     self.to_remove.insert(eni.id.clone());
                 }
-                return Err(());
+                return Err(CreateFailed::Failed);
             }
         };
         if let Err(e) = self
@@ -120,7 +183,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             if !self.release_eni(&eni.id).await {
                 self.to_remove.insert(eni.id.clone());
             }
-            return Err(());
+            return Err(CreateFailed::Failed);
         }
         self.tagged.insert(eni.id.clone());
         let shown = match self
@@ -139,7 +202,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                     tracing::warn!(eni = %eni.id, "the unusable ENI could not be removed now; retrying every cycle");
                     self.to_remove.insert(eni.id.clone());
                 }
-                return Err(());
+                return Err(CreateFailed::Failed);
             }
         };
         let device = if shown.device_number == device {
@@ -148,10 +211,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             tracing::warn!(eni = %eni.id, attached_at = device, metadata = shown.device_number, "metadata shows another device number; using it");
             shown.device_number
         };
-        let spec = self.secondary(&eni.id, mac, device, primary_ip);
+        let spec = self.secondary(&eni.id, mac, device, primary_ip, subnet);
+        self.eni_subnets.insert(eni.id.clone(), subnet_id.clone());
         if let Err(e) = self.host.setup_secondary_eni(&spec).await {
             tracing::warn!(eni = %eni.id, error = %e, "cannot bring up the new ENI; the next reconcile retries");
-            return Err(());
+            return Err(CreateFailed::Failed);
         }
         let added = self
             .state
@@ -160,7 +224,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                     id: eni.id.clone(),
                     device_number: device,
                     primary_ip,
-                    subnet: self.node.subnet,
+                    subnet,
                 }) {
                     tracing::warn!(eni = %eni.id, error = %e, "new ENI not added to the pool");
                     return None;
@@ -175,10 +239,12 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 Some(n)
             })
             .await;
-        let Some(added) = added else { return Err(()) };
+        let Some(added) = added else {
+            return Err(CreateFailed::Failed);
+        };
         self.added_at.insert(eni.id.clone(), self.clock.now());
         self.macs.insert(eni.id.clone(), mac);
-        tracing::info!(eni = %eni.id, device, ips = added, table = device + 1, "new ENI up and in the pool");
+        tracing::info!(eni = %eni.id, subnet = %subnet_id, device, ips = added, table = device + 1, "new ENI up and in the pool");
         Ok(added)
     }
 
@@ -335,43 +401,62 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         }
         let candidate =
             policy::deletable_eni(&enis, self.cfg.targets, self.cfg.timings.min_eni_age)?.clone();
-        // Out of the pool first, so no pod is given one of its addresses from now on; the
-        // datastore is re-checked under its lock (a pod may have arrived since the snapshot).
-        let removed = self
-            .state
-            .with_datastore(|ds| {
-                ds.stats();
-                match ds.eni(&candidate.id) {
-                    Some(v) if v.assigned == 0 && v.cooling == 0 => {
-                        ds.remove_eni(&candidate.id).ok()
-                    }
-                    _ => None,
-                }
-            })
-            .await?;
         tracing::info!(
             eni = %candidate.id, device = candidate.device_number, ips = candidate.total,
             "freeing an ENI the pool no longer needs"
         );
+        self.free_eni(&candidate.id).await.then_some(candidate.id)
+    }
+
+    /// Takes an ENI out of the pool (only if no pod holds or just released one of its
+    /// addresses, re-checked under the datastore's lock), removes its rules and routes, and
+    /// detaches and deletes it. Returns whether it left the pool.
+    pub(super) async fn free_eni(&mut self, id: &str) -> bool {
+        // Out of the pool first, so no pod is given one of its addresses from now on.
+        let removed = self
+            .state
+            .with_datastore(|ds| {
+                ds.stats();
+                match ds.eni(id) {
+                    Some(v) if v.assigned == 0 && v.cooling == 0 => ds.remove_eni(id).ok(),
+                    _ => None,
+                }
+            })
+            .await;
+        let Some(removed) = removed else {
+            return false;
+        };
         let spec = removed.spec;
         let mac = self
             .macs
             .get(&spec.id)
             .copied()
             .unwrap_or(self.node.primary_mac);
-        let host_spec = self.secondary(&spec.id, mac, spec.device_number, spec.primary_ip);
+        let host_spec = self.secondary(
+            &spec.id,
+            mac,
+            spec.device_number,
+            spec.primary_ip,
+            spec.subnet,
+        );
         if let Err(e) = self.host.teardown_secondary_eni(&host_spec).await {
             tracing::warn!(eni = %spec.id, error = %e, "cannot remove all of the ENI's rules and routes");
         }
         self.added_at.remove(&spec.id);
         self.macs.remove(&spec.id);
         self.tagged.remove(&spec.id);
+        self.eni_subnets.remove(&spec.id);
         if self.release_eni(&spec.id).await {
             tracing::info!(eni = %spec.id, "ENI freed");
         } else {
             self.count_error("decreaseIPPoolFreeENIFailed");
             self.to_remove.insert(spec.id.clone());
         }
-        Some(spec.id)
+        true
     }
+}
+
+/// A fresh idempotency token for `CreateNetworkInterface`.
+fn new_client_token() -> String {
+    format!("ipamd-{:032x}", rand::rng().random::<u128>())
 }

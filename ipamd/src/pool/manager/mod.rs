@@ -16,6 +16,7 @@
 //! long when EC2 fails: ipamd then serves what metadata shows and keeps trying here.
 
 mod enis;
+mod placement;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -31,9 +32,10 @@ use tokio::sync::Notify;
 use super::host::EniHost;
 use super::policy::{self, Counts, EniState, Grow, Targets};
 use super::situation::PoolSituation;
+use super::subnets::SubnetPicker;
 use crate::cloud::ec2::{
     CLUSTER_NAME_TAG, ENI_OWNER_TAG, ENI_OWNER_VALUE, Ec2Api, Ec2ErrorKind, INSTANCE_ID_TAG,
-    NetworkInterface, Tags,
+    NO_MANAGE_TAG, NetworkInterface, Tags,
 };
 use crate::cloud::ec2_client::Ec2Health;
 use crate::cloud::imds::Imds;
@@ -61,6 +63,11 @@ pub struct Timings {
     /// After EC2 said the subnet is out of addresses, no growth is tried for this long (the
     /// reference's 120 s).
     pub subnet_full_backoff: Duration,
+    /// How old the subnets read may be when a new ENI's subnet is chosen.
+    pub subnet_ttl: Duration,
+    /// How often the subnets are re-read for `awscni_subnet_available_ips` and the low-address
+    /// warning when no ENI is being created.
+    pub subnet_report: Duration,
     /// How long a new ENI may take to show in metadata and as a link.
     pub attach_wait: Duration,
     /// How long a detaching ENI may take to become `available`.
@@ -80,6 +87,8 @@ impl Default for Timings {
             min_eni_age: policy::MIN_ENI_AGE,
             reconcile_grace: Duration::from_secs(60),
             subnet_full_backoff: Duration::from_secs(120),
+            subnet_ttl: Duration::from_secs(30),
+            subnet_report: Duration::from_secs(300),
             attach_wait: Duration::from_secs(60),
             detach_wait: Duration::from_secs(60),
             poll_start: Duration::from_millis(100),
@@ -100,6 +109,12 @@ pub struct ManagerConfig {
     /// Tags every managed ENI carries besides the instance id (cluster tags,
     /// `ADDITIONAL_ENI_TAGS`).
     pub extra_tags: Tags,
+    /// `ENABLE_SUBNET_DISCOVERY`.
+    pub subnet_discovery: bool,
+    /// `CLUSTER_NAME` (subnets tagged for other clusters are not used).
+    pub cluster_name: Option<String>,
+    /// `MANAGE_UNTAGGED_ENI`: `false` leaves alone every ENI not tagged with this instance's id.
+    pub manage_untagged_eni: bool,
     /// Timings.
     pub timings: Timings,
 }
@@ -118,6 +133,9 @@ impl ManagerConfig {
             max_eni: config.pool.max_eni,
             eni_mtu: config.node_network.eni_mtu,
             extra_tags,
+            subnet_discovery: config.cloud.enable_subnet_discovery,
+            cluster_name: config.kubernetes.cluster_name.clone(),
+            manage_untagged_eni: config.cloud.manage_untagged_eni,
             timings: Timings::default(),
         }
     }
@@ -134,10 +152,12 @@ pub struct NodeInfo {
     pub primary_eni: String,
     /// The primary ENI's MAC.
     pub primary_mac: MacAddr,
-    /// The subnet new ENIs go into (the primary ENI's).
+    /// The node's subnet (the primary ENI's).
     pub subnet_id: String,
     /// Its CIDR.
     pub subnet: Ipv4Net,
+    /// The node's Availability Zone (subnets of other zones are never used).
+    pub availability_zone: String,
     /// Security groups of new ENIs (the primary ENI's).
     pub security_groups: Vec<String>,
 }
@@ -153,6 +173,7 @@ impl NodeInfo {
             primary_mac: primary.mac,
             subnet_id: primary.subnet_id.clone(),
             subnet: primary.subnet,
+            availability_zone: md.availability_zone.clone(),
             security_groups: primary.security_groups.clone(),
         })
     }
@@ -191,8 +212,19 @@ pub struct PoolManager<E, I, H> {
     added_at: HashMap<String, Instant>,
     /// The MACs of managed ENIs.
     macs: HashMap<String, MacAddr>,
-    /// Attached ENIs tagged `no_manage=true`.
+    /// Attached ENIs ipamd leaves alone: tagged `no_manage=true`, or untagged with
+    /// `MANAGE_UNTAGGED_ENI=false`.
     unmanaged: BTreeSet<String>,
+    /// The subnets new ENIs may go into.
+    subnets: SubnetPicker,
+    /// Subnets EC2 said are out of addresses, and when: not asked again for the back-off.
+    full_subnets: HashMap<String, Instant>,
+    /// The subnet of each managed ENI.
+    eni_subnets: HashMap<String, String>,
+    /// Subnets whose low-address warning was logged (logged again once they recovered).
+    low_warned: BTreeSet<String>,
+    /// When the subnets were last re-read for the report.
+    subnets_reported: Option<Instant>,
     /// ENIs whose tags are known to be complete.
     tagged: HashSet<String>,
     /// The VPC (from EC2; the leaked-ENI cleanup filters on it).
@@ -225,8 +257,19 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         situation: Arc<PoolSituation>,
         health: Arc<Ec2Health>,
     ) -> Self {
-        situation.set_subnet(&node.subnet_id);
+        let subnets = SubnetPicker::new(
+            cfg.subnet_discovery,
+            cfg.cluster_name.clone(),
+            &node.subnet_id,
+            node.subnet,
+            &node.availability_zone,
+        );
         Self {
+            subnets,
+            full_subnets: HashMap::new(),
+            eni_subnets: HashMap::new(),
+            low_warned: BTreeSet::new(),
+            subnets_reported: None,
             health,
             metrics: None,
             cfg,
@@ -328,12 +371,30 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         if self.vpc_id.is_none() && !eni.vpc_id.is_empty() {
             self.vpc_id = Some(eni.vpc_id.clone());
         }
-        if eni.is_no_manage() && eni.id != self.node.primary_eni {
-            if self.unmanaged.insert(eni.id.clone()) {
-                tracing::info!(eni = %eni.id, "ENI is tagged node.k8s.amazonaws.com/no_manage=true; ipamd leaves it alone (it counts against the ENI limit)");
-            }
-        } else {
+        if eni.id == self.node.primary_eni {
+            // The primary ENI is always managed, whatever its tags.
             self.unmanaged.remove(&eni.id);
+            return;
+        }
+        let why = match eni.tags.get(NO_MANAGE_TAG).map(String::as_str) {
+            // The reference's rule: a no_manage tag decides on its own ("true" = leave alone).
+            Some("true") => Some("it is tagged node.k8s.amazonaws.com/no_manage=true"),
+            Some(_) => None,
+            None if eni.tags.get(INSTANCE_ID_TAG) == Some(&self.node.instance_id) => None,
+            None if self.cfg.manage_untagged_eni => None,
+            None => Some(
+                "it is not tagged node.k8s.amazonaws.com/instance_id with this instance and MANAGE_UNTAGGED_ENI=false",
+            ),
+        };
+        match why {
+            Some(why) => {
+                if self.unmanaged.insert(eni.id.clone()) {
+                    tracing::info!(eni = %eni.id, "ipamd leaves this ENI alone (it counts against the ENI limit): {why}");
+                }
+            }
+            None => {
+                self.unmanaged.remove(&eni.id);
+            }
         }
     }
 
@@ -429,6 +490,8 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         for eni in enis {
             self.added_at.entry(eni.id.clone()).or_insert(now);
             self.macs.insert(eni.id.clone(), eni.mac);
+            self.eni_subnets
+                .insert(eni.id.clone(), eni.subnet_id.clone());
         }
     }
 
@@ -442,12 +505,18 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             })
             .await;
         let now = self.clock.now();
+        let full = self.subnets_in_backoff(now);
         let enis: Vec<EniState> = views
             .into_iter()
             .map(|v| {
                 let added = *self.added_at.entry(v.spec.id.clone()).or_insert(now);
                 let u = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                let subnet_full = self
+                    .eni_subnets
+                    .get(&v.spec.id)
+                    .is_some_and(|s| full.contains(s) || self.subnets.is_excluded(s));
                 EniState {
+                    subnet_full,
                     is_primary: v.spec.device_number == 0 || v.spec.id == self.node.primary_eni,
                     device_number: v.spec.device_number,
                     age: now.saturating_duration_since(added),
@@ -469,13 +538,6 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         let Some(cap) = self.situation.capacity() else {
             return report;
         };
-        if let Some(full) = self.health.subnet_full()
-            && full.at.elapsed() < self.cfg.timings.subnet_full_backoff
-        {
-            tracing::debug!(since = ?full.at.elapsed(), "the subnet was out of addresses; not growing during the back-off");
-            report.subnet_backoff = true;
-            return report;
-        }
         let max_steps = cap.max_enis.saturating_mul(2).saturating_add(4);
         for _ in 0..max_steps {
             let (enis, counts) = self.snapshot().await;
@@ -513,6 +575,9 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                         report.failed = true;
                         break;
                     }
+                    // The ENI's subnet is out of addresses (now marked full): the next step
+                    // grows another ENI or creates one in another subnet.
+                    Err(Ec2ErrorKind::SubnetFull) => report.failed = true,
                     Err(kind) => {
                         report.failed = true;
                         if kind == Ec2ErrorKind::IpLimitExceeded {
@@ -527,12 +592,20 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                         report.enis_added += 1;
                         report.ips_added += n;
                     }
-                    Err(()) => {
+                    Err(enis::CreateFailed::NoSubnet) => {
+                        report.subnet_backoff = true;
+                        break;
+                    }
+                    Err(enis::CreateFailed::Failed) => {
                         report.failed = true;
                         break;
                     }
                 },
             }
+        }
+        if report.ips_added > 0 {
+            // The subnets' free addresses as they are now (the cached counts were lowered).
+            self.publish_subnets();
         }
         report
     }
@@ -544,6 +617,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             Err(e) => {
                 self.count_error("increaseIPPoolAllocIPAddressesFailed");
                 tracing::warn!(%eni, count, error = %e, "cannot add IPs to ENI");
+                if e.kind == Ec2ErrorKind::SubnetFull
+                    && let Some(subnet) = self.eni_subnets.get(eni).cloned()
+                {
+                    self.mark_subnet_full(&subnet, &e);
+                }
                 if matches!(
                     e.kind,
                     Ec2ErrorKind::Timeout | Ec2ErrorKind::Transport | Ec2ErrorKind::Server
@@ -574,6 +652,10 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             .await;
         for ip in &added {
             self.released.remove(ip);
+        }
+        if let Some(subnet) = self.eni_subnets.get(eni).cloned() {
+            let n = u32::try_from(added.len()).unwrap_or(u32::MAX);
+            self.subnet_answered(&subnet, n);
         }
         tracing::info!(%eni, asked = count, added = ?added, "IPs added to the pool");
         Ok(u32::try_from(added.len()).unwrap_or(u32::MAX))
@@ -687,11 +769,22 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         }
     }
 
-    /// One cycle: reconcile, then grow, or shrink, then free at most one ENI.
+    /// Start-up, once the pool is built from metadata and the checkpoint: reads the subnets
+    /// (subnet report, excluded subnets), then grows the pool to its targets.
+    pub async fn prescale(&mut self) -> GrowReport {
+        self.report_subnets().await;
+        self.handle_excluded().await;
+        self.grow().await
+    }
+
+    /// One cycle: reconcile (metadata, and the subnets when their report is due), then grow,
+    /// or shrink, then free at most one ENI.
     pub async fn cycle(&mut self) {
         self.refresh_limits().await;
         self.retry_removals().await;
         self.reconcile().await;
+        self.report_subnets().await;
+        self.handle_excluded().await;
         let report = self.grow().await;
         if report.ips_added == 0 && !report.failed && !report.at_limit && !report.subnet_backoff {
             self.shrink().await;

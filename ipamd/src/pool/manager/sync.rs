@@ -139,7 +139,8 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             }
             self.ensure_tags(&t).await;
             if !md.is_primary {
-                let spec = self.secondary(&md.id, md.mac, md.device_number, md.primary_ip);
+                let spec =
+                    self.secondary(&md.id, md.mac, md.device_number, md.primary_ip, md.subnet);
                 if let Err(e) = self.host.setup_secondary_eni(&spec).await {
                     tracing::warn!(eni = %md.id, error = %e, "ENI attached but not usable yet; retrying next cycle");
                     continue;
@@ -177,6 +178,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 self.count_reconciled("eniDataStorePoolReconcileAdd", n);
                 self.added_at.insert(md.id.clone(), self.clock.now());
                 self.macs.insert(md.id.clone(), md.mac);
+                self.eni_subnets.insert(md.id.clone(), md.subnet_id.clone());
                 tracing::info!(eni = %md.id, device = md.device_number, ips = n, "attached ENI adopted into the pool");
             }
         }
@@ -209,6 +211,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                     self.count_reconciled("eniReconcileDel", 1);
                     self.added_at.remove(&id);
                     self.macs.remove(&id);
+                    self.eni_subnets.remove(&id);
                     tracing::info!(eni = %id, "ENI left the instance (or is no_manage); removed from the pool");
                 }
                 Err(e) => {

@@ -67,6 +67,9 @@ fn config(t: Targets) -> ManagerConfig {
         max_eni: None,
         eni_mtu: 9001,
         extra_tags: Tags::new(),
+        subnet_discovery: true,
+        cluster_name: None,
+        manage_untagged_eni: true,
         timings: Timings {
             cycle: Duration::from_millis(50),
             min_gap: Duration::from_millis(200),
@@ -106,11 +109,7 @@ async fn start_with(
         Arc::new(NullCheckpointer),
     ));
     let node = NodeInfo::from_metadata(&md).unwrap();
-    let situation = Arc::new(PoolSituation::new(
-        cfg.targets,
-        &node.subnet_id,
-        client.health(),
-    ));
+    let situation = Arc::new(PoolSituation::new(cfg.targets, client.health()));
     let metrics = crate::metrics::IpamdMetrics::new(&mut registry);
     let mut m = PoolManager::new(
         cfg,
@@ -428,6 +427,7 @@ async fn throttling_keeps_the_call_rate_bounded_and_pods_keep_getting_ips() {
         "AssignPrivateIpAddresses",
         "DescribeNetworkInterfaces",
         "DescribeInstanceTypes",
+        "DescribeSubnets",
         "CreateTags",
     ]
     .iter()
@@ -831,7 +831,7 @@ async fn a_full_subnet_holds_growth_back_for_the_back_off() {
         calls,
         "no new attempt during the back-off"
     );
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    w.clock.advance(Duration::from_millis(350));
     w.ec2.set_subnet_capacity(10);
     let r = m.grow().await;
     assert_eq!(
@@ -896,3 +896,5 @@ async fn ec2_down_at_start_leaves_the_pool_to_metadata_and_recovers() {
         .len();
     assert_eq!(md_ips, 3);
 }
+
+mod subnets;
