@@ -219,7 +219,6 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         let info = Arc::new(RwLock::new(ReplyInfo {
             vpc_v4_cidrs: Vec::new(),
             use_external_snat: self.config.node_network.external_snat,
-            network_policy_mode: self.config.network_policy_mode.clone().unwrap_or_default(),
         }));
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let registry = Arc::new(std::mem::take(&mut self.registry));

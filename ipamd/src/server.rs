@@ -146,8 +146,6 @@ pub struct ReplyInfo {
     pub vpc_v4_cidrs: Vec<String>,
     /// `AWS_VPC_K8S_CNI_EXTERNALSNAT`.
     pub use_external_snat: bool,
-    /// `NETWORK_POLICY_ENFORCING_MODE` (empty = off).
-    pub network_policy_mode: String,
 }
 
 /// The `rpc.CNIBackend` implementation.
@@ -271,7 +269,6 @@ impl CniBackend for Backend {
                         ip_allocation_metadata: vec![allocation(&a)],
                         use_external_snat: info.use_external_snat,
                         vp_cv4_cid_rs: info.vpc_v4_cidrs,
-                        network_policy_mode: info.network_policy_mode,
                         eniid: a.eni_id,
                         ..AddNetworkReply::default()
                     }))
@@ -315,7 +312,6 @@ impl CniBackend for Backend {
                     Ok(Response::new(DelNetworkReply {
                         success: true,
                         ip_allocation_metadata: released.iter().map(allocation).collect(),
-                        network_policy_mode: self.info().network_policy_mode,
                         ..DelNetworkReply::default()
                     }))
                 }

@@ -108,12 +108,22 @@ pub const MINIMUM_IP_TARGET: &str = "MINIMUM_IP_TARGET";
 pub const MY_NODE_NAME: &str = "MY_NODE_NAME";
 /// The aws-node pod's name (events).
 pub const MY_POD_NAME: &str = "MY_POD_NAME";
-/// Network policy mode passed to the plugin.
+/// Network policy mode (makes the reference's plugin call the network policy agent).
 pub const NETWORK_POLICY_ENFORCING_MODE: &str = "NETWORK_POLICY_ENFORCING_MODE";
 /// MTU of pod veth pairs (written into the conflist).
 pub const POD_MTU: &str = "POD_MTU";
 /// Security-groups-for-pods enforcing mode (written into the conflist).
 pub const POD_SECURITY_GROUP_ENFORCING_MODE: &str = "POD_SECURITY_GROUP_ENFORCING_MODE";
+/// Deprecated in the reference (v1.12.1): rp_filter is always set by the init container.
+pub const AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER: &str = "AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER";
+/// Deprecated in the reference (v1.13.2): the iptables backend is detected.
+pub const ENABLE_NFTABLES: &str = "ENABLE_NFTABLES";
+/// IPv4 egress for pods of an IPv6 cluster (egress-cni).
+pub const ENABLE_V4_EGRESS: &str = "ENABLE_V4_EGRESS";
+/// egress-cni's log file in IPv6 clusters.
+pub const AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE: &str = "AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE";
+/// egress-cni's log file in IPv4 clusters with `ENABLE_V6_EGRESS`.
+pub const AWS_VPC_K8S_EGRESS_V6_PLUGIN_LOG_FILE: &str = "AWS_VPC_K8S_EGRESS_V6_PLUGIN_LOG_FILE";
 /// Version string added to user agents.
 pub const VPC_CNI_VERSION: &str = "VPC_CNI_VERSION";
 /// Keep this many ENIs' worth of free IPs.
@@ -231,22 +241,19 @@ pub struct PluginConfig {
     pub bandwidth_plugin: bool,
 }
 
-/// Kubernetes-related knobs (the API server is not needed in this build).
+/// Kubernetes-related knobs. This build makes no Kubernetes API call: the settings that need
+/// one (`CLUSTER_ENDPOINT`, `ANNOTATE_POD_IP=true`) are refused at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesConfig {
     /// `MY_NODE_NAME` (required).
     pub node_name: String,
-    /// `MY_POD_NAME`.
+    /// `MY_POD_NAME` (the aws-node pod; the reference posts its Kubernetes Events there).
     pub pod_name: Option<String>,
-    /// `CLUSTER_ENDPOINT`.
-    pub cluster_endpoint: Option<String>,
     /// `CLUSTER_NAME`.
     pub cluster_name: Option<String>,
-    /// `ANNOTATE_POD_IP` (default false).
-    pub annotate_pod_ip: bool,
-    /// `ENI_CONFIG_ANNOTATION_DEF`.
+    /// `ENI_CONFIG_ANNOTATION_DEF` (read by custom networking only, as in the reference).
     pub eni_config_annotation: String,
-    /// `ENI_CONFIG_LABEL_DEF`.
+    /// `ENI_CONFIG_LABEL_DEF` (read by custom networking only, as in the reference).
     pub eni_config_label: String,
 }
 
@@ -308,8 +315,6 @@ pub struct Config {
     pub log_level: tracing::Level,
     /// `IP_COOLDOWN_PERIOD` (default 30 s).
     pub ip_cooldown: Duration,
-    /// `NETWORK_POLICY_ENFORCING_MODE` (unset = network policy hooks off).
-    pub network_policy_mode: Option<String>,
     /// `DISABLE_METRICS` (default false).
     pub disable_metrics: bool,
     /// `DISABLE_INTROSPECTION` (default false).
@@ -433,7 +438,7 @@ impl Config {
                 .into(),
         })?;
 
-        let config = Self {
+        let mut config = Self {
             provisioning: match (imds_only, provisioning_disabled) {
                 (true, _) => ProvisioningMode::ImdsOnly,
                 (false, true) => ProvisioningMode::ProvisioningDisabled,
@@ -469,7 +474,6 @@ impl Config {
                 30,
                 parse::parse_non_negative,
             )?)),
-            network_policy_mode: r.parse(NETWORK_POLICY_ENFORCING_MODE, parse::parse_np_mode)?,
             disable_metrics: r.bool(DISABLE_METRICS, false)?,
             disable_introspection: r.bool(DISABLE_INTROSPECTION, false)?,
             introspection_bind: r.or(
@@ -533,9 +537,7 @@ impl Config {
             kubernetes: KubernetesConfig {
                 node_name,
                 pod_name: r.string(MY_POD_NAME)?,
-                cluster_endpoint: r.parse(CLUSTER_ENDPOINT, parse::parse_url)?,
                 cluster_name: r.parse(CLUSTER_NAME, parse::parse_non_empty)?,
-                annotate_pod_ip: r.bool(ANNOTATE_POD_IP, false)?,
                 eni_config_annotation: r.or(
                     ENI_CONFIG_ANNOTATION_DEF,
                     "k8s.amazonaws.com/eniConfig".into(),
@@ -569,7 +571,100 @@ impl Config {
             warnings,
         };
         config.validate(&r)?;
+        config.refuse_what_needs_missing_parts(&r)?;
+        config.check_no_op_settings(&r)?;
         Ok(config)
+    }
+
+    /// Settings whose reference semantics need a part this build does not have (the Kubernetes
+    /// API, the network policy agent, EC2 reads in the metadata-only modes): refused, naming
+    /// the value and what to do, rather than accepted and ignored.
+    fn refuse_what_needs_missing_parts<E: Env + ?Sized>(
+        &self,
+        r: &Reader<'_, E>,
+    ) -> Result<(), ConfigError> {
+        let refuse = |var: &'static str, value: String, reason: &str| ConfigError::Unsupported {
+            var,
+            value,
+            reason: reason.to_owned(),
+        };
+        if let Some(mode) = r.raw(NETWORK_POLICY_ENFORCING_MODE)? {
+            return Err(refuse(
+                NETWORK_POLICY_ENFORCING_MODE,
+                mode,
+                "with this setting the reference's plugin calls the network policy agent (aws-eks-nodeagent, /var/run/aws-node/npa.sock) on every pod ADD and DEL, and the agent enforces the mode; this build does not call the agent yet, so no policy would be enforced: unset NETWORK_POLICY_ENFORCING_MODE (and remove the aws-eks-nodeagent container), or keep the reference's aws-node where network policies are needed",
+            ));
+        }
+        if r.bool(ANNOTATE_POD_IP, false)? {
+            return Err(refuse(
+                ANNOTATE_POD_IP,
+                r.raw(ANNOTATE_POD_IP)?.unwrap_or_default(),
+                "annotating pods with vpc.amazonaws.com/pod-ips needs the Kubernetes API, which this build does not call yet: unset ANNOTATE_POD_IP or set it to false",
+            ));
+        }
+        if let Some(url) = r.raw(CLUSTER_ENDPOINT)? {
+            parse::parse_url(&url).map_err(|reason| ConfigError::Invalid {
+                var: CLUSTER_ENDPOINT,
+                value: url.clone(),
+                reason,
+            })?;
+            return Err(refuse(
+                CLUSTER_ENDPOINT,
+                url,
+                "this build makes no Kubernetes API call (max pods comes from the instance's ENI x IP limits, not the Node), so an API server address would be ignored: unset CLUSTER_ENDPOINT",
+            ));
+        }
+        if !self.cloud.manage_untagged_eni && self.provisioning != ProvisioningMode::Ec2 {
+            let mode = match self.provisioning {
+                ProvisioningMode::ImdsOnly => ENABLE_IMDS_ONLY_MODE,
+                _ => DISABLE_NETWORK_RESOURCE_PROVISIONING,
+            };
+            return Err(refuse(
+                MANAGE_UNTAGGED_ENI,
+                r.raw(MANAGE_UNTAGGED_ENI)?.unwrap_or_default(),
+                &format!(
+                    "telling untagged ENIs apart needs their tags from EC2, and with {mode}=true ipamd makes no EC2 call (instance metadata has no tags): unset MANAGE_UNTAGGED_ENI, or run in EC2 mode"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Settings that have no effect in this configuration, exactly as in the reference: they are
+    /// still validated, and the deprecated ones are logged.
+    fn check_no_op_settings<E: Env + ?Sized>(
+        &mut self,
+        r: &Reader<'_, E>,
+    ) -> Result<(), ConfigError> {
+        for var in [AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER, ENABLE_NFTABLES] {
+            if let Some(value) = r.raw(var)? {
+                r.bool(var, false)?;
+                self.warnings.push(format!(
+                    "{var}={value:?} is deprecated and has no effect, as in the reference (rp_filter is always set to 2 on the primary ENI by install-cni; the iptables backend is detected); it can be removed"
+                ));
+            }
+        }
+        // egress-cni settings: used only in IPv6 clusters or with ENABLE_V6_EGRESS, both refused.
+        r.bool(ENABLE_V4_EGRESS, true)?;
+        for var in [
+            AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE,
+            AWS_VPC_K8S_EGRESS_V6_PLUGIN_LOG_FILE,
+        ] {
+            r.parse(var, parse::parse_plugin_log_file)?;
+        }
+        Ok(())
+    }
+
+    /// Whether subnet discovery is in effect: `ENABLE_SUBNET_DISCOVERY` in EC2 mode (the other
+    /// modes create no ENIs).
+    pub fn subnet_discovery_in_effect(&self) -> bool {
+        self.cloud.enable_subnet_discovery && self.provisioning == ProvisioningMode::Ec2
+    }
+
+    /// Whether the leaked-ENI cleanup is off: `DISABLE_LEAKED_ENI_CLEANUP`, implied in the modes
+    /// that make no EC2 call, as in the reference.
+    pub fn leaked_eni_cleanup_disabled(&self) -> bool {
+        self.cloud.disable_leaked_eni_cleanup || self.provisioning != ProvisioningMode::Ec2
     }
 
     /// Cross-variable checks, and features this build cannot honour yet (refused rather than

@@ -245,14 +245,6 @@ pub fn parse_sg_mode(value: &str) -> Result<String, String> {
     }
 }
 
-/// `NETWORK_POLICY_ENFORCING_MODE`: `none`, `strict` or `standard`.
-pub fn parse_np_mode(value: &str) -> Result<String, String> {
-    match value {
-        "none" | "strict" | "standard" => Ok(value.to_owned()),
-        _ => Err("accepted values: none, strict, standard".into()),
-    }
-}
-
 /// Longest path a Unix socket address can hold (`sun_path` is 108 bytes with the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
@@ -496,8 +488,6 @@ mod tests {
         assert!(parse_randomize_snat("random").is_err());
         assert_eq!(parse_sg_mode("standard").unwrap(), "standard");
         assert!(parse_sg_mode("loose").is_err());
-        assert_eq!(parse_np_mode("none").unwrap(), "none");
-        assert!(parse_np_mode("off").is_err());
     }
 
     #[test]

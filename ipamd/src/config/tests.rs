@@ -39,7 +39,6 @@ fn defaults_match_the_reference() {
     );
     assert_eq!(c.log_level, tracing::Level::DEBUG);
     assert_eq!(c.ip_cooldown, Duration::from_secs(30));
-    assert_eq!(c.network_policy_mode, None);
     assert!(!c.disable_metrics);
     assert!(!c.disable_introspection);
     assert_eq!(
@@ -73,9 +72,7 @@ fn defaults_match_the_reference() {
     let k = &c.kubernetes;
     assert_eq!(k.node_name, "node-1");
     assert_eq!(k.pod_name, None);
-    assert_eq!(k.cluster_endpoint, None);
     assert_eq!(k.cluster_name, None);
-    assert!(!k.annotate_pod_ip);
     assert_eq!(k.eni_config_annotation, "k8s.amazonaws.com/eniConfig");
     assert_eq!(k.eni_config_label, "k8s.amazonaws.com/eniConfig");
     let cl = &c.cloud;
@@ -102,7 +99,6 @@ fn valid_values_are_taken() {
         (AWS_VPC_K8S_CNI_LOG_FILE, "stderr"),
         (AWS_VPC_K8S_CNI_LOGLEVEL, "info"),
         (IP_COOLDOWN_PERIOD, "0"),
-        (NETWORK_POLICY_ENFORCING_MODE, "standard"),
         (DISABLE_METRICS, "1"),
         (DISABLE_INTROSPECTION, "T"),
         (INTROSPECTION_BIND_ADDRESS, "unix:/run/introspect.sock"),
@@ -126,15 +122,13 @@ fn valid_values_are_taken() {
         (AWS_VPC_K8S_PLUGIN_LOG_LEVEL, "INFO"),
         (POD_SECURITY_GROUP_ENFORCING_MODE, "standard"),
         (MY_POD_NAME, "aws-node-abcde"),
-        (CLUSTER_ENDPOINT, "https://api.example.internal"),
         (CLUSTER_NAME, "prod"),
-        (ANNOTATE_POD_IP, "true"),
+        (ANNOTATE_POD_IP, "false"),
         (ENI_CONFIG_ANNOTATION_DEF, "example.com/eni"),
         (ENI_CONFIG_LABEL_DEF, "topology.kubernetes.io/zone"),
         (AWS_EC2_ENDPOINT, "http://127.0.0.1:5000"),
         (HTTP_TIMEOUT, "30"),
         (ADDITIONAL_ENI_TAGS, r#"{"team":"net"}"#),
-        (MANAGE_UNTAGGED_ENI, "false"),
         (AWS_MANAGE_ENIS_NON_SCHEDULABLE, "true"),
         (DISABLE_LEAKED_ENI_CLEANUP, "true"),
         (ENABLE_SUBNET_DISCOVERY, "false"),
@@ -149,7 +143,6 @@ fn valid_values_are_taken() {
     assert_eq!(c.log_destination, LogDestination::Stderr);
     assert_eq!(c.log_level, tracing::Level::INFO);
     assert_eq!(c.ip_cooldown, Duration::ZERO);
-    assert_eq!(c.network_policy_mode.as_deref(), Some("standard"));
     assert!(c.disable_metrics && c.disable_introspection);
     assert_eq!(
         c.introspection_bind,
@@ -182,12 +175,7 @@ fn valid_values_are_taken() {
     assert_eq!(c.plugin.log_level, "INFO");
     assert_eq!(c.plugin.pod_sg_enforcing_mode, "standard");
     assert_eq!(c.kubernetes.pod_name.as_deref(), Some("aws-node-abcde"));
-    assert_eq!(
-        c.kubernetes.cluster_endpoint.as_deref(),
-        Some("https://api.example.internal")
-    );
     assert_eq!(c.kubernetes.cluster_name.as_deref(), Some("prod"));
-    assert!(c.kubernetes.annotate_pod_ip);
     assert_eq!(c.kubernetes.eni_config_annotation, "example.com/eni");
     assert_eq!(c.kubernetes.eni_config_label, "topology.kubernetes.io/zone");
     assert_eq!(
@@ -199,7 +187,6 @@ fn valid_values_are_taken() {
         c.cloud.additional_eni_tags.get("team").map(String::as_str),
         Some("net")
     );
-    assert!(!c.cloud.manage_untagged_eni);
     assert!(c.cloud.manage_enis_non_schedulable);
     assert!(c.cloud.disable_leaked_eni_cleanup);
     assert!(!c.cloud.enable_subnet_discovery);
@@ -232,7 +219,6 @@ fn invalid_values_name_the_variable_and_value() {
         (AWS_VPC_K8S_CNI_LOGLEVEL, "verbose"),
         (IP_COOLDOWN_PERIOD, "-3"),
         (IP_COOLDOWN_PERIOD, "30s"),
-        (NETWORK_POLICY_ENFORCING_MODE, "off"),
         (DISABLE_METRICS, "no"),
         (DISABLE_INTROSPECTION, "no"),
         (INTROSPECTION_BIND_ADDRESS, "localhost"),
@@ -283,6 +269,11 @@ fn invalid_values_name_the_variable_and_value() {
         (ENABLE_POD_ENI, "nope"),
         (ENABLE_MULTI_NIC, "nope"),
         (ENABLE_V6_EGRESS, "nope"),
+        (ENABLE_V4_EGRESS, "nope"),
+        (AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER, "nope"),
+        (ENABLE_NFTABLES, "nope"),
+        (AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE, "stdout"),
+        (AWS_VPC_K8S_EGRESS_V6_PLUGIN_LOG_FILE, "relative.log"),
     ];
     for (var, value) in cases {
         let msg = err_of(&[(var, value)]);
@@ -353,6 +344,89 @@ fn features_that_change_assignment_are_refused() {
     assert!(msg.contains("cannot both be true"), "{msg}");
     let msg = err_of(&[(ENABLE_IPV4, "false")]);
     assert!(msg.contains("must be true"), "{msg}");
+}
+
+#[test]
+fn settings_that_need_missing_parts_are_refused_with_what_to_do() {
+    for (pairs, var, says) in [
+        (
+            &[(NETWORK_POLICY_ENFORCING_MODE, "strict")][..],
+            NETWORK_POLICY_ENFORCING_MODE,
+            "unset NETWORK_POLICY_ENFORCING_MODE",
+        ),
+        (
+            &[(NETWORK_POLICY_ENFORCING_MODE, "standard")],
+            NETWORK_POLICY_ENFORCING_MODE,
+            "network policy agent",
+        ),
+        (
+            &[(ANNOTATE_POD_IP, "true")],
+            ANNOTATE_POD_IP,
+            "unset ANNOTATE_POD_IP or set it to false",
+        ),
+        (
+            &[(CLUSTER_ENDPOINT, "https://api.example.internal")],
+            CLUSTER_ENDPOINT,
+            "unset CLUSTER_ENDPOINT",
+        ),
+        (
+            &[(MANAGE_UNTAGGED_ENI, "false")],
+            MANAGE_UNTAGGED_ENI,
+            "ENABLE_IMDS_ONLY_MODE=true",
+        ),
+    ] {
+        let err = with(pairs).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Unsupported { var: v, .. } if *v == var),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(var) && msg.contains(pairs[0].1) && msg.contains(says),
+            "{msg}"
+        );
+    }
+    // An invalid endpoint is reported as invalid first.
+    assert!(err_of(&[(CLUSTER_ENDPOINT, "api.example")]).starts_with("invalid CLUSTER_ENDPOINT"));
+    // Their off values are fine.
+    with(&[
+        (ANNOTATE_POD_IP, "false"),
+        (NETWORK_POLICY_ENFORCING_MODE, ""),
+    ])
+    .unwrap();
+    // MANAGE_UNTAGGED_ENI=false is honoured in EC2 mode.
+    let env = HashMap::from([(MY_NODE_NAME, "node-1"), (MANAGE_UNTAGGED_ENI, "false")]);
+    assert!(!Config::from_env(&env).unwrap().cloud.manage_untagged_eni);
+}
+
+#[test]
+fn deprecated_and_egress_settings_are_validated_no_ops() {
+    let c = with(&[
+        (AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER, "false"),
+        (ENABLE_NFTABLES, "true"),
+        (ENABLE_V4_EGRESS, "false"),
+        (
+            AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE,
+            "/var/log/aws-routed-eni/e4.log",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].contains(AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER)
+            && c.warnings[0].contains("no effect")
+    );
+    assert!(c.warnings[1].contains(ENABLE_NFTABLES));
+}
+
+#[test]
+fn effective_settings_follow_the_mode() {
+    let c = with(&[]).unwrap();
+    assert!(c.cloud.enable_subnet_discovery && !c.subnet_discovery_in_effect());
+    assert!(c.leaked_eni_cleanup_disabled());
+    let env = HashMap::from([(MY_NODE_NAME, "node-1")]);
+    let c = Config::from_env(&env).unwrap();
+    assert!(c.subnet_discovery_in_effect() && !c.leaked_eni_cleanup_disabled());
 }
 
 #[test]

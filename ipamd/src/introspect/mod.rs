@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use self::wire::{
     AddressInfo, CidrInfo, CloudErrorJson, EniInfo, EniInfos, IpNet, IpamKeyJson, IpamMetadataJson,
-    LimitsJson, PodInfo, PoolReport, RootResponse,
+    LimitsJson, PodInfo, PoolReport, RootResponse, SubnetJson,
 };
 use crate::config::parse::RandomizeSnat;
 use crate::config::{self, Config, ProvisioningMode};
@@ -142,14 +142,14 @@ pub fn ipamd_env_settings(config: &Config) -> Value {
         config::MAX_ENI: p.max_eni,
         config::AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG: config.features.custom_network,
         config::AWS_MANAGE_ENIS_NON_SCHEDULABLE: config.cloud.manage_enis_non_schedulable,
-        config::ENABLE_SUBNET_DISCOVERY: config.cloud.enable_subnet_discovery,
+        config::ENABLE_SUBNET_DISCOVERY: config.subnet_discovery_in_effect(),
         config::ENABLE_PREFIX_DELEGATION: config.features.prefix_delegation,
         config::ENABLE_POD_ENI: config.features.pod_eni,
         config::IP_COOLDOWN_PERIOD: config.ip_cooldown.as_secs(),
         config::ENABLE_IMDS_ONLY_MODE: matches!(config.provisioning, ProvisioningMode::ImdsOnly),
         config::DISABLE_NETWORK_RESOURCE_PROVISIONING:
             matches!(config.provisioning, ProvisioningMode::ProvisioningDisabled),
-        config::DISABLE_LEAKED_ENI_CLEANUP: config.cloud.disable_leaked_eni_cleanup,
+        config::DISABLE_LEAKED_ENI_CLEANUP: config.leaked_eni_cleanup_disabled(),
     })
 }
 
@@ -206,6 +206,7 @@ pub fn eni_infos(ds: &mut Datastore) -> BTreeMap<String, EniInfos> {
                 is_primary: device == 0,
                 is_trunk: false,
                 is_efa: false,
+                is_excluded_for_pod_ips: view.excluded,
                 device_number: device,
                 route_table_id: route_table_for_device(device),
                 primary_ip: view.spec.primary_ip.to_string(),
@@ -280,6 +281,18 @@ pub async fn pool_report(state: &IpamState, mode: &str) -> PoolReport {
             message: e.message,
             time: wire::rfc3339(e.at),
         }),
+        subnets: facts
+            .subnets
+            .into_iter()
+            .map(|s| SubnetJson {
+                subnet_id: s.id,
+                cidr: s.cidr.to_string(),
+                available_ips: s.available_ips,
+                node_subnet: s.node_subnet,
+                low_ips: s.low,
+                one_node_takes: s.one_node_takes,
+            })
+            .collect(),
     }
 }
 

@@ -257,6 +257,33 @@ pub fn render(pool: &PoolReport, enis: &BTreeMap<String, EniInfos>) -> String {
             let _ = writeln!(out, "last EC2 error: none");
         }
     }
+    for s in &pool.subnets {
+        let role = if s.node_subnet {
+            "node subnet"
+        } else {
+            "kubernetes.io/role/cni"
+        };
+        let _ = writeln!(
+            out,
+            "subnet:         {} {} ({role}): {} free{}",
+            s.subnet_id,
+            s.cidr,
+            s.available_ips,
+            if s.low_ips {
+                format!(
+                    " — LOW: one more {} node takes {}; free addresses or tag another subnet kubernetes.io/role/cni=1",
+                    if pool.instance_type.is_empty() {
+                        "such"
+                    } else {
+                        pool.instance_type.as_str()
+                    },
+                    s.one_node_takes
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     if !pool.message.is_empty() {
         let _ = writeln!(out, "note:           {}", pool.message);
     }
@@ -314,7 +341,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::introspect::wire::{CloudErrorJson, EniInfo, LimitsJson};
+    use crate::introspect::wire::{CloudErrorJson, EniInfo, LimitsJson, SubnetJson};
 
     fn eni(id: &str, device: u32, total: usize, assigned: usize, cooling: usize) -> EniInfo {
         EniInfo {
@@ -322,6 +349,7 @@ mod tests {
             is_primary: device == 0,
             is_trunk: false,
             is_efa: false,
+            is_excluded_for_pod_ips: false,
             device_number: device,
             route_table_id: if device == 0 { 254 } else { device + 1 },
             primary_ip: format!("10.0.0.{}", 10 + 10 * device),
@@ -357,7 +385,42 @@ mod tests {
                 message: "InsufficientFreeAddressesInSubnet: subnet-1 is full".into(),
                 time: "2026-11-27T10:00:00Z".into(),
             }),
+            subnets: Vec::new(),
         }
+    }
+
+    #[test]
+    fn renders_subnets_with_the_low_address_warning() {
+        let mut r = report();
+        r.subnets = vec![
+            SubnetJson {
+                subnet_id: "subnet-pods".into(),
+                cidr: "10.0.4.0/22".into(),
+                available_ips: 1000,
+                node_subnet: false,
+                low_ips: false,
+                one_node_takes: 4,
+            },
+            SubnetJson {
+                subnet_id: "subnet-node".into(),
+                cidr: "10.0.0.0/24".into(),
+                available_ips: 3,
+                node_subnet: true,
+                low_ips: true,
+                one_node_takes: 4,
+            },
+        ];
+        let text = render(&r, &BTreeMap::new());
+        assert!(
+            text.contains(
+                "subnet:         subnet-pods 10.0.4.0/22 (kubernetes.io/role/cni): 1000 free\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("subnet:         subnet-node 10.0.0.0/24 (node subnet): 3 free — LOW: one more t3.small node takes 4; "),
+            "{text}"
+        );
     }
 
     #[test]

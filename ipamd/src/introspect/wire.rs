@@ -150,6 +150,9 @@ pub struct EniInfo {
     /// EFA (never, in this build).
     #[serde(rename = "IsEFA")]
     pub is_efa: bool,
+    /// Its subnet is excluded from pod addresses (subnet discovery): no new pod gets one.
+    #[serde(rename = "IsExcludedForPodIPs", default)]
+    pub is_excluded_for_pod_ips: bool,
     /// Device number.
     pub device_number: u32,
     /// Host route table of its pods (254 = main for device 0).
@@ -284,6 +287,31 @@ pub struct PoolReport {
     /// The last EC2 error (null when none).
     #[serde(rename = "LastEC2Error")]
     pub last_ec2_error: Option<CloudErrorJson>,
+    /// The subnets new ENIs may go into, most free addresses first (EC2 mode).
+    #[serde(default)]
+    pub subnets: Vec<SubnetJson>,
+}
+
+/// One subnet new ENIs may go into, in `/v1/pool`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SubnetJson {
+    /// `subnet-…`.
+    #[serde(rename = "SubnetID")]
+    pub subnet_id: String,
+    /// Its CIDR.
+    #[serde(rename = "CIDR")]
+    pub cidr: String,
+    /// `AvailableIpAddressCount` as last read.
+    #[serde(rename = "AvailableIPs")]
+    pub available_ips: u32,
+    /// The node's own subnet (else one tagged `kubernetes.io/role/cni`).
+    pub node_subnet: bool,
+    /// Fewer free addresses than [`SubnetJson::one_node_takes`].
+    #[serde(rename = "LowIPs")]
+    pub low_ips: bool,
+    /// Addresses one more node of this instance type takes for its warm pool.
+    pub one_node_takes: u32,
 }
 
 /// `t` in RFC 3339 with nanoseconds, trailing zeros trimmed, UTC (Go's `RFC3339Nano`).
