@@ -247,7 +247,8 @@ fn run(config: Config, started: Instant) -> anyhow::Result<()> {
         if config.provisioning == ProvisioningMode::Ec2 {
             // The one registry: the EC2 client registers its families, the daemon its own.
             let mut registry = Registry::default();
-            let ec2 = Ec2Client::new(SdkEc2::new(&config.cloud), &mut registry);
+            let ec2 = Ec2Client::new(SdkEc2::new(&config.cloud), &mut registry)
+                .with_pod_name(config.kubernetes.pod_name.clone());
             Daemon::with_ec2(config, SdkImds::from_env(), ec2, checkpointer)
                 .with_registry(registry)
                 .with_start_time(started)

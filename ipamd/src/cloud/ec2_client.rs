@@ -272,6 +272,10 @@ pub struct Ec2Client<E> {
     gate: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     throttle_streak: std::sync::atomic::AtomicU32,
     health: Arc<Ec2Health>,
+    /// `MY_POD_NAME`: the aws-node pod the reference posts its `MissingIAMPermissions` Events on.
+    pod_name: Option<String>,
+    /// APIs whose missing permission was already reported.
+    unauthorized: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
 }
 
 impl<E: Ec2Api> Ec2Client<E> {
@@ -284,6 +288,34 @@ impl<E: Ec2Api> Ec2Client<E> {
             gate: tokio::sync::Mutex::new(None),
             throttle_streak: std::sync::atomic::AtomicU32::new(0),
             health: Arc::new(Ec2Health::default()),
+            pod_name: None,
+            unauthorized: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+        }
+    }
+
+    /// Names the aws-node pod (`MY_POD_NAME`) in the `MissingIAMPermissions` warning, the
+    /// reference's Kubernetes Event on that pod (this build logs it; Events need the API).
+    #[must_use]
+    pub fn with_pod_name(mut self, pod_name: Option<String>) -> Self {
+        self.pod_name = pod_name;
+        self
+    }
+
+    /// The reference's `MissingIAMPermissions` Event, as a warning, once per API.
+    fn report_missing_permission(&self, api: &'static str, error: &Ec2Error) {
+        let first = self
+            .unauthorized
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(api);
+        if first {
+            tracing::warn!(
+                reason = "MissingIAMPermissions",
+                pod = self.pod_name.as_deref().unwrap_or("(MY_POD_NAME not set)"),
+                api,
+                error = %error,
+                "Unauthorized operation: failed to call ec2:{api} due to missing permissions; attach the policy in conf/iam-policy.json (or AmazonEKS_CNI_Policy) to the node's role or to aws-node's IRSA role"
+            );
         }
     }
 
@@ -355,6 +387,9 @@ impl<E: Ec2Api> Ec2Client<E> {
                 Err(e) => {
                     self.metrics.record(api, elapsed, Err(&e));
                     self.health.failure(&e);
+                    if e.kind == Ec2ErrorKind::Unauthorized {
+                        self.report_missing_permission(api, &e);
+                    }
                     let throttle_pause = (e.kind == Ec2ErrorKind::Throttled).then(|| {
                         let streak = self
                             .throttle_streak
