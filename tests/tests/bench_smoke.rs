@@ -2,13 +2,17 @@
 //! compiled and exercised by `make test`: a simulated node, both plugins through every kind of
 //! round, the phase breakdown, the floors, ipamd's load, start-up and memory, and the report.
 //! It asserts what every figure is made of (sample counts, phases, restored pods, the report's
-//! sections), never how fast anything was. Needs root, like every end-to-end test; run
+//! sections, DEL + netns removal ending no earlier than DEL, the veth left by aws-cni's DEL and
+//! deleted by ptp's, the comparison with a previous run's JSON), never how fast anything was. Needs root, like every end-to-end test; run
 //! `cargo build --workspace` and `cargo test` (which builds the `kernel-floor` and `peak-rss`
 //! examples of aws-cni) first.
 
 use std::path::PathBuf;
 
+use harness::bench::latency::Round;
 use harness::bench::plugins::Flavor;
+use harness::bench::report::ReportInputs;
+use harness::bench::targets::Previous;
 use harness::bench::{self, BenchConfig};
 
 fn example(name: &str) -> PathBuf {
@@ -57,12 +61,28 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
             assert_eq!(round.add.latencies_ns.len(), 3);
             assert_eq!(round.del.latencies_ns.len(), 3);
             assert!(round.add.wall_ns > 0 && round.leaked_links.is_empty());
+            // aws-cni's DEL leaves the veth pair to the namespace's removal; ptp's deletes it.
+            let left = if flavor == Flavor::Ours { 3 } else { 0 };
+            assert_del_netns_is_sane(round, left);
+            if flavor == Flavor::Ptp {
+                assert!(round.veth_wait_ns.iter().all(|&w| w == 0), "{round:#?}");
+            }
         }
     }
     assert_eq!(r.cycles.len(), 2);
-    assert!(r.cycles.iter().all(|cy| cy.cycle_ns.len() == 3));
+    for cy in &r.cycles {
+        assert_eq!(cy.cycle_ns.len(), 3, "{cy:#?}");
+        assert_eq!(cy.add_del_ns.len(), 3, "{cy:#?}");
+        // A cycle holds its ADD and DEL plus the namespace's creation and removal.
+        assert!(
+            cy.cycle_ns.iter().zip(&cy.add_del_ns).all(|(c, ad)| c > ad),
+            "{cy:#?}"
+        );
+        assert!(cy.wall_ns > 0 && cy.failures.is_empty(), "{cy:#?}");
+    }
     assert_eq!(r.floor_rounds.len(), 1);
     assert_eq!(r.floor_rounds[0].add.latencies_ns.len(), 3);
+    assert_del_netns_is_sane(&r.floor_rounds[0], 3);
 
     // The plugin's own phase marks were joined with the driver's clock.
     let add = r
@@ -168,13 +188,25 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
     );
     assert!(r.criterion.is_empty());
 
-    let md = bench::report::markdown(&r);
+    let md = bench::report::markdown(
+        &r,
+        &ReportInputs {
+            json: None,
+            previous: Previous::NotAsked,
+        },
+    );
     for section in [
         "## Targets",
         "## 1. Per-pod ADD and DEL latency",
         "### Concurrency 2",
         "**ours/ptp**",
+        "| aws-cni | DEL + netns removal |",
+        "| ptp+host-local | DEL + netns removal |",
+        "| **ours/ptp** | DEL + netns removal |",
+        "Parts of DEL + netns removal",
         "### ADD+DEL cycle throughput",
+        "ADD → DEL median ms",
+        "DEL + netns removal median",
         "## 2. Where the time goes",
         "add_network_rpc",
         "### Kernel floor",
@@ -185,13 +217,85 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
     ] {
         assert!(md.contains(section), "report lacks {section:?}:\n{md}");
     }
-    let targets = bench::report::targets(&r);
+    // Figures of other runs come only from their JSON.
+    for absent in ["## Compared with the previous run", "Optimisations chosen"] {
+        assert!(!md.contains(absent), "report has {absent:?}:\n{md}");
+    }
+
+    // The headline DEL and cycle targets count the namespace's removal; none is on bare DEL.
+    let targets = &r.targets;
+    for key in [
+        "del_netns_median_c1",
+        "del_netns_median_c2",
+        "cycles_netns_c2",
+    ] {
+        assert!(
+            targets
+                .iter()
+                .any(|t| t.key == key && t.met.is_some() && t.value.is_some()),
+            "no {key}: {targets:#?}"
+        );
+    }
     assert!(
         targets
             .iter()
-            .any(|t| t.target.starts_with("DEL median") && t.met.is_some()),
+            .all(|t| !t.key.starts_with("del_") || t.key.starts_with("del_netns_")),
         "{targets:#?}"
     );
     let json = serde_json::to_value(&r).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(json["rounds"].as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        json["targets"].as_array().map(Vec::len),
+        Some(targets.len())
+    );
+
+    // The next run compares itself with this run's JSON, target by target.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let prev = dir.path().join("results.json");
+    std::fs::write(&prev, json.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let compared = bench::report::markdown(
+        &r,
+        &ReportInputs {
+            json: Some(prev.clone()),
+            previous: Previous::load(&prev),
+        },
+    );
+    assert!(
+        compared.contains("## Compared with the previous run") && compared.contains("| +0 % |"),
+        "{compared}"
+    );
+    let mut old = json.clone();
+    if let Some(o) = old.as_object_mut() {
+        o.remove("targets");
+    }
+    std::fs::write(&prev, old.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let older = bench::report::markdown(
+        &r,
+        &ReportInputs {
+            json: None,
+            previous: Previous::load(&prev),
+        },
+    );
+    assert!(older.contains("no evaluated targets"), "{older}");
+}
+
+/// DEL + netns removal of every pod: as many samples as DELs, each ending no earlier than its
+/// DEL, with its parts recorded; `left` pods had their veth left by DEL.
+fn assert_del_netns_is_sane(round: &Round, left: usize) {
+    let n = round.del.latencies_ns.len();
+    assert_eq!(round.del_netns.latencies_ns.len(), n, "{round:#?}");
+    assert!(round.del_netns.wall_ns > 0 && round.del_netns.failures.is_empty());
+    assert!(
+        round
+            .del_netns
+            .latencies_ns
+            .iter()
+            .zip(&round.del.latencies_ns)
+            .all(|(dn, d)| dn >= d),
+        "DEL + netns removal shorter than DEL: {round:#?}"
+    );
+    assert_eq!(round.netns_removal_ns.len(), n);
+    assert!(round.netns_removal_ns.iter().all(|&r| r > 0), "{round:#?}");
+    assert_eq!(round.veth_wait_ns.len(), n);
+    assert_eq!(round.veths_left_by_del, left, "{round:#?}");
 }

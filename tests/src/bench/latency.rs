@@ -1,8 +1,11 @@
 //! Per-pod ADD and DEL latency and ADD+DEL cycle throughput, measured as bench-ptp.sh does: for
 //! every round, fresh namespaces (not timed), one warm-up ADD+DEL (not timed), N ADDs with C in
-//! flight, each timed from spawn to reap, then N DELs with the ADD result as `prevResult`. The
-//! namespaces are deleted afterwards (not timed), as runtimes do after DEL, and once the kernel
-//! has freed what went with them the node is checked for leftovers.
+//! flight, each timed from spawn to reap, then N DELs with the ADD result as `prevResult`, each
+//! followed in the same worker by the removal of its pod's namespace as a runtime does it and
+//! a wait until the pod's host-side veth is gone (see [`super::teardown`] for where that clock
+//! stops and why). A cycle is the whole life of one pod's network: namespace made, ADD, DEL,
+//! namespace removed, host veth gone. Once the kernel has freed what went with the round's
+//! namespaces, the node is checked for leftovers.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -15,9 +18,10 @@ use serde_json::Value;
 
 use super::BenchError;
 use super::exec::{ExecOutcome, enter_netns, exec_timed, monotonic_ns};
-use super::plugins::{Flavor, Plugin, result_address};
+use super::plugins::{Flavor, Plugin, host_veth, result_address};
 use super::pods::{BenchPod, PodSet};
 use super::stats::{CpuSnapshot, Summary};
+use super::teardown::{LinkWatch, finish_pod};
 
 /// Where calls run and what counts as "our" CPU.
 #[derive(Debug, Clone)]
@@ -165,10 +169,29 @@ pub struct Round {
     pub concurrency: usize,
     /// ADD samples.
     pub add: OpSamples,
-    /// DEL samples.
+    /// DEL samples (spawn → reap). Their `wall_ns` is 0: each DEL is followed by its pod's
+    /// namespace removal in the same phase, whose wall time is `del_netns`'s.
     pub del: OpSamples,
-    /// CPU used by other processes during ADD+DEL, % of all CPUs.
+    /// DEL + netns removal of every pod whose DEL succeeded: DEL's spawn → the later of the
+    /// removal's return and the host veth's deletion (see [`super::teardown`]).
+    pub del_netns: OpSamples,
+    /// Of that, the removal call of every pod (unmount + unlink), ns.
+    pub netns_removal_ns: Vec<u64>,
+    /// Of that, from the removal's return until the host veth was gone (0 when it was gone
+    /// already), ns.
+    pub veth_wait_ns: Vec<u64>,
+    /// Pods whose host veth was still on the node when their namespace's removal began (DEL
+    /// left it to the removal).
+    pub veths_left_by_del: usize,
+    /// CPU used by other processes during the whole round (ADD, DEL and the namespaces'
+    /// removal), % of all CPUs.
     pub other_cpu_pct: f64,
+    /// The same over the ADD phase alone, where neither plugin leaves work to kernel workers:
+    /// the machine's noise.
+    pub add_other_cpu_pct: f64,
+    /// The same over the DEL phase (DELs and the namespaces' removal), which includes the
+    /// kernel workers tearing the removed namespaces down.
+    pub del_other_cpu_pct: f64,
     /// Links and rules left on the node after the round (once its pod namespaces were removed
     /// and the kernel freed what went with them) that were not there before.
     pub leaked_links: Vec<String>,
@@ -177,7 +200,10 @@ pub struct Round {
 impl Round {
     /// Every failure of the round.
     pub fn failures(&self) -> usize {
-        self.add.failures.len() + self.del.failures.len() + self.leaked_links.len()
+        self.add.failures.len()
+            + self.del.failures.len()
+            + self.del_netns.failures.len()
+            + self.leaked_links.len()
     }
 }
 
@@ -265,6 +291,72 @@ pub fn settle() {
     }
 }
 
+/// What the DEL phase of a round measured.
+struct DelPhase {
+    outcomes: Vec<Result<ExecOutcome, BenchError>>,
+    del: OpSamples,
+    del_netns: OpSamples,
+    netns_removal_ns: Vec<u64>,
+    veth_wait_ns: Vec<u64>,
+    veths_left_by_del: usize,
+    wall_ns: u64,
+}
+
+/// The DEL phase: for every pod, `del(i)` (timed spawn → reap), then, in the same worker, the
+/// removal of its namespace and the wait until its host veth `veths[i]` is gone; `conc` pods
+/// at a time.
+fn del_phase(
+    ctx: &Ctx,
+    set: &PodSet,
+    pods: &[BenchPod],
+    veths: &[Option<String>],
+    conc: usize,
+    del: impl Fn(usize) -> Result<ExecOutcome, BenchError> + Sync,
+) -> Result<DelPhase, BenchError> {
+    let watch = LinkWatch::start(&ctx.node_netns)?;
+    let (outs, wall_ns) = parallel(&ctx.node_netns, conc, pods.len(), |i| {
+        let out = del(i);
+        let end = finish_pod(set, i, veths[i].as_deref(), &watch);
+        (out, end)
+    })?;
+    drop(watch);
+    let mut phase = DelPhase {
+        outcomes: Vec::with_capacity(outs.len()),
+        del: OpSamples::default(),
+        del_netns: OpSamples {
+            wall_ns,
+            ..OpSamples::default()
+        },
+        netns_removal_ns: Vec::new(),
+        veth_wait_ns: Vec::new(),
+        veths_left_by_del: 0,
+        wall_ns,
+    };
+    for ((pod, veth), (out, end)) in pods.iter().zip(veths).zip(outs) {
+        let ok = out.as_ref().is_ok_and(ExecOutcome::success);
+        phase.del.record(pod, &out, ok);
+        match (&out, end) {
+            (Ok(o), Ok(t)) if ok => {
+                phase
+                    .del_netns
+                    .latencies_ns
+                    .push(t.end_ns().saturating_sub(o.t_spawn_ns));
+                phase.netns_removal_ns.push(t.removal_ns());
+                phase.veth_wait_ns.push(t.veth_wait_ns());
+                phase.veths_left_by_del += usize::from(t.veth_left_by_del);
+            }
+            // A pod without a host veth had no ADD result: its failure is counted there.
+            (_, Err(e)) if veth.is_some() => phase
+                .del_netns
+                .failures
+                .push(format!("{}: {e}", &pod.container_id[..12])),
+            _ => {}
+        }
+        phase.outcomes.push(out);
+    }
+    Ok(phase)
+}
+
 /// One warm-up ADD+DEL in its own namespace (not timed): page cache, ipamd's first requests.
 fn warm_up(ctx: &Ctx, plugin: &Plugin, conf: &Value, round_id: usize) -> Result<(), BenchError> {
     let before = node_state(ctx)?;
@@ -337,18 +429,15 @@ pub fn run_round(
         add.record(pod, out, result.is_some());
         results.push(result);
     }
-    let (dels, del_wall) = parallel(&ctx.node_netns, conc, n, |i| {
+    let cpu_added = CpuSnapshot::take(&ctx.ipamd_pid.into_iter().collect::<Vec<_>>());
+    let veths: Vec<Option<String>> = results
+        .iter()
+        .map(|r| r.as_ref().and_then(host_veth).map(str::to_owned))
+        .collect();
+    let phase = del_phase(ctx, &set, &pods, &veths, conc, |i| {
         plugin.call("DEL", &pods[i], &conf, results[i].as_ref(), extra_env)
     })?;
     let cpu1 = CpuSnapshot::take(&ctx.ipamd_pid.into_iter().collect::<Vec<_>>());
-    let mut del = OpSamples {
-        wall_ns: del_wall,
-        ..OpSamples::default()
-    };
-    for (pod, out) in pods.iter().zip(&dels) {
-        let ok = out.as_ref().is_ok_and(ExecOutcome::success);
-        del.record(pod, out, ok);
-    }
     let leaked_links = remove_pods(ctx, set, &before)?;
     settle();
     Ok(RoundOutput {
@@ -357,18 +446,25 @@ pub fn run_round(
             flavor: plugin.flavor,
             program: plugin.flavor.label().to_owned(),
             concurrency: conc,
-            other_cpu_pct: cpu0.foreign_pct(&cpu1, add_wall + del_wall, ctx.cpus),
+            other_cpu_pct: cpu0.foreign_pct(&cpu1, add_wall + phase.wall_ns, ctx.cpus),
+            add_other_cpu_pct: cpu0.foreign_pct(&cpu_added, add_wall, ctx.cpus),
+            del_other_cpu_pct: cpu_added.foreign_pct(&cpu1, phase.wall_ns, ctx.cpus),
             add,
-            del,
+            del: phase.del,
+            del_netns: phase.del_netns,
+            netns_removal_ns: phase.netns_removal_ns,
+            veth_wait_ns: phase.veth_wait_ns,
+            veths_left_by_del: phase.veths_left_by_del,
             leaked_links,
         },
         pods,
         adds: adds.into_iter().map(Result::ok).collect(),
-        dels: dels.into_iter().map(Result::ok).collect(),
+        dels: phase.outcomes.into_iter().map(Result::ok).collect(),
     })
 }
 
-/// ADD+DEL cycles: each worker adds a pod and deletes it again, N pods in all.
+/// ADD+DEL cycles: each worker runs whole pod lifecycles (namespace made, ADD, DEL, namespace
+/// removed, host veth gone), N pods in all.
 #[derive(Debug, Clone, Serialize)]
 pub struct CycleRound {
     /// Repetition index.
@@ -377,8 +473,11 @@ pub struct CycleRound {
     pub flavor: Flavor,
     /// Cycles in flight.
     pub concurrency: usize,
-    /// ADD+DEL time of every pod, ns.
+    /// Every pod's cycle, ns: from the start of its namespace's creation to the end point of
+    /// its teardown (the later of the removal's return and the host veth's deletion).
     pub cycle_ns: Vec<u64>,
+    /// Of that, ADD's spawn → DEL's reap, ns.
+    pub add_del_ns: Vec<u64>,
     /// Wall time of all N cycles, ns.
     pub wall_ns: u64,
     /// Failures.
@@ -394,6 +493,51 @@ impl CycleRound {
     }
 }
 
+/// One cycle's figures: (whole cycle, ADD spawn → DEL reap), ns.
+fn one_cycle(
+    set: &PodSet,
+    i: usize,
+    pod: &BenchPod,
+    plugin: &Plugin,
+    conf: &Value,
+    watch: &LinkWatch,
+) -> Result<(u64, u64), BenchError> {
+    let t0 = monotonic_ns();
+    set.create_one(i)?;
+    // Whatever fails from here on, the namespace is removed in this cycle.
+    let add = plugin.call("ADD", pod, conf, None, &[]);
+    let prev = add.as_ref().ok().and_then(|a| {
+        serde_json::from_slice::<Value>(&a.stdout)
+            .ok()
+            .filter(|v| a.success() && result_address(v).is_some())
+    });
+    let del = plugin.call("DEL", pod, conf, prev.as_ref(), &[]);
+    let veth = prev.as_ref().and_then(host_veth);
+    let end = finish_pod(set, i, veth, watch);
+    let add = add?;
+    if prev.is_none() {
+        return Err(BenchError::Plugin {
+            what: format!("ADD of {}", &pod.container_id[..12]),
+            detail: add.output_excerpt(300),
+        });
+    }
+    let del = del?;
+    if !del.success() {
+        return Err(BenchError::Plugin {
+            what: format!("DEL of {}", &pod.container_id[..12]),
+            detail: del.output_excerpt(300),
+        });
+    }
+    let end = end.map_err(|detail| BenchError::Plugin {
+        what: format!("teardown of {}", &pod.container_id[..12]),
+        detail,
+    })?;
+    Ok((
+        end.end_ns().saturating_sub(t0),
+        del.t_reaped_ns.saturating_sub(add.t_spawn_ns),
+    ))
+}
+
 /// Runs one cycle round of `plugin`.
 pub fn run_cycles(
     ctx: &Ctx,
@@ -405,37 +549,26 @@ pub fn run_cycles(
 ) -> Result<CycleRound, BenchError> {
     let conf = plugin.conf_for_round(round_id);
     let before = node_state(ctx)?;
-    let set = PodSet::create(n, "bc")?;
+    // Named now, made inside each cycle.
+    let set = PodSet::reserve(n, "bc")?;
     let pods = set.pods("bench", &format!("c{round_id}"));
     warm_up(ctx, plugin, &conf, round_id)?;
+    let watch = LinkWatch::start(&ctx.node_netns)?;
     let cpu0 = CpuSnapshot::take(&ctx.ipamd_pid.into_iter().collect::<Vec<_>>());
     let (outs, wall) = parallel(&ctx.node_netns, conc, n, |i| {
-        let pod = &pods[i];
-        let add = plugin.call("ADD", pod, &conf, None, &[])?;
-        let prev = serde_json::from_slice::<Value>(&add.stdout)
-            .ok()
-            .filter(|v| add.success() && result_address(v).is_some());
-        let del = plugin.call("DEL", pod, &conf, prev.as_ref(), &[])?;
-        if prev.is_none() {
-            return Err(BenchError::Plugin {
-                what: format!("ADD of {}", &pod.container_id[..12]),
-                detail: add.output_excerpt(300),
-            });
-        }
-        if !del.success() {
-            return Err(BenchError::Plugin {
-                what: format!("DEL of {}", &pod.container_id[..12]),
-                detail: del.output_excerpt(300),
-            });
-        }
-        Ok(del.t_reaped_ns.saturating_sub(add.t_spawn_ns))
+        one_cycle(&set, i, &pods[i], plugin, &conf, &watch)
     })?;
     let cpu1 = CpuSnapshot::take(&ctx.ipamd_pid.into_iter().collect::<Vec<_>>());
+    drop(watch);
     let mut cycle_ns = Vec::with_capacity(n);
+    let mut add_del_ns = Vec::with_capacity(n);
     let mut failures = Vec::new();
     for out in outs {
         match out {
-            Ok(ns) => cycle_ns.push(ns),
+            Ok((cycle, add_del)) => {
+                cycle_ns.push(cycle);
+                add_del_ns.push(add_del);
+            }
             Err(e) => failures.push(e.to_string()),
         }
     }
@@ -450,6 +583,7 @@ pub fn run_cycles(
         flavor: plugin.flavor,
         concurrency: conc,
         cycle_ns,
+        add_del_ns,
         wall_ns: wall,
         failures,
         other_cpu_pct: cpu0.foreign_pct(&cpu1, wall, ctx.cpus),
@@ -487,20 +621,19 @@ pub fn run_floor_round(
     };
     let cpu0 = CpuSnapshot::take(&[]);
     let (adds, add_wall) = parallel(&ctx.node_netns, 1, n, |i| call("add", i))?;
-    let (dels, del_wall) = parallel(&ctx.node_netns, 1, n, |i| call("del", i))?;
-    let cpu1 = CpuSnapshot::take(&[]);
+    let cpu_added = CpuSnapshot::take(&[]);
     let mut add = OpSamples {
         wall_ns: add_wall,
         ..OpSamples::default()
     };
-    let mut del = OpSamples {
-        wall_ns: del_wall,
-        ..OpSamples::default()
-    };
-    for ((pod, a), d) in pods.iter().zip(&adds).zip(&dels) {
-        add.record(pod, a, a.as_ref().is_ok_and(ExecOutcome::success));
-        del.record(pod, d, d.as_ref().is_ok_and(ExecOutcome::success));
+    let mut veths = Vec::with_capacity(n);
+    for (i, (pod, a)) in pods.iter().zip(&adds).enumerate() {
+        let ok = a.as_ref().is_ok_and(ExecOutcome::success);
+        add.record(pod, a, ok);
+        veths.push(ok.then(|| args(i).1));
     }
+    let phase = del_phase(ctx, &set, &pods, &veths, 1, |i| call("del", i))?;
+    let cpu1 = CpuSnapshot::take(&[]);
     let leaked_links = remove_pods(ctx, set, &before)?;
     settle();
     Ok(Round {
@@ -508,9 +641,15 @@ pub fn run_floor_round(
         flavor: Flavor::Floor,
         program: "kernel-floor".into(),
         concurrency: 1,
-        other_cpu_pct: cpu0.foreign_pct(&cpu1, add_wall + del_wall, ctx.cpus),
+        other_cpu_pct: cpu0.foreign_pct(&cpu1, add_wall + phase.wall_ns, ctx.cpus),
+        add_other_cpu_pct: cpu0.foreign_pct(&cpu_added, add_wall, ctx.cpus),
+        del_other_cpu_pct: cpu_added.foreign_pct(&cpu1, phase.wall_ns, ctx.cpus),
         add,
-        del,
+        del: phase.del,
+        del_netns: phase.del_netns,
+        netns_removal_ns: phase.netns_removal_ns,
+        veth_wait_ns: phase.veth_wait_ns,
+        veths_left_by_del: phase.veths_left_by_del,
         leaked_links,
     })
 }

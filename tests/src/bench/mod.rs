@@ -5,7 +5,10 @@
 //! ipamd's checkpoint on tmpfs as `/var/run` is on a real node):
 //! 1. per-pod ADD and DEL latency of `aws-cni` and of Debian's `ptp` + `host-local`, exec'd the
 //!    way a runtime does, at every concurrency, rounds of the two plugins alternating so machine
-//!    noise hits both; ADD+DEL cycle throughput; the kernel floor exec'd the same way;
+//!    noise hits both; DEL + netns removal (DEL, then the pod's namespace removed as a runtime
+//!    does, until its host veth is gone: the same work for a plugin that deletes the veth in
+//!    DEL and one that leaves it to the removal, see [`teardown`]); ADD+DEL cycle throughput,
+//!    a cycle being a pod's whole network life; the kernel floor exec'd the same way;
 //! 2. the per-phase breakdown of ADD and DEL, exec floors, the kernel floor in one process;
 //! 3. ipamd: AddNetwork/DelNetwork service time under concurrent clients (checkpoint on tmpfs
 //!    and on disk), start-up-to-ready with a checkpoint of many pods, resident memory;
@@ -23,6 +26,8 @@ pub mod plugins;
 pub mod pods;
 pub mod report;
 pub mod stats;
+pub mod targets;
+pub mod teardown;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -265,6 +270,8 @@ pub struct BenchResults {
     pub criterion_note: Option<String>,
     /// The image estimate, when a Dockerfile exists.
     pub image: Option<ImageEstimate>,
+    /// The targets evaluated on this run (what the next run compares itself with).
+    pub targets: Vec<targets::Target>,
 }
 
 impl BenchResults {
@@ -643,7 +650,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
         ],
     );
 
-    Ok(BenchResults {
+    let mut results = BenchResults {
         date,
         command: config.command.clone(),
         machine,
@@ -663,7 +670,10 @@ pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
         criterion,
         criterion_note,
         image,
-    })
+        targets: Vec::new(),
+    };
+    results.targets = targets::targets(&results);
+    Ok(results)
 }
 
 /// Where the "checkpoint on disk" variant keeps it: /var/tmp, which distributions keep on disk

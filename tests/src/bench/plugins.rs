@@ -199,6 +199,23 @@ pub fn result_address(result: &Value) -> Option<&str> {
     result.get("ips")?.get(0)?.get("address")?.as_str()
 }
 
+/// The host-side interface of an ADD result: the first named interface without a `sandbox`
+/// (both plugins list their host veth so).
+pub fn host_veth(result: &Value) -> Option<&str> {
+    result
+        .get("interfaces")?
+        .as_array()?
+        .iter()
+        .find(|i| {
+            i.get("sandbox")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+        })?
+        .get("name")?
+        .as_str()
+        .filter(|n| !n.is_empty())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -234,6 +251,22 @@ mod tests {
         let e = Plugin::ptp(dir.path(), "1.0.0", dir.path()).err().unwrap();
         let text = e.to_string();
         assert!(text.contains("ptp") && text.contains("containernetworking-plugins"));
+    }
+
+    #[test]
+    fn the_host_veth_is_the_interface_without_a_sandbox() {
+        let r = json!({"interfaces": [
+            {"name": "eth0", "sandbox": "/run/netns/x"},
+            {"name": "eni0123456789a", "mac": "02:00:00:00:00:01"},
+        ]});
+        assert_eq!(host_veth(&r), Some("eni0123456789a"));
+        let ptp = json!({"interfaces": [{"name": "veth1a2b", "sandbox": ""}, {"name": "eth0", "sandbox": "/x"}]});
+        assert_eq!(host_veth(&ptp), Some("veth1a2b"));
+        assert_eq!(
+            host_veth(&json!({"interfaces": [{"name": "eth0", "sandbox": "/x"}]})),
+            None
+        );
+        assert_eq!(host_veth(&json!({})), None);
     }
 
     #[test]

@@ -1,13 +1,19 @@
-//! Pod sandboxes for the benchmark: many fresh network namespaces made and removed in one
-//! `ip -batch` each (never timed), named like every harness namespace
+//! Pod sandboxes for the benchmark: fresh network namespaces, named like every harness namespace
 //! (`vcni-<pid>-<n>-<role>`) and registered for the harness's signal cleanup, so an interrupted
-//! run leaves nothing behind. Dropping a [`PodSet`] deletes its namespaces.
+//! run leaves nothing behind. Made in one `ip -batch` (untimed, before a latency round), or one
+//! at a time in process the way runtimes make them (inside a timed cycle); removed one at a time
+//! in process the way runtimes remove them after DEL (timed), and whatever is left in one
+//! `ip -batch` when the [`PodSet`] is dropped.
 
+use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
 use rand::Rng;
 
 use super::BenchError;
@@ -95,6 +101,15 @@ pub struct PodSet {
 impl PodSet {
     /// Creates `count` namespaces whose names end in `-<role>`.
     pub fn create(count: usize, role: &str) -> Result<Self, BenchError> {
+        let set = Self::reserve(count, role)?;
+        let lines: Vec<String> = set.names.iter().map(|n| format!("netns add {n}")).collect();
+        ip_batch(None, &lines)?;
+        Ok(set)
+    }
+
+    /// Names and registers `count` namespaces without making them ([`PodSet::create_one`]
+    /// makes each). `/run/netns` must exist: any earlier `ip netns add` made it.
+    pub fn reserve(count: usize, role: &str) -> Result<Self, BenchError> {
         cleanup::install_signal_cleanup();
         cleanup::reap_stale_namespaces();
         let pid = std::process::id();
@@ -112,9 +127,65 @@ impl PodSet {
         if cleanup::interrupted() {
             return Err(BenchError::Interrupted);
         }
-        let lines: Vec<String> = set.names.iter().map(|n| format!("netns add {n}")).collect();
-        ip_batch(None, &lines)?;
         Ok(set)
+    }
+
+    /// Makes namespace `i` as runtimes do (containerd's `netns.NewNetNS`): a thread unshares
+    /// its network namespace and bind-mounts it on `/run/netns/<name>`, then ends.
+    pub fn create_one(&self, i: usize) -> Result<(), BenchError> {
+        let path = self.path(i);
+        let io = |what: &str, source: std::io::Error| BenchError::Io {
+            context: format!("cannot {what} {}", path.display()),
+            source,
+        };
+        // Mode 0 and O_EXCL, as `ip netns add` makes the mount point.
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o000)
+            .open(&path)
+            .map_err(|e| io("create", e))?;
+        let mounted = std::thread::scope(|s| {
+            s.spawn(|| {
+                unshare(CloneFlags::CLONE_NEWNET)?;
+                mount(
+                    Some("/proc/thread-self/ns/net"),
+                    &path,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+            })
+            .join()
+        });
+        match mounted {
+            Ok(Ok(())) => Ok(()),
+            outcome => {
+                let _ = std::fs::remove_file(&path);
+                Err(match outcome {
+                    Ok(Err(e)) => io("make a network namespace on", e.into()),
+                    _ => BenchError::Invalid(format!(
+                        "the thread making {} panicked",
+                        path.display()
+                    )),
+                })
+            }
+        }
+    }
+
+    /// Removes namespace `i` as runtimes do after DEL (containerd's `netns.Remove`, CRI-O's
+    /// `UnmountNamespace`): lazy unmount of the bind mount, then unlink. The kernel tears the
+    /// namespace down once nothing else holds it, asynchronously.
+    pub fn remove(&self, i: usize) -> Result<(), BenchError> {
+        let path = self.path(i);
+        umount2(&path, MntFlags::MNT_DETACH).map_err(|e| BenchError::Io {
+            context: format!("cannot unmount {}", path.display()),
+            source: e.into(),
+        })?;
+        std::fs::remove_file(&path).map_err(|source| BenchError::Io {
+            context: format!("cannot remove {}", path.display()),
+            source,
+        })
     }
 
     /// How many namespaces.

@@ -1,6 +1,8 @@
 //! BENCHMARKS.md from one run's [`BenchResults`]: every figure with a peer next to the peer
 //! measured in the same run and their ratio, the issue's targets with met/missed (and, when
-//! missed, by how much and what bounds it), and the method.
+//! missed, by how much and what bounds it), the comparison with the previous run's results
+//! (read from its JSON), and the method. Every figure printed was measured in this run or read
+//! from the previous run's results; none is kept in the source.
 
 use std::fmt::Write as _;
 
@@ -9,9 +11,10 @@ use super::artifacts::CriterionResult;
 use super::latency::{OpSamples, Round};
 use super::plugins::Flavor;
 use super::stats::{Summary, median_ns, ns_to_ms, ratio};
+use super::targets::{Previous, comparison_markdown, targets};
 
 /// A path relative to the workspace when it is inside it (reports are read in the repository).
-fn shown(path: &std::path::Path) -> String {
+pub(super) fn shown(path: &std::path::Path) -> String {
     let ws = crate::bins::workspace_dir();
     path.strip_prefix(&ws).unwrap_or(path).display().to_string()
 }
@@ -48,26 +51,13 @@ fn size_text(bytes: u64) -> String {
     }
 }
 
-/// One of the issue's targets, evaluated.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Target {
-    /// The target as the issue words it.
-    pub target: String,
-    /// What was measured.
-    pub measured: String,
-    /// `Some(true)` met, `Some(false)` missed, `None` not measured in this run.
-    pub met: Option<bool>,
-    /// For a miss: by how much, and what bounds it.
-    pub note: String,
-}
-
-fn mib(kib: u64) -> f64 {
+pub(super) fn mib(kib: u64) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let v = kib as f64 / 1024.0;
     v
 }
 
-fn f2(v: f64) -> String {
+pub(super) fn f2(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
@@ -77,7 +67,7 @@ fn f2(v: f64) -> String {
     }
 }
 
-fn ratio_text(r: Option<f64>) -> String {
+pub(super) fn ratio_text(r: Option<f64>) -> String {
     r.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"))
 }
 
@@ -101,15 +91,45 @@ fn pooled<'a>(
     (all, per_rep)
 }
 
-struct OpRow {
-    summary: Option<Summary>,
+/// The operations of a latency round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Op {
+    /// ADD.
+    Add,
+    /// DEL alone (spawn → reap).
+    Del,
+    /// DEL + netns removal, until the host veth is gone.
+    DelNetns,
+}
+
+impl Op {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Add => "ADD",
+            Self::Del => "DEL",
+            Self::DelNetns => "DEL + netns removal",
+        }
+    }
+
+    fn samples(self, r: &Round) -> &OpSamples {
+        match self {
+            Self::Add => &r.add,
+            Self::Del => &r.del,
+            Self::DelNetns => &r.del_netns,
+        }
+    }
+}
+
+pub(super) struct OpRow {
+    pub(super) summary: Option<Summary>,
     per_rep_medians: Vec<f64>,
+    /// 0 when the operation's wall time is not its own (DEL, see [`Round::del`]).
     ops_per_s: f64,
     failures: usize,
 }
 
-fn op_row(rounds: &[Round], flavor: Flavor, conc: usize, add: bool) -> OpRow {
-    let (all, per_rep) = pooled(rounds, flavor, conc, |r| if add { &r.add } else { &r.del });
+pub(super) fn op_row(rounds: &[Round], flavor: Flavor, conc: usize, op: Op) -> OpRow {
+    let (all, per_rep) = pooled(rounds, flavor, conc, |r| op.samples(r));
     let ops: f64 = if per_rep.is_empty() {
         0.0
     } else {
@@ -126,15 +146,27 @@ fn op_row(rounds: &[Round], flavor: Flavor, conc: usize, add: bool) -> OpRow {
     }
 }
 
-fn other_pct(rounds: &[Round], flavor: Flavor, conc: usize) -> f64 {
+/// A rate, or a dash when it was not measured (0).
+fn rate_or_dash(v: f64) -> String {
+    if v > 0.0 { f2(v) } else { "–".into() }
+}
+
+/// The largest other% of one plugin's rounds at one concurrency, over the phase of `op`.
+fn other_pct(rounds: &[Round], flavor: Flavor, conc: usize, op: Op) -> f64 {
     rounds
         .iter()
         .filter(|r| r.flavor == flavor && r.concurrency == conc)
-        .map(|r| r.other_cpu_pct)
+        .map(|r| {
+            if op == Op::Add {
+                r.add_other_cpu_pct
+            } else {
+                r.del_other_cpu_pct
+            }
+        })
         .fold(0.0, f64::max)
 }
 
-fn concurrencies(rounds: &[Round]) -> Vec<usize> {
+pub(super) fn concurrencies(rounds: &[Round]) -> Vec<usize> {
     let mut c: Vec<usize> = rounds.iter().map(|r| r.concurrency).collect();
     c.sort_unstable();
     c.dedup();
@@ -145,11 +177,11 @@ fn medians_text(v: &[f64]) -> String {
     v.iter().map(|m| f2(*m)).collect::<Vec<_>>().join(" / ")
 }
 
-fn criterion_of<'a>(res: &'a BenchResults, id: &str) -> Option<&'a CriterionResult> {
+pub(super) fn criterion_of<'a>(res: &'a BenchResults, id: &str) -> Option<&'a CriterionResult> {
     res.criterion.iter().find(|c| c.id == id)
 }
 
-fn verdict(met: Option<bool>) -> &'static str {
+pub(super) fn verdict(met: Option<bool>) -> &'static str {
     match met {
         Some(true) => "**met**",
         Some(false) => "**missed**",
@@ -157,7 +189,19 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-fn cycle_stats(res: &BenchResults, flavor: Flavor) -> (f64, Vec<f64>, Option<Summary>, usize) {
+/// One plugin's cycle rounds, pooled.
+pub(super) struct CycleStats {
+    /// Median over the repetitions of N / wall.
+    pub(super) pods_per_s: f64,
+    per_rep: Vec<f64>,
+    /// Whole cycles.
+    pub(super) cycle: Option<Summary>,
+    /// Their ADD spawn → DEL reap part.
+    pub(super) add_del: Option<Summary>,
+    failures: usize,
+}
+
+pub(super) fn cycle_stats(res: &BenchResults, flavor: Flavor) -> CycleStats {
     let rs: Vec<_> = res.cycles.iter().filter(|c| c.flavor == flavor).collect();
     let per_rep: Vec<f64> = rs.iter().map(|c| c.pods_per_second()).collect();
     let mut sorted = per_rep.clone();
@@ -170,293 +214,92 @@ fn cycle_stats(res: &BenchResults, flavor: Flavor) -> (f64, Vec<f64>, Option<Sum
         (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
     };
     let all: Vec<u64> = rs.iter().flat_map(|c| c.cycle_ns.iter().copied()).collect();
-    let fails = rs.iter().map(|c| c.failures.len()).sum();
-    (med, per_rep, Summary::from_ns(&all), fails)
-}
-
-fn floor_add_del(res: &BenchResults) -> (Option<Summary>, Option<Summary>) {
-    let adds: Vec<u64> = res
-        .floor_rounds
+    let add_del: Vec<u64> = rs
         .iter()
-        .flat_map(|r| r.add.latencies_ns.iter().copied())
+        .flat_map(|c| c.add_del_ns.iter().copied())
         .collect();
-    let dels: Vec<u64> = res
-        .floor_rounds
-        .iter()
-        .flat_map(|r| r.del.latencies_ns.iter().copied())
-        .collect();
-    (Summary::from_ns(&adds), Summary::from_ns(&dels))
-}
-
-/// Evaluates the issue's targets.
-pub fn targets(res: &BenchResults) -> Vec<Target> {
-    let mut out = Vec::new();
-    let version_ms = res.exec_floors.ours_version.median_ms;
-    let (floor_add, floor_del) = floor_add_del(res);
-    for conc in concurrencies(&res.rounds) {
-        let ours_add = op_row(&res.rounds, Flavor::Ours, conc, true).summary;
-        let ptp_add = op_row(&res.rounds, Flavor::Ptp, conc, true).summary;
-        let ours_del = op_row(&res.rounds, Flavor::Ours, conc, false).summary;
-        let ptp_del = op_row(&res.rounds, Flavor::Ptp, conc, false).summary;
-        if let (Some(o), Some(p)) = (ours_add, ptp_add) {
-            let r = ratio(o.median_ms, p.median_ms);
-            let bound = ratio(version_ms + res.kernel_floor.add_total_ms, p.median_ms);
-            out.push(Target {
-                target: format!("ADD median ≤ 0.4 × ptp+host-local (C={conc})"),
-                measured: format!(
-                    "{} ({} vs {} ms)",
-                    ratio_text(r),
-                    f2(o.median_ms),
-                    f2(p.median_ms)
-                ),
-                met: r.map(|r| r <= 0.4),
-                note: miss_note(r, 0.4, || {
-                    format!(
-                        "floor: exec of the binary {} ms + the kernel's netlink work {} ms = {} ptp",
-                        f2(version_ms),
-                        f2(res.kernel_floor.add_total_ms),
-                        ratio_text(bound)
-                    )
-                }),
-            });
-            let r99 = ratio(o.p99_ms, p.p99_ms);
-            out.push(Target {
-                target: format!("ADD p99 ≤ 0.5 × ptp+host-local (C={conc})"),
-                measured: format!(
-                    "{} ({} vs {} ms)",
-                    ratio_text(r99),
-                    f2(o.p99_ms),
-                    f2(p.p99_ms)
-                ),
-                met: r99.map(|r| r <= 0.5),
-                note: miss_note(r99, 0.5, || {
-                    format!(
-                        "the kernel floor exec'd per pod has p99 {} ms",
-                        floor_add.map_or_else(|| "–".into(), |f| f2(f.p99_ms))
-                    )
-                }),
-            });
-        }
-        if let (Some(o), Some(p)) = (ours_del, ptp_del) {
-            let r = ratio(o.median_ms, p.median_ms);
-            out.push(Target {
-                target: format!("DEL median ≤ 0.5 × ptp (C={conc})"),
-                measured: format!(
-                    "{} ({} vs {} ms)",
-                    ratio_text(r),
-                    f2(o.median_ms),
-                    f2(p.median_ms)
-                ),
-                met: r.map(|r| r <= 0.5),
-                note: miss_note(r, 0.5, || {
-                    format!(
-                        "the kernel floor's DEL exec'd per pod takes {} ms = {} ptp; the rest is exec and the DelNetwork round trip",
-                        floor_del.map_or_else(|| "–".into(), |f| f2(f.median_ms)),
-                        ratio_text(floor_del.and_then(|f| ratio(f.median_ms, p.median_ms)))
-                    )
-                }),
-            });
-        }
-    }
-    let (ours_c, _, ours_cycle, _) = cycle_stats(res, Flavor::Ours);
-    let (ptp_c, _, _, _) = cycle_stats(res, Flavor::Ptp);
-    if ptp_c > 0.0 {
-        let r = ratio(ours_c, ptp_c);
-        let conc = res.cycles.first().map_or(0, |c| c.concurrency);
-        let add_at = op_row(&res.rounds, Flavor::Ours, conc, true).summary;
-        let del_at = op_row(&res.rounds, Flavor::Ours, conc, false).summary;
-        out.push(Target {
-            target: format!("ADD+DEL cycle throughput at C={conc} ≥ 2 × ptp"),
-            measured: format!(
-                "{} ({} vs {} pods/s)",
-                ratio_text(r),
-                f2(ours_c),
-                f2(ptp_c)
-            ),
-            met: r.map(|r| r >= 2.0),
-            note: match r {
-                Some(r) if r < 2.0 => format!(
-                    "missed by {} %; our cycle median {} ms, ADD median {} ms and DEL median {} ms at this concurrency",
-                    by((1.0 - r / 2.0) * 100.0),
-                    ours_cycle.map_or_else(|| "–".into(), |c| f2(c.median_ms)),
-                    add_at.map_or_else(|| "–".into(), |a| f2(a.median_ms)),
-                    del_at.map_or_else(|| "–".into(), |d| f2(d.median_ms))
-                ),
-                _ => String::new(),
-            },
-        });
-    }
-    let single = res
-        .loads
-        .iter()
-        .find(|l| l.checkpoint == "tmpfs" && l.clients == 1)
-        .map(|l| l.add.median_ms);
-    if let Some(l) = res
-        .loads
-        .iter()
-        .find(|l| l.checkpoint == "tmpfs" && l.clients >= 8)
-    {
-        out.push(Target {
-            target: format!(
-                "ipamd AddNetwork p99 ≤ 1 ms with {} concurrent clients (checkpoint on tmpfs)",
-                l.clients
-            ),
-            measured: format!("{} ms (p50 {} ms)", f2(l.add.p99_ms), f2(l.add.median_ms)),
-            met: Some(l.add.p99_ms <= 1.0),
-            note: if l.add.p99_ms > 1.0 {
-                format!(
-                    "missed by {} %: every answer waits for a checkpoint write covering its change (group commit, outside the pool lock); one client alone sees p50 {} ms, and on 2 cores the 8 clients and ipamd share the CPUs",
-                    by((l.add.p99_ms - 1.0) * 100.0),
-                    single.map_or_else(|| "–".into(), f2)
-                )
-            } else {
-                String::new()
-            },
-        });
-    }
-    let c10k = criterion_of(res, "datastore/assign_release/10000");
-    out.push(Target {
-        target: "≥ 1 M assign+release per second at 10k addresses".into(),
-        measured: c10k.map_or_else(
-            || "not run".into(),
-            |c| {
-                format!(
-                    "{:.2} M/s ({} ns per pair)",
-                    c.per_second() / 1e6,
-                    f2(c.median_ns)
-                )
-            },
-        ),
-        met: c10k.map(|c| c.per_second() >= 1e6),
-        note: match c10k {
-            Some(c) if c.per_second() < 1e6 => {
-                format!("missed by {} %", by((1.0 - c.per_second() / 1e6) * 100.0))
-            }
-            _ => String::new(),
-        },
-    });
-    if let Some(s) = res.startups.iter().rfind(|s| s.pods > 0) {
-        out.push(Target {
-            target: format!("ipamd ready ≤ 1 s with {} restored pods", s.pods),
-            measured: format!(
-                "{} ms median of {} starts ({} restored)",
-                f2(s.summary.median_ms),
-                s.summary.n,
-                s.restored
-            ),
-            met: Some(s.summary.median_ms <= 1_000.0 && s.restored as usize == s.pods),
-            note: if s.summary.median_ms > 1_000.0 {
-                format!(
-                    "missed by {} %",
-                    by((s.summary.median_ms / 1_000.0 - 1.0) * 100.0)
-                )
-            } else if s.restored as usize != s.pods {
-                format!("only {} of {} pods were restored", s.restored, s.pods)
-            } else {
-                String::new()
-            },
-        });
-    }
-    let with_pods: Vec<_> = res
-        .ipamd_memory
-        .iter()
-        .filter(|(what, _)| what.contains("pods assigned") || what.contains("restored"))
-        .collect();
-    if let Some((what, m)) = with_pods.iter().max_by_key(|(_, m)| m.rss_kib) {
-        out.push(Target {
-            target: format!(
-                "ipamd RSS ≤ 20 MiB with {} pods",
-                res.startups.iter().map(|s| s.pods).max().unwrap_or(0)
-            ),
-            measured: format!("{} MiB VmRSS ({what})", f2(mib(m.rss_kib))),
-            met: Some(mib(m.rss_kib) <= 20.0),
-            note: if mib(m.rss_kib) > 20.0 {
-                let idle = res.ipamd_memory.first().map(|(_, i)| i);
-                let assigned = res
-                    .ipamd_memory
-                    .iter()
-                    .find(|(w, _)| w.contains("pods assigned"))
-                    .map(|(_, a)| a);
-                format!(
-                    "missed by {} %: {} MiB heap and other private memory + {} MiB of the binary's pages in use ({} threads){}{}",
-                    by((mib(m.rss_kib) / 20.0 - 1.0) * 100.0),
-                    f2(mib(m.anon_kib)),
-                    f2(mib(m.file_kib)),
-                    m.threads,
-                    idle.map_or_else(String::new, |i| format!(
-                        "; idle with 0 pods: {} MiB ({} MiB heap)",
-                        f2(mib(i.rss_kib)),
-                        f2(mib(i.anon_kib))
-                    )),
-                    assigned
-                        .filter(|a| a.rss_kib < m.rss_kib)
-                        .map_or_else(String::new, |a| format!(
-                            "; the same number of pods assigned at run time: {} MiB ({} MiB heap), so the excess is what start-up leaves in the allocator (see Notes)",
-                            f2(mib(a.rss_kib)),
-                            f2(mib(a.anon_kib))
-                        ))
-                )
-            } else {
-                String::new()
-            },
-        });
-    }
-    let rss: Vec<u64> = res
-        .rss
-        .iter()
-        .filter(|r| r.flavor == Flavor::Ours)
-        .flat_map(|r| r.add_kib.iter().copied())
-        .collect();
-    if let Some(max) = rss.iter().max() {
-        out.push(Target {
-            target: "aws-cni peak RSS ≤ 6 MiB per ADD".into(),
-            measured: format!(
-                "{} MiB max, {} MiB median over {} ADDs",
-                f2(mib(*max)),
-                f2(mib(median_ns(&rss))),
-                rss.len()
-            ),
-            met: Some(mib(*max) <= 6.0),
-            note: if mib(*max) > 6.0 {
-                format!("missed by {} %", by((mib(*max) / 6.0 - 1.0) * 100.0))
-            } else {
-                String::new()
-            },
-        });
-    }
-    out
-}
-
-/// A miss in percent: one decimal below 10 %, none above.
-fn by(pct: f64) -> String {
-    if pct < 10.0 {
-        format!("{pct:.1}")
-    } else {
-        format!("{pct:.0}")
+    CycleStats {
+        pods_per_s: med,
+        per_rep,
+        cycle: Summary::from_ns(&all),
+        add_del: Summary::from_ns(&add_del),
+        failures: rs.iter().map(|c| c.failures.len()).sum(),
     }
 }
 
-fn miss_note(r: Option<f64>, limit: f64, bound: impl FnOnce() -> String) -> String {
-    match r {
-        Some(r) if r > limit => format!(
-            "missed by {} % ({:.2}× vs ≤ {limit}×); {}",
-            by((r / limit - 1.0) * 100.0),
-            r,
-            bound()
-        ),
-        _ => String::new(),
+/// The kernel floor exec'd per pod, pooled over its rounds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FloorStats {
+    pub(super) add: Option<Summary>,
+    pub(super) del: Option<Summary>,
+    pub(super) del_netns: Option<Summary>,
+}
+
+pub(super) fn floor_stats(res: &BenchResults) -> FloorStats {
+    let pool = |op: Op| {
+        let v: Vec<u64> = res
+            .floor_rounds
+            .iter()
+            .flat_map(|r| op.samples(r).latencies_ns.iter().copied())
+            .collect();
+        Summary::from_ns(&v)
+    };
+    FloorStats {
+        add: pool(Op::Add),
+        del: pool(Op::Del),
+        del_netns: pool(Op::DelNetns),
     }
+}
+
+/// Medians of a teardown's parts over one plugin's rounds at one concurrency: (removal call ms,
+/// veth gone after the removal ms, pods whose veth DEL left, pods).
+fn teardown_parts(rounds: &[Round], flavor: Flavor, conc: usize) -> (f64, f64, usize, usize) {
+    let rs: Vec<&Round> = rounds
+        .iter()
+        .filter(|r| r.flavor == flavor && r.concurrency == conc)
+        .collect();
+    let removal: Vec<u64> = rs
+        .iter()
+        .flat_map(|r| r.netns_removal_ns.iter().copied())
+        .collect();
+    let wait: Vec<u64> = rs
+        .iter()
+        .flat_map(|r| r.veth_wait_ns.iter().copied())
+        .collect();
+    (
+        ns_to_ms(median_ns(&removal)),
+        ns_to_ms(median_ns(&wait)),
+        rs.iter().map(|r| r.veths_left_by_del).sum(),
+        removal.len(),
+    )
+}
+
+/// Where this run's results went and what to compare them with.
+#[derive(Debug, Clone)]
+pub struct ReportInputs {
+    /// The JSON this run's results are written to, if any.
+    pub json: Option<std::path::PathBuf>,
+    /// The previous run's results.
+    pub previous: Previous,
 }
 
 /// The Markdown report.
-pub fn markdown(res: &BenchResults) -> String {
+pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
     let mut s = String::new();
     let w = &mut s;
     let _ = writeln!(w, "# Benchmarks\n");
     let _ = writeln!(
         w,
-        "Generated by `{}` on {}. Every figure that has a peer was measured in the same run, next to it, and the ratio is ours / theirs (lower is better for latency, higher for throughput). The raw samples are in the JSON written next to this run (`target/bench/results.json`).\n",
-        res.command, res.date
+        "Generated by `{}` on {}. Every figure that has a peer was measured in the same run, next to it, and the ratio is ours / theirs (lower is better for latency, higher for throughput). {}\n",
+        res.command,
+        res.date,
+        inputs.json.as_ref().map_or_else(
+            || "The raw samples were not kept (no `--json`).".to_owned(),
+            |j| format!(
+                "The raw samples and the evaluated targets are in `{}`; the next run compares itself with them.",
+                shown(j)
+            )
+        )
     );
     let m = &res.machine;
     let bin = |what: &str| res.binaries.iter().find(|b| b.what.starts_with(what));
@@ -475,22 +318,21 @@ pub fn markdown(res: &BenchResults) -> String {
             )
         },
     );
-    let max_other_of = |flavor: Flavor| {
+    // The ADD phases leave no work to kernel workers for either plugin: their other% is the
+    // machine's noise. The DEL phases include the teardown of the removed namespaces.
+    let max_of = |flavor: Flavor, pick: fn(&Round) -> f64| {
         res.rounds
             .iter()
             .filter(|r| r.flavor == flavor)
-            .map(|r| r.other_cpu_pct)
-            .chain(
-                res.cycles
-                    .iter()
-                    .filter(|c| c.flavor == flavor)
-                    .map(|c| c.other_cpu_pct),
-            )
+            .map(pick)
             .fold(0.0, f64::max)
     };
-    // ptp's rounds leave no deferred kernel work of ours: their other% is the machine's noise.
-    let max_other = max_other_of(Flavor::Ptp);
-    let ours_other = max_other_of(Flavor::Ours);
+    let max_other = max_of(Flavor::Ptp, |r| r.add_other_cpu_pct)
+        .max(max_of(Flavor::Ours, |r| r.add_other_cpu_pct));
+    let del_other = (
+        max_of(Flavor::Ours, |r| r.del_other_cpu_pct),
+        max_of(Flavor::Ptp, |r| r.del_other_cpu_pct),
+    );
     let _ = writeln!(w, "| | |\n| --- | --- |");
     let _ = writeln!(
         w,
@@ -516,12 +358,14 @@ pub fn markdown(res: &BenchResults) -> String {
     );
     let _ = writeln!(
         w,
-        "| Noise | CPU used by other processes during a round (other%): at most {max_other:.1} % of the machine in ptp's rounds{}; at most {ours_other:.1} % in aws-cni's, which includes the kernel workers finishing what its own calls started (memory of deleted addresses, routes and rules freed after an RCU grace period) |",
+        "| Noise | CPU used by other processes (other%) during the ADD phases, where neither plugin leaves work to kernel workers: at most {max_other:.1} % of the machine{}. During the DEL phases, which include the kernel's teardown of the removed pod namespaces: at most {:.1} % in aws-cni's rounds, {:.1} % in ptp's |",
         if max_other > 5.0 {
             " — the machine was not quiet; figures are noisier than they would be"
         } else {
             ""
-        }
+        },
+        del_other.0,
+        del_other.1
     );
     let failures = res.failures();
     if failures > 0 {
@@ -538,7 +382,12 @@ pub fn markdown(res: &BenchResults) -> String {
         "| target | measured | verdict | if missed: by how much, what bounds it |"
     );
     let _ = writeln!(w, "| --- | --- | --- | --- |");
-    for t in targets(res) {
+    let evaluated = if res.targets.is_empty() {
+        targets(res)
+    } else {
+        res.targets.clone()
+    };
+    for t in evaluated {
         let _ = writeln!(
             w,
             "| {} | {} | {} | {} |",
@@ -548,12 +397,13 @@ pub fn markdown(res: &BenchResults) -> String {
             t.note
         );
     }
+    let _ = write!(w, "{}", comparison_markdown(res, &inputs.previous));
 
     // 1. Latency.
     let _ = writeln!(w, "\n## 1. Per-pod ADD and DEL latency\n");
     let _ = writeln!(
         w,
-        "Each call is timed from spawn to reap, in the simulated node's network namespace, with the `CNI_*` environment and stdin a runtime gives (CNI 1.0.0, kubelet's `CNI_ARGS`); DEL carries the ADD result as `prevResult`. Fresh pod namespaces are made before each round and one untimed warm-up ADD+DEL runs first. aws-cni uses the conflist ipamd wrote (its defaults: `pluginLogLevel` DEBUG to a log file) and a warm pool; ptp uses bench-ptp.sh's config. Milliseconds; *per rep* lists the median of each repetition.\n"
+        "Each call is timed from spawn to reap, in the simulated node's network namespace, with the `CNI_*` environment and stdin a runtime gives (CNI 1.0.0, kubelet's `CNI_ARGS`); DEL carries the ADD result as `prevResult`. Fresh pod namespaces are made before each round and one untimed warm-up ADD+DEL runs first. aws-cni uses the conflist ipamd wrote (its defaults: `pluginLogLevel` DEBUG to a log file) and a warm pool; ptp uses bench-ptp.sh's config. Milliseconds; *per rep* lists the median of each repetition.\n\nA bare DEL does different work for the two plugins: ptp deletes the pod's veth pair in DEL, aws-cni (like the reference) leaves it to the runtime's removal of the pod's namespace. *DEL + netns removal* charges both with the same work: right after its DEL, in the same worker, each pod's namespace is removed the way runtimes do it (unmount, unlink), and the clock, started at DEL's spawn, stops at the later of the removal's return and the moment the pod's host-side veth is gone from the node (Notes: *DEL and the namespace's removal*). Its ops/s is pods / wall time of the DEL phase; a bare DEL has no ops/s of its own, since every DEL is followed by its pod's removal in that phase. other% is over the ADD phase for ADD rows and over the DEL phase for DEL rows.\n"
     );
     for conc in concurrencies(&res.rounds) {
         let _ = writeln!(w, "### Concurrency {conc}\n");
@@ -565,24 +415,24 @@ pub fn markdown(res: &BenchResults) -> String {
             w,
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
         );
-        for add in [true, false] {
-            let op = if add { "ADD" } else { "DEL" };
+        for op in [Op::Add, Op::Del, Op::DelNetns] {
+            let label = op.label();
             let mut rows = Vec::new();
             for flavor in [Flavor::Ours, Flavor::Ptp] {
-                let row = op_row(&res.rounds, flavor, conc, add);
+                let row = op_row(&res.rounds, flavor, conc, op);
                 if let Some(sm) = row.summary {
                     let _ = writeln!(
                         w,
-                        "| {} | {op} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         flavor.label(),
                         f2(sm.median_ms),
                         f2(sm.p95_ms),
                         f2(sm.p99_ms),
                         f2(sm.max_ms),
-                        f2(row.ops_per_s),
+                        rate_or_dash(row.ops_per_s),
                         medians_text(&row.per_rep_medians),
                         row.failures,
-                        other_pct(&res.rounds, flavor, conc)
+                        other_pct(&res.rounds, flavor, conc, op)
                     );
                 }
                 rows.push(row);
@@ -590,7 +440,7 @@ pub fn markdown(res: &BenchResults) -> String {
             if let (Some(o), Some(p)) = (rows[0].summary, rows[1].summary) {
                 let _ = writeln!(
                     w,
-                    "| **ours/ptp** | {op} | **{}** | {} | **{}** | {} | {} | | | |",
+                    "| **ours/ptp** | {label} | **{}** | {} | **{}** | {} | {} | | | |",
                     ratio_text(ratio(o.median_ms, p.median_ms)),
                     ratio_text(ratio(o.p95_ms, p.p95_ms)),
                     ratio_text(ratio(o.p99_ms, p.p99_ms)),
@@ -599,50 +449,66 @@ pub fn markdown(res: &BenchResults) -> String {
                 );
             }
         }
+        let parts: Vec<String> = [Flavor::Ours, Flavor::Ptp]
+            .iter()
+            .map(|&flavor| {
+                let (removal, wait, left, n) = teardown_parts(&res.rounds, flavor, conc);
+                format!(
+                    "{}: removal call {} ms, host veth gone {} ms after it, veth left by DEL for {left} of {n} pods",
+                    flavor.label(),
+                    f2(removal),
+                    f2(wait)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            w,
+            "\nParts of DEL + netns removal (medians) — {}.",
+            parts.join("; ")
+        );
         let _ = writeln!(w);
     }
-    let (ours_c, ours_per, ours_cs, ours_f) = cycle_stats(res, Flavor::Ours);
-    let (ptp_c, ptp_per, ptp_cs, ptp_f) = cycle_stats(res, Flavor::Ptp);
+    let ours_cy = cycle_stats(res, Flavor::Ours);
+    let ptp_cy = cycle_stats(res, Flavor::Ptp);
     if !res.cycles.is_empty() {
         let conc = res.cycles[0].concurrency;
         let _ = writeln!(w, "### ADD+DEL cycle throughput, concurrency {conc}\n");
         let _ = writeln!(
             w,
-            "Each worker adds a pod and deletes it again; pods/s = {} / wall time of the round (median of the repetitions).\n",
+            "Each worker runs whole pod lifecycles: it makes the pod's namespace the way runtimes do (a thread unshares a network namespace and bind-mounts it under /run/netns), ADD, DEL with the ADD result, removes the namespace and waits until the pod's host veth is gone, as in *DEL + netns removal*. A cycle is timed from the namespace's creation to that end point; pods/s = {} / wall time of the round (median of the repetitions). *ADD → DEL* is the part from ADD's spawn to DEL's reap.\n",
             res.pods
         );
         let _ = writeln!(
             w,
-            "| plugin | pods/s | per rep | cycle median ms | cycle p99 ms | fail |"
+            "| plugin | pods/s | per rep | cycle median ms | cycle p99 ms | ADD → DEL median ms | fail |"
         );
-        let _ = writeln!(w, "| --- | ---: | --- | ---: | ---: | ---: |");
-        for (label, c, per, cs, f) in [
-            (Flavor::Ours.label(), ours_c, &ours_per, ours_cs, ours_f),
-            (Flavor::Ptp.label(), ptp_c, &ptp_per, ptp_cs, ptp_f),
+        let _ = writeln!(w, "| --- | ---: | --- | ---: | ---: | ---: | ---: |");
+        let dash = |v: Option<f64>| v.map_or_else(|| "–".into(), f2);
+        for (label, c) in [
+            (Flavor::Ours.label(), &ours_cy),
+            (Flavor::Ptp.label(), &ptp_cy),
         ] {
             let _ = writeln!(
                 w,
-                "| {label} | {} | {} | {} | {} | {f} |",
-                f2(c),
-                medians_text(per),
-                cs.map_or_else(|| "–".into(), |s| f2(s.median_ms)),
-                cs.map_or_else(|| "–".into(), |s| f2(s.p99_ms)),
+                "| {label} | {} | {} | {} | {} | {} | {} |",
+                f2(c.pods_per_s),
+                medians_text(&c.per_rep),
+                dash(c.cycle.map(|s| s.median_ms)),
+                dash(c.cycle.map(|s| s.p99_ms)),
+                dash(c.add_del.map(|s| s.median_ms)),
+                c.failures
             );
         }
+        let both = |f: fn(&Summary) -> f64, a: Option<Summary>, b: Option<Summary>| {
+            ratio_text(a.zip(b).and_then(|(o, p)| ratio(f(&o), f(&p))))
+        };
         let _ = writeln!(
             w,
-            "| **ours/ptp** | **{}** | | {} | {} | |\n",
-            ratio_text(ratio(ours_c, ptp_c)),
-            ratio_text(
-                ours_cs
-                    .zip(ptp_cs)
-                    .and_then(|(o, p)| ratio(o.median_ms, p.median_ms))
-            ),
-            ratio_text(
-                ours_cs
-                    .zip(ptp_cs)
-                    .and_then(|(o, p)| ratio(o.p99_ms, p.p99_ms))
-            ),
+            "| **ours/ptp** | **{}** | | {} | {} | {} | |\n",
+            ratio_text(ratio(ours_cy.pods_per_s, ptp_cy.pods_per_s)),
+            both(|s| s.median_ms, ours_cy.cycle, ptp_cy.cycle),
+            both(|s| s.p99_ms, ours_cy.cycle, ptp_cy.cycle),
+            both(|s| s.median_ms, ours_cy.add_del, ptp_cy.add_del),
         );
     }
 
@@ -738,44 +604,48 @@ pub fn markdown(res: &BenchResults) -> String {
         "| **DEL total (sum of medians)** | **{} ms** | |\n",
         f2(kf.del_total_ms)
     );
-    let (fa, fd) = floor_add_del(res);
-    if let (Some(fa), Some(fd)) = (fa, fd) {
-        let oa = op_row(&res.rounds, Flavor::Ours, 1, true).summary;
-        let od = op_row(&res.rounds, Flavor::Ours, 1, false).summary;
-        let pa = op_row(&res.rounds, Flavor::Ptp, 1, true).summary;
-        let pd = op_row(&res.rounds, Flavor::Ptp, 1, false).summary;
+    let floor = floor_stats(res);
+    if let (Some(fa), Some(fd), Some(fdn)) = (floor.add, floor.del, floor.del_netns) {
+        let row = |flavor: Flavor, op: Op| op_row(&res.rounds, flavor, 1, op).summary;
         let _ = writeln!(
             w,
-            "The same program exec'd per pod like a plugin (concurrency 1, {} pods × {} repetitions), next to the plugins at concurrency 1:\n",
+            "The same program exec'd per pod like a plugin (concurrency 1, {} pods × {} repetitions), next to the plugins at concurrency 1. Like aws-cni's, its DEL leaves the veth pair to the namespace's removal.\n",
             res.pods, res.reps
         );
         let _ = writeln!(
             w,
-            "| program | ADD median | ADD p99 | DEL median | DEL p99 |"
+            "| program | ADD median | ADD p99 | DEL median | DEL p99 | DEL + netns removal median | DEL + netns removal p99 |"
         );
-        let _ = writeln!(w, "| --- | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
         let _ = writeln!(
             w,
-            "| kernel-floor | {} | {} | {} | {} |",
+            "| kernel-floor | {} | {} | {} | {} | {} | {} |",
             f2(fa.median_ms),
             f2(fa.p99_ms),
             f2(fd.median_ms),
-            f2(fd.p99_ms)
+            f2(fd.p99_ms),
+            f2(fdn.median_ms),
+            f2(fdn.p99_ms)
         );
-        for (label, a, d) in [
-            (Flavor::Ours.label(), oa, od),
-            (Flavor::Ptp.label(), pa, pd),
-        ] {
-            if let (Some(a), Some(d)) = (a, d) {
+        for flavor in [Flavor::Ours, Flavor::Ptp] {
+            if let (Some(a), Some(d), Some(dn)) = (
+                row(flavor, Op::Add),
+                row(flavor, Op::Del),
+                row(flavor, Op::DelNetns),
+            ) {
                 let _ = writeln!(
                     w,
-                    "| {label} | {} ({} floor) | {} | {} ({} floor) | {} |",
+                    "| {} | {} ({} floor) | {} | {} ({} floor) | {} | {} ({} floor) | {} |",
+                    flavor.label(),
                     f2(a.median_ms),
                     ratio_text(ratio(a.median_ms, fa.median_ms)),
                     f2(a.p99_ms),
                     f2(d.median_ms),
                     ratio_text(ratio(d.median_ms, fd.median_ms)),
-                    f2(d.p99_ms)
+                    f2(d.p99_ms),
+                    f2(dn.median_ms),
+                    ratio_text(ratio(dn.median_ms, fdn.median_ms)),
+                    f2(dn.p99_ms)
                 );
             }
         }
@@ -1036,47 +906,83 @@ pub fn markdown(res: &BenchResults) -> String {
         }
     }
 
-    let _ = writeln!(w, "\n## Optimisations chosen from these measurements\n");
-    let _ = writeln!(w, "{}", HISTORY.trim());
     let _ = writeln!(w, "\n## Notes\n");
-    let _ = writeln!(w, "{}", NOTES.trim());
+    let _ = writeln!(w, "{}", notes(res).trim_end());
     s
 }
 
-/// What earlier runs of this benchmark led to (before/after figures of those runs, each
-/// measured against ptp in its own run).
-const HISTORY: &str = r"
-- **ADD: no dump of every host link.** The first breakdown showed `host_links_dump` (a dump of all host links, to find a stale veth of the pod's name and to keep the new MAC unique among them) taking 6.1 ms of a 10.6 ms median ADD with 200 pods on the node, 58 %, and growing with the pods. It is now one lookup by name (43 µs); the MAC only has to differ from its peer's, since every veth is its own link. Two runs of N = 200 on the same machine while other work ran on it (so compare the ratios to ptp, measured in each run), before → after: ADD median at concurrency 1 10.1 → 3.95 ms (1.02× → 0.35× ptp), at concurrency 8 41.4 → 14.8 ms (0.62× → 0.20× ptp), p99 at concurrency 8 114 → 30.8 ms.
-- **DEL: rules deleted by value.** A pod's rules 512 and 1536 are deleted by priority and address in any table (the kernel matches a delete on the attributes it carries), instead of being searched in a dump of every rule, which grows by two per pod.
-- **Static musl plugin.** `make bench` measures the binary the image ships, built for `x86_64-unknown-linux-musl`; the exec floor table compares it with the glibc build in the same run.
-- **DEL leaves the veth to the namespace's removal, as the reference does.** DEL used to delete the pod's veth pair, which the kernel does synchronously (unregistering a netdevice waits for RCU grace periods: 16–24 ms, in steps of the kernel's tick), most of either plugin's DEL. It now removes the host route, rules 512/1536 and the pod's address, releases the IP and leaves the pair to the runtime's removal of the pod's namespace, which the kernel cleans up asynchronously (docs/contracts.md, section DEL). Previous full run (3aff616) → this one: DEL median at concurrency 1 24.0 ms (1.01× ptp) → see the DEL rows above; ADD+DEL cycle throughput at concurrency 8 1.55× → see the cycle table.
-- **Checkpoint group commit.** ipamd used to re-encode every assignment and write the checkpoint under the pool lock for each change: 234 µs per change at 250 addresses, 6.2 ms at 10k, 144 ms at 100k, and concurrent requests queued behind each other's writes (AddNetwork p99 with 8 clients 0.90–1.00 ms over three runs). A change is now recorded under the lock in O(1); one writer encodes only the changed allocations and writes outside the lock, and every request its write covers is answered together (`ipamd/src/journal.rs`). In-memory service path (`ipam_state/add_del`, one add + del pair): see the criterion table (one-off run after the change: 51 µs at 250, 123 µs at 10k, 1.77 ms at 100k).
-- **ipamd's start-up memory.** Start-up read every host link with all its attributes (statistics included) into memory at once to find the pods' veths, and glibc kept the freed heap: 19.1 / 22.8 / 22.7 MiB VmRSS with 250 restored pods over three runs (7–11 MiB of it heap). Link dumps now ask the kernel to skip statistics and keep only name, index, MAC, MTU and flags as each message arrives, and ipamd calls `malloc_trim(0)` once ready. One-off trial before → after on the same machine: 19.5 → 14.3 MiB VmRSS (heap 7.5 → 2.5 MiB), start-up unchanged (≈ 51 ms with 250 pods).
-";
-
-/// Method notes and known limits, appended to every report.
-const NOTES: &str = r"
-- **Where it runs.** A simulated EC2 node (network namespaces, the project's IMDS emulator, ipamd in instance-metadata-only mode with a warm pool and `IP_COOLDOWN_PERIOD=0`, its checkpoint on tmpfs as `/var/run` is on a real node). Both plugins are exec'd by worker threads that entered the node's namespace, so the node is their host namespace; nothing runs in or changes the machine's root namespace. ptp's IPAM store is on tmpfs too.
-- **Alternation.** In every repetition the two plugins run back to back at each concurrency, in alternating order, so machine noise hits both; other% is the CPU other processes (and kernel workers, e.g. those finishing namespace deletions) used during the round.
-- **DEL.** ptp deletes the pod's veth pair in DEL (synchronous in the kernel: 16–24 ms, in steps of the kernel's tick); aws-cni, like the reference, removes the host route, the rules and the pod's address and leaves the pair to the runtime, which removes the pod's namespace right after DEL. For both plugins the driver removes the pod namespaces after the round's DELs, untimed (a runtime does not wait for the kernel's namespace cleanup either), waits for the kernel to free what went with them and checks that nothing of the pods is left on the node. With aws-cni the pair's deletion thus moves from DEL into the kernel's asynchronous namespace cleanup, which batches the RCU waits of many namespaces; that CPU is not in DEL's latency, and the driver lets it finish between rounds.
-- **Static plugin.** A static musl binary starts without the dynamic loader (no shared-library lookup, mapping and relocation), which is most of the exec cost a glibc build pays; it is also what the image ships.
-- **ipamd's memory.** The binary's own pages in use (RssFile, ≈ 11–12 MiB of a 16 MiB binary) are the larger, fixed share of ipamd's RSS; the heap is 2–3 MiB idle or with 250 pods. Start-up's peak (VmHWM) stays higher than what is resident afterwards: the link dump of a node with hundreds of pod veths is parsed before it is reduced to names, and `malloc_trim` returns that memory once ipamd is ready.
-- **Timing instrumentation.** The plugin always records its phase marks (a `clock_gettime` per phase); it writes them only at `pluginLogLevel` DEBUG (one `phases` line) or with `AWS_CNI_TIMING=<absolute path>` (one JSON line per call, used for section 2 only).
-- **Run-to-run variation.** Before the changes listed above, three full runs on this machine (2026-11-26, other% ≤ 4 % in each) gave ipamd AddNetwork p99 with 8 clients 0.90 / 0.98 / 1.00 ms, ipamd RSS with 250 restored pods 22.8 / 22.7 / 19.1 MiB and ADD+DEL cycle throughput 1.65 / 1.48 / 1.55 × ptp; ADD ratios (0.30–0.33 × ptp at every concurrency) were stable. After them, three full runs (2026-11-26, ptp's other% ≤ 4.4 %): AddNetwork p99 with 8 clients 0.41 / 0.45 / 0.55 ms, RSS with 250 restored pods 14.5 / 14.7 / 14.6 MiB, cycle throughput 3.96 / 3.84 / 3.59 × ptp, DEL median 0.07 × ptp at concurrency 1 in each, ADD 0.28–0.33 ×. Compare ratios, not absolute times, between runs.
-";
+/// Method notes, with the figures they quote taken from this run.
+fn notes(res: &BenchResults) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(
+        w,
+        "- **Where it runs.** A simulated EC2 node (network namespaces, the project's IMDS emulator, ipamd in instance-metadata-only mode with a warm pool and `IP_COOLDOWN_PERIOD=0`, its checkpoint on tmpfs as `/var/run` is on a real node). Both plugins are exec'd by worker threads that entered the node's namespace, so the node is their host namespace; nothing runs in or changes the machine's root namespace. ptp's IPAM store is on tmpfs too."
+    );
+    let _ = writeln!(
+        w,
+        "- **Alternation.** In every repetition the two plugins run back to back at each concurrency, in alternating order, so machine noise hits both; other% is the CPU other processes (and kernel workers, e.g. those tearing removed namespaces down) used during a phase."
+    );
+    let _ = writeln!(
+        w,
+        "- **DEL and the namespace's removal.** ptp deletes the pod's veth pair in DEL (the kernel unregisters the pair synchronously, waiting for RCU grace periods); aws-cni, like the reference, removes the host route, the rules 512/1536 and the pod's address and leaves the pair to the runtime, which removes the pod's namespace right after DEL; the kernel then tears the namespace down in its `netns` workqueue, deleting the pair. So that both are charged the same work, every pod's DEL is followed, in the same worker, by the removal of its namespace as containerd and CRI-O do it (in process: `umount2(MNT_DETACH)` of the bind mount, then unlink), and *DEL + netns removal* runs from DEL's spawn to the later of (a) the removal's return and (b) the host-side veth being gone from the node. (b) is the kernel's RTM_DELLINK notification for that veth, received by a thread on a netlink socket in the node's namespace subscribed to link events from before the first DEL (the kernel sends it after it has unlisted the device, so if anything it comes later than the moment `ip link` stops showing the veth); when the veth is already gone as the removal begins (looked up by name just before; ptp's case), (a) ends the clock. The same rule applies to the kernel floor and to the cycles. What the kernel does after the veth is gone (freeing the namespace after further RCU grace periods) is in neither plugin's figure; it lands in the DEL phase's other%, and the driver waits for the machine to go quiet before the next round."
+    );
+    let _ = writeln!(
+        w,
+        "- **Static plugin.** `make bench` measures the binary the image ships, built for `x86_64-unknown-linux-musl`; it starts without the dynamic loader (no shared-library lookup, mapping and relocation). The exec floor table compares it with the glibc build in the same run."
+    );
+    let mem = &res.ipamd_memory;
+    if !mem.is_empty() {
+        let range = |f: fn(&super::daemon::Memory) -> u64| {
+            let lo = mem.iter().map(|(_, m)| f(m)).min().unwrap_or(0);
+            let hi = mem.iter().map(|(_, m)| f(m)).max().unwrap_or(0);
+            if f2(mib(lo)) == f2(mib(hi)) {
+                f2(mib(lo))
+            } else {
+                format!("{}–{}", f2(mib(lo)), f2(mib(hi)))
+            }
+        };
+        let binary = res
+            .binaries
+            .iter()
+            .find(|b| b.what == "ipamd")
+            .map_or_else(String::new, |b| {
+                format!(" of a {} MiB binary", f2(mib(b.bytes / 1024)))
+            });
+        let _ = write!(
+            w,
+            "- **ipamd's memory.** Over the situations of the memory table, the binary's own pages in use (RssFile) are {} MiB{binary} and the heap and other private memory (RssAnon) {} MiB.",
+            range(|m| m.file_kib),
+            range(|m| m.anon_kib)
+        );
+        if let Some((what, m)) = mem
+            .iter()
+            .find(|(w, m)| w.contains("restored") && m.hwm_kib > m.rss_kib)
+        {
+            let _ = write!(
+                w,
+                " After a start ({what}) the peak (VmHWM, {} MiB) stays above what is resident ({} MiB): the link dump of a node with many pod veths is parsed before it is reduced to names, and `malloc_trim` returns that memory once ipamd is ready.",
+                f2(mib(m.hwm_kib)),
+                f2(mib(m.rss_kib))
+            );
+        }
+        let _ = writeln!(w);
+    }
+    let _ = writeln!(
+        w,
+        "- **Timing instrumentation.** The plugin always records its phase marks (a `clock_gettime` per phase); it writes them only at `pluginLogLevel` DEBUG (one `phases` line) or with `AWS_CNI_TIMING=<absolute path>` (one JSON line per call, used for section 2 only)."
+    );
+    let _ = writeln!(
+        w,
+        "- **Between runs.** Figures of other runs appear only in *Compared with the previous run*, read from that run's JSON; a target whose method changed has a new key and is not compared with the old figure. Compare ratios, not absolute times, and runs on a quiet machine."
+    );
+    s
+}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn miss_notes_say_by_how_much() {
-        assert_eq!(miss_note(Some(0.3), 0.4, || "x".into()), "");
-        let n = miss_note(Some(0.6), 0.5, || "floor".into());
-        assert!(n.starts_with("missed by 20 %"), "{n}");
-        assert!(n.ends_with("floor"), "{n}");
-    }
 
     #[test]
     fn units_stay_readable() {

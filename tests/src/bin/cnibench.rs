@@ -8,26 +8,34 @@
 //!              [--exec-reps 300] [--load-clients 8] [--load-iterations 500] [--no-disk-checkpoint]
 //!              [--startup-pods 250] [--startup-reps 5] [--idle-seconds 30] [--criterion-dir target/criterion]
 //!              [--glibc-plugin target/release/aws-cni] [--dockerfile Dockerfile] [--command "make bench"]
+//!              [--previous results.json | --no-previous]
 //! ```
-//! ipamd is the one next to `cnibench` (or `IPAMD_BIN`). Exits 1 when the run fails, 3 when it
-//! completed with failed calls (the report is written and says so).
+//! ipamd is the one next to `cnibench` (or `IPAMD_BIN`). The report compares the run with the
+//! previous run's results: `--previous`, by default the `--json` file as it is before this run
+//! overwrites it. Exits 1 when the run fails, 3 when it completed with failed calls (the report
+//! is written and says so).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use harness::bench::report::ReportInputs;
+use harness::bench::targets::Previous;
 use harness::bench::{self, BenchConfig};
 
 const USAGE: &str = "usage: cnibench run --plugin <aws-cni> --floor <kernel-floor> --peak-rss <peak-rss>\n\
   [--out FILE.md] [--json FILE.json] [--rss-pods N] [--pods N] [--conc 1,2,8] [--reps R] [--cycle-conc C] [--ptp-dir DIR] [--exec-reps N]\n\
   [--load-clients N] [--load-iterations N] [--no-disk-checkpoint] [--startup-pods N]\n\
   [--startup-reps N] [--idle-seconds N] [--criterion-dir DIR] [--glibc-plugin FILE] [--dockerfile FILE] [--command TEXT] [--quiet]\n\
+  [--previous FILE.json | --no-previous]  (default: the --json file, read before it is overwritten)\n\
   Runs as root; builds a simulated node in network namespaces and removes it afterwards.";
 
 struct Cli {
     config: BenchConfig,
     out: Option<PathBuf>,
     json: Option<PathBuf>,
+    /// `None`: no comparison (`--no-previous`, or neither `--previous` nor `--json`).
+    previous: Option<PathBuf>,
 }
 
 fn number(flag: &str, v: &str) -> anyhow::Result<usize> {
@@ -35,7 +43,19 @@ fn number(flag: &str, v: &str) -> anyhow::Result<usize> {
         .with_context(|| format!("{flag} wants a whole number, got {v:?}"))
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Cli> {
+/// What the command line asks for.
+enum Parsed {
+    Run(Box<Cli>),
+    Help,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Parsed> {
+    if args
+        .iter()
+        .any(|a| matches!(a.as_str(), "--help" | "-h" | "help"))
+    {
+        return Ok(Parsed::Help);
+    }
     if args.first().map(String::as_str) != Some("run") {
         bail!("{USAGE}");
     }
@@ -46,12 +66,14 @@ fn parse(args: &[String]) -> anyhow::Result<Cli> {
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
         match flag.as_str() {
-            "--no-disk-checkpoint" | "--quiet" => rest.push((flag.clone(), None)),
+            "--no-disk-checkpoint" | "--quiet" | "--no-previous" => {
+                rest.push((flag.clone(), None));
+            }
             "--plugin" | "--floor" | "--peak-rss" | "--out" | "--json" | "--pods" | "--conc"
             | "--reps" | "--cycle-conc" | "--ptp-dir" | "--exec-reps" | "--load-clients"
             | "--load-iterations" | "--rss-pods" | "--startup-pods" | "--startup-reps"
             | "--idle-seconds" | "--criterion-dir" | "--glibc-plugin" | "--dockerfile"
-            | "--command" => {
+            | "--command" | "--previous" => {
                 let v = it
                     .next()
                     .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -71,6 +93,8 @@ fn parse(args: &[String]) -> anyhow::Result<Cli> {
     let mut config = BenchConfig::full(plugin, floor, peak_rss);
     let mut out = None;
     let mut json = None;
+    let mut previous = None;
+    let mut no_previous = false;
     for (flag, v) in rest {
         let v = v.unwrap_or_default();
         match flag.as_str() {
@@ -78,6 +102,8 @@ fn parse(args: &[String]) -> anyhow::Result<Cli> {
             "--quiet" => config.progress = false,
             "--out" => out = Some(PathBuf::from(v)),
             "--json" => json = Some(PathBuf::from(v)),
+            "--previous" => previous = Some(PathBuf::from(v)),
+            "--no-previous" => no_previous = true,
             "--pods" => config.pods = number(&flag, &v)?,
             "--conc" => {
                 config.concurrency = v
@@ -105,7 +131,20 @@ fn parse(args: &[String]) -> anyhow::Result<Cli> {
             _ => unreachable!("flags are matched above"),
         }
     }
-    Ok(Cli { config, out, json })
+    if no_previous && previous.is_some() {
+        bail!("--previous and --no-previous exclude each other\n{USAGE}");
+    }
+    let previous = if no_previous {
+        None
+    } else {
+        previous.or_else(|| json.clone())
+    };
+    Ok(Parsed::Run(Box::new(Cli {
+        config,
+        out,
+        json,
+        previous,
+    })))
 }
 
 fn write(path: &PathBuf, text: &str) -> anyhow::Result<()> {
@@ -125,12 +164,22 @@ fn main() -> ExitCode {
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cli = match parse(&args) {
-        Ok(c) => c,
+        Ok(Parsed::Run(c)) => c,
+        Ok(Parsed::Help) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("{e:#}");
             return ExitCode::from(2);
         }
     };
+    // Read now: this run overwrites the file (by default the previous run's is the same path).
+    let previous = cli
+        .previous
+        .as_deref()
+        .map_or(Previous::NotAsked, Previous::load);
     let results = match bench::run(&cli.config) {
         Ok(r) => r,
         Err(e) => {
@@ -138,7 +187,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = bench::report::markdown(&results);
+    let report = bench::report::markdown(
+        &results,
+        &ReportInputs {
+            json: cli.json.clone(),
+            previous,
+        },
+    );
     let written = (|| {
         if let Some(json) = &cli.json {
             let text = serde_json::to_string_pretty(&results).context("encoding the results")?;
@@ -164,7 +219,7 @@ fn main() -> ExitCode {
         eprintln!("cnibench: {e:#}");
         return ExitCode::FAILURE;
     }
-    for t in bench::report::targets(&results) {
+    for t in &results.targets {
         eprintln!(
             "cnibench: {:<8} {} — {}",
             match t.met {
@@ -184,4 +239,48 @@ fn main() -> ExitCode {
         return ExitCode::from(3);
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> anyhow::Result<Parsed> {
+        let mut args: Vec<String> = ["run", "--plugin", "/p", "--floor", "/f", "--peak-rss", "/r"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        args.extend(extra.iter().map(ToString::to_string));
+        parse(&args)
+    }
+
+    fn previous(extra: &[&str]) -> Option<PathBuf> {
+        match run_args(extra).unwrap() {
+            Parsed::Run(cli) => cli.previous,
+            Parsed::Help => panic!("help"),
+        }
+    }
+
+    #[test]
+    fn the_previous_run_is_the_json_file_unless_told_otherwise() {
+        assert_eq!(
+            previous(&["--json", "/t/results.json"]),
+            Some(PathBuf::from("/t/results.json"))
+        );
+        assert_eq!(
+            previous(&["--json", "/t/r.json", "--previous", "/old.json"]),
+            Some(PathBuf::from("/old.json"))
+        );
+        assert_eq!(previous(&["--json", "/t/r.json", "--no-previous"]), None);
+        assert_eq!(previous(&[]), None);
+        assert!(run_args(&["--previous", "/a", "--no-previous"]).is_err());
+    }
+
+    #[test]
+    fn help_is_not_an_error() {
+        assert!(matches!(parse(&["--help".into()]).unwrap(), Parsed::Help));
+        assert!(matches!(run_args(&["-h"]).unwrap(), Parsed::Help));
+        assert!(parse(&["walk".into()]).is_err());
+    }
 }
