@@ -897,4 +897,81 @@ async fn ec2_down_at_start_leaves_the_pool_to_metadata_and_recovers() {
     assert_eq!(md_ips, 3);
 }
 
+/// The manager's configuration as the daemon builds it ([`ManagerConfig::from_config`]) from
+/// `pairs` (and `MY_NODE_NAME`), with this module's fast timings.
+fn config_from_env(pairs: &[(&str, &str)]) -> ManagerConfig {
+    let mut env: std::collections::HashMap<&str, &str> = pairs.iter().copied().collect();
+    env.insert(crate::config::MY_NODE_NAME, "node-1");
+    let from_env = ManagerConfig::from_config(&crate::config::Config::from_env(&env).unwrap());
+    ManagerConfig {
+        timings: config(targets(1, 0, 0)).timings,
+        ..from_env
+    }
+}
+
+/// `ADDITIONAL_ENI_TAGS` and `CLUSTER_NAME`, read from the environment, tag the ENIs ipamd
+/// creates and the primary ENI it manages, next to the instance id; keys containing
+/// `k8s.amazonaws.com` are ipamd's and are dropped from `ADDITIONAL_ENI_TAGS`.
+#[tokio::test]
+async fn additional_eni_tags_and_cluster_name_tag_every_managed_eni() {
+    use crate::cloud::ec2::{ENI_OWNER_TAG, ENI_OWNER_VALUE};
+    use crate::config::{ADDITIONAL_ENI_TAGS, CLUSTER_NAME};
+    let ec2 = FakeEc2::new();
+    let instance = ec2.launch("t3.small");
+    let cfg = config_from_env(&[
+        (
+            ADDITIONAL_ENI_TAGS,
+            r#"{"team":"net","k8s.amazonaws.com/mine":"x"}"#,
+        ),
+        (CLUSTER_NAME, "prod"),
+    ]);
+    let (mut w, mut m) = start_with(ec2, &instance, cfg, Duration::ZERO).await;
+    m.grow().await;
+    for _ in 0..3 {
+        w.add_pod().await.unwrap();
+        m.cycle().await;
+    }
+    let enis = w.ec2.attached(&w.instance);
+    assert!(enis.len() >= 2, "3 pods need a second ENI: {}", enis.len());
+    for eni in &enis {
+        let tag = |k: &str| eni.tags.get(k).map(String::as_str);
+        assert_eq!(tag("team"), Some("net"), "{}: {:?}", eni.id, eni.tags);
+        assert_eq!(tag(CLUSTER_NAME_TAG), Some("prod"), "{}", eni.id);
+        assert_eq!(tag(ENI_OWNER_TAG), Some(ENI_OWNER_VALUE), "{}", eni.id);
+        assert_eq!(
+            tag(INSTANCE_ID_TAG),
+            Some(w.instance.as_str()),
+            "{}",
+            eni.id
+        );
+        assert_eq!(tag("k8s.amazonaws.com/mine"), None, "{}", eni.id);
+    }
+}
+
+/// `AWS_MANAGE_ENIS_NON_SCHEDULABLE`: the reference skips growing and freeing ENIs while its
+/// Node carries the `node.kubernetes.io/unschedulable` taint, unless this is `true`; when it
+/// cannot read the Node it manages them. This build reads no Node (no Kubernetes API), so it
+/// manages ENIs with either value, as the reference does with `true`.
+#[tokio::test]
+async fn enis_are_managed_whatever_aws_manage_enis_non_schedulable_says() {
+    use crate::config::AWS_MANAGE_ENIS_NON_SCHEDULABLE;
+    for value in ["false", "true"] {
+        let ec2 = FakeEc2::new();
+        let instance = ec2.launch("t3.small");
+        let cfg = config_from_env(&[(AWS_MANAGE_ENIS_NON_SCHEDULABLE, value)]);
+        let (mut w, mut m) = start_with(ec2, &instance, cfg, Duration::ZERO).await;
+        m.grow().await;
+        assert_eq!(w.pool().await, (1, 3), "{value}: the primary ENI filled");
+        w.add_pod().await.unwrap();
+        m.cycle().await;
+        assert_eq!(w.ec2_shape(), (2, 6), "{value}: a second ENI created");
+        for n in 1..=w.pods {
+            w.del_pod(n).await;
+        }
+        w.clock.advance(Duration::from_secs(120));
+        m.cycle().await;
+        assert_eq!(w.ec2_shape(), (1, 3), "{value}: the spare ENI freed");
+    }
+}
+
 mod subnets;
