@@ -20,7 +20,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -126,7 +125,6 @@ impl Shared {
 #[derive(Debug)]
 pub struct LinkWatch {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
 }
 
 fn watch_socket() -> Result<OwnedFd, Errno> {
@@ -181,7 +179,8 @@ impl LinkWatch {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BenchError>>();
         let netns = netns.to_owned();
         let theirs = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
+        // Detached: on drop the watch only raises `stop`, see `Drop`.
+        std::thread::Builder::new()
             .name("bench-linkwatch".into())
             .spawn(move || {
                 // The socket belongs to the namespace of the thread that creates it.
@@ -205,10 +204,7 @@ impl LinkWatch {
                 context: "cannot start the link watch thread".into(),
                 source,
             })?;
-        let watch = Self {
-            shared,
-            thread: Some(thread),
-        };
+        let watch = Self { shared };
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(watch),
             Ok(Err(e)) => Err(e),
@@ -270,10 +266,9 @@ impl LinkWatch {
 
 impl Drop for LinkWatch {
     fn drop(&mut self) {
+        // The listener is not joined: it notices within its receive timeout and ends on its
+        // own, so a measurement ending with the watch does not wait for it.
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
