@@ -25,7 +25,7 @@ use aws_sdk_ec2::types::{
 use ipnet::Ipv4Net;
 use nix::sched::{CloneFlags, setns};
 
-use super::model::{EniAttachment, EniState, InstanceInfo, SubnetInfo};
+use super::model::{EniAttachment, EniState, InstanceInfo, SubnetInfo, SubnetState};
 use crate::netns::Netns;
 
 /// Access key the harness signs with (moto accepts any).
@@ -311,28 +311,65 @@ impl Ec2 {
 
     /// `DescribeSubnets` of one subnet.
     pub fn subnet(&self, subnet_id: &str) -> Result<SubnetInfo, Ec2Error> {
+        Ok(self.subnet_state(subnet_id)?.info())
+    }
+
+    /// `DescribeSubnets` of one subnet, with its free addresses and tags as EC2 shows them now.
+    pub fn subnet_state(&self, subnet_id: &str) -> Result<SubnetState, Ec2Error> {
+        self.describe_subnets(Vec::new(), vec![subnet_id.to_owned()])?
+            .pop()
+            .ok_or_else(|| Ec2Error::missing("DescribeSubnets", "subnet"))
+    }
+
+    /// Every subnet of `vpc_id` (`DescribeSubnets` with a `vpc-id` filter), by CIDR.
+    pub fn vpc_subnets(&self, vpc_id: &str) -> Result<Vec<SubnetState>, Ec2Error> {
+        let mut subnets = self.describe_subnets(vec![filter("vpc-id", vpc_id)], Vec::new())?;
+        subnets.sort_by_key(|s| s.cidr);
+        Ok(subnets)
+    }
+
+    fn describe_subnets(
+        &self,
+        filters: Vec<Filter>,
+        ids: Vec<String>,
+    ) -> Result<Vec<SubnetState>, Ec2Error> {
+        const OP: &str = "DescribeSubnets";
         let client = self.client();
-        let subnet_id = subnet_id.to_owned();
-        self.run("DescribeSubnets", async move {
+        self.run(OP, async move {
             let out = client
                 .describe_subnets()
-                .subnet_ids(&subnet_id)
+                .set_filters((!filters.is_empty()).then_some(filters))
+                .set_subnet_ids((!ids.is_empty()).then_some(ids))
                 .send()
                 .await
-                .map_err(|e| Ec2Error::sdk("DescribeSubnets", e))?;
-            let s = out
-                .subnets()
-                .first()
-                .ok_or_else(|| Ec2Error::missing("DescribeSubnets", "subnet"))?;
-            let cidr = s
-                .cidr_block()
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| Ec2Error::missing("DescribeSubnets", "CidrBlock"))?;
-            Ok(SubnetInfo {
-                id: subnet_id,
-                cidr,
-                availability_zone: s.availability_zone().unwrap_or_default().to_owned(),
-            })
+                .map_err(|e| Ec2Error::sdk(OP, e))?;
+            out.subnets()
+                .iter()
+                .map(|s| {
+                    let id = s
+                        .subnet_id()
+                        .ok_or_else(|| Ec2Error::missing(OP, "SubnetId"))?
+                        .to_owned();
+                    let cidr = s
+                        .cidr_block()
+                        .and_then(|c| c.parse().ok())
+                        .ok_or_else(|| Ec2Error::missing(OP, &format!("CidrBlock of {id}")))?;
+                    let available_ips = s
+                        .available_ip_address_count()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| {
+                            Ec2Error::missing(OP, &format!("AvailableIpAddressCount of {id}"))
+                        })?;
+                    Ok(SubnetState {
+                        cidr,
+                        availability_zone: s.availability_zone().unwrap_or_default().to_owned(),
+                        vpc_id: s.vpc_id().unwrap_or_default().to_owned(),
+                        available_ips,
+                        tags: tag_map(s.tags()),
+                        id,
+                    })
+                })
+                .collect()
         })
     }
 
@@ -649,6 +686,26 @@ impl Ec2 {
                 .map_err(|e| Ec2Error::sdk("CreateTags", e))
         })
     }
+
+    /// `DeleteTags` of `keys` (whatever their values) on one resource.
+    pub fn delete_tags(&self, resource_id: &str, keys: &[&str]) -> Result<(), Ec2Error> {
+        let client = self.client();
+        let id = resource_id.to_owned();
+        let tags: Vec<Tag> = keys
+            .iter()
+            .map(|k| Tag::builder().key(*k).build())
+            .collect();
+        self.run("DeleteTags", async move {
+            client
+                .delete_tags()
+                .resources(id)
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Ec2Error::sdk("DeleteTags", e))
+        })
+    }
 }
 
 fn filter(name: &str, value: &str) -> Filter {
@@ -705,16 +762,18 @@ fn eni_state(eni: &NetworkInterface) -> Result<EniState, Ec2Error> {
             .filter_map(|g| g.group_id().map(str::to_owned))
             .collect(),
         attachment,
-        tags: eni
-            .tag_set()
-            .iter()
-            .filter_map(|t| {
-                Some((
-                    t.key()?.to_owned(),
-                    t.value().unwrap_or_default().to_owned(),
-                ))
-            })
-            .collect(),
+        tags: tag_map(eni.tag_set()),
         id,
     })
+}
+
+fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_owned(),
+                t.value().unwrap_or_default().to_owned(),
+            ))
+        })
+        .collect()
 }

@@ -1,16 +1,26 @@
 //! [`VpcFabric`]: one simulated VPC (moto, router, internet, hypervisor, IMDS) and the entry
 //! point to create nodes in it. Dropping it stops the IMDS emulator and the hypervisor, kills
 //! moto and deletes the namespaces; nodes still alive lose their links with the router.
+//!
+//! A VPC has the nodes' subnet and any number of further subnets ([`SubnetSpec`]), in the
+//! nodes' Availability Zone or another one, tagged in moto as an operator tags them for subnet
+//! discovery (`kubernetes.io/role/cni`, `cni.networking.k8s.aws/cluster/<name>`). The router
+//! answers for every subnet's router address, and the hypervisor knows every subnet, so an ENI
+//! ipamd puts into any of them works and shows its own subnet in instance metadata. Tests change
+//! tags at run time, read a subnet's `AvailableIpAddressCount`, and fill a subnet with
+//! unattached ENIs ([`VpcFabric::fill_subnet`]) to leave it exactly as many free addresses as
+//! they need.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
 use super::VpcError;
-use super::ec2::Ec2;
-use super::model::{EniState, SubnetInfo, VpcSnapshot};
+use super::ec2::{Ec2, EniRequest};
+use super::model::{EniState, SubnetInfo, SubnetState, VpcSnapshot, gateway_of};
 use super::moto::MotoServer;
 use super::node::{NodeSpec, VpcNode};
 use super::router::{self, EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT, IMDS_ADDR};
@@ -21,17 +31,57 @@ use crate::imds::{self, ImdsServer};
 use crate::netns::Netns;
 use crate::node::{StateDir, io_err};
 
+/// Description of the ENIs [`VpcFabric::fill_subnet`] creates.
+pub const FILLER_DESCRIPTION: &str = "vcni filler (keeps subnet addresses taken)";
+
+/// A subnet to create besides the nodes' subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetSpec {
+    /// Its CIDR (inside the VPC's).
+    pub cidr: Ipv4Net,
+    /// Its Availability Zone; `None`: the nodes' zone ([`FabricOptions::availability_zone`]).
+    pub availability_zone: Option<String>,
+    /// Tags set through `CreateTags` right after `CreateSubnet`.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl SubnetSpec {
+    /// An untagged subnet `cidr` in the nodes' zone.
+    pub fn new(cidr: Ipv4Net) -> Self {
+        Self {
+            cidr,
+            availability_zone: None,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    /// Puts it into Availability Zone `zone`.
+    pub fn zone(mut self, zone: &str) -> Self {
+        self.availability_zone = Some(zone.to_owned());
+        self
+    }
+
+    /// Adds tag `key=value`.
+    pub fn tag(mut self, key: &str, value: &str) -> Self {
+        self.tags.insert(key.to_owned(), value.to_owned());
+        self
+    }
+}
+
 /// Shape of a simulated VPC.
 #[derive(Debug, Clone)]
 pub struct FabricOptions {
     /// Region (`AWS_REGION` of every node).
     pub region: String,
-    /// Availability zone of the subnet and the instances.
+    /// Availability zone of the nodes' subnet (and so, by default, of the instances).
     pub availability_zone: String,
     /// The VPC's CIDR.
     pub vpc_cidr: Ipv4Net,
-    /// The nodes' subnet.
+    /// The nodes' subnet (nodes' primary ENIs go there unless [`crate::vpc::NodeSpec`] says
+    /// otherwise).
     pub subnet_cidr: Ipv4Net,
+    /// Further subnets, created after the nodes' subnet in this order.
+    pub extra_subnets: Vec<SubnetSpec>,
     /// How often the hypervisor polls moto.
     pub poll: Duration,
 }
@@ -43,6 +93,7 @@ impl Default for FabricOptions {
             availability_zone: "us-west-2a".into(),
             vpc_cidr: Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 16).unwrap_or_default(),
             subnet_cidr: Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 24).unwrap_or_default(),
+            extra_subnets: Vec::new(),
             poll: DEFAULT_POLL,
         }
     }
@@ -54,6 +105,45 @@ impl FabricOptions {
         self.subnet_cidr = cidr;
         self
     }
+
+    /// Adds a further subnet.
+    pub fn with_subnet(mut self, subnet: SubnetSpec) -> Self {
+        self.extra_subnets.push(subnet);
+        self
+    }
+
+    /// Every subnet's CIDR, the nodes' first: each inside the VPC, at least a /28, no overlap.
+    fn validate(&self) -> Result<(), VpcError> {
+        let cidrs: Vec<Ipv4Net> = std::iter::once(self.subnet_cidr)
+            .chain(self.extra_subnets.iter().map(|s| s.cidr))
+            .collect();
+        for (i, cidr) in cidrs.iter().enumerate() {
+            validate_subnet(self.vpc_cidr, *cidr)?;
+            if let Some(other) = cidrs[..i]
+                .iter()
+                .find(|o| o.contains(cidr) || cidr.contains(*o))
+            {
+                return Err(VpcError::Invalid(format!(
+                    "subnet {cidr} overlaps subnet {other}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_subnet(vpc: Ipv4Net, cidr: Ipv4Net) -> Result<(), VpcError> {
+    if !vpc.contains(&cidr) {
+        return Err(VpcError::Invalid(format!(
+            "subnet {cidr} is not inside the VPC's CIDR {vpc}"
+        )));
+    }
+    if cidr.prefix_len() > 28 {
+        return Err(VpcError::Invalid(format!(
+            "subnet {cidr} is smaller than a /28, the smallest subnet EC2 allows"
+        )));
+    }
+    Ok(())
 }
 
 /// A running simulated VPC.
@@ -67,6 +157,8 @@ pub struct VpcFabric {
     options: FabricOptions,
     vpc_id: String,
     subnet: SubnetInfo,
+    /// Every subnet the fabric created, the nodes' first.
+    subnets: Mutex<Vec<SubnetInfo>>,
     security_group: String,
     router: Arc<Netns>,
     internet: Netns,
@@ -74,36 +166,24 @@ pub struct VpcFabric {
 }
 
 impl VpcFabric {
-    /// Starts moto, builds the router and the internet namespace, creates the VPC, its subnet
-    /// and the nodes' security group in moto, and starts the hypervisor and the IMDS emulator.
+    /// Starts moto, builds the router and the internet namespace, creates the VPC, its subnets
+    /// (tagged) and the nodes' security group in moto, and starts the hypervisor and the IMDS
+    /// emulator.
     pub fn start(options: FabricOptions) -> Result<Self, VpcError> {
         bins::require_root()?;
         bins::require_tool("ip", "apt-get install iproute2")?;
         bins::require_tool("sysctl", "apt-get install procps")?;
         bins::python_with_moto()?;
         cleanup::install_signal_cleanup();
-        if !options.vpc_cidr.contains(&options.subnet_cidr) {
-            return Err(VpcError::Invalid(format!(
-                "subnet {} is not inside the VPC's CIDR {}",
-                options.subnet_cidr, options.vpc_cidr
-            )));
-        }
-        if options.subnet_cidr.prefix_len() > 28 {
-            return Err(VpcError::Invalid(format!(
-                "subnet {} is smaller than a /28, the smallest subnet EC2 allows",
-                options.subnet_cidr
-            )));
-        }
+        options.validate()?;
         let dir = StateDir::create("vpc")?;
         let internet = Netns::new("inet")?;
         let router = Arc::new(Netns::new("vpc")?);
-        let gateway = SubnetInfo {
-            id: String::new(),
-            cidr: options.subnet_cidr,
-            availability_zone: String::new(),
-        }
-        .gateway();
-        router::build(&router, &internet, &[options.vpc_cidr], &[gateway])?;
+        let gateways: Vec<Ipv4Addr> = std::iter::once(options.subnet_cidr)
+            .chain(options.extra_subnets.iter().map(|s| s.cidr))
+            .map(gateway_of)
+            .collect();
+        router::build(&router, &internet, &[options.vpc_cidr], &gateways)?;
 
         let endpoint = format!("http://{EC2_ENDPOINT_ADDR}:{EC2_ENDPOINT_PORT}");
         let ec2 = Ec2::connect(&internet, &endpoint, &options.region)?;
@@ -115,6 +195,18 @@ impl VpcFabric {
         )?;
         let vpc_id = ec2.create_vpc(options.vpc_cidr)?;
         let subnet = ec2.create_subnet(&vpc_id, options.subnet_cidr, &options.availability_zone)?;
+        let mut subnets = vec![subnet.clone()];
+        for spec in &options.extra_subnets {
+            let zone = spec
+                .availability_zone
+                .as_deref()
+                .unwrap_or(&options.availability_zone);
+            let created = ec2.create_subnet(&vpc_id, spec.cidr, zone)?;
+            if !spec.tags.is_empty() {
+                ec2.create_tags(&created.id, &spec.tags)?;
+            }
+            subnets.push(created);
+        }
         let security_group = ec2.create_security_group(&vpc_id, "vcni-nodes")?;
         let vpc_cidrs = ec2.vpc_cidrs(&vpc_id)?;
 
@@ -125,7 +217,9 @@ impl VpcFabric {
             vpc_cidrs,
             options.poll,
         ));
-        hypervisor.add_subnet(subnet.clone());
+        for s in &subnets {
+            hypervisor.add_subnet(s.clone());
+        }
         let watcher = Watcher::start(Arc::clone(&hypervisor))?;
 
         // 169.254.169.254 is an address of the router: nodes reach it over their primary ENI
@@ -144,6 +238,7 @@ impl VpcFabric {
             options,
             vpc_id,
             subnet,
+            subnets: Mutex::new(subnets),
             security_group,
             router,
             internet,
@@ -178,9 +273,105 @@ impl VpcFabric {
         &self.vpc_id
     }
 
-    /// The nodes' subnet.
+    /// The nodes' subnet (the first one).
     pub fn subnet(&self) -> &SubnetInfo {
         &self.subnet
+    }
+
+    /// Every subnet of the VPC, the nodes' first, then in the order created.
+    pub fn subnets(&self) -> Vec<SubnetInfo> {
+        self.subnets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The subnet with CIDR `cidr`.
+    pub fn subnet_with_cidr(&self, cidr: Ipv4Net) -> Result<SubnetInfo, VpcError> {
+        self.subnets()
+            .into_iter()
+            .find(|s| s.cidr == cidr)
+            .ok_or_else(|| VpcError::Invalid(format!("the VPC has no subnet {cidr}")))
+    }
+
+    /// The subnet `id`.
+    pub fn subnet_by_id(&self, id: &str) -> Result<SubnetInfo, VpcError> {
+        self.subnets()
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| VpcError::Invalid(format!("the VPC has no subnet {id}")))
+    }
+
+    /// Creates a further subnet at run time (in moto, tagged), makes the router answer for its
+    /// router address and tells the hypervisor.
+    pub fn add_subnet(&self, spec: &SubnetSpec) -> Result<SubnetInfo, VpcError> {
+        validate_subnet(self.options.vpc_cidr, spec.cidr)?;
+        let zone = spec
+            .availability_zone
+            .as_deref()
+            .unwrap_or(&self.options.availability_zone);
+        let created = self.ec2.create_subnet(&self.vpc_id, spec.cidr, zone)?;
+        if !spec.tags.is_empty() {
+            self.ec2.create_tags(&created.id, &spec.tags)?;
+        }
+        router::add_gateway(&self.router, created.gateway())?;
+        self.hypervisor.add_subnet(created.clone());
+        self.subnets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(created.clone());
+        Ok(created)
+    }
+
+    /// A subnet as moto shows it now: `AvailableIpAddressCount` and tags.
+    pub fn subnet_state(&self, subnet_id: &str) -> Result<SubnetState, VpcError> {
+        Ok(self.ec2.subnet_state(subnet_id)?)
+    }
+
+    /// Tags subnet `subnet_id` `key=value` (`CreateTags`; replaces the value of an existing
+    /// tag).
+    pub fn tag_subnet(&self, subnet_id: &str, key: &str, value: &str) -> Result<(), VpcError> {
+        let tags = BTreeMap::from([(key.to_owned(), value.to_owned())]);
+        Ok(self.ec2.create_tags(subnet_id, &tags)?)
+    }
+
+    /// Removes tag `key` from subnet `subnet_id` (`DeleteTags`).
+    pub fn untag_subnet(&self, subnet_id: &str, key: &str) -> Result<(), VpcError> {
+        Ok(self.ec2.delete_tags(subnet_id, &[key])?)
+    }
+
+    /// Takes addresses of subnet `subnet_id` until exactly `leave_free` stay free
+    /// (`AvailableIpAddressCount`): creates one unattached ENI (description
+    /// [`FILLER_DESCRIPTION`], no tag ipamd looks at) holding the rest. Returns the ENI, or
+    /// `None` when the subnet had no more than `leave_free` free addresses already.
+    pub fn fill_subnet(
+        &self,
+        subnet_id: &str,
+        leave_free: u32,
+    ) -> Result<Option<EniState>, VpcError> {
+        let before = self.ec2.subnet_state(subnet_id)?;
+        let Some(take) = before
+            .available_ips
+            .checked_sub(leave_free)
+            .filter(|n| *n > 0)
+        else {
+            return Ok(None);
+        };
+        let eni = self.ec2.create_eni(&EniRequest {
+            subnet_id: subnet_id.to_owned(),
+            security_groups: vec![self.security_group.clone()],
+            secondary_ips: take - 1,
+            description: FILLER_DESCRIPTION.to_owned(),
+            ..EniRequest::default()
+        })?;
+        let after = self.ec2.subnet_state(subnet_id)?;
+        if after.available_ips != leave_free {
+            return Err(VpcError::Invalid(format!(
+                "filling {subnet_id} ({}) with {take} addresses on {} left {} free, not {leave_free} (moto's count and its allocator disagree?)",
+                before.cidr, eni.id, after.available_ips
+            )));
+        }
+        Ok(Some(eni))
     }
 
     /// The nodes' security group.
@@ -282,5 +473,36 @@ impl Drop for VpcFabric {
         }
         // Dropping kills moto; the namespaces and the directory go with the remaining fields.
         self.moto.take();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_must_be_inside_the_vpc_large_enough_and_apart() {
+        let ok = FabricOptions::default()
+            .with_subnet(SubnetSpec::new("10.0.1.0/26".parse().unwrap()).tag("k", "v"))
+            .with_subnet(SubnetSpec::new("10.0.8.0/22".parse().unwrap()).zone("us-west-2b"));
+        ok.validate().unwrap();
+        assert_eq!(ok.extra_subnets[0].tags["k"], "v");
+        assert_eq!(
+            ok.extra_subnets[1].availability_zone.as_deref(),
+            Some("us-west-2b")
+        );
+        for (bad, why) in [
+            ("10.1.0.0/24", "not inside"),
+            ("10.0.3.0/29", "smaller than a /28"),
+            ("10.0.0.128/25", "overlaps"),
+        ] {
+            let err = FabricOptions::default()
+                .with_subnet(SubnetSpec::new(bad.parse().unwrap()))
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 }

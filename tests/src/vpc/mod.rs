@@ -8,6 +8,10 @@
 //! exactly as on an EC2 instance: endpoints from the SDK's standard settings, credentials from
 //! the instance profile.
 //!
+//! The VPC may have several subnets in several Availability Zones (tagged for subnet
+//! discovery); a node's primary ENI sits in the subnet its [`NodeSpec`] names, the nodes'
+//! subnet by default, and ipamd may put further ENIs into any subnet of the node's zone.
+//!
 //! Use it as a library ([`VpcFabric::start`], [`VpcFabric::add_node`]) or through
 //! `vpcsim vpc-demo`. Nothing connects to the machine's root namespace: the harness's own EC2
 //! client runs on threads that entered the internet namespace, and the IMDS emulator's socket
@@ -24,8 +28,10 @@ mod watcher;
 use std::time::Duration;
 
 pub use ec2::{Ec2, Ec2Error, EniRequest, SIMULATED_AMI};
-pub use fabric::{FabricOptions, VpcFabric};
-pub use model::{EniAttachment, EniState, InstanceInfo, SubnetInfo, VpcSnapshot};
+pub use fabric::{FILLER_DESCRIPTION, FabricOptions, SubnetSpec, VpcFabric};
+pub use model::{
+    EniAttachment, EniState, InstanceInfo, SubnetInfo, SubnetState, VpcSnapshot, gateway_of,
+};
 pub use moto::MotoServer;
 pub use node::{IpamdMode, NodeSpec, VpcNode};
 pub use router::{EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT, IMDS_ADDR, INTERNET_HOST};
@@ -46,6 +52,12 @@ pub mod tags {
     pub const NO_MANAGE: &str = "node.k8s.amazonaws.com/no_manage";
     /// Description prefix of ENIs ipamd created (`aws-K8S-<instance id>`).
     pub const DESCRIPTION_PREFIX: &str = "aws-K8S-";
+    /// Subnet tag that opts a subnet into subnet discovery (any value but `0`) or a subnet out
+    /// of it, the node's own included (`0`).
+    pub const ROLE_CNI: &str = "kubernetes.io/role/cni";
+    /// Prefix of the subnet tags that reserve a subnet for named clusters
+    /// (`cni.networking.k8s.aws/cluster/<CLUSTER_NAME>`).
+    pub const CLUSTER_PREFIX: &str = "cni.networking.k8s.aws/cluster/";
 }
 
 /// Errors of the simulated VPC.

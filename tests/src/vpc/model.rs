@@ -89,7 +89,53 @@ pub struct SubnetInfo {
 impl SubnetInfo {
     /// The subnet router (`.1`), which the VPC router answers for.
     pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.cidr.network()).wrapping_add(1))
+        gateway_of(self.cidr)
+    }
+
+    /// Addresses of the block EC2 can hand out: its size less the five AWS reserves (network,
+    /// router, DNS, future use, broadcast).
+    pub fn usable_ips(&self) -> u32 {
+        let size = 1u64 << (32 - u32::from(self.cidr.prefix_len()));
+        u32::try_from(size.saturating_sub(5)).unwrap_or(u32::MAX)
+    }
+}
+
+/// The subnet router of `cidr`: its first address after the network address.
+pub fn gateway_of(cidr: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(cidr.network()).wrapping_add(1))
+}
+
+/// A subnet as EC2 (moto) describes it right now: free addresses and tags change at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetState {
+    /// `subnet-...`.
+    pub id: String,
+    /// Its IPv4 CIDR block.
+    pub cidr: Ipv4Net,
+    /// Its availability zone.
+    pub availability_zone: String,
+    /// Its VPC.
+    pub vpc_id: String,
+    /// `AvailableIpAddressCount`: the block's size less the five addresses AWS reserves and
+    /// every address an ENI holds.
+    pub available_ips: u32,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl SubnetState {
+    /// The subnet's static part.
+    pub fn info(&self) -> SubnetInfo {
+        SubnetInfo {
+            id: self.id.clone(),
+            cidr: self.cidr,
+            availability_zone: self.availability_zone.clone(),
+        }
+    }
+
+    /// The value of tag `key`, if set.
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.get(key).map(String::as_str)
     }
 }
 
@@ -288,6 +334,20 @@ mod tests {
         assert_eq!(d.local_ipv4(), Some("10.0.0.4".parse().unwrap()));
         assert_eq!(d.all_secondary_ips().len(), 2);
         assert!(s.node_description("i-2").is_none());
+    }
+
+    #[test]
+    fn subnet_routers_and_usable_addresses_follow_ec2() {
+        let s = snapshot();
+        let subnet = &s.subnets["subnet-1"];
+        assert_eq!(subnet.gateway(), Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(subnet.usable_ips(), 251);
+        let small = SubnetInfo {
+            cidr: "10.0.1.16/28".parse().unwrap(),
+            ..subnet.clone()
+        };
+        assert_eq!(small.gateway(), Ipv4Addr::new(10, 0, 1, 17));
+        assert_eq!(small.usable_ips(), 11);
     }
 
     #[test]

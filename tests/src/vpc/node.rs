@@ -49,9 +49,12 @@ pub struct NodeSpec {
     pub ready_timeout: Duration,
     /// Secondary addresses assigned in moto to the primary ENI before ipamd starts.
     pub primary_secondary_ips: u32,
-    /// ENIs created and attached in moto before ipamd starts (device 1, 2, ...), each with
-    /// this many secondary addresses.
+    /// ENIs created (in the node's subnet, without tags) and attached in moto before ipamd
+    /// starts (device 1, 2, ...), each with this many secondary addresses.
     pub extra_enis: Vec<u32>,
+    /// The subnet of the instance's primary ENI (an id of [`VpcFabric::subnets`]); `None`: the
+    /// nodes' subnet. The instance's Availability Zone is that subnet's.
+    pub subnet_id: Option<String>,
 }
 
 impl NodeSpec {
@@ -67,7 +70,22 @@ impl NodeSpec {
             ready_timeout: Duration::from_secs(90),
             primary_secondary_ips: 0,
             extra_enis: Vec::new(),
+            subnet_id: None,
         }
+    }
+
+    /// Runs the instance in `subnet` (one of [`VpcFabric::subnets`]).
+    pub fn in_subnet(mut self, subnet: &SubnetInfo) -> Self {
+        self.subnet_id = Some(subnet.id.clone());
+        self
+    }
+
+    /// Attaches one ENI per entry of `enis` (with that many secondary addresses, in the node's
+    /// subnet, without any tag) before ipamd starts, whatever ipamd's mode: ENIs someone else
+    /// attached, which ipamd must leave alone with `MANAGE_UNTAGGED_ENI=false`.
+    pub fn with_attached_enis(mut self, enis: &[u32]) -> Self {
+        self.extra_enis = enis.to_vec();
+        self
     }
 
     /// IMDS-only ipamd on ENIs provisioned in moto now: `primary` secondary addresses on the
@@ -126,7 +144,10 @@ impl DerefMut for VpcNode {
 impl VpcNode {
     pub(super) fn create(fabric: &VpcFabric, spec: NodeSpec) -> Result<Self, VpcError> {
         let ec2 = fabric.ec2();
-        let subnet = fabric.subnet().clone();
+        let subnet = match &spec.subnet_id {
+            Some(id) => fabric.subnet_by_id(id)?,
+            None => fabric.subnet().clone(),
+        };
         let sg = fabric.security_group().to_owned();
         let instance = ec2.run_instance(&spec.instance_type, &subnet, &sg, &spec.name)?;
         if spec.primary_secondary_ips > 0 {
@@ -268,7 +289,7 @@ impl VpcNode {
         self.instance.private_ip
     }
 
-    /// The node's subnet.
+    /// The node's subnet (its primary ENI's).
     pub fn subnet(&self) -> &SubnetInfo {
         &self.subnet
     }
