@@ -2,7 +2,8 @@
 //! fabric itself, ipamd's EC2 provisioning against moto (issue 3) and pod connectivity across
 //! nodes (issue 4). Every test builds its own VPC (its own moto, router and namespaces) and
 //! tears it down, so tests run in parallel; the slow ones (pool shrink, reconcile, leaked ENI
-//! cleanup) wait on the reference's timers and are kept few.
+//! cleanup) wait on the reference's timers and are kept few. `subnets` covers subnet discovery
+//! (several subnets, tags, `CLUSTER_NAME`), the low-address report and unmanaged ENIs.
 //!
 //! They must run as root with moto installed and fail (never skip) when something is missing.
 
@@ -13,6 +14,7 @@ mod fabric;
 mod limits;
 mod maintenance;
 mod snat;
+mod subnets;
 mod warm_pool;
 
 use std::collections::BTreeSet;
