@@ -491,20 +491,33 @@ fn without_discovery_enis_stay_in_the_node_subnet_and_a_full_one_is_named() {
 
 #[test]
 fn a_subnet_short_of_one_more_node_is_flagged_low_in_metrics_and_the_log() {
-    // 27 usable; 15 left before the node starts: the instance takes 1 and ipamd's warm pool 9,
-    // leaving 5, fewer than the 10 one more m5.large takes (9 warm IPs + its primary address).
+    // The node runs in a /27 of its own (not the VPC's first subnet, which is untagged and so
+    // no candidate for it): 27 usable; 15 left before the node starts: the instance takes 1 and
+    // ipamd's warm pool 9, leaving 5, fewer than the 10 one more m5.large takes (9 warm IPs +
+    // its primary address).
     let vpc = fabric_with(
         FabricOptions::default()
-            .subnet(net("10.0.0.0/27"))
+            .with_subnet(SubnetSpec::new(net("10.0.16.0/27")))
             .with_subnet(SubnetSpec::new(net(TAGGED)).tag(tags::ROLE_CNI, "1"))
             .with_subnet(SubnetSpec::new(net(EXCLUDED)).tag(tags::ROLE_CNI, "0")),
     );
-    let node_subnet = vpc.subnet().clone();
+    let first = vpc.subnet().clone();
+    let node_subnet = subnet(&vpc, "10.0.16.0/27");
     let tagged = subnet(&vpc, TAGGED);
     let excluded = subnet(&vpc, EXCLUDED);
     vpc.fill_subnet(&node_subnet.id, 15)
         .unwrap_or_else(|e| panic!("{e}\n{}", vpc.diag()));
-    let n = node(&vpc, ec2_node("low", "m5.large"));
+    let n = node(&vpc, ec2_node("low", "m5.large").in_subnet(&node_subnet));
+    check!(
+        n,
+        n.subnet().id == node_subnet.id
+            && node_subnet.cidr.contains(&n.primary_ip())
+            && ok(&n, n.ns().addresses_of("eth0")) == vec![format!("{}/27", n.primary_ip())],
+        "the node must run in {} ({}): primary IP {}",
+        node_subnet.id,
+        node_subnet.cidr,
+        n.primary_ip()
+    );
     wait_prescaled(&n);
     check!(
         n,
@@ -530,14 +543,20 @@ fn a_subnet_short_of_one_more_node_is_flagged_low_in_metrics_and_the_log() {
         },
         || format!("{:?}", subnet_series(&n)),
     );
-    // Only candidate subnets are reported: not the one tagged kubernetes.io/role/cni=0.
+    // Only candidate subnets are reported: not the one tagged kubernetes.io/role/cni=0, nor
+    // the untagged subnet that is not the node's.
     let series = subnet_series(&n);
-    check!(
-        n,
-        !series.iter().any(|(s, _)| s.contains(&excluded.id)),
-        "the excluded subnet {} must not be reported: {series:?}",
-        excluded.id
-    );
+    for (s, why) in [
+        (&excluded, "tagged 0"),
+        (&first, "untagged, not the node's"),
+    ] {
+        check!(
+            n,
+            !series.iter().any(|(name, _)| name.contains(&s.id)),
+            "subnet {} ({why}) must not be reported: {series:?}",
+            s.id
+        );
+    }
 
     let log = std::fs::read_to_string(n.ipamd_log_path()).unwrap_or_default();
     let warnings: Vec<&str> = log
@@ -648,4 +667,109 @@ fn unmanaged_untagged_eni_is_never_used_nor_tagged() {
         "the node must have its primary ENI, the unmanaged one and one ENI of ipamd's: {}",
         show_enis(&n)
     );
+}
+
+#[test]
+fn a_subnet_added_and_tagged_at_run_time_takes_new_enis_once_the_node_subnet_is_full() {
+    // The nodes' subnet (27 usable) is full once ipamd's warm pool is in; nothing else is
+    // tagged. The operator adds a subnet, tags it, and pods get addresses again without any
+    // restart, once ipamd re-reads the subnets (they are cached for 30 s).
+    let vpc = fabric_with(FabricOptions::default().subnet(net("10.0.0.0/27")));
+    let node_subnet = vpc.subnet().clone();
+    let n = node(&vpc, ec2_node("runtime", "m5.large"));
+    wait_prescaled(&n);
+    ok(&n, vpc.fill_subnet(&node_subnet.id, 0));
+    let added = ok(&n, vpc.add_subnet(&SubnetSpec::new(net(TAGGED))));
+
+    let pods: Vec<Placed> = (0..9)
+        .map(|k| place(&vpc, &n, &format!("runtime-{k}")))
+        .collect();
+    check!(
+        n,
+        pods.iter().all(|p| p.eni.device_index() == Some(0)),
+        "the 9 warm addresses are on the primary ENI"
+    );
+    // The 10th pod: refused, naming the full subnet, while the added subnet is untagged.
+    let tenth = pod("default", "runtime-9");
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let why = loop {
+        let out = ok(&n, n.cni("ADD", &tenth, "1.0.0", None));
+        check!(
+            n,
+            !out.success() && out.error_code() == Some(11),
+            "no subnet has room, the ADD must fail with 11: {}",
+            out.describe()
+        );
+        let text = out.error_text();
+        if text.contains(&node_subnet.id) {
+            break text;
+        }
+        check!(
+            n,
+            Instant::now() < deadline,
+            "the error must name the full subnet {}: {text}",
+            node_subnet.id
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    check!(
+        n,
+        why.contains("has no free addresses") && why.contains(tags::ROLE_CNI),
+        "the error must say the subnet is full and how to add one: {why}"
+    );
+    check!(
+        n,
+        available(&vpc, &added) == added.usable_ips(),
+        "the untagged subnet must not be used: {}",
+        show_enis(&n)
+    );
+
+    ok(&n, vpc.tag_subnet(&added.id, tags::ROLE_CNI, "1"));
+    ok(&n, vpc.tag_subnet(&added.id, "team", "pods"));
+    ok(&n, vpc.untag_subnet(&added.id, "team"));
+    let state = ok(&n, vpc.subnet_state(&added.id));
+    check!(
+        n,
+        state.tag(tags::ROLE_CNI) == Some("1") && state.tag("team").is_none(),
+        "moto must show the subnet tagged kubernetes.io/role/cni=1 only: {:?}",
+        state.tags
+    );
+    let tagged_at = Instant::now();
+    let (_, ip) = add_pod_retrying(&n, &tenth, Duration::from_secs(90));
+    let waited = tagged_at.elapsed();
+    let eni = assert_vpc_address(&vpc, &n, ip);
+    check!(
+        n,
+        eni.subnet_id == added.id && added.cidr.contains(&ip) && eni.device_index() == Some(1),
+        "the 10th pod must get an address of the subnet tagged at run time ({}): {ip} on {eni:?}",
+        added.cidr
+    );
+    // The subnet added at run time is routed: its router answers, the pod reaches the node and
+    // leaves the VPC as the node's primary IP.
+    let failures = ok(
+        &n,
+        ping_matrix(
+            &[(
+                "runtime-9".to_owned(),
+                tenth.ns().unwrap(),
+                vec![IpAddr::from(ip)],
+            )],
+            &[
+                added.gateway().into(),
+                n.primary_ip().into(),
+                pods[0].ip.into(),
+                harness::vpc::INTERNET_HOST.into(),
+            ],
+            1,
+        ),
+    );
+    check!(n, failures.is_empty(), "unreachable: {failures:?}");
+    let seen = crate::snat::internet_peer(&vpc, tenth.ns().unwrap())
+        .unwrap_or_else(|e| panic!("{e}\n{}", n.diag()));
+    check!(
+        n,
+        seen == IpAddr::from(n.primary_ip()),
+        "the pod reached the internet as {seen}, not as the node"
+    );
+    eprintln!("the subnet tagged at run time took the 10th pod after {waited:?}");
 }
