@@ -154,6 +154,78 @@ fn every_call_ipamd_makes_works_against_moto() {
         let (subnet, sg, instance) = seed(&raw).await;
         let ec2 = SdkEc2::from_shared_config(&shared, None);
 
+        // DescribeSubnets with subnet discovery's filters, tags and free addresses.
+        let vpc_id = raw
+            .describe_subnets()
+            .subnet_ids(&subnet)
+            .send()
+            .await
+            .unwrap()
+            .subnets()[0]
+            .vpc_id()
+            .unwrap()
+            .to_owned();
+        let tagged = raw
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block("10.0.4.0/22")
+            .availability_zone("us-west-2a")
+            .send()
+            .await
+            .unwrap()
+            .subnet()
+            .unwrap()
+            .subnet_id()
+            .unwrap()
+            .to_owned();
+        raw.create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block("10.0.8.0/24")
+            .availability_zone("us-west-2b")
+            .send()
+            .await
+            .unwrap();
+        raw.create_tags()
+            .resources(&tagged)
+            .tags(
+                sdk::Tag::builder()
+                    .key("kubernetes.io/role/cni")
+                    .value("1")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let mut subnets = ec2
+            .describe_subnets(&[
+                Filter::one("vpc-id", &vpc_id),
+                Filter::one("availability-zone", "us-west-2a"),
+            ])
+            .await
+            .unwrap();
+        subnets.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(subnets.len(), 2, "{subnets:?}");
+        let t = subnets.iter().find(|s| s.id == tagged).unwrap();
+        assert_eq!(t.cidr.to_string(), "10.0.4.0/22");
+        assert_eq!(t.availability_zone, "us-west-2a");
+        assert_eq!(t.available_ips, 1024 - 5);
+        assert_eq!(
+            t.tags.get("kubernetes.io/role/cni").map(String::as_str),
+            Some("1")
+        );
+        let node = subnets.iter().find(|s| s.id == subnet).unwrap();
+        assert_eq!(
+            node.available_ips,
+            256 - 5 - 1,
+            "the instance's address is taken"
+        );
+        let by_tag = ec2
+            .describe_subnets(&[Filter::one("tag:kubernetes.io/role/cni", "1")])
+            .await
+            .unwrap();
+        assert_eq!(by_tag.len(), 1);
+        assert_eq!(by_tag[0].id, tagged);
+
         let types = ec2
             .describe_instance_types(&["t3.small".to_owned()])
             .await
