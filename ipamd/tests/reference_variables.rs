@@ -703,6 +703,11 @@ async fn wait_for_log(
     }
 }
 
+/// The level of a log line (`<timestamp> <LEVEL> <target>: ...`).
+fn level_of(line: &str) -> &str {
+    line.split_whitespace().nth(1).unwrap_or("")
+}
+
 /// What the fake EC2 endpoint answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
@@ -897,7 +902,7 @@ async fn missing_permission_warning_names_my_pod_name() {
         .find(|l| l.contains("MissingIAMPermissions"))
         .unwrap();
     assert!(
-        line.contains("WARN")
+        level_of(line) == "WARN"
             && line.contains("aws-node-x7k2p")
             && line.contains(&format!("ec2:{first_api}")),
         "{line}"
@@ -927,17 +932,17 @@ async fn log_file_and_log_level_are_honoured() {
         .await;
         assert!(
             text.lines()
-                .any(|l| l.contains(" INFO ") && l.contains("ipamd starting")),
+                .any(|l| level_of(l) == "INFO" && l.contains("ipamd starting")),
             "{text}"
         );
         if level == "INFO" {
             ipamd.wait_ready(TIMEOUT);
             let text = std::fs::read_to_string(&log).unwrap();
-            let debug: Vec<&str> = text.lines().filter(|l| l.contains("DEBUG ")).collect();
+            let debug: Vec<&str> = text.lines().filter(|l| level_of(l) == "DEBUG").collect();
             assert!(debug.is_empty(), "DEBUG lines at INFO: {debug:#?}");
         } else {
             wait_for_log(&mut ipamd, &log, "a DEBUG line", |l| {
-                l.contains("DEBUG ") && l.contains("EC2 call failed")
+                level_of(l) == "DEBUG" && l.contains("EC2 call failed")
             })
             .await;
         }
