@@ -155,7 +155,8 @@ pub fn render(config: &Config) -> String {
     text
 }
 
-/// Writes the conflist into `dir` (created if missing) atomically, mode 0644.
+/// Writes the conflist into `dir` (created if missing) atomically, mode 0644, without any
+/// partial or temporary file in `dir` (the runtime watches it: [`fsutil::atomic_publish`]).
 ///
 /// # Errors
 /// The directory or the file could not be written.
@@ -165,7 +166,7 @@ pub fn write(config: &Config, dir: &Path) -> Result<PathBuf, ConflistError> {
         path: path.clone(),
         source,
     })?;
-    fsutil::atomic_write(&path, render(config).as_bytes(), 0o644).map_err(|source| {
+    fsutil::atomic_publish(&path, render(config).as_bytes(), 0o644).map_err(|source| {
         ConflistError {
             path: path.clone(),
             source,

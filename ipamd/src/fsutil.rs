@@ -2,6 +2,11 @@
 //! target, fsync the directory. A reader (or a crash) sees the old content or the new one, never
 //! a torn file (the reference's checkpoint writer skips the directory fsync; youki's state file
 //! shows why in-place rewrites are not enough).
+//!
+//! [`atomic_publish`] is the variant for a file that another program watches with inotify
+//! (the conflist in the CNI conf dir, watched by the container runtime): the file is written in
+//! a hidden subdirectory, so the watched directory sees no write to any file but the finished
+//! one.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -21,18 +26,59 @@ pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp = dir.join(temp_name(file_name));
     let result = write_and_rename(&tmp, path, contents, mode);
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result?;
     sync_dir(&dir)
+}
+
+/// Replaces `path` with `contents` atomically, like [`atomic_write`], for a file in a directory
+/// that another program watches (inotify on the directory, not on its subdirectories): the
+/// content is written and fsynced in a fresh hidden subdirectory `.<name>.tmp-<pid>-<n>/`, then
+/// renamed over `path` (same filesystem), and the subdirectory is removed.
+///
+/// Why: containerd's CRI (1.6, 1.7) reloads its CNI configuration on every write, rename or
+/// remove event in its conf dir and ignores create events. With the temp file in the watched
+/// directory, the temp file's first write makes it reload while the conflist does not exist
+/// yet, which it logs as `failed to reload cni configuration after receiving fs change
+/// event(WRITE ".10-aws.conflist.tmp-…")` and reports the network as not ready until the next
+/// event. Here the watched directory sees: the subdirectory created (ignored), the finished file
+/// appearing under its final name (ignored by containerd, a complete file for watchers that do
+/// read on create), the subdirectory removed: containerd's reload then finds the complete file.
+/// Directories are never candidates for libcni (`ConfFiles` skips them). Subdirectories left by
+/// writers that died are removed after the rename, when a reload they trigger finds the file.
+///
+/// # Errors
+/// The underlying I/O error; the subdirectory is removed on failure.
+pub fn atomic_publish(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let dir = parent_dir(path);
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let staging = dir.join(temp_name(file_name));
+    fs::create_dir(&staging)?;
+    let result = write_and_rename(&staging.join(file_name), path, contents, mode);
+    // The subdirectory's removal is the event containerd reloads on: it must come after the
+    // rename, and it is what makes a failed write leave nothing behind.
+    let removed = fs::remove_dir_all(&staging);
+    result?;
+    removed?;
+    remove_stale_temp_files(path);
+    sync_dir(&dir)
+}
+
+/// `.<name>.tmp-<pid>-<n>`: hidden, unique per write, and recognisable by
+/// [`remove_stale_temp_files`].
+fn temp_name(file_name: &std::ffi::OsStr) -> String {
+    format!(
+        ".{}.tmp-{}-{}",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn write_and_rename(tmp: &Path, path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
@@ -48,9 +94,10 @@ fn write_and_rename(tmp: &Path, path: &Path, contents: &[u8], mode: u32) -> io::
     fs::rename(tmp, path)
 }
 
-/// Removes the temp files [`atomic_write`] leaves behind when the process dies between creating
-/// one and renaming it over `path` (`.<name>.tmp-<pid>-<n>`), except those of processes that
-/// still run. Returns the names removed; errors are skipped (a leftover is harmless).
+/// Removes the temp files [`atomic_write`] and the staging subdirectories [`atomic_publish`]
+/// leave behind when the process dies between creating one and renaming it over `path`
+/// (`.<name>.tmp-<pid>-<n>`), except those of processes that still run. Returns the names
+/// removed; errors are skipped (a leftover is harmless).
 pub fn remove_stale_temp_files(path: &Path) -> Vec<String> {
     let dir = parent_dir(path);
     let Some(name) = path.file_name() else {
@@ -70,7 +117,16 @@ pub fn remove_stale_temp_files(path: &Path) -> Vec<String> {
         let alive = pid.is_some_and(|p| {
             p == std::process::id() || Path::new("/proc").join(p.to_string()).exists()
         });
-        if !alive && fs::remove_file(entry.path()).is_ok() {
+        if alive {
+            continue;
+        }
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        let gone = if is_dir {
+            fs::remove_dir_all(entry.path())
+        } else {
+            fs::remove_file(entry.path())
+        };
+        if gone.is_ok() {
             removed.push(file);
         }
     }
@@ -133,6 +189,52 @@ mod tests {
         assert_eq!(removed, vec![".ipam.json.tmp-2147483647-3".to_owned()]);
         assert!(!dead.exists() && ours.exists() && other.exists());
         assert_eq!(fs::read(&path).unwrap(), b"{}");
+    }
+
+    #[test]
+    fn publish_replaces_content_and_leaves_only_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("10-aws.conflist");
+        atomic_publish(&path, b"one", 0o644).unwrap();
+        atomic_publish(&path, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("10-aws.conflist")]);
+    }
+
+    #[test]
+    fn publish_removes_staging_directories_of_dead_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("10-aws.conflist");
+        let dead = dir.path().join(".10-aws.conflist.tmp-2147483647-0");
+        fs::create_dir(&dead).unwrap();
+        fs::write(dead.join("10-aws.conflist"), b"{\"torn").unwrap();
+        let neighbour = dir.path().join("05-other.conflist");
+        fs::write(&neighbour, b"{}").unwrap();
+        atomic_publish(&path, b"{}", 0o644).unwrap();
+        assert!(!dead.exists());
+        assert!(neighbour.exists());
+        assert_eq!(fs::read(&path).unwrap(), b"{}");
+    }
+
+    #[test]
+    fn publish_failure_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        // The target is a non-empty directory: the rename fails.
+        let path = dir.path().join("10-aws.conflist");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("keep"), b"x").unwrap();
+        assert!(atomic_publish(&path, b"{}", 0o644).is_err());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("10-aws.conflist")]);
     }
 
     #[test]
