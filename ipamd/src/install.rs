@@ -173,7 +173,9 @@ impl InstallConfig {
                 return Err(ConfigError::Unsupported {
                     var,
                     value: env.var(var)?.unwrap_or_default(),
-                    reason: format!("{what} is not supported by this build"),
+                    reason: format!(
+                        "{what} is not available in this build yet (ipamd refuses it too); unset {var} or set it to false"
+                    ),
                 });
             }
         }
@@ -384,7 +386,7 @@ mod tests {
         );
         let e = InstallConfig::from_env(&HashMap::from([("ENABLE_IPv6", "true")])).unwrap_err();
         assert!(
-            e.to_string().contains("ENABLE_IPv6") && e.to_string().contains("not supported"),
+            e.to_string().contains("ENABLE_IPv6") && e.to_string().contains("unset ENABLE_IPv6"),
             "{e}"
         );
         let e = InstallConfig::from_env(&HashMap::from([("HOST_CNI_BIN_PATH", "relative/dir")]))

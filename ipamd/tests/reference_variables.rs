@@ -425,6 +425,11 @@ fn refused_settings_stop_ipamd_and_install_cni_before_anything_is_written() {
                     r.stderr
                 );
                 assert!(
+                    r.stderr.contains(&format!("unset {var}")),
+                    "{what}: stderr must say what to do (unset {var}, ...):\n{}",
+                    r.stderr
+                );
+                assert!(
                     r.written.is_empty(),
                     "{what}: wrote {:?} (no conflist, socket, checkpoint or plugin may appear)",
                     r.written

@@ -674,35 +674,8 @@ impl Config {
             Ok(r.raw(var)?.unwrap_or_default())
         };
         let f = &self.features;
-        if f.ipv4 && f.ipv6 {
-            return Err(ConfigError::Invalid {
-                var: ENABLE_IPV6,
-                value: raw(ENABLE_IPV6)?,
-                reason: format!(
-                    "{ENABLE_IPV4} and {ENABLE_IPV6} cannot both be true (dual stack is not supported)"
-                ),
-            });
-        }
-        if !f.ipv4 && !f.ipv6 {
-            return Err(ConfigError::Invalid {
-                var: ENABLE_IPV4,
-                value: raw(ENABLE_IPV4)?,
-                reason: format!("one of {ENABLE_IPV4} and {ENABLE_IPV6} must be true"),
-            });
-        }
-        if f.prefix_delegation
-            && self.pool.warm_ip_target == 0
-            && self.pool.warm_prefix_target == 0
-            && self.pool.minimum_ip_target == 0
-        {
-            return Err(ConfigError::Invalid {
-                var: ENABLE_PREFIX_DELEGATION,
-                value: raw(ENABLE_PREFIX_DELEGATION)?,
-                reason: format!(
-                    "with prefix delegation at least one of {WARM_IP_TARGET}, {WARM_PREFIX_TARGET} and {MINIMUM_IP_TARGET} must be greater than 0"
-                ),
-            });
-        }
+        // Features this build lacks first: checking how they combine with other settings would
+        // only send the operator to fix a setting that is refused anyway.
         let unsupported = [
             (f.ipv6, ENABLE_IPV6, "IPv6 mode"),
             (
@@ -733,6 +706,15 @@ impl Config {
                     ),
                 });
             }
+        }
+        if !f.ipv4 {
+            return Err(ConfigError::Unsupported {
+                var: ENABLE_IPV4,
+                value: raw(ENABLE_IPV4)?,
+                reason: format!(
+                    "one of {ENABLE_IPV4} and {ENABLE_IPV6} must be true, and IPv6 mode is not available in this build yet; unset {ENABLE_IPV4} or set it to true"
+                ),
+            });
         }
         Ok(())
     }

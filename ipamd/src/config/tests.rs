@@ -341,9 +341,15 @@ fn features_that_change_assignment_are_refused() {
         "{msg}"
     );
     let msg = err_of(&[(ENABLE_IPV6, "true")]);
-    assert!(msg.contains("cannot both be true"), "{msg}");
+    assert!(
+        msg.contains(ENABLE_IPV6) && msg.contains("unset ENABLE_IPv6"),
+        "{msg}"
+    );
     let msg = err_of(&[(ENABLE_IPV4, "false")]);
-    assert!(msg.contains("must be true"), "{msg}");
+    assert!(
+        msg.contains("must be true") && msg.contains("unset ENABLE_IPv4 or set it to true"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -430,12 +436,20 @@ fn effective_settings_follow_the_mode() {
 }
 
 #[test]
-fn prefix_delegation_needs_a_target() {
-    let msg = err_of(&[(ENABLE_PREFIX_DELEGATION, "true")]);
-    assert!(
-        msg.contains(WARM_PREFIX_TARGET) && msg.contains(ENABLE_PREFIX_DELEGATION),
-        "{msg}"
-    );
+fn prefix_delegation_is_refused_whatever_its_targets() {
+    for pairs in [
+        &[(ENABLE_PREFIX_DELEGATION, "true")][..],
+        &[
+            (ENABLE_PREFIX_DELEGATION, "true"),
+            (WARM_PREFIX_TARGET, "1"),
+        ],
+    ] {
+        let msg = err_of(pairs);
+        assert!(
+            msg.contains("unset ENABLE_PREFIX_DELEGATION") && msg.contains("not available"),
+            "{msg}"
+        );
+    }
 }
 
 #[test]
