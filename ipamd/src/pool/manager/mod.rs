@@ -87,7 +87,7 @@ impl Default for Timings {
             min_eni_age: policy::MIN_ENI_AGE,
             reconcile_grace: Duration::from_secs(60),
             subnet_full_backoff: Duration::from_secs(120),
-            subnet_ttl: Duration::from_secs(30),
+            subnet_ttl: Duration::from_secs(5),
             subnet_report: Duration::from_secs(300),
             attach_wait: Duration::from_secs(60),
             detach_wait: Duration::from_secs(60),
