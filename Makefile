@@ -8,8 +8,9 @@
 #   make image-binaries  what the Dockerfile builds (release, static musl aws-cni) -> target/image
 #   make image-test      image-binaries, then the tests of the staged image tree (root)
 #   make bench    static musl aws-cni + release ipamd, criterion, `cnibench run` -> BENCHMARKS.md (root)
-#   make deps     what the tests and the demo use: missing Debian packages (apt-get, root) and
-#                 the pinned Python tools in target/moto-venv; fast when all is there
+#   make deps     what the tests and the demo use: missing Debian packages (apt-get, root),
+#                 the pinned Python tools in target/moto-venv and crictl (Go, target/go/bin);
+#                 fast when all is there
 #   make fuzz     cargo-fuzz targets (plugin config and CNI_ARGS parsers, checkpoint reader),
 #                 FUZZ_SECONDS (60) each; needs cargo-fuzz (make fuzz-tool)
 #   make soak     the reliability campaigns at soak size (VCNI_SOAK=1: 5000 ops, 20 kills) and
@@ -28,7 +29,7 @@ DEBIAN_GOPATH := /usr/share/gocode
 
 APT_PACKAGES := golang-go golang-github-appc-cni-dev containernetworking-plugins podman runc \
 	busybox-static iptables iputils-ping jq hyperfine uidmap iproute2 procps util-linux \
-	python3 python3-venv
+	python3 python3-venv containerd
 
 # The project's Python tools, pinned, in one venv under the target dir (Debian 12's python3
 # refuses system-wide pip installs): moto (EC2 of the simulated VPC; the release the harness's
@@ -59,9 +60,10 @@ CNI_PLUGINS := bandwidth host-local loopback portmap tuning
 # Tools the end-to-end tests and the demo run (name:package).
 TOOLS := ip:iproute2 ping:iputils-ping sysctl:procps nsenter:util-linux iptables:iptables \
 	go:golang-go podman:podman runc:runc busybox:busybox-static tar:tar \
-	kubectl:kubernetes-client
+	kubectl:kubernetes-client containerd:containerd ctr:containerd \
+	containerd-shim-runc-v2:containerd sha256sum:coreutils
 
-.PHONY: build cniclient test demo lint release deps check-root check-tools help bench
+.PHONY: build cniclient test demo lint release deps check-root check-tools help bench crictl
 
 help:
 	@sed -n '3,16p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
@@ -78,6 +80,32 @@ $(CNICLIENT): $(CNICLIENT_SRC)
 	@mkdir -p $(dir $@)
 	cd $(dir $(CNICLIENT_SRC)) && GO111MODULE=off GOPATH=$(DEBIAN_GOPATH) GOFLAGS= \
 		GOCACHE=$(TARGET_DIR)/go/cache $(GO) build -o $@ main.go
+
+# The CRI client of the containerd tests (tests/tests/cri.rs): crictl from kubernetes-sigs'
+# cri-tools, the CRI's reference command-line client, pinned by the Go module tests/crictl
+# (go.mod's `tool` line and require, go.sum for every dependency), built with the machine's Go
+# (>= go.mod's go line, no toolchain download) from the module proxy. Module and build caches
+# stay under target/go, so a rebuild needs no network (GOPROXY=off works once they are filled);
+# it is rebuilt only when the binary's version differs from go.mod's.
+CRICTL_MOD := tests/crictl
+CRICTL_VERSION := $(shell awk '$$1 == "sigs.k8s.io/cri-tools" { print $$2 }' $(CRICTL_MOD)/go.mod)
+CRICTL := $(TARGET_DIR)/go/bin/crictl
+GO_MOD_ENV := GOCACHE=$(TARGET_DIR)/go/cache GOMODCACHE=$(TARGET_DIR)/go/mod \
+	GOFLAGS=-modcacherw GOTOOLCHAIN=local
+
+crictl:
+	@if [ "$$($(CRICTL) --version 2>/dev/null)" = "crictl version $(CRICTL_VERSION)" ]; then \
+		echo "deps: $(CRICTL) is $(CRICTL_VERSION)"; \
+	else \
+		echo "deps: building crictl $(CRICTL_VERSION) ($(CRICTL_MOD)) with $$($(GO) version)"; \
+		mkdir -p $(dir $(CRICTL)); \
+		cd $(CRICTL_MOD) && $(GO_MOD_ENV) $(GO) build -trimpath \
+			-ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$(CRICTL_VERSION)" \
+			-o $(CRICTL) sigs.k8s.io/cri-tools/cmd/crictl || \
+			{ echo "error: building crictl failed (needs Go >= $$(awk '$$1 == "go" { print $$2 }' go.mod) and the Go module proxy, or a filled $(TARGET_DIR)/go/mod)" >&2; exit 1; }; \
+		[ "$$($(CRICTL) --version)" = "crictl version $(CRICTL_VERSION)" ] || \
+			{ echo "error: $(CRICTL) does not report $(CRICTL_VERSION)" >&2; exit 1; }; \
+	fi
 
 check-root:
 	@if [ "$$(id -u)" != 0 ]; then \
@@ -104,6 +132,7 @@ check-tools: deps
 	for t in kubernetes-validate hadolint; do \
 		[ -x $(PY_VENV)/bin/$$t ] || missing="$$missing $(PY_VENV)/bin/$$t"; \
 	done; \
+	[ -x $(CRICTL) ] || missing="$$missing $(CRICTL)(make crictl)"; \
 	if [ -n "$$missing" ]; then \
 		echo "error: missing tools (package):$$missing" >&2; \
 		echo "       make deps did not install them: see its output above" >&2; \
@@ -181,6 +210,7 @@ deps:
 		$(PY_VENV)/bin/python3 -c '$(PY_PINS_CHECK)' $(PY_PINS) || \
 			{ echo "error: $(PY_VENV) lacks $(PY_PINS) after pip install" >&2; exit 1; }; \
 	fi
+	@$(MAKE) --no-print-directory crictl
 
 # The image's binaries, as the Dockerfile's build stage and CI build them: ipamd in release
 # (only its package: the test harness is not built in release here) and the plugin static for
