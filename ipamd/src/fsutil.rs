@@ -40,7 +40,7 @@ pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 /// content is written and fsynced in a fresh hidden subdirectory `.<name>.tmp-<pid>-<n>/`, then
 /// renamed over `path` (same filesystem), and the subdirectory is removed.
 ///
-/// Why: containerd's CRI (1.6, 1.7) reloads its CNI configuration on every write, rename or
+/// Why: containerd's CRI (1.6) reloads its CNI configuration on every write, rename or
 /// remove event in its conf dir and ignores create events. With the temp file in the watched
 /// directory, the temp file's first write makes it reload while the conflist does not exist
 /// yet, which it logs as `failed to reload cni configuration after receiving fs change

@@ -253,6 +253,14 @@ fn exhaustion_fails_run_pod_sandbox_with_the_cni_error_and_leaves_nothing() {
         !calls[0].succeeded() && add_out["code"].as_u64().is_some() && calls[1].succeeded(),
         "want a failed ADD with a CNI error, then a successful DEL: {calls:?}"
     );
+    check!(
+        node,
+        ctd,
+        calls[1].netns() == calls[0].netns() && !calls[1].netns().is_empty(),
+        "the DEL after the failed ADD has CNI_NETNS {:?}, the ADD {:?}",
+        calls[1].netns(),
+        calls[0].netns()
+    );
     let msg = add_out["msg"].as_str().unwrap_or_default();
     check!(
         node,
