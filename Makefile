@@ -91,7 +91,7 @@ CRICTL_MOD := tests/crictl
 CRICTL_VERSION := $(shell awk '$$1 == "sigs.k8s.io/cri-tools" { print $$2 }' $(CRICTL_MOD)/go.mod)
 CRICTL := $(TARGET_DIR)/go/bin/crictl
 GO_MOD_ENV := GOCACHE=$(TARGET_DIR)/go/cache GOMODCACHE=$(TARGET_DIR)/go/mod \
-	GOFLAGS=-modcacherw GOTOOLCHAIN=local
+	GOFLAGS="-modcacherw -buildvcs=false" GOTOOLCHAIN=local
 
 crictl:
 	@if [ "$$($(CRICTL) --version 2>/dev/null)" = "crictl version $(CRICTL_VERSION)" ]; then \
