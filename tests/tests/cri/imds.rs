@@ -356,13 +356,14 @@ fn ipamd_killed_during_churn_gives_no_address_twice_and_leaks_none() {
             return;
         }
         if let Some(id) = victim {
-            let stopped = ctd.stop_pod(&id).and_then(|()| ctd.remove_pod(&id));
-            match stopped {
-                // Only a removed sandbox gives its address up.
-                Ok(()) => {
-                    live.lock().unwrap().remove(&id);
+            // Out of the live set before StopPodSandbox: its DEL gives the address back, and
+            // another worker's sandbox may get it before this one is removed.
+            let entry = live.lock().unwrap().remove(&id);
+            if let Err(e) = ctd.stop_pod(&id).and_then(|()| ctd.remove_pod(&id)) {
+                failures.lock().unwrap().push(e.to_string());
+                if let Some(entry) = entry {
+                    live.lock().unwrap().insert(id, entry);
                 }
-                Err(e) => failures.lock().unwrap().push(e.to_string()),
             }
         }
     };
