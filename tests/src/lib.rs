@@ -1,9 +1,9 @@
 //! Test harness of the Rust AWS VPC CNI: an IMDS emulator, simulated EC2 nodes built from
 //! network namespaces (alone, or as instances of a moto-backed simulated VPC), and drivers for
 //! the real clients of the plugin (direct exec as a runtime does, libcni through a Go front
-//! end, podman, containerd's CRI driven by crictl). Used by the end-to-end tests in `tests/` and by the `vpcsim` demo. Everything
-//! kernel-related happens in namespaces the harness creates and deletes; the machine's root
-//! namespace is never changed.
+//! end, podman, containerd's CRI driven by crictl). Used by the end-to-end tests in `tests/`
+//! and by the `vpcsim` demo. Everything kernel-related happens in namespaces the harness (or
+//! the containerd it runs) creates and deletes; the machine's root namespace is never changed.
 
 pub mod bench;
 pub mod bins;
