@@ -1,7 +1,8 @@
 //! CRI on a node of the simulated VPC in EC2 mode: ipamd grows its pool through EC2 (moto)
-//! while 20 sandboxes are started at once (more than its warm pool holds) (retried on failure as kubelet does), every sandbox
-//! gets an address that moto shows on one of the instance's ENIs, pods on different ENIs reach
-//! each other, and removing them leaves nothing on the node and nothing assigned in ipamd.
+//! while 20 sandboxes are started at once (more than its warm pool holds; retried on failure
+//! as kubelet does), every sandbox gets an address that moto shows on one of the instance's
+//! ENIs, pods on different ENIs reach each other, and removing them leaves nothing on the node
+//! and nothing assigned in ipamd.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;

@@ -302,10 +302,11 @@ fn exhaustion_fails_run_pod_sandbox_with_the_cni_error_and_leaves_nothing() {
     sandbox_round_trip(&node, &ctd, &PodSpec::new("full", "next"));
 }
 
-/// Sandboxes come and go in 4 workers (each keeping up to two) while ipamd is killed (SIGKILL) and started again (its
-/// conflist stays, as on a node): RunPodSandbox fails while it is down and works again after;
-/// no address is ever held by two live sandboxes, live sandboxes keep theirs across the
-/// restart, and once everything is removed ipamd holds nothing and the node has no pod left.
+/// Sandboxes come and go in 4 workers (each keeping up to two) while ipamd is killed (SIGKILL)
+/// and started again (its conflist stays, as on a node): RunPodSandbox fails while it is down
+/// and works again after; no address is ever held by two live sandboxes, live sandboxes keep
+/// theirs across the restart, and once everything is removed ipamd holds nothing and the node
+/// has no pod left.
 #[test]
 fn ipamd_killed_during_churn_gives_no_address_twice_and_leaks_none() {
     let mut node = start_node(NodeOptions::new(standard_node(&[9, 9])));
