@@ -1,8 +1,9 @@
-//! Group commit of the checkpoint. A change to an assignment is made in the datastore and
-//! recorded under the pool lock, which costs O(1): a sequence number, how to undo it, and the
-//! allocations it sets or removes. Its request is answered only once a checkpoint write that
-//! covers it has completed (temp file, fsync, rename, fsync of the directory:
-//! [`crate::fsutil::atomic_write`]), so an acknowledged change is always in the file.
+//! Group commit of the checkpoint. [`Journal::lock`] hands out the pool's datastore under the
+//! pool lock; a change to an assignment made there is recorded by [`Locked::commit`], which
+//! costs O(1) under the lock: a sequence number, how to undo it, and the allocations it sets or
+//! removes. Its request is answered only once a checkpoint write that covers it has completed
+//! (temp file, fsync, rename, fsync of the directory: [`crate::fsutil::atomic_write`]), so an
+//! acknowledged change is always in the file.
 //!
 //! One writer at a time takes every change recorded so far, encodes only their allocations (the
 //! others stay encoded from earlier writes, by address), assembles the file and writes it
@@ -14,8 +15,8 @@
 //! the ones it covered and the ones recorded since (they may build on them, e.g. an address
 //! released and assigned again), fails their requests with the write's error, and makes the next
 //! write encode the whole datastore again. Requests about a key whose latest change is not
-//! settled yet (written or rolled back) wait for it first, so a repeated AddNetwork never
-//! answers with an assignment that may still be rolled back.
+//! settled yet (written or rolled back) wait for it first ([`Settle`]), so a repeated AddNetwork
+//! never answers with an assignment that may still be rolled back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -26,9 +27,30 @@ use tokio::sync::{Mutex, MutexGuard, oneshot, watch};
 use crate::checkpoint::{CheckpointError, Checkpointer, encode_entry, encode_file};
 use crate::datastore::{Assignment, Datastore, IpamKey, Released};
 
+/// A change to the assignments, made in the datastore under the pool lock.
+#[derive(Debug)]
+pub enum Change {
+    /// A fresh assignment.
+    Assigned(Assignment),
+    /// Releases, in the order they were made.
+    Released(Vec<Released>),
+}
+
+/// Which unwritten changes [`Journal::lock`] waits for before it hands out the pool.
+#[derive(Debug, Clone, Copy)]
+pub enum Settle<'a> {
+    /// None: the caller does not answer about assignments (start-up, reconcile, counts).
+    Nothing,
+    /// The latest change of each of these keys: a request about a key answers only from
+    /// durable state.
+    Keys(&'a [&'a IpamKey]),
+    /// Every change (GC looks at every key of a network).
+    All,
+}
+
 /// How to undo a change when its write fails.
 #[derive(Debug)]
-pub enum Undo {
+enum Undo {
     /// Nothing (a rewrite of the whole checkpoint).
     Nothing,
     /// A fresh assignment of this key.
@@ -39,7 +61,7 @@ pub enum Undo {
 
 /// What a change does to the file.
 #[derive(Debug)]
-pub enum Delta {
+enum Delta {
     /// The address's allocation is now this one.
     Set(Assignment),
     /// The address has no allocation any more.
@@ -47,10 +69,10 @@ pub enum Delta {
 }
 
 /// What a request awaits: the outcome of the write that covers its change.
-pub type Ack = oneshot::Receiver<Result<(), CheckpointError>>;
+type Ack = oneshot::Receiver<Result<(), CheckpointError>>;
 
 #[derive(Debug)]
-struct Change {
+struct Record {
     seq: u64,
     undo: Undo,
     deltas: Vec<Delta>,
@@ -59,13 +81,13 @@ struct Change {
 
 /// The datastore and the changes the writer has not taken yet, behind the pool lock.
 #[derive(Debug)]
-pub struct Pool {
+struct Pool {
     /// The address book.
-    pub ds: Datastore,
+    ds: Datastore,
     /// Sequence number of the last recorded change.
     last_seq: u64,
     /// Recorded changes the writer has not taken yet, oldest first.
-    queue: Vec<Change>,
+    queue: Vec<Record>,
     /// Key → sequence number of its latest change (stale once settled; pruned lazily).
     pending: HashMap<IpamKey, u64>,
     /// `pending`'s size after its last pruning.
@@ -94,6 +116,34 @@ pub struct Journal {
     settled: watch::Sender<u64>,
 }
 
+/// The pool, locked: its datastore, and [`Locked::commit`] for the change made in it.
+/// Dropping it unlocks the pool without recording anything.
+#[derive(Debug)]
+pub struct Locked<'a> {
+    journal: &'a Arc<Journal>,
+    pool: MutexGuard<'a, Pool>,
+}
+
+impl Locked<'_> {
+    /// The datastore. Changes to assignments made here must be committed
+    /// ([`Locked::commit`]); changes to ENIs and addresses are not checkpointed.
+    pub fn datastore(&mut self) -> &mut Datastore {
+        &mut self.pool.ds
+    }
+
+    /// Records `change` (just made in the datastore), unlocks the pool and waits for the write
+    /// that covers the change.
+    ///
+    /// # Errors
+    /// The write failed: the change (and those recorded since) was rolled back.
+    pub async fn commit(self, change: Change) -> Result<(), CheckpointError> {
+        let Self { journal, mut pool } = self;
+        let ack = journal.record(&mut pool, change);
+        drop(pool);
+        journal.durable(ack).await
+    }
+}
+
 impl Journal {
     /// A journal around `ds`; its first write encodes the whole datastore.
     pub fn new(ds: Datastore, checkpointer: Arc<dyn Checkpointer>) -> Arc<Self> {
@@ -113,9 +163,45 @@ impl Journal {
         })
     }
 
-    /// The pool lock.
-    pub async fn lock(&self) -> MutexGuard<'_, Pool> {
-        self.pool.lock().await
+    /// The pool lock, once no change that `settle` names is waiting for its write.
+    pub async fn lock<'a>(self: &'a Arc<Self>, settle: Settle<'_>) -> Locked<'a> {
+        loop {
+            let pool = self.pool.lock().await;
+            let waiting = match settle {
+                Settle::Nothing => None,
+                Settle::Keys(keys) => keys.iter().find_map(|k| self.pending(&pool, k)),
+                Settle::All => self.any_pending(&pool),
+            };
+            match waiting {
+                None => {
+                    return Locked {
+                        journal: self,
+                        pool,
+                    };
+                }
+                Some(seq) => {
+                    drop(pool);
+                    self.wait_settled(seq).await;
+                }
+            }
+        }
+    }
+
+    /// Writes the whole checkpoint from the datastore as it is now (every assignment encoded
+    /// again: start-up, after the datastore was replaced) and waits for the write. Returns how
+    /// many assignments it holds.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn rewrite(self: &Arc<Self>) -> Result<usize, CheckpointError> {
+        let (n, ack) = {
+            let mut pool = self.pool.lock().await;
+            pool.rebuild = true;
+            let n = pool.ds.assignments().len();
+            (n, self.push(&mut pool, Undo::Nothing, Vec::new()))
+        };
+        self.durable(ack).await?;
+        Ok(n)
     }
 
     /// Where the checkpoint is stored (for messages).
@@ -128,32 +214,41 @@ impl Journal {
     }
 
     /// The sequence number of `key`'s latest change when it is not settled yet.
-    pub fn pending(&self, pool: &Pool, key: &IpamKey) -> Option<u64> {
+    fn pending(&self, pool: &Pool, key: &IpamKey) -> Option<u64> {
         let settled = self.settled_seq();
         pool.pending.get(key).copied().filter(|&s| s > settled)
     }
 
     /// The sequence number of the latest change when some change is not settled yet.
-    pub fn any_pending(&self, pool: &Pool) -> Option<u64> {
+    fn any_pending(&self, pool: &Pool) -> Option<u64> {
         (pool.last_seq > self.settled_seq()).then_some(pool.last_seq)
     }
 
     /// Waits until every change up to `seq` is settled (written or rolled back).
-    pub async fn wait_settled(&self, seq: u64) {
+    async fn wait_settled(&self, seq: u64) {
         let mut rx = self.settled.subscribe();
         // The sender lives as long as `self`: this cannot fail while we borrow it.
         let _ = rx.wait_for(|&s| s >= seq).await;
     }
 
-    /// Records a change just made to `pool.ds` (under the lock) and starts a writer if none
-    /// runs. `keys` are the keys it touched.
-    pub fn record(
-        self: &Arc<Self>,
-        pool: &mut Pool,
-        undo: Undo,
-        deltas: Vec<Delta>,
-        keys: &[&IpamKey],
-    ) -> Ack {
+    /// Records a change just made to `pool.ds` (under the lock).
+    fn record(self: &Arc<Self>, pool: &mut Pool, change: Change) -> Ack {
+        let (undo, deltas) = match change {
+            Change::Assigned(a) => (Undo::Assign(a.key.clone()), vec![Delta::Set(a)]),
+            Change::Released(released) => {
+                let deltas = released
+                    .iter()
+                    .map(|r| Delta::Remove(r.assignment.ip))
+                    .collect();
+                (Undo::Release(released), deltas)
+            }
+        };
+        self.push(pool, undo, deltas)
+    }
+
+    /// Queues a change for the writer, marks the keys it touched as pending, and starts a
+    /// writer if none runs.
+    fn push(self: &Arc<Self>, pool: &mut Pool, undo: Undo, deltas: Vec<Delta>) -> Ack {
         pool.last_seq += 1;
         let seq = pool.last_seq;
         if pool.pending.len() > 2 * pool.pending_floor.max(32) {
@@ -161,11 +256,19 @@ impl Journal {
             pool.pending.retain(|_, s| *s > settled);
             pool.pending_floor = pool.pending.len();
         }
-        for &k in keys {
-            pool.pending.insert(k.clone(), seq);
+        match &undo {
+            Undo::Nothing => {}
+            Undo::Assign(key) => {
+                pool.pending.insert(key.clone(), seq);
+            }
+            Undo::Release(released) => {
+                for r in released {
+                    pool.pending.insert(r.assignment.key.clone(), seq);
+                }
+            }
         }
         let (ack, rx) = oneshot::channel();
-        pool.queue.push(Change {
+        pool.queue.push(Record {
             seq,
             undo,
             deltas,
@@ -178,18 +281,11 @@ impl Journal {
         rx
     }
 
-    /// Records a rewrite of the whole checkpoint from the datastore (start-up, after the
-    /// datastore was replaced).
-    pub fn record_rewrite(self: &Arc<Self>, pool: &mut Pool) -> Ack {
-        pool.rebuild = true;
-        self.record(pool, Undo::Nothing, Vec::new(), &[])
-    }
-
     /// Waits for the write covering a change.
     ///
     /// # Errors
     /// The write failed (the change was rolled back).
-    pub async fn durable(&self, ack: Ack) -> Result<(), CheckpointError> {
+    async fn durable(&self, ack: Ack) -> Result<(), CheckpointError> {
         ack.await.unwrap_or_else(|_| {
             Err(CheckpointError::Write {
                 path: self.location().into(),

@@ -9,11 +9,11 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use thiserror::Error;
-use tokio::sync::{MutexGuard, Notify};
+use tokio::sync::Notify;
 
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::datastore::{Assignment, Datastore, IpamKey, NoAssignableIp, PodMetadata, Stats};
-use crate::journal::{Delta, Journal, Pool, Undo};
+use crate::journal::{Change, Journal, Settle};
 
 /// Network name the reference used for allocations migrated from the CRI (before v1.12).
 pub const LEGACY_NETWORK_NAME: &str = "_migrated-from-cri";
@@ -210,8 +210,7 @@ impl IpamState {
     /// changed here are not checkpointed: call [`IpamState::write_checkpoint`] after replacing
     /// or restoring them.
     pub async fn with_datastore<R>(&self, f: impl FnOnce(&mut Datastore) -> R) -> R {
-        let mut pool = self.journal.lock().await;
-        f(&mut pool.ds)
+        f(self.journal.lock(Settle::Nothing).await.datastore())
     }
 
     /// Writes the checkpoint from the datastore as it is now (every assignment encoded again).
@@ -219,28 +218,7 @@ impl IpamState {
     /// # Errors
     /// The write failed.
     pub async fn write_checkpoint(&self) -> Result<usize, CheckpointError> {
-        let (n, ack) = {
-            let mut pool = self.journal.lock().await;
-            let n = pool.ds.assignments().len();
-            (n, self.journal.record_rewrite(&mut pool))
-        };
-        self.journal.durable(ack).await?;
-        Ok(n)
-    }
-
-    /// The pool lock, once no change of any of `keys` is waiting for its write: a request about
-    /// a key answers only from durable state.
-    async fn lock_settled(&self, keys: &[&IpamKey]) -> MutexGuard<'_, Pool> {
-        loop {
-            let pool = self.journal.lock().await;
-            match keys.iter().find_map(|k| self.journal.pending(&pool, k)) {
-                None => return pool,
-                Some(seq) => {
-                    drop(pool);
-                    self.journal.wait_settled(seq).await;
-                }
-            }
-        }
+        self.journal.rewrite().await
     }
 
     /// Assigns an address to `key` (the same one again for a repeated key).
@@ -249,24 +227,15 @@ impl IpamState {
     /// Not ready, no assignable address, or the checkpoint write failed (rolled back).
     pub async fn add(&self, key: &IpamKey, metadata: PodMetadata) -> Result<Assignment, IpamError> {
         self.ensure_ready()?;
-        let (assignment, ack) = {
-            let mut pool = self.lock_settled(&[key]).await;
-            let (assignment, is_new) = pool.ds.assign(key, metadata).inspect_err(|_| {
-                self.pool_wanted.notify_one();
-            })?;
-            if !is_new {
-                return Ok(assignment);
-            }
-            let ack = self.journal.record(
-                &mut pool,
-                Undo::Assign(key.clone()),
-                vec![Delta::Set(assignment.clone())],
-                &[key],
-            );
-            (assignment, ack)
-        };
-        self.journal
-            .durable(ack)
+        let mut pool = self.journal.lock(Settle::Keys(&[key])).await;
+        let (assignment, is_new) = pool
+            .datastore()
+            .assign(key, metadata)
+            .inspect_err(|_| self.pool_wanted.notify_one())?;
+        if !is_new {
+            return Ok(assignment);
+        }
+        pool.commit(Change::Assigned(assignment.clone()))
             .await
             .map_err(|source| IpamError::Checkpoint {
                 op: format!("assigning {} to {key}", assignment.ip),
@@ -287,28 +256,19 @@ impl IpamState {
             container_id: key.container_id.clone(),
             if_name: LEGACY_IF_NAME.into(),
         };
-        let (released, ack) = {
-            let mut pool = self.lock_settled(&[key, &legacy]).await;
-            let Some(released) = pool.ds.release(key).or_else(|| pool.ds.release(&legacy)) else {
-                return Ok(None);
-            };
-            let a = released.assignment.clone();
-            let ack = self.journal.record(
-                &mut pool,
-                Undo::Release(vec![released]),
-                vec![Delta::Remove(a.ip)],
-                &[&a.key],
-            );
-            (a, ack)
+        let mut pool = self.journal.lock(Settle::Keys(&[key, &legacy])).await;
+        let ds = pool.datastore();
+        let Some(released) = ds.release(key).or_else(|| ds.release(&legacy)) else {
+            return Ok(None);
         };
-        self.journal
-            .durable(ack)
+        let assignment = released.assignment.clone();
+        pool.commit(Change::Released(vec![released]))
             .await
             .map_err(|source| IpamError::Checkpoint {
-                op: format!("releasing {} of {key}", released.ip),
+                op: format!("releasing {} of {key}", assignment.ip),
                 source,
             })?;
-        Ok(Some(released))
+        Ok(Some(assignment))
     }
 
     /// Releases `key`'s address if it is still `ip` (the orphan sweep: the pod is gone and
@@ -322,23 +282,15 @@ impl IpamState {
         ip: std::net::Ipv4Addr,
     ) -> Result<bool, IpamError> {
         self.ensure_ready()?;
-        let ack = {
-            let mut pool = self.lock_settled(&[key]).await;
-            if pool.ds.lookup(key).is_none_or(|a| a.ip != ip) {
-                return Ok(false);
-            }
-            let Some(released) = pool.ds.release(key) else {
-                return Ok(false);
-            };
-            self.journal.record(
-                &mut pool,
-                Undo::Release(vec![released]),
-                vec![Delta::Remove(ip)],
-                &[key],
-            )
+        let mut pool = self.journal.lock(Settle::Keys(&[key])).await;
+        let ds = pool.datastore();
+        if ds.lookup(key).is_none_or(|a| a.ip != ip) {
+            return Ok(false);
+        }
+        let Some(released) = ds.release(key) else {
+            return Ok(false);
         };
-        self.journal
-            .durable(ack)
+        pool.commit(Change::Released(vec![released]))
             .await
             .map_err(|source| IpamError::Checkpoint {
                 op: format!("releasing {ip} of {key} (pod gone)"),
@@ -353,9 +305,10 @@ impl IpamState {
     /// Not ready, or [`IpamError::NotFound`].
     pub async fn check(&self, key: &IpamKey) -> Result<Assignment, IpamError> {
         self.ensure_ready()?;
-        self.lock_settled(&[key])
+        self.journal
+            .lock(Settle::Keys(&[key]))
             .await
-            .ds
+            .datastore()
             .lookup(key)
             .ok_or_else(|| IpamError::NotFound {
                 network: key.network_name.clone(),
@@ -367,8 +320,8 @@ impl IpamState {
     /// Counts and, when nothing is assignable, why.
     pub async fn status(&self) -> PoolStatus {
         let phase = self.phase();
-        let mut pool = self.journal.lock().await;
-        let ds = &mut pool.ds;
+        let mut pool = self.journal.lock(Settle::Nothing).await;
+        let ds = pool.datastore();
         let stats = ds.stats();
         let (ready, message) = match phase {
             Phase::Ready => (
@@ -398,49 +351,29 @@ impl IpamState {
         valid: &HashSet<(String, String)>,
     ) -> Result<Vec<Assignment>, IpamError> {
         self.ensure_ready()?;
-        let (released, ack) = {
-            // GC looks at every key of the network: it waits until no change is unwritten.
-            let mut pool = loop {
-                let pool = self.journal.lock().await;
-                match self.journal.any_pending(&pool) {
-                    None => break pool,
-                    Some(seq) => {
-                        drop(pool);
-                        self.journal.wait_settled(seq).await;
-                    }
-                }
-            };
-            let mut released = Vec::new();
-            for key in pool.ds.keys_of_network(network) {
-                if valid.contains(&(key.container_id.clone(), key.if_name.clone())) {
-                    continue;
-                }
-                if let Some(r) = pool.ds.release(&key) {
-                    released.push(r);
-                }
-            }
-            if released.is_empty() {
-                return Ok(Vec::new());
-            }
-            let out: Vec<Assignment> = released.iter().map(|r| r.assignment.clone()).collect();
-            let deltas = out.iter().map(|a| Delta::Remove(a.ip)).collect();
-            let keys: Vec<&IpamKey> = out.iter().map(|a| &a.key).collect();
-            let ack = self
-                .journal
-                .record(&mut pool, Undo::Release(released), deltas, &keys);
-            (out, ack)
-        };
-        self.journal
-            .durable(ack)
+        // GC looks at every key of the network: it waits until no change is unwritten.
+        let mut pool = self.journal.lock(Settle::All).await;
+        let ds = pool.datastore();
+        let released: Vec<_> = ds
+            .keys_of_network(network)
+            .into_iter()
+            .filter(|key| !valid.contains(&(key.container_id.clone(), key.if_name.clone())))
+            .filter_map(|key| ds.release(&key))
+            .collect();
+        if released.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out: Vec<Assignment> = released.iter().map(|r| r.assignment.clone()).collect();
+        pool.commit(Change::Released(released))
             .await
             .map_err(|source| IpamError::Checkpoint {
                 op: format!(
                     "garbage collection of {} assignments of network {network:?}",
-                    released.len()
+                    out.len()
                 ),
                 source,
             })?;
-        Ok(released)
+        Ok(out)
     }
 }
 
