@@ -11,10 +11,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
 use prometheus_client::registry::Registry;
 
 use thiserror::Error;
@@ -45,7 +44,7 @@ use crate::pool::manager::{ManagerConfig, NodeInfo, PoolManager};
 use crate::pool::reconcile;
 use crate::pool::situation::PoolSituation;
 use crate::restore::restore_allocations;
-use crate::server::{self, Backend, ReplyInfo, ServerError};
+use crate::server::{self, Backend, ServerError};
 use crate::state::{IpamState, Phase};
 
 /// How often instance metadata is re-read after start-up.
@@ -215,18 +214,19 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         tracing::info!(socket = %socket.display(), "gRPC socket bound; NOT_SERVING until ready");
 
         let datastore = self.new_datastore();
-        let state = Arc::new(IpamState::new(datastore, Arc::clone(&self.checkpointer)));
-        let info = Arc::new(RwLock::new(ReplyInfo {
-            vpc_v4_cidrs: Vec::new(),
-            use_external_snat: self.config.node_network.external_snat,
-        }));
+        let state = Arc::new(
+            IpamState::new(datastore, Arc::clone(&self.checkpointer)).with_snat(
+                self.config.node_network.external_snat,
+                self.config.node_network.exclude_snat_cidrs.clone(),
+            ),
+        );
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let registry = Arc::new(std::mem::take(&mut self.registry));
         let side_servers = self.spawn_http_endpoints(&state, registry, &stop_rx);
         let mut server_task = tokio::spawn(server::serve(
             listener,
             socket.clone(),
-            Backend::new(Arc::clone(&state), Arc::clone(&info)).with_metrics(self.metrics.clone()),
+            Backend::new(Arc::clone(&state)).with_metrics(self.metrics.clone()),
             health,
             async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
@@ -234,7 +234,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         ));
 
         let outcome = tokio::select! {
-            r = self.serve(&state, &info, &reporter, shutdown) => r,
+            r = self.serve(&state, &reporter, shutdown) => r,
             r = &mut server_task => match r {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.into()),
@@ -333,7 +333,6 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
     async fn serve(
         &self,
         state: &Arc<IpamState>,
-        info: &Arc<RwLock<ReplyInfo>>,
         reporter: &HealthReporter,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), DaemonError> {
@@ -347,7 +346,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         .with_metrics(self.node_metrics.clone());
         let mut manager = None;
         let (md, facts) = tokio::select! {
-            r = self.initialize(&host, &node_net, state, info, &mut manager) => match r {
+            r = self.initialize(&host, &node_net, state, &mut manager) => match r {
                 Ok(found) => found,
                 Err(e) => {
                     self.metrics.startup(
@@ -409,7 +408,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             crate::orphans::ORPHAN_GRACE,
         );
         let work = async {
-            tokio::join!(pool, self.keep_node_network(&node_net, facts, info), sweep);
+            tokio::join!(pool, self.keep_node_network(&node_net, state, facts), sweep);
         };
         tokio::select! {
             () = work => Ok(()),
@@ -452,15 +451,11 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         host: &HostNetwork,
         node_net: &NodeNetwork,
         state: &Arc<IpamState>,
-        info: &RwLock<ReplyInfo>,
         manager: &mut Option<Manager<I, E>>,
     ) -> Result<(InstanceMetadata, NodeFacts), DaemonError> {
         let mut delay = INIT_BACKOFF_START;
         loop {
-            match self
-                .try_initialize(host, node_net, state, info, manager)
-                .await
-            {
+            match self.try_initialize(host, node_net, state, manager).await {
                 Ok(found) => return Ok(found),
                 Err(InitError::Fatal(e)) => return Err(e),
                 Err(InitError::Retry(why)) => {
@@ -536,7 +531,6 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         host: &HostNetwork,
         node_net: &NodeNetwork,
         state: &Arc<IpamState>,
-        info: &RwLock<ReplyInfo>,
         manager: &mut Option<Manager<I, E>>,
     ) -> Result<(InstanceMetadata, NodeFacts), InitError> {
         state.set_pending("reading instance metadata");
@@ -671,18 +665,8 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             .await
             .map_err(|e| InitError::Fatal(e.into()))?;
 
-        info.write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .vpc_v4_cidrs = self.reply_cidrs(&facts.vpc_cidrs);
+        state.set_vpc_cidrs(facts.vpc_cidrs.clone());
         Ok((md, facts))
-    }
-
-    /// The CIDRs ipamd tells the plugin are not SNATed: the VPC's and the excluded ones.
-    fn reply_cidrs(&self, vpc: &[Ipv4Net]) -> Vec<String> {
-        vpc.iter()
-            .chain(&self.config.node_network.exclude_snat_cidrs)
-            .map(ToString::to_string)
-            .collect()
     }
 
     /// After start-up, forever: every [`node_network::RECONCILE_INTERVAL`] re-reads the VPC's
@@ -692,8 +676,8 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
     async fn keep_node_network(
         &self,
         node_net: &NodeNetwork,
+        state: &IpamState,
         mut facts: NodeFacts,
-        info: &RwLock<ReplyInfo>,
     ) {
         let mut tick = tokio::time::interval(self.node_network_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -707,9 +691,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
                 Ok(cidrs) => {
                     if cidrs != facts.vpc_cidrs {
                         tracing::info!(old = ?facts.vpc_cidrs, new = ?cidrs, "the VPC's CIDRs changed");
-                        info.write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .vpc_v4_cidrs = self.reply_cidrs(&cidrs);
+                        state.set_vpc_cidrs(cidrs.clone());
                         facts.vpc_cidrs = cidrs;
                     }
                 }

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use thiserror::Error;
 use tokio::net::UnixListener;
@@ -139,30 +139,19 @@ pub async fn set_health(reporter: &HealthReporter, serving: bool) {
     }
 }
 
-/// Fields of AddNetworkReply that come from configuration and metadata, not from the pool.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReplyInfo {
-    /// VPC CIDRs plus `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS` (the reference fills both in).
-    pub vpc_v4_cidrs: Vec<String>,
-    /// `AWS_VPC_K8S_CNI_EXTERNALSNAT`.
-    pub use_external_snat: bool,
-}
-
 /// The `rpc.CNIBackend` implementation.
 #[derive(Debug, Clone)]
 pub struct Backend {
     state: Arc<IpamState>,
-    info: Arc<RwLock<ReplyInfo>>,
     metrics: IpamdMetrics,
 }
 
 impl Backend {
-    /// Serves `state`; `info` fills the configuration-derived reply fields. Request metrics go
-    /// to a private registry until [`Backend::with_metrics`] gives the daemon's.
-    pub fn new(state: Arc<IpamState>, info: Arc<RwLock<ReplyInfo>>) -> Self {
+    /// Serves `state` (the pool, and what replies say about SNAT). Request metrics go to a
+    /// private registry until [`Backend::with_metrics`] gives the daemon's.
+    pub fn new(state: Arc<IpamState>) -> Self {
         Self {
             state,
-            info,
             metrics: IpamdMetrics::new(&mut prometheus_client::registry::Registry::default()),
         }
     }
@@ -173,13 +162,6 @@ impl Backend {
     pub fn with_metrics(mut self, metrics: IpamdMetrics) -> Self {
         self.metrics = metrics;
         self
-    }
-
-    fn info(&self) -> ReplyInfo {
-        self.info
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
     }
 }
 
@@ -263,12 +245,12 @@ impl CniBackend for Backend {
             match self.state.add(&key, metadata).await {
                 Ok(a) => {
                     tracing::info!(ip = %a.ip, eni = %a.eni_id, device = a.device_number, table = a.route_table, "assigned");
-                    let info = self.info();
+                    let egress = self.state.egress();
                     Ok(Response::new(AddNetworkReply {
                         success: true,
                         ip_allocation_metadata: vec![allocation(&a)],
-                        use_external_snat: info.use_external_snat,
-                        vp_cv4_cid_rs: info.vpc_v4_cidrs,
+                        use_external_snat: egress.external_snat,
+                        vp_cv4_cid_rs: egress.no_snat_cidrs().map(ToString::to_string).collect(),
                         eniid: a.eni_id,
                         ..AddNetworkReply::default()
                     }))

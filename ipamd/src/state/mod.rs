@@ -1,5 +1,6 @@
-//! ipamd's shared state: the lifecycle phase (starting, ready, draining) and the pool (the
-//! datastore plus its checkpoint). Every change to an assignment is written to the checkpoint
+//! ipamd's shared state: the lifecycle phase (starting, ready, draining), the pool (the
+//! datastore plus its checkpoint), what is known about the node, and what every AddNetwork
+//! reply tells the plugin about SNAT ([`PodEgress`]). Every change to an assignment is written to the checkpoint
 //! before it is answered; when the write fails, the change is rolled back and the request fails,
 //! so the file never lags behind what pods were told. Writes are group commits made outside the
 //! pool lock ([`crate::journal`]).
@@ -8,6 +9,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use ipnet::Ipv4Net;
 use thiserror::Error;
 use tokio::sync::Notify;
 
@@ -129,12 +131,33 @@ pub struct NodeFacts {
     pub subnets: Vec<SubnetReport>,
 }
 
+/// What every AddNetwork reply tells the plugin besides the address: which destinations pods
+/// reach with their own address, and whether the node SNATs at all (the reference fills in
+/// both).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodEgress {
+    /// The VPC's CIDRs, as instance metadata last listed them (none before start-up read them).
+    pub vpc_cidrs: Vec<Ipv4Net>,
+    /// `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS`.
+    pub exclude_snat_cidrs: Vec<Ipv4Net>,
+    /// `AWS_VPC_K8S_CNI_EXTERNALSNAT`.
+    pub external_snat: bool,
+}
+
+impl PodEgress {
+    /// The destinations that are not SNATed: the VPC's CIDRs, then the excluded ones.
+    pub fn no_snat_cidrs(&self) -> impl Iterator<Item = &Ipv4Net> {
+        self.vpc_cidrs.iter().chain(&self.exclude_snat_cidrs)
+    }
+}
+
 /// Phase plus pool, shared by the gRPC server, start-up and the reconcile loop.
 #[derive(Debug)]
 pub struct IpamState {
     phase: RwLock<Phase>,
     journal: Arc<Journal>,
     facts: RwLock<NodeFacts>,
+    egress: RwLock<PodEgress>,
     pool_wanted: Arc<Notify>,
 }
 
@@ -145,8 +168,40 @@ impl IpamState {
             phase: RwLock::new(Phase::Starting("reading instance metadata".into())),
             journal: Journal::new(datastore, checkpointer),
             facts: RwLock::new(NodeFacts::default()),
+            egress: RwLock::new(PodEgress::default()),
             pool_wanted: Arc::new(Notify::new()),
         }
+    }
+
+    /// Tells the plugin `external_snat` and that `exclude_snat_cidrs` are not SNATed (besides
+    /// the VPC's CIDRs, see [`IpamState::set_vpc_cidrs`]).
+    #[must_use]
+    pub fn with_snat(self, external_snat: bool, exclude_snat_cidrs: Vec<Ipv4Net>) -> Self {
+        {
+            let mut egress = self
+                .egress
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            egress.external_snat = external_snat;
+            egress.exclude_snat_cidrs = exclude_snat_cidrs;
+        }
+        self
+    }
+
+    /// What AddNetwork replies tell the plugin about SNAT.
+    pub fn egress(&self) -> PodEgress {
+        self.egress
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The VPC's CIDRs as instance metadata lists them now (start-up, and every re-read).
+    pub fn set_vpc_cidrs(&self, cidrs: Vec<Ipv4Net>) {
+        self.egress
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .vpc_cidrs = cidrs;
     }
 
     /// Notified whenever an assignment finds no address, so the pool manager (EC2 mode) grows

@@ -432,3 +432,28 @@ async fn a_repeated_add_waits_for_the_first_ones_write() {
     }
     assert_eq!(cp.saves.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn replies_name_the_vpc_cidrs_then_the_excluded_ones() {
+    let st = IpamState::new(datastore(1), Arc::new(MemCheckpointer::default()))
+        .with_snat(true, vec!["203.0.113.0/24".parse().unwrap()]);
+    let cidrs = |st: &IpamState| -> Vec<String> {
+        st.egress()
+            .no_snat_cidrs()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(cidrs(&st), ["203.0.113.0/24"], "before metadata was read");
+    st.set_vpc_cidrs(vec!["10.0.0.0/16".parse().unwrap()]);
+    assert_eq!(cidrs(&st), ["10.0.0.0/16", "203.0.113.0/24"]);
+    st.set_vpc_cidrs(vec![
+        "10.0.0.0/16".parse().unwrap(),
+        "100.64.0.0/16".parse().unwrap(),
+    ]);
+    assert_eq!(
+        cidrs(&st),
+        ["10.0.0.0/16", "100.64.0.0/16", "203.0.113.0/24"],
+        "after the VPC gained a CIDR"
+    );
+    assert!(st.egress().external_snat);
+}
