@@ -542,7 +542,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             zone = %md.availability_zone, primary_ip = %md.local_ipv4, enis = md.enis.len(),
             "instance metadata read"
         );
-        state.update_facts(|f| {
+        state.update_node_report(|f| {
             f.instance_id = Some(md.instance_id.clone());
             f.instance_type = Some(md.instance_type.clone());
         });

@@ -253,7 +253,7 @@ pub fn pods(ds: &Datastore) -> Vec<PodInfo> {
 /// `/v1/pool`: what `ipamd status` shows at the top.
 pub async fn pool_report(state: &IpamState, mode: &str) -> PoolReport {
     let status = state.status().await;
-    let facts = state.facts();
+    let node = state.node_report();
     let phase = match state.phase() {
         Phase::Starting(_) => "starting",
         Phase::Ready => "ready",
@@ -264,24 +264,24 @@ pub async fn pool_report(state: &IpamState, mode: &str) -> PoolReport {
         phase: phase.to_owned(),
         message: status.message,
         mode: mode.to_owned(),
-        instance_id: facts.instance_id.unwrap_or_default(),
-        instance_type: facts.instance_type.unwrap_or_default(),
+        instance_id: node.instance_id.unwrap_or_default(),
+        instance_type: node.instance_type.unwrap_or_default(),
         enis: status.stats.enis,
         total_ips: status.stats.total,
         assigned_ips: status.stats.assigned,
         cooldown_ips: status.stats.cooling,
         assignable_ips: status.stats.assignable,
-        limits: facts.limits.map(|l| LimitsJson {
+        limits: node.limits.map(|l| LimitsJson {
             max_enis: l.max_enis,
             ips_per_eni: l.ips_per_eni,
             max_pods: l.max_pods,
         }),
-        last_ec2_error: facts.last_cloud_error.map(|e| CloudErrorJson {
+        last_ec2_error: node.last_cloud_error.map(|e| CloudErrorJson {
             operation: e.operation,
             message: e.message,
             time: wire::rfc3339(e.at),
         }),
-        subnets: facts
+        subnets: node
             .subnets
             .into_iter()
             .map(|s| SubnetJson {
@@ -381,7 +381,7 @@ mod tests {
     async fn serves_the_pool_over_a_unix_socket() {
         let st = state();
         st.set_phase(Phase::Ready);
-        st.update_facts(|f| {
+        st.update_node_report(|f| {
             f.instance_id = Some("i-0a1b".into());
             f.instance_type = Some("m5.large".into());
             f.limits = Some(NodeLimits {

@@ -46,7 +46,7 @@ impl Scrape {
     /// A metric could not be encoded.
     pub async fn render(&self) -> Result<String, std::fmt::Error> {
         let _one_at_a_time = self.lock.lock().await;
-        let limits = self.state.facts().limits;
+        let limits = self.state.node_report().limits;
         let snapshot = self
             .state
             .with_datastore(|ds| PoolSnapshot::capture(ds, limits))

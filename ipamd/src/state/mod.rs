@@ -116,9 +116,10 @@ pub struct SubnetReport {
     pub one_node_takes: u32,
 }
 
-/// What introspection and metrics show about the node beyond the pool itself.
+/// What introspection and metrics report about the node beyond the pool itself: its identity,
+/// limits, last cloud error and subnets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeFacts {
+pub struct NodeReport {
     /// `instance-id` from metadata, once read.
     pub instance_id: Option<String>,
     /// `instance-type` from metadata, once read.
@@ -156,7 +157,7 @@ impl PodEgress {
 pub struct IpamState {
     phase: RwLock<Phase>,
     journal: Arc<Journal>,
-    facts: RwLock<NodeFacts>,
+    node: RwLock<NodeReport>,
     egress: RwLock<PodEgress>,
     pool_wanted: Arc<Notify>,
 }
@@ -167,7 +168,7 @@ impl IpamState {
         Self {
             phase: RwLock::new(Phase::Starting("reading instance metadata".into())),
             journal: Journal::new(datastore, checkpointer),
-            facts: RwLock::new(NodeFacts::default()),
+            node: RwLock::new(NodeReport::default()),
             egress: RwLock::new(PodEgress::default()),
             pool_wanted: Arc::new(Notify::new()),
         }
@@ -211,17 +212,18 @@ impl IpamState {
     }
 
     /// What is known about the node (introspection, metrics).
-    pub fn facts(&self) -> NodeFacts {
-        self.facts
+    pub fn node_report(&self) -> NodeReport {
+        self.node
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
-    /// Updates the node facts (instance identity, limits, last cloud error).
-    pub fn update_facts(&self, f: impl FnOnce(&mut NodeFacts)) {
+    /// Updates what is known about the node (instance identity, limits, last cloud error,
+    /// subnets).
+    pub fn update_node_report(&self, f: impl FnOnce(&mut NodeReport)) {
         f(&mut self
-            .facts
+            .node
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner));
     }

@@ -423,14 +423,14 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 .checked_sub(f.at.elapsed())
                 .unwrap_or(SystemTime::UNIX_EPOCH),
         });
-        self.state.update_facts(|facts| {
-            facts.instance_id = Some(self.node.instance_id.clone());
-            facts.instance_type = Some(self.node.instance_type.clone());
+        self.state.update_node_report(|report| {
+            report.instance_id = Some(self.node.instance_id.clone());
+            report.instance_type = Some(self.node.instance_type.clone());
             if limits.is_some() {
-                facts.limits = limits;
+                report.limits = limits;
             }
             if last_error.is_some() {
-                facts.last_cloud_error = last_error;
+                report.last_cloud_error = last_error;
             }
         });
     }

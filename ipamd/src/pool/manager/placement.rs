@@ -222,6 +222,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         if let Some(m) = &self.metrics {
             m.observe_subnets(&reports);
         }
-        self.state.update_facts(|facts| facts.subnets = reports);
+        self.state
+            .update_node_report(|report| report.subnets = reports);
     }
 }

@@ -66,8 +66,8 @@ async fn new_enis_go_to_the_tagged_subnet_with_room_when_the_node_subnet_is_near
     }
     // Pods got addresses of the tagged subnet once the primary ENI's were taken.
     w.assert_pool_matches_ec2(&BTreeSet::new()).await;
-    let facts = w.state.facts();
-    let ids: Vec<&str> = facts.subnets.iter().map(|s| s.id.as_str()).collect();
+    let node = w.state.node_report();
+    let ids: Vec<&str> = node.subnets.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(
         ids,
         ["subnet-pods", SUBNET_ID],
@@ -195,7 +195,7 @@ async fn the_low_address_warning_follows_the_threshold() {
     m.cycle().await;
     let low = |w: &World| -> Vec<(String, u32, bool)> {
         w.state
-            .facts()
+            .node_report()
             .subnets
             .iter()
             .map(|s| (s.id.clone(), s.available_ips, s.low))
@@ -211,7 +211,7 @@ async fn the_low_address_warning_follows_the_threshold() {
     );
     assert!(
         w.state
-            .facts()
+            .node_report()
             .subnets
             .iter()
             .all(|s| s.one_node_takes == 4)
