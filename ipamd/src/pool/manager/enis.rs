@@ -16,7 +16,7 @@ use crate::cloud::ec2::{
 };
 use crate::cloud::imds::Imds;
 use crate::cloud::metadata::{self, EniMetadata};
-use crate::datastore::EniSpec;
+use crate::datastore::{Datastore, EniSpec};
 use crate::host_network::SecondaryEni;
 use crate::mac::MacAddr;
 use crate::pool::host::EniHost;
@@ -110,10 +110,52 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         ips: u32,
         cap: &Capacity,
     ) -> Result<u32, CreateFailed> {
-        let instance_id = self.node.instance_id.clone();
-        // EC2's own view of the attachments is the last word on the ENI limit: ENIs attached
-        // by anyone (and not yet in metadata) count too.
-        let instance = match self.ec2.describe_instance(&instance_id).await {
+        let device = self.device_for_new_eni(cap).await?;
+        let mut request = self.new_eni_request(ips);
+        let (eni, subnet) = self.create_in_some_subnet(&mut request).await?;
+        let subnet_id = request.subnet_id;
+        let (Some(mac), Some(primary_ip)) = (eni.mac, eni.primary_ip) else {
+            tracing::error!(eni = %eni.id, "EC2 returned a new ENI without MAC or address; deleting it");
+            if !self.delete_eni(&eni.id).await {
+                self.to_remove.insert(eni.id.clone());
+            }
+            return Err(CreateFailed::Failed);
+        };
+        let secondary = eni.secondary_ips();
+        tracing::info!(eni = %eni.id, subnet = %subnet_id, %mac, ip = %primary_ip, secondary = ?secondary, device, "ENI created");
+        self.attach_new_eni(&eni.id, device).await?;
+        self.tagged.insert(eni.id.clone());
+        let shown = self
+            .await_new_eni(&eni.id, mac, primary_ip, &secondary)
+            .await?;
+        let device = if shown.device_number == device {
+            device
+        } else {
+            tracing::warn!(eni = %eni.id, attached_at = device, metadata = shown.device_number, "metadata shows another device number; using it");
+            shown.device_number
+        };
+        let spec = self.secondary(&eni.id, mac, device, primary_ip, subnet);
+        self.eni_subnets.insert(eni.id.clone(), subnet_id.clone());
+        if let Err(e) = self.host.setup_secondary_eni(&spec).await {
+            tracing::warn!(eni = %eni.id, error = %e, "cannot bring up the new ENI; the next reconcile retries");
+            return Err(CreateFailed::Failed);
+        }
+        let added = self
+            .state
+            .with_datastore(|ds| add_new_eni(ds, &spec, &secondary))
+            .await
+            .ok_or(CreateFailed::Failed)?;
+        self.added_at.insert(eni.id.clone(), self.clock.now());
+        self.macs.insert(eni.id.clone(), mac);
+        tracing::info!(eni = %eni.id, subnet = %subnet_id, device, ips = added, table = device + 1, "new ENI up and in the pool");
+        Ok(added)
+    }
+
+    /// The device index a new ENI is attached at, after EC2's own view of the instance's
+    /// attachments: the last word on the ENI limit (ENIs attached by anyone, and not yet in
+    /// metadata, count too).
+    async fn device_for_new_eni(&self, cap: &Capacity) -> Result<u32, CreateFailed> {
+        let instance = match self.ec2.describe_instance(&self.node.instance_id).await {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the instance's attachments; no new ENI this cycle");
@@ -129,35 +171,34 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             );
             return Err(CreateFailed::Failed);
         }
-        let Some(device) = instance.first_free_device_index() else {
+        instance.first_free_device_index().ok_or_else(|| {
             tracing::warn!("no free device index on network card 0");
-            return Err(CreateFailed::Failed);
-        };
+            CreateFailed::Failed
+        })
+    }
+
+    /// `CreateNetworkInterface` for a new ENI with `ips` secondary addresses, in the node's
+    /// subnet until a candidate subnet is chosen: ipamd's tags and the creation time, and the
+    /// primary ENI's security groups (in every subnet, as in the reference).
+    fn new_eni_request(&self, ips: u32) -> CreateEni {
         let mut tags = self.wanted_tags();
         tags.insert(CREATED_AT_TAG.to_owned(), rfc3339(self.clock.wall()));
-        // Every subnet gets the primary ENI's security groups, as in the reference.
-        let mut request = CreateEni {
+        CreateEni {
             subnet_id: self.node.subnet_id.clone(),
             security_groups: self.node.security_groups.clone(),
-            description: format!("{ENI_DESCRIPTION_PREFIX}{instance_id}"),
+            description: format!("{ENI_DESCRIPTION_PREFIX}{}", self.node.instance_id),
             secondary_ip_count: ips,
             tags,
             client_token: new_client_token(),
-        };
-        let (eni, subnet) = self.create_in_some_subnet(&mut request).await?;
-        let subnet_id = request.subnet_id.clone();
-        let (Some(mac), Some(primary_ip)) = (eni.mac, eni.primary_ip) else {
-            tracing::error!(eni = %eni.id, "EC2 returned a new ENI without MAC or address; deleting it");
-            if !self.delete_eni(&eni.id).await {
-                self.to_remove.insert(eni.id.clone());
-            }
-            return Err(CreateFailed::Failed);
-        };
-        let secondary = eni.secondary_ips();
-        tracing::info!(eni = %eni.id, subnet = %subnet_id, %mac, ip = %primary_ip, secondary = ?secondary, device, "ENI created");
+        }
+    }
+
+    /// Attaches a new ENI at `device` and sets DeleteOnTermination. On failure the ENI is
+    /// removed (or left to the retries of later cycles).
+    async fn attach_new_eni(&mut self, eni_id: &str, device: u32) -> Result<(), CreateFailed> {
         let attachment = match self
             .ec2
-            .attach_network_interface(&eni.id, &instance_id, device)
+            .attach_network_interface(eni_id, &self.node.instance_id, device)
             .await
         {
             Ok(a) => a,
@@ -166,86 +207,51 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 // A timed-out or cut-off attach may have happened all the same: detach first if
                 // EC2 shows it attached, then delete (a plain delete would fail "in use" and
                 // leave an attached ENI the pool does not know).
-                tracing::warn!(eni = %eni.id, device, error = %e, "cannot attach the new ENI; removing it");
-                if !self.release_eni(&eni.id).await {
-                    tracing::warn!(eni = %eni.id, "the half-created ENI could not be removed now; retrying every cycle");
-                    self.to_remove.insert(eni.id.clone());
+                tracing::warn!(eni = %eni_id, device, error = %e, "cannot attach the new ENI; removing it");
+                if !self.release_eni(eni_id).await {
+                    tracing::warn!(eni = %eni_id, "the half-created ENI could not be removed now; retrying every cycle");
+                    self.to_remove.insert(eni_id.to_owned());
                 }
                 return Err(CreateFailed::Failed);
             }
         };
         if let Err(e) = self
             .ec2
-            .set_delete_on_termination(&eni.id, &attachment)
+            .set_delete_on_termination(eni_id, &attachment)
             .await
         {
-            tracing::warn!(eni = %eni.id, error = %e, "cannot set DeleteOnTermination on the new ENI; detaching and deleting it");
-            if !self.release_eni(&eni.id).await {
-                self.to_remove.insert(eni.id.clone());
+            tracing::warn!(eni = %eni_id, error = %e, "cannot set DeleteOnTermination on the new ENI; detaching and deleting it");
+            if !self.release_eni(eni_id).await {
+                self.to_remove.insert(eni_id.to_owned());
             }
             return Err(CreateFailed::Failed);
         }
-        self.tagged.insert(eni.id.clone());
-        let shown = match self
-            .wait_visible(&eni.id, mac, primary_ip, &secondary)
-            .await
-        {
-            Ok(md) => md,
-            Err(why) => {
-                // An ENI that never shows in instance metadata (or as a link) cannot be used, yet
-                // holds one of the instance's ENI slots and its addresses: detach and delete it,
-                // and let a later cycle try a fresh one (at most one per attach wait).
-                self.count_error("increaseIPPoolwaitENIAttachedFailed");
-                tracing::warn!(eni = %eni.id, reason = %why, "new ENI did not become usable; detaching and deleting it");
-                self.tagged.remove(&eni.id);
-                if !self.release_eni(&eni.id).await {
-                    tracing::warn!(eni = %eni.id, "the unusable ENI could not be removed now; retrying every cycle");
-                    self.to_remove.insert(eni.id.clone());
-                }
-                return Err(CreateFailed::Failed);
-            }
+        Ok(())
+    }
+
+    /// Waits until the new ENI shows in instance metadata and as a link ([`Self::wait_visible`]).
+    /// One that never does cannot be used, yet holds one of the instance's ENI slots and its
+    /// addresses: it is detached and deleted, and a later cycle tries a fresh one (at most one
+    /// per attach wait).
+    async fn await_new_eni(
+        &mut self,
+        eni_id: &str,
+        mac: MacAddr,
+        primary_ip: Ipv4Addr,
+        secondary: &[Ipv4Addr],
+    ) -> Result<EniMetadata, CreateFailed> {
+        let why = match self.wait_visible(eni_id, mac, primary_ip, secondary).await {
+            Ok(md) => return Ok(md),
+            Err(why) => why,
         };
-        let device = if shown.device_number == device {
-            device
-        } else {
-            tracing::warn!(eni = %eni.id, attached_at = device, metadata = shown.device_number, "metadata shows another device number; using it");
-            shown.device_number
-        };
-        let spec = self.secondary(&eni.id, mac, device, primary_ip, subnet);
-        self.eni_subnets.insert(eni.id.clone(), subnet_id.clone());
-        if let Err(e) = self.host.setup_secondary_eni(&spec).await {
-            tracing::warn!(eni = %eni.id, error = %e, "cannot bring up the new ENI; the next reconcile retries");
-            return Err(CreateFailed::Failed);
+        self.count_error("increaseIPPoolwaitENIAttachedFailed");
+        tracing::warn!(eni = %eni_id, reason = %why, "new ENI did not become usable; detaching and deleting it");
+        self.tagged.remove(eni_id);
+        if !self.release_eni(eni_id).await {
+            tracing::warn!(eni = %eni_id, "the unusable ENI could not be removed now; retrying every cycle");
+            self.to_remove.insert(eni_id.to_owned());
         }
-        let added = self
-            .state
-            .with_datastore(|ds| {
-                if let Err(e) = ds.add_eni(EniSpec {
-                    id: eni.id.clone(),
-                    device_number: device,
-                    primary_ip,
-                    subnet,
-                }) {
-                    tracing::warn!(eni = %eni.id, error = %e, "new ENI not added to the pool");
-                    return None;
-                }
-                let mut n = 0u32;
-                for ip in &secondary {
-                    match ds.add_ip(&eni.id, *ip) {
-                        Ok(()) => n += 1,
-                        Err(e) => tracing::warn!(eni = %eni.id, %ip, error = %e, "address not added to the pool"),
-                    }
-                }
-                Some(n)
-            })
-            .await;
-        let Some(added) = added else {
-            return Err(CreateFailed::Failed);
-        };
-        self.added_at.insert(eni.id.clone(), self.clock.now());
-        self.macs.insert(eni.id.clone(), mac);
-        tracing::info!(eni = %eni.id, subnet = %subnet_id, device, ips = added, table = device + 1, "new ENI up and in the pool");
-        Ok(added)
+        Err(CreateFailed::Failed)
     }
 
     /// Polls metadata and the links until the new ENI shows with its addresses and its link
@@ -454,6 +460,30 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         }
         true
     }
+}
+
+/// Puts a new ENI, brought up as `spec`, into the datastore with its secondary addresses.
+/// Returns how many entered the pool; `None` when the datastore refused the ENI.
+fn add_new_eni(ds: &mut Datastore, spec: &SecondaryEni, secondary: &[Ipv4Addr]) -> Option<u32> {
+    if let Err(e) = ds.add_eni(EniSpec {
+        id: spec.id.clone(),
+        device_number: spec.device_number,
+        primary_ip: spec.primary_ip,
+        subnet: spec.subnet,
+    }) {
+        tracing::warn!(eni = %spec.id, error = %e, "new ENI not added to the pool");
+        return None;
+    }
+    let mut n = 0u32;
+    for ip in secondary {
+        match ds.add_ip(&spec.id, *ip) {
+            Ok(()) => n += 1,
+            Err(e) => {
+                tracing::warn!(eni = %spec.id, %ip, error = %e, "address not added to the pool")
+            }
+        }
+    }
+    Some(n)
 }
 
 /// A fresh idempotency token for `CreateNetworkInterface`.
