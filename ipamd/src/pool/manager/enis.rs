@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use rand::Rng;
 
-use super::PoolManager;
+use super::{CreateFailed, PoolManager};
 use crate::cloud::ec2::{
     CREATED_AT_TAG, CreateEni, ENI_DESCRIPTION_PREFIX, Ec2Api, Ec2Error, Ec2ErrorKind, EniStatus,
     NetworkInterface, rfc3339,
@@ -21,16 +21,6 @@ use crate::host_network::SecondaryEni;
 use crate::mac::MacAddr;
 use crate::pool::host::EniHost;
 use crate::pool::policy::{self, Capacity};
-
-/// Why no new ENI joined the pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum CreateFailed {
-    /// Every subnet a new ENI may go into is in its back-off after EC2 said it is out of
-    /// addresses, or none may take ENIs at all: nothing was asked of EC2.
-    NoSubnet,
-    /// An EC2 call or the bring-up failed (logged).
-    Failed,
-}
 
 impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
     pub(super) fn secondary(

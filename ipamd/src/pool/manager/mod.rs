@@ -194,6 +194,16 @@ pub struct GrowReport {
     pub subnet_backoff: bool,
 }
 
+/// Why no new ENI joined the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CreateFailed {
+    /// Every subnet a new ENI may go into is in its back-off after EC2 said it is out of
+    /// addresses, or none may take ENIs at all: nothing was asked of EC2.
+    NoSubnet,
+    /// An EC2 call or the bring-up failed (logged).
+    Failed,
+}
+
 /// The pool manager. See the module documentation.
 #[derive(Debug)]
 pub struct PoolManager<E, I, H> {
@@ -592,11 +602,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                         report.enis_added += 1;
                         report.ips_added += n;
                     }
-                    Err(enis::CreateFailed::NoSubnet) => {
+                    Err(CreateFailed::NoSubnet) => {
                         report.subnet_backoff = true;
                         break;
                     }
-                    Err(enis::CreateFailed::Failed) => {
+                    Err(CreateFailed::Failed) => {
                         report.failed = true;
                         break;
                     }
