@@ -207,9 +207,22 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The human view of a pool report and its ENIs.
+/// The human view of a pool report and its ENIs: the node's summary, its subnets, then a table
+/// of the ENIs.
 pub fn render(pool: &PoolReport, enis: &BTreeMap<String, EniInfos>) -> String {
     let mut out = String::new();
+    write_summary(&mut out, pool);
+    write_subnets(&mut out, pool);
+    if !pool.message.is_empty() {
+        let _ = writeln!(out, "note:           {}", pool.message);
+    }
+    out.push('\n');
+    out.push_str(&eni_table(enis));
+    out
+}
+
+/// The phase, mode, address counts, limits and last EC2 error.
+fn write_summary(out: &mut String, pool: &PoolReport) {
     let instance = match (pool.instance_id.as_str(), pool.instance_type.as_str()) {
         ("", _) => "instance not known yet".to_owned(),
         (id, "") => format!("instance {id}"),
@@ -257,6 +270,10 @@ pub fn render(pool: &PoolReport, enis: &BTreeMap<String, EniInfos>) -> String {
             let _ = writeln!(out, "last EC2 error: none");
         }
     }
+}
+
+/// One line per subnet new ENIs may go into, with the low-address warning.
+fn write_subnets(out: &mut String, pool: &PoolReport) {
     for s in &pool.subnets {
         let role = if s.node_subnet {
             "node subnet"
@@ -284,9 +301,10 @@ pub fn render(pool: &PoolReport, enis: &BTreeMap<String, EniInfos>) -> String {
             }
         );
     }
-    if !pool.message.is_empty() {
-        let _ = writeln!(out, "note:           {}", pool.message);
-    }
+}
+
+/// The ENIs by device number, one row each (or a line saying there are none yet).
+fn eni_table(enis: &BTreeMap<String, EniInfos>) -> String {
     let mut rows = vec![
         [
             "ENI",
@@ -327,13 +345,11 @@ pub fn render(pool: &PoolReport, enis: &BTreeMap<String, EniInfos>) -> String {
             free.to_string(),
         ]);
     }
-    out.push('\n');
     if all.is_empty() {
-        out.push_str("no ENIs in the pool yet\n");
+        "no ENIs in the pool yet\n".to_owned()
     } else {
-        out.push_str(&table(&rows));
+        table(&rows)
     }
-    out
 }
 
 #[cfg(test)]
