@@ -144,103 +144,128 @@ fn unique(cidrs: impl IntoIterator<Item = Ipv4Net>) -> Vec<Ipv4Net> {
 pub fn desired(table: Table, s: &RuleSettings, node: &NodeAddressing) -> DesiredTable {
     let mark = format!("{:#x}", s.connmark);
     let restore = format!("-j CONNMARK --restore-mark --nfmask {mark} --ctmask {mark}");
-    let mut out = DesiredTable::default();
     match table {
-        Table::Nat => {
-            if s.external_snat {
-                return out;
-            }
-            let vpc = unique(node.vpc_cidrs.iter().copied());
-            let excluded = unique(s.exclude_snat_cidrs.iter().copied());
+        Table::Nat if s.external_snat => DesiredTable::default(),
+        Table::Nat => desired_nat(s, node, &mark, &restore),
+        Table::Mangle => desired_mangle(s, node, &mark, &restore),
+    }
+}
 
-            let mut snat: Vec<String> = vpc
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{}-m comment --comment \"AWS SNAT CHAIN\" -j RETURN",
-                        dst(c)
-                    )
-                })
-                .collect();
-            snat.extend(excluded.iter().map(|c| {
-                format!(
-                    "{}-m comment --comment \"AWS SNAT CHAIN EXCLUSION\" -j RETURN",
-                    dst(c)
-                )
-            }));
-            let random = match s.randomize_snat {
-                RandomizeSnat::Prng if s.random_fully_supported => " --random-fully",
-                RandomizeSnat::Prng | RandomizeSnat::HashRandom => " --random",
-                RandomizeSnat::None => "",
-            };
-            snat.push(format!(
-                "! -o vlan+ -m comment --comment \"AWS, SNAT\" -m addrtype ! --dst-type LOCAL -j SNAT --to-source {}{random}",
-                node.primary_ip
-            ));
-            out.chains.insert(SNAT_CHAIN.to_owned(), snat);
+/// `nat` with on-node SNAT: the SNAT and connmark chains and their jumps.
+fn desired_nat(s: &RuleSettings, node: &NodeAddressing, mark: &str, restore: &str) -> DesiredTable {
+    let vpc = unique(node.vpc_cidrs.iter().copied());
+    let excluded = unique(s.exclude_snat_cidrs.iter().copied());
+    let mut out = DesiredTable::default();
+    out.chains
+        .insert(SNAT_CHAIN.to_owned(), snat_chain(s, node, &vpc, &excluded));
+    out.chains.insert(
+        CONNMARK_CHAIN.to_owned(),
+        connmark_chain(&vpc, &excluded, mark),
+    );
+    out.rules.insert(
+        "PREROUTING".into(),
+        vec![
+            format!(
+                "-i {}+ -m comment --comment \"AWS, outbound connections\" -j {CONNMARK_CHAIN}",
+                s.veth_prefix
+            ),
+            format!("-m comment --comment \"AWS, CONNMARK\" {restore}"),
+        ],
+    );
+    out.rules.insert(
+        "POSTROUTING".into(),
+        vec![format!(
+            "-m comment --comment \"AWS SNAT CHAIN\" -j {SNAT_CHAIN}"
+        )],
+    );
+    out
+}
 
-            // Local destinations first: an IPVS virtual address (kube-ipvs0) must not mark the
-            // connection before IPVS forwards it (the reference's v1.23 `fib daddr type local
-            // return`).
-            let mut connmark = vec![
-                "-m comment --comment \"AWS CONNMARK CHAIN\" -m addrtype --dst-type LOCAL -j RETURN"
-                    .to_owned(),
-            ];
-            connmark.extend(
-                unique(vpc.iter().chain(&excluded).copied())
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "{}-m comment --comment \"AWS CONNMARK CHAIN\" -j RETURN",
-                            dst(c)
-                        )
-                    }),
-            );
-            connmark.push(format!(
-                "-m comment --comment \"AWS, CONNMARK\" -j CONNMARK --set-xmark {mark}/{mark}"
-            ));
-            out.chains.insert(CONNMARK_CHAIN.to_owned(), connmark);
+/// `AWS-SNAT-CHAIN-0`: RETURN for each VPC and excluded CIDR, then SNAT to the primary IP.
+fn snat_chain(
+    s: &RuleSettings,
+    node: &NodeAddressing,
+    vpc: &[Ipv4Net],
+    excluded: &[Ipv4Net],
+) -> Vec<String> {
+    let mut snat: Vec<String> = vpc
+        .iter()
+        .map(|c| {
+            format!(
+                "{}-m comment --comment \"AWS SNAT CHAIN\" -j RETURN",
+                dst(c)
+            )
+        })
+        .collect();
+    snat.extend(excluded.iter().map(|c| {
+        format!(
+            "{}-m comment --comment \"AWS SNAT CHAIN EXCLUSION\" -j RETURN",
+            dst(c)
+        )
+    }));
+    let random = match s.randomize_snat {
+        RandomizeSnat::Prng if s.random_fully_supported => " --random-fully",
+        RandomizeSnat::Prng | RandomizeSnat::HashRandom => " --random",
+        RandomizeSnat::None => "",
+    };
+    snat.push(format!(
+        "! -o vlan+ -m comment --comment \"AWS, SNAT\" -m addrtype ! --dst-type LOCAL -j SNAT --to-source {}{random}",
+        node.primary_ip
+    ));
+    snat
+}
 
-            out.rules.insert(
-                "PREROUTING".into(),
-                vec![
-                    format!(
-                        "-i {}+ -m comment --comment \"AWS, outbound connections\" -j {CONNMARK_CHAIN}",
-                        s.veth_prefix
-                    ),
-                    format!("-m comment --comment \"AWS, CONNMARK\" {restore}"),
-                ],
-            );
-            out.rules.insert(
-                "POSTROUTING".into(),
-                vec![format!(
-                    "-m comment --comment \"AWS SNAT CHAIN\" -j {SNAT_CHAIN}"
-                )],
-            );
-        }
-        Table::Mangle => {
-            let mut pre = Vec::new();
-            if s.node_port_support {
-                pre.push(format!(
-                    "-i {} -m comment --comment \"AWS, primary ENI\" -m addrtype --dst-type LOCAL --limit-iface-in -j CONNMARK --set-xmark {mark}/{mark}",
-                    node.primary_link
-                ));
-            }
-            if s.node_port_support || !s.external_snat {
-                pre.push(format!(
-                    "-i {}+ -m comment --comment \"AWS, primary ENI\" {restore}",
-                    s.veth_prefix
-                ));
-            }
-            if s.node_port_support {
-                pre.push(format!(
-                    "-i vlan+ -m comment --comment \"AWS, primary ENI\" {restore}"
-                ));
-            }
-            if !pre.is_empty() {
-                out.rules.insert("PREROUTING".into(), pre);
-            }
-        }
+/// `AWS-CONNMARK-CHAIN-0`: RETURN for local, VPC and excluded destinations, else set the
+/// connmark.
+fn connmark_chain(vpc: &[Ipv4Net], excluded: &[Ipv4Net], mark: &str) -> Vec<String> {
+    // Local destinations first: an IPVS virtual address (kube-ipvs0) must not mark the
+    // connection before IPVS forwards it (the reference's v1.23 `fib daddr type local
+    // return`).
+    let mut connmark = vec![
+        "-m comment --comment \"AWS CONNMARK CHAIN\" -m addrtype --dst-type LOCAL -j RETURN"
+            .to_owned(),
+    ];
+    connmark.extend(unique(vpc.iter().chain(excluded).copied()).iter().map(|c| {
+        format!(
+            "{}-m comment --comment \"AWS CONNMARK CHAIN\" -j RETURN",
+            dst(c)
+        )
+    }));
+    connmark.push(format!(
+        "-m comment --comment \"AWS, CONNMARK\" -j CONNMARK --set-xmark {mark}/{mark}"
+    ));
+    connmark
+}
+
+/// `mangle` PREROUTING: NodePort connections entering the primary ENI are marked, and the mark
+/// is restored on packets from pods (and VLANs with NodePort support).
+fn desired_mangle(
+    s: &RuleSettings,
+    node: &NodeAddressing,
+    mark: &str,
+    restore: &str,
+) -> DesiredTable {
+    let mut out = DesiredTable::default();
+    let mut pre = Vec::new();
+    if s.node_port_support {
+        pre.push(format!(
+            "-i {} -m comment --comment \"AWS, primary ENI\" -m addrtype --dst-type LOCAL --limit-iface-in -j CONNMARK --set-xmark {mark}/{mark}",
+            node.primary_link
+        ));
+    }
+    if s.node_port_support || !s.external_snat {
+        pre.push(format!(
+            "-i {}+ -m comment --comment \"AWS, primary ENI\" {restore}",
+            s.veth_prefix
+        ));
+    }
+    if s.node_port_support {
+        pre.push(format!(
+            "-i vlan+ -m comment --comment \"AWS, primary ENI\" {restore}"
+        ));
+    }
+    if !pre.is_empty() {
+        out.rules.insert("PREROUTING".into(), pre);
     }
     out
 }
