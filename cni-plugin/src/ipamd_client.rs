@@ -1,30 +1,16 @@
-//! The gRPC client for ipamd (`rpc.CNIBackend`, ipamd/proto/rpc.proto) over its Unix socket,
+//! The gRPC client for ipamd (`rpc.CNIBackend`, contract/proto/rpc.proto) over its Unix socket,
 //! with every connect and call bounded in time.
 
-use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
-
-/// The generated messages and client.
-#[allow(
-    missing_docs,
-    clippy::all,
-    clippy::pedantic,
-    missing_debug_implementations
-)]
-pub mod rpc {
-    tonic::include_proto!("rpc");
-}
+use tonic::transport::Channel;
+use vpc_cni_contract::connect::{self, CONNECT_TIMEOUT, ConnectError, Timeouts};
+/// The generated messages and client (the contract crate's).
+pub use vpc_cni_contract::rpc;
 
 use rpc::cni_backend_client::CniBackendClient;
 
-/// How long connecting to the socket may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one RPC may take.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -36,23 +22,11 @@ pub const REASON_SETUP_FAILED: &str = "SetupNSFailed";
 /// Failures talking to ipamd.
 #[derive(Debug, thiserror::Error)]
 pub enum IpamdError {
-    /// The socket could not be connected.
-    #[error("cannot connect to ipamd at {socket}: {source}")]
-    Connect {
-        /// The socket path.
-        socket: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// The HTTP/2 connection could not be set up.
-    #[error("cannot open a gRPC connection to ipamd at {socket}: {source}")]
-    Transport {
-        /// The socket path.
-        socket: PathBuf,
-        /// The transport error.
-        source: tonic::transport::Error,
-    },
-    /// Connect or call took too long.
+    /// No connection: the socket could not be connected, the handshake failed, or either took
+    /// longer than [`CONNECT_TIMEOUT`].
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// A call took too long.
     #[error("ipamd at {socket} did not answer {what} within {timeout:?}")]
     Timeout {
         /// The socket path.
@@ -90,10 +64,7 @@ impl IpamdError {
     /// cases reported as CNI code 11.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Connect { .. }
-            | Self::Transport { .. }
-            | Self::Timeout { .. }
-            | Self::Broken { .. } => true,
+            Self::Connect(_) | Self::Timeout { .. } | Self::Broken { .. } => true,
             Self::Status { code, .. } => matches!(
                 code,
                 tonic::Code::Unavailable | tonic::Code::ResourceExhausted
@@ -104,10 +75,7 @@ impl IpamdError {
     /// Whether ipamd could not be reached at all (as opposed to answering with an error).
     pub fn is_unreachable(&self) -> bool {
         match self {
-            Self::Connect { .. }
-            | Self::Transport { .. }
-            | Self::Timeout { .. }
-            | Self::Broken { .. } => true,
+            Self::Connect(_) | Self::Timeout { .. } | Self::Broken { .. } => true,
             Self::Status { code, .. } => *code == tonic::Code::Unavailable,
         }
     }
@@ -132,50 +100,18 @@ pub struct IpamdClient {
 }
 
 impl IpamdClient {
-    /// Connects to the socket and sets up the gRPC connection. Must run inside a tokio runtime.
+    /// Connects to the socket and sets up the gRPC connection, each within
+    /// [`CONNECT_TIMEOUT`]; every call is bounded by [`RPC_TIMEOUT`]. Must run inside a tokio
+    /// runtime.
     pub async fn connect(socket: &Path) -> Result<Self, IpamdError> {
-        let socket = socket.to_path_buf();
-        let timeout = |what| IpamdError::Timeout {
-            socket: socket.clone(),
-            what,
-            timeout: CONNECT_TIMEOUT,
+        let timeouts = Timeouts {
+            connect: CONNECT_TIMEOUT,
+            call: Some(RPC_TIMEOUT),
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&socket))
-            .await
-            .map_err(|_| timeout("the connection"))?
-            .map_err(|source| IpamdError::Connect {
-                socket: socket.clone(),
-                source,
-            })?;
-        // Hand the already connected stream to tonic: a connect error above names the OS
-        // error (ENOENT, ECONNREFUSED) instead of a generic transport failure.
-        let slot = Arc::new(Mutex::new(Some(stream)));
-        let connector = tower::service_fn(move |_: Uri| {
-            let slot = Arc::clone(&slot);
-            async move {
-                let stream = slot
-                    .lock()
-                    .map_err(|_| io::Error::other("connector lock poisoned"))?
-                    .take()
-                    .ok_or_else(|| io::Error::other("the ipamd connection was closed"))?;
-                Ok::<_, io::Error>(TokioIo::new(stream))
-            }
-        });
-        let channel = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Endpoint::from_static("http://[::]:50051")
-                .timeout(RPC_TIMEOUT)
-                .connect_with_connector(connector),
-        )
-        .await
-        .map_err(|_| timeout("the gRPC handshake"))?
-        .map_err(|source| IpamdError::Transport {
-            socket: socket.clone(),
-            source,
-        })?;
+        let channel = connect::connect(socket, timeouts).await?;
         Ok(Self {
             client: CniBackendClient::new(channel),
-            socket,
+            socket: socket.to_path_buf(),
         })
     }
 

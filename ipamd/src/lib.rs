@@ -26,8 +26,6 @@ pub mod restore;
 pub mod server;
 pub mod state;
 
-/// The gRPC contract with the plugin (`proto/rpc.proto`), server and client.
-#[allow(missing_docs, clippy::all, missing_debug_implementations)]
-pub mod rpc {
-    tonic::include_proto!("rpc");
-}
+/// The gRPC contract with the plugin (the contract crate's `proto/rpc.proto`), server and
+/// client.
+pub use vpc_cni_contract::rpc;

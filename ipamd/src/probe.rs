@@ -13,15 +13,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
 /// The socket ipamd serves by default.
-pub const DEFAULT_SOCKET: &str = "/var/run/aws-node/ipamd.sock";
+pub use vpc_cni_contract::connect::DEFAULT_SOCKET;
+use vpc_cni_contract::connect::{self as unix, ConnectError, Timeouts};
 /// Default connect and RPC timeout (the manifest passes 5 s for both, as the reference's).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -198,31 +197,35 @@ async fn connect(opts: &ProbeOptions) -> Result<Channel, ProbeError> {
     let attempt = async {
         match &opts.addr {
             ProbeAddress::Unix(path) => {
-                let path = path.clone();
-                Endpoint::from_static("http://[::]:50051")
-                    .connect_with_connector(tower::service_fn(move |_| {
-                        let path = path.clone();
-                        async move {
-                            tokio::net::UnixStream::connect(path)
-                                .await
-                                .map(TokioIo::new)
-                        }
-                    }))
+                let timeouts = Timeouts {
+                    connect: opts.connect_timeout,
+                    call: None,
+                };
+                unix::connect(path, timeouts)
                     .await
+                    .map_err(|e| conn_err(unix_reason(&e)))
             }
-            ProbeAddress::Tcp(a) => {
-                Endpoint::from_shared(format!("http://{a}"))
-                    .map_err(|e| conn_err(e.to_string()))
-                    .map(|e| e.connect_timeout(opts.connect_timeout))?
-                    .connect()
-                    .await
-            }
+            ProbeAddress::Tcp(a) => Endpoint::from_shared(format!("http://{a}"))
+                .map_err(|e| conn_err(e.to_string()))
+                .map(|e| e.connect_timeout(opts.connect_timeout))?
+                .connect()
+                .await
+                .map_err(|e| conn_err(crate::cloud::imds::error_chain(&e))),
         }
-        .map_err(|e| conn_err(crate::cloud::imds::error_chain(&e)))
     };
     tokio::time::timeout(opts.connect_timeout, attempt)
         .await
         .map_err(|_| conn_err(format!("timeout after {:?}", opts.connect_timeout)))?
+}
+
+/// Why the Unix socket could not be used, without the socket path (the probe's message names
+/// the address already).
+fn unix_reason(err: &ConnectError) -> String {
+    match err {
+        ConnectError::Connect { source, .. } => source.to_string(),
+        ConnectError::Transport { source, .. } => crate::cloud::imds::error_chain(source),
+        ConnectError::Timeout { timeout, .. } => format!("timeout after {timeout:?}"),
+    }
 }
 
 /// Asks the health service. `Ok` means SERVING.

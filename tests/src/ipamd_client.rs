@@ -1,17 +1,17 @@
 //! Read-only questions to a running ipamd over its gRPC Unix socket (the contract in
-//! `ipamd/proto/rpc.proto`): pool counters and the assignment of one attachment. Each call runs
+//! `contract/proto/rpc.proto`): pool counters and the assignment of one attachment. Each call runs
 //! on a short-lived current-thread runtime so synchronous tests can use it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use ipamd::rpc::cni_backend_client::CniBackendClient;
 use ipamd::rpc::{CheckNetworkReply, CheckNetworkRequest, PoolStatusReply, PoolStatusRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+use vpc_cni_contract::connect::{Timeouts, connect as connect_unix};
 
 /// How long one question may take (connect + RPC).
-pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors of talking to ipamd.
 #[derive(Debug, thiserror::Error)]
@@ -44,16 +44,11 @@ pub enum IpamdClientError {
 }
 
 async fn connect(socket: &Path) -> Result<CniBackendClient<Channel>, IpamdClientError> {
-    let path = socket.to_owned();
-    let channel = Endpoint::from_static("http://[::]:50051")
-        .connect_timeout(RPC_TIMEOUT)
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
+    let timeouts = Timeouts {
+        connect: RPC_TIMEOUT,
+        call: None,
+    };
+    let channel = connect_unix(socket, timeouts)
         .await
         .map_err(|e| IpamdClientError::Connect {
             socket: socket.to_owned(),
@@ -93,7 +88,7 @@ pub fn pool_status(socket: &Path) -> Result<PoolStatusReply, IpamdClientError> {
 }
 
 /// `CheckNetwork` of one attachment; `Ok(None)` when ipamd answers NOT_FOUND.
-pub fn check_network(
+pub(crate) fn check_network(
     socket: &Path,
     network: &str,
     container_id: &str,

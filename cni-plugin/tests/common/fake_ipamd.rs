@@ -1,7 +1,7 @@
-//! A fake ipamd for the plugin's tests: the real gRPC contract (server code generated from
-//! ipamd/proto/rpc.proto by build.rs) over a Unix socket, with an honest in-memory pool: a key
-//! keeps its address, released addresses return to the pool, exhaustion and "not ready" are
-//! reported with the contract's status codes. It also records, at each DelNetwork, how many
+//! A fake ipamd for the plugin's tests: the real gRPC contract (the contract crate's server,
+//! generated from contract/proto/rpc.proto) over a Unix socket, with an honest in-memory pool:
+//! a key keeps its address, released addresses return to the pool, exhaustion and "not ready"
+//! are reported with the contract's status codes. It also records, at each DelNetwork, how many
 //! priority-512/1536 rules still named the released address in the host namespace, which proves
 //! the plugin's teardown-before-release order.
 #![allow(clippy::unwrap_used, missing_docs, missing_debug_implementations)]
@@ -14,15 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
-pub mod rpc {
-    #![allow(
-        clippy::all,
-        clippy::pedantic,
-        missing_docs,
-        missing_debug_implementations
-    )]
-    include!(concat!(env!("OUT_DIR"), "/server/rpc.rs"));
-}
+pub use vpc_cni_contract::rpc;
 
 use rpc::cni_backend_server::{CniBackend, CniBackendServer};
 

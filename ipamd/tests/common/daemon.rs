@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use ipamd::rpc::cni_backend_client::CniBackendClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+use vpc_cni_contract::connect::{Timeouts, connect};
 
 use super::Netns;
 
@@ -135,18 +135,7 @@ impl Drop for Ipamd {
 
 /// A gRPC channel over the Unix socket.
 pub async fn channel(socket: &Path) -> Channel {
-    let socket = socket.to_owned();
-    Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await
-        .unwrap()
+    connect(socket, Timeouts::default()).await.unwrap()
 }
 
 pub async fn client(socket: &Path) -> CniBackendClient<Channel> {

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ::ipamd::rpc::cni_backend_client::CniBackendClient;
 use ::ipamd::rpc::{AddNetworkRequest, DelNetworkRequest, PoolStatusRequest};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+use vpc_cni_contract::connect::{Timeouts, connect as connect_unix};
 
 use super::BenchError;
 use super::exec::{enter_netns, monotonic_ns};
@@ -122,16 +122,11 @@ impl IdleCpu {
 }
 
 async fn connect(socket: &Path) -> Result<CniBackendClient<Channel>, BenchError> {
-    let path = socket.to_owned();
-    let channel = Endpoint::from_static("http://[::]:50051")
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
+    let timeouts = Timeouts {
+        connect: CONNECT_TIMEOUT,
+        call: None,
+    };
+    let channel = connect_unix(socket, timeouts)
         .await
         .map_err(|e| BenchError::Grpc {
             what: format!("connect to {}", socket.display()),

@@ -1,4 +1,6 @@
-//! Compiles `proto/rpc.proto` with protox (pure Rust), so no `protoc` is needed on the machine.
+//! Compiles `proto/rpc.proto`, the one copy of the plugin <-> ipamd gRPC contract, with protox
+//! (pure Rust, so no `protoc` is needed on the machine): messages, the client the plugin uses and
+//! the server ipamd (and the plugin's fake ipamd in its tests) implements.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/rpc.proto";
