@@ -1,7 +1,9 @@
-//! A small rtnetlink wrapper: one connection per network namespace (opened inside the namespace
-//! by fd, then used from anywhere), and the handful of link, address, route, neighbour and rule
-//! operations the pod data plane needs, with errno-based outcomes ("already there", "already
-//! gone").
+//! The plugin's rtnetlink connection: one per network namespace (opened inside the namespace by
+//! fd, then used from anywhere), with the link, address, route, neighbour and rule operations
+//! the pod data plane needs. Errno outcomes ("already there", "already gone"), the structs dumps
+//! are read into and the requests ipamd makes too come from the contract crate's rtnetlink core
+//! ([`vpc_cni_contract::netlink`]); the veth pair, pod addresses and the gateway's neighbour
+//! entry are the plugin's own.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -11,22 +13,16 @@ use futures::TryStreamExt;
 use nix::errno::Errno;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
-};
-use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use rtnetlink::{Handle, IpVersion, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
+use vpc_cni_contract::dataplane::MAIN_TABLE;
+use vpc_cni_contract::netlink::{self as core, GONE};
+pub use vpc_cni_contract::netlink::{Link, Route, Rule, RuleSelector, RuleSpec};
 
 use crate::netns::{Netns, NetnsError};
-
-/// The main routing table.
-pub const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
 /// Netlink failures, naming the operation.
 #[derive(Debug, thiserror::Error)]
@@ -53,20 +49,14 @@ pub enum NetlinkError {
 }
 
 fn describe(e: &rtnetlink::Error) -> String {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
-        other => other.to_string(),
-    }
+    core::describe(e)
 }
 
 impl NetlinkError {
     /// The kernel's errno, when the kernel refused the request.
     pub fn errno(&self) -> Option<Errno> {
         match self {
-            Self::Request {
-                source: rtnetlink::Error::NetlinkError(m),
-                ..
-            } => Some(Errno::from_raw(m.raw_code().abs())),
+            Self::Request { source, .. } => core::errno(source),
             _ => None,
         }
     }
@@ -76,107 +66,9 @@ impl NetlinkError {
     }
 }
 
-/// Errnos meaning "the object is already gone" on teardown.
-const GONE: [Errno; 4] = [
-    Errno::ENOENT,
-    Errno::ESRCH,
-    Errno::ENODEV,
-    Errno::EADDRNOTAVAIL,
-];
-
 fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let op = op.into();
     move |source| NetlinkError::Request { op, source }
-}
-
-/// A link as read back from the kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Link {
-    /// Interface index.
-    pub index: u32,
-    /// Name.
-    pub name: String,
-    /// MAC address.
-    pub mac: Option<[u8; 6]>,
-    /// Administratively up.
-    pub up: bool,
-    /// MTU.
-    pub mtu: Option<u32>,
-    /// Whether the link is a veth.
-    pub is_veth: bool,
-}
-
-impl Link {
-    fn from_message(m: &LinkMessage) -> Self {
-        let mut link = Self {
-            index: m.header.index,
-            name: String::new(),
-            mac: None,
-            up: m.header.flags.contains(LinkFlags::Up),
-            mtu: None,
-            is_veth: false,
-        };
-        for a in &m.attributes {
-            match a {
-                LinkAttribute::IfName(n) => link.name = n.clone(),
-                LinkAttribute::Address(mac) => link.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
-                LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
-                LinkAttribute::LinkInfo(infos) => {
-                    link.is_veth = infos
-                        .iter()
-                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
-                }
-                _ => {}
-            }
-        }
-        link
-    }
-}
-
-/// An IPv4 route as read back from the kernel.
-#[derive(Clone, Debug)]
-pub struct Route {
-    /// Destination (0.0.0.0 for default).
-    pub dst: Ipv4Addr,
-    /// Destination prefix length.
-    pub prefix_len: u8,
-    /// Gateway.
-    pub gateway: Option<Ipv4Addr>,
-    /// Output interface index.
-    pub oif: Option<u32>,
-    /// Scope.
-    pub scope: RouteScope,
-    /// Table.
-    pub table: u32,
-    message: RouteMessage,
-}
-
-impl Route {
-    fn from_message(m: RouteMessage) -> Option<Self> {
-        if m.header.address_family != AddressFamily::Inet {
-            return None;
-        }
-        let mut r = Self {
-            dst: Ipv4Addr::UNSPECIFIED,
-            prefix_len: m.header.destination_prefix_length,
-            gateway: None,
-            oif: None,
-            scope: m.header.scope,
-            table: u32::from(m.header.table),
-            message: RouteMessage::default(),
-        };
-        for a in &m.attributes {
-            match a {
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => r.dst = *ip,
-                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => r.gateway = Some(*ip),
-                RouteAttribute::Oif(i) => r.oif = Some(*i),
-                RouteAttribute::Table(t) => r.table = *t,
-                _ => {}
-            }
-        }
-        r.message = m;
-        Some(r)
-    }
 }
 
 /// An IPv4 neighbour entry.
@@ -190,61 +82,6 @@ pub struct Neighbour {
     pub mac: Option<[u8; 6]>,
     /// Whether the entry is PERMANENT.
     pub permanent: bool,
-}
-
-/// An IPv4 policy-routing rule.
-#[derive(Clone, Debug)]
-pub struct Rule {
-    /// Priority.
-    pub priority: u32,
-    /// `from` prefix.
-    pub src: Option<(Ipv4Addr, u8)>,
-    /// `to` prefix.
-    pub dst: Option<(Ipv4Addr, u8)>,
-    /// `lookup` table.
-    pub table: u32,
-    /// Action.
-    pub action: RuleAction,
-    message: RuleMessage,
-}
-
-impl Rule {
-    fn from_message(m: RuleMessage) -> Self {
-        let mut r = Self {
-            priority: 0,
-            src: None,
-            dst: None,
-            table: u32::from(m.header.table),
-            action: m.header.action,
-            message: RuleMessage::default(),
-        };
-        for a in &m.attributes {
-            match a {
-                RuleAttribute::Priority(p) => r.priority = *p,
-                RuleAttribute::Source(IpAddr::V4(ip)) => r.src = Some((*ip, m.header.src_len)),
-                RuleAttribute::Destination(IpAddr::V4(ip)) => {
-                    r.dst = Some((*ip, m.header.dst_len));
-                }
-                RuleAttribute::Table(t) => r.table = *t,
-                _ => {}
-            }
-        }
-        r.message = m;
-        r
-    }
-}
-
-/// What a policy rule to add looks like.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RuleSpec {
-    /// Priority.
-    pub priority: u32,
-    /// `from <ip>/32`.
-    pub src: Option<Ipv4Addr>,
-    /// `to <ip>/32`.
-    pub dst: Option<Ipv4Addr>,
-    /// `lookup <table>`.
-    pub table: u32,
 }
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
@@ -301,12 +138,10 @@ impl Netlink {
     }
 
     fn open(netns: String) -> Result<Self, NetlinkError> {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|source| NetlinkError::Socket {
-                netns: netns.clone(),
-                source,
-            })?;
-        let conn = tokio::spawn(conn);
+        let (handle, conn) = core::open().map_err(|source| NetlinkError::Socket {
+            netns: netns.clone(),
+            source,
+        })?;
         Ok(Self {
             handle,
             netns,
@@ -316,12 +151,7 @@ impl Netlink {
 
     /// Every link.
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
-        self.handle
-            .link()
-            .get()
-            .execute()
-            .map_ok(|m| Link::from_message(&m))
-            .try_collect()
+        core::links(&self.handle)
             .await
             .map_err(req(format!("list links in {}", self.netns)))
     }
@@ -434,8 +264,7 @@ impl Netlink {
         ip: Ipv4Addr,
         prefix: u8,
     ) -> Result<bool, NetlinkError> {
-        // The kernel matches a delete on IFA_LOCAL and, with IFA_ADDRESS, on the prefix
-        // (`inet_rtm_deladdr`); no dump is needed.
+        // Built from the address alone: no dump is needed (see `core::del_address`).
         let mut msg = AddressMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.prefix_len = prefix;
@@ -443,42 +272,22 @@ impl Netlink {
         msg.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
         msg.attributes
             .push(AddressAttribute::Address(IpAddr::V4(ip)));
-        match self
-            .handle
-            .address()
-            .del(msg)
-            .execute()
+        core::del_address(&self.handle, msg)
             .await
             .map_err(req(format!(
                 "delete address {ip}/{prefix} from {name} in {}",
                 self.netns
-            ))) {
-            Ok(()) => Ok(true),
-            Err(e) if e.is(&GONE) => Ok(false),
-            Err(e) => Err(e),
-        }
+            )))
     }
 
     /// The IPv4 addresses (with prefix lengths) on a link.
     pub async fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
+        let msgs = core::addresses(&self.handle, index)
             .await
             .map_err(req(format!("list addresses in {}", self.netns)))?;
         Ok(msgs
             .iter()
-            .filter(|m| m.header.index == index)
-            .flat_map(|m| {
-                m.attributes.iter().filter_map(move |a| match a {
-                    AddressAttribute::Address(IpAddr::V4(ip)) => Some((*ip, m.header.prefix_len)),
-                    _ => None,
-                })
-            })
+            .filter_map(|m| core::address_of(m).map(|ip| (ip, m.header.prefix_len)))
             .collect())
     }
 
@@ -490,17 +299,7 @@ impl Netlink {
         oif: u32,
         table: u32,
     ) -> Result<(), NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, prefix)
-            .output_interface(oif)
-            .scope(RouteScope::Link)
-            .table_id(table)
-            .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
+        core::replace_link_route(&self.handle, dst, prefix, oif, table)
             .await
             .map_err(req(format!(
                 "add route {dst}/{prefix} dev #{oif} scope link table {table} in {}",
@@ -510,16 +309,7 @@ impl Netlink {
 
     /// Adds or replaces `default via <gw> dev <oif> onlink` in the main table.
     pub async fn replace_default_route(&self, gw: Ipv4Addr, oif: u32) -> Result<(), NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gw)
-            .output_interface(oif)
-            .onlink()
-            .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
+        core::replace_default_route(&self.handle, gw, oif, MAIN_TABLE, true)
             .await
             .map_err(req(format!(
                 "add default route via {gw} dev #{oif} in {}",
@@ -529,33 +319,21 @@ impl Netlink {
 
     /// Every IPv4 route of every table.
     pub async fn routes(&self) -> Result<Vec<Route>, NetlinkError> {
-        let msgs: Vec<_> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
+        core::routes(&self.handle)
             .await
-            .map_err(req(format!("list routes in {}", self.netns)))?;
-        Ok(msgs.into_iter().filter_map(Route::from_message).collect())
+            .map_err(req(format!("list routes in {}", self.netns)))
     }
 
     /// Deletes a route read back by [`Netlink::routes`]; `Ok(false)` if already gone.
     pub async fn del_route(&self, route: &Route) -> Result<bool, NetlinkError> {
-        match self
-            .handle
-            .route()
-            .del(route.message.clone())
-            .execute()
+        core::del_route(&self.handle, route)
             .await
             .map_err(req(format!(
-                "delete route {}/{} table {} in {}",
-                route.dst, route.prefix_len, route.table, self.netns
-            ))) {
-            Ok(()) => Ok(true),
-            Err(e) if e.is(&GONE) => Ok(false),
-            Err(e) => Err(e),
-        }
+                "delete route {} table {} in {}",
+                route.destination(),
+                route.table,
+                self.netns
+            )))
     }
 
     /// Adds or replaces a PERMANENT neighbour `ip lladdr mac` on a link.
@@ -617,114 +395,34 @@ impl Netlink {
 
     /// Adds a rule with action `lookup`; `Ok(false)` if an identical rule already exists.
     pub async fn add_rule(&self, spec: RuleSpec) -> Result<bool, NetlinkError> {
-        let mut r = self
-            .handle
-            .rule()
-            .add()
-            .v4()
-            .priority(spec.priority)
-            .table_id(spec.table)
-            // Without an explicit action the kernel stores an action-less rule (`... none`).
-            .action(RuleAction::ToTable);
-        if let Some(src) = spec.src {
-            r = r.source_prefix(src, 32);
-        }
-        if let Some(dst) = spec.dst {
-            r = r.destination_prefix(dst, 32);
-        }
-        match r.execute().await.map_err(req(format!(
-            "add rule priority {}{}{} lookup {} in {}",
-            spec.priority,
-            spec.src.map(|s| format!(" from {s}")).unwrap_or_default(),
-            spec.dst.map(|d| format!(" to {d}")).unwrap_or_default(),
-            spec.table,
-            self.netns
-        ))) {
-            Ok(()) => Ok(true),
-            Err(e) if e.is(&[Errno::EEXIST]) => Ok(false),
-            Err(e) => Err(e),
-        }
+        core::add_rule(&self.handle, &spec)
+            .await
+            .map_err(req(format!("add rule {spec} in {}", self.netns)))
     }
 
     /// Every IPv4 rule.
     pub async fn rules(&self) -> Result<Vec<Rule>, NetlinkError> {
-        let msgs: Vec<RuleMessage> = self
-            .handle
-            .rule()
-            .get(IpVersion::V4)
-            .execute()
-            .try_collect()
+        core::rules(&self.handle)
             .await
-            .map_err(req(format!("list rules in {}", self.netns)))?;
-        Ok(msgs.into_iter().map(Rule::from_message).collect())
+            .map_err(req(format!("list rules in {}", self.netns)))
     }
 
-    /// Deletes every IPv4 rule of `priority` whose `from` is `src/32` (when given) and whose
-    /// `to` is `dst/32` (when given), in any table; returns how many went. The kernel matches
-    /// a delete request on the attributes it carries only (fib_rules `rule_find`), so no dump
-    /// is needed; the loop takes duplicates too and ends at ENOENT.
-    pub async fn del_rules_matching(
-        &self,
-        priority: u32,
-        src: Option<Ipv4Addr>,
-        dst: Option<Ipv4Addr>,
-    ) -> Result<usize, NetlinkError> {
-        // A node never holds more than a handful of copies of one rule; the bound only keeps
-        // a misbehaving kernel from spinning the plugin.
-        const MAX_COPIES: usize = 64;
-        let mut msg = RuleMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.attributes.push(RuleAttribute::Priority(priority));
-        if let Some(src) = src {
-            msg.header.src_len = 32;
-            msg.attributes.push(RuleAttribute::Source(IpAddr::V4(src)));
-        }
-        if let Some(dst) = dst {
-            msg.header.dst_len = 32;
-            msg.attributes
-                .push(RuleAttribute::Destination(IpAddr::V4(dst)));
-        }
-        let op = || {
-            format!(
-                "delete rule priority {priority}{}{} in {}",
-                src.map(|s| format!(" from {s}")).unwrap_or_default(),
-                dst.map(|d| format!(" to {d}")).unwrap_or_default(),
-                self.netns
-            )
-        };
-        for deleted in 0..MAX_COPIES {
-            match self
-                .handle
-                .rule()
-                .del(msg.clone())
-                .execute()
-                .await
-                .map_err(req(op()))
-            {
-                Ok(()) => {}
-                Err(e) if e.is(&GONE) => return Ok(deleted),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(MAX_COPIES)
+    /// Deletes every IPv4 rule `selector` matches, in any table, by value (no dump); returns
+    /// how many went.
+    pub async fn del_rules_matching(&self, selector: RuleSelector) -> Result<usize, NetlinkError> {
+        core::del_rules_matching(&self.handle, &selector)
+            .await
+            .map_err(req(format!("delete rule {selector} in {}", self.netns)))
     }
 
     /// Deletes a rule read back by [`Netlink::rules`]; `Ok(false)` if already gone.
     pub async fn del_rule(&self, rule: &Rule) -> Result<bool, NetlinkError> {
-        match self
-            .handle
-            .rule()
-            .del(rule.message.clone())
-            .execute()
+        core::del_rule(&self.handle, rule)
             .await
             .map_err(req(format!(
                 "delete rule priority {} lookup {} in {}",
                 rule.priority, rule.table, self.netns
-            ))) {
-            Ok(()) => Ok(true),
-            Err(e) if e.is(&GONE) => Ok(false),
-            Err(e) => Err(e),
-        }
+            )))
     }
 }
 

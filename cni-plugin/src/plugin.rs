@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use serde_json::Value;
 use tracing::{Instrument, debug, info, info_span, warn};
+use vpc_cni_contract::dataplane::{MAIN_TABLE, POD_GATEWAY, host_veth_name};
 
 use crate::cni::config::{GcAttachment, NetConf, VALID_ATTACHMENTS_KEY, peek_version};
 use crate::cni::env::{Attachment, CNI_NETNS, CniEnv, Command};
@@ -13,9 +14,9 @@ use crate::cni::error::CniError;
 use crate::cni::result::AddResult;
 use crate::cni::version::{CniVersion, version_reply};
 use crate::ipamd_client::{IpamdClient, IpamdError, REASON_POD_DELETED, REASON_SETUP_FAILED, rpc};
-use crate::netlink::{MAIN_TABLE, Netlink, NetlinkError, format_mac, parse_mac};
+use crate::netlink::{Netlink, NetlinkError, format_mac, parse_mac};
 use crate::netns::{Netns, NetnsError};
-use crate::pod_network::{self, HostVethRef, PodNetworkError, PodSpec, host_veth_name};
+use crate::pod_network::{self, HostVethRef, PodNetworkError, PodSpec};
 use crate::timing;
 
 /// What an invocation produced.
@@ -348,6 +349,7 @@ async fn add(conf: &NetConf, a: &Attachment) -> Result<Value, CniError> {
                 netns: netns_path.to_string(),
                 mtu: conf.mtu,
                 ip: alloc.ip,
+                gateway: POD_GATEWAY,
             };
             let rendered = result.render(conf.cni_version, conf.prev_result.as_ref());
             timing::mark("result_render");

@@ -4,22 +4,20 @@
 //! onlink`, and a PERMANENT neighbour `169.254.1.1 -> <host veth MAC>`. Host side: `<ip>/32 dev
 //! <host veth> scope link` in main, rule 512 `to <ip> lookup main`, and rule 1536 `from <ip>
 //! lookup <table>` when the address belongs to a secondary ENI (table != 254). Names, priorities
-//! and tables are the reference's (design.md §1).
+//! and tables are the reference's (design.md §1), shared with ipamd through the contract crate
+//! ([`vpc_cni_contract::dataplane`]).
 
 use std::net::Ipv4Addr;
 
 use rtnetlink::packet_route::route::RouteScope;
-use sha1::{Digest, Sha1};
+pub use vpc_cni_contract::dataplane::host_veth_name;
+use vpc_cni_contract::dataplane::{
+    self, FROM_POD_RULE_PRIORITY, MAIN_TABLE, POD_GATEWAY, TO_POD_RULE_PRIORITY,
+};
 
-use crate::cni::result::POD_GATEWAY;
-use crate::netlink::{Link, MAIN_TABLE, Netlink, NetlinkError, RuleSpec, format_mac};
+use crate::netlink::{Link, Netlink, NetlinkError, format_mac};
 use crate::netns::Netns;
 use crate::timing;
-
-/// Priority of `to <pod ip> lookup main`.
-pub const TO_POD_RULE_PRIORITY: u32 = 512;
-/// Priority of `from <pod ip> lookup <ENI table>`.
-pub const FROM_POD_RULE_PRIORITY: u32 = 1536;
 
 /// Failures of setup, naming the step.
 #[derive(Debug, thiserror::Error)]
@@ -61,13 +59,6 @@ fn rollback_note(errors: &[String]) -> String {
     } else {
         format!(" (rollback also failed: {})", errors.join("; "))
     }
-}
-
-/// The host veth name: `prefix` + the first 11 hex chars of sha1("<namespace>.<name>").
-pub fn host_veth_name(prefix: &str, namespace: &str, name: &str) -> String {
-    let digest = Sha1::digest(format!("{namespace}.{name}").as_bytes());
-    let hex = hex::encode(digest);
-    format!("{prefix}{}", &hex[..11])
 }
 
 /// A random locally administered unicast MAC.
@@ -232,23 +223,13 @@ async fn configure(
         .await
         .map_err(kernel)?;
     timing::mark("host_route");
-    host.add_rule(RuleSpec {
-        priority: TO_POD_RULE_PRIORITY,
-        src: None,
-        dst: Some(spec.ip),
-        table: MAIN_TABLE,
-    })
-    .await
-    .map_err(kernel)?;
-    if spec.route_table != MAIN_TABLE {
-        host.add_rule(RuleSpec {
-            priority: FROM_POD_RULE_PRIORITY,
-            src: Some(spec.ip),
-            dst: None,
-            table: spec.route_table,
-        })
+    host.add_rule(dataplane::to_pod_rule(spec.ip))
         .await
         .map_err(kernel)?;
+    if spec.route_table != MAIN_TABLE {
+        host.add_rule(dataplane::from_pod_rule(spec.ip, spec.route_table))
+            .await
+            .map_err(kernel)?;
     }
     timing::mark("host_rules");
     Ok(())
@@ -277,11 +258,8 @@ async fn delete_veth_by_name(host: &Netlink, name: &str) -> Result<bool, Netlink
 pub async fn delete_rules_for(host: &Netlink, ips: &[Ipv4Addr]) -> Vec<String> {
     let mut errors = Vec::new();
     for &ip in ips {
-        for (priority, src, dst) in [
-            (TO_POD_RULE_PRIORITY, None, Some(ip)),
-            (FROM_POD_RULE_PRIORITY, Some(ip), None),
-        ] {
-            if let Err(e) = host.del_rules_matching(priority, src, dst).await {
+        for selector in dataplane::pod_rules(ip) {
+            if let Err(e) = host.del_rules_matching(selector).await {
                 errors.push(e.to_string());
             }
         }
@@ -348,16 +326,19 @@ pub async fn teardown_host(host: &Netlink, ips: &[Ipv4Addr], veths: &[HostVethRe
     };
     for r in routes
         .iter()
-        .filter(|r| r.table == MAIN_TABLE && r.prefix_len == 32 && ips.contains(&r.dst))
+        .filter(|r| r.table == MAIN_TABLE && r.prefix_len == 32)
     {
+        let Some(dst) = r.dst.filter(|d| ips.contains(d)) else {
+            continue;
+        };
         let mine = r.oif.is_none_or(|oif| ours.iter().any(|l| l.index == oif));
         if mine {
             if let Err(e) = host.del_route(r).await {
                 errors.push(e.to_string());
             }
         } else {
-            tracing::warn!(ip = %r.dst, oif = ?r.oif, "the address routes to another link (another pod holds it now); its route and rules are kept");
-            foreign.push(r.dst);
+            tracing::warn!(ip = %dst, oif = ?r.oif, "the address routes to another link (another pod holds it now); its route and rules are kept");
+            foreign.push(dst);
         }
     }
     timing::mark("host_links_routes");
@@ -385,10 +366,9 @@ pub async fn teardown_released(host: &Netlink, ips: &[Ipv4Addr]) -> Vec<String> 
             return errors;
         }
     };
-    for r in routes
-        .iter()
-        .filter(|r| r.table == MAIN_TABLE && r.prefix_len == 32 && ips.contains(&r.dst))
-    {
+    for r in routes.iter().filter(|r| {
+        r.table == MAIN_TABLE && r.prefix_len == 32 && r.dst.is_some_and(|d| ips.contains(&d))
+    }) {
         let veth = r
             .oif
             .and_then(|oif| links.iter().find(|l| l.index == oif && l.is_veth));
@@ -503,7 +483,7 @@ pub async fn check(
     let host_routes = host.routes().await?;
     let has_host_route = host_routes.iter().any(|r| {
         r.table == MAIN_TABLE
-            && r.dst == ip
+            && r.dst == Some(ip)
             && r.prefix_len == 32
             && r.scope == RouteScope::Link
             && host_link.as_ref().is_some_and(|l| r.oif == Some(l.index))
@@ -556,7 +536,7 @@ pub async fn check(
     let idx = pod_link.index;
     if !pod_routes.iter().any(|r| {
         r.table == MAIN_TABLE
-            && r.dst == POD_GATEWAY
+            && r.dst == Some(POD_GATEWAY)
             && r.prefix_len == 32
             && r.scope == RouteScope::Link
             && r.oif == Some(idx)
@@ -610,17 +590,6 @@ pub async fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn veth_name_is_prefix_plus_11_hex_of_sha1() {
-        // `printf 'default.web-0' | sha1sum` = 0d7763386da219ddff1f...
-        assert_eq!(host_veth_name("eni", "default", "web-0"), "eni0d7763386da");
-        // `printf 'kube-system.coredns-abc' | sha1sum` = 3d5d6ab04b5152ac04d8...
-        assert_eq!(
-            host_veth_name("vlan", "kube-system", "coredns-abc"),
-            "vlan3d5d6ab04b5"
-        );
-    }
 
     #[test]
     fn random_macs_are_local_unicast() {

@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
                 netns: "/run/netns/x".into(),
                 mtu: conf.mtu,
                 ip: Ipv4Addr::new(10, 0, 0, 11),
+                gateway: Ipv4Addr::new(169, 254, 1, 1),
             };
             let rendered = result.render(conf.cni_version, conf.prev_result.as_ref());
             assert!(serde_json::to_string(&rendered).is_ok());

@@ -11,9 +11,6 @@ use serde_json::{Value, json};
 
 use super::version::CniVersion;
 
-/// The gateway every pod routes through (answered by the host veth via the static neighbour).
-pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-
 /// What ADD made, in the terms of a CNI result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AddResult {
@@ -31,6 +28,9 @@ pub struct AddResult {
     pub mtu: u32,
     /// The pod's address (a /32).
     pub ip: Ipv4Addr,
+    /// The gateway the pod routes through (the data plane's link-local 169.254.1.1; this module
+    /// only renders it).
+    pub gateway: Ipv4Addr,
 }
 
 impl AddResult {
@@ -73,13 +73,13 @@ impl AddResult {
         let mut ip = json!({
             "address": format!("{}/32", self.ip),
             "interface": base + 1,
-            "gateway": POD_GATEWAY.to_string(),
+            "gateway": self.gateway.to_string(),
         });
         if version.ip_has_version_field() {
             ip["version"] = json!("4");
         }
         ips.push(ip);
-        routes.push(json!({"dst": "0.0.0.0/0", "gw": POD_GATEWAY.to_string()}));
+        routes.push(json!({"dst": "0.0.0.0/0", "gw": self.gateway.to_string()}));
 
         json!({
             "cniVersion": version.as_str(),
@@ -275,6 +275,7 @@ mod tests {
             netns: "/run/netns/p1".into(),
             mtu: 9001,
             ip: Ipv4Addr::new(10, 0, 2, 20),
+            gateway: Ipv4Addr::new(169, 254, 1, 1),
         }
     }
 
