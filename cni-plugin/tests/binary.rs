@@ -5,24 +5,26 @@
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
 
-use common::{TestNetns, cni_env, conf, exec_plugin};
+use common::{cni_env, conf, exec_plugin, pod_rules};
 use serde_json::json;
+use test_support::netns::Netns;
 
 const ARGS: &str =
     "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=cid1";
 
 struct Fixture {
-    host: TestNetns,
-    pod: TestNetns,
+    host: Netns,
+    pod: Netns,
     log: tempfile::TempDir,
 }
 
 impl Fixture {
     fn new() -> Self {
         Self {
-            host: TestNetns::new("host"),
-            pod: TestNetns::new("pod"),
+            host: Netns::new("host").unwrap(),
+            pod: Netns::new("pod").unwrap(),
             log: tempfile::tempdir().unwrap(),
         }
     }
@@ -115,7 +117,7 @@ fn add_0_3_x_without_ipamd_is_code_11_in_its_version() {
         let r = f.run(&f.add_env(), &f.conf(v));
         assert_eq!(r.code(), 11, "{v}: {}", r.stdout);
         assert_eq!(r.json()["cniVersion"], v);
-        assert_eq!(f.pod.link_names(), vec!["lo".to_string()]);
+        assert_eq!(f.pod.link_names().unwrap(), vec!["lo".to_string()]);
     }
 }
 
@@ -125,61 +127,76 @@ fn del_0_3_1_without_ipamd_keeps_a_host_veth_the_pod_does_not_point_at() {
     let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
     // A pair of the pod's host veth name whose pod end's gateway neighbour names another MAC
     // than the host end's: the host side is not this sandbox's to remove.
-    f.host.ip(&[
-        "link",
-        "add",
-        &veth,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &f.pod.name,
-    ]);
     f.host
-        .ip(&["link", "set", &veth, "address", "02:00:00:00:00:01", "up"]);
-    f.pod.ip(&["link", "set", "eth0", "up"]);
-    f.pod.ip(&["addr", "add", "10.0.2.20/32", "dev", "eth0"]);
-    f.pod.ip(&[
-        "neigh",
-        "replace",
-        "169.254.1.1",
-        "lladdr",
-        "02:00:00:00:00:09",
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
-    f.host.ip(&[
-        "route",
-        "add",
-        "10.0.2.20/32",
-        "dev",
-        &veth,
-        "scope",
-        "link",
-    ]);
+        .ip(&[
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            f.pod.name(),
+        ])
+        .unwrap();
+    f.host
+        .ip(&["link", "set", &veth, "address", "02:00:00:00:00:01", "up"])
+        .unwrap();
+    f.pod.ip(&["link", "set", "eth0", "up"]).unwrap();
+    f.pod
+        .ip(&["addr", "add", "10.0.2.20/32", "dev", "eth0"])
+        .unwrap();
+    f.pod
+        .ip(&[
+            "neigh",
+            "replace",
+            "169.254.1.1",
+            "lladdr",
+            "02:00:00:00:00:09",
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    f.host
+        .ip(&[
+            "route",
+            "add",
+            "10.0.2.20/32",
+            "dev",
+            &veth,
+            "scope",
+            "link",
+        ])
+        .unwrap();
     for rule in [
         ["to", "10.0.2.20", "lookup", "main", "priority", "512"],
         ["from", "10.0.2.20", "lookup", "2", "priority", "1536"],
     ] {
         let mut args = vec!["rule", "add"];
         args.extend(rule);
-        f.host.ip(&args);
+        f.host.ip(&args).unwrap();
     }
     let env = cni_env("DEL", "cid1", "eth0", Some(&f.pod.path()), ARGS);
     let r = f.run(&env, &f.conf("0.3.1"));
     r.assert_ok();
     assert_eq!(r.stdout, "");
-    assert_eq!(f.host.pod_rules("10.0.2.20".parse().unwrap()).len(), 2);
-    assert!(f.host.routes().iter().any(|r| r["dst"] == "10.0.2.20"));
+    assert_eq!(pod_rules(&f.host, "10.0.2.20".parse().unwrap()).len(), 2);
+    assert!(
+        f.host
+            .routes_all()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "10.0.2.20")
+    );
     // The pod's own interface is this sandbox's: its address goes.
     assert!(
-        f.pod.addresses("eth0").is_empty(),
+        f.pod.addresses_of("eth0").unwrap().is_empty(),
         "{:?}",
-        f.pod.addresses("eth0")
+        f.pod.addresses_of("eth0").unwrap()
     );
 }
 
@@ -229,7 +246,7 @@ fn missing_or_invalid_environment_is_code_4() {
         "{}",
         r.msg()
     );
-    assert_eq!(f.host.link_names(), vec!["lo".to_string()]);
+    assert_eq!(f.host.link_names().unwrap(), vec!["lo".to_string()]);
 }
 
 #[test]
@@ -267,16 +284,17 @@ fn invalid_config_values_are_code_7() {
 #[test]
 fn add_without_ipamd_is_code_11_and_leaves_nothing() {
     let f = Fixture::new();
-    let host_links = f.host.link_names();
+    let host_links = f.host.link_names().unwrap();
     let r = f.run(&f.add_env(), &f.conf("1.0.0"));
     assert_eq!(r.code(), 11, "{}", r.stdout);
     assert!(r.msg().contains("ipamd"), "{}", r.msg());
     assert!(r.msg().contains("absent.sock"), "{}", r.msg());
-    assert_eq!(f.host.link_names(), host_links);
-    assert_eq!(f.pod.link_names(), vec!["lo".to_string()]);
+    assert_eq!(f.host.link_names().unwrap(), host_links);
+    assert_eq!(f.pod.link_names().unwrap(), vec!["lo".to_string()]);
     assert!(
         f.host
             .rules()
+            .unwrap()
             .iter()
             .all(|r| r["priority"] != 512 && r["priority"] != 1536)
     );
@@ -291,62 +309,76 @@ fn del_without_ipamd_cleans_up_from_prev_result() {
     let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
     // What an earlier ADD left: the veth pair, the host route and both rules; plus another
     // pod's rule that must stay.
-    f.host.ip(&[
-        "link",
-        "add",
-        &veth,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &f.pod.name,
-    ]);
     f.host
-        .ip(&["link", "set", &veth, "address", "02:00:00:00:00:01", "up"]);
+        .ip(&[
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            f.pod.name(),
+        ])
+        .unwrap();
+    f.host
+        .ip(&["link", "set", &veth, "address", "02:00:00:00:00:01", "up"])
+        .unwrap();
     f.pod
-        .ip(&["link", "set", "eth0", "address", "02:00:00:00:00:02", "up"]);
-    f.pod.ip(&["addr", "add", "10.0.2.20/32", "dev", "eth0"]);
-    f.host.ip(&[
-        "route",
-        "add",
-        "10.0.2.20/32",
-        "dev",
-        &veth,
-        "scope",
-        "link",
-    ]);
-    f.host.ip(&[
-        "rule",
-        "add",
-        "to",
-        "10.0.2.20",
-        "lookup",
-        "main",
-        "priority",
-        "512",
-    ]);
-    f.host.ip(&[
-        "rule",
-        "add",
-        "from",
-        "10.0.2.20",
-        "lookup",
-        "2",
-        "priority",
-        "1536",
-    ]);
-    f.host.ip(&[
-        "rule",
-        "add",
-        "to",
-        "10.0.2.21",
-        "lookup",
-        "main",
-        "priority",
-        "512",
-    ]);
+        .ip(&["link", "set", "eth0", "address", "02:00:00:00:00:02", "up"])
+        .unwrap();
+    f.pod
+        .ip(&["addr", "add", "10.0.2.20/32", "dev", "eth0"])
+        .unwrap();
+    f.host
+        .ip(&[
+            "route",
+            "add",
+            "10.0.2.20/32",
+            "dev",
+            &veth,
+            "scope",
+            "link",
+        ])
+        .unwrap();
+    f.host
+        .ip(&[
+            "rule",
+            "add",
+            "to",
+            "10.0.2.20",
+            "lookup",
+            "main",
+            "priority",
+            "512",
+        ])
+        .unwrap();
+    f.host
+        .ip(&[
+            "rule",
+            "add",
+            "from",
+            "10.0.2.20",
+            "lookup",
+            "2",
+            "priority",
+            "1536",
+        ])
+        .unwrap();
+    f.host
+        .ip(&[
+            "rule",
+            "add",
+            "to",
+            "10.0.2.21",
+            "lookup",
+            "main",
+            "priority",
+            "512",
+        ])
+        .unwrap();
 
     let mut c = f.conf("1.0.0");
     c["prevResult"] = json!({
@@ -362,25 +394,31 @@ fn del_without_ipamd_cleans_up_from_prev_result() {
     r.assert_ok();
     assert_eq!(r.stdout, "", "DEL prints nothing");
     // The pod's routing state and address are gone; the pair waits for the netns removal.
-    assert!(f.host.link(&veth).is_some());
-    assert!(f.pod.link("eth0").is_some());
+    assert!(f.host.link(&veth).unwrap().is_some());
+    assert!(f.pod.link("eth0").unwrap().is_some());
     assert!(
-        f.pod.addresses("eth0").is_empty(),
+        f.pod.addresses_of("eth0").unwrap().is_empty(),
         "{:?}",
-        f.pod.addresses("eth0")
+        f.pod.addresses_of("eth0").unwrap()
     );
-    assert!(f.host.pod_rules("10.0.2.20".parse().unwrap()).is_empty());
+    assert!(pod_rules(&f.host, "10.0.2.20".parse().unwrap()).is_empty());
     assert_eq!(
-        f.host.pod_rules("10.0.2.21".parse().unwrap()).len(),
+        pod_rules(&f.host, "10.0.2.21".parse().unwrap()).len(),
         1,
         "other pod's rule kept"
     );
-    assert!(f.host.routes().iter().all(|r| r["dst"] != "10.0.2.20"));
+    assert!(
+        f.host
+            .routes_all()
+            .unwrap()
+            .iter()
+            .all(|r| r["dst"] != "10.0.2.20")
+    );
 
     // Again, and with the netns gone and CNI_NETNS empty: still success.
     let r = f.run(&env, &c);
     r.assert_ok();
-    let env = cni_env("DEL", "cid1", "eth0", Some(""), ARGS);
+    let env = cni_env("DEL", "cid1", "eth0", Some(Path::new("")), ARGS);
     let r = f.run(&env, &c);
     r.assert_ok();
     // DEL without prevResult and without ipamd: nothing to find, still success.

@@ -6,10 +6,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use common::fake_ipamd::FakeIpamd;
-use common::{TestNetns, cni_env, conf, exec_plugin};
+use common::{LINK_GONE_TIMEOUT, cni_env, conf, exec_plugin, pings, pod_rules};
 use serde_json::{Value, json};
+use test_support::netns::Netns;
 
 fn args(name: &str) -> String {
     format!(
@@ -18,17 +20,18 @@ fn args(name: &str) -> String {
 }
 
 struct Node {
-    host: TestNetns,
+    host: Netns,
     ipamd: FakeIpamd,
     log: tempfile::TempDir,
 }
 
 impl Node {
     fn new(pool: &[(Ipv4Addr, i32)]) -> Self {
-        let host = TestNetns::new("host");
-        host.ip(&["addr", "add", "10.0.0.10/32", "dev", "lo"]);
+        let host = Netns::new("host").unwrap();
+        host.ip(&["addr", "add", "10.0.0.10/32", "dev", "lo"])
+            .unwrap();
         let ipamd = FakeIpamd::start(pool);
-        ipamd.with(|s| s.host_ns = Some(host.name.clone()));
+        ipamd.with(|s| s.host_ns = Some(host.name().to_owned()));
         Self {
             host,
             ipamd,
@@ -45,7 +48,7 @@ impl Node {
         exec_plugin(&self.host, env, stdin.to_string().as_bytes())
     }
 
-    fn add(&self, version: &str, cid: &str, pod: &TestNetns, name: &str) -> common::PluginRun {
+    fn add(&self, version: &str, cid: &str, pod: &Netns, name: &str) -> common::PluginRun {
         self.exec(
             &cni_env("ADD", cid, "eth0", Some(&pod.path()), &args(name)),
             &self.conf(version),
@@ -66,16 +69,16 @@ fn ip(s: &str) -> Ipv4Addr {
 #[test]
 fn add_check_del_cycle_against_ipamd() {
     let node = Node::new(&[(ip("10.0.2.20"), 2)]);
-    let pod = TestNetns::new("pod");
+    let pod = Netns::new("pod").unwrap();
     let r = node.add("1.0.0", "cid-a", &pod, "web-0");
     r.assert_ok();
     let result = r.json();
     let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
-    let host_mac = node.host.link(&veth).unwrap()["address"]
+    let host_mac = node.host.link(&veth).unwrap().unwrap()["address"]
         .as_str()
         .unwrap()
         .to_string();
-    let pod_mac = pod.link("eth0").unwrap()["address"]
+    let pod_mac = pod.link("eth0").unwrap().unwrap()["address"]
         .as_str()
         .unwrap()
         .to_string();
@@ -101,10 +104,10 @@ fn add_check_del_cycle_against_ipamd() {
     assert_eq!(req.netns, pod.path());
     assert_eq!(req.client_version, env!("CARGO_PKG_VERSION"));
 
-    let rules = node.host.pod_rules(ip("10.0.2.20"));
+    let rules = pod_rules(&node.host, ip("10.0.2.20"));
     assert_eq!(rules.len(), 2, "{rules:?}");
-    assert!(node.host.ping("10.0.2.20"), "node -> pod");
-    assert!(pod.ping("10.0.0.10"), "pod -> node");
+    assert!(pings(&node.host, "10.0.2.20"), "node -> pod");
+    assert!(pings(&pod, "10.0.0.10"), "pod -> node");
 
     // CHECK passes and prints nothing.
     let check_env = cni_env("CHECK", "cid-a", "eth0", Some(&pod.path()), &args("web-0"));
@@ -113,7 +116,7 @@ fn add_check_del_cycle_against_ipamd() {
     assert_eq!(r.stdout, "");
 
     // Tampering is reported with what differs.
-    pod.ip(&["route", "del", "default"]);
+    pod.ip(&["route", "del", "default"]).unwrap();
     let r = node.exec(&check_env, &node.with_prev("1.0.0", &result));
     assert_eq!(r.code(), 100);
     assert!(
@@ -127,23 +130,29 @@ fn add_check_del_cycle_against_ipamd() {
     let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod.path()), &args("web-0"));
     let r = node.exec(&del_env, &node.with_prev("1.0.0", &result));
     r.assert_ok();
-    assert!(node.host.pod_rules(ip("10.0.2.20")).is_empty());
-    assert!(node.host.routes().iter().all(|r| r["dst"] != "10.0.2.20"));
+    assert!(pod_rules(&node.host, ip("10.0.2.20")).is_empty());
+    assert!(
+        node.host
+            .routes_all()
+            .unwrap()
+            .iter()
+            .all(|r| r["dst"] != "10.0.2.20")
+    );
     assert_eq!(
-        node.host.link(&veth).map(|l| l["address"].clone()),
+        node.host.link(&veth).unwrap().map(|l| l["address"].clone()),
         Some(json!(host_mac)),
         "the host veth stays until the namespace goes"
     );
     assert_eq!(
-        pod.link("eth0").map(|l| l["address"].clone()),
+        pod.link("eth0").unwrap().map(|l| l["address"].clone()),
         Some(json!(pod_mac))
     );
     assert!(
-        pod.addresses("eth0").is_empty(),
+        pod.addresses_of("eth0").unwrap().is_empty(),
         "{:?}",
-        pod.addresses("eth0")
+        pod.addresses_of("eth0").unwrap()
     );
-    assert!(!node.host.ping("10.0.2.20"), "node -> deleted pod");
+    assert!(!pings(&node.host, "10.0.2.20"), "node -> deleted pod");
     node.ipamd.with(|s| {
         assert_eq!(s.rules_at_release, vec![(ip("10.0.2.20"), 0)]);
         assert_eq!(s.del_requests[0].reason, "PodDeleted");
@@ -161,7 +170,7 @@ fn add_check_del_cycle_against_ipamd() {
     let path = pod.path();
     drop(pod);
     assert!(
-        node.host.wait_link_gone(&veth),
+        node.host.wait_link_gone(&veth, LINK_GONE_TIMEOUT).unwrap(),
         "veth outlived its namespace"
     );
     let del_env = cni_env("DEL", "cid-a", "eth0", Some(&path), &args("web-0"));
@@ -173,8 +182,8 @@ fn add_check_del_cycle_against_ipamd() {
 #[test]
 fn results_follow_the_request_version() {
     let node = Node::new(&[(ip("10.0.2.30"), 254), (ip("10.0.2.31"), 254)]);
-    let pod_a = TestNetns::new("pod");
-    let pod_b = TestNetns::new("pod");
+    let pod_a = Netns::new("pod").unwrap();
+    let pod_b = Netns::new("pod").unwrap();
     let r = node.add("0.4.0", "cid-a", &pod_a, "a");
     r.assert_ok();
     let j = r.json();
@@ -183,7 +192,7 @@ fn results_follow_the_request_version() {
     assert_eq!(j["ips"][0]["version"], "4");
     assert!(j["interfaces"][0].get("mtu").is_none());
     // Primary-ENI address: only the 512 rule.
-    assert_eq!(node.host.pod_rules(ip("10.0.2.30")).len(), 1);
+    assert_eq!(pod_rules(&node.host, ip("10.0.2.30")).len(), 1);
 
     let r = node.add("1.1.0", "cid-b", &pod_b, "b");
     r.assert_ok();
@@ -215,8 +224,8 @@ fn results_follow_the_request_version() {
     let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod_a.path()), &args("a"));
     node.exec(&del_env, &node.with_prev("0.4.0", &prev))
         .assert_ok();
-    assert!(node.host.pod_rules(ip("10.0.2.30")).is_empty());
-    assert!(pod_a.addresses("eth0").is_empty());
+    assert!(pod_rules(&node.host, ip("10.0.2.30")).is_empty());
+    assert!(pod_a.addresses_of("eth0").unwrap().is_empty());
 
     // A namespace that outlives its DEL (`podman network disconnect`) keeps its eth0, so an
     // ADD of the same interface there is refused, as the spec and the reference have it.
@@ -226,14 +235,14 @@ fn results_follow_the_request_version() {
 #[test]
 fn exhausted_or_unready_ipamd_is_code_11_with_its_message_and_leaves_nothing() {
     let node = Node::new(&[]);
-    let pod = TestNetns::new("pod");
-    let links = node.host.link_names();
+    let pod = Netns::new("pod").unwrap();
+    let links = node.host.link_names().unwrap();
     let r = node.add("1.0.0", "cid-a", &pod, "web-0");
     assert_eq!(r.code(), 11);
     assert!(r.msg().contains("no assignable IP address"), "{}", r.msg());
     assert!(r.msg().contains("limit"), "{}", r.msg());
-    assert_eq!(node.host.link_names(), links);
-    assert_eq!(pod.link_names(), vec!["lo".to_string()]);
+    assert_eq!(node.host.link_names().unwrap(), links);
+    assert_eq!(pod.link_names().unwrap(), vec!["lo".to_string()]);
 
     node.ipamd.with(|s| {
         s.ready = false;
@@ -242,14 +251,14 @@ fn exhausted_or_unready_ipamd_is_code_11_with_its_message_and_leaves_nothing() {
     let r = node.add("1.0.0", "cid-a", &pod, "web-0");
     assert_eq!(r.code(), 11);
     assert!(r.msg().contains("starting"), "{}", r.msg());
-    assert_eq!(node.host.link_names(), links);
+    assert_eq!(node.host.link_names().unwrap(), links);
 }
 
 #[test]
 fn failed_setup_returns_the_address() {
     let node = Node::new(&[(ip("10.0.2.50"), 2)]);
     node.ipamd.with(|s| s.pod_vlan_id = 7);
-    let pod = TestNetns::new("pod");
+    let pod = Netns::new("pod").unwrap();
     let r = node.add("1.0.0", "cid-a", &pod, "web-0");
     assert_eq!(r.code(), 110);
     assert!(r.msg().contains("VLAN 7"), "{}", r.msg());
@@ -259,31 +268,37 @@ fn failed_setup_returns_the_address() {
         assert!(s.assigned.is_empty());
         assert_eq!(s.free, vec![(ip("10.0.2.50"), 2)]);
     });
-    assert_eq!(pod.link_names(), vec!["lo".to_string()]);
-    assert!(node.host.pod_rules(ip("10.0.2.50")).is_empty());
+    assert_eq!(pod.link_names().unwrap(), vec!["lo".to_string()]);
+    assert!(pod_rules(&node.host, ip("10.0.2.50")).is_empty());
 }
 
 #[test]
 fn del_without_prev_result_asks_ipamd() {
     let node = Node::new(&[(ip("10.0.2.60"), 3)]);
-    let pod = TestNetns::new("pod");
+    let pod = Netns::new("pod").unwrap();
     node.add("1.0.0", "cid-a", &pod, "web-0").assert_ok();
-    assert_eq!(node.host.pod_rules(ip("10.0.2.60")).len(), 2);
+    assert_eq!(pod_rules(&node.host, ip("10.0.2.60")).len(), 2);
     let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod.path()), &args("web-0"));
     node.exec(&del_env, &node.conf("1.0.0")).assert_ok();
-    assert!(node.host.pod_rules(ip("10.0.2.60")).is_empty());
-    assert!(node.host.routes().iter().all(|r| r["dst"] != "10.0.2.60"));
-    assert!(pod.addresses("eth0").is_empty());
+    assert!(pod_rules(&node.host, ip("10.0.2.60")).is_empty());
+    assert!(
+        node.host
+            .routes_all()
+            .unwrap()
+            .iter()
+            .all(|r| r["dst"] != "10.0.2.60")
+    );
+    assert!(pod.addresses_of("eth0").unwrap().is_empty());
     let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
     assert!(
-        node.host.link(&veth).is_some(),
+        node.host.link(&veth).unwrap().is_some(),
         "the veth goes with the netns"
     );
     node.ipamd
         .with(|s| assert_eq!(s.rules_at_release, vec![(ip("10.0.2.60"), 0)]));
     drop(pod);
     assert!(
-        node.host.wait_link_gone(&veth),
+        node.host.wait_link_gone(&veth, LINK_GONE_TIMEOUT).unwrap(),
         "veth outlived its namespace"
     );
 }
@@ -291,8 +306,8 @@ fn del_without_prev_result_asks_ipamd() {
 #[test]
 fn gc_releases_attachments_not_in_the_valid_list() {
     let node = Node::new(&[(ip("10.0.2.70"), 2), (ip("10.0.2.71"), 2)]);
-    let keep = TestNetns::new("pod");
-    let gone = TestNetns::new("pod");
+    let keep = Netns::new("pod").unwrap();
+    let gone = Netns::new("pod").unwrap();
     let kept = node.add("1.1.0", "cid-keep", &keep, "keep").json();
     node.add("1.1.0", "cid-gone", &gone, "gone").assert_ok();
     let gone_veth = aws_cni::pod_network::host_veth_name("eni", "default", "gone");
@@ -306,9 +321,15 @@ fn gc_releases_attachments_not_in_the_valid_list() {
     let r = node.exec(&env, &c);
     r.assert_ok();
     assert_eq!(r.stdout, "");
-    assert!(node.host.link(&gone_veth).is_none());
-    assert!(node.host.pod_rules(ip("10.0.2.71")).is_empty());
-    assert!(node.host.routes().iter().all(|r| r["dst"] != "10.0.2.71"));
+    assert!(node.host.link(&gone_veth).unwrap().is_none());
+    assert!(pod_rules(&node.host, ip("10.0.2.71")).is_empty());
+    assert!(
+        node.host
+            .routes_all()
+            .unwrap()
+            .iter()
+            .all(|r| r["dst"] != "10.0.2.71")
+    );
     node.ipamd
         .with(|s| assert_eq!(s.free, vec![(ip("10.0.2.71"), 2)]));
 
@@ -337,7 +358,7 @@ fn status_reports_whether_add_can_be_served() {
     r.assert_ok();
     assert_eq!(r.stdout, "");
 
-    let pod = TestNetns::new("pod");
+    let pod = Netns::new("pod").unwrap();
     node.add("1.1.0", "cid-a", &pod, "web-0").assert_ok();
     let r = node.exec(&env, &node.conf("1.1.0"));
     assert_eq!(r.code(), 50);
@@ -356,13 +377,13 @@ fn status_reports_whether_add_can_be_served() {
 
 /// Asserts the data plane ADD made for `ip` (design.md §1): pod address, routes and gateway
 /// neighbour, host route and rules. Returns the host veth's MAC.
-fn assert_attached(node: &Node, pod: &TestNetns, veth: &str, ip: Ipv4Addr, table: u32) -> String {
-    let host_mac = node.host.link(veth).expect("host veth")["address"]
+fn assert_attached(node: &Node, pod: &Netns, veth: &str, ip: Ipv4Addr, table: u32) -> String {
+    let host_mac = node.host.link(veth).unwrap().expect("host veth")["address"]
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(pod.addresses("eth0"), vec![format!("{ip}/32")]);
-    let routes = pod.routes();
+    assert_eq!(pod.addresses_of("eth0").unwrap(), vec![format!("{ip}/32")]);
+    let routes = pod.routes_all().unwrap();
     assert!(
         routes
             .iter()
@@ -375,7 +396,7 @@ fn assert_attached(node: &Node, pod: &TestNetns, veth: &str, ip: Ipv4Addr, table
             .any(|r| r["dst"] == "default" && r["gateway"] == "169.254.1.1"),
         "{routes:?}"
     );
-    let neigh = pod.neighbours();
+    let neigh = pod.neighbours().unwrap();
     assert!(
         neigh.iter().any(|n| n["dst"] == "169.254.1.1"
             && n["lladdr"] == host_mac.as_str()
@@ -385,13 +406,14 @@ fn assert_attached(node: &Node, pod: &TestNetns, veth: &str, ip: Ipv4Addr, table
     let ip_s = ip.to_string();
     assert!(
         node.host
-            .routes()
+            .routes_all()
+            .unwrap()
             .iter()
             .any(|r| r["dst"] == ip_s.as_str() && r["dev"] == veth && r["scope"] == "link"),
         "{:?}",
-        node.host.routes()
+        node.host.routes_all().unwrap()
     );
-    let rules = node.host.pod_rules(ip);
+    let rules = pod_rules(&node.host, ip);
     assert!(
         rules
             .iter()
@@ -410,22 +432,26 @@ fn assert_attached(node: &Node, pod: &TestNetns, veth: &str, ip: Ipv4Addr, table
 
 /// Asserts DEL left the host neither routing `ip` nor holding its rules, and the pod's eth0
 /// without the address.
-fn assert_detached(node: &Node, pod: &TestNetns, ip: Ipv4Addr) {
+fn assert_detached(node: &Node, pod: &Netns, ip: Ipv4Addr) {
     assert!(
-        node.host.pod_rules(ip).is_empty(),
+        pod_rules(&node.host, ip).is_empty(),
         "{:?}",
-        node.host.pod_rules(ip)
+        pod_rules(&node.host, ip)
     );
     let ip_s = ip.to_string();
     assert!(
-        node.host.routes().iter().all(|r| r["dst"] != ip_s.as_str()),
+        node.host
+            .routes_all()
+            .unwrap()
+            .iter()
+            .all(|r| r["dst"] != ip_s.as_str()),
         "{:?}",
-        node.host.routes()
+        node.host.routes_all().unwrap()
     );
     assert!(
-        pod.addresses("eth0").is_empty(),
+        pod.addresses_of("eth0").unwrap().is_empty(),
         "{:?}",
-        pod.addresses("eth0")
+        pod.addresses_of("eth0").unwrap()
     );
 }
 
@@ -436,13 +462,13 @@ fn add_and_del_with_0_3_0_and_0_3_1_configs() {
         ("0.3.0", ip("10.0.2.90"), 2, "web-30"),
         ("0.3.1", ip("10.0.2.91"), 3, "web-31"),
     ] {
-        let pod = TestNetns::new("pod");
+        let pod = Netns::new("pod").unwrap();
         let cid = format!("cid-{name}");
         let r = node.add(version, &cid, &pod, name);
         r.assert_ok();
         let veth = aws_cni::pod_network::host_veth_name("eni", "default", name);
         let host_mac = assert_attached(&node, &pod, &veth, addr, table);
-        let pod_mac = pod.link("eth0").unwrap()["address"]
+        let pod_mac = pod.link("eth0").unwrap().unwrap()["address"]
             .as_str()
             .unwrap()
             .to_string();
@@ -460,8 +486,11 @@ fn add_and_del_with_0_3_0_and_0_3_1_configs() {
             }),
             "{version}"
         );
-        assert!(node.host.ping(&addr.to_string()), "{version}: node -> pod");
-        assert!(pod.ping("10.0.0.10"), "{version}: pod -> node");
+        assert!(
+            pings(&node.host, &addr.to_string()),
+            "{version}: node -> pod"
+        );
+        assert!(pings(&pod, "10.0.0.10"), "{version}: pod -> node");
 
         // CHECK does not exist before 0.4.0: code 1 with skel's words, nothing touched.
         let check_env = cni_env("CHECK", &cid, "eth0", Some(&pod.path()), &args(name));
@@ -482,7 +511,7 @@ fn add_and_del_with_0_3_0_and_0_3_1_configs() {
         d.assert_ok();
         assert_eq!(d.stdout, "", "DEL prints nothing");
         assert_detached(&node, &pod, addr);
-        assert!(!node.host.ping(&addr.to_string()), "node -> deleted pod");
+        assert!(!pings(&node.host, &addr.to_string()), "node -> deleted pod");
         node.ipamd.with(|s| {
             let last = s.del_requests.last().unwrap();
             assert_eq!(
@@ -496,10 +525,10 @@ fn add_and_del_with_0_3_0_and_0_3_1_configs() {
         node.exec(&del_env, &node.conf(version)).assert_ok();
         drop(pod);
         assert!(
-            node.host.wait_link_gone(&veth),
+            node.host.wait_link_gone(&veth, LINK_GONE_TIMEOUT).unwrap(),
             "veth outlived its namespace"
         );
-        assert!(node.host.pod_rules(addr).is_empty());
+        assert!(pod_rules(&node.host, addr).is_empty());
     }
     node.ipamd.with(|s| assert!(s.assigned.is_empty()));
 }
@@ -507,8 +536,8 @@ fn add_and_del_with_0_3_0_and_0_3_1_configs() {
 #[test]
 fn del_0_3_1_without_ipamd_cleans_up_from_the_pod_interface() {
     let node = Node::new(&[(ip("10.0.2.92"), 2), (ip("10.0.2.93"), 2)]);
-    let pod = TestNetns::new("pod");
-    let neighbour = TestNetns::new("pod");
+    let pod = Netns::new("pod").unwrap();
+    let neighbour = Netns::new("pod").unwrap();
     node.add("0.3.1", "cid-a", &pod, "web-0").assert_ok();
     node.add("0.3.1", "cid-b", &neighbour, "web-1").assert_ok();
     let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
@@ -525,7 +554,7 @@ fn del_0_3_1_without_ipamd_cleans_up_from_the_pod_interface() {
     assert_eq!(d.stdout, "");
     assert_detached(&node, &pod, ip("10.0.2.92"));
     assert!(
-        node.host.link(&veth).is_some(),
+        node.host.link(&veth).unwrap().is_some(),
         "the veth goes with the netns"
     );
     // ipamd was not told; it still holds the address (its orphan sweep or a later DEL frees it).
@@ -535,7 +564,7 @@ fn del_0_3_1_without_ipamd_cleans_up_from_the_pod_interface() {
     });
     // The other pod is untouched.
     assert_attached(&node, &neighbour, &other_veth, ip("10.0.2.93"), 2);
-    assert!(node.host.ping("10.0.2.93"));
+    assert!(pings(&node.host, "10.0.2.93"));
 
     // Again without ipamd: nothing left to find, success.
     node.exec(&del_env, &unreachable).assert_ok();
@@ -546,21 +575,21 @@ fn del_0_3_1_without_ipamd_cleans_up_from_the_pod_interface() {
         assert_eq!(s.assigned.len(), 1);
     });
     drop(pod);
-    assert!(node.host.wait_link_gone(&veth));
+    assert!(node.host.wait_link_gone(&veth, LINK_GONE_TIMEOUT).unwrap());
     assert_attached(&node, &neighbour, &other_veth, ip("10.0.2.93"), 2);
 }
 
 #[test]
 fn late_0_3_1_del_of_an_old_sandbox_without_ipamd_keeps_the_new_sandbox() {
     let node = Node::new(&[(ip("10.0.2.94"), 2), (ip("10.0.2.95"), 2)]);
-    let old_ns = TestNetns::new("old");
-    let new_ns = TestNetns::new("new");
+    let old_ns = Netns::new("old").unwrap();
+    let new_ns = Netns::new("new").unwrap();
     // web-0 re-created: the new sandbox's ADD replaces the old sandbox's host veth of the same
     // name, which takes the old pod's eth0 and host route with it; the old rules stay.
     node.add("0.3.1", "cid-old", &old_ns, "web-0").assert_ok();
     node.add("0.3.1", "cid-new", &new_ns, "web-0").assert_ok();
     let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
-    assert!(old_ns.link("eth0").is_none());
+    assert!(old_ns.link("eth0").unwrap().is_none());
     assert_attached(&node, &new_ns, &veth, ip("10.0.2.95"), 2);
 
     // The old sandbox's DEL, without prevResult and without ipamd: its namespace no longer has
@@ -577,17 +606,23 @@ fn late_0_3_1_del_of_an_old_sandbox_without_ipamd_keeps_the_new_sandbox() {
     );
     node.exec(&old_del, &unreachable).assert_ok();
     assert_attached(&node, &new_ns, &veth, ip("10.0.2.95"), 2);
-    assert!(node.host.ping("10.0.2.95"));
+    assert!(pings(&node.host, "10.0.2.95"));
     // The same DEL with the namespace gone too.
-    let gone_del = cni_env("DEL", "cid-old", "eth0", Some(""), &args("web-0"));
+    let gone_del = cni_env(
+        "DEL",
+        "cid-old",
+        "eth0",
+        Some(Path::new("")),
+        &args("web-0"),
+    );
     node.exec(&gone_del, &unreachable).assert_ok();
     assert_attached(&node, &new_ns, &veth, ip("10.0.2.95"), 2);
     // What it could not find (the old address's rules) goes once ipamd answers the DEL.
-    assert_eq!(node.host.pod_rules(ip("10.0.2.94")).len(), 2);
+    assert_eq!(pod_rules(&node.host, ip("10.0.2.94")).len(), 2);
     node.exec(&old_del, &node.conf("0.3.1")).assert_ok();
-    assert!(node.host.pod_rules(ip("10.0.2.94")).is_empty());
+    assert!(pod_rules(&node.host, ip("10.0.2.94")).is_empty());
     node.ipamd
         .with(|s| assert_eq!(s.rules_at_release, vec![(ip("10.0.2.94"), 0)]));
     assert_attached(&node, &new_ns, &veth, ip("10.0.2.95"), 2);
-    assert!(node.host.ping("10.0.2.95"));
+    assert!(pings(&node.host, "10.0.2.95"));
 }

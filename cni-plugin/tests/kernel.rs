@@ -6,14 +6,16 @@
 mod common;
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use aws_cni::netlink::{Netlink, format_mac};
 use aws_cni::netns::Netns;
 use aws_cni::pod_network::{
     self, HostVethRef, PodNetworkError, PodSpec, SetupOutcome, host_veth_name,
 };
-use common::{TestNetns, in_netns, runtime};
+use common::{LINK_GONE_TIMEOUT, pings, pod_rules};
 use serde_json::Value;
+use test_support::netns::Netns as TestNetns;
 
 const HOST_ADDR: &str = "10.200.0.1";
 
@@ -36,9 +38,10 @@ impl Pod {
 }
 
 fn node() -> (TestNetns, TestNetns) {
-    let host = TestNetns::new("host");
-    let pod = TestNetns::new("pod");
-    host.ip(&["addr", "add", &format!("{HOST_ADDR}/32"), "dev", "lo"]);
+    let host = TestNetns::new("host").unwrap();
+    let pod = TestNetns::new("pod").unwrap();
+    host.ip(&["addr", "add", &format!("{HOST_ADDR}/32"), "dev", "lo"])
+        .unwrap();
     (host, pod)
 }
 
@@ -50,22 +53,21 @@ fn setup(host: &TestNetns, pod_ns: &TestNetns, pod: &Pod) -> Result<SetupOutcome
         pod.veth.clone(),
         pod.ifname.clone(),
     );
-    in_netns(host, move || {
-        runtime().block_on(async move {
-            let host_ns = Netns::current().unwrap();
-            let pod_ns = Netns::open(&path).unwrap();
-            let h = Netlink::current().unwrap();
-            let p = Netlink::in_netns(&pod_ns).unwrap();
-            let spec = PodSpec {
-                ip,
-                route_table: table,
-                host_veth: &veth,
-                ifname: &ifname,
-                mtu: 9001,
-            };
-            pod_network::setup(&h, &host_ns, &p, &spec).await
-        })
+    host.block_on_in(move || async move {
+        let host_ns = Netns::current().unwrap();
+        let pod_ns = Netns::open(&path).unwrap();
+        let h = Netlink::current().unwrap();
+        let p = Netlink::in_netns(&pod_ns).unwrap();
+        let spec = PodSpec {
+            ip,
+            route_table: table,
+            host_veth: &veth,
+            ifname: &ifname,
+            mtu: 9001,
+        };
+        pod_network::setup(&h, &host_ns, &p, &spec).await
     })
+    .unwrap()
 }
 
 fn check(host: &TestNetns, pod_ns: &TestNetns, pod: &Pod) -> Vec<String> {
@@ -76,53 +78,51 @@ fn check(host: &TestNetns, pod_ns: &TestNetns, pod: &Pod) -> Vec<String> {
         pod.veth.clone(),
         pod.ifname.clone(),
     );
-    in_netns(host, move || {
-        runtime().block_on(async move {
-            let pod_ns = Netns::open(&path).unwrap();
-            let h = Netlink::current().unwrap();
-            let p = Netlink::in_netns(&pod_ns).unwrap();
-            let spec = PodSpec {
-                ip,
-                route_table: table,
-                host_veth: &veth,
-                ifname: &ifname,
-                mtu: 9001,
-            };
-            pod_network::check(&h, &p, &spec).await.unwrap()
-        })
+    host.block_on_in(move || async move {
+        let pod_ns = Netns::open(&path).unwrap();
+        let h = Netlink::current().unwrap();
+        let p = Netlink::in_netns(&pod_ns).unwrap();
+        let spec = PodSpec {
+            ip,
+            route_table: table,
+            host_veth: &veth,
+            ifname: &ifname,
+            mtu: 9001,
+        };
+        pod_network::check(&h, &p, &spec).await.unwrap()
     })
+    .unwrap()
 }
 
 /// DEL's teardown: host side, then the pod side when the namespace still exists.
-fn teardown(host: &TestNetns, pod_path: Option<String>, pod: &Pod) -> Vec<String> {
+fn teardown(host: &TestNetns, pod_path: Option<PathBuf>, pod: &Pod) -> Vec<String> {
     teardown_with_mac(host, pod_path, pod, None)
 }
 
 /// DEL's teardown with the host veth's MAC from the cached result.
 fn teardown_with_mac(
     host: &TestNetns,
-    pod_path: Option<String>,
+    pod_path: Option<PathBuf>,
     pod: &Pod,
     host_mac: Option<[u8; 6]>,
 ) -> Vec<String> {
     let (ip, veth, ifname) = (pod.ip, pod.veth.clone(), pod.ifname.clone());
-    in_netns(host, move || {
-        runtime().block_on(async move {
-            let h = Netlink::current().unwrap();
-            let veths = [HostVethRef {
-                name: veth,
-                mac: host_mac,
-            }];
-            let mut errors = pod_network::teardown_host(&h, &[ip], &veths).await;
-            if let Some(path) = pod_path
-                && let Ok(ns) = Netns::open(&path)
-            {
-                let p = Netlink::in_netns(&ns).unwrap();
-                errors.extend(pod_network::teardown_pod(&p, &ifname, &[ip], None).await);
-            }
-            errors
-        })
+    host.block_on_in(move || async move {
+        let h = Netlink::current().unwrap();
+        let veths = [HostVethRef {
+            name: veth,
+            mac: host_mac,
+        }];
+        let mut errors = pod_network::teardown_host(&h, &[ip], &veths).await;
+        if let Some(path) = pod_path
+            && let Ok(ns) = Netns::open(&path)
+        {
+            let p = Netlink::in_netns(&ns).unwrap();
+            errors.extend(pod_network::teardown_pod(&p, &ifname, &[ip], None).await);
+        }
+        errors
     })
+    .unwrap()
 }
 
 fn has_flag(v: &Value, flag: &str) -> bool {
@@ -134,7 +134,7 @@ fn has_flag(v: &Value, flag: &str) -> bool {
 /// No veth, route or rule of the pod is left on the host.
 fn assert_host_clean(host: &TestNetns, pod: &Pod) {
     assert!(
-        host.link(&pod.veth).is_none(),
+        host.link(&pod.veth).unwrap().is_none(),
         "host veth {} still exists",
         pod.veth
     );
@@ -145,15 +145,16 @@ fn assert_host_clean(host: &TestNetns, pod: &Pod) {
 fn assert_host_unrouted(host: &TestNetns, pod: &Pod) {
     let ip = pod.ip.to_string();
     let routes: Vec<_> = host
-        .routes()
+        .routes_all()
+        .unwrap()
         .into_iter()
         .filter(|r| r["dst"] == ip.as_str())
         .collect();
     assert!(routes.is_empty(), "host routes left: {routes:?}");
     assert!(
-        host.pod_rules(pod.ip).is_empty(),
+        pod_rules(host, pod.ip).is_empty(),
         "rules left: {:?}",
-        host.pod_rules(pod.ip)
+        pod_rules(host, pod.ip)
     );
 }
 
@@ -167,16 +168,18 @@ fn setup_builds_the_reference_data_plane_and_traffic_flows() {
     assert_eq!(out.host_mac[0] & 0x03, 0x02, "host MAC is local unicast");
 
     // Pod side.
-    let eth0 = pod_ns.link("eth0").expect("eth0 in pod");
+    let eth0 = pod_ns.link("eth0").unwrap().expect("eth0 in pod");
     assert!(has_flag(&eth0, "UP"), "{eth0}");
     assert_eq!(eth0["mtu"], 9001);
     assert_eq!(eth0["address"], container_mac.as_str());
-    let addrs = pod_ns.ip_json(&["-4", "addr", "show", "dev", "eth0"]);
+    let addrs = pod_ns
+        .ip_json(&["-4", "addr", "show", "dev", "eth0"])
+        .unwrap();
     let info = addrs[0]["addr_info"].as_array().unwrap();
     assert_eq!(info.len(), 1, "{info:?}");
     assert_eq!(info[0]["local"], "10.200.0.5");
     assert_eq!(info[0]["prefixlen"], 32);
-    let routes = pod_ns.routes();
+    let routes = pod_ns.routes_all().unwrap();
     assert!(
         routes.iter().any(|r| r["dst"] == "default"
             && r["gateway"] == "169.254.1.1"
@@ -191,7 +194,7 @@ fn setup_builds_the_reference_data_plane_and_traffic_flows() {
         "gateway route: {routes:?}"
     );
     assert_eq!(routes.len(), 2, "pod routes: {routes:?}");
-    let neigh = pod_ns.neighbours();
+    let neigh = pod_ns.neighbours().unwrap();
     assert!(
         neigh.iter().any(|n| n["dst"] == "169.254.1.1"
             && n["dev"] == "eth0"
@@ -203,19 +206,19 @@ fn setup_builds_the_reference_data_plane_and_traffic_flows() {
     );
 
     // Host side.
-    let veth = host.link(&pod.veth).expect("host veth");
+    let veth = host.link(&pod.veth).unwrap().expect("host veth");
     assert!(has_flag(&veth, "UP"), "{veth}");
     assert_eq!(veth["mtu"], 9001);
     assert_eq!(veth["address"], host_mac.as_str());
     assert_eq!(pod.veth, "eni0d7763386da");
-    let host_routes = host.routes();
+    let host_routes = host.routes_all().unwrap();
     assert!(
         host_routes.iter().any(|r| r["dst"] == "10.200.0.5"
             && r["dev"] == pod.veth.as_str()
             && r["scope"] == "link"),
         "host route: {host_routes:?}"
     );
-    let rules = host.pod_rules(pod.ip);
+    let rules = pod_rules(&host, pod.ip);
     assert_eq!(rules.len(), 2, "{rules:?}");
     assert!(
         rules
@@ -230,8 +233,8 @@ fn setup_builds_the_reference_data_plane_and_traffic_flows() {
         "{rules:?}"
     );
 
-    assert!(host.ping("10.200.0.5"), "host -> pod ping");
-    assert!(pod_ns.ping(HOST_ADDR), "pod -> host ping");
+    assert!(pings(&host, "10.200.0.5"), "host -> pod ping");
+    assert!(pings(&pod_ns, HOST_ADDR), "pod -> host ping");
 }
 
 #[test]
@@ -239,7 +242,7 @@ fn primary_eni_address_gets_no_from_rule() {
     let (host, pod_ns) = node();
     let pod = Pod::new([10, 200, 0, 6], 254, "web-1");
     setup(&host, &pod_ns, &pod).unwrap();
-    let rules = host.pod_rules(pod.ip);
+    let rules = pod_rules(&host, pod.ip);
     assert_eq!(rules.len(), 1, "{rules:?}");
     assert_eq!(rules[0]["priority"], 512);
     assert!(check(&host, &pod_ns, &pod).is_empty());
@@ -252,7 +255,7 @@ fn check_passes_then_names_a_removed_route_and_neighbour() {
     setup(&host, &pod_ns, &pod).unwrap();
     assert_eq!(check(&host, &pod_ns, &pod), Vec::<String>::new());
 
-    pod_ns.ip(&["route", "del", "default"]);
+    pod_ns.ip(&["route", "del", "default"]).unwrap();
     let diffs = check(&host, &pod_ns, &pod);
     assert_eq!(diffs.len(), 1, "{diffs:?}");
     assert!(
@@ -260,8 +263,11 @@ fn check_passes_then_names_a_removed_route_and_neighbour() {
         "{diffs:?}"
     );
 
-    pod_ns.ip(&["neigh", "del", "169.254.1.1", "dev", "eth0"]);
-    host.ip(&["rule", "del", "priority", "1536", "from", "10.200.0.7"]);
+    pod_ns
+        .ip(&["neigh", "del", "169.254.1.1", "dev", "eth0"])
+        .unwrap();
+    host.ip(&["rule", "del", "priority", "1536", "from", "10.200.0.7"])
+        .unwrap();
     let diffs = check(&host, &pod_ns, &pod);
     assert_eq!(diffs.len(), 3, "{diffs:?}");
     assert!(
@@ -275,7 +281,7 @@ fn check_passes_then_names_a_removed_route_and_neighbour() {
         "{diffs:?}"
     );
 
-    host.ip(&["link", "set", &pod.veth, "down"]);
+    host.ip(&["link", "set", &pod.veth, "down"]).unwrap();
     let diffs = check(&host, &pod_ns, &pod);
     assert!(
         diffs
@@ -290,39 +296,48 @@ fn teardown_removes_routing_state_leaves_the_link_and_netns_removal_frees_the_pa
     let (host, pod_ns) = node();
     let pod = Pod::new([10, 200, 0, 8], 2, "web-3");
     let other = Pod::new([10, 200, 0, 9], 2, "web-4");
-    let other_ns = TestNetns::new("pod2");
+    let other_ns = TestNetns::new("pod2").unwrap();
     let out = setup(&host, &pod_ns, &pod).unwrap();
     setup(&host, &other_ns, &other).unwrap();
 
     assert!(teardown(&host, Some(pod_ns.path()), &pod).is_empty());
     // No routing state of the pod is left on the host...
     assert_host_unrouted(&host, &pod);
-    assert!(!host.ping("10.200.0.8"), "the host still reaches the pod");
+    assert!(
+        !pings(&host, "10.200.0.8"),
+        "the host still reaches the pod"
+    );
     // ...but the veth pair stays for the runtime's removal of the namespace: the host end (the
     // same link, not a new one) and eth0, which no longer holds the address, so the sandbox
     // cannot use an address ipamd may give to another pod; its routes went with it.
     let veth = host
         .link(&pod.veth)
+        .unwrap()
         .expect("host veth stays until the netns goes");
     assert_eq!(veth["address"], format_mac(&out.host_mac).as_str());
     let eth0 = pod_ns
         .link("eth0")
+        .unwrap()
         .expect("pod eth0 stays until the netns goes");
     assert_eq!(eth0["address"], format_mac(&out.container_mac).as_str());
     assert!(
-        pod_ns.addresses("eth0").is_empty(),
+        pod_ns.addresses_of("eth0").unwrap().is_empty(),
         "{:?}",
-        pod_ns.addresses("eth0")
+        pod_ns.addresses_of("eth0").unwrap()
     );
-    assert!(pod_ns.routes().is_empty(), "{:?}", pod_ns.routes());
     assert!(
-        !pod_ns.ping(HOST_ADDR),
+        pod_ns.routes_all().unwrap().is_empty(),
+        "{:?}",
+        pod_ns.routes_all().unwrap()
+    );
+    assert!(
+        !pings(&pod_ns, HOST_ADDR),
         "the old sandbox still reaches the node"
     );
     // The neighbour pod is untouched.
-    assert_eq!(host.pod_rules(other.ip).len(), 2);
+    assert_eq!(pod_rules(&host, other.ip).len(), 2);
     assert!(check(&host, &other_ns, &other).is_empty());
-    assert!(host.ping("10.200.0.9"));
+    assert!(pings(&host, "10.200.0.9"));
 
     // A second DEL finds nothing and still succeeds.
     assert!(teardown(&host, Some(pod_ns.path()), &pod).is_empty());
@@ -332,7 +347,7 @@ fn teardown_removes_routing_state_leaves_the_link_and_netns_removal_frees_the_pa
     let path = pod_ns.path();
     drop(pod_ns);
     assert!(
-        host.wait_link_gone(&pod.veth),
+        host.wait_link_gone(&pod.veth, LINK_GONE_TIMEOUT).unwrap(),
         "veth outlived its namespace"
     );
     assert_host_clean(&host, &pod);
@@ -351,11 +366,11 @@ fn teardown_after_the_pod_netns_is_gone_cleans_host_rules() {
     // The kernel removes the veth pair (and so the host route) with the namespace, in its
     // cleanup workqueue, shortly after the last reference is gone...
     assert!(
-        host.wait_link_gone(&pod.veth),
+        host.wait_link_gone(&pod.veth, LINK_GONE_TIMEOUT).unwrap(),
         "veth outlived its namespace"
     );
     // ...but the rules stay until DEL removes them.
-    assert_eq!(host.pod_rules(pod.ip).len(), 2);
+    assert_eq!(pod_rules(&host, pod.ip).len(), 2);
     assert!(teardown(&host, Some(path), &pod).is_empty());
     assert_host_clean(&host, &pod);
 }
@@ -363,19 +378,21 @@ fn teardown_after_the_pod_netns_is_gone_cleans_host_rules() {
 #[test]
 fn existing_ifname_is_refused_without_touching_the_host() {
     let (host, pod_ns) = node();
-    pod_ns.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
-    ]);
+    pod_ns
+        .ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+        ])
+        .unwrap();
     let pod = Pod::new([10, 200, 0, 11], 2, "web-6");
-    let before = host.link_names();
+    let before = host.link_names().unwrap();
     match setup(&host, &pod_ns, &pod) {
         Err(PodNetworkError::InterfaceExists { ifname }) => assert_eq!(ifname, "eth0"),
         other => panic!("expected InterfaceExists, got {other:?}"),
     }
-    assert_eq!(host.link_names(), before);
-    assert!(host.pod_rules(pod.ip).is_empty());
+    assert_eq!(host.link_names().unwrap(), before);
+    assert!(pod_rules(&host, pod.ip).is_empty());
     assert!(
-        pod_ns.link("eth0").is_some(),
+        pod_ns.link("eth0").unwrap().is_some(),
         "the existing eth0 is left alone"
     );
 }
@@ -387,13 +404,14 @@ fn stale_host_veth_of_the_same_pod_name_is_replaced() {
     // A leftover of an earlier pod with the same name.
     host.ip(&[
         "link", "add", &pod.veth, "type", "veth", "peer", "name", "stale0",
-    ]);
+    ])
+    .unwrap();
     let out = setup(&host, &pod_ns, &pod).unwrap();
-    assert!(host.link("stale0").is_none(), "stale pair removed");
-    let veth = host.link(&pod.veth).unwrap();
+    assert!(host.link("stale0").unwrap().is_none(), "stale pair removed");
+    let veth = host.link(&pod.veth).unwrap().unwrap();
     assert_eq!(veth["address"], format_mac(&out.host_mac).as_str());
     assert!(check(&host, &pod_ns, &pod).is_empty());
-    assert!(host.ping("10.200.0.12"));
+    assert!(pings(&host, "10.200.0.12"));
 }
 
 #[test]
@@ -401,16 +419,16 @@ fn gc_teardown_removes_rules_route_and_the_veth_the_route_points_at() {
     let (host, pod_ns) = node();
     let pod = Pod::new([10, 200, 0, 13], 2, "web-8");
     let keep = Pod::new([10, 200, 0, 14], 2, "web-9");
-    let keep_ns = TestNetns::new("keep");
+    let keep_ns = TestNetns::new("keep").unwrap();
     setup(&host, &pod_ns, &pod).unwrap();
     setup(&host, &keep_ns, &keep).unwrap();
     let ip = pod.ip;
-    let errors = in_netns(&host, move || {
-        runtime().block_on(async move {
+    let errors = host
+        .block_on_in(move || async move {
             let h = Netlink::current().unwrap();
             pod_network::teardown_released(&h, &[ip]).await
         })
-    });
+        .unwrap();
     assert!(errors.is_empty(), "{errors:?}");
     assert_host_clean(&host, &pod);
     assert!(check(&host, &keep_ns, &keep).is_empty());
@@ -419,13 +437,13 @@ fn gc_teardown_removes_rules_route_and_the_veth_the_route_points_at() {
 /// What DEL reads from the pod when it has neither prevResult nor ipamd's answer.
 fn read_pod_side(pod_ns: &TestNetns, ifname: &str) -> Option<pod_network::PodSide> {
     let (path, ifname) = (pod_ns.path(), ifname.to_string());
-    in_netns(pod_ns, move || {
-        runtime().block_on(async move {
+    pod_ns
+        .block_on_in(move || async move {
             let ns = Netns::open(&path).unwrap();
             let p = Netlink::in_netns(&ns).unwrap();
             pod_network::read_pod_side(&p, &ifname).await.unwrap()
         })
-    })
+        .unwrap()
 }
 
 #[test]
@@ -460,7 +478,7 @@ fn the_pod_interface_names_its_address_and_host_veth_for_a_del_without_prev_resu
 #[test]
 fn late_del_of_an_old_sandbox_keeps_the_new_pod_of_the_same_name() {
     let (host, old_ns) = node();
-    let new_ns = TestNetns::new("new");
+    let new_ns = TestNetns::new("new").unwrap();
     // web-0 was re-created: the old sandbox (10.200.0.15) lost its namespace, the new one
     // (10.200.0.16) has the same pod name, hence the same host veth name.
     let old = Pod::new([10, 200, 0, 15], 2, "web-0");
@@ -474,22 +492,22 @@ fn late_del_of_an_old_sandbox_keeps_the_new_pod_of_the_same_name() {
     assert!(errors.is_empty(), "{errors:?}");
 
     assert!(
-        host.pod_rules(old.ip).is_empty(),
+        pod_rules(&host, old.ip).is_empty(),
         "old pod's rules must go: {:?}",
-        host.pod_rules(old.ip)
+        pod_rules(&host, old.ip)
     );
     assert!(
         check(&host, &new_ns, &new).is_empty(),
         "the new pod must be untouched: {:?}",
         check(&host, &new_ns, &new)
     );
-    assert!(host.ping("10.200.0.16"));
+    assert!(pings(&host, "10.200.0.16"));
 }
 
 #[test]
 fn repeated_del_after_the_address_went_to_a_new_sandbox_of_the_same_pod_keeps_it() {
     let (host, old_ns) = node();
-    let new_ns = TestNetns::new("new");
+    let new_ns = TestNetns::new("new").unwrap();
     // web-0's old sandbox had 10.200.0.17; it was deleted (its namespace is gone) and the
     // address went to the pod's new sandbox, whose host veth has the same name.
     let old = Pod::new([10, 200, 0, 17], 2, "web-0");
@@ -497,7 +515,7 @@ fn repeated_del_after_the_address_went_to_a_new_sandbox_of_the_same_pod_keeps_it
     let old_out = setup(&host, &old_ns, &old).unwrap();
     assert!(teardown(&host, Some(old_ns.path()), &old).is_empty());
     drop(old_ns);
-    assert!(host.wait_link_gone(&old.veth));
+    assert!(host.wait_link_gone(&old.veth, LINK_GONE_TIMEOUT).unwrap());
     let new_out = setup(&host, &new_ns, &new).unwrap();
     assert_ne!(old_out.host_mac, new_out.host_mac);
 
@@ -509,7 +527,7 @@ fn repeated_del_after_the_address_went_to_a_new_sandbox_of_the_same_pod_keeps_it
         "the new sandbox must be untouched: {:?}",
         check(&host, &new_ns, &new)
     );
-    assert!(host.ping("10.200.0.17"));
+    assert!(pings(&host, "10.200.0.17"));
 
     // Its own DEL (its MAC) does remove the routing state.
     let errors = teardown_with_mac(&host, Some(new_ns.path()), &new, Some(new_out.host_mac));
@@ -549,17 +567,18 @@ fn rules_are_deleted_by_value_in_every_table_and_others_stay() {
     ] {
         let mut a = vec!["rule"];
         a.extend(args);
-        host.ip(&a);
+        host.ip(&a).unwrap();
     }
-    let errors = in_netns(&host, move || {
-        runtime().block_on(async move {
+    let errors = host
+        .block_on_in(move || async move {
             let h = Netlink::current().unwrap();
             pod_network::delete_rules_for(&h, &[ip.parse().unwrap()]).await
         })
-    });
+        .unwrap();
     assert!(errors.is_empty(), "{errors:?}");
     let left: Vec<(u64, String)> = host
         .ip_json(&["-4", "rule", "show"])
+        .unwrap()
         .iter()
         .filter(|r| {
             r["priority"]
@@ -579,12 +598,12 @@ fn rules_are_deleted_by_value_in_every_table_and_others_stay() {
     );
     assert!(left.iter().any(|(p, r)| *p == 1537 && r.contains(ip)));
     // Nothing left to delete is not an error.
-    let again = in_netns(&host, move || {
-        runtime().block_on(async move {
+    let again = host
+        .block_on_in(move || async move {
             let h = Netlink::current().unwrap();
             pod_network::delete_rules_for(&h, &[ip.parse().unwrap()]).await
         })
-    });
+        .unwrap();
     assert!(again.is_empty(), "{again:?}");
 }
 
@@ -593,12 +612,19 @@ fn a_node_link_with_the_veth_name_is_never_replaced() {
     let (host, pod_ns) = node();
     let pod = Pod::new([10, 200, 0, 42], 2, "web-42");
     // Not a veth (this kernel has no dummy links; a bridge will do).
-    host.ip(&["link", "add", &pod.veth, "type", "bridge"]);
+    host.ip(&["link", "add", &pod.veth, "type", "bridge"])
+        .unwrap();
     match setup(&host, &pod_ns, &pod) {
         Err(PodNetworkError::NameTaken { name }) => assert_eq!(name, pod.veth),
         other => panic!("expected NameTaken, got {other:?}"),
     }
-    assert!(host.link(&pod.veth).is_some(), "the node's link stays");
-    assert!(pod_ns.link("eth0").is_none(), "nothing made in the pod");
-    assert!(host.pod_rules(pod.ip).is_empty());
+    assert!(
+        host.link(&pod.veth).unwrap().is_some(),
+        "the node's link stays"
+    );
+    assert!(
+        pod_ns.link("eth0").unwrap().is_none(),
+        "nothing made in the pod"
+    );
+    assert!(pod_rules(&host, pod.ip).is_empty());
 }

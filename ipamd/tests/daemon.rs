@@ -9,69 +9,16 @@ mod common;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
-use common::daemon::{Ipamd, Paths, channel, client, command};
-use common::imds::{self, Eni, Imds, Node};
-use common::{Netns, add_veth, require_root};
+use common::daemon::{channel, client, command};
+use common::world;
 use ipamd::rpc::{
     AddNetworkRequest, CheckNetworkRequest, DelNetworkRequest, GarbageCollectRequest,
     PoolStatusRequest,
 };
 use nix::sys::signal::Signal;
+use test_support::netns::Netns;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
-
-const MAC0: &str = "02:00:0a:00:00:0a";
-const MAC1: &str = "02:00:0a:00:00:0b";
-
-struct World {
-    node: Netns,
-    _vpc: Netns,
-    _dir: tempfile::TempDir,
-    paths: Paths,
-    imds: Imds,
-}
-
-fn world() -> World {
-    require_root();
-    let node = Netns::new("node");
-    let vpc = Netns::new("vpc");
-    add_veth(&node, "eth0", MAC0, &vpc, "v0");
-    add_veth(&node, "eth1", MAC1, &vpc, "v1");
-    node.ip(&["addr", "add", "10.0.0.10/24", "dev", "eth0"]);
-    node.ip(&["link", "set", "eth0", "up"]);
-    let imds = imds::spawn(
-        &node,
-        Node {
-            enis: vec![
-                Eni {
-                    mac: MAC0.into(),
-                    id: "eni-0000000000000000a".into(),
-                    device: 0,
-                    subnet: "10.0.0.0/24".into(),
-                    ips: vec!["10.0.0.10".into(), "10.0.0.11".into(), "10.0.0.12".into()],
-                },
-                Eni {
-                    mac: MAC1.into(),
-                    id: "eni-0000000000000000b".into(),
-                    device: 1,
-                    subnet: "10.0.0.0/24".into(),
-                    ips: vec!["10.0.0.20".into(), "10.0.0.21".into(), "10.0.0.22".into()],
-                },
-            ],
-        },
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let paths = Paths {
-        dir: dir.path().to_owned(),
-    };
-    World {
-        node,
-        _vpc: vpc,
-        _dir: dir,
-        paths,
-        imds,
-    }
-}
 
 fn add_req(container: &str, ns: &str, name: &str) -> AddNetworkRequest {
     AddNetworkRequest {
@@ -121,6 +68,7 @@ const NOT_SERVING: i32 = 2;
 
 fn rules(ns: &Netns) -> Vec<String> {
     ns.ip(&["-4", "rule", "show"])
+        .unwrap()
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect()
@@ -129,7 +77,7 @@ fn rules(ns: &Netns) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_the_contract_end_to_end() {
     let w = world();
-    let mut ipamd = Ipamd::start(&w.node, &w.paths, &w.imds.endpoint(), &[]);
+    let mut ipamd = w.start(&[]);
     ipamd.wait_ready(Duration::from_secs(30));
     let socket = w.paths.socket();
 
@@ -155,9 +103,12 @@ async fn serves_the_contract_end_to_end() {
     assert_eq!(conflist["plugins"][1]["type"], "portmap");
 
     // eth1 is up with its address, table 2 and rule 32765.
-    let addrs = w.node.ip(&["-4", "-o", "addr", "show", "dev", "eth1"]);
+    let addrs = w
+        .node
+        .ip(&["-4", "-o", "addr", "show", "dev", "eth1"])
+        .unwrap();
     assert!(addrs.contains("inet 10.0.0.20/24"), "{addrs}");
-    let table2 = w.node.ip(&["-4", "route", "show", "table", "2"]);
+    let table2 = w.node.ip(&["-4", "route", "show", "table", "2"]).unwrap();
     assert!(table2.contains("default via 10.0.0.1 dev eth1"), "{table2}");
     assert!(rules(&w.node).contains(&"32765: from 10.0.0.20 lookup 2".to_owned()));
 
@@ -284,7 +235,11 @@ async fn serves_the_contract_end_to_end() {
     );
 
     // A secondary IP that appears in metadata is adopted.
-    w.imds.edit(|n| n.enis[1].ips.push("10.0.0.23".into()));
+    w.edit_metadata(|d| {
+        d.interfaces[1]
+            .local_ipv4s
+            .push("10.0.0.23".parse().unwrap())
+    });
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let st = c
@@ -314,8 +269,8 @@ async fn serves_the_contract_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_metadata_is_readable() {
     let w = world();
-    w.imds.set_down(true);
-    let mut ipamd = Ipamd::start(&w.node, &w.paths, &w.imds.endpoint(), &[]);
+    w.imds.set_unavailable(true);
+    let mut ipamd = w.start(&[]);
     let socket = w.paths.socket();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !socket.exists() {
@@ -349,7 +304,7 @@ async fn not_ready_until_metadata_is_readable() {
         .into_inner();
     assert!(st.message.contains("instance metadata"), "{}", st.message);
 
-    w.imds.set_down(false);
+    w.imds.set_unavailable(false);
     ipamd.wait_ready(Duration::from_secs(30));
     assert_eq!(health(&socket, "").await, SERVING);
     let r = c
@@ -363,7 +318,7 @@ async fn not_ready_until_metadata_is_readable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_live_pods_and_drops_pods_whose_veth_is_gone() {
     let w = world();
-    let mut ipamd = Ipamd::start(&w.node, &w.paths, &w.imds.endpoint(), &[]);
+    let mut ipamd = w.start(&[]);
     ipamd.wait_ready(Duration::from_secs(30));
     let mut c = client(&w.paths.socket()).await;
     let mut ips = Vec::new();
@@ -378,22 +333,26 @@ async fn restart_keeps_live_pods_and_drops_pods_whose_veth_is_gone() {
     // What the plugin would have made: host veths for the live pods, rules for all.
     for name in ["web-0", "web-2"] {
         let veth = format!("eni{}", ipamd::host_network::veth_suffix("default", name));
-        w.node.ip(&[
-            "link",
-            "add",
-            &veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("p{}", &veth[3..12]),
-        ]);
+        w.node
+            .ip(&[
+                "link",
+                "add",
+                &veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("p{}", &veth[3..12]),
+            ])
+            .unwrap();
     }
     for ip in &ips {
         w.node
-            .ip(&["rule", "add", "to", ip, "lookup", "main", "priority", "512"]);
+            .ip(&["rule", "add", "to", ip, "lookup", "main", "priority", "512"])
+            .unwrap();
         w.node
-            .ip(&["rule", "add", "from", ip, "lookup", "2", "priority", "1536"]);
+            .ip(&["rule", "add", "from", ip, "lookup", "2", "priority", "1536"])
+            .unwrap();
     }
     drop(c);
     ipamd.signal(Signal::SIGKILL);
@@ -401,7 +360,7 @@ async fn restart_keeps_live_pods_and_drops_pods_whose_veth_is_gone() {
     drop(ipamd);
     std::fs::remove_file(w.paths.conflist()).unwrap();
 
-    let mut ipamd = Ipamd::start(&w.node, &w.paths, &w.imds.endpoint(), &[]);
+    let mut ipamd = w.start(&[]);
     ipamd.wait_ready(Duration::from_secs(30));
     let mut c = client(&w.paths.socket()).await;
     let live = c
@@ -504,7 +463,7 @@ async fn unusable_checkpoint_stops_startup_naming_the_file() {
         ),
     ] {
         std::fs::write(w.paths.checkpoint(), content).unwrap();
-        let mut ipamd = Ipamd::start(&w.node, &w.paths, &w.imds.endpoint(), &[]);
+        let mut ipamd = w.start(&[]);
         let status = ipamd.wait_exit(Duration::from_secs(20));
         assert!(!status.success());
         let mut stderr = String::new();

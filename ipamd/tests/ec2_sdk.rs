@@ -1,68 +1,24 @@
 //! `SdkEc2` (aws-sdk-ec2) against moto's EC2 server: every call ipamd makes, the domain types
-//! it returns, how EC2's errors are classified, and which endpoint wins. moto runs inside a
-//! throwaway network namespace; the client runs on a thread that entered it.
+//! it returns, how EC2's errors are classified, and which endpoint wins. moto (the tests'
+//! launcher, `test_support::moto`) runs inside a throwaway network namespace; the client runs
+//! on a thread that entered it.
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 use aws_sdk_ec2::types as sdk;
-use common::{Netns, require_root};
 use ipamd::cloud::ec2::{
     CreateEni, Ec2Api, Ec2ErrorKind, EniStatus, Filter, INSTANCE_ID_TAG, Tags,
 };
 use ipamd::cloud::ec2_sdk::SdkEc2;
+use test_support::moto::MotoServer;
+use test_support::netns::Netns;
+use test_support::prereqs::require_root;
 
 const PORT: u16 = 5000;
-
-/// moto's server in `ns`, killed on drop.
-struct Moto {
-    child: Child,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Moto {
-    fn start(ns: &Netns) -> Self {
-        let probe = Command::new("python3")
-            .args(["-c", "import moto.server"])
-            .output()
-            .expect("python3 is needed for this test");
-        assert!(
-            probe.status.success(),
-            "moto is needed for this test (pip install 'moto[server]'): {}",
-            String::from_utf8_lossy(&probe.stderr)
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("moto.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "python3", "-m", "moto.server"])
-            .args(["-H", "127.0.0.1", "-p", &PORT.to_string()])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn shared_config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::SdkConfig::builder()
@@ -78,24 +34,6 @@ fn shared_config(endpoint: &str) -> aws_config::SdkConfig {
                 .build(),
         )
         .build()
-}
-
-async fn wait_for_moto(log: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", PORT))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "moto did not listen within 30 s:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A VPC, a subnet, a security group and a t3.small instance; returns (subnet, sg, instance).
@@ -142,13 +80,17 @@ async fn seed(client: &aws_sdk_ec2::Client) -> (String, String, String) {
 
 #[test]
 fn every_call_ipamd_makes_works_against_moto() {
-    require_root();
-    let ns = Netns::new("moto");
-    let moto = Moto::start(&ns);
-    let log = moto.log.clone();
-    ns.run(move || async move {
-        let moto_url = format!("http://127.0.0.1:{PORT}");
-        wait_for_moto(&log).await;
+    require_root().unwrap();
+    let ns = Netns::new("moto").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let moto = MotoServer::start(
+        &ns,
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT),
+        dir.path(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let moto_url = moto.endpoint();
+    ns.block_on_in(move || async move {
         let shared = shared_config(&moto_url);
         let raw = aws_sdk_ec2::Client::new(&shared);
         let (subnet, sg, instance) = seed(&raw).await;
@@ -381,6 +323,7 @@ fn every_call_ipamd_makes_works_against_moto() {
             .await
             .unwrap_err();
         assert_eq!(refused.kind, Ec2ErrorKind::Transport, "{refused:?}");
-    });
+    })
+    .unwrap();
     drop(moto);
 }

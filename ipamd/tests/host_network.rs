@@ -7,9 +7,11 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::{Netns, add_veth, require_root};
+use common::add_veth;
 use ipamd::host_network::{HostNetwork, SecondaryEni};
 use serde_json::Value;
+use test_support::netns::Netns;
+use test_support::prereqs::require_root;
 
 const ETH1_MAC: &str = "02:00:0a:00:00:0b";
 
@@ -27,22 +29,23 @@ fn eth1() -> SecondaryEni {
 /// A node with eth0 (primary, 10.0.0.10/24, up) and eth1 (secondary ENI, down, no address),
 /// both veths into a `vpc` namespace.
 fn node() -> (Netns, Netns) {
-    require_root();
-    let node = Netns::new("node");
-    let vpc = Netns::new("vpc");
+    require_root().unwrap();
+    let node = Netns::new("node").unwrap();
+    let vpc = Netns::new("vpc").unwrap();
     add_veth(&node, "eth0", "02:00:0a:00:00:0a", &vpc, "v0");
     add_veth(&node, "eth1", ETH1_MAC, &vpc, "v1");
-    node.ip(&["addr", "add", "10.0.0.10/24", "dev", "eth0"]);
-    node.ip(&["link", "set", "eth0", "up"]);
+    node.ip(&["addr", "add", "10.0.0.10/24", "dev", "eth0"])
+        .unwrap();
+    node.ip(&["link", "set", "eth0", "up"]).unwrap();
     (node, vpc)
 }
 
 fn link(ns: &Netns, name: &str) -> Value {
-    ns.ip_json(&["link", "show", "dev", name])[0].clone()
+    ns.ip_json(&["link", "show", "dev", name]).unwrap()[0].clone()
 }
 
 fn ipv4_addrs(ns: &Netns, dev: &str) -> Vec<String> {
-    ns.ip_json(&["-4", "addr", "show", "dev", dev])[0]["addr_info"]
+    ns.ip_json(&["-4", "addr", "show", "dev", dev]).unwrap()[0]["addr_info"]
         .as_array()
         .unwrap()
         .iter()
@@ -52,6 +55,7 @@ fn ipv4_addrs(ns: &Netns, dev: &str) -> Vec<String> {
 
 fn routes(ns: &Netns, table: &str) -> Vec<String> {
     ns.ip(&["-4", "route", "show", "table", table])
+        .unwrap()
         .lines()
         .map(|l| {
             l.split_whitespace()
@@ -64,6 +68,7 @@ fn routes(ns: &Netns, table: &str) -> Vec<String> {
 
 fn rules(ns: &Netns) -> Vec<String> {
     ns.ip(&["-4", "rule", "show"])
+        .unwrap()
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect()
@@ -74,7 +79,6 @@ fn rules(ns: &Netns) -> Vec<String> {
 fn snapshot(ns: &Netns) -> (Vec<String>, String, String) {
     let links = ns
         .ip_json(&["-4", "addr"])
-        .as_array()
         .unwrap()
         .iter()
         .map(|l| {
@@ -87,26 +91,28 @@ fn snapshot(ns: &Netns) -> (Vec<String>, String, String) {
         .collect();
     (
         links,
-        ns.ip(&["-4", "route", "show", "table", "all"]),
-        ns.ip(&["-4", "rule"]),
+        ns.ip(&["-4", "route", "show", "table", "all"]).unwrap(),
+        ns.ip(&["-4", "rule"]).unwrap(),
     )
 }
 
 fn setup(ns: &Netns, eni: SecondaryEni) -> Result<(), String> {
-    ns.run(move || async move {
+    ns.block_on_in(move || async move {
         let host = HostNetwork::connect().map_err(|e| e.to_string())?;
         host.setup_secondary_eni(&eni)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
     })
+    .unwrap()
 }
 
 #[test]
 fn secondary_eni_bring_up_sets_address_table_rule_mtu_and_up() {
     let (node, _vpc) = node();
     // Something stale on the link that the bring-up must replace.
-    node.ip(&["addr", "add", "10.0.0.99/24", "dev", "eth1"]);
+    node.ip(&["addr", "add", "10.0.0.99/24", "dev", "eth1"])
+        .unwrap();
 
     setup(&node, eth1()).unwrap();
 
@@ -169,7 +175,8 @@ fn stale_eni_rule_with_another_table_is_replaced() {
         "7",
         "priority",
         "32765",
-    ]);
+    ])
+    .unwrap();
     setup(&node, eth1()).unwrap();
     let rules = rules(&node);
     let eni_rules: Vec<_> = rules.iter().filter(|r| r.starts_with("32765:")).collect();
@@ -197,13 +204,15 @@ fn primary_eni_gets_only_its_mtu() {
     let (node, _vpc) = node();
     let before_routes = routes(&node, "all");
     let before_rules = rules(&node);
-    let name = node.run(|| async {
-        let host = HostNetwork::connect().unwrap();
-        host.set_primary_mtu("02:00:0a:00:00:0a".parse().unwrap(), "eni-a", 1500)
-            .await
-            .unwrap()
-            .name
-    });
+    let name = node
+        .block_on_in(|| async {
+            let host = HostNetwork::connect().unwrap();
+            host.set_primary_mtu("02:00:0a:00:00:0a".parse().unwrap(), "eni-a", 1500)
+                .await
+                .unwrap()
+                .name
+        })
+        .unwrap();
     assert_eq!(name, "eth0");
     assert_eq!(link(&node, "eth0")["mtu"], 1500);
     assert_eq!(routes(&node, "all"), before_routes);
@@ -222,7 +231,8 @@ fn pod_rules_are_deleted_and_others_kept() {
         "main",
         "priority",
         "512",
-    ]);
+    ])
+    .unwrap();
     node.ip(&[
         "rule",
         "add",
@@ -232,7 +242,8 @@ fn pod_rules_are_deleted_and_others_kept() {
         "2",
         "priority",
         "1536",
-    ]);
+    ])
+    .unwrap();
     node.ip(&[
         "rule",
         "add",
@@ -242,7 +253,8 @@ fn pod_rules_are_deleted_and_others_kept() {
         "3",
         "priority",
         "1536",
-    ]);
+    ])
+    .unwrap();
     node.ip(&[
         "rule",
         "add",
@@ -252,7 +264,8 @@ fn pod_rules_are_deleted_and_others_kept() {
         "main",
         "priority",
         "512",
-    ]);
+    ])
+    .unwrap();
     node.ip(&[
         "rule",
         "add",
@@ -262,14 +275,17 @@ fn pod_rules_are_deleted_and_others_kept() {
         "2",
         "priority",
         "1536",
-    ]);
+    ])
+    .unwrap();
     let ip = Ipv4Addr::new(10, 0, 0, 50);
-    let (deleted, again) = node.run(move || async move {
-        let host = HostNetwork::connect().unwrap();
-        let deleted = host.delete_pod_rules(ip).await.unwrap();
-        let again = host.delete_pod_rules(ip).await.unwrap();
-        (deleted, again)
-    });
+    let (deleted, again) = node
+        .block_on_in(move || async move {
+            let host = HostNetwork::connect().unwrap();
+            let deleted = host.delete_pod_rules(ip).await.unwrap();
+            let again = host.delete_pod_rules(ip).await.unwrap();
+            (deleted, again)
+        })
+        .unwrap();
     assert_eq!((deleted, again), (3, 0));
     let rules = rules(&node);
     assert!(!rules.iter().any(|r| r.contains("10.0.0.50")), "{rules:?}");
@@ -286,7 +302,9 @@ fn pod_rules_are_deleted_and_others_kept() {
 #[test]
 fn links_are_listed_with_names_and_macs() {
     let (node, _vpc) = node();
-    let links = node.run(|| async { HostNetwork::connect().unwrap().links().await.unwrap() });
+    let links = node
+        .block_on_in(|| async { HostNetwork::connect().unwrap().links().await.unwrap() })
+        .unwrap();
     let eth1 = links.iter().find(|l| l.name == "eth1").unwrap();
     assert_eq!(eth1.mac.unwrap().to_string(), ETH1_MAC);
     assert!(links.iter().any(|l| l.name == "lo"));

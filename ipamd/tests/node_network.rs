@@ -10,11 +10,13 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::{Netns, add_veth, require_root, run};
+use common::add_veth;
 use ipamd::config::parse::RandomizeSnat;
 use ipamd::host_network::HostNetwork;
 use ipamd::node_network::iptables::Iptables;
 use ipamd::node_network::{NodeFacts, NodeNetwork, NodeNetworkSettings, ReconcileReport};
+use test_support::netns::Netns;
+use test_support::prereqs::require_root;
 
 const ETH0_MAC: &str = "02:00:0a:00:00:0a";
 const BACKENDS: [&str; 2] = ["iptables", "iptables-legacy"];
@@ -42,12 +44,13 @@ fn facts() -> NodeFacts {
 
 /// A node whose eth0 (the primary ENI, rp_filter=1 as EC2 AMIs set it) is a veth into a peer.
 fn node() -> (Netns, Netns) {
-    require_root();
-    let node = Netns::new("node");
-    let vpc = Netns::new("vpc");
+    require_root().unwrap();
+    let node = Netns::new("node").unwrap();
+    let vpc = Netns::new("vpc").unwrap();
     add_veth(&node, "eth0", ETH0_MAC, &vpc, "v0");
-    node.ip(&["addr", "add", "10.0.0.10/24", "dev", "eth0"]);
-    node.ip(&["link", "set", "eth0", "up"]);
+    node.ip(&["addr", "add", "10.0.0.10/24", "dev", "eth0"])
+        .unwrap();
+    node.ip(&["link", "set", "eth0", "up"]).unwrap();
     exec(
         &node,
         "sysctl",
@@ -57,9 +60,7 @@ fn node() -> (Netns, Netns) {
 }
 
 fn exec(ns: &Netns, program: &str, args: &[&str]) -> String {
-    let mut full = vec!["netns", "exec", ns.name.as_str(), program];
-    full.extend_from_slice(args);
-    run("ip", &full)
+    ns.exec_checked(program, args).unwrap()
 }
 
 /// `<backend>-save` of a table without comments and counters.
@@ -75,14 +76,9 @@ fn save(ns: &Netns, backend: &str, table: &str) -> Vec<String> {
 }
 
 fn restore(ns: &Netns, backend: &str, batch: &str) {
-    let mut child = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            &format!("{backend}-restore"),
-            "--noflush",
-        ])
+    let mut child = ns
+        .command(format!("{backend}-restore"))
+        .arg("--noflush")
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -96,6 +92,7 @@ fn restore(ns: &Netns, backend: &str, batch: &str) {
 
 fn rules(ns: &Netns) -> Vec<String> {
     ns.ip(&["-4", "rule", "show"])
+        .unwrap()
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect()
@@ -114,13 +111,14 @@ fn reconcile(
     f: NodeFacts,
 ) -> Result<ReconcileReport, String> {
     let backend = backend.to_owned();
-    ns.run(move || async move {
+    ns.block_on_in(move || async move {
         let host = HostNetwork::connect().map_err(|e| e.to_string())?;
         NodeNetwork::with_iptables(s, host, Iptables::with_command(&backend))
             .reconcile(&f)
             .await
             .map_err(|e| e.to_string())
     })
+    .unwrap()
 }
 
 fn count(lines: &[String], line: &str) -> usize {
@@ -222,7 +220,8 @@ fn stale_and_duplicated_rules_go_and_foreign_rules_stay() {
             "main",
             "priority",
             "1535",
-        ]);
+        ])
+        .unwrap();
         node.ip(&[
             "rule",
             "add",
@@ -232,7 +231,8 @@ fn stale_and_duplicated_rules_go_and_foreign_rules_stay() {
             "main",
             "priority",
             "1024",
-        ]);
+        ])
+        .unwrap();
         node.ip(&[
             "rule",
             "add",
@@ -242,7 +242,8 @@ fn stale_and_duplicated_rules_go_and_foreign_rules_stay() {
             "100",
             "priority",
             "1535",
-        ]);
+        ])
+        .unwrap();
 
         let s = NodeNetworkSettings {
             external_service_cidrs: vec!["198.51.100.0/24".parse().unwrap()],
@@ -407,7 +408,9 @@ fn missing_primary_link_or_vpc_cidrs_are_errors_naming_them() {
 #[test]
 fn the_backend_the_node_already_uses_is_detected() {
     let (fresh, _vpc) = node();
-    let chosen = fresh.run(|| async { Iptables::detect().await.command_name().to_owned() });
+    let chosen = fresh
+        .block_on_in(|| async { Iptables::detect().await.command_name().to_owned() })
+        .unwrap();
     assert_eq!(chosen, "iptables-nft", "an empty node defaults to nft");
 
     let (legacy_node, _vpc2) = node();
@@ -416,16 +419,19 @@ fn the_backend_the_node_already_uses_is_detected() {
         "iptables-legacy",
         "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n",
     );
-    let chosen = legacy_node.run(|| async { Iptables::detect().await.command_name().to_owned() });
+    let chosen = legacy_node
+        .block_on_in(|| async { Iptables::detect().await.command_name().to_owned() })
+        .unwrap();
     assert_eq!(chosen, "iptables-legacy", "kubelet's hint is in legacy");
     let report = legacy_node
-        .run(|| async {
+        .block_on_in(|| async {
             let host = HostNetwork::connect().map_err(|e| e.to_string())?;
             NodeNetwork::with_iptables(settings(), host, Iptables::detect().await)
                 .reconcile(&facts())
                 .await
                 .map_err(|e| e.to_string())
         })
+        .unwrap()
         .unwrap();
     assert_eq!(report.primary_link, "eth0");
     assert_eq!(

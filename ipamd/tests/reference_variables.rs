@@ -32,13 +32,14 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::daemon::{Ipamd, Paths, client, command};
-use common::imds::{self, Eni, Imds, Node};
-use common::{Netns, add_veth, require_root};
+use common::daemon::{Ipamd, client, command};
+use common::{World, world};
 use ipamd::config::{self as cfg, Config, ConfigError};
 use ipamd::install::{DISABLE_TCP_EARLY_DEMUX, HOST_CNI_BIN_PATH, SHIPPED_PLUGINS};
 use ipamd::pool::policy::Targets;
 use ipamd::rpc::AddNetworkRequest;
+use test_support::netns::Netns;
+use test_support::prereqs::require_root;
 
 /// Every variable of the reference's aws-node, as ipamd's constants spell them.
 const REFERENCE_VARIABLES: [&str; 59] = [
@@ -325,7 +326,7 @@ fn run_refused(ns: &Netns, install_cni: bool, env: &[(String, String)]) -> Refus
     let before = tree(d);
 
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_ipamd")]);
+    cmd.args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_ipamd")]);
     if install_cni {
         cmd.arg("install-cni").arg("--from").arg(&from);
     }
@@ -382,8 +383,8 @@ fn run_refused(ns: &Netns, install_cni: bool, env: &[(String, String)]) -> Refus
 
 #[test]
 fn refused_settings_stop_ipamd_and_install_cni_before_anything_is_written() {
-    require_root();
-    let ns = Netns::new("refuse");
+    require_root().unwrap();
+    let ns = Netns::new("refuse").unwrap();
     let mut runs = 0;
     for row in rows().into_iter().filter(|r| r.status == Status::Refused) {
         let (var, value) = (row.variable.as_str(), row.proof.as_str());
@@ -591,8 +592,6 @@ fn no_op_settings_change_nothing_but_are_validated() {
 // Behaviour of the real binary
 // ------------------------------------------------------------------------------------------
 
-const MAC0: &str = "02:00:0a:00:00:0a";
-const MAC1: &str = "02:00:0a:00:00:0b";
 const TIMEOUT: Duration = Duration::from_secs(40);
 /// Credentials for the fake EC2 (the SDK signs every request).
 const CREDENTIALS: [(&str, &str); 2] = [
@@ -603,85 +602,22 @@ const CREDENTIALS: [(&str, &str); 2] = [
     ),
 ];
 
-/// A node namespace with two ENIs (eth0 primary 10.0.0.10 with .11/.12, eth1 10.0.0.20 with
-/// .21/.22) behind a VPC peer, its IMDS, and a directory for ipamd's files.
-struct World {
-    node: Netns,
-    _vpc: Netns,
-    _dir: tempfile::TempDir,
-    paths: Paths,
-    imds: Imds,
+/// ipamd in EC2 mode against `ec2`, plus `extra`.
+fn start_ec2_mode(w: &World, ec2: &FakeEc2, extra: &[(&str, &str)]) -> Ipamd {
+    let endpoint = ec2.endpoint();
+    let mut env = vec![
+        (cfg::ENABLE_IMDS_ONLY_MODE, "false"),
+        (cfg::AWS_EC2_ENDPOINT, endpoint.as_str()),
+    ];
+    env.extend(CREDENTIALS);
+    env.extend_from_slice(extra);
+    w.start(&env)
 }
 
-fn world() -> World {
-    require_root();
-    let node = Netns::new("node");
-    let vpc = Netns::new("vpc");
-    add_veth(&node, "eth0", MAC0, &vpc, "v0");
-    add_veth(&node, "eth1", MAC1, &vpc, "v1");
-    node.ip(&["addr", "add", "10.0.0.10/24", "dev", "eth0"]);
-    node.ip(&["link", "set", "eth0", "up"]);
-    let eni = |mac: &str, id: &str, device, ips: [&str; 3]| Eni {
-        mac: mac.into(),
-        id: id.into(),
-        device,
-        subnet: "10.0.0.0/24".into(),
-        ips: ips.iter().map(|s| (*s).to_owned()).collect(),
-    };
-    let imds = imds::spawn(
-        &node,
-        Node {
-            enis: vec![
-                eni(
-                    MAC0,
-                    "eni-0000000000000000a",
-                    0,
-                    ["10.0.0.10", "10.0.0.11", "10.0.0.12"],
-                ),
-                eni(
-                    MAC1,
-                    "eni-0000000000000000b",
-                    1,
-                    ["10.0.0.20", "10.0.0.21", "10.0.0.22"],
-                ),
-            ],
-        },
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let paths = Paths {
-        dir: dir.path().to_owned(),
-    };
-    World {
-        node,
-        _vpc: vpc,
-        _dir: dir,
-        paths,
-        imds,
-    }
-}
-
-impl World {
-    fn start(&self, extra: &[(&str, &str)]) -> Ipamd {
-        Ipamd::start(&self.node, &self.paths, &self.imds.endpoint(), extra)
-    }
-
-    /// EC2 mode against `ec2`, plus `extra`.
-    fn start_ec2_mode(&self, ec2: &FakeEc2, extra: &[(&str, &str)]) -> Ipamd {
-        let endpoint = ec2.endpoint();
-        let mut env = vec![
-            (cfg::ENABLE_IMDS_ONLY_MODE, "false"),
-            (cfg::AWS_EC2_ENDPOINT, endpoint.as_str()),
-        ];
-        env.extend(CREDENTIALS);
-        env.extend_from_slice(extra);
-        self.start(&env)
-    }
-
-    fn link_mtu(&self, name: &str) -> u64 {
-        self.node.ip_json(&["link", "show", "dev", name])[0]["mtu"]
-            .as_u64()
-            .unwrap()
-    }
+fn link_mtu(w: &World, name: &str) -> u64 {
+    w.node.ip_json(&["link", "show", "dev", name]).unwrap()[0]["mtu"]
+        .as_u64()
+        .unwrap()
 }
 
 /// Waits until `log` (a file) holds a line for which `want` is true; returns the whole text.
@@ -865,7 +801,7 @@ fn serve(mut stream: TcpStream, answer: Answer, log: &Mutex<Vec<Received>>) {
 async fn ec2_calls_go_to_aws_ec2_endpoint_with_vpc_cni_version_in_the_user_agent() {
     let w = world();
     let ec2 = FakeEc2::spawn(&w.node, Answer::Unauthorized);
-    let _ipamd = w.start_ec2_mode(&ec2, &[(cfg::VPC_CNI_VERSION, "v9.8.7-test")]);
+    let _ipamd = start_ec2_mode(&w, &ec2, &[(cfg::VPC_CNI_VERSION, "v9.8.7-test")]);
     let got = ec2.wait_for_requests(2).await;
     for r in &got {
         let agents = format!(
@@ -893,7 +829,7 @@ async fn ec2_calls_go_to_aws_ec2_endpoint_with_vpc_cni_version_in_the_user_agent
 async fn missing_permission_warning_names_my_pod_name() {
     let w = world();
     let ec2 = FakeEc2::spawn(&w.node, Answer::Unauthorized);
-    let mut ipamd = w.start_ec2_mode(&ec2, &[(cfg::MY_POD_NAME, "aws-node-x7k2p")]);
+    let mut ipamd = start_ec2_mode(&w, &ec2, &[(cfg::MY_POD_NAME, "aws-node-x7k2p")]);
     let log = wait_for_log(
         &mut ipamd,
         &w.paths.log(),
@@ -924,7 +860,8 @@ async fn log_file_and_log_level_are_honoured() {
     for level in ["INFO", "DEBUG"] {
         let log = w.paths.dir.join(format!("logs-{level}/nested/ipamd.log"));
         let log_s = log.display().to_string();
-        let mut ipamd = w.start_ec2_mode(
+        let mut ipamd = start_ec2_mode(
+            &w,
             &ec2,
             &[
                 (cfg::AWS_VPC_K8S_CNI_LOG_FILE, log_s.as_str()),
@@ -965,8 +902,11 @@ async fn leaked_eni_cleanup_starts_unless_disabled() {
     let ec2 = FakeEc2::spawn(&w.node, Answer::Unauthorized);
     for disabled in [false, true] {
         let value = disabled.to_string();
-        let mut ipamd =
-            w.start_ec2_mode(&ec2, &[(cfg::DISABLE_LEAKED_ENI_CLEANUP, value.as_str())]);
+        let mut ipamd = start_ec2_mode(
+            &w,
+            &ec2,
+            &[(cfg::DISABLE_LEAKED_ENI_CLEANUP, value.as_str())],
+        );
         ipamd.wait_ready(TIMEOUT);
         let text = wait_for_log(
             &mut ipamd,
@@ -1005,7 +945,7 @@ async fn unanswered_ec2_calls_time_out_after_http_timeout() {
     const SECS: u64 = 12;
     let w = world();
     let ec2 = FakeEc2::spawn(&w.node, Answer::Never);
-    let _ipamd = w.start_ec2_mode(&ec2, &[(cfg::HTTP_TIMEOUT, "12")]);
+    let _ipamd = start_ec2_mode(&w, &ec2, &[(cfg::HTTP_TIMEOUT, "12")]);
     let got = ec2.wait_for_requests(2).await;
     assert_eq!(
         got[0].action(),
@@ -1084,10 +1024,10 @@ async fn provisioning_disabled_makes_no_ec2_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eni_mtu_is_set_on_every_eni_and_is_the_pod_mtu() {
     let w = world();
-    assert_eq!((w.link_mtu("eth0"), w.link_mtu("eth1")), (1500, 1500));
+    assert_eq!((link_mtu(&w, "eth0"), link_mtu(&w, "eth1")), (1500, 1500));
     let mut ipamd = w.start(&[(cfg::AWS_VPC_ENI_MTU, "4000")]);
     ipamd.wait_ready(TIMEOUT);
-    assert_eq!((w.link_mtu("eth0"), w.link_mtu("eth1")), (4000, 4000));
+    assert_eq!((link_mtu(&w, "eth0"), link_mtu(&w, "eth1")), (4000, 4000));
     let conflist: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(w.paths.conflist()).unwrap()).unwrap();
     assert_eq!(conflist["plugins"][0]["mtu"], "4000");
@@ -1107,7 +1047,7 @@ async fn node_networking_follows_connmark_randomize_snat_and_veth_prefix() {
     let mut rules = String::new();
     for table in ["nat", "mangle"] {
         let out = Command::new("ip")
-            .args(["netns", "exec", &w.node.name, "iptables-save", "-t", table])
+            .args(["netns", "exec", w.node.name(), "iptables-save", "-t", table])
             .output()
             .unwrap();
         assert!(

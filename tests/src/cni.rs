@@ -12,11 +12,11 @@ use rand::Rng;
 use serde_json::Value;
 use sha1::{Digest, Sha1};
 
-use crate::netns::{Netns, NetnsError};
+use test_support::netns::{CommandError, Netns};
 
 /// Errors of running the plugin or the libcni front end.
 #[derive(Debug, thiserror::Error)]
-pub enum CniError {
+pub enum PluginRunError {
     /// The program could not be started or fed.
     #[error("cannot run {program}: {source}")]
     Spawn {
@@ -27,7 +27,7 @@ pub enum CniError {
     },
     /// The pod's namespace could not be made.
     #[error(transparent)]
-    Netns(#[from] NetnsError),
+    Command(#[from] CommandError),
 }
 
 /// The host-side veth name of a pod: `prefix` + first 11 hex chars of sha1("<ns>.<name>").
@@ -99,13 +99,13 @@ pub fn result_ip(result: &Value) -> Option<Ipv4Addr> {
 }
 
 /// Runs `cmd` with `stdin` and collects a [`CniOutcome`].
-pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Result<CniOutcome, CniError> {
+pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Result<CniOutcome, PluginRunError> {
     let mut line = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
         line.push(' ');
         line.push_str(&a.to_string_lossy());
     }
-    let spawn_err = |source| CniError::Spawn {
+    let spawn_err = |source| PluginRunError::Spawn {
         program: line.clone(),
         source,
     };
@@ -208,10 +208,10 @@ impl CniRequest {
         host: &Netns,
         plugin: impl AsRef<OsStr>,
         default_path: &str,
-    ) -> Result<CniOutcome, CniError> {
+    ) -> Result<CniOutcome, PluginRunError> {
         let mut cmd = host.command(plugin);
         cmd.env_clear()
-            .env("PATH", crate::netns::default_path())
+            .env("PATH", test_support::netns::default_path())
             .envs(self.env(default_path));
         run_with_stdin(&mut cmd, &self.stdin)
     }
@@ -237,7 +237,7 @@ pub struct Pod {
 
 impl Pod {
     /// Creates the pod's namespace; the container id is 64 random hex chars, as runtimes use.
-    pub fn new(namespace: &str, name: &str) -> Result<Self, CniError> {
+    pub fn new(namespace: &str, name: &str) -> Result<Self, PluginRunError> {
         let n = POD_COUNTER.fetch_add(1, Ordering::Relaxed);
         let netns = Netns::new(&format!("pod{n}"))?;
         let bytes: [u8; 32] = rand::rng().random();
@@ -270,14 +270,14 @@ impl Pod {
     }
 
     /// The pod's namespace, or an error saying it was deleted.
-    pub fn ns(&self) -> Result<&Netns, NetnsError> {
-        self.netns.as_ref().ok_or_else(|| NetnsError::Deleted {
+    pub fn ns(&self) -> Result<&Netns, CommandError> {
+        self.netns.as_ref().ok_or_else(|| CommandError::Deleted {
             name: self.netns_path.clone(),
         })
     }
 
     /// Deletes the pod's namespace now (the runtime tore the sandbox down).
-    pub fn delete_netns(&mut self) -> Result<(), NetnsError> {
+    pub fn delete_netns(&mut self) -> Result<(), CommandError> {
         match self.netns.take() {
             Some(mut ns) => ns.delete(),
             None => Ok(()),

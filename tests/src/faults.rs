@@ -15,15 +15,16 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::cni::{CniOutcome, CniRequest};
-use crate::netns::NetnsProcess;
-use crate::node::{NodeError, NodeHost};
+use crate::node::{NodeHost, SimNodeError};
+use test_support::netns::NetnsProcess;
 
-pub use crate::faults_proxy::{Fault, FaultProxy, FaultRule, Match, ProxyError, ProxyStats};
+pub use crate::faults_proxy::{Fault, FaultProxy, FaultRule};
+pub use crate::faults_proxy::{Match, ProxyError, ProxyStats};
 
 /// Env var that switches the campaigns to their soak sizes (`make soak`).
-pub const SOAK_ENV: &str = "VCNI_SOAK";
+pub(crate) const SOAK_ENV: &str = "VCNI_SOAK";
 /// Env var fixing the campaigns' random seed (printed by every campaign).
-pub const SEED_ENV: &str = "VCNI_SEED";
+pub(crate) const SEED_ENV: &str = "VCNI_SEED";
 
 /// Whether the campaigns run at soak size.
 pub fn soak() -> bool {
@@ -70,7 +71,7 @@ impl<'a> IpamdSupervisor<'a> {
     }
 
     /// Starts ipamd and waits until it wrote a fresh conflist (the old one is removed first).
-    pub fn start(&mut self, timeout: Duration) -> Result<Duration, NodeError> {
+    pub fn start(&mut self, timeout: Duration) -> Result<Duration, SimNodeError> {
         if self.running() {
             return Ok(Duration::ZERO);
         }
@@ -78,7 +79,7 @@ impl<'a> IpamdSupervisor<'a> {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(NodeError::Io {
+                return Err(SimNodeError::Io {
                     context: "cannot remove the old conflist".into(),
                     source,
                 });
@@ -98,13 +99,13 @@ impl<'a> IpamdSupervisor<'a> {
             }
             if let Some(status) = self.process.as_mut().and_then(NetnsProcess::try_wait) {
                 self.process = None;
-                return Err(NodeError::IpamdExited {
+                return Err(SimNodeError::IpamdExited {
                     status: NetnsProcess::describe_status(status),
                     diag: self.node.diag(),
                 });
             }
             if started.elapsed() > timeout {
-                return Err(NodeError::NotReady {
+                return Err(SimNodeError::NotReady {
                     conflist,
                     timeout,
                     diag: self.node.diag(),
@@ -115,8 +116,8 @@ impl<'a> IpamdSupervisor<'a> {
     }
 
     /// SIGKILL (no chance to clean up: a crash, an OOM kill) and reap.
-    pub fn kill(&mut self) -> Result<(), NodeError> {
-        let mut process = self.process.take().ok_or(NodeError::IpamdNotRunning)?;
+    pub fn kill(&mut self) -> Result<(), SimNodeError> {
+        let mut process = self.process.take().ok_or(SimNodeError::IpamdNotRunning)?;
         process.kill();
         self.kills += 1;
         Ok(())
@@ -159,7 +160,7 @@ pub struct CheckpointSampler {
 
 /// Whether `text` is a checkpoint as ipamd writes it: `{"version":"vpc-cni-ipam/1",
 /// "allocations":[{..."ipv4"...}]}`. Returns the reason when not.
-pub fn check_checkpoint_text(text: &str) -> Result<Vec<Value>, String> {
+pub(crate) fn check_checkpoint_text(text: &str) -> Result<Vec<Value>, String> {
     let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     if v["version"] != "vpc-cni-ipam/1" {
         return Err(format!("version is {}", v["version"]));
@@ -285,11 +286,11 @@ pub fn exec_plugin_aborting_at(
     node: &NodeHost,
     request: &CniRequest,
     phase: &str,
-) -> Result<CniOutcome, NodeError> {
-    let plugin = crate::bins::aws_cni()?;
+) -> Result<CniOutcome, SimNodeError> {
+    let plugin = test_support::prereqs::aws_cni()?;
     let mut cmd = node.ns().command(&plugin);
     cmd.env_clear()
-        .env("PATH", crate::netns::default_path())
+        .env("PATH", test_support::netns::default_path())
         .envs(request.env(node.cni_path()))
         .env(aws_cni::timing::ABORT_AT_ENV, phase);
     Ok(crate::cni::run_with_stdin(&mut cmd, &request.stdin)?)

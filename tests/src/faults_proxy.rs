@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::netns::Netns;
+use test_support::netns::Netns;
 
 /// Largest request or response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -306,15 +306,6 @@ impl FaultProxy {
     /// Removes every rule (requests are forwarded again).
     pub fn clear_rules(&self) {
         lock(&self.shared).rules.clear();
-    }
-
-    /// Rules that can still fire.
-    pub fn active_rules(&self) -> usize {
-        lock(&self.shared)
-            .rules
-            .iter()
-            .filter(|r| r.remaining != Some(0))
-            .count()
     }
 
     /// `true`: every request's connection is reset (the server is unreachable); `false`:

@@ -6,14 +6,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::netns::{Netns, NetnsError};
+use test_support::netns::{CommandError, Netns};
 
 /// Errors of an HTTP exchange.
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub enum HttpExchangeError {
     /// The namespace could not be entered.
     #[error(transparent)]
-    Netns(#[from] NetnsError),
+    Command(#[from] CommandError),
     /// Connecting, writing or reading failed.
     #[error("HTTP {method} http://{addr}{path} failed: {source}")]
     Io {
@@ -73,7 +73,7 @@ pub fn request(
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
-) -> Result<HttpReply, HttpError> {
+) -> Result<HttpReply, HttpExchangeError> {
     let (m, p) = (method.to_owned(), path.to_owned());
     let headers: Vec<(String, String)> = headers
         .iter()
@@ -87,14 +87,14 @@ fn exchange(
     method: &str,
     path: &str,
     headers: &[(String, String)],
-) -> Result<HttpReply, HttpError> {
-    let io = |source| HttpError::Io {
+) -> Result<HttpReply, HttpExchangeError> {
+    let io = |source| HttpExchangeError::Io {
         method: method.to_owned(),
         addr,
         path: path.to_owned(),
         source,
     };
-    let malformed = |detail: &str| HttpError::Malformed {
+    let malformed = |detail: &str| HttpExchangeError::Malformed {
         method: method.to_owned(),
         addr,
         path: path.to_owned(),
@@ -169,7 +169,11 @@ fn dechunk(raw: &str) -> Option<String> {
 
 /// A GET of instance metadata from inside `ns` (IMDSv2: token first), at `endpoint`
 /// (`169.254.169.254:80` on a node of the simulated VPC).
-pub fn imds_get(ns: &Netns, endpoint: SocketAddr, path: &str) -> Result<HttpReply, HttpError> {
+pub fn imds_get(
+    ns: &Netns,
+    endpoint: SocketAddr,
+    path: &str,
+) -> Result<HttpReply, HttpExchangeError> {
     let token = request(
         ns,
         endpoint,

@@ -6,27 +6,20 @@
 //! the containerd it runs) creates and deletes; the machine's root namespace is never changed.
 
 pub mod bench;
-pub mod bins;
-pub mod cleanup;
 pub mod cni;
-pub mod cniclient;
+mod cniclient;
 pub mod cri;
 pub mod faults;
-pub mod faults_proxy;
+mod faults_proxy;
 pub mod http;
-pub mod imds;
 pub mod ipamd_client;
-pub mod metadata;
-pub mod netns;
 pub mod node;
-pub mod podman;
+mod podman;
 pub mod probe;
 pub mod vpc;
 
 pub use cni::{CniOutcome, CniRequest, Pod, host_veth_name};
 pub use cniclient::CniClient;
-pub use metadata::{InterfaceDescription, NodeDescription};
-pub use netns::Netns;
-pub use node::{NodeError, NodeOptions, SimNode, standard_node};
+pub use node::{NodeOptions, SimNode, SimNodeError, standard_node};
 pub use podman::Podman;
 pub use vpc::{FabricOptions, NodeSpec, VpcFabric, VpcNode};

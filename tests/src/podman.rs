@@ -9,13 +9,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::bins::{self, BinError};
-use crate::cleanup;
-use crate::netns::{NetnsError, run};
 use crate::node::SimNode;
+use test_support::cleanup;
+use test_support::netns::{CommandError, run};
+use test_support::prereqs::{self, PrereqError};
 
 /// The local image the tests run (busybox-static, imported, no registry involved).
-pub const BUSYBOX_IMAGE: &str = "localhost/vcni-busybox:latest";
+pub(crate) const BUSYBOX_IMAGE: &str = "localhost/vcni-busybox:latest";
 
 /// Applets linked into the image.
 const APPLETS: &[&str] = &[
@@ -27,10 +27,10 @@ const APPLETS: &[&str] = &[
 pub enum PodmanError {
     /// podman, runc or another tool is missing.
     #[error(transparent)]
-    Bin(#[from] BinError),
+    Prereq(#[from] PrereqError),
     /// A command could not be run.
     #[error(transparent)]
-    Netns(#[from] NetnsError),
+    Command(#[from] CommandError),
     /// A file of the private setup could not be written.
     #[error("{context}: {source}")]
     Io {
@@ -68,16 +68,16 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> PodmanError {
 impl<'a> Podman<'a> {
     /// Writes the private `containers.conf` and storage directories for `node`.
     pub fn new(node: &'a SimNode) -> Result<Self, PodmanError> {
-        bins::require_tool("podman", "apt-get install podman")?;
-        bins::require_tool("runc", "apt-get install runc")?;
-        bins::require_tool("tar", "apt-get install tar")?;
-        bins::require_tool("nsenter", "apt-get install util-linux")?;
+        prereqs::require_tool("podman", "apt-get install podman")?;
+        prereqs::require_tool("runc", "apt-get install runc")?;
+        prereqs::require_tool("tar", "apt-get install tar")?;
+        prereqs::require_tool("nsenter", "apt-get install util-linux")?;
         let dir = tempfile::Builder::new()
             .prefix("vcni-podman-")
             .tempdir()
             .map_err(io_err("cannot create podman's private directory".into()))?;
         cleanup::register_dir(dir.path());
-        let plugin = bins::aws_cni()?;
+        let plugin = prereqs::aws_cni()?;
         let plugin_dir = plugin.parent().unwrap_or(Path::new("/"));
         let conf = dir.path().join("containers.conf");
         let text = format!(
@@ -94,7 +94,7 @@ impl<'a> Podman<'a> {
              events_logger = \"none\"\n\
              tmp_dir = {tmp:?}\n",
             plugin_dir = plugin_dir.to_string_lossy(),
-            system = bins::SYSTEM_CNI_DIR,
+            system = prereqs::SYSTEM_CNI_DIR,
             confdir = node.conflist_dir().to_string_lossy(),
             tmp = dir.path().join("tmp").to_string_lossy(),
         );
@@ -134,7 +134,7 @@ impl<'a> Podman<'a> {
 
     /// Builds [`BUSYBOX_IMAGE`] from the static busybox binary with `podman import`.
     pub fn import_busybox(&self) -> Result<&'static str, PodmanError> {
-        let busybox = fs::canonicalize("/bin/busybox").map_err(|_| BinError::MissingTool {
+        let busybox = fs::canonicalize("/bin/busybox").map_err(|_| PrereqError::MissingTool {
             tool: "/bin/busybox".into(),
             hint: "apt-get install busybox-static".into(),
         })?;
@@ -148,7 +148,7 @@ impl<'a> Podman<'a> {
                 .map_err(io_err(format!("cannot link {applet}")))?;
         }
         let tar = self.dir().join("rootfs.tar");
-        crate::netns::run_checked(
+        test_support::netns::run_checked(
             Command::new("tar")
                 .arg("-C")
                 .arg(&rootfs)

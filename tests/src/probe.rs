@@ -7,14 +7,14 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use crate::netns::{Netns, NetnsError};
+use test_support::netns::{CommandError, Netns};
 
 /// Errors of a probe.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub enum ConnectivityError {
     /// The namespace could not be used.
     #[error(transparent)]
-    Netns(#[from] NetnsError),
+    Command(#[from] CommandError),
     /// A socket operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -35,7 +35,10 @@ pub enum ProbeError {
 
 /// Pings every destination from `ns` (one probe, a second try with two probes on loss, 2 s
 /// deadline per reply); returns the destinations that never answered.
-pub fn unreachable_from(ns: &Netns, destinations: &[IpAddr]) -> Result<Vec<IpAddr>, ProbeError> {
+pub fn unreachable_from(
+    ns: &Netns,
+    destinations: &[IpAddr],
+) -> Result<Vec<IpAddr>, ConnectivityError> {
     if destinations.is_empty() {
         return Ok(Vec::new());
     }
@@ -59,36 +62,37 @@ pub fn ping_matrix(
     sources: &[(String, &Netns, Vec<IpAddr>)],
     destinations: &[IpAddr],
     parallel: usize,
-) -> Result<Vec<(String, IpAddr)>, ProbeError> {
+) -> Result<Vec<(String, IpAddr)>, ConnectivityError> {
     let mut failures = Vec::new();
     for chunk in sources.chunks(parallel.max(1)) {
-        let results: Vec<Result<Vec<(String, IpAddr)>, ProbeError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|(label, ns, own)| {
-                    s.spawn(move || {
-                        let targets: Vec<IpAddr> = destinations
-                            .iter()
-                            .copied()
-                            .filter(|d| !own.contains(d))
-                            .collect();
-                        unreachable_from(ns, &targets)
-                            .map(|u| u.into_iter().map(|d| (label.clone(), d)).collect())
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(ProbeError::Io {
-                            what: "ping thread".into(),
-                            source: std::io::Error::other("panicked"),
+        let results: Vec<Result<Vec<(String, IpAddr)>, ConnectivityError>> =
+            std::thread::scope(|s| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|(label, ns, own)| {
+                        s.spawn(move || {
+                            let targets: Vec<IpAddr> = destinations
+                                .iter()
+                                .copied()
+                                .filter(|d| !own.contains(d))
+                                .collect();
+                            unreachable_from(ns, &targets)
+                                .map(|u| u.into_iter().map(|d| (label.clone(), d)).collect())
                         })
                     })
-                })
-                .collect()
-        });
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(ConnectivityError::Io {
+                                what: "ping thread".into(),
+                                source: std::io::Error::other("panicked"),
+                            })
+                        })
+                    })
+                    .collect()
+            });
         for r in results {
             failures.extend(r?);
         }
@@ -102,17 +106,19 @@ pub fn tcp_round_trip(
     server: &Netns,
     server_ip: Ipv4Addr,
     client: &Netns,
-) -> Result<SocketAddr, ProbeError> {
+) -> Result<SocketAddr, ConnectivityError> {
     let listener = server
         .run_in(move || TcpListener::bind((server_ip, 0)))?
-        .map_err(|source| ProbeError::Io {
+        .map_err(|source| ConnectivityError::Io {
             what: format!("listen on {server_ip} in {}", server.name()),
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| ProbeError::Io {
-        what: "listener address".into(),
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ConnectivityError::Io {
+            what: "listener address".into(),
+            source,
+        })?;
     let what = format!("{} -> {addr} ({})", client.name(), server.name());
     let server_thread = std::thread::spawn(move || -> std::io::Result<SocketAddr> {
         listener.set_nonblocking(false)?;
@@ -140,21 +146,21 @@ pub fn tcp_round_trip(
             let _ =
                 server.run_in(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)));
             let _ = server_thread.join();
-            return Err(ProbeError::Io { what, source });
+            return Err(ConnectivityError::Io { what, source });
         }
     };
     let peer = server_thread
         .join()
-        .map_err(|_| ProbeError::Io {
+        .map_err(|_| ConnectivityError::Io {
             what: what.clone(),
             source: std::io::Error::other("server thread panicked"),
         })?
-        .map_err(|source| ProbeError::Io {
+        .map_err(|source| ConnectivityError::Io {
             what: what.clone(),
             source,
         })?;
     if echoed != message {
-        return Err(ProbeError::Echo { what, got: echoed });
+        return Err(ConnectivityError::Echo { what, got: echoed });
     }
     Ok(peer)
 }

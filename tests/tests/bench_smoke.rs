@@ -9,14 +9,16 @@
 
 use std::path::PathBuf;
 
+use harness::bench::targets::Previous;
 use harness::bench::latency::Round;
 use harness::bench::plugins::Flavor;
 use harness::bench::report::ReportInputs;
-use harness::bench::targets::Previous;
 use harness::bench::{self, BenchConfig};
 
 fn example(name: &str) -> PathBuf {
-    let path = harness::bins::profile_dir().join("examples").join(name);
+    let path = test_support::prereqs::profile_dir()
+        .join("examples")
+        .join(name);
     assert!(
         path.is_file(),
         "{} is missing: build it with `cargo build -p aws-cni --example {name}` (cargo test --workspace builds it)",
@@ -27,8 +29,8 @@ fn example(name: &str) -> PathBuf {
 
 #[test]
 fn benchmark_driver_runs_every_measurement_with_tiny_n() {
-    harness::bins::require_root().unwrap_or_else(|e| panic!("{e}"));
-    let plugin = harness::bins::aws_cni().unwrap_or_else(|e| panic!("{e}"));
+    test_support::prereqs::require_root().unwrap_or_else(|e| panic!("{e}"));
+    let plugin = test_support::prereqs::aws_cni().unwrap_or_else(|e| panic!("{e}"));
     let mut c = BenchConfig::full(plugin, example("kernel-floor"), example("peak-rss"));
     c.pods = 3;
     c.concurrency = vec![1, 2];

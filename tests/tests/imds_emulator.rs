@@ -11,10 +11,11 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use harness::imds::{self, ImdsServer, TOKEN_HEADER, TTL_HEADER};
-use harness::metadata::NodeDescription;
-use harness::netns::Netns;
-use harness::{bins, standard_node};
+use harness::standard_node;
+use test_support::imds::{self, ImdsServer, TOKEN_HEADER, TTL_HEADER};
+use test_support::metadata::NodeDescription;
+use test_support::netns::Netns;
+use test_support::prereqs;
 
 struct Fixture {
     ns: Netns,
@@ -25,7 +26,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        bins::require_root().unwrap();
+        prereqs::require_root().unwrap();
         let ns = Netns::new("imds").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let node = standard_node(&[3, 2]);

@@ -10,7 +10,7 @@ use ipamd::rpc::cni_backend_client::CniBackendClient;
 use tonic::transport::Channel;
 use vpc_cni_contract::connect::{Timeouts, connect};
 
-use super::Netns;
+use test_support::netns::Netns;
 
 /// Files of one ipamd instance.
 #[derive(Debug, Clone)]
@@ -50,7 +50,7 @@ pub struct Ipamd {
 
 pub fn command(ns: &Netns, paths: &Paths, imds_endpoint: &str, extra: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_ipamd")])
+    cmd.args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_ipamd")])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("ENABLE_IMDS_ONLY_MODE", "true")

@@ -19,9 +19,9 @@ use super::BenchError;
 use super::exec::{enter_netns, monotonic_ns};
 use super::pods::{PodSet, ip_batch};
 use super::stats::{Summary, ns_to_ms};
-use crate::cleanup;
 use crate::cni::host_veth_name;
 use crate::node::{NETWORK_NAME, SimNode};
+use test_support::cleanup;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -367,7 +367,7 @@ impl OwnIpamd {
                 enter_netns(&netns)?;
                 Command::new(bin)
                     .env_clear()
-                    .env("PATH", crate::netns::default_path())
+                    .env("PATH", test_support::netns::default_path())
                     .envs(env.iter().map(|(k, v)| (k, v)))
                     .stdin(Stdio::null())
                     .stdout(out)

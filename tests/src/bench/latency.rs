@@ -221,7 +221,7 @@ pub struct RoundOutput {
 }
 
 fn node_ip_json(ctx: &Ctx, args: &[&str]) -> Result<Vec<Value>, BenchError> {
-    let out = crate::netns::run_checked(
+    let out = test_support::netns::run_checked(
         std::process::Command::new("ip")
             .args(["-n", &ctx.node_name, "-j"])
             .args(args),

@@ -41,22 +41,22 @@ use self::daemon::{LoadResult, Memory, StartupResult};
 use self::latency::{Ctx, CycleRound, Round, RssRound};
 use self::phases::{ExecFloors, KernelFloor, PhaseTable};
 use self::plugins::Plugin;
-use crate::metadata::{InterfaceDescription, NodeDescription};
-use crate::netns::NetnsError;
-use crate::node::{NodeError, NodeOptions, SimNode};
+use crate::node::{NodeOptions, SimNode, SimNodeError};
+use test_support::metadata::{InterfaceDescription, NodeDescription};
+use test_support::netns::CommandError;
 
 /// Errors of a benchmark run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// The simulated node failed.
     #[error(transparent)]
-    Node(#[from] NodeError),
+    Node(#[from] SimNodeError),
     /// A namespace command failed.
     #[error(transparent)]
-    Netns(#[from] NetnsError),
+    Exec(#[from] CommandError),
     /// A program under test or a tool is missing.
     #[error(transparent)]
-    Bin(#[from] crate::bins::BinError),
+    Prereq(#[from] test_support::prereqs::PrereqError),
     /// A program could not be run.
     #[error("cannot run {program}: {source}")]
     Spawn {
@@ -174,7 +174,7 @@ impl BenchConfig {
             cycle_concurrency: 8,
             plugin,
             floor,
-            ptp_dir: PathBuf::from(crate::bins::SYSTEM_CNI_DIR),
+            ptp_dir: PathBuf::from(test_support::prereqs::SYSTEM_CNI_DIR),
             exec_floor_reps: 300,
             load_clients: 8,
             load_iterations: 500,
@@ -184,7 +184,7 @@ impl BenchConfig {
             idle_window: Duration::from_secs(30),
             criterion_dir: None,
             glibc_plugin: None,
-            dockerfile: crate::bins::workspace_dir().join("Dockerfile"),
+            dockerfile: test_support::prereqs::workspace_dir().join("Dockerfile"),
             command: "make bench".into(),
             progress: true,
         }
@@ -347,7 +347,7 @@ struct OwnedDir(PathBuf);
 impl Drop for OwnedDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-        crate::cleanup::unregister_dir(&self.0);
+        test_support::cleanup::unregister_dir(&self.0);
     }
 }
 
@@ -360,7 +360,7 @@ fn say(config: &BenchConfig, msg: &str) {
 /// Runs the whole benchmark.
 pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
     config.validate()?;
-    crate::bins::require_node_prerequisites()?;
+    test_support::prereqs::require_node_prerequisites()?;
     let machine = artifacts::machine();
     let date = utc_now();
     let tmp = OwnedDir(daemon::tmpfs_dir());
@@ -368,9 +368,9 @@ pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
         context: format!("cannot create {}", tmp.0.display()),
         source,
     })?;
-    crate::cleanup::register_dir(&tmp.0);
+    test_support::cleanup::register_dir(&tmp.0);
     let checkpoint = tmp.0.join("ipam.json");
-    let ipamd_bin = crate::bins::ipamd()?;
+    let ipamd_bin = test_support::prereqs::ipamd()?;
 
     let ips = (config.pods + 1)
         .max(config.startup_pods)
@@ -566,7 +566,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
             context: format!("cannot create {}", disk.0.display()),
             source,
         })?;
-        crate::cleanup::register_dir(&disk.0);
+        test_support::cleanup::register_dir(&disk.0);
         loads.push(daemon::load_with_checkpoint_at(
             &mut node,
             &ipamd_bin,
@@ -614,7 +614,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
 
     // 4. Sizes, criterion, image.
     let mut binaries = Vec::new();
-    let ws = crate::bins::workspace_dir();
+    let ws = test_support::prereqs::workspace_dir();
     for (what, p) in [
         ("aws-cni (benchmarked build)", Some(config.plugin.clone())),
         ("aws-cni (glibc build)", config.glibc_plugin.clone()),

@@ -17,7 +17,7 @@ use nix::sched::{CloneFlags, unshare};
 use rand::Rng;
 
 use super::BenchError;
-use crate::cleanup;
+use test_support::cleanup;
 
 /// Counter of the benchmark's namespace names; starts far from the harness's own counter.
 static NEXT: AtomicU64 = AtomicU64::new(1_000_000);

@@ -15,7 +15,7 @@ use super::targets::{Previous, comparison_markdown, targets};
 
 /// A path relative to the workspace when it is inside it (reports are read in the repository).
 pub(super) fn shown(path: &std::path::Path) -> String {
-    let ws = crate::bins::workspace_dir();
+    let ws = test_support::prereqs::workspace_dir();
     path.strip_prefix(&ws).unwrap_or(path).display().to_string()
 }
 

@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use harness::bench::report::ReportInputs;
 use harness::bench::targets::Previous;
+use harness::bench::report::ReportInputs;
 use harness::bench::{self, BenchConfig};
 
 const USAGE: &str = "usage: cnibench run --plugin <aws-cni> --floor <kernel-floor> --peak-rss <peak-rss>\n\

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use harness::imds;
-use harness::metadata::FileSource;
+use test_support::imds;
+use test_support::metadata::FileSource;
 
 const USAGE: &str = "usage: imds-emulator --listen ADDR:PORT --node FILE";
 

@@ -27,7 +27,7 @@ const USAGE: &str = "usage: vpcsim demo | vpcsim vpc-demo\n\n\
 /// the teardown, so the interrupted run does not print misleading failures.
 macro_rules! say {
     ($($arg:tt)*) => {{
-        if !harness::cleanup::interrupted() {
+        if !test_support::cleanup::interrupted() {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, $($arg)*);
             let _ = out.flush();
@@ -50,7 +50,7 @@ fn main() {
     let code = match args.first().map(String::as_str) {
         Some("demo") if args.len() == 1 => match demo() {
             Ok(()) => 0,
-            Err(_) if harness::cleanup::interrupted() => 130,
+            Err(_) if test_support::cleanup::interrupted() => 130,
             Err(err) => {
                 eprintln!("\nvpcsim demo failed: {err:#}");
                 1
@@ -58,7 +58,7 @@ fn main() {
         },
         Some("vpc-demo") if args.len() == 1 => match vpc_demo::run() {
             Ok(()) => 0,
-            Err(_) if harness::cleanup::interrupted() => 130,
+            Err(_) if test_support::cleanup::interrupted() => 130,
             Err(err) => {
                 eprintln!("\nvpcsim vpc-demo failed: {err:#}");
                 1
@@ -105,7 +105,7 @@ fn ping_summary(output: &str) -> String {
 }
 
 fn demo() -> anyhow::Result<()> {
-    harness::bins::require_root().context("vpcsim demo creates network namespaces")?;
+    test_support::prereqs::require_root().context("vpcsim demo creates network namespaces")?;
     let description = standard_node(&[2, 2]);
     say!(
         "vpcsim demo: one simulated EC2 node in network namespaces (no AWS; nothing outside them)\n"

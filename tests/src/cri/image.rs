@@ -13,11 +13,11 @@ use std::process::Command;
 use serde_json::json;
 
 use super::{CriError, io_err};
-use crate::bins::{self, BinError};
-use crate::netns::run_checked;
+use test_support::netns::run_checked;
+use test_support::prereqs::{self, PrereqError};
 
 /// The image name the sandboxes use (`sandbox_image`), and the workload containers too.
-pub const PAUSE_IMAGE: &str = "localhost/vcni-pause:1";
+pub(crate) const PAUSE_IMAGE: &str = "localhost/vcni-pause:1";
 
 /// The static busybox copied into the image.
 const BUSYBOX: &str = "/bin/busybox";
@@ -82,10 +82,10 @@ fn reproducible_tar(from: &Path, to: &Path, entries: &[&str]) -> Result<(), CriE
 }
 
 /// Writes the image as an OCI archive in `work` (a scratch directory) and returns its path.
-pub fn write_pause_archive(work: &Path) -> Result<PathBuf, CriError> {
-    bins::require_tool("tar", "apt-get install tar")?;
-    bins::require_tool("sha256sum", "apt-get install coreutils")?;
-    let busybox = fs::canonicalize(BUSYBOX).map_err(|_| BinError::MissingTool {
+pub(crate) fn write_pause_archive(work: &Path) -> Result<PathBuf, CriError> {
+    prereqs::require_tool("tar", "apt-get install tar")?;
+    prereqs::require_tool("sha256sum", "apt-get install coreutils")?;
+    let busybox = fs::canonicalize(BUSYBOX).map_err(|_| PrereqError::MissingTool {
         tool: BUSYBOX.into(),
         hint: "apt-get install busybox-static".into(),
     })?;

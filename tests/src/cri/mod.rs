@@ -31,29 +31,30 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub use image::PAUSE_IMAGE;
+pub(crate) use image::PAUSE_IMAGE;
 use serde_json::{Value, json};
 
-use crate::bins::{self, BinError};
-use crate::cleanup;
-use crate::netns::{NetnsError, default_path, run};
-use crate::node::{NodeHost, tail};
+use crate::node::NodeHost;
+use test_support::cleanup;
+use test_support::netns::tail;
+use test_support::netns::{CommandError, default_path, run};
+use test_support::prereqs::{self, PrereqError};
 
 /// Env var naming the crictl binary (default: `target/go/bin/crictl`, built by `make deps`).
-pub const CRICTL_BIN_ENV: &str = "CRICTL_BIN";
+pub(crate) const CRICTL_BIN_ENV: &str = "CRICTL_BIN";
 
 /// The containerd namespace of the CRI plugin.
-pub const K8S_NAMESPACE: &str = "k8s.io";
+pub(crate) const K8S_NAMESPACE: &str = "k8s.io";
 
 /// Errors of running containerd and talking CRI to it.
 #[derive(Debug, thiserror::Error)]
 pub enum CriError {
     /// containerd, ctr, crictl or another tool is missing.
     #[error(transparent)]
-    Bin(#[from] BinError),
+    Prereq(#[from] PrereqError),
     /// A command could not be run.
     #[error(transparent)]
-    Netns(#[from] NetnsError),
+    Exec(#[from] CommandError),
     /// A file of the private setup could not be used.
     #[error("{context}: {source}")]
     Io {
@@ -104,14 +105,14 @@ pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) 
 }
 
 /// The crictl binary: `$CRICTL_BIN`, else `<target>/go/bin/crictl`.
-pub fn crictl_bin() -> Result<PathBuf, BinError> {
+pub(crate) fn crictl_bin() -> Result<PathBuf, PrereqError> {
     let path = std::env::var_os(CRICTL_BIN_ENV)
         .map(PathBuf::from)
-        .unwrap_or_else(|| bins::target_dir().join("go/bin/crictl"));
+        .unwrap_or_else(|| prereqs::target_dir().join("go/bin/crictl"));
     if path.is_file() {
         Ok(path)
     } else {
-        Err(BinError::Missing {
+        Err(PrereqError::Missing {
             what: "crictl (the CRI client)",
             path,
             hint: format!(
@@ -226,7 +227,7 @@ impl Containerd {
     /// Starts containerd in `node`'s namespace with `node`'s `net.d` as CNI conf dir, waits
     /// until its CRI answers, and imports the pause image.
     pub fn start(node: &NodeHost) -> Result<Self, CriError> {
-        bins::require_root()?;
+        prereqs::require_root()?;
         for (tool, package) in [
             ("containerd", "containerd"),
             ("containerd-shim-runc-v2", "containerd"),
@@ -234,14 +235,14 @@ impl Containerd {
             ("runc", "runc"),
             ("nsenter", "util-linux"),
         ] {
-            bins::require_tool(tool, &format!("apt-get install {package} (make deps)"))?;
+            prereqs::require_tool(tool, &format!("apt-get install {package} (make deps)"))?;
         }
         let crictl = crictl_bin()?;
-        let plugin = bins::aws_cni()?;
+        let plugin = prereqs::aws_cni()?;
         for p in ["loopback", "portmap"] {
-            let path = Path::new(bins::SYSTEM_CNI_DIR).join(p);
+            let path = Path::new(prereqs::SYSTEM_CNI_DIR).join(p);
             if !path.is_file() {
-                return Err(BinError::MissingTool {
+                return Err(PrereqError::MissingTool {
                     tool: path.display().to_string(),
                     hint: "apt-get install containernetworking-plugins (make deps)".into(),
                 }
@@ -282,7 +283,7 @@ impl Containerd {
     }
 
     /// containerd's log (debug level).
-    pub fn log_path(&self) -> PathBuf {
+    pub(crate) fn log_path(&self) -> PathBuf {
         self.dir().join("containerd.log")
     }
 
@@ -292,12 +293,12 @@ impl Containerd {
     }
 
     /// Where the recorder writes the calls.
-    pub fn calls_dir(&self) -> PathBuf {
+    pub(crate) fn calls_dir(&self) -> PathBuf {
         self.dir().join("cni-calls")
     }
 
     /// The cgroup parent of every pod of this containerd.
-    pub fn cgroup_parent(&self) -> &str {
+    pub(crate) fn cgroup_parent(&self) -> &str {
         &self.cgroup_parent
     }
 
@@ -311,7 +312,7 @@ impl Containerd {
         fs::create_dir_all(&bin).map_err(io_err("cannot create the CNI bin dir"))?;
         fs::create_dir_all(&calls).map_err(io_err("cannot create the calls dir"))?;
         for p in ["loopback", "portmap"] {
-            std::os::unix::fs::symlink(Path::new(bins::SYSTEM_CNI_DIR).join(p), bin.join(p))
+            std::os::unix::fs::symlink(Path::new(prereqs::SYSTEM_CNI_DIR).join(p), bin.join(p))
                 .map_err(io_err(format!("cannot link {p}")))?;
         }
         // The recorder: writes the call down, runs the real plugin on the same stdin, and
@@ -459,7 +460,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
 
     /// A crictl command with this containerd's endpoints.
-    pub fn crictl_command(&self) -> Command {
+    pub(crate) fn crictl_command(&self) -> Command {
         let mut cmd = Command::new(&self.crictl);
         cmd.arg("--config").arg(self.dir().join("crictl.yaml"));
         cmd
@@ -471,7 +472,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
 
     /// Runs `crictl <args>`; fails unless it exits 0; returns stdout.
-    pub fn crictl_ok(&self, args: &[&str]) -> Result<String, CriError> {
+    pub(crate) fn crictl_ok(&self, args: &[&str]) -> Result<String, CriError> {
         let out = self.crictl(args)?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -597,7 +598,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
 
     /// PodSandboxStatus with its verbose info.
-    pub fn inspect_pod(&self, id: &str) -> Result<Value, CriError> {
+    pub(crate) fn inspect_pod(&self, id: &str) -> Result<Value, CriError> {
         self.crictl_json(&["inspectp", "-o", "json", id])
     }
 
@@ -722,7 +723,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
 
     /// containerd's log lines at level error.
-    pub fn log_errors(&self) -> Vec<String> {
+    pub(crate) fn log_errors(&self) -> Vec<String> {
         fs::read_to_string(self.log_path())
             .unwrap_or_default()
             .lines()
@@ -769,10 +770,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         )
     }
 
-    /// How long containerd has run.
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
-    }
 }
 
 impl Drop for Containerd {

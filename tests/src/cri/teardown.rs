@@ -16,7 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::Containerd;
-use crate::cleanup;
+use test_support::cleanup;
 
 /// go-cni's result cache (containerd 1.6 has no setting to move it).
 const LIBCNI_CACHE: &str = "/var/lib/cni";

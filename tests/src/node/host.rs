@@ -5,7 +5,7 @@
 //! both deref to a [`NodeHost`].
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::bins::{self, BinError};
-use crate::cleanup;
-use crate::cni::{CniError, CniOutcome, CniRequest, Pod};
-use crate::http::HttpError;
-use crate::imds::ImdsError;
+use crate::cni::{CniOutcome, CniRequest, PluginRunError, Pod};
+use crate::http::HttpExchangeError;
 use crate::ipamd_client::IpamdClientError;
-use crate::metadata::MetadataError;
-use crate::netns::{Netns, NetnsError, NetnsProcess};
+use test_support::cleanup;
+use test_support::imds::ImdsServerError;
+use test_support::metadata::NodeFileError;
+use test_support::netns::{CommandError, Netns, NetnsProcess, tail};
+use test_support::prereqs::{self, PrereqError};
 
 /// Name of the conflist ipamd writes when ready.
 pub const CONFLIST_NAME: &str = "10-aws.conflist";
@@ -31,26 +31,26 @@ pub const NETWORK_NAME: &str = "aws-cni";
 /// The pod-side gateway every pod routes through.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// Env var that keeps node state directories (logs, checkpoint) after the test, for debugging.
-pub const KEEP_DIRS_ENV: &str = "VCNI_KEEP_DIRS";
+pub(crate) const KEEP_DIRS_ENV: &str = "VCNI_KEEP_DIRS";
 
 /// Errors of building or driving a simulated node.
 #[derive(Debug, thiserror::Error)]
-pub enum NodeError {
+pub enum SimNodeError {
     /// Namespace or command failure.
     #[error(transparent)]
-    Netns(#[from] NetnsError),
+    Command(#[from] CommandError),
     /// A program under test or a tool is missing.
     #[error(transparent)]
-    Bin(#[from] BinError),
+    Prereq(#[from] PrereqError),
     /// The node description is unusable.
     #[error(transparent)]
-    Metadata(#[from] MetadataError),
+    NodeFile(#[from] NodeFileError),
     /// The IMDS emulator did not start.
     #[error(transparent)]
-    Imds(#[from] ImdsError),
+    Imds(#[from] ImdsServerError),
     /// Running the plugin failed.
     #[error(transparent)]
-    Cni(#[from] CniError),
+    PluginRun(#[from] PluginRunError),
     /// Asking ipamd failed.
     #[error("{source}\n{diag}")]
     Client {
@@ -98,7 +98,7 @@ pub enum NodeError {
     },
     /// An HTTP exchange with the node (introspection) failed.
     #[error(transparent)]
-    Http(#[from] HttpError),
+    Http(#[from] HttpExchangeError),
     /// ipamd's introspection endpoint answered something unusable.
     #[error("introspection {path}: {reason}")]
     Introspection {
@@ -122,9 +122,9 @@ pub enum NodeError {
     },
 }
 
-pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SimNodeError {
     let context = context.into();
-    move |source| NodeError::Io { context, source }
+    move |source| SimNodeError::Io { context, source }
 }
 
 pub(crate) enum StateDir {
@@ -148,7 +148,7 @@ impl StateDir {
 
     /// A fresh `vcni-<what>-*` temp dir, kept after the run when `VCNI_KEEP_DIRS` is set,
     /// else removed on drop (and on a termination signal).
-    pub(crate) fn create(what: &str) -> Result<Self, NodeError> {
+    pub(crate) fn create(what: &str) -> Result<Self, SimNodeError> {
         let temp = tempfile::Builder::new()
             .prefix(&format!("vcni-{what}-"))
             .tempdir()
@@ -222,10 +222,10 @@ pub struct NodeHost {
 
 impl NodeHost {
     /// Prepares a node in `ns` (its state directory with `net.d`); ipamd is not started.
-    pub fn new(ns: Netns, settings: HostSettings) -> Result<Self, NodeError> {
-        bins::require_node_prerequisites()?;
-        let ipamd_bin = bins::ipamd()?;
-        let cni_path = bins::cni_path()?;
+    pub fn new(ns: Netns, settings: HostSettings) -> Result<Self, SimNodeError> {
+        prereqs::require_node_prerequisites()?;
+        let ipamd_bin = prereqs::ipamd()?;
+        let cni_path = prereqs::cni_path()?;
         let dir = StateDir::create("node")?;
         let host = Self {
             ipamd: None,
@@ -263,7 +263,7 @@ impl NodeHost {
     }
 
     /// Sets one variable of the mode's environment (e.g. the IMDS endpoint once it is known).
-    pub fn set_mode_env(&mut self, key: &str, value: &str) {
+    pub(crate) fn set_mode_env(&mut self, key: &str, value: &str) {
         self.settings.mode_env.retain(|(k, _)| k != key);
         self.settings
             .mode_env
@@ -271,7 +271,7 @@ impl NodeHost {
     }
 
     /// Kills ipamd (SIGKILL) if it runs; used on teardown.
-    pub fn kill_ipamd_if_running(&mut self) {
+    pub(crate) fn kill_ipamd_if_running(&mut self) {
         if let Some(mut p) = self.ipamd.take() {
             p.kill();
         }
@@ -361,7 +361,10 @@ impl NodeHost {
 
     /// Starts ipamd with `extra` environment without waiting for readiness (config-error
     /// tests); the returned process is owned by the caller.
-    pub fn spawn_ipamd_process(&self, extra: &[(&str, &str)]) -> Result<NetnsProcess, NodeError> {
+    pub fn spawn_ipamd_process(
+        &self,
+        extra: &[(&str, &str)],
+    ) -> Result<NetnsProcess, SimNodeError> {
         let env = self.ipamd_env(extra);
         let bin = self.ipamd_bin.to_string_lossy().into_owned();
         Ok(NetnsProcess::spawn(
@@ -375,7 +378,7 @@ impl NodeHost {
 
     /// Starts ipamd and waits until it wrote its conflist (a fresh one: any previous conflist
     /// is removed first, since ipamd rewrites it on every start).
-    pub fn start_ipamd(&mut self) -> Result<(), NodeError> {
+    pub fn start_ipamd(&mut self) -> Result<(), SimNodeError> {
         if self.ipamd_running() {
             return Ok(());
         }
@@ -389,7 +392,7 @@ impl NodeHost {
         self.wait_ready(self.settings.ready_timeout)
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> Result<(), NodeError> {
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), SimNodeError> {
         let deadline = Instant::now() + timeout;
         let conflist = self.conflist_path();
         loop {
@@ -401,13 +404,13 @@ impl NodeHost {
             let exited = self.ipamd.as_mut().and_then(NetnsProcess::try_wait);
             if let Some(status) = exited {
                 self.ipamd = None;
-                return Err(NodeError::IpamdExited {
+                return Err(SimNodeError::IpamdExited {
                     status: NetnsProcess::describe_status(status),
                     diag: self.diag(),
                 });
             }
             if Instant::now() >= deadline {
-                return Err(NodeError::NotReady {
+                return Err(SimNodeError::NotReady {
                     conflist,
                     timeout,
                     diag: self.diag(),
@@ -418,7 +421,7 @@ impl NodeHost {
     }
 
     /// Whether ipamd is running.
-    pub fn ipamd_running(&mut self) -> bool {
+    pub(crate) fn ipamd_running(&mut self) -> bool {
         match self.ipamd.as_mut() {
             Some(p) => p.try_wait().is_none(),
             None => false,
@@ -431,15 +434,15 @@ impl NodeHost {
     }
 
     /// Sends SIGTERM and waits up to `timeout` for ipamd to exit; returns its exit status.
-    pub fn stop_ipamd(&mut self, timeout: Duration) -> Result<ExitStatus, NodeError> {
-        let mut process = self.ipamd.take().ok_or(NodeError::IpamdNotRunning)?;
+    pub fn stop_ipamd(&mut self, timeout: Duration) -> Result<ExitStatus, SimNodeError> {
+        let mut process = self.ipamd.take().ok_or(SimNodeError::IpamdNotRunning)?;
         process.signal(Signal::SIGTERM)?;
         match process.wait_timeout(timeout) {
             Some(status) => Ok(status),
             None => {
                 let diag = self.diag();
                 process.kill();
-                Err(NodeError::IpamdExited {
+                Err(SimNodeError::IpamdExited {
                     status: format!("still running {timeout:?} after SIGTERM (killed)"),
                     diag,
                 })
@@ -448,14 +451,14 @@ impl NodeHost {
     }
 
     /// `kill -9` of ipamd (no chance to clean up, like a node crash or OOM kill).
-    pub fn kill_ipamd(&mut self) -> Result<(), NodeError> {
-        let mut process = self.ipamd.take().ok_or(NodeError::IpamdNotRunning)?;
+    pub fn kill_ipamd(&mut self) -> Result<(), SimNodeError> {
+        let mut process = self.ipamd.take().ok_or(SimNodeError::IpamdNotRunning)?;
         process.kill();
         Ok(())
     }
 
     /// SIGTERM, wait, start again and wait for readiness.
-    pub fn restart_ipamd(&mut self) -> Result<(), NodeError> {
+    pub fn restart_ipamd(&mut self) -> Result<(), SimNodeError> {
         if self.ipamd_running() {
             self.stop_ipamd(Duration::from_secs(15))?;
         }
@@ -463,11 +466,11 @@ impl NodeHost {
     }
 
     /// The conflist ipamd wrote.
-    pub fn conflist(&self) -> Result<Value, NodeError> {
+    pub fn conflist(&self) -> Result<Value, SimNodeError> {
         let path = self.conflist_path();
         let text =
             fs::read_to_string(&path).map_err(io_err(format!("cannot read {}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| NodeError::Conflist {
+        serde_json::from_str(&text).map_err(|e| SimNodeError::Conflist {
             path,
             reason: e.to_string(),
         })
@@ -479,19 +482,19 @@ impl NodeHost {
         &self,
         cni_version: &str,
         prev_result: Option<&Value>,
-    ) -> Result<Value, NodeError> {
+    ) -> Result<Value, SimNodeError> {
         let list = self.conflist()?;
         let path = self.conflist_path();
         let entry = list["plugins"]
             .as_array()
             .and_then(|p| p.iter().find(|e| e["type"] == "aws-cni"))
             .cloned()
-            .ok_or_else(|| NodeError::Conflist {
+            .ok_or_else(|| SimNodeError::Conflist {
                 path: path.clone(),
                 reason: "no plugin of type aws-cni".into(),
             })?;
         let Value::Object(mut conf) = entry else {
-            return Err(NodeError::Conflist {
+            return Err(SimNodeError::Conflist {
                 path,
                 reason: "the aws-cni entry is not an object".into(),
             });
@@ -505,8 +508,8 @@ impl NodeHost {
     }
 
     /// Execs the plugin inside the node namespace, as a runtime on the node would.
-    pub fn exec_plugin(&self, request: &CniRequest) -> Result<CniOutcome, NodeError> {
-        let plugin = bins::aws_cni()?;
+    pub fn exec_plugin(&self, request: &CniRequest) -> Result<CniOutcome, SimNodeError> {
+        let plugin = prereqs::aws_cni()?;
         Ok(request.run_in(&self.ns, plugin, &self.cni_path)?)
     }
 
@@ -517,17 +520,17 @@ impl NodeHost {
         pod: &Pod,
         cni_version: &str,
         prev_result: Option<&Value>,
-    ) -> Result<CniOutcome, NodeError> {
+    ) -> Result<CniOutcome, SimNodeError> {
         let config = self.plugin_config(cni_version, prev_result)?;
         self.exec_plugin(&CniRequest::for_pod(command, &config, pod))
     }
 
     /// ADD that must succeed; returns the result JSON.
-    pub fn add_pod(&self, pod: &Pod, cni_version: &str) -> Result<Value, NodeError> {
+    pub fn add_pod(&self, pod: &Pod, cni_version: &str) -> Result<Value, SimNodeError> {
         let out = self.cni("ADD", pod, cni_version, None)?;
         match (&out.json, out.success()) {
             (Some(result), true) => Ok(result.clone()),
-            _ => Err(NodeError::PluginFailed {
+            _ => Err(SimNodeError::PluginFailed {
                 what: format!("ADD of pod {}/{}", pod.namespace, pod.name),
                 outcome: out.describe(),
                 diag: self.diag(),
@@ -541,12 +544,12 @@ impl NodeHost {
         pod: &Pod,
         cni_version: &str,
         prev_result: Option<&Value>,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), SimNodeError> {
         let out = self.cni("DEL", pod, cni_version, prev_result)?;
         if out.success() {
             Ok(())
         } else {
-            Err(NodeError::PluginFailed {
+            Err(SimNodeError::PluginFailed {
                 what: format!("DEL of pod {}/{}", pod.namespace, pod.name),
                 outcome: out.describe(),
                 diag: self.diag(),
@@ -567,7 +570,7 @@ impl NodeHost {
             out.push('\n');
             out.push_str(&extra());
         }
-        for warning in bins::staleness_warnings() {
+        for warning in prereqs::staleness_warnings() {
             out.push_str("\n===== WARNING: stale binary: ");
             out.push_str(&warning);
         }
@@ -580,23 +583,4 @@ impl Drop for NodeHost {
         self.kill_ipamd_if_running();
         // The namespace and the state directory go with the remaining fields.
     }
-}
-
-/// The last `lines` lines of a text file (at most 64 KiB read), or a note that it is missing.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let Ok(mut file) = fs::File::open(path) else {
-        return format!("({} does not exist)", path.display());
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(64 * 1024);
-    if file.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    if file.read_to_end(&mut buf).is_err() {
-        return String::new();
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -9,30 +9,30 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use ipamd::rpc::PoolStatusReply;
 use serde_json::Value;
 
-use super::host::{NETWORK_NAME, NodeError, NodeHost, io_err};
+use super::host::{NETWORK_NAME, NodeHost, SimNodeError, io_err};
 use crate::cni::Pod;
 use crate::http;
 use crate::ipamd_client;
-use crate::netns::{Netns, PingOutcome};
+use test_support::netns::{Netns, PingOutcome};
 
 impl NodeHost {
     /// ipamd's pool counters.
-    pub fn pool_status(&self) -> Result<PoolStatusReply, NodeError> {
-        ipamd_client::pool_status(&self.socket_path()).map_err(|source| NodeError::Client {
+    pub fn pool_status(&self) -> Result<PoolStatusReply, SimNodeError> {
+        ipamd_client::pool_status(&self.socket_path()).map_err(|source| SimNodeError::Client {
             source,
             diag: self.diag(),
         })
     }
 
     /// ipamd's answer to CheckNetwork for `pod` (`None`: not assigned).
-    pub fn ipamd_assignment(&self, pod: &Pod) -> Result<Option<Ipv4Addr>, NodeError> {
+    pub fn ipamd_assignment(&self, pod: &Pod) -> Result<Option<Ipv4Addr>, SimNodeError> {
         let reply = ipamd_client::check_network(
             &self.socket_path(),
             NETWORK_NAME,
             &pod.container_id,
             &pod.ifname,
         )
-        .map_err(|source| NodeError::Client {
+        .map_err(|source| SimNodeError::Client {
             source,
             diag: self.diag(),
         })?;
@@ -56,24 +56,24 @@ impl NodeHost {
     }
 
     /// GET of an introspection path (`/v1/enis`, `/v1/pods`, `/v1/pool`) as JSON.
-    pub fn introspect(&self, path: &str) -> Result<Value, NodeError> {
+    pub fn introspect(&self, path: &str) -> Result<Value, SimNodeError> {
         let reply = http::request(self.ns(), self.introspection_addr(), "GET", path, &[])?;
         if reply.status != 200 {
-            return Err(NodeError::Introspection {
+            return Err(SimNodeError::Introspection {
                 path: path.to_owned(),
                 reason: format!("status {}: {}", reply.status, reply.body.trim()),
             });
         }
-        reply.json().ok_or_else(|| NodeError::Introspection {
+        reply.json().ok_or_else(|| SimNodeError::Introspection {
             path: path.to_owned(),
             reason: format!("not JSON: {}", reply.body.trim()),
         })
     }
 
     /// The addresses in ipamd's datastore by ENI id (`/v1/enis`, every network card).
-    pub fn datastore_ips(&self) -> Result<BTreeMap<String, BTreeSet<Ipv4Addr>>, NodeError> {
+    pub fn datastore_ips(&self) -> Result<BTreeMap<String, BTreeSet<Ipv4Addr>>, SimNodeError> {
         let cards = self.introspect("/v1/enis")?;
-        let bad = |reason: &str| NodeError::Introspection {
+        let bad = |reason: &str| SimNodeError::Introspection {
             path: "/v1/enis".into(),
             reason: format!("{reason}: {cards}"),
         };
@@ -106,10 +106,10 @@ impl NodeHost {
     }
 
     /// ipamd's `/metrics`, as (series with labels, value) pairs in the order served.
-    pub fn metrics(&self) -> Result<Vec<(String, f64)>, NodeError> {
+    pub fn metrics(&self) -> Result<Vec<(String, f64)>, SimNodeError> {
         let reply = http::request(self.ns(), self.metrics_addr(), "GET", "/metrics", &[])?;
         if reply.status != 200 {
-            return Err(NodeError::Introspection {
+            return Err(SimNodeError::Introspection {
                 path: "/metrics".into(),
                 reason: format!("status {}: {}", reply.status, reply.body.trim()),
             });
@@ -119,7 +119,7 @@ impl NodeHost {
 
     /// The sum of every series of metric `name` (all label sets); `None` when ipamd does not
     /// export it.
-    pub fn metric(&self, name: &str) -> Result<Option<f64>, NodeError> {
+    pub fn metric(&self, name: &str) -> Result<Option<f64>, SimNodeError> {
         let series: Vec<f64> = self
             .metrics()?
             .into_iter()
@@ -130,18 +130,18 @@ impl NodeHost {
     }
 
     /// ipamd's checkpoint file as JSON.
-    pub fn checkpoint(&self) -> Result<Value, NodeError> {
+    pub fn checkpoint(&self) -> Result<Value, SimNodeError> {
         let path = self.checkpoint_path();
         let text =
             fs::read_to_string(&path).map_err(io_err(format!("cannot read {}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| NodeError::Io {
+        serde_json::from_str(&text).map_err(|e| SimNodeError::Io {
             context: format!("checkpoint {} is not JSON", path.display()),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })
     }
 
     /// The IPv4 addresses the checkpoint lists.
-    pub fn checkpoint_ips(&self) -> Result<BTreeSet<Ipv4Addr>, NodeError> {
+    pub fn checkpoint_ips(&self) -> Result<BTreeSet<Ipv4Addr>, SimNodeError> {
         Ok(self.checkpoint()?["allocations"]
             .as_array()
             .map(|a| {
@@ -153,7 +153,7 @@ impl NodeHost {
     }
 
     /// The node's rules that name `ip` (as destination or source).
-    pub fn rules_for(&self, ip: Ipv4Addr) -> Result<Vec<Value>, NodeError> {
+    pub fn rules_for(&self, ip: Ipv4Addr) -> Result<Vec<Value>, SimNodeError> {
         let ip = ip.to_string();
         let with_len = format!("{ip}/32");
         Ok(self
@@ -169,7 +169,7 @@ impl NodeHost {
     }
 
     /// The node's main-table routes whose destination is `ip`.
-    pub fn routes_to(&self, ip: Ipv4Addr) -> Result<Vec<Value>, NodeError> {
+    pub fn routes_to(&self, ip: Ipv4Addr) -> Result<Vec<Value>, SimNodeError> {
         let ip = ip.to_string();
         let with_len = format!("{ip}/32");
         Ok(self
@@ -181,7 +181,7 @@ impl NodeHost {
     }
 
     /// A snapshot of what pods leave on the node: link names, main routes and rules.
-    pub fn host_state(&self) -> Result<HostState, NodeError> {
+    pub fn host_state(&self) -> Result<HostState, SimNodeError> {
         let mut links: Vec<String> = self.ns().link_names()?;
         links.sort();
         let routes = self
@@ -199,13 +199,13 @@ impl NodeHost {
     }
 
     /// Pings `dst` from `from`.
-    pub fn ping(&self, from: &Netns, dst: impl Into<IpAddr>) -> Result<PingOutcome, NodeError> {
+    pub fn ping(&self, from: &Netns, dst: impl Into<IpAddr>) -> Result<PingOutcome, SimNodeError> {
         Ok(from.ping(dst.into())?)
     }
 }
 
 /// Prometheus text format 0.0.4 → (series, value); comments and malformed lines are skipped.
-pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+pub(crate) fn parse_metrics(text: &str) -> Vec<(String, f64)> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .filter_map(|l| {

@@ -20,18 +20,16 @@ use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use host::{
-    CONFLIST_NAME, DiagFn, HostSettings, KEEP_DIRS_ENV, NETWORK_NAME, NodeError, NodeHost,
-    POD_GATEWAY, tail,
-};
+pub use host::{CONFLIST_NAME, NETWORK_NAME, NodeHost, POD_GATEWAY, SimNodeError};
+pub use host::{DiagFn, HostSettings};
 pub(crate) use host::{StateDir, io_err};
 pub use inspect::HostState;
 use ipnet::Ipv4Net;
 
-use crate::cleanup;
-use crate::imds::{self, ImdsServer};
-use crate::metadata::{InterfaceDescription, MetadataError, NodeDescription};
-use crate::netns::Netns;
+use test_support::cleanup;
+use test_support::imds::{self, ImdsServer};
+use test_support::metadata::{InterfaceDescription, NodeDescription, NodeFileError};
+use test_support::netns::Netns;
 
 /// How to build a node and run its ipamd.
 #[derive(Debug, Clone)]
@@ -115,7 +113,7 @@ pub fn standard_node(secondary_ips: &[u8]) -> NodeDescription {
         vpc_ipv4_cidr_blocks: vec![
             Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 16).unwrap_or_default(),
         ],
-        account_id: crate::metadata::DEFAULT_ACCOUNT_ID.into(),
+        account_id: test_support::metadata::DEFAULT_ACCOUNT_ID.into(),
         interfaces,
     }
 }
@@ -148,7 +146,7 @@ impl DerefMut for SimNode {
 
 impl SimNode {
     /// Builds the node and (unless told otherwise) starts ipamd and waits until it is ready.
-    pub fn start(options: NodeOptions) -> Result<Self, NodeError> {
+    pub fn start(options: NodeOptions) -> Result<Self, SimNodeError> {
         cleanup::install_signal_cleanup();
         options.description.validate()?;
         let vpc_ns = Netns::new("vpc")?;
@@ -189,7 +187,7 @@ impl SimNode {
         Ok(node)
     }
 
-    fn build_fabric(&self) -> Result<(), NodeError> {
+    fn build_fabric(&self) -> Result<(), SimNodeError> {
         let vpc = &self.vpc_ns;
         vpc.ip(&["link", "add", "br0", "type", "bridge"])?;
         let subnets: BTreeSet<Ipv4Net> = self
@@ -237,10 +235,10 @@ impl SimNode {
         let primary = self
             .description
             .primary_interface()
-            .ok_or_else(|| MetadataError::Invalid("no primary ENI".into()))?;
+            .ok_or_else(|| NodeFileError::Invalid("no primary ENI".into()))?;
         let primary_ip = primary
             .primary_ip()
-            .ok_or_else(|| MetadataError::Invalid("primary ENI has no address".into()))?;
+            .ok_or_else(|| NodeFileError::Invalid("primary ENI has no address".into()))?;
         let prefix = primary.subnet_ipv4_cidr_block.prefix_len();
         self.host.ns().ip(&[
             "addr",
@@ -265,7 +263,7 @@ impl SimNode {
 
     /// Makes the router's neighbour table match the ENI addresses of the description
     /// (`old` = the previous description, whose vanished addresses are removed).
-    fn sync_router_neighbours(&self, old: Option<&NodeDescription>) -> Result<(), NodeError> {
+    fn sync_router_neighbours(&self, old: Option<&NodeDescription>) -> Result<(), SimNodeError> {
         let wanted: BTreeSet<(Ipv4Addr, String)> = self
             .description
             .interfaces
@@ -298,7 +296,7 @@ impl SimNode {
         Ok(())
     }
 
-    fn start_imds(&mut self) -> Result<(), NodeError> {
+    fn start_imds(&mut self) -> Result<(), SimNodeError> {
         // Loopback is per namespace: open the listener inside the node so ipamd reaches it on
         // 127.0.0.1; the socket keeps its namespace when served from this process's thread.
         let listener = self
@@ -345,7 +343,7 @@ impl SimNode {
     pub fn update_description(
         &mut self,
         edit: impl FnOnce(&mut NodeDescription),
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), SimNodeError> {
         let old = self.description.clone();
         let mut new = old.clone();
         edit(&mut new);

@@ -26,12 +26,12 @@ use ipnet::Ipv4Net;
 use nix::sched::{CloneFlags, setns};
 
 use super::model::{EniAttachment, EniState, InstanceInfo, SubnetInfo, SubnetState};
-use crate::netns::Netns;
+use test_support::netns::Netns;
 
 /// Access key the harness signs with (moto accepts any).
 const HARNESS_ACCESS_KEY: &str = "AKIAVCNIHARNESS00000";
 /// Image id of simulated instances (moto does not validate AMIs by default).
-pub const SIMULATED_AMI: &str = "ami-0vcni0simulated0";
+pub(crate) const SIMULATED_AMI: &str = "ami-0vcni0simulated0";
 /// How long one EC2 call may take before the harness gives up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -212,7 +212,7 @@ impl Ec2 {
     }
 
     /// Waits until the endpoint answers a `DescribeVpcs`.
-    pub fn wait_until_up(&self, timeout: Duration) -> Result<(), Ec2Error> {
+    pub(crate) fn wait_until_up(&self, timeout: Duration) -> Result<(), Ec2Error> {
         let deadline = Instant::now() + timeout;
         loop {
             let client = self.client();
@@ -233,7 +233,7 @@ impl Ec2 {
     }
 
     /// `CreateVpc`; returns the VPC id.
-    pub fn create_vpc(&self, cidr: Ipv4Net) -> Result<String, Ec2Error> {
+    pub(crate) fn create_vpc(&self, cidr: Ipv4Net) -> Result<String, Ec2Error> {
         let client = self.client();
         self.run("CreateVpc", async move {
             let out = client
@@ -250,7 +250,7 @@ impl Ec2 {
     }
 
     /// The IPv4 CIDR blocks associated with `vpc_id`, primary first.
-    pub fn vpc_cidrs(&self, vpc_id: &str) -> Result<Vec<Ipv4Net>, Ec2Error> {
+    pub(crate) fn vpc_cidrs(&self, vpc_id: &str) -> Result<Vec<Ipv4Net>, Ec2Error> {
         let client = self.client();
         let vpc_id = vpc_id.to_owned();
         self.run("DescribeVpcs", async move {
@@ -280,7 +280,7 @@ impl Ec2 {
     }
 
     /// `CreateSubnet`.
-    pub fn create_subnet(
+    pub(crate) fn create_subnet(
         &self,
         vpc_id: &str,
         cidr: Ipv4Net,
@@ -319,13 +319,6 @@ impl Ec2 {
         self.describe_subnets(Vec::new(), vec![subnet_id.to_owned()])?
             .pop()
             .ok_or_else(|| Ec2Error::missing("DescribeSubnets", "subnet"))
-    }
-
-    /// Every subnet of `vpc_id` (`DescribeSubnets` with a `vpc-id` filter), by CIDR.
-    pub fn vpc_subnets(&self, vpc_id: &str) -> Result<Vec<SubnetState>, Ec2Error> {
-        let mut subnets = self.describe_subnets(vec![filter("vpc-id", vpc_id)], Vec::new())?;
-        subnets.sort_by_key(|s| s.cidr);
-        Ok(subnets)
     }
 
     fn describe_subnets(
@@ -374,7 +367,7 @@ impl Ec2 {
     }
 
     /// `CreateSecurityGroup`; returns the group id.
-    pub fn create_security_group(&self, vpc_id: &str, name: &str) -> Result<String, Ec2Error> {
+    pub(crate) fn create_security_group(&self, vpc_id: &str, name: &str) -> Result<String, Ec2Error> {
         let client = self.client();
         let (vpc_id, name) = (vpc_id.to_owned(), name.to_owned());
         self.run("CreateSecurityGroup", async move {
@@ -394,7 +387,7 @@ impl Ec2 {
 
     /// `RunInstances` of one instance of `instance_type` in `subnet` with `security_group`,
     /// tagged `Name=<name>`.
-    pub fn run_instance(
+    pub(crate) fn run_instance(
         &self,
         instance_type: &str,
         subnet: &SubnetInfo,
@@ -592,21 +585,6 @@ impl Ec2 {
         })
     }
 
-    /// `DeleteNetworkInterface`.
-    pub fn delete_eni(&self, eni_id: &str) -> Result<(), Ec2Error> {
-        let client = self.client();
-        let eni_id = eni_id.to_owned();
-        self.run("DeleteNetworkInterface", async move {
-            client
-                .delete_network_interface()
-                .network_interface_id(eni_id)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| Ec2Error::sdk("DeleteNetworkInterface", e))
-        })
-    }
-
     /// `AssignPrivateIpAddresses` with a count; returns the addresses EC2 picked.
     pub fn assign_private_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, Ec2Error> {
         let before: Vec<Ipv4Addr> = self.eni(eni_id)?.map(|e| e.private_ips).unwrap_or_default();
@@ -664,7 +642,7 @@ impl Ec2 {
     }
 
     /// `CreateTags` on one resource.
-    pub fn create_tags(
+    pub(crate) fn create_tags(
         &self,
         resource_id: &str,
         tags: &BTreeMap<String, String>,
@@ -688,7 +666,7 @@ impl Ec2 {
     }
 
     /// `DeleteTags` of `keys` (whatever their values) on one resource.
-    pub fn delete_tags(&self, resource_id: &str, keys: &[&str]) -> Result<(), Ec2Error> {
+    pub(crate) fn delete_tags(&self, resource_id: &str, keys: &[&str]) -> Result<(), Ec2Error> {
         let client = self.client();
         let id = resource_id.to_owned();
         let tags: Vec<Tag> = keys

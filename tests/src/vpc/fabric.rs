@@ -21,18 +21,18 @@ use ipnet::Ipv4Net;
 use super::VpcError;
 use super::ec2::{Ec2, EniRequest};
 use super::model::{EniState, SubnetInfo, SubnetState, VpcSnapshot, gateway_of};
-use super::moto::MotoServer;
 use super::node::{NodeSpec, VpcNode};
 use super::router::{self, EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT, IMDS_ADDR};
 use super::watcher::{DEFAULT_POLL, Hypervisor, MotoSource, Watcher};
-use crate::bins;
-use crate::cleanup;
-use crate::imds::{self, ImdsServer};
-use crate::netns::Netns;
 use crate::node::{StateDir, io_err};
+use test_support::cleanup;
+use test_support::imds::{self, ImdsServer};
+use test_support::moto::{self, MotoServer};
+use test_support::netns::Netns;
+use test_support::prereqs;
 
 /// Description of the ENIs [`VpcFabric::fill_subnet`] creates.
-pub const FILLER_DESCRIPTION: &str = "vcni filler (keeps subnet addresses taken)";
+pub(crate) const FILLER_DESCRIPTION: &str = "vcni filler (keeps subnet addresses taken)";
 
 /// A subnet to create besides the nodes' subnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,10 +170,10 @@ impl VpcFabric {
     /// (tagged) and the nodes' security group in moto, and starts the hypervisor and the IMDS
     /// emulator.
     pub fn start(options: FabricOptions) -> Result<Self, VpcError> {
-        bins::require_root()?;
-        bins::require_tool("ip", "apt-get install iproute2")?;
-        bins::require_tool("sysctl", "apt-get install procps")?;
-        bins::python_with_moto()?;
+        prereqs::require_root()?;
+        prereqs::require_tool("ip", "apt-get install iproute2")?;
+        prereqs::require_tool("sysctl", "apt-get install procps")?;
+        prereqs::python_with_moto()?;
         cleanup::install_signal_cleanup();
         options.validate()?;
         let dir = StateDir::create("vpc")?;
@@ -191,8 +191,13 @@ impl VpcFabric {
             &internet,
             SocketAddrV4::new(EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT),
             dir.path(),
-            &ec2,
         )?;
+        ec2.wait_until_up(moto::START_TIMEOUT).map_err(|err| {
+            moto.not_up(format!(
+                "moto does not answer EC2 requests on {}: {err}",
+                moto.listen()
+            ))
+        })?;
         let vpc_id = ec2.create_vpc(options.vpc_cidr)?;
         let subnet = ec2.create_subnet(&vpc_id, options.subnet_cidr, &options.availability_zone)?;
         let mut subnets = vec![subnet.clone()];
@@ -295,7 +300,7 @@ impl VpcFabric {
     }
 
     /// The subnet `id`.
-    pub fn subnet_by_id(&self, id: &str) -> Result<SubnetInfo, VpcError> {
+    pub(crate) fn subnet_by_id(&self, id: &str) -> Result<SubnetInfo, VpcError> {
         self.subnets()
             .into_iter()
             .find(|s| s.id == id)
@@ -379,11 +384,6 @@ impl VpcFabric {
         &self.security_group
     }
 
-    /// The EC2 endpoint URL nodes use (`AWS_ENDPOINT_URL_EC2`).
-    pub fn ec2_endpoint(&self) -> &str {
-        self.ec2.endpoint()
-    }
-
     /// The router's namespace.
     pub fn router(&self) -> &Netns {
         &self.router
@@ -417,7 +417,7 @@ impl VpcFabric {
         if reachable {
             match self.router.ip(&["route", "del", "prohibit", &target]) {
                 Ok(_) => Ok(()),
-                Err(crate::netns::NetnsError::Failed { stderr, .. })
+                Err(test_support::netns::CommandError::Failed { stderr, .. })
                     if stderr.contains("No such process") =>
                 {
                     Ok(())
@@ -458,7 +458,7 @@ pub(super) fn fabric_diag(hypervisor: &Hypervisor, moto_log: Option<&std::path::
         hypervisor.status(),
         links.join(" "),
         moto_log
-            .map(|p| crate::node::tail(p, 15))
+            .map(|p| test_support::netns::tail(p, 15))
             .unwrap_or_default()
     )
 }

@@ -20,27 +20,26 @@
 mod ec2;
 mod fabric;
 mod model;
-mod moto;
 mod node;
 pub mod router;
 mod watcher;
 
 use std::time::Duration;
 
-pub use ec2::{Ec2, Ec2Error, EniRequest, SIMULATED_AMI};
-pub use fabric::{FILLER_DESCRIPTION, FabricOptions, SubnetSpec, VpcFabric};
-pub use model::{
-    EniAttachment, EniState, InstanceInfo, SubnetInfo, SubnetState, VpcSnapshot, gateway_of,
-};
-pub use moto::MotoServer;
+pub use ec2::{Ec2, EniRequest};
+pub use ec2::{Ec2Error};
+pub use fabric::{FabricOptions, SubnetSpec, VpcFabric};
+pub use model::{EniState, SubnetInfo};
+pub use model::{EniAttachment, InstanceInfo, SubnetState, VpcSnapshot};
 pub use node::{IpamdMode, NodeSpec, VpcNode};
 pub use router::{EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT, IMDS_ADDR, INTERNET_HOST};
-pub use watcher::{DEFAULT_POLL, Hypervisor, MotoSource, RegisteredNode, Watcher};
+pub use watcher::{Hypervisor};
 
-use crate::bins::BinError;
-use crate::imds::ImdsError;
-use crate::netns::NetnsError;
-use crate::node::NodeError;
+use crate::node::SimNodeError;
+use test_support::imds::ImdsServerError;
+use test_support::moto::MotoError;
+use test_support::netns::CommandError;
+use test_support::prereqs::PrereqError;
 
 /// Tags and description the reference (and ipamd) put on the ENIs it creates.
 pub mod tags {
@@ -65,27 +64,22 @@ pub mod tags {
 pub enum VpcError {
     /// Namespace or command failure.
     #[error(transparent)]
-    Netns(#[from] NetnsError),
+    Command(#[from] CommandError),
     /// A tool or binary is missing.
     #[error(transparent)]
-    Bin(#[from] BinError),
+    Prereq(#[from] PrereqError),
     /// An EC2 call of the harness failed.
     #[error(transparent)]
     Ec2(#[from] Ec2Error),
     /// A node failed (ipamd, plugin).
     #[error(transparent)]
-    Node(#[from] Box<NodeError>),
+    Node(#[from] Box<SimNodeError>),
     /// The IMDS emulator did not start.
     #[error(transparent)]
-    Imds(#[from] ImdsError),
+    Imds(#[from] ImdsServerError),
     /// moto did not start or died.
-    #[error("moto: {reason}\n===== moto log =====\n{log}")]
-    Moto {
-        /// What went wrong.
-        reason: String,
-        /// moto's log tail.
-        log: String,
-    },
+    #[error(transparent)]
+    Moto(#[from] MotoError),
     /// The hypervisor could not follow moto.
     #[error("hypervisor: {0}")]
     Hypervisor(String),
@@ -112,17 +106,17 @@ pub enum VpcError {
     Invalid(String),
 }
 
-impl From<NodeError> for VpcError {
-    fn from(err: NodeError) -> Self {
+impl From<SimNodeError> for VpcError {
+    fn from(err: SimNodeError) -> Self {
         Self::Node(Box::new(err))
     }
 }
 
-impl From<VpcError> for NodeError {
+impl From<VpcError> for SimNodeError {
     fn from(err: VpcError) -> Self {
         match err {
             VpcError::Node(node) => *node,
-            other => NodeError::Vpc(other.to_string()),
+            other => SimNodeError::Vpc(other.to_string()),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use ipnet::Ipv4Net;
 
-use crate::metadata::{DEFAULT_ACCOUNT_ID, InterfaceDescription, NodeDescription};
+use test_support::metadata::{DEFAULT_ACCOUNT_ID, InterfaceDescription, NodeDescription};
 
 /// Where an ENI is attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +101,7 @@ impl SubnetInfo {
 }
 
 /// The subnet router of `cidr`: its first address after the network address.
-pub fn gateway_of(cidr: Ipv4Net) -> Ipv4Addr {
+pub(crate) fn gateway_of(cidr: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(cidr.network()).wrapping_add(1))
 }
 
@@ -192,7 +192,7 @@ impl VpcSnapshot {
     }
 
     /// The ENIs attached to `instance_id`, by device index.
-    pub fn enis_of(&self, instance_id: &str) -> Vec<&EniState> {
+    pub(crate) fn enis_of(&self, instance_id: &str) -> Vec<&EniState> {
         let mut enis: Vec<&EniState> = self
             .enis
             .values()
@@ -207,7 +207,7 @@ impl VpcSnapshot {
     }
 
     /// The instance whose attached ENIs hold `ip` (the caller of IMDS, the owner of a route).
-    pub fn instance_with_ip(&self, ip: Ipv4Addr) -> Option<&InstanceInfo> {
+    pub(crate) fn instance_with_ip(&self, ip: Ipv4Addr) -> Option<&InstanceInfo> {
         let eni = self
             .enis
             .values()
@@ -226,7 +226,7 @@ impl VpcSnapshot {
 
     /// What instance metadata shows for `instance_id`: its attached ENIs with their MACs,
     /// device numbers, addresses and subnets. `None` for an instance the fabric does not run.
-    pub fn node_description(&self, instance_id: &str) -> Option<NodeDescription> {
+    pub(crate) fn node_description(&self, instance_id: &str) -> Option<NodeDescription> {
         let instance = self.instances.get(instance_id)?;
         let interfaces = self
             .enis_of(instance_id)

@@ -17,9 +17,9 @@ use super::fabric::{VpcFabric, fabric_diag};
 use super::model::{EniState, InstanceInfo, SubnetInfo};
 use super::router::{EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT};
 use super::watcher::{Hypervisor, RegisteredNode};
-use crate::metadata::NodeDescription;
-use crate::netns::Netns;
 use crate::node::{DiagFn, HostSettings, NodeHost};
+use test_support::metadata::NodeDescription;
+use test_support::netns::Netns;
 
 /// How ipamd provisions addresses on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,43 +323,6 @@ impl VpcNode {
             .find(|e| e.private_ips.contains(&ip)))
     }
 
-    /// Waits until the hypervisor's view of moto satisfies `done` for this instance's ENIs
-    /// (by device index).
-    pub fn wait_for_enis(
-        &self,
-        what: &str,
-        timeout: Duration,
-        done: impl Fn(&[&EniState]) -> bool,
-    ) -> Result<Vec<EniState>, VpcError> {
-        let id = self.instance.id.clone();
-        let snapshot = self.hypervisor.wait_until(
-            what,
-            timeout,
-            |s| done(&s.enis_of(&id)),
-            |s| describe_enis(&s.enis_of(&id)),
-        )?;
-        Ok(snapshot
-            .enis_of(&self.instance.id)
-            .into_iter()
-            .cloned()
-            .collect())
-    }
-}
-
-/// One line per ENI: device, id, address counts.
-pub fn describe_enis(enis: &[&EniState]) -> String {
-    enis.iter()
-        .map(|e| {
-            format!(
-                "eth{}={} ({} secondary: {:?})",
-                e.device_index().unwrap_or(0),
-                e.id,
-                e.secondary_ips().len(),
-                e.secondary_ips()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl Drop for VpcNode {

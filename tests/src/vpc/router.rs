@@ -24,18 +24,18 @@ use std::process::{Command, Stdio};
 use ipnet::Ipv4Net;
 
 use super::model::VpcSnapshot;
-use crate::netns::{Netns, NetnsError};
+use test_support::netns::{CommandError, Netns};
 
 /// The router's link into the internet namespace.
-pub const ROUTER_INTERNET_LINK: &str = "inet";
+pub(crate) const ROUTER_INTERNET_LINK: &str = "inet";
 /// The internet namespace's link to the router.
-pub const INTERNET_LINK: &str = "vpc0";
+pub(crate) const INTERNET_LINK: &str = "vpc0";
 /// The router's address on the internet side.
-pub const ROUTER_INTERNET_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
+pub(crate) const ROUTER_INTERNET_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
 /// The internet namespace's own address (what a pod pings to test egress).
 pub const INTERNET_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// The internet side's prefix.
-pub const INTERNET_PREFIX: u8 = 24;
+pub(crate) const INTERNET_PREFIX: u8 = 24;
 /// Address of the EC2 endpoint (moto) in the internet namespace.
 pub const EC2_ENDPOINT_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// Port of the EC2 endpoint.
@@ -43,9 +43,9 @@ pub const EC2_ENDPOINT_PORT: u16 = 80;
 /// The instance metadata service's address, served by the router.
 pub const IMDS_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// MTU of ENIs (jumbo frames inside a VPC).
-pub const ENI_MTU: u32 = 9001;
+pub(crate) const ENI_MTU: u32 = 9001;
 /// Prefix of the router-side names of ENI links.
-pub const ROUTER_LINK_PREFIX: &str = "vr";
+pub(crate) const ROUTER_LINK_PREFIX: &str = "vr";
 
 /// Router-side link name of an ENI: `vr` + the last 12 characters of its id.
 pub fn router_link_name(eni_id: &str) -> String {
@@ -62,7 +62,7 @@ pub fn router_link_name(eni_id: &str) -> String {
 }
 
 /// Runs `ip -n <ns> -force -batch -` with `lines`; fails naming every failed line.
-pub fn ip_batch(ns: &str, lines: &[String]) -> Result<(), NetnsError> {
+pub fn ip_batch(ns: &str, lines: &[String]) -> Result<(), CommandError> {
     if lines.is_empty() {
         return Ok(());
     }
@@ -73,7 +73,7 @@ pub fn ip_batch(ns: &str, lines: &[String]) -> Result<(), NetnsError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| NetnsError::Spawn {
+        .map_err(|source| CommandError::Spawn {
             command: command.clone(),
             source,
         })?;
@@ -85,14 +85,14 @@ pub fn ip_batch(ns: &str, lines: &[String]) -> Result<(), NetnsError> {
     }
     let out = child
         .wait_with_output()
-        .map_err(|source| NetnsError::Spawn {
+        .map_err(|source| CommandError::Spawn {
             command: command.clone(),
             source,
         })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(NetnsError::Failed {
+        Err(CommandError::Failed {
             command: format!("{command} <<< {lines:?}"),
             status: out.status,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
@@ -106,7 +106,7 @@ pub fn build(
     internet: &Netns,
     vpc_cidrs: &[Ipv4Net],
     subnet_gateways: &[Ipv4Addr],
-) -> Result<(), NetnsError> {
+) -> Result<(), CommandError> {
     // Defaults first: links created later (one per ENI) inherit them.
     router.exec_checked(
         "sysctl",
@@ -145,7 +145,7 @@ pub fn build(
 }
 
 /// Adds a subnet router address (`.1`) to the router.
-pub fn add_gateway(router: &Netns, gateway: Ipv4Addr) -> Result<(), NetnsError> {
+pub(crate) fn add_gateway(router: &Netns, gateway: Ipv4Addr) -> Result<(), CommandError> {
     router.ip(&["addr", "replace", &format!("{gateway}/32"), "dev", "lo"])?;
     Ok(())
 }
@@ -163,7 +163,7 @@ struct Link {
 
 /// What the router namespace holds for ENIs, and how to bring it in step with a snapshot.
 #[derive(Debug, Default)]
-pub struct RouterState {
+pub(crate) struct RouterState {
     links: BTreeMap<String, Link>,
     /// The kernel may differ from `links` (a batch failed): re-read it before the next diff.
     dirty: bool,
@@ -174,12 +174,12 @@ impl RouterState {
     /// name): one link per attached ENI (node end named `eth<device>` with the ENI's MAC, left
     /// down), and the `/32` routes and neighbours of its private addresses. ENIs of other
     /// instances, and detached ones, have no link.
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         router: &Netns,
         snapshot: &VpcSnapshot,
         nodes: &BTreeMap<String, String>,
-    ) -> Result<(), NetnsError> {
+    ) -> Result<(), CommandError> {
         if self.dirty {
             self.reread(router)?;
         }
@@ -261,7 +261,7 @@ impl RouterState {
         self.run(router, &routes)
     }
 
-    fn run(&mut self, router: &Netns, lines: &[String]) -> Result<(), NetnsError> {
+    fn run(&mut self, router: &Netns, lines: &[String]) -> Result<(), CommandError> {
         let result = ip_batch(router.name(), lines);
         if result.is_err() {
             self.dirty = true;
@@ -271,7 +271,7 @@ impl RouterState {
 
     /// Re-reads the ENI links and their `/32` routes from the kernel (after a failed batch, or
     /// when a node namespace vanished and took its links with it).
-    fn reread(&mut self, router: &Netns) -> Result<(), NetnsError> {
+    fn reread(&mut self, router: &Netns) -> Result<(), CommandError> {
         let ns = router;
         let present: BTreeSet<String> = ns
             .link_names()?

@@ -23,11 +23,11 @@ use super::VpcError;
 use super::ec2::Ec2;
 use super::model::{InstanceInfo, SubnetInfo, VpcSnapshot};
 use super::router::RouterState;
-use crate::metadata::{MetadataError, MetadataSource, NodeDescription};
-use crate::netns::Netns;
+use test_support::metadata::{MetadataSource, NodeDescription, NodeFileError};
+use test_support::netns::Netns;
 
 /// How often the hypervisor polls moto (also the freshness bound of instance metadata).
-pub const DEFAULT_POLL: Duration = Duration::from_millis(200);
+pub(crate) const DEFAULT_POLL: Duration = Duration::from_millis(200);
 /// How long [`Hypervisor::sync`] waits for a poll to complete.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Published snapshots kept beyond the IMDS lag.
@@ -35,7 +35,7 @@ const HISTORY_SLACK: Duration = Duration::from_secs(2);
 
 /// A node the hypervisor serves: its instance and the namespace its ENIs appear in.
 #[derive(Debug, Clone)]
-pub struct RegisteredNode {
+pub(crate) struct RegisteredNode {
     /// The instance.
     pub instance: InstanceInfo,
     /// Name of the node's network namespace.
@@ -126,12 +126,12 @@ impl Hypervisor {
     }
 
     /// Starts serving `node`: its attached ENIs appear in its namespace from the next poll.
-    pub fn register(&self, node: RegisteredNode) {
+    pub(crate) fn register(&self, node: RegisteredNode) {
         lock(&self.nodes).insert(node.instance.id.clone(), node);
     }
 
     /// Stops serving the instance: its links are deleted at the next poll.
-    pub fn unregister(&self, instance_id: &str) {
+    pub(crate) fn unregister(&self, instance_id: &str) {
         lock(&self.nodes).remove(instance_id);
     }
 
@@ -160,7 +160,7 @@ impl Hypervisor {
     }
 
     /// The current IMDS lag.
-    pub fn imds_lag(&self) -> Duration {
+    pub(crate) fn imds_lag(&self) -> Duration {
         Duration::from_millis(self.imds_lag_ms.load(Ordering::SeqCst))
     }
 
@@ -182,7 +182,7 @@ impl Hypervisor {
 
     /// What instance metadata shows now: the newest snapshot published at least the IMDS lag
     /// ago (the oldest one kept if none is that old).
-    pub fn imds_view(&self) -> Arc<VpcSnapshot> {
+    pub(crate) fn imds_view(&self) -> Arc<VpcSnapshot> {
         let lag = self.imds_lag();
         let state = lock(&self.state);
         let now = Instant::now();
@@ -398,7 +398,7 @@ impl Hypervisor {
 
 /// The hypervisor thread; stopped and joined on drop.
 #[derive(Debug)]
-pub struct Watcher {
+pub(crate) struct Watcher {
     hypervisor: Arc<Hypervisor>,
     thread: Option<JoinHandle<()>>,
 }
@@ -440,7 +440,7 @@ impl Drop for Watcher {
 
 /// Instance metadata from moto's state, for the instance that asks (by the caller's address).
 #[derive(Debug)]
-pub struct MotoSource {
+pub(crate) struct MotoSource {
     hypervisor: Arc<Hypervisor>,
 }
 
@@ -452,22 +452,22 @@ impl MotoSource {
 }
 
 impl MetadataSource for MotoSource {
-    fn describe(&self, caller: SocketAddr) -> Result<Arc<NodeDescription>, MetadataError> {
+    fn describe(&self, caller: SocketAddr) -> Result<Arc<NodeDescription>, NodeFileError> {
         let ip = match caller.ip() {
             std::net::IpAddr::V4(ip) => ip,
             std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped().ok_or_else(|| {
-                MetadataError::Invalid(format!("caller {caller} is not an IPv4 instance"))
+                NodeFileError::Invalid(format!("caller {caller} is not an IPv4 instance"))
             })?,
         };
         let view = self.hypervisor.imds_view();
         let instance = view.instance_with_ip(ip).ok_or_else(|| {
-            MetadataError::Invalid(format!(
+            NodeFileError::Invalid(format!(
                 "no simulated instance has address {ip} (caller {caller})"
             ))
         })?;
         let mut description = view
             .node_description(&instance.id)
-            .ok_or_else(|| MetadataError::Invalid(format!("instance {} vanished", instance.id)))?;
+            .ok_or_else(|| NodeFileError::Invalid(format!("instance {} vanished", instance.id)))?;
         if let Some(visible) = lock(&self.hypervisor.imds_visible_only).get(&instance.id) {
             description
                 .interfaces

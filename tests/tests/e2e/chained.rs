@@ -8,8 +8,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use harness::node::NETWORK_NAME;
-use harness::{CniClient, Netns, NodeOptions, Pod, SimNode, standard_node};
+use harness::{CniClient, NodeOptions, Pod, SimNode, standard_node};
 use serde_json::{Value, json};
+use test_support::netns::Netns;
 
 use crate::{assert_pod_network, assert_pod_unrouted, check, ok, pod, pod_ip, start};
 

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use harness::netns::NetnsProcess;
-use harness::node::tail;
 use harness::{NodeOptions, standard_node};
+use test_support::netns::NetnsProcess;
+use test_support::netns::tail;
 
 use crate::{check, must, ok, start};
 

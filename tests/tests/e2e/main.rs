@@ -19,8 +19,9 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use harness::node::POD_GATEWAY;
-use harness::{NodeDescription, NodeOptions, Pod, SimNode};
+use harness::{NodeOptions, Pod, SimNode};
 use serde_json::Value;
+use test_support::metadata::NodeDescription;
 
 /// Asserts `cond`; on failure prints the message and the node's logs (ipamd, plugin).
 #[macro_export]
@@ -41,7 +42,7 @@ pub fn ok<T, E: std::fmt::Display>(node: &SimNode, r: Result<T, E>) -> T {
 }
 
 /// Unwraps the result of a node operation that needs `&mut` (its errors carry the logs).
-pub fn must<T>(r: Result<T, harness::NodeError>) -> T {
+pub fn must<T>(r: Result<T, harness::SimNodeError>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
 }
 

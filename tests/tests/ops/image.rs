@@ -180,7 +180,7 @@ fn dockerfile_builds_with_the_target_ci_runs() {
 }
 
 fn image_dir() -> PathBuf {
-    let dir = harness::bins::target_dir().join("image");
+    let dir = test_support::prereqs::target_dir().join("image");
     assert!(
         dir.join("ipamd").is_file(),
         "{} is not built: run `make image-binaries` (or `make image-test`)",
@@ -251,7 +251,7 @@ fn image_tree_has_the_layout_the_manifest_expects() {
         if name != PLUGIN {
             assert_eq!(
                 std::fs::read(&path).unwrap(),
-                std::fs::read(Path::new(harness::bins::SYSTEM_CNI_DIR).join(name)).unwrap(),
+                std::fs::read(Path::new(test_support::prereqs::SYSTEM_CNI_DIR).join(name)).unwrap(),
                 "{name} is not Debian's"
             );
         }
@@ -283,7 +283,7 @@ fn image_tree_has_the_layout_the_manifest_expects() {
     let mut cmd = node.ns().command(&bin);
     cmd.arg("install-cni")
         .env_clear()
-        .env("PATH", harness::netns::default_path())
+        .env("PATH", test_support::netns::default_path())
         .env("HOST_CNI_BIN_PATH", &bin_dir)
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", node.imds_endpoint());
     let out = cmd.output().unwrap();

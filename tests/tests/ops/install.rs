@@ -25,7 +25,7 @@ fn names_in(dir: &std::path::Path) -> Vec<String> {
 fn install_cni_installs_the_plugins_and_sets_the_node_sysctls() {
     let node = start(NodeOptions::new(standard_node(&[1])).without_ipamd());
     let ns = node.ns();
-    let plugin = harness::bins::aws_cni().unwrap();
+    let plugin = test_support::prereqs::aws_cni().unwrap();
     let image = tempfile::tempdir().unwrap();
     let shipped = image.path().join("cni").join("bin");
     stage_shipped(&shipped);

@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use harness::netns::Netns;
 use harness::{NodeOptions, SimNode};
+use test_support::netns::Netns;
 
 /// Starts a node (and ipamd, unless the options say otherwise), panicking with logs on error.
 pub fn start(options: NodeOptions) -> SimNode {
@@ -33,7 +33,7 @@ pub fn start(options: NodeOptions) -> SimNode {
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    harness::bins::workspace_dir()
+    test_support::prereqs::workspace_dir()
 }
 
 /// A file of the workspace, read to a string.
@@ -97,11 +97,11 @@ pub fn http_get_in(ns: &Netns, addr: SocketAddr, path: &str) -> std::io::Result<
 
 /// Runs `ipamd <args>` inside `ns` with exactly `env` (plus PATH).
 pub fn ipamd_in(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let bin = harness::bins::ipamd().unwrap();
+    let bin = test_support::prereqs::ipamd().unwrap();
     let mut cmd = ns.command(&bin);
     cmd.args(args)
         .env_clear()
-        .env("PATH", harness::netns::default_path())
+        .env("PATH", test_support::netns::default_path())
         .envs(env.iter().copied());
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {} {args:?}: {e}", bin.display()))
@@ -109,7 +109,7 @@ pub fn ipamd_in(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// Runs a tool that must exist, failing with an install hint when it does not.
 pub fn tool(program: &str, hint: &str, args: &[&str], cwd: &Path) -> Output {
-    harness::bins::require_tool(program, hint).unwrap_or_else(|e| panic!("{e}"));
+    test_support::prereqs::require_tool(program, hint).unwrap_or_else(|e| panic!("{e}"));
     Command::new(program)
         .args(args)
         .current_dir(cwd)
@@ -130,7 +130,7 @@ pub fn describe(out: &Output) -> String {
 /// A tool `make deps` installs from PyPI into the project's venv (`kubernetes-validate`,
 /// `hadolint`); panics naming the fix when it is missing.
 pub fn pip_tool(name: &str, package: &str) -> PathBuf {
-    harness::bins::venv_tool(name, package).unwrap_or_else(|e| panic!("{e}"))
+    test_support::prereqs::venv_tool(name, package).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// YAML documents as JSON values (PyYAML of the project's venv: kubernetes-validate depends

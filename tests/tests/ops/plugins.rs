@@ -18,7 +18,7 @@ use super::{describe, read, workspace};
 const CHAINING_VARIABLES: [&str; 2] = ["DISABLE_POD_V6", "ENABLE_BANDWIDTH_PLUGIN"];
 
 /// Where Debian's containernetworking-plugins installs the plugins.
-const SYSTEM_CNI_DIR: &str = harness::bins::SYSTEM_CNI_DIR;
+const SYSTEM_CNI_DIR: &str = test_support::prereqs::SYSTEM_CNI_DIR;
 
 /// Every `type` of every conflist ipamd can write (all combinations of the chaining
 /// variables), plus `loopback`.
@@ -54,7 +54,7 @@ pub fn plugins_a_node_needs() -> BTreeSet<String> {
 /// plugins of [`SHIPPED_PLUGINS`] (`make deps` installs them).
 pub fn stage_shipped(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::copy(harness::bins::aws_cni().unwrap(), dir.join(PLUGIN)).unwrap();
+    std::fs::copy(test_support::prereqs::aws_cni().unwrap(), dir.join(PLUGIN)).unwrap();
     for name in SHIPPED_PLUGINS.into_iter().filter(|n| *n != PLUGIN) {
         let system = Path::new(SYSTEM_CNI_DIR).join(name);
         std::fs::copy(&system, dir.join(name)).unwrap_or_else(|e| {

@@ -30,7 +30,7 @@ fn imds_proxy(node: &SimNode) -> FaultProxy {
 
 /// `ipamd probe` against the node's socket: its exit code.
 fn probe(node: &SimNode) -> Option<i32> {
-    let bin = harness::bins::ipamd().unwrap_or_else(|e| panic!("{e}"));
+    let bin = test_support::prereqs::ipamd().unwrap_or_else(|e| panic!("{e}"));
     let addr = format!("-addr=unix://{}", node.socket_path().display());
     let out = ok(
         node,

@@ -19,7 +19,7 @@ use crate::{check, ok, pod, start};
 /// Runs the plugin's STATUS inside the node as uid/gid `uid:gid` (setpriv, no supplementary
 /// groups); returns its output.
 fn status_as(node: &harness::SimNode, uid: u32, gid: u32) -> harness::CniOutcome {
-    let plugin = harness::bins::aws_cni().unwrap_or_else(|e| panic!("{e}"));
+    let plugin = test_support::prereqs::aws_cni().unwrap_or_else(|e| panic!("{e}"));
     let conf = ok(node, node.plugin_config("1.1.0", None));
     let req = CniRequest::new("STATUS", &conf);
     let mut cmd = node.ns().command("setpriv");
@@ -31,14 +31,14 @@ fn status_as(node: &harness::SimNode, uid: u32, gid: u32) -> harness::CniOutcome
     ])
     .arg(&plugin)
     .env_clear()
-    .env("PATH", harness::netns::default_path())
+    .env("PATH", test_support::netns::default_path())
     .envs(req.env(node.cni_path()));
     ok(node, harness::cni::run_with_stdin(&mut cmd, &req.stdin))
 }
 
 #[test]
 fn the_socket_is_0660_root_root_and_refuses_other_users() {
-    harness::bins::require_tool("setpriv", "apt-get install util-linux")
+    test_support::prereqs::require_tool("setpriv", "apt-get install util-linux")
         .unwrap_or_else(|e| panic!("{e}"));
     let node = start(NodeOptions::new(standard_node(&[2])));
     let meta = std::fs::metadata(node.socket_path()).unwrap();
@@ -140,7 +140,7 @@ fn no_credentials_or_tokens_in_logs_after_a_full_run_in_ec2_mode() {
         (IMDS_ADDR, 80).into(),
         &format!(
             "/latest/meta-data/iam/security-credentials/{}",
-            harness::imds::INSTANCE_PROFILE_ROLE
+            test_support::imds::INSTANCE_PROFILE_ROLE
         ),
     )
     .unwrap_or_else(|e| panic!("cannot read the instance profile: {e}"));
@@ -243,7 +243,7 @@ fn no_credentials_or_tokens_in_logs_after_a_full_run_in_ec2_mode() {
 
 #[test]
 fn the_iam_policy_holds_exactly_the_ec2_actions_ipamd_calls() {
-    let path = harness::bins::workspace_dir().join("conf/iam-policy.json");
+    let path = test_support::prereqs::workspace_dir().join("conf/iam-policy.json");
     let policy: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut actions = BTreeSet::new();
     for statement in policy["Statement"].as_array().unwrap() {

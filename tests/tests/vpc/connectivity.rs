@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use harness::probe::{ping_matrix, tcp_round_trip};
-use harness::{Netns, Pod, VpcFabric, VpcNode};
+use harness::{Pod, VpcFabric, VpcNode};
+use test_support::netns::Netns;
 
 use crate::{add_pod_retrying, assert_vpc_address, check, ec2_node, fabric, node, ok, pod};
 

@@ -8,11 +8,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use harness::http::imds_get;
-use harness::imds::INSTANCE_PROFILE_ROLE;
 use harness::probe::{ping_matrix, tcp_round_trip};
 use harness::vpc::router::router_link_name;
 use harness::vpc::{EniRequest, IMDS_ADDR, INTERNET_HOST, VpcNode};
 use harness::{NodeSpec, Pod, VpcFabric};
+use test_support::imds::INSTANCE_PROFILE_ROLE;
 
 use crate::{assert_vpc_address, check, fabric, node, ok, pod};
 
@@ -327,7 +327,7 @@ fn imds_only_pods_on_two_nodes_reach_each_other_through_the_router() {
     let mut destinations: Vec<IpAddr> = all.iter().map(|(_, _, ip)| IpAddr::from(*ip)).collect();
     destinations.push(a.primary_ip().into());
     destinations.push(b.primary_ip().into());
-    let sources: Vec<(String, &harness::Netns, Vec<IpAddr>)> = all
+    let sources: Vec<(String, &test_support::netns::Netns, Vec<IpAddr>)> = all
         .iter()
         .map(|(n, p, ip)| {
             (

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime};
 
-use harness::imds::rfc3339_utc;
 use harness::probe::unreachable_from;
 use harness::vpc::router::router_link_name;
 use harness::vpc::{EniRequest, EniState, INTERNET_HOST, VpcNode, tags};
+use test_support::imds::rfc3339_utc;
 
 use crate::{
     add_pod_retrying, assert_vpc_address, check, ec2_node, eni_and_ip_counts, enis, fabric, node,

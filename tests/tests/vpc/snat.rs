@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use harness::probe::tcp_round_trip;
 use harness::vpc::INTERNET_HOST;
-use harness::{Netns, Pod, VpcFabric, VpcNode};
+use harness::{Pod, VpcFabric, VpcNode};
 use serde_json::Value;
+use test_support::netns::Netns;
 
 use crate::{add_pod_retrying, assert_vpc_address, check, ec2_node, fabric, node, ok, pod};
 

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use harness::probe::{ping_matrix, tcp_round_trip};
 use harness::vpc::{Ec2, EniState, SubnetInfo, SubnetSpec, tags};
-use harness::{FabricOptions, Netns, Pod, VpcFabric, VpcNode};
+use harness::{FabricOptions, Pod, VpcFabric, VpcNode};
+use test_support::netns::Netns;
 
 use crate::{
     add_pod_retrying, assert_vpc_address, check, ec2_node, fabric_with, node, ok, pod, show_enis,

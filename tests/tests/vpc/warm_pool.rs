@@ -112,7 +112,7 @@ fn warm_eni_target_on_t3_small_gives_1_eni_at_start_and_3_enis_9_ips_with_5_pods
     destinations.push(n.primary_ip().into());
     destinations.push(vpc.subnet().gateway().into());
     destinations.push(INTERNET_HOST.into());
-    let sources: Vec<(String, &harness::Netns, Vec<IpAddr>)> = pods
+    let sources: Vec<(String, &test_support::netns::Netns, Vec<IpAddr>)> = pods
         .iter()
         .map(|(p, ip)| {
             (

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use harness::probe::{ping_matrix, tcp_round_trip};
 use harness::vpc::{EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT, IMDS_ADDR, INTERNET_HOST};
-use harness::{FabricOptions, Netns, NodeSpec, Pod, VpcFabric, VpcNode};
+use harness::{FabricOptions, NodeSpec, Pod, VpcFabric, VpcNode};
 use serde_json::Value;
+use test_support::netns::Netns;
 
 /// Pods per node: m5.large has 9 pod IPs per ENI, so the last ones need a second ENI.
 const PODS_PER_NODE: usize = 12;
@@ -62,7 +63,7 @@ fn add_pod(node: &VpcNode, pod: &Pod) -> anyhow::Result<(Value, Ipv4Addr, Durati
 }
 
 pub fn run() -> anyhow::Result<()> {
-    harness::bins::require_root().context("vpcsim vpc-demo creates network namespaces")?;
+    test_support::prereqs::require_root().context("vpcsim vpc-demo creates network namespaces")?;
     let started = Instant::now();
     say!("vpcsim vpc-demo: a simulated VPC on moto, two nodes, pods through aws-cni");
     say!("  (no AWS account; nothing changes outside the namespaces the demo creates)\n");
