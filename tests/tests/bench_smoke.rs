@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use harness::bench::targets::Previous;
+use harness::bench::compare::Previous;
 use harness::bench::latency::Round;
 use harness::bench::plugins::Flavor;
 use harness::bench::report::ReportInputs;

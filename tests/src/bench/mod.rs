@@ -18,8 +18,11 @@
 //! touches the machine's root namespace. Timings are reported, never asserted.
 
 pub mod artifacts;
+pub mod compare;
 pub mod daemon;
 pub mod exec;
+mod figures;
+mod format;
 pub mod latency;
 pub mod phases;
 pub mod plugins;

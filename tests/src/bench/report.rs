@@ -2,277 +2,25 @@
 //! measured in the same run and their ratio, the targets with met/missed (and, when
 //! missed, by how much and what bounds it), the comparison with the previous run's results
 //! (read from its JSON), and the method. Every figure printed was measured in this run or read
-//! from the previous run's results; none is kept in the source.
+//! from the previous run's results; none is kept in the source. One function writes one
+//! section (or one table of a section), in the order the report shows them.
 
 use std::fmt::Write as _;
 
 use super::BenchResults;
 use super::artifacts::CriterionResult;
-use super::latency::{OpSamples, Round};
+use super::compare::{Previous, comparison_markdown};
+use super::figures::{
+    Op, concurrencies, cycle_stats, floor_stats, op_row, other_pct, teardown_parts,
+};
+use super::format::{
+    duration_text, f2, medians_text, mib, rate_or_dash, rate_text, ratio_text, shown, size_text,
+    verdict,
+};
+use super::latency::Round;
 use super::plugins::Flavor;
-use super::stats::{Summary, median_ns, ns_to_ms, ratio};
-use super::targets::{Previous, comparison_markdown, targets};
-
-/// A path relative to the workspace when it is inside it (reports are read in the repository).
-pub(super) fn shown(path: &std::path::Path) -> String {
-    let ws = test_support::prereqs::workspace_dir();
-    path.strip_prefix(&ws).unwrap_or(path).display().to_string()
-}
-
-/// A duration given in ns, in the unit that keeps it readable.
-fn duration_text(ns: f64) -> String {
-    if ns < 10_000.0 {
-        format!("{ns:.0} ns")
-    } else if ns < 10_000_000.0 {
-        format!("{} µs", f2(ns / 1e3))
-    } else {
-        format!("{} ms", f2(ns / 1e6))
-    }
-}
-
-/// A rate per second with an SI prefix.
-fn rate_text(per_s: f64) -> String {
-    if per_s >= 1e6 {
-        format!("{:.2} M", per_s / 1e6)
-    } else if per_s >= 1e3 {
-        format!("{:.1} k", per_s / 1e3)
-    } else {
-        f2(per_s)
-    }
-}
-
-/// A size in bytes, in KiB below 1 MiB.
-fn size_text(bytes: u64) -> String {
-    // `mib` takes KiB.
-    if bytes < 1024 * 1024 {
-        format!("{} KiB", f2(mib(bytes)))
-    } else {
-        format!("{} MiB", f2(mib(bytes / 1024)))
-    }
-}
-
-pub(super) fn mib(kib: u64) -> f64 {
-    #[allow(clippy::cast_precision_loss)]
-    let v = kib as f64 / 1024.0;
-    v
-}
-
-pub(super) fn f2(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-pub(super) fn ratio_text(r: Option<f64>) -> String {
-    r.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"))
-}
-
-/// Pooled samples of one plugin, concurrency and verb over all repetitions.
-fn pooled<'a>(
-    rounds: &'a [Round],
-    flavor: Flavor,
-    conc: usize,
-    pick: impl Fn(&'a Round) -> &'a OpSamples,
-) -> (Vec<u64>, Vec<&'a OpSamples>) {
-    let mut all = Vec::new();
-    let mut per_rep = Vec::new();
-    for r in rounds
-        .iter()
-        .filter(|r| r.flavor == flavor && r.concurrency == conc)
-    {
-        let s = pick(r);
-        all.extend_from_slice(&s.latencies_ns);
-        per_rep.push(s);
-    }
-    (all, per_rep)
-}
-
-/// The operations of a latency round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Op {
-    /// ADD.
-    Add,
-    /// DEL alone (spawn → reap).
-    Del,
-    /// DEL + netns removal, until the host veth is gone.
-    DelNetns,
-}
-
-impl Op {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Add => "ADD",
-            Self::Del => "DEL",
-            Self::DelNetns => "DEL + netns removal",
-        }
-    }
-
-    fn samples(self, r: &Round) -> &OpSamples {
-        match self {
-            Self::Add => &r.add,
-            Self::Del => &r.del,
-            Self::DelNetns => &r.del_netns,
-        }
-    }
-}
-
-pub(super) struct OpRow {
-    pub(super) summary: Option<Summary>,
-    per_rep_medians: Vec<f64>,
-    /// 0 when the operation's wall time is not its own (DEL, see [`Round::del`]).
-    ops_per_s: f64,
-    failures: usize,
-}
-
-pub(super) fn op_row(rounds: &[Round], flavor: Flavor, conc: usize, op: Op) -> OpRow {
-    let (all, per_rep) = pooled(rounds, flavor, conc, |r| op.samples(r));
-    let ops: f64 = if per_rep.is_empty() {
-        0.0
-    } else {
-        per_rep.iter().map(|s| s.per_second()).sum::<f64>() / super::stats::count_f64(per_rep.len())
-    };
-    OpRow {
-        summary: Summary::from_ns(&all),
-        per_rep_medians: per_rep
-            .iter()
-            .map(|s| ns_to_ms(median_ns(&s.latencies_ns)))
-            .collect(),
-        ops_per_s: ops,
-        failures: per_rep.iter().map(|s| s.failures.len()).sum(),
-    }
-}
-
-/// A rate, or a dash when it was not measured (0).
-fn rate_or_dash(v: f64) -> String {
-    if v > 0.0 { f2(v) } else { "–".into() }
-}
-
-/// The largest other% of one plugin's rounds at one concurrency, over the phase of `op`.
-fn other_pct(rounds: &[Round], flavor: Flavor, conc: usize, op: Op) -> f64 {
-    rounds
-        .iter()
-        .filter(|r| r.flavor == flavor && r.concurrency == conc)
-        .map(|r| {
-            if op == Op::Add {
-                r.add_other_cpu_pct
-            } else {
-                r.del_other_cpu_pct
-            }
-        })
-        .fold(0.0, f64::max)
-}
-
-pub(super) fn concurrencies(rounds: &[Round]) -> Vec<usize> {
-    let mut c: Vec<usize> = rounds.iter().map(|r| r.concurrency).collect();
-    c.sort_unstable();
-    c.dedup();
-    c
-}
-
-fn medians_text(v: &[f64]) -> String {
-    v.iter().map(|m| f2(*m)).collect::<Vec<_>>().join(" / ")
-}
-
-pub(super) fn criterion_of<'a>(res: &'a BenchResults, id: &str) -> Option<&'a CriterionResult> {
-    res.criterion.iter().find(|c| c.id == id)
-}
-
-pub(super) fn verdict(met: Option<bool>) -> &'static str {
-    match met {
-        Some(true) => "**met**",
-        Some(false) => "**missed**",
-        None => "not measured",
-    }
-}
-
-/// One plugin's cycle rounds, pooled.
-pub(super) struct CycleStats {
-    /// Median over the repetitions of N / wall.
-    pub(super) pods_per_s: f64,
-    per_rep: Vec<f64>,
-    /// Whole cycles.
-    pub(super) cycle: Option<Summary>,
-    /// Their ADD spawn → DEL reap part.
-    pub(super) add_del: Option<Summary>,
-    failures: usize,
-}
-
-pub(super) fn cycle_stats(res: &BenchResults, flavor: Flavor) -> CycleStats {
-    let rs: Vec<_> = res.cycles.iter().filter(|c| c.flavor == flavor).collect();
-    let per_rep: Vec<f64> = rs.iter().map(|c| c.pods_per_second()).collect();
-    let mut sorted = per_rep.clone();
-    sorted.sort_by(f64::total_cmp);
-    let med = if sorted.is_empty() {
-        0.0
-    } else if sorted.len() % 2 == 1 {
-        sorted[sorted.len() / 2]
-    } else {
-        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
-    };
-    let all: Vec<u64> = rs.iter().flat_map(|c| c.cycle_ns.iter().copied()).collect();
-    let add_del: Vec<u64> = rs
-        .iter()
-        .flat_map(|c| c.add_del_ns.iter().copied())
-        .collect();
-    CycleStats {
-        pods_per_s: med,
-        per_rep,
-        cycle: Summary::from_ns(&all),
-        add_del: Summary::from_ns(&add_del),
-        failures: rs.iter().map(|c| c.failures.len()).sum(),
-    }
-}
-
-/// The kernel floor exec'd per pod, pooled over its rounds.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct FloorStats {
-    pub(super) add: Option<Summary>,
-    pub(super) del: Option<Summary>,
-    pub(super) del_netns: Option<Summary>,
-}
-
-pub(super) fn floor_stats(res: &BenchResults) -> FloorStats {
-    let pool = |op: Op| {
-        let v: Vec<u64> = res
-            .floor_rounds
-            .iter()
-            .flat_map(|r| op.samples(r).latencies_ns.iter().copied())
-            .collect();
-        Summary::from_ns(&v)
-    };
-    FloorStats {
-        add: pool(Op::Add),
-        del: pool(Op::Del),
-        del_netns: pool(Op::DelNetns),
-    }
-}
-
-/// Medians of a teardown's parts over one plugin's rounds at one concurrency: (removal call ms,
-/// veth gone after the removal ms, pods whose veth DEL left, pods).
-fn teardown_parts(rounds: &[Round], flavor: Flavor, conc: usize) -> (f64, f64, usize, usize) {
-    let rs: Vec<&Round> = rounds
-        .iter()
-        .filter(|r| r.flavor == flavor && r.concurrency == conc)
-        .collect();
-    let removal: Vec<u64> = rs
-        .iter()
-        .flat_map(|r| r.netns_removal_ns.iter().copied())
-        .collect();
-    let wait: Vec<u64> = rs
-        .iter()
-        .flat_map(|r| r.veth_wait_ns.iter().copied())
-        .collect();
-    (
-        ns_to_ms(median_ns(&removal)),
-        ns_to_ms(median_ns(&wait)),
-        rs.iter().map(|r| r.veths_left_by_del).sum(),
-        removal.len(),
-    )
-}
+use super::stats::{Summary, median_ns, ratio};
+use super::targets::targets;
 
 /// Where this run's results went and what to compare them with.
 #[derive(Debug, Clone)]
@@ -287,6 +35,20 @@ pub struct ReportInputs {
 pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
     let mut s = String::new();
     let w = &mut s;
+    header(w, res, inputs);
+    run_table(w, res);
+    targets_section(w, res, inputs);
+    latency_section(w, res);
+    time_section(w, res);
+    ipamd_section(w, res);
+    size_and_memory_section(w, res);
+    let _ = writeln!(w, "\n## Notes\n");
+    let _ = writeln!(w, "{}", notes(res).trim_end());
+    s
+}
+
+/// The title and what generated the report.
+fn header(w: &mut String, res: &BenchResults, inputs: &ReportInputs) {
     let _ = writeln!(w, "# Benchmarks\n");
     let _ = writeln!(
         w,
@@ -301,38 +63,11 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
             )
         )
     );
+}
+
+/// The machine, the binaries and baseline, the rounds, the noise, the failures.
+fn run_table(w: &mut String, res: &BenchResults) {
     let m = &res.machine;
-    let bin = |what: &str| res.binaries.iter().find(|b| b.what.starts_with(what));
-    let plugin_desc = bin("aws-cni (benchmarked").map_or_else(
-        || "–".into(),
-        |b| {
-            format!(
-                "`{}`, {} MiB, {}",
-                shown(&b.path),
-                f2(mib(b.bytes / 1024)),
-                match b.static_binary {
-                    Some(true) => "statically linked",
-                    Some(false) => "dynamically linked",
-                    None => "not an ELF",
-                }
-            )
-        },
-    );
-    // The ADD phases leave no work to kernel workers for either plugin: their other% is the
-    // machine's noise. The DEL phases include the teardown of the removed namespaces.
-    let max_of = |flavor: Flavor, pick: fn(&Round) -> f64| {
-        res.rounds
-            .iter()
-            .filter(|r| r.flavor == flavor)
-            .map(pick)
-            .fold(0.0, f64::max)
-    };
-    let max_other = max_of(Flavor::Ptp, |r| r.add_other_cpu_pct)
-        .max(max_of(Flavor::Ours, |r| r.add_other_cpu_pct));
-    let del_other = (
-        max_of(Flavor::Ours, |r| r.del_other_cpu_pct),
-        max_of(Flavor::Ptp, |r| r.del_other_cpu_pct),
-    );
     let _ = writeln!(w, "| | |\n| --- | --- |");
     let _ = writeln!(
         w,
@@ -340,7 +75,7 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
         m.cpus, m.cpu_model, m.memory_gib, m.kernel
     );
     let _ = writeln!(w, "| Toolchain | {} |", m.rustc);
-    let _ = writeln!(w, "| aws-cni under test | {plugin_desc} |");
+    let _ = writeln!(w, "| aws-cni under test | {} |", plugin_description(res));
     let _ = writeln!(
         w,
         "| Baseline | Debian's `ptp` + `host-local` (containernetworking-plugins), exec'd the same way |"
@@ -356,6 +91,53 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
             .join(", "),
         res.reps
     );
+    noise_row(w, res);
+    let failures = res.failures();
+    if failures > 0 {
+        let _ = writeln!(
+            w,
+            "| **Failures** | {failures} failed calls or leftovers (see the fail columns) |"
+        );
+    }
+}
+
+/// The benchmarked plugin binary: path, size, linking.
+fn plugin_description(res: &BenchResults) -> String {
+    let bin = |what: &str| res.binaries.iter().find(|b| b.what.starts_with(what));
+    bin("aws-cni (benchmarked").map_or_else(
+        || "–".into(),
+        |b| {
+            format!(
+                "`{}`, {} MiB, {}",
+                shown(&b.path),
+                f2(mib(b.bytes / 1024)),
+                match b.static_binary {
+                    Some(true) => "statically linked",
+                    Some(false) => "dynamically linked",
+                    None => "not an ELF",
+                }
+            )
+        },
+    )
+}
+
+/// The CPU other processes used during the rounds.
+fn noise_row(w: &mut String, res: &BenchResults) {
+    // The ADD phases leave no work to kernel workers for either plugin: their other% is the
+    // machine's noise. The DEL phases include the teardown of the removed namespaces.
+    let max_of = |flavor: Flavor, pick: fn(&Round) -> f64| {
+        res.rounds
+            .iter()
+            .filter(|r| r.flavor == flavor)
+            .map(pick)
+            .fold(0.0, f64::max)
+    };
+    let max_other = max_of(Flavor::Ptp, |r| r.add_other_cpu_pct)
+        .max(max_of(Flavor::Ours, |r| r.add_other_cpu_pct));
+    let del_other = (
+        max_of(Flavor::Ours, |r| r.del_other_cpu_pct),
+        max_of(Flavor::Ptp, |r| r.del_other_cpu_pct),
+    );
     let _ = writeln!(
         w,
         "| Noise | CPU used by other processes (other%) during the ADD phases, where neither plugin leaves work to kernel workers: at most {max_other:.1} % of the machine{}. During the DEL phases, which include the kernel's teardown of the removed pod namespaces: at most {:.1} % in aws-cni's rounds, {:.1} % in ptp's |",
@@ -367,15 +149,10 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
         del_other.0,
         del_other.1
     );
-    let failures = res.failures();
-    if failures > 0 {
-        let _ = writeln!(
-            w,
-            "| **Failures** | {failures} failed calls or leftovers (see the fail columns) |"
-        );
-    }
+}
 
-    // Targets.
+/// The targets, met or missed, and the comparison with the previous run.
+fn targets_section(w: &mut String, res: &BenchResults, inputs: &ReportInputs) {
     let _ = writeln!(w, "\n## Targets (reported, not gated)\n");
     let _ = writeln!(
         w,
@@ -398,76 +175,94 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
         );
     }
     let _ = write!(w, "{}", comparison_markdown(res, &inputs.previous));
+}
 
-    // 1. Latency.
+/// 1. Per-pod ADD and DEL latency at each concurrency, then the cycle throughput.
+fn latency_section(w: &mut String, res: &BenchResults) {
     let _ = writeln!(w, "\n## 1. Per-pod ADD and DEL latency\n");
     let _ = writeln!(
         w,
         "Each call is timed from spawn to reap, in the simulated node's network namespace, with the `CNI_*` environment and stdin a runtime gives (CNI 1.0.0, kubelet's `CNI_ARGS`); DEL carries the ADD result as `prevResult`. Fresh pod namespaces are made before each round and one untimed warm-up ADD+DEL runs first. aws-cni uses the conflist ipamd wrote (its defaults: `pluginLogLevel` DEBUG to a log file) and a warm pool; ptp uses bench-ptp.sh's config. Milliseconds; *per rep* lists the median of each repetition.\n\nA bare DEL does different work for the two plugins: ptp deletes the pod's veth pair in DEL, aws-cni (like the reference) leaves it to the runtime's removal of the pod's namespace. *DEL + netns removal* charges both with the same work: right after its DEL, in the same worker, each pod's namespace is removed the way runtimes do it (unmount, unlink), and the clock, started at DEL's spawn, stops at the later of the removal's return and the moment the pod's host-side veth is gone from the node (Notes: *DEL and the namespace's removal*). Its ops/s is pods / wall time of the DEL phase; a bare DEL has no ops/s of its own, since every DEL is followed by its pod's removal in that phase. other% is over the ADD phase for ADD rows and over the DEL phase for DEL rows.\n"
     );
     for conc in concurrencies(&res.rounds) {
-        let _ = writeln!(w, "### Concurrency {conc}\n");
-        let _ = writeln!(
-            w,
-            "| plugin | op | median | p95 | p99 | max | ops/s | per rep | fail | other% |"
-        );
-        let _ = writeln!(
-            w,
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
-        );
-        for op in [Op::Add, Op::Del, Op::DelNetns] {
-            let label = op.label();
-            let mut rows = Vec::new();
-            for flavor in [Flavor::Ours, Flavor::Ptp] {
-                let row = op_row(&res.rounds, flavor, conc, op);
-                if let Some(sm) = row.summary {
-                    let _ = writeln!(
-                        w,
-                        "| {} | {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                        flavor.label(),
-                        f2(sm.median_ms),
-                        f2(sm.p95_ms),
-                        f2(sm.p99_ms),
-                        f2(sm.max_ms),
-                        rate_or_dash(row.ops_per_s),
-                        medians_text(&row.per_rep_medians),
-                        row.failures,
-                        other_pct(&res.rounds, flavor, conc, op)
-                    );
-                }
-                rows.push(row);
-            }
-            if let (Some(o), Some(p)) = (rows[0].summary, rows[1].summary) {
-                let _ = writeln!(
-                    w,
-                    "| **ours/ptp** | {label} | **{}** | {} | **{}** | {} | {} | | | |",
-                    ratio_text(ratio(o.median_ms, p.median_ms)),
-                    ratio_text(ratio(o.p95_ms, p.p95_ms)),
-                    ratio_text(ratio(o.p99_ms, p.p99_ms)),
-                    ratio_text(ratio(o.max_ms, p.max_ms)),
-                    ratio_text(ratio(rows[0].ops_per_s, rows[1].ops_per_s)),
-                );
-            }
-        }
-        let parts: Vec<String> = [Flavor::Ours, Flavor::Ptp]
-            .iter()
-            .map(|&flavor| {
-                let (removal, wait, left, n) = teardown_parts(&res.rounds, flavor, conc);
-                format!(
-                    "{}: removal call {} ms, host veth gone {} ms after it, veth left by DEL for {left} of {n} pods",
-                    flavor.label(),
-                    f2(removal),
-                    f2(wait)
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            w,
-            "\nParts of DEL + netns removal (medians) — {}.",
-            parts.join("; ")
-        );
-        let _ = writeln!(w);
+        latency_table(w, res, conc);
     }
+    cycle_table(w, res);
+}
+
+/// The latency table of one concurrency: both plugins, each operation, their ratio, and the
+/// parts of DEL + netns removal.
+fn latency_table(w: &mut String, res: &BenchResults, conc: usize) {
+    let _ = writeln!(w, "### Concurrency {conc}\n");
+    let _ = writeln!(
+        w,
+        "| plugin | op | median | p95 | p99 | max | ops/s | per rep | fail | other% |"
+    );
+    let _ = writeln!(
+        w,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
+    );
+    for op in [Op::Add, Op::Del, Op::DelNetns] {
+        op_rows(w, res, conc, op);
+    }
+    let parts: Vec<String> = [Flavor::Ours, Flavor::Ptp]
+        .iter()
+        .map(|&flavor| {
+            let (removal, wait, left, n) = teardown_parts(&res.rounds, flavor, conc);
+            format!(
+                "{}: removal call {} ms, host veth gone {} ms after it, veth left by DEL for {left} of {n} pods",
+                flavor.label(),
+                f2(removal),
+                f2(wait)
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        w,
+        "\nParts of DEL + netns removal (medians) — {}.",
+        parts.join("; ")
+    );
+    let _ = writeln!(w);
+}
+
+/// The rows of one operation at one concurrency: each plugin, then their ratio.
+fn op_rows(w: &mut String, res: &BenchResults, conc: usize, op: Op) {
+    let label = op.label();
+    let mut rows = Vec::new();
+    for flavor in [Flavor::Ours, Flavor::Ptp] {
+        let row = op_row(&res.rounds, flavor, conc, op);
+        if let Some(sm) = row.summary {
+            let _ = writeln!(
+                w,
+                "| {} | {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                flavor.label(),
+                f2(sm.median_ms),
+                f2(sm.p95_ms),
+                f2(sm.p99_ms),
+                f2(sm.max_ms),
+                rate_or_dash(row.ops_per_s),
+                medians_text(&row.per_rep_medians),
+                row.failures,
+                other_pct(&res.rounds, flavor, conc, op)
+            );
+        }
+        rows.push(row);
+    }
+    if let (Some(o), Some(p)) = (rows[0].summary, rows[1].summary) {
+        let _ = writeln!(
+            w,
+            "| **ours/ptp** | {label} | **{}** | {} | **{}** | {} | {} | | | |",
+            ratio_text(ratio(o.median_ms, p.median_ms)),
+            ratio_text(ratio(o.p95_ms, p.p95_ms)),
+            ratio_text(ratio(o.p99_ms, p.p99_ms)),
+            ratio_text(ratio(o.max_ms, p.max_ms)),
+            ratio_text(ratio(rows[0].ops_per_s, rows[1].ops_per_s)),
+        );
+    }
+}
+
+/// ADD+DEL cycle throughput.
+fn cycle_table(w: &mut String, res: &BenchResults) {
     let ours_cy = cycle_stats(res, Flavor::Ours);
     let ptp_cy = cycle_stats(res, Flavor::Ptp);
     if !res.cycles.is_empty() {
@@ -511,8 +306,10 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
             both(|s| s.median_ms, ours_cy.add_del, ptp_cy.add_del),
         );
     }
+}
 
-    // 2. Where the time goes.
+/// 2. Where the time goes: the plugin's phases, the exec floors, the kernel floor.
+fn time_section(w: &mut String, res: &BenchResults) {
     let _ = writeln!(w, "## 2. Where the time goes\n");
     let _ = writeln!(
         w,
@@ -545,6 +342,13 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
         }
         let _ = writeln!(w);
     }
+    exec_floor_table(w, res);
+    kernel_floor_table(w, res);
+    floor_vs_plugins_table(w, res);
+}
+
+/// Spawn → reap of programs that do nothing, next to the plugins' VERSION.
+fn exec_floor_table(w: &mut String, res: &BenchResults) {
     let ef = &res.exec_floors;
     let _ = writeln!(w, "### Exec floors (spawn → reap, one at a time)\n");
     let _ = writeln!(w, "| program | median ms | p95 ms | p99 ms |");
@@ -580,6 +384,10 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
         "| **aws-cni / ptp VERSION** | **{}** | | |\n",
         ratio_text(ratio(ef.ours_version.median_ms, ef.ptp_version.median_ms))
     );
+}
+
+/// The kernel floor in one process, per netlink operation.
+fn kernel_floor_table(w: &mut String, res: &BenchResults) {
     let kf = &res.kernel_floor;
     let _ = writeln!(
         w,
@@ -604,6 +412,10 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
         "| **DEL total (sum of medians)** | **{} ms** | |\n",
         f2(kf.del_total_ms)
     );
+}
+
+/// The kernel floor exec'd per pod like a plugin, next to the plugins at concurrency 1.
+fn floor_vs_plugins_table(w: &mut String, res: &BenchResults) {
     let floor = floor_stats(res);
     if let (Some(fa), Some(fd), Some(fdn)) = (floor.add, floor.del, floor.del_netns) {
         let row = |flavor: Flavor, op: Op| op_row(&res.rounds, flavor, 1, op).summary;
@@ -651,8 +463,10 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
         }
         let _ = writeln!(w);
     }
+}
 
-    // 3. ipamd.
+/// 3. ipamd: service time, datastore, start-up, idle CPU, resident memory.
+fn ipamd_section(w: &mut String, res: &BenchResults) {
     let _ = writeln!(w, "## 3. ipamd\n");
     let _ = writeln!(
         w,
@@ -676,6 +490,13 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
             f2(l.requests_per_second)
         );
     }
+    datastore_table(w, res);
+    startup_table(w, res);
+    ipamd_memory_table(w, res);
+}
+
+/// criterion's datastore results.
+fn datastore_table(w: &mut String, res: &BenchResults) {
     let _ = writeln!(
         w,
         "\n### Datastore (criterion, `ipamd/benches/datastore.rs`)\n"
@@ -715,6 +536,10 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
         }
         let _ = writeln!(w);
     }
+}
+
+/// Start-up to ready, and the CPU ipamd uses while idle.
+fn startup_table(w: &mut String, res: &BenchResults) {
     let _ = writeln!(
         w,
         "### Start-up to ready\n\nFrom spawning ipamd (straight into the node namespace) to the conflist being written (health SERVING comes just before it), instance metadata served by the emulator on the node's loopback. With pods, the checkpoint lists them and their host veths exist, so all are restored.\n"
@@ -751,6 +576,10 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
             f2(idle.percent_of_core())
         );
     }
+}
+
+/// ipamd's resident memory by situation.
+fn ipamd_memory_table(w: &mut String, res: &BenchResults) {
     let _ = writeln!(w, "\n### Resident memory\n");
     let _ = writeln!(
         w,
@@ -768,8 +597,10 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
             mem.threads
         );
     }
+}
 
-    // 4. Binary and memory.
+/// 4. Binary sizes, peak RSS per call, the image estimate.
+fn size_and_memory_section(w: &mut String, res: &BenchResults) {
     let _ = writeln!(w, "\n## 4. Binary size and memory\n");
     let _ = writeln!(w, "| binary | size MiB | linking | path |");
     let _ = writeln!(w, "| --- | ---: | --- | --- |");
@@ -806,6 +637,12 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
             ratio_text(r)
         );
     }
+    peak_rss_table(w, res);
+    image_estimate(w, res);
+}
+
+/// Peak RSS per call of both plugins.
+fn peak_rss_table(w: &mut String, res: &BenchResults) {
     let rss_of = |flavor: Flavor, add: bool| -> Vec<u64> {
         res.rss
             .iter()
@@ -872,6 +709,10 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
             );
         }
     }
+}
+
+/// The ipamd image, estimated from the Dockerfile's final stage.
+fn image_estimate(w: &mut String, res: &BenchResults) {
     let _ = writeln!(w, "\n### ipamd image\n");
     match &res.image {
         Some(img) => {
@@ -905,10 +746,6 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
             );
         }
     }
-
-    let _ = writeln!(w, "\n## Notes\n");
-    let _ = writeln!(w, "{}", notes(res).trim_end());
-    s
 }
 
 /// Method notes, with the figures they quote taken from this run.
@@ -977,31 +814,4 @@ fn notes(res: &BenchResults) -> String {
         "- **Between runs.** Figures of other runs appear only in *Compared with the previous run*, read from that run's JSON; a target whose method changed has a new key and is not compared with the old figure. Compare ratios, not absolute times, and runs on a quiet machine."
     );
     s
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn units_stay_readable() {
-        assert_eq!(duration_text(522.4), "522 ns");
-        assert_eq!(duration_text(209_144.0), "209 µs");
-        assert_eq!(duration_text(248_986_264.0), "249 ms");
-        assert_eq!(rate_text(1_910_000.0), "1.91 M");
-        assert_eq!(rate_text(4_780.0), "4.8 k");
-        assert_eq!(rate_text(98.6), "98.6");
-        assert_eq!(size_text(2048), "2.00 KiB");
-        assert_eq!(size_text(3 * 1024 * 1024), "3.00 MiB");
-    }
-
-    #[test]
-    fn number_formatting_keeps_three_significant_digits() {
-        assert_eq!(f2(1.23456), "1.23");
-        assert_eq!(f2(23.456), "23.5");
-        assert_eq!(f2(234.56), "235");
-        assert_eq!(ratio_text(Some(0.256)), "0.26×");
-        assert_eq!(ratio_text(None), "–");
-    }
 }

@@ -1,19 +1,11 @@
-//! The issue's targets evaluated on one run, and the comparison with the previous run, read from
-//! the JSON that run left (never from figures kept in the source). Each target has a stable key
-//! and the number it is judged on, so a later run can tell which of its figures were measured
-//! the same way before: a target whose method changes gets a new key.
-
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-
-use serde_json::Value;
+//! The issue's targets evaluated on one run. Each target has a stable key and the number it is
+//! judged on, so a later run can tell which of its figures were measured the same way before
+//! (module [`super::compare`]): a target whose method changes gets a new key.
 
 use super::BenchResults;
+use super::figures::{Op, concurrencies, criterion_of, cycle_stats, floor_stats, op_row};
+use super::format::{f2, mib, ratio_text};
 use super::plugins::Flavor;
-use super::report::{
-    Op, concurrencies, criterion_of, cycle_stats, f2, floor_stats, mib, op_row, ratio_text, shown,
-    verdict,
-};
 use super::stats::{median_ns, ratio};
 
 /// One of the issue's targets, evaluated.
@@ -332,171 +324,6 @@ pub fn targets(res: &BenchResults) -> Vec<Target> {
     out
 }
 
-/// The previous run, as its JSON (`cnibench run --json`) left it.
-#[derive(Debug, Clone)]
-pub enum Previous {
-    /// No comparison was asked for.
-    NotAsked,
-    /// The file was not there or could not be used, and why.
-    Unusable {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        why: String,
-    },
-    /// Its results.
-    Loaded {
-        /// The file.
-        path: PathBuf,
-        /// Its contents.
-        results: Value,
-    },
-}
-
-impl Previous {
-    /// Reads the previous run's results from `path` (call before this run overwrites it).
-    pub fn load(path: &Path) -> Self {
-        let unusable = |why: String| Self::Unusable {
-            path: path.to_owned(),
-            why,
-        };
-        match std::fs::read_to_string(path) {
-            Ok(text) => match serde_json::from_str::<Value>(&text) {
-                Ok(results) if results.is_object() => Self::Loaded {
-                    path: path.to_owned(),
-                    results,
-                },
-                Ok(_) => unusable("it is not a JSON object".into()),
-                Err(e) => unusable(format!("it is not valid JSON ({e})")),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                unusable("there is no such file (no earlier run)".into())
-            }
-            Err(e) => unusable(e.to_string()),
-        }
-    }
-}
-
-/// The change from `before` to `now` in percent, signed.
-fn change_text(before: Option<f64>, now: Option<f64>) -> String {
-    match (before, now) {
-        (Some(b), Some(n)) if b != 0.0 && b.is_finite() && n.is_finite() => {
-            format!("{:+.0} %", (n / b - 1.0) * 100.0)
-        }
-        _ => "–".into(),
-    }
-}
-
-/// The section comparing this run's targets with the previous run's (empty when no comparison
-/// was asked for). Only targets with the same key, i.e. measured the same way, are compared.
-pub fn comparison_markdown(res: &BenchResults, previous: &Previous) -> String {
-    let mut s = String::new();
-    let w = &mut s;
-    let (path, prev) = match previous {
-        Previous::NotAsked => return s,
-        Previous::Unusable { path, why } => {
-            let _ = writeln!(
-                w,
-                "\n## Compared with the previous run\n\nNothing to compare: the previous run's results `{}` could not be used: {why}.",
-                shown(path)
-            );
-            return s;
-        }
-        Previous::Loaded { path, results } => (path, results),
-    };
-    let _ = writeln!(w, "\n## Compared with the previous run\n");
-    let text = |v: &Value| v.as_str().unwrap_or("–").to_owned();
-    let m = &prev["machine"];
-    let _ = writeln!(
-        w,
-        "The previous run's figures come from its results, `{}`: `{}` on {}, {} CPUs ({}), Linux {}{}. Only targets measured the same way in both runs are compared; compare on a quiet machine, and ratios rather than absolute times.\n",
-        shown(path),
-        text(&prev["command"]),
-        text(&prev["date"]),
-        m["cpus"]
-            .as_u64()
-            .map_or_else(|| "–".into(), |c| c.to_string()),
-        text(&m["cpu_model"]),
-        text(&m["kernel"]),
-        if m["cpus"].as_u64() == u64::try_from(res.machine.cpus).ok()
-            && m["kernel"].as_str() == Some(res.machine.kernel.as_str())
-        {
-            ""
-        } else {
-            " — another machine or kernel than this run's"
-        }
-    );
-    let prev_noise = prev["rounds"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["add_other_cpu_pct"].as_f64())
-        .reduce(f64::max);
-    let noise = res
-        .rounds
-        .iter()
-        .map(|r| r.add_other_cpu_pct)
-        .reduce(f64::max);
-    if let (Some(p), Some(n)) = (prev_noise, noise) {
-        let _ = writeln!(
-            w,
-            "Noise (other% during the ADD phases): at most {p:.1} % of the machine in the previous run, {n:.1} % in this one.\n"
-        );
-    }
-    let Some(before) = prev["targets"].as_array() else {
-        let _ = writeln!(
-            w,
-            "Those results carry no evaluated targets (an older driver wrote them), so there is nothing to compare."
-        );
-        return s;
-    };
-    let find = |key: &str| before.iter().find(|t| t["key"].as_str() == Some(key));
-    let _ = writeln!(w, "| target | previous run | this run | change |");
-    let _ = writeln!(w, "| --- | --- | --- | ---: |");
-    let mut new = Vec::new();
-    for t in &res.targets {
-        let Some(p) = find(&t.key) else {
-            new.push(t.target.as_str());
-            continue;
-        };
-        let pv = |met: Option<bool>| verdict(met).trim_matches('*').to_owned();
-        let _ = writeln!(
-            w,
-            "| {} | {} ({}) | {} ({}) | {} |",
-            t.target,
-            text(&p["measured"]),
-            pv(p["met"].as_bool()),
-            t.measured,
-            pv(t.met),
-            change_text(p["value"].as_f64(), t.value)
-        );
-    }
-    let gone: Vec<&str> = before
-        .iter()
-        .filter(|p| {
-            p["key"]
-                .as_str()
-                .is_none_or(|k| !res.targets.iter().any(|t| t.key == k))
-        })
-        .filter_map(|p| p["target"].as_str())
-        .collect();
-    if !new.is_empty() {
-        let _ = writeln!(
-            w,
-            "\nNot in the previous run (new, or measured another way): {}.",
-            new.join("; ")
-        );
-    }
-    if !gone.is_empty() {
-        let _ = writeln!(
-            w,
-            "\nIn the previous run only (no longer measured, or measured another way now): {}.",
-            gone.join("; ")
-        );
-    }
-    s
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -508,30 +335,5 @@ mod tests {
         let n = miss_note(Some(0.6), 0.5, || "floor".into());
         assert!(n.starts_with("missed by 20 %"), "{n}");
         assert!(n.ends_with("floor"), "{n}");
-    }
-
-    #[test]
-    fn changes_are_signed_percentages() {
-        assert_eq!(change_text(Some(0.5), Some(0.25)), "-50 %");
-        assert_eq!(change_text(Some(2.0), Some(3.0)), "+50 %");
-        assert_eq!(change_text(None, Some(3.0)), "–");
-        assert_eq!(change_text(Some(0.0), Some(3.0)), "–");
-    }
-
-    #[test]
-    fn a_missing_or_broken_previous_file_is_named_with_the_reason() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("results.json");
-        match Previous::load(&missing) {
-            Previous::Unusable { why, .. } => assert!(why.contains("no such file"), "{why}"),
-            other => panic!("{other:?}"),
-        }
-        std::fs::write(&missing, "{not json").unwrap();
-        match Previous::load(&missing) {
-            Previous::Unusable { why, .. } => assert!(why.contains("not valid JSON"), "{why}"),
-            other => panic!("{other:?}"),
-        }
-        std::fs::write(&missing, r#"{"date": "x", "targets": []}"#).unwrap();
-        assert!(matches!(Previous::load(&missing), Previous::Loaded { .. }));
     }
 }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use harness::bench::targets::Previous;
+use harness::bench::compare::Previous;
 use harness::bench::report::ReportInputs;
 use harness::bench::{self, BenchConfig};
 
