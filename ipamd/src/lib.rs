@@ -25,6 +25,8 @@ pub mod probe;
 pub mod restore;
 pub mod server;
 pub mod state;
+#[cfg(test)]
+pub mod testing;
 
 /// The gRPC contract with the plugin (the contract crate's `proto/rpc.proto`), server and
 /// client.

@@ -253,7 +253,7 @@ mod tests {
 
     use super::*;
     use crate::cloud::ec2::Ec2ErrorKind;
-    use crate::cloud::fake_ec2::FakeEc2;
+    use crate::testing::fake_ec2::FakeEc2;
 
     #[test]
     fn derived_sizes_follow_the_reference() {

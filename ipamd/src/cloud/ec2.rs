@@ -4,7 +4,8 @@
 //! being full, missing permissions, anything else with EC2's code and message).
 //!
 //! Implementations: [`super::ec2_sdk::SdkEc2`] over aws-sdk-ec2, [`super::ec2_client::Ec2Client`]
-//! (counting, timing and retrying any implementation), and the stateful fake used by unit tests.
+//! (counting, timing and retrying any implementation), and the stateful fake of the unit tests
+//! (`crate::testing::fake_ec2`).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -550,7 +550,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::cloud::fake_ec2::FakeEc2;
+    use crate::testing::fake_ec2::FakeEc2;
 
     const FAST: RetryPolicy = RetryPolicy {
         max_attempts: 4,

@@ -238,14 +238,11 @@ async fn fetch_eni(
 }
 
 #[cfg(test)]
-pub use super::fake_imds as fake;
-
-#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::fake::{FakeEni, FakeImds};
     use super::*;
+    use crate::testing::fake_imds::{FakeEni, FakeImds};
 
     fn node() -> FakeImds {
         FakeImds::new(

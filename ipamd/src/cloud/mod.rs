@@ -7,8 +7,3 @@ pub mod ec2_client;
 pub mod ec2_sdk;
 pub mod imds;
 pub mod metadata;
-
-#[cfg(test)]
-pub mod fake_ec2;
-#[cfg(test)]
-pub mod fake_imds;

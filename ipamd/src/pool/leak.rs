@@ -195,8 +195,8 @@ mod tests {
 
     use super::*;
     use crate::cloud::ec2::NO_MANAGE_TAG;
-    use crate::cloud::fake_ec2::FakeEc2;
     use crate::datastore::ManualClock;
+    use crate::testing::fake_ec2::FakeEc2;
 
     #[test]
     fn created_at_parses_rfc3339() {
@@ -276,7 +276,7 @@ mod tests {
         assert!(ec2.eni(&no_date).unwrap().tags.contains_key(CREATED_AT_TAG));
         assert_eq!(
             cleaner.vpc_id.as_deref(),
-            Some(crate::cloud::fake_ec2::VPC_ID)
+            Some(crate::testing::fake_ec2::VPC_ID)
         );
 
         // Five minutes later the young one and the freshly dated one go too.
@@ -317,7 +317,7 @@ mod tests {
             Arc::new(ec2.clone()),
             &me,
             &primary,
-            Some(crate::cloud::fake_ec2::VPC_ID.into()),
+            Some(crate::testing::fake_ec2::VPC_ID.into()),
             Some("prod".into()),
             clock,
         );

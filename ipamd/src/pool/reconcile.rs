@@ -156,9 +156,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::cloud::fake_imds::{FakeEni, FakeImds};
     use crate::cloud::metadata::fetch_enis;
     use crate::datastore::{ManualClock, PodMetadata};
+    use crate::testing::fake_imds::{FakeEni, FakeImds};
 
     fn fake() -> FakeImds {
         FakeImds::new(

@@ -295,7 +295,7 @@ mod tests {
 
     use super::*;
     use crate::cloud::ec2::Tags;
-    use crate::cloud::fake_ec2::{FakeEc2, SUBNET_ID, VPC_ID};
+    use crate::testing::fake_ec2::{FakeEc2, SUBNET_ID, VPC_ID};
 
     fn subnet(id: &str, available: u32, tags: &[(&str, &str)]) -> Subnet {
         Subnet {

@@ -17,13 +17,14 @@ use super::{ManagerConfig, NodeInfo, PoolManager, Timings};
 use crate::checkpoint::{CheckpointData, CheckpointError, Checkpointer};
 use crate::cloud::ec2::{CLUSTER_NAME_TAG, Ec2ErrorKind, INSTANCE_ID_TAG, NO_MANAGE_TAG, Tags};
 use crate::cloud::ec2_client::{Ec2Client, RetryPolicy};
-use crate::cloud::fake_ec2::{FakeEc2, FakeEc2Imds, FakeHost, HostOp};
 use crate::cloud::metadata::{self, fetch_instance};
 use crate::datastore::{Datastore, IpamKey, ManualClock, PodMetadata};
 use crate::pool::policy::Targets;
 use crate::pool::reconcile;
 use crate::pool::situation::PoolSituation;
 use crate::state::{IpamError, IpamState, Phase};
+use crate::testing::fake_ec2::FakeEc2;
+use crate::testing::fake_ec2::views::{FakeEc2Imds, FakeHost, HostOp};
 
 #[derive(Debug)]
 struct NullCheckpointer;

@@ -2,10 +2,10 @@
 //! the fake EC2 with several subnets.
 
 use super::*;
-use crate::cloud::fake_ec2::SUBNET_ID;
 use crate::pool::subnets::ROLE_CNI_TAG;
+use crate::testing::fake_ec2::SUBNET_ID;
 
-const ZONE: &str = crate::cloud::fake_ec2::AVAILABILITY_ZONE;
+const ZONE: &str = crate::testing::fake_ec2::AVAILABILITY_ZONE;
 
 /// An extra subnet: id, CIDR, zone, tags.
 type ExtraSubnet<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);

@@ -4,7 +4,7 @@
 //! VPC-reserved ones) and runs out of them when told to. Tests make it throttle, fail with 5xx
 //! or any other error, count and time every call, and change things out of band.
 //!
-//! [`FakeEc2::imds`] is instance metadata answered from the same live state (what an ENI
+//! [`FakeEc2::imds`] ([`views`]) is instance metadata answered from the same live state (what an ENI
 //! attached through EC2 looks like to the instance), and [`FakeEc2::host`] is the instance's
 //! links (the link of an attached ENI appears), so a pool manager under test sees one
 //! consistent world.
@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
-mod views;
+pub mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -20,14 +20,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
 
-use super::ec2::{
+use crate::cloud::ec2::{
     Ec2Error, Ec2ErrorKind, EniAttachment, EniStatus, Filter, NetworkInterface, Tags,
 };
 use crate::datastore::is_reserved_in_subnet;
 use crate::limits::BUILTIN_LIMITS;
 use crate::mac::MacAddr;
-
-pub use self::views::{FakeEc2Imds, FakeHost, HostOp};
 
 /// The fake VPC's id and CIDR.
 pub const VPC_ID: &str = "vpc-0fake";
@@ -386,16 +384,6 @@ impl FakeEc2 {
             .unwrap()
             .tags
             .insert(key.to_owned(), value.to_owned());
-    }
-
-    /// Instance metadata of `instance`, answered from this fake's live state.
-    pub fn imds(&self, instance: &str) -> FakeEc2Imds {
-        FakeEc2Imds::new(self.clone(), instance)
-    }
-
-    /// The links of `instance`, from this fake's live state.
-    pub fn host(&self, instance: &str) -> FakeHost {
-        FakeHost::new(self.clone(), instance)
     }
 
     /// Records the call and returns the injected failure for it, if any.

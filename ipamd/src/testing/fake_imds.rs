@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
 
-use super::imds::{Imds, ImdsError, META_DATA};
+use crate::cloud::imds::{Imds, ImdsError, META_DATA};
 use crate::mac::MacAddr;
 
 /// One fake ENI.

@@ -15,6 +15,18 @@ use crate::host_network::{HostNetworkError, SecondaryEni};
 use crate::mac::MacAddr;
 use crate::pool::host::EniHost;
 
+impl FakeEc2 {
+    /// Instance metadata of `instance`, answered from this fake's live state.
+    pub fn imds(&self, instance: &str) -> FakeEc2Imds {
+        FakeEc2Imds::new(self.clone(), instance)
+    }
+
+    /// The links of `instance`, from this fake's live state.
+    pub fn host(&self, instance: &str) -> FakeHost {
+        FakeHost::new(self.clone(), instance)
+    }
+}
+
 /// Instance metadata of one instance of a [`FakeEc2`].
 #[derive(Debug, Clone)]
 pub struct FakeEc2Imds {
@@ -23,7 +35,7 @@ pub struct FakeEc2Imds {
 }
 
 impl FakeEc2Imds {
-    pub(super) fn new(ec2: FakeEc2, instance: &str) -> Self {
+    fn new(ec2: FakeEc2, instance: &str) -> Self {
         Self {
             ec2,
             instance: instance.to_owned(),
@@ -146,7 +158,7 @@ pub struct FakeHost {
 }
 
 impl FakeHost {
-    pub(super) fn new(ec2: FakeEc2, instance: &str) -> Self {
+    fn new(ec2: FakeEc2, instance: &str) -> Self {
         Self {
             ec2,
             instance: instance.to_owned(),
