@@ -14,7 +14,7 @@ use common::add_veth;
 use ipamd::config::parse::RandomizeSnat;
 use ipamd::host_network::HostNetwork;
 use ipamd::node_network::iptables::Iptables;
-use ipamd::node_network::{NodeFacts, NodeNetwork, NodeNetworkSettings, ReconcileReport};
+use ipamd::node_network::{NodeNetwork, NodeNetworkSettings, PrimaryEni, ReconcileReport};
 use test_support::netns::Netns;
 use test_support::prereqs::require_root;
 
@@ -33,8 +33,8 @@ fn settings() -> NodeNetworkSettings {
     }
 }
 
-fn facts() -> NodeFacts {
-    NodeFacts {
+fn facts() -> PrimaryEni {
+    PrimaryEni {
         primary_mac: ETH0_MAC.parse().unwrap(),
         primary_eni: "eni-a".into(),
         primary_ip: Ipv4Addr::new(10, 0, 0, 10),
@@ -108,7 +108,7 @@ fn reconcile(
     ns: &Netns,
     backend: &str,
     s: NodeNetworkSettings,
-    f: NodeFacts,
+    f: PrimaryEni,
 ) -> Result<ReconcileReport, String> {
     let backend = backend.to_owned();
     ns.block_on_in(move || async move {

@@ -346,7 +346,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         )
         .with_metrics(self.node_metrics.clone());
         let mut manager = None;
-        let (md, facts) = tokio::select! {
+        let (md, primary) = tokio::select! {
             r = self.initialize(&host, &node_net, state, &mut manager) => match r {
                 Ok(found) => found,
                 Err(e) => {
@@ -364,7 +364,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         };
         self.become_ready(state, reporter, manager.as_mut()).await?;
         tokio::select! {
-            () = self.upkeep(&host, &node_net, state, manager, md.primary_mac, facts) => Ok(()),
+            () = self.upkeep(&host, &node_net, state, manager, md.primary_mac, primary) => Ok(()),
             () = &mut shutdown => {
                 tracing::info!("shutdown requested; draining");
                 Ok(())

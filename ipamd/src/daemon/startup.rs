@@ -21,7 +21,7 @@ use crate::conflist;
 use crate::datastore::Datastore;
 use crate::host_network::HostNetwork;
 use crate::metrics::StartupOutcome;
-use crate::node_network::{NodeFacts, NodeNetwork};
+use crate::node_network::{NodeNetwork, PrimaryEni};
 use crate::pool::manager::{ManagerConfig, NodeInfo, PoolManager};
 use crate::pool::reconcile;
 use crate::pool::situation::PoolSituation;
@@ -47,7 +47,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         node_net: &NodeNetwork,
         state: &Arc<IpamState>,
         manager: &mut Option<Manager<I, E>>,
-    ) -> Result<(InstanceMetadata, NodeFacts), DaemonError> {
+    ) -> Result<(InstanceMetadata, PrimaryEni), DaemonError> {
         let mut delay = INIT_BACKOFF_START;
         loop {
             match self.try_initialize(host, node_net, state, manager).await {
@@ -72,14 +72,14 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         node_net: &NodeNetwork,
         state: &Arc<IpamState>,
         manager: &mut Option<Manager<I, E>>,
-    ) -> Result<(InstanceMetadata, NodeFacts), InitError> {
+    ) -> Result<(InstanceMetadata, PrimaryEni), InitError> {
         let md = self.read_metadata(state).await?;
         if manager.is_none() {
             *manager = self.start_manager(host, state, &md).await;
         }
         let managed = managed_enis(&md, manager.as_ref());
         self.bring_up_enis(host, state, &managed).await?;
-        let facts = self.program_node_network(node_net, state, &md).await?;
+        let primary = self.program_node_network(node_net, state, &md).await?;
 
         state.set_pending("restoring the checkpoint");
         let mut ds = self.pool_from_metadata(&managed, manager.as_mut());
@@ -90,8 +90,8 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             .await
             .map_err(|e| InitError::Fatal(e.into()))?;
 
-        state.set_vpc_cidrs(facts.vpc_cidrs.clone());
-        Ok((md, facts))
+        state.set_vpc_cidrs(primary.vpc_cidrs.clone());
+        Ok((md, primary))
     }
 
     /// Instance metadata; the instance's identity goes into the node report.
@@ -197,22 +197,22 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         node_net: &NodeNetwork,
         state: &IpamState,
         md: &InstanceMetadata,
-    ) -> Result<NodeFacts, InitError> {
-        let facts = node_facts(md)
+    ) -> Result<PrimaryEni, InitError> {
+        let primary = primary_eni(md)
             .ok_or_else(|| InitError::Retry("instance metadata lists no primary ENI".into()))?;
         state.set_pending(format!(
             "programming node networking on the primary ENI {} (SNAT, connmark, rules 1024/1535, rp_filter)",
-            facts.primary_eni
+            primary.primary_eni
         ));
-        match node_net.reconcile(&facts).await {
+        match node_net.reconcile(&primary).await {
             Ok(report) => tracing::info!(
                 changes = %report, external_snat = self.config.node_network.external_snat,
-                vpc_cidrs = ?facts.vpc_cidrs, snat_to = %facts.primary_ip,
+                vpc_cidrs = ?primary.vpc_cidrs, snat_to = %primary.primary_ip,
                 "node networking in place"
             ),
             Err(e) => return Err(InitError::Retry(format!("node networking: {e}"))),
         }
-        Ok(facts)
+        Ok(primary)
     }
 
     /// A datastore holding the managed ENIs and their secondary IPs as metadata lists them;
@@ -347,9 +347,9 @@ fn managed_enis<'a, I: Imds, E: Ec2Api>(
 }
 
 /// What node networking is computed from: the primary ENI and the VPC's CIDRs.
-fn node_facts(md: &InstanceMetadata) -> Option<NodeFacts> {
+fn primary_eni(md: &InstanceMetadata) -> Option<PrimaryEni> {
     let primary = md.enis.iter().find(|e| e.is_primary)?;
-    Some(NodeFacts {
+    Some(PrimaryEni {
         primary_mac: primary.mac,
         primary_eni: primary.id.clone(),
         primary_ip: primary.primary_ip,

@@ -12,7 +12,7 @@ use crate::cloud::imds::Imds;
 use crate::cloud::metadata;
 use crate::host_network::HostNetwork;
 use crate::mac::MacAddr;
-use crate::node_network::{NodeFacts, NodeNetwork};
+use crate::node_network::{NodeNetwork, PrimaryEni};
 use crate::pool::leak::LeakCleaner;
 use crate::pool::reconcile;
 use crate::state::IpamState;
@@ -27,7 +27,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         state: &Arc<IpamState>,
         manager: Option<Manager<I, E>>,
         primary_mac: MacAddr,
-        facts: NodeFacts,
+        primary: PrimaryEni,
     ) {
         let pool = async {
             match manager {
@@ -42,7 +42,11 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             crate::orphans::SWEEP_INTERVAL,
             crate::orphans::ORPHAN_GRACE,
         );
-        tokio::join!(pool, self.keep_node_network(node_net, state, facts), sweep);
+        tokio::join!(
+            pool,
+            self.keep_node_network(node_net, state, primary),
+            sweep
+        );
     }
 
     /// EC2 mode after ready: the pool manager's cycles and the leaked-ENI cleanup, forever.
@@ -80,22 +84,22 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         &self,
         node_net: &NodeNetwork,
         state: &IpamState,
-        mut facts: NodeFacts,
+        mut primary: PrimaryEni,
     ) {
         let mut tick = tokio::time::interval(self.node_network_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
-            match self.imds.vpc_ipv4_cidr_blocks(facts.primary_mac).await {
+            match self.imds.vpc_ipv4_cidr_blocks(primary.primary_mac).await {
                 Ok(cidrs) if cidrs.is_empty() => {
-                    tracing::warn!(eni = %facts.primary_eni, "instance metadata lists no VPC CIDR; keeping the last known ones");
+                    tracing::warn!(eni = %primary.primary_eni, "instance metadata lists no VPC CIDR; keeping the last known ones");
                 }
                 Ok(cidrs) => {
-                    if cidrs != facts.vpc_cidrs {
-                        tracing::info!(old = ?facts.vpc_cidrs, new = ?cidrs, "the VPC's CIDRs changed");
+                    if cidrs != primary.vpc_cidrs {
+                        tracing::info!(old = ?primary.vpc_cidrs, new = ?cidrs, "the VPC's CIDRs changed");
                         state.set_vpc_cidrs(cidrs.clone());
-                        facts.vpc_cidrs = cidrs;
+                        primary.vpc_cidrs = cidrs;
                     }
                 }
                 Err(e) => {
@@ -103,7 +107,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
                     tracing::warn!(error = %e, "cannot re-read the VPC's CIDRs; keeping the last known ones");
                 }
             }
-            match node_net.reconcile(&facts).await {
+            match node_net.reconcile(&primary).await {
                 Ok(report) if report.is_empty() => {
                     tracing::debug!("node networking unchanged");
                 }

@@ -103,9 +103,10 @@ impl NodeNetworkSettings {
     }
 }
 
-/// What node networking is computed from (instance metadata).
+/// The primary ENI as instance metadata shows it, with the VPC's CIDRs listed under it: what
+/// node networking is computed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeFacts {
+pub struct PrimaryEni {
     /// The primary ENI's MAC (its link is found by it).
     pub primary_mac: MacAddr,
     /// The primary ENI's id (messages).
@@ -323,33 +324,36 @@ impl NodeNetwork {
     }
 
     /// Brings the node's rp_filter, iptables rules and policy rules in line with the settings
-    /// and `facts`. Every part is attempted; the failures are reported together.
+    /// and `primary`. Every part is attempted; the failures are reported together.
     ///
     /// # Errors
     /// The parts that failed (what did not fail is applied).
-    pub async fn reconcile(&self, facts: &NodeFacts) -> Result<ReconcileReport, NodeNetworkError> {
-        let result = self.reconcile_inner(facts).await;
+    pub async fn reconcile(
+        &self,
+        primary: &PrimaryEni,
+    ) -> Result<ReconcileReport, NodeNetworkError> {
+        let result = self.reconcile_inner(primary).await;
         self.metrics.reconciled(result.is_ok());
         result
     }
 
     async fn reconcile_inner(
         &self,
-        facts: &NodeFacts,
+        primary: &PrimaryEni,
     ) -> Result<ReconcileReport, NodeNetworkError> {
         let s = &self.settings;
-        if facts.vpc_cidrs.is_empty() && !s.external_snat {
+        if primary.vpc_cidrs.is_empty() && !s.external_snat {
             return Err(NodeNetworkError::NoVpcCidrs {
-                eni: facts.primary_eni.clone(),
+                eni: primary.primary_eni.clone(),
             });
         }
         let link = self
             .host
-            .link_by_mac(facts.primary_mac)
+            .link_by_mac(primary.primary_mac)
             .await?
             .ok_or_else(|| NodeNetworkError::NoPrimaryLink {
-                eni: facts.primary_eni.clone(),
-                mac: facts.primary_mac,
+                eni: primary.primary_eni.clone(),
+                mac: primary.primary_mac,
             })?;
         let mut report = ReconcileReport {
             primary_link: link.name.clone(),
@@ -363,8 +367,8 @@ impl NodeNetwork {
         }
 
         let addressing = NodeAddressing {
-            vpc_cidrs: facts.vpc_cidrs.clone(),
-            primary_ip: facts.primary_ip,
+            vpc_cidrs: primary.vpc_cidrs.clone(),
+            primary_ip: primary.primary_ip,
             primary_link: link.name.clone(),
         };
         if let Err(e) = self.reconcile_iptables(&addressing, &mut report).await {
