@@ -419,7 +419,6 @@ mod tests {
             assigned_at: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
             eni_id: "eni-a".into(),
             device_number: 0,
-            route_table: 254,
         };
         let data = CheckpointData::from_assignments(std::slice::from_ref(&a));
         cp.save(&data).unwrap();
@@ -456,7 +455,6 @@ mod tests {
                 + Duration::from_nanos(1_700_000_000_000 + u64::from(i)),
             eni_id: "eni-a".into(),
             device_number: 0,
-            route_table: 254,
         }
     }
 

@@ -6,32 +6,21 @@
 //! Every step is idempotent: addresses, routes and rules are compared with what exists and only
 //! the difference is applied, so running the bring-up twice leaves the same state.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
-use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use netlink_packet_route::AddressFamily;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkMessage};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
-};
-use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use nix::errno::Errno;
-use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
-use sha1::{Digest, Sha1};
+use netlink_packet_route::address::AddressScope;
+use netlink_packet_route::route::RouteProtocol;
+use netlink_packet_route::rule::RuleAction;
+use rtnetlink::{Handle, LinkUnspec};
 use thiserror::Error;
+pub use vpc_cni_contract::dataplane::veth_suffix;
+use vpc_cni_contract::dataplane::{
+    self, FROM_ENI_PRIMARY_IP_RULE_PRIORITY, MAIN_TABLE, route_table_for_device,
+};
+use vpc_cni_contract::netlink::{self as core, Route, Rule};
 
 use crate::mac::MacAddr;
-
-/// Priority of `to <pod ip> lookup main` rules.
-pub const TO_CONTAINER_RULE_PRIORITY: u32 = 512;
-/// Priority of `from <pod ip> lookup <ENI table>` rules.
-pub const FROM_POD_RULE_PRIORITY: u32 = 1536;
-/// Priority of `from <ENI primary ip> lookup <ENI table>` rules.
-pub const FROM_ENI_PRIMARY_IP_RULE_PRIORITY: u32 = 32765;
-/// The main routing table.
-pub const MAIN_TABLE: u32 = 254;
 
 /// A netlink failure, naming what was being done.
 #[derive(Debug, Error)]
@@ -62,21 +51,6 @@ pub enum HostNetworkError {
     Many(Vec<HostNetworkError>),
 }
 
-/// The errno of a netlink error, if it is one.
-pub fn errno(err: &rtnetlink::Error) -> Option<Errno> {
-    match err {
-        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| Errno::from_raw(-c.get())),
-        _ => None,
-    }
-}
-
-fn is_gone(err: &rtnetlink::Error) -> bool {
-    matches!(
-        errno(err),
-        Some(Errno::ENOENT | Errno::ESRCH | Errno::ENODEV | Errno::EADDRNOTAVAIL)
-    )
-}
-
 /// A host link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostLink {
@@ -92,23 +66,16 @@ pub struct HostLink {
     pub up: bool,
 }
 
-fn host_link(msg: &LinkMessage) -> HostLink {
-    let mut link = HostLink {
-        index: msg.header.index,
-        name: String::new(),
-        mac: None,
-        mtu: None,
-        up: msg.header.flags.contains(LinkFlags::Up),
-    };
-    for attr in &msg.attributes {
-        match attr {
-            LinkAttribute::IfName(n) => link.name.clone_from(n),
-            LinkAttribute::Address(a) => link.mac = MacAddr::from_bytes(a),
-            LinkAttribute::Mtu(m) => link.mtu = Some(*m),
-            _ => {}
+impl From<core::Link> for HostLink {
+    fn from(l: core::Link) -> Self {
+        Self {
+            index: l.index,
+            name: l.name,
+            mac: l.mac.map(MacAddr),
+            mtu: l.mtu,
+            up: l.up,
         }
     }
-    link
 }
 
 /// What a secondary ENI needs on the host.
@@ -129,9 +96,9 @@ pub struct SecondaryEni {
 }
 
 impl SecondaryEni {
-    /// Route table `device + 1`.
+    /// Its route table: `device + 1` (a secondary ENI is never device 0).
     pub fn route_table(&self) -> u32 {
-        self.device_number + 1
+        route_table_for_device(self.device_number)
     }
 
     /// The subnet's router: network address + 1.
@@ -140,94 +107,19 @@ impl SecondaryEni {
     }
 }
 
-/// The suffix the plugin gives a pod's host veth: first 11 hex chars of sha1("<ns>.<name>").
-pub fn veth_suffix(namespace: &str, name: &str) -> String {
-    let digest = Sha1::digest(format!("{namespace}.{name}").as_bytes());
-    let mut hex = hex::encode(digest);
-    hex.truncate(11);
-    hex
-}
-
-fn route_table_of(msg: &RouteMessage) -> u32 {
-    msg.attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or_else(|| u32::from(msg.header.table))
-}
-
-fn route_oif(msg: &RouteMessage) -> Option<u32> {
-    msg.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Oif(i) => Some(*i),
-        _ => None,
-    })
-}
-
-fn route_v4(
-    msg: &RouteMessage,
-    pick: fn(&RouteAttribute) -> Option<&RouteAddress>,
-) -> Option<Ipv4Addr> {
-    msg.attributes.iter().find_map(|a| match pick(a) {
-        Some(RouteAddress::Inet(ip)) => Some(*ip),
-        _ => None,
-    })
-}
-
-fn route_dst(msg: &RouteMessage) -> Option<Ipv4Addr> {
-    route_v4(msg, |a| match a {
-        RouteAttribute::Destination(d) => Some(d),
-        _ => None,
-    })
-}
-
-fn route_gw(msg: &RouteMessage) -> Option<Ipv4Addr> {
-    route_v4(msg, |a| match a {
-        RouteAttribute::Gateway(g) => Some(g),
-        _ => None,
-    })
-}
-
-pub(crate) fn rule_table(msg: &RuleMessage) -> u32 {
-    msg.attributes
-        .iter()
-        .find_map(|a| match a {
-            RuleAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or_else(|| u32::from(msg.header.table))
-}
-
-pub(crate) fn rule_priority(msg: &RuleMessage) -> Option<u32> {
-    msg.attributes.iter().find_map(|a| match a {
-        RuleAttribute::Priority(p) => Some(*p),
-        _ => None,
-    })
-}
-
-pub(crate) fn rule_src(msg: &RuleMessage) -> Option<(IpAddr, u8)> {
-    msg.attributes.iter().find_map(|a| match a {
-        RuleAttribute::Source(ip) => Some((*ip, msg.header.src_len)),
-        _ => None,
-    })
-}
-
-pub(crate) fn rule_dst(msg: &RuleMessage) -> Option<(IpAddr, u8)> {
-    msg.attributes.iter().find_map(|a| match a {
-        RuleAttribute::Destination(ip) => Some((*ip, msg.header.dst_len)),
-        _ => None,
-    })
-}
-
-/// True when a rule's only selector is the given source or destination /32.
-fn rule_is_for(msg: &RuleMessage, ip: Ipv4Addr, by_source: bool) -> bool {
-    let want = Some((IpAddr::V4(ip), 32));
+/// True when a rule's `from` (or its `to`) is exactly `ip/32`.
+fn rule_is_for(rule: &Rule, ip: Ipv4Addr, by_source: bool) -> bool {
+    let want = Some((ip, 32));
     if by_source {
-        rule_src(msg) == want
+        rule.src == want
     } else {
-        rule_dst(msg) == want
+        rule.dst == want
     }
+}
+
+fn netlink_error(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> HostNetworkError {
+    let op = op.into();
+    move |source| HostNetworkError::Netlink { op, source }
 }
 
 /// Netlink access to the namespace ipamd runs in.
@@ -243,32 +135,23 @@ impl HostNetwork {
     /// # Errors
     /// The socket could not be opened.
     pub fn connect() -> Result<Self, HostNetworkError> {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(HostNetworkError::Connect)?;
-        tokio::spawn(connection);
+        // The connection task lives as long as the runtime: every clone shares the socket.
+        let (handle, _connection) = core::open().map_err(HostNetworkError::Connect)?;
         Ok(Self { handle })
     }
 
-    /// Every link. The kernel is asked to leave out the statistics (RTEXT_FILTER_SKIP_STATS)
-    /// and each message is reduced to what [`HostLink`] keeps as it arrives: with hundreds of
-    /// pod veths on the node, collecting the full messages (kilobytes each) first is what
-    /// ipamd's heap grew by at start-up.
+    /// Every link, without statistics (see [`core::links`]: with hundreds of pod veths on the
+    /// node, collecting the full messages first is what ipamd's heap grew by at start-up).
     ///
     /// # Errors
     /// The dump failed.
     pub async fn links(&self) -> Result<Vec<HostLink>, HostNetworkError> {
-        self.handle
-            .link()
-            .get()
-            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
-            .execute()
-            .map_ok(|msg| host_link(&msg))
-            .try_collect()
+        Ok(core::links(&self.handle)
             .await
-            .map_err(|source| HostNetworkError::Netlink {
-                op: "list links".into(),
-                source,
-            })
+            .map_err(netlink_error("list links"))?
+            .into_iter()
+            .map(HostLink::from)
+            .collect())
     }
 
     /// The names of every link (what restore and the orphan sweep look for pod veths in).
@@ -313,10 +196,10 @@ impl HostNetwork {
                 .set(LinkUnspec::new_with_index(link.index).mtu(mtu).build())
                 .execute()
                 .await
-                .map_err(|source| HostNetworkError::Netlink {
-                    op: format!("set MTU {mtu} on {} (primary ENI {eni})", link.name),
-                    source,
-                })?;
+                .map_err(netlink_error(format!(
+                    "set MTU {mtu} on {} (primary ENI {eni})",
+                    link.name
+                )))?;
         }
         Ok(link)
     }
@@ -333,7 +216,6 @@ impl HostNetwork {
     ) -> Result<HostLink, HostNetworkError> {
         let link = self.require_link(eni.mac, &eni.id).await?;
         let name = link.name.clone();
-        let ctx = |what: String| move |source| HostNetworkError::Netlink { op: what, source };
 
         if link.mtu != Some(eni.mtu) || !link.up {
             self.handle
@@ -346,7 +228,7 @@ impl HostNetwork {
                 )
                 .execute()
                 .await
-                .map_err(ctx(format!(
+                .map_err(netlink_error(format!(
                     "set MTU {} and up on {name} ({})",
                     eni.mtu, eni.id
                 )))?;
@@ -356,58 +238,20 @@ impl HostNetwork {
 
         let table = eni.route_table();
         let gw = eni.gateway();
-        let gw_route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(gw, 32)
-            .output_interface(link.index)
-            .scope(RouteScope::Link)
-            .table_id(table)
-            .build();
-        self.handle
-            .route()
-            .add(gw_route)
-            .replace()
-            .execute()
+        core::replace_link_route(&self.handle, gw, 32, link.index, table)
             .await
-            .map_err(ctx(format!(
+            .map_err(netlink_error(format!(
                 "add route {gw}/32 dev {name} scope link table {table}"
             )))?;
-        let default_route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gw)
-            .output_interface(link.index)
-            .table_id(table)
-            .build();
-        self.handle
-            .route()
-            .add(default_route)
-            .replace()
-            .execute()
+        core::replace_default_route(&self.handle, gw, link.index, table, false)
             .await
-            .map_err(ctx(format!(
+            .map_err(netlink_error(format!(
                 "add route default via {gw} dev {name} table {table}"
             )))?;
 
         self.remove_subnet_route(&link, eni).await?;
         self.ensure_eni_rule(eni).await?;
         Ok(link)
-    }
-
-    async fn addresses_v4(&self, link: &HostLink) -> Result<Vec<AddressMessage>, HostNetworkError> {
-        let msgs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(link.index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| HostNetworkError::Netlink {
-                op: format!("list addresses of {}", link.name),
-                source,
-            })?;
-        Ok(msgs
-            .into_iter()
-            .filter(|m| m.header.family == AddressFamily::Inet && m.header.index == link.index)
-            .collect())
     }
 
     async fn ensure_address(
@@ -417,13 +261,13 @@ impl HostNetwork {
     ) -> Result<(), HostNetworkError> {
         let want = (eni.primary_ip, eni.subnet.prefix_len());
         let mut present = false;
-        for msg in self.addresses_v4(link).await? {
-            let addr = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip))
-                | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            });
-            let Some(addr) = addr else { continue };
+        let msgs = core::addresses(&self.handle, link.index)
+            .await
+            .map_err(netlink_error(format!("list addresses of {}", link.name)))?;
+        for msg in msgs {
+            let Some(addr) = core::address_of(&msg) else {
+                continue;
+            };
             if (addr, msg.header.prefix_len) == want {
                 present = true;
                 continue;
@@ -432,51 +276,33 @@ impl HostNetwork {
                 continue;
             }
             let prefix = msg.header.prefix_len;
-            self.handle
-                .address()
-                .del(msg)
-                .execute()
+            core::del_address(&self.handle, msg)
                 .await
-                .or_else(|e| if is_gone(&e) { Ok(()) } else { Err(e) })
-                .map_err(|source| HostNetworkError::Netlink {
-                    op: format!("delete stale address {addr}/{prefix} from {}", link.name),
-                    source,
-                })?;
+                .map_err(netlink_error(format!(
+                    "delete stale address {addr}/{prefix} from {}",
+                    link.name
+                )))?;
         }
         if !present {
             self.handle
                 .address()
-                .add(
-                    link.index,
-                    IpAddr::V4(eni.primary_ip),
-                    eni.subnet.prefix_len(),
-                )
+                .add(link.index, eni.primary_ip.into(), eni.subnet.prefix_len())
                 .execute()
                 .await
-                .map_err(|source| HostNetworkError::Netlink {
-                    op: format!(
-                        "add address {}/{} to {}",
-                        eni.primary_ip,
-                        eni.subnet.prefix_len(),
-                        link.name
-                    ),
-                    source,
-                })?;
+                .map_err(netlink_error(format!(
+                    "add address {}/{} to {}",
+                    eni.primary_ip,
+                    eni.subnet.prefix_len(),
+                    link.name
+                )))?;
         }
         Ok(())
     }
 
-    async fn routes_v4(&self) -> Result<Vec<RouteMessage>, HostNetworkError> {
-        self.handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
+    async fn routes_v4(&self) -> Result<Vec<Route>, HostNetworkError> {
+        core::routes(&self.handle)
             .await
-            .map_err(|source| HostNetworkError::Netlink {
-                op: "list IPv4 routes".into(),
-                source,
-            })
+            .map_err(netlink_error("list IPv4 routes"))
     }
 
     /// Adding the address made the kernel add `<subnet> dev ethN proto kernel` to main; traffic
@@ -486,59 +312,48 @@ impl HostNetwork {
         link: &HostLink,
         eni: &SecondaryEni,
     ) -> Result<(), HostNetworkError> {
-        let subnet = eni.subnet.trunc();
+        let subnet: Ipv4Net = eni.subnet.trunc();
         for route in self.routes_v4().await? {
-            let is_subnet_route = route_table_of(&route) == MAIN_TABLE
-                && route_oif(&route) == Some(link.index)
-                && route.header.destination_prefix_length == subnet.prefix_len()
-                && route_dst(&route) == Some(subnet.network())
-                && route.header.protocol == RouteProtocol::Kernel;
+            let is_subnet_route = route.table == MAIN_TABLE
+                && route.oif == Some(link.index)
+                && route.prefix_len == subnet.prefix_len()
+                && route.dst == Some(subnet.network())
+                && route.protocol == RouteProtocol::Kernel;
             if !is_subnet_route {
                 continue;
             }
-            self.handle
-                .route()
-                .del(route)
-                .execute()
+            core::del_route(&self.handle, &route)
                 .await
-                .or_else(|e| if is_gone(&e) { Ok(()) } else { Err(e) })
-                .map_err(|source| HostNetworkError::Netlink {
-                    op: format!("delete subnet route {subnet} dev {} from main", link.name),
-                    source,
-                })?;
+                .map_err(netlink_error(format!(
+                    "delete subnet route {subnet} dev {} from main",
+                    link.name
+                )))?;
         }
         Ok(())
     }
 
-    pub(crate) async fn rules_v4(&self) -> Result<Vec<RuleMessage>, HostNetworkError> {
-        self.handle
-            .rule()
-            .get(IpVersion::V4)
-            .execute()
-            .try_collect()
+    pub(crate) async fn rules_v4(&self) -> Result<Vec<Rule>, HostNetworkError> {
+        core::rules(&self.handle)
             .await
-            .map_err(|source| HostNetworkError::Netlink {
-                op: "list IPv4 rules".into(),
-                source,
-            })
+            .map_err(netlink_error("list IPv4 rules"))
     }
 
     async fn ensure_eni_rule(&self, eni: &SecondaryEni) -> Result<(), HostNetworkError> {
         let table = eni.route_table();
         let mut present = false;
         for rule in self.rules_v4().await? {
-            if rule_priority(&rule) != Some(FROM_ENI_PRIMARY_IP_RULE_PRIORITY)
+            if rule.priority != FROM_ENI_PRIMARY_IP_RULE_PRIORITY
                 || !rule_is_for(&rule, eni.primary_ip, true)
             {
                 continue;
             }
-            if rule_table(&rule) == table && rule.header.action == RuleAction::ToTable && !present {
+            if rule.table == table && rule.action == RuleAction::ToTable && !present {
                 present = true;
                 continue;
             }
             // A duplicate, or one pointing at another table: replace it.
             self.delete_rule(
-                rule,
+                &rule,
                 &format!(
                     "stale rule {FROM_ENI_PRIMARY_IP_RULE_PRIORITY} from {}",
                     eni.primary_ip
@@ -547,49 +362,28 @@ impl HostNetwork {
             .await?;
         }
         if !present {
-            self.handle
-                .rule()
-                .add()
-                .v4()
-                .source_prefix(eni.primary_ip, 32)
-                .table_id(table)
-                .priority(FROM_ENI_PRIMARY_IP_RULE_PRIORITY)
-                .action(RuleAction::ToTable)
-                .execute()
-                .await
-                .or_else(|e| {
-                    if errno(&e) == Some(Errno::EEXIST) {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(|source| HostNetworkError::Netlink {
-                    op: format!(
-                        "add rule {FROM_ENI_PRIMARY_IP_RULE_PRIORITY} from {} lookup {table}",
-                        eni.primary_ip
-                    ),
-                    source,
-                })?;
+            core::add_rule(
+                &self.handle,
+                &dataplane::from_eni_primary_rule(eni.primary_ip, table),
+            )
+            .await
+            .map_err(netlink_error(format!(
+                "add rule {FROM_ENI_PRIMARY_IP_RULE_PRIORITY} from {} lookup {table}",
+                eni.primary_ip
+            )))?;
         }
         Ok(())
     }
 
     pub(crate) async fn delete_rule(
         &self,
-        rule: RuleMessage,
+        rule: &Rule,
         what: &str,
     ) -> Result<(), HostNetworkError> {
-        self.handle
-            .rule()
-            .del(rule)
-            .execute()
+        core::del_rule(&self.handle, rule)
             .await
-            .or_else(|e| if is_gone(&e) { Ok(()) } else { Err(e) })
-            .map_err(|source| HostNetworkError::Netlink {
-                op: format!("delete {what}"),
-                source,
-            })
+            .map(drop)
+            .map_err(netlink_error(format!("delete {what}")))
     }
 
     /// Undoes [`Self::setup_secondary_eni`] before the ENI is detached: deletes rule 32765
@@ -603,11 +397,11 @@ impl HostNetwork {
         let mut errors = Vec::new();
         let table = eni.route_table();
         for rule in self.rules_v4().await? {
-            if rule_priority(&rule) == Some(FROM_ENI_PRIMARY_IP_RULE_PRIORITY)
+            if rule.priority == FROM_ENI_PRIMARY_IP_RULE_PRIORITY
                 && rule_is_for(&rule, eni.primary_ip, true)
                 && let Err(e) = self
                     .delete_rule(
-                        rule,
+                        &rule,
                         &format!(
                             "rule {FROM_ENI_PRIMARY_IP_RULE_PRIORITY} from {} ({})",
                             eni.primary_ip, eni.id
@@ -619,23 +413,16 @@ impl HostNetwork {
             }
         }
         for route in self.routes_v4().await? {
-            if route_table_of(&route) != table {
+            if route.table != table {
                 continue;
             }
-            let dst = route_dst(&route).map_or_else(
-                || "default".to_owned(),
-                |d| format!("{d}/{}", route.header.destination_prefix_length),
-            );
-            if let Err(source) = self
-                .handle
-                .route()
-                .del(route)
-                .execute()
-                .await
-                .or_else(|e| if is_gone(&e) { Ok(()) } else { Err(e) })
-            {
+            if let Err(source) = core::del_route(&self.handle, &route).await {
                 errors.push(HostNetworkError::Netlink {
-                    op: format!("delete route {dst} table {table} ({})", eni.id),
+                    op: format!(
+                        "delete route {} table {table} ({})",
+                        route.destination(),
+                        eni.id
+                    ),
                     source,
                 });
             }
@@ -647,30 +434,22 @@ impl HostNetwork {
         }
     }
 
-    /// Deletes a pod's policy rules: priority 512 `to <ip>` and every priority 1536 `from <ip>`.
-    /// Carries on past failures and reports them all; returns how many rules were deleted.
+    /// Deletes a pod's policy rules by value ([`dataplane::pod_rules`]): priority 512 `to <ip>`
+    /// and every priority 1536 `from <ip>`, as the plugin's DEL does. Carries on past failures
+    /// and reports them all; returns how many rules were deleted.
     ///
     /// # Errors
     /// Every failed deletion (rules already gone count as deleted).
     pub async fn delete_pod_rules(&self, ip: Ipv4Addr) -> Result<usize, HostNetworkError> {
         let mut errors = Vec::new();
         let mut deleted = 0;
-        for rule in self.rules_v4().await? {
-            let prio = rule_priority(&rule);
-            let what = if prio == Some(TO_CONTAINER_RULE_PRIORITY) && rule_is_for(&rule, ip, false)
-            {
-                format!("rule {TO_CONTAINER_RULE_PRIORITY} to {ip}")
-            } else if prio == Some(FROM_POD_RULE_PRIORITY) && rule_is_for(&rule, ip, true) {
-                format!(
-                    "rule {FROM_POD_RULE_PRIORITY} from {ip} lookup {}",
-                    rule_table(&rule)
-                )
-            } else {
-                continue;
-            };
-            match self.delete_rule(rule, &what).await {
-                Ok(()) => deleted += 1,
-                Err(e) => errors.push(e),
+        for selector in dataplane::pod_rules(ip) {
+            match core::del_rules_matching(&self.handle, &selector).await {
+                Ok(n) => deleted += n,
+                Err(source) => errors.push(HostNetworkError::Netlink {
+                    op: format!("delete rule {selector}"),
+                    source,
+                }),
             }
         }
         if errors.is_empty() {
@@ -692,30 +471,8 @@ impl HostNetwork {
             .routes_v4()
             .await?
             .iter()
-            .filter(|r| route_table_of(r) == table)
-            .map(|r| {
-                (
-                    route_dst(r),
-                    r.header.destination_prefix_length,
-                    route_gw(r),
-                    route_oif(r),
-                )
-            })
+            .filter(|r| r.table == table)
+            .map(|r| (r.dst, r.prefix_len, r.gateway, r.oif))
             .collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn veth_suffix_matches_the_plugin_naming() {
-        // printf 'default.web-0' | sha1sum → 0d7763386da219ddff1faed1cc6576fb9d57d419
-        assert_eq!(veth_suffix("default", "web-0"), "0d7763386da");
-        assert_ne!(
-            veth_suffix("default", "web-0"),
-            veth_suffix("default", "web-1")
-        );
     }
 }

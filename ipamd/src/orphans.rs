@@ -128,7 +128,6 @@ mod tests {
             assigned_at,
             eni_id: "eni-a".into(),
             device_number: 0,
-            route_table: 254,
         }
     }
 

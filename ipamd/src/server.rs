@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::Instrument;
+use vpc_cni_contract::dataplane::route_table_for_device;
 
 use crate::datastore::{Assignment, IpamKey, PodMetadata};
 use crate::metrics::IpamdMetrics;
@@ -211,7 +212,7 @@ fn allocation(a: &Assignment) -> IpAllocationMetadata {
         i_pv4_addr: a.ip.to_string(),
         i_pv6_addr: String::new(),
         device_number: clamp_i32(a.device_number),
-        route_table_id: clamp_i32(a.route_table),
+        route_table_id: clamp_i32(route_table_for_device(a.device_number)),
     }
 }
 
@@ -244,7 +245,7 @@ impl CniBackend for Backend {
             };
             match self.state.add(&key, metadata).await {
                 Ok(a) => {
-                    tracing::info!(ip = %a.ip, eni = %a.eni_id, device = a.device_number, table = a.route_table, "assigned");
+                    tracing::info!(ip = %a.ip, eni = %a.eni_id, device = a.device_number, table = route_table_for_device(a.device_number), "assigned");
                     let egress = self.state.egress();
                     Ok(Response::new(AddNetworkReply {
                         success: true,

@@ -27,19 +27,6 @@ pub use self::types::{
     PodMetadata, Released, Stats,
 };
 
-/// Route table of the primary ENI's addresses (main).
-pub const MAIN_TABLE: u32 = 254;
-
-/// The host route table of an ENI: main for device 0, `device + 1` otherwise (the reference's
-/// `CalculateRouteTableId` for network card 0).
-pub fn route_table_for_device(device_number: u32) -> u32 {
-    if device_number == 0 {
-        MAIN_TABLE
-    } else {
-        device_number + 1
-    }
-}
-
 #[derive(Debug, Clone)]
 struct AssignedInfo {
     key: IpamKey,
@@ -358,7 +345,6 @@ impl Datastore {
             assigned_at: info.assigned_at,
             eni_id,
             device_number: device,
-            route_table: route_table_for_device(device),
         }
     }
 

@@ -69,20 +69,20 @@ fn repeated_key_gets_the_same_ip() {
 #[test]
 fn packs_primary_eni_first_in_address_order_then_next_device() {
     let (mut ds, _) = store(30);
-    let got: Vec<(Ipv4Addr, u32, u32, String)> = (0..5)
+    let got: Vec<(Ipv4Addr, u32, String)> = (0..5)
         .map(|i| {
             let (a, _) = ds.assign(&key(&format!("c{i}")), md("p")).unwrap();
-            (a.ip, a.device_number, a.route_table, a.eni_id)
+            (a.ip, a.device_number, a.eni_id)
         })
         .collect();
     assert_eq!(
         got,
         vec![
-            (ip("10.0.0.11"), 0, 254, "eni-a".into()),
-            (ip("10.0.0.12"), 0, 254, "eni-a".into()),
-            (ip("10.0.0.13"), 0, 254, "eni-a".into()),
-            (ip("10.0.0.21"), 1, 2, "eni-b".into()),
-            (ip("10.0.0.22"), 1, 2, "eni-b".into()),
+            (ip("10.0.0.11"), 0, "eni-a".into()),
+            (ip("10.0.0.12"), 0, "eni-a".into()),
+            (ip("10.0.0.13"), 0, "eni-a".into()),
+            (ip("10.0.0.21"), 1, "eni-b".into()),
+            (ip("10.0.0.22"), 1, "eni-b".into()),
         ]
     );
 }
@@ -260,10 +260,7 @@ fn restore_puts_assignments_back_and_checks_conflicts() {
     let r = ds
         .restore(&key("c1"), md("p1"), ip("10.0.0.21"), at)
         .unwrap();
-    assert_eq!(
-        (r.device_number, r.route_table, r.eni_id.as_str()),
-        (1, 2, "eni-b")
-    );
+    assert_eq!((r.device_number, r.eni_id.as_str()), (1, "eni-b"));
     assert_eq!(ds.lookup(&key("c1")).unwrap().assigned_at, at);
     assert!(matches!(
         ds.restore(&key("c2"), md("p2"), ip("10.0.0.21"), at),

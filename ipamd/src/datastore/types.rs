@@ -65,10 +65,9 @@ pub struct Assignment {
     pub assigned_at: SystemTime,
     /// The ENI it belongs to.
     pub eni_id: String,
-    /// That ENI's device number.
+    /// That ENI's device number (its host route table follows from it:
+    /// `vpc_cni_contract::dataplane::route_table_for_device`).
     pub device_number: u32,
-    /// That ENI's host route table.
-    pub route_table: u32,
 }
 
 /// Counts for PoolStatus and logs.

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::routing::get;
 use serde_json::{Value, json};
+use vpc_cni_contract::dataplane::route_table_for_device;
 
 use self::wire::{
     AddressInfo, CidrInfo, CloudErrorJson, EniInfo, EniInfos, IpNet, IpamKeyJson, IpamMetadataJson,
@@ -30,7 +31,7 @@ use self::wire::{
 };
 use crate::config::parse::RandomizeSnat;
 use crate::config::{self, Config, ProvisioningMode};
-use crate::datastore::{Assignment, Datastore, route_table_for_device};
+use crate::datastore::{Assignment, Datastore};
 use crate::state::{IpamState, Phase};
 
 /// Paths listed by `/`.
@@ -238,7 +239,7 @@ pub fn pods(ds: &Datastore) -> Vec<PodInfo> {
             ip: a.ip.to_string(),
             eni: a.eni_id.clone(),
             device_number: a.device_number,
-            route_table_id: a.route_table,
+            route_table_id: route_table_for_device(a.device_number),
             ipam_key: IpamKeyJson {
                 network_name: a.key.network_name.clone(),
                 container_id: a.key.container_id.clone(),

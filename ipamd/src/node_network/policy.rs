@@ -7,21 +7,15 @@
 //! marks, old CIDRs, duplicates) are deleted, the missing ones added, the rest left alone.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
-use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
-use nix::errno::Errno;
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags};
+use vpc_cni_contract::dataplane::MAIN_TABLE;
+pub use vpc_cni_contract::dataplane::{EXTERNAL_SERVICE_RULE_PRIORITY, HOST_RULE_PRIORITY};
+use vpc_cni_contract::netlink::{self as core, Rule, RuleSpec};
 
-use crate::host_network::{
-    HostNetwork, HostNetworkError, MAIN_TABLE, errno, rule_dst, rule_priority, rule_src, rule_table,
-};
-
-/// Priority of `fwmark <mark>/<mark> lookup main` (the reference's `hostRulePriority`).
-pub const HOST_RULE_PRIORITY: u32 = 1024;
-/// Priority of `to <cidr> lookup main` for `AWS_EXTERNAL_SERVICE_CIDRS`.
-pub const EXTERNAL_SERVICE_RULE_PRIORITY: u32 = 1535;
+use crate::host_network::{HostNetwork, HostNetworkError};
 /// `rp_filter` the primary ENI needs: loose, because NodePort replies of pods on secondary
 /// ENIs and their requests take different ENIs (the reference's issue #75).
 pub const PRIMARY_RP_FILTER: &str = "2";
@@ -60,7 +54,8 @@ impl PolicyRule {
         }
     }
 
-    fn matches(&self, msg: &RuleMessage) -> bool {
+    fn matches(&self, rule: &Rule) -> bool {
+        let msg = rule.message();
         let attr = |pick: fn(&RuleAttribute) -> Option<u32>| msg.attributes.iter().find_map(pick);
         let mark = attr(|a| match a {
             RuleAttribute::FwMark(m) => Some(*m),
@@ -80,15 +75,12 @@ impl PolicyRule {
             (0, None | Some(0)) => None,
             (m, mask) => Some((m, mask.unwrap_or(u32::MAX))),
         };
-        rule_priority(msg) == Some(self.priority)
-            && rule_table(msg) == self.table
-            && msg.header.action == RuleAction::ToTable
+        rule.priority == self.priority
+            && rule.table == self.table
+            && rule.action == RuleAction::ToTable
             && !msg.header.flags.contains(RuleFlags::Invert)
-            && rule_src(msg).is_none()
-            && rule_dst(msg)
-                == self
-                    .destination
-                    .map(|d| (IpAddr::V4(d.network()), d.prefix_len()))
+            && rule.src.is_none()
+            && rule.dst == self.destination.map(|d| (d.network(), d.prefix_len()))
             && fwmark == self.fwmark
             && !has_interface
     }
@@ -112,15 +104,16 @@ impl fmt::Display for PolicyRule {
 }
 
 /// A rule as `ip rule` would show it, for logs.
-pub fn describe_rule(msg: &RuleMessage) -> String {
-    let mut s = format!("{}:", rule_priority(msg).unwrap_or(0));
+pub fn describe_rule(rule: &Rule) -> String {
+    let msg = rule.message();
+    let mut s = format!("{}:", rule.priority);
     if msg.header.flags.contains(RuleFlags::Invert) {
         s.push_str(" not");
     }
-    if let Some((ip, len)) = rule_src(msg) {
+    if let Some((ip, len)) = rule.src {
         s.push_str(&format!(" from {ip}/{len}"));
     }
-    if let Some((ip, len)) = rule_dst(msg) {
+    if let Some((ip, len)) = rule.dst {
         s.push_str(&format!(" to {ip}/{len}"));
     }
     for a in &msg.attributes {
@@ -132,7 +125,7 @@ pub fn describe_rule(msg: &RuleMessage) -> String {
             _ => {}
         }
     }
-    s.push_str(&format!(" lookup {}", rule_table(msg)));
+    s.push_str(&format!(" lookup {}", rule.table));
     s
 }
 
@@ -167,7 +160,7 @@ impl HostNetwork {
         let mut changes = RuleChanges::default();
         let mut present = vec![false; want.len()];
         for rule in self.rules_v4().await? {
-            if rule_priority(&rule) != Some(priority) || rule_table(&rule) != MAIN_TABLE {
+            if rule.priority != priority || rule.table != MAIN_TABLE {
                 continue;
             }
             let hit = want
@@ -179,7 +172,7 @@ impl HostNetwork {
                 Some(i) => present[i] = true,
                 None => {
                     let what = describe_rule(&rule);
-                    self.delete_rule(rule, &format!("stale rule {what}"))
+                    self.delete_rule(&rule, &format!("stale rule {what}"))
                         .await?;
                     changes.deleted.push(what);
                 }
@@ -193,32 +186,16 @@ impl HostNetwork {
     }
 
     async fn add_policy_rule(&self, rule: &PolicyRule) -> Result<(), HostNetworkError> {
-        let mut req = self
-            .handle
-            .rule()
-            .add()
-            .v4()
-            .priority(rule.priority)
-            .table_id(rule.table)
-            .action(RuleAction::ToTable);
-        if let Some(d) = rule.destination {
-            req = req.destination_prefix(d.network(), d.prefix_len());
-        }
-        if let Some((mark, mask)) = rule.fwmark {
-            req = req.fw_mark(mark);
-            req.message_mut()
-                .attributes
-                .push(RuleAttribute::FwMask(mask));
-        }
-        req.execute()
+        let spec = RuleSpec {
+            priority: rule.priority,
+            src: None,
+            dst: rule.destination,
+            fwmark: rule.fwmark,
+            table: rule.table,
+        };
+        core::add_rule(&self.handle, &spec)
             .await
-            .or_else(|e| {
-                if errno(&e) == Some(Errno::EEXIST) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
+            .map(drop)
             .map_err(|source| HostNetworkError::Netlink {
                 op: format!("add rule {rule}"),
                 source,
