@@ -9,13 +9,14 @@ mod common;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
-use common::daemon::{channel, client, command};
+use common::daemon::command;
 use common::world;
 use ipamd::rpc::{
     AddNetworkRequest, CheckNetworkRequest, DelNetworkRequest, GarbageCollectRequest,
     PoolStatusRequest,
 };
 use nix::sys::signal::Signal;
+use test_support::ipamd_client::{channel, client};
 use test_support::netns::Netns;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -53,7 +54,7 @@ fn check_req(container: &str) -> CheckNetworkRequest {
 }
 
 async fn health(socket: &std::path::Path, service: &str) -> i32 {
-    let mut h = HealthClient::new(channel(socket).await);
+    let mut h = HealthClient::new(channel(socket).await.unwrap());
     h.check(HealthCheckRequest {
         service: service.into(),
     })
@@ -113,7 +114,7 @@ async fn serves_the_contract_end_to_end() {
     assert!(rules(&w.node).contains(&"32765: from 10.0.0.20 lookup 2".to_owned()));
 
     // Assignment packs the primary ENI first, never hands out ENI primary IPs.
-    let mut c = client(&socket).await;
+    let mut c = client(&socket).await.unwrap();
     let mut got = Vec::new();
     for i in 0..4 {
         let r = c
@@ -282,7 +283,7 @@ async fn not_ready_until_metadata_is_readable() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(health(&socket, "").await, NOT_SERVING);
-    let mut c = client(&socket).await;
+    let mut c = client(&socket).await.unwrap();
     let err = c
         .add_network(add_req("c0", "default", "p"))
         .await
@@ -320,7 +321,7 @@ async fn restart_keeps_live_pods_and_drops_pods_whose_veth_is_gone() {
     let w = world();
     let mut ipamd = w.start(&[]);
     ipamd.wait_ready(Duration::from_secs(30));
-    let mut c = client(&w.paths.socket()).await;
+    let mut c = client(&w.paths.socket()).await.unwrap();
     let mut ips = Vec::new();
     for (cid, name) in [("live", "web-0"), ("gone", "web-1"), ("live2", "web-2")] {
         let r = c
@@ -362,7 +363,7 @@ async fn restart_keeps_live_pods_and_drops_pods_whose_veth_is_gone() {
 
     let mut ipamd = w.start(&[]);
     ipamd.wait_ready(Duration::from_secs(30));
-    let mut c = client(&w.paths.socket()).await;
+    let mut c = client(&w.paths.socket()).await.unwrap();
     let live = c
         .check_network(check_req("live"))
         .await

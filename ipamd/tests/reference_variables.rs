@@ -32,12 +32,13 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::daemon::{Ipamd, client, command};
+use common::daemon::{Ipamd, command};
 use common::{World, world};
 use ipamd::config::{self as cfg, Config, ConfigError};
 use ipamd::install::{DISABLE_TCP_EARLY_DEMUX, HOST_CNI_BIN_PATH, SHIPPED_PLUGINS};
 use ipamd::pool::policy::Targets;
 use ipamd::rpc::AddNetworkRequest;
+use test_support::ipamd_client::client;
 use test_support::netns::Netns;
 use test_support::prereqs::require_root;
 
@@ -964,6 +965,7 @@ async fn unanswered_ec2_calls_time_out_after_http_timeout() {
 async fn add_pod(socket: &Path) -> String {
     let r = client(socket)
         .await
+        .unwrap()
         .add_network(AddNetworkRequest {
             client_version: "test".into(),
             k8s_pod_name: "pod-1".into(),

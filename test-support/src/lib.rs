@@ -6,6 +6,7 @@
 //! - [`cleanup`]: the last-resort registry emptied on SIGINT/SIGTERM and the reaper of
 //!   namespaces left by killed test processes;
 //! - [`metadata`] and [`imds`]: an instance's description and the IMDSv2 emulator serving it;
+//! - [`ipamd_client`]: the gRPC client to ipamd (the contract crate's connector);
 //! - [`moto`]: moto's EC2 server inside a namespace;
 //! - [`prereqs`]: where the programs under test are, root and tool checks.
 //!
@@ -16,6 +17,7 @@
 pub mod cleanup;
 pub mod imds;
 pub mod ip;
+pub mod ipamd_client;
 pub mod metadata;
 pub mod moto;
 pub mod netns;

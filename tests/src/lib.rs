@@ -12,7 +12,6 @@ pub mod cri;
 pub mod faults;
 mod faults_proxy;
 pub mod http;
-pub mod ipamd_client;
 pub mod node;
 mod podman;
 pub mod probe;

@@ -1,14 +1,11 @@
-//! Running the real `ipamd` binary inside a node namespace, and talking to it over its socket.
+//! Running the real `ipamd` binary inside a node namespace (its gRPC client is
+//! `test_support::ipamd_client`).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use ipamd::rpc::cni_backend_client::CniBackendClient;
-use tonic::transport::Channel;
-use vpc_cni_contract::connect::{Timeouts, connect};
 
 use test_support::netns::Netns;
 
@@ -131,13 +128,4 @@ impl Drop for Ipamd {
             let _ = self.child.wait();
         }
     }
-}
-
-/// A gRPC channel over the Unix socket.
-pub async fn channel(socket: &Path) -> Channel {
-    connect(socket, Timeouts::default()).await.unwrap()
-}
-
-pub async fn client(socket: &Path) -> CniBackendClient<Channel> {
-    CniBackendClient::new(channel(socket).await)
 }

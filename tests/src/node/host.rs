@@ -17,9 +17,9 @@ use serde_json::Value;
 
 use crate::cni::{CniOutcome, CniRequest, PluginRunError, Pod};
 use crate::http::HttpExchangeError;
-use crate::ipamd_client::IpamdClientError;
 use test_support::cleanup;
 use test_support::imds::ImdsServerError;
+use test_support::ipamd_client::IpamdClientError;
 use test_support::metadata::NodeFileError;
 use test_support::netns::{CommandError, Netns, NetnsProcess, tail};
 use test_support::prereqs::{self, PrereqError};

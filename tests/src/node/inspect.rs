@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use ipamd::rpc::PoolStatusReply;
 use serde_json::Value;
+use vpc_cni_contract::rpc::PoolStatusReply;
 
 use super::host::{NETWORK_NAME, NodeHost, SimNodeError, io_err};
 use crate::cni::Pod;
 use crate::http;
-use crate::ipamd_client;
+use test_support::ipamd_client;
 use test_support::netns::{Netns, PingOutcome};
 
 impl NodeHost {

@@ -1,17 +1,20 @@
-//! Read-only questions to a running ipamd over its gRPC Unix socket (the contract in
-//! `contract/proto/rpc.proto`): pool counters and the assignment of one attachment. Each call runs
-//! on a short-lived current-thread runtime so synchronous tests can use it.
+//! The tests' gRPC client to a running ipamd over its Unix socket, on the contract crate's
+//! connector and messages (`contract/proto/rpc.proto`): a channel or a `CNIBackend` client for
+//! async tests, and read-only questions (pool counters, the assignment of one attachment) for
+//! synchronous ones, each on a short-lived current-thread runtime.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use ipamd::rpc::cni_backend_client::CniBackendClient;
-use ipamd::rpc::{CheckNetworkReply, CheckNetworkRequest, PoolStatusReply, PoolStatusRequest};
 use tonic::transport::Channel;
-use vpc_cni_contract::connect::{Timeouts, connect as connect_unix};
+use vpc_cni_contract::connect::{ConnectError, Timeouts, connect};
+use vpc_cni_contract::rpc::cni_backend_client::CniBackendClient;
+use vpc_cni_contract::rpc::{
+    CheckNetworkReply, CheckNetworkRequest, PoolStatusReply, PoolStatusRequest,
+};
 
-/// How long one question may take (connect + RPC).
-pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one question may take (connect + RPC), and connecting alone.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors of talking to ipamd.
 #[derive(Debug, thiserror::Error)]
@@ -20,13 +23,8 @@ pub enum IpamdClientError {
     #[error("cannot build a tokio runtime: {0}")]
     Runtime(std::io::Error),
     /// The socket did not accept a connection.
-    #[error("cannot connect to ipamd at {socket}: {reason}")]
-    Connect {
-        /// The socket path.
-        socket: PathBuf,
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The RPC failed.
     #[error("ipamd {rpc} failed: {status}")]
     Rpc {
@@ -43,18 +41,19 @@ pub enum IpamdClientError {
     },
 }
 
-async fn connect(socket: &Path) -> Result<CniBackendClient<Channel>, IpamdClientError> {
+/// A gRPC channel to ipamd on `socket` (for any service it offers, e.g. health); connecting
+/// and the handshake are bounded by [`RPC_TIMEOUT`], calls are not.
+pub async fn channel(socket: &Path) -> Result<Channel, ConnectError> {
     let timeouts = Timeouts {
         connect: RPC_TIMEOUT,
         call: None,
     };
-    let channel = connect_unix(socket, timeouts)
-        .await
-        .map_err(|e| IpamdClientError::Connect {
-            socket: socket.to_owned(),
-            reason: format!("{e:?}"),
-        })?;
-    Ok(CniBackendClient::new(channel))
+    connect(socket, timeouts).await
+}
+
+/// ipamd's `CNIBackend` client on a [`channel`].
+pub async fn client(socket: &Path) -> Result<CniBackendClient<Channel>, ConnectError> {
+    Ok(CniBackendClient::new(channel(socket).await?))
 }
 
 fn block_on<T>(
@@ -75,8 +74,8 @@ fn block_on<T>(
 /// `PoolStatus`: total, assigned, cooling and assignable counts.
 pub fn pool_status(socket: &Path) -> Result<PoolStatusReply, IpamdClientError> {
     block_on("PoolStatus", async {
-        let mut client = connect(socket).await?;
-        client
+        client(socket)
+            .await?
             .pool_status(PoolStatusRequest {})
             .await
             .map(tonic::Response::into_inner)
@@ -88,21 +87,20 @@ pub fn pool_status(socket: &Path) -> Result<PoolStatusReply, IpamdClientError> {
 }
 
 /// `CheckNetwork` of one attachment; `Ok(None)` when ipamd answers NOT_FOUND.
-pub(crate) fn check_network(
+pub fn check_network(
     socket: &Path,
     network: &str,
     container_id: &str,
     ifname: &str,
 ) -> Result<Option<CheckNetworkReply>, IpamdClientError> {
     block_on("CheckNetwork", async {
-        let mut client = connect(socket).await?;
         let request = CheckNetworkRequest {
             client_version: format!("vpc-cni-tests/{}", env!("CARGO_PKG_VERSION")),
             container_id: container_id.to_owned(),
             if_name: ifname.to_owned(),
             network_name: network.to_owned(),
         };
-        match client.check_network(request).await {
+        match client(socket).await?.check_network(request).await {
             Ok(reply) => Ok(Some(reply.into_inner())),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
             Err(status) => Err(IpamdClientError::Rpc {
