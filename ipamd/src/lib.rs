@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod datastore;
 pub mod fsutil;
 pub mod host_network;
+pub mod http;
 pub mod install;
 pub mod introspect;
 pub mod journal;
@@ -24,6 +25,7 @@ pub mod pool;
 pub mod probe;
 pub mod restore;
 pub mod server;
+pub mod socket;
 pub mod state;
 #[cfg(test)]
 pub mod testing;

@@ -357,7 +357,7 @@ mod tests {
     async fn serving_passes_and_not_serving_is_unhealthy() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ipamd.sock");
-        let listener = crate::server::bind(&path).unwrap();
+        let listener = crate::socket::bind(&path).unwrap();
         let (reporter, health) = tonic_health::server::health_reporter();
         crate::server::set_health(&reporter, false).await;
         tokio::spawn(

@@ -1,6 +1,7 @@
 //! The gRPC side: `rpc.CNIBackend` (AddNetwork, DelNetwork, CheckNetwork, PoolStatus,
 //! GarbageCollect, as commented in `proto/rpc.proto` and docs/contracts.md) and the standard
-//! `grpc.health.v1.Health`, both on the Unix socket `AWS_VPC_K8S_CNI_IPAMD_SOCKET`.
+//! `grpc.health.v1.Health`, both on the Unix socket `AWS_VPC_K8S_CNI_IPAMD_SOCKET` (bound by
+//! [`crate::socket`]).
 //!
 //! Errors are gRPC statuses: RESOURCE_EXHAUSTED (no assignable IP, with the reason),
 //! UNAVAILABLE (starting or draining, with what is pending), INVALID_ARGUMENT, NOT_FOUND,
@@ -8,8 +9,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -34,47 +34,9 @@ use crate::state::{IpamError, IpamState};
 /// Health service names reported: the whole server, the reference's probe name, and the backend.
 pub const HEALTH_SERVICES: [&str; 3] = ["", "grpc.health.v1.aws-node", "rpc.CNIBackend"];
 
-/// Socket setup or serving failures.
+/// The gRPC server failed.
 #[derive(Debug, Error)]
 pub enum ServerError {
-    /// The socket's directory could not be created.
-    #[error("cannot create socket directory {path}: {source}")]
-    CreateDir {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Something that is not a socket sits at the socket path.
-    #[error("{path} exists and is not a Unix socket; refusing to remove it")]
-    NotASocket {
-        /// The path.
-        path: PathBuf,
-    },
-    /// The stale socket could not be removed.
-    #[error("cannot remove stale socket {path}: {source}")]
-    RemoveStale {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Binding failed.
-    #[error("cannot listen on {path}: {source}")]
-    Bind {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Setting the socket's mode failed.
-    #[error("cannot set mode 0660 on {path}: {source}")]
-    Chmod {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
     /// The gRPC server failed.
     #[error("gRPC server on {path}: {source}")]
     Serve {
@@ -83,49 +45,6 @@ pub enum ServerError {
         /// The cause.
         source: tonic::transport::Error,
     },
-}
-
-/// Creates the socket's directory (0755), removes a stale socket, binds, and sets mode 0660.
-///
-/// # Errors
-/// Any of those steps failed (the message names the path).
-pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    let dir = crate::fsutil::parent_dir(path);
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&dir)
-            .map_err(|source| ServerError::CreateDir {
-                path: dir.clone(),
-                source,
-            })?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
-                path: path.to_owned(),
-                source,
-            })?;
-        }
-        Ok(_) => {
-            return Err(ServerError::NotASocket {
-                path: path.to_owned(),
-            });
-        }
-        Err(_) => {}
-    }
-    let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
-        path: path.to_owned(),
-        source,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
-        ServerError::Chmod {
-            path: path.to_owned(),
-            source,
-        }
-    })?;
-    Ok(listener)
 }
 
 /// Sets every reported health service to SERVING or NOT_SERVING.

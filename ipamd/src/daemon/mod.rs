@@ -34,14 +34,15 @@ use crate::datastore::{
     Clock, Datastore, IMDS_ONLY_CAPACITY_NOTE, PROVISIONING_DISABLED_CAPACITY_NOTE, SystemClock,
 };
 use crate::host_network::{HostNetwork, HostNetworkError, SecondaryEni};
+use crate::http;
 use crate::introspect;
-use crate::metrics::http::{self as metrics_http};
 use crate::metrics::server::{METRICS_ADDRESS, Scrape};
 use crate::metrics::{IpamdMetrics, StartupOutcome};
 use crate::node_network::iptables::Iptables;
 use crate::node_network::{self, NodeNetwork, NodeNetworkMetrics, NodeNetworkSettings};
 use crate::pool::manager::PoolManager;
 use crate::server::{self, Backend, ServerError};
+use crate::socket::{self, SocketError};
 use crate::state::{IpamState, Phase};
 
 /// How often instance metadata is re-read after start-up.
@@ -52,7 +53,10 @@ pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Why the daemon stopped with an error.
 #[derive(Debug, Error)]
 pub enum DaemonError {
-    /// The socket could not be set up, or the server failed.
+    /// The socket could not be set up.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// The gRPC server failed.
     #[error(transparent)]
     Server(#[from] ServerError),
     /// No netlink socket.
@@ -197,7 +201,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), DaemonError> {
         let socket = self.config.socket_path.clone();
-        let listener = server::bind(&socket)?;
+        let listener = socket::bind(&socket)?;
         let (reporter, health) = tonic_health::server::health_reporter();
         server::set_health(&reporter, false).await;
         tracing::info!(socket = %socket.display(), "gRPC socket bound; NOT_SERVING until ready");
@@ -307,9 +311,9 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             let addr = BindAddress::Tcp(self.metrics_address);
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
-                let bind = metrics_http::bind_with_retry("metrics", &addr, stopped(stop.clone()));
+                let bind = http::bind_with_retry("metrics", &addr, stopped(stop.clone()));
                 if let Some(listener) = bind.await {
-                    metrics_http::serve("metrics", listener, router, stopped(stop)).await;
+                    http::serve("metrics", listener, router, stopped(stop)).await;
                 }
             }));
         }
@@ -320,10 +324,9 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             let addr = self.config.introspection_bind.clone();
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
-                let bind =
-                    metrics_http::bind_with_retry("introspection", &addr, stopped(stop.clone()));
+                let bind = http::bind_with_retry("introspection", &addr, stopped(stop.clone()));
                 if let Some(listener) = bind.await {
-                    metrics_http::serve("introspection", listener, router, stopped(stop)).await;
+                    http::serve("introspection", listener, router, stopped(stop)).await;
                 }
             }));
         }
@@ -399,7 +402,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
 /// The `failure_reason` label of a start-up that gave up.
 fn startup_failure_reason(e: &DaemonError) -> &'static str {
     match e {
-        DaemonError::Server(_) => "server",
+        DaemonError::Socket(_) | DaemonError::Server(_) => "server",
         DaemonError::HostNetwork(_) => "host_network",
         DaemonError::Checkpoint(_) => "checkpoint",
         DaemonError::Conflist(_) => "conflist",

@@ -309,7 +309,7 @@ mod tests {
     use crate::checkpoint::{CheckpointData, CheckpointError, Checkpointer};
     use crate::config::parse::BindAddress;
     use crate::datastore::{EniSpec, IpamKey, ManualClock, PodMetadata};
-    use crate::metrics::http::{Listener, serve};
+    use crate::http::{Listener, serve};
     use crate::state::{CloudErrorReport, NodeLimits};
 
     #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! ipamd's Prometheus metrics: the counter type that keeps the reference's names, the text
 //! exposition of the daemon's one [`Registry`], the pool/request/start-up families
-//! ([`IpamdMetrics`]), and the `/metrics` HTTP server ([`server`], over [`http`]).
+//! ([`IpamdMetrics`]), and the `/metrics` route ([`server`], served by [`crate::http`]).
 //!
 //! Every component registers its own families into the daemon's single
 //! `prometheus_client::registry::Registry`, passed by `&mut` to its constructor
@@ -12,7 +12,6 @@
 //! turns a registry into text.
 
 pub mod families;
-pub mod http;
 pub mod server;
 
 use std::sync::Arc;

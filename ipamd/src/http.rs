@@ -37,7 +37,7 @@ pub enum HttpError {
     },
     /// The Unix socket could not be set up.
     #[error(transparent)]
-    BindUnix(#[from] crate::server::ServerError),
+    BindUnix(#[from] crate::socket::SocketError),
 }
 
 /// A bound listener.
@@ -61,7 +61,7 @@ impl Listener {
                 .await
                 .map(Self::Tcp)
                 .map_err(|source| HttpError::BindTcp { addr: *a, source }),
-            BindAddress::Unix(path) => Ok(Self::Unix(crate::server::bind(path)?, path.clone())),
+            BindAddress::Unix(path) => Ok(Self::Unix(crate::socket::bind(path)?, path.clone())),
         }
     }
 
