@@ -20,7 +20,6 @@ pub mod logging;
 pub mod mac;
 pub mod metrics;
 pub mod node_network;
-pub mod orphans;
 pub mod pool;
 pub mod probe;
 pub mod restore;

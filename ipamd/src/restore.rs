@@ -1,16 +1,40 @@
-//! Checkpoint restore at start-up: which stored allocations still belong to live pods.
-//! An allocation is kept when a host link still carries its pod's veth suffix (the plugin names
-//! host veths `<prefix>` + sha1("<ns>.<name>")[:11], whatever the prefix), or when it is younger
-//! than [`crate::orphans::ORPHAN_GRACE`] (its ADD may still be creating the veth; the orphan
-//! sweep releases it later if the veth never comes); otherwise the pod was deleted while ipamd
-//! was down, and the caller removes its policy rules. Allocations of addresses
-//! that are on no known ENI are dropped and logged.
+//! Which assignments still belong to live pods. Every pod has a host veth named `<prefix>` +
+//! sha1("<namespace>.<name>")[:11] for as long as it lives (the plugin names it so, whatever the
+//! prefix): an assignment whose pod has no such link is the address of a pod that is gone.
+//!
+//! - **At start-up** ([`restore_allocations`]): the checkpoint's allocations go back into the
+//!   datastore when their veth is still there, or when they are younger than [`ORPHAN_GRACE`]
+//!   (their ADD may still be creating the veth; the sweep releases them later if it never
+//!   comes). The others belong to pods deleted while ipamd was down: the caller removes their
+//!   policy rules. Allocations of addresses on no known ENI are dropped and logged.
+//! - **While running** ([`sweep`], every [`SWEEP_INTERVAL`]): assignments whose pod is gone
+//!   although no DEL reached ipamd (the plugin's DEL found ipamd down, starting or dying; it
+//!   cleans the host and succeeds, as the spec wants), or whose ADD failed after ipamd assigned
+//!   the address and the runtime never sent the DEL. Such an address would stay assigned until
+//!   the next restart (or forever): a leak. The sweep releases assignments whose veth is missing
+//!   once they are older than [`ORPHAN_GRACE`], deleting their rules first (so the address is
+//!   never handed out while a rule still routes it). The grace keeps an ADD in progress safe:
+//!   ipamd assigns the address before the plugin creates the veth, milliseconds later (the
+//!   plugin's whole call is bounded by its 2 s connect and 5 s RPC timeouts plus the kernel
+//!   work).
+//!
+//! Assignments without pod metadata (written by old reference versions) are never judged: the
+//! restore keeps them, as the reference does, and the sweep leaves them alone.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use crate::checkpoint::{CheckpointData, CheckpointEntry};
-use crate::datastore::{Assignment, Datastore, DatastoreError};
-use crate::host_network::veth_suffix;
+use crate::datastore::{Assignment, Clock, Datastore, DatastoreError};
+use crate::host_network::{HostNetwork, veth_suffix};
+use crate::state::IpamState;
+
+/// How old an assignment without a veth must be before it is released (and the age under
+/// which the restore keeps an allocation without one).
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
+/// How often the sweep runs.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The outcome of a restore.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,7 +84,7 @@ pub fn restore_allocations(
         // releases it later if its veth never appears.
         let young = now
             .duration_since(entry.allocated_at())
-            .is_ok_and(|age| age < crate::orphans::ORPHAN_GRACE)
+            .is_ok_and(|age| age < ORPHAN_GRACE)
             || entry.allocated_at() > now;
         if !md.pod_namespace.is_empty()
             && !md.pod_name.is_empty()
@@ -92,16 +116,91 @@ pub fn restore_allocations(
     report
 }
 
+/// The assignments of `assignments` whose pod has no host veth among `links` and that were made
+/// at least `grace` before `now`.
+pub fn orphans(
+    assignments: &[Assignment],
+    links: &[String],
+    now: SystemTime,
+    grace: Duration,
+) -> Vec<Assignment> {
+    assignments
+        .iter()
+        .filter(|a| {
+            let md = &a.metadata;
+            !md.namespace.is_empty()
+                && !md.name.is_empty()
+                && now
+                    .duration_since(a.assigned_at)
+                    .is_ok_and(|age| age >= grace)
+                && !has_veth(links, &md.namespace, &md.name)
+        })
+        .cloned()
+        .collect()
+}
+
+/// One sweep: releases the orphans (rules first, then the address). Returns how many went.
+pub async fn sweep(
+    state: &IpamState,
+    host: &HostNetwork,
+    clock: &dyn Clock,
+    grace: Duration,
+) -> usize {
+    let links: Vec<String> = match host.link_names().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the node's links; orphan sweep skipped");
+            return 0;
+        }
+    };
+    let found = state
+        .with_datastore(|ds| orphans(&ds.assignments(), &links, clock.wall(), grace))
+        .await;
+    let mut released = 0;
+    for a in found {
+        let pod = format!("{}/{}", a.metadata.namespace, a.metadata.name);
+        if let Err(e) = host.delete_pod_rules(a.ip).await {
+            tracing::warn!(key = %a.key, ip = %a.ip, %pod, error = %e, "cannot delete the rules of a pod that is gone; its address stays assigned until the next sweep");
+            continue;
+        }
+        match state.release_if(&a.key, a.ip).await {
+            Ok(true) => {
+                released += 1;
+                tracing::info!(key = %a.key, ip = %a.ip, %pod, age = ?clock.wall().duration_since(a.assigned_at).unwrap_or_default(), "released the address of a pod whose host veth is gone (its DEL never reached ipamd)");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(key = %a.key, ip = %a.ip, error = %e, "cannot release the address of a pod that is gone")
+            }
+        }
+    }
+    released
+}
+
+/// Sweeps every `every`, forever.
+pub async fn sweep_forever(
+    state: Arc<IpamState>,
+    host: HostNetwork,
+    clock: Arc<dyn Clock>,
+    every: Duration,
+    grace: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        sweep(&state, &host, clock.as_ref(), grace).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::Arc;
-    use std::time::Duration;
-
     use super::*;
     use crate::checkpoint::decode;
-    use crate::datastore::{EniSpec, ManualClock};
+    use crate::datastore::{EniSpec, IpamKey, ManualClock, PodMetadata};
 
     fn store() -> Datastore {
         let mut ds = Datastore::new(Duration::from_secs(30), Arc::new(ManualClock::new()), "n");
@@ -198,5 +297,47 @@ mod tests {
         let r = restore_allocations(&mut ds, &data, &[]);
         assert_eq!(r.restored.len(), 1);
         assert_eq!(r.invalid.len(), 1);
+    }
+
+    fn assignment(ip: &str, ns: &str, name: &str, assigned_at: SystemTime) -> Assignment {
+        Assignment {
+            ip: ip.parse().unwrap(),
+            key: IpamKey {
+                network_name: "aws-cni".into(),
+                container_id: format!("c-{name}"),
+                if_name: "eth0".into(),
+            },
+            metadata: PodMetadata {
+                namespace: ns.into(),
+                name: name.into(),
+                interfaces_count: 1,
+            },
+            assigned_at,
+            eni_id: "eni-a".into(),
+            device_number: 0,
+        }
+    }
+
+    #[test]
+    fn only_old_assignments_without_a_veth_are_orphans() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let old = now - Duration::from_secs(120);
+        let young = now - Duration::from_secs(2);
+        let list = vec![
+            assignment("10.0.0.11", "default", "live", old),
+            assignment("10.0.0.12", "default", "gone", old),
+            assignment("10.0.0.13", "default", "adding", young),
+            assignment("10.0.0.14", "", "", old),
+        ];
+        let links = vec![
+            "eth0".to_owned(),
+            format!("eni{}", veth_suffix("default", "live")),
+        ];
+        let found = orphans(&list, &links, now, ORPHAN_GRACE);
+        let ips: Vec<String> = found.iter().map(|a| a.ip.to_string()).collect();
+        assert_eq!(ips, vec!["10.0.0.12"]);
+        // An assignment "from the future" (a clock step back) is not old.
+        let future = assignment("10.0.0.15", "default", "f", now + Duration::from_secs(9));
+        assert!(orphans(&[future], &links, now, ORPHAN_GRACE).is_empty());
     }
 }

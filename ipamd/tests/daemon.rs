@@ -379,8 +379,8 @@ async fn restart_keeps_live_pods_and_drops_pods_whose_veth_is_gone() {
     // "gone" was assigned seconds ago: the restore keeps it (its ADD might still be creating the
     // veth) and the orphan sweep releases it, rules first, once it is older than the grace.
     let deadline = std::time::Instant::now()
-        + ipamd::orphans::ORPHAN_GRACE
-        + ipamd::orphans::SWEEP_INTERVAL
+        + ipamd::restore::ORPHAN_GRACE
+        + ipamd::restore::SWEEP_INTERVAL
         + Duration::from_secs(5);
     loop {
         match c.check_network(check_req("gone")).await {

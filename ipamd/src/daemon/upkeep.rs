@@ -15,6 +15,7 @@ use crate::mac::MacAddr;
 use crate::node_network::{NodeNetwork, PrimaryEni};
 use crate::pool::leak::LeakCleaner;
 use crate::pool::reconcile;
+use crate::restore;
 use crate::state::IpamState;
 
 impl<I: Imds, E: Ec2Api> Daemon<I, E> {
@@ -35,12 +36,12 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
                 None => self.follow_metadata(host, state, primary_mac).await,
             }
         };
-        let sweep = crate::orphans::sweep_forever(
+        let sweep = restore::sweep_forever(
             Arc::clone(state),
             host.clone(),
             Arc::clone(&self.clock),
-            crate::orphans::SWEEP_INTERVAL,
-            crate::orphans::ORPHAN_GRACE,
+            restore::SWEEP_INTERVAL,
+            restore::ORPHAN_GRACE,
         );
         tokio::join!(
             pool,

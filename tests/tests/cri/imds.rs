@@ -463,7 +463,7 @@ fn ipamd_killed_during_churn_gives_no_address_twice_and_leaks_none() {
     // Sandboxes that failed while ipamd was down were cleaned by containerd; an ADD that ipamd
     // saw just before the kill is released by its sweep of assignments without a veth.
     let released = wait_until(
-        ipamd::orphans::ORPHAN_GRACE + ipamd::orphans::SWEEP_INTERVAL + Duration::from_secs(10),
+        ipamd::restore::ORPHAN_GRACE + ipamd::restore::SWEEP_INTERVAL + Duration::from_secs(10),
         || node.pool_status().is_ok_and(|s| s.assigned_i_ps == 0),
     );
     check!(

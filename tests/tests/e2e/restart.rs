@@ -59,8 +59,8 @@ fn kill_9_and_restart_keeps_every_assignment() {
     // The victim's allocation is seconds old: the restore keeps it (its ADD might still be
     // creating the veth) and the orphan sweep releases it once it is older than the grace.
     let deadline = std::time::Instant::now()
-        + ipamd::orphans::ORPHAN_GRACE
-        + ipamd::orphans::SWEEP_INTERVAL
+        + ipamd::restore::ORPHAN_GRACE
+        + ipamd::restore::SWEEP_INTERVAL
         + std::time::Duration::from_secs(5);
     while ok(&node, node.ipamd_assignment(&pods[victim])).is_some()
         && std::time::Instant::now() < deadline

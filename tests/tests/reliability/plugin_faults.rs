@@ -194,7 +194,7 @@ fn ipamd_down_add_is_code_11_at_once_del_cleans_from_prev_result_status_is_50() 
     assert_released(
         &node,
         &pods[victim],
-        ipamd::orphans::ORPHAN_GRACE + ipamd::orphans::SWEEP_INTERVAL + Duration::from_secs(5),
+        ipamd::restore::ORPHAN_GRACE + ipamd::restore::SWEEP_INTERVAL + Duration::from_secs(5),
         "the pod deleted while ipamd was down",
     );
     for (i, p) in pods.iter().enumerate().filter(|(i, _)| *i != victim) {
