@@ -30,8 +30,8 @@ use thiserror::Error;
 use crate::cloud::imds::{Imds, ImdsError};
 use crate::config::parse::{parse_bool, parse_dir_path};
 use crate::config::{ConfigError, ENABLE_IPV6, ENABLE_V6_EGRESS, Env};
-use crate::host_network::{HostNetwork, HostNetworkError};
 use crate::mac::MacAddr;
+use crate::node_network::host::{HostNetwork, HostNetworkError};
 
 /// Where plugin binaries are installed (the host's `/opt/cni/bin`, mounted into the pod).
 pub const HOST_CNI_BIN_PATH: &str = "HOST_CNI_BIN_PATH";

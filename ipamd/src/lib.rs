@@ -10,7 +10,6 @@ pub mod conflist;
 pub mod daemon;
 pub mod datastore;
 pub mod fsutil;
-pub mod host_network;
 pub mod http;
 pub mod install;
 pub mod introspect;

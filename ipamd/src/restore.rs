@@ -27,7 +27,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::checkpoint::{CheckpointData, CheckpointEntry};
 use crate::datastore::{Assignment, Clock, Datastore, DatastoreError};
-use crate::host_network::{HostNetwork, veth_suffix};
+use vpc_cni_contract::dataplane::veth_suffix;
+
+use crate::node_network::host::HostNetwork;
 use crate::state::IpamState;
 
 /// How old an assignment without a veth must be before it is released (and the age under

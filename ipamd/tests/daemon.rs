@@ -333,7 +333,10 @@ async fn restart_keeps_live_pods_and_drops_pods_whose_veth_is_gone() {
     }
     // What the plugin would have made: host veths for the live pods, rules for all.
     for name in ["web-0", "web-2"] {
-        let veth = format!("eni{}", ipamd::host_network::veth_suffix("default", name));
+        let veth = format!(
+            "eni{}",
+            vpc_cni_contract::dataplane::veth_suffix("default", name)
+        );
         w.node
             .ip(&[
                 "link",

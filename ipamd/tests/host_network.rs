@@ -1,4 +1,4 @@
-//! Kernel tests of `ipamd::host_network` in throwaway namespaces: secondary ENI bring-up,
+//! Kernel tests of `ipamd::node_network::host` in throwaway namespaces: secondary ENI bring-up,
 //! idempotency, primary MTU, pod-rule deletion.
 
 #![allow(clippy::unwrap_used)]
@@ -8,7 +8,7 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::add_veth;
-use ipamd::host_network::{HostNetwork, SecondaryEni};
+use ipamd::node_network::host::{HostNetwork, SecondaryEni};
 use serde_json::Value;
 use test_support::netns::Netns;
 use test_support::prereqs::require_root;

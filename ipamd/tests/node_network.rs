@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use common::add_veth;
 use ipamd::config::parse::RandomizeSnat;
-use ipamd::host_network::HostNetwork;
+use ipamd::node_network::host::HostNetwork;
 use ipamd::node_network::iptables::Iptables;
 use ipamd::node_network::{NodeNetwork, NodeNetworkSettings, PrimaryEni, ReconcileReport};
 use test_support::netns::Netns;

@@ -33,11 +33,11 @@ use crate::conflist::ConflistError;
 use crate::datastore::{
     Clock, Datastore, IMDS_ONLY_CAPACITY_NOTE, PROVISIONING_DISABLED_CAPACITY_NOTE, SystemClock,
 };
-use crate::host_network::{HostNetwork, HostNetworkError, SecondaryEni};
 use crate::http;
 use crate::introspect;
 use crate::metrics::server::{METRICS_ADDRESS, Scrape};
 use crate::metrics::{IpamdMetrics, StartupOutcome};
+use crate::node_network::host::{HostNetwork, HostNetworkError, SecondaryEni};
 use crate::node_network::iptables::Iptables;
 use crate::node_network::{self, NodeNetwork, NodeNetworkMetrics, NodeNetworkSettings};
 use crate::pool::manager::PoolManager;

@@ -24,9 +24,13 @@
 //! [`RECONCILE_INTERVAL`] after, with the VPC's CIDRs re-read from instance metadata.
 //!
 //! Mechanism: the `iptables` command (iptables-restore batches, one atomic change per table)
-//! on whichever backend the node's `iptables` uses, for SNAT *and* connmark; see
-//! docs/contracts.md "Node networking" for why not the reference's native nftables table.
+//! on whichever backend the node's `iptables` uses, for SNAT *and* connmark ([`iptables`], the
+//! wanted rules and the difference in [`plan`]); see docs/contracts.md "Node networking" for why
+//! not the reference's native nftables table. Rules 1024/1535 and `rp_filter` are [`policy`];
+//! every netlink request ipamd makes in the node's namespace (links, secondary ENIs, pod rules,
+//! those policy rules) goes through [`host`].
 
+pub mod host;
 pub mod iptables;
 pub mod plan;
 pub mod policy;
@@ -43,6 +47,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use thiserror::Error;
 
+use self::host::{HostNetwork, HostNetworkError};
 use self::iptables::{Iptables, IptablesError, IptablesVersion};
 use self::plan::{NodeAddressing, PlanSummary, RuleSettings, Table};
 use self::policy::{
@@ -50,7 +55,6 @@ use self::policy::{
 };
 use crate::config::Config;
 use crate::config::parse::RandomizeSnat;
-use crate::host_network::{HostNetwork, HostNetworkError};
 use crate::mac::MacAddr;
 use crate::metrics::Counter;
 
@@ -380,11 +384,7 @@ impl NodeNetwork {
         } else {
             Vec::new()
         };
-        match self
-            .host
-            .reconcile_main_rules(HOST_RULE_PRIORITY, &host_rule)
-            .await
-        {
+        match policy::reconcile_main_rules(&self.host, HOST_RULE_PRIORITY, &host_rule).await {
             Ok(c) => report.host_rule = c,
             Err(e) => errors.push(e.into()),
         }
@@ -393,9 +393,7 @@ impl NodeNetwork {
             .iter()
             .map(|c| PolicyRule::external_service(*c))
             .collect();
-        match self
-            .host
-            .reconcile_main_rules(EXTERNAL_SERVICE_RULE_PRIORITY, &external)
+        match policy::reconcile_main_rules(&self.host, EXTERNAL_SERVICE_RULE_PRIORITY, &external)
             .await
         {
             Ok(c) => report.external_service_rules = c,

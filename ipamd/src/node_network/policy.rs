@@ -13,9 +13,10 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags};
 use vpc_cni_contract::dataplane::MAIN_TABLE;
 pub use vpc_cni_contract::dataplane::{EXTERNAL_SERVICE_RULE_PRIORITY, HOST_RULE_PRIORITY};
-use vpc_cni_contract::netlink::{self as core, Rule, RuleSpec};
+use vpc_cni_contract::netlink::{Rule, RuleSpec};
 
-use crate::host_network::{HostNetwork, HostNetworkError};
+use super::host::{HostNetwork, HostNetworkError};
+
 /// `rp_filter` the primary ENI needs: loose, because NodePort replies of pods on secondary
 /// ENIs and their requests take different ENIs (the reference's issue #75).
 pub const PRIMARY_RP_FILTER: &str = "2";
@@ -51,6 +52,17 @@ impl PolicyRule {
             table: MAIN_TABLE,
             destination: Some(cidr.trunc()),
             fwmark: None,
+        }
+    }
+
+    /// The netlink request that adds it.
+    fn spec(&self) -> RuleSpec {
+        RuleSpec {
+            priority: self.priority,
+            src: None,
+            dst: self.destination,
+            fwmark: self.fwmark,
+            table: self.table,
         }
     }
 
@@ -145,62 +157,43 @@ impl RuleChanges {
     }
 }
 
-impl HostNetwork {
-    /// Makes the IPv4 rules at `priority` that look up the main table exactly `want` (each
-    /// once): the others there are deleted, the missing ones added. Rules at that priority
-    /// for other tables are not ipamd's and stay.
-    ///
-    /// # Errors
-    /// The dump, a deletion or an addition failed (names the rule).
-    pub async fn reconcile_main_rules(
-        &self,
-        priority: u32,
-        want: &[PolicyRule],
-    ) -> Result<RuleChanges, HostNetworkError> {
-        let mut changes = RuleChanges::default();
-        let mut present = vec![false; want.len()];
-        for rule in self.rules_v4().await? {
-            if rule.priority != priority || rule.table != MAIN_TABLE {
-                continue;
-            }
-            let hit = want
-                .iter()
-                .enumerate()
-                .find(|(i, w)| !present[*i] && w.matches(&rule))
-                .map(|(i, _)| i);
-            match hit {
-                Some(i) => present[i] = true,
-                None => {
-                    let what = describe_rule(&rule);
-                    self.delete_rule(&rule, &format!("stale rule {what}"))
-                        .await?;
-                    changes.deleted.push(what);
-                }
+/// Makes the IPv4 rules at `priority` that look up the main table exactly `want` (each once):
+/// the others there are deleted, the missing ones added. Rules at that priority for other
+/// tables are not ipamd's and stay.
+///
+/// # Errors
+/// The dump, a deletion or an addition failed (names the rule).
+pub async fn reconcile_main_rules(
+    host: &HostNetwork,
+    priority: u32,
+    want: &[PolicyRule],
+) -> Result<RuleChanges, HostNetworkError> {
+    let mut changes = RuleChanges::default();
+    let mut present = vec![false; want.len()];
+    for rule in host.rules_v4().await? {
+        if rule.priority != priority || rule.table != MAIN_TABLE {
+            continue;
+        }
+        let hit = want
+            .iter()
+            .enumerate()
+            .find(|(i, w)| !present[*i] && w.matches(&rule))
+            .map(|(i, _)| i);
+        match hit {
+            Some(i) => present[i] = true,
+            None => {
+                let what = describe_rule(&rule);
+                host.delete_rule(&rule, &format!("stale rule {what}"))
+                    .await?;
+                changes.deleted.push(what);
             }
         }
-        for (rule, _) in want.iter().zip(&present).filter(|(_, p)| !**p) {
-            self.add_policy_rule(rule).await?;
-            changes.added.push(rule.to_string());
-        }
-        Ok(changes)
     }
-
-    async fn add_policy_rule(&self, rule: &PolicyRule) -> Result<(), HostNetworkError> {
-        let spec = RuleSpec {
-            priority: rule.priority,
-            src: None,
-            dst: rule.destination,
-            fwmark: rule.fwmark,
-            table: rule.table,
-        };
-        core::add_rule(&self.handle, &spec)
-            .await
-            .map(drop)
-            .map_err(|source| HostNetworkError::Netlink {
-                op: format!("add rule {rule}"),
-                source,
-            })
+    for (rule, _) in want.iter().zip(&present).filter(|(_, p)| !**p) {
+        host.add_rule(&rule.spec(), &format!("rule {rule}")).await?;
+        changes.added.push(rule.to_string());
     }
+    Ok(changes)
 }
 
 /// A sysctl that could not be read or written.

@@ -5,8 +5,8 @@
 
 use std::future::Future;
 
-use crate::host_network::{HostNetwork, HostNetworkError, SecondaryEni};
 use crate::mac::MacAddr;
+use crate::node_network::host::{HostNetwork, HostNetworkError, SecondaryEni};
 
 /// The node's links, as the pool manager uses them.
 pub trait EniHost: Send + Sync + 'static {

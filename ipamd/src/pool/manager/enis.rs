@@ -17,8 +17,8 @@ use crate::cloud::ec2::{
 use crate::cloud::imds::Imds;
 use crate::cloud::metadata::{self, EniMetadata};
 use crate::datastore::{Datastore, EniSpec};
-use crate::host_network::SecondaryEni;
 use crate::mac::MacAddr;
+use crate::node_network::host::SecondaryEni;
 use crate::pool::host::EniHost;
 use crate::pool::policy::{self, Capacity};
 

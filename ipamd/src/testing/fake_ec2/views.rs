@@ -11,8 +11,8 @@ use ipnet::Ipv4Net;
 
 use super::{FakeEc2, FakeEni, SECURITY_GROUP, VPC_CIDR};
 use crate::cloud::imds::{Imds, ImdsError, META_DATA};
-use crate::host_network::{HostNetworkError, SecondaryEni};
 use crate::mac::MacAddr;
+use crate::node_network::host::{HostNetworkError, SecondaryEni};
 use crate::pool::host::EniHost;
 
 impl FakeEc2 {

@@ -1,7 +1,8 @@
 //! The node's own network namespace, over rtnetlink: secondary ENI bring-up (vpc-cni §3.6),
-//! the primary ENI's MTU, the host link list (checkpoint restore), and removal of a pod's
-//! policy rules. ipamd runs in the node's namespace (hostNetwork), so a netlink socket opened
-//! here works on the node; nothing calls `setns`.
+//! the primary ENI's MTU, the host link list (checkpoint restore, orphan sweep), removal of a
+//! pod's policy rules, and the rule dump, deletion and addition that node networking's policy
+//! rules are reconciled with ([`super::policy`]). ipamd runs in the node's namespace
+//! (hostNetwork), so a netlink socket opened here works on the node; nothing calls `setns`.
 //!
 //! Every step is idempotent: addresses, routes and rules are compared with what exists and only
 //! the difference is applied, so running the bring-up twice leaves the same state.
@@ -14,11 +15,10 @@ use netlink_packet_route::route::RouteProtocol;
 use netlink_packet_route::rule::RuleAction;
 use rtnetlink::{Handle, LinkUnspec};
 use thiserror::Error;
-pub use vpc_cni_contract::dataplane::veth_suffix;
 use vpc_cni_contract::dataplane::{
     self, FROM_ENI_PRIMARY_IP_RULE_PRIORITY, MAIN_TABLE, route_table_for_device,
 };
-use vpc_cni_contract::netlink::{self as core, Route, Rule};
+use vpc_cni_contract::netlink::{self as core, Route, Rule, RuleSpec};
 
 use crate::mac::MacAddr;
 
@@ -125,7 +125,7 @@ fn netlink_error(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Host
 /// Netlink access to the namespace ipamd runs in.
 #[derive(Debug, Clone)]
 pub struct HostNetwork {
-    pub(crate) handle: Handle,
+    handle: Handle,
 }
 
 impl HostNetwork {
@@ -332,7 +332,11 @@ impl HostNetwork {
         Ok(())
     }
 
-    pub(crate) async fn rules_v4(&self) -> Result<Vec<Rule>, HostNetworkError> {
+    /// Every IPv4 policy rule.
+    ///
+    /// # Errors
+    /// The dump failed.
+    pub async fn rules_v4(&self) -> Result<Vec<Rule>, HostNetworkError> {
         core::rules(&self.handle)
             .await
             .map_err(netlink_error("list IPv4 rules"))
@@ -375,15 +379,26 @@ impl HostNetwork {
         Ok(())
     }
 
-    pub(crate) async fn delete_rule(
-        &self,
-        rule: &Rule,
-        what: &str,
-    ) -> Result<(), HostNetworkError> {
+    /// Deletes `rule` (one already gone counts as deleted); `what` names it in the error.
+    ///
+    /// # Errors
+    /// The kernel refused.
+    pub async fn delete_rule(&self, rule: &Rule, what: &str) -> Result<(), HostNetworkError> {
         core::del_rule(&self.handle, rule)
             .await
             .map(drop)
             .map_err(netlink_error(format!("delete {what}")))
+    }
+
+    /// Adds an IPv4 rule (the same rule already there is fine); `what` names it in the error.
+    ///
+    /// # Errors
+    /// The kernel refused.
+    pub async fn add_rule(&self, spec: &RuleSpec, what: &str) -> Result<(), HostNetworkError> {
+        core::add_rule(&self.handle, spec)
+            .await
+            .map(drop)
+            .map_err(netlink_error(format!("add {what}")))
     }
 
     /// Undoes [`Self::setup_secondary_eni`] before the ENI is detached: deletes rule 32765
