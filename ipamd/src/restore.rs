@@ -1,6 +1,6 @@
-//! Which assignments still belong to live pods. Every pod has a host veth named `<prefix>` +
-//! sha1("<namespace>.<name>")[:11] for as long as it lives (the plugin names it so, whatever the
-//! prefix): an assignment whose pod has no such link is the address of a pod that is gone.
+//! Which assignments still belong to live pods. Every pod has a host veth named
+//! `<prefix> + sha1("<namespace>.<name>")[:11]` for as long as it lives (the plugin names it so,
+//! whatever the prefix): an assignment whose pod has no such link is the address of a pod that is gone.
 //!
 //! - **At start-up** ([`restore_allocations`]): the checkpoint's allocations go back into the
 //!   datastore when their veth is still there, or when they are younger than [`ORPHAN_GRACE`]

@@ -182,7 +182,7 @@ pub struct NoAssignableIp {
     pub stats: Stats,
 }
 
-/// The result of [`Datastore::release`], needed to undo it.
+/// The result of [`crate::datastore::Datastore::release`], needed to undo it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Released {
     /// What was released.

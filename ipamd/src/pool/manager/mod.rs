@@ -3,9 +3,9 @@
 //! pool empty, one cycle runs:
 //!
 //! 1. reconcile: instance metadata vs the datastore, confirmed with EC2 when they disagree
-//!    ([`sync`]);
+//!    (`sync`);
 //! 2. grow while the pool is too low: fill existing ENIs first (`AssignPrivateIpAddresses` with
-//!    a count), then create ENIs with their addresses in the same call ([`enis`]);
+//!    a count), then create ENIs with their addresses in the same call (`enis`);
 //! 3. otherwise shrink when it is too high, at most once per 30 s (`UnassignPrivateIpAddresses`);
 //! 4. free at most one ENI that is no longer needed.
 //!
