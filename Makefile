@@ -35,7 +35,7 @@ APT_PACKAGES := golang-go golang-github-appc-cni-dev containernetworking-plugins
 # refuses system-wide pip installs): moto (EC2 of the simulated VPC; the release the harness's
 # launcher is written for) and the deployment tests' kubernetes-validate and hadolint. The
 # harness takes moto from $VCNI_PYTHON, else this venv, else `python3` on PATH, and the
-# deployment tools from this venv only (tests/src/bins.rs).
+# deployment tools from this venv only (test-support/src/prereqs.rs).
 MOTO_VERSION := 5.2.1
 KUBERNETES_VALIDATE_VERSION := 1.37.0
 HADOLINT_VERSION := 2.15.1
@@ -165,7 +165,7 @@ MUSL_RELEASE := $(TARGET_DIR)/$(MUSL_TARGET)/release
 BENCH_ARGS ?=
 
 bench: check-root check-tools image-binaries
-	$(CARGO) build --release --locked -p vpc-cni-tests -p aws-cni --bin cnibench --bin aws-cni
+	$(CARGO) build --release --locked -p vpc-cni-bench -p aws-cni --bin cnibench --bin aws-cni
 	$(CARGO) build --release --locked --target $(MUSL_TARGET) -p aws-cni \
 		--example kernel-floor --example peak-rss
 	$(CARGO) bench --locked -p ipamd --bench datastore

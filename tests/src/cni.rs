@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::Rng;
 use serde_json::Value;
-use sha1::{Digest, Sha1};
 
 use test_support::netns::{CommandError, Netns};
 
@@ -30,12 +29,8 @@ pub enum PluginRunError {
     Command(#[from] CommandError),
 }
 
-/// The host-side veth name of a pod: `prefix` + first 11 hex chars of sha1("<ns>.<name>").
-pub fn host_veth_name(prefix: &str, namespace: &str, name: &str) -> String {
-    let digest = Sha1::digest(format!("{namespace}.{name}").as_bytes());
-    let hex = hex::encode(digest);
-    format!("{prefix}{}", &hex[..11])
-}
+/// The host-side veth name of a pod, as the contract defines it.
+pub use vpc_cni_contract::dataplane::host_veth_name;
 
 /// One invocation of a CNI plugin (or of libcni's front end) and what it printed.
 #[derive(Debug, Clone)]

@@ -44,7 +44,7 @@ use self::daemon::{LoadResult, Memory, StartupResult};
 use self::latency::{Ctx, CycleRound, Round, RssRound};
 use self::phases::{ExecFloors, KernelFloor, PhaseTable};
 use self::plugins::Plugin;
-use crate::node::{NodeOptions, SimNode, SimNodeError};
+use harness::node::{NodeOptions, SimNode, SimNodeError};
 use test_support::metadata::{InterfaceDescription, NodeDescription};
 use test_support::netns::CommandError;
 
@@ -294,7 +294,7 @@ const IPS_PER_ENI: usize = 49;
 /// secondaries from 10.0.d.10 in subnet 10.0.0.0/20.
 pub fn bench_node(ips: usize) -> NodeDescription {
     let enis = ips.div_ceil(IPS_PER_ENI).clamp(2, 15);
-    let mut d = crate::node::standard_node(&[1]);
+    let mut d = harness::node::standard_node(&[1]);
     d.instance_type = "m5.24xlarge".into();
     let subnet = Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 20).unwrap_or_default();
     d.interfaces = (0..enis)

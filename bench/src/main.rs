@@ -1,4 +1,4 @@
-//! `cnibench run`: the benchmark of issue 6 (see `harness::bench`), writing BENCHMARKS.md and a
+//! `cnibench run`: the benchmark of issue 6 (see the `vpc_cni_bench` library), writing BENCHMARKS.md and a
 //! JSON of every sample. `make bench` builds the release binaries and runs it as root.
 //!
 //! ```text
@@ -19,9 +19,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use harness::bench::compare::Previous;
-use harness::bench::report::ReportInputs;
-use harness::bench::{self, BenchConfig};
+use vpc_cni_bench::compare::Previous;
+use vpc_cni_bench::report::ReportInputs;
+use vpc_cni_bench::{self as bench, BenchConfig};
 
 const USAGE: &str = "usage: cnibench run --plugin <aws-cni> --floor <kernel-floor> --peak-rss <peak-rss>\n\
   [--out FILE.md] [--json FILE.json] [--rss-pods N] [--pods N] [--conc 1,2,8] [--reps R] [--cycle-conc C] [--ptp-dir DIR] [--exec-reps N]\n\

@@ -8,20 +8,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use ::ipamd::rpc::cni_backend_client::CniBackendClient;
-use ::ipamd::rpc::{AddNetworkRequest, DelNetworkRequest, PoolStatusRequest};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 use vpc_cni_contract::connect::{Timeouts, connect as connect_unix};
+use vpc_cni_contract::rpc::cni_backend_client::CniBackendClient;
+use vpc_cni_contract::rpc::{AddNetworkRequest, DelNetworkRequest, PoolStatusRequest};
 
 use super::BenchError;
 use super::exec::{enter_netns, monotonic_ns};
 use super::pods::{PodSet, ip_batch};
 use super::stats::{Summary, ns_to_ms};
-use crate::cni::host_veth_name;
-use crate::node::{NETWORK_NAME, SimNode};
+use harness::node::{NETWORK_NAME, SimNode};
 use test_support::cleanup;
+use vpc_cni_contract::dataplane::host_veth_name;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

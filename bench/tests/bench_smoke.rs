@@ -9,11 +9,11 @@
 
 use std::path::PathBuf;
 
-use harness::bench::compare::Previous;
-use harness::bench::latency::Round;
-use harness::bench::plugins::Flavor;
-use harness::bench::report::ReportInputs;
-use harness::bench::{self, BenchConfig};
+use vpc_cni_bench::compare::Previous;
+use vpc_cni_bench::latency::Round;
+use vpc_cni_bench::plugins::Flavor;
+use vpc_cni_bench::report::ReportInputs;
+use vpc_cni_bench::{self as bench, BenchConfig};
 
 fn example(name: &str) -> PathBuf {
     let path = test_support::prereqs::profile_dir()
