@@ -98,11 +98,7 @@ impl InterfaceDescription {
 
     /// The route table ipamd uses for this ENI: 254 (main) for device 0, else device + 1.
     pub fn route_table(&self) -> u32 {
-        if self.device_number == 0 {
-            254
-        } else {
-            self.device_number + 1
-        }
+        vpc_cni_contract::dataplane::route_table_for_device(self.device_number)
     }
 }
 

@@ -18,8 +18,7 @@ use crate::cni::{CniOutcome, CniRequest};
 use crate::node::{NodeHost, SimNodeError};
 use test_support::netns::NetnsProcess;
 
-pub use crate::faults_proxy::{Fault, FaultProxy, FaultRule};
-pub use crate::faults_proxy::{Match, ProxyError, ProxyStats};
+pub use crate::faults_proxy::{Fault, FaultProxy, FaultRule, Match, ProxyError, ProxyStats};
 
 /// Env var that switches the campaigns to their soak sizes (`make soak`).
 pub(crate) const SOAK_ENV: &str = "VCNI_SOAK";

@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 use test_support::netns::Netns;
+use vpc_cni_contract::dataplane::{FROM_POD_RULE_PRIORITY, TO_POD_RULE_PRIORITY};
 
 /// How long a veth pair may outlive its namespace: the kernel frees a namespace's veth pairs in
 /// its cleanup workqueue, shortly after the namespace is removed.
 pub const LINK_GONE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The rules naming `ip` as `to` or `from` at the pod priorities (512 to the pod, 1536 from it).
+/// The rules naming `ip` as `to` or `from` at the pod priorities (to the pod, from the pod).
 pub fn pod_rules(ns: &Netns, ip: Ipv4Addr) -> Vec<Value> {
     let ip = ip.to_string();
     ns.rules()
@@ -28,7 +29,8 @@ pub fn pod_rules(ns: &Netns, ip: Ipv4Addr) -> Vec<Value> {
         .into_iter()
         .filter(|r| {
             let prio = r["priority"].as_u64().unwrap_or(0);
-            (prio == 512 || prio == 1536) && (r["dst"] == ip.as_str() || r["src"] == ip.as_str())
+            (prio == u64::from(TO_POD_RULE_PRIORITY) || prio == u64::from(FROM_POD_RULE_PRIORITY))
+                && (r["dst"] == ip.as_str() || r["src"] == ip.as_str())
         })
         .collect()
 }

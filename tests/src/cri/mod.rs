@@ -769,7 +769,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             calls.join("\n")
         )
     }
-
 }
 
 impl Drop for Containerd {

@@ -6,7 +6,6 @@
 
 use std::fs;
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -28,8 +27,6 @@ use test_support::prereqs::{self, PrereqError};
 pub const CONFLIST_NAME: &str = "10-aws.conflist";
 /// The network name in that conflist.
 pub const NETWORK_NAME: &str = "aws-cni";
-/// The pod-side gateway every pod routes through.
-pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// Env var that keeps node state directories (logs, checkpoint) after the test, for debugging.
 pub(crate) const KEEP_DIRS_ENV: &str = "VCNI_KEEP_DIRS";
 

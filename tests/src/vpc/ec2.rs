@@ -367,7 +367,11 @@ impl Ec2 {
     }
 
     /// `CreateSecurityGroup`; returns the group id.
-    pub(crate) fn create_security_group(&self, vpc_id: &str, name: &str) -> Result<String, Ec2Error> {
+    pub(crate) fn create_security_group(
+        &self,
+        vpc_id: &str,
+        name: &str,
+    ) -> Result<String, Ec2Error> {
         let client = self.client();
         let (vpc_id, name) = (vpc_id.to_owned(), name.to_owned());
         self.run("CreateSecurityGroup", async move {

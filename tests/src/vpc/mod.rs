@@ -26,14 +26,12 @@ mod watcher;
 
 use std::time::Duration;
 
-pub use ec2::{Ec2, EniRequest};
-pub use ec2::{Ec2Error};
+pub use ec2::{Ec2, Ec2Error, EniRequest};
 pub use fabric::{FabricOptions, SubnetSpec, VpcFabric};
-pub use model::{EniState, SubnetInfo};
-pub use model::{EniAttachment, InstanceInfo, SubnetState, VpcSnapshot};
+pub use model::{EniAttachment, EniState, InstanceInfo, SubnetInfo, SubnetState, VpcSnapshot};
 pub use node::{IpamdMode, NodeSpec, VpcNode};
 pub use router::{EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT, IMDS_ADDR, INTERNET_HOST};
-pub use watcher::{Hypervisor};
+pub use watcher::Hypervisor;
 
 use crate::node::SimNodeError;
 use test_support::imds::ImdsServerError;

@@ -322,7 +322,6 @@ impl VpcNode {
             .into_iter()
             .find(|e| e.private_ips.contains(&ip)))
     }
-
 }
 
 impl Drop for VpcNode {

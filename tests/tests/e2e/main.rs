@@ -18,10 +18,10 @@ mod restart;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use harness::node::POD_GATEWAY;
 use harness::{NodeOptions, Pod, SimNode};
 use serde_json::Value;
 use test_support::metadata::NodeDescription;
+use vpc_cni_contract::dataplane::POD_GATEWAY;
 
 /// Asserts `cond`; on failure prints the message and the node's logs (ipamd, plugin).
 #[macro_export]
