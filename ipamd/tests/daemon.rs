@@ -17,7 +17,6 @@ use ipamd::rpc::{
 };
 use nix::sys::signal::Signal;
 use test_support::ipamd_client::{channel, client};
-use test_support::netns::Netns;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -67,14 +66,6 @@ async fn health(socket: &std::path::Path, service: &str) -> i32 {
 const SERVING: i32 = 1;
 const NOT_SERVING: i32 = 2;
 
-fn rules(ns: &Netns) -> Vec<String> {
-    ns.ip(&["-4", "rule", "show"])
-        .unwrap()
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_the_contract_end_to_end() {
     let w = world();
@@ -111,7 +102,12 @@ async fn serves_the_contract_end_to_end() {
     assert!(addrs.contains("inet 10.0.0.20/24"), "{addrs}");
     let table2 = w.node.ip(&["-4", "route", "show", "table", "2"]).unwrap();
     assert!(table2.contains("default via 10.0.0.1 dev eth1"), "{table2}");
-    assert!(rules(&w.node).contains(&"32765: from 10.0.0.20 lookup 2".to_owned()));
+    assert!(
+        w.node
+            .rule_lines()
+            .unwrap()
+            .contains(&"32765: from 10.0.0.20 lookup 2".to_owned())
+    );
 
     // Assignment packs the primary ENI first, never hands out ENI primary IPs.
     let mut c = client(&socket).await.unwrap();
@@ -400,7 +396,7 @@ async fn restart_keeps_live_pods_and_drops_pods_whose_veth_is_gone() {
             }
         }
     }
-    let rules = rules(&w.node);
+    let rules = w.node.rule_lines().unwrap();
     assert!(
         !rules.iter().any(|r| r.contains(&ips[1])),
         "the dropped pod's rules must be gone: {rules:?}"

@@ -66,14 +66,6 @@ fn routes(ns: &Netns, table: &str) -> Vec<String> {
         .collect()
 }
 
-fn rules(ns: &Netns) -> Vec<String> {
-    ns.ip(&["-4", "rule", "show"])
-        .unwrap()
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect()
-}
-
 /// Addresses, MTUs and admin state per link, every route of every table, every rule (link
 /// carrier state is left out: it follows the peer, not ipamd).
 fn snapshot(ns: &Netns) -> (Vec<String>, String, String) {
@@ -142,7 +134,7 @@ fn secondary_eni_bring_up_sets_address_table_rule_mtu_and_up() {
         main.iter().any(|r| r.starts_with("10.0.0.0/24 dev eth0")),
         "the primary ENI's subnet route stays: {main:?}"
     );
-    let rules = rules(&node);
+    let rules = node.rule_lines().unwrap();
     assert!(
         rules.contains(&"32765: from 10.0.0.20 lookup 2".to_owned()),
         "{rules:?}"
@@ -178,7 +170,7 @@ fn stale_eni_rule_with_another_table_is_replaced() {
     ])
     .unwrap();
     setup(&node, eth1()).unwrap();
-    let rules = rules(&node);
+    let rules = node.rule_lines().unwrap();
     let eni_rules: Vec<_> = rules.iter().filter(|r| r.starts_with("32765:")).collect();
     assert_eq!(
         eni_rules,
@@ -203,7 +195,7 @@ fn missing_link_is_an_error_naming_the_mac_and_eni() {
 fn primary_eni_gets_only_its_mtu() {
     let (node, _vpc) = node();
     let before_routes = routes(&node, "all");
-    let before_rules = rules(&node);
+    let before_rules = node.rule_lines().unwrap();
     let name = node
         .block_on_in(|| async {
             let host = HostNetwork::connect().unwrap();
@@ -216,7 +208,7 @@ fn primary_eni_gets_only_its_mtu() {
     assert_eq!(name, "eth0");
     assert_eq!(link(&node, "eth0")["mtu"], 1500);
     assert_eq!(routes(&node, "all"), before_routes);
-    assert_eq!(rules(&node), before_rules);
+    assert_eq!(node.rule_lines().unwrap(), before_rules);
 }
 
 #[test]
@@ -287,7 +279,7 @@ fn pod_rules_are_deleted_and_others_kept() {
         })
         .unwrap();
     assert_eq!((deleted, again), (3, 0));
-    let rules = rules(&node);
+    let rules = node.rule_lines().unwrap();
     assert!(!rules.iter().any(|r| r.contains("10.0.0.50")), "{rules:?}");
     assert!(
         rules.contains(&"512: from all to 10.0.0.51 lookup main".to_owned()),

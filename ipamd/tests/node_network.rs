@@ -90,14 +90,6 @@ fn restore(ns: &Netns, backend: &str, batch: &str) {
     );
 }
 
-fn rules(ns: &Netns) -> Vec<String> {
-    ns.ip(&["-4", "rule", "show"])
-        .unwrap()
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect()
-}
-
 fn rp_filter(ns: &Netns) -> String {
     exec(ns, "sysctl", &["-n", "net.ipv4.conf.eth0.rp_filter"])
         .trim()
@@ -165,7 +157,7 @@ fn the_references_rules_are_programmed_once_on_both_backends() {
             assert_eq!(count(&mangle, line), 1, "{backend}: {line}\n{mangle:#?}");
         }
 
-        let r = rules(&node);
+        let r = node.rule_lines().unwrap();
         assert_eq!(
             count(&r, "1024: from all fwmark 0x80/0x80 lookup main"),
             1,
@@ -178,7 +170,7 @@ fn the_references_rules_are_programmed_once_on_both_backends() {
         assert!(again.is_empty(), "{backend}: second pass changed {again}");
         assert_eq!(save(&node, backend, "nat"), nat);
         assert_eq!(save(&node, backend, "mangle"), mangle);
-        assert_eq!(rules(&node), r);
+        assert_eq!(node.rule_lines().unwrap(), r);
     }
 }
 
@@ -281,7 +273,7 @@ fn stale_and_duplicated_rules_go_and_foreign_rules_stay() {
             .collect();
         assert_eq!(ours, clean_mangle, "{backend}: mangle");
 
-        let r = rules(&node);
+        let r = node.rule_lines().unwrap();
         let at =
             |prio: &str| -> Vec<&String> { r.iter().filter(|l| l.starts_with(prio)).collect() };
         assert_eq!(
@@ -350,7 +342,11 @@ fn external_snat_removes_the_chains_and_node_port_off_removes_the_rest() {
             .count(),
         3
     );
-    assert!(rules(&node).contains(&"1024: from all fwmark 0x80/0x80 lookup main".to_owned()));
+    assert!(
+        node.rule_lines()
+            .unwrap()
+            .contains(&"1024: from all fwmark 0x80/0x80 lookup main".to_owned())
+    );
 
     let nothing = NodeNetworkSettings {
         node_port_support: false,
@@ -363,9 +359,13 @@ fn external_snat_removes_the_chains_and_node_port_off_removes_the_rest() {
             .any(|l| l.contains("AWS"))
     );
     assert!(
-        !rules(&node).iter().any(|l| l.starts_with("1024:")),
+        !node
+            .rule_lines()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("1024:")),
         "{:?}",
-        rules(&node)
+        node.rule_lines().unwrap()
     );
 
     // Nothing wanted: a node without iptables is fine then, and only then.

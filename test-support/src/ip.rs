@@ -114,6 +114,16 @@ impl Netns {
         self.ip_json(&["-4", "rule", "show"])
     }
 
+    /// `ip -4 rule show` as text, one rule a line with single spaces (`512: from all to
+    /// 10.0.0.5 lookup main`): how the tests compare rules with what an operator reads.
+    pub fn rule_lines(&self) -> Result<Vec<String>, CommandError> {
+        Ok(self
+            .ip(&["-4", "rule", "show"])?
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect())
+    }
+
     /// `ip -j -4 neigh show`.
     pub fn neighbours(&self) -> Result<Vec<Value>, CommandError> {
         self.ip_json(&["-4", "neigh", "show"])

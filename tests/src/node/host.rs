@@ -575,6 +575,25 @@ impl NodeHost {
     }
 }
 
+/// Unwraps `r` for a test, panicking with the error and the node's logs ([`NodeHost::diag`]).
+pub fn ok<T, E: std::fmt::Display>(node: &NodeHost, r: Result<T, E>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{e}\n{}", node.diag()),
+    }
+}
+
+/// Asserts `$cond` in a test; on failure panics with the message and `$node.diag()` (the
+/// node's ipamd and plugin logs, and the VPC's state for a node of a simulated VPC).
+#[macro_export]
+macro_rules! check {
+    ($node:expr, $cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            panic!("{}\n{}", format!($($arg)+), $node.diag());
+        }
+    };
+}
+
 impl Drop for NodeHost {
     fn drop(&mut self) {
         self.kill_ipamd_if_running();

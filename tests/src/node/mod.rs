@@ -20,7 +20,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use host::{CONFLIST_NAME, DiagFn, HostSettings, NETWORK_NAME, NodeHost, SimNodeError};
+pub use host::{CONFLIST_NAME, DiagFn, HostSettings, NETWORK_NAME, NodeHost, SimNodeError, ok};
 pub(crate) use host::{StateDir, io_err};
 pub use inspect::HostState;
 use ipnet::Ipv4Net;

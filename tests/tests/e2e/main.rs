@@ -23,23 +23,8 @@ use serde_json::Value;
 use test_support::metadata::NodeDescription;
 use vpc_cni_contract::dataplane::POD_GATEWAY;
 
-/// Asserts `cond`; on failure prints the message and the node's logs (ipamd, plugin).
-#[macro_export]
-macro_rules! check {
-    ($node:expr, $cond:expr, $($arg:tt)+) => {
-        if !$cond {
-            panic!("{}\n{}", format!($($arg)+), $node.diag());
-        }
-    };
-}
-
-/// Unwraps a harness result, printing the node's logs on error.
-pub fn ok<T, E: std::fmt::Display>(node: &SimNode, r: Result<T, E>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{e}\n{}", node.diag()),
-    }
-}
+pub use harness::check;
+pub use harness::node::ok;
 
 /// Unwraps the result of a node operation that needs `&mut` (its errors carry the logs).
 pub fn must<T>(r: Result<T, harness::SimNodeError>) -> T {

@@ -23,24 +23,8 @@ use harness::node::NodeHost;
 use harness::{NodeOptions, Pod, SimNode};
 use serde_json::Value;
 
-/// Asserts `cond`; on failure prints the message and the node's logs (ipamd, plugin).
-#[macro_export]
-macro_rules! check {
-    ($node:expr, $cond:expr, $($arg:tt)+) => {
-        if $cond {
-        } else {
-            panic!("{}\n{}", format!($($arg)+), $node.diag());
-        }
-    };
-}
-
-/// Unwraps a harness result, printing the node's logs on error.
-pub fn ok<T, E: std::fmt::Display>(node: &NodeHost, r: Result<T, E>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{e}\n{}", node.diag()),
-    }
-}
+pub use harness::check;
+pub use harness::node::ok;
 
 /// Unwraps a result whose error already carries the logs.
 pub fn must<T, E: std::fmt::Display>(r: Result<T, E>) -> T {

@@ -25,23 +25,8 @@ use harness::vpc::{EniState, IpamdMode};
 use harness::{FabricOptions, NodeSpec, Pod, VpcFabric, VpcNode};
 use serde_json::Value;
 
-/// Asserts `cond`; on failure prints the message and the node's logs (ipamd, plugin, VPC).
-#[macro_export]
-macro_rules! check {
-    ($node:expr, $cond:expr, $($arg:tt)+) => {
-        if !$cond {
-            panic!("{}\n{}", format!($($arg)+), $node.diag());
-        }
-    };
-}
-
-/// Unwraps a result, printing `node`'s logs on error.
-pub fn ok<T, E: std::fmt::Display>(node: &VpcNode, r: Result<T, E>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{e}\n{}", node.diag()),
-    }
-}
+pub use harness::check;
+pub use harness::node::ok;
 
 /// Starts a VPC with default options.
 pub fn fabric() -> VpcFabric {
