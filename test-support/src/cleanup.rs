@@ -20,7 +20,7 @@ pub const NETNS_PREFIX: &str = "vcni";
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Whether a termination signal arrived and [`cleanup_all`] is tearing everything down; new
+/// Whether a termination signal arrived and `cleanup_all` is tearing everything down; new
 /// resources must not be created any more (their creators check this after registering).
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
@@ -75,7 +75,7 @@ pub fn unregister_dir(dir: &Path) {
 
 /// Kills every registered child, deletes every registered namespace (after killing what still
 /// runs inside) and removes registered directories. Errors are reported on stderr and skipped.
-pub fn cleanup_all() {
+fn cleanup_all() {
     // Set before emptying the registry: anything registered afterwards sees the flag and
     // removes itself.
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -140,7 +140,7 @@ pub fn delete_netns_by_name(name: &str) -> bool {
 }
 
 /// The pid encoded in a test namespace name `vcni-<pid>-<n>-<role>`.
-pub fn owner_pid(netns_name: &str) -> Option<i32> {
+fn owner_pid(netns_name: &str) -> Option<i32> {
     let rest = netns_name.strip_prefix(NETNS_PREFIX)?.strip_prefix('-')?;
     let (pid, rest) = rest.split_once('-')?;
     let (counter, _role) = rest.split_once('-')?;
@@ -171,7 +171,7 @@ pub fn reap_stale_namespaces() {
     });
 }
 
-/// Installs (once) handlers for SIGINT, SIGTERM and SIGHUP that run [`cleanup_all`] and exit
+/// Installs (once) handlers for SIGINT, SIGTERM and SIGHUP that run `cleanup_all` and exit
 /// with 128 + signal number, so an interrupted demo or test run leaves nothing behind.
 pub fn install_signal_cleanup() {
     static ONCE: Once = Once::new();

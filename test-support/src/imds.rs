@@ -31,7 +31,7 @@ pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 /// Request and response header carrying the token's TTL in seconds.
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 /// Largest TTL AWS accepts (6 hours).
-pub const MAX_TTL_SECONDS: u64 = 21_600;
+const MAX_TTL_SECONDS: u64 = 21_600;
 
 /// Errors of starting the emulator.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,7 @@ pub enum ImdsServerError {
 }
 
 /// AWS's HTML error page, as IMDS sends it for 400/401/403/404/405.
-pub fn aws_error_body(status: StatusCode) -> String {
+fn aws_error_body(status: StatusCode) -> String {
     let title = format!(
         "{} - {}",
         status.as_u16(),
@@ -388,7 +388,7 @@ const MAC_FIELDS: &[&str] = &[
 /// Name of the IAM role of every simulated instance's instance profile.
 pub const INSTANCE_PROFILE_ROLE: &str = "vcni-node-role";
 /// How long the instance-profile credentials the emulator hands out are valid.
-pub const CREDENTIALS_VALIDITY: Duration = Duration::from_secs(6 * 3600);
+const CREDENTIALS_VALIDITY: Duration = Duration::from_secs(6 * 3600);
 
 /// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (the format of IMDS's credential documents).
 pub fn rfc3339_utc(time: SystemTime) -> String {
@@ -457,7 +457,7 @@ pub fn lookup(node: &crate::metadata::NodeDescription, path: &str) -> Option<Str
 }
 
 /// [`lookup`] at time `now` (credential documents carry times).
-pub fn lookup_at(
+fn lookup_at(
     node: &crate::metadata::NodeDescription,
     path: &str,
     now: SystemTime,

@@ -141,7 +141,7 @@ fn valid_mac(mac: &str) -> bool {
 
 impl NodeDescription {
     /// Parses and validates a node description from JSON text.
-    pub fn from_json(text: &str, origin: &Path) -> Result<Self, NodeFileError> {
+    pub(crate) fn from_json(text: &str, origin: &Path) -> Result<Self, NodeFileError> {
         let desc: Self = serde_json::from_str(text).map_err(|source| NodeFileError::Parse {
             path: origin.to_owned(),
             source,
@@ -278,7 +278,7 @@ impl NodeDescription {
     }
 
     /// The ENI with this MAC (case-insensitive).
-    pub fn interface_by_mac(&self, mac: &str) -> Option<&InterfaceDescription> {
+    pub(crate) fn interface_by_mac(&self, mac: &str) -> Option<&InterfaceDescription> {
         self.interfaces
             .iter()
             .find(|e| e.mac.eq_ignore_ascii_case(mac))

@@ -12,7 +12,7 @@ use crate::netns::{CommandError, Netns, NetnsProcess, tail};
 use crate::prereqs::{self, PrereqError};
 
 /// The launcher's source.
-pub const LAUNCHER: &str = include_str!("moto_server.py");
+const LAUNCHER: &str = include_str!("moto_server.py");
 /// How long moto may take to listen (importing moto takes 1–2 s, more on a loaded machine).
 pub const START_TIMEOUT: Duration = Duration::from_secs(45);
 

@@ -10,19 +10,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Env var overriding the path of the plugin binary.
-pub const AWS_CNI_BIN_ENV: &str = "AWS_CNI_BIN";
+const AWS_CNI_BIN_ENV: &str = "AWS_CNI_BIN";
 /// Env var overriding the path of the ipamd binary.
-pub const IPAMD_BIN_ENV: &str = "IPAMD_BIN";
+const IPAMD_BIN_ENV: &str = "IPAMD_BIN";
 /// Where Debian's containernetworking-plugins installs portmap and friends.
 pub const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
 /// Env var naming the Python interpreter that has moto (else `<target>/moto-venv`, else the
 /// `python3` on PATH).
-pub const PYTHON_ENV: &str = "VCNI_PYTHON";
+const PYTHON_ENV: &str = "VCNI_PYTHON";
 /// The project's Python venv under the target dir (`make deps`: moto and the deployment
 /// tests' tools, pinned; the name predates the tools).
-pub const PYTHON_VENV: &str = "moto-venv";
+const PYTHON_VENV: &str = "moto-venv";
 /// The moto release the simulated VPC is written against (its launcher patches moto's internals).
-pub const MOTO_VERSION: &str = "5.2.1";
+const MOTO_VERSION: &str = "5.2.1";
 
 /// Errors about missing programs or privileges.
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +152,7 @@ pub fn require_tool(tool: &str, install_hint: &str) -> Result<(), PrereqError> {
 }
 
 /// The project's Python venv, `<target>/moto-venv`.
-pub fn python_venv() -> PathBuf {
+fn python_venv() -> PathBuf {
     target_dir().join(PYTHON_VENV)
 }
 
@@ -293,17 +293,12 @@ pub fn staleness_warnings() -> Vec<String> {
         (
             AWS_CNI_BIN_ENV,
             aws_cni,
-            &[
-                "cni-plugin/src",
-                "contract/src",
-                "contract/proto",
-                "ipamd/proto",
-            ],
+            &["cni-plugin/src", "contract/src", "contract/proto"],
         ),
         (
             IPAMD_BIN_ENV,
             ipamd,
-            &["ipamd/src", "contract/src", "contract/proto", "ipamd/proto"],
+            &["ipamd/src", "contract/src", "contract/proto"],
         ),
     ];
     let mut warnings = Vec::new();

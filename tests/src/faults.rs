@@ -3,7 +3,7 @@
 //! sampler that reads the checkpoint file thousands of times meanwhile (it must parse every
 //! time, kills during writes included), the plugin run with the test-only abort hook, and the
 //! scale knob of the campaigns. The fault-injecting HTTP proxy (EC2, IMDS) is
-//! [`crate::faults_proxy`].
+//! [`FaultProxy`].
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -132,7 +132,7 @@ impl<'a> Podman<'a> {
         Ok(run(self.command().args(args))?)
     }
 
-    /// Builds [`BUSYBOX_IMAGE`] from the static busybox binary with `podman import`.
+    /// Builds `BUSYBOX_IMAGE` from the static busybox binary with `podman import`.
     pub fn import_busybox(&self) -> Result<&'static str, PodmanError> {
         let busybox = fs::canonicalize("/bin/busybox").map_err(|_| PrereqError::MissingTool {
             tool: "/bin/busybox".into(),

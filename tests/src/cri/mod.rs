@@ -152,7 +152,7 @@ impl PodSpec {
         self
     }
 
-    /// The host veth name the plugin derives (`eni` + sha1("<ns>.<name>")[:11]).
+    /// The host veth name the plugin derives (`eni` + `sha1("<ns>.<name>")[:11]`).
     pub fn host_veth(&self) -> String {
         crate::cni::host_veth_name("eni", &self.namespace, &self.name)
     }
@@ -640,7 +640,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .collect())
     }
 
-    /// CreateContainer + StartContainer of [`PAUSE_IMAGE`] running `command` in sandbox `pod_id`
+    /// CreateContainer + StartContainer of `PAUSE_IMAGE` running `command` in sandbox `pod_id`
     /// (created from `spec`); returns the container id.
     pub fn run_container(
         &self,

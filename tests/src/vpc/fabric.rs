@@ -347,7 +347,7 @@ impl VpcFabric {
 
     /// Takes addresses of subnet `subnet_id` until exactly `leave_free` stay free
     /// (`AvailableIpAddressCount`): creates one unattached ENI (description
-    /// [`FILLER_DESCRIPTION`], no tag ipamd looks at) holding the rest. Returns the ENI, or
+    /// `FILLER_DESCRIPTION`, no tag ipamd looks at) holding the rest. Returns the ENI, or
     /// `None` when the subnet had no more than `leave_free` free addresses already.
     pub fn fill_subnet(
         &self,

@@ -79,7 +79,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hypervisor {
-    /// Shared state for the VPC `vpc_id`; nothing runs until [`Watcher::start`].
+    /// Shared state for the VPC `vpc_id`; nothing runs until `Watcher::start`.
     pub fn new(
         ec2: Ec2,
         router: Arc<Netns>,
