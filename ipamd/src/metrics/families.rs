@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use super::Counter;
+use super::exposition::Counter;
 use crate::datastore::{Datastore, Stats};
 use crate::state::{NodeLimits, SubnetReport};
 
@@ -418,7 +418,7 @@ mod tests {
 
     use super::*;
     use crate::datastore::{EniSpec, IpamKey, ManualClock, PodMetadata};
-    use crate::metrics::encode;
+    use crate::metrics::exposition::encode;
 
     fn key(c: &str) -> IpamKey {
         IpamKey {

@@ -9,6 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use prometheus_client::registry::Registry;
 
+use super::exposition::{CONTENT_TYPE, encode};
 use super::families::{IpamdMetrics, PoolSnapshot};
 use crate::state::IpamState;
 
@@ -52,7 +53,7 @@ impl Scrape {
             .with_datastore(|ds| PoolSnapshot::capture(ds, limits))
             .await;
         self.metrics.observe_pool(&snapshot);
-        super::encode(&self.registry)
+        encode(&self.registry)
     }
 }
 
@@ -64,9 +65,7 @@ pub fn router(scrape: Scrape) -> axum::Router {
             let scrape = scrape.clone();
             async move {
                 match scrape.render().await {
-                    Ok(text) => {
-                        ([(header::CONTENT_TYPE, super::CONTENT_TYPE)], text).into_response()
-                    }
+                    Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot encode metrics");
                         (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")
