@@ -24,7 +24,7 @@ pub struct FileSize {
 }
 
 /// The size of `path` (and whether it is a static ELF), or `None` when it does not exist.
-pub fn file_size(what: &str, path: &Path) -> Option<FileSize> {
+pub(crate) fn file_size(what: &str, path: &Path) -> Option<FileSize> {
     let meta = fs::metadata(path).ok()?;
     Some(FileSize {
         what: what.to_owned(),
@@ -35,7 +35,7 @@ pub fn file_size(what: &str, path: &Path) -> Option<FileSize> {
 }
 
 /// Whether a 64-bit little-endian ELF has no interpreter (static); `None` if it is not one.
-pub fn elf_is_static(bytes: &[u8]) -> Option<bool> {
+pub(crate) fn elf_is_static(bytes: &[u8]) -> Option<bool> {
     if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
         return None;
     }
@@ -76,7 +76,7 @@ pub struct ImageEstimate {
 /// `WORKDIR`; failing that, by file name among `candidates` (the build outputs). Plain sources
 /// are relative to the context. Directories count with every file in them. `None` when there
 /// is no Dockerfile.
-pub fn image_estimate(dockerfile: &Path, candidates: &[PathBuf]) -> Option<ImageEstimate> {
+pub(crate) fn image_estimate(dockerfile: &Path, candidates: &[PathBuf]) -> Option<ImageEstimate> {
     let text = fs::read_to_string(dockerfile).ok()?;
     let root = dockerfile.parent().unwrap_or(Path::new("."));
     // Join continuation lines, drop comments.
@@ -230,7 +230,7 @@ pub struct Machine {
 }
 
 /// Describes this machine.
-pub fn machine() -> Machine {
+pub(crate) fn machine() -> Machine {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()
@@ -296,7 +296,10 @@ impl CriterionResult {
 
 /// Reads every `<dir>/**/new/{benchmark,estimates}.json` criterion wrote whose id starts with
 /// one of `groups`, sorted by id.
-pub fn criterion_results(dir: &Path, groups: &[&str]) -> Result<Vec<CriterionResult>, BenchError> {
+pub(crate) fn criterion_results(
+    dir: &Path,
+    groups: &[&str],
+) -> Result<Vec<CriterionResult>, BenchError> {
     if !dir.is_dir() {
         return Err(BenchError::Missing {
             what: "criterion's results".into(),

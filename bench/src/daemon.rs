@@ -41,7 +41,7 @@ pub struct Memory {
 }
 
 /// Reads VmRSS and VmHWM of `pid`.
-pub fn memory(pid: i32) -> Result<Memory, BenchError> {
+pub(crate) fn memory(pid: i32) -> Result<Memory, BenchError> {
     let path = format!("/proc/{pid}/status");
     let text = fs::read_to_string(&path).map_err(|source| BenchError::Io {
         context: format!("cannot read {path}"),
@@ -64,7 +64,7 @@ pub fn memory(pid: i32) -> Result<Memory, BenchError> {
 }
 
 /// CPU time (user + system) `pid` has used, ms (`/proc/<pid>/stat`, in clock ticks).
-pub fn cpu_ms(pid: i32) -> Result<f64, BenchError> {
+pub(crate) fn cpu_ms(pid: i32) -> Result<f64, BenchError> {
     let path = format!("/proc/{pid}/stat");
     let text = fs::read_to_string(&path).map_err(|source| BenchError::Io {
         context: format!("cannot read {path}"),
@@ -191,7 +191,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, BenchError> {
 
 /// `clients` tasks, each on its own connection, each doing `warmup` untimed then
 /// `iterations` timed AddNetwork + DelNetwork pairs with keys of its own.
-pub fn grpc_load(
+pub(crate) fn grpc_load(
     socket: &Path,
     checkpoint: &str,
     clients: usize,
@@ -286,7 +286,7 @@ pub fn grpc_load(
 }
 
 /// Assigns `n` addresses through AddNetwork (held, for memory figures); returns the keys.
-pub fn hold_pods(socket: &Path, n: usize) -> Result<Vec<String>, BenchError> {
+pub(crate) fn hold_pods(socket: &Path, n: usize) -> Result<Vec<String>, BenchError> {
     let rt = runtime()?;
     rt.block_on(async {
         let mut client = connect(socket).await?;
@@ -307,7 +307,7 @@ pub fn hold_pods(socket: &Path, n: usize) -> Result<Vec<String>, BenchError> {
 }
 
 /// Releases keys taken by [`hold_pods`].
-pub fn release_pods(socket: &Path, ids: &[String]) -> Result<(), BenchError> {
+pub(crate) fn release_pods(socket: &Path, ids: &[String]) -> Result<(), BenchError> {
     let rt = runtime()?;
     rt.block_on(async {
         let mut client = connect(socket).await?;
@@ -325,7 +325,7 @@ pub fn release_pods(socket: &Path, ids: &[String]) -> Result<(), BenchError> {
 }
 
 /// Assigned addresses according to ipamd.
-pub fn assigned(socket: &Path) -> Result<u32, BenchError> {
+pub(crate) fn assigned(socket: &Path) -> Result<u32, BenchError> {
     let rt = runtime()?;
     rt.block_on(async {
         let mut client = connect(socket).await?;
@@ -496,7 +496,7 @@ fn write_checkpoint(path: &Path, entries: &[(String, String, Ipv4Addr)]) -> Resu
 /// exist, and after the first start its memory and, when `idle` is not zero, the CPU it uses
 /// idle for that long. The node's own ipamd is stopped for the measurement and restarted
 /// (empty) after.
-pub fn startup(
+pub(crate) fn startup(
     node: &mut SimNode,
     ipamd_bin: &Path,
     checkpoint: &Path,
@@ -588,7 +588,7 @@ pub fn startup(
 
 /// Runs [`grpc_load`] against an ipamd whose checkpoint is at `checkpoint` (e.g. on disk): the
 /// node's own ipamd is stopped meanwhile and restarted afterwards.
-pub fn load_with_checkpoint_at(
+pub(crate) fn load_with_checkpoint_at(
     node: &mut SimNode,
     ipamd_bin: &Path,
     checkpoint: &Path,
@@ -627,6 +627,6 @@ pub fn load_with_checkpoint_at(
 }
 
 /// Where the benchmark keeps ipamd's checkpoint: tmpfs, as `/var/run` is on a real node.
-pub fn tmpfs_dir() -> PathBuf {
+pub(crate) fn tmpfs_dir() -> PathBuf {
     PathBuf::from(format!("/dev/shm/vcni-bench-{}", std::process::id()))
 }

@@ -18,7 +18,7 @@ use nix::sched::{CloneFlags, setns};
 use super::BenchError;
 
 /// CLOCK_MONOTONIC now, in nanoseconds (the clock the plugin's phase marks use).
-pub fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -35,7 +35,7 @@ pub fn monotonic_ns() -> u64 {
 
 /// Moves the calling thread into the network namespace at `path` for the rest of its life
 /// (worker threads of the driver; they end after their batch of calls).
-pub fn enter_netns(path: &Path) -> Result<(), BenchError> {
+pub(crate) fn enter_netns(path: &Path) -> Result<(), BenchError> {
     let file = File::open(path).map_err(|source| BenchError::Io {
         context: format!("cannot open network namespace {}", path.display()),
         source,
@@ -90,7 +90,7 @@ impl ExecOutcome {
 
 /// Spawns `program args` with exactly `env`, writes `stdin`, collects both outputs and reaps
 /// the child with `wait4`.
-pub fn exec_timed(
+pub(crate) fn exec_timed(
     program: &Path,
     args: &[&str],
     env: &[(String, String)],

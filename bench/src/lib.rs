@@ -17,19 +17,23 @@
 //! Every plugin call runs with the simulated node's namespace as its host namespace; nothing
 //! touches the machine's root namespace. Timings are reported, never asserted.
 
-pub mod artifacts;
+// Items of the private modules below are pub(crate): the binary and the smoke test see the public
+// modules and the types the results carry, nothing else.
+#![warn(unreachable_pub)]
+
+mod artifacts;
 pub mod compare;
-pub mod daemon;
-pub mod exec;
+mod daemon;
+mod exec;
 mod figures;
 mod format;
 pub mod latency;
-pub mod phases;
+mod phases;
 pub mod plugins;
-pub mod pods;
+mod pods;
 pub mod report;
-pub mod stats;
-pub mod targets;
+mod stats;
+mod targets;
 pub mod teardown;
 
 use std::net::Ipv4Addr;

@@ -104,7 +104,10 @@ fn parse_timing(text: &str) -> Result<HashMap<(String, String), TimingLine>, Ben
 }
 
 /// Builds the ADD and DEL breakdowns from a round run with `AWS_CNI_TIMING=<timing_file>`.
-pub fn breakdown(out: &RoundOutput, timing_file: &Path) -> Result<Vec<PhaseTable>, BenchError> {
+pub(crate) fn breakdown(
+    out: &RoundOutput,
+    timing_file: &Path,
+) -> Result<Vec<PhaseTable>, BenchError> {
     let text = std::fs::read_to_string(timing_file).map_err(|source| BenchError::Io {
         context: format!(
             "cannot read the plugin's timing file {} (was the plugin built with phase timing?)",
@@ -186,7 +189,7 @@ pub struct ExecFloors {
 }
 
 /// Measures the exec floors, `reps` calls each, one at a time inside the node.
-pub fn exec_floors(
+pub(crate) fn exec_floors(
     ctx: &Ctx,
     ours: &Plugin,
     ours_glibc: Option<&Plugin>,
@@ -283,7 +286,7 @@ fn op_stats(v: &Value) -> Result<Vec<(String, f64, f64)>, BenchError> {
 }
 
 /// Runs `kernel-floor loop` over `n` fresh namespaces inside the node.
-pub fn kernel_floor_in_process(
+pub(crate) fn kernel_floor_in_process(
     ctx: &Ctx,
     floor: &Path,
     n: usize,

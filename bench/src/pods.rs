@@ -46,7 +46,7 @@ impl BenchPod {
 }
 
 /// Runs `ip [-n ns] -force -batch -` with `lines` on stdin.
-pub fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), BenchError> {
+pub(crate) fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), BenchError> {
     if lines.is_empty() {
         return Ok(());
     }
@@ -94,13 +94,13 @@ pub fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), BenchError>
 
 /// Network namespaces made together and deleted together.
 #[derive(Debug)]
-pub struct PodSet {
+pub(crate) struct PodSet {
     names: Vec<String>,
 }
 
 impl PodSet {
     /// Creates `count` namespaces whose names end in `-<role>`.
-    pub fn create(count: usize, role: &str) -> Result<Self, BenchError> {
+    pub(crate) fn create(count: usize, role: &str) -> Result<Self, BenchError> {
         let set = Self::reserve(count, role)?;
         let lines: Vec<String> = set.names.iter().map(|n| format!("netns add {n}")).collect();
         ip_batch(None, &lines)?;
@@ -109,7 +109,7 @@ impl PodSet {
 
     /// Names and registers `count` namespaces without making them ([`PodSet::create_one`]
     /// makes each). `/run/netns` must exist: any earlier `ip netns add` made it.
-    pub fn reserve(count: usize, role: &str) -> Result<Self, BenchError> {
+    pub(crate) fn reserve(count: usize, role: &str) -> Result<Self, BenchError> {
         cleanup::install_signal_cleanup();
         cleanup::reap_stale_namespaces();
         let pid = std::process::id();
@@ -132,7 +132,7 @@ impl PodSet {
 
     /// Makes namespace `i` as runtimes do (containerd's `netns.NewNetNS`): a thread unshares
     /// its network namespace and bind-mounts it on `/run/netns/<name>`, then ends.
-    pub fn create_one(&self, i: usize) -> Result<(), BenchError> {
+    pub(crate) fn create_one(&self, i: usize) -> Result<(), BenchError> {
         let path = self.path(i);
         let io = |what: &str, source: std::io::Error| BenchError::Io {
             context: format!("cannot {what} {}", path.display()),
@@ -176,7 +176,7 @@ impl PodSet {
     /// Removes namespace `i` as runtimes do after DEL (containerd's `netns.Remove`, CRI-O's
     /// `UnmountNamespace`): lazy unmount of the bind mount, then unlink. The kernel tears the
     /// namespace down once nothing else holds it, asynchronously.
-    pub fn remove(&self, i: usize) -> Result<(), BenchError> {
+    pub(crate) fn remove(&self, i: usize) -> Result<(), BenchError> {
         let path = self.path(i);
         umount2(&path, MntFlags::MNT_DETACH).map_err(|e| BenchError::Io {
             context: format!("cannot unmount {}", path.display()),
@@ -189,27 +189,22 @@ impl PodSet {
     }
 
     /// How many namespaces.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.names.len()
     }
 
-    /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
     /// The name of namespace `i`.
-    pub fn name(&self, i: usize) -> &str {
+    pub(crate) fn name(&self, i: usize) -> &str {
         &self.names[i]
     }
 
     /// The bind-mount path of namespace `i` (`CNI_NETNS`).
-    pub fn path(&self, i: usize) -> PathBuf {
+    pub(crate) fn path(&self, i: usize) -> PathBuf {
         Path::new("/run/netns").join(&self.names[i])
     }
 
     /// Pods over these namespaces, named `<prefix>-<i>` in Kubernetes namespace `namespace`.
-    pub fn pods(&self, namespace: &str, prefix: &str) -> Vec<BenchPod> {
+    pub(crate) fn pods(&self, namespace: &str, prefix: &str) -> Vec<BenchPod> {
         let mut rng = rand::rng();
         (0..self.names.len())
             .map(|i| {

@@ -53,7 +53,7 @@ impl Summary {
 }
 
 /// Nanoseconds as fractional milliseconds.
-pub fn ns_to_ms(ns: u64) -> f64 {
+pub(crate) fn ns_to_ms(ns: u64) -> f64 {
     // Latencies are far below 2^53 ns (104 days), where f64 is exact.
     #[allow(clippy::cast_precision_loss)]
     let v = ns as f64;
@@ -61,14 +61,14 @@ pub fn ns_to_ms(ns: u64) -> f64 {
 }
 
 /// A count as f64 (counts here are far below 2^53).
-pub fn count_f64(n: usize) -> f64 {
+pub(crate) fn count_f64(n: usize) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let v = n as f64;
     v
 }
 
 /// The nearest-rank percentile of sorted samples (`p` in 0..=100).
-pub fn nearest_rank(sorted: &[u64], p: f64) -> u64 {
+pub(crate) fn nearest_rank(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -81,7 +81,7 @@ pub fn nearest_rank(sorted: &[u64], p: f64) -> u64 {
 }
 
 /// The median of nanosecond samples, in nanoseconds (0 when empty).
-pub fn median_ns(samples: &[u64]) -> u64 {
+pub(crate) fn median_ns(samples: &[u64]) -> u64 {
     if samples.is_empty() {
         return 0;
     }
@@ -96,7 +96,7 @@ pub fn median_ns(samples: &[u64]) -> u64 {
 }
 
 /// `ours / theirs`, or `None` when the baseline is zero.
-pub fn ratio(ours: f64, theirs: f64) -> Option<f64> {
+pub(crate) fn ratio(ours: f64, theirs: f64) -> Option<f64> {
     if theirs > 0.0 && ours.is_finite() {
         Some(ours / theirs)
     } else {
@@ -107,19 +107,19 @@ pub fn ratio(ours: f64, theirs: f64) -> Option<f64> {
 /// CPU time consumed machine-wide and by the driver's own process tree, to tell how much
 /// of the machine other work took during a measurement.
 #[derive(Debug, Clone, Copy)]
-pub struct CpuSnapshot {
+pub(crate) struct CpuSnapshot {
     busy_ticks: u64,
     own_us: u64,
     excluded_ticks: u64,
 }
 
-pub fn clock_ticks_per_second() -> u64 {
+pub(crate) fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
 }
 
-pub fn proc_stat_busy_ticks() -> u64 {
+pub(crate) fn proc_stat_busy_ticks() -> u64 {
     let Ok(text) = std::fs::read_to_string("/proc/stat") else {
         return 0;
     };
@@ -152,7 +152,7 @@ fn rusage_us(who: libc::c_int) -> u64 {
 }
 
 /// utime + stime of a process, in clock ticks (0 when it is gone).
-pub fn process_cpu_ticks(pid: i32) -> u64 {
+pub(crate) fn process_cpu_ticks(pid: i32) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
     };
@@ -169,7 +169,7 @@ pub fn process_cpu_ticks(pid: i32) -> u64 {
 impl CpuSnapshot {
     /// Now; `excluded` are processes outside the driver's tree whose CPU is part of the work
     /// measured (ipamd).
-    pub fn take(excluded: &[i32]) -> Self {
+    pub(crate) fn take(excluded: &[i32]) -> Self {
         Self {
             busy_ticks: proc_stat_busy_ticks(),
             own_us: rusage_us(libc::RUSAGE_SELF) + rusage_us(libc::RUSAGE_CHILDREN),
@@ -180,7 +180,7 @@ impl CpuSnapshot {
     /// CPU used by anything else between `self` and `later`, as a percentage of all CPUs over
     /// `wall_ns` (0 when nothing else ran). Kernel work done on the driver's behalf in
     /// workqueues (e.g. freeing a deleted veth) also lands here.
-    pub fn foreign_pct(&self, later: &CpuSnapshot, wall_ns: u64, cpus: usize) -> f64 {
+    pub(crate) fn foreign_pct(&self, later: &CpuSnapshot, wall_ns: u64, cpus: usize) -> f64 {
         let tick = clock_ticks_per_second();
         let to_us = |ticks: u64| ticks.saturating_mul(1_000_000) / tick;
         let busy = to_us(later.busy_ticks.saturating_sub(self.busy_ticks));

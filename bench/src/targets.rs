@@ -317,7 +317,7 @@ fn memory_targets(res: &BenchResults, out: &mut Vec<Target>) {
 }
 
 /// Evaluates the targets on this run.
-pub fn targets(res: &BenchResults) -> Vec<Target> {
+pub(crate) fn targets(res: &BenchResults) -> Vec<Target> {
     let mut out = Vec::new();
     plugin_targets(res, &mut out);
     ipamd_targets(res, &mut out);

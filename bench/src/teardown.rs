@@ -7,7 +7,7 @@
 //! of "DEL + netns removal" (and of an ADD+DEL cycle) stops at the later of
 //! - the removal's return (unmount + unlink), and
 //! - the kernel's announcement that the pod's host-side veth was deleted from the node's
-//!   namespace: the RTM_DELLINK notification, received by [`LinkWatch`] on a netlink socket in
+//!   namespace: the RTM_DELLINK notification, received by `LinkWatch` on a netlink socket in
 //!   the node's namespace that is subscribed to link events before the first DEL.
 //!
 //! For ptp the notification arrives during DEL, so its figure is DEL plus the removal call; for
@@ -35,7 +35,7 @@ use super::pods::PodSet;
 
 /// How long a pod's host-side veth may take to go after its namespace was removed before the
 /// pod counts as a failure (the kernel's teardown normally takes milliseconds).
-pub const VETH_GONE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const VETH_GONE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `RTM_DELLINK` (linux/rtnetlink.h).
 const RTM_DELLINK: u16 = 17;
@@ -123,7 +123,7 @@ impl Shared {
 /// Records when links are deleted from a namespace, from the kernel's RTM_DELLINK
 /// notifications (a listener thread on a netlink socket in that namespace).
 #[derive(Debug)]
-pub struct LinkWatch {
+pub(crate) struct LinkWatch {
     shared: Arc<Shared>,
 }
 
@@ -174,7 +174,7 @@ fn listen(fd: &OwnedFd, shared: &Shared) {
 impl LinkWatch {
     /// Starts watching link deletions in the namespace at `netns`; returns once the socket is
     /// subscribed, so every deletion from then on is seen.
-    pub fn start(netns: &Path) -> Result<Self, BenchError> {
+    pub(crate) fn start(netns: &Path) -> Result<Self, BenchError> {
         let shared = Arc::new(Shared::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BenchError>>();
         let netns = netns.to_owned();
@@ -215,7 +215,7 @@ impl LinkWatch {
     }
 
     /// When the deletion of `ifname` was received, if it was.
-    pub fn gone_at(&self, ifname: &str) -> Option<u64> {
+    pub(crate) fn gone_at(&self, ifname: &str) -> Option<u64> {
         self.shared
             .state
             .lock()
@@ -228,7 +228,7 @@ impl LinkWatch {
     /// Waits (at most `timeout`) until `ifname` has been deleted and returns when the deletion
     /// was received (CLOCK_MONOTONIC ns). The caller must be in the watched namespace: if
     /// notifications were lost, the link is looked up by name there instead.
-    pub fn wait_gone(&self, ifname: &str, timeout: Duration) -> Result<u64, String> {
+    pub(crate) fn wait_gone(&self, ifname: &str, timeout: Duration) -> Result<u64, String> {
         let deadline = Instant::now() + timeout;
         let mut state = self
             .shared
@@ -279,7 +279,7 @@ fn link_exists(ifname: &str) -> bool {
 
 /// When a pod's teardown reached each point (CLOCK_MONOTONIC ns).
 #[derive(Debug, Clone, Copy)]
-pub struct Teardown {
+pub(crate) struct Teardown {
     /// The removal of the pod's namespace began (right after DEL was reaped).
     pub removal_start_ns: u64,
     /// The removal returned.
@@ -293,17 +293,17 @@ pub struct Teardown {
 
 impl Teardown {
     /// Where the clock stops: the later of the removal's return and the veth's deletion.
-    pub fn end_ns(&self) -> u64 {
+    pub(crate) fn end_ns(&self) -> u64 {
         self.removed_ns.max(self.veth_gone_ns)
     }
 
     /// The removal call (unmount + unlink).
-    pub fn removal_ns(&self) -> u64 {
+    pub(crate) fn removal_ns(&self) -> u64 {
         self.removed_ns.saturating_sub(self.removal_start_ns)
     }
 
     /// From the removal's return until the veth was gone (0 when it was gone already).
-    pub fn veth_wait_ns(&self) -> u64 {
+    pub(crate) fn veth_wait_ns(&self) -> u64 {
         self.veth_gone_ns.saturating_sub(self.removed_ns)
     }
 }
@@ -312,7 +312,7 @@ impl Teardown {
 /// veth `host_veth` is gone from the node (`None`: the veth is unknown, e.g. ADD failed; only
 /// the removal is done, and the result is an error). Call from a thread in the node's
 /// namespace, with `watch` started before the pod's DEL.
-pub fn finish_pod(
+pub(crate) fn finish_pod(
     set: &PodSet,
     i: usize,
     host_veth: Option<&str>,

@@ -14,6 +14,8 @@
 //! machine's root namespace is never changed. Nothing here depends on ipamd or the AWS SDK, so
 //! the plugin's tests build without them.
 
+#![warn(unreachable_pub)]
+
 pub mod cleanup;
 pub mod imds;
 pub mod ip;

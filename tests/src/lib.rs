@@ -5,6 +5,8 @@
 //! and by the `vpcsim` demo. Everything kernel-related happens in namespaces the harness (or
 //! the containerd it runs) creates and deletes; the machine's root namespace is never changed.
 
+#![warn(unreachable_pub)]
+
 pub mod cni;
 mod cniclient;
 pub mod cri;

@@ -300,12 +300,12 @@ impl RouterState {
     }
 
     /// Forgets everything (the router namespace is being deleted).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.links.clear();
     }
 
     /// ENI ids that currently have a link, with their node namespace and device.
-    pub fn links(&self) -> Vec<(String, String, u32)> {
+    pub(crate) fn links(&self) -> Vec<(String, String, u32)> {
         self.links
             .values()
             .map(|l| (l.eni_id.clone(), l.node_ns.clone(), l.device))

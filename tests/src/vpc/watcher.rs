@@ -405,7 +405,7 @@ pub(crate) struct Watcher {
 
 impl Watcher {
     /// Starts polling.
-    pub fn start(hypervisor: Arc<Hypervisor>) -> Result<Self, VpcError> {
+    pub(super) fn start(hypervisor: Arc<Hypervisor>) -> Result<Self, VpcError> {
         let hv = Arc::clone(&hypervisor);
         let thread = std::thread::Builder::new()
             .name("vcni-hypervisor".into())
@@ -418,7 +418,7 @@ impl Watcher {
     }
 
     /// Stops polling and waits for the thread.
-    pub fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         {
             let mut state = lock(&self.hypervisor.state);
             state.stop = true;
@@ -446,7 +446,7 @@ pub(crate) struct MotoSource {
 
 impl MotoSource {
     /// A source answering from `hypervisor`'s published view.
-    pub fn new(hypervisor: Arc<Hypervisor>) -> Self {
+    pub(super) fn new(hypervisor: Arc<Hypervisor>) -> Self {
         Self { hypervisor }
     }
 }
