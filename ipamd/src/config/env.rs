@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// A source of environment variables.
 pub trait Env {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use super::parse::RandomizeSnat;
 use super::*;
 
 fn base() -> HashMap<String, String> {
