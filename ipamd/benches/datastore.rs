@@ -20,7 +20,7 @@ use std::time::Duration;
 use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
-use ipamd::checkpoint::{CheckpointData, CheckpointError, Checkpointer};
+use ipamd::checkpoint::NullCheckpointer;
 use ipamd::datastore::{Datastore, EniSpec, IpamKey, PodMetadata, SystemClock};
 use ipamd::state::{IpamState, Phase};
 
@@ -29,30 +29,6 @@ const SIZES: [usize; 3] = [250, 10_000, 100_000];
 /// Addresses per ENI (the largest instance types have 50 per interface; a big pool here is
 /// many ENIs' worth, which only exercises the per-ENI maps more).
 const PER_ENI: usize = 50;
-
-/// A checkpointer that keeps nothing.
-#[derive(Debug)]
-struct NoCheckpoint;
-
-impl Checkpointer for NoCheckpoint {
-    fn load(&self) -> Result<Option<CheckpointData>, CheckpointError> {
-        Ok(None)
-    }
-
-    fn save(&self, data: &CheckpointData) -> Result<(), CheckpointError> {
-        black_box(data);
-        Ok(())
-    }
-
-    fn save_encoded(&self, bytes: &[u8]) -> Result<(), CheckpointError> {
-        black_box(bytes);
-        Ok(())
-    }
-
-    fn location(&self) -> String {
-        "nowhere (benchmark)".to_owned()
-    }
-}
 
 fn key(i: usize) -> IpamKey {
     IpamKey {
@@ -139,7 +115,7 @@ fn ipam_state(c: &mut Criterion) {
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
     for n in SIZES {
-        let state = IpamState::new(pool(n), Arc::new(NoCheckpoint));
+        let state = IpamState::new(pool(n), Arc::new(NullCheckpointer));
         state.set_phase(Phase::Ready);
         let k = key(n);
         group.bench_with_input(BenchmarkId::new("add_del", n), &n, |b, _| {

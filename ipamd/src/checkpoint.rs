@@ -359,6 +359,33 @@ impl Checkpointer for FileCheckpointer {
     }
 }
 
+/// Keeps nothing: a pool whose allocations need not survive the process (unit tests, the
+/// datastore benchmark). It loads no checkpoint and takes every write without decoding it,
+/// so a write costs what encoding the allocations costs and nothing more.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NullCheckpointer;
+
+impl Checkpointer for NullCheckpointer {
+    fn load(&self) -> Result<Option<CheckpointData>, CheckpointError> {
+        Ok(None)
+    }
+
+    fn save(&self, data: &CheckpointData) -> Result<(), CheckpointError> {
+        // Taken as if stored, so the optimizer cannot drop the work that produced it.
+        std::hint::black_box(data);
+        Ok(())
+    }
+
+    fn save_encoded(&self, bytes: &[u8]) -> Result<(), CheckpointError> {
+        std::hint::black_box(bytes);
+        Ok(())
+    }
+
+    fn location(&self) -> String {
+        "nowhere (not persisted)".to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

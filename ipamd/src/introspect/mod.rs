@@ -306,26 +306,11 @@ mod tests {
 
     use super::status::get_json;
     use super::*;
-    use crate::checkpoint::{CheckpointData, CheckpointError, Checkpointer};
+    use crate::checkpoint::NullCheckpointer;
     use crate::config::parse::BindAddress;
     use crate::datastore::{EniSpec, IpamKey, ManualClock, PodMetadata};
     use crate::http::{Listener, serve};
     use crate::state::{CloudErrorReport, NodeLimits};
-
-    #[derive(Debug)]
-    struct NoCheckpoint;
-
-    impl Checkpointer for NoCheckpoint {
-        fn load(&self) -> Result<Option<CheckpointData>, CheckpointError> {
-            Ok(None)
-        }
-        fn save(&self, _: &CheckpointData) -> Result<(), CheckpointError> {
-            Ok(())
-        }
-        fn location(&self) -> String {
-            "memory".into()
-        }
-    }
 
     fn config() -> Config {
         let env: HashMap<&str, &str> = HashMap::from([
@@ -359,7 +344,7 @@ mod tests {
                 ds.add_ip(id, ip.parse().unwrap()).unwrap();
             }
         }
-        Arc::new(IpamState::new(ds, Arc::new(NoCheckpoint)))
+        Arc::new(IpamState::new(ds, Arc::new(NullCheckpointer)))
     }
 
     fn key(c: &str) -> IpamKey {

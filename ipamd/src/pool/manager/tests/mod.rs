@@ -14,7 +14,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 
 use super::{ManagerConfig, NodeInfo, PoolManager, Timings};
-use crate::checkpoint::{CheckpointData, CheckpointError, Checkpointer};
+use crate::checkpoint::NullCheckpointer;
 use crate::cloud::ec2::{CLUSTER_NAME_TAG, Ec2ErrorKind, INSTANCE_ID_TAG, NO_MANAGE_TAG, Tags};
 use crate::cloud::ec2_client::{Ec2Client, RetryPolicy};
 use crate::cloud::metadata::{self, fetch_instance};
@@ -25,21 +25,6 @@ use crate::pool::situation::PoolSituation;
 use crate::state::{IpamError, IpamState, Phase};
 use crate::testing::fake_ec2::FakeEc2;
 use crate::testing::fake_ec2::views::{FakeEc2Imds, FakeHost, HostOp};
-
-#[derive(Debug)]
-struct NullCheckpointer;
-
-impl Checkpointer for NullCheckpointer {
-    fn load(&self) -> Result<Option<CheckpointData>, CheckpointError> {
-        Ok(None)
-    }
-    fn save(&self, _: &CheckpointData) -> Result<(), CheckpointError> {
-        Ok(())
-    }
-    fn location(&self) -> String {
-        "/dev/null".into()
-    }
-}
 
 type Manager = PoolManager<Ec2Client<FakeEc2>, FakeEc2Imds, FakeHost>;
 
