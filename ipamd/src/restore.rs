@@ -202,21 +202,19 @@ mod tests {
 
     use super::*;
     use crate::checkpoint::decode;
-    use crate::datastore::{EniSpec, IpamKey, ManualClock, PodMetadata};
+    use crate::datastore::{IpamKey, PodMetadata};
+    use crate::testing::pools::{datastore, key};
 
     fn store() -> Datastore {
-        let mut ds = Datastore::new(Duration::from_secs(30), Arc::new(ManualClock::new()), "n");
-        ds.add_eni(EniSpec {
-            id: "eni-a".into(),
-            device_number: 0,
-            primary_ip: "10.0.0.10".parse().unwrap(),
-            subnet: "10.0.0.0/24".parse().unwrap(),
-        })
-        .unwrap();
-        for ip in ["10.0.0.11", "10.0.0.12", "10.0.0.13"] {
-            ds.add_ip("eni-a", ip.parse().unwrap()).unwrap();
-        }
-        ds
+        datastore(
+            Duration::from_secs(30),
+            &[(
+                "eni-a",
+                0,
+                "10.0.0.10",
+                &["10.0.0.11", "10.0.0.12", "10.0.0.13"],
+            )],
+        )
     }
 
     #[test]
@@ -254,14 +252,7 @@ mod tests {
         let s = ds.stats();
         assert_eq!((s.assigned, s.assignable), (2, 1));
         let (next, _) = ds
-            .assign(
-                &crate::datastore::IpamKey {
-                    network_name: "aws-cni".into(),
-                    container_id: "new".into(),
-                    if_name: "eth0".into(),
-                },
-                crate::datastore::PodMetadata::default(),
-            )
+            .assign(&key("new"), crate::datastore::PodMetadata::default())
             .unwrap();
         assert_eq!(
             next.ip.to_string(),

@@ -242,28 +242,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::testing::fake_imds::{FakeEni, FakeImds};
+    use crate::testing::fake_imds::FakeImds;
 
     fn node() -> FakeImds {
-        FakeImds::new(
-            "i-0123",
-            vec![
-                FakeEni::new(
-                    "02:00:0a:00:00:0a",
-                    "eni-a",
-                    0,
-                    "10.0.0.0/24",
-                    &["10.0.0.10", "10.0.0.11", "10.0.0.12"],
-                ),
-                FakeEni::new(
-                    "02:00:0a:00:00:0b",
-                    "eni-b",
-                    1,
-                    "10.0.0.0/24",
-                    &["10.0.0.20", "10.0.0.21"],
-                ),
-            ],
-        )
+        FakeImds::two_enis("i-0123")
     }
 
     #[tokio::test]

@@ -308,9 +308,10 @@ mod tests {
     use super::*;
     use crate::checkpoint::NullCheckpointer;
     use crate::config::parse::BindAddress;
-    use crate::datastore::{EniSpec, IpamKey, ManualClock, PodMetadata};
+    use crate::datastore::PodMetadata;
     use crate::http::{Listener, serve};
     use crate::state::{CloudErrorReport, NodeLimits};
+    use crate::testing::pools::{key, two_enis};
 
     fn config() -> Config {
         let env: HashMap<&str, &str> = HashMap::from([
@@ -324,35 +325,7 @@ mod tests {
     }
 
     fn state() -> Arc<IpamState> {
-        let mut ds = Datastore::new(
-            Duration::from_secs(30),
-            Arc::new(ManualClock::new()),
-            "note",
-        );
-        for (id, dev, primary, ips) in [
-            ("eni-a", 0, "10.0.0.10", ["10.0.0.11", "10.0.0.12"]),
-            ("eni-b", 1, "10.0.0.20", ["10.0.0.21", "10.0.0.22"]),
-        ] {
-            ds.add_eni(EniSpec {
-                id: id.into(),
-                device_number: dev,
-                primary_ip: primary.parse().unwrap(),
-                subnet: "10.0.0.0/24".parse().unwrap(),
-            })
-            .unwrap();
-            for ip in ips {
-                ds.add_ip(id, ip.parse().unwrap()).unwrap();
-            }
-        }
-        Arc::new(IpamState::new(ds, Arc::new(NullCheckpointer)))
-    }
-
-    fn key(c: &str) -> IpamKey {
-        IpamKey {
-            network_name: "aws-cni".into(),
-            container_id: c.into(),
-            if_name: "eth0".into(),
-        }
+        Arc::new(IpamState::new(two_enis(), Arc::new(NullCheckpointer)))
     }
 
     fn pod(ns: &str, name: &str) -> PodMetadata {

@@ -414,43 +414,10 @@ impl IpamdMetrics {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::Arc;
-
     use super::*;
-    use crate::datastore::{EniSpec, IpamKey, ManualClock, PodMetadata};
+    use crate::datastore::PodMetadata;
     use crate::metrics::exposition::encode;
-
-    fn key(c: &str) -> IpamKey {
-        IpamKey {
-            network_name: "aws-cni".into(),
-            container_id: c.into(),
-            if_name: "eth0".into(),
-        }
-    }
-
-    fn datastore() -> Datastore {
-        let mut ds = Datastore::new(
-            Duration::from_secs(30),
-            Arc::new(ManualClock::new()),
-            "note",
-        );
-        for (id, dev, primary, ips) in [
-            ("eni-a", 0, "10.0.0.10", ["10.0.0.11", "10.0.0.12"]),
-            ("eni-b", 1, "10.0.0.20", ["10.0.0.21", "10.0.0.22"]),
-        ] {
-            ds.add_eni(EniSpec {
-                id: id.into(),
-                device_number: dev,
-                primary_ip: primary.parse().unwrap(),
-                subnet: "10.0.0.0/24".parse().unwrap(),
-            })
-            .unwrap();
-            for ip in ips {
-                ds.add_ip(id, ip.parse().unwrap()).unwrap();
-            }
-        }
-        ds
-    }
+    use crate::testing::pools::{key, two_enis};
 
     fn lines(text: &str, prefix: &str) -> Vec<String> {
         text.lines()
@@ -463,7 +430,7 @@ mod tests {
     fn pool_gauges_follow_the_datastore() {
         let mut registry = Registry::default();
         let m = IpamdMetrics::new(&mut registry);
-        let mut ds = datastore();
+        let mut ds = two_enis();
         ds.assign(&key("a"), PodMetadata::default()).unwrap();
         ds.assign(&key("b"), PodMetadata::default()).unwrap();
         ds.assign(&key("c"), PodMetadata::default()).unwrap();

@@ -159,41 +159,16 @@ mod tests {
     use crate::cloud::metadata::fetch_enis;
     use crate::datastore::{ManualClock, PodMetadata};
     use crate::testing::fake_imds::{FakeEni, FakeImds};
+    use crate::testing::pools::key;
 
     fn fake() -> FakeImds {
-        FakeImds::new(
-            "i-1",
-            vec![
-                FakeEni::new(
-                    "02:00:0a:00:00:0a",
-                    "eni-a",
-                    0,
-                    "10.0.0.0/24",
-                    &["10.0.0.10", "10.0.0.11", "10.0.0.12"],
-                ),
-                FakeEni::new(
-                    "02:00:0a:00:00:0b",
-                    "eni-b",
-                    1,
-                    "10.0.0.0/24",
-                    &["10.0.0.20", "10.0.0.21"],
-                ),
-            ],
-        )
+        FakeImds::two_enis("i-1")
     }
 
     async fn enis(imds: &FakeImds) -> Vec<EniMetadata> {
         fetch_enis(imds, "02:00:0a:00:00:0a".parse().unwrap())
             .await
             .unwrap()
-    }
-
-    fn key(c: &str) -> IpamKey {
-        IpamKey {
-            network_name: "aws-cni".into(),
-            container_id: c.into(),
-            if_name: "eth0".into(),
-        }
     }
 
     async fn store(imds: &FakeImds) -> Datastore {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::checkpoint::{CheckpointData, FileCheckpointer};
-use crate::datastore::{EniSpec, ManualClock};
+use crate::testing::pools::{self, key};
 
 /// A checkpointer that keeps the last save, counts saves, can be told to fail, and can hold
 /// saves until released (to see what requests do while a write is in progress).
@@ -75,14 +75,7 @@ fn datastore(n: u8) -> Datastore {
 }
 
 fn datastore_cooling(n: u8, cooldown: Duration) -> Datastore {
-    let mut ds = Datastore::new(cooldown, Arc::new(ManualClock::new()), "note");
-    ds.add_eni(EniSpec {
-        id: "eni-a".into(),
-        device_number: 0,
-        primary_ip: "10.0.0.10".parse().unwrap(),
-        subnet: "10.0.0.0/24".parse().unwrap(),
-    })
-    .unwrap();
+    let mut ds = pools::datastore(cooldown, &[("eni-a", 0, "10.0.0.10", &[])]);
     for i in 0..n {
         ds.add_ip("eni-a", std::net::Ipv4Addr::new(10, 0, 0, 11 + i))
             .unwrap();
@@ -94,14 +87,6 @@ fn state() -> (IpamState, Arc<MemCheckpointer>) {
     let cp = Arc::new(MemCheckpointer::default());
     let st = IpamState::new(datastore(2), cp.clone());
     (st, cp)
-}
-
-fn key(c: &str) -> IpamKey {
-    IpamKey {
-        network_name: "aws-cni".into(),
-        container_id: c.into(),
-        if_name: "eth0".into(),
-    }
 }
 
 fn saved_ips(cp: &MemCheckpointer) -> Vec<String> {

@@ -67,6 +67,31 @@ impl FakeImds {
         }
     }
 
+    /// `instance_id` with two ENIs in 10.0.0.0/24: eni-a (primary, MAC 02:00:0a:00:00:0a,
+    /// 10.0.0.10 with .11 and .12) and eni-b (device 1, MAC 02:00:0a:00:00:0b, 10.0.0.20 with
+    /// .21).
+    pub fn two_enis(instance_id: &str) -> Self {
+        Self::new(
+            instance_id,
+            vec![
+                FakeEni::new(
+                    "02:00:0a:00:00:0a",
+                    "eni-a",
+                    0,
+                    "10.0.0.0/24",
+                    &["10.0.0.10", "10.0.0.11", "10.0.0.12"],
+                ),
+                FakeEni::new(
+                    "02:00:0a:00:00:0b",
+                    "eni-b",
+                    1,
+                    "10.0.0.0/24",
+                    &["10.0.0.20", "10.0.0.21"],
+                ),
+            ],
+        )
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
