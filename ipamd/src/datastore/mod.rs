@@ -313,21 +313,44 @@ impl Datastore {
                 break;
             }
             self.cooling_queue.pop_front();
-            let Some(addr) = self.addrs.get_mut(&ip) else {
-                continue;
-            };
-            if !matches!(addr.state, AddrState::Cooling { seq: s } if s == seq) {
-                continue;
+            // A stale entry (the address was removed, or cooled and was assigned again since).
+            if self
+                .addrs
+                .get(&ip)
+                .is_some_and(|a| matches!(a.state, AddrState::Cooling { seq: s } if s == seq))
+            {
+                self.set_free(ip);
             }
-            addr.state = AddrState::Free;
-            let device = addr.device;
+        }
+    }
+
+    /// Makes an assigned or cooling address free: it leaves the counts of the state it was in
+    /// (the pool's and its ENI's) and joins its ENI's free set, offered to new pods unless the
+    /// ENI is excluded.
+    fn set_free(&mut self, ip: Ipv4Addr) {
+        let Some(addr) = self.addrs.get_mut(&ip) else {
+            return;
+        };
+        let was_cooling = match std::mem::replace(&mut addr.state, AddrState::Free) {
+            AddrState::Cooling { .. } => true,
+            AddrState::Assigned(_) => false,
+            AddrState::Free => return,
+        };
+        let device = addr.device;
+        if was_cooling {
             self.cooling -= 1;
-            if let Some(eni) = self.enis.get_mut(&device) {
+        } else {
+            self.assigned -= 1;
+        }
+        if let Some(eni) = self.enis.get_mut(&device) {
+            if was_cooling {
                 eni.cooling -= 1;
-                eni.free.insert(ip);
-                if !eni.excluded {
-                    self.with_free.insert(device);
-                }
+            } else {
+                eni.assigned -= 1;
+            }
+            eni.free.insert(ip);
+            if !eni.excluded {
+                self.with_free.insert(device);
             }
         }
     }
@@ -388,18 +411,35 @@ impl Datastore {
             self.with_free.remove(&device);
         }
         eni.assigned += 1;
+        let assigned_at = self.clock.wall();
+        Ok((
+            self.record_assigned(ip, device, key, metadata, assigned_at),
+            true,
+        ))
+    }
+
+    /// Records `ip` of ENI `device` as assigned to `key`, once the ENI has counted it out of
+    /// its free addresses and into its assigned ones.
+    fn record_assigned(
+        &mut self,
+        ip: Ipv4Addr,
+        device: u32,
+        key: &IpamKey,
+        metadata: PodMetadata,
+        assigned_at: SystemTime,
+    ) -> Assignment {
         self.assigned += 1;
         let info = AssignedInfo {
             key: key.clone(),
             metadata,
-            assigned_at: self.clock.wall(),
+            assigned_at,
         };
         let assignment = self.assignment(ip, device, &info);
         if let Some(addr) = self.addrs.get_mut(&ip) {
             addr.state = AddrState::Assigned(Box::new(info));
         }
         self.by_key.insert(key.clone(), ip);
-        Ok((assignment, true))
+        assignment
     }
 
     /// Undoes a fresh [`Datastore::assign`] (the checkpoint could not be written): the address
@@ -408,21 +448,12 @@ impl Datastore {
         let Some(ip) = self.by_key.remove(key) else {
             return;
         };
-        let Some(addr) = self.addrs.get_mut(&ip) else {
-            return;
-        };
-        if !matches!(addr.state, AddrState::Assigned(_)) {
-            return;
-        }
-        addr.state = AddrState::Free;
-        let device = addr.device;
-        self.assigned -= 1;
-        if let Some(eni) = self.enis.get_mut(&device) {
-            eni.assigned -= 1;
-            eni.free.insert(ip);
-            if !eni.excluded {
-                self.with_free.insert(device);
-            }
+        if self
+            .addrs
+            .get(&ip)
+            .is_some_and(|a| matches!(a.state, AddrState::Assigned(_)))
+        {
+            self.set_free(ip);
         }
     }
 
@@ -471,18 +502,7 @@ impl Datastore {
             }
             eni.assigned += 1;
         }
-        self.assigned += 1;
-        let info = AssignedInfo {
-            key: key.clone(),
-            metadata,
-            assigned_at,
-        };
-        let assignment = self.assignment(ip, device, &info);
-        if let Some(addr) = self.addrs.get_mut(&ip) {
-            addr.state = AddrState::Assigned(Box::new(info));
-        }
-        self.by_key.insert(key.clone(), ip);
-        Ok(assignment)
+        Ok(self.record_assigned(ip, device, key, metadata, assigned_at))
     }
 
     /// Releases the address of `key` into cooldown (or straight to free with a zero cooldown).
