@@ -1,7 +1,9 @@
 //! Following instance metadata: what the datastore must change so its ENIs and secondary IPs
 //! match what IMDS lists. Addresses that appear are adopted; free ones that vanish are dropped;
 //! assigned ones are never dropped because metadata lags (they are logged and kept); an ENI that
-//! vanished is dropped only once no pod uses it.
+//! vanished is dropped only once no pod uses it. Also the two steps of putting what appeared
+//! into the datastore, whoever saw it (metadata here, EC2 in the pool manager): [`add_ips`] and
+//! [`add_eni_with_ips`].
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
@@ -78,22 +80,53 @@ pub fn eni_spec(eni: &EniMetadata) -> EniSpec {
     }
 }
 
-/// Adds an ENI and its secondary addresses; returns how many addresses were added.
+/// Adds an ENI as metadata describes it, with its secondary addresses; returns how many
+/// addresses were added.
 ///
 /// # Errors
 /// The ENI (id or device number) is already known.
 pub fn add_eni(ds: &mut Datastore, eni: &EniMetadata) -> Result<usize, DatastoreError> {
-    ds.add_eni(eni_spec(eni))?;
-    let mut added = 0;
-    for ip in &eni.secondary_ips {
-        match ds.add_ip(&eni.id, *ip) {
-            Ok(()) => added += 1,
-            Err(e) => {
-                tracing::warn!(eni = %eni.id, %ip, error = %e, "secondary IP not added to the pool")
-            }
+    add_eni_with_ips(ds, eni_spec(eni), eni.secondary_ips.iter().copied())
+}
+
+/// Adds an ENI, then `ips` to it ([`add_ips`]); returns how many addresses were added.
+///
+/// # Errors
+/// The ENI (id or device number) is already known; no address was added.
+pub fn add_eni_with_ips(
+    ds: &mut Datastore,
+    spec: EniSpec,
+    ips: impl IntoIterator<Item = Ipv4Addr>,
+) -> Result<usize, DatastoreError> {
+    let id = spec.id.clone();
+    ds.add_eni(spec)?;
+    Ok(add_ips(ds, &id, ips).len())
+}
+
+/// Adds to ENI `eni` those of `ips` it does not hold yet (nor its own primary address, never a
+/// pod's), logging each the datastore refuses. Returns the addresses added, in order.
+pub fn add_ips(
+    ds: &mut Datastore,
+    eni: &str,
+    ips: impl IntoIterator<Item = Ipv4Addr>,
+) -> Vec<Ipv4Addr> {
+    let known: HashSet<Ipv4Addr> = ds
+        .eni_addresses(eni)
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect();
+    let primary = ds.eni(eni).map(|v| v.spec.primary_ip);
+    let mut added = Vec::new();
+    for ip in ips {
+        if known.contains(&ip) || Some(ip) == primary {
+            continue;
+        }
+        match ds.add_ip(eni, ip) {
+            Ok(()) => added.push(ip),
+            Err(e) => tracing::warn!(%eni, %ip, error = %e, "address not added to the pool"),
         }
     }
-    Ok(added)
+    added
 }
 
 /// What applying a diff changed.

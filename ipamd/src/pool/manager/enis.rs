@@ -21,6 +21,7 @@ use crate::mac::MacAddr;
 use crate::node_network::host::SecondaryEni;
 use crate::pool::host::EniHost;
 use crate::pool::policy::{self, Capacity};
+use crate::pool::reconcile;
 
 impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
     pub(super) fn secondary(
@@ -455,25 +456,19 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
 /// Puts a new ENI, brought up as `spec`, into the datastore with its secondary addresses.
 /// Returns how many entered the pool; `None` when the datastore refused the ENI.
 fn add_new_eni(ds: &mut Datastore, spec: &SecondaryEni, secondary: &[Ipv4Addr]) -> Option<u32> {
-    if let Err(e) = ds.add_eni(EniSpec {
+    let eni = EniSpec {
         id: spec.id.clone(),
         device_number: spec.device_number,
         primary_ip: spec.primary_ip,
         subnet: spec.subnet,
-    }) {
-        tracing::warn!(eni = %spec.id, error = %e, "new ENI not added to the pool");
-        return None;
-    }
-    let mut n = 0u32;
-    for ip in secondary {
-        match ds.add_ip(&spec.id, *ip) {
-            Ok(()) => n += 1,
-            Err(e) => {
-                tracing::warn!(eni = %spec.id, %ip, error = %e, "address not added to the pool")
-            }
+    };
+    match reconcile::add_eni_with_ips(ds, eni, secondary.iter().copied()) {
+        Ok(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        Err(e) => {
+            tracing::warn!(eni = %spec.id, error = %e, "new ENI not added to the pool");
+            None
         }
     }
-    Some(n)
 }
 
 /// A fresh idempotency token for `CreateNetworkInterface`.

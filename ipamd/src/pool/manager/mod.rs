@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 
 use super::host::EniHost;
 use super::policy::{self, Counts, EniState, Grow, Targets};
+use super::reconcile;
 use super::situation::PoolSituation;
 use super::subnets::SubnetPicker;
 use crate::cloud::ec2::{
@@ -643,22 +644,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         };
         let added = self
             .state
-            .with_datastore(|ds| {
-                let known: HashSet<Ipv4Addr> =
-                    ds.eni_addresses(eni).into_iter().map(|(ip, _)| ip).collect();
-                let primary = ds.eni(eni).map(|v| v.spec.primary_ip);
-                let mut added = Vec::new();
-                for ip in ips {
-                    if known.contains(&ip) || Some(ip) == primary {
-                        continue;
-                    }
-                    match ds.add_ip(eni, ip) {
-                        Ok(()) => added.push(ip),
-                        Err(e) => tracing::warn!(%eni, %ip, error = %e, "address from EC2 not added to the pool"),
-                    }
-                }
-                added
-            })
+            .with_datastore(|ds| reconcile::add_ips(ds, eni, ips))
             .await;
         for ip in &added {
             self.released.remove(ip);
@@ -691,19 +677,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         let added = self
             .state
             .with_datastore(|ds| {
-                let known: HashSet<Ipv4Addr> =
-                    ds.eni_addresses(eni).into_iter().map(|(ip, _)| ip).collect();
-                let mut added = Vec::new();
-                for ip in shown.secondary_ips() {
-                    if known.contains(&ip) || released.contains_key(&ip) {
-                        continue;
-                    }
-                    match ds.add_ip(eni, ip) {
-                        Ok(()) => added.push(ip),
-                        Err(e) => tracing::warn!(%eni, %ip, error = %e, "address EC2 shows not added to the pool"),
-                    }
-                }
-                added
+                let not_released = shown
+                    .secondary_ips()
+                    .into_iter()
+                    .filter(|ip| !released.contains_key(ip));
+                reconcile::add_ips(ds, eni, not_released)
             })
             .await;
         if !added.is_empty() {

@@ -14,7 +14,7 @@ use super::PoolManager;
 use crate::cloud::ec2::{Ec2Api, Filter, NetworkInterface};
 use crate::cloud::imds::Imds;
 use crate::cloud::metadata::{self, EniMetadata};
-use crate::datastore::{Datastore, EniSpec};
+use crate::datastore::Datastore;
 use crate::pool::host::EniHost;
 use crate::pool::reconcile::{self, Diff};
 
@@ -261,26 +261,15 @@ fn add_attached_eni(
     shown: &NetworkInterface,
     released: &HashMap<Ipv4Addr, Instant>,
 ) -> Option<usize> {
-    if let Err(e) = ds.add_eni(EniSpec {
-        id: md.id.clone(),
-        device_number: md.device_number,
-        primary_ip: md.primary_ip,
-        subnet: md.subnet,
-    }) {
-        tracing::warn!(eni = %md.id, error = %e, "ENI not added to the pool");
-        return None;
-    }
-    let mut n = 0;
-    for ip in shown.secondary_ips() {
-        if released.contains_key(&ip) {
-            continue;
-        }
-        match ds.add_ip(&md.id, ip) {
-            Ok(()) => n += 1,
-            Err(e) => {
-                tracing::warn!(eni = %md.id, %ip, error = %e, "address not added to the pool")
-            }
+    let not_released = shown
+        .secondary_ips()
+        .into_iter()
+        .filter(|ip| !released.contains_key(ip));
+    match reconcile::add_eni_with_ips(ds, reconcile::eni_spec(md), not_released) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(eni = %md.id, error = %e, "ENI not added to the pool");
+            None
         }
     }
-    Some(n)
 }
