@@ -22,10 +22,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// # Errors
 /// The underlying I/O error; the temp file is removed on failure.
 pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let dir = parent_dir(path);
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let (dir, file_name) = dir_and_name(path)?;
     let tmp = dir.join(temp_name(file_name));
     let result = write_and_rename(&tmp, path, contents, mode);
     if result.is_err() {
@@ -54,10 +51,7 @@ pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 /// # Errors
 /// The underlying I/O error; the subdirectory is removed on failure.
 pub fn atomic_publish(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let dir = parent_dir(path);
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let (dir, file_name) = dir_and_name(path)?;
     let staging = dir.join(temp_name(file_name));
     fs::create_dir(&staging)?;
     let result = write_and_rename(&staging.join(file_name), path, contents, mode);
@@ -68,6 +62,14 @@ pub fn atomic_publish(path: &Path, contents: &[u8], mode: u32) -> io::Result<()>
     removed?;
     remove_stale_temp_files(path);
     sync_dir(&dir)
+}
+
+/// The directory `path` is in and its file name.
+fn dir_and_name(path: &Path) -> io::Result<(PathBuf, &std::ffi::OsStr)> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    Ok((parent_dir(path), file_name))
 }
 
 /// `.<name>.tmp-<pid>-<n>`: hidden, unique per write, and recognisable by
@@ -155,20 +157,30 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn replaces_content_and_leaves_no_temp_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        atomic_write(&path, b"one", 0o644).unwrap();
-        atomic_write(&path, b"two", 0o600).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let names: Vec<_> = fs::read_dir(dir.path())
+    fn names(dir: &Path) -> Vec<std::ffi::OsString> {
+        fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+            .collect()
+    }
+
+    #[test]
+    fn both_writers_replace_content_and_leave_only_the_file() {
+        type Writer = fn(&Path, &[u8], u32) -> io::Result<()>;
+        let writers: [(Writer, &str); 2] = [
+            (atomic_write, "state.json"),
+            (atomic_publish, "10-aws.conflist"),
+        ];
+        for (write, name) in writers {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(name);
+            write(&path, b"one", 0o644).unwrap();
+            write(&path, b"two", 0o600).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), b"two", "{name}");
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+            assert_eq!(names(dir.path()), vec![std::ffi::OsString::from(name)]);
+        }
     }
 
     #[test]
@@ -189,22 +201,6 @@ mod tests {
         assert_eq!(removed, vec![".ipam.json.tmp-2147483647-3".to_owned()]);
         assert!(!dead.exists() && ours.exists() && other.exists());
         assert_eq!(fs::read(&path).unwrap(), b"{}");
-    }
-
-    #[test]
-    fn publish_replaces_content_and_leaves_only_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("10-aws.conflist");
-        atomic_publish(&path, b"one", 0o644).unwrap();
-        atomic_publish(&path, b"two", 0o600).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("10-aws.conflist")]);
     }
 
     #[test]
@@ -230,11 +226,10 @@ mod tests {
         fs::create_dir(&path).unwrap();
         fs::write(path.join("keep"), b"x").unwrap();
         assert!(atomic_publish(&path, b"{}", 0o644).is_err());
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("10-aws.conflist")]);
+        assert_eq!(
+            names(dir.path()),
+            vec![std::ffi::OsString::from("10-aws.conflist")]
+        );
     }
 
     #[test]
