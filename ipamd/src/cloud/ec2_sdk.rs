@@ -126,6 +126,38 @@ fn client_from(shared: &aws_config::SdkConfig, endpoint: Option<&str>) -> Client
     Client::from_conf(builder.build())
 }
 
+/// Awaits one request; an SDK failure becomes the [`Ec2Error`] of `api`.
+async fn send<T, E>(
+    api: &'static str,
+    request: impl Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+) -> Result<T, Ec2Error>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    request.await.map_err(|e| convert(api, &e))
+}
+
+/// Every item of a paginated call: `page` sends the request for one page, given the token
+/// the previous page ended with (none for the first), and returns the page's items and its
+/// token; an absent or empty token ends the listing.
+async fn all_pages<T, P, F>(mut page: P) -> Result<Vec<T>, Ec2Error>
+where
+    P: FnMut(Option<String>) -> F,
+    F: Future<Output = Result<(Vec<T>, Option<String>), Ec2Error>>,
+{
+    let mut all = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let (items, next) = page(token.take()).await?;
+        all.extend(items);
+        match next {
+            Some(t) if !t.is_empty() => token = Some(t),
+            _ => break,
+        }
+    }
+    Ok(all)
+}
+
 /// Converts an SDK failure, keeping EC2's code and message.
 fn convert<E>(api: &'static str, err: &SdkError<E, HttpResponse>) -> Ec2Error
 where
@@ -312,17 +344,14 @@ impl Ec2Api for SdkEc2 {
     ) -> Result<Vec<InstanceTypeLimits>, Ec2Error> {
         const API: &str = "DescribeInstanceTypes";
         let client = self.client(API).await?;
-        let out = client
+        let types = instance_types
+            .iter()
+            .map(|t| sdk::InstanceType::from(t.as_str()))
+            .collect();
+        let request = client
             .describe_instance_types()
-            .set_instance_types(Some(
-                instance_types
-                    .iter()
-                    .map(|t| sdk::InstanceType::from(t.as_str()))
-                    .collect(),
-            ))
-            .send()
-            .await
-            .map_err(|e| convert(API, &e))?;
+            .set_instance_types(Some(types));
+        let out = send(API, request.send()).await?;
         let mut limits = Vec::new();
         for info in out.instance_types() {
             let Some(name) = info.instance_type().map(|t| t.as_str().to_owned()) else {
@@ -375,12 +404,10 @@ impl Ec2Api for SdkEc2 {
             return Ok(Vec::new());
         }
         let client = self.client(API).await?;
-        let out = client
+        let request = client
             .describe_network_interfaces()
-            .set_network_interface_ids(Some(eni_ids.to_vec()))
-            .send()
-            .await
-            .map_err(|e| convert(API, &e))?;
+            .set_network_interface_ids(Some(eni_ids.to_vec()));
+        let out = send(API, request.send()).await?;
         network_interfaces(API, out.network_interfaces())
     }
 
@@ -391,61 +418,49 @@ impl Ec2Api for SdkEc2 {
         const API: &str = "DescribeNetworkInterfaces";
         let client = self.client(API).await?;
         let sdk_filters = sdk_filters(filters);
-        let mut all = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let out = client
+        all_pages(|token| {
+            let request = client
                 .describe_network_interfaces()
                 .set_filters(Some(sdk_filters.clone()))
                 .max_results(PAGE_SIZE)
-                .set_next_token(token.take())
-                .send()
-                .await
-                .map_err(|e| convert(API, &e))?;
-            all.extend(network_interfaces(API, out.network_interfaces())?);
-            match out.next_token() {
-                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
-                _ => break,
+                .set_next_token(token);
+            async move {
+                let out = send(API, request.send()).await?;
+                let enis = network_interfaces(API, out.network_interfaces())?;
+                Ok((enis, out.next_token().map(str::to_owned)))
             }
-        }
-        Ok(all)
+        })
+        .await
     }
 
     async fn describe_subnets(&self, filters: &[Filter]) -> Result<Vec<Subnet>, Ec2Error> {
         const API: &str = "DescribeSubnets";
         let client = self.client(API).await?;
         let sdk_filters = sdk_filters(filters);
-        let mut all = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let out = client
+        all_pages(|token| {
+            let request = client
                 .describe_subnets()
                 .set_filters(Some(sdk_filters.clone()))
                 .max_results(PAGE_SIZE)
-                .set_next_token(token.take())
-                .send()
-                .await
-                .map_err(|e| convert(API, &e))?;
-            for s in out.subnets() {
-                all.push(subnet(API, s)?);
+                .set_next_token(token);
+            async move {
+                let out = send(API, request.send()).await?;
+                let subnets = out
+                    .subnets()
+                    .iter()
+                    .map(|s| subnet(API, s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((subnets, out.next_token().map(str::to_owned)))
             }
-            match out.next_token() {
-                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
-                _ => break,
-            }
-        }
-        Ok(all)
+        })
+        .await
     }
 
     async fn describe_instance(&self, instance_id: &str) -> Result<Instance, Ec2Error> {
         const API: &str = "DescribeInstances";
         let client = self.client(API).await?;
-        let out = client
-            .describe_instances()
-            .instance_ids(instance_id)
-            .send()
-            .await
-            .map_err(|e| convert(API, &e))?;
+        let request = client.describe_instances().instance_ids(instance_id);
+        let out = send(API, request.send()).await?;
         let inst = out
             .reservations()
             .iter()
@@ -506,7 +521,7 @@ impl Ec2Api for SdkEc2 {
                     .build(),
             );
         }
-        let out = call.send().await.map_err(|e| convert(API, &e))?;
+        let out = send(API, call.send()).await?;
         let eni = out.network_interface().ok_or_else(|| {
             Ec2Error::new(
                 API,
@@ -525,15 +540,13 @@ impl Ec2Api for SdkEc2 {
     ) -> Result<String, Ec2Error> {
         const API: &str = "AttachNetworkInterface";
         let client = self.client(API).await?;
-        let out = client
+        let request = client
             .attach_network_interface()
             .network_interface_id(eni_id)
             .instance_id(instance_id)
             .device_index(i32::try_from(device_index).unwrap_or(i32::MAX))
-            .network_card_index(0)
-            .send()
-            .await
-            .map_err(|e| convert(API, &e))?;
+            .network_card_index(0);
+        let out = send(API, request.send()).await?;
         out.attachment_id().map(str::to_owned).ok_or_else(|| {
             Ec2Error::new(
                 API,
@@ -550,43 +563,33 @@ impl Ec2Api for SdkEc2 {
     ) -> Result<(), Ec2Error> {
         const API: &str = "ModifyNetworkInterfaceAttribute";
         let client = self.client(API).await?;
-        client
+        let change = sdk::NetworkInterfaceAttachmentChanges::builder()
+            .attachment_id(attachment_id)
+            .delete_on_termination(true)
+            .build();
+        let request = client
             .modify_network_interface_attribute()
             .network_interface_id(eni_id)
-            .attachment(
-                sdk::NetworkInterfaceAttachmentChanges::builder()
-                    .attachment_id(attachment_id)
-                    .delete_on_termination(true)
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| convert(API, &e))?;
-        Ok(())
+            .attachment(change);
+        send(API, request.send()).await.map(drop)
     }
 
     async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
         const API: &str = "DetachNetworkInterface";
         let client = self.client(API).await?;
-        client
+        let request = client
             .detach_network_interface()
-            .attachment_id(attachment_id)
-            .send()
-            .await
-            .map_err(|e| convert(API, &e))?;
-        Ok(())
+            .attachment_id(attachment_id);
+        send(API, request.send()).await.map(drop)
     }
 
     async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
         const API: &str = "DeleteNetworkInterface";
         let client = self.client(API).await?;
-        client
+        let request = client
             .delete_network_interface()
-            .network_interface_id(eni_id)
-            .send()
-            .await
-            .map_err(|e| convert(API, &e))?;
-        Ok(())
+            .network_interface_id(eni_id);
+        send(API, request.send()).await.map(drop)
     }
 
     async fn assign_private_ip_addresses(
@@ -596,13 +599,11 @@ impl Ec2Api for SdkEc2 {
     ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
         const API: &str = "AssignPrivateIpAddresses";
         let client = self.client(API).await?;
-        let out = client
+        let request = client
             .assign_private_ip_addresses()
             .network_interface_id(eni_id)
-            .secondary_private_ip_address_count(i32::try_from(count).unwrap_or(i32::MAX))
-            .send()
-            .await
-            .map_err(|e| convert(API, &e))?;
+            .secondary_private_ip_address_count(i32::try_from(count).unwrap_or(i32::MAX));
+        let out = send(API, request.send()).await?;
         out.assigned_private_ip_addresses()
             .iter()
             .filter_map(|a| a.private_ip_address())
@@ -620,14 +621,11 @@ impl Ec2Api for SdkEc2 {
             return Ok(());
         }
         let client = self.client(API).await?;
-        client
+        let request = client
             .unassign_private_ip_addresses()
             .network_interface_id(eni_id)
-            .set_private_ip_addresses(Some(ips.iter().map(ToString::to_string).collect()))
-            .send()
-            .await
-            .map_err(|e| convert(API, &e))?;
-        Ok(())
+            .set_private_ip_addresses(Some(ips.iter().map(ToString::to_string).collect()));
+        send(API, request.send()).await.map(drop)
     }
 
     async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<(), Ec2Error> {
@@ -636,13 +634,62 @@ impl Ec2Api for SdkEc2 {
             return Ok(());
         }
         let client = self.client(API).await?;
-        client
+        let request = client
             .create_tags()
             .set_resources(Some(resource_ids.to_vec()))
-            .set_tags(Some(sdk_tags(tags)))
-            .send()
+            .set_tags(Some(sdk_tags(tags)));
+        send(API, request.send()).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn all_pages_follows_tokens_until_an_absent_or_empty_one() {
+        for last in [None, Some(String::new())] {
+            let mut asked = Vec::new();
+            let items = all_pages(|token| {
+                asked.push(token.clone());
+                let next = match token.as_deref() {
+                    None => Some("p2".to_owned()),
+                    Some("p2") => Some("p3".to_owned()),
+                    _ => last.clone(),
+                };
+                let page = vec![asked.len()];
+                async move { Ok((page, next)) }
+            })
             .await
-            .map_err(|e| convert(API, &e))?;
-        Ok(())
+            .unwrap();
+            assert_eq!(items, [1, 2, 3]);
+            assert_eq!(asked, [None, Some("p2".into()), Some("p3".into())]);
+        }
+    }
+
+    #[tokio::test]
+    async fn all_pages_stops_at_the_first_failed_page() {
+        let mut pages = 0;
+        let err = all_pages(|_| {
+            pages += 1;
+            let n = pages;
+            async move {
+                if n == 2 {
+                    Err(Ec2Error::new(
+                        "DescribeSubnets",
+                        Ec2ErrorKind::Server,
+                        "unavailable",
+                    ))
+                } else {
+                    Ok((vec![n], Some("more".to_owned())))
+                }
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind, Ec2ErrorKind::Server);
+        assert_eq!(pages, 2);
     }
 }
