@@ -344,7 +344,6 @@ pub(crate) fn criterion_results(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

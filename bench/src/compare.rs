@@ -189,7 +189,6 @@ fn target_changes(w: &mut String, res: &BenchResults, before: &[Value]) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

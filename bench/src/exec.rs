@@ -221,7 +221,6 @@ fn wait4(pid: u32) -> std::io::Result<i32> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

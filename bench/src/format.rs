@@ -82,7 +82,6 @@ pub(super) fn verdict(met: Option<bool>) -> &'static str {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -697,7 +697,6 @@ pub fn on_tmpfs(path: &Path) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

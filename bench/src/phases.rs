@@ -332,7 +332,7 @@ pub(crate) fn kernel_floor_in_process(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::float_cmp)]
+#[allow(clippy::float_cmp)]
 mod tests {
     use super::*;
 

@@ -217,7 +217,6 @@ pub fn host_veth(result: &Value) -> Option<&str> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

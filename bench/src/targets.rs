@@ -325,7 +325,6 @@ pub(crate) fn targets(res: &BenchResults) -> Vec<Target> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -341,7 +341,6 @@ pub(crate) fn finish_pod(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

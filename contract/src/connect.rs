@@ -123,7 +123,6 @@ pub async fn connect(socket: &Path, timeouts: Timeouts) -> Result<Channel, Conne
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use tokio_stream::wrappers::UnixListenerStream;
     use tonic_health::pb::HealthCheckRequest;

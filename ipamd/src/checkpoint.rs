@@ -388,7 +388,6 @@ impl Checkpointer for NullCheckpointer {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -177,7 +177,6 @@ pub fn write(config: &Config, dir: &Path) -> Result<PathBuf, ConflistError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use std::collections::HashMap;
 

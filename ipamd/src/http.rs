@@ -229,7 +229,6 @@ async fn serve_connection(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     // Unix sockets only: unit tests open no TCP listener in the machine's network namespace.
 

@@ -359,7 +359,6 @@ pub async fn set_node_sysctls(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use std::collections::HashMap;
 

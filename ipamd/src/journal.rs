@@ -445,7 +445,6 @@ async fn write_loop(j: Arc<Journal>) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -249,7 +249,6 @@ pub async fn resolve(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::cloud::ec2::Ec2ErrorKind;

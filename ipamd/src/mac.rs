@@ -53,7 +53,6 @@ impl fmt::Display for MacAddr {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

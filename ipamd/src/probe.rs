@@ -261,7 +261,6 @@ pub async fn probe(opts: &ProbeOptions) -> Result<(), ProbeError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -198,7 +198,6 @@ pub async fn sweep_forever(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::checkpoint::decode;

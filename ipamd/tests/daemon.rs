@@ -1,7 +1,6 @@
 //! The real `ipamd` binary in a throwaway node namespace, against a small IMDSv2 server running
 //! inside that namespace: start-up and readiness, secondary ENI bring-up, the gRPC contract,
 //! exhaustion, metadata following, restart with checkpoint restore, shutdown, config errors.
-
 #![allow(clippy::unwrap_used)]
 
 mod common;

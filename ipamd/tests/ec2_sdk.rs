@@ -2,7 +2,6 @@
 //! it returns, how EC2's errors are classified, and which endpoint wins. moto (the tests'
 //! launcher, `test_support::moto`) runs inside a throwaway network namespace; the client runs
 //! on a thread that entered it.
-
 #![allow(clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, SocketAddrV4};

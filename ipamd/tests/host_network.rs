@@ -1,6 +1,5 @@
 //! Kernel tests of `ipamd::node_network::host` in throwaway namespaces: secondary ENI bring-up,
 //! idempotency, primary MTU, pod-rule deletion.
-
 #![allow(clippy::unwrap_used)]
 
 mod common;

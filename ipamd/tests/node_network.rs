@@ -3,7 +3,6 @@
 //! reference's SNAT/connmark/NodePort rules, rules 1024 and 1535 and rp_filter are programmed,
 //! a second pass changes nothing, stale and duplicated rules ipamd owns are removed, rules it
 //! does not own (kube-proxy's) stay, and the external-SNAT settings take everything away.
-
 #![allow(clippy::unwrap_used)]
 
 mod common;

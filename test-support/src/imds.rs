@@ -549,7 +549,6 @@ fn identity_document(node: &crate::metadata::NodeDescription) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use std::path::Path;
 

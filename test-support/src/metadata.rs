@@ -398,7 +398,6 @@ impl MetadataSource for FileSource {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

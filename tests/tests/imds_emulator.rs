@@ -2,7 +2,6 @@
 //!
 //! Every server and client socket lives in a throwaway namespace (opened from a thread that
 //! entered it), so nothing listens or connects in the machine's root namespace.
-
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -2,8 +2,6 @@
 //! VPC address through aws-cni and the conflist ipamd wrote, and `--rm` leaves nothing behind;
 //! `podman network disconnect` / `connect` behave as docs/contracts.md ("DEL") says.
 
-#![allow(clippy::unwrap_used)]
-
 use std::io::{BufRead, BufReader, Read};
 use std::net::Ipv4Addr;
 use std::sync::mpsc;

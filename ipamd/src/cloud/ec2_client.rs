@@ -547,7 +547,6 @@ impl<E: Ec2Api> Ec2Api for Ec2Client<E> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::testing::fake_ec2::FakeEc2;

@@ -644,7 +644,6 @@ impl Ec2Api for SdkEc2 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -309,7 +309,6 @@ impl Imds for SdkImds {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -239,7 +239,6 @@ async fn fetch_eni(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::testing::fake_imds::FakeImds;

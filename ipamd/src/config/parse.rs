@@ -335,7 +335,6 @@ pub fn parse_non_empty(value: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -1,6 +1,5 @@
 //! Tests of the datastore: ENIs and addresses, assignment and release, cooldown, exhaustion
 //! reasons, restore and rollback.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
 

@@ -299,7 +299,6 @@ pub async fn pool_report(state: &IpamState, mode: &str) -> PoolReport {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use std::collections::HashMap;
     use std::time::Duration;

@@ -354,7 +354,6 @@ fn eni_table(enis: &BTreeMap<String, EniInfos>) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::introspect::wire::{CloudErrorJson, EniInfo, LimitsJson, SubnetJson};

@@ -87,7 +87,6 @@ pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use prometheus_client::encoding::EncodeLabelSet;
     use prometheus_client::metrics::family::Family;

@@ -412,7 +412,6 @@ impl IpamdMetrics {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::datastore::PodMetadata;

@@ -322,7 +322,6 @@ impl Iptables {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

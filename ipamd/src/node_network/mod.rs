@@ -535,7 +535,6 @@ impl NodeNetwork {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

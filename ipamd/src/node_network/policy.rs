@@ -239,7 +239,6 @@ pub fn ensure_rp_filter(link: &str) -> Result<Option<String>, SysctlError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -191,7 +191,6 @@ impl<E: Ec2Api> LeakCleaner<E> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::cloud::ec2::NO_MANAGE_TAG;

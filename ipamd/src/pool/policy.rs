@@ -273,7 +273,6 @@ pub fn addresses_of_new_node(t: Targets, cap: Capacity) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -183,7 +183,6 @@ pub fn apply(ds: &mut Datastore, diff: &Diff) -> Applied {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use std::sync::Arc;
     use std::time::Duration;

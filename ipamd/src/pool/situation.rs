@@ -199,7 +199,6 @@ impl CapacityNote for PoolSituation {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::limits::LimitsSource;

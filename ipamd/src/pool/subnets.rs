@@ -291,7 +291,6 @@ impl SubnetPicker {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::cloud::ec2::Tags;

@@ -1,7 +1,6 @@
 //! Tests of the pool state: phases, checkpointing of every change, rollback, GC, and the group
 //! commit (durability of acknowledged changes, shared writes, rollback of a failed write's
 //! changes and of those made meanwhile, requests about a key waiting for its write).
-#![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex as StdMutex};

@@ -26,7 +26,6 @@ pub struct FakeEni {
 
 impl FakeEni {
     /// Builds an ENI from strings; panics on malformed test input.
-    #[allow(clippy::unwrap_used)]
     pub fn new(mac: &str, id: &str, device_number: u32, subnet: &str, ips: &[&str]) -> Self {
         Self {
             mac: mac.parse().unwrap(),

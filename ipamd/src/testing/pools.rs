@@ -1,8 +1,6 @@
 //! Small address pools for unit tests: a datastore on a manual clock whose ENIs share
 //! 10.0.0.0/24, and the key the plugin sends for a container.
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -364,7 +364,6 @@ impl Drop for SimNode {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -477,7 +477,6 @@ impl Drop for VpcFabric {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -260,7 +260,6 @@ impl VpcSnapshot {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -7,8 +7,6 @@
 //! They must run as root with containerd and crictl installed (`make deps`) and fail (never
 //! skip) when something is missing.
 
-#![allow(clippy::unwrap_used)]
-
 mod ec2;
 mod imds;
 

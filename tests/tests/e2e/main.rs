@@ -2,7 +2,6 @@
 //! (network namespaces) with the IMDS emulator. Each test builds its own node and tears it down;
 //! tests run in parallel, so every name, port and directory is unique. They must run as root and
 //! fail (never skip) when a prerequisite is missing.
-
 #![allow(clippy::unwrap_used)]
 
 mod bad_inputs;

@@ -6,7 +6,6 @@
 //!
 //! Node tests run inside namespaces the harness creates and deletes; they must run as root and
 //! fail (never skip) when a tool is missing.
-
 #![allow(clippy::unwrap_used)]
 
 mod ec2;

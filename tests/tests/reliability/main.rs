@@ -6,7 +6,6 @@
 //!
 //! Like every end-to-end test here they run as root, in namespaces they create and delete, and
 //! fail (never skip) when a prerequisite is missing.
-
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;

@@ -6,7 +6,6 @@
 //! (several subnets, tags, `CLUSTER_NAME`), the low-address report and unmanaged ENIs.
 //!
 //! They must run as root with moto installed and fail (never skip) when something is missing.
-
 #![allow(clippy::unwrap_used)]
 
 mod connectivity;

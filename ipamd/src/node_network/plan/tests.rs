@@ -1,6 +1,5 @@
 //! Tests of the iptables plan: the wanted rules per settings, parsing `iptables-save`, and
 //! the batches that turn one into the other.
-#![allow(clippy::unwrap_used)]
 
 use super::*;
 

@@ -1,8 +1,6 @@
 //! The [`Ec2Api`] of the [`FakeEc2`]: each call checks what EC2 checks (limits, device indexes,
 //! attachments, existence) and answers with EC2's error codes.
 
-#![allow(clippy::unwrap_used)]
-
 use std::net::Ipv4Addr;
 
 use super::{Att, FakeEc2, err};

@@ -9,8 +9,6 @@
 //! links (the link of an attached ENI appears), so a pool manager under test sees one
 //! consistent world.
 
-#![allow(clippy::unwrap_used)]
-
 mod api;
 pub mod views;
 

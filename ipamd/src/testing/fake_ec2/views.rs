@@ -2,8 +2,6 @@
 //! answered from the fake's live state (an ENI attached through EC2 shows in metadata and as a
 //! link, unless a test hides it to play lag).
 
-#![allow(clippy::unwrap_used)]
-
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 

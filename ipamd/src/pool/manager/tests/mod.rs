@@ -4,8 +4,6 @@
 //! 60 s reconcile grace, 30 s cooldown). The manager's own waits (cycle, polling, EC2 backoff)
 //! are shortened to milliseconds so the tests run in real time, quickly.
 
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
