@@ -318,6 +318,7 @@ pub fn bench_node(ips: usize) -> NodeDescription {
                 subnet_ipv4_cidr_block: subnet,
                 security_group_ids: vec!["sg-0a1b2c3d".into()],
                 local_ipv4s: ips,
+                ipv4_prefixes: Vec::new(),
             }
         })
         .collect();

@@ -506,7 +506,16 @@ fn lookup_at(
     let (mac, field) = rest.split_once('/').unwrap_or((rest, ""));
     let eni = node.interface_by_mac(mac)?;
     let value = match field {
-        "" => lines(MAC_FIELDS),
+        "" if eni.ipv4_prefixes.is_empty() => lines(MAC_FIELDS),
+        "" => {
+            let mut fields = MAC_FIELDS.to_vec();
+            fields.push("ipv4-prefix");
+            fields.sort_unstable();
+            lines(fields)
+        }
+        // Absent (404) when the ENI has no prefix, as on EC2.
+        "ipv4-prefix" if eni.ipv4_prefixes.is_empty() => return None,
+        "ipv4-prefix" => lines(eni.ipv4_prefixes.iter().map(ToString::to_string)),
         "device-number" => eni.device_number.to_string(),
         "interface-id" => eni.interface_id.clone(),
         "local-ipv4s" => lines(eni.local_ipv4s.iter().map(ToString::to_string)),
@@ -602,10 +611,21 @@ mod tests {
         );
         assert!(get("/latest/meta-data/network/interfaces/macs/02:00:0a:00:00:99/").is_none());
         assert!(get("/latest/meta-data/ami-id").is_none());
-        assert!(
-            get("/latest/meta-data/network/interfaces/macs/02:00:0a:00:00:14/ipv4-prefix")
-                .is_none()
+        let no_prefix = "/latest/meta-data/network/interfaces/macs/02:00:0a:00:00:14/";
+        assert!(get(&format!("{no_prefix}ipv4-prefix")).is_none());
+        assert!(!get(no_prefix).unwrap().contains("ipv4-prefix"));
+        let mut delegated = n.clone();
+        delegated.interfaces[0].ipv4_prefixes = vec![
+            "10.0.0.32/28".parse().unwrap(),
+            "10.0.0.64/28".parse().unwrap(),
+        ];
+        let with = "/latest/meta-data/network/interfaces/macs/02:00:0a:00:00:14/";
+        assert_eq!(
+            lookup(&delegated, &format!("{with}ipv4-prefix")).unwrap(),
+            "10.0.0.32/28\n10.0.0.64/28"
         );
+        let index = lookup(&delegated, with).unwrap();
+        assert!(index.lines().any(|l| l == "ipv4-prefix"), "{index}");
         let doc: serde_json::Value =
             serde_json::from_str(&get("/latest/dynamic/instance-identity/document").unwrap())
                 .unwrap();

@@ -74,6 +74,9 @@ pub struct InterfaceDescription {
     pub security_group_ids: Vec<String>,
     /// Private addresses, the ENI's primary address first, then its secondary addresses.
     pub local_ipv4s: Vec<Ipv4Addr>,
+    /// IPv4 prefixes (/28) delegated to the ENI (IMDS `ipv4-prefix`, absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv4_prefixes: Vec<Ipv4Net>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -205,6 +208,7 @@ impl NodeDescription {
         let mut devices = BTreeSet::new();
         let mut macs = BTreeSet::new();
         let mut ips = BTreeSet::new();
+        let mut prefixes: Vec<(String, Ipv4Net)> = Vec::new();
         for eni in &self.interfaces {
             let id = &eni.interface_id;
             if id.trim().is_empty() || eni.subnet_id.trim().is_empty() {
@@ -262,6 +266,31 @@ impl NodeDescription {
                 if !ips.insert(*ip) {
                     return invalid(format!("interface {id}: address {ip} is used twice"));
                 }
+            }
+            for prefix in &eni.ipv4_prefixes {
+                if prefix.prefix_len() != 28 || prefix.trunc() != *prefix {
+                    return invalid(format!(
+                        "interface {id}: ipv4-prefixes entry {prefix} is not an aligned /28"
+                    ));
+                }
+                if !subnet.contains(prefix) {
+                    return invalid(format!(
+                        "interface {id}: prefix {prefix} is not inside subnet {subnet}"
+                    ));
+                }
+                prefixes.push((id.to_owned(), *prefix));
+            }
+        }
+        for (i, (id, prefix)) in prefixes.iter().enumerate() {
+            if let Some(ip) = ips.iter().find(|ip| prefix.contains(*ip)) {
+                return invalid(format!(
+                    "interface {id}: prefix {prefix} holds address {ip}, which an interface has"
+                ));
+            }
+            if let Some((other, _)) = prefixes[i + 1..].iter().find(|(_, p)| p.contains(prefix)) {
+                return invalid(format!(
+                    "interface {id}: prefix {prefix} is delegated twice (also to {other})"
+                ));
             }
         }
         if !devices.contains(&(0, 0)) {
@@ -471,6 +500,30 @@ mod tests {
             (
                 Box::new(|d| d.vpc_ipv4_cidr_blocks = vec!["192.168.0.0/16".parse().unwrap()]),
                 "not inside",
+            ),
+            (
+                Box::new(|d| d.interfaces[0].ipv4_prefixes = vec!["10.0.0.40/28".parse().unwrap()]),
+                "aligned /28",
+            ),
+            (
+                Box::new(|d| d.interfaces[0].ipv4_prefixes = vec!["10.0.0.32/27".parse().unwrap()]),
+                "aligned /28",
+            ),
+            (
+                Box::new(|d| d.interfaces[0].ipv4_prefixes = vec!["10.0.1.32/28".parse().unwrap()]),
+                "not inside subnet",
+            ),
+            (
+                // 10.0.0.10 is the primary ENI's address.
+                Box::new(|d| d.interfaces[0].ipv4_prefixes = vec!["10.0.0.0/28".parse().unwrap()]),
+                "holds address 10.0.0.10",
+            ),
+            (
+                Box::new(|d| {
+                    let p: Ipv4Net = "10.0.0.32/28".parse().unwrap();
+                    d.interfaces[0].ipv4_prefixes = vec![p, p];
+                }),
+                "delegated twice",
             ),
         ];
         for (mutate, needle) in cases {

@@ -1,8 +1,9 @@
 //! moto's EC2 server as a child process inside a test's namespace. The launcher
-//! (`moto_server.py`, embedded here and written into the caller's directory) runs moto
-//! unmodified except where moto 5.2 differs from EC2 in ways the tests depend on (see its
-//! docstring). The interpreter is the pinned one of [`prereqs::python_with_moto`]. Killed on
-//! drop.
+//! (`moto_server.py` and the `prefix_delegation.py` it imports, embedded here and written into
+//! the caller's directory) runs moto unmodified except where moto 5.2 differs from EC2 in ways
+//! the tests depend on, or lacks an EC2 feature ipamd uses (see their docstrings and
+//! docs/moto-ec2-extensions.md). The interpreter is the pinned one of
+//! [`prereqs::python_with_moto`]. Killed on drop.
 
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
@@ -11,8 +12,11 @@ use std::time::{Duration, Instant};
 use crate::netns::{CommandError, Netns, NetnsProcess, tail};
 use crate::prereqs::{self, PrereqError};
 
-/// The launcher's source.
-const LAUNCHER: &str = include_str!("moto_server.py");
+/// The launcher's files: its name in the directory and its source.
+const LAUNCHER: [(&str, &str); 2] = [
+    ("moto_server.py", include_str!("moto_server.py")),
+    ("prefix_delegation.py", include_str!("prefix_delegation.py")),
+];
 /// How long moto may take to listen (importing moto takes 1–2 s, more on a loaded machine).
 pub const START_TIMEOUT: Duration = Duration::from_secs(45);
 
@@ -51,16 +55,21 @@ pub struct MotoServer {
     log: PathBuf,
 }
 
+/// Writes the launcher's files into `dir` and returns the path of the script to run.
+pub fn write_launcher(dir: &Path) -> Result<PathBuf, MotoError> {
+    for (name, source) in LAUNCHER {
+        let path = dir.join(name);
+        std::fs::write(&path, source).map_err(|source| MotoError::Write { path, source })?;
+    }
+    Ok(dir.join(LAUNCHER[0].0))
+}
+
 impl MotoServer {
     /// Starts moto in `ns` on `listen`, writing its launcher and log into `dir`, and waits
     /// until it accepts connections there.
     pub fn start(ns: &Netns, listen: SocketAddrV4, dir: &Path) -> Result<Self, MotoError> {
         let python = prereqs::python_with_moto()?;
-        let launcher = dir.join("moto_server.py");
-        std::fs::write(&launcher, LAUNCHER).map_err(|source| MotoError::Write {
-            path: launcher.clone(),
-            source,
-        })?;
+        let launcher = write_launcher(dir)?;
         let log = dir.join("moto.log");
         let launcher_arg = launcher.to_string_lossy().into_owned();
         let (host, port) = (listen.ip().to_string(), listen.port().to_string());

@@ -13,6 +13,9 @@ moto 5.2 differs and the tests (the simulated VPC above all) depend on it:
 * An attached ENI cannot be deleted (`InvalidNetworkInterface.InUse`) and the primary ENI
   (device index 0) cannot be detached (`OperationNotPermitted`), as in EC2; moto allows both.
 * Requests are served one at a time (moto's backends are plain dictionaries).
+* IPv4 prefix delegation (`Ipv4PrefixCount`, `Ipv4Prefix.N`), which moto ignores, as EC2 does
+  it: see prefix_delegation.py (written next to this file). Automatic addresses avoid prefixes and
+  subnet CIDR reservations.
 
 Usage: python3 moto_server.py HOST PORT
 """
@@ -22,6 +25,7 @@ import random
 import sys
 import threading
 
+import prefix_delegation
 from moto import server
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import elastic_network_interfaces as eni_models
@@ -45,7 +49,8 @@ class InsufficientFreeAddressesInSubnet(EC2ClientError):
         )
 
 
-def _used(cidr):
+def _held(cidr):
+    """Addresses ENIs and instances hold in the subnet, and those the current request took."""
     used = set(_PENDING)
     backends = {}
     for subnet in _SUBNETS.get(cidr, []):
@@ -59,6 +64,14 @@ def _used(cidr):
                 used.add(eni.private_ip_address)
             for item in eni.private_ip_addresses:
                 used.add(item.get("PrivateIpAddress"))
+    return used
+
+
+def _used(cidr):
+    """Addresses automatic assignment must skip: held ones, prefixes, CIDR reservations."""
+    used = _held(cidr)
+    for subnet in _SUBNETS.get(cidr, []):
+        used.update(prefix_delegation.taken_by_prefixes_and_reservations(subnet))
     return used
 
 
@@ -185,6 +198,7 @@ _Backend.assign_private_ip_addresses = _assign_private_ip_addresses
 _Responses.delete_network_interface = _delete_network_interface
 _Responses.detach_network_interface = _detach_network_interface
 server.DomainDispatcherApplication.__call__ = _serialized_call
+prefix_delegation.install(_held, _PENDING)
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:

@@ -40,6 +40,16 @@ pub fn add_veth(node: &Netns, ifname: &str, mac: &str, peer: &Netns, peer_name: 
     peer.ip(&["link", "set", peer_name, "up"]).unwrap();
 }
 
+/// Adds routing rules to `ns`, each written as `ip rule add` takes it
+/// (`"to 10.0.0.50 lookup main priority 512"`).
+pub fn add_rules(ns: &Netns, rules: &[&str]) {
+    for rule in rules {
+        let mut args = vec!["rule", "add"];
+        args.extend(rule.split_whitespace());
+        ns.ip(&args).unwrap();
+    }
+}
+
 /// A node namespace with two ENIs (eth0 primary 10.0.0.10 with .11/.12, eth1 10.0.0.20 with
 /// .21/.22) behind a VPC peer, its IMDS, and a directory for ipamd's files.
 pub struct World {
@@ -61,6 +71,7 @@ fn eni(mac: &str, id: &str, device: u32, ips: [[u8; 4]; 3]) -> InterfaceDescript
         subnet_ipv4_cidr_block: "10.0.0.0/24".parse().unwrap(),
         security_group_ids: vec!["sg-0a1b2c3d".into()],
         local_ipv4s: ips.into_iter().map(Ipv4Addr::from).collect(),
+        ipv4_prefixes: Vec::new(),
     }
 }
 

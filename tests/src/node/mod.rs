@@ -100,6 +100,7 @@ pub fn standard_node(secondary_ips: &[u8]) -> NodeDescription {
                 local_ipv4s: (0..=count)
                     .map(|k| Ipv4Addr::new(10, 0, 0, base.saturating_add(k)))
                     .collect(),
+                ipv4_prefixes: Vec::new(),
             }
         })
         .collect();

@@ -738,6 +738,11 @@ fn eni_state(eni: &NetworkInterface) -> Result<EniState, Ec2Error> {
         subnet_id: eni.subnet_id().unwrap_or_default().to_owned(),
         vpc_id: eni.vpc_id().unwrap_or_default().to_owned(),
         private_ips: private_ips.into_iter().map(|(_, ip)| ip).collect(),
+        ipv4_prefixes: eni
+            .ipv4_prefixes()
+            .iter()
+            .filter_map(|p| p.ipv4_prefix()?.parse().ok())
+            .collect(),
         security_groups: eni
             .groups()
             .iter()

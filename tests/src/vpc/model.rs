@@ -43,6 +43,8 @@ pub struct EniState {
     pub vpc_id: String,
     /// Private IPv4 addresses, the primary one first.
     pub private_ips: Vec<Ipv4Addr>,
+    /// IPv4 prefixes (/28) delegated to the ENI, in EC2's order.
+    pub ipv4_prefixes: Vec<Ipv4Net>,
     /// Security group ids.
     pub security_groups: Vec<String>,
     /// The attachment, if attached.
@@ -243,6 +245,7 @@ impl VpcSnapshot {
                     subnet_ipv4_cidr_block: subnet.cidr,
                     security_group_ids: eni.security_groups.clone(),
                     local_ipv4s: eni.private_ips.clone(),
+                    ipv4_prefixes: eni.ipv4_prefixes.clone(),
                 })
             })
             .collect();
@@ -276,6 +279,7 @@ mod tests {
             subnet_id: "subnet-1".into(),
             vpc_id: "vpc-1".into(),
             private_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            ipv4_prefixes: Vec::new(),
             security_groups: vec!["sg-1".into()],
             attachment: instance.map(|(i, d)| EniAttachment {
                 attachment_id: format!("eni-attach-{id}"),
