@@ -175,31 +175,28 @@ pub async fn setup(
     }
 }
 
+/// The link `name` setup just created, which must still be there.
+async fn created_link(nl: &Netlink, name: &str) -> Result<Link, PodNetworkError> {
+    nl.link_by_name(name)
+        .await
+        .map_err(kernel)?
+        .ok_or_else(|| PodNetworkError::Vanished {
+            name: name.to_string(),
+        })
+}
+
 async fn configure(
     host: &Netlink,
     pod: &Netlink,
     spec: &PodSpec<'_>,
     host_mac: [u8; 6],
 ) -> Result<(), PodNetworkError> {
-    let host_link = host
-        .link_by_name(spec.host_veth)
-        .await
-        .map_err(kernel)?
-        .ok_or_else(|| PodNetworkError::Vanished {
-            name: spec.host_veth.to_string(),
-        })?;
+    let host_link = created_link(host, spec.host_veth).await?;
     host.set_up(host_link.index, spec.host_veth)
         .await
         .map_err(kernel)?;
     timing::mark("host_veth_up");
-    let pod_link = pod
-        .link_by_name(spec.ifname)
-        .await
-        .map_err(kernel)?
-        .ok_or_else(|| PodNetworkError::Vanished {
-            name: spec.ifname.to_string(),
-        })?;
-    let idx = pod_link.index;
+    let idx = created_link(pod, spec.ifname).await?.index;
     timing::mark("pod_link_lookup");
 
     pod.add_address(idx, spec.ifname, spec.ip, 32)
