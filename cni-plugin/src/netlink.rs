@@ -5,6 +5,7 @@
 //! ([`vpc_cni_contract::netlink`]); the veth pair, pod addresses and the gateway's neighbour
 //! entry are the plugin's own.
 
+use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -64,11 +65,6 @@ impl NetlinkError {
     fn is(&self, errnos: &[Errno]) -> bool {
         self.errno().is_some_and(|e| errnos.contains(&e))
     }
-}
-
-fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
-    let op = op.into();
-    move |source| NetlinkError::Request { op, source }
 }
 
 /// An IPv4 neighbour entry.
@@ -137,6 +133,15 @@ impl Netlink {
         Self::open(netns.path().display().to_string())
     }
 
+    /// Turns the failure of a request into an error naming `op` and this namespace; the
+    /// message is only formatted when the request fails.
+    fn failed(&self, op: impl fmt::Display) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+        move |source| NetlinkError::Request {
+            op: format!("{op} in {}", self.netns),
+            source,
+        }
+    }
+
     fn open(netns: String) -> Result<Self, NetlinkError> {
         let (handle, conn) = core::open().map_err(|source| NetlinkError::Socket {
             netns: netns.clone(),
@@ -153,7 +158,7 @@ impl Netlink {
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         core::links(&self.handle)
             .await
-            .map_err(req(format!("list links in {}", self.netns)))
+            .map_err(self.failed("list links"))
     }
 
     /// The link called `name`, if any.
@@ -166,7 +171,7 @@ impl Netlink {
             .execute()
             .try_next()
             .await
-            .map_err(req(format!("look up link {name} in {}", self.netns)));
+            .map_err(self.failed(format_args!("look up link {name}")));
         match res {
             Ok(m) => Ok(m.map(|m| Link::from_message(&m))),
             Err(e) if e.is(&GONE) => Ok(None),
@@ -182,7 +187,7 @@ impl Netlink {
             .del(index)
             .execute()
             .await
-            .map_err(req(format!("delete link {name} in {}", self.netns)))
+            .map_err(self.failed(format_args!("delete link {name}")))
         {
             Ok(()) => Ok(true),
             Err(e) if e.is(&GONE) => Ok(false),
@@ -219,11 +224,14 @@ impl Netlink {
             .add(msg)
             .execute()
             .await
-            .map_err(req(format!(
-                "create veth {name} in {} with peer {peer_name} in {}",
-                self.netns,
-                peer_ns.path().display()
-            )))
+            .map_err(|source| NetlinkError::Request {
+                op: format!(
+                    "create veth {name} in {} with peer {peer_name} in {}",
+                    self.netns,
+                    peer_ns.path().display()
+                ),
+                source,
+            })
     }
 
     /// Sets a link administratively up.
@@ -233,7 +241,7 @@ impl Netlink {
             .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
             .await
-            .map_err(req(format!("set link {name} up in {}", self.netns)))
+            .map_err(self.failed(format_args!("set link {name} up")))
     }
 
     /// Adds (or replaces) `ip/prefix` on a link.
@@ -250,10 +258,7 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(req(format!(
-                "add address {ip}/{prefix} to {name} in {}",
-                self.netns
-            )))
+            .map_err(self.failed(format_args!("add address {ip}/{prefix} to {name}")))
     }
 
     /// Deletes `ip/prefix` from a link; `Ok(false)` if it was not there.
@@ -274,17 +279,14 @@ impl Netlink {
             .push(AddressAttribute::Address(IpAddr::V4(ip)));
         core::del_address(&self.handle, msg)
             .await
-            .map_err(req(format!(
-                "delete address {ip}/{prefix} from {name} in {}",
-                self.netns
-            )))
+            .map_err(self.failed(format_args!("delete address {ip}/{prefix} from {name}")))
     }
 
     /// The IPv4 addresses (with prefix lengths) on a link.
     pub async fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
         let msgs = core::addresses(&self.handle, index)
             .await
-            .map_err(req(format!("list addresses in {}", self.netns)))?;
+            .map_err(self.failed("list addresses"))?;
         Ok(msgs
             .iter()
             .filter_map(|m| core::address_of(m).map(|ip| (ip, m.header.prefix_len)))
@@ -301,9 +303,8 @@ impl Netlink {
     ) -> Result<(), NetlinkError> {
         core::replace_link_route(&self.handle, dst, prefix, oif, table)
             .await
-            .map_err(req(format!(
-                "add route {dst}/{prefix} dev #{oif} scope link table {table} in {}",
-                self.netns
+            .map_err(self.failed(format_args!(
+                "add route {dst}/{prefix} dev #{oif} scope link table {table}"
             )))
     }
 
@@ -311,28 +312,24 @@ impl Netlink {
     pub async fn replace_default_route(&self, gw: Ipv4Addr, oif: u32) -> Result<(), NetlinkError> {
         core::replace_default_route(&self.handle, gw, oif, MAIN_TABLE, true)
             .await
-            .map_err(req(format!(
-                "add default route via {gw} dev #{oif} in {}",
-                self.netns
-            )))
+            .map_err(self.failed(format_args!("add default route via {gw} dev #{oif}")))
     }
 
     /// Every IPv4 route of every table.
     pub async fn routes(&self) -> Result<Vec<Route>, NetlinkError> {
         core::routes(&self.handle)
             .await
-            .map_err(req(format!("list routes in {}", self.netns)))
+            .map_err(self.failed("list routes"))
     }
 
     /// Deletes a route read back by [`Netlink::routes`]; `Ok(false)` if already gone.
     pub async fn del_route(&self, route: &Route) -> Result<bool, NetlinkError> {
         core::del_route(&self.handle, route)
             .await
-            .map_err(req(format!(
-                "delete route {} table {} in {}",
+            .map_err(self.failed(format_args!(
+                "delete route {} table {}",
                 route.destination(),
-                route.table,
-                self.netns
+                route.table
             )))
     }
 
@@ -351,10 +348,9 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(req(format!(
-                "add neighbour {ip} lladdr {} on #{index} in {}",
-                format_mac(&mac),
-                self.netns
+            .map_err(self.failed(format_args!(
+                "add neighbour {ip} lladdr {} on #{index}",
+                format_mac(&mac)
             )))
     }
 
@@ -368,7 +364,7 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .map_err(req(format!("list neighbours in {}", self.netns)))?;
+            .map_err(self.failed("list neighbours"))?;
         Ok(msgs
             .iter()
             .filter_map(|m| {
@@ -397,14 +393,14 @@ impl Netlink {
     pub async fn add_rule(&self, spec: RuleSpec) -> Result<bool, NetlinkError> {
         core::add_rule(&self.handle, &spec)
             .await
-            .map_err(req(format!("add rule {spec} in {}", self.netns)))
+            .map_err(self.failed(format_args!("add rule {spec}")))
     }
 
     /// Every IPv4 rule.
     pub async fn rules(&self) -> Result<Vec<Rule>, NetlinkError> {
         core::rules(&self.handle)
             .await
-            .map_err(req(format!("list rules in {}", self.netns)))
+            .map_err(self.failed("list rules"))
     }
 
     /// Deletes every IPv4 rule `selector` matches, in any table, by value (no dump); returns
@@ -412,16 +408,16 @@ impl Netlink {
     pub async fn del_rules_matching(&self, selector: RuleSelector) -> Result<usize, NetlinkError> {
         core::del_rules_matching(&self.handle, &selector)
             .await
-            .map_err(req(format!("delete rule {selector} in {}", self.netns)))
+            .map_err(self.failed(format_args!("delete rule {selector}")))
     }
 
     /// Deletes a rule read back by [`Netlink::rules`]; `Ok(false)` if already gone.
     pub async fn del_rule(&self, rule: &Rule) -> Result<bool, NetlinkError> {
         core::del_rule(&self.handle, rule)
             .await
-            .map_err(req(format!(
-                "delete rule priority {} lookup {} in {}",
-                rule.priority, rule.table, self.netns
+            .map_err(self.failed(format_args!(
+                "delete rule priority {} lookup {}",
+                rule.priority, rule.table
             )))
     }
 }
