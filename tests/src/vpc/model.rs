@@ -64,6 +64,18 @@ impl EniState {
         self.private_ips.get(1..).unwrap_or_default()
     }
 
+    /// Every address EC2 delivers to the ENI: its private addresses, then each address of its
+    /// delegated prefixes.
+    pub fn all_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.private_ips
+            .iter()
+            .copied()
+            .chain(self.ipv4_prefixes.iter().flat_map(|p| {
+                let first = u32::from(p.network());
+                (0..=u32::from(p.hostmask())).map(move |k| Ipv4Addr::from(first + k))
+            }))
+    }
+
     /// Whether it is attached to `instance_id`.
     pub fn attached_to(&self, instance_id: &str) -> bool {
         self.attachment
@@ -218,11 +230,11 @@ impl VpcSnapshot {
         self.instances.get(instance)
     }
 
-    /// Every private address attached to `instance_id`.
+    /// Every address attached to `instance_id` (private addresses and delegated prefixes').
     pub fn addresses_of(&self, instance_id: &str) -> BTreeSet<Ipv4Addr> {
         self.enis_of(instance_id)
             .iter()
-            .flat_map(|e| e.private_ips.iter().copied())
+            .flat_map(|e| e.all_addresses())
             .collect()
     }
 
@@ -362,5 +374,19 @@ mod tests {
         );
         assert!(s.instance_with_ip("10.0.0.20".parse().unwrap()).is_none());
         assert_eq!(s.addresses_of("i-1").len(), 4);
+    }
+
+    #[test]
+    fn delegated_prefixes_are_addresses_of_the_instance_and_shown_by_metadata() {
+        let mut s = snapshot();
+        let prefix: Ipv4Net = "10.0.0.32/28".parse().unwrap();
+        s.enis.get_mut("eni-a").unwrap().ipv4_prefixes.push(prefix);
+        let addresses = s.addresses_of("i-1");
+        assert_eq!(addresses.len(), 4 + 16);
+        assert!(addresses.contains(&"10.0.0.32".parse().unwrap()));
+        assert!(addresses.contains(&"10.0.0.47".parse().unwrap()));
+        let d = s.node_description("i-1").unwrap();
+        d.validate().unwrap();
+        assert_eq!(d.interfaces[0].ipv4_prefixes, [prefix]);
     }
 }

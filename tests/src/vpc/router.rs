@@ -172,8 +172,8 @@ pub(crate) struct RouterState {
 impl RouterState {
     /// Makes the router match `snapshot` for the nodes in `nodes` (instance id → node namespace
     /// name): one link per attached ENI (node end named `eth<device>` with the ENI's MAC, left
-    /// down), and the `/32` routes and neighbours of its private addresses. ENIs of other
-    /// instances, and detached ones, have no link.
+    /// down), and the `/32` routes and neighbours of its private addresses and of every address
+    /// of its delegated prefixes. ENIs of other instances, and detached ones, have no link.
     pub(crate) fn apply(
         &mut self,
         router: &Netns,
@@ -199,7 +199,9 @@ impl RouterState {
                     node_ns: node_ns.clone(),
                     device: attachment.device_index,
                     mac: eni.mac.clone(),
-                    ips: eni.private_ips.iter().copied().collect(),
+                    // A delegated prefix is routed address by address, like the ENI's own
+                    // addresses: the fabric delivers each of its 16 addresses to the ENI.
+                    ips: eni.all_addresses().collect(),
                 },
             );
         }
