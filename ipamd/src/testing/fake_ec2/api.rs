@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 
+use super::filters::matching;
 use super::{Att, FakeEc2, err};
 use crate::cloud::ec2::{
     CreateEni, Ec2Api, Ec2Error, Filter, Instance, InstanceEni, InstanceTypeLimits,
@@ -60,35 +61,17 @@ impl Ec2Api for FakeEc2 {
         &self,
         filters: &[Filter],
     ) -> Result<Vec<NetworkInterface>, Ec2Error> {
-        self.enter("DescribeNetworkInterfaces")?;
+        const API: &str = "DescribeNetworkInterfaces";
+        self.enter(API)?;
         let w = self.lock();
-        let mut out = Vec::new();
-        for e in w.enis.values() {
-            let mut ok = true;
-            for f in filters {
-                ok &= w.matches(e, f)?;
-            }
-            if ok {
-                out.push(w.view(e));
-            }
-        }
-        Ok(out)
+        matching(API, w.enis.values().map(|e| w.view(e)), filters)
     }
 
     async fn describe_subnets(&self, filters: &[Filter]) -> Result<Vec<Subnet>, Ec2Error> {
-        self.enter("DescribeSubnets")?;
+        const API: &str = "DescribeSubnets";
+        self.enter(API)?;
         let w = self.lock();
-        let mut out = Vec::new();
-        for id in w.subnets.keys() {
-            let mut ok = true;
-            for f in filters {
-                ok &= w.subnet_matches(id, f)?;
-            }
-            if ok {
-                out.push(w.subnet_view(id));
-            }
-        }
-        Ok(out)
+        matching(API, w.subnets.keys().map(|id| w.subnet_view(id)), filters)
     }
 
     async fn describe_instance(&self, instance_id: &str) -> Result<Instance, Ec2Error> {

@@ -10,6 +10,7 @@
 //! consistent world.
 
 mod api;
+mod filters;
 pub mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -18,9 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
 
-use crate::cloud::ec2::{
-    Ec2Error, Ec2ErrorKind, EniAttachment, EniStatus, Filter, NetworkInterface, Tags,
-};
+use crate::cloud::ec2::{Ec2Error, Ec2ErrorKind, EniAttachment, EniStatus, NetworkInterface, Tags};
 use crate::datastore::is_reserved_in_subnet;
 use crate::limits::BUILTIN_LIMITS;
 use crate::mac::MacAddr;
@@ -132,13 +131,6 @@ fn err(api: &'static str, code: &str, message: impl Into<String>) -> Ec2Error {
         _ => 400,
     };
     Ec2Error::from_code(api, code, message, Some(status))
-}
-
-fn glob(pattern: &str, value: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => value.starts_with(prefix),
-        None => pattern == value,
-    }
 }
 
 impl FakeEc2 {
@@ -487,27 +479,6 @@ impl World {
         }
     }
 
-    fn subnet_matches(&self, id: &str, f: &Filter) -> Result<bool, Ec2Error> {
-        let v = self.subnet_view(id);
-        let any = |value: &str| f.values.iter().any(|p| glob(p, value));
-        Ok(match f.name.as_str() {
-            "vpc-id" => any(&v.vpc_id),
-            "availability-zone" => any(&v.availability_zone),
-            "subnet-id" => any(&v.id),
-            "tag-key" => v.tags.keys().any(|k| any(k)),
-            name => match name.strip_prefix("tag:") {
-                Some(key) => v.tags.get(key).is_some_and(|val| any(val)),
-                None => {
-                    return Err(err(
-                        "DescribeSubnets",
-                        "InvalidParameterValue",
-                        format!("The filter '{name}' is invalid"),
-                    ));
-                }
-            },
-        })
-    }
-
     fn limits_of(&self, instance: &str) -> (u32, u32) {
         let t = self.instances.get(instance).cloned().unwrap_or_default();
         self.types.get(&t).copied().unwrap_or((2, 2))
@@ -601,33 +572,5 @@ impl World {
             tags: e.tags.clone(),
             security_groups: vec![SECURITY_GROUP.to_owned()],
         }
-    }
-
-    fn matches(&self, e: &FakeEni, f: &Filter) -> Result<bool, Ec2Error> {
-        let v = self.view(e);
-        let any = |value: &str| f.values.iter().any(|p| glob(p, value));
-        Ok(match f.name.as_str() {
-            "tag-key" => v.tags.keys().any(|k| any(k)),
-            "status" => any(v.status.as_str()),
-            "vpc-id" => any(&v.vpc_id),
-            "subnet-id" => any(&v.subnet_id),
-            "description" => any(&v.description),
-            "network-interface-id" => any(&v.id),
-            "attachment.instance-id" => v
-                .attachment
-                .as_ref()
-                .and_then(|a| a.instance_id.as_deref())
-                .is_some_and(any),
-            name => match name.strip_prefix("tag:") {
-                Some(key) => v.tags.get(key).is_some_and(|val| any(val)),
-                None => {
-                    return Err(err(
-                        "DescribeNetworkInterfaces",
-                        "InvalidParameterValue",
-                        format!("The filter '{name}' is invalid"),
-                    ));
-                }
-            },
-        })
     }
 }
