@@ -6,7 +6,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::add_veth;
+use common::{add_rules, add_veth};
 use ipamd::node_network::host::{HostNetwork, SecondaryEni};
 use serde_json::Value;
 use test_support::netns::Netns;
@@ -157,17 +157,7 @@ fn secondary_eni_bring_up_twice_changes_nothing() {
 #[test]
 fn stale_eni_rule_with_another_table_is_replaced() {
     let (node, _vpc) = node();
-    node.ip(&[
-        "rule",
-        "add",
-        "from",
-        "10.0.0.20",
-        "lookup",
-        "7",
-        "priority",
-        "32765",
-    ])
-    .unwrap();
+    add_rules(&node, &["from 10.0.0.20 lookup 7 priority 32765"]);
     setup(&node, eth1()).unwrap();
     let rules = node.rule_lines().unwrap();
     let eni_rules: Vec<_> = rules.iter().filter(|r| r.starts_with("32765:")).collect();
@@ -213,61 +203,16 @@ fn primary_eni_gets_only_its_mtu() {
 #[test]
 fn pod_rules_are_deleted_and_others_kept() {
     let (node, _vpc) = node();
-    node.ip(&[
-        "rule",
-        "add",
-        "to",
-        "10.0.0.50",
-        "lookup",
-        "main",
-        "priority",
-        "512",
-    ])
-    .unwrap();
-    node.ip(&[
-        "rule",
-        "add",
-        "from",
-        "10.0.0.50",
-        "lookup",
-        "2",
-        "priority",
-        "1536",
-    ])
-    .unwrap();
-    node.ip(&[
-        "rule",
-        "add",
-        "from",
-        "10.0.0.50",
-        "lookup",
-        "3",
-        "priority",
-        "1536",
-    ])
-    .unwrap();
-    node.ip(&[
-        "rule",
-        "add",
-        "to",
-        "10.0.0.51",
-        "lookup",
-        "main",
-        "priority",
-        "512",
-    ])
-    .unwrap();
-    node.ip(&[
-        "rule",
-        "add",
-        "from",
-        "10.0.0.51",
-        "lookup",
-        "2",
-        "priority",
-        "1536",
-    ])
-    .unwrap();
+    add_rules(
+        &node,
+        &[
+            "to 10.0.0.50 lookup main priority 512",
+            "from 10.0.0.50 lookup 2 priority 1536",
+            "from 10.0.0.50 lookup 3 priority 1536",
+            "to 10.0.0.51 lookup main priority 512",
+            "from 10.0.0.51 lookup 2 priority 1536",
+        ],
+    );
     let ip = Ipv4Addr::new(10, 0, 0, 50);
     let (deleted, again) = node
         .block_on_in(move || async move {

@@ -9,7 +9,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::add_veth;
+use common::{add_rules, add_veth};
 use ipamd::config::parse::RandomizeSnat;
 use ipamd::node_network::host::HostNetwork;
 use ipamd::node_network::iptables::Iptables;
@@ -202,39 +202,14 @@ fn stale_and_duplicated_rules_go_and_foreign_rules_stay() {
                 SNAT_JUMP
             ),
         );
-        node.ip(&[
-            "rule",
-            "add",
-            "to",
-            "192.0.2.0/24",
-            "lookup",
-            "main",
-            "priority",
-            "1535",
-        ])
-        .unwrap();
-        node.ip(&[
-            "rule",
-            "add",
-            "fwmark",
-            "0x40/0x40",
-            "lookup",
-            "main",
-            "priority",
-            "1024",
-        ])
-        .unwrap();
-        node.ip(&[
-            "rule",
-            "add",
-            "to",
-            "192.0.2.0/24",
-            "lookup",
-            "100",
-            "priority",
-            "1535",
-        ])
-        .unwrap();
+        add_rules(
+            &node,
+            &[
+                "to 192.0.2.0/24 lookup main priority 1535",
+                "fwmark 0x40/0x40 lookup main priority 1024",
+                "to 192.0.2.0/24 lookup 100 priority 1535",
+            ],
+        );
 
         let s = NodeNetworkSettings {
             external_service_cidrs: vec!["198.51.100.0/24".parse().unwrap()],
