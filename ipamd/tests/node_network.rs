@@ -20,18 +20,6 @@ use test_support::prereqs::require_root;
 const ETH0_MAC: &str = "02:00:0a:00:00:0a";
 const BACKENDS: [&str; 2] = ["iptables", "iptables-legacy"];
 
-fn settings() -> NodeNetworkSettings {
-    NodeNetworkSettings {
-        external_snat: false,
-        exclude_snat_cidrs: Vec::new(),
-        external_service_cidrs: Vec::new(),
-        randomize_snat: RandomizeSnat::Prng,
-        connmark: 0x80,
-        node_port_support: true,
-        veth_prefix: "eni".into(),
-    }
-}
-
 fn facts() -> PrimaryEni {
     PrimaryEni {
         primary_mac: ETH0_MAC.parse().unwrap(),
@@ -123,7 +111,7 @@ const SNAT_JUMP: &str =
 fn the_references_rules_are_programmed_once_on_both_backends() {
     for backend in BACKENDS {
         let (node, _vpc) = node();
-        let report = reconcile(&node, backend, settings(), facts()).unwrap();
+        let report = reconcile(&node, backend, NodeNetworkSettings::default(), facts()).unwrap();
         assert_eq!(report.primary_link, "eth0");
         assert_eq!(report.rp_filter_was.as_deref(), Some("1"), "{backend}");
         assert!(report.unstable.is_empty(), "{backend}: {report:?}");
@@ -165,7 +153,7 @@ fn the_references_rules_are_programmed_once_on_both_backends() {
         assert_eq!(rp_filter(&node), "2");
 
         // A second pass finds nothing to do and changes nothing.
-        let again = reconcile(&node, backend, settings(), facts()).unwrap();
+        let again = reconcile(&node, backend, NodeNetworkSettings::default(), facts()).unwrap();
         assert!(again.is_empty(), "{backend}: second pass changed {again}");
         assert_eq!(save(&node, backend, "nat"), nat);
         assert_eq!(save(&node, backend, "mangle"), mangle);
@@ -177,7 +165,7 @@ fn the_references_rules_are_programmed_once_on_both_backends() {
 fn stale_and_duplicated_rules_go_and_foreign_rules_stay() {
     for backend in BACKENDS {
         let (node, _vpc) = node();
-        reconcile(&node, backend, settings(), facts()).unwrap();
+        reconcile(&node, backend, NodeNetworkSettings::default(), facts()).unwrap();
         let clean_nat = save(&node, backend, "nat");
         let clean_mangle = save(&node, backend, "mangle");
 
@@ -213,7 +201,7 @@ fn stale_and_duplicated_rules_go_and_foreign_rules_stay() {
 
         let s = NodeNetworkSettings {
             external_service_cidrs: vec!["198.51.100.0/24".parse().unwrap()],
-            ..settings()
+            ..NodeNetworkSettings::default()
         };
         let report = reconcile(&node, backend, s.clone(), facts()).unwrap();
         assert!(!report.is_empty());
@@ -274,7 +262,7 @@ fn external_snat_removes_the_chains_and_node_port_off_removes_the_rest() {
     let excluded = NodeNetworkSettings {
         exclude_snat_cidrs: vec!["203.0.113.0/24".parse().unwrap()],
         randomize_snat: RandomizeSnat::HashRandom,
-        ..settings()
+        ..NodeNetworkSettings::default()
     };
     reconcile(&node, backend, excluded, facts()).unwrap();
     let nat = save(&node, backend, "nat");
@@ -301,7 +289,7 @@ fn external_snat_removes_the_chains_and_node_port_off_removes_the_rest() {
 
     let external = NodeNetworkSettings {
         external_snat: true,
-        ..settings()
+        ..NodeNetworkSettings::default()
     };
     reconcile(&node, backend, external.clone(), facts()).unwrap();
     let nat = save(&node, backend, "nat");
@@ -344,7 +332,13 @@ fn external_snat_removes_the_chains_and_node_port_off_removes_the_rest() {
 
     // Nothing wanted: a node without iptables is fine then, and only then.
     reconcile(&node, "iptables-missing", nothing, facts()).unwrap();
-    let err = reconcile(&node, "iptables-missing", settings(), facts()).unwrap_err();
+    let err = reconcile(
+        &node,
+        "iptables-missing",
+        NodeNetworkSettings::default(),
+        facts(),
+    )
+    .unwrap_err();
     assert!(
         err.contains("iptables-missing") && err.contains("not found on PATH"),
         "{err}"
@@ -356,7 +350,7 @@ fn missing_primary_link_or_vpc_cidrs_are_errors_naming_them() {
     let (node, _vpc) = node();
     let mut f = facts();
     f.primary_mac = "02:00:0a:00:00:99".parse().unwrap();
-    let err = reconcile(&node, "iptables", settings(), f).unwrap_err();
+    let err = reconcile(&node, "iptables", NodeNetworkSettings::default(), f).unwrap_err();
     assert!(
         err.contains("02:00:0a:00:00:99") && err.contains("eni-a"),
         "{err}"
@@ -364,7 +358,7 @@ fn missing_primary_link_or_vpc_cidrs_are_errors_naming_them() {
 
     let mut f = facts();
     f.vpc_cidrs.clear();
-    let err = reconcile(&node, "iptables", settings(), f).unwrap_err();
+    let err = reconcile(&node, "iptables", NodeNetworkSettings::default(), f).unwrap_err();
     assert!(
         err.contains("no VPC CIDR") && err.contains("eni-a"),
         "{err}"
@@ -400,10 +394,14 @@ fn the_backend_the_node_already_uses_is_detected() {
     let report = legacy_node
         .block_on_in(|| async {
             let host = HostNetwork::connect().map_err(|e| e.to_string())?;
-            NodeNetwork::with_iptables(settings(), host, Iptables::detect().await)
-                .reconcile(&facts())
-                .await
-                .map_err(|e| e.to_string())
+            NodeNetwork::with_iptables(
+                NodeNetworkSettings::default(),
+                host,
+                Iptables::detect().await,
+            )
+            .reconcile(&facts())
+            .await
+            .map_err(|e| e.to_string())
         })
         .unwrap()
         .unwrap();

@@ -81,6 +81,22 @@ pub struct NodeNetworkSettings {
     pub veth_prefix: String,
 }
 
+/// What a config that sets none of these variables gives: on-node SNAT with a random port
+/// (`prng`), connmark 0x80, NodePort support, veths named `eni…`.
+impl Default for NodeNetworkSettings {
+    fn default() -> Self {
+        Self {
+            external_snat: false,
+            exclude_snat_cidrs: Vec::new(),
+            external_service_cidrs: Vec::new(),
+            randomize_snat: RandomizeSnat::Prng,
+            connmark: 0x80,
+            node_port_support: true,
+            veth_prefix: "eni".into(),
+        }
+    }
+}
+
 impl NodeNetworkSettings {
     /// The settings of `config`.
     pub fn from_config(config: &Config) -> Self {
@@ -567,15 +583,7 @@ mod tests {
 
     #[test]
     fn rule_1024_is_wanted_with_node_port_support_or_on_node_snat() {
-        let base = NodeNetworkSettings {
-            external_snat: false,
-            exclude_snat_cidrs: Vec::new(),
-            external_service_cidrs: Vec::new(),
-            randomize_snat: RandomizeSnat::Prng,
-            connmark: 0x80,
-            node_port_support: true,
-            veth_prefix: "eni".into(),
-        };
+        let base = NodeNetworkSettings::default();
         for (external_snat, node_port, wanted) in [
             (false, true, true),
             (false, false, true),
@@ -590,6 +598,15 @@ mod tests {
             assert_eq!(s.wants_host_rule(), wanted, "{s:?}");
             assert_eq!(s.wants_iptables(), wanted, "{s:?}");
         }
+    }
+
+    #[test]
+    fn the_default_settings_are_those_of_a_config_setting_none() {
+        let env = std::collections::HashMap::from([("MY_NODE_NAME", "n")]);
+        assert_eq!(
+            NodeNetworkSettings::from_config(&Config::from_env(&env).unwrap()),
+            NodeNetworkSettings::default()
+        );
     }
 
     #[test]
