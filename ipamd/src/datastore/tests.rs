@@ -286,22 +286,25 @@ fn restore_puts_assignments_back_and_checks_conflicts() {
 #[test]
 fn eni_and_ip_bookkeeping_rules() {
     let (mut ds, _) = store(30);
-    assert!(matches!(
-        ds.add_ip("eni-a", ip("10.0.0.10")),
-        Err(DatastoreError::PrimaryIp { .. })
-    ));
-    assert!(matches!(
-        ds.add_ip("eni-a", ip("10.0.0.21")),
-        Err(DatastoreError::DuplicateIp { .. })
-    ));
-    assert!(matches!(
-        ds.add_ip("eni-a", ip("10.1.0.5")),
-        Err(DatastoreError::OutsideSubnet { .. })
-    ));
-    assert!(matches!(
-        ds.add_ip("eni-x", ip("10.0.0.50")),
-        Err(DatastoreError::UnknownEni { .. })
-    ));
+    type Expected = fn(&DatastoreError) -> bool;
+    let refused: [(&str, &str, Expected); 4] = [
+        ("eni-a", "10.0.0.10", |e| {
+            matches!(e, DatastoreError::PrimaryIp { .. })
+        }),
+        ("eni-a", "10.0.0.21", |e| {
+            matches!(e, DatastoreError::DuplicateIp { .. })
+        }),
+        ("eni-a", "10.1.0.5", |e| {
+            matches!(e, DatastoreError::OutsideSubnet { .. })
+        }),
+        ("eni-x", "10.0.0.50", |e| {
+            matches!(e, DatastoreError::UnknownEni { .. })
+        }),
+    ];
+    for (eni, addr, is_expected) in refused {
+        let err = ds.add_ip(eni, ip(addr)).unwrap_err();
+        assert!(is_expected(&err), "add_ip({eni}, {addr}): {err:?}");
+    }
     assert!(matches!(
         ds.add_eni(EniSpec {
             id: "eni-c".into(),
