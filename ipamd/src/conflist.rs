@@ -256,21 +256,21 @@ mod tests {
     }
 
     #[test]
-    fn enable_bandwidth_plugin_chains_bandwidth_after_portmap() {
-        let got = plugins(&config(&[("ENABLE_BANDWIDTH_PLUGIN", "true")]));
+    fn enable_bandwidth_plugin_or_disable_pod_v6_chains_its_plugin_after_portmap() {
         let base = plugins(&config(&[]));
-        assert_eq!(got.len(), 3, "{got:?}");
-        assert_eq!(got[..2], base[..], "aws-cni and portmap unchanged");
-        assert_eq!(got[2], bandwidth());
-    }
-
-    #[test]
-    fn disable_pod_v6_chains_tuning_after_portmap() {
-        let got = plugins(&config(&[("DISABLE_POD_V6", "true")]));
-        let base = plugins(&config(&[]));
-        assert_eq!(got.len(), 3, "{got:?}");
-        assert_eq!(got[..2], base[..], "aws-cni and portmap unchanged");
-        assert_eq!(got[2], tuning());
+        for (variable, plugin) in [
+            ("ENABLE_BANDWIDTH_PLUGIN", bandwidth()),
+            ("DISABLE_POD_V6", tuning()),
+        ] {
+            let got = plugins(&config(&[(variable, "true")]));
+            assert_eq!(got.len(), 3, "{variable}: {got:?}");
+            assert_eq!(
+                got[..2],
+                base[..],
+                "{variable}: aws-cni and portmap unchanged"
+            );
+            assert_eq!(got[2], plugin, "{variable}");
+        }
     }
 
     #[test]
