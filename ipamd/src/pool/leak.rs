@@ -197,6 +197,20 @@ mod tests {
     use crate::datastore::ManualClock;
     use crate::testing::fake_ec2::FakeEc2;
 
+    /// A detached ENI with `description`, tagged as created by `instance` at `created_at`, and
+    /// with the `more` tags.
+    fn left_behind(
+        ec2: &FakeEc2,
+        description: &str,
+        instance: &str,
+        created_at: &str,
+        more: &[(&str, &str)],
+    ) -> String {
+        let mut tags = vec![(INSTANCE_ID_TAG, instance), (CREATED_AT_TAG, created_at)];
+        tags.extend_from_slice(more);
+        ec2.create_detached(description, &tags)
+    }
+
     #[test]
     fn created_at_parses_rfc3339() {
         let t = parse_created_at("2024-05-01T10:00:00Z").unwrap();
@@ -214,43 +228,12 @@ mod tests {
         let old = rfc3339(clock.wall() - Duration::from_secs(600));
         let recent = rfc3339(clock.wall() - Duration::from_secs(60));
         let desc = format!("aws-K8S-{me}");
-        let leaked = ec2.create_detached(
-            &desc,
-            &[
-                (INSTANCE_ID_TAG, me.as_str()),
-                (CREATED_AT_TAG, old.as_str()),
-            ],
-        );
-        let young = ec2.create_detached(
-            &desc,
-            &[
-                (INSTANCE_ID_TAG, me.as_str()),
-                (CREATED_AT_TAG, recent.as_str()),
-            ],
-        );
+        let leaked = left_behind(&ec2, &desc, &me, &old, &[]);
+        let young = left_behind(&ec2, &desc, &me, &recent, &[]);
         let untagged = ec2.create_detached(&desc, &[]);
-        let foreign = ec2.create_detached(
-            &format!("aws-K8S-{other}"),
-            &[
-                (INSTANCE_ID_TAG, other.as_str()),
-                (CREATED_AT_TAG, old.as_str()),
-            ],
-        );
-        let no_manage = ec2.create_detached(
-            &desc,
-            &[
-                (INSTANCE_ID_TAG, me.as_str()),
-                (CREATED_AT_TAG, old.as_str()),
-                (NO_MANAGE_TAG, "true"),
-            ],
-        );
-        let not_ours = ec2.create_detached(
-            "made by hand",
-            &[
-                (INSTANCE_ID_TAG, me.as_str()),
-                (CREATED_AT_TAG, old.as_str()),
-            ],
-        );
+        let foreign = left_behind(&ec2, &format!("aws-K8S-{other}"), &other, &old, &[]);
+        let no_manage = left_behind(&ec2, &desc, &me, &old, &[(NO_MANAGE_TAG, "true")]);
+        let not_ours = left_behind(&ec2, "made by hand", &me, &old, &[]);
         let no_date = ec2.create_detached(&desc, &[(INSTANCE_ID_TAG, me.as_str())]);
         let primary = ec2.primary_eni(&me).id;
 
@@ -295,22 +278,8 @@ mod tests {
         let clock = Arc::new(ManualClock::new());
         let old = rfc3339(clock.wall() - Duration::from_secs(600));
         let desc = format!("aws-K8S-{me}");
-        let mine = ec2.create_detached(
-            &desc,
-            &[
-                (INSTANCE_ID_TAG, me.as_str()),
-                (CREATED_AT_TAG, old.as_str()),
-                (CLUSTER_NAME_TAG, "prod"),
-            ],
-        );
-        let other_cluster = ec2.create_detached(
-            &desc,
-            &[
-                (INSTANCE_ID_TAG, me.as_str()),
-                (CREATED_AT_TAG, old.as_str()),
-                (CLUSTER_NAME_TAG, "dev"),
-            ],
-        );
+        let mine = left_behind(&ec2, &desc, &me, &old, &[(CLUSTER_NAME_TAG, "prod")]);
+        let other_cluster = left_behind(&ec2, &desc, &me, &old, &[(CLUSTER_NAME_TAG, "dev")]);
         let primary = ec2.primary_eni(&me).id;
         let mut cleaner = LeakCleaner::new(
             Arc::new(ec2.clone()),
