@@ -138,9 +138,18 @@ async fn start_with(
 }
 
 async fn start(instance_type: &str, t: Targets) -> (World, Manager) {
+    start_new(instance_type, config(t), Duration::ZERO).await
+}
+
+/// [`start_with`] on a new instance of `instance_type` in a new [`FakeEc2`].
+async fn start_new(
+    instance_type: &str,
+    cfg: ManagerConfig,
+    cooldown: Duration,
+) -> (World, Manager) {
     let ec2 = FakeEc2::new();
     let instance = ec2.launch(instance_type);
-    start_with(ec2, &instance, config(t), Duration::ZERO).await
+    start_with(ec2, &instance, cfg, cooldown).await
 }
 
 fn key(n: u32) -> IpamKey {
@@ -158,6 +167,15 @@ impl World {
             .add(&key(self.pods), PodMetadata::default())
             .await
             .map(|a| a.ip)
+    }
+
+    /// Asks for one more pod's address, which must be refused with a message containing
+    /// every one of `says`.
+    async fn assert_pod_refused(&mut self, says: &[&str]) {
+        let err = self.add_pod().await.unwrap_err().to_string();
+        for part in says {
+            assert!(err.contains(part), "{part:?} missing from: {err}");
+        }
     }
 
     async fn del_pod(&self, n: u32) {
@@ -291,28 +309,22 @@ async fn limits_are_never_exceeded_even_when_asked_for_more() {
         "ipamd never even tries a 4th ENI"
     );
     assert_eq!(w.client.metrics().errors("AssignPrivateIpAddresses"), 0);
-    let err = w.add_pod().await.unwrap_err().to_string();
-    assert!(
-        err.contains("limit of 3 ENIs x 3 IPs = 9 pod IPs (t3.small"),
-        "{err}"
-    );
+    w.assert_pod_refused(&["limit of 3 ENIs x 3 IPs = 9 pod IPs (t3.small"])
+        .await;
 }
 
 #[tokio::test]
 async fn max_eni_caps_growth() {
-    let ec2 = FakeEc2::new();
-    let instance = ec2.launch("m5.large");
     let mut cfg = config(targets(1, 0, 0));
     cfg.max_eni = Some(2);
-    let (mut w, mut m) = start_with(ec2, &instance, cfg, Duration::ZERO).await;
+    let (mut w, mut m) = start_new("m5.large", cfg, Duration::ZERO).await;
     m.grow().await;
     for _ in 0..20 {
         let _ = w.add_pod().await;
         m.cycle().await;
     }
     assert_eq!(w.ec2_shape(), (2, 18), "MAX_ENI=2 on m5.large: 2 ENIs x 9");
-    let err = w.add_pod().await.unwrap_err().to_string();
-    assert!(err.contains("MAX_ENI=2"), "{err}");
+    w.assert_pod_refused(&["MAX_ENI=2"]).await;
 }
 
 #[tokio::test]
@@ -435,11 +447,9 @@ async fn throttling_keeps_the_call_rate_bounded_and_pods_keep_getting_ips() {
 
 #[tokio::test]
 async fn eni_is_freed_only_when_empty_cool_old_and_not_needed() {
-    let ec2 = FakeEc2::new();
-    let instance = ec2.launch("t3.small");
     let mut cfg = config(targets(0, 2, 0));
     cfg.timings.decrease_interval = Duration::from_secs(30);
-    let (mut w, mut m) = start_with(ec2, &instance, cfg, Duration::from_secs(30)).await;
+    let (mut w, mut m) = start_new("t3.small", cfg, Duration::from_secs(30)).await;
     m.grow().await;
     for _ in 0..5 {
         w.add_pod().await.unwrap();
@@ -712,22 +722,17 @@ async fn no_manage_enis_are_left_alone_and_count_against_the_limit() {
         "never tagged"
     );
     w.assert_pool_matches_ec2(&m.unmanaged().clone()).await;
-    let err = w.add_pod().await.unwrap_err().to_string();
-    assert!(
-        err.contains("limit of 3 ENIs") && err.contains("no_manage"),
-        "{err}"
-    );
+    w.assert_pod_refused(&["limit of 3 ENIs", "no_manage"])
+        .await;
 }
 
 #[tokio::test]
 async fn managed_enis_get_missing_tags() {
-    let ec2 = FakeEc2::new();
-    let instance = ec2.launch("t3.small");
     let mut cfg = config(targets(1, 0, 0));
     cfg.extra_tags
         .insert(CLUSTER_NAME_TAG.into(), "prod".into());
     cfg.extra_tags.insert("team".into(), "net".into());
-    let (w, _m) = start_with(ec2, &instance, cfg, Duration::ZERO).await;
+    let (w, _m) = start_new("t3.small", cfg, Duration::ZERO).await;
     let tags = w.ec2.primary_eni(&w.instance).tags;
     assert_eq!(tags.get(INSTANCE_ID_TAG), Some(&w.instance));
     assert_eq!(tags.get(CLUSTER_NAME_TAG).map(String::as_str), Some("prod"));
@@ -760,18 +765,12 @@ async fn exhaustion_messages_say_why() {
         w.add_pod().await.unwrap();
     }
     m.cycle().await;
-    let err = w.add_pod().await.unwrap_err().to_string();
-    assert!(
-        err.contains("EC2 is failing") && err.contains("InternalError"),
-        "{err}"
-    );
+    w.assert_pod_refused(&["EC2 is failing", "InternalError"])
+        .await;
 
     // Only cooling IPs.
-    let ec2 = FakeEc2::new();
-    let instance = ec2.launch("t3.small");
-    let (mut w, mut m) = start_with(
-        ec2,
-        &instance,
+    let (mut w, mut m) = start_new(
+        "t3.small",
         config(targets(0, 3, 0)),
         Duration::from_secs(30),
     )
@@ -783,17 +782,15 @@ async fn exhaustion_messages_say_why() {
     for n in 1..=3 {
         w.del_pod(n).await;
     }
-    let err = w.add_pod().await.unwrap_err().to_string();
-    assert!(
-        err.contains("3 of 3 IPs are in cooldown")
-            && err.contains("first becomes assignable in 30 s"),
-        "{err}"
-    );
+    w.assert_pod_refused(&[
+        "3 of 3 IPs are in cooldown",
+        "first becomes assignable in 30 s",
+    ])
+    .await;
 
     // Still growing (EC2 fine, the manager has not run yet).
     let (mut w, _m) = start("t3.small", targets(1, 0, 0)).await;
-    let err = w.add_pod().await.unwrap_err().to_string();
-    assert!(err.contains("the pool is growing"), "{err}");
+    w.assert_pod_refused(&["the pool is growing"]).await;
 }
 
 #[tokio::test]
@@ -828,11 +825,9 @@ async fn a_full_subnet_holds_growth_back_for_the_back_off() {
 
 #[tokio::test]
 async fn an_exhausted_assignment_wakes_the_manager_at_once() {
-    let ec2 = FakeEc2::new();
-    let instance = ec2.launch("t3.small");
     let mut cfg = config(targets(0, 0, 0));
     cfg.timings.cycle = Duration::from_secs(3600);
-    let (mut w, mut m) = start_with(ec2, &instance, cfg, Duration::ZERO).await;
+    let (mut w, mut m) = start_new("t3.small", cfg, Duration::ZERO).await;
     let wake = w.state.pool_wanted();
     let state = w.state.clone();
     let run = async { m.run(wake).await };
@@ -900,8 +895,6 @@ fn config_from_env(pairs: &[(&str, &str)]) -> ManagerConfig {
 async fn additional_eni_tags_and_cluster_name_tag_every_managed_eni() {
     use crate::cloud::ec2::{ENI_OWNER_TAG, ENI_OWNER_VALUE};
     use crate::config::{ADDITIONAL_ENI_TAGS, CLUSTER_NAME};
-    let ec2 = FakeEc2::new();
-    let instance = ec2.launch("t3.small");
     let cfg = config_from_env(&[
         (
             ADDITIONAL_ENI_TAGS,
@@ -909,7 +902,7 @@ async fn additional_eni_tags_and_cluster_name_tag_every_managed_eni() {
         ),
         (CLUSTER_NAME, "prod"),
     ]);
-    let (mut w, mut m) = start_with(ec2, &instance, cfg, Duration::ZERO).await;
+    let (mut w, mut m) = start_new("t3.small", cfg, Duration::ZERO).await;
     m.grow().await;
     for _ in 0..3 {
         w.add_pod().await.unwrap();
@@ -940,10 +933,8 @@ async fn additional_eni_tags_and_cluster_name_tag_every_managed_eni() {
 async fn enis_are_managed_whatever_aws_manage_enis_non_schedulable_says() {
     use crate::config::AWS_MANAGE_ENIS_NON_SCHEDULABLE;
     for value in ["false", "true"] {
-        let ec2 = FakeEc2::new();
-        let instance = ec2.launch("t3.small");
         let cfg = config_from_env(&[(AWS_MANAGE_ENIS_NON_SCHEDULABLE, value)]);
-        let (mut w, mut m) = start_with(ec2, &instance, cfg, Duration::ZERO).await;
+        let (mut w, mut m) = start_new("t3.small", cfg, Duration::ZERO).await;
         m.grow().await;
         assert_eq!(w.pool().await, (1, 3), "{value}: the primary ENI filled");
         w.add_pod().await.unwrap();
