@@ -28,7 +28,7 @@ use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use nix::sched::{CloneFlags, setns};
@@ -36,9 +36,11 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::packet_route::neighbour::NeighbourState;
-use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
 use rtnetlink::packet_route::rule::RuleAction;
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder, RuleAddRequest,
+};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 const MAIN_TABLE: u32 = 254;
@@ -85,13 +87,58 @@ async fn index_of(h: &Handle, name: &str) -> Res<u32> {
         .ok_or_else(|| format!("{name} vanished after creation"))
 }
 
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 fn timed(ops: &mut Ops, name: &'static str, since: &mut Instant) {
     let now = Instant::now();
-    ops.push((
-        name,
-        u64::try_from(now.duration_since(*since).as_micros()).unwrap_or(u64::MAX),
-    ));
+    ops.push((name, micros(now.duration_since(*since))));
     *since = now;
+}
+
+/// `dst/32 dev <oif> scope link`.
+fn link_route(dst: Ipv4Addr, oif: u32) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, 32)
+        .output_interface(oif)
+        .scope(RouteScope::Link)
+        .build()
+}
+
+async fn add_route(h: &Handle, route: RouteMessage, what: &str) -> Res<()> {
+    h.route()
+        .add(route)
+        .execute()
+        .await
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+/// The pod's host rules: 512 `to <ip> lookup main` and, when `table` is not main, 1536 `from
+/// <ip> lookup <table>` (ADD adds them, DEL deletes them by value).
+fn pod_rules(
+    h: &Handle,
+    ip: Ipv4Addr,
+    table: u32,
+) -> Vec<(&'static str, RuleAddRequest<Ipv4Addr>)> {
+    let rule = |priority| {
+        h.rule()
+            .add()
+            .v4()
+            .priority(priority)
+            .action(RuleAction::ToTable)
+    };
+    let mut rules = vec![(
+        "rule 512 to",
+        rule(512).destination_prefix(ip, 32).table_id(MAIN_TABLE),
+    )];
+    if table != MAIN_TABLE {
+        rules.push((
+            "rule 1536 from",
+            rule(1536).source_prefix(ip, 32).table_id(table),
+        ));
+    }
+    rules
 }
 
 async fn add(c: &Conns, host_ns: &File, ip: Ipv4Addr, host_veth: &str, table: u32) -> Res<Ops> {
@@ -138,28 +185,14 @@ async fn add(c: &Conns, host_ns: &File, ip: Ipv4Addr, host_veth: &str, table: u3
         .await
         .map_err(|e| format!("address {ip}/32: {e}"))?;
     timed(&mut ops, "pod_addr", &mut t);
-    let gw_route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(GATEWAY, 32)
-        .output_interface(pod_idx)
-        .scope(RouteScope::Link)
-        .build();
-    c.pod
-        .route()
-        .add(gw_route)
-        .execute()
-        .await
-        .map_err(|e| format!("route {GATEWAY}/32: {e}"))?;
+    let gw_route = link_route(GATEWAY, pod_idx);
+    add_route(&c.pod, gw_route, &format!("route {GATEWAY}/32")).await?;
     let default = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(GATEWAY)
         .output_interface(pod_idx)
         .onlink()
         .build();
-    c.pod
-        .route()
-        .add(default)
-        .execute()
-        .await
-        .map_err(|e| format!("default route: {e}"))?;
+    add_route(&c.pod, default, "default route").await?;
     timed(&mut ops, "pod_routes", &mut t);
     c.pod
         .neighbours()
@@ -171,41 +204,13 @@ async fn add(c: &Conns, host_ns: &File, ip: Ipv4Addr, host_veth: &str, table: u3
         .map_err(|e| format!("neighbour {GATEWAY}: {e}"))?;
     timed(&mut ops, "pod_neigh", &mut t);
 
-    let host_route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(ip, 32)
-        .output_interface(host_idx)
-        .scope(RouteScope::Link)
-        .build();
-    c.host
-        .route()
-        .add(host_route)
-        .execute()
-        .await
-        .map_err(|e| format!("host route {ip}/32: {e}"))?;
+    let host_route = link_route(ip, host_idx);
+    add_route(&c.host, host_route, &format!("host route {ip}/32")).await?;
     timed(&mut ops, "host_route", &mut t);
-    c.host
-        .rule()
-        .add()
-        .v4()
-        .priority(512)
-        .destination_prefix(ip, 32)
-        .table_id(MAIN_TABLE)
-        .action(RuleAction::ToTable)
-        .execute()
-        .await
-        .map_err(|e| format!("rule 512 to {ip}: {e}"))?;
-    if table != MAIN_TABLE {
-        c.host
-            .rule()
-            .add()
-            .v4()
-            .priority(1536)
-            .source_prefix(ip, 32)
-            .table_id(table)
-            .action(RuleAction::ToTable)
-            .execute()
+    for (what, rule) in pod_rules(&c.host, ip, table) {
+        rule.execute()
             .await
-            .map_err(|e| format!("rule 1536 from {ip}: {e}"))?;
+            .map_err(|e| format!("{what} {ip}: {e}"))?;
     }
     timed(&mut ops, "host_rules", &mut t);
     Ok(ops)
@@ -227,30 +232,8 @@ async fn del(c: &Conns, ip: Ipv4Addr, table: u32) -> Res<Ops> {
         .await
         .map_err(|e| format!("delete host route {ip}/32: {e}"))?;
     timed(&mut ops, "host_route_del", &mut t);
-    let mut rules = vec![
-        c.host
-            .rule()
-            .add()
-            .v4()
-            .priority(512)
-            .destination_prefix(ip, 32)
-            .table_id(MAIN_TABLE)
-            .action(RuleAction::ToTable),
-    ];
-    if table != MAIN_TABLE {
-        rules.push(
-            c.host
-                .rule()
-                .add()
-                .v4()
-                .priority(1536)
-                .source_prefix(ip, 32)
-                .table_id(table)
-                .action(RuleAction::ToTable),
-        );
-    }
-    for mut r in rules {
-        let msg = r.message_mut().clone();
+    for (_, mut rule) in pod_rules(&c.host, ip, table) {
+        let msg = rule.message_mut().clone();
         c.host
             .rule()
             .del(msg)
@@ -357,10 +340,7 @@ async fn run(args: &[String]) -> Res<Option<String>> {
                 let veth = format!("flr{:011x}", n);
                 let t0 = Instant::now();
                 let pod = connection_in(&ns, &home, path)?;
-                let mut ops = vec![(
-                    "netlink_open",
-                    u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX),
-                )];
+                let mut ops = vec![("netlink_open", micros(t0.elapsed()))];
                 let c = Conns {
                     host: host.clone(),
                     pod,
