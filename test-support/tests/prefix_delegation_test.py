@@ -127,6 +127,25 @@ class PrefixDelegation(unittest.TestCase):
         )["NetworkInterfaces"]
         self.assertEqual(len(enis), 1, "a failed create leaves no ENI")
 
+    def test_a_fragmented_subnet_has_addresses_but_no_aligned_block(self):
+        eni = self._create()["NetworkInterfaceId"]
+        net = self._net()
+        # One explicit address in every /28 block: 224 addresses stay free, no block does.
+        pinned = [str(net[16 * k + 9]) for k in range(16)]
+        self.ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=pinned)
+        self.assertGreater(self._available(), 200)
+        code = self._error(
+            self.ec2.assign_private_ip_addresses, NetworkInterfaceId=eni, Ipv4PrefixCount=1
+        )
+        self.assertEqual(code, "InsufficientCidrBlocks")
+        # Secondary addresses still come: that is what ipamd falls back to.
+        self.ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, SecondaryPrivateIpAddressCount=4)
+        self.assertEqual(len(self._eni(eni)["PrivateIpAddresses"]), 1 + 16 + 4)
+        # Freeing one block's pinned address makes that block assignable again.
+        self.ec2.unassign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=[pinned[7]])
+        self.ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, Ipv4PrefixCount=1)
+        self.assertEqual(self._prefixes(eni), [self._block(7)])
+
     def test_prefixes_and_addresses_are_never_mixed(self):
         eni = self._create()["NetworkInterfaceId"]
         combos = [
