@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::{cni_env, conf, exec_plugin, pod_rules};
+use common::{assert_no_addresses, cni_env, conf, exec_plugin, ip, pod_rules, routes_to};
 use serde_json::json;
 use test_support::netns::Netns;
 
@@ -44,6 +44,34 @@ impl Fixture {
 
     fn add_env(&self) -> HashMap<&'static str, String> {
         cni_env("ADD", "cid1", "eth0", Some(&self.pod.path()), ARGS)
+    }
+
+    /// What an ADD of web-0 at 10.0.2.20 (route table 2) made: the veth pair (the host end
+    /// with MAC 02:00:00:00:00:01, eth0 with 02:00:00:00:00:02, both up), eth0's address, the
+    /// host route and both rules. Returns the host veth's name.
+    fn attached_pod(&self) -> String {
+        let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
+        let pod = self.pod.name();
+        for line in [
+            format!("link add {veth} type veth peer name eth0 netns {pod}"),
+            format!("link set {veth} address 02:00:00:00:00:01 up"),
+        ] {
+            ip(&self.host, &line);
+        }
+        for line in [
+            "link set eth0 address 02:00:00:00:00:02 up",
+            "addr add 10.0.2.20/32 dev eth0",
+        ] {
+            ip(&self.pod, line);
+        }
+        for line in [
+            format!("route add 10.0.2.20/32 dev {veth} scope link"),
+            "rule add to 10.0.2.20 lookup main priority 512".into(),
+            "rule add from 10.0.2.20 lookup 2 priority 1536".into(),
+        ] {
+            ip(&self.host, &line);
+        }
+        veth
     }
 }
 
@@ -124,80 +152,21 @@ fn add_0_3_x_without_ipamd_is_code_11_in_its_version() {
 #[test]
 fn del_0_3_1_without_ipamd_keeps_a_host_veth_the_pod_does_not_point_at() {
     let f = Fixture::new();
-    let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
     // A pair of the pod's host veth name whose pod end's gateway neighbour names another MAC
     // than the host end's: the host side is not this sandbox's to remove.
-    f.host
-        .ip(&[
-            "link",
-            "add",
-            &veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            f.pod.name(),
-        ])
-        .unwrap();
-    f.host
-        .ip(&["link", "set", &veth, "address", "02:00:00:00:00:01", "up"])
-        .unwrap();
-    f.pod.ip(&["link", "set", "eth0", "up"]).unwrap();
-    f.pod
-        .ip(&["addr", "add", "10.0.2.20/32", "dev", "eth0"])
-        .unwrap();
-    f.pod
-        .ip(&[
-            "neigh",
-            "replace",
-            "169.254.1.1",
-            "lladdr",
-            "02:00:00:00:00:09",
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
-    f.host
-        .ip(&[
-            "route",
-            "add",
-            "10.0.2.20/32",
-            "dev",
-            &veth,
-            "scope",
-            "link",
-        ])
-        .unwrap();
-    for rule in [
-        ["to", "10.0.2.20", "lookup", "main", "priority", "512"],
-        ["from", "10.0.2.20", "lookup", "2", "priority", "1536"],
-    ] {
-        let mut args = vec!["rule", "add"];
-        args.extend(rule);
-        f.host.ip(&args).unwrap();
-    }
+    f.attached_pod();
+    ip(
+        &f.pod,
+        "neigh replace 169.254.1.1 lladdr 02:00:00:00:00:09 dev eth0 nud permanent",
+    );
     let env = cni_env("DEL", "cid1", "eth0", Some(&f.pod.path()), ARGS);
     let r = f.run(&env, &f.conf("0.3.1"));
     r.assert_ok();
     assert_eq!(r.stdout, "");
     assert_eq!(pod_rules(&f.host, "10.0.2.20".parse().unwrap()).len(), 2);
-    assert!(
-        f.host
-            .routes_all()
-            .unwrap()
-            .iter()
-            .any(|r| r["dst"] == "10.0.2.20")
-    );
+    assert!(!routes_to(&f.host, "10.0.2.20").is_empty());
     // The pod's own interface is this sandbox's: its address goes.
-    assert!(
-        f.pod.addresses_of("eth0").unwrap().is_empty(),
-        "{:?}",
-        f.pod.addresses_of("eth0").unwrap()
-    );
+    assert_no_addresses(&f.pod, "eth0");
 }
 
 #[test]
@@ -306,79 +275,9 @@ fn add_without_ipamd_is_code_11_and_leaves_nothing() {
 #[test]
 fn del_without_ipamd_cleans_up_from_prev_result() {
     let f = Fixture::new();
-    let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
-    // What an earlier ADD left: the veth pair, the host route and both rules; plus another
-    // pod's rule that must stay.
-    f.host
-        .ip(&[
-            "link",
-            "add",
-            &veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            f.pod.name(),
-        ])
-        .unwrap();
-    f.host
-        .ip(&["link", "set", &veth, "address", "02:00:00:00:00:01", "up"])
-        .unwrap();
-    f.pod
-        .ip(&["link", "set", "eth0", "address", "02:00:00:00:00:02", "up"])
-        .unwrap();
-    f.pod
-        .ip(&["addr", "add", "10.0.2.20/32", "dev", "eth0"])
-        .unwrap();
-    f.host
-        .ip(&[
-            "route",
-            "add",
-            "10.0.2.20/32",
-            "dev",
-            &veth,
-            "scope",
-            "link",
-        ])
-        .unwrap();
-    f.host
-        .ip(&[
-            "rule",
-            "add",
-            "to",
-            "10.0.2.20",
-            "lookup",
-            "main",
-            "priority",
-            "512",
-        ])
-        .unwrap();
-    f.host
-        .ip(&[
-            "rule",
-            "add",
-            "from",
-            "10.0.2.20",
-            "lookup",
-            "2",
-            "priority",
-            "1536",
-        ])
-        .unwrap();
-    f.host
-        .ip(&[
-            "rule",
-            "add",
-            "to",
-            "10.0.2.21",
-            "lookup",
-            "main",
-            "priority",
-            "512",
-        ])
-        .unwrap();
+    // What an earlier ADD left, plus another pod's rule that must stay.
+    let veth = f.attached_pod();
+    ip(&f.host, "rule add to 10.0.2.21 lookup main priority 512");
 
     let mut c = f.conf("1.0.0");
     c["prevResult"] = json!({
@@ -396,24 +295,14 @@ fn del_without_ipamd_cleans_up_from_prev_result() {
     // The pod's routing state and address are gone; the pair waits for the netns removal.
     assert!(f.host.link(&veth).unwrap().is_some());
     assert!(f.pod.link("eth0").unwrap().is_some());
-    assert!(
-        f.pod.addresses_of("eth0").unwrap().is_empty(),
-        "{:?}",
-        f.pod.addresses_of("eth0").unwrap()
-    );
+    assert_no_addresses(&f.pod, "eth0");
     assert!(pod_rules(&f.host, "10.0.2.20".parse().unwrap()).is_empty());
     assert_eq!(
         pod_rules(&f.host, "10.0.2.21".parse().unwrap()).len(),
         1,
         "other pod's rule kept"
     );
-    assert!(
-        f.host
-            .routes_all()
-            .unwrap()
-            .iter()
-            .all(|r| r["dst"] != "10.0.2.20")
-    );
+    assert!(routes_to(&f.host, "10.0.2.20").is_empty());
 
     // Again, and with the netns gone and CNI_NETNS empty: still success.
     let r = f.run(&env, &c);

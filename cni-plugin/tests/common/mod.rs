@@ -35,6 +35,30 @@ pub fn pod_rules(ns: &Netns, ip: Ipv4Addr) -> Vec<Value> {
         .collect()
 }
 
+/// The routes of every table in `ns` whose destination is `dst`.
+pub fn routes_to(ns: &Netns, dst: &str) -> Vec<Value> {
+    ns.routes_all()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r["dst"] == dst)
+        .collect()
+}
+
+/// Asserts that `ifname` in `ns` holds no address.
+pub fn assert_no_addresses(ns: &Netns, ifname: &str) {
+    let addrs = ns.addresses_of(ifname).unwrap();
+    assert!(addrs.is_empty(), "{ifname} still holds {addrs:?}");
+}
+
+/// Runs `ip <line>` in `ns`, the line split at whitespace (for fixtures whose arguments hold
+/// none).
+pub fn ip(ns: &Netns, line: &str) {
+    let args: Vec<&str> = line.split_whitespace().collect();
+    if let Err(e) = ns.ip(&args) {
+        panic!("ip {line}: {e}");
+    }
+}
+
 /// Whether `dst` answers a ping from inside `ns`.
 pub fn pings(ns: &Netns, dst: &str) -> bool {
     ns.ping(dst.parse().unwrap()).unwrap().ok
