@@ -9,7 +9,9 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use common::fake_ipamd::FakeIpamd;
-use common::{LINK_GONE_TIMEOUT, cni_env, conf, exec_plugin, pings, pod_rules};
+use common::{
+    LINK_GONE_TIMEOUT, assert_no_addresses, cni_env, conf, exec_plugin, pings, pod_rules, routes_to,
+};
 use serde_json::{Value, json};
 use test_support::netns::Netns;
 
@@ -17,6 +19,16 @@ fn args(name: &str) -> String {
     format!(
         "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=infra-{name};K8S_POD_UID=uid-{name}"
     )
+}
+
+/// The CNI environment of `verb` for pod `name`'s eth0 in the namespace at `netns`.
+fn pod_env(verb: &str, cid: &str, netns: &Path, name: &str) -> HashMap<&'static str, String> {
+    cni_env(verb, cid, "eth0", Some(netns), &args(name))
+}
+
+/// The host veth of pod `name` in namespace `default`.
+fn host_veth(name: &str) -> String {
+    aws_cni::pod_network::host_veth_name("eni", "default", name)
 }
 
 struct Node {
@@ -48,11 +60,21 @@ impl Node {
         exec_plugin(&self.host, env, stdin.to_string().as_bytes())
     }
 
+    /// The config of `version` with ipamd's socket pointing where nothing listens.
+    fn conf_without_ipamd(&self, version: &str) -> Value {
+        let mut c = self.conf(version);
+        c["ipamdSocket"] = json!(self.log.path().join("absent.sock"));
+        c
+    }
+
     fn add(&self, version: &str, cid: &str, pod: &Netns, name: &str) -> common::PluginRun {
-        self.exec(
-            &cni_env("ADD", cid, "eth0", Some(&pod.path()), &args(name)),
-            &self.conf(version),
-        )
+        self.exec(&pod_env("ADD", cid, &pod.path(), name), &self.conf(version))
+    }
+
+    /// ADDs pod `name` (which must succeed) and returns its host veth.
+    fn attach(&self, version: &str, cid: &str, pod: &Netns, name: &str) -> String {
+        self.add(version, cid, pod, name).assert_ok();
+        host_veth(name)
     }
 
     fn with_prev(&self, version: &str, prev: &Value) -> Value {
@@ -73,7 +95,7 @@ fn add_check_del_cycle_against_ipamd() {
     let r = node.add("1.0.0", "cid-a", &pod, "web-0");
     r.assert_ok();
     let result = r.json();
-    let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
+    let veth = host_veth("web-0");
     let host_mac = node.host.link(&veth).unwrap().unwrap()["address"]
         .as_str()
         .unwrap()
@@ -110,7 +132,7 @@ fn add_check_del_cycle_against_ipamd() {
     assert!(pings(&pod, "10.0.0.10"), "pod -> node");
 
     // CHECK passes and prints nothing.
-    let check_env = cni_env("CHECK", "cid-a", "eth0", Some(&pod.path()), &args("web-0"));
+    let check_env = pod_env("CHECK", "cid-a", &pod.path(), "web-0");
     let r = node.exec(&check_env, &node.with_prev("1.0.0", &result));
     r.assert_ok();
     assert_eq!(r.stdout, "");
@@ -127,17 +149,11 @@ fn add_check_del_cycle_against_ipamd() {
 
     // DEL removes the pod's routing state and its address, and released the address only
     // after the rules were gone; the veth pair is left to the removal of the namespace.
-    let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod.path()), &args("web-0"));
+    let del_env = pod_env("DEL", "cid-a", &pod.path(), "web-0");
     let r = node.exec(&del_env, &node.with_prev("1.0.0", &result));
     r.assert_ok();
     assert!(pod_rules(&node.host, ip("10.0.2.20")).is_empty());
-    assert!(
-        node.host
-            .routes_all()
-            .unwrap()
-            .iter()
-            .all(|r| r["dst"] != "10.0.2.20")
-    );
+    assert!(routes_to(&node.host, "10.0.2.20").is_empty());
     assert_eq!(
         node.host.link(&veth).unwrap().map(|l| l["address"].clone()),
         Some(json!(host_mac)),
@@ -147,11 +163,7 @@ fn add_check_del_cycle_against_ipamd() {
         pod.link("eth0").unwrap().map(|l| l["address"].clone()),
         Some(json!(pod_mac))
     );
-    assert!(
-        pod.addresses_of("eth0").unwrap().is_empty(),
-        "{:?}",
-        pod.addresses_of("eth0").unwrap()
-    );
+    assert_no_addresses(&pod, "eth0");
     assert!(!pings(&node.host, "10.0.2.20"), "node -> deleted pod");
     node.ipamd.with(|s| {
         assert_eq!(s.rules_at_release, vec![(ip("10.0.2.20"), 0)]);
@@ -173,7 +185,7 @@ fn add_check_del_cycle_against_ipamd() {
         node.host.wait_link_gone(&veth, LINK_GONE_TIMEOUT).unwrap(),
         "veth outlived its namespace"
     );
-    let del_env = cni_env("DEL", "cid-a", "eth0", Some(&path), &args("web-0"));
+    let del_env = pod_env("DEL", "cid-a", &path, "web-0");
     node.exec(&del_env, &node.with_prev("1.0.0", &result))
         .assert_ok();
     assert_eq!(node.ipamd.with(|s| s.del_requests.len()), 3);
@@ -204,7 +216,7 @@ fn results_follow_the_request_version() {
 
     // A 0.4.0 cached result drives CHECK and DEL as well.
     let prev = j_a.clone();
-    let check_env = cni_env("CHECK", "cid-a", "eth0", Some(&pod_a.path()), &args("a"));
+    let check_env = pod_env("CHECK", "cid-a", &pod_a.path(), "a");
     node.exec(&check_env, &node.with_prev("0.4.0", &prev))
         .assert_ok();
 
@@ -221,11 +233,11 @@ fn results_follow_the_request_version() {
     };
     refused_as_eth0_exists("cid-a");
 
-    let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod_a.path()), &args("a"));
+    let del_env = pod_env("DEL", "cid-a", &pod_a.path(), "a");
     node.exec(&del_env, &node.with_prev("0.4.0", &prev))
         .assert_ok();
     assert!(pod_rules(&node.host, ip("10.0.2.30")).is_empty());
-    assert!(pod_a.addresses_of("eth0").unwrap().is_empty());
+    assert_no_addresses(&pod_a, "eth0");
 
     // A namespace that outlives its DEL (`podman network disconnect`) keeps its eth0, so an
     // ADD of the same interface there is refused, as the spec and the reference have it.
@@ -278,18 +290,12 @@ fn del_without_prev_result_asks_ipamd() {
     let pod = Netns::new("pod").unwrap();
     node.add("1.0.0", "cid-a", &pod, "web-0").assert_ok();
     assert_eq!(pod_rules(&node.host, ip("10.0.2.60")).len(), 2);
-    let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod.path()), &args("web-0"));
+    let del_env = pod_env("DEL", "cid-a", &pod.path(), "web-0");
     node.exec(&del_env, &node.conf("1.0.0")).assert_ok();
     assert!(pod_rules(&node.host, ip("10.0.2.60")).is_empty());
-    assert!(
-        node.host
-            .routes_all()
-            .unwrap()
-            .iter()
-            .all(|r| r["dst"] != "10.0.2.60")
-    );
-    assert!(pod.addresses_of("eth0").unwrap().is_empty());
-    let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
+    assert!(routes_to(&node.host, "10.0.2.60").is_empty());
+    assert_no_addresses(&pod, "eth0");
+    let veth = host_veth("web-0");
     assert!(
         node.host.link(&veth).unwrap().is_some(),
         "the veth goes with the netns"
@@ -309,8 +315,7 @@ fn gc_releases_attachments_not_in_the_valid_list() {
     let keep = Netns::new("pod").unwrap();
     let gone = Netns::new("pod").unwrap();
     let kept = node.add("1.1.0", "cid-keep", &keep, "keep").json();
-    node.add("1.1.0", "cid-gone", &gone, "gone").assert_ok();
-    let gone_veth = aws_cni::pod_network::host_veth_name("eni", "default", "gone");
+    let gone_veth = node.attach("1.1.0", "cid-gone", &gone, "gone");
 
     let mut c = node.conf("1.1.0");
     c["cni.dev/valid-attachments"] = json!([{"containerID": "cid-keep", "ifname": "eth0"}]);
@@ -323,24 +328,12 @@ fn gc_releases_attachments_not_in_the_valid_list() {
     assert_eq!(r.stdout, "");
     assert!(node.host.link(&gone_veth).unwrap().is_none());
     assert!(pod_rules(&node.host, ip("10.0.2.71")).is_empty());
-    assert!(
-        node.host
-            .routes_all()
-            .unwrap()
-            .iter()
-            .all(|r| r["dst"] != "10.0.2.71")
-    );
+    assert!(routes_to(&node.host, "10.0.2.71").is_empty());
     node.ipamd
         .with(|s| assert_eq!(s.free, vec![(ip("10.0.2.71"), 2)]));
 
     // The valid attachment is intact.
-    let check_env = cni_env(
-        "CHECK",
-        "cid-keep",
-        "eth0",
-        Some(&keep.path()),
-        &args("keep"),
-    );
+    let check_env = pod_env("CHECK", "cid-keep", &keep.path(), "keep");
     node.exec(&check_env, &node.with_prev("1.1.0", &kept))
         .assert_ok();
 
@@ -404,14 +397,12 @@ fn assert_attached(node: &Node, pod: &Netns, veth: &str, ip: Ipv4Addr, table: u3
         "{neigh:?}"
     );
     let ip_s = ip.to_string();
+    let host_routes = routes_to(&node.host, &ip_s);
     assert!(
-        node.host
-            .routes_all()
-            .unwrap()
+        host_routes
             .iter()
-            .any(|r| r["dst"] == ip_s.as_str() && r["dev"] == veth && r["scope"] == "link"),
-        "{:?}",
-        node.host.routes_all().unwrap()
+            .any(|r| r["dev"] == veth && r["scope"] == "link"),
+        "{host_routes:?}"
     );
     let rules = pod_rules(&node.host, ip);
     assert!(
@@ -438,21 +429,9 @@ fn assert_detached(node: &Node, pod: &Netns, ip: Ipv4Addr) {
         "{:?}",
         pod_rules(&node.host, ip)
     );
-    let ip_s = ip.to_string();
-    assert!(
-        node.host
-            .routes_all()
-            .unwrap()
-            .iter()
-            .all(|r| r["dst"] != ip_s.as_str()),
-        "{:?}",
-        node.host.routes_all().unwrap()
-    );
-    assert!(
-        pod.addresses_of("eth0").unwrap().is_empty(),
-        "{:?}",
-        pod.addresses_of("eth0").unwrap()
-    );
+    let routes = routes_to(&node.host, &ip.to_string());
+    assert!(routes.is_empty(), "{routes:?}");
+    assert_no_addresses(pod, "eth0");
 }
 
 #[test]
@@ -466,7 +445,7 @@ fn add_and_del_with_0_3_0_and_0_3_1_configs() {
         let cid = format!("cid-{name}");
         let r = node.add(version, &cid, &pod, name);
         r.assert_ok();
-        let veth = aws_cni::pod_network::host_veth_name("eni", "default", name);
+        let veth = host_veth(name);
         let host_mac = assert_attached(&node, &pod, &veth, addr, table);
         let pod_mac = pod.link("eth0").unwrap().unwrap()["address"]
             .as_str()
@@ -493,7 +472,7 @@ fn add_and_del_with_0_3_0_and_0_3_1_configs() {
         assert!(pings(&pod, "10.0.0.10"), "{version}: pod -> node");
 
         // CHECK does not exist before 0.4.0: code 1 with skel's words, nothing touched.
-        let check_env = cni_env("CHECK", &cid, "eth0", Some(&pod.path()), &args(name));
+        let check_env = pod_env("CHECK", &cid, &pod.path(), name);
         let c = node.exec(&check_env, &node.with_prev(version, &r.json()));
         assert_eq!(c.code(), 1, "{version}: {}", c.stdout);
         assert!(
@@ -506,7 +485,7 @@ fn add_and_del_with_0_3_0_and_0_3_1_configs() {
 
         // DEL without prevResult (0.3.x runtimes have none): ipamd names the address, the
         // pod's routing state and address go, and the address is released only after that.
-        let del_env = cni_env("DEL", &cid, "eth0", Some(&pod.path()), &args(name));
+        let del_env = pod_env("DEL", &cid, &pod.path(), name);
         let d = node.exec(&del_env, &node.conf(version));
         d.assert_ok();
         assert_eq!(d.stdout, "", "DEL prints nothing");
@@ -538,17 +517,14 @@ fn del_0_3_1_without_ipamd_cleans_up_from_the_pod_interface() {
     let node = Node::new(&[(ip("10.0.2.92"), 2), (ip("10.0.2.93"), 2)]);
     let pod = Netns::new("pod").unwrap();
     let neighbour = Netns::new("pod").unwrap();
-    node.add("0.3.1", "cid-a", &pod, "web-0").assert_ok();
-    node.add("0.3.1", "cid-b", &neighbour, "web-1").assert_ok();
-    let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
-    let other_veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-1");
+    let veth = node.attach("0.3.1", "cid-a", &pod, "web-0");
+    let other_veth = node.attach("0.3.1", "cid-b", &neighbour, "web-1");
     assert_attached(&node, &pod, &veth, ip("10.0.2.92"), 2);
 
     // ipamd unreachable, no prevResult: the pod's eth0 names the address and its gateway
     // neighbour the host veth's MAC; the host's routing state and the pod's address go.
-    let mut unreachable = node.conf("0.3.1");
-    unreachable["ipamdSocket"] = json!(node.log.path().join("absent.sock"));
-    let del_env = cni_env("DEL", "cid-a", "eth0", Some(&pod.path()), &args("web-0"));
+    let unreachable = node.conf_without_ipamd("0.3.1");
+    let del_env = pod_env("DEL", "cid-a", &pod.path(), "web-0");
     let d = node.exec(&del_env, &unreachable);
     d.assert_ok();
     assert_eq!(d.stdout, "");
@@ -586,35 +562,21 @@ fn late_0_3_1_del_of_an_old_sandbox_without_ipamd_keeps_the_new_sandbox() {
     let new_ns = Netns::new("new").unwrap();
     // web-0 re-created: the new sandbox's ADD replaces the old sandbox's host veth of the same
     // name, which takes the old pod's eth0 and host route with it; the old rules stay.
-    node.add("0.3.1", "cid-old", &old_ns, "web-0").assert_ok();
-    node.add("0.3.1", "cid-new", &new_ns, "web-0").assert_ok();
-    let veth = aws_cni::pod_network::host_veth_name("eni", "default", "web-0");
+    node.attach("0.3.1", "cid-old", &old_ns, "web-0");
+    let veth = node.attach("0.3.1", "cid-new", &new_ns, "web-0");
     assert!(old_ns.link("eth0").unwrap().is_none());
     assert_attached(&node, &new_ns, &veth, ip("10.0.2.95"), 2);
 
     // The old sandbox's DEL, without prevResult and without ipamd: its namespace no longer has
     // eth0, so nothing names its address; the veth of the pod's name is the new sandbox's and
     // is left alone, with its route and rules.
-    let mut unreachable = node.conf("0.3.1");
-    unreachable["ipamdSocket"] = json!(node.log.path().join("absent.sock"));
-    let old_del = cni_env(
-        "DEL",
-        "cid-old",
-        "eth0",
-        Some(&old_ns.path()),
-        &args("web-0"),
-    );
+    let unreachable = node.conf_without_ipamd("0.3.1");
+    let old_del = pod_env("DEL", "cid-old", &old_ns.path(), "web-0");
     node.exec(&old_del, &unreachable).assert_ok();
     assert_attached(&node, &new_ns, &veth, ip("10.0.2.95"), 2);
     assert!(pings(&node.host, "10.0.2.95"));
     // The same DEL with the namespace gone too.
-    let gone_del = cni_env(
-        "DEL",
-        "cid-old",
-        "eth0",
-        Some(Path::new("")),
-        &args("web-0"),
-    );
+    let gone_del = pod_env("DEL", "cid-old", Path::new(""), "web-0");
     node.exec(&gone_del, &unreachable).assert_ok();
     assert_attached(&node, &new_ns, &veth, ip("10.0.2.95"), 2);
     // What it could not find (the old address's rules) goes once ipamd answers the DEL.
