@@ -6,19 +6,20 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aws_cni::netlink::{Netlink, format_mac};
 use aws_cni::netns::Netns;
 use aws_cni::pod_network::{
     self, HostVethRef, PodNetworkError, PodSpec, SetupOutcome, host_veth_name,
 };
-use common::{LINK_GONE_TIMEOUT, pings, pod_rules};
+use common::{LINK_GONE_TIMEOUT, assert_no_addresses, pings, pod_rules, routes_to};
 use serde_json::Value;
 use test_support::netns::Netns as TestNetns;
 
 const HOST_ADDR: &str = "10.200.0.1";
 
+#[derive(Clone)]
 struct Pod {
     ip: Ipv4Addr,
     table: u32,
@@ -35,6 +36,16 @@ impl Pod {
             ifname: "eth0".into(),
         }
     }
+
+    fn spec(&self) -> PodSpec<'_> {
+        PodSpec {
+            ip: self.ip,
+            route_table: self.table,
+            host_veth: &self.veth,
+            ifname: &self.ifname,
+            mtu: 9001,
+        }
+    }
 }
 
 fn node() -> (TestNetns, TestNetns) {
@@ -45,51 +56,31 @@ fn node() -> (TestNetns, TestNetns) {
     (host, pod)
 }
 
+/// Netlink connections in the calling thread's namespace (the host) and in the pod namespace
+/// at `pod_path`.
+fn connections(pod_path: &Path) -> (Netlink, Netlink) {
+    let pod_ns = Netns::open(pod_path).unwrap();
+    (
+        Netlink::current().unwrap(),
+        Netlink::in_netns(&pod_ns).unwrap(),
+    )
+}
+
 fn setup(host: &TestNetns, pod_ns: &TestNetns, pod: &Pod) -> Result<SetupOutcome, PodNetworkError> {
-    let (path, ip, table, veth, ifname) = (
-        pod_ns.path(),
-        pod.ip,
-        pod.table,
-        pod.veth.clone(),
-        pod.ifname.clone(),
-    );
+    let (path, pod) = (pod_ns.path(), pod.clone());
     host.block_on_in(move || async move {
         let host_ns = Netns::current().unwrap();
-        let pod_ns = Netns::open(&path).unwrap();
-        let h = Netlink::current().unwrap();
-        let p = Netlink::in_netns(&pod_ns).unwrap();
-        let spec = PodSpec {
-            ip,
-            route_table: table,
-            host_veth: &veth,
-            ifname: &ifname,
-            mtu: 9001,
-        };
-        pod_network::setup(&h, &host_ns, &p, &spec).await
+        let (h, p) = connections(&path);
+        pod_network::setup(&h, &host_ns, &p, &pod.spec()).await
     })
     .unwrap()
 }
 
 fn check(host: &TestNetns, pod_ns: &TestNetns, pod: &Pod) -> Vec<String> {
-    let (path, ip, table, veth, ifname) = (
-        pod_ns.path(),
-        pod.ip,
-        pod.table,
-        pod.veth.clone(),
-        pod.ifname.clone(),
-    );
+    let (path, pod) = (pod_ns.path(), pod.clone());
     host.block_on_in(move || async move {
-        let pod_ns = Netns::open(&path).unwrap();
-        let h = Netlink::current().unwrap();
-        let p = Netlink::in_netns(&pod_ns).unwrap();
-        let spec = PodSpec {
-            ip,
-            route_table: table,
-            host_veth: &veth,
-            ifname: &ifname,
-            mtu: 9001,
-        };
-        pod_network::check(&h, &p, &spec).await.unwrap()
+        let (h, p) = connections(&path);
+        pod_network::check(&h, &p, &pod.spec()).await.unwrap()
     })
     .unwrap()
 }
@@ -106,19 +97,19 @@ fn teardown_with_mac(
     pod: &Pod,
     host_mac: Option<[u8; 6]>,
 ) -> Vec<String> {
-    let (ip, veth, ifname) = (pod.ip, pod.veth.clone(), pod.ifname.clone());
+    let pod = pod.clone();
     host.block_on_in(move || async move {
         let h = Netlink::current().unwrap();
         let veths = [HostVethRef {
-            name: veth,
+            name: pod.veth,
             mac: host_mac,
         }];
-        let mut errors = pod_network::teardown_host(&h, &[ip], &veths).await;
+        let mut errors = pod_network::teardown_host(&h, &[pod.ip], &veths).await;
         if let Some(path) = pod_path
             && let Ok(ns) = Netns::open(&path)
         {
             let p = Netlink::in_netns(&ns).unwrap();
-            errors.extend(pod_network::teardown_pod(&p, &ifname, &[ip], None).await);
+            errors.extend(pod_network::teardown_pod(&p, &pod.ifname, &[pod.ip], None).await);
         }
         errors
     })
@@ -143,13 +134,7 @@ fn assert_host_clean(host: &TestNetns, pod: &Pod) {
 
 /// The host neither routes the pod's address nor has its rules (its veth may remain).
 fn assert_host_unrouted(host: &TestNetns, pod: &Pod) {
-    let ip = pod.ip.to_string();
-    let routes: Vec<_> = host
-        .routes_all()
-        .unwrap()
-        .into_iter()
-        .filter(|r| r["dst"] == ip.as_str())
-        .collect();
+    let routes = routes_to(host, &pod.ip.to_string());
     assert!(routes.is_empty(), "host routes left: {routes:?}");
     assert!(
         pod_rules(host, pod.ip).is_empty(),
@@ -320,11 +305,7 @@ fn teardown_removes_routing_state_leaves_the_link_and_netns_removal_frees_the_pa
         .unwrap()
         .expect("pod eth0 stays until the netns goes");
     assert_eq!(eth0["address"], format_mac(&out.container_mac).as_str());
-    assert!(
-        pod_ns.addresses_of("eth0").unwrap().is_empty(),
-        "{:?}",
-        pod_ns.addresses_of("eth0").unwrap()
-    );
+    assert_no_addresses(&pod_ns, "eth0");
     assert!(
         pod_ns.routes_all().unwrap().is_empty(),
         "{:?}",
@@ -535,6 +516,15 @@ fn repeated_del_after_the_address_went_to_a_new_sandbox_of_the_same_pod_keeps_it
     assert_host_unrouted(&host, &new);
 }
 
+/// `pod_network::delete_rules_for` of `ip`, run in `host`; returns its errors.
+fn delete_rules_for(host: &TestNetns, ip: &'static str) -> Vec<String> {
+    host.block_on_in(move || async move {
+        let h = Netlink::current().unwrap();
+        pod_network::delete_rules_for(&h, &[ip.parse().unwrap()]).await
+    })
+    .unwrap()
+}
+
 #[test]
 fn rules_are_deleted_by_value_in_every_table_and_others_stay() {
     let (host, _pod_ns) = node();
@@ -569,12 +559,7 @@ fn rules_are_deleted_by_value_in_every_table_and_others_stay() {
         a.extend(args);
         host.ip(&a).unwrap();
     }
-    let errors = host
-        .block_on_in(move || async move {
-            let h = Netlink::current().unwrap();
-            pod_network::delete_rules_for(&h, &[ip.parse().unwrap()]).await
-        })
-        .unwrap();
+    let errors = delete_rules_for(&host, ip);
     assert!(errors.is_empty(), "{errors:?}");
     let left: Vec<(u64, String)> = host
         .ip_json(&["-4", "rule", "show"])
@@ -598,12 +583,7 @@ fn rules_are_deleted_by_value_in_every_table_and_others_stay() {
     );
     assert!(left.iter().any(|(p, r)| *p == 1537 && r.contains(ip)));
     // Nothing left to delete is not an error.
-    let again = host
-        .block_on_in(move || async move {
-            let h = Netlink::current().unwrap();
-            pod_network::delete_rules_for(&h, &[ip.parse().unwrap()]).await
-        })
-        .unwrap();
+    let again = delete_rules_for(&host, ip);
     assert!(again.is_empty(), "{again:?}");
 }
 
