@@ -16,8 +16,7 @@ impl Ec2Api for FakeEc2 {
         instance_types: &[String],
     ) -> Result<Vec<InstanceTypeLimits>, Ec2Error> {
         const API: &str = "DescribeInstanceTypes";
-        self.enter(API)?;
-        let w = self.lock();
+        let w = self.enter(API)?;
         let mut out = Vec::new();
         for t in instance_types {
             let Some(&(max_enis, ipv4_per_eni)) = w.types.get(t) else {
@@ -41,8 +40,7 @@ impl Ec2Api for FakeEc2 {
         eni_ids: &[String],
     ) -> Result<Vec<NetworkInterface>, Ec2Error> {
         const API: &str = "DescribeNetworkInterfaces";
-        self.enter(API)?;
-        let w = self.lock();
+        let w = self.enter(API)?;
         eni_ids
             .iter()
             .map(|id| {
@@ -62,22 +60,19 @@ impl Ec2Api for FakeEc2 {
         filters: &[Filter],
     ) -> Result<Vec<NetworkInterface>, Ec2Error> {
         const API: &str = "DescribeNetworkInterfaces";
-        self.enter(API)?;
-        let w = self.lock();
+        let w = self.enter(API)?;
         matching(API, w.enis.values().map(|e| w.view(e)), filters)
     }
 
     async fn describe_subnets(&self, filters: &[Filter]) -> Result<Vec<Subnet>, Ec2Error> {
         const API: &str = "DescribeSubnets";
-        self.enter(API)?;
-        let w = self.lock();
+        let w = self.enter(API)?;
         matching(API, w.subnets.keys().map(|id| w.subnet_view(id)), filters)
     }
 
     async fn describe_instance(&self, instance_id: &str) -> Result<Instance, Ec2Error> {
         const API: &str = "DescribeInstances";
-        self.enter(API)?;
-        let w = self.lock();
+        let w = self.enter(API)?;
         let Some(t) = w.instances.get(instance_id) else {
             return Err(err(
                 API,
@@ -109,8 +104,7 @@ impl Ec2Api for FakeEc2 {
         request: &CreateEni,
     ) -> Result<NetworkInterface, Ec2Error> {
         const API: &str = "CreateNetworkInterface";
-        self.enter(API)?;
-        let mut w = self.lock();
+        let mut w = self.enter(API)?;
         if let Some(id) = w.tokens.get(&request.client_token).cloned()
             && let Some(e) = w.enis.get(&id)
         {
@@ -141,8 +135,7 @@ impl Ec2Api for FakeEc2 {
         device_index: u32,
     ) -> Result<String, Ec2Error> {
         const API: &str = "AttachNetworkInterface";
-        self.enter(API)?;
-        let mut w = self.lock();
+        let mut w = self.enter(API)?;
         if !w.instances.contains_key(instance_id) {
             return Err(err(
                 API,
@@ -223,8 +216,7 @@ impl Ec2Api for FakeEc2 {
         attachment_id: &str,
     ) -> Result<(), Ec2Error> {
         const API: &str = "ModifyNetworkInterfaceAttribute";
-        self.enter(API)?;
-        let mut w = self.lock();
+        let mut w = self.enter(API)?;
         let Some(att) = w
             .enis
             .get_mut(eni_id)
@@ -243,8 +235,7 @@ impl Ec2Api for FakeEc2 {
 
     async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
         const API: &str = "DetachNetworkInterface";
-        self.enter(API)?;
-        let mut w = self.lock();
+        let mut w = self.enter(API)?;
         let Some(eni) = w
             .enis
             .values_mut()
@@ -269,8 +260,7 @@ impl Ec2Api for FakeEc2 {
 
     async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
         const API: &str = "DeleteNetworkInterface";
-        self.enter(API)?;
-        let mut w = self.lock();
+        let mut w = self.enter(API)?;
         match w.enis.get(eni_id) {
             None => Err(err(
                 API,
@@ -295,8 +285,7 @@ impl Ec2Api for FakeEc2 {
         count: u32,
     ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
         const API: &str = "AssignPrivateIpAddresses";
-        self.enter(API)?;
-        self.lock().assign(eni_id, count, API)
+        self.enter(API)?.assign(eni_id, count, API)
     }
 
     async fn unassign_private_ip_addresses(
@@ -305,8 +294,7 @@ impl Ec2Api for FakeEc2 {
         ips: &[Ipv4Addr],
     ) -> Result<(), Ec2Error> {
         const API: &str = "UnassignPrivateIpAddresses";
-        self.enter(API)?;
-        let mut w = self.lock();
+        let mut w = self.enter(API)?;
         let Some(eni) = w.enis.get_mut(eni_id) else {
             return Err(err(
                 API,
@@ -331,8 +319,7 @@ impl Ec2Api for FakeEc2 {
 
     async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<(), Ec2Error> {
         const API: &str = "CreateTags";
-        self.enter(API)?;
-        let mut w = self.lock();
+        let mut w = self.enter(API)?;
         for id in resource_ids {
             if !w.enis.contains_key(id) {
                 return Err(err(

@@ -133,6 +133,15 @@ fn err(api: &'static str, code: &str, message: impl Into<String>) -> Ec2Error {
     Ec2Error::from_code(api, code, message, Some(status))
 }
 
+/// Puts `eni` into `set` or takes it out.
+fn set_membership(set: &mut BTreeSet<String>, eni: &str, member: bool) {
+    if member {
+        set.insert(eni.to_owned());
+    } else {
+        set.remove(eni);
+    }
+}
+
 impl FakeEc2 {
     /// A VPC with one subnet and no instances; instance types from the built-in table.
     pub fn new() -> Self {
@@ -258,22 +267,12 @@ impl FakeEc2 {
 
     /// Hides an ENI from instance metadata (metadata lagging), or shows it again.
     pub fn hide_from_imds(&self, eni: &str, hidden: bool) {
-        let mut w = self.lock();
-        if hidden {
-            w.imds_hidden.insert(eni.to_owned());
-        } else {
-            w.imds_hidden.remove(eni);
-        }
+        set_membership(&mut self.lock().imds_hidden, eni, hidden);
     }
 
     /// Keeps an ENI's link from appearing on the instance, or lets it appear.
     pub fn hide_link(&self, eni: &str, hidden: bool) {
-        let mut w = self.lock();
-        if hidden {
-            w.links_hidden.insert(eni.to_owned());
-        } else {
-            w.links_hidden.remove(eni);
-        }
+        set_membership(&mut self.lock().links_hidden, eni, hidden);
     }
 
     /// Keeps the links of ENIs created from now on from appearing (`false`: they appear, and
@@ -376,12 +375,13 @@ impl FakeEc2 {
             .insert(key.to_owned(), value.to_owned());
     }
 
-    /// Records the call and returns the injected failure for it, if any.
-    fn enter(&self, api: &'static str) -> Result<(), Ec2Error> {
+    /// Records the call and returns the injected failure for it, if any, else the fake's
+    /// state, locked for the call.
+    fn enter(&self, api: &'static str) -> Result<MutexGuard<'_, World>, Ec2Error> {
         let mut w = self.lock();
         w.calls.push((api, tokio::time::Instant::now()));
         let pos = w.failures.iter().position(|f| f.api == "*" || f.api == api);
-        let Some(pos) = pos else { return Ok(()) };
+        let Some(pos) = pos else { return Ok(w) };
         let kind = w.failures[pos].kind;
         if let Some(n) = w.failures[pos].remaining.as_mut() {
             *n -= 1;
