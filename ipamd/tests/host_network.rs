@@ -52,6 +52,16 @@ fn ipv4_addrs(ns: &Netns, dev: &str) -> Vec<String> {
         .collect()
 }
 
+/// Asserts that every one of `wanted` is among `lines`.
+fn assert_has_lines(lines: &[String], wanted: &[&str]) {
+    for line in wanted {
+        assert!(
+            lines.iter().any(|l| l == line),
+            "{line:?} missing from {lines:?}"
+        );
+    }
+}
+
 fn routes(ns: &Netns, table: &str) -> Vec<String> {
     ns.ip(&["-4", "route", "show", "table", table])
         .unwrap()
@@ -115,13 +125,12 @@ fn secondary_eni_bring_up_sets_address_table_rule_mtu_and_up() {
     );
     assert_eq!(ipv4_addrs(&node, "eth1"), vec!["10.0.0.20/24".to_owned()]);
     let table2 = routes(&node, "2");
-    assert!(
-        table2.contains(&"default via 10.0.0.1 dev eth1".to_owned()),
-        "{table2:?}"
-    );
-    assert!(
-        table2.contains(&"10.0.0.1 dev eth1 scope link".to_owned()),
-        "{table2:?}"
+    assert_has_lines(
+        &table2,
+        &[
+            "default via 10.0.0.1 dev eth1",
+            "10.0.0.1 dev eth1 scope link",
+        ],
     );
     assert_eq!(table2.len(), 2, "{table2:?}");
     let main = routes(&node, "main");
@@ -134,10 +143,7 @@ fn secondary_eni_bring_up_sets_address_table_rule_mtu_and_up() {
         "the primary ENI's subnet route stays: {main:?}"
     );
     let rules = node.rule_lines().unwrap();
-    assert!(
-        rules.contains(&"32765: from 10.0.0.20 lookup 2".to_owned()),
-        "{rules:?}"
-    );
+    assert_has_lines(&rules, &["32765: from 10.0.0.20 lookup 2"]);
     assert_eq!(
         rules.iter().filter(|r| r.starts_with("32765:")).count(),
         1,
@@ -225,13 +231,12 @@ fn pod_rules_are_deleted_and_others_kept() {
     assert_eq!((deleted, again), (3, 0));
     let rules = node.rule_lines().unwrap();
     assert!(!rules.iter().any(|r| r.contains("10.0.0.50")), "{rules:?}");
-    assert!(
-        rules.contains(&"512: from all to 10.0.0.51 lookup main".to_owned()),
-        "{rules:?}"
-    );
-    assert!(
-        rules.contains(&"1536: from 10.0.0.51 lookup 2".to_owned()),
-        "{rules:?}"
+    assert_has_lines(
+        &rules,
+        &[
+            "512: from all to 10.0.0.51 lookup main",
+            "1536: from 10.0.0.51 lookup 2",
+        ],
     );
 }
 
