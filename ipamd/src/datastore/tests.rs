@@ -25,6 +25,16 @@ fn md(name: &str) -> PodMetadata {
     }
 }
 
+/// An ENI in 10.0.0.0/24.
+fn eni(id: &str, device_number: u32, primary_ip: &str) -> EniSpec {
+    EniSpec {
+        id: id.into(),
+        device_number,
+        primary_ip: ip(primary_ip),
+        subnet: "10.0.0.0/24".parse().unwrap(),
+    }
+}
+
 /// Two ENIs in 10.0.0.0/24: primary (device 0) with 3 secondaries, eth1 (device 1) with 2.
 fn store(cooldown_secs: u64) -> (Datastore, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new());
@@ -33,20 +43,8 @@ fn store(cooldown_secs: u64) -> (Datastore, Arc<ManualClock>) {
         clock.clone(),
         IMDS_ONLY_CAPACITY_NOTE,
     );
-    ds.add_eni(EniSpec {
-        id: "eni-b".into(),
-        device_number: 1,
-        primary_ip: ip("10.0.0.20"),
-        subnet: "10.0.0.0/24".parse().unwrap(),
-    })
-    .unwrap();
-    ds.add_eni(EniSpec {
-        id: "eni-a".into(),
-        device_number: 0,
-        primary_ip: ip("10.0.0.10"),
-        subnet: "10.0.0.0/24".parse().unwrap(),
-    })
-    .unwrap();
+    ds.add_eni(eni("eni-b", 1, "10.0.0.20")).unwrap();
+    ds.add_eni(eni("eni-a", 0, "10.0.0.10")).unwrap();
     for a in ["10.0.0.13", "10.0.0.11", "10.0.0.12"] {
         ds.add_ip("eni-a", ip(a)).unwrap();
     }
@@ -177,13 +175,7 @@ fn exhaustion_with_cooldown_says_how_long() {
 fn exhaustion_with_no_secondary_ips() {
     let clock = Arc::new(ManualClock::new());
     let mut ds = Datastore::new(Duration::from_secs(30), clock, "note");
-    ds.add_eni(EniSpec {
-        id: "eni-a".into(),
-        device_number: 0,
-        primary_ip: ip("10.0.0.10"),
-        subnet: "10.0.0.0/24".parse().unwrap(),
-    })
-    .unwrap();
+    ds.add_eni(eni("eni-a", 0, "10.0.0.10")).unwrap();
     let err = ds.assign(&key("c"), md("p")).unwrap_err();
     assert_eq!(
         err.message,
@@ -306,12 +298,7 @@ fn eni_and_ip_bookkeeping_rules() {
         assert!(is_expected(&err), "add_ip({eni}, {addr}): {err:?}");
     }
     assert!(matches!(
-        ds.add_eni(EniSpec {
-            id: "eni-c".into(),
-            device_number: 1,
-            primary_ip: ip("10.0.0.30"),
-            subnet: "10.0.0.0/24".parse().unwrap(),
-        }),
+        ds.add_eni(eni("eni-c", 1, "10.0.0.30")),
         Err(DatastoreError::DuplicateEni { .. })
     ));
     let (a, _) = ds.assign(&key("c1"), md("p1")).unwrap();
