@@ -169,6 +169,11 @@ impl World {
             .map(|a| a.ip)
     }
 
+    /// The ids of every ENI in EC2, attached or not.
+    fn eni_ids(&self) -> BTreeSet<String> {
+        self.ec2.all_enis().into_iter().map(|e| e.id).collect()
+    }
+
     /// Asks for one more pod's address, which must be refused with a message containing
     /// every one of `says`.
     async fn assert_pod_refused(&mut self, says: &[&str]) {
@@ -607,7 +612,7 @@ async fn addresses_ipamd_released_are_not_readopted_within_the_grace() {
 #[tokio::test]
 async fn new_eni_that_never_becomes_usable_is_removed_and_a_fresh_one_is_used_later() {
     let (w, mut m) = start("t3.small", targets(0, 5, 0)).await;
-    let before: BTreeSet<String> = w.ec2.all_enis().into_iter().map(|e| e.id).collect();
+    let before = w.eni_ids();
     w.ec2.hide_new_links(true);
     let t0 = tokio::time::Instant::now();
     let r = m.grow().await;
@@ -618,7 +623,7 @@ async fn new_eni_that_never_becomes_usable_is_removed_and_a_fresh_one_is_used_la
         "waited the bounded attach wait: {waited:?}"
     );
     assert_eq!(w.ec2_shape().0, 1, "the unusable ENI was detached");
-    let after: BTreeSet<String> = w.ec2.all_enis().into_iter().map(|e| e.id).collect();
+    let after = w.eni_ids();
     assert_eq!(after, before, "and deleted: no half-created ENI is left");
     assert_eq!(w.pool().await, (1, 3), "the pool is what it was");
     w.ec2.hide_new_links(false);
@@ -652,19 +657,13 @@ async fn an_assignment_that_may_have_run_is_read_back_before_assigning_again() {
 #[tokio::test]
 async fn a_half_created_eni_whose_removal_failed_is_removed_by_a_later_cycle() {
     let (w, mut m) = start("t3.small", targets(0, 5, 0)).await;
-    let before: BTreeSet<String> = w.ec2.all_enis().into_iter().map(|e| e.id).collect();
+    let before = w.eni_ids();
     w.ec2
         .fail_next("AttachNetworkInterface", Ec2ErrorKind::Server, 1);
     w.ec2
         .fail_next("DeleteNetworkInterface", Ec2ErrorKind::Server, 50);
     assert!(m.grow().await.failed);
-    let left: Vec<String> = w
-        .ec2
-        .all_enis()
-        .into_iter()
-        .map(|e| e.id)
-        .filter(|id| !before.contains(id))
-        .collect();
+    let left: Vec<String> = w.eni_ids().difference(&before).cloned().collect();
     assert_eq!(
         left.len(),
         1,
@@ -680,13 +679,13 @@ async fn a_half_created_eni_whose_removal_failed_is_removed_by_a_later_cycle() {
 #[tokio::test]
 async fn an_attach_that_failed_after_all_is_undone() {
     let (w, mut m) = start("t3.small", targets(0, 5, 0)).await;
-    let before: BTreeSet<String> = w.ec2.all_enis().into_iter().map(|e| e.id).collect();
+    let before = w.eni_ids();
     // The attach answers with a timeout (it may have run): the new ENI must not stay behind.
     w.ec2
         .fail_next("AttachNetworkInterface", Ec2ErrorKind::Timeout, 1);
     let r = m.grow().await;
     assert!(r.failed);
-    let after: BTreeSet<String> = w.ec2.all_enis().into_iter().map(|e| e.id).collect();
+    let after = w.eni_ids();
     assert_eq!(after, before, "the half-created ENI was deleted");
     assert_eq!(w.ec2_shape().0, 1);
     m.cycle().await;
