@@ -296,6 +296,11 @@ mod tests {
     use crate::cloud::ec2::Tags;
     use crate::testing::fake_ec2::{FakeEc2, SUBNET_ID, VPC_ID};
 
+    /// Tagged for ENIs (`kubernetes.io/role/cni=1`).
+    const FOR_CNI: (&str, &str) = (ROLE_CNI_TAG, "1");
+    /// Tagged for the `dev` cluster.
+    const DEV: (&str, &str) = ("cni.networking.k8s.aws/cluster/dev", "1");
+
     fn subnet(id: &str, available: u32, tags: &[(&str, &str)]) -> Subnet {
         Subnet {
             id: id.into(),
@@ -321,31 +326,20 @@ mod tests {
             (&[], false, None, NotTagged),
             (&[(ROLE_CNI_TAG, "0")], true, None, Excluded),
             (&[(ROLE_CNI_TAG, "0")], false, None, Excluded),
-            (&[(ROLE_CNI_TAG, "1")], false, None, Eligible),
+            (&[FOR_CNI], false, None, Eligible),
             (&[(ROLE_CNI_TAG, "")], false, None, NotTagged),
             (&[(ROLE_CNI_TAG, "yes")], false, Some("prod"), Eligible),
             (
-                &[
-                    (ROLE_CNI_TAG, "1"),
-                    ("cni.networking.k8s.aws/cluster/prod", "1"),
-                ],
+                &[FOR_CNI, ("cni.networking.k8s.aws/cluster/prod", "1")],
                 false,
                 Some("prod"),
                 Eligible,
             ),
+            (&[FOR_CNI, DEV], false, Some("prod"), OtherCluster),
             (
                 &[
-                    (ROLE_CNI_TAG, "1"),
-                    ("cni.networking.k8s.aws/cluster/dev", "1"),
-                ],
-                false,
-                Some("prod"),
-                OtherCluster,
-            ),
-            (
-                &[
-                    (ROLE_CNI_TAG, "1"),
-                    ("cni.networking.k8s.aws/cluster/dev", "1"),
+                    FOR_CNI,
+                    DEV,
                     ("cni.networking.k8s.aws/cluster/prod", "shared"),
                 ],
                 false,
@@ -353,25 +347,9 @@ mod tests {
                 Eligible,
             ),
             // Without CLUSTER_NAME the cluster tags are not consulted.
-            (
-                &[
-                    (ROLE_CNI_TAG, "1"),
-                    ("cni.networking.k8s.aws/cluster/dev", "1"),
-                ],
-                false,
-                None,
-                Eligible,
-            ),
+            (&[FOR_CNI, DEV], false, None, Eligible),
             // The node's subnet tagged for another cluster: excluded as well.
-            (
-                &[
-                    (ROLE_CNI_TAG, "1"),
-                    ("cni.networking.k8s.aws/cluster/dev", "1"),
-                ],
-                true,
-                Some("prod"),
-                OtherCluster,
-            ),
+            (&[FOR_CNI, DEV], true, Some("prod"), OtherCluster),
         ];
         for (tags, node, cluster, want) in cases {
             assert_eq!(
@@ -395,18 +373,8 @@ mod tests {
     #[tokio::test]
     async fn candidates_are_eligible_subnets_with_most_free_addresses_first() {
         let ec2 = FakeEc2::new();
-        ec2.add_subnet(
-            "subnet-small",
-            "10.0.1.0/28",
-            "us-west-2a",
-            &[(ROLE_CNI_TAG, "1")],
-        );
-        ec2.add_subnet(
-            "subnet-big",
-            "10.0.4.0/22",
-            "us-west-2a",
-            &[(ROLE_CNI_TAG, "1")],
-        );
+        ec2.add_subnet("subnet-small", "10.0.1.0/28", "us-west-2a", &[FOR_CNI]);
+        ec2.add_subnet("subnet-big", "10.0.4.0/22", "us-west-2a", &[FOR_CNI]);
         ec2.add_subnet("subnet-untagged", "10.0.8.0/21", "us-west-2a", &[]);
         ec2.add_subnet(
             "subnet-off",
@@ -414,21 +382,8 @@ mod tests {
             "us-west-2a",
             &[(ROLE_CNI_TAG, "0")],
         );
-        ec2.add_subnet(
-            "subnet-zone-b",
-            "10.0.32.0/20",
-            "us-west-2b",
-            &[(ROLE_CNI_TAG, "1")],
-        );
-        ec2.add_subnet(
-            "subnet-dev",
-            "10.0.48.0/20",
-            "us-west-2a",
-            &[
-                (ROLE_CNI_TAG, "1"),
-                ("cni.networking.k8s.aws/cluster/dev", "1"),
-            ],
-        );
+        ec2.add_subnet("subnet-zone-b", "10.0.32.0/20", "us-west-2b", &[FOR_CNI]);
+        ec2.add_subnet("subnet-dev", "10.0.48.0/20", "us-west-2a", &[FOR_CNI, DEV]);
         let mut p = picker(true, Some("prod"));
         let now = Instant::now();
         p.refresh(&ec2, VPC_ID, now).await.unwrap();
@@ -454,12 +409,7 @@ mod tests {
     async fn the_node_subnet_tagged_zero_is_not_a_candidate() {
         let ec2 = FakeEc2::new();
         ec2.tag_subnet(SUBNET_ID, ROLE_CNI_TAG, "0");
-        ec2.add_subnet(
-            "subnet-pods",
-            "10.0.4.0/22",
-            "us-west-2a",
-            &[(ROLE_CNI_TAG, "1")],
-        );
+        ec2.add_subnet("subnet-pods", "10.0.4.0/22", "us-west-2a", &[FOR_CNI]);
         let mut on = picker(true, None);
         on.refresh(&ec2, VPC_ID, Instant::now()).await.unwrap();
         let ids: Vec<String> = on.candidates().0.into_iter().map(|c| c.id).collect();
@@ -477,12 +427,7 @@ mod tests {
     #[tokio::test]
     async fn discovery_off_uses_the_node_subnet_only() {
         let ec2 = FakeEc2::new();
-        ec2.add_subnet(
-            "subnet-pods",
-            "10.0.4.0/22",
-            "us-west-2a",
-            &[(ROLE_CNI_TAG, "1")],
-        );
+        ec2.add_subnet("subnet-pods", "10.0.4.0/22", "us-west-2a", &[FOR_CNI]);
         let mut p = picker(false, None);
         assert_eq!(p.candidates().1, Source::NodeSubnetOnly);
         p.refresh(&ec2, VPC_ID, Instant::now()).await.unwrap();
