@@ -353,41 +353,37 @@ fn features_that_change_assignment_are_refused() {
 
 #[test]
 fn settings_that_need_missing_parts_are_refused_with_what_to_do() {
-    for (pairs, var, says) in [
+    for (var, value, says) in [
         (
-            &[(NETWORK_POLICY_ENFORCING_MODE, "strict")][..],
             NETWORK_POLICY_ENFORCING_MODE,
+            "strict",
             "unset NETWORK_POLICY_ENFORCING_MODE",
         ),
         (
-            &[(NETWORK_POLICY_ENFORCING_MODE, "standard")],
             NETWORK_POLICY_ENFORCING_MODE,
+            "standard",
             "network policy agent",
         ),
         (
-            &[(ANNOTATE_POD_IP, "true")],
             ANNOTATE_POD_IP,
+            "true",
             "unset ANNOTATE_POD_IP or set it to false",
         ),
         (
-            &[(CLUSTER_ENDPOINT, "https://api.example.internal")],
             CLUSTER_ENDPOINT,
+            "https://api.example.internal",
             "unset CLUSTER_ENDPOINT",
         ),
-        (
-            &[(MANAGE_UNTAGGED_ENI, "false")],
-            MANAGE_UNTAGGED_ENI,
-            "ENABLE_IMDS_ONLY_MODE=true",
-        ),
+        (MANAGE_UNTAGGED_ENI, "false", "ENABLE_IMDS_ONLY_MODE=true"),
     ] {
-        let err = with(pairs).unwrap_err();
+        let err = with(&[(var, value)]).unwrap_err();
         assert!(
             matches!(&err, ConfigError::Unsupported { var: v, .. } if *v == var),
             "{err:?}"
         );
         let msg = err.to_string();
         assert!(
-            msg.contains(var) && msg.contains(pairs[0].1) && msg.contains(says),
+            msg.contains(var) && msg.contains(value) && msg.contains(says),
             "{msg}"
         );
     }
