@@ -174,47 +174,34 @@ fn missing_or_invalid_environment_is_code_4() {
     let f = Fixture::new();
     let c = f.conf("1.0.0");
 
-    let mut env = f.add_env();
-    env.remove("CNI_NETNS");
-    let r = f.run(&env, &c);
-    assert_eq!(r.code(), 4);
-    assert!(r.msg().contains("CNI_NETNS"), "{}", r.msg());
-
-    let mut env = f.add_env();
-    env.remove("CNI_CONTAINERID");
-    let r = f.run(&env, &c);
-    assert_eq!(r.code(), 4);
-    assert!(r.msg().contains("CNI_CONTAINERID"), "{}", r.msg());
-
-    let mut env = f.add_env();
-    env.insert("CNI_IFNAME", "a234567890123456".into());
-    let r = f.run(&env, &c);
-    assert_eq!(r.code(), 4);
-    assert!(r.msg().contains("CNI_IFNAME"), "{}", r.msg());
-
-    let mut env = f.add_env();
-    env.remove("CNI_COMMAND");
-    let r = f.run(&env, &c);
-    assert_eq!(r.code(), 4);
-    assert!(r.msg().contains("CNI_COMMAND"), "{}", r.msg());
-
-    // A path that exists but is no network namespace.
-    let mut env = f.add_env();
-    env.insert("CNI_NETNS", "/proc/self/ns/mnt".into());
-    let r = f.run(&env, &c);
-    assert_eq!(r.code(), 4);
-    assert!(r.msg().contains("not a network namespace"), "{}", r.msg());
-
-    // The plugin's own namespace is never a pod's.
-    let mut env = f.add_env();
-    env.insert("CNI_NETNS", "/proc/self/ns/net".into());
-    let r = f.run(&env, &c);
-    assert_eq!(r.code(), 4);
-    assert!(
-        r.msg().contains("plugin's own network namespace"),
-        "{}",
-        r.msg()
-    );
+    // (variable, its value or None to unset it, what the message names)
+    for (var, value, needle) in [
+        ("CNI_NETNS", None, "CNI_NETNS"),
+        ("CNI_CONTAINERID", None, "CNI_CONTAINERID"),
+        ("CNI_IFNAME", Some("a234567890123456"), "CNI_IFNAME"),
+        ("CNI_COMMAND", None, "CNI_COMMAND"),
+        // A path that exists but is no network namespace.
+        (
+            "CNI_NETNS",
+            Some("/proc/self/ns/mnt"),
+            "not a network namespace",
+        ),
+        // The plugin's own namespace is never a pod's.
+        (
+            "CNI_NETNS",
+            Some("/proc/self/ns/net"),
+            "plugin's own network namespace",
+        ),
+    ] {
+        let mut env = f.add_env();
+        match value {
+            Some(v) => env.insert(var, v.to_string()),
+            None => env.remove(var),
+        };
+        let r = f.run(&env, &c);
+        assert_eq!(r.code(), 4, "{var}={value:?}");
+        assert!(r.msg().contains(needle), "{var}={value:?}: {}", r.msg());
+    }
     assert_eq!(f.host.link_names().unwrap(), vec!["lo".to_string()]);
 }
 
