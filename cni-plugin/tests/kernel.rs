@@ -66,6 +66,14 @@ fn connections(pod_path: &Path) -> (Netlink, Netlink) {
     )
 }
 
+/// A node with one pod set up: the host and pod namespaces, the pod, and what setup made.
+fn node_with_pod(ip: [u8; 4], table: u32, name: &str) -> (TestNetns, TestNetns, Pod, SetupOutcome) {
+    let (host, pod_ns) = node();
+    let pod = Pod::new(ip, table, name);
+    let out = setup(&host, &pod_ns, &pod).unwrap();
+    (host, pod_ns, pod, out)
+}
+
 fn setup(host: &TestNetns, pod_ns: &TestNetns, pod: &Pod) -> Result<SetupOutcome, PodNetworkError> {
     let (path, pod) = (pod_ns.path(), pod.clone());
     host.block_on_in(move || async move {
@@ -145,9 +153,7 @@ fn assert_host_unrouted(host: &TestNetns, pod: &Pod) {
 
 #[test]
 fn setup_builds_the_reference_data_plane_and_traffic_flows() {
-    let (host, pod_ns) = node();
-    let pod = Pod::new([10, 200, 0, 5], 2, "web-0");
-    let out = setup(&host, &pod_ns, &pod).unwrap();
+    let (host, pod_ns, pod, out) = node_with_pod([10, 200, 0, 5], 2, "web-0");
     let host_mac = format_mac(&out.host_mac);
     let container_mac = format_mac(&out.container_mac);
     assert_eq!(out.host_mac[0] & 0x03, 0x02, "host MAC is local unicast");
@@ -224,9 +230,7 @@ fn setup_builds_the_reference_data_plane_and_traffic_flows() {
 
 #[test]
 fn primary_eni_address_gets_no_from_rule() {
-    let (host, pod_ns) = node();
-    let pod = Pod::new([10, 200, 0, 6], 254, "web-1");
-    setup(&host, &pod_ns, &pod).unwrap();
+    let (host, pod_ns, pod, _) = node_with_pod([10, 200, 0, 6], 254, "web-1");
     let rules = pod_rules(&host, pod.ip);
     assert_eq!(rules.len(), 1, "{rules:?}");
     assert_eq!(rules[0]["priority"], 512);
@@ -235,9 +239,7 @@ fn primary_eni_address_gets_no_from_rule() {
 
 #[test]
 fn check_passes_then_names_a_removed_route_and_neighbour() {
-    let (host, pod_ns) = node();
-    let pod = Pod::new([10, 200, 0, 7], 3, "web-2");
-    setup(&host, &pod_ns, &pod).unwrap();
+    let (host, pod_ns, pod, _) = node_with_pod([10, 200, 0, 7], 3, "web-2");
     assert_eq!(check(&host, &pod_ns, &pod), Vec::<String>::new());
 
     pod_ns.ip(&["route", "del", "default"]).unwrap();
@@ -278,11 +280,9 @@ fn check_passes_then_names_a_removed_route_and_neighbour() {
 
 #[test]
 fn teardown_removes_routing_state_leaves_the_link_and_netns_removal_frees_the_pair() {
-    let (host, pod_ns) = node();
-    let pod = Pod::new([10, 200, 0, 8], 2, "web-3");
+    let (host, pod_ns, pod, out) = node_with_pod([10, 200, 0, 8], 2, "web-3");
     let other = Pod::new([10, 200, 0, 9], 2, "web-4");
     let other_ns = TestNetns::new("pod2").unwrap();
-    let out = setup(&host, &pod_ns, &pod).unwrap();
     setup(&host, &other_ns, &other).unwrap();
 
     assert!(teardown(&host, Some(pod_ns.path()), &pod).is_empty());
@@ -339,9 +339,7 @@ fn teardown_removes_routing_state_leaves_the_link_and_netns_removal_frees_the_pa
 
 #[test]
 fn teardown_after_the_pod_netns_is_gone_cleans_host_rules() {
-    let (host, pod_ns) = node();
-    let pod = Pod::new([10, 200, 0, 10], 2, "web-5");
-    setup(&host, &pod_ns, &pod).unwrap();
+    let (host, pod_ns, pod, _) = node_with_pod([10, 200, 0, 10], 2, "web-5");
     let path = pod_ns.path();
     drop(pod_ns);
     // The kernel removes the veth pair (and so the host route) with the namespace, in its
@@ -397,11 +395,9 @@ fn stale_host_veth_of_the_same_pod_name_is_replaced() {
 
 #[test]
 fn gc_teardown_removes_rules_route_and_the_veth_the_route_points_at() {
-    let (host, pod_ns) = node();
-    let pod = Pod::new([10, 200, 0, 13], 2, "web-8");
+    let (host, _pod_ns, pod, _) = node_with_pod([10, 200, 0, 13], 2, "web-8");
     let keep = Pod::new([10, 200, 0, 14], 2, "web-9");
     let keep_ns = TestNetns::new("keep").unwrap();
-    setup(&host, &pod_ns, &pod).unwrap();
     setup(&host, &keep_ns, &keep).unwrap();
     let ip = pod.ip;
     let errors = host
@@ -429,9 +425,7 @@ fn read_pod_side(pod_ns: &TestNetns, ifname: &str) -> Option<pod_network::PodSid
 
 #[test]
 fn the_pod_interface_names_its_address_and_host_veth_for_a_del_without_prev_result() {
-    let (host, pod_ns) = node();
-    let pod = Pod::new([10, 200, 0, 30], 3, "web-30");
-    let out = setup(&host, &pod_ns, &pod).unwrap();
+    let (host, pod_ns, pod, out) = node_with_pod([10, 200, 0, 30], 3, "web-30");
 
     let side = read_pod_side(&pod_ns, "eth0").expect("eth0 exists");
     assert_eq!(
