@@ -36,10 +36,30 @@ pub struct State {
     pub host_ns: Option<String>,
 }
 
+impl State {
+    /// Ends `key`'s assignment; its address (with its route table) returns to the pool.
+    fn release(&mut self, key: &Key) -> Option<(Ipv4Addr, i32)> {
+        let released = self.assigned.remove(key)?;
+        self.free.push(released);
+        Some(released)
+    }
+}
+
 #[derive(Clone)]
 struct Service(Arc<Mutex<State>>);
 
-fn meta(ip: Ipv4Addr, table: i32) -> rpc::IpAllocationMetadata {
+/// The ENI every address of the fake pool belongs to.
+const ENI_ID: &str = "eni-0000000000000000a";
+
+fn key(network_name: &str, container_id: &str, if_name: &str) -> Key {
+    (
+        network_name.to_string(),
+        container_id.to_string(),
+        if_name.to_string(),
+    )
+}
+
+fn meta((ip, table): (Ipv4Addr, i32)) -> rpc::IpAllocationMetadata {
     rpc::IpAllocationMetadata {
         i_pv4_addr: ip.to_string(),
         i_pv6_addr: String::new(),
@@ -78,12 +98,8 @@ impl CniBackend for Service {
                 "ipamd is starting: checkpoint not restored yet",
             ));
         }
-        let key = (
-            r.network_name.clone(),
-            r.container_id.clone(),
-            r.if_name.clone(),
-        );
-        let (ip, table) = match s.assigned.get(&key) {
+        let key = key(&r.network_name, &r.container_id, &r.if_name);
+        let assigned = match s.assigned.get(&key) {
             Some(v) => *v,
             None => {
                 if s.free.is_empty() {
@@ -99,9 +115,9 @@ impl CniBackend for Service {
         };
         Ok(Response::new(rpc::AddNetworkReply {
             success: true,
-            ip_allocation_metadata: vec![meta(ip, table)],
+            ip_allocation_metadata: vec![meta(assigned)],
             pod_vlan_id: s.pod_vlan_id,
-            eniid: "eni-0000000000000000a".into(),
+            eniid: ENI_ID.into(),
             ..Default::default()
         }))
     }
@@ -113,25 +129,14 @@ impl CniBackend for Service {
         let r = req.into_inner();
         let mut s = self.0.lock().unwrap();
         s.del_requests.push(r.clone());
-        let key = (
-            r.network_name.clone(),
-            r.container_id.clone(),
-            r.if_name.clone(),
-        );
-        let released = match s.assigned.remove(&key) {
-            Some((ip, table)) => {
-                if let Some(ns) = s.host_ns.clone() {
-                    let n = count_rules(&ns, ip);
-                    s.rules_at_release.push((ip, n));
-                }
-                s.free.push((ip, table));
-                vec![meta(ip, table)]
-            }
-            None => vec![],
-        };
+        let released = s.release(&key(&r.network_name, &r.container_id, &r.if_name));
+        if let (Some((ip, _)), Some(ns)) = (released, s.host_ns.clone()) {
+            let n = count_rules(&ns, ip);
+            s.rules_at_release.push((ip, n));
+        }
         Ok(Response::new(rpc::DelNetworkReply {
             success: true,
-            ip_allocation_metadata: released,
+            ip_allocation_metadata: released.into_iter().map(meta).collect(),
             ..Default::default()
         }))
     }
@@ -142,11 +147,11 @@ impl CniBackend for Service {
     ) -> Result<Response<rpc::CheckNetworkReply>, Status> {
         let r = req.into_inner();
         let s = self.0.lock().unwrap();
-        let key = (r.network_name, r.container_id, r.if_name);
+        let key = key(&r.network_name, &r.container_id, &r.if_name);
         match s.assigned.get(&key) {
-            Some((ip, table)) => Ok(Response::new(rpc::CheckNetworkReply {
-                ip_allocation_metadata: vec![meta(*ip, *table)],
-                eniid: "eni-0000000000000000a".into(),
+            Some(assigned) => Ok(Response::new(rpc::CheckNetworkReply {
+                ip_allocation_metadata: vec![meta(*assigned)],
+                eniid: ENI_ID.into(),
             })),
             None => Err(Status::not_found("no assignment for this key")),
         }
@@ -186,13 +191,7 @@ impl CniBackend for Service {
                     .any(|a| a.container_id == k.1 && a.if_name == k.2)
         };
         let gone: Vec<Key> = s.assigned.keys().filter(|k| !keep(k)).cloned().collect();
-        let mut released = Vec::new();
-        for k in gone {
-            if let Some((ip, table)) = s.assigned.remove(&k) {
-                s.free.push((ip, table));
-                released.push(meta(ip, table));
-            }
-        }
+        let released = gone.iter().filter_map(|k| s.release(k)).map(meta).collect();
         Ok(Response::new(rpc::GarbageCollectReply { released }))
     }
 }
