@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use vpc_cni_contract::dataplane::route_table_for_device;
 
 use self::wire::{
-    AddressInfo, CidrInfo, CloudErrorJson, EniInfo, EniInfos, IpNet, IpamKeyJson, IpamMetadataJson,
-    LimitsJson, PodInfo, PoolReport, RootResponse, SubnetJson,
+    AddressInfo, CidrInfo, CloudErrorJson, EniInfo, EniInfos, IpCounts, IpNet, IpamKeyJson,
+    IpamMetadataJson, LimitsJson, PodInfo, PoolReport, RootResponse, SubnetJson,
 };
 use crate::config::parse::RandomizeSnat;
 use crate::config::{self, Config, ProvisioningMode};
@@ -212,9 +212,11 @@ pub fn eni_infos(ds: &mut Datastore) -> BTreeMap<String, EniInfos> {
                 route_table_id: route_table_for_device(device),
                 primary_ip: view.spec.primary_ip.to_string(),
                 subnet_cidr: view.spec.subnet.to_string(),
-                total_ips: view.total,
-                assigned_ips: view.assigned,
-                cooldown_ips: view.cooling,
+                ips: IpCounts {
+                    total: view.total,
+                    assigned: view.assigned,
+                    cooling: view.cooling,
+                },
                 available_ipv4_cidrs: cidrs,
                 ipv6_cidrs: BTreeMap::new(),
             },
@@ -223,9 +225,11 @@ pub fn eni_infos(ds: &mut Datastore) -> BTreeMap<String, EniInfos> {
     BTreeMap::from([(
         "0".to_owned(),
         EniInfos {
-            total_ips: stats.total,
-            assigned_ips: stats.assigned,
-            cooldown_ips: stats.cooling,
+            ips: IpCounts {
+                total: stats.total,
+                assigned: stats.assigned,
+                cooling: stats.cooling,
+            },
             enis,
         },
     )])
@@ -268,9 +272,11 @@ pub async fn pool_report(state: &IpamState, mode: &str) -> PoolReport {
         instance_id: node.instance_id.unwrap_or_default(),
         instance_type: node.instance_type.unwrap_or_default(),
         enis: status.stats.enis,
-        total_ips: status.stats.total,
-        assigned_ips: status.stats.assigned,
-        cooldown_ips: status.stats.cooling,
+        ips: IpCounts {
+            total: status.stats.total,
+            assigned: status.stats.assigned,
+            cooling: status.stats.cooling,
+        },
         assignable_ips: status.stats.assignable,
         limits: node.limits.map(|l| LimitsJson {
             max_enis: l.max_enis,
@@ -379,8 +385,12 @@ mod tests {
         let enis: BTreeMap<String, EniInfos> = get_json(&addr, "/v1/enis").await.unwrap();
         let card = &enis["0"];
         assert_eq!(
-            (card.total_ips, card.assigned_ips, card.cooldown_ips),
-            (4, 2, 1)
+            card.ips,
+            IpCounts {
+                total: 4,
+                assigned: 2,
+                cooling: 1
+            }
         );
         let a = &card.enis["eni-a"];
         assert!(a.is_primary);
@@ -388,14 +398,14 @@ mod tests {
             (
                 a.device_number,
                 a.route_table_id,
-                a.assigned_ips,
-                a.cooldown_ips
+                a.ips.assigned,
+                a.ips.cooling
             ),
             (0, 254, 1, 1)
         );
         let b = &card.enis["eni-b"];
         assert_eq!(
-            (b.device_number, b.route_table_id, b.assigned_ips),
+            (b.device_number, b.route_table_id, b.ips.assigned),
             (1, 2, 1)
         );
         assert_eq!(b.available_ipv4_cidrs.len(), 2);
@@ -448,9 +458,9 @@ mod tests {
         assert_eq!(
             (
                 pool.enis,
-                pool.total_ips,
-                pool.assigned_ips,
-                pool.cooldown_ips,
+                pool.ips.total,
+                pool.ips.assigned,
+                pool.ips.cooling,
                 pool.assignable_ips
             ),
             (2, 4, 2, 1, 1)

@@ -233,9 +233,9 @@ fn write_summary(out: &mut String, pool: &PoolReport) {
     let _ = writeln!(
         out,
         "IPs:            {} total, {} assigned, {} cooling, {} assignable, on {} ENI{}",
-        pool.total_ips,
-        pool.assigned_ips,
-        pool.cooldown_ips,
+        pool.ips.total,
+        pool.ips.assigned,
+        pool.ips.cooling,
         pool.assignable_ips,
         pool.enis,
         if pool.enis == 1 { "" } else { "s" }
@@ -329,19 +329,16 @@ fn eni_table(enis: &BTreeMap<String, EniInfos>) -> String {
         } else {
             e.route_table_id.to_string()
         };
-        let free = e
-            .total_ips
-            .saturating_sub(e.assigned_ips)
-            .saturating_sub(e.cooldown_ips);
+        let free = e.ips.free();
         rows.push(vec![
             e.id.clone(),
             e.device_number.to_string(),
             table_name,
             e.primary_ip.clone(),
             e.subnet_cidr.clone(),
-            e.total_ips.to_string(),
-            e.assigned_ips.to_string(),
-            e.cooldown_ips.to_string(),
+            e.ips.total.to_string(),
+            e.ips.assigned.to_string(),
+            e.ips.cooling.to_string(),
             free.to_string(),
         ]);
     }
@@ -356,7 +353,7 @@ fn eni_table(enis: &BTreeMap<String, EniInfos>) -> String {
 mod tests {
 
     use super::*;
-    use crate::introspect::wire::{CloudErrorJson, EniInfo, LimitsJson, SubnetJson};
+    use crate::introspect::wire::{CloudErrorJson, EniInfo, IpCounts, LimitsJson, SubnetJson};
 
     fn eni(id: &str, device: u32, total: usize, assigned: usize, cooling: usize) -> EniInfo {
         EniInfo {
@@ -369,9 +366,11 @@ mod tests {
             route_table_id: if device == 0 { 254 } else { device + 1 },
             primary_ip: format!("10.0.0.{}", 10 + 10 * device),
             subnet_cidr: "10.0.0.0/24".into(),
-            total_ips: total,
-            assigned_ips: assigned,
-            cooldown_ips: cooling,
+            ips: IpCounts {
+                total,
+                assigned,
+                cooling,
+            },
             available_ipv4_cidrs: BTreeMap::new(),
             ipv6_cidrs: BTreeMap::new(),
         }
@@ -386,9 +385,11 @@ mod tests {
             instance_id: "i-0a1b".into(),
             instance_type: "t3.small".into(),
             enis: 2,
-            total_ips: 9,
-            assigned_ips: 5,
-            cooldown_ips: 1,
+            ips: IpCounts {
+                total: 9,
+                assigned: 5,
+                cooling: 1,
+            },
             assignable_ips: 3,
             limits: Some(LimitsJson {
                 max_enis: 3,
@@ -443,9 +444,11 @@ mod tests {
         let enis = BTreeMap::from([(
             "0".to_owned(),
             EniInfos {
-                total_ips: 9,
-                assigned_ips: 5,
-                cooldown_ips: 1,
+                ips: IpCounts {
+                    total: 9,
+                    assigned: 5,
+                    cooling: 1,
+                },
                 enis: BTreeMap::from([
                     ("eni-b".to_owned(), eni("eni-b", 1, 6, 2, 1)),
                     ("eni-a".to_owned(), eni("eni-a", 0, 3, 3, 0)),

@@ -164,15 +164,9 @@ pub struct EniInfo {
     /// Ours: its subnet.
     #[serde(rename = "SubnetCIDR")]
     pub subnet_cidr: String,
-    /// Ours: secondary IPs.
-    #[serde(rename = "TotalIPs")]
-    pub total_ips: usize,
-    /// Ours: assigned ones.
-    #[serde(rename = "AssignedIPs")]
-    pub assigned_ips: usize,
-    /// Ours: cooling ones.
-    #[serde(rename = "CooldownIPs")]
-    pub cooldown_ips: usize,
+    /// Its secondary IPs: all, assigned, cooling.
+    #[serde(flatten)]
+    pub ips: IpCounts,
     /// `ip/32` → CIDR.
     #[serde(rename = "AvailableIPv4Cidrs")]
     pub available_ipv4_cidrs: BTreeMap<String, CidrInfo>,
@@ -181,19 +175,37 @@ pub struct EniInfo {
     pub ipv6_cidrs: BTreeMap<String, CidrInfo>,
 }
 
+/// Secondary IPs by state: `TotalIPs` and `AssignedIPs` as the reference names them, and our
+/// `CooldownIPs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpCounts {
+    /// Secondary IPs.
+    #[serde(rename = "TotalIPs")]
+    pub total: usize,
+    /// Assigned ones.
+    #[serde(rename = "AssignedIPs")]
+    pub assigned: usize,
+    /// Cooling ones.
+    #[serde(rename = "CooldownIPs")]
+    pub cooling: usize,
+}
+
+impl IpCounts {
+    /// Neither assigned nor cooling.
+    pub fn free(&self) -> usize {
+        self.total
+            .saturating_sub(self.assigned)
+            .saturating_sub(self.cooling)
+    }
+}
+
 /// The reference's `ENIInfos` for one network card, plus our cooldown count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EniInfos {
-    /// Secondary IPs.
-    #[serde(rename = "TotalIPs")]
-    pub total_ips: usize,
-    /// Assigned ones.
-    #[serde(rename = "AssignedIPs")]
-    pub assigned_ips: usize,
-    /// Ours: cooling ones.
-    #[serde(rename = "CooldownIPs")]
-    pub cooldown_ips: usize,
+    /// Its secondary IPs: all, assigned, cooling.
+    #[serde(flatten)]
+    pub ips: IpCounts,
     /// By ENI id.
     #[serde(rename = "ENIs")]
     pub enis: BTreeMap<String, EniInfo>,
@@ -270,15 +282,9 @@ pub struct PoolReport {
     /// ENIs in the pool.
     #[serde(rename = "ENIs")]
     pub enis: usize,
-    /// Secondary IPs.
-    #[serde(rename = "TotalIPs")]
-    pub total_ips: usize,
-    /// Assigned.
-    #[serde(rename = "AssignedIPs")]
-    pub assigned_ips: usize,
-    /// Cooling down.
-    #[serde(rename = "CooldownIPs")]
-    pub cooldown_ips: usize,
+    /// Its secondary IPs: all, assigned, cooling.
+    #[serde(flatten)]
+    pub ips: IpCounts,
     /// Assignable now.
     #[serde(rename = "AssignableIPs")]
     pub assignable_ips: usize,
@@ -359,6 +365,25 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn ip_counts_are_fields_of_the_card_as_in_the_reference() {
+        let card = EniInfos {
+            ips: IpCounts {
+                total: 9,
+                assigned: 5,
+                cooling: 1,
+            },
+            enis: BTreeMap::new(),
+        };
+        let json = serde_json::to_value(&card).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"TotalIPs": 9, "AssignedIPs": 5, "CooldownIPs": 1, "ENIs": {}})
+        );
+        assert_eq!(serde_json::from_value::<EniInfos>(json).unwrap(), card);
+        assert_eq!(card.ips.free(), 3);
+    }
 
     #[test]
     fn masks_are_base64_like_go() {
