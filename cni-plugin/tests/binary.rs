@@ -102,26 +102,22 @@ fn malformed_json_is_code_6() {
     let r = exec_plugin(&f.host, &f.add_env(), b"{\"cniVersion\": \"1.0.0\",");
     assert_eq!(r.code(), 6, "{}", r.stdout);
     let r = exec_plugin(&f.host, &f.add_env(), b"{\"cniVersion\":\"1.0.0\"}\0");
-    assert_eq!(r.code(), 6);
-    assert!(r.msg().contains("NUL byte"), "{}", r.msg());
+    r.assert_error(6, "NUL byte");
     let mut c = f.conf("1.0.0");
     c["mtu"] = json!(true);
     let r = f.run(&f.add_env(), &c);
-    assert_eq!(r.code(), 6);
-    assert!(r.msg().contains("\"mtu\""), "{}", r.msg());
+    r.assert_error(6, "\"mtu\"");
 }
 
 #[test]
 fn unknown_cni_version_is_code_1() {
     let f = Fixture::new();
     let r = f.run(&f.add_env(), &f.conf("9.9.9"));
-    assert_eq!(r.code(), 1);
-    assert!(r.msg().contains("9.9.9"), "{}", r.msg());
+    r.assert_error(1, "9.9.9");
     // GC and STATUS do not exist before 1.1.0.
     let env = HashMap::from([("CNI_COMMAND", "STATUS".to_string())]);
     let r = f.run(&env, &f.conf("1.0.0"));
-    assert_eq!(r.code(), 1);
-    assert!(r.msg().contains("STATUS"), "{}", r.msg());
+    r.assert_error(1, "STATUS");
     // CHECK does not exist before 0.4.0 (skel's answer, in the request's version).
     for v in ["0.3.0", "0.3.1"] {
         let env = cni_env("CHECK", "cid1", "eth0", Some(&f.pod.path()), ARGS);
@@ -211,12 +207,7 @@ fn netns_path_that_does_not_exist_is_code_3() {
     let mut env = f.add_env();
     env.insert("CNI_NETNS", "/run/netns/acni-does-not-exist".into());
     let r = f.run(&env, &f.conf("1.0.0"));
-    assert_eq!(r.code(), 3);
-    assert!(
-        r.msg().contains("/run/netns/acni-does-not-exist"),
-        "{}",
-        r.msg()
-    );
+    r.assert_error(3, "/run/netns/acni-does-not-exist");
 }
 
 #[test]
@@ -242,8 +233,7 @@ fn add_without_ipamd_is_code_11_and_leaves_nothing() {
     let f = Fixture::new();
     let host_links = f.host.link_names().unwrap();
     let r = f.run(&f.add_env(), &f.conf("1.0.0"));
-    assert_eq!(r.code(), 11, "{}", r.stdout);
-    assert!(r.msg().contains("ipamd"), "{}", r.msg());
+    r.assert_error(11, "ipamd");
     assert!(r.msg().contains("absent.sock"), "{}", r.msg());
     assert_eq!(f.host.link_names().unwrap(), host_links);
     assert_eq!(f.pod.link_names().unwrap(), vec!["lo".to_string()]);
@@ -307,8 +297,7 @@ fn status_without_ipamd_is_code_50() {
     let f = Fixture::new();
     let env = HashMap::from([("CNI_COMMAND", "STATUS".to_string())]);
     let r = f.run(&env, &f.conf("1.1.0"));
-    assert_eq!(r.code(), 50);
-    assert!(r.msg().contains("absent.sock"), "{}", r.msg());
+    r.assert_error(50, "absent.sock");
 }
 
 #[test]
@@ -316,8 +305,7 @@ fn check_without_prev_result_is_refused() {
     let f = Fixture::new();
     let env = cni_env("CHECK", "cid1", "eth0", Some(&f.pod.path()), ARGS);
     let r = f.run(&env, &f.conf("1.0.0"));
-    assert_eq!(r.code(), 7);
-    assert!(r.msg().contains("prevResult"), "{}", r.msg());
+    r.assert_error(7, "prevResult");
 }
 
 #[test]
@@ -325,8 +313,7 @@ fn oversized_stdin_is_refused() {
     let f = Fixture::new();
     let big = vec![b' '; (1 << 20) + 10];
     let r = exec_plugin(&f.host, &f.add_env(), &big);
-    assert_eq!(r.code(), 5);
-    assert!(r.msg().contains("larger than"), "{}", r.msg());
+    r.assert_error(5, "larger than");
 }
 
 #[test]
@@ -341,13 +328,11 @@ fn check_and_gc_without_ipamd_are_code_11() {
     });
     let env = cni_env("CHECK", "cid1", "eth0", Some(&f.pod.path()), ARGS);
     let r = f.run(&env, &c);
-    assert_eq!(r.code(), 11);
-    assert!(r.msg().contains("cannot connect to ipamd"), "{}", r.msg());
+    r.assert_error(11, "cannot connect to ipamd");
 
     let mut c = f.conf("1.1.0");
     c["cni.dev/valid-attachments"] = json!([]);
     let env = HashMap::from([("CNI_COMMAND", "GC".to_string())]);
     let r = f.run(&env, &c);
-    assert_eq!(r.code(), 11);
-    assert!(r.msg().contains("cannot connect to ipamd"), "{}", r.msg());
+    r.assert_error(11, "cannot connect to ipamd");
 }

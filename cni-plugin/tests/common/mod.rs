@@ -100,6 +100,13 @@ impl PluginRun {
         self.json()["msg"].as_str().unwrap_or_default().to_string()
     }
 
+    /// Asserts a failure with CNI error `code` whose message contains `needle`.
+    pub fn assert_error(&self, code: u64, needle: &str) {
+        assert_eq!(self.code(), code, "{}", self.stdout);
+        let msg = self.msg();
+        assert!(msg.contains(needle), "{needle:?} not in {msg:?}");
+    }
+
     pub fn assert_ok(&self) {
         assert!(
             self.success,
