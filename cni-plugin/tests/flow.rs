@@ -71,9 +71,16 @@ impl Node {
         self.exec(&pod_env("ADD", cid, &pod.path(), name), &self.conf(version))
     }
 
-    /// ADDs pod `name` (which must succeed) and returns its host veth.
+    /// ADDs pod `name`, which must succeed, and returns the result.
+    fn add_ok(&self, version: &str, cid: &str, pod: &Netns, name: &str) -> Value {
+        let r = self.add(version, cid, pod, name);
+        r.assert_ok();
+        r.json()
+    }
+
+    /// ADDs pod `name`, which must succeed, and returns its host veth.
     fn attach(&self, version: &str, cid: &str, pod: &Netns, name: &str) -> String {
-        self.add(version, cid, pod, name).assert_ok();
+        self.add_ok(version, cid, pod, name);
         host_veth(name)
     }
 
@@ -84,6 +91,13 @@ impl Node {
     }
 }
 
+/// The MAC of link `name` in `ns`, which must exist.
+fn mac_of(ns: &Netns, name: &str) -> String {
+    let link = ns.link(name).unwrap();
+    let link = link.unwrap_or_else(|| panic!("no link {name}"));
+    link["address"].as_str().unwrap().to_string()
+}
+
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
@@ -92,18 +106,10 @@ fn ip(s: &str) -> Ipv4Addr {
 fn add_check_del_cycle_against_ipamd() {
     let node = Node::new(&[(ip("10.0.2.20"), 2)]);
     let pod = Netns::new("pod").unwrap();
-    let r = node.add("1.0.0", "cid-a", &pod, "web-0");
-    r.assert_ok();
-    let result = r.json();
+    let result = node.add_ok("1.0.0", "cid-a", &pod, "web-0");
     let veth = host_veth("web-0");
-    let host_mac = node.host.link(&veth).unwrap().unwrap()["address"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let pod_mac = pod.link("eth0").unwrap().unwrap()["address"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let host_mac = mac_of(&node.host, &veth);
+    let pod_mac = mac_of(&pod, "eth0");
     assert_eq!(
         result,
         json!({
@@ -140,12 +146,7 @@ fn add_check_del_cycle_against_ipamd() {
     // Tampering is reported with what differs.
     pod.ip(&["route", "del", "default"]).unwrap();
     let r = node.exec(&check_env, &node.with_prev("1.0.0", &result));
-    assert_eq!(r.code(), 100);
-    assert!(
-        r.msg().contains("default route via 169.254.1.1"),
-        "{}",
-        r.msg()
-    );
+    r.assert_error(100, "default route via 169.254.1.1");
 
     // DEL removes the pod's routing state and its address, and released the address only
     // after the rules were gone; the veth pair is left to the removal of the namespace.
@@ -196,9 +197,7 @@ fn results_follow_the_request_version() {
     let node = Node::new(&[(ip("10.0.2.30"), 254), (ip("10.0.2.31"), 254)]);
     let pod_a = Netns::new("pod").unwrap();
     let pod_b = Netns::new("pod").unwrap();
-    let r = node.add("0.4.0", "cid-a", &pod_a, "a");
-    r.assert_ok();
-    let j = r.json();
+    let j = node.add_ok("0.4.0", "cid-a", &pod_a, "a");
     let j_a = j.clone();
     assert_eq!(j["cniVersion"], "0.4.0");
     assert_eq!(j["ips"][0]["version"], "4");
@@ -206,9 +205,7 @@ fn results_follow_the_request_version() {
     // Primary-ENI address: only the 512 rule.
     assert_eq!(pod_rules(&node.host, ip("10.0.2.30")).len(), 1);
 
-    let r = node.add("1.1.0", "cid-b", &pod_b, "b");
-    r.assert_ok();
-    let j = r.json();
+    let j = node.add_ok("1.1.0", "cid-b", &pod_b, "b");
     assert_eq!(j["cniVersion"], "1.1.0");
     assert_eq!(j["interfaces"][0]["mtu"], 9001);
     assert_eq!(j["interfaces"][1]["mtu"], 9001);
@@ -223,12 +220,7 @@ fn results_follow_the_request_version() {
     // A repeated ADD while eth0 exists is refused before ipamd is asked.
     let refused_as_eth0_exists = |cid: &str| {
         let again = node.add("0.4.0", cid, &pod_a, "a");
-        assert_eq!(again.code(), 121);
-        assert!(
-            again.msg().contains("eth0 already exists"),
-            "{}",
-            again.msg()
-        );
+        again.assert_error(121, "eth0 already exists");
         assert_eq!(node.ipamd.with(|s| s.add_requests.len()), 2);
     };
     refused_as_eth0_exists("cid-a");
@@ -250,8 +242,7 @@ fn exhausted_or_unready_ipamd_is_code_11_with_its_message_and_leaves_nothing() {
     let pod = Netns::new("pod").unwrap();
     let links = node.host.link_names().unwrap();
     let r = node.add("1.0.0", "cid-a", &pod, "web-0");
-    assert_eq!(r.code(), 11);
-    assert!(r.msg().contains("no assignable IP address"), "{}", r.msg());
+    r.assert_error(11, "no assignable IP address");
     assert!(r.msg().contains("limit"), "{}", r.msg());
     assert_eq!(node.host.link_names().unwrap(), links);
     assert_eq!(pod.link_names().unwrap(), vec!["lo".to_string()]);
@@ -261,8 +252,7 @@ fn exhausted_or_unready_ipamd_is_code_11_with_its_message_and_leaves_nothing() {
         s.free.push((ip("10.0.2.40"), 2));
     });
     let r = node.add("1.0.0", "cid-a", &pod, "web-0");
-    assert_eq!(r.code(), 11);
-    assert!(r.msg().contains("starting"), "{}", r.msg());
+    r.assert_error(11, "starting");
     assert_eq!(node.host.link_names().unwrap(), links);
 }
 
@@ -272,8 +262,7 @@ fn failed_setup_returns_the_address() {
     node.ipamd.with(|s| s.pod_vlan_id = 7);
     let pod = Netns::new("pod").unwrap();
     let r = node.add("1.0.0", "cid-a", &pod, "web-0");
-    assert_eq!(r.code(), 110);
-    assert!(r.msg().contains("VLAN 7"), "{}", r.msg());
+    r.assert_error(110, "VLAN 7");
     node.ipamd.with(|s| {
         assert_eq!(s.del_requests.len(), 1);
         assert_eq!(s.del_requests[0].reason, "SetupNSFailed");
@@ -288,7 +277,7 @@ fn failed_setup_returns_the_address() {
 fn del_without_prev_result_asks_ipamd() {
     let node = Node::new(&[(ip("10.0.2.60"), 3)]);
     let pod = Netns::new("pod").unwrap();
-    node.add("1.0.0", "cid-a", &pod, "web-0").assert_ok();
+    node.add_ok("1.0.0", "cid-a", &pod, "web-0");
     assert_eq!(pod_rules(&node.host, ip("10.0.2.60")).len(), 2);
     let del_env = pod_env("DEL", "cid-a", &pod.path(), "web-0");
     node.exec(&del_env, &node.conf("1.0.0")).assert_ok();
@@ -314,7 +303,7 @@ fn gc_releases_attachments_not_in_the_valid_list() {
     let node = Node::new(&[(ip("10.0.2.70"), 2), (ip("10.0.2.71"), 2)]);
     let keep = Netns::new("pod").unwrap();
     let gone = Netns::new("pod").unwrap();
-    let kept = node.add("1.1.0", "cid-keep", &keep, "keep").json();
+    let kept = node.add_ok("1.1.0", "cid-keep", &keep, "keep");
     let gone_veth = node.attach("1.1.0", "cid-gone", &gone, "gone");
 
     let mut c = node.conf("1.1.0");
@@ -339,8 +328,7 @@ fn gc_releases_attachments_not_in_the_valid_list() {
 
     // GC without the list is refused rather than releasing everything.
     let r = node.exec(&env, &node.conf("1.1.0"));
-    assert_eq!(r.code(), 7);
-    assert!(r.msg().contains("cni.dev/valid-attachments"), "{}", r.msg());
+    r.assert_error(7, "cni.dev/valid-attachments");
 }
 
 #[test]
@@ -352,29 +340,19 @@ fn status_reports_whether_add_can_be_served() {
     assert_eq!(r.stdout, "");
 
     let pod = Netns::new("pod").unwrap();
-    node.add("1.1.0", "cid-a", &pod, "web-0").assert_ok();
+    node.add_ok("1.1.0", "cid-a", &pod, "web-0");
     let r = node.exec(&env, &node.conf("1.1.0"));
-    assert_eq!(r.code(), 50);
-    assert!(
-        r.msg()
-            .contains("no assignable IP address (1 total, 1 assigned"),
-        "{}",
-        r.msg()
-    );
+    r.assert_error(50, "no assignable IP address (1 total, 1 assigned");
 
     node.ipamd.with(|s| s.ready = false);
     let r = node.exec(&env, &node.conf("1.1.0"));
-    assert_eq!(r.code(), 50);
-    assert!(r.msg().contains("not ready"), "{}", r.msg());
+    r.assert_error(50, "not ready");
 }
 
 /// Asserts the data plane ADD made for `ip` (design.md §1): pod address, routes and gateway
 /// neighbour, host route and rules. Returns the host veth's MAC.
 fn assert_attached(node: &Node, pod: &Netns, veth: &str, ip: Ipv4Addr, table: u32) -> String {
-    let host_mac = node.host.link(veth).unwrap().expect("host veth")["address"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let host_mac = mac_of(&node.host, veth);
     assert_eq!(pod.addresses_of("eth0").unwrap(), vec![format!("{ip}/32")]);
     let routes = pod.routes_all().unwrap();
     assert!(
@@ -443,17 +421,13 @@ fn add_and_del_with_0_3_0_and_0_3_1_configs() {
     ] {
         let pod = Netns::new("pod").unwrap();
         let cid = format!("cid-{name}");
-        let r = node.add(version, &cid, &pod, name);
-        r.assert_ok();
+        let result = node.add_ok(version, &cid, &pod, name);
         let veth = host_veth(name);
         let host_mac = assert_attached(&node, &pod, &veth, addr, table);
-        let pod_mac = pod.link("eth0").unwrap().unwrap()["address"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let pod_mac = mac_of(&pod, "eth0");
         // The 0.3.x result: ips[].version "4", interface indices, no interface MTU.
         assert_eq!(
-            r.json(),
+            result,
             json!({
                 "cniVersion": version,
                 "interfaces": [{"name": veth, "mac": host_mac},
@@ -473,7 +447,7 @@ fn add_and_del_with_0_3_0_and_0_3_1_configs() {
 
         // CHECK does not exist before 0.4.0: code 1 with skel's words, nothing touched.
         let check_env = pod_env("CHECK", &cid, &pod.path(), name);
-        let c = node.exec(&check_env, &node.with_prev(version, &r.json()));
+        let c = node.exec(&check_env, &node.with_prev(version, &result));
         assert_eq!(c.code(), 1, "{version}: {}", c.stdout);
         assert!(
             c.msg().contains("config version does not allow CHECK"),
