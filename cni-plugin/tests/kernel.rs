@@ -74,6 +74,14 @@ fn node_with_pod(ip: [u8; 4], table: u32, name: &str) -> (TestNetns, TestNetns, 
     (host, pod_ns, pod, out)
 }
 
+/// Sets up another pod of the node (table 2) in a namespace of its own.
+fn another_pod(host: &TestNetns, ip: [u8; 4], name: &str) -> (TestNetns, Pod) {
+    let ns = TestNetns::new("pod2").unwrap();
+    let pod = Pod::new(ip, 2, name);
+    setup(host, &ns, &pod).unwrap();
+    (ns, pod)
+}
+
 fn setup(host: &TestNetns, pod_ns: &TestNetns, pod: &Pod) -> Result<SetupOutcome, PodNetworkError> {
     let (path, pod) = (pod_ns.path(), pod.clone());
     host.block_on_in(move || async move {
@@ -91,6 +99,12 @@ fn check(host: &TestNetns, pod_ns: &TestNetns, pod: &Pod) -> Vec<String> {
         pod_network::check(&h, &p, &pod.spec()).await.unwrap()
     })
     .unwrap()
+}
+
+/// Asserts that CHECK finds the pod's data plane as setup made it.
+fn assert_checks(host: &TestNetns, pod_ns: &TestNetns, pod: &Pod) {
+    let diffs = check(host, pod_ns, pod);
+    assert!(diffs.is_empty(), "pod {} is not intact: {diffs:?}", pod.ip);
 }
 
 /// DEL's teardown: host side, then the pod side when the namespace still exists.
@@ -234,13 +248,13 @@ fn primary_eni_address_gets_no_from_rule() {
     let rules = pod_rules(&host, pod.ip);
     assert_eq!(rules.len(), 1, "{rules:?}");
     assert_eq!(rules[0]["priority"], 512);
-    assert!(check(&host, &pod_ns, &pod).is_empty());
+    assert_checks(&host, &pod_ns, &pod);
 }
 
 #[test]
 fn check_passes_then_names_a_removed_route_and_neighbour() {
     let (host, pod_ns, pod, _) = node_with_pod([10, 200, 0, 7], 3, "web-2");
-    assert_eq!(check(&host, &pod_ns, &pod), Vec::<String>::new());
+    assert_checks(&host, &pod_ns, &pod);
 
     pod_ns.ip(&["route", "del", "default"]).unwrap();
     let diffs = check(&host, &pod_ns, &pod);
@@ -281,9 +295,7 @@ fn check_passes_then_names_a_removed_route_and_neighbour() {
 #[test]
 fn teardown_removes_routing_state_leaves_the_link_and_netns_removal_frees_the_pair() {
     let (host, pod_ns, pod, out) = node_with_pod([10, 200, 0, 8], 2, "web-3");
-    let other = Pod::new([10, 200, 0, 9], 2, "web-4");
-    let other_ns = TestNetns::new("pod2").unwrap();
-    setup(&host, &other_ns, &other).unwrap();
+    let (other_ns, other) = another_pod(&host, [10, 200, 0, 9], "web-4");
 
     assert!(teardown(&host, Some(pod_ns.path()), &pod).is_empty());
     // No routing state of the pod is left on the host...
@@ -317,7 +329,7 @@ fn teardown_removes_routing_state_leaves_the_link_and_netns_removal_frees_the_pa
     );
     // The neighbour pod is untouched.
     assert_eq!(pod_rules(&host, other.ip).len(), 2);
-    assert!(check(&host, &other_ns, &other).is_empty());
+    assert_checks(&host, &other_ns, &other);
     assert!(pings(&host, "10.200.0.9"));
 
     // A second DEL finds nothing and still succeeds.
@@ -334,7 +346,7 @@ fn teardown_removes_routing_state_leaves_the_link_and_netns_removal_frees_the_pa
     assert_host_clean(&host, &pod);
     // DEL after the namespace is gone still succeeds.
     assert!(teardown(&host, Some(path), &pod).is_empty());
-    assert!(check(&host, &other_ns, &other).is_empty());
+    assert_checks(&host, &other_ns, &other);
 }
 
 #[test]
@@ -389,16 +401,14 @@ fn stale_host_veth_of_the_same_pod_name_is_replaced() {
     assert!(host.link("stale0").unwrap().is_none(), "stale pair removed");
     let veth = host.link(&pod.veth).unwrap().unwrap();
     assert_eq!(veth["address"], format_mac(&out.host_mac).as_str());
-    assert!(check(&host, &pod_ns, &pod).is_empty());
+    assert_checks(&host, &pod_ns, &pod);
     assert!(pings(&host, "10.200.0.12"));
 }
 
 #[test]
 fn gc_teardown_removes_rules_route_and_the_veth_the_route_points_at() {
     let (host, _pod_ns, pod, _) = node_with_pod([10, 200, 0, 13], 2, "web-8");
-    let keep = Pod::new([10, 200, 0, 14], 2, "web-9");
-    let keep_ns = TestNetns::new("keep").unwrap();
-    setup(&host, &keep_ns, &keep).unwrap();
+    let (keep_ns, keep) = another_pod(&host, [10, 200, 0, 14], "web-9");
     let ip = pod.ip;
     let errors = host
         .block_on_in(move || async move {
@@ -408,7 +418,7 @@ fn gc_teardown_removes_rules_route_and_the_veth_the_route_points_at() {
         .unwrap();
     assert!(errors.is_empty(), "{errors:?}");
     assert_host_clean(&host, &pod);
-    assert!(check(&host, &keep_ns, &keep).is_empty());
+    assert_checks(&host, &keep_ns, &keep);
 }
 
 /// What DEL reads from the pod when it has neither prevResult nor ipamd's answer.
@@ -450,14 +460,26 @@ fn the_pod_interface_names_its_address_and_host_veth_for_a_del_without_prev_resu
     );
 }
 
-#[test]
-fn late_del_of_an_old_sandbox_keeps_the_new_pod_of_the_same_name() {
+/// A node with an old and a new sandbox of pod web-0 (so one host veth name) at `old_ip` and
+/// `new_ip` (table 2), nothing set up yet: the host, then each sandbox's namespace and pod.
+fn recreated_pod(
+    old_ip: [u8; 4],
+    new_ip: [u8; 4],
+) -> (TestNetns, (TestNetns, Pod), (TestNetns, Pod)) {
     let (host, old_ns) = node();
     let new_ns = TestNetns::new("new").unwrap();
+    (
+        host,
+        (old_ns, Pod::new(old_ip, 2, "web-0")),
+        (new_ns, Pod::new(new_ip, 2, "web-0")),
+    )
+}
+
+#[test]
+fn late_del_of_an_old_sandbox_keeps_the_new_pod_of_the_same_name() {
     // web-0 was re-created: the old sandbox (10.200.0.15) lost its namespace, the new one
     // (10.200.0.16) has the same pod name, hence the same host veth name.
-    let old = Pod::new([10, 200, 0, 15], 2, "web-0");
-    let new = Pod::new([10, 200, 0, 16], 2, "web-0");
+    let (host, (old_ns, old), (new_ns, new)) = recreated_pod([10, 200, 0, 15], [10, 200, 0, 16]);
     setup(&host, &old_ns, &old).unwrap();
     drop(old_ns);
     setup(&host, &new_ns, &new).unwrap();
@@ -471,22 +493,15 @@ fn late_del_of_an_old_sandbox_keeps_the_new_pod_of_the_same_name() {
         "old pod's rules must go: {:?}",
         pod_rules(&host, old.ip)
     );
-    assert!(
-        check(&host, &new_ns, &new).is_empty(),
-        "the new pod must be untouched: {:?}",
-        check(&host, &new_ns, &new)
-    );
+    assert_checks(&host, &new_ns, &new);
     assert!(pings(&host, "10.200.0.16"));
 }
 
 #[test]
 fn repeated_del_after_the_address_went_to_a_new_sandbox_of_the_same_pod_keeps_it() {
-    let (host, old_ns) = node();
-    let new_ns = TestNetns::new("new").unwrap();
     // web-0's old sandbox had 10.200.0.17; it was deleted (its namespace is gone) and the
     // address went to the pod's new sandbox, whose host veth has the same name.
-    let old = Pod::new([10, 200, 0, 17], 2, "web-0");
-    let new = Pod::new([10, 200, 0, 17], 2, "web-0");
+    let (host, (old_ns, old), (new_ns, new)) = recreated_pod([10, 200, 0, 17], [10, 200, 0, 17]);
     let old_out = setup(&host, &old_ns, &old).unwrap();
     assert!(teardown(&host, Some(old_ns.path()), &old).is_empty());
     drop(old_ns);
@@ -497,11 +512,7 @@ fn repeated_del_after_the_address_went_to_a_new_sandbox_of_the_same_pod_keeps_it
     // The old sandbox's DEL comes again, with its cached result (host veth name and MAC).
     let errors = teardown_with_mac(&host, None, &old, Some(old_out.host_mac));
     assert!(errors.is_empty(), "{errors:?}");
-    assert!(
-        check(&host, &new_ns, &new).is_empty(),
-        "the new sandbox must be untouched: {:?}",
-        check(&host, &new_ns, &new)
-    );
+    assert_checks(&host, &new_ns, &new);
     assert!(pings(&host, "10.200.0.17"));
 
     // Its own DEL (its MAC) does remove the routing state.
