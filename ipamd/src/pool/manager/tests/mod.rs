@@ -169,6 +169,13 @@ impl World {
             .map(|a| a.ip)
     }
 
+    /// Adds `n` pods, each of which must get an address.
+    async fn add_pods(&mut self, n: u32) {
+        for _ in 0..n {
+            self.add_pod().await.unwrap();
+        }
+    }
+
     /// The ids of every ENI in EC2, attached or not.
     fn eni_ids(&self) -> BTreeSet<String> {
         self.ec2.all_enis().into_iter().map(|e| e.id).collect()
@@ -745,9 +752,7 @@ async fn exhaustion_messages_say_why() {
     let (mut w, mut m) = start("t3.small", targets(1, 0, 0)).await;
     m.grow().await;
     w.ec2.set_subnet_capacity(0);
-    for _ in 0..3 {
-        w.add_pod().await.unwrap();
-    }
+    w.add_pods(3).await;
     m.cycle().await;
     let err = w.add_pod().await.unwrap_err().to_string();
     assert!(
@@ -760,9 +765,7 @@ async fn exhaustion_messages_say_why() {
     let (mut w, mut m) = start("t3.small", targets(1, 0, 0)).await;
     m.grow().await;
     w.ec2.fail_always("*", Ec2ErrorKind::Server);
-    for _ in 0..3 {
-        w.add_pod().await.unwrap();
-    }
+    w.add_pods(3).await;
     m.cycle().await;
     w.assert_pod_refused(&["EC2 is failing", "InternalError"])
         .await;
@@ -775,9 +778,7 @@ async fn exhaustion_messages_say_why() {
     )
     .await;
     m.grow().await;
-    for _ in 0..3 {
-        w.add_pod().await.unwrap();
-    }
+    w.add_pods(3).await;
     for n in 1..=3 {
         w.del_pod(n).await;
     }

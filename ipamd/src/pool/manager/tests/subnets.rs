@@ -144,9 +144,7 @@ async fn discovery_off_uses_the_node_subnet_and_names_it_when_full() {
     )
     .await;
     m.grow().await;
-    for _ in 0..3 {
-        w.add_pod().await.unwrap();
-    }
+    w.add_pods(3).await;
     m.cycle().await;
     assert_eq!(w.ec2.attached(&w.instance).len(), 1);
     assert!(w.ec2.all_enis().iter().all(|e| e.subnet_id == SUBNET_ID));
