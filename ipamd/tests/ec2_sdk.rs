@@ -10,9 +10,10 @@ use std::time::Duration;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 use aws_sdk_ec2::types as sdk;
 use ipamd::cloud::ec2::{
-    CreateEni, Ec2Api, Ec2ErrorKind, EniStatus, Filter, INSTANCE_ID_TAG, Tags,
+    CreateEni, Ec2Api, Ec2ErrorKind, EniStatus, Filter, INSTANCE_ID_TAG, Platform, Tags,
 };
 use ipamd::cloud::ec2_sdk::SdkEc2;
+use ipnet::Ipv4Net;
 use test_support::moto::MotoServer;
 use test_support::netns::Netns;
 use test_support::prereqs::require_root;
@@ -172,6 +173,13 @@ fn every_call_ipamd_makes_works_against_moto() {
             .await
             .unwrap();
         assert_eq!((types[0].max_enis, types[0].ipv4_per_eni), (3, 4));
+        assert_eq!((types[0].vcpus, types[0].platform), (2, Platform::Nitro));
+        let xen = ec2
+            .describe_instance_types(&["c4.large".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(xen[0].platform, Platform::Xen);
+        assert!(!xen[0].platform.supports_prefix_delegation());
         let e = ec2
             .describe_instance_types(&["z9.mega".to_owned()])
             .await
@@ -195,6 +203,7 @@ fn every_call_ipamd_makes_works_against_moto() {
                 security_groups: vec![sg.clone()],
                 description: format!("aws-K8S-{instance}"),
                 secondary_ip_count: 2,
+                prefix_count: 0,
                 tags: tags.clone(),
                 client_token: "token-1".into(),
             })
@@ -322,6 +331,95 @@ fn every_call_ipamd_makes_works_against_moto() {
             .await
             .unwrap_err();
         assert_eq!(refused.kind, Ec2ErrorKind::Transport, "{refused:?}");
+    })
+    .unwrap();
+    drop(moto);
+}
+
+/// Prefix delegation through the SDK against moto with the launcher's prefix extension: an ENI
+/// created with a prefix, more assigned, described, one given back; a fragmented subnet answers
+/// `InsufficientCidrBlocks`, which ipamd tells apart from a full subnet.
+#[test]
+fn prefixes_round_trip_against_moto() {
+    require_root().unwrap();
+    let ns = Netns::new("motopd").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let moto = MotoServer::start(
+        &ns,
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT),
+        dir.path(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let moto_url = moto.endpoint();
+    ns.block_on_in(move || async move {
+        let shared = shared_config(&moto_url);
+        let raw = aws_sdk_ec2::Client::new(&shared);
+        let (subnet, sg, instance) = seed(&raw).await;
+        let ec2 = SdkEc2::from_shared_config(&shared, None);
+        let eni = ec2
+            .create_network_interface(&CreateEni {
+                subnet_id: subnet.clone(),
+                security_groups: vec![sg],
+                description: format!("aws-K8S-{instance}"),
+                secondary_ip_count: 0,
+                prefix_count: 1,
+                tags: Tags::new(),
+                client_token: "token-pd".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(eni.private_ips.len(), 1, "{eni:?}");
+        assert_eq!(eni.ipv4_prefixes.len(), 1, "{eni:?}");
+        let added = ec2.assign_ipv4_prefixes(&eni.id, 2).await.unwrap();
+        assert_eq!(added.len(), 2);
+        let shown = ec2
+            .describe_network_interfaces(std::slice::from_ref(&eni.id))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(shown.ipv4_prefixes.len(), 3);
+        for p in &shown.ipv4_prefixes {
+            assert_eq!(p.prefix_len(), 28);
+            assert!(!p.contains(&shown.primary_ip.unwrap()));
+        }
+        ec2.unassign_ipv4_prefixes(&eni.id, &added[..1])
+            .await
+            .unwrap();
+        let shown = ec2
+            .describe_network_interfaces(std::slice::from_ref(&eni.id))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(shown.ipv4_prefixes.len(), 2);
+        assert!(!shown.ipv4_prefixes.contains(&added[0]));
+        let bogus: Ipv4Net = "10.0.0.240/28".parse().unwrap();
+        let e = ec2
+            .unassign_ipv4_prefixes(&eni.id, &[bogus])
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "InvalidParameterValue", "{e:?}");
+
+        // Pin one address in every free /28: addresses remain, aligned blocks do not.
+        let subnet_net: Ipv4Net = "10.0.0.0/24".parse().unwrap();
+        let held: Vec<Ipv4Net> = shown.ipv4_prefixes.clone();
+        let pins: Vec<String> = subnet_net
+            .subnets(28)
+            .unwrap()
+            .filter(|b| !held.contains(b))
+            .map(|b| Ipv4Addr::from(u32::from(b.network()) + 9).to_string())
+            .collect();
+        raw.assign_private_ip_addresses()
+            .network_interface_id(&eni.id)
+            .set_private_ip_addresses(Some(pins))
+            .send()
+            .await
+            .unwrap();
+        let e = ec2.assign_ipv4_prefixes(&eni.id, 1).await.unwrap_err();
+        assert_eq!(e.kind, Ec2ErrorKind::NoFreePrefix, "{e:?}");
+        assert_eq!(e.code, "InsufficientCidrBlocks");
+        // Secondary addresses still come: ipamd's fallback.
+        let fallback = ec2.assign_private_ip_addresses(&eni.id, 2).await.unwrap();
+        assert!(fallback.len() >= 2, "{fallback:?}");
     })
     .unwrap();
     drop(moto);

@@ -563,8 +563,17 @@ fn no_op_settings_change_nothing_but_are_validated() {
                 c.kubernetes.eni_config_label = base.kubernetes.eni_config_label.clone();
             }
             cfg::WARM_PREFIX_TARGET => {
-                // Shown by introspection as the reference does; the pool policy ignores it.
-                assert_eq!(Targets::from(&c.pool), Targets::from(&base.pool));
+                // Shown by introspection as the reference does; the pool policy reads it only
+                // with prefix delegation (refused in this build).
+                let t = Targets::from(&c.pool);
+                assert_eq!(t.warm_prefix, 3);
+                assert_eq!(
+                    Targets {
+                        warm_prefix: 0,
+                        ..t
+                    },
+                    Targets::from(&base.pool)
+                );
                 c.pool.warm_prefix_target = base.pool.warm_prefix_target;
             }
             cfg::POD_SECURITY_GROUP_ENFORCING_MODE => {

@@ -79,6 +79,52 @@ pub struct InstanceTypeLimits {
     /// IPv4 addresses per ENI, the ENI's own primary address included
     /// (`Ipv4AddressesPerInterface`).
     pub ipv4_per_eni: u32,
+    /// Default vCPUs (`VCpuInfo.DefaultVCpus`; 0 when EC2 did not say).
+    pub vcpus: u32,
+    /// The platform (`Hypervisor`, `BareMetal`): prefix delegation needs Nitro or bare metal.
+    pub platform: Platform,
+}
+
+/// How EC2 runs an instance type, as far as prefix delegation is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// Hypervisor `nitro`.
+    Nitro,
+    /// A bare-metal type (no hypervisor).
+    BareMetal,
+    /// Hypervisor `xen`.
+    Xen,
+    /// EC2 named no hypervisor and the type is not bare metal.
+    Unknown,
+}
+
+impl Platform {
+    /// From `DescribeInstanceTypes`' `Hypervisor` and `BareMetal`.
+    pub fn from_ec2(hypervisor: Option<&str>, bare_metal: bool) -> Self {
+        match hypervisor {
+            Some("nitro") => Self::Nitro,
+            Some("xen") => Self::Xen,
+            _ if bare_metal => Self::BareMetal,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// Whether EC2 can delegate prefixes to the type's ENIs (the reference's
+    /// `IsPrefixDelegationSupported`: Nitro or bare metal).
+    pub fn supports_prefix_delegation(self) -> bool {
+        matches!(self, Self::Nitro | Self::BareMetal)
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Nitro => "nitro",
+            Self::BareMetal => "bare metal",
+            Self::Xen => "xen",
+            Self::Unknown => "unknown hypervisor",
+        })
+    }
 }
 
 /// The state of an ENI.
@@ -179,6 +225,8 @@ pub struct NetworkInterface {
     pub primary_ip: Option<Ipv4Addr>,
     /// Every private IPv4 address, primary included.
     pub private_ips: Vec<Ipv4Addr>,
+    /// Its delegated IPv4 prefixes (/28).
+    pub ipv4_prefixes: Vec<Ipv4Net>,
     /// Its attachment, if attached.
     pub attachment: Option<EniAttachment>,
     /// Its tags.
@@ -239,7 +287,8 @@ impl Instance {
     }
 }
 
-/// A new ENI: `CreateNetworkInterface` with its secondary addresses in the same call.
+/// A new ENI: `CreateNetworkInterface` with its secondary addresses or prefixes in the same
+/// call (never both: EC2 refuses the combination).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateEni {
     /// The subnet.
@@ -250,6 +299,8 @@ pub struct CreateEni {
     pub description: String,
     /// How many secondary addresses EC2 assigns at creation.
     pub secondary_ip_count: u32,
+    /// How many /28 prefixes EC2 delegates at creation (`Ipv4PrefixCount`).
+    pub prefix_count: u32,
     /// Tags written at creation.
     pub tags: Tags,
     /// Idempotency token, so a retried create never makes two ENIs.
@@ -292,8 +343,11 @@ pub enum Ec2ErrorKind {
     IpLimitExceeded,
     /// `AttachmentLimitExceeded` / `NetworkInterfaceLimitExceeded`: no more ENIs.
     EniLimitExceeded,
-    /// `InsufficientFreeAddressesInSubnet` / `InsufficientCidrBlocks`: the subnet is full.
+    /// `InsufficientFreeAddressesInSubnet`: the subnet is full.
     SubnetFull,
+    /// `InsufficientCidrBlocks`: no aligned /28 is free in the subnet (it may still have free
+    /// addresses, scattered: the subnet is fragmented).
+    NoFreePrefix,
     /// `UnauthorizedOperation` and credential failures: the IAM policy lacks an action.
     Unauthorized,
     /// No region or credentials could be found; nothing was sent.
@@ -322,7 +376,8 @@ impl Ec2ErrorKind {
             }
             "PrivateIpAddressLimitExceeded" => Self::IpLimitExceeded,
             "AttachmentLimitExceeded" | "NetworkInterfaceLimitExceeded" => Self::EniLimitExceeded,
-            "InsufficientFreeAddressesInSubnet" | "InsufficientCidrBlocks" => Self::SubnetFull,
+            "InsufficientFreeAddressesInSubnet" => Self::SubnetFull,
+            "InsufficientCidrBlocks" => Self::NoFreePrefix,
             "UnauthorizedOperation"
             | "AuthFailure"
             | "Blocked"
@@ -347,6 +402,7 @@ impl Ec2ErrorKind {
             Self::IpLimitExceeded => "ip_limit_exceeded",
             Self::EniLimitExceeded => "eni_limit_exceeded",
             Self::SubnetFull => "subnet_full",
+            Self::NoFreePrefix => "no_free_prefix",
             Self::Unauthorized => "unauthorized",
             Self::Config => "config",
             Self::InvalidResponse => "invalid_response",
@@ -402,6 +458,7 @@ impl Ec2Error {
             Ec2ErrorKind::IpLimitExceeded => "PrivateIpAddressLimitExceeded",
             Ec2ErrorKind::EniLimitExceeded => "AttachmentLimitExceeded",
             Ec2ErrorKind::SubnetFull => "InsufficientFreeAddressesInSubnet",
+            Ec2ErrorKind::NoFreePrefix => "InsufficientCidrBlocks",
             Ec2ErrorKind::Unauthorized => "UnauthorizedOperation",
             Ec2ErrorKind::Other => "Unknown",
         };
@@ -514,6 +571,20 @@ pub trait Ec2Api: Send + Sync + 'static {
         ips: &[Ipv4Addr],
     ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
 
+    /// `AssignPrivateIpAddresses` with `Ipv4PrefixCount`; returns the new prefixes.
+    fn assign_ipv4_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> impl Future<Output = Result<Vec<Ipv4Net>, Ec2Error>> + Send;
+
+    /// `UnassignPrivateIpAddresses` with `Ipv4Prefix.N`.
+    fn unassign_ipv4_prefixes(
+        &self,
+        eni_id: &str,
+        prefixes: &[Ipv4Net],
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+
     /// `CreateTags` on the given resources.
     fn create_tags(
         &self,
@@ -588,6 +659,14 @@ impl Ec2Api for NoEc2 {
         match *self {}
     }
 
+    async fn assign_ipv4_prefixes(&self, _: &str, _: u32) -> Result<Vec<Ipv4Net>, Ec2Error> {
+        match *self {}
+    }
+
+    async fn unassign_ipv4_prefixes(&self, _: &str, _: &[Ipv4Net]) -> Result<(), Ec2Error> {
+        match *self {}
+    }
+
     async fn create_tags(&self, _: &[String], _: &Tags) -> Result<(), Ec2Error> {
         match *self {}
     }
@@ -618,6 +697,7 @@ mod tests {
                 Some(400),
                 K::SubnetFull,
             ),
+            ("InsufficientCidrBlocks", Some(400), K::NoFreePrefix),
             ("UnauthorizedOperation", Some(403), K::Unauthorized),
             ("InvalidParameterValue", Some(400), K::Other),
         ] {
@@ -676,6 +756,7 @@ mod tests {
             vpc_id: "vpc-1".into(),
             primary_ip: Some(Ipv4Addr::new(10, 0, 0, 10)),
             private_ips: vec![Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 11)],
+            ipv4_prefixes: vec![],
             attachment: None,
             tags: Tags::from([(NO_MANAGE_TAG.to_owned(), "true".to_owned())]),
             security_groups: vec![],

@@ -25,6 +25,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv4Net;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -533,6 +534,28 @@ impl<E: Ec2Api> Ec2Api for Ec2Client<E> {
     ) -> Result<(), Ec2Error> {
         self.call("UnassignPrivateIpAddresses", true, || {
             self.inner.unassign_private_ip_addresses(eni_id, ips)
+        })
+        .await
+    }
+
+    async fn assign_ipv4_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv4Net>, Ec2Error> {
+        self.call("AssignPrivateIpAddresses", false, || {
+            self.inner.assign_ipv4_prefixes(eni_id, count)
+        })
+        .await
+    }
+
+    async fn unassign_ipv4_prefixes(
+        &self,
+        eni_id: &str,
+        prefixes: &[Ipv4Net],
+    ) -> Result<(), Ec2Error> {
+        self.call("UnassignPrivateIpAddresses", true, || {
+            self.inner.unassign_ipv4_prefixes(eni_id, prefixes)
         })
         .await
     }

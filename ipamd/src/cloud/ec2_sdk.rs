@@ -24,11 +24,12 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types as sdk;
 use aws_smithy_runtime_api::http::Response as HttpResponse;
+use ipnet::Ipv4Net;
 use tokio::sync::OnceCell;
 
 use super::ec2::{
     CreateEni, Ec2Api, Ec2Error, Ec2ErrorKind, EniAttachment, EniStatus, Filter, Instance,
-    InstanceEni, InstanceTypeLimits, NetworkInterface, Subnet, Tags,
+    InstanceEni, InstanceTypeLimits, NetworkInterface, Platform, Subnet, Tags,
 };
 use super::imds::error_chain;
 use crate::config::CloudConfig;
@@ -208,6 +209,20 @@ fn parse_ip(api: &'static str, what: &str, value: &str) -> Result<Ipv4Addr, Ec2E
     })
 }
 
+fn parse_prefix(api: &'static str, what: &str, value: &str) -> Result<Ipv4Net, Ec2Error> {
+    value
+        .parse::<Ipv4Net>()
+        .ok()
+        .filter(|p| p.trunc() == *p)
+        .ok_or_else(|| {
+            Ec2Error::new(
+                api,
+                Ec2ErrorKind::InvalidResponse,
+                format!("{what} {value:?} is not an IPv4 prefix"),
+            )
+        })
+}
+
 fn to_u32(v: Option<i32>) -> Option<u32> {
     v.and_then(|n| u32::try_from(n).ok())
 }
@@ -277,6 +292,12 @@ fn network_interface(
             delete_on_termination: a.delete_on_termination().unwrap_or(false),
         })
     });
+    let ipv4_prefixes = eni
+        .ipv4_prefixes()
+        .iter()
+        .filter_map(|p| p.ipv4_prefix())
+        .map(|p| parse_prefix(api, "Ipv4Prefixes.Ipv4Prefix", p))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(NetworkInterface {
         mac: eni.mac_address().and_then(|m| m.parse().ok()),
         description: eni.description().unwrap_or_default().to_owned(),
@@ -285,6 +306,7 @@ fn network_interface(
         vpc_id: eni.vpc_id().unwrap_or_default().to_owned(),
         primary_ip,
         private_ips,
+        ipv4_prefixes,
         attachment,
         tags: tags_of(eni.tag_set()),
         security_groups: eni
@@ -379,6 +401,12 @@ impl Ec2Api for SdkEc2 {
                         instance_type: name,
                         max_enis,
                         ipv4_per_eni,
+                        vcpus: to_u32(info.v_cpu_info().and_then(|v| v.default_v_cpus()))
+                            .unwrap_or(0),
+                        platform: Platform::from_ec2(
+                            info.hypervisor().map(|h| h.as_str()),
+                            info.bare_metal().unwrap_or(false),
+                        ),
                     });
                 }
                 _ => {
@@ -513,6 +541,9 @@ impl Ec2Api for SdkEc2 {
                 i32::try_from(request.secondary_ip_count).unwrap_or(i32::MAX),
             );
         }
+        if request.prefix_count > 0 {
+            call = call.ipv4_prefix_count(i32::try_from(request.prefix_count).unwrap_or(i32::MAX));
+        }
         if !request.tags.is_empty() {
             call = call.tag_specifications(
                 sdk::TagSpecification::builder()
@@ -625,6 +656,42 @@ impl Ec2Api for SdkEc2 {
             .unassign_private_ip_addresses()
             .network_interface_id(eni_id)
             .set_private_ip_addresses(Some(ips.iter().map(ToString::to_string).collect()));
+        send(API, request.send()).await.map(drop)
+    }
+
+    async fn assign_ipv4_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv4Net>, Ec2Error> {
+        const API: &str = "AssignPrivateIpAddresses";
+        let client = self.client(API).await?;
+        let request = client
+            .assign_private_ip_addresses()
+            .network_interface_id(eni_id)
+            .ipv4_prefix_count(i32::try_from(count).unwrap_or(i32::MAX));
+        let out = send(API, request.send()).await?;
+        out.assigned_ipv4_prefixes()
+            .iter()
+            .filter_map(|p| p.ipv4_prefix())
+            .map(|p| parse_prefix(API, "AssignedIpv4Prefixes.Ipv4Prefix", p))
+            .collect()
+    }
+
+    async fn unassign_ipv4_prefixes(
+        &self,
+        eni_id: &str,
+        prefixes: &[Ipv4Net],
+    ) -> Result<(), Ec2Error> {
+        const API: &str = "UnassignPrivateIpAddresses";
+        if prefixes.is_empty() {
+            return Ok(());
+        }
+        let client = self.client(API).await?;
+        let request = client
+            .unassign_private_ip_addresses()
+            .network_interface_id(eni_id)
+            .set_ipv4_prefixes(Some(prefixes.iter().map(ToString::to_string).collect()));
         send(API, request.send()).await.map(drop)
     }
 

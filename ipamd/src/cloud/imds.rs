@@ -80,6 +80,12 @@ pub trait Imds: Send + Sync + 'static {
         &self,
         mac: MacAddr,
     ) -> impl Future<Output = Result<Vec<Ipv4Addr>, ImdsError>> + Send;
+    /// `network/interfaces/macs/<mac>/ipv4-prefix`: the ENI's delegated /28 prefixes. Absent
+    /// (404) when it has none, returned here as an empty list.
+    fn ipv4_prefixes(
+        &self,
+        mac: MacAddr,
+    ) -> impl Future<Output = Result<Vec<Ipv4Net>, ImdsError>> + Send;
     /// `network/interfaces/macs/<mac>/subnet-id`.
     fn subnet_id(&self, mac: MacAddr) -> impl Future<Output = Result<String, ImdsError>> + Send;
     /// `network/interfaces/macs/<mac>/subnet-ipv4-cidr-block`.
@@ -272,6 +278,16 @@ impl Imds for SdkImds {
     async fn local_ipv4s(&self, mac: MacAddr) -> Result<Vec<Ipv4Addr>, ImdsError> {
         match self
             .get_parsed(&mac_path(mac, "local-ipv4s"), parse_ip_list)
+            .await
+        {
+            Err(ImdsError::NotFound { .. }) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    async fn ipv4_prefixes(&self, mac: MacAddr) -> Result<Vec<Ipv4Net>, ImdsError> {
+        match self
+            .get_parsed(&mac_path(mac, "ipv4-prefix"), parse_net_list)
             .await
         {
             Err(ImdsError::NotFound { .. }) => Ok(Vec::new()),

@@ -36,6 +36,20 @@ pub enum MetadataError {
         /// The other.
         second: String,
     },
+    /// An ENI's prefix lies outside its subnet, or is not an aligned /28.
+    #[error(
+        "instance metadata: prefix {prefix} of ENI {eni} ({mac}) is not an aligned /28 of its subnet {subnet}"
+    )]
+    BadPrefix {
+        /// The ENI.
+        eni: String,
+        /// Its MAC.
+        mac: MacAddr,
+        /// The prefix.
+        prefix: Ipv4Net,
+        /// The subnet.
+        subnet: Ipv4Net,
+    },
     /// An ENI's address lies outside its subnet.
     #[error("instance metadata: address {ip} of ENI {eni} ({mac}) is outside its subnet {subnet}")]
     OutsideSubnet {
@@ -71,8 +85,10 @@ pub struct EniMetadata {
     pub is_primary: bool,
     /// The ENI's own (first) address; never given to pods.
     pub primary_ip: Ipv4Addr,
-    /// The secondary addresses: the pool.
+    /// The secondary addresses: with `ipv4_prefixes`, the pool.
     pub secondary_ips: Vec<Ipv4Addr>,
+    /// `ipv4-prefix`: delegated /28 prefixes.
+    pub ipv4_prefixes: Vec<Ipv4Net>,
     /// `subnet-id`.
     pub subnet_id: String,
     /// `subnet-ipv4-cidr-block`.
@@ -208,6 +224,18 @@ async fn fetch_eni(
     let subnet = imds.subnet_ipv4_cidr_block(mac).await?;
     let vpc_cidrs = imds.vpc_ipv4_cidr_blocks(mac).await?;
     let security_groups = imds.security_group_ids(mac).await?;
+    let ipv4_prefixes = imds.ipv4_prefixes(mac).await?;
+    if let Some(&prefix) = ipv4_prefixes
+        .iter()
+        .find(|p| p.prefix_len() != 28 || p.trunc() != **p || !subnet.contains(*p))
+    {
+        return Err(MetadataError::BadPrefix {
+            eni: id,
+            mac,
+            prefix,
+            subnet,
+        });
+    }
     let mut seen = BTreeSet::new();
     let mut secondary_ips = Vec::with_capacity(secondary.len());
     for &ip in std::iter::once(&primary_ip).chain(secondary) {
@@ -230,6 +258,7 @@ async fn fetch_eni(
         is_primary,
         primary_ip,
         secondary_ips,
+        ipv4_prefixes,
         subnet_id,
         subnet,
         vpc_cidrs,

@@ -1,5 +1,10 @@
-//! The node's address book: ENIs → secondary /32 addresses → assignments keyed by
-//! (network name, container ID, ifname).
+//! The node's address book: ENIs → secondary /32 addresses and delegated /28 prefixes →
+//! assignments keyed by (network name, container ID, ifname).
+//!
+//! A prefix's 16 addresses are addresses like the others, each remembering its prefix. New pods
+//! take an address of the mode's own kind first (prefix addresses with prefix delegation,
+//! secondary addresses otherwise) and of the other kind only when none is left; a prefix leaves
+//! the store whole, when none of its addresses is assigned or cooling down.
 //!
 //! Every operation is O(log n) or amortized O(1); nothing scans all addresses:
 //! - each ENI keeps an ordered set of its free addresses, and the store keeps the set of ENIs that
@@ -21,10 +26,12 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use ipnet::Ipv4Net;
+
 pub use self::clock::{Clock, ManualClock, SystemClock};
 pub use self::types::{
     Assignment, CapacityNote, DatastoreError, EniSpec, EniView, IpamKey, NoAssignableIp,
-    PodMetadata, Released, Stats,
+    PodMetadata, PrefixView, Released, Stats,
 };
 
 #[derive(Debug, Clone)]
@@ -41,17 +48,41 @@ enum AddrState {
     Cooling { seq: u64 },
 }
 
+/// Where an address came from: the two kinds an ENI can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A secondary private address.
+    Secondary = 0,
+    /// An address of a delegated prefix.
+    Prefix = 1,
+}
+
 #[derive(Debug, Clone)]
 struct Addr {
     device: u32,
+    /// The delegated prefix it belongs to; `None` for a secondary address.
+    prefix: Option<Ipv4Net>,
     state: AddrState,
+}
+
+impl Addr {
+    fn kind(&self) -> Kind {
+        if self.prefix.is_some() {
+            Kind::Prefix
+        } else {
+            Kind::Secondary
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Eni {
     spec: EniSpec,
     members: BTreeSet<Ipv4Addr>,
-    free: BTreeSet<Ipv4Addr>,
+    /// Free addresses by kind ([`Kind`] as index).
+    free: [BTreeSet<Ipv4Addr>; 2],
+    /// Its delegated prefixes.
+    prefixes: BTreeSet<Ipv4Net>,
     total: usize,
     assigned: usize,
     cooling: usize,
@@ -68,7 +99,10 @@ pub struct Datastore {
     addrs: HashMap<Ipv4Addr, Addr>,
     by_key: HashMap<IpamKey, Ipv4Addr>,
     cooling_queue: VecDeque<(Instant, u64, Ipv4Addr)>,
-    with_free: BTreeSet<u32>,
+    /// Devices of the ENIs (not excluded) with a free address, by kind ([`Kind`] as index).
+    with_free: [BTreeSet<u32>; 2],
+    /// New pods take prefix addresses first (prefix delegation in force).
+    prefix_mode: bool,
     seq: u64,
     total: usize,
     assigned: usize,
@@ -119,7 +153,8 @@ impl Datastore {
             addrs: HashMap::new(),
             by_key: HashMap::new(),
             cooling_queue: VecDeque::new(),
-            with_free: BTreeSet::new(),
+            with_free: [BTreeSet::new(), BTreeSet::new()],
+            prefix_mode: false,
             seq: 0,
             total: 0,
             assigned: 0,
@@ -141,6 +176,47 @@ impl Datastore {
         self.cooldown
     }
 
+    /// Makes new pods take prefix addresses first (`true`: prefix delegation is in force) or
+    /// secondary addresses first.
+    pub fn set_prefix_mode(&mut self, prefix_mode: bool) {
+        self.prefix_mode = prefix_mode;
+    }
+
+    /// Whether new pods take prefix addresses first.
+    pub fn prefix_mode(&self) -> bool {
+        self.prefix_mode
+    }
+
+    /// The kinds in the order new pods take them.
+    fn kinds_in_order(&self) -> [Kind; 2] {
+        if self.prefix_mode {
+            [Kind::Prefix, Kind::Secondary]
+        } else {
+            [Kind::Secondary, Kind::Prefix]
+        }
+    }
+
+    /// Puts a free address back in its ENI's free set and the ENI among those with free
+    /// addresses of that kind (unless it is excluded).
+    fn offer(&mut self, device: u32, ip: Ipv4Addr, kind: Kind) {
+        if let Some(eni) = self.enis.get_mut(&device) {
+            eni.free[kind as usize].insert(ip);
+            if !eni.excluded {
+                self.with_free[kind as usize].insert(device);
+            }
+        }
+    }
+
+    /// Takes a free address out of its ENI's free set (it is assigned or leaves).
+    fn withdraw(&mut self, device: u32, ip: Ipv4Addr, kind: Kind) {
+        if let Some(eni) = self.enis.get_mut(&device) {
+            eni.free[kind as usize].remove(&ip);
+            if eni.free[kind as usize].is_empty() {
+                self.with_free[kind as usize].remove(&device);
+            }
+        }
+    }
+
     /// Adds an ENI with no addresses.
     ///
     /// # Errors
@@ -158,7 +234,8 @@ impl Datastore {
             Eni {
                 spec,
                 members: BTreeSet::new(),
-                free: BTreeSet::new(),
+                free: [BTreeSet::new(), BTreeSet::new()],
+                prefixes: BTreeSet::new(),
                 total: 0,
                 assigned: 0,
                 cooling: 0,
@@ -189,7 +266,9 @@ impl Datastore {
             self.remove_ip(ip)?;
         }
         self.eni_devices.remove(id);
-        self.with_free.remove(&device);
+        for set in &mut self.with_free {
+            set.remove(&device);
+        }
         let eni = self
             .enis
             .remove(&device)
@@ -199,6 +278,8 @@ impl Datastore {
             total: 0,
             assigned: 0,
             cooling: 0,
+            secondary: 0,
+            prefixes: Vec::new(),
             excluded: eni.excluded,
         })
     }
@@ -215,6 +296,79 @@ impl Datastore {
     /// # Errors
     /// Unknown ENI, address already known, the ENI's primary address, or outside its subnet.
     pub fn add_ip(&mut self, eni_id: &str, ip: Ipv4Addr) -> Result<(), DatastoreError> {
+        let device = self.check_new_address(eni_id, ip)?;
+        self.insert_free(device, ip, None);
+        Ok(())
+    }
+
+    /// Adds a delegated /28 prefix to an ENI: its 16 addresses, free.
+    ///
+    /// # Errors
+    /// Unknown ENI, not a /28, or one of its addresses cannot be a pod's (already known, the
+    /// ENI's primary address, outside the subnet, reserved by the VPC): then nothing is added.
+    pub fn add_prefix(&mut self, eni_id: &str, prefix: Ipv4Net) -> Result<(), DatastoreError> {
+        let device = self.device_of(eni_id)?;
+        if prefix.prefix_len() != 28 || prefix.trunc() != prefix {
+            return Err(DatastoreError::NotAPrefix {
+                prefix,
+                eni: eni_id.to_owned(),
+            });
+        }
+        let ips: Vec<Ipv4Addr> = prefix_addresses(prefix).collect();
+        for ip in &ips {
+            self.check_new_address(eni_id, *ip)?;
+        }
+        if let Some(eni) = self.enis.get_mut(&device) {
+            eni.prefixes.insert(prefix);
+        }
+        for ip in ips {
+            self.insert_free(device, ip, Some(prefix));
+        }
+        Ok(())
+    }
+
+    /// Removes a delegated prefix whose addresses are all free (none assigned or cooling):
+    /// it is given back to EC2 whole.
+    ///
+    /// # Errors
+    /// Unknown prefix, or one of its addresses is assigned or cooling down.
+    pub fn remove_prefix(&mut self, eni_id: &str, prefix: Ipv4Net) -> Result<(), DatastoreError> {
+        let device = self.device_of(eni_id)?;
+        if !self
+            .enis
+            .get(&device)
+            .is_some_and(|e| e.prefixes.contains(&prefix))
+        {
+            return Err(DatastoreError::UnknownPrefix {
+                prefix,
+                eni: eni_id.to_owned(),
+            });
+        }
+        let busy = prefix_addresses(prefix).find(|ip| {
+            self.addrs
+                .get(ip)
+                .is_some_and(|a| !matches!(a.state, AddrState::Free))
+        });
+        if let Some(ip) = busy {
+            return Err(DatastoreError::PrefixInUse {
+                prefix,
+                eni: eni_id.to_owned(),
+                ip,
+            });
+        }
+        for ip in prefix_addresses(prefix) {
+            if self.addrs.contains_key(&ip) {
+                self.remove_ip(ip)?;
+            }
+        }
+        if let Some(eni) = self.enis.get_mut(&device) {
+            eni.prefixes.remove(&prefix);
+        }
+        Ok(())
+    }
+
+    /// The device of `eni_id` when `ip` may join it as a pod address.
+    fn check_new_address(&self, eni_id: &str, ip: Ipv4Addr) -> Result<u32, DatastoreError> {
         let device = self.device_of(eni_id)?;
         if let Some(existing) = self.addrs.get(&ip) {
             let eni = self
@@ -226,7 +380,7 @@ impl Datastore {
         }
         let eni = self
             .enis
-            .get_mut(&device)
+            .get(&device)
             .ok_or_else(|| DatastoreError::UnknownEni {
                 id: eni_id.to_owned(),
             })?;
@@ -250,21 +404,24 @@ impl Datastore {
                 subnet: eni.spec.subnet,
             });
         }
-        eni.free.insert(ip);
-        eni.members.insert(ip);
-        eni.total += 1;
-        if !eni.excluded {
-            self.with_free.insert(device);
+        Ok(device)
+    }
+
+    /// Records a checked new address as free on ENI `device`.
+    fn insert_free(&mut self, device: u32, ip: Ipv4Addr, prefix: Option<Ipv4Net>) {
+        let addr = Addr {
+            device,
+            prefix,
+            state: AddrState::Free,
+        };
+        let kind = addr.kind();
+        self.addrs.insert(ip, addr);
+        if let Some(eni) = self.enis.get_mut(&device) {
+            eni.members.insert(ip);
+            eni.total += 1;
         }
-        self.addrs.insert(
-            ip,
-            Addr {
-                device,
-                state: AddrState::Free,
-            },
-        );
+        self.offer(device, ip, kind);
         self.total += 1;
-        Ok(())
     }
 
     /// Removes a free or cooling address (it left the ENI). Assigned addresses are never removed.
@@ -283,19 +440,18 @@ impl Datastore {
             });
         }
         let device = addr.device;
+        let kind = addr.kind();
         let was_cooling = matches!(addr.state, AddrState::Cooling { .. });
         self.addrs.remove(&ip);
         self.total -= 1;
+        if !was_cooling {
+            self.withdraw(device, ip, kind);
+        }
         if let Some(eni) = self.enis.get_mut(&device) {
             eni.total -= 1;
             eni.members.remove(&ip);
             if was_cooling {
                 eni.cooling -= 1;
-            } else {
-                eni.free.remove(&ip);
-                if eni.free.is_empty() {
-                    self.with_free.remove(&device);
-                }
             }
         }
         if was_cooling {
@@ -337,6 +493,7 @@ impl Datastore {
             AddrState::Free => return,
         };
         let device = addr.device;
+        let kind = addr.kind();
         if was_cooling {
             self.cooling -= 1;
         } else {
@@ -348,11 +505,8 @@ impl Datastore {
             } else {
                 eni.assigned -= 1;
             }
-            eni.free.insert(ip);
-            if !eni.excluded {
-                self.with_free.insert(device);
-            }
         }
+        self.offer(device, ip, kind);
     }
 
     fn assignment(&self, ip: Ipv4Addr, device: u32, info: &AssignedInfo) -> Assignment {
@@ -383,7 +537,7 @@ impl Datastore {
 
     /// Assigns an address to `key`. A key that already holds one gets the same address back
     /// (`false` in the second field); otherwise the lowest free address of the lowest-numbered
-    /// ENI that has one (`true`).
+    /// ENI that has one (`true`), of the mode's own kind if any is free.
     ///
     /// # Errors
     /// [`NoAssignableIp`] with the reason, in numbers.
@@ -396,21 +550,18 @@ impl Datastore {
             return Ok((existing, false));
         }
         self.expire_cooldowns();
-        let Some(&device) = self.with_free.first() else {
+        let found = self.kinds_in_order().into_iter().find_map(|kind| {
+            let device = *self.with_free[kind as usize].first()?;
+            let ip = *self.enis.get(&device)?.free[kind as usize].first()?;
+            Some((device, ip, kind))
+        });
+        let Some((device, ip, kind)) = found else {
             return Err(self.exhaustion());
         };
-        let eni = self.enis.get_mut(&device).ok_or_else(|| NoAssignableIp {
-            message: "datastore inconsistency: ENI with free IPs vanished".into(),
-            stats: Stats::default(),
-        })?;
-        let Some(ip) = eni.free.pop_first() else {
-            self.with_free.remove(&device);
-            return Err(self.exhaustion());
-        };
-        if eni.free.is_empty() {
-            self.with_free.remove(&device);
+        self.withdraw(device, ip, kind);
+        if let Some(eni) = self.enis.get_mut(&device) {
+            eni.assigned += 1;
         }
-        eni.assigned += 1;
         let assigned_at = self.clock.wall();
         Ok((
             self.record_assigned(ip, device, key, metadata, assigned_at),
@@ -495,11 +646,9 @@ impl Datastore {
             AddrState::Free => {}
         }
         let device = addr.device;
+        let kind = addr.kind();
+        self.withdraw(device, ip, kind);
         if let Some(eni) = self.enis.get_mut(&device) {
-            eni.free.remove(&ip);
-            if eni.free.is_empty() {
-                self.with_free.remove(&device);
-            }
             eni.assigned += 1;
         }
         Ok(self.record_assigned(ip, device, key, metadata, assigned_at))
@@ -513,15 +662,13 @@ impl Datastore {
         self.by_key.remove(key);
         let addr = self.addrs.get_mut(&ip)?;
         let device = addr.device;
+        let kind = addr.kind();
         self.assigned -= 1;
         let eni = self.enis.get_mut(&device)?;
         eni.assigned -= 1;
         if self.cooldown.is_zero() {
             addr.state = AddrState::Free;
-            eni.free.insert(ip);
-            if !eni.excluded {
-                self.with_free.insert(device);
-            }
+            self.offer(device, ip, kind);
         } else {
             self.seq += 1;
             addr.state = AddrState::Cooling { seq: self.seq };
@@ -540,23 +687,22 @@ impl Datastore {
             return;
         };
         let device = addr.device;
-        let Some(eni) = self.enis.get_mut(&device) else {
-            return;
-        };
+        let kind = addr.kind();
         match addr.state {
-            AddrState::Free => {
-                eni.free.remove(&a.ip);
-                if eni.free.is_empty() {
-                    self.with_free.remove(&device);
-                }
-            }
+            AddrState::Free => self.withdraw(device, a.ip, kind),
             AddrState::Cooling { .. } => {
                 // The queue entry goes stale: the state no longer matches its sequence number.
-                eni.cooling -= 1;
+                if let Some(eni) = self.enis.get_mut(&device) {
+                    eni.cooling -= 1;
+                }
                 self.cooling -= 1;
             }
             AddrState::Assigned(_) => return,
         }
+        let (Some(addr), Some(eni)) = (self.addrs.get_mut(&a.ip), self.enis.get_mut(&device))
+        else {
+            return;
+        };
         addr.state = AddrState::Assigned(Box::new(AssignedInfo {
             key: a.key.clone(),
             metadata: a.metadata.clone(),
@@ -588,7 +734,7 @@ impl Datastore {
                     .enis
                     .values()
                     .filter(|e| e.excluded)
-                    .map(|e| e.free.len())
+                    .map(|e| e.free.iter().map(BTreeSet::len).sum::<usize>())
                     .sum::<usize>(),
         }
     }
@@ -596,7 +742,7 @@ impl Datastore {
     /// Why nothing is assignable, or `None` when something is.
     pub fn exhaustion_reason(&mut self) -> Option<NoAssignableIp> {
         self.expire_cooldowns();
-        if self.with_free.is_empty() {
+        if self.with_free.iter().all(BTreeSet::is_empty) {
             Some(self.exhaustion())
         } else {
             None
@@ -675,13 +821,15 @@ impl Datastore {
         NoAssignableIp { message, stats: s }
     }
 
-    /// Removes up to `max` free addresses (never assigned or cooling ones) so they can be given
-    /// back to EC2: from the highest-numbered ENIs first (pods pack onto the lowest, so this
-    /// empties ENIs that can then be freed), highest address first. Returns (ENI id, address).
+    /// Removes up to `max` free secondary addresses (never assigned or cooling ones, never
+    /// prefix addresses) so they can be given back to EC2: from the highest-numbered ENIs first
+    /// (pods pack onto the lowest, so this empties ENIs that can then be freed), highest address
+    /// first. Returns (ENI id, address).
     pub fn take_free_ips(&mut self, max: usize) -> Vec<(String, Ipv4Addr)> {
         self.expire_cooldowns();
         let mut taken = Vec::new();
-        let devices: Vec<u32> = self.with_free.iter().rev().copied().collect();
+        let secondary = Kind::Secondary as usize;
+        let devices: Vec<u32> = self.with_free[secondary].iter().rev().copied().collect();
         for device in devices {
             if taken.len() >= max {
                 break;
@@ -690,8 +838,7 @@ impl Datastore {
                 continue;
             };
             let id = eni.spec.id.clone();
-            let ips: Vec<Ipv4Addr> = eni
-                .free
+            let ips: Vec<Ipv4Addr> = eni.free[secondary]
                 .iter()
                 .rev()
                 .take(max - taken.len())
@@ -701,6 +848,29 @@ impl Datastore {
                 if self.remove_ip(ip).is_ok() {
                     taken.push((id.clone(), ip));
                 }
+            }
+        }
+        taken
+    }
+
+    /// Removes up to `max` prefixes none of whose addresses is assigned or cooling down, so
+    /// they can be given back to EC2: highest-numbered ENIs first, highest prefix first.
+    /// Returns (ENI id, prefix).
+    pub fn take_free_prefixes(&mut self, max: usize) -> Vec<(String, Ipv4Net)> {
+        self.expire_cooldowns();
+        let candidates: Vec<(String, Ipv4Net)> = self
+            .enis
+            .values()
+            .rev()
+            .flat_map(|e| e.prefixes.iter().rev().map(|p| (e.spec.id.clone(), *p)))
+            .collect();
+        let mut taken = Vec::new();
+        for (eni, prefix) in candidates {
+            if taken.len() >= max {
+                break;
+            }
+            if self.remove_prefix(&eni, prefix).is_ok() {
+                taken.push((eni, prefix));
             }
         }
         taken
@@ -716,24 +886,39 @@ impl Datastore {
             return false;
         };
         eni.excluded = excluded;
-        if excluded || eni.free.is_empty() {
-            self.with_free.remove(&device);
-        } else {
-            self.with_free.insert(device);
+        for (set, free) in self.with_free.iter_mut().zip(&eni.free) {
+            if excluded || free.is_empty() {
+                set.remove(&device);
+            } else {
+                set.insert(device);
+            }
         }
         true
     }
 
-    /// Removes every free address of one ENI (not assigned or cooling ones) so they can be
-    /// given back to EC2.
+    /// Removes every free secondary address of one ENI (not assigned or cooling ones) so they
+    /// can be given back to EC2.
     pub fn take_free_ips_of(&mut self, id: &str) -> Vec<Ipv4Addr> {
         self.expire_cooldowns();
         let Some(eni) = self.eni_devices.get(id).and_then(|d| self.enis.get(d)) else {
             return Vec::new();
         };
-        let ips: Vec<Ipv4Addr> = eni.free.iter().copied().collect();
+        let ips: Vec<Ipv4Addr> = eni.free[Kind::Secondary as usize].iter().copied().collect();
         ips.into_iter()
             .filter(|ip| self.remove_ip(*ip).is_ok())
+            .collect()
+    }
+
+    /// Removes every prefix of one ENI none of whose addresses is assigned or cooling down.
+    pub fn take_free_prefixes_of(&mut self, id: &str) -> Vec<Ipv4Net> {
+        self.expire_cooldowns();
+        let Some(eni) = self.eni_devices.get(id).and_then(|d| self.enis.get(d)) else {
+            return Vec::new();
+        };
+        let prefixes: Vec<Ipv4Net> = eni.prefixes.iter().copied().collect();
+        prefixes
+            .into_iter()
+            .filter(|p| self.remove_prefix(id, *p).is_ok())
             .collect()
     }
 
@@ -768,41 +953,95 @@ impl Datastore {
 
     /// The ENIs, by device number.
     pub fn enis(&self) -> Vec<EniView> {
-        self.enis
-            .values()
-            .map(|e| EniView {
-                spec: e.spec.clone(),
-                total: e.total,
-                assigned: e.assigned,
-                cooling: e.cooling,
-                excluded: e.excluded,
-            })
-            .collect()
+        self.enis.values().map(|e| self.view(e)).collect()
     }
 
     /// The ENI with this id.
     pub fn eni(&self, id: &str) -> Option<EniView> {
         let device = self.eni_devices.get(id)?;
-        self.enis.get(device).map(|e| EniView {
+        self.enis.get(device).map(|e| self.view(e))
+    }
+
+    fn view(&self, e: &Eni) -> EniView {
+        let prefixes = e
+            .prefixes
+            .iter()
+            .map(|p| {
+                let mut use_ = PrefixView {
+                    prefix: *p,
+                    assigned: 0,
+                    cooling: 0,
+                };
+                for ip in prefix_addresses(*p) {
+                    match self.addrs.get(&ip).map(|a| &a.state) {
+                        Some(AddrState::Assigned(_)) => use_.assigned += 1,
+                        Some(AddrState::Cooling { .. }) => use_.cooling += 1,
+                        _ => {}
+                    }
+                }
+                use_
+            })
+            .collect::<Vec<_>>();
+        EniView {
             spec: e.spec.clone(),
             total: e.total,
             assigned: e.assigned,
             cooling: e.cooling,
+            secondary: e.total - PREFIX_SIZE * prefixes.len(),
+            prefixes,
             excluded: e.excluded,
-        })
+        }
     }
 
-    /// The addresses of an ENI with whether each is assigned (reconcile against metadata).
+    /// The addresses of an ENI (secondary and prefix ones) with whether each is assigned.
     pub fn eni_addresses(&self, id: &str) -> Vec<(Ipv4Addr, Option<IpamKey>)> {
+        self.addresses_of(id, |_| true)
+    }
+
+    /// The secondary addresses of an ENI with whether each is assigned (reconcile against
+    /// metadata's and EC2's lists of secondary addresses; prefixes are reconciled whole).
+    pub fn eni_secondary_addresses(&self, id: &str) -> Vec<(Ipv4Addr, Option<IpamKey>)> {
+        self.addresses_of(id, |a| a.prefix.is_none())
+    }
+
+    fn addresses_of(
+        &self,
+        id: &str,
+        keep: impl Fn(&Addr) -> bool,
+    ) -> Vec<(Ipv4Addr, Option<IpamKey>)> {
         let Some(eni) = self.eni_devices.get(id).and_then(|d| self.enis.get(d)) else {
             return Vec::new();
         };
         eni.members
             .iter()
-            .map(|ip| match self.addrs.get(ip).map(|a| &a.state) {
-                Some(AddrState::Assigned(info)) => (*ip, Some(info.key.clone())),
-                _ => (*ip, None),
+            .filter_map(|ip| {
+                let addr = self.addrs.get(ip)?;
+                if !keep(addr) {
+                    return None;
+                }
+                Some(match &addr.state {
+                    AddrState::Assigned(info) => (*ip, Some(info.key.clone())),
+                    _ => (*ip, None),
+                })
             })
             .collect()
     }
+
+    /// The delegated prefixes of an ENI.
+    pub fn eni_prefixes(&self, id: &str) -> Vec<Ipv4Net> {
+        self.eni_devices
+            .get(id)
+            .and_then(|d| self.enis.get(d))
+            .map(|e| e.prefixes.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Addresses of one delegated prefix.
+pub const PREFIX_SIZE: usize = 16;
+
+/// The addresses of `prefix`, lowest first.
+fn prefix_addresses(prefix: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
+    let first = u32::from(prefix.network());
+    (0..=u32::from(prefix.hostmask())).map(move |k| Ipv4Addr::from(first.wrapping_add(k)))
 }

@@ -444,3 +444,133 @@ fn randomized_operations_never_double_assign() {
         }
     }
 }
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+#[test]
+fn a_prefix_adds_its_16_addresses_and_leaves_whole_once_free_and_cooled() {
+    let (mut ds, clock) = store(30);
+    ds.add_prefix("eni-b", net("10.0.0.32/28")).unwrap();
+    let b = ds.eni("eni-b").unwrap();
+    assert_eq!(
+        (b.total, b.secondary, b.slots(), b.free_prefixes()),
+        (18, 2, 3, 1)
+    );
+    assert_eq!(ds.eni_prefixes("eni-b"), [net("10.0.0.32/28")]);
+    assert_eq!(ds.eni_secondary_addresses("eni-b").len(), 2);
+    assert_eq!(ds.eni_addresses("eni-b").len(), 18);
+    assert_eq!(ds.stats().total, 5 + 16);
+
+    ds.set_prefix_mode(true);
+    let (a, _) = ds.assign(&key("c1"), md("p")).unwrap();
+    assert_eq!((a.ip, a.eni_id.as_str()), (ip("10.0.0.32"), "eni-b"));
+    let b = ds.eni("eni-b").unwrap();
+    assert_eq!((b.prefixes[0].assigned, b.free_prefixes()), (1, 0));
+    assert!(matches!(
+        ds.remove_prefix("eni-b", net("10.0.0.32/28")),
+        Err(DatastoreError::PrefixInUse { .. })
+    ));
+    ds.release(&key("c1")).unwrap();
+    // Free again (nothing assigned) but cooling: counted free, not removable.
+    assert_eq!(ds.eni("eni-b").unwrap().free_prefixes(), 1);
+    assert!(ds.take_free_prefixes(5).is_empty());
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(
+        ds.take_free_prefixes(5),
+        [("eni-b".to_owned(), net("10.0.0.32/28"))]
+    );
+    let b = ds.eni("eni-b").unwrap();
+    assert_eq!((b.total, b.prefixes.len()), (2, 0));
+    assert_eq!(ds.stats().total, 5);
+}
+
+#[test]
+fn the_mode_decides_which_kind_new_pods_take_first() {
+    let (mut ds, _) = store(0);
+    ds.add_prefix("eni-b", net("10.0.0.48/28")).unwrap();
+    // Secondary mode: the five secondary addresses first, then the prefix's.
+    let got: Vec<Ipv4Addr> = (0..7)
+        .map(|i| ds.assign(&key(&format!("s{i}")), md("p")).unwrap().0.ip)
+        .collect();
+    assert_eq!(
+        &got[..5],
+        [
+            ip("10.0.0.11"),
+            ip("10.0.0.12"),
+            ip("10.0.0.13"),
+            ip("10.0.0.21"),
+            ip("10.0.0.22")
+        ]
+    );
+    assert_eq!(&got[5..], [ip("10.0.0.48"), ip("10.0.0.49")]);
+    for i in 0..7 {
+        ds.release(&key(&format!("s{i}"))).unwrap();
+    }
+    // Prefix mode: the prefix's 16 first, then the secondary addresses.
+    ds.set_prefix_mode(true);
+    let got: Vec<Ipv4Addr> = (0..17)
+        .map(|i| ds.assign(&key(&format!("p{i}")), md("p")).unwrap().0.ip)
+        .collect();
+    assert_eq!(got[0], ip("10.0.0.48"));
+    assert_eq!(got[15], ip("10.0.0.63"));
+    assert_eq!(got[16], ip("10.0.0.11"));
+    let unique: HashSet<Ipv4Addr> = got.iter().copied().collect();
+    assert_eq!(unique.len(), 17, "no address twice");
+}
+
+#[test]
+fn prefixes_that_cannot_hold_pods_are_refused_whole() {
+    let (mut ds, _) = store(30);
+    let refused = [
+        // Not aligned, not a /28.
+        (net("10.0.0.40/28"), "not an aligned /28"),
+        (net("10.0.0.32/27"), "not an aligned /28"),
+        // Holds the VPC's reserved first addresses, or the ENI's own address.
+        (net("10.0.0.0/28"), "reserved"),
+        (net("10.0.0.16/28"), "primary address"),
+        // Outside the subnet.
+        (net("10.0.1.0/28"), "outside subnet"),
+    ];
+    for (prefix, why) in refused {
+        let err = ds.add_prefix("eni-b", prefix).unwrap_err().to_string();
+        assert!(err.contains(why), "{prefix}: {err}");
+    }
+    // 10.0.0.21 and .22 are eni-b's secondary addresses already.
+    ds.remove_ip(ip("10.0.0.21")).unwrap();
+    ds.add_ip("eni-a", ip("10.0.0.21")).unwrap();
+    ds.add_prefix("eni-b", net("10.0.0.64/28")).unwrap();
+    let err = ds.add_prefix("eni-a", net("10.0.0.64/28")).unwrap_err();
+    assert!(matches!(err, DatastoreError::DuplicateIp { .. }), "{err}");
+    assert_eq!(ds.eni("eni-a").unwrap().prefixes.len(), 0);
+    assert_eq!(ds.stats().total, 5 + 16);
+}
+
+#[test]
+fn free_prefixes_go_from_the_highest_eni_and_prefix_first_and_busy_ones_stay() {
+    let (mut ds, _) = store(0);
+    ds.add_prefix("eni-a", net("10.0.0.32/28")).unwrap();
+    ds.add_prefix("eni-a", net("10.0.0.48/28")).unwrap();
+    ds.add_prefix("eni-b", net("10.0.0.64/28")).unwrap();
+    ds.set_prefix_mode(true);
+    let (a, _) = ds.assign(&key("c1"), md("p")).unwrap();
+    assert_eq!(a.ip, ip("10.0.0.32"));
+    assert_eq!(
+        ds.take_free_prefixes(1),
+        [("eni-b".to_owned(), net("10.0.0.64/28"))]
+    );
+    assert_eq!(
+        ds.take_free_prefixes(5),
+        [("eni-a".to_owned(), net("10.0.0.48/28"))]
+    );
+    assert_eq!(ds.eni_prefixes("eni-a"), [net("10.0.0.32/28")]);
+    // Secondary addresses are not taken with prefixes, and prefix addresses not with them.
+    let taken = ds.take_free_ips(100);
+    assert_eq!(taken.len(), 5);
+    assert!(
+        taken
+            .iter()
+            .all(|(_, ip)| !net("10.0.0.32/28").contains(ip))
+    );
+}

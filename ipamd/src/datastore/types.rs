@@ -170,6 +170,32 @@ pub enum DatastoreError {
         /// The address it holds.
         ip: Ipv4Addr,
     },
+    /// A delegated prefix must be an aligned /28.
+    #[error("{prefix} of ENI {eni} is not an aligned /28 prefix")]
+    NotAPrefix {
+        /// The prefix.
+        prefix: Ipv4Net,
+        /// The ENI.
+        eni: String,
+    },
+    /// The ENI does not hold this prefix.
+    #[error("prefix {prefix} is not on ENI {eni} in the datastore")]
+    UnknownPrefix {
+        /// The prefix.
+        prefix: Ipv4Net,
+        /// The ENI.
+        eni: String,
+    },
+    /// An address of the prefix is assigned or cooling down.
+    #[error("prefix {prefix} of ENI {eni} is in use ({ip} is assigned or cooling down)")]
+    PrefixInUse {
+        /// The prefix.
+        prefix: Ipv4Net,
+        /// The ENI.
+        eni: String,
+        /// The address in use.
+        ip: Ipv4Addr,
+    },
 }
 
 /// No address can be assigned; the message says why, with numbers.
@@ -189,19 +215,53 @@ pub struct Released {
     pub assignment: Assignment,
 }
 
+/// How one delegated prefix is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixView {
+    /// The /28.
+    pub prefix: Ipv4Net,
+    /// Its addresses assigned to pods.
+    pub assigned: usize,
+    /// Its addresses cooling down.
+    pub cooling: usize,
+}
+
+impl PrefixView {
+    /// No address of it is assigned (the reference's free prefix; cooling ones may remain).
+    pub fn is_free(&self) -> bool {
+        self.assigned == 0
+    }
+}
+
 /// A view of one ENI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EniView {
     /// The ENI.
     pub spec: EniSpec,
-    /// Its secondary addresses.
+    /// Its addresses for pods: secondary ones and those of its prefixes.
     pub total: usize,
     /// Assigned ones.
     pub assigned: usize,
     /// Cooling ones.
     pub cooling: usize,
+    /// Its secondary addresses (each takes one of the ENI's slots in EC2).
+    pub secondary: usize,
+    /// Its delegated prefixes (each takes one slot), lowest first.
+    pub prefixes: Vec<PrefixView>,
     /// Its addresses go to no new pod (its subnet was excluded).
     pub excluded: bool,
+}
+
+impl EniView {
+    /// Slots it uses in EC2: secondary addresses plus prefixes.
+    pub fn slots(&self) -> usize {
+        self.secondary + self.prefixes.len()
+    }
+
+    /// Its prefixes none of whose addresses is assigned.
+    pub fn free_prefixes(&self) -> usize {
+        self.prefixes.iter().filter(|p| p.is_free()).count()
+    }
 }
 
 /// What ends an exhaustion message: what limits the pool now and what happens next. Asked at

@@ -63,7 +63,7 @@ pub struct EniLabel {
 /// `cidr` label of `awscni_assigned_ip_per_cidr`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CidrLabel {
-    /// `a.b.c.d/32` for a secondary IP.
+    /// `a.b.c.d/32` for a secondary IP, `a.b.c.d/28` for a delegated prefix.
     pub cidr: String,
 }
 
@@ -151,8 +151,11 @@ pub struct PoolSnapshot {
     pub stats: Stats,
     /// (ENI id, assigned IPs).
     pub per_eni: Vec<(String, usize)>,
-    /// (`ip/32`, 1 if assigned else 0) for every secondary IP.
+    /// (`ip/32`, 1 if assigned else 0) for every secondary IP; (`prefix/28`, assigned
+    /// addresses) for every prefix, as in the reference.
     pub per_cidr: Vec<(String, usize)>,
+    /// Delegated prefixes in the pool.
+    pub prefixes: usize,
     /// Instance limits, when known.
     pub limits: Option<NodeLimits>,
 }
@@ -164,16 +167,22 @@ impl PoolSnapshot {
         let enis = ds.enis();
         let mut per_eni = Vec::with_capacity(enis.len());
         let mut per_cidr = Vec::with_capacity(stats.total);
+        let mut prefixes = 0;
         for eni in enis {
-            for (ip, holder) in ds.eni_addresses(&eni.spec.id) {
+            for (ip, holder) in ds.eni_secondary_addresses(&eni.spec.id) {
                 per_cidr.push((format!("{ip}/32"), usize::from(holder.is_some())));
             }
+            for p in &eni.prefixes {
+                per_cidr.push((p.prefix.to_string(), p.assigned));
+            }
+            prefixes += eni.prefixes.len();
             per_eni.push((eni.spec.id, eni.assigned));
         }
         Self {
             stats,
             per_eni,
             per_cidr,
+            prefixes,
             limits,
         }
     }
@@ -201,10 +210,13 @@ pub struct IpamdMetrics {
     pub force_removed_ips: Counter,
     /// `awscni_force_removed_enis`: ENIs removed while pods held addresses on them.
     pub force_removed_enis: Counter,
+    /// `awscni_prefix_fallback_ips` (ours): secondary IPs asked for instead of prefixes.
+    pub prefix_fallback_ips: Counter,
     /// `awscni_ipamd_startup_duration_seconds{success,with_api_server,failure_reason}`.
     pub startup_duration: Family<StartupLabels, Histogram, fn() -> Histogram>,
     eni_allocated: Gauge,
     total_ips: Gauge,
+    total_prefixes: Gauge,
     assigned_ips: Gauge,
     eni_max: OptionalGauge,
     ip_max: OptionalGauge,
@@ -225,9 +237,11 @@ impl IpamdMetrics {
             ipamd_errors: Family::default(),
             force_removed_ips: Counter::default(),
             force_removed_enis: Counter::default(),
+            prefix_fallback_ips: Counter::default(),
             startup_duration: Family::new_with_constructor(histogram),
             eni_allocated: Gauge::default(),
             total_ips: Gauge::default(),
+            total_prefixes: Gauge::default(),
             assigned_ips: Gauge::default(),
             eni_max: OptionalGauge::default(),
             ip_max: OptionalGauge::default(),
@@ -292,6 +306,16 @@ impl IpamdMetrics {
             m.force_removed_ips.clone(),
         );
         registry.register(
+            "awscni_total_ipv4_prefixes",
+            "The total number of IPv4 prefixes",
+            m.total_prefixes.clone(),
+        );
+        registry.register(
+            "awscni_prefix_fallback_ips",
+            "Secondary IPs ipamd asked EC2 for instead of prefixes because the subnet had no free aligned /28 (InsufficientCidrBlocks)",
+            m.prefix_fallback_ips.clone(),
+        );
+        registry.register(
             "awscni_assigned_ip_per_cidr",
             "The total number of IP addresses assigned per cidr",
             m.assigned_per_cidr.clone(),
@@ -327,6 +351,11 @@ impl IpamdMetrics {
     /// Counts one error at `site` (`awscni_ipamd_error_count{fn=site}`).
     pub fn error(&self, site: &str) {
         self.ipamd_errors.get_or_create(&FnLabel::new(site)).inc();
+    }
+
+    /// Counts `n` secondary IPs asked for instead of prefixes (a fragmented subnet).
+    pub fn prefix_fallback(&self, n: u32) {
+        self.prefix_fallback_ips.inc_by(u64::from(n));
     }
 
     /// Adds `n` to `awscni_reconcile_count{fn=site}` (no series is created for 0).
@@ -387,6 +416,7 @@ impl IpamdMetrics {
     pub fn observe_pool(&self, snapshot: &PoolSnapshot) {
         self.eni_allocated.set(gauge_value(snapshot.stats.enis));
         self.total_ips.set(gauge_value(snapshot.stats.total));
+        self.total_prefixes.set(gauge_value(snapshot.prefixes));
         self.assigned_ips.set(gauge_value(snapshot.stats.assigned));
         self.eni_max
             .set(snapshot.limits.map(|l| i64::from(l.max_enis)));

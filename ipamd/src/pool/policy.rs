@@ -1,7 +1,14 @@
 //! The warm-pool policy as pure functions: no I/O, no clock reads (times are passed in). The
 //! semantics are the reference's (vpc-cni.md §3.2–3.3, `ipamd.go`'s `isDatastorePoolTooLow`,
-//! `isDatastorePoolTooHigh`, `shouldRemoveExtraENIs`, `getDeletableENI`, `hasRoomForEni`):
+//! `isDatastorePoolTooHigh`, `datastoreTargetState`, `getPrefixesNeeded`,
+//! `shouldRemoveExtraENIs`, `getDeletableENI`, `hasRoomForEni`).
 //!
+//! The pool grows by slots: an ENI has `Ipv4AddressesPerInterface − 1` of them, each one
+//! secondary address, or with prefix delegation one /28 prefix of 16 addresses
+//! ([`Capacity::per_slot`]). Counts are in addresses; what [`shortfall`] asks for and what
+//! [`surplus`] gives back are slots.
+//!
+//! Secondary addresses:
 //! - "IP targets defined" ⇔ `WARM_IP_TARGET > 0 || MINIMUM_IP_TARGET > 0`; they override
 //!   `WARM_ENI_TARGET`.
 //! - available = total − assigned. IPs in cooldown count as available, exactly as in the
@@ -17,10 +24,22 @@
 //!   at least a minute old, without assigned or cooling IPs, and not needed for the targets
 //!   (the other ENIs' free IPs ≥ WARM_IP, their total ≥ MINIMUM_IP). One ENI per cycle.
 //! - room for an ENI: `managed ENIs + unmanaged ENIs < max ENIs`.
+//!
+//! Prefix delegation (a free prefix has no assigned address; cooling ones do not count):
+//! - too low, IP targets defined: the same `short` in addresses, asked for as `⌈short / 16⌉`
+//!   prefixes; otherwise low iff `available < 16 × WARM_PREFIX_TARGET` or (target 0 and
+//!   nothing available), asking for `max(1, WARM_PREFIX_TARGET − free prefixes)`. Never low
+//!   once `total ≥ max pods`, never more than `⌈(max pods − total) / 16⌉`.
+//! - too high, IP targets defined: `min(free prefixes, prefixes − ⌈(assigned + WARM_IP) / 16⌉,
+//!   prefixes − ⌈MINIMUM_IP / 16⌉)`; otherwise `free prefixes − WARM_PREFIX_TARGET`.
+//! - free an ENI: always try (the reference's `CheckFreeableENIexists`); the targets count in
+//!   whole prefixes (`WARM_IP` and `MINIMUM_IP` rounded up to multiples of 16) and the other
+//!   ENIs must keep `WARM_PREFIX_TARGET` free prefixes.
 
 use std::time::{Duration, Instant};
 
 use crate::config::PoolTargets;
+use crate::limits::Limits;
 
 /// How often the pool may shrink (the reference's `decreaseIPPoolInterval`).
 pub const DECREASE_INTERVAL: Duration = Duration::from_secs(30);
@@ -30,16 +49,19 @@ pub const MIN_ENI_AGE: Duration = Duration::from_secs(60);
 /// The warm-pool targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Targets {
-    /// `WARM_ENI_TARGET`.
+    /// `WARM_ENI_TARGET` (secondary addresses only).
     pub warm_eni: u32,
     /// `WARM_IP_TARGET` (0 = unset).
     pub warm_ip: u32,
     /// `MINIMUM_IP_TARGET` (0 = unset).
     pub minimum_ip: u32,
+    /// `WARM_PREFIX_TARGET` (prefix delegation only).
+    pub warm_prefix: u32,
 }
 
 impl Targets {
-    /// Whether `WARM_IP_TARGET` or `MINIMUM_IP_TARGET` is set (they override `WARM_ENI_TARGET`).
+    /// Whether `WARM_IP_TARGET` or `MINIMUM_IP_TARGET` is set (they override `WARM_ENI_TARGET`
+    /// and `WARM_PREFIX_TARGET`).
     pub fn ip_targets_defined(&self) -> bool {
         self.warm_ip > 0 || self.minimum_ip > 0
     }
@@ -51,6 +73,7 @@ impl From<&PoolTargets> for Targets {
             warm_eni: p.warm_eni_target,
             warm_ip: p.warm_ip_target,
             minimum_ip: p.minimum_ip_target,
+            warm_prefix: p.warm_prefix_target,
         }
     }
 }
@@ -60,12 +83,42 @@ impl From<&PoolTargets> for Targets {
 pub struct Capacity {
     /// ENIs that may be attached (instance limit, lowered by `MAX_ENI`).
     pub max_enis: u32,
-    /// Pod addresses per ENI (`Ipv4AddressesPerInterface − 1`).
+    /// Pod addresses per ENI (slots × [`Capacity::per_slot`]).
     pub ips_per_eni: u32,
     /// Max pods; the pool never grows past it.
     pub max_pods: u32,
     /// Attached ENIs ipamd does not manage (tagged `no_manage`); they count against `max_enis`.
     pub unmanaged_enis: u32,
+    /// Addresses per slot: 1 (secondary addresses) or 16 (prefix delegation).
+    pub per_slot: u32,
+}
+
+impl Capacity {
+    /// The policy's view of `limits`, with `unmanaged_enis` attached ENIs ipamd leaves alone.
+    pub fn new(limits: &Limits, unmanaged_enis: u32) -> Self {
+        Self {
+            max_enis: limits.max_enis,
+            ips_per_eni: limits.ips_per_eni,
+            max_pods: limits.max_pods,
+            unmanaged_enis,
+            per_slot: limits.addresses_per_slot(),
+        }
+    }
+
+    /// Whether the pool grows by /28 prefixes.
+    pub fn prefix_mode(&self) -> bool {
+        self.per_slot > 1
+    }
+
+    /// Slots of an ENI: `ips_per_eni / per_slot`.
+    pub fn slots_per_eni(&self) -> u32 {
+        self.ips_per_eni / self.per_slot.max(1)
+    }
+
+    /// `n` addresses rounded up to whole slots.
+    fn slots_for(&self, n: u32) -> u32 {
+        n.div_ceil(self.per_slot.max(1))
+    }
 }
 
 /// Pool-wide counts.
@@ -75,6 +128,10 @@ pub struct Counts {
     pub total: u32,
     /// Addresses assigned to pods.
     pub assigned: u32,
+    /// Delegated prefixes in the pool.
+    pub prefixes: u32,
+    /// Prefixes none of whose addresses is assigned.
+    pub free_prefixes: u32,
 }
 
 impl Counts {
@@ -95,12 +152,18 @@ pub struct EniState {
     pub is_primary: bool,
     /// How long it has been in the pool.
     pub age: Duration,
-    /// Its addresses.
+    /// Its addresses (secondary ones and those of its prefixes).
     pub total: u32,
     /// Assigned ones.
     pub assigned: u32,
     /// Cooling ones.
     pub cooling: u32,
+    /// Slots it uses in EC2: secondary addresses plus prefixes.
+    pub slots: u32,
+    /// Its prefixes.
+    pub prefixes: u32,
+    /// Its prefixes none of whose addresses is assigned.
+    pub free_prefixes: u32,
     /// Its subnet has no free addresses (EC2 said so recently): no addresses are asked for on
     /// it; a new ENI in another subnet may be.
     pub subnet_full: bool,
@@ -117,38 +180,72 @@ pub fn counts(enis: &[EniState]) -> Counts {
     Counts {
         total: enis.iter().map(|e| e.total).sum(),
         assigned: enis.iter().map(|e| e.assigned).sum(),
+        prefixes: enis.iter().map(|e| e.prefixes).sum(),
+        free_prefixes: enis.iter().map(|e| e.free_prefixes).sum(),
     }
 }
 
-/// How many addresses the pool is short of its targets (0 = not too low): the amount the
-/// manager asks EC2 for (in `WARM_ENI_TARGET` mode a whole ENI's worth), capped at max pods.
+/// How many slots the pool is short of its targets (0 = not too low): what the manager asks
+/// EC2 for, addresses or prefixes (in `WARM_ENI_TARGET` mode a whole ENI's worth), capped at
+/// max pods.
 pub fn shortfall(c: Counts, t: Targets, cap: Capacity) -> u32 {
     if c.total >= cap.max_pods {
         return 0;
     }
     let avail = c.available();
-    let short = if t.ip_targets_defined() {
+    let ip_short = || {
         t.warm_ip
             .saturating_sub(avail)
             .max(t.minimum_ip.saturating_sub(c.total))
+    };
+    let room = cap.slots_for(cap.max_pods - c.total);
+    let short = if cap.prefix_mode() {
+        if t.ip_targets_defined() {
+            match ip_short() {
+                0 => 0,
+                short => cap.slots_for(short).max(1),
+            }
+        } else if avail < cap.per_slot.saturating_mul(t.warm_prefix)
+            || (t.warm_prefix == 0 && avail == 0)
+        {
+            t.warm_prefix.saturating_sub(c.free_prefixes).max(1)
+        } else {
+            0
+        }
+    } else if t.ip_targets_defined() {
+        ip_short()
     } else if avail < cap.ips_per_eni.saturating_mul(t.warm_eni) || (t.warm_eni == 0 && avail == 0)
     {
         cap.ips_per_eni
     } else {
         0
     };
-    short.min(cap.max_pods - c.total)
+    short.min(room)
 }
 
-/// How many addresses the pool holds beyond its targets (0 = not too high). In plain
-/// `WARM_ENI_TARGET` mode the pool is never "too high" for addresses: only whole ENIs go.
-pub fn surplus(c: Counts, t: Targets) -> u32 {
+/// How many slots the pool holds beyond its targets (0 = not too high): addresses, or whole
+/// free prefixes. With secondary addresses in plain `WARM_ENI_TARGET` mode the pool is never
+/// "too high" for addresses: only whole ENIs go.
+pub fn surplus(c: Counts, t: Targets, cap: Capacity) -> u32 {
+    let non_negative = |v: i64| u32::try_from(v.max(0)).unwrap_or(0);
+    if cap.prefix_mode() {
+        if !t.ip_targets_defined() {
+            return c.free_prefixes.saturating_sub(t.warm_prefix);
+        }
+        let prefixes = i64::from(c.prefixes);
+        let for_warm = i64::from(cap.slots_for(c.assigned.saturating_add(t.warm_ip)));
+        let for_min = i64::from(cap.slots_for(t.minimum_ip));
+        let over = i64::from(c.free_prefixes)
+            .min(prefixes - for_warm)
+            .min(prefixes - for_min);
+        return non_negative(over);
+    }
     if !t.ip_targets_defined() {
         return 0;
     }
     let over_warm = i64::from(c.available()) - i64::from(t.warm_ip);
     let over_min = i64::from(c.total) - i64::from(t.minimum_ip);
-    u32::try_from(over_warm.min(over_min).max(0)).unwrap_or(0)
+    non_negative(over_warm.min(over_min))
 }
 
 /// Whether the pool may shrink now: at most once per `interval`.
@@ -159,13 +256,21 @@ pub fn may_decrease(last: Option<Instant>, now: Instant, interval: Duration) -> 
 /// Whether to look for an ENI to free this cycle.
 pub fn should_try_free_eni(c: Counts, t: Targets, cap: Capacity) -> bool {
     t.ip_targets_defined()
+        || cap.prefix_mode()
         || c.available() >= t.warm_eni.saturating_add(1).saturating_mul(cap.ips_per_eni)
 }
 
 /// The ENI to free, if one may go: not the primary, at least `min_age` old, no assigned or
-/// cooling addresses, and not needed for `WARM_IP_TARGET` / `MINIMUM_IP_TARGET`. Among several,
-/// the one with the highest device number.
-pub fn deletable_eni(enis: &[EniState], t: Targets, min_age: Duration) -> Option<&EniState> {
+/// cooling addresses, and not needed for `WARM_IP_TARGET` / `MINIMUM_IP_TARGET` (in whole
+/// slots) or, with prefixes, `WARM_PREFIX_TARGET`. Among several, the one with the highest
+/// device number.
+pub fn deletable_eni(
+    enis: &[EniState],
+    t: Targets,
+    cap: Capacity,
+    min_age: Duration,
+) -> Option<&EniState> {
+    let whole = |n: u32| cap.slots_for(n).saturating_mul(cap.per_slot.max(1));
     let mut candidates: Vec<&EniState> = enis
         .iter()
         .filter(|e| !e.is_primary && e.age >= min_age && e.assigned == 0 && e.cooling == 0)
@@ -174,10 +279,13 @@ pub fn deletable_eni(enis: &[EniState], t: Targets, min_age: Duration) -> Option
     candidates.into_iter().find(|eni| {
         let others = enis.iter().filter(|o| o.id != eni.id);
         let other_free: u32 = others.clone().map(EniState::free).sum();
-        let other_total: u32 = others.map(|o| o.total).sum();
-        let needed_for_warm = t.warm_ip > 0 && other_free < t.warm_ip;
-        let needed_for_min = t.minimum_ip > 0 && other_total < t.minimum_ip;
-        !needed_for_warm && !needed_for_min
+        let other_total: u32 = others.clone().map(|o| o.total).sum();
+        let other_free_prefixes: u32 = others.map(|o| o.free_prefixes).sum();
+        let needed_for_warm = t.warm_ip > 0 && other_free < whole(t.warm_ip);
+        let needed_for_min = t.minimum_ip > 0 && other_total < whole(t.minimum_ip);
+        let needed_for_prefixes =
+            cap.prefix_mode() && t.warm_prefix > 0 && other_free_prefixes < t.warm_prefix;
+        !needed_for_warm && !needed_for_min && !needed_for_prefixes
     })
 }
 
@@ -186,20 +294,21 @@ pub fn has_room_for_eni(managed_enis: u32, cap: Capacity) -> bool {
     managed_enis.saturating_add(cap.unmanaged_enis) < cap.max_enis
 }
 
-/// The next thing to do to grow the pool by `short` addresses.
+/// The next thing to do to grow the pool by `short` slots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grow {
-    /// `AssignPrivateIpAddresses` of `count` on an ENI that has room.
+    /// `AssignPrivateIpAddresses` of `count` slots (addresses or prefixes) on an ENI that has
+    /// room.
     Assign {
         /// The ENI.
         eni: String,
         /// How many.
         count: u32,
     },
-    /// `CreateNetworkInterface` with `ips` secondary addresses.
+    /// `CreateNetworkInterface` with `slots` secondary addresses or prefixes.
     CreateEni {
-        /// How many secondary addresses.
-        ips: u32,
+        /// How many.
+        slots: u32,
     },
     /// Every ENI is full and no ENI may be added.
     AtLimit,
@@ -207,37 +316,35 @@ pub enum Grow {
 
 /// Existing ENIs are filled first (the lowest device number with room, by
 /// `min(free slots, short)`); only when all are full is a new ENI created, with
-/// `min(short, ips_per_eni)` addresses.
+/// `min(short, slots per ENI)` slots.
 pub fn next_grow_step(short: u32, enis: &[EniState], cap: Capacity) -> Option<Grow> {
     if short == 0 {
         return None;
     }
+    let slots_per_eni = cap.slots_per_eni();
     let mut by_device: Vec<&EniState> = enis.iter().collect();
     by_device.sort_by_key(|e| e.device_number);
     if let Some(eni) = by_device
         .iter()
-        .find(|e| e.total < cap.ips_per_eni && !e.subnet_full)
+        .find(|e| e.slots < slots_per_eni && !e.subnet_full)
     {
         return Some(Grow::Assign {
             eni: eni.id.clone(),
-            count: (cap.ips_per_eni - eni.total).min(short),
+            count: (slots_per_eni - eni.slots).min(short),
         });
     }
     let managed = u32::try_from(enis.len()).unwrap_or(u32::MAX);
-    if has_room_for_eni(managed, cap) && cap.ips_per_eni > 0 {
+    if has_room_for_eni(managed, cap) && slots_per_eni > 0 {
         return Some(Grow::CreateEni {
-            ips: short.min(cap.ips_per_eni),
+            slots: short.min(slots_per_eni),
         });
     }
     Some(Grow::AtLimit)
 }
 
-/// How many VPC addresses one more node of this instance type takes when it starts with no
-/// pods and pre-scales its pool to these targets: each ENI's own address plus the pool, as
-/// [`shortfall`] and [`next_grow_step`] grow it. The subnet-exhaustion warning compares each
-/// candidate subnet's free addresses with this.
-pub fn addresses_of_new_node(t: Targets, cap: Capacity) -> u32 {
-    let fresh = |device: u32| EniState {
+/// An ENI the policy has not seen grow yet (for simulations of what is to come).
+fn fresh_eni(device: u32) -> EniState {
+    EniState {
         id: format!("new-{device}"),
         device_number: device,
         is_primary: device == 0,
@@ -245,23 +352,43 @@ pub fn addresses_of_new_node(t: Targets, cap: Capacity) -> u32 {
         total: 0,
         assigned: 0,
         cooling: 0,
+        slots: 0,
+        prefixes: 0,
+        free_prefixes: 0,
         subnet_full: false,
-    };
-    let mut enis = vec![fresh(0)];
-    // Each step adds addresses or an ENI, both bounded by the capacity.
+    }
+}
+
+/// Adds `slots` fresh slots to `eni` (their addresses free).
+fn grow_eni(eni: &mut EniState, slots: u32, cap: Capacity) {
+    eni.slots += slots;
+    eni.total += slots * cap.per_slot.max(1);
+    if cap.prefix_mode() {
+        eni.prefixes += slots;
+        eni.free_prefixes += slots;
+    }
+}
+
+/// How many VPC addresses one more node of this instance type takes when it starts with no
+/// pods and pre-scales its pool to these targets: each ENI's own address plus the pool, as
+/// [`shortfall`] and [`next_grow_step`] grow it. The subnet-exhaustion warning compares each
+/// candidate subnet's free addresses with this.
+pub fn addresses_of_new_node(t: Targets, cap: Capacity) -> u32 {
+    let mut enis = vec![fresh_eni(0)];
+    // Each step adds slots or an ENI, both bounded by the capacity.
     let bound = cap.max_enis.saturating_add(1).saturating_mul(2);
     for _ in 0..bound {
         let short = shortfall(counts(&enis), t, cap);
         match next_grow_step(short, &enis, cap) {
             Some(Grow::Assign { eni, count }) => {
                 if let Some(e) = enis.iter_mut().find(|e| e.id == eni) {
-                    e.total += count;
+                    grow_eni(e, count, cap);
                 }
             }
-            Some(Grow::CreateEni { ips }) => {
+            Some(Grow::CreateEni { slots }) => {
                 let device = u32::try_from(enis.len()).unwrap_or(u32::MAX);
-                let mut e = fresh(device);
-                e.total = ips;
+                let mut e = fresh_eni(device);
+                grow_eni(&mut e, slots, cap);
                 enis.push(e);
             }
             None | Some(Grow::AtLimit) => break,
@@ -282,6 +409,16 @@ mod tests {
         ips_per_eni: 3,
         max_pods: 11,
         unmanaged_enis: 0,
+        per_slot: 1,
+    };
+
+    /// t3.small with prefix delegation: 3 ENIs × 3 prefixes × 16, max pods 110.
+    const T3_SMALL_PD: Capacity = Capacity {
+        max_enis: 3,
+        ips_per_eni: 48,
+        max_pods: 110,
+        unmanaged_enis: 0,
+        per_slot: 16,
     };
 
     fn eni(device: u32, total: u32, assigned: u32) -> EniState {
@@ -293,6 +430,9 @@ mod tests {
             total,
             assigned,
             cooling: 0,
+            slots: total,
+            prefixes: 0,
+            free_prefixes: 0,
             subnet_full: false,
         }
     }
@@ -302,6 +442,22 @@ mod tests {
             warm_eni,
             warm_ip,
             minimum_ip,
+            warm_prefix: 0,
+        }
+    }
+
+    fn prefix_targets(warm_prefix: u32, warm_ip: u32, minimum_ip: u32) -> Targets {
+        Targets {
+            warm_prefix,
+            ..targets(1, warm_ip, minimum_ip)
+        }
+    }
+
+    fn count(total: u32, assigned: u32) -> Counts {
+        Counts {
+            total,
+            assigned,
+            ..Counts::default()
         }
     }
 
@@ -315,11 +471,12 @@ mod tests {
                 match next_grow_step(short, enis, cap) {
                     None | Some(Grow::AtLimit) => return,
                     Some(Grow::Assign { eni, count }) => {
-                        enis.iter_mut().find(|e| e.id == eni).unwrap().total += count;
+                        let e = enis.iter_mut().find(|e| e.id == eni).unwrap();
+                        grow_eni(e, count, cap);
                     }
-                    Some(Grow::CreateEni { ips }) => {
+                    Some(Grow::CreateEni { slots }) => {
                         let d = u32::try_from(enis.len()).unwrap();
-                        enis.push(eni(d, ips, 0));
+                        enis.push(eni(d, slots, 0));
                     }
                 }
             }
@@ -364,7 +521,7 @@ mod tests {
 
     #[test]
     fn shortfall_boundaries() {
-        let c = |total, assigned| Counts { total, assigned };
+        let c = count;
         let cases = [
             // WARM_ENI_TARGET=1: keep a whole ENI's worth (3) free.
             (targets(1, 0, 0), c(3, 0), 0),
@@ -394,16 +551,16 @@ mod tests {
     #[test]
     fn cooling_ips_count_as_available_as_in_the_reference() {
         // 3 IPs, 1 assigned, 2 cooling: available = 2 → with WARM_IP_TARGET=2 not low.
-        let c = Counts {
-            total: 3,
-            assigned: 1,
-        };
+        let c = count(3, 1);
         assert_eq!(shortfall(c, targets(0, 2, 0), T3_SMALL), 0);
         // ...but an ENI with cooling IPs is never freed.
         let mut e = eni(1, 3, 0);
         e.cooling = 1;
         let enis = vec![eni(0, 3, 0), e];
-        assert_eq!(deletable_eni(&enis, targets(1, 0, 0), MIN_ENI_AGE), None);
+        assert_eq!(
+            deletable_eni(&enis, targets(1, 0, 0), T3_SMALL, MIN_ENI_AGE),
+            None
+        );
     }
 
     #[test]
@@ -449,11 +606,11 @@ mod tests {
         let enis = vec![eni(0, 3, 3)];
         assert_eq!(
             next_grow_step(2, &enis, T3_SMALL),
-            Some(Grow::CreateEni { ips: 2 })
+            Some(Grow::CreateEni { slots: 2 })
         );
         assert_eq!(
             next_grow_step(7, &enis, T3_SMALL),
-            Some(Grow::CreateEni { ips: 3 })
+            Some(Grow::CreateEni { slots: 3 })
         );
         assert_eq!(next_grow_step(0, &enis, T3_SMALL), None);
     }
@@ -464,7 +621,7 @@ mod tests {
         enis[1].subnet_full = true;
         assert_eq!(
             next_grow_step(2, &enis, T3_SMALL),
-            Some(Grow::CreateEni { ips: 2 })
+            Some(Grow::CreateEni { slots: 2 })
         );
         enis.push(eni(2, 3, 0));
         assert_eq!(next_grow_step(2, &enis, T3_SMALL), Some(Grow::AtLimit));
@@ -484,13 +641,14 @@ mod tests {
             ips_per_eni: 9,
             max_pods: 29,
             unmanaged_enis: 0,
+            per_slot: 1,
         };
         assert_eq!(addresses_of_new_node(targets(1, 0, 0), m5), 10);
     }
 
     #[test]
     fn surplus_only_with_ip_targets() {
-        let c = |total, assigned| Counts { total, assigned };
+        let c = count;
         let cases = [
             (targets(1, 0, 0), c(9, 0), 0),
             (targets(0, 2, 0), c(9, 0), 7),
@@ -501,7 +659,7 @@ mod tests {
             (targets(0, 0, 5), c(3, 0), 0),
         ];
         for (t, counts, want) in cases {
-            assert_eq!(surplus(counts, t), want, "{t:?} {counts:?}");
+            assert_eq!(surplus(counts, t, T3_SMALL), want, "{t:?} {counts:?}");
         }
     }
 
@@ -524,7 +682,7 @@ mod tests {
     #[test]
     fn free_eni_conditions() {
         let t = targets(1, 0, 0);
-        let c = |total, assigned| Counts { total, assigned };
+        let c = count;
         // WARM_ENI_TARGET=1 frees only with two ENIs' worth (6) available.
         assert!(!should_try_free_eni(c(6, 1), t, T3_SMALL));
         assert!(should_try_free_eni(c(9, 3), t, T3_SMALL));
@@ -532,30 +690,36 @@ mod tests {
 
         let enis = vec![eni(0, 3, 3), eni(1, 3, 0), eni(2, 3, 0)];
         assert_eq!(
-            deletable_eni(&enis, t, MIN_ENI_AGE).map(|e| e.id.as_str()),
+            deletable_eni(&enis, t, T3_SMALL, MIN_ENI_AGE).map(|e| e.id.as_str()),
             Some("eni-2"),
             "the highest device goes first"
         );
         // Never the primary, never one with pods.
         let enis = vec![eni(0, 3, 0), eni(1, 3, 1)];
-        assert_eq!(deletable_eni(&enis, t, MIN_ENI_AGE), None);
+        assert_eq!(deletable_eni(&enis, t, T3_SMALL, MIN_ENI_AGE), None);
         // Younger than a minute: kept.
         let mut young = eni(1, 3, 0);
         young.age = Duration::from_secs(59);
         assert_eq!(
-            deletable_eni(&[eni(0, 3, 0), young.clone()], t, MIN_ENI_AGE),
+            deletable_eni(&[eni(0, 3, 0), young.clone()], t, T3_SMALL, MIN_ENI_AGE),
             None
         );
         young.age = MIN_ENI_AGE;
-        assert!(deletable_eni(&[eni(0, 3, 0), young], t, MIN_ENI_AGE).is_some());
+        assert!(deletable_eni(&[eni(0, 3, 0), young], t, T3_SMALL, MIN_ENI_AGE).is_some());
         // Needed for WARM_IP_TARGET: the others have 1 free < 2.
         let enis = vec![eni(0, 3, 2), eni(1, 3, 0)];
-        assert_eq!(deletable_eni(&enis, targets(0, 2, 0), MIN_ENI_AGE), None);
-        assert!(deletable_eni(&enis, targets(0, 1, 0), MIN_ENI_AGE).is_some());
+        assert_eq!(
+            deletable_eni(&enis, targets(0, 2, 0), T3_SMALL, MIN_ENI_AGE),
+            None
+        );
+        assert!(deletable_eni(&enis, targets(0, 1, 0), T3_SMALL, MIN_ENI_AGE).is_some());
         // Needed for MINIMUM_IP_TARGET: the others hold 3 < 5.
         let enis = vec![eni(0, 3, 0), eni(1, 2, 0)];
-        assert_eq!(deletable_eni(&enis, targets(0, 0, 5), MIN_ENI_AGE), None);
-        assert!(deletable_eni(&enis, targets(0, 0, 3), MIN_ENI_AGE).is_some());
+        assert_eq!(
+            deletable_eni(&enis, targets(0, 0, 5), T3_SMALL, MIN_ENI_AGE),
+            None
+        );
+        assert!(deletable_eni(&enis, targets(0, 0, 3), T3_SMALL, MIN_ENI_AGE).is_some());
     }
 
     #[test]
@@ -567,22 +731,238 @@ mod tests {
         for e in &mut enis {
             e.assigned = 0;
         }
-        let over = surplus(counts(&enis), t);
+        let over = surplus(counts(&enis), t, T3_SMALL);
         assert_eq!(over, 5);
         // Addresses go from the highest ENIs first (as the datastore takes them).
         let mut left = over;
         for e in enis.iter_mut().rev() {
             let n = left.min(e.total);
             e.total -= n;
+            e.slots -= n;
             left -= n;
         }
         assert_eq!(
             enis.iter().map(|e| e.total).collect::<Vec<_>>(),
             vec![2, 0, 0]
         );
-        let first = deletable_eni(&enis, t, MIN_ENI_AGE).unwrap().id.clone();
+        let first = deletable_eni(&enis, t, T3_SMALL, MIN_ENI_AGE)
+            .unwrap()
+            .id
+            .clone();
         assert_eq!(first, "eni-2");
         enis.retain(|e| e.id != first);
-        assert_eq!(deletable_eni(&enis, t, MIN_ENI_AGE).unwrap().id, "eni-1");
+        assert_eq!(
+            deletable_eni(&enis, t, T3_SMALL, MIN_ENI_AGE).unwrap().id,
+            "eni-1"
+        );
+    }
+
+    /// A node with prefix delegation as the datastore fills it: per ENI, the assigned count of
+    /// each prefix; pods go to the lowest prefix with room.
+    #[derive(Debug, Default)]
+    struct PdNode {
+        enis: Vec<Vec<u32>>,
+    }
+
+    impl PdNode {
+        fn states(&self) -> Vec<EniState> {
+            let u = |n: usize| u32::try_from(n).unwrap();
+            self.enis
+                .iter()
+                .enumerate()
+                .map(|(d, prefixes)| EniState {
+                    total: 16 * u(prefixes.len()),
+                    assigned: prefixes.iter().sum(),
+                    slots: u(prefixes.len()),
+                    prefixes: u(prefixes.len()),
+                    free_prefixes: u(prefixes.iter().filter(|&&a| a == 0).count()),
+                    ..eni(u(d), 0, 0)
+                })
+                .collect()
+        }
+
+        fn grow(&mut self, t: Targets, cap: Capacity) {
+            for _ in 0..50 {
+                let enis = self.states();
+                match next_grow_step(shortfall(counts(&enis), t, cap), &enis, cap) {
+                    None | Some(Grow::AtLimit) => return,
+                    Some(Grow::Assign { eni, count }) => {
+                        let d = enis.iter().position(|e| e.id == eni).unwrap();
+                        self.enis[d].extend(std::iter::repeat_n(0, count as usize));
+                    }
+                    Some(Grow::CreateEni { slots }) => self.enis.push(vec![0; slots as usize]),
+                }
+            }
+            panic!("the pool never settles");
+        }
+
+        /// Grows, then adds `pods` pods one at a time, growing after each.
+        fn simulate(t: Targets, cap: Capacity, pods: u32) -> Self {
+            let mut node = Self {
+                enis: vec![Vec::new()],
+            };
+            node.grow(t, cap);
+            for _ in 0..pods {
+                let slot = node
+                    .enis
+                    .iter_mut()
+                    .flat_map(|e| e.iter_mut())
+                    .find(|a| **a < 16)
+                    .expect("an address for the pod");
+                *slot += 1;
+                node.grow(t, cap);
+            }
+            node
+        }
+
+        fn prefixes_per_eni(&self) -> Vec<usize> {
+            self.enis.iter().map(Vec::len).collect()
+        }
+    }
+
+    #[test]
+    fn reference_prefix_worked_examples() {
+        // docs/prefix-and-ip-target.md, t3.small (3 ENIs × 3 prefixes).
+        let cases: [(Targets, u32, &[usize]); 12] = [
+            (prefix_targets(1, 0, 0), 0, &[1]),
+            (prefix_targets(1, 0, 0), 5, &[2]),
+            (prefix_targets(1, 0, 0), 16, &[2]),
+            (prefix_targets(1, 0, 0), 17, &[3]),
+            (prefix_targets(1, 0, 0), 58, &[3, 2]),
+            (prefix_targets(0, 1, 1), 0, &[1]),
+            (prefix_targets(0, 1, 1), 5, &[1]),
+            (prefix_targets(0, 1, 1), 17, &[2]),
+            (prefix_targets(0, 1, 1), 58, &[3, 1]),
+            // The document's row for 0 pods says 1 prefix but "prefixes per ENI 2"; the
+            // reference's code asks for ⌈20 / 16⌉ = 2 (MINIMUM_IP_TARGET 20 counts as 32).
+            (prefix_targets(0, 7, 20), 0, &[2]),
+            (prefix_targets(0, 7, 20), 17, &[2]),
+            (prefix_targets(0, 7, 20), 58, &[3, 2]),
+        ];
+        for (t, pods, want) in cases {
+            let node = PdNode::simulate(t, T3_SMALL_PD, pods);
+            assert_eq!(node.prefixes_per_eni(), want, "{t:?} pods={pods}");
+        }
+    }
+
+    #[test]
+    fn prefix_shortfall_boundaries() {
+        let c = |total, assigned, free_prefixes| Counts {
+            total,
+            assigned,
+            prefixes: total / 16,
+            free_prefixes,
+        };
+        let cases = [
+            // WARM_PREFIX_TARGET=1: a whole free prefix's worth of addresses available.
+            (prefix_targets(1, 0, 0), c(16, 0, 1), 0),
+            (prefix_targets(1, 0, 0), c(16, 1, 0), 1),
+            (prefix_targets(1, 0, 0), c(0, 0, 0), 1),
+            // WARM_PREFIX_TARGET=3 with one free prefix: two more at once.
+            (prefix_targets(3, 0, 0), c(32, 16, 1), 2),
+            // WARM_PREFIX_TARGET=0: only when nothing is available, then one.
+            (prefix_targets(0, 0, 0), c(16, 16, 0), 1),
+            (prefix_targets(0, 0, 0), c(16, 15, 0), 0),
+            // WARM_IP_TARGET / MINIMUM_IP_TARGET in whole prefixes.
+            (prefix_targets(1, 20, 0), c(16, 0, 1), 1),
+            (prefix_targets(1, 20, 0), c(0, 0, 0), 2),
+            (prefix_targets(1, 0, 40), c(16, 0, 1), 2),
+            (prefix_targets(1, 5, 0), c(16, 10, 0), 0),
+            // Max pods (110): never past it.
+            (prefix_targets(1, 0, 0), c(112, 112, 0), 0),
+            (prefix_targets(0, 50, 0), c(96, 90, 0), 1),
+        ];
+        for (t, counts, want) in cases {
+            assert_eq!(shortfall(counts, t, T3_SMALL_PD), want, "{t:?} {counts:?}");
+        }
+    }
+
+    #[test]
+    fn prefix_surplus_follows_the_reference() {
+        let c = |prefixes, assigned, free_prefixes| Counts {
+            total: prefixes * 16,
+            assigned,
+            prefixes,
+            free_prefixes,
+        };
+        let cases = [
+            // WARM_PREFIX_TARGET: free prefixes beyond it.
+            (prefix_targets(1, 0, 0), c(4, 16, 3), 2),
+            (prefix_targets(1, 0, 0), c(2, 16, 1), 0),
+            (prefix_targets(0, 0, 0), c(2, 16, 1), 1),
+            // WARM_IP 7, MINIMUM_IP 20, 40 pods on 5 prefixes (2 free): ⌈47/16⌉ = 3 needed
+            // for the warm target, 2 for the minimum → 2 go.
+            (prefix_targets(1, 7, 20), c(5, 40, 2), 2),
+            // No pods, 2 prefixes: the minimum (32) keeps both.
+            (prefix_targets(1, 7, 20), c(2, 0, 2), 0),
+            // Free prefixes bound what goes even when the targets need fewer prefixes.
+            (prefix_targets(1, 1, 0), c(4, 33, 1), 1),
+            (prefix_targets(1, 1, 0), c(4, 40, 0), 0),
+        ];
+        for (t, counts, want) in cases {
+            assert_eq!(surplus(counts, t, T3_SMALL_PD), want, "{t:?} {counts:?}");
+        }
+    }
+
+    #[test]
+    fn prefix_enis_go_when_the_others_keep_the_targets_in_whole_prefixes() {
+        let node = PdNode {
+            enis: vec![vec![16, 0], vec![0, 0]],
+        };
+        let enis = node.states();
+        let t = prefix_targets(1, 0, 0);
+        assert!(should_try_free_eni(counts(&enis), t, T3_SMALL_PD));
+        let deletable = |t| deletable_eni(&enis, t, T3_SMALL_PD, MIN_ENI_AGE).map(|e| e.id.clone());
+        // The primary keeps one free prefix: WARM_PREFIX_TARGET=1 holds without eni-1.
+        assert_eq!(deletable(t).as_deref(), Some("eni-1"));
+        assert_eq!(deletable(prefix_targets(2, 0, 0)), None);
+        // WARM_IP_TARGET=5 counts as 16: the primary's 16 free addresses do.
+        assert!(deletable(prefix_targets(1, 5, 0)).is_some());
+        // WARM_IP_TARGET=17 counts as 32: they do not.
+        assert_eq!(deletable(prefix_targets(1, 17, 0)), None);
+        // MINIMUM_IP_TARGET=20 counts as 32, the primary holds 32.
+        assert!(deletable(prefix_targets(1, 0, 20)).is_some());
+        assert_eq!(deletable(prefix_targets(1, 0, 33)), None);
+    }
+
+    #[test]
+    fn prefix_growth_fills_enis_by_prefix_slots() {
+        let node = PdNode {
+            enis: vec![vec![16, 16, 16], vec![16]],
+        };
+        let enis = node.states();
+        assert_eq!(
+            next_grow_step(3, &enis, T3_SMALL_PD),
+            Some(Grow::Assign {
+                eni: "eni-1".into(),
+                count: 2
+            })
+        );
+        let node = PdNode {
+            enis: vec![vec![16, 16, 16]],
+        };
+        assert_eq!(
+            next_grow_step(5, &node.states(), T3_SMALL_PD),
+            Some(Grow::CreateEni { slots: 3 })
+        );
+    }
+
+    #[test]
+    fn addresses_of_a_new_prefix_node() {
+        // One prefix and the primary ENI's own address.
+        assert_eq!(
+            addresses_of_new_node(prefix_targets(1, 0, 0), T3_SMALL_PD),
+            17
+        );
+        // MINIMUM_IP_TARGET=30 → 2 prefixes.
+        assert_eq!(
+            addresses_of_new_node(prefix_targets(1, 5, 30), T3_SMALL_PD),
+            33
+        );
+        // WARM_PREFIX_TARGET=4 on a t3.small: 3 prefixes on the primary, a second ENI with 1.
+        assert_eq!(
+            addresses_of_new_node(prefix_targets(4, 0, 0), T3_SMALL_PD),
+            64 + 2
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! Following instance metadata: what the datastore must change so its ENIs and secondary IPs
-//! match what IMDS lists. Addresses that appear are adopted; free ones that vanish are dropped;
+//! Following instance metadata: what the datastore must change so its ENIs, secondary IPs and
+//! delegated prefixes match what IMDS lists (a prefix is adopted or dropped whole). Addresses that appear are adopted; free ones that vanish are dropped;
 //! assigned ones are never dropped because metadata lags (they are logged and kept); an ENI that
 //! vanished is dropped only once no pod uses it. Also the two steps of putting what appeared
 //! into the datastore, whoever saw it (metadata here, EC2 in the pool manager): [`add_ips`] and
@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
 
 use crate::cloud::metadata::EniMetadata;
 use crate::datastore::{Datastore, DatastoreError, EniSpec, IpamKey};
@@ -24,6 +26,12 @@ pub struct Diff {
     pub kept_assigned: Vec<(String, Ipv4Addr, IpamKey)>,
     /// ENIs in the datastore that metadata no longer lists.
     pub gone_enis: Vec<String>,
+    /// Prefixes to adopt: (ENI id, prefix).
+    pub added_prefixes: Vec<(String, Ipv4Net)>,
+    /// Prefixes metadata no longer lists, none of whose addresses is assigned or cooling.
+    pub removed_prefixes: Vec<(String, Ipv4Net)>,
+    /// Prefixes metadata no longer lists that pods still use; kept.
+    pub kept_prefixes: Vec<(String, Ipv4Net)>,
 }
 
 impl Diff {
@@ -34,6 +42,19 @@ impl Diff {
             && self.removed_ips.is_empty()
             && self.kept_assigned.is_empty()
             && self.gone_enis.is_empty()
+            && self.added_prefixes.is_empty()
+            && self.removed_prefixes.is_empty()
+            && self.kept_prefixes.is_empty()
+    }
+
+    /// Something to change (what pods still use is kept whatever the source says).
+    pub fn has_changes(&self) -> bool {
+        !(self.new_enis.is_empty()
+            && self.added_ips.is_empty()
+            && self.removed_ips.is_empty()
+            && self.gone_enis.is_empty()
+            && self.added_prefixes.is_empty()
+            && self.removed_prefixes.is_empty())
     }
 }
 
@@ -46,7 +67,7 @@ pub fn diff(ds: &Datastore, metadata: &[EniMetadata]) -> Diff {
             out.new_enis.push(eni.clone());
             continue;
         }
-        let present = ds.eni_addresses(&eni.id);
+        let present = ds.eni_secondary_addresses(&eni.id);
         let present_set: BTreeSet<Ipv4Addr> = present.iter().map(|(ip, _)| *ip).collect();
         let wanted: BTreeSet<Ipv4Addr> = eni.secondary_ips.iter().copied().collect();
         for ip in wanted.difference(&present_set) {
@@ -59,6 +80,22 @@ pub fn diff(ds: &Datastore, metadata: &[EniMetadata]) -> Diff {
             match holder {
                 Some(key) => out.kept_assigned.push((eni.id.clone(), ip, key)),
                 None => out.removed_ips.push((eni.id.clone(), ip)),
+            }
+        }
+        let held = ds.eni(&eni.id).map(|v| v.prefixes).unwrap_or_default();
+        for p in &eni.ipv4_prefixes {
+            if !held.iter().any(|h| h.prefix == *p) {
+                out.added_prefixes.push((eni.id.clone(), *p));
+            }
+        }
+        for h in held {
+            if eni.ipv4_prefixes.contains(&h.prefix) {
+                continue;
+            }
+            if h.assigned == 0 && h.cooling == 0 {
+                out.removed_prefixes.push((eni.id.clone(), h.prefix));
+            } else {
+                out.kept_prefixes.push((eni.id.clone(), h.prefix));
             }
         }
     }
@@ -80,13 +117,35 @@ pub fn eni_spec(eni: &EniMetadata) -> EniSpec {
     }
 }
 
-/// Adds an ENI as metadata describes it, with its secondary addresses; returns how many
-/// addresses were added.
+/// Adds an ENI as metadata describes it, with its secondary addresses and prefixes; returns
+/// how many addresses were added.
 ///
 /// # Errors
 /// The ENI (id or device number) is already known.
 pub fn add_eni(ds: &mut Datastore, eni: &EniMetadata) -> Result<usize, DatastoreError> {
-    add_eni_with_ips(ds, eni_spec(eni), eni.secondary_ips.iter().copied())
+    let n = add_eni_with_ips(ds, eni_spec(eni), eni.secondary_ips.iter().copied())?;
+    Ok(n + 16 * add_prefixes(ds, &eni.id, eni.ipv4_prefixes.iter().copied()).len())
+}
+
+/// Adds to ENI `eni` those of `prefixes` it does not hold yet, logging each the datastore
+/// refuses. Returns the prefixes added, in order.
+pub fn add_prefixes(
+    ds: &mut Datastore,
+    eni: &str,
+    prefixes: impl IntoIterator<Item = Ipv4Net>,
+) -> Vec<Ipv4Net> {
+    let known: HashSet<Ipv4Net> = ds.eni_prefixes(eni).into_iter().collect();
+    let mut added = Vec::new();
+    for prefix in prefixes {
+        if known.contains(&prefix) {
+            continue;
+        }
+        match ds.add_prefix(eni, prefix) {
+            Ok(()) => added.push(prefix),
+            Err(e) => tracing::warn!(%eni, %prefix, error = %e, "prefix not added to the pool"),
+        }
+    }
+    added
 }
 
 /// Adds an ENI, then `ips` to it ([`add_ips`]); returns how many addresses were added.
@@ -166,6 +225,29 @@ pub fn apply(ds: &mut Datastore, diff: &Diff) -> Applied {
     }
     for (eni, ip, key) in &diff.kept_assigned {
         tracing::warn!(%eni, %ip, %key, "instance metadata no longer lists this IP but a pod holds it; keeping it (metadata may lag)");
+    }
+    for (eni, prefix) in &diff.added_prefixes {
+        match ds.add_prefix(eni, *prefix) {
+            Ok(()) => {
+                applied.added += 16;
+                tracing::info!(%eni, %prefix, "prefix appeared in instance metadata; added to the pool");
+            }
+            Err(e) => {
+                tracing::warn!(%eni, %prefix, error = %e, "prefix from instance metadata not added")
+            }
+        }
+    }
+    for (eni, prefix) in &diff.removed_prefixes {
+        match ds.remove_prefix(eni, *prefix) {
+            Ok(()) => {
+                applied.removed += 16;
+                tracing::info!(%eni, %prefix, "prefix vanished from instance metadata; removed from the pool");
+            }
+            Err(e) => tracing::warn!(%eni, %prefix, error = %e, "vanished prefix not removed"),
+        }
+    }
+    for (eni, prefix) in &diff.kept_prefixes {
+        tracing::warn!(%eni, %prefix, "instance metadata no longer lists this prefix but pods use it; keeping it (metadata may lag)");
     }
     for eni in &diff.gone_enis {
         match ds.remove_eni(eni) {

@@ -97,19 +97,20 @@ impl PoolSituation {
     /// The policy's view of the limits, when known.
     pub fn capacity(&self) -> Option<Capacity> {
         let r = self.read();
-        r.limits.as_ref().map(|l| Capacity {
-            max_enis: l.max_enis,
-            ips_per_eni: l.ips_per_eni,
-            max_pods: l.max_pods,
-            unmanaged_enis: r.unmanaged_enis,
-        })
+        r.limits
+            .as_ref()
+            .map(|l| Capacity::new(l, r.unmanaged_enis))
     }
 
     fn limit_text(l: &Limits, unmanaged: u32) -> String {
+        let per_eni = if l.prefix_delegation {
+            format!("{} prefixes x 16 IPs", l.slots_per_eni)
+        } else {
+            format!("{} IPs", l.ips_per_eni)
+        };
         let mut s = format!(
-            "the node is at its limit of {} ENIs x {} IPs = {} pod IPs ({}",
+            "the node is at its limit of {} ENIs x {per_eni} = {} pod IPs ({}",
             l.max_enis,
-            l.ips_per_eni,
             l.pod_ip_capacity(),
             l.instance_type
         );
@@ -144,21 +145,31 @@ impl CapacityNote for PoolSituation {
         let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let enis = u32_of(stats.enis);
         let total = u32_of(stats.total);
-        let cap = Capacity {
-            max_enis: limits.max_enis,
-            ips_per_eni: limits.ips_per_eni,
-            max_pods: limits.max_pods,
-            unmanaged_enis: r.unmanaged_enis,
-        };
+        let cap = Capacity::new(limits, r.unmanaged_enis);
         let full = total >= enis.saturating_mul(limits.ips_per_eni);
         if full && !policy::has_room_for_eni(enis, cap) {
             return Some(Self::limit_text(limits, r.unmanaged_enis));
         }
         if total >= limits.max_pods {
-            return Some(format!(
-                "the node holds its max pods' worth of IPs ({} = {} ENIs x {} IPs + 2, {})",
-                limits.max_pods, limits.instance_max_enis, limits.ips_per_eni, limits.instance_type
-            ));
+            return Some(if limits.prefix_delegation {
+                format!(
+                    "the node holds its max pods' worth of IPs (max pods {} for {} with prefix delegation: {} ENIs x {} prefixes x 16 IPs + 2, at most {} for {} vCPUs)",
+                    limits.max_pods,
+                    limits.instance_type,
+                    limits.instance_max_enis,
+                    limits.slots_per_eni,
+                    crate::limits::max_pods_ceiling(limits.vcpus),
+                    limits.vcpus
+                )
+            } else {
+                format!(
+                    "the node holds its max pods' worth of IPs ({} = {} ENIs x {} IPs + 2, {})",
+                    limits.max_pods,
+                    limits.instance_max_enis,
+                    limits.ips_per_eni,
+                    limits.instance_type
+                )
+            });
         }
         if let Some(subnets) = &r.subnet_note {
             return Some(match self.health.subnet_full() {
@@ -185,6 +196,7 @@ impl CapacityNote for PoolSituation {
         let counts = Counts {
             total,
             assigned: u32_of(stats.assigned),
+            ..Counts::default()
         };
         if stats.cooling > 0 && policy::shortfall(counts, self.targets, cap) == 0 {
             return None;
@@ -221,7 +233,8 @@ mod tests {
             },
             health,
         );
-        s.set_limits(Limits::new("t3.small", 3, 4, None, LimitsSource::Ec2));
+        let t3_small = crate::limits::builtin("t3.small").unwrap();
+        s.set_limits(Limits::new(&t3_small, None, false, LimitsSource::Ec2));
         s
     }
 

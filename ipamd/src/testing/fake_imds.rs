@@ -22,6 +22,8 @@ pub struct FakeEni {
     pub subnet: Ipv4Net,
     /// Addresses, primary first.
     pub ips: Vec<Ipv4Addr>,
+    /// Delegated prefixes.
+    pub prefixes: Vec<Ipv4Net>,
 }
 
 impl FakeEni {
@@ -33,6 +35,7 @@ impl FakeEni {
             device_number,
             subnet: subnet.parse().unwrap(),
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            prefixes: Vec::new(),
         }
     }
 }
@@ -196,6 +199,10 @@ impl Imds for FakeImds {
 
     async fn local_ipv4s(&self, mac: MacAddr) -> Result<Vec<Ipv4Addr>, ImdsError> {
         self.eni(mac, "local-ipv4s", |e| e.ips.clone())
+    }
+
+    async fn ipv4_prefixes(&self, mac: MacAddr) -> Result<Vec<Ipv4Net>, ImdsError> {
+        self.eni(mac, "ipv4-prefix", |e| e.prefixes.clone())
     }
 
     async fn subnet_id(&self, mac: MacAddr) -> Result<String, ImdsError> {

@@ -65,22 +65,31 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             }
             return Err(CreateFailed::NoSubnet);
         }
+        let mut fragmented = false;
         for c in candidates {
             request.subnet_id.clone_from(&c.id);
             tracing::info!(
                 subnet = %c.id, cidr = %c.cidr, available = ?c.available_ips, node_subnet = c.is_node_subnet,
                 security_groups = ?request.security_groups, ips = request.secondary_ip_count,
-                "creating an ENI"
+                prefixes = request.prefix_count, "creating an ENI"
             );
             match self.ec2.create_network_interface(request).await {
                 Ok(eni) => {
-                    let n = 1 + u32::try_from(eni.secondary_ips().len()).unwrap_or(u32::MAX);
+                    let n = 1
+                        + u32::try_from(eni.secondary_ips().len()).unwrap_or(u32::MAX)
+                        + 16 * u32::try_from(eni.ipv4_prefixes.len()).unwrap_or(0);
                     self.subnet_answered(&c.id, n);
                     return Ok((eni, c.cidr));
                 }
                 Err(e) if e.kind == Ec2ErrorKind::SubnetFull => {
                     self.count_error("increaseIPPoolAllocENIFailed");
                     self.mark_subnet_full(&c.id, &e);
+                }
+                Err(e) if e.kind == Ec2ErrorKind::NoFreePrefix => {
+                    // Fragmented: another candidate may still have an aligned /28.
+                    self.count_error("increaseIPPoolAllocENIFailed");
+                    tracing::warn!(subnet = %c.id, error = %e, "no aligned /28 is free in the subnet for the new ENI's prefixes");
+                    fragmented = true;
                 }
                 Err(e) => {
                     self.count_error("increaseIPPoolAllocENIFailed");
@@ -91,19 +100,42 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             // A fresh idempotency token per subnet: the failed request must not be replayed.
             request.client_token = new_client_token();
         }
-        Err(CreateFailed::Failed)
+        Err(if fragmented {
+            CreateFailed::Fragmented
+        } else {
+            CreateFailed::Failed
+        })
     }
 
-    /// Creates, attaches and brings up a new ENI with `ips` secondary addresses; returns how
-    /// many addresses entered the pool. Errors are logged here.
+    /// Creates, attaches and brings up a new ENI with `slots` secondary addresses or, with
+    /// prefix delegation, prefixes; returns how many addresses entered the pool. When no
+    /// candidate subnet has a free aligned /28, the ENI comes with as many secondary addresses
+    /// as the prefixes would have given (within its slots). Errors are logged here.
     pub(super) async fn create_eni(
         &mut self,
-        ips: u32,
+        slots: u32,
         cap: &Capacity,
     ) -> Result<u32, CreateFailed> {
         let device = self.device_for_new_eni(cap).await?;
-        let mut request = self.new_eni_request(ips);
-        let (eni, subnet) = self.create_in_some_subnet(&mut request).await?;
+        let mut request = self.new_eni_request(slots, cap.prefix_mode());
+        let created = match self.create_in_some_subnet(&mut request).await {
+            Err(CreateFailed::Fragmented) => {
+                let ips = slots.saturating_mul(cap.per_slot).min(cap.slots_per_eni());
+                tracing::warn!(
+                    prefixes = slots,
+                    secondary_ips = ips,
+                    "no candidate subnet has a free aligned /28 (fragmented); creating the ENI with secondary IPs instead. A prefix-type subnet CIDR reservation keeps /28s free for prefixes"
+                );
+                request = self.new_eni_request(ips, false);
+                let created = self.create_in_some_subnet(&mut request).await;
+                if let (Ok((eni, _)), Some(m)) = (&created, &self.metrics) {
+                    m.prefix_fallback(u32::try_from(eni.secondary_ips().len()).unwrap_or(0));
+                }
+                created
+            }
+            other => other,
+        };
+        let (eni, subnet) = created?;
         let subnet_id = request.subnet_id;
         let (Some(mac), Some(primary_ip)) = (eni.mac, eni.primary_ip) else {
             tracing::error!(eni = %eni.id, "EC2 returned a new ENI without MAC or address; deleting it");
@@ -113,11 +145,12 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             return Err(CreateFailed::Failed);
         };
         let secondary = eni.secondary_ips();
-        tracing::info!(eni = %eni.id, subnet = %subnet_id, %mac, ip = %primary_ip, secondary = ?secondary, device, "ENI created");
+        let prefixes = eni.ipv4_prefixes.clone();
+        tracing::info!(eni = %eni.id, subnet = %subnet_id, %mac, ip = %primary_ip, secondary = ?secondary, prefixes = ?prefixes, device, "ENI created");
         self.attach_new_eni(&eni.id, device).await?;
         self.tagged.insert(eni.id.clone());
         let shown = self
-            .await_new_eni(&eni.id, mac, primary_ip, &secondary)
+            .await_new_eni(&eni.id, mac, primary_ip, (&secondary, &prefixes))
             .await?;
         let device = if shown.device_number == device {
             device
@@ -133,7 +166,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         }
         let added = self
             .state
-            .with_datastore(|ds| add_new_eni(ds, &spec, &secondary))
+            .with_datastore(|ds| add_new_eni(ds, &spec, &secondary, &prefixes))
             .await
             .ok_or(CreateFailed::Failed)?;
         self.added_at.insert(eni.id.clone(), self.clock.now());
@@ -168,17 +201,19 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         })
     }
 
-    /// `CreateNetworkInterface` for a new ENI with `ips` secondary addresses, in the node's
-    /// subnet until a candidate subnet is chosen: ipamd's tags and the creation time, and the
-    /// primary ENI's security groups (in every subnet, as in the reference).
-    fn new_eni_request(&self, ips: u32) -> CreateEni {
+    /// `CreateNetworkInterface` for a new ENI with `slots` prefixes (`prefixes`) or secondary
+    /// addresses, in the node's subnet until a candidate subnet is chosen: ipamd's tags and the
+    /// creation time, and the primary ENI's security groups (in every subnet, as in the
+    /// reference).
+    fn new_eni_request(&self, slots: u32, prefixes: bool) -> CreateEni {
         let mut tags = self.wanted_tags();
         tags.insert(CREATED_AT_TAG.to_owned(), rfc3339(self.clock.wall()));
         CreateEni {
             subnet_id: self.node.subnet_id.clone(),
             security_groups: self.node.security_groups.clone(),
             description: format!("{ENI_DESCRIPTION_PREFIX}{}", self.node.instance_id),
-            secondary_ip_count: ips,
+            secondary_ip_count: if prefixes { 0 } else { slots },
+            prefix_count: if prefixes { slots } else { 0 },
             tags,
             client_token: new_client_token(),
         }
@@ -229,9 +264,9 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         eni_id: &str,
         mac: MacAddr,
         primary_ip: Ipv4Addr,
-        secondary: &[Ipv4Addr],
+        addresses: (&[Ipv4Addr], &[Ipv4Net]),
     ) -> Result<EniMetadata, CreateFailed> {
-        let why = match self.wait_visible(eni_id, mac, primary_ip, secondary).await {
+        let why = match self.wait_visible(eni_id, mac, primary_ip, addresses).await {
             Ok(md) => return Ok(md),
             Err(why) => why,
         };
@@ -254,7 +289,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         eni_id: &str,
         mac: MacAddr,
         primary_ip: Ipv4Addr,
-        secondary: &[Ipv4Addr],
+        (secondary, prefixes): (&[Ipv4Addr], &[Ipv4Net]),
     ) -> Result<EniMetadata, String> {
         let t = &self.cfg.timings;
         let deadline = tokio::time::Instant::now() + t.attach_wait;
@@ -278,6 +313,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             let complete = listed.as_ref().is_some_and(|m| {
                 m.primary_ip == primary_ip
                     && secondary.iter().all(|ip| m.secondary_ips.contains(ip))
+                    && prefixes.iter().all(|p| m.ipv4_prefixes.contains(p))
             });
             let now = tokio::time::Instant::now();
             let is_listed = listed.is_some();
@@ -397,7 +433,8 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             return None;
         }
         let candidate =
-            policy::deletable_eni(&enis, self.cfg.targets, self.cfg.timings.min_eni_age)?.clone();
+            policy::deletable_eni(&enis, self.cfg.targets, cap, self.cfg.timings.min_eni_age)?
+                .clone();
         tracing::info!(
             eni = %candidate.id, device = candidate.device_number, ips = candidate.total,
             "freeing an ENI the pool no longer needs"
@@ -453,17 +490,27 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
     }
 }
 
-/// Puts a new ENI, brought up as `spec`, into the datastore with its secondary addresses.
-/// Returns how many entered the pool; `None` when the datastore refused the ENI.
-fn add_new_eni(ds: &mut Datastore, spec: &SecondaryEni, secondary: &[Ipv4Addr]) -> Option<u32> {
+/// Puts a new ENI, brought up as `spec`, into the datastore with its secondary addresses and
+/// prefixes. Returns how many addresses entered the pool; `None` when the datastore refused
+/// the ENI.
+fn add_new_eni(
+    ds: &mut Datastore,
+    spec: &SecondaryEni,
+    secondary: &[Ipv4Addr],
+    prefixes: &[Ipv4Net],
+) -> Option<u32> {
     let eni = EniSpec {
         id: spec.id.clone(),
         device_number: spec.device_number,
         primary_ip: spec.primary_ip,
         subnet: spec.subnet,
     };
+    let id = eni.id.clone();
     match reconcile::add_eni_with_ips(ds, eni, secondary.iter().copied()) {
-        Ok(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        Ok(n) => {
+            let n = n + 16 * reconcile::add_prefixes(ds, &id, prefixes.iter().copied()).len();
+            Some(u32::try_from(n).unwrap_or(u32::MAX))
+        }
         Err(e) => {
             tracing::warn!(eni = %spec.id, error = %e, "new ENI not added to the pool");
             None

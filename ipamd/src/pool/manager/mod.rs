@@ -30,13 +30,13 @@ use ipnet::Ipv4Net;
 use tokio::sync::Notify;
 
 use super::host::EniHost;
-use super::policy::{self, Counts, EniState, Grow, Targets};
+use super::policy::{self, Capacity, Counts, EniState, Grow, Targets};
 use super::reconcile;
 use super::situation::PoolSituation;
 use super::subnets::SubnetPicker;
 use crate::cloud::ec2::{
-    CLUSTER_NAME_TAG, ENI_OWNER_TAG, ENI_OWNER_VALUE, Ec2Api, Ec2ErrorKind, INSTANCE_ID_TAG,
-    NO_MANAGE_TAG, NetworkInterface, Tags,
+    CLUSTER_NAME_TAG, ENI_OWNER_TAG, ENI_OWNER_VALUE, Ec2Api, Ec2Error, Ec2ErrorKind,
+    INSTANCE_ID_TAG, NO_MANAGE_TAG, NetworkInterface, Tags,
 };
 use crate::cloud::ec2_client::Ec2Health;
 use crate::cloud::imds::Imds;
@@ -116,6 +116,9 @@ pub struct ManagerConfig {
     pub cluster_name: Option<String>,
     /// `MANAGE_UNTAGGED_ENI`: `false` leaves alone every ENI not tagged with this instance's id.
     pub manage_untagged_eni: bool,
+    /// `ENABLE_PREFIX_DELEGATION` (in force only on Nitro and bare-metal types: see
+    /// [`limits::Limits::prefix_delegation`]).
+    pub prefix_delegation: bool,
     /// Timings.
     pub timings: Timings,
 }
@@ -137,6 +140,7 @@ impl ManagerConfig {
             subnet_discovery: config.cloud.enable_subnet_discovery,
             cluster_name: config.kubernetes.cluster_name.clone(),
             manage_untagged_eni: config.cloud.manage_untagged_eni,
+            prefix_delegation: config.features.prefix_delegation,
             timings: Timings::default(),
         }
     }
@@ -203,6 +207,9 @@ enum CreateFailed {
     NoSubnet,
     /// An EC2 call or the bring-up failed (logged).
     Failed,
+    /// Prefixes were asked for and no candidate subnet has a free aligned /28
+    /// (`InsufficientCidrBlocks`): nothing was created.
+    Fragmented,
 }
 
 /// The pool manager. See the module documentation.
@@ -477,13 +484,23 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         if self.situation.limits().is_some() {
             return;
         }
-        match limits::resolve(&*self.ec2, &self.node.instance_type, self.cfg.max_eni).await {
+        let limits = limits::resolve(
+            &*self.ec2,
+            &self.node.instance_type,
+            self.cfg.max_eni,
+            self.cfg.prefix_delegation,
+        );
+        match limits.await {
             Ok(l) => {
                 tracing::info!(
                     instance_type = %l.instance_type, max_enis = l.max_enis, instance_max_enis = l.instance_max_enis,
-                    ips_per_eni = l.ips_per_eni, max_pods = l.max_pods, source = %l.source,
-                    "instance limits"
+                    ips_per_eni = l.ips_per_eni, max_pods = l.max_pods, prefix_delegation = l.prefix_delegation,
+                    source = %l.source, "instance limits"
                 );
+                let prefix_mode = l.prefix_delegation;
+                self.state
+                    .with_datastore(|ds| ds.set_prefix_mode(prefix_mode))
+                    .await;
                 self.situation.set_limits(l);
                 self.publish_limits();
             }
@@ -534,6 +551,9 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                     total: u(v.total),
                     assigned: u(v.assigned),
                     cooling: u(v.cooling),
+                    slots: u(v.slots()),
+                    prefixes: u(v.prefixes.len()),
+                    free_prefixes: u(v.free_prefixes()),
                     id: v.spec.id,
                 }
             })
@@ -580,25 +600,27 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                         break;
                     }
                 }
-                Some(Grow::Assign { eni, count }) => match self.assign_ips(&eni, count).await {
-                    Ok(n) if n > 0 => report.ips_added += n,
-                    Ok(_) => {
-                        report.failed = true;
-                        break;
-                    }
-                    // The ENI's subnet is out of addresses (now marked full): the next step
-                    // grows another ENI or creates one in another subnet.
-                    Err(Ec2ErrorKind::SubnetFull) => report.failed = true,
-                    Err(kind) => {
-                        report.failed = true;
-                        if kind == Ec2ErrorKind::IpLimitExceeded {
-                            // EC2 says the ENI is full: learn what it really holds next cycle.
-                            self.reconcile().await;
+                Some(Grow::Assign { eni, count }) => {
+                    match self.assign_slots(&eni, count, &enis, cap).await {
+                        Ok(n) if n > 0 => report.ips_added += n,
+                        Ok(_) => {
+                            report.failed = true;
+                            break;
                         }
-                        break;
+                        // The ENI's subnet is out of addresses (now marked full): the next step
+                        // grows another ENI or creates one in another subnet.
+                        Err(Ec2ErrorKind::SubnetFull) => report.failed = true,
+                        Err(kind) => {
+                            report.failed = true;
+                            if kind == Ec2ErrorKind::IpLimitExceeded {
+                                // EC2 says the ENI is full: learn what it really holds next cycle.
+                                self.reconcile().await;
+                            }
+                            break;
+                        }
                     }
-                },
-                Some(Grow::CreateEni { ips }) => match self.create_eni(ips, &cap).await {
+                }
+                Some(Grow::CreateEni { slots }) => match self.create_eni(slots, &cap).await {
                     Ok(n) => {
                         report.enis_added += 1;
                         report.ips_added += n;
@@ -607,7 +629,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                         report.subnet_backoff = true;
                         break;
                     }
-                    Err(CreateFailed::Failed) => {
+                    Err(CreateFailed::Failed | CreateFailed::Fragmented) => {
                         report.failed = true;
                         break;
                     }
@@ -621,26 +643,89 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         report
     }
 
+    /// Adds `count` slots to an ENI: prefixes with prefix delegation, else secondary
+    /// addresses. Returns how many addresses entered the pool.
+    async fn assign_slots(
+        &mut self,
+        eni: &str,
+        count: u32,
+        enis: &[EniState],
+        cap: Capacity,
+    ) -> Result<u32, Ec2ErrorKind> {
+        if !cap.prefix_mode() {
+            return self.assign_ips(eni, count).await;
+        }
+        match self.assign_prefixes(eni, count).await {
+            Err(Ec2ErrorKind::NoFreePrefix) => {
+                // The subnet is fragmented: the same addresses as /32s, within the ENI's free
+                // slots (beyond the reference, which waits while pods stay pending).
+                let used = enis.iter().find(|e| e.id == eni).map_or(0, |e| e.slots);
+                let room = cap.slots_per_eni().saturating_sub(used);
+                let want = count.saturating_mul(cap.per_slot).min(room);
+                tracing::warn!(
+                    %eni, prefixes = count, secondary_ips = want,
+                    "no aligned /28 is free in the ENI's subnet (InsufficientCidrBlocks: the subnet is fragmented); asking for secondary IPs instead. A prefix-type subnet CIDR reservation keeps /28s free for prefixes"
+                );
+                let added = self.assign_ips(eni, want).await?;
+                if let Some(m) = &self.metrics {
+                    m.prefix_fallback(added);
+                }
+                Ok(added)
+            }
+            other => other,
+        }
+    }
+
+    /// Delegates `count` prefixes to an ENI; returns how many addresses entered the pool.
+    async fn assign_prefixes(&mut self, eni: &str, count: u32) -> Result<u32, Ec2ErrorKind> {
+        let prefixes = match self.ec2.assign_ipv4_prefixes(eni, count).await {
+            Ok(p) => p,
+            Err(e) => return Err(self.assign_failed(eni, count, &e)),
+        };
+        let added = self
+            .state
+            .with_datastore(|ds| reconcile::add_prefixes(ds, eni, prefixes))
+            .await;
+        for prefix in &added {
+            let first = u32::from(prefix.network());
+            for k in 0..16 {
+                self.released.remove(&Ipv4Addr::from(first + k));
+            }
+        }
+        let n = u32::try_from(added.len())
+            .unwrap_or(u32::MAX)
+            .saturating_mul(16);
+        if let Some(subnet) = self.eni_subnets.get(eni).cloned() {
+            self.subnet_answered(&subnet, n);
+        }
+        tracing::info!(%eni, asked = count, added = ?added, "prefixes added to the pool");
+        Ok(n)
+    }
+
+    /// Logs and counts a failed assignment; marks the subnet full or the ENI uncertain as the
+    /// error says. Returns the error's kind.
+    fn assign_failed(&mut self, eni: &str, count: u32, e: &Ec2Error) -> Ec2ErrorKind {
+        self.count_error("increaseIPPoolAllocIPAddressesFailed");
+        tracing::warn!(%eni, count, error = %e, "cannot add IPs to ENI");
+        if e.kind == Ec2ErrorKind::SubnetFull
+            && let Some(subnet) = self.eni_subnets.get(eni).cloned()
+        {
+            self.mark_subnet_full(&subnet, e);
+        }
+        if matches!(
+            e.kind,
+            Ec2ErrorKind::Timeout | Ec2ErrorKind::Transport | Ec2ErrorKind::Server
+        ) {
+            self.uncertain.insert(eni.to_owned());
+        }
+        e.kind
+    }
+
     /// Adds `count` addresses to an ENI; returns how many entered the pool.
     async fn assign_ips(&mut self, eni: &str, count: u32) -> Result<u32, Ec2ErrorKind> {
         let ips = match self.ec2.assign_private_ip_addresses(eni, count).await {
             Ok(ips) => ips,
-            Err(e) => {
-                self.count_error("increaseIPPoolAllocIPAddressesFailed");
-                tracing::warn!(%eni, count, error = %e, "cannot add IPs to ENI");
-                if e.kind == Ec2ErrorKind::SubnetFull
-                    && let Some(subnet) = self.eni_subnets.get(eni).cloned()
-                {
-                    self.mark_subnet_full(&subnet, &e);
-                }
-                if matches!(
-                    e.kind,
-                    Ec2ErrorKind::Timeout | Ec2ErrorKind::Transport | Ec2ErrorKind::Server
-                ) {
-                    self.uncertain.insert(eni.to_owned());
-                }
-                return Err(e.kind);
-            }
+            Err(e) => return Err(self.assign_failed(eni, count, &e)),
         };
         let added = self
             .state
@@ -681,7 +766,16 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                     .secondary_ips()
                     .into_iter()
                     .filter(|ip| !released.contains_key(ip));
-                reconcile::add_ips(ds, eni, not_released)
+                let mut added = reconcile::add_ips(ds, eni, not_released);
+                let prefixes = shown
+                    .ipv4_prefixes
+                    .iter()
+                    .copied()
+                    .filter(|p| !released.contains_key(&p.network()));
+                for p in reconcile::add_prefixes(ds, eni, prefixes) {
+                    added.push(p.network());
+                }
+                added
             })
             .await;
         if !added.is_empty() {
@@ -691,22 +785,90 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         true
     }
 
-    /// Gives addresses beyond the targets back to EC2, at most once per 30 s.
+    /// Gives addresses beyond the targets back to EC2, at most once per 30 s: secondary
+    /// addresses, or with prefix delegation whole free prefixes; then the free addresses of the
+    /// other kind (fallback /32s with prefixes, prefixes left from prefix delegation without)
+    /// when the pool meets its targets without them. Returns how many addresses went.
     pub async fn shrink(&mut self) -> u32 {
         let now = self.clock.now();
         if !policy::may_decrease(self.last_decrease, now, self.cfg.timings.decrease_interval) {
             return 0;
         }
+        let Some(cap) = self.situation.capacity() else {
+            return 0;
+        };
         let (_, counts) = self.snapshot().await;
-        let over = policy::surplus(counts, self.cfg.targets);
-        if over == 0 {
+        let over = policy::surplus(counts, self.cfg.targets, cap);
+        let other = self.other_kind_may_go(counts, over, cap).await;
+        if over == 0 && !other {
             return 0;
         }
         self.last_decrease = Some(now);
-        let taken = self
+        let max = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        let (ips, prefixes) = self
             .state
-            .with_datastore(|ds| ds.take_free_ips(usize::try_from(over).unwrap_or(usize::MAX)))
+            .with_datastore(|ds| {
+                let (mut ips, mut prefixes) = (Vec::new(), Vec::new());
+                if cap.prefix_mode() {
+                    prefixes = ds.take_free_prefixes(max(over));
+                    if other {
+                        ips = ds.take_free_ips(usize::MAX);
+                    }
+                } else {
+                    ips = ds.take_free_ips(max(over));
+                    if other {
+                        prefixes = ds.take_free_prefixes(usize::MAX);
+                    }
+                }
+                (ips, prefixes)
+            })
             .await;
+        let released = self.give_back_ips(ips).await;
+        released + self.give_back_prefixes(prefixes).await
+    }
+
+    /// Whether the free addresses of the kind the mode does not grow by may go (fallback /32s
+    /// with prefix delegation, prefixes left from it without): there are some, and the pool
+    /// without them and without the `over` slots of its own kind is not short of its targets.
+    async fn other_kind_may_go(&self, counts: Counts, over: u32, cap: Capacity) -> bool {
+        let views = self.state.with_datastore(|ds| ds.enis()).await;
+        let free_other: usize = views
+            .iter()
+            .map(|v| {
+                if cap.prefix_mode() {
+                    let in_prefixes: usize =
+                        v.prefixes.iter().map(|p| p.assigned + p.cooling).sum();
+                    v.secondary
+                        .saturating_sub(v.assigned + v.cooling - in_prefixes)
+                } else {
+                    16 * v
+                        .prefixes
+                        .iter()
+                        .filter(|p| p.assigned == 0 && p.cooling == 0)
+                        .count()
+                }
+            })
+            .sum();
+        let free_other = u32::try_from(free_other).unwrap_or(u32::MAX);
+        if free_other == 0 {
+            return false;
+        }
+        let own = if cap.prefix_mode() { over } else { 0 };
+        let without = Counts {
+            total: counts
+                .total
+                .saturating_sub(free_other)
+                .saturating_sub(over.saturating_mul(cap.per_slot)),
+            prefixes: counts.prefixes.saturating_sub(own),
+            free_prefixes: counts.free_prefixes.saturating_sub(own),
+            ..counts
+        };
+        policy::shortfall(without, self.cfg.targets, cap) == 0
+    }
+
+    /// `UnassignPrivateIpAddresses` for addresses taken out of the pool, by ENI; on failure
+    /// they go back into the pool. Returns how many EC2 took back.
+    async fn give_back_ips(&mut self, taken: Vec<(String, Ipv4Addr)>) -> u32 {
         let mut by_eni: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
         for (eni, ip) in taken {
             by_eni.entry(eni).or_default().push(ip);
@@ -730,6 +892,45 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                             for ip in &ips {
                                 if let Err(e) = ds.add_ip(&eni, *ip) {
                                     tracing::warn!(%eni, %ip, error = %e, "address not put back");
+                                }
+                            }
+                        })
+                        .await;
+                }
+            }
+        }
+        released
+    }
+
+    /// `UnassignPrivateIpAddresses` with `Ipv4Prefix.N` for prefixes taken out of the pool, by
+    /// ENI; on failure they go back into the pool. Returns how many addresses EC2 took back.
+    async fn give_back_prefixes(&mut self, taken: Vec<(String, Ipv4Net)>) -> u32 {
+        let mut by_eni: HashMap<String, Vec<Ipv4Net>> = HashMap::new();
+        for (eni, prefix) in taken {
+            by_eni.entry(eni).or_default().push(prefix);
+        }
+        let mut released = 0;
+        for (eni, prefixes) in by_eni {
+            match self.ec2.unassign_ipv4_prefixes(&eni, &prefixes).await {
+                Ok(()) => {
+                    let at = self.clock.now();
+                    for p in &prefixes {
+                        let first = u32::from(p.network());
+                        for k in 0..16 {
+                            self.released.insert(Ipv4Addr::from(first + k), at);
+                        }
+                    }
+                    released += 16 * u32::try_from(prefixes.len()).unwrap_or(u32::MAX);
+                    tracing::info!(%eni, prefixes = ?prefixes, "prefixes beyond the warm targets given back to EC2");
+                }
+                Err(e) => {
+                    self.count_error("decreaseIPPoolFreeIPsFailed");
+                    tracing::warn!(%eni, prefixes = ?prefixes, error = %e, "cannot give prefixes back to EC2; keeping them in the pool");
+                    self.state
+                        .with_datastore(|ds| {
+                            for p in &prefixes {
+                                if let Err(e) = ds.add_prefix(&eni, *p) {
+                                    tracing::warn!(%eni, prefix = %p, error = %e, "prefix not put back");
                                 }
                             }
                         })

@@ -10,6 +10,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
+use ipnet::Ipv4Net;
+
 use super::PoolManager;
 use crate::cloud::ec2::{Ec2Api, Filter, NetworkInterface};
 use crate::cloud::imds::Imds;
@@ -32,12 +34,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         for (eni, ip, key) in &diff.kept_assigned {
             tracing::debug!(%eni, %ip, %key, "instance metadata no longer lists this address but a pod holds it; keeping it");
         }
-        if diff.new_enis.is_empty()
-            && diff.added_ips.is_empty()
-            && diff.removed_ips.is_empty()
-            && diff.gone_enis.is_empty()
-        {
-            // Nothing to change (an address a pod holds is kept whatever EC2 says).
+        for (eni, prefix) in &diff.kept_prefixes {
+            tracing::debug!(%eni, %prefix, "instance metadata no longer lists this prefix but pods use it; keeping it");
+        }
+        if !diff.has_changes() {
+            // Nothing to change (what a pod holds is kept whatever EC2 says).
             return;
         }
         let Some(attached) = self.attached_enis().await else {
@@ -110,6 +111,14 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         touched.extend(diff.added_ips.iter().map(|(e, _)| e.clone()));
         touched.extend(diff.removed_ips.iter().map(|(e, _)| e.clone()));
         touched.extend(diff.kept_assigned.iter().map(|(e, _, _)| e.clone()));
+        for (e, _) in diff
+            .added_prefixes
+            .iter()
+            .chain(&diff.removed_prefixes)
+            .chain(&diff.kept_prefixes)
+        {
+            touched.insert(e.clone());
+        }
         for eni in touched {
             let Some(shown) = attached.get(&eni) else {
                 continue;
@@ -118,7 +127,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             let released = &self.released;
             let (added, dropped) = self
                 .state
-                .with_datastore(|ds| follow_ec2_addresses(ds, &eni, &ec2_ips, released))
+                .with_datastore(|ds| {
+                    let (a, d) = follow_ec2_addresses(ds, &eni, &ec2_ips, released);
+                    let (pa, pd) = follow_ec2_prefixes(ds, &eni, &shown.ipv4_prefixes, released);
+                    (a + 16 * pa, d + 16 * pd)
+                })
                 .await;
             self.count_reconciled("eniDataStorePoolReconcileAdd", added);
             self.count_reconciled("eniIPPoolReconcileDel", dropped);
@@ -215,7 +228,7 @@ fn follow_ec2_addresses(
     released: &HashMap<Ipv4Addr, Instant>,
 ) -> (usize, usize) {
     let (mut added, mut dropped) = (0, 0);
-    let present = ds.eni_addresses(eni);
+    let present = ds.eni_secondary_addresses(eni);
     let have: BTreeSet<Ipv4Addr> = present.iter().map(|(ip, _)| *ip).collect();
     for ip in ec2_ips.difference(&have) {
         if released.contains_key(ip) {
@@ -252,9 +265,39 @@ fn follow_ec2_addresses(
     (added, dropped)
 }
 
-/// Puts an ENI attached outside ipamd into the datastore with the addresses EC2 shows (not
-/// the ones ipamd released within the grace). Returns how many addresses it brought; `None`
-/// when the datastore refused the ENI.
+/// Makes `eni`'s prefixes in the datastore EC2's list, as [`follow_ec2_addresses`] does for
+/// addresses: a prefix ipamd gave back within the grace (its addresses are in `released`) is
+/// not re-adopted; one whose addresses pods still use stays. Returns (added, dropped).
+fn follow_ec2_prefixes(
+    ds: &mut Datastore,
+    eni: &str,
+    ec2_prefixes: &[Ipv4Net],
+    released: &HashMap<Ipv4Addr, Instant>,
+) -> (usize, usize) {
+    let have = ds.eni_prefixes(eni);
+    let fresh = ec2_prefixes
+        .iter()
+        .copied()
+        .filter(|p| !have.contains(p) && !released.contains_key(&p.network()));
+    let added = reconcile::add_prefixes(ds, eni, fresh).len();
+    let mut dropped = 0;
+    for prefix in have.iter().filter(|p| !ec2_prefixes.contains(p)) {
+        match ds.remove_prefix(eni, *prefix) {
+            Ok(()) => {
+                dropped += 1;
+                tracing::info!(%eni, %prefix, "prefix unassigned outside ipamd (EC2 confirms); removed from the pool");
+            }
+            Err(e) => {
+                tracing::warn!(%eni, %prefix, error = %e, "EC2 no longer lists this prefix; keeping it while pods use it")
+            }
+        }
+    }
+    (added, dropped)
+}
+
+/// Puts an ENI attached outside ipamd into the datastore with the addresses and prefixes EC2
+/// shows (not the ones ipamd released within the grace). Returns how many addresses it
+/// brought; `None` when the datastore refused the ENI.
 fn add_attached_eni(
     ds: &mut Datastore,
     md: &EniMetadata,
@@ -265,8 +308,13 @@ fn add_attached_eni(
         .secondary_ips()
         .into_iter()
         .filter(|ip| !released.contains_key(ip));
+    let prefixes = shown
+        .ipv4_prefixes
+        .iter()
+        .copied()
+        .filter(|p| !released.contains_key(&p.network()));
     match reconcile::add_eni_with_ips(ds, reconcile::eni_spec(md), not_released) {
-        Ok(n) => Some(n),
+        Ok(n) => Some(n + 16 * reconcile::add_prefixes(ds, &md.id, prefixes).len()),
         Err(e) => {
             tracing::warn!(eni = %md.id, error = %e, "ENI not added to the pool");
             None

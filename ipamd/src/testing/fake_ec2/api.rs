@@ -3,6 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+
 use super::filters::matching;
 use super::{Att, FakeEc2, err};
 use crate::cloud::ec2::{
@@ -19,18 +21,14 @@ impl Ec2Api for FakeEc2 {
         let w = self.enter(API)?;
         let mut out = Vec::new();
         for t in instance_types {
-            let Some(&(max_enis, ipv4_per_eni)) = w.types.get(t) else {
+            let Some(limits) = w.types.get(t) else {
                 return Err(err(
                     API,
                     "InvalidInstanceType",
                     format!("The following supplied instance types do not exist: [{t}]"),
                 ));
             };
-            out.push(InstanceTypeLimits {
-                instance_type: t.clone(),
-                max_enis,
-                ipv4_per_eni,
-            });
+            out.push(limits.clone());
         }
         Ok(out)
     }
@@ -110,17 +108,25 @@ impl Ec2Api for FakeEc2 {
         {
             return Ok(w.view(e));
         }
-        if request.secondary_ip_count > 49 {
+        if request.secondary_ip_count > 49 || request.prefix_count > 49 {
             return Err(err(
                 API,
                 "PrivateIpAddressLimitExceeded",
-                "too many secondary addresses",
+                "too many secondary addresses or prefixes",
+            ));
+        }
+        if request.secondary_ip_count > 0 && request.prefix_count > 0 {
+            return Err(err(
+                API,
+                "InvalidParameterCombination",
+                "secondary private IPv4 addresses and IPv4 prefixes cannot be requested together",
             ));
         }
         let id = w.new_eni(
             &request.subnet_id,
             &request.description,
             request.secondary_ip_count,
+            request.prefix_count,
         )?;
         w.enis.get_mut(&id).unwrap().tags = request.tags.clone();
         w.tokens.insert(request.client_token.clone(), id.clone());
@@ -314,6 +320,42 @@ impl Ec2Api for FakeEc2 {
             }
         }
         eni.ips.retain(|ip| !ips.contains(ip));
+        Ok(())
+    }
+
+    async fn assign_ipv4_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv4Net>, Ec2Error> {
+        const API: &str = "AssignPrivateIpAddresses";
+        self.enter(API)?.assign_prefixes(eni_id, count, API)
+    }
+
+    async fn unassign_ipv4_prefixes(
+        &self,
+        eni_id: &str,
+        prefixes: &[Ipv4Net],
+    ) -> Result<(), Ec2Error> {
+        const API: &str = "UnassignPrivateIpAddresses";
+        let mut w = self.enter(API)?;
+        let Some(eni) = w.enis.get_mut(eni_id) else {
+            return Err(err(
+                API,
+                "InvalidNetworkInterfaceID.NotFound",
+                format!("The networkInterface ID '{eni_id}' does not exist"),
+            ));
+        };
+        if let Some(p) = prefixes.iter().find(|p| !eni.prefixes.contains(p)) {
+            return Err(err(
+                API,
+                "InvalidParameterValue",
+                format!(
+                    "Some of the specified prefixes are not assigned to interface {eni_id}: {p}"
+                ),
+            ));
+        }
+        eni.prefixes.retain(|p| !prefixes.contains(p));
         Ok(())
     }
 

@@ -19,9 +19,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
 
-use crate::cloud::ec2::{Ec2Error, Ec2ErrorKind, EniAttachment, EniStatus, NetworkInterface, Tags};
+use crate::cloud::ec2::{
+    Ec2Error, Ec2ErrorKind, EniAttachment, EniStatus, InstanceTypeLimits, NetworkInterface, Tags,
+};
 use crate::datastore::is_reserved_in_subnet;
-use crate::limits::BUILTIN_LIMITS;
+use crate::limits::{BUILTIN_LIMITS, builtin};
 use crate::mac::MacAddr;
 
 /// The fake VPC's id and CIDR.
@@ -68,6 +70,8 @@ pub struct FakeEni {
     pub subnet_id: String,
     /// Addresses, primary first.
     pub ips: Vec<Ipv4Addr>,
+    /// Delegated /28 prefixes.
+    pub prefixes: Vec<Ipv4Net>,
     /// Tags.
     pub tags: Tags,
     attachment: Option<Att>,
@@ -98,7 +102,7 @@ struct Injected {
 
 #[derive(Debug)]
 struct World {
-    types: HashMap<String, (u32, u32)>,
+    types: HashMap<String, InstanceTypeLimits>,
     subnets: BTreeMap<String, Subnet>,
     instances: BTreeMap<String, String>,
     enis: BTreeMap<String, FakeEni>,
@@ -147,7 +151,7 @@ impl FakeEc2 {
     pub fn new() -> Self {
         let types = BUILTIN_LIMITS
             .iter()
-            .map(|(t, e, i)| ((*t).to_owned(), (*e, *i)))
+            .filter_map(|(t, ..)| Some(((*t).to_owned(), builtin(t)?)))
             .collect();
         let subnets = BTreeMap::from([(
             SUBNET_ID.to_owned(),
@@ -190,7 +194,7 @@ impl FakeEc2 {
         let id = format!("i-{n:017x}");
         w.instances.insert(id.clone(), instance_type.to_owned());
         let eni = w
-            .new_eni(SUBNET_ID, "Primary network interface", 0)
+            .new_eni(SUBNET_ID, "Primary network interface", 0, 0)
             .unwrap();
         w.enis.get_mut(&eni).unwrap().attachment = Some(Att {
             id: format!("eni-attach-{n:017x}"),
@@ -357,7 +361,7 @@ impl FakeEc2 {
     /// Creates an unattached ENI with tags and a description (a leaked ENI, say); returns its id.
     pub fn create_detached(&self, description: &str, tags: &[(&str, &str)]) -> String {
         let mut w = self.lock();
-        let id = w.new_eni(SUBNET_ID, description, 0).unwrap();
+        let id = w.new_eni(SUBNET_ID, description, 0, 0).unwrap();
         w.enis.get_mut(&id).unwrap().tags = tags
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -415,6 +419,7 @@ impl World {
         subnet: &str,
         description: &str,
         secondary: u32,
+        prefixes: u32,
     ) -> Result<String, Ec2Error> {
         const API: &str = "CreateNetworkInterface";
         if !self.subnets.contains_key(subnet) {
@@ -438,11 +443,19 @@ impl World {
                 description: description.to_owned(),
                 subnet_id: subnet.to_owned(),
                 ips: Vec::new(),
+                prefixes: Vec::new(),
                 tags: Tags::new(),
                 attachment: None,
             },
         );
-        if let Err(e) = self.assign(&id, 1 + secondary, API) {
+        let assigned = self.assign(&id, 1 + secondary, API).and_then(|_| {
+            if prefixes > 0 {
+                self.assign_prefixes(&id, prefixes, API).map(drop)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = assigned {
             self.enis.remove(&id);
             return Err(e);
         }
@@ -460,7 +473,7 @@ impl World {
             .enis
             .values()
             .filter(|e| e.subnet_id == id)
-            .map(|e| e.ips.len())
+            .map(|e| e.ips.len() + 16 * e.prefixes.len())
             .sum::<usize>();
         let size = 1usize << (32 - u32::from(subnet.cidr.prefix_len()));
         let free = size.saturating_sub(5).saturating_sub(used);
@@ -481,7 +494,9 @@ impl World {
 
     fn limits_of(&self, instance: &str) -> (u32, u32) {
         let t = self.instances.get(instance).cloned().unwrap_or_default();
-        self.types.get(&t).copied().unwrap_or((2, 2))
+        self.types
+            .get(&t)
+            .map_or((2, 2), |l| (l.max_enis, l.ipv4_per_eni))
     }
 
     fn assign(
@@ -501,7 +516,7 @@ impl World {
             Some(a) => self.limits_of(&a.instance).1,
             None => 50,
         };
-        let have = u32::try_from(eni.ips.len()).unwrap();
+        let have = u32::try_from(eni.ips.len() + eni.prefixes.len()).unwrap();
         if have + count > limit {
             return Err(err(
                 api,
@@ -510,12 +525,7 @@ impl World {
             ));
         }
         let subnet = self.subnets.get(&eni.subnet_id).cloned().unwrap();
-        let used: BTreeSet<Ipv4Addr> = self
-            .enis
-            .values()
-            .filter(|e| e.subnet_id == eni.subnet_id)
-            .flat_map(|e| e.ips.iter().copied())
-            .collect();
+        let used = self.used_in(&eni.subnet_id);
         let mut fresh = Vec::new();
         for ip in subnet.cidr.hosts() {
             if fresh.len() == count as usize {
@@ -547,6 +557,86 @@ impl World {
         Ok(fresh)
     }
 
+    /// Every address ENIs hold in the subnet, their prefixes' included.
+    fn used_in(&self, subnet_id: &str) -> BTreeSet<Ipv4Addr> {
+        self.enis
+            .values()
+            .filter(|e| e.subnet_id == subnet_id)
+            .flat_map(|e| {
+                let prefixed = e.prefixes.iter().flat_map(|p| {
+                    let first = u32::from(p.network());
+                    (0..16).map(move |k| Ipv4Addr::from(first + k))
+                });
+                e.ips.iter().copied().chain(prefixed)
+            })
+            .collect()
+    }
+
+    /// Delegates `count` aligned /28s of the ENI's subnet (each takes one of the ENI's address
+    /// slots): EC2's `InsufficientCidrBlocks` when fewer are free, nothing assigned then.
+    fn assign_prefixes(
+        &mut self,
+        eni_id: &str,
+        count: u32,
+        api: &'static str,
+    ) -> Result<Vec<Ipv4Net>, Ec2Error> {
+        let eni = self.enis.get(eni_id).ok_or_else(|| {
+            err(
+                api,
+                "InvalidNetworkInterfaceID.NotFound",
+                format!("The networkInterface ID '{eni_id}' does not exist"),
+            )
+        })?;
+        let limit = match &eni.attachment {
+            Some(a) => self.limits_of(&a.instance).1,
+            None => 50,
+        };
+        let have = u32::try_from(eni.ips.len() + eni.prefixes.len()).unwrap();
+        if have + count > limit {
+            return Err(err(
+                api,
+                "PrivateIpAddressLimitExceeded",
+                format!("Number of private addresses will exceed limit of {limit} for {eni_id}"),
+            ));
+        }
+        let subnet = self.subnets.get(&eni.subnet_id).cloned().unwrap();
+        let used = self.used_in(&eni.subnet_id);
+        let fresh: Vec<Ipv4Net> = subnet
+            .cidr
+            .subnets(28)
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                let first = u32::from(p.network());
+                (0..16).all(|k| {
+                    let ip = Ipv4Addr::from(first + k);
+                    !used.contains(&ip) && !is_reserved_in_subnet(ip, subnet.cidr)
+                })
+            })
+            .take(count as usize)
+            .collect();
+        let capacity = subnet.capacity.unwrap_or(usize::MAX);
+        if fresh.len() < count as usize || capacity < 16 * count as usize {
+            return Err(err(
+                api,
+                "InsufficientCidrBlocks",
+                format!(
+                    "There are not enough free cidr blocks in the specified subnet {} to satisfy the request.",
+                    eni.subnet_id
+                ),
+            ));
+        }
+        if let Some(c) = self
+            .subnets
+            .get_mut(&eni.subnet_id)
+            .and_then(|s| s.capacity.as_mut())
+        {
+            *c -= 16 * fresh.len();
+        }
+        self.enis.get_mut(eni_id).unwrap().prefixes.extend(&fresh);
+        Ok(fresh)
+    }
+
     fn view(&self, e: &FakeEni) -> NetworkInterface {
         NetworkInterface {
             id: e.id.clone(),
@@ -561,6 +651,7 @@ impl World {
             vpc_id: VPC_ID.to_owned(),
             primary_ip: e.ips.first().copied(),
             private_ips: e.ips.clone(),
+            ipv4_prefixes: e.prefixes.clone(),
             attachment: e.attachment.as_ref().map(|a| EniAttachment {
                 attachment_id: a.id.clone(),
                 instance_id: Some(a.instance.clone()),

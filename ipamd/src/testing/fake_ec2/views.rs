@@ -114,6 +114,10 @@ impl Imds for FakeEc2Imds {
         self.eni(mac, "local-ipv4s", |e| e.ips.clone())
     }
 
+    async fn ipv4_prefixes(&self, mac: MacAddr) -> Result<Vec<Ipv4Net>, ImdsError> {
+        self.eni(mac, "ipv4-prefix", |e| e.prefixes.clone())
+    }
+
     async fn subnet_id(&self, mac: MacAddr) -> Result<String, ImdsError> {
         self.eni(mac, "subnet-id", |e| e.subnet_id.clone())
     }

@@ -42,6 +42,7 @@ fn targets(warm_eni: u32, warm_ip: u32, minimum_ip: u32) -> Targets {
         warm_eni,
         warm_ip,
         minimum_ip,
+        warm_prefix: 0,
     }
 }
 
@@ -54,6 +55,7 @@ fn config(t: Targets) -> ManagerConfig {
         subnet_discovery: true,
         cluster_name: None,
         manage_untagged_eni: true,
+        prefix_delegation: false,
         timings: Timings {
             cycle: Duration::from_millis(50),
             min_gap: Duration::from_millis(200),
@@ -949,4 +951,5 @@ async fn enis_are_managed_whatever_aws_manage_enis_non_schedulable_says() {
     }
 }
 
+mod prefixes;
 mod subnets;
