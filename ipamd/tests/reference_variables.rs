@@ -35,7 +35,6 @@ use common::daemon::{Ipamd, command};
 use common::{World, world};
 use ipamd::config::{self as cfg, Config, ConfigError};
 use ipamd::install::{DISABLE_TCP_EARLY_DEMUX, HOST_CNI_BIN_PATH, SHIPPED_PLUGINS};
-use ipamd::pool::policy::Targets;
 use ipamd::rpc::AddNetworkRequest;
 use test_support::ipamd_client::client;
 use test_support::netns::Netns;
@@ -496,7 +495,7 @@ fn configuration_page_shows_the_table() {
 // ------------------------------------------------------------------------------------------
 
 /// No-op variables with a valid value other than the default, and an invalid one.
-const NO_OPS: [(&str, &str, &str); 9] = [
+const NO_OPS: [(&str, &str, &str); 8] = [
     (cfg::AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER, "false", "maybe"),
     (
         cfg::AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE,
@@ -513,7 +512,6 @@ const NO_OPS: [(&str, &str, &str); 9] = [
     (cfg::ENI_CONFIG_ANNOTATION_DEF, "example.com/eni", "a b"),
     (cfg::ENI_CONFIG_LABEL_DEF, "example.com/eni", "a b"),
     (cfg::POD_SECURITY_GROUP_ENFORCING_MODE, "standard", "loose"),
-    (cfg::WARM_PREFIX_TARGET, "3", "-1"),
 ];
 
 fn config_of(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -561,20 +559,6 @@ fn no_op_settings_change_nothing_but_are_validated() {
             cfg::ENI_CONFIG_LABEL_DEF => {
                 assert_eq!(c.kubernetes.eni_config_label, valid);
                 c.kubernetes.eni_config_label = base.kubernetes.eni_config_label.clone();
-            }
-            cfg::WARM_PREFIX_TARGET => {
-                // Shown by introspection as the reference does; the pool policy reads it only
-                // with prefix delegation (refused in this build).
-                let t = Targets::from(&c.pool);
-                assert_eq!(t.warm_prefix, 3);
-                assert_eq!(
-                    Targets {
-                        warm_prefix: 0,
-                        ..t
-                    },
-                    Targets::from(&base.pool)
-                );
-                c.pool.warm_prefix_target = base.pool.warm_prefix_target;
             }
             cfg::POD_SECURITY_GROUP_ENFORCING_MODE => {
                 // Written into the conflist as the reference does, and nothing else changes.

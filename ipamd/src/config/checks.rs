@@ -101,11 +101,6 @@ impl Config {
         let unsupported = [
             (f.ipv6, ENABLE_IPV6, "IPv6 mode"),
             (
-                f.prefix_delegation,
-                ENABLE_PREFIX_DELEGATION,
-                "prefix delegation",
-            ),
-            (
                 f.custom_network,
                 AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG,
                 "custom networking (ENIConfig)",

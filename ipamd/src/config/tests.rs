@@ -325,7 +325,6 @@ fn provisioning_disabled_behaves_like_imds_only() {
 #[test]
 fn features_that_change_assignment_are_refused() {
     for var in [
-        ENABLE_PREFIX_DELEGATION,
         AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG,
         ENABLE_POD_ENI,
         ENABLE_MULTI_NIC,
@@ -431,20 +430,15 @@ fn effective_settings_follow_the_mode() {
 }
 
 #[test]
-fn prefix_delegation_is_refused_whatever_its_targets() {
-    for pairs in [
-        &[(ENABLE_PREFIX_DELEGATION, "true")][..],
-        &[
-            (ENABLE_PREFIX_DELEGATION, "true"),
-            (WARM_PREFIX_TARGET, "1"),
-        ],
-    ] {
-        let msg = err_of(pairs);
-        assert!(
-            msg.contains("unset ENABLE_PREFIX_DELEGATION") && msg.contains("not available"),
-            "{msg}"
-        );
-    }
+fn prefix_delegation_is_read_with_its_warm_prefix_target() {
+    let c = with(&[
+        (ENABLE_PREFIX_DELEGATION, "true"),
+        (WARM_PREFIX_TARGET, "2"),
+    ])
+    .unwrap();
+    assert!(c.features.prefix_delegation);
+    assert_eq!(c.pool.warm_prefix_target, 2);
+    assert!(!with(&[]).unwrap().features.prefix_delegation);
 }
 
 #[test]

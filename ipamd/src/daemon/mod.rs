@@ -383,7 +383,10 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             // The pool manager's situation replaces this note once it knows the limits.
             ProvisioningMode::Ec2 => "",
         };
-        Datastore::new(self.config.ip_cooldown, Arc::clone(&self.clock), note)
+        let mut ds = Datastore::new(self.config.ip_cooldown, Arc::clone(&self.clock), note);
+        // In EC2 mode the pool manager turns this off on a platform without prefixes.
+        ds.set_prefix_mode(self.config.features.prefix_delegation);
+        ds
     }
 
     /// How a secondary ENI from metadata is brought up on the host.

@@ -114,10 +114,10 @@ pub struct Datastore {
 
 /// The explanation appended to exhaustion messages in instance-metadata-only mode, where the
 /// instance's ENI and IP limits are not known and ipamd cannot add addresses.
-pub const IMDS_ONLY_CAPACITY_NOTE: &str = "in instance-metadata-only mode the pool is limited to the secondary IPs that instance metadata lists (the instance's ENI x IP limit is not known and ipamd adds no ENIs or IPs); assign more secondary IPs to the node's ENIs to grow it";
+pub const IMDS_ONLY_CAPACITY_NOTE: &str = "in instance-metadata-only mode the pool is limited to the secondary IPs and prefixes that instance metadata lists (the instance's ENI x IP limit is not known and ipamd adds no ENIs, IPs or prefixes); assign more secondary IPs or prefixes to the node's ENIs to grow it";
 
 /// The same for `DISABLE_NETWORK_RESOURCE_PROVISIONING=true`.
-pub const PROVISIONING_DISABLED_CAPACITY_NOTE: &str = "with DISABLE_NETWORK_RESOURCE_PROVISIONING=true the pool is limited to the secondary IPs that instance metadata lists (ipamd adds no ENIs or IPs, and the instance's ENI x IP limit is not consulted); assign more secondary IPs to the node's ENIs to grow it";
+pub const PROVISIONING_DISABLED_CAPACITY_NOTE: &str = "with DISABLE_NETWORK_RESOURCE_PROVISIONING=true the pool is limited to the secondary IPs and prefixes that instance metadata lists (ipamd adds no ENIs, IPs or prefixes, and the instance's ENI x IP limit is not consulted); assign more secondary IPs or prefixes to the node's ENIs to grow it";
 
 /// Whether a VPC reserves `ip` in `subnet`: the network address, the router (+1), DNS (+2), the
 /// address reserved for future use (+3) and the last address. A pod given one of these would be

@@ -169,32 +169,48 @@ pub fn eni_infos(ds: &mut Datastore) -> BTreeMap<String, EniInfos> {
         ds.assignments().into_iter().map(|a| (a.ip, a)).collect();
     let mut enis = BTreeMap::new();
     for view in ds.enis() {
+        let address_info = |ip: Ipv4Addr, a: &Assignment| AddressInfo {
+            address: ip.to_string(),
+            // Scrubbed as the reference does since v1.23: the network name stays.
+            ipam_key: IpamKeyJson {
+                network_name: a.key.network_name.clone(),
+                container_id: String::new(),
+                if_name: String::new(),
+            },
+            ipam_metadata: metadata_json(a),
+            assigned_time: wire::rfc3339(a.assigned_at),
+            unassigned_time: wire::ZERO_TIME.to_owned(),
+        };
         let mut cidrs = BTreeMap::new();
-        for (ip, _) in ds.eni_addresses(&view.spec.id) {
-            let mut addresses = BTreeMap::new();
-            if let Some(a) = assigned.get(&ip) {
-                addresses.insert(
-                    ip.to_string(),
-                    AddressInfo {
-                        address: ip.to_string(),
-                        // Scrubbed as the reference does since v1.23: the network name stays.
-                        ipam_key: IpamKeyJson {
-                            network_name: a.key.network_name.clone(),
-                            container_id: String::new(),
-                            if_name: String::new(),
-                        },
-                        ipam_metadata: metadata_json(a),
-                        assigned_time: wire::rfc3339(a.assigned_at),
-                        unassigned_time: wire::ZERO_TIME.to_owned(),
-                    },
-                );
-            }
+        // A secondary IP is a /32; a prefix is its /28 with the addresses assigned in it, as in
+        // the reference.
+        for (ip, _) in ds.eni_secondary_addresses(&view.spec.id) {
+            let addresses = assigned
+                .get(&ip)
+                .map(|a| (ip.to_string(), address_info(ip, a)))
+                .into_iter()
+                .collect();
             cidrs.insert(
                 format!("{ip}/32"),
                 CidrInfo {
                     cidr: IpNet::new(ip, 32),
                     ip_addresses: addresses,
                     is_prefix: false,
+                    address_family: "4".into(),
+                },
+            );
+        }
+        for p in &view.prefixes {
+            let addresses = assigned
+                .range(p.prefix.network()..=p.prefix.broadcast())
+                .map(|(ip, a)| (ip.to_string(), address_info(*ip, a)))
+                .collect();
+            cidrs.insert(
+                p.prefix.to_string(),
+                CidrInfo {
+                    cidr: IpNet::new(p.prefix.network(), p.prefix.prefix_len()),
+                    ip_addresses: addresses,
+                    is_prefix: true,
                     address_family: "4".into(),
                 },
             );
@@ -503,5 +519,28 @@ mod tests {
 
         tx.send(()).unwrap();
         server.await.unwrap();
+    }
+
+    #[test]
+    fn prefixes_show_as_their_28_with_the_addresses_assigned_in_them() {
+        let mut ds = two_enis();
+        ds.add_prefix("eni-b", "10.0.0.32/28".parse().unwrap())
+            .unwrap();
+        ds.set_prefix_mode(true);
+        let (a, _) = ds.assign(&key("c1"), pod("default", "web-0")).unwrap();
+        assert_eq!(a.ip, Ipv4Addr::new(10, 0, 0, 32));
+        let enis = eni_infos(&mut ds);
+        let b = &enis["0"].enis["eni-b"];
+        assert_eq!((b.ips.total, b.ips.assigned), (18, 1));
+        let prefix = &b.available_ipv4_cidrs["10.0.0.32/28"];
+        assert!(prefix.is_prefix);
+        assert_eq!(prefix.cidr.ip, "10.0.0.32");
+        assert_eq!(prefix.cidr.mask, "////8A==");
+        assert_eq!(
+            prefix.ip_addresses.keys().collect::<Vec<_>>(),
+            ["10.0.0.32"]
+        );
+        assert!(!b.available_ipv4_cidrs["10.0.0.21/32"].is_prefix);
+        assert_eq!(b.available_ipv4_cidrs.len(), 3, "two /32s and one /28");
     }
 }

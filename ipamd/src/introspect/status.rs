@@ -316,6 +316,7 @@ fn eni_table(enis: &BTreeMap<String, EniInfos>) -> String {
             "ASSIGNED",
             "COOLING",
             "FREE",
+            "PREFIXES",
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -340,6 +341,11 @@ fn eni_table(enis: &BTreeMap<String, EniInfos>) -> String {
             e.ips.assigned.to_string(),
             e.ips.cooling.to_string(),
             free.to_string(),
+            e.available_ipv4_cidrs
+                .values()
+                .filter(|c| c.is_prefix)
+                .count()
+                .to_string(),
         ]);
     }
     if all.is_empty() {
@@ -476,9 +482,9 @@ mod tests {
         assert_eq!(
             &lines[6..],
             [
-                "ENI    DEVICE  TABLE  PRIMARY IP  SUBNET       IPS  ASSIGNED  COOLING  FREE",
-                "eni-a  0       main   10.0.0.10   10.0.0.0/24  3    3         0        0",
-                "eni-b  1       2      10.0.0.20   10.0.0.0/24  6    2         1        3",
+                "ENI    DEVICE  TABLE  PRIMARY IP  SUBNET       IPS  ASSIGNED  COOLING  FREE  PREFIXES",
+                "eni-a  0       main   10.0.0.10   10.0.0.0/24  3    3         0        0     0",
+                "eni-b  1       2      10.0.0.20   10.0.0.0/24  6    2         1        3     0",
             ]
         );
     }

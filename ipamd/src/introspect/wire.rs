@@ -121,7 +121,7 @@ pub struct AddressInfo {
     pub unassigned_time: String,
 }
 
-/// The reference's `CidrInfo` (a secondary IP is a /32).
+/// The reference's `CidrInfo` (a secondary IP is a /32, a delegated prefix its /28).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct CidrInfo {
@@ -130,7 +130,7 @@ pub struct CidrInfo {
     /// Addresses handed out (assigned ones).
     #[serde(rename = "IPAddresses")]
     pub ip_addresses: BTreeMap<String, AddressInfo>,
-    /// A /28 prefix (never, in this build).
+    /// A delegated /28 prefix.
     pub is_prefix: bool,
     /// `"4"`.
     pub address_family: String,
@@ -167,7 +167,7 @@ pub struct EniInfo {
     /// Its secondary IPs: all, assigned, cooling.
     #[serde(flatten)]
     pub ips: IpCounts,
-    /// `ip/32` → CIDR.
+    /// `ip/32` or `prefix/28` → CIDR.
     #[serde(rename = "AvailableIPv4Cidrs")]
     pub available_ipv4_cidrs: BTreeMap<String, CidrInfo>,
     /// Empty (IPv4 only).

@@ -611,6 +611,26 @@ impl Ec2 {
             .collect())
     }
 
+    /// `AssignPrivateIpAddresses` with `Ipv4PrefixCount`; returns the prefixes EC2 picked.
+    pub fn assign_prefixes(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Net>, Ec2Error> {
+        let client = self.client();
+        let id = eni_id.to_owned();
+        let out = self.run("AssignPrivateIpAddresses", async move {
+            client
+                .assign_private_ip_addresses()
+                .network_interface_id(id)
+                .ipv4_prefix_count(i32::try_from(count).unwrap_or(i32::MAX))
+                .send()
+                .await
+                .map_err(|e| Ec2Error::sdk("AssignPrivateIpAddresses", e))
+        })?;
+        Ok(out
+            .assigned_ipv4_prefixes()
+            .iter()
+            .filter_map(|p| p.ipv4_prefix()?.parse().ok())
+            .collect())
+    }
+
     /// `AssignPrivateIpAddresses` with explicit addresses.
     pub fn assign_specific_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
         let client = self.client();

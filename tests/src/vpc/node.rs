@@ -49,6 +49,8 @@ pub struct NodeSpec {
     pub ready_timeout: Duration,
     /// Secondary addresses assigned in moto to the primary ENI before ipamd starts.
     pub primary_secondary_ips: u32,
+    /// /28 prefixes delegated in moto to the primary ENI before ipamd starts.
+    pub primary_prefixes: u32,
     /// ENIs created (in the node's subnet, without tags) and attached in moto before ipamd
     /// starts (device 1, 2, ...), each with this many secondary addresses.
     pub extra_enis: Vec<u32>,
@@ -69,6 +71,7 @@ impl NodeSpec {
             start_ipamd: true,
             ready_timeout: Duration::from_secs(90),
             primary_secondary_ips: 0,
+            primary_prefixes: 0,
             extra_enis: Vec::new(),
             subnet_id: None,
         }
@@ -95,6 +98,14 @@ impl NodeSpec {
         self.primary_secondary_ips = primary;
         self.extra_enis = enis.to_vec();
         self
+    }
+
+    /// IMDS-only ipamd with prefix delegation on `prefixes` /28s delegated in moto now to the
+    /// primary ENI.
+    pub fn imds_only_prefixes(mut self, prefixes: u32) -> Self {
+        self.mode = IpamdMode::ImdsOnly;
+        self.primary_prefixes = prefixes;
+        self.env("ENABLE_PREFIX_DELEGATION", "true")
     }
 
     /// Sets one ipamd environment variable.
@@ -152,6 +163,9 @@ impl VpcNode {
         let instance = ec2.run_instance(&spec.instance_type, &subnet, &sg, &spec.name)?;
         if spec.primary_secondary_ips > 0 {
             ec2.assign_private_ips(&instance.primary_eni, spec.primary_secondary_ips)?;
+        }
+        if spec.primary_prefixes > 0 {
+            ec2.assign_prefixes(&instance.primary_eni, spec.primary_prefixes)?;
         }
         for (device, &count) in (1u32..).zip(&spec.extra_enis) {
             let eni = ec2.create_eni(&EniRequest {
@@ -320,7 +334,7 @@ impl VpcNode {
         Ok(self
             .enis()?
             .into_iter()
-            .find(|e| e.private_ips.contains(&ip)))
+            .find(|e| e.all_addresses().any(|a| a == ip)))
     }
 }
 

@@ -268,6 +268,7 @@ fn metrics_introspection_and_status_follow_the_pods() {
                 "2",
                 "1",
                 "1",
+                "0",
                 "0"
             ],
             vec![
@@ -278,6 +279,7 @@ fn metrics_introspection_and_status_follow_the_pods() {
                 "10.0.0.0/24",
                 "3",
                 "3",
+                "0",
                 "0",
                 "0"
             ],

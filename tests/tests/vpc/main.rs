@@ -3,7 +3,8 @@
 //! nodes (issue 4). Every test builds its own VPC (its own moto, router and namespaces) and
 //! tears it down, so tests run in parallel; the slow ones (pool shrink, reconcile, leaked ENI
 //! cleanup) wait on the reference's timers and are kept few. `subnets` covers subnet discovery
-//! (several subnets, tags, `CLUSTER_NAME`), the low-address report and unmanaged ENIs.
+//! (several subnets, tags, `CLUSTER_NAME`), the low-address report and unmanaged ENIs;
+//! `prefixes` prefix delegation (moto's prefix extension, max pods, prefixes given back).
 //!
 //! They must run as root with moto installed and fail (never skip) when something is missing.
 #![allow(clippy::unwrap_used)]
@@ -12,6 +13,7 @@ mod connectivity;
 mod fabric;
 mod limits;
 mod maintenance;
+mod prefixes;
 mod snat;
 mod subnets;
 mod warm_pool;
