@@ -142,8 +142,9 @@ check-tools: deps
 test: check-root check-tools build
 	$(CARGO) test --workspace --locked --no-fail-fast
 
+# PREFIX_DELEGATION=true: ipamd with ENABLE_PREFIX_DELEGATION=true (pods on /28 prefixes).
 demo: check-root check-tools build
-	$(TARGET_DIR)/debug/vpcsim vpc-demo
+	$(TARGET_DIR)/debug/vpcsim vpc-demo $(if $(filter true,$(PREFIX_DELEGATION)),--prefix-delegation)
 
 lint:
 	$(CARGO) fmt --all -- --check

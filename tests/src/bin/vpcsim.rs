@@ -16,10 +16,11 @@ use harness::node::CONFLIST_NAME;
 use harness::{NodeOptions, Pod, SimNode, standard_node};
 use serde_json::Value;
 
-const USAGE: &str = "usage: vpcsim demo | vpcsim vpc-demo\n\n\
+const USAGE: &str = "usage: vpcsim demo | vpcsim vpc-demo [--prefix-delegation]\n\n\
   vpc-demo  a simulated VPC on moto: two m5.large nodes with ipamd in EC2 mode, 12 pods each\n\
             through aws-cni (some on ENIs ipamd attaches), where they landed, a connectivity\n\
-            matrix, teardown (needs root and moto)\n\
+            matrix, teardown (needs root and moto); --prefix-delegation: ipamd with\n\
+            ENABLE_PREFIX_DELEGATION=true, pods on /28 prefixes\n\
   demo      one simulated node (2 ENIs from a metadata file), ipamd in IMDS-only mode, 3 pods\n\
             through aws-cni, their VPC addresses, pings, teardown (needs root)";
 
@@ -56,14 +57,18 @@ fn main() {
                 1
             }
         },
-        Some("vpc-demo") if args.len() == 1 => match vpc_demo::run() {
-            Ok(()) => 0,
-            Err(_) if test_support::cleanup::interrupted() => 130,
-            Err(err) => {
-                eprintln!("\nvpcsim vpc-demo failed: {err:#}");
-                1
+        Some("vpc-demo")
+            if args.len() == 1 || (args.len() == 2 && args[1] == "--prefix-delegation") =>
+        {
+            match vpc_demo::run(args.len() == 2) {
+                Ok(()) => 0,
+                Err(_) if test_support::cleanup::interrupted() => 130,
+                Err(err) => {
+                    eprintln!("\nvpcsim vpc-demo failed: {err:#}");
+                    1
+                }
             }
-        },
+        }
         Some("-h" | "--help" | "help") => {
             say!("{USAGE}");
             0

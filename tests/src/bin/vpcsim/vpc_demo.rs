@@ -3,7 +3,8 @@
 //! mode, pods are added through aws-cni on both until some sit on ENIs ipamd attached, and the
 //! demo prints where each pod landed, a connectivity matrix and the source address a server in
 //! the internet sees for pods on each ENI (SNAT to the node's primary IP), then tears everything
-//! down.
+//! down. With `--prefix-delegation` ipamd runs with `ENABLE_PREFIX_DELEGATION=true` (and
+//! `WARM_PREFIX_TARGET=1`): the pods get addresses of /28 prefixes, which the ENI listing shows.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -62,7 +63,7 @@ fn add_pod(node: &VpcNode, pod: &Pod) -> anyhow::Result<(Value, Ipv4Addr, Durati
     }
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(prefix_delegation: bool) -> anyhow::Result<()> {
     test_support::prereqs::require_root().context("vpcsim vpc-demo creates network namespaces")?;
     let started = Instant::now();
     say!("vpcsim vpc-demo: a simulated VPC on moto, two nodes, pods through aws-cni");
@@ -91,9 +92,12 @@ pub fn run() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    say!(
-        "\n[2/5] running two m5.large instances as nodes, ipamd in EC2 mode on each (WARM_ENI_TARGET=1)"
-    );
+    let mode = if prefix_delegation {
+        "ENABLE_PREFIX_DELEGATION=true, WARM_PREFIX_TARGET=1"
+    } else {
+        "WARM_ENI_TARGET=1"
+    };
+    say!("\n[2/5] running two m5.large instances as nodes, ipamd in EC2 mode on each ({mode})");
     let t = Instant::now();
     let nodes: Vec<VpcNode> = std::thread::scope(|s| {
         let handles: Vec<_> = NODES
@@ -101,8 +105,13 @@ pub fn run() -> anyhow::Result<()> {
             .map(|name| {
                 let vpc = &vpc;
                 s.spawn(move || {
-                    vpc.add_node(NodeSpec::new(name, "m5.large"))
-                        .map_err(anyhow::Error::from)
+                    let mut spec = NodeSpec::new(name, "m5.large");
+                    if prefix_delegation {
+                        spec = spec
+                            .env("ENABLE_PREFIX_DELEGATION", "true")
+                            .env("WARM_PREFIX_TARGET", "1");
+                    }
+                    vpc.add_node(spec).map_err(anyhow::Error::from)
                 })
             })
             .collect();
@@ -114,8 +123,9 @@ pub fn run() -> anyhow::Result<()> {
     for (name, n) in NODES.iter().zip(&nodes) {
         let enis = n.enis()?;
         let ips: usize = enis.iter().map(|e| e.secondary_ips().len()).sum();
+        let prefixes: usize = enis.iter().map(|e| e.ipv4_prefixes.len()).sum();
         say!(
-            "      {name}: {} eth0 {} ({}), ipamd ready: {} ENI, {ips} warm IPs in EC2",
+            "      {name}: {} eth0 {} ({}), ipamd ready: {} ENI, {ips} warm IPs and {prefixes} prefixes in EC2",
             n.instance_id(),
             n.primary_ip(),
             n.instance().mac,
@@ -190,8 +200,14 @@ pub fn run() -> anyhow::Result<()> {
                 .get(harness::vpc::tags::INSTANCE_ID)
                 .map(|_| format!(", {}", eni.description))
                 .unwrap_or_default();
+            let prefixes = if eni.ipv4_prefixes.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<String> = eni.ipv4_prefixes.iter().map(ToString::to_string).collect();
+                format!(", prefixes {}", list.join(" "))
+            };
             say!(
-                "    {name} eth{} {} {} {} secondary IPs{tag}",
+                "    {name} eth{} {} {} {} secondary IPs{prefixes}{tag}",
                 eni.device_index().unwrap_or(0),
                 eni.id,
                 eni.mac,
@@ -204,14 +220,20 @@ pub fn run() -> anyhow::Result<()> {
         "\n[4/5] connectivity matrix: ICMP from every pod (rows, by node and ENI) to every pod, node and the internet"
     );
     let failures = matrix(&nodes, &pods)?;
-    let client = pods
-        .iter()
-        .find(|p| p.node == 0 && p.device > 0)
-        .context("no pod of node-a on a secondary ENI")?;
-    let server = pods
-        .iter()
-        .find(|p| p.node == 1 && p.device > 0)
-        .context("no pod of node-b on a secondary ENI")?;
+    // A pod on an ENI ipamd attached; with prefixes the 12 pods fit on the primary ENI's
+    // prefixes, and the last pod of the node is taken.
+    let pick = |node: usize| {
+        pods.iter()
+            .find(|p| p.node == node && p.device > 0)
+            .or_else(|| {
+                prefix_delegation
+                    .then(|| pods.iter().rev().find(|p| p.node == node))
+                    .flatten()
+            })
+            .with_context(|| format!("no pod of {} on a secondary ENI", NODES[node]))
+    };
+    let client = pick(0)?;
+    let server = pick(1)?;
     let peer = tcp_round_trip(server.pod.ns()?, server.ip, client.pod.ns()?)?;
     say!(
         "      TCP {} ({}, {}) -> {} ({}, {}): echoed; the server saw {} (the pod's own VPC address)",
