@@ -1,10 +1,12 @@
 //! The node's address book: ENIs → secondary /32 addresses and delegated /28 prefixes →
 //! assignments keyed by (network name, container ID, ifname).
 //!
-//! A prefix's 16 addresses are addresses like the others, each remembering its prefix. New pods
-//! take an address of the mode's own kind first (prefix addresses with prefix delegation,
-//! secondary addresses otherwise) and of the other kind only when none is left; a prefix leaves
-//! the store whole, when none of its addresses is assigned or cooling down.
+//! A prefix's 16 addresses are addresses like the others, each remembering its prefix. With
+//! prefix delegation new pods take prefix addresses first and secondary ones (the fallback of a
+//! fragmented subnet, or left from before the switch) when none is left; without it, secondary
+//! addresses only, as in the reference (prefixes left from prefix delegation serve the pods that
+//! hold them until they go). A prefix leaves the store whole, when none of its addresses is
+//! assigned or cooling down.
 //!
 //! Every operation is O(log n) or amortized O(1); nothing scans all addresses:
 //! - each ENI keeps an ordered set of its free addresses, and the store keeps the set of ENIs that
@@ -187,12 +189,12 @@ impl Datastore {
         self.prefix_mode
     }
 
-    /// The kinds in the order new pods take them.
-    fn kinds_in_order(&self) -> [Kind; 2] {
+    /// The kinds new pods take, in order.
+    fn kinds_in_order(&self) -> &'static [Kind] {
         if self.prefix_mode {
-            [Kind::Prefix, Kind::Secondary]
+            &[Kind::Prefix, Kind::Secondary]
         } else {
-            [Kind::Secondary, Kind::Prefix]
+            &[Kind::Secondary]
         }
     }
 
@@ -550,7 +552,7 @@ impl Datastore {
             return Ok((existing, false));
         }
         self.expire_cooldowns();
-        let found = self.kinds_in_order().into_iter().find_map(|kind| {
+        let found = self.kinds_in_order().iter().find_map(|&kind| {
             let device = *self.with_free[kind as usize].first()?;
             let ip = *self.enis.get(&device)?.free[kind as usize].first()?;
             Some((device, ip, kind))
@@ -726,15 +728,23 @@ impl Datastore {
             assigned: self.assigned,
             cooling: self.cooling,
             // Free addresses of excluded ENIs are in the pool only until the pool manager
-            // gives them back; they are never assignable.
+            // gives them back, and free prefix addresses without prefix delegation until it
+            // gives their prefix back; they are never assignable.
             assignable: self.total
                 - self.assigned
                 - self.cooling
                 - self
                     .enis
                     .values()
-                    .filter(|e| e.excluded)
-                    .map(|e| e.free.iter().map(BTreeSet::len).sum::<usize>())
+                    .map(|e| {
+                        if e.excluded {
+                            e.free.iter().map(BTreeSet::len).sum::<usize>()
+                        } else if self.prefix_mode {
+                            0
+                        } else {
+                            e.free[Kind::Prefix as usize].len()
+                        }
+                    })
                     .sum::<usize>(),
         }
     }
@@ -742,7 +752,11 @@ impl Datastore {
     /// Why nothing is assignable, or `None` when something is.
     pub fn exhaustion_reason(&mut self) -> Option<NoAssignableIp> {
         self.expire_cooldowns();
-        if self.with_free.iter().all(BTreeSet::is_empty) {
+        if self
+            .kinds_in_order()
+            .iter()
+            .all(|k| self.with_free[*k as usize].is_empty())
+        {
             Some(self.exhaustion())
         } else {
             None

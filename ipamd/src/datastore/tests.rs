@@ -487,15 +487,15 @@ fn a_prefix_adds_its_16_addresses_and_leaves_whole_once_free_and_cooled() {
 }
 
 #[test]
-fn the_mode_decides_which_kind_new_pods_take_first() {
+fn the_mode_decides_which_kinds_new_pods_take() {
     let (mut ds, _) = store(0);
     ds.add_prefix("eni-b", net("10.0.0.48/28")).unwrap();
-    // Secondary mode: the five secondary addresses first, then the prefix's.
-    let got: Vec<Ipv4Addr> = (0..7)
+    // Secondary mode: the five secondary addresses only, as in the reference.
+    let got: Vec<Ipv4Addr> = (0..5)
         .map(|i| ds.assign(&key(&format!("s{i}")), md("p")).unwrap().0.ip)
         .collect();
     assert_eq!(
-        &got[..5],
+        got,
         [
             ip("10.0.0.11"),
             ip("10.0.0.12"),
@@ -504,8 +504,14 @@ fn the_mode_decides_which_kind_new_pods_take_first() {
             ip("10.0.0.22")
         ]
     );
-    assert_eq!(&got[5..], [ip("10.0.0.48"), ip("10.0.0.49")]);
-    for i in 0..7 {
+    assert!(ds.assign(&key("s5"), md("p")).is_err());
+    assert!(ds.exhaustion_reason().is_some());
+    assert_eq!(
+        ds.stats().assignable,
+        0,
+        "free prefix addresses are not assignable"
+    );
+    for i in 0..5 {
         ds.release(&key(&format!("s{i}"))).unwrap();
     }
     // Prefix mode: the prefix's 16 first, then the secondary addresses.

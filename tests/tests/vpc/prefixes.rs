@@ -265,3 +265,127 @@ fn imds_only_prefix_delegation_uses_the_prefixes_metadata_lists() {
     let failures = ping_matrix(&sources, &destinations, 2).unwrap();
     assert!(failures.is_empty(), "{failures:?}\n{}", n.diag());
 }
+
+/// Adds `n` pods that must get secondary /32 addresses (not prefix ones).
+fn add_secondary_pods(
+    vpc: &VpcFabric,
+    node: &VpcNode,
+    prefix: &str,
+    n: usize,
+) -> Vec<(Pod, Ipv4Addr)> {
+    (0..n)
+        .map(|k| {
+            let p = pod("default", &format!("{prefix}-{k}"));
+            let (_, ip) = add_pod_retrying(node, &p, Duration::from_secs(90));
+            crate::assert_vpc_address(vpc, node, ip);
+            (p, ip)
+        })
+        .collect()
+}
+
+/// Every pod still holds its address in ipamd (CheckNetwork), and no address is held twice.
+fn assert_still_held(node: &VpcNode, pods: &[(&Pod, Ipv4Addr)]) {
+    for (p, ip) in pods {
+        let held = ok(node, node.ipamd_assignment(p));
+        check!(
+            node,
+            held == Some(*ip),
+            "{} held {ip} before the switch and {held:?} after",
+            p.name
+        );
+    }
+    let distinct: BTreeSet<Ipv4Addr> = pods.iter().map(|(_, ip)| *ip).collect();
+    check!(
+        node,
+        distinct.len() == pods.len(),
+        "an address is held twice: {pods:?}"
+    );
+}
+
+#[test]
+fn switching_modes_with_live_pods_keeps_every_address_and_gives_none_twice() {
+    let vpc = fabric();
+    let mut n = node(&vpc, ec2_node("node-switch", "m5.large"));
+    let secondary = add_secondary_pods(&vpc, &n, "sec", 5);
+
+    // Secondary IPs -> prefixes: the pods keep their /32s, new pods get prefix addresses.
+    n.set_ipamd_env("ENABLE_PREFIX_DELEGATION", "true");
+    n.set_ipamd_env("WARM_PREFIX_TARGET", "1");
+    let restarted = n.restart_ipamd();
+    ok(&n, restarted);
+    let prefixed = add_pods(&vpc, &n, "pd", 5);
+    let mut live: Vec<(&Pod, Ipv4Addr)> = secondary.iter().map(|(p, ip)| (p, *ip)).collect();
+    live.extend(prefixed.iter().map(|(p, ip, _)| (p, *ip)));
+    assert_still_held(&n, &live);
+
+    // Prefixes -> secondary IPs: every pod keeps its address, new pods get /32s.
+    n.set_ipamd_env("ENABLE_PREFIX_DELEGATION", "false");
+    let restarted = n.restart_ipamd();
+    ok(&n, restarted);
+    let back = add_secondary_pods(&vpc, &n, "back", 3);
+    live.extend(back.iter().map(|(p, ip)| (p, *ip)));
+    assert_still_held(&n, &live);
+
+    // One pod of each kind, before and after the switches, reaches the others and the node.
+    let chosen = [&live[0], &live[5], &live[10]];
+    let sources: Vec<(String, &Netns, Vec<IpAddr>)> = chosen
+        .iter()
+        .map(|(p, ip)| (p.name.clone(), p.ns().unwrap(), vec![IpAddr::from(*ip)]))
+        .collect();
+    let mut destinations: Vec<IpAddr> = chosen.iter().map(|(_, ip)| IpAddr::from(*ip)).collect();
+    destinations.push(IpAddr::from(n.primary_ip()));
+    let failures = ping_matrix(&sources, &destinations, 3).unwrap();
+    assert!(failures.is_empty(), "{failures:?}\n{}", n.diag());
+}
+
+#[test]
+fn a_fragmented_subnet_falls_back_to_secondary_ips_and_pods_start() {
+    let subnet: ipnet::Ipv4Net = "10.0.0.0/26".parse().unwrap();
+    let vpc = crate::fabric_with(harness::FabricOptions::default().subnet(subnet));
+    // Someone's ENI pins one address in each /28 of the node subnet: 50 addresses stay free,
+    // no aligned /28 does.
+    let ec2 = vpc.ec2();
+    let filler = ec2
+        .create_eni(&harness::vpc::EniRequest {
+            subnet_id: vpc.subnet().id.clone(),
+            security_groups: vec![vpc.security_group().to_owned()],
+            secondary_ips: 0,
+            private_ip: None,
+            description: "someone else's".into(),
+            tags: Default::default(),
+        })
+        .unwrap();
+    let pins: Vec<Ipv4Addr> = [25, 41, 57]
+        .into_iter()
+        .map(|k| Ipv4Addr::new(10, 0, 0, k))
+        .collect();
+    ec2.assign_specific_ips(&filler.id, &pins).unwrap();
+    let n = pd_node(&vpc, "node-frag", "m5.large", "1");
+    let pods = add_secondary_pods(&vpc, &n, "frag", 3);
+    check!(
+        &n,
+        prefix_count(&n) == 0,
+        "a prefix in a fragmented subnet: {:?}",
+        shape(&n)
+    );
+    let fallback = ok(&n, n.metric("awscni_prefix_fallback_ips")).unwrap_or(0.0);
+    check!(
+        &n,
+        fallback >= 3.0,
+        "awscni_prefix_fallback_ips = {fallback}"
+    );
+    let log = std::fs::read_to_string(n.ipamd_log_path()).unwrap_or_default();
+    check!(
+        &n,
+        log.contains("InsufficientCidrBlocks") && log.contains("subnet CIDR reservation"),
+        "ipamd's log does not say why and what to do"
+    );
+    let sources: Vec<(String, &Netns, Vec<IpAddr>)> = pods
+        .iter()
+        .map(|(p, ip)| (p.name.clone(), p.ns().unwrap(), vec![IpAddr::from(*ip)]))
+        .collect();
+    let mut destinations: Vec<IpAddr> = pods.iter().map(|(_, ip)| IpAddr::from(*ip)).collect();
+    destinations.push(IpAddr::from(n.primary_ip()));
+    let failures = ping_matrix(&sources, &destinations, 3).unwrap();
+    assert!(failures.is_empty(), "{failures:?}\n{}", n.diag());
+}

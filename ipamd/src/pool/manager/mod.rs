@@ -525,11 +525,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
 
     /// The managed ENIs as the policy sees them, and the pool's counts.
     async fn snapshot(&mut self) -> (Vec<EniState>, Counts) {
-        let views = self
+        let (views, prefix_mode) = self
             .state
             .with_datastore(|ds| {
                 ds.stats();
-                ds.enis()
+                (ds.enis(), ds.prefix_mode())
             })
             .await;
         let now = self.clock.now();
@@ -539,6 +539,16 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             .map(|v| {
                 let added = *self.added_at.entry(v.spec.id.clone()).or_insert(now);
                 let u = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                // Without prefix delegation the pool is the secondary addresses, as in the
+                // reference: addresses of prefixes left from it serve only their pods.
+                let (in_prefix_assigned, in_prefix_cooling) = if prefix_mode {
+                    (0, 0)
+                } else {
+                    v.prefixes
+                        .iter()
+                        .fold((0, 0), |(a, c), p| (a + p.assigned, c + p.cooling))
+                };
+                let total = if prefix_mode { v.total } else { v.secondary };
                 let subnet_full = self
                     .eni_subnets
                     .get(&v.spec.id)
@@ -548,9 +558,9 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                     is_primary: v.spec.device_number == 0 || v.spec.id == self.node.primary_eni,
                     device_number: v.spec.device_number,
                     age: now.saturating_duration_since(added),
-                    total: u(v.total),
-                    assigned: u(v.assigned),
-                    cooling: u(v.cooling),
+                    total: u(total),
+                    assigned: u(v.assigned - in_prefix_assigned),
+                    cooling: u(v.cooling - in_prefix_cooling),
                     slots: u(v.slots()),
                     prefixes: u(v.prefixes.len()),
                     free_prefixes: u(v.free_prefixes()),
@@ -852,6 +862,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         let free_other = u32::try_from(free_other).unwrap_or(u32::MAX);
         if free_other == 0 {
             return false;
+        }
+        if !cap.prefix_mode() {
+            // Prefixes left from prefix delegation are not in the pool's counts: a free one
+            // only takes an address slot.
+            return true;
         }
         let own = if cap.prefix_mode() { over } else { 0 };
         let without = Counts {
