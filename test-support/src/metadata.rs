@@ -94,6 +94,20 @@ impl InterfaceDescription {
         self.local_ipv4s.get(1..).unwrap_or(&[])
     }
 
+    /// Every address pods may get on this ENI: its secondary addresses, then each address of
+    /// its delegated prefixes.
+    pub fn pod_addresses(&self) -> Vec<Ipv4Addr> {
+        let prefixed = self.ipv4_prefixes.iter().flat_map(|p| {
+            let first = u32::from(p.network());
+            (0..=u32::from(p.hostmask())).map(move |k| Ipv4Addr::from(first + k))
+        });
+        self.secondary_ips()
+            .iter()
+            .copied()
+            .chain(prefixed)
+            .collect()
+    }
+
     /// The subnet's gateway, i.e. its network address + 1 (as on AWS).
     pub fn gateway(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.subnet_ipv4_cidr_block.network()).wrapping_add(1))
@@ -346,6 +360,20 @@ impl NodeDescription {
         self.interfaces
             .iter()
             .find(|e| e.secondary_ips().contains(&ip))
+    }
+
+    /// Every address pods may get, secondary or of a prefix, ENI by ENI (device order).
+    pub fn all_pod_addresses(&self) -> Vec<Ipv4Addr> {
+        let mut enis: Vec<&InterfaceDescription> = self.interfaces.iter().collect();
+        enis.sort_by_key(|e| (e.network_card, e.device_number));
+        enis.iter().flat_map(|e| e.pod_addresses()).collect()
+    }
+
+    /// The ENI (if any) with `ip` among its secondary addresses or in one of its prefixes.
+    pub fn owner_of_pod_address(&self, ip: Ipv4Addr) -> Option<&InterfaceDescription> {
+        self.interfaces.iter().find(|e| {
+            e.secondary_ips().contains(&ip) || e.ipv4_prefixes.iter().any(|p| p.contains(&ip))
+        })
     }
 
     /// Every ENI's primary address.

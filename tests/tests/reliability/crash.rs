@@ -110,7 +110,7 @@ fn worker(shared: &Shared<'_>, w: usize, seed: u64) -> (Tally, Vec<Live>) {
                 };
                 if !shared.secondary.contains(&ip) {
                     tally.violations.push(format!(
-                        "ADD of {} got {ip}, which is not a secondary IP of the node",
+                        "ADD of {} got {ip}, which is not a pod address of the node",
                         p.name
                     ));
                 }
@@ -243,16 +243,33 @@ fn worker(shared: &Shared<'_>, w: usize, seed: u64) -> (Tally, Vec<Live>) {
 
 #[test]
 fn crash_campaign_kill_9_during_pod_churn_loses_and_leaks_nothing() {
+    campaign(NodeOptions::new(standard_node(&faults::scale(
+        vec![9; 4],
+        vec![9; 8],
+    ))));
+}
+
+/// The same campaign with `ENABLE_PREFIX_DELEGATION=true`: the pool is one /28 prefix per ENI
+/// as instance metadata lists them (instance-metadata-only mode), no secondary IPs.
+#[test]
+fn crash_campaign_with_prefix_delegation_loses_and_leaks_nothing() {
+    let mut node = standard_node(&faults::scale(vec![0; 4], vec![0; 8]));
+    for (k, eni) in (0u8..).zip(&mut node.interfaces) {
+        let prefix = ipnet::Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 96 + 16 * k), 28);
+        eni.ipv4_prefixes = vec![prefix.unwrap()];
+    }
+    campaign(NodeOptions::new(node).ipamd_env("ENABLE_PREFIX_DELEGATION", "true"));
+}
+
+/// Pods churn on the node of `options` while ipamd is killed and restarted; then everything is
+/// checked (see the module documentation).
+fn campaign(options: NodeOptions) {
     let seed = faults::seed();
     let total_ops: u64 = faults::scale(500, 5000);
     let kill_count: usize = faults::scale(5, 20);
-    let node = start(
-        NodeOptions::new(standard_node(&faults::scale(vec![9; 4], vec![9; 8])))
-            .cooldown_seconds(COOLDOWN.as_secs())
-            .without_ipamd(),
-    );
+    let node = start(options.cooldown_seconds(COOLDOWN.as_secs()).without_ipamd());
     let secondary: BTreeSet<Ipv4Addr> =
-        node.description().all_secondary_ips().into_iter().collect();
+        node.description().all_pod_addresses().into_iter().collect();
     let node_ref: &harness::SimNode = &node;
     let mut ipamd = IpamdSupervisor::new(node_ref);
     must(ipamd.start(Duration::from_secs(60)));
@@ -409,7 +426,7 @@ fn crash_campaign_kill_9_during_pod_churn_loses_and_leaks_nothing() {
     let want_from: BTreeMap<Ipv4Addr, String> = live
         .iter()
         .filter_map(|l| {
-            let table = node.description().owner_of_secondary(l.ip)?.route_table();
+            let table = node.description().owner_of_pod_address(l.ip)?.route_table();
             (table != 254).then(|| (l.ip, table.to_string()))
         })
         .collect();
