@@ -78,10 +78,26 @@ async fn seed(client: &aws_sdk_ec2::Client) -> (String, String, String) {
     (subnet_id, sg_id, instance)
 }
 
-#[test]
-fn every_call_ipamd_makes_works_against_moto() {
+/// What a test on moto gets: moto's URL, the raw SDK client pointed at it, ipamd's client, and
+/// the VPC `seed` made (subnet, security group, instance).
+struct OnMoto {
+    url: String,
+    raw: aws_sdk_ec2::Client,
+    ec2: SdkEc2,
+    subnet: String,
+    sg: String,
+    instance: String,
+}
+
+/// Starts moto in a throwaway namespace named `ns_name`, seeds it, and runs `test` on a thread
+/// inside that namespace.
+fn with_moto<F, Fut>(ns_name: &str, test: F)
+where
+    F: FnOnce(OnMoto) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     require_root().unwrap();
-    let ns = Netns::new("moto").unwrap();
+    let ns = Netns::new(ns_name).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let moto = MotoServer::start(
         &ns,
@@ -89,12 +105,37 @@ fn every_call_ipamd_makes_works_against_moto() {
         dir.path(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let moto_url = moto.endpoint();
+    let url = moto.endpoint();
     ns.block_on_in(move || async move {
-        let shared = shared_config(&moto_url);
+        let shared = shared_config(&url);
         let raw = aws_sdk_ec2::Client::new(&shared);
         let (subnet, sg, instance) = seed(&raw).await;
         let ec2 = SdkEc2::from_shared_config(&shared, None);
+        test(OnMoto {
+            url,
+            raw,
+            ec2,
+            subnet,
+            sg,
+            instance,
+        })
+        .await;
+    })
+    .unwrap();
+    drop(moto);
+}
+
+#[test]
+fn every_call_ipamd_makes_works_against_moto() {
+    with_moto("moto", |m| async move {
+        let OnMoto {
+            url: moto_url,
+            raw,
+            ec2,
+            subnet,
+            sg,
+            instance,
+        } = m;
 
         // DescribeSubnets with subnet discovery's filters, tags and free addresses.
         let vpc_id = raw
@@ -331,9 +372,7 @@ fn every_call_ipamd_makes_works_against_moto() {
             .await
             .unwrap_err();
         assert_eq!(refused.kind, Ec2ErrorKind::Transport, "{refused:?}");
-    })
-    .unwrap();
-    drop(moto);
+    });
 }
 
 /// Prefix delegation through the SDK against moto with the launcher's prefix extension: an ENI
@@ -341,21 +380,15 @@ fn every_call_ipamd_makes_works_against_moto() {
 /// `InsufficientCidrBlocks`, which ipamd tells apart from a full subnet.
 #[test]
 fn prefixes_round_trip_against_moto() {
-    require_root().unwrap();
-    let ns = Netns::new("motopd").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let moto = MotoServer::start(
-        &ns,
-        SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT),
-        dir.path(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let moto_url = moto.endpoint();
-    ns.block_on_in(move || async move {
-        let shared = shared_config(&moto_url);
-        let raw = aws_sdk_ec2::Client::new(&shared);
-        let (subnet, sg, instance) = seed(&raw).await;
-        let ec2 = SdkEc2::from_shared_config(&shared, None);
+    with_moto("motopd", |m| async move {
+        let OnMoto {
+            raw,
+            ec2,
+            subnet,
+            sg,
+            instance,
+            ..
+        } = m;
         let eni = ec2
             .create_network_interface(&CreateEni {
                 subnet_id: subnet.clone(),
@@ -420,7 +453,5 @@ fn prefixes_round_trip_against_moto() {
         // Secondary addresses still come: ipamd's fallback.
         let fallback = ec2.assign_private_ip_addresses(&eni.id, 2).await.unwrap();
         assert!(fallback.len() >= 2, "{fallback:?}");
-    })
-    .unwrap();
-    drop(moto);
+    });
 }

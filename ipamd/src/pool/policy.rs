@@ -60,6 +60,16 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// `WARM_ENI_TARGET`, `WARM_IP_TARGET` and `MINIMUM_IP_TARGET`, without `WARM_PREFIX_TARGET`.
+    pub const fn new(warm_eni: u32, warm_ip: u32, minimum_ip: u32) -> Self {
+        Self {
+            warm_eni,
+            warm_ip,
+            minimum_ip,
+            warm_prefix: 0,
+        }
+    }
+
     /// Whether `WARM_IP_TARGET` or `MINIMUM_IP_TARGET` is set (they override `WARM_ENI_TARGET`
     /// and `WARM_PREFIX_TARGET`).
     pub fn ip_targets_defined(&self) -> bool {
@@ -438,12 +448,7 @@ mod tests {
     }
 
     fn targets(warm_eni: u32, warm_ip: u32, minimum_ip: u32) -> Targets {
-        Targets {
-            warm_eni,
-            warm_ip,
-            minimum_ip,
-            warm_prefix: 0,
-        }
+        Targets::new(warm_eni, warm_ip, minimum_ip)
     }
 
     fn prefix_targets(warm_prefix: u32, warm_ip: u32, minimum_ip: u32) -> Targets {

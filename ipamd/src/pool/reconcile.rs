@@ -199,52 +199,60 @@ pub struct Applied {
     pub enis_removed: usize,
 }
 
+/// Logs one change metadata asked for (`what` appeared or vanished, `done` added to or
+/// removed from the pool, or why not); returns the addresses it moved (`weight`, or 0).
+fn applied_one(
+    result: Result<(), DatastoreError>,
+    eni: &str,
+    item: &dyn std::fmt::Display,
+    weight: usize,
+    what: &str,
+    done: &str,
+) -> usize {
+    let seen = if done == "added to" {
+        "appeared in"
+    } else {
+        "vanished from"
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(%eni, item = %item, "{what} {seen} instance metadata; {done} the pool");
+            weight
+        }
+        Err(e) => {
+            tracing::warn!(%eni, item = %item, error = %e, "{what} that {seen} instance metadata not {done} the pool");
+            0
+        }
+    }
+}
+
 /// Applies the address changes and drops vanished ENIs that no pod uses (new ENIs are added by
 /// the caller once their host link is set up). Logs every change.
 pub fn apply(ds: &mut Datastore, diff: &Diff) -> Applied {
     let mut applied = Applied::default();
     for (eni, ip) in &diff.added_ips {
-        match ds.add_ip(eni, *ip) {
-            Ok(()) => {
-                applied.added += 1;
-                tracing::info!(%eni, %ip, "secondary IP appeared in instance metadata; added to the pool");
-            }
-            Err(e) => {
-                tracing::warn!(%eni, %ip, error = %e, "secondary IP from instance metadata not added")
-            }
-        }
+        applied.added += applied_one(ds.add_ip(eni, *ip), eni, ip, 1, "secondary IP", "added to");
     }
     for (eni, ip) in &diff.removed_ips {
-        match ds.remove_ip(*ip) {
-            Ok(()) => {
-                applied.removed += 1;
-                tracing::info!(%eni, %ip, "secondary IP vanished from instance metadata; removed from the pool");
-            }
-            Err(e) => tracing::warn!(%eni, %ip, error = %e, "vanished secondary IP not removed"),
-        }
+        applied.removed += applied_one(
+            ds.remove_ip(*ip),
+            eni,
+            ip,
+            1,
+            "secondary IP",
+            "removed from",
+        );
     }
     for (eni, ip, key) in &diff.kept_assigned {
         tracing::warn!(%eni, %ip, %key, "instance metadata no longer lists this IP but a pod holds it; keeping it (metadata may lag)");
     }
     for (eni, prefix) in &diff.added_prefixes {
-        match ds.add_prefix(eni, *prefix) {
-            Ok(()) => {
-                applied.added += 16;
-                tracing::info!(%eni, %prefix, "prefix appeared in instance metadata; added to the pool");
-            }
-            Err(e) => {
-                tracing::warn!(%eni, %prefix, error = %e, "prefix from instance metadata not added")
-            }
-        }
+        let done = ds.add_prefix(eni, *prefix);
+        applied.added += applied_one(done, eni, prefix, 16, "prefix", "added to");
     }
     for (eni, prefix) in &diff.removed_prefixes {
-        match ds.remove_prefix(eni, *prefix) {
-            Ok(()) => {
-                applied.removed += 16;
-                tracing::info!(%eni, %prefix, "prefix vanished from instance metadata; removed from the pool");
-            }
-            Err(e) => tracing::warn!(%eni, %prefix, error = %e, "vanished prefix not removed"),
-        }
+        let done = ds.remove_prefix(eni, *prefix);
+        applied.removed += applied_one(done, eni, prefix, 16, "prefix", "removed from");
     }
     for (eni, prefix) in &diff.kept_prefixes {
         tracing::warn!(%eni, %prefix, "instance metadata no longer lists this prefix but pods use it; keeping it (metadata may lag)");

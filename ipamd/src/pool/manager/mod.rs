@@ -42,7 +42,7 @@ use crate::cloud::ec2_client::Ec2Health;
 use crate::cloud::imds::Imds;
 use crate::cloud::metadata::{EniMetadata, InstanceMetadata};
 use crate::config::Config;
-use crate::datastore::Clock;
+use crate::datastore::{Clock, Datastore, DatastoreError};
 use crate::limits;
 use crate::mac::MacAddr;
 use crate::metrics::IpamdMetrics;
@@ -210,6 +210,52 @@ enum CreateFailed {
     /// Prefixes were asked for and no candidate subnet has a free aligned /28
     /// (`InsufficientCidrBlocks`): nothing was created.
     Fragmented,
+}
+
+/// One address slot of an ENI the pool gives back: a secondary address or a delegated prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// A secondary address.
+    Ip(Ipv4Addr),
+    /// A /28 prefix.
+    Prefix(Ipv4Net),
+}
+
+impl Slot {
+    fn ip(self) -> Option<Ipv4Addr> {
+        match self {
+            Self::Ip(ip) => Some(ip),
+            Self::Prefix(_) => None,
+        }
+    }
+
+    fn prefix(self) -> Option<Ipv4Net> {
+        match self {
+            Self::Prefix(p) => Some(p),
+            Self::Ip(_) => None,
+        }
+    }
+
+    /// The addresses it holds.
+    fn addresses(self) -> Vec<Ipv4Addr> {
+        match self {
+            Self::Ip(ip) => vec![ip],
+            Self::Prefix(p) => {
+                let first = u32::from(p.network());
+                (0..=u32::from(p.hostmask()))
+                    .map(|k| Ipv4Addr::from(first + k))
+                    .collect()
+            }
+        }
+    }
+
+    /// Back into the pool (EC2 did not take it).
+    fn put_back(self, ds: &mut Datastore, eni: &str) -> Result<(), DatastoreError> {
+        match self {
+            Self::Ip(ip) => ds.add_ip(eni, ip),
+            Self::Prefix(p) => ds.add_prefix(eni, p),
+        }
+    }
 }
 
 /// The pool manager. See the module documentation.
@@ -696,11 +742,8 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             .state
             .with_datastore(|ds| reconcile::add_prefixes(ds, eni, prefixes))
             .await;
-        for prefix in &added {
-            let first = u32::from(prefix.network());
-            for k in 0..16 {
-                self.released.remove(&Ipv4Addr::from(first + k));
-            }
+        for ip in added.iter().flat_map(|p| Slot::Prefix(*p).addresses()) {
+            self.released.remove(&ip);
         }
         let n = u32::try_from(added.len())
             .unwrap_or(u32::MAX)
@@ -833,8 +876,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 (ips, prefixes)
             })
             .await;
-        let released = self.give_back_ips(ips).await;
-        released + self.give_back_prefixes(prefixes).await
+        let slots = ips
+            .into_iter()
+            .map(|(eni, ip)| (eni, Slot::Ip(ip)))
+            .chain(prefixes.into_iter().map(|(eni, p)| (eni, Slot::Prefix(p))));
+        self.give_back(slots.collect()).await
     }
 
     /// Whether the free addresses of the kind the mode does not grow by may go (fallback /32s
@@ -881,71 +927,41 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         policy::shortfall(without, self.cfg.targets, cap) == 0
     }
 
-    /// `UnassignPrivateIpAddresses` for addresses taken out of the pool, by ENI; on failure
-    /// they go back into the pool. Returns how many EC2 took back.
-    async fn give_back_ips(&mut self, taken: Vec<(String, Ipv4Addr)>) -> u32 {
-        let mut by_eni: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
-        for (eni, ip) in taken {
-            by_eni.entry(eni).or_default().push(ip);
+    /// `UnassignPrivateIpAddresses` for what was taken out of the pool (secondary addresses, or
+    /// prefixes with `Ipv4Prefix.N`), by ENI and kind; on failure it goes back into the pool.
+    /// Returns how many addresses EC2 took back.
+    async fn give_back(&mut self, taken: Vec<(String, Slot)>) -> u32 {
+        let mut by_eni: HashMap<(String, bool), Vec<Slot>> = HashMap::new();
+        for (eni, slot) in taken {
+            let is_prefix = matches!(slot, Slot::Prefix(_));
+            by_eni.entry((eni, is_prefix)).or_default().push(slot);
         }
         let mut released = 0;
-        for (eni, ips) in by_eni {
-            match self.ec2.unassign_private_ip_addresses(&eni, &ips).await {
+        for ((eni, is_prefix), slots) in by_eni {
+            let result = if is_prefix {
+                let prefixes: Vec<Ipv4Net> = slots.iter().filter_map(|s| s.prefix()).collect();
+                self.ec2.unassign_ipv4_prefixes(&eni, &prefixes).await
+            } else {
+                let ips: Vec<Ipv4Addr> = slots.iter().filter_map(|s| s.ip()).collect();
+                self.ec2.unassign_private_ip_addresses(&eni, &ips).await
+            };
+            match result {
                 Ok(()) => {
                     let at = self.clock.now();
-                    for ip in &ips {
-                        self.released.insert(*ip, at);
+                    for ip in slots.iter().flat_map(|s| s.addresses()) {
+                        self.released.insert(ip, at);
+                        released += 1;
                     }
-                    released += u32::try_from(ips.len()).unwrap_or(u32::MAX);
-                    tracing::info!(%eni, ips = ?ips, "IPs beyond the warm targets given back to EC2");
+                    tracing::info!(%eni, given_back = ?slots, "addresses beyond the warm targets given back to EC2");
                 }
                 Err(e) => {
                     self.count_error("decreaseIPPoolFreeIPsFailed");
-                    tracing::warn!(%eni, ips = ?ips, error = %e, "cannot give IPs back to EC2; keeping them in the pool");
+                    tracing::warn!(%eni, slots = ?slots, error = %e, "cannot give addresses back to EC2; keeping them in the pool");
                     self.state
                         .with_datastore(|ds| {
-                            for ip in &ips {
-                                if let Err(e) = ds.add_ip(&eni, *ip) {
-                                    tracing::warn!(%eni, %ip, error = %e, "address not put back");
-                                }
-                            }
-                        })
-                        .await;
-                }
-            }
-        }
-        released
-    }
-
-    /// `UnassignPrivateIpAddresses` with `Ipv4Prefix.N` for prefixes taken out of the pool, by
-    /// ENI; on failure they go back into the pool. Returns how many addresses EC2 took back.
-    async fn give_back_prefixes(&mut self, taken: Vec<(String, Ipv4Net)>) -> u32 {
-        let mut by_eni: HashMap<String, Vec<Ipv4Net>> = HashMap::new();
-        for (eni, prefix) in taken {
-            by_eni.entry(eni).or_default().push(prefix);
-        }
-        let mut released = 0;
-        for (eni, prefixes) in by_eni {
-            match self.ec2.unassign_ipv4_prefixes(&eni, &prefixes).await {
-                Ok(()) => {
-                    let at = self.clock.now();
-                    for p in &prefixes {
-                        let first = u32::from(p.network());
-                        for k in 0..16 {
-                            self.released.insert(Ipv4Addr::from(first + k), at);
-                        }
-                    }
-                    released += 16 * u32::try_from(prefixes.len()).unwrap_or(u32::MAX);
-                    tracing::info!(%eni, prefixes = ?prefixes, "prefixes beyond the warm targets given back to EC2");
-                }
-                Err(e) => {
-                    self.count_error("decreaseIPPoolFreeIPsFailed");
-                    tracing::warn!(%eni, prefixes = ?prefixes, error = %e, "cannot give prefixes back to EC2; keeping them in the pool");
-                    self.state
-                        .with_datastore(|ds| {
-                            for p in &prefixes {
-                                if let Err(e) = ds.add_prefix(&eni, *p) {
-                                    tracing::warn!(%eni, prefix = %p, error = %e, "prefix not put back");
+                            for slot in &slots {
+                                if let Err(e) = slot.put_back(ds, &eni) {
+                                    tracing::warn!(%eni, ?slot, error = %e, "not put back");
                                 }
                             }
                         })

@@ -300,27 +300,7 @@ impl Ec2Api for FakeEc2 {
         ips: &[Ipv4Addr],
     ) -> Result<(), Ec2Error> {
         const API: &str = "UnassignPrivateIpAddresses";
-        let mut w = self.enter(API)?;
-        let Some(eni) = w.enis.get_mut(eni_id) else {
-            return Err(err(
-                API,
-                "InvalidNetworkInterfaceID.NotFound",
-                format!("The networkInterface ID '{eni_id}' does not exist"),
-            ));
-        };
-        for ip in ips {
-            if eni.ips.first() == Some(ip) || !eni.ips.contains(ip) {
-                return Err(err(
-                    API,
-                    "InvalidParameterValue",
-                    format!(
-                        "Some of the specified addresses are not assigned to interface {eni_id}: {ip}"
-                    ),
-                ));
-            }
-        }
-        eni.ips.retain(|ip| !ips.contains(ip));
-        Ok(())
+        self.enter(API)?.unassign(eni_id, ips, &[], API)
     }
 
     async fn assign_ipv4_prefixes(
@@ -338,25 +318,7 @@ impl Ec2Api for FakeEc2 {
         prefixes: &[Ipv4Net],
     ) -> Result<(), Ec2Error> {
         const API: &str = "UnassignPrivateIpAddresses";
-        let mut w = self.enter(API)?;
-        let Some(eni) = w.enis.get_mut(eni_id) else {
-            return Err(err(
-                API,
-                "InvalidNetworkInterfaceID.NotFound",
-                format!("The networkInterface ID '{eni_id}' does not exist"),
-            ));
-        };
-        if let Some(p) = prefixes.iter().find(|p| !eni.prefixes.contains(p)) {
-            return Err(err(
-                API,
-                "InvalidParameterValue",
-                format!(
-                    "Some of the specified prefixes are not assigned to interface {eni_id}: {p}"
-                ),
-            ));
-        }
-        eni.prefixes.retain(|p| !prefixes.contains(p));
-        Ok(())
+        self.enter(API)?.unassign(eni_id, &[], prefixes, API)
     }
 
     async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<(), Ec2Error> {

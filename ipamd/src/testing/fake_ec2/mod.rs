@@ -499,19 +499,63 @@ impl World {
             .map_or((2, 2), |l| (l.max_enis, l.ipv4_per_eni))
     }
 
-    fn assign(
+    /// The ENI, or EC2's NotFound error.
+    pub(super) fn eni_mut(
         &mut self,
         eni_id: &str,
-        count: u32,
         api: &'static str,
-    ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
-        let eni = self.enis.get(eni_id).ok_or_else(|| {
+    ) -> Result<&mut FakeEni, Ec2Error> {
+        self.enis.get_mut(eni_id).ok_or_else(|| {
             err(
                 api,
                 "InvalidNetworkInterfaceID.NotFound",
                 format!("The networkInterface ID '{eni_id}' does not exist"),
             )
-        })?;
+        })
+    }
+
+    /// `UnassignPrivateIpAddresses`: every address (never the ENI's own) and prefix must be the
+    /// ENI's, or nothing is freed (`InvalidParameterValue`).
+    pub(super) fn unassign(
+        &mut self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+        prefixes: &[Ipv4Net],
+        api: &'static str,
+    ) -> Result<(), Ec2Error> {
+        let eni = self.eni_mut(eni_id, api)?;
+        let stray_ip = ips
+            .iter()
+            .find(|ip| eni.ips.first() == Some(*ip) || !eni.ips.contains(ip))
+            .map(ToString::to_string);
+        let stray_prefix = prefixes
+            .iter()
+            .find(|p| !eni.prefixes.contains(p))
+            .map(ToString::to_string);
+        if let Some(stray) = stray_ip.or(stray_prefix) {
+            return Err(err(
+                api,
+                "InvalidParameterValue",
+                format!(
+                    "Some of the specified addresses are not assigned to interface {eni_id}: {stray}"
+                ),
+            ));
+        }
+        eni.ips.retain(|ip| !ips.contains(ip));
+        eni.prefixes.retain(|p| !prefixes.contains(p));
+        Ok(())
+    }
+
+    /// Checks that the ENI has `count` free address slots (secondary addresses and prefixes
+    /// each take one, within the instance type's IPv4 addresses per ENI); returns its subnet's
+    /// id and description and the addresses ENIs hold in it.
+    fn room_for(
+        &mut self,
+        eni_id: &str,
+        count: u32,
+        api: &'static str,
+    ) -> Result<(String, Subnet, BTreeSet<Ipv4Addr>), Ec2Error> {
+        let eni = self.eni_mut(eni_id, api)?.clone();
         let limit = match &eni.attachment {
             Some(a) => self.limits_of(&a.instance).1,
             None => 50,
@@ -526,6 +570,16 @@ impl World {
         }
         let subnet = self.subnets.get(&eni.subnet_id).cloned().unwrap();
         let used = self.used_in(&eni.subnet_id);
+        Ok((eni.subnet_id, subnet, used))
+    }
+
+    fn assign(
+        &mut self,
+        eni_id: &str,
+        count: u32,
+        api: &'static str,
+    ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+        let (subnet_id, subnet, used) = self.room_for(eni_id, count, api)?;
         let mut fresh = Vec::new();
         for ip in subnet.cidr.hosts() {
             if fresh.len() == count as usize {
@@ -535,26 +589,51 @@ impl World {
                 fresh.push(ip);
             }
         }
-        let capacity = subnet.capacity.unwrap_or(usize::MAX);
-        if fresh.len() < count as usize || capacity < count as usize {
-            return Err(err(
-                api,
-                "InsufficientFreeAddressesInSubnet",
-                format!(
-                    "The specified subnet {} does not have enough free addresses to satisfy the request.",
-                    eni.subnet_id
-                ),
-            ));
-        }
-        if let Some(c) = self
-            .subnets
-            .get_mut(&eni.subnet_id)
-            .and_then(|s| s.capacity.as_mut())
-        {
-            *c -= fresh.len();
-        }
+        let found = fresh.len() == count as usize;
+        self.take_capacity(&subnet_id, found, count as usize, api, false)?;
         self.enis.get_mut(eni_id).unwrap().ips.extend(&fresh);
         Ok(fresh)
+    }
+
+    /// Takes `addresses` from the subnet's injected capacity, or fails as EC2 does when they
+    /// were not `found` or the capacity is short: `InsufficientCidrBlocks` for prefixes,
+    /// `InsufficientFreeAddressesInSubnet` for addresses.
+    fn take_capacity(
+        &mut self,
+        subnet_id: &str,
+        found: bool,
+        addresses: usize,
+        api: &'static str,
+        prefixes: bool,
+    ) -> Result<(), Ec2Error> {
+        let capacity = self
+            .subnets
+            .get_mut(subnet_id)
+            .and_then(|s| s.capacity.as_mut());
+        let short = capacity.as_ref().is_some_and(|c| **c < addresses);
+        if !found || short {
+            return Err(if prefixes {
+                err(
+                    api,
+                    "InsufficientCidrBlocks",
+                    format!(
+                        "There are not enough free cidr blocks in the specified subnet {subnet_id} to satisfy the request."
+                    ),
+                )
+            } else {
+                err(
+                    api,
+                    "InsufficientFreeAddressesInSubnet",
+                    format!(
+                        "The specified subnet {subnet_id} does not have enough free addresses to satisfy the request."
+                    ),
+                )
+            });
+        }
+        if let Some(c) = capacity {
+            *c -= addresses;
+        }
+        Ok(())
     }
 
     /// Every address ENIs hold in the subnet, their prefixes' included.
@@ -580,27 +659,7 @@ impl World {
         count: u32,
         api: &'static str,
     ) -> Result<Vec<Ipv4Net>, Ec2Error> {
-        let eni = self.enis.get(eni_id).ok_or_else(|| {
-            err(
-                api,
-                "InvalidNetworkInterfaceID.NotFound",
-                format!("The networkInterface ID '{eni_id}' does not exist"),
-            )
-        })?;
-        let limit = match &eni.attachment {
-            Some(a) => self.limits_of(&a.instance).1,
-            None => 50,
-        };
-        let have = u32::try_from(eni.ips.len() + eni.prefixes.len()).unwrap();
-        if have + count > limit {
-            return Err(err(
-                api,
-                "PrivateIpAddressLimitExceeded",
-                format!("Number of private addresses will exceed limit of {limit} for {eni_id}"),
-            ));
-        }
-        let subnet = self.subnets.get(&eni.subnet_id).cloned().unwrap();
-        let used = self.used_in(&eni.subnet_id);
+        let (subnet_id, subnet, used) = self.room_for(eni_id, count, api)?;
         let fresh: Vec<Ipv4Net> = subnet
             .cidr
             .subnets(28)
@@ -615,24 +674,8 @@ impl World {
             })
             .take(count as usize)
             .collect();
-        let capacity = subnet.capacity.unwrap_or(usize::MAX);
-        if fresh.len() < count as usize || capacity < 16 * count as usize {
-            return Err(err(
-                api,
-                "InsufficientCidrBlocks",
-                format!(
-                    "There are not enough free cidr blocks in the specified subnet {} to satisfy the request.",
-                    eni.subnet_id
-                ),
-            ));
-        }
-        if let Some(c) = self
-            .subnets
-            .get_mut(&eni.subnet_id)
-            .and_then(|s| s.capacity.as_mut())
-        {
-            *c -= 16 * fresh.len();
-        }
+        let found = fresh.len() == count as usize;
+        self.take_capacity(&subnet_id, found, 16 * count as usize, api, true)?;
         self.enis.get_mut(eni_id).unwrap().prefixes.extend(&fresh);
         Ok(fresh)
     }

@@ -38,12 +38,7 @@ struct World {
 }
 
 fn targets(warm_eni: u32, warm_ip: u32, minimum_ip: u32) -> Targets {
-    Targets {
-        warm_eni,
-        warm_ip,
-        minimum_ip,
-        warm_prefix: 0,
-    }
+    Targets::new(warm_eni, warm_ip, minimum_ip)
 }
 
 fn config(t: Targets) -> ManagerConfig {

@@ -61,6 +61,16 @@ impl World {
         assert_eq!(pool, ec2, "the pool and EC2 disagree on prefixes");
     }
 
+    /// Adds `n` pods one at a time, a manager cycle after each, and checks after every cycle
+    /// that no ENI uses more than `slots` address slots.
+    async fn add_pods_cycling(&mut self, m: &mut Manager, n: u32, slots: usize) {
+        for _ in 0..n {
+            self.add_pod().await.unwrap();
+            m.cycle().await;
+            self.assert_slots_within(3, slots);
+        }
+    }
+
     /// Every attached ENI uses at most `slots` address slots (secondary addresses + prefixes).
     fn assert_slots_within(&self, max_enis: usize, slots: usize) {
         let enis = self.ec2.attached(&self.instance);
@@ -78,11 +88,7 @@ async fn m5_large_serves_110_pods_from_prefixes_of_the_primary_eni() {
     m.grow().await;
     assert_eq!(w.pool().await, (1, 16), "one warm prefix at start");
     assert_eq!(w.ec2_prefix_shape(), (1, 1, 0));
-    for _ in 0..110 {
-        w.add_pod().await.unwrap();
-        m.cycle().await;
-        w.assert_slots_within(3, 9);
-    }
+    w.add_pods_cycling(&mut m, 110, 9).await;
     // 110 pods on 7 prefixes (112 addresses): at max pods the pool stops growing.
     assert_eq!(w.ec2_prefix_shape(), (1, 7, 0));
     assert_eq!(w.pool().await, (1, 112));
@@ -104,10 +110,7 @@ async fn m5_large_serves_110_pods_from_prefixes_of_the_primary_eni() {
 async fn deleting_pods_gives_prefixes_back_down_to_the_warm_target() {
     let (mut w, mut m) = start_pd("m5.large", pd_targets(1, 0, 0)).await;
     m.grow().await;
-    for _ in 0..40 {
-        w.add_pod().await.unwrap();
-        m.cycle().await;
-    }
+    w.add_pods_cycling(&mut m, 40, 9).await;
     assert_eq!(
         w.ec2_prefix_shape(),
         (1, 4, 0),
@@ -167,11 +170,7 @@ async fn a_new_eni_comes_with_prefixes_when_the_primary_is_full() {
     // t3.small: 3 slots per ENI, max pods 110 with prefixes.
     let (mut w, mut m) = start_pd("t3.small", pd_targets(1, 0, 0)).await;
     m.grow().await;
-    for _ in 0..48 {
-        w.add_pod().await.unwrap();
-        m.cycle().await;
-        w.assert_slots_within(3, 3);
-    }
+    w.add_pods_cycling(&mut m, 48, 3).await;
     // 48 pods fill the primary's 3 prefixes; the warm prefix is on a new ENI.
     assert_eq!(w.ec2_prefix_shape(), (2, 4, 0));
     assert_eq!(w.ec2.calls("CreateNetworkInterface"), 1);
