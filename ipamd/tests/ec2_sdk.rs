@@ -10,7 +10,8 @@ use std::time::Duration;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 use aws_sdk_ec2::types as sdk;
 use ipamd::cloud::ec2::{
-    CreateEni, Ec2Api, Ec2ErrorKind, EniStatus, Filter, INSTANCE_ID_TAG, Platform, Tags,
+    CreateEni, Ec2Api, Ec2ErrorKind, EniStatus, Filter, INSTANCE_ID_TAG, NetworkInterface,
+    Platform, Tags,
 };
 use ipamd::cloud::ec2_sdk::SdkEc2;
 use ipnet::Ipv4Net;
@@ -76,6 +77,14 @@ async fn seed(client: &aws_sdk_ec2::Client) -> (String, String, String) {
         .unwrap();
     let instance = run.instances()[0].instance_id().unwrap().to_owned();
     (subnet_id, sg_id, instance)
+}
+
+/// The ENI `id` as DescribeNetworkInterfaces shows it.
+async fn describe_one(ec2: &SdkEc2, id: &str) -> NetworkInterface {
+    ec2.describe_network_interfaces(&[id.to_owned()])
+        .await
+        .unwrap()
+        .remove(0)
 }
 
 /// What a test on moto gets: moto's URL, the raw SDK client pointed at it, ipamd's client, and
@@ -275,11 +284,7 @@ fn every_call_ipamd_makes_works_against_moto() {
                 .any(|e| e.eni_id == eni.id && e.device_index == 1),
             "{inst:?}"
         );
-        let described = ec2
-            .describe_network_interfaces(std::slice::from_ref(&eni.id))
-            .await
-            .unwrap();
-        let d = &described[0];
+        let d = &describe_one(&ec2, &eni.id).await;
         assert_eq!(d.status, EniStatus::InUse);
         let att = d.attachment.as_ref().unwrap();
         assert_eq!(att.attachment_id, attachment);
@@ -289,11 +294,7 @@ fn every_call_ipamd_makes_works_against_moto() {
         // moto reports all of the ENI's addresses after an assign; EC2 only the new ones.
         let before: Vec<Ipv4Addr> = d.private_ips.clone();
         let reported = ec2.assign_private_ip_addresses(&eni.id, 1).await.unwrap();
-        let now = ec2
-            .describe_network_interfaces(std::slice::from_ref(&eni.id))
-            .await
-            .unwrap()
-            .remove(0);
+        let now = describe_one(&ec2, &eni.id).await;
         assert_eq!(now.private_ips.len(), 4);
         let new: Vec<Ipv4Addr> = now
             .private_ips
@@ -306,11 +307,7 @@ fn every_call_ipamd_makes_works_against_moto() {
         ec2.unassign_private_ip_addresses(&eni.id, &new)
             .await
             .unwrap();
-        let now = ec2
-            .describe_network_interfaces(std::slice::from_ref(&eni.id))
-            .await
-            .unwrap()
-            .remove(0);
+        let now = describe_one(&ec2, &eni.id).await;
         assert_eq!(now.private_ips, before);
 
         ec2.create_tags(
@@ -345,11 +342,7 @@ fn every_call_ipamd_makes_works_against_moto() {
         assert_eq!(e.code, "InvalidNetworkInterfaceID.NotFound");
 
         ec2.detach_network_interface(&attachment).await.unwrap();
-        let d = ec2
-            .describe_network_interfaces(std::slice::from_ref(&eni.id))
-            .await
-            .unwrap()
-            .remove(0);
+        let d = describe_one(&ec2, &eni.id).await;
         assert_eq!(d.status, EniStatus::Available);
         assert!(d.attachment.is_none());
         ec2.delete_network_interface(&eni.id).await.unwrap();
@@ -405,11 +398,7 @@ fn prefixes_round_trip_against_moto() {
         assert_eq!(eni.ipv4_prefixes.len(), 1, "{eni:?}");
         let added = ec2.assign_ipv4_prefixes(&eni.id, 2).await.unwrap();
         assert_eq!(added.len(), 2);
-        let shown = ec2
-            .describe_network_interfaces(std::slice::from_ref(&eni.id))
-            .await
-            .unwrap()
-            .remove(0);
+        let shown = describe_one(&ec2, &eni.id).await;
         assert_eq!(shown.ipv4_prefixes.len(), 3);
         for p in &shown.ipv4_prefixes {
             assert_eq!(p.prefix_len(), 28);
@@ -418,11 +407,7 @@ fn prefixes_round_trip_against_moto() {
         ec2.unassign_ipv4_prefixes(&eni.id, &added[..1])
             .await
             .unwrap();
-        let shown = ec2
-            .describe_network_interfaces(std::slice::from_ref(&eni.id))
-            .await
-            .unwrap()
-            .remove(0);
+        let shown = describe_one(&ec2, &eni.id).await;
         assert_eq!(shown.ipv4_prefixes.len(), 2);
         assert!(!shown.ipv4_prefixes.contains(&added[0]));
         let bogus: Ipv4Net = "10.0.0.240/28".parse().unwrap();

@@ -144,6 +144,12 @@ pub fn assert_vpc_address(vpc: &VpcFabric, node: &VpcNode, ip: Ipv4Addr) -> EniS
         show_enis(node)
     );
     let eni = eni.unwrap();
+    assert_routed(vpc, node, ip, &eni);
+    eni
+}
+
+/// The VPC router (once in step with moto) routes `ip` to `eni`'s link.
+pub fn assert_routed(vpc: &VpcFabric, node: &VpcNode, ip: Ipv4Addr, eni: &EniState) {
     ok(node, vpc.sync());
     let routes = ok(node, vpc.router().routes("main"));
     let link = harness::vpc::router::router_link_name(&eni.id);
@@ -155,7 +161,6 @@ pub fn assert_vpc_address(vpc: &VpcFabric, node: &VpcNode, ip: Ipv4Addr) -> EniS
         "the VPC router does not route {ip} to {} ({link}): {routes:?}",
         eni.id
     );
-    eni
 }
 
 /// A node spec in EC2 mode.

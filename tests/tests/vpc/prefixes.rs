@@ -59,17 +59,7 @@ fn assert_prefix_address(vpc: &VpcFabric, node: &VpcNode, ip: Ipv4Addr) -> EniSt
         shape(node)
     );
     let eni = eni.unwrap();
-    ok(node, vpc.sync());
-    let routes = ok(node, vpc.router().routes("main"));
-    let link = harness::vpc::router::router_link_name(&eni.id);
-    check!(
-        node,
-        routes
-            .iter()
-            .any(|r| r["dst"] == ip.to_string().as_str() && r["dev"] == link.as_str()),
-        "the VPC router does not route {ip} to {} ({link})",
-        eni.id
-    );
+    crate::assert_routed(vpc, node, ip, &eni);
     eni
 }
 
