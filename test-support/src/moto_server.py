@@ -17,14 +17,19 @@ moto 5.2 differs and the tests (the simulated VPC above all) depend on it:
   it: see prefix_delegation.py (written next to this file). Automatic addresses avoid prefixes and
   subnet CIDR reservations.
 
+For benchmarks it can also play EC2's response times and log every EC2 call (ec2_latency.py,
+configured by the VCNI_EC2_LATENCY* and VCNI_EC2_CALL_LOG variables; off unless set).
+
 Usage: python3 moto_server.py HOST PORT
 """
 
 import ipaddress
+import os
 import random
 import sys
 import threading
 
+import ec2_latency
 import prefix_delegation
 from moto import server
 from moto.ec2.exceptions import EC2ClientError
@@ -180,13 +185,21 @@ _original_detach_response = _Responses.detach_network_interface
 _original_call = server.DomainDispatcherApplication.__call__
 
 
-def _serialized_call(self, environ, start_response):
+def _locked_call(self, environ, start_response):
     with _LOCK:
         _PENDING.clear()
         try:
             return _original_call(self, environ, start_response)
         finally:
             _PENDING.clear()
+
+
+def _serialized_call(self, environ, start_response):
+    # EC2's latency (if configured) is spent before the lock: concurrent calls overlap as on EC2,
+    # while moto's state still changes one request at a time.
+    return ec2_latency.serve(
+        environ, start_response, lambda env, respond: _locked_call(self, env, respond)
+    )
 
 
 eni_models.random_private_ip = _eni_private_ip
@@ -203,4 +216,8 @@ prefix_delegation.install(_held, _PENDING)
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit("usage: moto_server.py HOST PORT")
+    try:
+        ec2_latency.configure(os.environ)
+    except ec2_latency.ConfigError as err:
+        sys.exit(f"moto_server.py: {err}")
     server.main(["-H", sys.argv[1], "-p", sys.argv[2]])
