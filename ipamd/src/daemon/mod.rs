@@ -213,6 +213,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
                 self.config.node_network.exclude_snat_cidrs.clone(),
             ),
         );
+        state.set_add_wait(crate::state::demand::ADD_WAIT);
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let registry = Arc::new(std::mem::take(&mut self.registry));
         let side_servers = self.spawn_http_endpoints(&state, registry, &stop_rx);

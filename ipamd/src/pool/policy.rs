@@ -142,6 +142,10 @@ pub struct Counts {
     pub prefixes: u32,
     /// Prefixes none of whose addresses is assigned.
     pub free_prefixes: u32,
+    /// Pods waiting for an address (beyond the reference: see [`shortfall`]).
+    pub waiting: u32,
+    /// Addresses assigned in the last burst window, counted while pods wait.
+    pub recent: u32,
 }
 
 impl Counts {
@@ -192,13 +196,45 @@ pub fn counts(enis: &[EniState]) -> Counts {
         assigned: enis.iter().map(|e| e.assigned).sum(),
         prefixes: enis.iter().map(|e| e.prefixes).sum(),
         free_prefixes: enis.iter().map(|e| e.free_prefixes).sum(),
+        waiting: 0,
+        recent: 0,
     }
 }
 
 /// How many slots the pool is short of its targets (0 = not too low): what the manager asks
 /// EC2 for, addresses or prefixes (in `WARM_ENI_TARGET` mode a whole ENI's worth), capped at
 /// max pods.
+///
+/// Beyond the reference, when pods wait for an address (a burst found the pool empty): the
+/// waiting pods plus as many again as got an address in the burst window are served first,
+/// then the targets apply to the pool as it will be once they are, in one go. Without waiting
+/// pods this is exactly the reference's computation.
 pub fn shortfall(c: Counts, t: Targets, cap: Capacity) -> u32 {
+    if c.waiting == 0 {
+        return reference_shortfall(c, t, cap);
+    }
+    if c.total >= cap.max_pods {
+        return 0;
+    }
+    let avail = c.available();
+    let wanted = c.waiting.saturating_add(c.recent);
+    let served = wanted.min(avail);
+    let left = avail - served;
+    let after = Counts {
+        assigned: c.assigned + served,
+        free_prefixes: c.free_prefixes.min(left / cap.per_slot.max(1)),
+        waiting: 0,
+        recent: 0,
+        ..c
+    };
+    let room = cap.slots_for(cap.max_pods - c.total);
+    cap.slots_for(wanted - served)
+        .saturating_add(reference_shortfall(after, t, cap))
+        .min(room)
+}
+
+/// [`shortfall`] as the reference computes it, from the pool alone.
+fn reference_shortfall(c: Counts, t: Targets, cap: Capacity) -> u32 {
     if c.total >= cap.max_pods {
         return 0;
     }
@@ -826,6 +862,53 @@ mod tests {
     }
 
     #[test]
+    fn waiting_pods_are_served_in_one_go_then_the_targets_apply() {
+        /// m5.large with prefix delegation: 3 ENIs × 9 prefixes, max pods 110.
+        const M5_LARGE_PD: Capacity = Capacity {
+            max_enis: 3,
+            ips_per_eni: 144,
+            max_pods: 110,
+            unmanaged_enis: 0,
+            per_slot: 16,
+        };
+        const M5_LARGE: Capacity = Capacity {
+            max_enis: 3,
+            ips_per_eni: 9,
+            max_pods: 29,
+            unmanaged_enis: 0,
+            per_slot: 1,
+        };
+        let burst = |total, assigned, free_prefixes, waiting, recent| Counts {
+            total,
+            assigned,
+            prefixes: total / 16,
+            free_prefixes,
+            waiting,
+            recent,
+        };
+        let pd = prefix_targets(1, 0, 0);
+        // Without waiting pods: the reference (one prefix for WARM_PREFIX_TARGET=1).
+        assert_eq!(shortfall(burst(16, 16, 0, 0, 0), pd, M5_LARGE_PD), 1);
+        // 16 pods took the warm prefix, 16 wait: 16 + 16 more of the burst, then one warm
+        // prefix.
+        assert_eq!(shortfall(burst(16, 16, 0, 16, 16), pd, M5_LARGE_PD), 3);
+        // Never past max pods: 64 addresses, 16 wait, 48 came recently: 3 prefixes reach 112.
+        assert_eq!(shortfall(burst(64, 64, 0, 16, 48), pd, M5_LARGE_PD), 3);
+        assert_eq!(shortfall(burst(112, 100, 0, 10, 10), pd, M5_LARGE_PD), 0);
+        // Waiting pods that the free addresses cover: only the warm target is asked for.
+        assert_eq!(shortfall(burst(32, 16, 1, 4, 4), pd, M5_LARGE_PD), 1);
+        // Secondary IPs, WARM_ENI_TARGET=1: 18 addresses taken, 11 wait, 18 came: a whole
+        // ENI's worth on top of the 29 wanted, capped at max pods.
+        let eni = targets(1, 0, 0);
+        assert_eq!(shortfall(burst(18, 18, 0, 11, 18), eni, M5_LARGE), 11);
+        // WARM_IP_TARGET=2: the waiting pods and the burst, plus 2.
+        assert_eq!(
+            shortfall(burst(10, 10, 0, 3, 4), targets(0, 2, 0), M5_LARGE),
+            9
+        );
+    }
+
+    #[test]
     fn reference_prefix_worked_examples() {
         // docs/prefix-and-ip-target.md, t3.small (3 ENIs × 3 prefixes).
         let cases: [(Targets, u32, &[usize]); 12] = [
@@ -857,6 +940,7 @@ mod tests {
             assigned,
             prefixes: total / 16,
             free_prefixes,
+            ..Counts::default()
         };
         let cases = [
             // WARM_PREFIX_TARGET=1: a whole free prefix's worth of addresses available.
@@ -889,6 +973,7 @@ mod tests {
             assigned,
             prefixes,
             free_prefixes,
+            ..Counts::default()
         };
         let cases = [
             // WARM_PREFIX_TARGET: free prefixes beyond it.

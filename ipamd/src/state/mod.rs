@@ -5,9 +5,11 @@
 //! so the file never lags behind what pods were told. Writes are group commits made outside the
 //! pool lock ([`crate::journal`]).
 
+pub mod demand;
+
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ipnet::Ipv4Net;
 use thiserror::Error;
@@ -16,6 +18,8 @@ use tokio::sync::Notify;
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::datastore::{Assignment, Datastore, IpamKey, NoAssignableIp, PodMetadata, Stats};
 use crate::journal::{Change, Journal, Settle};
+
+use self::demand::Demand;
 
 /// Network name the reference used for allocations migrated from the CRI (before v1.12).
 pub const LEGACY_NETWORK_NAME: &str = "_migrated-from-cri";
@@ -160,6 +164,8 @@ pub struct IpamState {
     node: RwLock<NodeReport>,
     egress: RwLock<PodEgress>,
     pool_wanted: Arc<Notify>,
+    demand: Demand,
+    add_wait: RwLock<Duration>,
 }
 
 impl IpamState {
@@ -171,7 +177,23 @@ impl IpamState {
             node: RwLock::new(NodeReport::default()),
             egress: RwLock::new(PodEgress::default()),
             pool_wanted: Arc::new(Notify::new()),
+            demand: Demand::default(),
+            add_wait: RwLock::new(Duration::ZERO),
         }
+    }
+
+    /// An AddNetwork that finds no address waits up to `wait` while the pool manager can still
+    /// grow the pool (see [`demand`]); zero (the default) fails it at once.
+    pub fn set_add_wait(&self, wait: Duration) {
+        *self
+            .add_wait
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = wait;
+    }
+
+    /// Pods waiting for an address, for the pool manager.
+    pub fn demand(&self) -> &Demand {
+        &self.demand
     }
 
     /// Tells the plugin `external_snat` and that `exclude_snat_cidrs` are not SNATed (besides
@@ -278,20 +300,58 @@ impl IpamState {
         self.journal.rewrite().await
     }
 
-    /// Assigns an address to `key` (the same one again for a repeated key).
+    /// Assigns an address to `key` (the same one again for a repeated key). When none is free
+    /// and the pool manager can still grow the pool, waits up to the add wait for addresses
+    /// to arrive (see [`demand`]).
     ///
     /// # Errors
     /// Not ready, no assignable address, or the checkpoint write failed (rolled back).
     pub async fn add(&self, key: &IpamKey, metadata: PodMetadata) -> Result<Assignment, IpamError> {
-        self.ensure_ready()?;
+        let pod = if metadata.name.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{}", metadata.namespace, metadata.name)
+        };
+        let wait = *self
+            .add_wait
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            self.ensure_ready()?;
+            let grown = self.demand.grown();
+            tokio::pin!(grown);
+            grown.as_mut().enable();
+            match self.try_add(key, metadata.clone(), &pod).await {
+                Err(IpamError::Exhausted(e)) => {
+                    self.demand.wait_for(&pod);
+                    self.pool_wanted.notify_one();
+                    if !self.demand.may_grow() || tokio::time::Instant::now() >= deadline {
+                        return Err(e.into());
+                    }
+                    tokio::select! {
+                        () = &mut grown => {}
+                        () = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_add(
+        &self,
+        key: &IpamKey,
+        metadata: PodMetadata,
+        pod: &str,
+    ) -> Result<Assignment, IpamError> {
         let mut pool = self.journal.lock(Settle::Keys(&[key])).await;
-        let (assignment, is_new) = pool
-            .datastore()
-            .assign(key, metadata)
-            .inspect_err(|_| self.pool_wanted.notify_one())?;
+        let (assignment, is_new) = pool.datastore().assign(key, metadata)?;
         if !is_new {
             return Ok(assignment);
         }
+        // Under the pool lock, so the pool manager never sees the pod both waiting and served.
+        self.demand.served(pod);
         pool.commit(Change::Assigned(assignment.clone()))
             .await
             .map_err(|source| IpamError::Checkpoint {

@@ -571,11 +571,13 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
 
     /// The managed ENIs as the policy sees them, and the pool's counts.
     async fn snapshot(&mut self) -> (Vec<EniState>, Counts) {
-        let (views, prefix_mode) = self
+        let state = Arc::clone(&self.state);
+        let (views, prefix_mode, demand) = self
             .state
             .with_datastore(|ds| {
                 ds.stats();
-                (ds.enis(), ds.prefix_mode())
+                // Under the pool lock: a pod is never both waiting and assigned here.
+                (ds.enis(), ds.prefix_mode(), state.demand().counts())
             })
             .await;
         let now = self.clock.now();
@@ -614,7 +616,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 }
             })
             .collect();
-        let counts = policy::counts(&enis);
+        let counts = Counts {
+            waiting: demand.waiting,
+            recent: demand.recent,
+            ..policy::counts(&enis)
+        };
         (enis, counts)
     }
 
@@ -626,8 +632,15 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             return report;
         };
         let max_steps = cap.max_enis.saturating_mul(2).saturating_add(4);
+        let (mut full, mut announced) = (false, 0);
         for _ in 0..max_steps {
+            if report.ips_added > announced {
+                // Pods waiting in AddNetwork take what the last step added.
+                self.state.demand().pool_grew();
+                announced = report.ips_added;
+            }
             let (enis, counts) = self.snapshot().await;
+            full = counts.total >= cap.max_pods;
             let short = policy::shortfall(counts, self.cfg.targets, cap);
             match policy::next_grow_step(short, &enis, cap) {
                 None => {
@@ -692,10 +705,17 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 },
             }
         }
+        if report.ips_added > announced {
+            self.state.demand().pool_grew();
+        }
         if report.ips_added > 0 {
             // The subnets' free addresses as they are now (the cached counts were lowered).
             self.publish_subnets();
         }
+        // Waiting AddNetworks give up at once when nothing more can come.
+        self.state
+            .demand()
+            .set_may_grow(!full && !report.at_limit && !report.subnet_backoff);
         report
     }
 
@@ -998,8 +1018,8 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
     }
 
     /// One cycle: reconcile (metadata, and the subnets when their report is due), then grow,
-    /// or shrink, then free at most one ENI.
-    pub async fn cycle(&mut self) {
+    /// or shrink, then free at most one ENI. Returns whether the pool grew without a failure.
+    pub async fn cycle(&mut self) -> bool {
         self.refresh_limits().await;
         self.retry_removals().await;
         self.reconcile().await;
@@ -1011,22 +1031,27 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         }
         self.free_one_eni().await;
         self.publish_unmanaged();
+        report.ips_added > 0 && !report.failed
     }
 
     /// Runs cycles forever: [`Timings::cycle`] after the end of the last one, or sooner when
     /// `wake` is notified (an assignment found no address), but never less than
-    /// [`Timings::min_gap`] after the end of the last one.
+    /// [`Timings::min_gap`] after the end of the last one unless that one grew the pool (a
+    /// burst goes on: the pods that wait now are served without a pause).
     pub async fn run(&mut self, wake: Arc<Notify>) {
         let mut last = tokio::time::Instant::now();
+        let mut grew = false;
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(last + self.cfg.timings.cycle) => {}
                 () = wake.notified() => {
                     tracing::debug!("an assignment found the pool empty; running a pool cycle now");
-                    tokio::time::sleep_until(last + self.cfg.timings.min_gap).await;
+                    if !grew {
+                        tokio::time::sleep_until(last + self.cfg.timings.min_gap).await;
+                    }
                 }
             }
-            self.cycle().await;
+            grew = self.cycle().await;
             last = tokio::time::Instant::now();
         }
     }

@@ -166,6 +166,39 @@ impl World {
             .map(|a| a.ip)
     }
 
+    /// A burst: `pods` new pods (named, as kubelet's are) ask for addresses at once,
+    /// `concurrency` at a time, while the manager runs its cycles as in the daemon and every
+    /// AddNetwork may wait `wait` for the pool to grow. Returns each pod's answer, in order.
+    async fn burst(
+        &mut self,
+        m: &mut Manager,
+        pods: u32,
+        concurrency: usize,
+        wait: Duration,
+    ) -> Vec<Result<Ipv4Addr, IpamError>> {
+        self.state.set_add_wait(wait);
+        let first = self.pods + 1;
+        self.pods += pods;
+        let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let asks = (first..first + pods).map(|n| {
+            let (state, gate) = (Arc::clone(&self.state), Arc::clone(&gate));
+            async move {
+                let _turn = gate.acquire().await.unwrap();
+                let pod = PodMetadata {
+                    namespace: "default".into(),
+                    name: format!("pod-{n}"),
+                    interfaces_count: 1,
+                };
+                state.add(&key(n), pod).await.map(|a| a.ip)
+            }
+        });
+        let all = futures::future::join_all(asks);
+        tokio::select! {
+            () = m.run(self.state.pool_wanted()) => unreachable!("the manager runs forever"),
+            answers = all => answers,
+        }
+    }
+
     /// Adds `n` pods, each of which must get an address.
     async fn add_pods(&mut self, n: u32) {
         for _ in 0..n {
@@ -286,6 +319,31 @@ async fn t3_small_warm_eni_target_reaches_the_reference_numbers() {
         .with_datastore(|ds| ds.enis().iter().map(|e| e.spec.device_number).collect())
         .await;
     assert_eq!(devices, vec![0, 1, 2]);
+}
+
+#[tokio::test]
+async fn a_burst_on_a_cold_node_waits_for_the_new_enis_and_stops_at_the_limit() {
+    // m5.large-type: 3 ENIs × 9 pod addresses. Cold with WARM_ENI_TARGET=1: the primary's 9
+    // addresses are the warm ENI's worth.
+    let (mut w, mut m) = start("m5.large", targets(1, 0, 0)).await;
+    m.grow().await;
+    assert_eq!(w.pool().await, (1, 9));
+    let answers = w.burst(&mut m, 27, 16, Duration::from_secs(20)).await;
+    let ips: BTreeSet<Ipv4Addr> = answers
+        .into_iter()
+        .map(|a| a.expect("every pod of the burst gets an address"))
+        .collect();
+    assert_eq!(ips.len(), 27);
+    assert_eq!(w.pool().await, (3, 27));
+    // The ENI × IP limit: pods beyond it are refused at once, not after the 30 s wait.
+    let started = std::time::Instant::now();
+    let refused = w.burst(&mut m, 2, 2, Duration::from_secs(30)).await;
+    assert!(refused.iter().all(Result::is_err), "{refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "refused only after {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

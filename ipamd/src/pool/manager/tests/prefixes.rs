@@ -196,3 +196,28 @@ async fn xen_instances_keep_secondary_ips_with_prefix_delegation_asked_for() {
     assert!(!limits.prefix_delegation);
     assert_eq!(limits.max_pods, 29);
 }
+
+#[tokio::test]
+async fn a_burst_of_110_pods_on_a_cold_node_waits_for_prefixes_and_takes_few_ec2_calls() {
+    let (mut w, mut m) = start_pd("m5.large", pd_targets(1, 0, 0)).await;
+    m.grow().await;
+    assert_eq!(w.ec2_prefix_shape(), (1, 1, 0), "cold: one warm prefix");
+    let answers = w.burst(&mut m, 110, 16, Duration::from_secs(20)).await;
+    let ips: BTreeSet<Ipv4Addr> = answers
+        .into_iter()
+        .map(|a| a.expect("every pod of the burst gets an address"))
+        .collect();
+    assert_eq!(ips.len(), 110, "no address twice");
+    assert_eq!(w.ec2_prefix_shape(), (1, 7, 0), "7 prefixes, no new ENI");
+    // Without the waiting pods counted, each cycle adds one prefix: 7 calls. With them, the
+    // growth follows the burst.
+    let calls = w.ec2.calls("AssignPrivateIpAddresses");
+    assert!(calls <= 4, "{calls} AssignPrivateIpAddresses calls");
+    w.assert_prefixes_match_ec2().await;
+    // At max pods nothing more can come: the next pod is refused at once, not after the wait.
+    let refused = w.burst(&mut m, 3, 3, Duration::from_secs(30)).await;
+    assert!(refused.iter().any(Result::is_err), "{refused:?}");
+    for err in refused.into_iter().filter_map(Result::err) {
+        assert!(err.to_string().contains("max pods"), "{err}");
+    }
+}
