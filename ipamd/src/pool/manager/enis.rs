@@ -49,7 +49,10 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         &mut self,
         request: &mut CreateEni,
     ) -> Result<(NetworkInterface, Ipv4Net), CreateFailed> {
-        let (candidates, any_full) = self.candidates_for_new_eni().await;
+        let (mut candidates, any_full) = self.candidates_for_new_eni().await;
+        if request.prefix_count > 0 {
+            self.fragmented_last(&mut candidates);
+        }
         if candidates.is_empty() {
             if !any_full {
                 let read: Vec<String> = self
@@ -79,6 +82,9 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                         + u32::try_from(eni.secondary_ips().len()).unwrap_or(u32::MAX)
                         + 16 * u32::try_from(eni.ipv4_prefixes.len()).unwrap_or(0);
                     self.subnet_answered(&c.id, n);
+                    if !eni.ipv4_prefixes.is_empty() {
+                        self.fragmented_subnets.remove(&c.id);
+                    }
                     return Ok((eni, c.cidr));
                 }
                 Err(e) if e.kind == Ec2ErrorKind::SubnetFull => {
@@ -89,6 +95,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                     // Fragmented: another candidate may still have an aligned /28.
                     self.count_error("increaseIPPoolAllocENIFailed");
                     tracing::warn!(subnet = %c.id, error = %e, "no aligned /28 is free in the subnet for the new ENI's prefixes");
+                    self.mark_fragmented(&c.id);
                     fragmented = true;
                 }
                 Err(e) => {

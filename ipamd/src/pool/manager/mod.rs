@@ -283,6 +283,9 @@ pub struct PoolManager<E, I, H> {
     subnets: SubnetPicker,
     /// Subnets EC2 said are out of addresses, and when: not asked again for the back-off.
     full_subnets: HashMap<String, Instant>,
+    /// Subnets EC2 said have no free aligned /28 (fragmented), and when: a new ENI with
+    /// prefixes tries the other candidates first for the back-off.
+    fragmented_subnets: HashMap<String, Instant>,
     /// The subnet of each managed ENI.
     eni_subnets: HashMap<String, String>,
     /// Subnets whose low-address warning was logged (logged again once they recovered).
@@ -331,6 +334,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         Self {
             subnets,
             full_subnets: HashMap::new(),
+            fragmented_subnets: HashMap::new(),
             eni_subnets: HashMap::new(),
             low_warned: BTreeSet::new(),
             subnets_reported: None,
@@ -734,7 +738,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         match self.assign_prefixes(eni, count).await {
             Err(Ec2ErrorKind::NoFreePrefix) => {
                 // The subnet is fragmented: the same addresses as /32s, within the ENI's free
-                // slots (beyond the reference, which waits while pods stay pending).
+                // slots (beyond the reference, which waits while pods stay pending); new ENIs
+                // try other subnets first.
+                if let Some(subnet) = self.eni_subnets.get(eni).cloned() {
+                    self.mark_fragmented(&subnet);
+                }
                 let used = enis.iter().find(|e| e.id == eni).map_or(0, |e| e.slots);
                 let room = cap.slots_per_eni().saturating_sub(used);
                 let want = count.saturating_mul(cap.per_slot).min(room);
@@ -770,6 +778,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             .saturating_mul(16);
         if let Some(subnet) = self.eni_subnets.get(eni).cloned() {
             self.subnet_answered(&subnet, n);
+            self.fragmented_subnets.remove(&subnet);
         }
         tracing::info!(%eni, asked = count, added = ?added, "prefixes added to the pool");
         Ok(n)

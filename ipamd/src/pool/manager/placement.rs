@@ -45,6 +45,32 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         self.update_subnet_note();
     }
 
+    /// EC2 said `subnet` has no free aligned /28: new ENIs with prefixes try the other
+    /// candidates first during the back-off.
+    pub(super) fn mark_fragmented(&mut self, subnet: &str) {
+        let now = self.clock.now();
+        if self
+            .fragmented_subnets
+            .insert(subnet.to_owned(), now)
+            .is_none()
+        {
+            tracing::warn!(%subnet, backoff = ?self.cfg.timings.subnet_full_backoff, "subnet has no free aligned /28 (fragmented); new ENIs with prefixes go to other candidate subnets first");
+        }
+    }
+
+    /// Orders the candidates for a new ENI with prefixes: subnets EC2 recently said are
+    /// fragmented go last (the order is otherwise kept: most free addresses first).
+    pub(super) fn fragmented_last(&self, candidates: &mut [Candidate]) {
+        let now = self.clock.now();
+        let backoff = self.cfg.timings.subnet_full_backoff;
+        let fragmented = |id: &str| {
+            self.fragmented_subnets
+                .get(id)
+                .is_some_and(|at| now.saturating_duration_since(*at) < backoff)
+        };
+        candidates.sort_by_key(|c| fragmented(&c.id));
+    }
+
     /// EC2 gave `n` addresses (an ENI's own included) in `subnet`.
     pub(super) fn subnet_answered(&mut self, subnet: &str, n: u32) {
         self.full_subnets.remove(subnet);

@@ -47,6 +47,9 @@ struct Subnet {
     tags: Tags,
     /// Addresses still allocatable before InsufficientFreeAddressesInSubnet (None = the CIDR).
     capacity: Option<usize>,
+    /// Every aligned /28 has an address in use by something outside the fake (fragmented):
+    /// prefixes fail with InsufficientCidrBlocks, single addresses still come.
+    fragmented: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +163,7 @@ impl FakeEc2 {
                 availability_zone: AVAILABILITY_ZONE.to_owned(),
                 tags: Tags::new(),
                 capacity: None,
+                fragmented: false,
             },
         )]);
         Self {
@@ -233,6 +237,11 @@ impl FakeEc2 {
         self.set_capacity_of(SUBNET_ID, n);
     }
 
+    /// Fragments subnet `id`: no aligned /28 is free any more.
+    pub fn fragment_subnet(&self, id: &str) {
+        self.lock().subnets.get_mut(id).unwrap().fragmented = true;
+    }
+
     /// Lets subnet `id` hand out only `n` more addresses.
     pub fn set_capacity_of(&self, id: &str, n: usize) {
         self.lock().subnets.get_mut(id).unwrap().capacity = Some(n);
@@ -250,6 +259,7 @@ impl FakeEc2 {
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
                 capacity: None,
+                fragmented: false,
             },
         );
     }
@@ -666,6 +676,9 @@ impl World {
             .into_iter()
             .flatten()
             .filter(|p| {
+                if subnet.fragmented {
+                    return false;
+                }
                 let first = u32::from(p.network());
                 (0..16).all(|k| {
                     let ip = Ipv4Addr::from(first + k);

@@ -31,7 +31,7 @@ impl World {
     }
 
     /// The pool's prefixes, which must be exactly EC2's prefixes of the attached ENIs.
-    async fn assert_prefixes_match_ec2(&self) {
+    pub(super) async fn assert_prefixes_match_ec2(&self) {
         let mut pool: Vec<(String, ipnet::Ipv4Net)> = self
             .state
             .with_datastore(|ds| {
@@ -63,7 +63,7 @@ impl World {
 
     /// Adds `n` pods one at a time, a manager cycle after each, and checks after every cycle
     /// that no ENI uses more than `slots` address slots.
-    async fn add_pods_cycling(&mut self, m: &mut Manager, n: u32, slots: usize) {
+    pub(super) async fn add_pods_cycling(&mut self, m: &mut Manager, n: u32, slots: usize) {
         for _ in 0..n {
             self.add_pod().await.unwrap();
             m.cycle().await;

@@ -353,3 +353,29 @@ async fn enis_of_a_subnet_excluded_later_serve_no_new_pod_and_leave_when_empty()
         "the excluded subnet's ENI is deleted"
     );
 }
+
+#[tokio::test]
+async fn with_prefixes_new_enis_prefer_a_subnet_that_still_has_an_aligned_28() {
+    let tagged: &[(&str, &str)] = &[(ROLE_CNI_TAG, "1")];
+    let mut cfg = config(Targets {
+        warm_prefix: 1,
+        ..targets(1, 0, 0)
+    });
+    cfg.prefix_delegation = true;
+    // "subnet-pods" has the most free addresses (tried first) but no free aligned /28.
+    let (mut w, mut m) =
+        node_with_subnets(1000, &[("subnet-pods", "10.0.4.0/22", ZONE, tagged)], cfg).await;
+    w.ec2.fragment_subnet("subnet-pods");
+    m.grow().await;
+    // t3.small: 3 prefixes per ENI. 100 pods: two new ENIs.
+    w.add_pods_cycling(&mut m, 100, 3).await;
+    let enis = w.ec2.attached(&w.instance);
+    assert_eq!(enis.len(), 3);
+    for e in &enis[1..] {
+        assert_eq!(subnet_of(&w, &e.id), SUBNET_ID, "{e:?}");
+        assert!(!e.prefixes.is_empty(), "{e:?}");
+    }
+    // The fragmented subnet was tried once; the second ENI went to the node's subnet at once.
+    assert_eq!(w.ec2.calls("CreateNetworkInterface"), 3);
+    w.assert_prefixes_match_ec2().await;
+}
