@@ -27,7 +27,7 @@ use super::watcher::{DEFAULT_POLL, Hypervisor, MotoSource, Watcher};
 use crate::node::{StateDir, io_err};
 use test_support::cleanup;
 use test_support::imds::{self, ImdsServer};
-use test_support::moto::{self, MotoServer};
+use test_support::moto::{self, Ec2CallCount, Ec2Latency, MotoOptions, MotoServer};
 use test_support::netns::Netns;
 use test_support::prereqs;
 
@@ -84,6 +84,11 @@ pub struct FabricOptions {
     pub extra_subnets: Vec<SubnetSpec>,
     /// How often the hypervisor polls moto.
     pub poll: Duration,
+    /// EC2's response times for the nodes' calls; `clients` is ignored: only calls from inside
+    /// the VPC's CIDR (the nodes') wait, never the harness's own. `None`: moto's own times.
+    pub ec2_latency: Option<Ec2Latency>,
+    /// Log every EC2 call in moto's log, for [`VpcFabric::ec2_calls`].
+    pub ec2_call_log: bool,
 }
 
 impl Default for FabricOptions {
@@ -95,6 +100,8 @@ impl Default for FabricOptions {
             subnet_cidr: Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 24).unwrap_or_default(),
             extra_subnets: Vec::new(),
             poll: DEFAULT_POLL,
+            ec2_latency: None,
+            ec2_call_log: false,
         }
     }
 }
@@ -110,6 +117,17 @@ impl FabricOptions {
     pub fn with_subnet(mut self, subnet: SubnetSpec) -> Self {
         self.extra_subnets.push(subnet);
         self
+    }
+
+    /// moto's options: latency for the VPC's clients only, the call log.
+    fn moto_options(&self) -> MotoOptions {
+        MotoOptions {
+            latency: self.ec2_latency.clone().map(|latency| Ec2Latency {
+                clients: vec![self.vpc_cidr],
+                ..latency
+            }),
+            call_log: self.ec2_call_log,
+        }
     }
 
     /// Every subnet's CIDR, the nodes' first: each inside the VPC, at least a /28, no overlap.
@@ -187,10 +205,11 @@ impl VpcFabric {
 
         let endpoint = format!("http://{EC2_ENDPOINT_ADDR}:{EC2_ENDPOINT_PORT}");
         let ec2 = Ec2::connect(&internet, &endpoint, &options.region)?;
-        let moto = MotoServer::start(
+        let moto = MotoServer::start_with(
             &internet,
             SocketAddrV4::new(EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT),
             dir.path(),
+            &options.moto_options(),
         )?;
         ec2.wait_until_up(moto::START_TIMEOUT).map_err(|err| {
             moto.not_up(format!(
@@ -432,6 +451,20 @@ impl VpcFabric {
         }
     }
 
+    /// The EC2 calls the nodes made so far (clients inside the VPC's CIDR; the harness's own are
+    /// not counted), by action, from moto's log. Empty unless [`FabricOptions::ec2_call_log`].
+    pub fn ec2_calls(&self) -> Result<BTreeMap<String, Ec2CallCount>, VpcError> {
+        let Some(moto) = self.moto.as_ref() else {
+            return Ok(BTreeMap::new());
+        };
+        moto::ec2_calls(moto.log_path(), Some(&[self.options.vpc_cidr])).map_err(|source| {
+            VpcError::Io {
+                context: format!("cannot read moto's log {}", moto.log_path().display()),
+                source,
+            }
+        })
+    }
+
     /// Delays instance metadata by `lag` behind moto (stale IMDS, as on AWS under load).
     pub fn set_imds_lag(&self, lag: Duration) {
         self.hypervisor.set_imds_lag(lag);
@@ -503,5 +536,27 @@ mod tests {
                 .to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn only_the_nodes_calls_wait() {
+        assert_eq!(
+            FabricOptions::default().moto_options(),
+            MotoOptions::default()
+        );
+        let options = FabricOptions {
+            ec2_latency: Some(Ec2Latency {
+                default: Duration::from_millis(200),
+                clients: vec!["203.0.113.0/24".parse().unwrap()],
+                ..Ec2Latency::default()
+            }),
+            ec2_call_log: true,
+            ..FabricOptions::default()
+        };
+        let moto = options.moto_options();
+        assert!(moto.call_log);
+        let latency = moto.latency.unwrap();
+        assert_eq!(latency.clients, vec![options.vpc_cidr]);
+        assert_eq!(latency.default, Duration::from_millis(200));
     }
 }

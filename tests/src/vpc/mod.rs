@@ -31,6 +31,9 @@ pub use fabric::{FabricOptions, SubnetSpec, VpcFabric};
 pub use model::{EniAttachment, EniState, InstanceInfo, SubnetInfo, SubnetState, VpcSnapshot};
 pub use node::{IpamdMode, NodeSpec, VpcNode};
 pub use router::{EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT, IMDS_ADDR, INTERNET_HOST};
+/// EC2's response times and call counts of [`FabricOptions::ec2_latency`] and
+/// [`VpcFabric::ec2_calls`].
+pub use test_support::moto::{Ec2CallCount, Ec2Latency};
 pub use watcher::Hypervisor;
 
 use crate::node::SimNodeError;
