@@ -11,8 +11,12 @@ pub use vpc_cni_contract::rpc;
 
 use rpc::cni_backend_client::CniBackendClient;
 
-/// How long one RPC may take.
+/// How long one RPC may take (AddNetwork: [`ADD_RPC_TIMEOUT`]).
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long AddNetwork may take: ipamd holds it up to 10 s while the pool grows through EC2 for
+/// a burst of pods (a new ENI takes seconds), which spares the pod kubelet's 10 s back-off. The
+/// reference's plugin sets no deadline at all.
+pub const ADD_RPC_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `DelNetwork` reason of a normal DEL.
 pub const REASON_POD_DELETED: &str = "PodDeleted";
@@ -101,12 +105,12 @@ pub struct IpamdClient {
 
 impl IpamdClient {
     /// Connects to the socket and sets up the gRPC connection, each within
-    /// [`CONNECT_TIMEOUT`]; every call is bounded by [`RPC_TIMEOUT`]. Must run inside a tokio
-    /// runtime.
+    /// [`CONNECT_TIMEOUT`]; every call is bounded by [`RPC_TIMEOUT`] (AddNetwork by
+    /// [`ADD_RPC_TIMEOUT`]). Must run inside a tokio runtime.
     pub async fn connect(socket: &Path) -> Result<Self, IpamdError> {
         let timeouts = Timeouts {
             connect: CONNECT_TIMEOUT,
-            call: Some(RPC_TIMEOUT),
+            call: Some(ADD_RPC_TIMEOUT),
         };
         let channel = connect::connect(socket, timeouts).await?;
         Ok(Self {
@@ -120,11 +124,16 @@ impl IpamdClient {
         rpc: &'static str,
         fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, IpamdError> {
-        match tokio::time::timeout(RPC_TIMEOUT, fut).await {
+        let timeout = if rpc == "AddNetwork" {
+            ADD_RPC_TIMEOUT
+        } else {
+            RPC_TIMEOUT
+        };
+        match tokio::time::timeout(timeout, fut).await {
             Err(_) => Err(IpamdError::Timeout {
                 socket: self.socket.clone(),
                 what: rpc,
-                timeout: RPC_TIMEOUT,
+                timeout,
             }),
             Ok(Ok(r)) => Ok(r.into_inner()),
             // A status that carries a source error was made here from a transport failure

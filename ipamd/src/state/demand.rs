@@ -28,9 +28,10 @@ use tokio::sync::futures::Notified;
 pub const WAITING_TTL: Duration = Duration::from_secs(60);
 /// How far back assignments count as "the burst goes on".
 pub const BURST_WINDOW: Duration = Duration::from_secs(10);
-/// How long the daemon's AddNetwork waits for the pool to grow: within the plugin's 5 s RPC
-/// deadline, with room for the checkpoint write and the reply.
-pub const ADD_WAIT: Duration = Duration::from_secs(3);
+/// How long the daemon's AddNetwork waits for the pool to grow: a new ENI takes seconds (two in
+/// a row on a cold node), and kubelet would try the pod again only 10–15 s later. Within the
+/// plugin's 15 s AddNetwork deadline, with room for the checkpoint write and the reply.
+pub const ADD_WAIT: Duration = Duration::from_secs(10);
 
 /// What the pool manager sees of the demand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1027,8 +1027,8 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
     }
 
     /// One cycle: reconcile (metadata, and the subnets when their report is due), then grow,
-    /// or shrink, then free at most one ENI. Returns whether the pool grew without a failure.
-    pub async fn cycle(&mut self) -> bool {
+    /// or shrink, then free at most one ENI. Returns what growing did.
+    pub async fn cycle(&mut self) -> GrowReport {
         self.refresh_limits().await;
         self.retry_removals().await;
         self.reconcile().await;
@@ -1040,28 +1040,31 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         }
         self.free_one_eni().await;
         self.publish_unmanaged();
-        report.ips_added > 0 && !report.failed
+        report
     }
 
-    /// Runs cycles forever: [`Timings::cycle`] after the end of the last one, or sooner when
-    /// `wake` is notified (an assignment found no address), but never less than
-    /// [`Timings::min_gap`] after the end of the last one unless that one grew the pool (a
-    /// burst goes on: the pods that wait now are served without a pause).
+    /// Runs cycles forever: [`Timings::cycle`] after the end of the last one. When `wake` is
+    /// notified (an assignment found no address, pods wait) it grows the pool at once, without
+    /// the rest of a cycle (the reconcile is for the next one); only after an attempt that
+    /// failed (EC2 error, limit, subnets full) it first lets [`Timings::min_gap`] pass.
     pub async fn run(&mut self, wake: Arc<Notify>) {
         let mut last = tokio::time::Instant::now();
-        let mut grew = false;
+        let mut calm_until = last;
         loop {
-            tokio::select! {
-                () = tokio::time::sleep_until(last + self.cfg.timings.cycle) => {}
+            let report = tokio::select! {
+                () = tokio::time::sleep_until(last + self.cfg.timings.cycle) => self.cycle().await,
                 () = wake.notified() => {
-                    tracing::debug!("an assignment found the pool empty; running a pool cycle now");
-                    if !grew {
-                        tokio::time::sleep_until(last + self.cfg.timings.min_gap).await;
-                    }
+                    tracing::debug!("an assignment found the pool empty; growing the pool now");
+                    tokio::time::sleep_until(calm_until).await;
+                    self.grow().await
                 }
-            }
-            grew = self.cycle().await;
+            };
             last = tokio::time::Instant::now();
+            calm_until = if report.failed || report.at_limit || report.subnet_backoff {
+                last + self.cfg.timings.min_gap
+            } else {
+                last
+            };
         }
     }
 }
