@@ -22,6 +22,7 @@
 #![warn(unreachable_pub)]
 
 mod artifacts;
+pub mod burst;
 pub mod compare;
 mod daemon;
 mod exec;
@@ -167,6 +168,8 @@ pub struct BenchConfig {
     pub command: String,
     /// Print progress on stderr.
     pub progress: bool,
+    /// The cold-node bursts (prefix delegation and secondary IPs); `None`: not run.
+    pub burst: Option<burst::BurstConfig>,
 }
 
 impl BenchConfig {
@@ -194,6 +197,7 @@ impl BenchConfig {
             dockerfile: test_support::prereqs::workspace_dir().join("Dockerfile"),
             command: "make bench".into(),
             progress: true,
+            burst: Some(burst::BurstConfig::default()),
         }
     }
 
@@ -209,6 +213,18 @@ impl BenchConfig {
             .find(|&&c| c == 0 || c > 256)
         {
             return bad(format!("concurrency {c} is out of range 1..=256"));
+        }
+        if let Some(b) = &self.burst
+            && (b.prefix_pods == 0
+                || b.secondary_pods == 0
+                || b.concurrency == 0
+                || b.prefix_pods > 110
+                || b.secondary_pods > 27)
+        {
+            return bad(format!(
+                "burst sizes {}/{} at concurrency {} are out of range (1..=110 pods with prefixes, 1..=27 with secondary IPs: an m5.large's pod addresses)",
+                b.prefix_pods, b.secondary_pods, b.concurrency
+            ));
         }
         if self.exec_floor_reps == 0
             || self.load_iterations == 0
@@ -277,6 +293,8 @@ pub struct BenchResults {
     pub criterion_note: Option<String>,
     /// The image estimate, when a Dockerfile exists.
     pub image: Option<ImageEstimate>,
+    /// The cold-node bursts.
+    pub bursts: Vec<burst::BurstResult>,
     /// The targets evaluated on this run (what the next run compares itself with).
     pub targets: Vec<targets::Target>,
 }
@@ -288,6 +306,7 @@ impl BenchResults {
             + self.floor_rounds.iter().map(Round::failures).sum::<usize>()
             + self.cycles.iter().map(|c| c.failures.len()).sum::<usize>()
             + self.rss.iter().map(|r| r.failures.len()).sum::<usize>()
+            + self.bursts.iter().map(|b| b.unserved).sum::<usize>()
     }
 }
 
@@ -620,7 +639,13 @@ pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
     }
     drop(node);
 
-    // 4. Sizes, criterion, image.
+    // 4. The cold-node bursts, on the simulated VPC.
+    let bursts = match &config.burst {
+        Some(b) => burst::run(b, &|m| say(config, m))?,
+        None => Vec::new(),
+    };
+
+    // 5. Sizes, criterion, image.
     let mut binaries = Vec::new();
     let ws = test_support::prereqs::workspace_dir();
     for (what, p) in [
@@ -678,6 +703,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
         criterion,
         criterion_note,
         image,
+        bursts,
         targets: Vec::new(),
     };
     results.targets = targets::targets(&results);

@@ -8,7 +8,7 @@
 //!              [--exec-reps 300] [--load-clients 8] [--load-iterations 500] [--no-disk-checkpoint]
 //!              [--startup-pods 250] [--startup-reps 5] [--idle-seconds 30] [--criterion-dir target/criterion]
 //!              [--glibc-plugin target/release/aws-cni] [--dockerfile Dockerfile] [--command "make bench"]
-//!              [--previous results.json | --no-previous]
+//!              [--previous results.json | --no-previous] [--burst-pods 110,27] [--burst-conc 16 | --no-burst]
 //! ```
 //! ipamd is the one next to `cnibench` (or `IPAMD_BIN`). The report compares the run with the
 //! previous run's results: `--previous`, by default the `--json` file as it is before this run
@@ -28,6 +28,7 @@ const USAGE: &str = "usage: cnibench run --plugin <aws-cni> --floor <kernel-floo
   [--load-clients N] [--load-iterations N] [--no-disk-checkpoint] [--startup-pods N]\n\
   [--startup-reps N] [--idle-seconds N] [--criterion-dir DIR] [--glibc-plugin FILE] [--dockerfile FILE] [--command TEXT] [--quiet]\n\
   [--previous FILE.json | --no-previous]  (default: the --json file, read before it is overwritten)\n\
+  [--burst-pods PREFIX,SECONDARY] [--burst-conc N | --no-burst]  (the cold-node bursts, default 110,27 at 16)\n\
   Runs as root; builds a simulated node in network namespaces and removes it afterwards.";
 
 struct Cli {
@@ -66,14 +67,14 @@ fn parse(args: &[String]) -> anyhow::Result<Parsed> {
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
         match flag.as_str() {
-            "--no-disk-checkpoint" | "--quiet" | "--no-previous" => {
+            "--no-disk-checkpoint" | "--quiet" | "--no-previous" | "--no-burst" => {
                 rest.push((flag.clone(), None));
             }
             "--plugin" | "--floor" | "--peak-rss" | "--out" | "--json" | "--pods" | "--conc"
             | "--reps" | "--cycle-conc" | "--ptp-dir" | "--exec-reps" | "--load-clients"
             | "--load-iterations" | "--rss-pods" | "--startup-pods" | "--startup-reps"
             | "--idle-seconds" | "--criterion-dir" | "--glibc-plugin" | "--dockerfile"
-            | "--command" | "--previous" => {
+            | "--command" | "--previous" | "--burst-pods" | "--burst-conc" => {
                 let v = it
                     .next()
                     .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -99,6 +100,21 @@ fn parse(args: &[String]) -> anyhow::Result<Parsed> {
         let v = v.unwrap_or_default();
         match flag.as_str() {
             "--no-disk-checkpoint" => config.disk_checkpoint = false,
+            "--no-burst" => config.burst = None,
+            "--burst-pods" => {
+                let (pd, secondary) = v.split_once(',').with_context(|| {
+                    format!("{flag} wants PREFIX_PODS,SECONDARY_PODS, got {v:?}")
+                })?;
+                let b = config.burst.get_or_insert_with(Default::default);
+                b.prefix_pods = number(&flag, pd.trim())?;
+                b.secondary_pods = number(&flag, secondary.trim())?;
+            }
+            "--burst-conc" => {
+                config
+                    .burst
+                    .get_or_insert_with(Default::default)
+                    .concurrency = number(&flag, &v)?;
+            }
             "--quiet" => config.progress = false,
             "--out" => out = Some(PathBuf::from(v)),
             "--json" => json = Some(PathBuf::from(v)),

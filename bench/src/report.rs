@@ -41,6 +41,7 @@ pub fn markdown(res: &BenchResults, inputs: &ReportInputs) -> String {
     latency_section(w, res);
     time_section(w, res);
     ipamd_section(w, res);
+    burst_section(w, res);
     size_and_memory_section(w, res);
     let _ = writeln!(w, "\n## Notes\n");
     let _ = writeln!(w, "{}", notes(res).trim_end());
@@ -495,6 +496,102 @@ fn ipamd_section(w: &mut String, res: &BenchResults) {
     ipamd_memory_table(w, res);
 }
 
+/// The cold-node bursts: both modes side by side, the EC2 calls, the latency model.
+fn burst_section(w: &mut String, res: &BenchResults) {
+    use crate::burst;
+    if res.bursts.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "## 4. A burst onto a cold node
+"
+    );
+    let _ = writeln!(
+        w,
+        "An m5.large-type node of the simulated VPC (moto as EC2, in EC2 mode, the reference manifest's `WARM_ENI_TARGET=1` / `WARM_PREFIX_TARGET=1`) becomes ready; at that moment (t0) its pods are created at once, {} sandboxes at a time, each an `aws-cni` ADD exec'd as containerd does; an ADD that fails is handled as containerd and kubelet do (DEL, namespace removed, tried again with a new sandbox after kubelet's 10 s back-off, jittered by up to 50 %). EC2 answers after the latency model below and instance metadata lags behind EC2 by {} ms. **Floor** = the same burst on a node that already holds every address (metadata-only mode, no EC2 call) + the modelled latencies of the fewest EC2 calls that take the cold pool to the burst's size, one after the other. With secondary IPs an m5.large has 27 pod addresses (3 ENIs × 9); its max pods, 29, counts two host-network pods.\n",
+        res.bursts[0].concurrency,
+        burst::METADATA_LAG.as_millis()
+    );
+    let _ = writeln!(
+        w,
+        "| mode | pods | cold pool | time to all s | floor s (warm + EC2) | time ÷ floor | kubelet retries | ENIs / prefixes at the end | address calls | attaches |"
+    );
+    let _ = writeln!(
+        w,
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: |"
+    );
+    let s = |ms: f64| format!("{:.2}", ms / 1_000.0);
+    for b in &res.bursts {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} ({} + {}) | {:.2}× | {} | {} / {} | {} | {} |",
+            b.mode.label(),
+            b.pods,
+            b.cold_pool,
+            s(b.time_to_all_ms),
+            s(b.floor_ms()),
+            s(b.warm_ms),
+            s(b.ec2_floor_ms),
+            b.ratio(),
+            b.retries,
+            b.enis,
+            b.prefixes,
+            b.address_calls(),
+            b.calls("AttachNetworkInterface"),
+        );
+    }
+    let calls = |of: &std::collections::BTreeMap<String, burst::Calls>| {
+        let text: Vec<String> = of
+            .iter()
+            .map(|(a, c)| {
+                if c.errors > 0 {
+                    format!("{a} {} ({} failed)", c.calls, c.errors)
+                } else {
+                    format!("{a} {}", c.calls)
+                }
+            })
+            .collect();
+        if text.is_empty() {
+            "none".to_owned()
+        } else {
+            text.join(", ")
+        }
+    };
+    let _ = writeln!(w, "\nEC2 calls of the node, by type (moto's call log):\n");
+    let _ = writeln!(
+        w,
+        "| mode | start-up (before t0) | burst (t0 to the last address) | the floor's calls |"
+    );
+    let _ = writeln!(w, "| --- | --- | --- | --- |");
+    for b in &res.bursts {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} |",
+            b.mode.label(),
+            calls(&b.startup_calls),
+            calls(&b.burst_calls),
+            b.floor_calls.join("; ")
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nThe latency model (moto's launcher sleeps this long before serving a node's call; concurrent calls overlap):\n"
+    );
+    let _ = writeln!(w, "| EC2 call | latency ms | source |");
+    let _ = writeln!(w, "| --- | ---: | --- |");
+    for (action, d, source) in burst::LATENCY_MODEL {
+        let _ = writeln!(w, "| {action} | {} | {source} |", d.as_millis());
+    }
+    let _ = writeln!(
+        w,
+        "| every other call | {} | assumed |\n| instance metadata behind EC2 | {} | {} |\n",
+        burst::OTHER_CALLS.as_millis(),
+        burst::METADATA_LAG.as_millis(),
+        burst::METADATA_LAG_SOURCE
+    );
+}
+
 /// criterion's datastore results.
 fn datastore_table(w: &mut String, res: &BenchResults) {
     let _ = writeln!(
@@ -601,7 +698,7 @@ fn ipamd_memory_table(w: &mut String, res: &BenchResults) {
 
 /// 4. Binary sizes, peak RSS per call, the image estimate.
 fn size_and_memory_section(w: &mut String, res: &BenchResults) {
-    let _ = writeln!(w, "\n## 4. Binary size and memory\n");
+    let _ = writeln!(w, "\n## 5. Binary size and memory\n");
     let _ = writeln!(w, "| binary | size MiB | linking | path |");
     let _ = writeln!(w, "| --- | ---: | --- | --- |");
     for b in &res.binaries {

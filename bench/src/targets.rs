@@ -321,7 +321,55 @@ pub(crate) fn targets(res: &BenchResults) -> Vec<Target> {
     let mut out = Vec::new();
     plugin_targets(res, &mut out);
     ipamd_targets(res, &mut out);
+    burst_targets(res, &mut out);
     out
+}
+
+/// The cold-node burst with prefix delegation: at most one ENI attach and 8 address calls for
+/// its pods, time to all within 1.5× its floor.
+fn burst_targets(res: &BenchResults, out: &mut Vec<Target>) {
+    let Some(b) = res
+        .bursts
+        .iter()
+        .find(|b| b.mode == crate::burst::BurstMode::Prefixes)
+    else {
+        return;
+    };
+    let attaches = b.calls("AttachNetworkInterface");
+    let address = b.address_calls();
+    out.push(Target {
+        key: "burst_pd_ec2_calls".into(),
+        target: format!(
+            "cold-node burst with prefixes ({} pods): ≤ 1 ENI attach and ≤ 8 address calls",
+            b.pods
+        ),
+        measured: format!(
+            "{attaches} attaches, {address} address calls (AssignPrivateIpAddresses + CreateNetworkInterface)"
+        ),
+        value: Some(address as f64),
+        met: Some(attaches <= 1 && address <= 8),
+        note: String::new(),
+    });
+    let r = b.ratio();
+    out.push(Target {
+        key: "burst_pd_floor_ratio".into(),
+        target: "cold-node burst with prefixes: time to all ≤ 1.5 × its floor".into(),
+        measured: format!(
+            "{}× ({} vs {} ms)",
+            f2(r),
+            f2(b.time_to_all_ms),
+            f2(b.floor_ms())
+        ),
+        value: Some(r),
+        met: Some(r <= 1.5),
+        note: miss_note(Some(r), 1.5, || {
+            format!(
+                "floor: the burst on a full pool {} ms + the EC2 calls {} ms",
+                f2(b.warm_ms),
+                f2(b.ec2_floor_ms)
+            )
+        }),
+    });
 }
 
 #[cfg(test)]

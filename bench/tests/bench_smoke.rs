@@ -45,6 +45,12 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
     c.idle_window = std::time::Duration::from_secs(1);
     c.progress = false;
     c.command = "cargo test --test bench_smoke".into();
+    let burst = bench::burst::BurstConfig {
+        prefix_pods: 20,
+        secondary_pods: 12,
+        concurrency: 4,
+    };
+    c.burst = Some(burst);
     let criterion = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     c.criterion_dir = Some(criterion.path().to_owned());
 
@@ -214,7 +220,9 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
         "### Kernel floor",
         "## 3. ipamd",
         "### Start-up to ready",
-        "## 4. Binary size and memory",
+        "## 4. A burst onto a cold node",
+        "| AttachNetworkInterface | 1400 |",
+        "## 5. Binary size and memory",
         "cargo test --test bench_smoke",
     ] {
         assert!(md.contains(section), "report lacks {section:?}:\n{md}");
@@ -223,6 +231,46 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
     for absent in ["## Compared with the previous run", "Optimisations chosen"] {
         assert!(!md.contains(absent), "report has {absent:?}:\n{md}");
     }
+
+    // Both bursts: every pod served once, on the node's addresses, beyond the cold pool (so
+    // the pool grew through EC2 during the burst), with the EC2 calls counted from moto's log.
+    assert_eq!(r.bursts.len(), 2, "{:#?}", r.bursts);
+    for b in &r.bursts {
+        let pods = match b.mode {
+            bench::burst::BurstMode::Prefixes => burst.prefix_pods,
+            bench::burst::BurstMode::SecondaryIps => burst.secondary_pods,
+        };
+        assert_eq!(
+            (b.pods, b.unserved, b.distinct_addresses),
+            (pods, 0, pods),
+            "{b:#?}"
+        );
+        assert!(b.cold_pool < pods, "{b:#?}");
+        assert!(b.address_calls() >= 2, "start-up and burst: {b:#?}");
+        assert!(
+            b.time_to_all_ms > 0.0 && b.warm_ms > 0.0 && b.ec2_floor_ms > 0.0,
+            "{b:#?}"
+        );
+        assert!(!b.floor_calls.is_empty(), "{b:#?}");
+    }
+    let pd = &r.bursts[0];
+    assert!(
+        pd.enis == 1 && pd.prefixes >= 2,
+        "20 pods: at least two prefixes, all on the primary ENI: {pd:#?}"
+    );
+    let ip = &r.bursts[1];
+    assert_eq!(
+        ip.calls("AttachNetworkInterface"),
+        1,
+        "12 pods: one more ENI: {ip:#?}"
+    );
+    assert!(
+        r.targets
+            .iter()
+            .any(|t| t.key == "burst_pd_floor_ratio" && t.value.is_some()),
+        "{:#?}",
+        r.targets
+    );
 
     // The headline DEL and cycle targets count the namespace's removal; none is on bare DEL.
     let targets = &r.targets;
