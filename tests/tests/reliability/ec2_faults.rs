@@ -399,13 +399,8 @@ fn half_created_enis_are_removed_and_the_pool_converges() {
             .env("WARM_IP_TARGET", "1"),
     );
     let watcher = MotoWatcher::start(&vpc, &node);
-    let mut pods = Vec::new();
-    for i in 0..3 {
-        let p = pod("eni", &format!("primary-{i}"));
-        let (_, ip) = add_retrying(&node, &p, Duration::from_secs(60));
-        pods.push((p, ip));
-    }
-    // The first new ENI: its attach runs but answers after the SDK's timeout; then one whose
+    // The first new ENI (ipamd creates it as soon as the primary's addresses are taken, for
+    // WARM_IP_TARGET): its attach runs but answers after the SDK's timeout; then one whose
     // attach fails with a 500 (not run). Both are removed; a third attach succeeds.
     proxy.add_rule(FaultRule::action(
         "AttachNetworkInterface",
@@ -417,6 +412,12 @@ fn half_created_enis_are_removed_and_the_pool_converges() {
         Fault::InternalError,
         1,
     ));
+    let mut pods = Vec::new();
+    for i in 0..3 {
+        let p = pod("eni", &format!("primary-{i}"));
+        let (_, ip) = add_retrying(&node, &p, Duration::from_secs(60));
+        pods.push((p, ip));
+    }
     let p = pod("eni", "second-eni");
     let (_, ip) = add_retrying(&node, &p, Duration::from_secs(120));
     pods.push((p, ip));
