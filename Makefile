@@ -1,7 +1,7 @@
 # Rust AWS VPC CNI (aws-cni + ipamd).
 #
 #   make build    cargo build --workspace --locked, plus the libcni front end (Go) into target/go
-#   make test     deps, build, then cargo test --workspace --locked  (root, Debian 12)
+#   make test     deps, build, kube-bins, then cargo test --workspace --locked  (root, Debian 12)
 #   make demo     deps, build, then `vpcsim vpc-demo`: a VPC on moto, 2 nodes, 24 pods (root)
 #   make lint     rustfmt --check, clippy -D warnings, gofmt
 #   make release  optimized build of every binary
@@ -13,6 +13,9 @@
 #                 fast when all is there
 #   make fuzz     cargo-fuzz targets (plugin config and CNI_ARGS parsers, checkpoint reader),
 #                 FUZZ_SECONDS (60) each; needs cargo-fuzz (make fuzz-tool)
+#   make kube-bins  Kubernetes v1.37 (kube-apiserver, controller-manager, scheduler, kubelet,
+#                 kube-proxy, kubectl) and etcd built from tests/kubernetes into target/go/kube
+#                 (Go and the module proxy; about 7 minutes the first time)
 #   make soak     the reliability campaigns at soak size (VCNI_SOAK=1: 5000 ops, 20 kills) and
 #                 10 minutes of fuzzing per target; not part of CI (root)
 
@@ -29,7 +32,7 @@ DEBIAN_GOPATH := /usr/share/gocode
 
 APT_PACKAGES := golang-go golang-github-appc-cni-dev containernetworking-plugins podman runc \
 	busybox-static iptables iputils-ping jq hyperfine uidmap iproute2 procps util-linux \
-	python3 python3-venv containerd
+	python3 python3-venv containerd openssl
 
 # The project's Python tools, pinned, in one venv under the target dir (Debian 12's python3
 # refuses system-wide pip installs): moto (EC2 of the simulated VPC; the release the harness's
@@ -61,12 +64,12 @@ CNI_PLUGINS := bandwidth host-local loopback portmap tuning
 TOOLS := ip:iproute2 ping:iputils-ping sysctl:procps nsenter:util-linux iptables:iptables \
 	go:golang-go podman:podman runc:runc busybox:busybox-static tar:tar \
 	kubectl:kubernetes-client containerd:containerd ctr:containerd \
-	containerd-shim-runc-v2:containerd sha256sum:coreutils
+	containerd-shim-runc-v2:containerd sha256sum:coreutils openssl:openssl
 
-.PHONY: build cniclient test demo lint release deps check-root check-tools help bench crictl
+.PHONY: build cniclient test demo lint release deps check-root check-tools help bench crictl kube-bins
 
 help:
-	@sed -n '3,16p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,20p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 build: cniclient
 	$(CARGO) build --workspace --locked
@@ -107,6 +110,40 @@ crictl:
 			{ echo "error: $(CRICTL) does not report $(CRICTL_VERSION)" >&2; exit 1; }; \
 	fi
 
+# Kubernetes for the real-node tests (issue 14, part 2): kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubelet, kube-proxy, kubectl and etcd, built from the Go module tests/kubernetes
+# (it requires k8s.io/kubernetes and pins each staging module k8s.io/* to the release of the same
+# minor version, since k8s.io/kubernetes replaces them with its own tree) with the machine's Go.
+# Module and build caches under target/go; each binary is rebuilt only when go.mod changed.
+KUBE_MOD := tests/kubernetes
+KUBE_VERSION := $(shell awk '$$1 == "k8s.io/kubernetes" { print $$2 }' $(KUBE_MOD)/go.mod)
+KUBE_BIN := $(TARGET_DIR)/go/kube/$(KUBE_VERSION)
+KUBE_CMDS := kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
+KUBE_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=1 \
+	-X k8s.io/component-base/version.gitMinor=$(word 2,$(subst ., ,$(KUBE_VERSION))) \
+	-X k8s.io/component-base/version.gitTreeState=clean \
+	-X k8s.io/client-go/pkg/version.gitVersion=$(KUBE_VERSION)
+
+$(KUBE_BIN)/%: $(KUBE_MOD)/go.mod $(KUBE_MOD)/go.sum
+	@mkdir -p $(KUBE_BIN)
+	@echo "kube: building $* $(KUBE_VERSION) with $$($(GO) version)"
+	@start=$$(date +%s); cd $(KUBE_MOD) && $(GO_MOD_ENV) CGO_ENABLED=0 $(GO) build -trimpath \
+		-ldflags "$(KUBE_LDFLAGS)" -o $@.tmp k8s.io/kubernetes/cmd/$* || \
+		{ echo "error: building $* failed (needs Go >= $$(awk '$$1 == "go" { print $$2 }' go.mod) and the Go module proxy, or a filled $(TARGET_DIR)/go/mod)" >&2; exit 1; }; \
+		mv $@.tmp $@; echo "kube: $* built in $$(( $$(date +%s) - start )) s"
+
+$(KUBE_BIN)/etcd: $(KUBE_MOD)/go.mod $(KUBE_MOD)/go.sum
+	@mkdir -p $(KUBE_BIN)
+	@echo "kube: building etcd $$(awk '$$1 == "go.etcd.io/etcd/server/v3" { print $$2 }' $(KUBE_MOD)/go.mod)"
+	@start=$$(date +%s); cd $(KUBE_MOD) && $(GO_MOD_ENV) CGO_ENABLED=0 $(GO) build -trimpath \
+		-ldflags "-s -w" -o $@.tmp go.etcd.io/etcd/server/v3 || \
+		{ echo "error: building etcd failed" >&2; exit 1; }; \
+		mv $@.tmp $@; echo "kube: etcd built in $$(( $$(date +%s) - start )) s"
+
+kube-bins: $(addprefix $(KUBE_BIN)/,$(KUBE_CMDS) etcd)
+	@echo "kube: $(KUBE_BIN) has $(KUBE_CMDS) etcd"
+
 check-root:
 	@if [ "$$(id -u)" != 0 ]; then \
 		echo "error: this target must run as root (it creates network namespaces): sudo make $(MAKECMDGOALS)" >&2; \
@@ -139,7 +176,7 @@ check-tools: deps
 		exit 1; \
 	fi
 
-test: check-root check-tools build
+test: check-root check-tools build kube-bins
 	$(CARGO) test --workspace --locked --no-fail-fast
 
 # PREFIX_DELEGATION=true: ipamd with ENABLE_PREFIX_DELEGATION=true (pods on /28 prefixes).

@@ -13,6 +13,7 @@ pub mod cri;
 pub mod faults;
 mod faults_proxy;
 pub mod http;
+pub mod kube;
 pub mod node;
 mod podman;
 pub mod probe;

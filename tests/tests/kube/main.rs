@@ -1,0 +1,124 @@
+//! The real Kubernetes control plane of issue 14, part 2 (built by `make kube-bins`): etcd,
+//! kube-apiserver, kube-controller-manager and kube-scheduler run on the internet side of the
+//! VPC simulator with the cluster's own certificates, and nodes of the VPC reach the API server
+//! through the VPC's router with their node credentials. Needs root and the binaries; fails,
+//! never skips, without them.
+
+use std::time::{Duration, Instant};
+
+use harness::kube::{ControlPlane, kube_version};
+use harness::{FabricOptions, NodeSpec, VpcFabric};
+use serde_json::Value;
+
+/// Polls `probe` every 250 ms until it returns `Some`, or panics after `timeout` with `what`.
+fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn the_control_plane_runs_in_the_vpc_and_nodes_reach_it_with_their_credentials() {
+    let vpc = VpcFabric::start(FabricOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let cp = ControlPlane::start(vpc.internet()).unwrap_or_else(|e| panic!("{e}"));
+    let kubectl = |args: &[&str]| {
+        cp.kubectl_ok(vpc.internet(), args)
+            .unwrap_or_else(|e| panic!("{e}\n{}", cp.logs()))
+    };
+
+    // The API server is the release the Go module pins.
+    let version: Value = serde_json::from_str(&kubectl(&["version", "-o", "json"])).unwrap();
+    assert_eq!(
+        version["serverVersion"]["gitVersion"].as_str(),
+        Some(kube_version().unwrap().as_str()),
+        "{version}"
+    );
+
+    // The controller-manager: a new namespace gets its default service account.
+    kubectl(&["create", "namespace", "probe"]);
+    wait_for(
+        "the default service account of namespace probe",
+        Duration::from_secs(60),
+        || {
+            cp.kubectl_ok(
+                vpc.internet(),
+                &["-n", "probe", "get", "serviceaccount", "default"],
+            )
+            .ok()
+        },
+    );
+
+    // The scheduler: a pod with no node to go to is reported unschedulable.
+    kubectl(&[
+        "-n",
+        "probe",
+        "run",
+        "waiting",
+        "--image=registry.invalid/none:0",
+        "--restart=Never",
+    ]);
+    let why = wait_for(
+        "the scheduler's verdict on pod probe/waiting",
+        Duration::from_secs(60),
+        || {
+            let pod: Value = serde_json::from_str(&kubectl(&[
+                "-n", "probe", "get", "pod", "waiting", "-o", "json",
+            ]))
+            .ok()?;
+            let cond = pod["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")?
+                .clone();
+            Some(cond)
+        },
+    );
+    assert_eq!(why["reason"], "Unschedulable", "{why}");
+    assert!(
+        why["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no nodes available to schedule pods"),
+        "{why}"
+    );
+
+    // A node of the VPC reaches the API server through the router, as system:node:<name>.
+    let node = vpc
+        .add_node(NodeSpec::new("kube-node-a", "t3.small").without_ipamd())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = cp.node_kubeconfig("kube-node-a").unwrap();
+    let out = cp
+        .kubectl_as(node.ns(), &kubeconfig, &["auth", "whoami", "-o", "json"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cp.logs()
+    );
+    let who: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        who["status"]["userInfo"]["username"], "system:node:kube-node-a",
+        "{who}"
+    );
+    let groups = who["status"]["userInfo"]["groups"].to_string();
+    assert!(groups.contains("system:nodes"), "{who}");
+    // The Node authorizer lets a node read nodes but not secrets.
+    let denied = cp
+        .kubectl_as(node.ns(), &kubeconfig, &["-n", "probe", "get", "secrets"])
+        .unwrap();
+    assert!(!denied.status.success(), "a node listed secrets");
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("forbidden"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+}
