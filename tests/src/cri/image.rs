@@ -17,7 +17,7 @@ use test_support::netns::run_checked;
 use test_support::prereqs::{self, PrereqError};
 
 /// The image name the sandboxes use (`sandbox_image`), and the workload containers too.
-pub(crate) const PAUSE_IMAGE: &str = "localhost/vcni-pause:1";
+pub const PAUSE_IMAGE: &str = "localhost/vcni-pause:1";
 
 /// The static busybox copied into the image.
 const BUSYBOX: &str = "/bin/busybox";

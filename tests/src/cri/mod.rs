@@ -31,7 +31,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub(crate) use image::PAUSE_IMAGE;
+pub use image::PAUSE_IMAGE;
 use serde_json::{Value, json};
 
 use crate::node::NodeHost;

@@ -15,6 +15,10 @@
 //! Everything the processes write stays in the directory (removed on drop, with the processes
 //! killed); nothing touches the machine's root namespace.
 
+mod kubelet;
+
+pub use kubelet::Kubelet;
+
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

@@ -122,3 +122,108 @@ fn the_control_plane_runs_in_the_vpc_and_nodes_reach_it_with_their_credentials()
         String::from_utf8_lossy(&denied.stderr)
     );
 }
+
+#[test]
+fn a_kubelet_on_a_vpc_node_registers_and_its_pod_gets_a_vpc_address_through_aws_cni() {
+    let vpc = VpcFabric::start(FabricOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let cp = ControlPlane::start(vpc.internet()).unwrap_or_else(|e| panic!("{e}"));
+    let node = vpc
+        .add_node(NodeSpec::new("kube-node-b", "t3.small"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let containerd = harness::cri::Containerd::start(&node).unwrap_or_else(|e| panic!("{e}"));
+    let mut kubelet =
+        harness::kube::Kubelet::start(&cp, &node, node.primary_ip(), "kube-node-b", &containerd)
+            .unwrap_or_else(|e| panic!("{e}"));
+    kubelet
+        .wait_ready(&cp, vpc.internet(), Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.diag()));
+    let kubectl = |args: &[&str]| {
+        cp.kubectl_ok(vpc.internet(), args)
+            .unwrap_or_else(|e| panic!("{e}\n{}", kubelet.log_tail(30)))
+    };
+    // The node as Kubernetes sees it: its VPC address, the kubelet release.
+    let n: Value =
+        serde_json::from_str(&kubectl(&["get", "node", "kube-node-b", "-o", "json"])).unwrap();
+    assert_eq!(
+        n["status"]["nodeInfo"]["kubeletVersion"],
+        kube_version().unwrap().as_str()
+    );
+    assert!(
+        n["status"]["addresses"]
+            .to_string()
+            .contains(&node.primary_ip().to_string()),
+        "{}",
+        n["status"]["addresses"]
+    );
+
+    // A pod the scheduler puts there: kubelet → containerd → aws-cni → ipamd.
+    wait_for(
+        "the default service account",
+        Duration::from_secs(60),
+        || {
+            cp.kubectl_ok(vpc.internet(), &["get", "serviceaccount", "default"])
+                .ok()
+        },
+    );
+    kubectl(&[
+        "run",
+        "web",
+        &format!("--image={}", harness::cri::PAUSE_IMAGE),
+        "--image-pull-policy=Never",
+        "--restart=Never",
+    ]);
+    let (phase, ip) = wait_for(
+        "pod web running with an address",
+        Duration::from_secs(90),
+        || {
+            let pod: Value =
+                serde_json::from_str(&kubectl(&["get", "pod", "web", "-o", "json"])).ok()?;
+            let ip = pod["status"]["podIP"]
+                .as_str()?
+                .parse::<std::net::Ipv4Addr>()
+                .ok()?;
+            let phase = pod["status"]["phase"].as_str()?.to_owned();
+            (phase == "Running").then_some((phase, ip))
+        },
+    );
+    assert_eq!(phase, "Running");
+    // The address is one ipamd holds on one of the node's ENIs (a VPC address, in moto).
+    let held = node.datastore_ips().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        held.values().any(|ips| ips.contains(&ip)),
+        "{ip} not in ipamd's pool: {held:?}"
+    );
+    let in_moto = node.secondary_ips().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        in_moto.values().any(|ips| ips.contains(&ip)),
+        "{ip} is no secondary IP in moto: {in_moto:?}"
+    );
+    // containerd called aws-cni with the pod's Kubernetes identity.
+    let add = containerd
+        .cni_calls()
+        .into_iter()
+        .find(|c| c.command() == "ADD" && c.succeeded())
+        .expect("an ADD of aws-cni");
+    let args = add.arg_map();
+    assert_eq!(
+        args.get("K8S_POD_NAME").map(String::as_str),
+        Some("web"),
+        "{args:?}"
+    );
+    assert_eq!(
+        args.get("K8S_POD_NAMESPACE").map(String::as_str),
+        Some("default"),
+        "{args:?}"
+    );
+
+    // Deleting the pod gives its address back to ipamd's pool.
+    kubectl(&["delete", "pod", "web", "--wait=true", "--timeout=60s"]);
+    wait_for(
+        "the address back in the pool",
+        Duration::from_secs(30),
+        || {
+            let status = node.pool_status().ok()?;
+            (status.assigned_i_ps == 0).then_some(())
+        },
+    );
+}

@@ -1,0 +1,268 @@
+//! A real kubelet on a simulated node: kubelet → the node's containerd (CRI) → go-cni →
+//! `aws-cni`, registered with a [`ControlPlane`] as `system:node:<name>`.
+//!
+//! It runs in the node's network namespace (entered with `nsenter --net`, like containerd) and
+//! in a private mount namespace, with its own root dir, pod-log dir and config. Two things keep
+//! it from changing the machine it shares with the other nodes:
+//! - kernel settings: kubelet wants `vm.overcommit_memory=1`, `kernel.panic=10` and
+//!   `kernel.panic_on_oops=1`, machine-wide sysctls (not per network namespace). It runs with
+//!   `protectKernelDefaults: true` (it only reads them, never writes) and, in its private mount
+//!   namespace, those three files of `/proc/sys` are covered by files holding the values it wants;
+//!   the machine's own are untouched;
+//! - cgroups: its `cgroupRoot` is the node's containerd's cgroup parent, so every pod it starts
+//!   lives under that subtree, which the containerd harness kills and removes at teardown.
+//!
+//! The machine is cgroup v1 (hybrid): `failCgroupV1: false`. Swap is allowed
+//! (`failSwapOn: false`); eviction and image GC thresholds are set so the shared disk never
+//! makes it evict or delete images.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{ControlPlane, KubeError, io_err, kube_bin};
+use crate::cri::Containerd;
+use crate::node::NodeHost;
+use test_support::cleanup;
+use test_support::netns::{default_path, tail};
+
+/// The kernel settings kubelet checks, with the values it wants (`setupKernelTunables`).
+const KERNEL_DEFAULTS: [(&str, &str); 3] = [
+    ("vm/overcommit_memory", "1"),
+    ("kernel/panic", "10"),
+    ("kernel/panic_on_oops", "1"),
+];
+
+/// A running kubelet. Killed on drop (before its containerd goes: declare it after the
+/// [`Containerd`]).
+#[derive(Debug)]
+pub struct Kubelet {
+    name: String,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Kubelet {
+    /// Starts kubelet on `node` (its namespace, its primary address `node_ip`) as node `name`,
+    /// with `containerd` as its runtime, registering with `cp`.
+    pub fn start(
+        cp: &ControlPlane,
+        node: &NodeHost,
+        node_ip: Ipv4Addr,
+        name: &str,
+        containerd: &Containerd,
+    ) -> Result<Self, KubeError> {
+        let kubelet = kube_bin("kubelet")?;
+        let dir = tempfile::Builder::new()
+            .prefix("vcni-kubelet-")
+            .tempdir()
+            .map_err(io_err("cannot create kubelet's directory"))?;
+        cleanup::register_dir(dir.path());
+        let d = dir.path();
+        for sub in ["root", "pod-logs", "sysctl"] {
+            fs::create_dir_all(d.join(sub)).map_err(io_err(format!("cannot create {sub}")))?;
+        }
+        make_cgroup_root(containerd.cgroup_parent())?;
+        let kubeconfig = cp.node_kubeconfig(name)?;
+        let config = d.join("config.yaml");
+        fs::write(
+            &config,
+            kubelet_config(cp, node_ip, containerd, &d.join("pod-logs")),
+        )
+        .map_err(io_err("cannot write kubelet's config"))?;
+        // The script of the private mount namespace: cover the kernel settings, then exec.
+        let mut script = String::from("set -e\n");
+        for (key, value) in KERNEL_DEFAULTS {
+            let file = d.join("sysctl").join(key.replace('/', "."));
+            fs::write(&file, format!("{value}\n"))
+                .map_err(io_err(format!("cannot write {}", file.display())))?;
+            script.push_str(&format!(
+                "mount --bind {} /proc/sys/{key}\n",
+                file.display()
+            ));
+        }
+        script.push_str(&format!(
+            "exec {} --config={} --kubeconfig={} --root-dir={} --hostname-override={name} --node-ip={node_ip} --v=2\n",
+            kubelet.display(),
+            config.display(),
+            kubeconfig.display(),
+            d.join("root").display(),
+        ));
+        let log =
+            fs::File::create(d.join("kubelet.log")).map_err(io_err("cannot create the log"))?;
+        let log2 = log.try_clone().map_err(io_err("cannot clone the log"))?;
+        let mut cmd = node.ns().nsenter_command("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env_clear()
+        .env("PATH", default_path())
+        .env("HOME", d)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+        let child = cmd.spawn().map_err(io_err("cannot start kubelet"))?;
+        if let Ok(pid) = i32::try_from(child.id()) {
+            cleanup::register_pid(pid);
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            child: Some(child),
+            dir,
+        })
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// kubelet's log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("kubelet.log")
+    }
+
+    /// The last `lines` lines of kubelet's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log_path(), lines)
+    }
+
+    /// Waits until the Node object exists and is Ready (which needs the runtime's network,
+    /// that is ipamd's conflist); fails early when kubelet exited.
+    pub fn wait_ready(
+        &mut self,
+        cp: &ControlPlane,
+        ns: &test_support::netns::Netns,
+        timeout: Duration,
+    ) -> Result<(), KubeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(KubeError::NotUp {
+                    what: format!("kubelet of {} exited ({status})", self.name),
+                    logs: self.log_tail(40),
+                });
+            }
+            let last = match cp.kubectl_ok(
+                ns,
+                &[
+                    "get",
+                    "node",
+                    &self.name,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"Ready\")].message}",
+                ],
+            ) {
+                Ok(s) if s.starts_with("True") => return Ok(()),
+                Ok(s) => s,
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(KubeError::NotUp {
+                    what: format!(
+                        "node {} not Ready within {timeout:?}; last: {last}",
+                        self.name
+                    ),
+                    logs: self.log_tail(40),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Creates `root` in every cgroup hierarchy (kubelet wants its `cgroupRoot` to exist in each),
+/// with the parent's CPUs and memory nodes where the hierarchy is cpuset's. The containerd
+/// harness removes the subtree at teardown.
+fn make_cgroup_root(root: &str) -> Result<(), KubeError> {
+    let rel = root.trim_start_matches('/');
+    let hierarchies =
+        fs::read_dir("/sys/fs/cgroup").map_err(io_err("cannot list /sys/fs/cgroup"))?;
+    for h in hierarchies.flatten() {
+        let base = h.path();
+        if !base.join("cgroup.procs").exists() {
+            continue;
+        }
+        let dir = base.join(rel);
+        fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(value) = fs::read_to_string(base.join(file)) {
+                fs::write(dir.join(file), value.trim())
+                    .map_err(io_err(format!("cannot write {file} of {}", dir.display())))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// kubelet's `KubeletConfiguration`.
+fn kubelet_config(
+    cp: &ControlPlane,
+    node_ip: Ipv4Addr,
+    containerd: &Containerd,
+    pod_logs: &Path,
+) -> String {
+    format!(
+        r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: {ca}
+authorization:
+  mode: Webhook
+address: {node_ip}
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+containerRuntimeEndpoint: unix://{socket}
+cgroupDriver: cgroupfs
+cgroupRoot: {cgroup_root}
+cgroupsPerQOS: true
+failCgroupV1: false
+failSwapOn: false
+protectKernelDefaults: true
+oomScoreAdj: 0
+podLogsDir: {pod_logs}
+clusterDomain: cluster.local
+registerNode: true
+serializeImagePulls: false
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: "1Mi"
+  nodefs.available: "1%"
+  nodefs.inodesFree: "1%"
+  imagefs.available: "1%"
+"#,
+        ca = cp.ca_cert().display(),
+        socket = containerd.socket().display(),
+        cgroup_root = containerd.cgroup_parent(),
+        pod_logs = pod_logs.display(),
+    )
+}
