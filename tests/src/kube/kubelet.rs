@@ -53,6 +53,7 @@ impl Kubelet {
         node_ip: Ipv4Addr,
         name: &str,
         containerd: &Containerd,
+        max_pods: u32,
     ) -> Result<Self, KubeError> {
         let kubelet = kube_bin("kubelet")?;
         let dir = tempfile::Builder::new()
@@ -66,10 +67,18 @@ impl Kubelet {
         }
         make_cgroup_root(containerd.cgroup_parent())?;
         let kubeconfig = cp.node_kubeconfig(name)?;
+        let serving = cp.kubelet_serving_cert(name, node_ip)?;
         let config = d.join("config.yaml");
         fs::write(
             &config,
-            kubelet_config(cp, node_ip, containerd, &d.join("pod-logs")),
+            kubelet_config(
+                cp,
+                node_ip,
+                containerd,
+                &d.join("pod-logs"),
+                &serving,
+                max_pods,
+            ),
         )
         .map_err(io_err("cannot write kubelet's config"))?;
         // The script of the private mount namespace: cover the kernel settings, then exec.
@@ -222,6 +231,8 @@ fn kubelet_config(
     node_ip: Ipv4Addr,
     containerd: &Containerd,
     pod_logs: &Path,
+    serving: &super::ClientCert,
+    max_pods: u32,
 ) -> String {
     format!(
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
@@ -238,6 +249,9 @@ authorization:
 address: {node_ip}
 port: 10250
 readOnlyPort: 0
+tlsCertFile: {cert}
+tlsPrivateKeyFile: {key}
+maxPods: {max_pods}
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
 containerRuntimeEndpoint: unix://{socket}
@@ -264,5 +278,7 @@ evictionHard:
         socket = containerd.socket().display(),
         cgroup_root = containerd.cgroup_parent(),
         pod_logs = pod_logs.display(),
+        cert = serving.cert.display(),
+        key = serving.key.display(),
     )
 }

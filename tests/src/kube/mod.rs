@@ -16,8 +16,10 @@
 //! killed); nothing touches the machine's root namespace.
 
 mod kubelet;
+mod node;
 
 pub use kubelet::Kubelet;
+pub use node::KubeNode;
 
 use std::fs;
 use std::net::Ipv4Addr;
@@ -175,6 +177,12 @@ impl ControlPlane {
             kubectl,
         };
         cp.make_pki()?;
+        // The API server's identity towards kubelets (logs, exec): all rights there.
+        cp.client_cert(
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+        )?;
         for (user, name) in [
             ("system:kube-controller-manager", "controller-manager"),
             ("system:kube-scheduler", "scheduler"),
@@ -297,6 +305,14 @@ impl ControlPlane {
             "--allow-privileged=true".into(),
             "--kubelet-preferred-address-types=InternalIP".into(),
             format!("--kubelet-certificate-authority={}", self.path("ca.crt")),
+            format!(
+                "--kubelet-client-certificate={}",
+                self.path("apiserver-kubelet-client.crt")
+            ),
+            format!(
+                "--kubelet-client-key={}",
+                self.path("apiserver-kubelet-client.key")
+            ),
             format!("--cert-dir={}", self.path("apiserver-certs")),
         ]
     }
@@ -434,6 +450,22 @@ impl ControlPlane {
             cert.key.display()
         );
         fs::write(path, text).map_err(io_err(format!("cannot write {}", path.display())))
+    }
+
+    /// A serving certificate for node `node`'s kubelet at `ip`, signed by the cluster's CA (the
+    /// API server verifies it when it reaches the kubelet for logs and exec).
+    pub fn kubelet_serving_cert(&self, node: &str, ip: Ipv4Addr) -> Result<ClientCert, KubeError> {
+        let name = format!("kubelet-{node}");
+        self.sign(
+            &name,
+            &format!("/CN={node}"),
+            &format!("subjectAltName=IP:{ip}"),
+            "serverAuth",
+        )?;
+        Ok(ClientCert {
+            cert: self.dir().join(format!("{name}.crt")),
+            key: self.dir().join(format!("{name}.key")),
+        })
     }
 
     /// A kubeconfig for node `node` (`system:node:<node>` in `system:nodes`), as kubelet uses.

@@ -127,16 +127,10 @@ fn the_control_plane_runs_in_the_vpc_and_nodes_reach_it_with_their_credentials()
 fn a_kubelet_on_a_vpc_node_registers_and_its_pod_gets_a_vpc_address_through_aws_cni() {
     let vpc = VpcFabric::start(FabricOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     let cp = ControlPlane::start(vpc.internet()).unwrap_or_else(|e| panic!("{e}"));
-    let node = vpc
-        .add_node(NodeSpec::new("kube-node-b", "t3.small"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let containerd = harness::cri::Containerd::start(&node).unwrap_or_else(|e| panic!("{e}"));
-    let mut kubelet =
-        harness::kube::Kubelet::start(&cp, &node, node.primary_ip(), "kube-node-b", &containerd)
+    let kn =
+        harness::kube::KubeNode::start(&vpc, &cp, NodeSpec::new("kube-node-b", "t3.small"), 11)
             .unwrap_or_else(|e| panic!("{e}"));
-    kubelet
-        .wait_ready(&cp, vpc.internet(), Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.diag()));
+    let (node, containerd, kubelet) = (&kn.node, &kn.containerd, &kn.kubelet);
     let kubectl = |args: &[&str]| {
         cp.kubectl_ok(vpc.internet(), args)
             .unwrap_or_else(|e| panic!("{e}\n{}", kubelet.log_tail(30)))
@@ -226,4 +220,153 @@ fn a_kubelet_on_a_vpc_node_registers_and_its_pod_gets_a_vpc_address_through_aws_
             (status.assigned_i_ps == 0).then_some(())
         },
     );
+}
+
+/// A Deployment's pods as (name, node, address), once all `replicas` run with an address.
+fn running_pods(
+    cp: &ControlPlane,
+    vpc: &VpcFabric,
+    selector: &str,
+    replicas: usize,
+) -> Vec<(String, String, std::net::Ipv4Addr)> {
+    wait_for(
+        &format!("{replicas} pods of {selector} running"),
+        Duration::from_secs(240),
+        || {
+            let list: Value = serde_json::from_str(
+                &cp.kubectl_ok(
+                    vpc.internet(),
+                    &["get", "pods", "-l", selector, "-o", "json"],
+                )
+                .ok()?,
+            )
+            .ok()?;
+            let pods: Vec<_> = list["items"]
+                .as_array()?
+                .iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .filter_map(|p| {
+                    Some((
+                        p["metadata"]["name"].as_str()?.to_owned(),
+                        p["spec"]["nodeName"].as_str()?.to_owned(),
+                        p["status"]["podIP"].as_str()?.parse().ok()?,
+                    ))
+                })
+                .collect();
+            (pods.len() == replicas).then_some(pods)
+        },
+    )
+}
+
+#[test]
+fn a_deployment_spreads_over_two_kubelet_nodes_and_its_pods_reach_each_other() {
+    let vpc = VpcFabric::start(FabricOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let cp = ControlPlane::start(vpc.internet()).unwrap_or_else(|e| panic!("{e}"));
+    let nodes: Vec<harness::kube::KubeNode> = ["kube-a", "kube-b"]
+        .iter()
+        .map(|n| {
+            harness::kube::KubeNode::start(&vpc, &cp, NodeSpec::new(n, "m5.large"), 29)
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    let kubectl = |args: &[&str]| {
+        cp.kubectl_ok(vpc.internet(), args)
+            .unwrap_or_else(|e| panic!("{e}\n{}", cp.logs()))
+    };
+    wait_for(
+        "the default service account",
+        Duration::from_secs(60),
+        || {
+            cp.kubectl_ok(vpc.internet(), &["get", "serviceaccount", "default"])
+                .ok()
+        },
+    );
+    let manifest = dir_file(
+        &cp,
+        "spread.yaml",
+        &format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: spread
+spec:
+  replicas: 30
+  selector:
+    matchLabels: {{app: spread}}
+  template:
+    metadata:
+      labels: {{app: spread}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector:
+          matchLabels: {{app: spread}}
+      containers:
+      - name: box
+        image: {image}
+        imagePullPolicy: Never
+"#,
+            image = harness::cri::PAUSE_IMAGE
+        ),
+    );
+    kubectl(&["apply", "-f", &manifest]);
+    let pods = running_pods(&cp, &vpc, "app=spread", 30);
+    // Spread over both nodes; each pod's address is a VPC address of its node's ENIs in moto,
+    // and no address is used twice.
+    let mut seen = std::collections::BTreeSet::new();
+    for kn in &nodes {
+        let name = kn.kubelet.name();
+        let on: Vec<_> = pods.iter().filter(|(_, n, _)| n == name).collect();
+        assert_eq!(on.len(), 15, "pods on {name}: {on:?}");
+        let in_moto = kn.node.secondary_ips().unwrap_or_else(|e| panic!("{e}"));
+        for (pod, _, ip) in on {
+            assert!(
+                in_moto.values().any(|ips| ips.contains(ip)),
+                "{pod} on {name} has {ip}, no secondary IP of the node in moto: {in_moto:?}"
+            );
+            assert!(seen.insert(*ip), "{ip} twice");
+        }
+    }
+    // Pods reach each other across the nodes (kubectl exec through the API server and the
+    // kubelets, ping in the pod).
+    let a = pods.iter().find(|(_, n, _)| n == "kube-a").unwrap();
+    let b = pods.iter().find(|(_, n, _)| n == "kube-b").unwrap();
+    for (from, to) in [(a, b), (b, a)] {
+        let ip = to.2.to_string();
+        let out = kubectl(&[
+            "exec",
+            &from.0,
+            "--",
+            "/bin/busybox",
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "2",
+            &ip,
+        ]);
+        assert!(out.contains(" 0% packet loss"), "{} -> {ip}: {out}", from.0);
+    }
+    // Scaling to zero gives every address back to ipamd on both nodes.
+    kubectl(&["scale", "deployment", "spread", "--replicas=0"]);
+    for kn in &nodes {
+        wait_for(
+            &format!("no address assigned on {}", kn.kubelet.name()),
+            Duration::from_secs(120),
+            || {
+                let status = kn.node.pool_status().ok()?;
+                (status.assigned_i_ps == 0).then_some(())
+            },
+        );
+    }
+}
+
+/// Writes `text` into the control plane's directory as `name`; returns its path.
+fn dir_file(cp: &ControlPlane, name: &str, text: &str) -> String {
+    let path = cp.dir().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
 }
