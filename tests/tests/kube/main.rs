@@ -367,6 +367,6 @@ spec:
 /// Writes `text` into the control plane's directory as `name`; returns its path.
 fn dir_file(cp: &ControlPlane, name: &str, text: &str) -> String {
     let path = cp.dir().join(name);
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     path.display().to_string()
 }
