@@ -17,9 +17,11 @@
 
 mod kubelet;
 mod node;
+mod proxy;
 
 pub use kubelet::Kubelet;
 pub use node::KubeNode;
+pub use proxy::KubeProxy;
 
 use std::fs;
 use std::net::Ipv4Addr;

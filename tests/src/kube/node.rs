@@ -1,15 +1,18 @@
 //! A Kubernetes node of the VPC simulator: a [`VpcNode`] (the instance, ipamd) with its own
-//! containerd and a kubelet registered with the control plane.
+//! containerd, a kubelet registered with the control plane and kube-proxy.
 
 use std::time::Duration;
 
-use super::{ControlPlane, KubeError, Kubelet};
+use super::{ControlPlane, KubeError, KubeProxy, Kubelet};
 use crate::cri::Containerd;
 use crate::vpc::{NodeSpec, VpcFabric, VpcNode};
 
-/// A node running kubelet. Dropped in order: kubelet, containerd (its pods), then the node.
+/// A node running kubelet. Dropped in order: kube-proxy, kubelet, containerd (its pods), then
+/// the node.
 #[derive(Debug)]
 pub struct KubeNode {
+    /// kube-proxy (iptables mode).
+    pub proxy: KubeProxy,
     /// The kubelet.
     pub kubelet: Kubelet,
     /// The node's containerd.
@@ -41,7 +44,15 @@ impl KubeNode {
         let mut kubelet =
             Kubelet::start(cp, &node, node.primary_ip(), &name, &containerd, max_pods)?;
         kubelet.wait_ready(cp, vpc.internet(), Duration::from_secs(120))?;
+        let proxy = KubeProxy::start(
+            cp,
+            &node,
+            node.primary_ip(),
+            &name,
+            &vpc.options().vpc_cidr.to_string(),
+        )?;
         Ok(Self {
+            proxy,
             kubelet,
             containerd,
             node,

@@ -11,7 +11,17 @@ use harness::{FabricOptions, NodeSpec, VpcFabric};
 use serde_json::Value;
 
 /// Polls `probe` every 250 ms until it returns `Some`, or panics after `timeout` with `what`.
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+fn wait_for<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    wait_for_or(what, timeout, probe, String::new)
+}
+
+/// [`wait_for`], with `show` saying what was last seen when it times out.
+fn wait_for_or<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+    show: impl Fn() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = probe() {
@@ -19,7 +29,8 @@ fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}; last seen: {}",
+            show()
         );
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -350,6 +361,111 @@ spec:
         ]);
         assert!(out.contains(" 0% packet loss"), "{} -> {ip}: {out}", from.0);
     }
+    // Services through kube-proxy: a ClusterIP answers from a pod, a NodePort from every node.
+    let web = dir_file(
+        &cp,
+        "web.yaml",
+        &format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: httpd
+        image: {image}
+        imagePullPolicy: Never
+        command: ["/bin/busybox", "sh", "-c", "mkdir -p /www && /bin/busybox hostname > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www"]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {{app: web}}
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-nodeport
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports:
+  - port: 80
+    targetPort: 8080
+    nodePort: 30080
+"#,
+            image = harness::cri::PAUSE_IMAGE
+        ),
+    );
+    kubectl(&["apply", "-f", &web]);
+    let backends: Vec<String> = running_pods(&cp, &vpc, "app=web", 2)
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    let cluster_ip = kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(cluster_ip.starts_with("10.100."), "{cluster_ip}");
+    let last = std::cell::RefCell::new(String::new());
+    // An HTTP GET with busybox nc (busybox's wget needs a resolver the static build lacks);
+    // the body, the backend's hostname, is the last line.
+    let get = |ip: &str, port: u16| {
+        format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 2 {ip} {port}")
+    };
+    let body = |reply: &str| reply.lines().last().unwrap_or_default().trim().to_owned();
+    let script = get(&cluster_ip, 80);
+    let exec = ["exec", &a.0, "--", "/bin/busybox", "sh", "-c", &script];
+    let answer = wait_for_or(
+        "the ClusterIP answering a pod",
+        Duration::from_secs(60),
+        || match cp.kubectl_ok(vpc.internet(), &exec) {
+            Ok(out) if out.contains("200 OK") => Some(body(&out)),
+            Ok(out) => {
+                *last.borrow_mut() = out;
+                None
+            }
+            Err(e) => {
+                *last.borrow_mut() = e.to_string();
+                None
+            }
+        },
+        || format!("{}\n{}", last.borrow(), nodes[0].proxy.log_tail(30)),
+    );
+    assert!(
+        backends.contains(&answer),
+        "{answer:?} is not one of {backends:?}"
+    );
+    for kn in &nodes {
+        let script = get(&kn.node.primary_ip().to_string(), 30080);
+        let answer = wait_for(
+            &format!("NodePort on {}", kn.kubelet.name()),
+            Duration::from_secs(60),
+            || {
+                let out = kn.node.ns().exec("busybox", &["sh", "-c", &script]).ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.contains("200 OK").then(|| body(&text))
+            },
+        );
+        assert!(
+            backends.contains(&answer),
+            "NodePort of {} answered {answer:?}, not one of {backends:?}\n{}",
+            kn.kubelet.name(),
+            kn.proxy.log_tail(20)
+        );
+    }
+    kubectl(&["delete", "-f", &web, "--wait=true"]);
+
     // Scaling to zero gives every address back to ipamd on both nodes.
     kubectl(&["scale", "deployment", "spread", "--replicas=0"]);
     for kn in &nodes {

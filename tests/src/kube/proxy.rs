@@ -1,0 +1,119 @@
+//! kube-proxy (iptables mode) on a simulated node, as on an EKS node: Services' ClusterIPs and
+//! NodePorts as NAT rules in the node's network namespace, the VPC's CIDR as the cluster CIDR.
+//!
+//! It runs in the node's network namespace (`nsenter --net`) as `system:kube-proxy` (bound to
+//! `system:node-proxier` by the API server's default RBAC). It changes nothing outside the
+//! namespace: the conntrack settings it would raise machine-wide (`nf_conntrack_max` and the
+//! TCP timeouts, which are not per network namespace) are left as they are (`maxPerCore: 0`,
+//! timeouts 0).
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+
+use super::{ControlPlane, KubeError, io_err, kube_bin};
+use crate::node::NodeHost;
+use test_support::cleanup;
+use test_support::netns::{default_path, tail};
+
+/// A running kube-proxy. Killed on drop.
+#[derive(Debug)]
+pub struct KubeProxy {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl KubeProxy {
+    /// Starts kube-proxy on `node` (node name `name`, address `node_ip`) with `cluster_cidr`
+    /// (the VPC's CIDR) against `cp`.
+    pub fn start(
+        cp: &ControlPlane,
+        node: &NodeHost,
+        node_ip: Ipv4Addr,
+        name: &str,
+        cluster_cidr: &str,
+    ) -> Result<Self, KubeError> {
+        let bin = kube_bin("kube-proxy")?;
+        let dir = tempfile::Builder::new()
+            .prefix("vcni-kube-proxy-")
+            .tempdir()
+            .map_err(io_err("cannot create kube-proxy's directory"))?;
+        cleanup::register_dir(dir.path());
+        let cert = cp.client_cert(&format!("kube-proxy-{name}"), "system:kube-proxy", None)?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        cp.write_kubeconfig(&kubeconfig, &cert)?;
+        let config = dir.path().join("config.yaml");
+        fs::write(
+            &config,
+            format!(
+                r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: {kubeconfig}
+mode: iptables
+hostnameOverride: {name}
+bindAddress: {node_ip}
+clusterCIDR: {cluster_cidr}
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
+nodePortAddresses: ["{node_ip}/32"]
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+  udpTimeout: 0s
+  udpStreamTimeout: 0s
+"#,
+                kubeconfig = kubeconfig.display(),
+            ),
+        )
+        .map_err(io_err("cannot write kube-proxy's config"))?;
+        let log = fs::File::create(dir.path().join("kube-proxy.log"))
+            .map_err(io_err("cannot create the log"))?;
+        let log2 = log.try_clone().map_err(io_err("cannot clone the log"))?;
+        let mut cmd = node.ns().nsenter_command(&bin);
+        cmd.arg(format!("--config={}", config.display()))
+            .arg("--v=2")
+            .env_clear()
+            .env("PATH", default_path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = cmd.spawn().map_err(io_err("cannot start kube-proxy"))?;
+        if let Ok(pid) = i32::try_from(child.id()) {
+            cleanup::register_pid(pid);
+        }
+        Ok(Self {
+            child: Some(child),
+            dir,
+        })
+    }
+
+    /// kube-proxy's log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("kube-proxy.log")
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log_path(), lines)
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for KubeProxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
