@@ -3,6 +3,7 @@
 #   make build    cargo build --workspace --locked, plus the libcni front end (Go) into target/go
 #   make test     deps, build, kube-bins, then cargo test --workspace --locked  (root, Debian 12)
 #   make demo     deps, build, then `vpcsim vpc-demo`: a VPC on moto, 2 nodes, 24 pods (root)
+#   make k8s-demo the VPC with a real Kubernetes: 2 kubelet nodes, 30 pods, ping, Services (root)
 #   make lint     rustfmt --check, clippy -D warnings, gofmt
 #   make release  optimized build of every binary
 #   make image-binaries  what the Dockerfile builds (release, static musl aws-cni) -> target/image
@@ -66,10 +67,10 @@ TOOLS := ip:iproute2 ping:iputils-ping sysctl:procps nsenter:util-linux iptables
 	kubectl:kubernetes-client containerd:containerd ctr:containerd \
 	containerd-shim-runc-v2:containerd sha256sum:coreutils openssl:openssl
 
-.PHONY: build cniclient test demo lint release deps check-root check-tools help bench crictl kube-bins
+.PHONY: build cniclient test demo lint release deps check-root check-tools help bench crictl kube-bins k8s-demo
 
 help:
-	@sed -n '3,20p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,21p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 build: cniclient
 	$(CARGO) build --workspace --locked
@@ -182,6 +183,10 @@ test: check-root check-tools build kube-bins
 # PREFIX_DELEGATION=true: ipamd with ENABLE_PREFIX_DELEGATION=true (pods on /28 prefixes).
 demo: check-root check-tools build
 	$(TARGET_DIR)/debug/vpcsim vpc-demo $(if $(filter true,$(PREFIX_DELEGATION)),--prefix-delegation)
+
+# The VPC with a real Kubernetes (control plane, two nodes with kubelet, containerd, kube-proxy).
+k8s-demo: check-root check-tools build kube-bins
+	$(TARGET_DIR)/debug/vpcsim k8s-demo
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -16,11 +16,14 @@ use harness::node::CONFLIST_NAME;
 use harness::{NodeOptions, Pod, SimNode, standard_node};
 use serde_json::Value;
 
-const USAGE: &str = "usage: vpcsim demo | vpcsim vpc-demo [--prefix-delegation]\n\n\
+const USAGE: &str = "usage: vpcsim demo | vpcsim vpc-demo [--prefix-delegation] | vpcsim k8s-demo\n\n\
   vpc-demo  a simulated VPC on moto: two m5.large nodes with ipamd in EC2 mode, 12 pods each\n\
             through aws-cni (some on ENIs ipamd attaches), where they landed, a connectivity\n\
             matrix, teardown (needs root and moto); --prefix-delegation: ipamd with\n\
             ENABLE_PREFIX_DELEGATION=true, pods on /28 prefixes\n\
+  k8s-demo  the VPC with a real Kubernetes control plane and two nodes running kubelet,\n\
+            containerd and kube-proxy (make kube-bins builds them): 30 pods through aws-cni,\n\
+            where they landed, pings across nodes, ClusterIP and NodePort (needs root)\n\
   demo      one simulated node (2 ENIs from a metadata file), ipamd in IMDS-only mode, 3 pods\n\
             through aws-cni, their VPC addresses, pings, teardown (needs root)";
 
@@ -36,6 +39,8 @@ macro_rules! say {
     }};
 }
 
+#[path = "vpcsim/k8s_demo.rs"]
+mod k8s_demo;
 #[path = "vpcsim/vpc_demo.rs"]
 mod vpc_demo;
 
@@ -69,6 +74,14 @@ fn main() {
                 }
             }
         }
+        Some("k8s-demo") if args.len() == 1 => match k8s_demo::run() {
+            Ok(()) => 0,
+            Err(_) if test_support::cleanup::interrupted() => 130,
+            Err(err) => {
+                eprintln!("\nvpcsim k8s-demo failed: {err:#}");
+                1
+            }
+        },
         Some("-h" | "--help" | "help") => {
             say!("{USAGE}");
             0

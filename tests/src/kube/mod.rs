@@ -18,6 +18,7 @@
 mod kubelet;
 mod node;
 mod proxy;
+pub mod workloads;
 
 pub use kubelet::Kubelet;
 pub use node::KubeNode;

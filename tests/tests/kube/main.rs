@@ -6,7 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use harness::kube::{ControlPlane, kube_version};
+use harness::kube::workloads::{self, WEB_NODE_PORT};
+use harness::kube::{ControlPlane, KubeNode, kube_version};
 use harness::{FabricOptions, NodeSpec, VpcFabric};
 use serde_json::Value;
 
@@ -233,56 +234,31 @@ fn a_kubelet_on_a_vpc_node_registers_and_its_pod_gets_a_vpc_address_through_aws_
     );
 }
 
-/// A Deployment's pods as (name, node, address), once all `replicas` run with an address.
-fn running_pods(
-    cp: &ControlPlane,
-    vpc: &VpcFabric,
-    selector: &str,
-    replicas: usize,
-) -> Vec<(String, String, std::net::Ipv4Addr)> {
-    wait_for(
-        &format!("{replicas} pods of {selector} running"),
-        Duration::from_secs(240),
-        || {
-            let list: Value = serde_json::from_str(
-                &cp.kubectl_ok(
-                    vpc.internet(),
-                    &["get", "pods", "-l", selector, "-o", "json"],
-                )
-                .ok()?,
-            )
-            .ok()?;
-            let pods: Vec<_> = list["items"]
-                .as_array()?
-                .iter()
-                .filter(|p| p["status"]["phase"] == "Running")
-                .filter_map(|p| {
-                    Some((
-                        p["metadata"]["name"].as_str()?.to_owned(),
-                        p["spec"]["nodeName"].as_str()?.to_owned(),
-                        p["status"]["podIP"].as_str()?.parse().ok()?,
-                    ))
-                })
-                .collect();
-            (pods.len() == replicas).then_some(pods)
-        },
-    )
-}
-
 #[test]
 fn a_deployment_spreads_over_two_kubelet_nodes_and_its_pods_reach_each_other() {
     let vpc = VpcFabric::start(FabricOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     let cp = ControlPlane::start(vpc.internet()).unwrap_or_else(|e| panic!("{e}"));
-    let nodes: Vec<harness::kube::KubeNode> = ["kube-a", "kube-b"]
+    let nodes: Vec<KubeNode> = ["kube-a", "kube-b"]
         .iter()
         .map(|n| {
-            harness::kube::KubeNode::start(&vpc, &cp, NodeSpec::new(n, "m5.large"), 29)
+            KubeNode::start(&vpc, &cp, NodeSpec::new(n, "m5.large"), 29)
                 .unwrap_or_else(|e| panic!("{e}"))
         })
         .collect();
     let kubectl = |args: &[&str]| {
         cp.kubectl_ok(vpc.internet(), args)
             .unwrap_or_else(|e| panic!("{e}\n{}", cp.logs()))
+    };
+    let apply = |name: &str, manifest: &str| {
+        let path = cp.dir().join(name);
+        std::fs::write(&path, manifest)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        kubectl(&["apply", "-f", &path.display().to_string()]);
+        path
+    };
+    let running = |selector: &str, n: usize| {
+        workloads::running_pods(&cp, vpc.internet(), selector, n, Duration::from_secs(240))
+            .unwrap_or_else(|e| panic!("{e}"))
     };
     wait_for(
         "the default service account",
@@ -292,64 +268,35 @@ fn a_deployment_spreads_over_two_kubelet_nodes_and_its_pods_reach_each_other() {
                 .ok()
         },
     );
-    let manifest = dir_file(
-        &cp,
-        "spread.yaml",
-        &format!(
-            r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: spread
-spec:
-  replicas: 30
-  selector:
-    matchLabels: {{app: spread}}
-  template:
-    metadata:
-      labels: {{app: spread}}
-    spec:
-      terminationGracePeriodSeconds: 0
-      topologySpreadConstraints:
-      - maxSkew: 1
-        topologyKey: kubernetes.io/hostname
-        whenUnsatisfiable: DoNotSchedule
-        labelSelector:
-          matchLabels: {{app: spread}}
-      containers:
-      - name: box
-        image: {image}
-        imagePullPolicy: Never
-"#,
-            image = harness::cri::PAUSE_IMAGE
-        ),
-    );
-    kubectl(&["apply", "-f", &manifest]);
-    let pods = running_pods(&cp, &vpc, "app=spread", 30);
+    apply("spread.yaml", &workloads::spread("spread", 30));
+    let pods = running("app=spread", 30);
     // Spread over both nodes; each pod's address is a VPC address of its node's ENIs in moto,
     // and no address is used twice.
     let mut seen = std::collections::BTreeSet::new();
     for kn in &nodes {
         let name = kn.kubelet.name();
-        let on: Vec<_> = pods.iter().filter(|(_, n, _)| n == name).collect();
+        let on: Vec<_> = pods.iter().filter(|p| p.node == name).collect();
         assert_eq!(on.len(), 15, "pods on {name}: {on:?}");
         let in_moto = kn.node.secondary_ips().unwrap_or_else(|e| panic!("{e}"));
-        for (pod, _, ip) in on {
+        for p in on {
             assert!(
-                in_moto.values().any(|ips| ips.contains(ip)),
-                "{pod} on {name} has {ip}, no secondary IP of the node in moto: {in_moto:?}"
+                in_moto.values().any(|ips| ips.contains(&p.ip)),
+                "{} on {name} has {}, no secondary IP of the node in moto: {in_moto:?}",
+                p.name,
+                p.ip
             );
-            assert!(seen.insert(*ip), "{ip} twice");
+            assert!(seen.insert(p.ip), "{} twice", p.ip);
         }
     }
     // Pods reach each other across the nodes (kubectl exec through the API server and the
     // kubelets, ping in the pod).
-    let a = pods.iter().find(|(_, n, _)| n == "kube-a").unwrap();
-    let b = pods.iter().find(|(_, n, _)| n == "kube-b").unwrap();
+    let a = pods.iter().find(|p| p.node == "kube-a").unwrap();
+    let b = pods.iter().find(|p| p.node == "kube-b").unwrap();
     for (from, to) in [(a, b), (b, a)] {
-        let ip = to.2.to_string();
+        let ip = to.ip.to_string();
         let out = kubectl(&[
             "exec",
-            &from.0,
+            &from.name,
             "--",
             "/bin/busybox",
             "ping",
@@ -359,81 +306,29 @@ spec:
             "2",
             &ip,
         ]);
-        assert!(out.contains(" 0% packet loss"), "{} -> {ip}: {out}", from.0);
+        assert!(
+            out.contains(" 0% packet loss"),
+            "{} -> {ip}: {out}",
+            from.name
+        );
     }
-    // Services through kube-proxy: a ClusterIP answers from a pod, a NodePort from every node.
-    let web = dir_file(
-        &cp,
-        "web.yaml",
-        &format!(
-            r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  replicas: 2
-  selector:
-    matchLabels: {{app: web}}
-  template:
-    metadata:
-      labels: {{app: web}}
-    spec:
-      terminationGracePeriodSeconds: 0
-      containers:
-      - name: httpd
-        image: {image}
-        imagePullPolicy: Never
-        command: ["/bin/busybox", "sh", "-c", "mkdir -p /www && /bin/busybox hostname > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www"]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-spec:
-  selector: {{app: web}}
-  ports:
-  - port: 80
-    targetPort: 8080
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: web-nodeport
-spec:
-  type: NodePort
-  selector: {{app: web}}
-  ports:
-  - port: 80
-    targetPort: 8080
-    nodePort: 30080
-"#,
-            image = harness::cri::PAUSE_IMAGE
-        ),
-    );
-    kubectl(&["apply", "-f", &web]);
-    let backends: Vec<String> = running_pods(&cp, &vpc, "app=web", 2)
-        .into_iter()
-        .map(|(name, _, _)| name)
-        .collect();
+
+    // Services through kube-proxy: a ClusterIP answers from a pod, a NodePort on every node.
+    let web = apply("web.yaml", &workloads::web());
+    let backends: Vec<String> = running("app=web", 2).into_iter().map(|p| p.name).collect();
     let cluster_ip = kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     assert!(cluster_ip.starts_with("10.100."), "{cluster_ip}");
     let last = std::cell::RefCell::new(String::new());
-    // An HTTP GET with busybox nc (busybox's wget needs a resolver the static build lacks);
-    // the body, the backend's hostname, is the last line.
-    let get = |ip: &str, port: u16| {
-        format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 2 {ip} {port}")
-    };
-    let body = |reply: &str| reply.lines().last().unwrap_or_default().trim().to_owned();
-    let script = get(&cluster_ip, 80);
-    let exec = ["exec", &a.0, "--", "/bin/busybox", "sh", "-c", &script];
+    let script = workloads::http_get(&cluster_ip, 80);
+    let exec = ["exec", &a.name, "--", "/bin/busybox", "sh", "-c", &script];
     let answer = wait_for_or(
         "the ClusterIP answering a pod",
         Duration::from_secs(60),
         || match cp.kubectl_ok(vpc.internet(), &exec) {
-            Ok(out) if out.contains("200 OK") => Some(body(&out)),
             Ok(out) => {
+                let body = workloads::http_body(&out);
                 *last.borrow_mut() = out;
-                None
+                body
             }
             Err(e) => {
                 *last.borrow_mut() = e.to_string();
@@ -447,14 +342,13 @@ spec:
         "{answer:?} is not one of {backends:?}"
     );
     for kn in &nodes {
-        let script = get(&kn.node.primary_ip().to_string(), 30080);
+        let script = workloads::http_get(&kn.node.primary_ip().to_string(), WEB_NODE_PORT);
         let answer = wait_for(
             &format!("NodePort on {}", kn.kubelet.name()),
             Duration::from_secs(60),
             || {
                 let out = kn.node.ns().exec("busybox", &["sh", "-c", &script]).ok()?;
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                text.contains("200 OK").then(|| body(&text))
+                workloads::http_body(&String::from_utf8_lossy(&out.stdout))
             },
         );
         assert!(
@@ -464,7 +358,7 @@ spec:
             kn.proxy.log_tail(20)
         );
     }
-    kubectl(&["delete", "-f", &web, "--wait=true"]);
+    kubectl(&["delete", "-f", &web.display().to_string(), "--wait=true"]);
 
     // Scaling to zero gives every address back to ipamd on both nodes.
     kubectl(&["scale", "deployment", "spread", "--replicas=0"]);
@@ -478,11 +372,4 @@ spec:
             },
         );
     }
-}
-
-/// Writes `text` into the control plane's directory as `name`; returns its path.
-fn dir_file(cp: &ControlPlane, name: &str, text: &str) -> String {
-    let path = cp.dir().join(name);
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-    path.display().to_string()
 }

@@ -1,0 +1,192 @@
+//! `vpcsim k8s-demo` (`make k8s-demo`): the path of issue 14 with real Kubernetes components on
+//! the VPC simulator. A control plane (etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler, v1.37 built by `make kube-bins`) on the VPC's internet side; two m5.large
+//! nodes, each with ipamd in EC2 mode over moto, containerd, kubelet and kube-proxy; a Deployment
+//! of 30 pods spread over them, each pod's address from aws-cni and ipamd, and the checks a user
+//! would make: where each pod landed (node, ENI, address), pods pinging each other across the
+//! nodes, a ClusterIP and a NodePort Service answering. Then everything is torn down.
+//!
+//! Not yet here (issue 14): aws-node deployed as a DaemonSet from conf/ (ipamd is started by the
+//! harness on each node, as in `make demo`).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use harness::kube::workloads::{self, WEB_NODE_PORT};
+use harness::kube::{ControlPlane, KubeNode, kube_version};
+use harness::{FabricOptions, NodeSpec, VpcFabric};
+
+const NODES: [&str; 2] = ["node-a", "node-b"];
+const PODS: usize = 30;
+
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        if !test_support::cleanup::interrupted() {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, $($arg)*);
+            let _ = out.flush();
+        }
+    }};
+}
+
+/// Runs the demo.
+pub fn run() -> anyhow::Result<()> {
+    let started = Instant::now();
+    say!(
+        "== a VPC on moto, with a Kubernetes {} control plane ==",
+        kube_version()?
+    );
+    let vpc = VpcFabric::start(FabricOptions::default()).context("starting the VPC simulator")?;
+    let cp = ControlPlane::start(vpc.internet()).context("starting the control plane")?;
+    say!(
+        "API server {} (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) in {:.1} s",
+        cp.endpoint(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut nodes = Vec::new();
+    for name in NODES {
+        let t = Instant::now();
+        let kn = KubeNode::start(&vpc, &cp, NodeSpec::new(name, "m5.large"), 29)
+            .with_context(|| format!("starting node {name}"))?;
+        say!(
+            "node {name}: instance {} ({}), ipamd, containerd, kubelet and kube-proxy; Ready in {:.1} s",
+            kn.node.instance_id(),
+            kn.node.primary_ip(),
+            t.elapsed().as_secs_f64()
+        );
+        nodes.push(kn);
+    }
+    let ns = vpc.internet();
+    let kubectl = |args: &[&str]| cp.kubectl_ok(ns, args).context("kubectl");
+    say!("\n$ kubectl get nodes -o wide");
+    say!("{}", kubectl(&["get", "nodes", "-o", "wide"])?.trim_end());
+
+    wait(
+        Duration::from_secs(60),
+        "the default service account",
+        || kubectl(&["get", "serviceaccount", "default"]).is_ok(),
+    )?;
+    let apply = |file: &str, manifest: &str| -> anyhow::Result<String> {
+        let path = cp.dir().join(file);
+        std::fs::write(&path, manifest)?;
+        let path = path.display().to_string();
+        kubectl(&["apply", "-f", &path])?;
+        Ok(path)
+    };
+    let t = Instant::now();
+    apply("spread.yaml", &workloads::spread("spread", PODS))?;
+    let pods = workloads::running_pods(&cp, ns, "app=spread", PODS, Duration::from_secs(240))?;
+    say!(
+        "\n== Deployment spread: {PODS} pods running in {:.1} s ==",
+        t.elapsed().as_secs_f64()
+    );
+    say!("{:<28} {:<8} {:<15} ENI (device)", "POD", "NODE", "IP");
+    for p in &pods {
+        let kn = nodes
+            .iter()
+            .find(|k| k.kubelet.name() == p.node)
+            .context("a pod on an unknown node")?;
+        let eni = kn
+            .node
+            .eni_holding(p.ip)?
+            .map(|e| format!("{} (eth{})", e.id, e.device_index().unwrap_or(0)))
+            .unwrap_or_else(|| "NOT ON THE NODE'S ENIs".into());
+        say!("{:<28} {:<8} {:<15} {eni}", p.name, p.node, p.ip);
+    }
+
+    say!("\n== checks ==");
+    let a = pods
+        .iter()
+        .find(|p| p.node == NODES[0])
+        .context("no pod on node-a")?;
+    let b = pods
+        .iter()
+        .find(|p| p.node == NODES[1])
+        .context("no pod on node-b")?;
+    for (from, to) in [(a, b), (b, a)] {
+        let ip = to.ip.to_string();
+        let out = kubectl(&[
+            "exec",
+            &from.name,
+            "--",
+            "/bin/busybox",
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "2",
+            &ip,
+        ])?;
+        let ok = out.contains(" 0% packet loss");
+        say!(
+            "ping {} ({}) -> {} ({}): {}",
+            from.name,
+            from.node,
+            to.name,
+            to.node,
+            if ok { "ok" } else { "FAILED" }
+        );
+        if !ok {
+            bail!("ping failed: {out}");
+        }
+    }
+    apply("web.yaml", &workloads::web())?;
+    let backends: Vec<String> =
+        workloads::running_pods(&cp, ns, "app=web", 2, Duration::from_secs(120))?
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+    let cluster_ip = kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])?;
+    let script = workloads::http_get(&cluster_ip, 80);
+    let mut answer = None;
+    wait(Duration::from_secs(60), "the ClusterIP", || {
+        answer = kubectl(&["exec", &a.name, "--", "/bin/busybox", "sh", "-c", &script])
+            .ok()
+            .and_then(|out| workloads::http_body(&out));
+        answer.is_some()
+    })?;
+    say!(
+        "ClusterIP Service web {cluster_ip}:80 from pod {}: answered by {}",
+        a.name,
+        answer.unwrap_or_default()
+    );
+    for kn in &nodes {
+        let script = workloads::http_get(&kn.node.primary_ip().to_string(), WEB_NODE_PORT);
+        let mut answer = None;
+        wait(Duration::from_secs(60), "the NodePort", || {
+            answer = kn
+                .node
+                .ns()
+                .exec("busybox", &["sh", "-c", &script])
+                .ok()
+                .and_then(|out| workloads::http_body(&String::from_utf8_lossy(&out.stdout)));
+            answer.is_some()
+        })?;
+        let answer = answer.unwrap_or_default();
+        if !backends.contains(&answer) {
+            bail!("the NodePort answered {answer:?}, not one of {backends:?}");
+        }
+        say!(
+            "NodePort {}:{WEB_NODE_PORT} on {}: answered by {answer}",
+            kn.node.primary_ip(),
+            kn.kubelet.name()
+        );
+    }
+    say!(
+        "\n== done in {:.1} s; tearing down ==",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn wait(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Ok(())
+}
