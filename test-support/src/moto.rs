@@ -210,6 +210,34 @@ pub fn write_launcher(dir: &Path) -> Result<PathBuf, MotoError> {
     Ok(dir.join(LAUNCHER[0].0))
 }
 
+/// Runs `source`, a Python unittest file of checks against the launcher (it gets the launcher's
+/// directory as its argument), as `file_name` next to the launcher in a temporary directory,
+/// with the pinned moto's Python. Returns unittest's report when every check ran and passed;
+/// otherwise an error with the report (a skipped check counts as not run).
+pub fn run_launcher_checks(file_name: &str, source: &str) -> Result<String, String> {
+    let python = prereqs::python_with_moto().map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    write_launcher(dir.path()).map_err(|e| e.to_string())?;
+    let tests = dir.path().join(file_name);
+    std::fs::write(&tests, source).map_err(|e| format!("cannot write {file_name}: {e}"))?;
+    let out = std::process::Command::new(&python)
+        .arg(&tests)
+        .arg(dir.path())
+        .env("HOME", dir.path())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    let report = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(format!("{file_name} failed:\n{report}"));
+    }
+    // "OK (skipped=N)" would mean a check did not run.
+    if !report.trim_end().ends_with("\nOK") {
+        return Err(format!("not every check of {file_name} ran:\n{report}"));
+    }
+    Ok(report)
+}
+
 impl MotoServer {
     /// Starts moto in `ns` on `listen`, writing its launcher and log into `dir`, and waits
     /// until it accepts connections there.

@@ -3,32 +3,13 @@
 //! pinned moto. Fails when that Python is missing: the end-to-end prefix-delegation tests rely
 //! on this extension.
 
-use std::process::Command;
-
 const PYTHON_TESTS: &str = include_str!("prefix_delegation_test.py");
 
 #[test]
 fn moto_serves_ipv4_prefixes_as_ec2_does() {
-    let python = test_support::prereqs::python_with_moto().expect("moto's Python");
-    let dir = tempfile::tempdir().expect("temporary directory");
-    test_support::moto::write_launcher(dir.path()).expect("launcher written");
-    let tests = dir.path().join("prefix_delegation_test.py");
-    std::fs::write(&tests, PYTHON_TESTS).expect("tests written");
-    let out = Command::new(&python)
-        .arg(&tests)
-        .arg(dir.path())
-        .env("HOME", dir.path())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .expect("python runs");
-    let report = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "prefix delegation tests failed:\n{report}"
-    );
-    // "OK (skipped=N)" would mean a check did not run.
-    assert!(
-        report.trim_end().ends_with("\nOK"),
-        "not every check ran:\n{report}"
-    );
+    if let Err(report) =
+        test_support::moto::run_launcher_checks("prefix_delegation_test.py", PYTHON_TESTS)
+    {
+        panic!("prefix delegation checks: {report}");
+    }
 }

@@ -19,14 +19,14 @@
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::{ControlPlane, KubeError, io_err, kube_bin};
+use super::{ControlPlane, KubeError, io_err, kube_bin, spawn_logged};
 use crate::cri::Containerd;
 use crate::node::NodeHost;
 use test_support::cleanup;
-use test_support::netns::{default_path, tail};
+use test_support::netns::tail;
 
 /// The kernel settings kubelet checks, with the values it wants (`setupKernelTunables`).
 const KERNEL_DEFAULTS: [(&str, &str); 3] = [
@@ -99,9 +99,6 @@ impl Kubelet {
             kubeconfig.display(),
             d.join("root").display(),
         ));
-        let log =
-            fs::File::create(d.join("kubelet.log")).map_err(io_err("cannot create the log"))?;
-        let log2 = log.try_clone().map_err(io_err("cannot clone the log"))?;
         let mut cmd = node.ns().nsenter_command("unshare");
         cmd.args([
             "--mount",
@@ -112,16 +109,8 @@ impl Kubelet {
             "-c",
             &script,
         ])
-        .env_clear()
-        .env("PATH", default_path())
-        .env("HOME", d)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
-        let child = cmd.spawn().map_err(io_err("cannot start kubelet"))?;
-        if let Ok(pid) = i32::try_from(child.id()) {
-            cleanup::register_pid(pid);
-        }
+        .env("HOME", d);
+        let child = spawn_logged(cmd, &d.join("kubelet.log"), "kubelet")?;
         Ok(Self {
             name: name.to_owned(),
             child: Some(child),

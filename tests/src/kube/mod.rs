@@ -549,6 +549,34 @@ impl ControlPlane {
     }
 }
 
+/// Starts `cmd` with only PATH (and what `cmd` set) in its environment, stdout and stderr into
+/// the new file `log`, registered for the harness's cleanup.
+fn spawn_logged(
+    mut cmd: Command,
+    log: &Path,
+    what: &str,
+) -> Result<std::process::Child, KubeError> {
+    let out = fs::File::create(log).map_err(io_err(format!("cannot create {}", log.display())))?;
+    let err = out.try_clone().map_err(io_err("cannot clone the log"))?;
+    let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+        .collect();
+    cmd.env_clear()
+        .env("PATH", test_support::netns::default_path())
+        .envs(envs)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    let child = cmd
+        .spawn()
+        .map_err(io_err(format!("cannot start {what}")))?;
+    if let Ok(pid) = i32::try_from(child.id()) {
+        cleanup::register_pid(pid);
+    }
+    Ok(child)
+}
+
 /// Runs `openssl args` in `dir`.
 fn openssl(dir: &Path, args: &[&str]) -> Result<(), KubeError> {
     let out = Command::new("openssl")

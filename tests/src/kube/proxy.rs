@@ -10,12 +10,12 @@
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Child;
 
-use super::{ControlPlane, KubeError, io_err, kube_bin};
+use super::{ControlPlane, KubeError, io_err, kube_bin, spawn_logged};
 use crate::node::NodeHost;
 use test_support::cleanup;
-use test_support::netns::{default_path, tail};
+use test_support::netns::tail;
 
 /// A running kube-proxy. Killed on drop.
 #[derive(Debug)]
@@ -70,21 +70,10 @@ conntrack:
             ),
         )
         .map_err(io_err("cannot write kube-proxy's config"))?;
-        let log = fs::File::create(dir.path().join("kube-proxy.log"))
-            .map_err(io_err("cannot create the log"))?;
-        let log2 = log.try_clone().map_err(io_err("cannot clone the log"))?;
         let mut cmd = node.ns().nsenter_command(&bin);
         cmd.arg(format!("--config={}", config.display()))
-            .arg("--v=2")
-            .env_clear()
-            .env("PATH", default_path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        let child = cmd.spawn().map_err(io_err("cannot start kube-proxy"))?;
-        if let Ok(pid) = i32::try_from(child.id()) {
-            cleanup::register_pid(pid);
-        }
+            .arg("--v=2");
+        let child = spawn_logged(cmd, &dir.path().join("kube-proxy.log"), "kube-proxy")?;
         Ok(Self {
             child: Some(child),
             dir,

@@ -161,3 +161,55 @@ pub fn running_pods(
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Pings `to` from inside `from` (`kubectl exec`, busybox ping, 2 packets); fails with ping's
+/// output unless none was lost.
+pub fn ping(
+    cp: &ControlPlane,
+    ns: &Netns,
+    from: &RunningPod,
+    to: &RunningPod,
+) -> Result<(), KubeError> {
+    let ip = to.ip.to_string();
+    let out = cp.kubectl_ok(
+        ns,
+        &[
+            "exec",
+            &from.name,
+            "--",
+            "/bin/busybox",
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "2",
+            &ip,
+        ],
+    )?;
+    if out.contains(" 0% packet loss") {
+        Ok(())
+    } else {
+        Err(KubeError::Failed {
+            command: format!("ping {ip} in {}", from.name),
+            detail: out,
+        })
+    }
+}
+
+/// Waits until namespace `namespace` has its default service account (the controller-manager
+/// made it; pods cannot be created before).
+pub fn wait_service_account(
+    cp: &ControlPlane,
+    ns: &Netns,
+    namespace: &str,
+    timeout: Duration,
+) -> Result<(), KubeError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match cp.kubectl_ok(ns, &["-n", namespace, "get", "serviceaccount", "default"]) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}

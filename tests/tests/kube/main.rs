@@ -56,17 +56,8 @@ fn the_control_plane_runs_in_the_vpc_and_nodes_reach_it_with_their_credentials()
 
     // The controller-manager: a new namespace gets its default service account.
     kubectl(&["create", "namespace", "probe"]);
-    wait_for(
-        "the default service account of namespace probe",
-        Duration::from_secs(60),
-        || {
-            cp.kubectl_ok(
-                vpc.internet(),
-                &["-n", "probe", "get", "serviceaccount", "default"],
-            )
-            .ok()
-        },
-    );
+    workloads::wait_service_account(&cp, vpc.internet(), "probe", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
 
     // The scheduler: a pod with no node to go to is reported unschedulable.
     kubectl(&[
@@ -163,14 +154,8 @@ fn a_kubelet_on_a_vpc_node_registers_and_its_pod_gets_a_vpc_address_through_aws_
     );
 
     // A pod the scheduler puts there: kubelet → containerd → aws-cni → ipamd.
-    wait_for(
-        "the default service account",
-        Duration::from_secs(60),
-        || {
-            cp.kubectl_ok(vpc.internet(), &["get", "serviceaccount", "default"])
-                .ok()
-        },
-    );
+    workloads::wait_service_account(&cp, vpc.internet(), "default", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
     kubectl(&[
         "run",
         "web",
@@ -260,14 +245,8 @@ fn a_deployment_spreads_over_two_kubelet_nodes_and_its_pods_reach_each_other() {
         workloads::running_pods(&cp, vpc.internet(), selector, n, Duration::from_secs(240))
             .unwrap_or_else(|e| panic!("{e}"))
     };
-    wait_for(
-        "the default service account",
-        Duration::from_secs(60),
-        || {
-            cp.kubectl_ok(vpc.internet(), &["get", "serviceaccount", "default"])
-                .ok()
-        },
-    );
+    workloads::wait_service_account(&cp, vpc.internet(), "default", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
     apply("spread.yaml", &workloads::spread("spread", 30));
     let pods = running("app=spread", 30);
     // Spread over both nodes; each pod's address is a VPC address of its node's ENIs in moto,
@@ -293,24 +272,7 @@ fn a_deployment_spreads_over_two_kubelet_nodes_and_its_pods_reach_each_other() {
     let a = pods.iter().find(|p| p.node == "kube-a").unwrap();
     let b = pods.iter().find(|p| p.node == "kube-b").unwrap();
     for (from, to) in [(a, b), (b, a)] {
-        let ip = to.ip.to_string();
-        let out = kubectl(&[
-            "exec",
-            &from.name,
-            "--",
-            "/bin/busybox",
-            "ping",
-            "-c",
-            "2",
-            "-W",
-            "2",
-            &ip,
-        ]);
-        assert!(
-            out.contains(" 0% packet loss"),
-            "{} -> {ip}: {out}",
-            from.name
-        );
+        workloads::ping(&cp, vpc.internet(), from, to).unwrap_or_else(|e| panic!("{e}"));
     }
 
     // Services through kube-proxy: a ClusterIP answers from a pod, a NodePort on every node.

@@ -62,11 +62,7 @@ pub fn run() -> anyhow::Result<()> {
     say!("\n$ kubectl get nodes -o wide");
     say!("{}", kubectl(&["get", "nodes", "-o", "wide"])?.trim_end());
 
-    wait(
-        Duration::from_secs(60),
-        "the default service account",
-        || kubectl(&["get", "serviceaccount", "default"]).is_ok(),
-    )?;
+    workloads::wait_service_account(&cp, ns, "default", Duration::from_secs(60))?;
     let apply = |file: &str, manifest: &str| -> anyhow::Result<String> {
         let path = cp.dir().join(file);
         std::fs::write(&path, manifest)?;
@@ -105,31 +101,14 @@ pub fn run() -> anyhow::Result<()> {
         .find(|p| p.node == NODES[1])
         .context("no pod on node-b")?;
     for (from, to) in [(a, b), (b, a)] {
-        let ip = to.ip.to_string();
-        let out = kubectl(&[
-            "exec",
-            &from.name,
-            "--",
-            "/bin/busybox",
-            "ping",
-            "-c",
-            "2",
-            "-W",
-            "2",
-            &ip,
-        ])?;
-        let ok = out.contains(" 0% packet loss");
+        workloads::ping(&cp, ns, from, to)?;
         say!(
-            "ping {} ({}) -> {} ({}): {}",
+            "ping {} ({}) -> {} ({}): ok",
             from.name,
             from.node,
             to.name,
-            to.node,
-            if ok { "ok" } else { "FAILED" }
+            to.node
         );
-        if !ok {
-            bail!("ping failed: {out}");
-        }
     }
     apply("web.yaml", &workloads::web())?;
     let backends: Vec<String> =
