@@ -20,16 +20,6 @@ use harness::{FabricOptions, NodeSpec, VpcFabric};
 const NODES: [&str; 2] = ["node-a", "node-b"];
 const PODS: usize = 30;
 
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        if !test_support::cleanup::interrupted() {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, $($arg)*);
-            let _ = out.flush();
-        }
-    }};
-}
-
 /// Runs the demo.
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
