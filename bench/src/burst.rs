@@ -83,6 +83,8 @@ pub struct BurstConfig {
     pub secondary_pods: usize,
     /// Sandboxes created at once.
     pub concurrency: usize,
+    /// Bursts per mode, each on new nodes; the report shows the median run.
+    pub reps: usize,
 }
 
 impl Default for BurstConfig {
@@ -91,6 +93,7 @@ impl Default for BurstConfig {
             prefix_pods: 110,
             secondary_pods: 27,
             concurrency: 16,
+            reps: 3,
         }
     }
 }
@@ -142,10 +145,14 @@ pub struct BurstResult {
     pub concurrency: usize,
     /// Pod addresses the cold node had at `t0`.
     pub cold_pool: usize,
-    /// Time from `t0` until every pod had its address (ms).
+    /// Time from `t0` until every pod had its address (ms): the median run's.
     pub time_to_all_ms: f64,
-    /// The same burst on a node that already had every address (ms).
+    /// The same burst on a node that already had every address (ms): the median run's.
     pub warm_ms: f64,
+    /// Time to all of every run (ms), in run order.
+    pub time_samples_ms: Vec<f64>,
+    /// The warm burst of every run (ms), in run order.
+    pub warm_samples_ms: Vec<f64>,
     /// The modelled latencies of the fewest EC2 calls from the cold pool to the burst (ms),
     /// and those calls.
     pub ec2_floor_ms: f64,
@@ -240,9 +247,27 @@ pub fn run(config: &BurstConfig, say: &dyn Fn(&str)) -> Result<Vec<BurstResult>,
             mode.label(),
             config.concurrency
         ));
-        out.push(one_mode(&vpc, mode, pods, config.concurrency)?);
+        let mut runs = (0..config.reps.max(1))
+            .map(|rep| one_mode(&vpc, mode, pods, config.concurrency, rep))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (times, warms): (Vec<f64>, Vec<f64>) =
+            runs.iter().map(|r| (r.time_to_all_ms, r.warm_ms)).unzip();
+        let warm_median = median(&warms);
+        // The median run by time to all (its calls and shape), with every run's figures.
+        runs.sort_by(|a, b| a.time_to_all_ms.total_cmp(&b.time_to_all_ms));
+        let mut median_run = runs.swap_remove(runs.len() / 2);
+        median_run.warm_ms = warm_median;
+        median_run.time_samples_ms = times;
+        median_run.warm_samples_ms = warms;
+        out.push(median_run);
     }
     Ok(out)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 fn one_mode(
@@ -250,11 +275,12 @@ fn one_mode(
     mode: BurstMode,
     pods: usize,
     concurrency: usize,
+    rep: usize,
 ) -> Result<BurstResult, BenchError> {
     // The floor's first part: every address there beforehand, no EC2 call.
     let slots = pods.div_ceil(mode.per_slot());
     let warm_spec = match mode {
-        BurstMode::Prefixes => NodeSpec::new("burst-warm-pd", INSTANCE_TYPE)
+        BurstMode::Prefixes => NodeSpec::new(&format!("burst-warm-pd-{rep}"), INSTANCE_TYPE)
             .imds_only_prefixes(u32::try_from(slots).unwrap_or(u32::MAX)),
         BurstMode::SecondaryIps => {
             let per_eni = 9;
@@ -262,7 +288,7 @@ fn one_mode(
                 .step_by(per_eni)
                 .map(|done| u32::try_from((slots - done).min(per_eni)).unwrap_or(0))
                 .collect();
-            NodeSpec::new("burst-warm", INSTANCE_TYPE)
+            NodeSpec::new(&format!("burst-warm-{rep}"), INSTANCE_TYPE)
                 .imds_only(u32::try_from(slots.min(per_eni)).unwrap_or(0), &enis)
         }
     };
@@ -281,9 +307,9 @@ fn one_mode(
     };
 
     let mut spec = NodeSpec::new(
-        match mode {
-            BurstMode::Prefixes => "burst-pd",
-            BurstMode::SecondaryIps => "burst",
+        &match mode {
+            BurstMode::Prefixes => format!("burst-pd-{rep}"),
+            BurstMode::SecondaryIps => format!("burst-{rep}"),
         },
         INSTANCE_TYPE,
     )
@@ -323,6 +349,8 @@ fn one_mode(
         cold_pool,
         time_to_all_ms: ms(served.time_to_all),
         warm_ms: ms(warm.time_to_all),
+        time_samples_ms: Vec::new(),
+        warm_samples_ms: Vec::new(),
         ec2_floor_ms: ms(ec2_floor),
         floor_calls,
         retries: served.retries,

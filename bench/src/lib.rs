@@ -218,12 +218,13 @@ impl BenchConfig {
             && (b.prefix_pods == 0
                 || b.secondary_pods == 0
                 || b.concurrency == 0
+                || b.reps == 0
                 || b.prefix_pods > 110
                 || b.secondary_pods > 27)
         {
             return bad(format!(
-                "burst sizes {}/{} at concurrency {} are out of range (1..=110 pods with prefixes, 1..=27 with secondary IPs: an m5.large's pod addresses)",
-                b.prefix_pods, b.secondary_pods, b.concurrency
+                "burst sizes {}/{} at concurrency {}, {} runs, are out of range (1..=110 pods with prefixes, 1..=27 with secondary IPs: an m5.large's pod addresses; at least one run)",
+                b.prefix_pods, b.secondary_pods, b.concurrency, b.reps
             ));
         }
         if self.exec_floor_reps == 0

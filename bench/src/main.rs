@@ -8,7 +8,7 @@
 //!              [--exec-reps 300] [--load-clients 8] [--load-iterations 500] [--no-disk-checkpoint]
 //!              [--startup-pods 250] [--startup-reps 5] [--idle-seconds 30] [--criterion-dir target/criterion]
 //!              [--glibc-plugin target/release/aws-cni] [--dockerfile Dockerfile] [--command "make bench"]
-//!              [--previous results.json | --no-previous] [--burst-pods 110,27] [--burst-conc 16 | --no-burst]
+//!              [--previous results.json | --no-previous] [--burst-pods 110,27] [--burst-conc 16] [--burst-reps 3 | --no-burst]
 //! ```
 //! ipamd is the one next to `cnibench` (or `IPAMD_BIN`). The report compares the run with the
 //! previous run's results: `--previous`, by default the `--json` file as it is before this run
@@ -28,7 +28,7 @@ const USAGE: &str = "usage: cnibench run --plugin <aws-cni> --floor <kernel-floo
   [--load-clients N] [--load-iterations N] [--no-disk-checkpoint] [--startup-pods N]\n\
   [--startup-reps N] [--idle-seconds N] [--criterion-dir DIR] [--glibc-plugin FILE] [--dockerfile FILE] [--command TEXT] [--quiet]\n\
   [--previous FILE.json | --no-previous]  (default: the --json file, read before it is overwritten)\n\
-  [--burst-pods PREFIX,SECONDARY] [--burst-conc N | --no-burst]  (the cold-node bursts, default 110,27 at 16)\n\
+  [--burst-pods PREFIX,SECONDARY] [--burst-conc N] [--burst-reps R | --no-burst]  (the cold-node bursts, default 110,27 at 16, 3 runs)\n\
   Runs as root; builds a simulated node in network namespaces and removes it afterwards.";
 
 struct Cli {
@@ -74,7 +74,7 @@ fn parse(args: &[String]) -> anyhow::Result<Parsed> {
             | "--reps" | "--cycle-conc" | "--ptp-dir" | "--exec-reps" | "--load-clients"
             | "--load-iterations" | "--rss-pods" | "--startup-pods" | "--startup-reps"
             | "--idle-seconds" | "--criterion-dir" | "--glibc-plugin" | "--dockerfile"
-            | "--command" | "--previous" | "--burst-pods" | "--burst-conc" => {
+            | "--command" | "--previous" | "--burst-pods" | "--burst-conc" | "--burst-reps" => {
                 let v = it
                     .next()
                     .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -108,6 +108,9 @@ fn parse(args: &[String]) -> anyhow::Result<Parsed> {
                 let b = config.burst.get_or_insert_with(Default::default);
                 b.prefix_pods = number(&flag, pd.trim())?;
                 b.secondary_pods = number(&flag, secondary.trim())?;
+            }
+            "--burst-reps" => {
+                config.burst.get_or_insert_with(Default::default).reps = number(&flag, &v)?;
             }
             "--burst-conc" => {
                 config

@@ -509,13 +509,14 @@ fn burst_section(w: &mut String, res: &BenchResults) {
     );
     let _ = writeln!(
         w,
-        "An m5.large-type node of the simulated VPC (moto as EC2, in EC2 mode, the reference manifest's `WARM_ENI_TARGET=1` / `WARM_PREFIX_TARGET=1`) becomes ready; at that moment (t0) its pods are created at once, {} sandboxes at a time, each an `aws-cni` ADD exec'd as containerd does; an ADD that fails is handled as containerd and kubelet do (DEL, namespace removed, tried again with a new sandbox after kubelet's 10 s back-off, jittered by up to 50 %). EC2 answers after the latency model below and instance metadata lags behind EC2 by {} ms. **Floor** = the same burst on a node that already holds every address (metadata-only mode, no EC2 call) + the modelled latencies of the fewest EC2 calls that take the cold pool to the burst's size, one after the other. With secondary IPs an m5.large has 27 pod addresses (3 ENIs × 9); its max pods, 29, counts two host-network pods.\n",
+        "An m5.large-type node of the simulated VPC (moto as EC2, in EC2 mode, the reference manifest's `WARM_ENI_TARGET=1` / `WARM_PREFIX_TARGET=1`) becomes ready; at that moment (t0) its pods are created at once, {} sandboxes at a time, each an `aws-cni` ADD exec'd as containerd does; an ADD that fails is handled as containerd and kubelet do (DEL, namespace removed, tried again with a new sandbox after kubelet's 10 s back-off, jittered by up to 50 %). EC2 answers after the latency model below and instance metadata lags behind EC2 by {} ms. Each mode runs several times on new nodes; the row is the median run (its calls and shape), the floor's first part the median warm burst. **Floor** = the same burst on a node that already holds every address (metadata-only mode, no EC2 call) + the modelled latencies of the fewest EC2 calls that take the cold pool to the burst's size, one after the other. With secondary IPs an m5.large has 27 pod addresses (3 ENIs × 9); its max pods, 29, counts two host-network pods.\n",
         res.bursts[0].concurrency,
         burst::METADATA_LAG.as_millis()
     );
     let _ = writeln!(
         w,
-        "| mode | pods | cold pool | time to all s | floor s (warm + EC2) | time ÷ floor | kubelet retries | ENIs / prefixes at the end | address calls | attaches |"
+        "| mode | pods | cold pool | time to all s (median; min–max of {} runs) | floor s (warm + EC2) | time ÷ floor | kubelet retries | ENIs / prefixes at the end | address calls | attaches |",
+        res.bursts[0].time_samples_ms.len().max(1)
     );
     let _ = writeln!(
         w,
@@ -525,11 +526,16 @@ fn burst_section(w: &mut String, res: &BenchResults) {
     for b in &res.bursts {
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} ({} + {}) | {:.2}× | {} | {} / {} | {} | {} |",
+            "| {} | {} | {} | {} ({}–{}) | {} ({} + {}) | {:.2}× | {} | {} / {} | {} | {} |",
             b.mode.label(),
             b.pods,
             b.cold_pool,
             s(b.time_to_all_ms),
+            s(b.time_samples_ms
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min)),
+            s(b.time_samples_ms.iter().copied().fold(0.0, f64::max)),
             s(b.floor_ms()),
             s(b.warm_ms),
             s(b.ec2_floor_ms),

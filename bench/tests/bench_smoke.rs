@@ -49,6 +49,7 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
         prefix_pods: 20,
         secondary_pods: 12,
         concurrency: 4,
+        reps: 2,
     };
     c.burst = Some(burst);
     let criterion = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -252,6 +253,9 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
             "{b:#?}"
         );
         assert!(!b.floor_calls.is_empty(), "{b:#?}");
+        // Every run is kept; the row is the median one.
+        assert_eq!(b.time_samples_ms.len(), 2, "{b:#?}");
+        assert!(b.time_samples_ms.contains(&b.time_to_all_ms), "{b:#?}");
     }
     let pd = &r.bursts[0];
     assert!(
@@ -267,7 +271,7 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
     assert!(
         r.targets
             .iter()
-            .any(|t| t.key == "burst_pd_floor_ratio" && t.value.is_some()),
+            .any(|t| t.key == "burst_pd_floor_ratio_median" && t.value.is_some()),
         "{:#?}",
         r.targets
     );
