@@ -1,7 +1,7 @@
 # Rust AWS VPC CNI (aws-cni + ipamd).
 #
 #   make build    cargo build --workspace --locked, plus the libcni front end (Go) into target/go
-#   make test     deps, build, kube-bins, then cargo test --workspace --locked  (root, Debian 12)
+#   make test     deps, build, kube-bins, node-image, then cargo test --workspace --locked  (root, Debian 12)
 #   make demo     deps, build, then `vpcsim vpc-demo`: a VPC on moto, 2 nodes, 24 pods (root)
 #   make k8s-demo the VPC with a real Kubernetes: 2 kubelet nodes, 30 pods, ping, Services (root)
 #   make lint     rustfmt --check, clippy -D warnings, gofmt
@@ -17,6 +17,8 @@
 #   make kube-bins  Kubernetes v1.37 (kube-apiserver, controller-manager, scheduler, kubelet,
 #                 kube-proxy, kubectl) and etcd built from tests/kubernetes into target/go/kube
 #                 (Go and the module proxy; about 7 minutes the first time)
+#   make node-image the project's image from the Dockerfile, on a debootstrapped bookworm, as an
+#                 OCI archive for the kubelet nodes' containerd (root; ~45 s after image-binaries)
 #   make soak     the reliability campaigns at soak size (VCNI_SOAK=1: 5000 ops, 20 kills) and
 #                 10 minutes of fuzzing per target; not part of CI (root)
 
@@ -33,7 +35,7 @@ DEBIAN_GOPATH := /usr/share/gocode
 
 APT_PACKAGES := golang-go golang-github-appc-cni-dev containernetworking-plugins podman runc \
 	busybox-static iptables iputils-ping jq hyperfine uidmap iproute2 procps util-linux \
-	python3 python3-venv containerd openssl
+	python3 python3-venv containerd openssl debootstrap
 
 # The project's Python tools, pinned, in one venv under the target dir (Debian 12's python3
 # refuses system-wide pip installs): moto (EC2 of the simulated VPC; the release the harness's
@@ -65,12 +67,13 @@ CNI_PLUGINS := bandwidth host-local loopback portmap tuning
 TOOLS := ip:iproute2 ping:iputils-ping sysctl:procps nsenter:util-linux iptables:iptables \
 	go:golang-go podman:podman runc:runc busybox:busybox-static tar:tar \
 	kubectl:kubernetes-client containerd:containerd ctr:containerd \
-	containerd-shim-runc-v2:containerd sha256sum:coreutils openssl:openssl
+	containerd-shim-runc-v2:containerd sha256sum:coreutils openssl:openssl \
+	debootstrap:debootstrap
 
-.PHONY: build cniclient test demo lint release deps check-root check-tools help bench crictl kube-bins k8s-demo
+.PHONY: build cniclient test demo lint release deps check-root check-tools help bench crictl kube-bins k8s-demo node-image
 
 help:
-	@sed -n '3,21p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,23p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 build: cniclient
 	$(CARGO) build --workspace --locked
@@ -177,7 +180,7 @@ check-tools: deps
 		exit 1; \
 	fi
 
-test: check-root check-tools build kube-bins
+test: check-root check-tools build kube-bins node-image
 	$(CARGO) test --workspace --locked --no-fail-fast
 
 # PREFIX_DELEGATION=true: ipamd with ENABLE_PREFIX_DELEGATION=true (pods on /28 prefixes).
@@ -286,6 +289,40 @@ image-binaries:
 	install -m 0755 $(TARGET_DIR)/$(IMAGE_MUSL_TARGET)/release/aws-cni $(IMAGE_DIR)/cni/bin/aws-cni
 	install -m 0755 $(addprefix $(SYSTEM_CNI_DIR)/,$(CNI_PLUGINS)) $(IMAGE_DIR)/cni/bin/
 	install -m 0644 $(IMAGE_CONF) $(IMAGE_DIR)/conf/
+
+# The project's image for the real-node tests (issue 14): the Dockerfile's own runtime stage,
+# built by podman (private vfs storage under target/kube/podman, removed afterwards) on a Debian
+# bookworm base made by debootstrap (no registry; cached in target/kube/bookworm-rootfs), its
+# `build` stage replaced by image-binaries' output (--build-context build=...); RUN steps use
+# the host's network as apt-get in make deps does (no network set up). Saved as an OCI archive
+# for `ctr import` into the nodes' containerd.
+NODE_IMAGE := $(TARGET_DIR)/kube/aws-vpc-cni-rs.oci.tar
+NODE_IMAGE_REPO := localhost/aws-vpc-cni-rs
+KUBE_DIR := $(TARGET_DIR)/kube
+PODMAN_PRIVATE := podman --root $(KUBE_DIR)/podman/storage --runroot $(KUBE_DIR)/podman/run \
+	--storage-driver vfs --cgroup-manager cgroupfs
+
+node-image: image-binaries
+	@mkdir -p $(KUBE_DIR)
+	@if [ ! -x $(KUBE_DIR)/bookworm-rootfs/usr/bin/apt-get ]; then \
+		echo "node-image: debootstrap bookworm into $(KUBE_DIR)/bookworm-rootfs"; \
+		rm -rf $(KUBE_DIR)/bookworm-rootfs; \
+		debootstrap --variant=minbase bookworm $(KUBE_DIR)/bookworm-rootfs http://deb.debian.org/debian \
+			> $(KUBE_DIR)/debootstrap.log 2>&1 || \
+			{ echo "error: debootstrap failed (see $(KUBE_DIR)/debootstrap.log)" >&2; exit 1; }; \
+	fi
+	@rm -rf $(KUBE_DIR)/podman $(KUBE_DIR)/context
+	@mkdir -p $(KUBE_DIR)/context/src/target
+	@cp -r $(IMAGE_DIR) $(KUBE_DIR)/context/src/target/image
+	@tar -C $(KUBE_DIR)/bookworm-rootfs -c . | \
+		$(PODMAN_PRIVATE) import - docker.io/library/debian:bookworm-slim > /dev/null
+	@$(PODMAN_PRIVATE) build --network=host --build-context build=$(KUBE_DIR)/context \
+		-t $(NODE_IMAGE_REPO):test -f $(CURDIR)/Dockerfile $(KUBE_DIR)/context > $(KUBE_DIR)/build.log 2>&1 || \
+		{ echo "error: podman build of the Dockerfile failed (see $(KUBE_DIR)/build.log)" >&2; exit 1; }
+	@rm -f $(NODE_IMAGE)
+	@$(PODMAN_PRIVATE) save --quiet --format oci-archive -o $(NODE_IMAGE) $(NODE_IMAGE_REPO):test
+	@rm -rf $(KUBE_DIR)/podman $(KUBE_DIR)/context
+	@echo "node-image: $(NODE_IMAGE) ($(NODE_IMAGE_REPO):test, $$(du -h $(NODE_IMAGE) | cut -f1))"
 
 image-test: check-root deps build image-binaries
 	$(CARGO) test --locked -p vpc-cni-tests --test ops -- --ignored

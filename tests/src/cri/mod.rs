@@ -437,18 +437,26 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     fn import_pause_image(&self) -> Result<(), CriError> {
         let archive = image::write_pause_archive(&self.dir().join("image"))?;
-        let out = run(Command::new("ctr")
-            .arg("--address")
-            .arg(self.socket())
-            .args([
-                "-n",
-                K8S_NAMESPACE,
-                "images",
-                "import",
-                "--snapshotter",
-                "native",
-            ])
-            .arg(&archive))?;
+        self.import_image(&archive, None)
+    }
+
+    /// Imports the OCI archive `archive` into the CRI's image store (`ctr images import`,
+    /// native snapshotter); `base_name` names images whose archive gives only a tag (podman's
+    /// `save --format oci-archive`): they become `<base_name>:<tag>`.
+    pub fn import_image(&self, archive: &Path, base_name: Option<&str>) -> Result<(), CriError> {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(self.socket()).args([
+            "-n",
+            K8S_NAMESPACE,
+            "images",
+            "import",
+            "--snapshotter",
+            "native",
+        ]);
+        if let Some(base) = base_name {
+            cmd.args(["--base-name", base]);
+        }
+        let out = run(cmd.arg(archive))?;
         if !out.status.success() {
             return Err(CriError::Command {
                 command: format!("ctr images import {}", archive.display()),

@@ -131,6 +131,30 @@ pub fn kube_bin(name: &'static str) -> Result<PathBuf, KubeError> {
     }
 }
 
+/// Env var naming the project's image archive (default: `target/kube/aws-vpc-cni-rs.oci.tar`,
+/// built by `make node-image` from the Dockerfile).
+pub const NODE_IMAGE_ENV: &str = "NODE_IMAGE";
+/// The repository the project's image is imported as (`<repo>:test`).
+pub const NODE_IMAGE_REPO: &str = "localhost/aws-vpc-cni-rs";
+
+/// The project's image as an OCI archive, which must exist.
+pub fn node_image() -> Result<PathBuf, KubeError> {
+    let path = std::env::var_os(NODE_IMAGE_ENV).map_or_else(
+        || prereqs::workspace_dir().join("target/kube/aws-vpc-cni-rs.oci.tar"),
+        PathBuf::from,
+    );
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(PrereqError::Missing {
+            what: "the project's image",
+            path,
+            hint: format!("build it with `make node-image` (debootstrap, podman), or point {NODE_IMAGE_ENV} at an OCI archive of it"),
+        }
+        .into())
+    }
+}
+
 /// A running control plane.
 #[derive(Debug)]
 pub struct ControlPlane {

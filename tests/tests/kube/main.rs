@@ -207,6 +207,45 @@ fn a_kubelet_on_a_vpc_node_registers_and_its_pod_gets_a_vpc_address_through_aws_
         "{args:?}"
     );
 
+    // The project's image, built here from the Dockerfile without a registry, runs on the node.
+    let image = harness::kube::node_image().unwrap_or_else(|e| panic!("{e}"));
+    containerd
+        .import_image(&image, Some(harness::kube::NODE_IMAGE_REPO))
+        .unwrap_or_else(|e| panic!("{e}"));
+    kubectl(&[
+        "run",
+        "image-check",
+        &format!("--image={}:test", harness::kube::NODE_IMAGE_REPO),
+        "--image-pull-policy=Never",
+        "--restart=Never",
+        "--command",
+        "--",
+        "/app/ipamd",
+        "--version",
+    ]);
+    wait_for(
+        "pod image-check to succeed",
+        Duration::from_secs(60),
+        || {
+            let phase = kubectl(&[
+                "get",
+                "pod",
+                "image-check",
+                "-o",
+                "jsonpath={.status.phase}",
+            ]);
+            assert_ne!(
+                phase,
+                "Failed",
+                "{}",
+                kubectl(&["describe", "pod", "image-check"])
+            );
+            (phase == "Succeeded").then_some(())
+        },
+    );
+    let version = kubectl(&["logs", "image-check"]);
+    assert!(version.starts_with("ipamd "), "{version}");
+
     // Deleting the pod gives its address back to ipamd's pool.
     kubectl(&["delete", "pod", "web", "--wait=true", "--timeout=60s"]);
     wait_for(
