@@ -205,10 +205,12 @@ pub fn counts(enis: &[EniState]) -> Counts {
 /// EC2 for, addresses or prefixes (in `WARM_ENI_TARGET` mode a whole ENI's worth), capped at
 /// max pods.
 ///
-/// Beyond the reference, when pods wait for an address (a burst found the pool empty): the
-/// waiting pods plus as many again as got an address in the burst window are served first,
-/// then the targets apply to the pool as it will be once they are, in one go. Without waiting
-/// pods this is exactly the reference's computation.
+/// Beyond the reference, when more pods wait for an address than the pool has (a burst found
+/// it empty): the waiting pods plus as many again as got an address in the burst window are
+/// served first, then the targets apply to the pool as it will be once they are, in one go.
+/// The burst's part only enlarges a call the waiting pods need anyway: when the pool covers
+/// them, the targets alone decide, for the pool once they are served. Without waiting pods
+/// this is exactly the reference's computation.
 pub fn shortfall(c: Counts, t: Targets, cap: Capacity) -> u32 {
     if c.waiting == 0 {
         return reference_shortfall(c, t, cap);
@@ -217,7 +219,11 @@ pub fn shortfall(c: Counts, t: Targets, cap: Capacity) -> u32 {
         return 0;
     }
     let avail = c.available();
-    let wanted = c.waiting.saturating_add(c.recent);
+    let wanted = if c.waiting > avail {
+        c.waiting.saturating_add(c.recent)
+    } else {
+        c.waiting
+    };
     let served = wanted.min(avail);
     let left = avail - served;
     let after = Counts {
@@ -897,6 +903,12 @@ mod tests {
         assert_eq!(shortfall(burst(112, 100, 0, 10, 10), pd, M5_LARGE_PD), 0);
         // Waiting pods that the free addresses cover: only the warm target is asked for.
         assert_eq!(shortfall(burst(32, 16, 1, 4, 4), pd, M5_LARGE_PD), 1);
+        // Pods coming one at a time (WARM_IP_TARGET=1, t3.small): the new ENI's 3 addresses
+        // cover the pod that waited; the 3 that came before it ask for nothing more.
+        assert_eq!(
+            shortfall(burst(6, 3, 0, 1, 3), targets(0, 1, 0), T3_SMALL),
+            0
+        );
         // Secondary IPs, WARM_ENI_TARGET=1: 18 addresses taken, 11 wait, 18 came: a whole
         // ENI's worth on top of the 29 wanted, capped at max pods.
         let eni = targets(1, 0, 0);

@@ -5,9 +5,9 @@
 //! - the pod is remembered as waiting ([`Demand::wait_for`]) until it gets an address or
 //!   [`WAITING_TTL`] passes (a pod deleted meanwhile has no DEL that says so: containerd's DEL
 //!   after the failed ADD is the same call whether kubelet retries the pod or not);
-//! - the pool manager grows for the waiting pods, plus as many again as got an address in the
-//!   last [`BURST_WINDOW`] (a burst goes on), on top of its warm target (see
-//!   [`crate::pool::policy::shortfall`]);
+//! - when more pods wait than the pool has, the pool manager grows for them, plus as many again
+//!   as got an address in the last [`BURST_WINDOW`] (a burst goes on), on top of its warm
+//!   target, in one call (see [`crate::pool::policy::shortfall`]);
 //! - while the manager can still grow the pool ([`Demand::set_may_grow`]), the AddNetwork
 //!   itself waits up to the state's add wait for addresses to arrive ([`Demand::grown`]), so
 //!   the pod starts as soon as they do instead of after kubelet's back-off. At max pods, at the
