@@ -3,7 +3,8 @@
 #   make build    cargo build --workspace --locked, plus the libcni front end (Go) into target/go
 #   make test     deps, build, kube-bins, node-image, then cargo test --workspace --locked  (root, Debian 12)
 #   make demo     deps, build, then `vpcsim vpc-demo`: a VPC on moto, 2 nodes, 24 pods (root)
-#   make k8s-demo the VPC with a real Kubernetes: 2 kubelet nodes, 30 pods, ping, Services (root)
+#   make k8s-demo the VPC with a real Kubernetes: 2 kubelet nodes, aws-node from conf/ (kubectl
+#                 apply -k), 30 pods, ping, Services (root)
 #   make lint     rustfmt --check, clippy -D warnings, gofmt
 #   make release  optimized build of every binary
 #   make image-binaries  what the Dockerfile builds (release, static musl aws-cni) -> target/image
@@ -73,7 +74,7 @@ TOOLS := ip:iproute2 ping:iputils-ping sysctl:procps nsenter:util-linux iptables
 .PHONY: build cniclient test demo lint release deps check-root check-tools help bench crictl kube-bins k8s-demo node-image
 
 help:
-	@sed -n '3,23p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,24p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 build: cniclient
 	$(CARGO) build --workspace --locked
@@ -188,7 +189,7 @@ demo: check-root check-tools build
 	$(TARGET_DIR)/debug/vpcsim vpc-demo $(if $(filter true,$(PREFIX_DELEGATION)),--prefix-delegation)
 
 # The VPC with a real Kubernetes (control plane, two nodes with kubelet, containerd, kube-proxy).
-k8s-demo: check-root check-tools build kube-bins
+k8s-demo: check-root check-tools build kube-bins node-image
 	$(TARGET_DIR)/debug/vpcsim k8s-demo
 
 lint:

@@ -22,7 +22,8 @@ const USAGE: &str = "usage: vpcsim demo | vpcsim vpc-demo [--prefix-delegation] 
             matrix, teardown (needs root and moto); --prefix-delegation: ipamd with\n\
             ENABLE_PREFIX_DELEGATION=true, pods on /28 prefixes\n\
   k8s-demo  the VPC with a real Kubernetes control plane and two nodes running kubelet,\n\
-            containerd and kube-proxy (make kube-bins builds them): 30 pods through aws-cni,\n\
+            containerd and kube-proxy (make kube-bins), aws-node deployed from conf/ with\n\
+            kubectl apply -k (make node-image): 30 pods through aws-cni,\n\
             where they landed, pings across nodes, ClusterIP and NodePort (needs root)\n\
   demo      one simulated node (2 ENIs from a metadata file), ipamd in IMDS-only mode, 3 pods\n\
             through aws-cni, their VPC addresses, pings, teardown (needs root)";

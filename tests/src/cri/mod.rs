@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 pub use image::PAUSE_IMAGE;
 use serde_json::{Value, json};
 
-use crate::node::NodeHost;
+use crate::node::{NodeHost, NodeRoot};
 use test_support::cleanup;
 use test_support::netns::tail;
 use test_support::netns::{CommandError, default_path, run};
@@ -42,6 +42,11 @@ use test_support::prereqs::{self, PrereqError};
 
 /// Env var naming the crictl binary (default: `target/go/bin/crictl`, built by `make deps`).
 pub(crate) const CRICTL_BIN_ENV: &str = "CRICTL_BIN";
+
+/// `conf_dir` of an EKS node (containerd's default), a path of the node's [`NodeRoot`].
+pub const NODE_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// `bin_dir` of an EKS node (containerd's default).
+pub const NODE_CNI_BIN_DIR: &str = "/opt/cni/bin";
 
 /// The containerd namespace of the CRI plugin.
 pub(crate) const K8S_NAMESPACE: &str = "k8s.io";
@@ -211,6 +216,18 @@ impl CniCall {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The CNI plugins and configuration a [`Containerd`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CniLayout {
+    /// The harness's: `conf_dir` is the node's ipamd's `net.d`, `bin_dir` a private directory
+    /// with `loopback`, `portmap` and the recorder in front of `aws-cni` (see the module docs).
+    Recorded,
+    /// An EKS node's: `/etc/cni/net.d` and `/opt/cni/bin` of the node's [`NodeRoot`], empty until
+    /// the aws-node DaemonSet's init container installs the plugins and its ipamd writes the
+    /// conflist. No call is recorded.
+    Node,
+}
+
 /// One containerd with its CRI plugin, running in a node's network namespace. Dropping it
 /// removes every sandbox and everything containerd made (see the module docs).
 #[derive(Debug)]
@@ -219,6 +236,8 @@ pub struct Containerd {
     child: Option<Child>,
     cgroup_parent: String,
     conf_dir: PathBuf,
+    bin_dir: PathBuf,
+    layout: CniLayout,
     crictl: PathBuf,
     started: Instant,
 }
@@ -227,6 +246,21 @@ impl Containerd {
     /// Starts containerd in `node`'s namespace with `node`'s `net.d` as CNI conf dir, waits
     /// until its CRI answers, and imports the pause image.
     pub fn start(node: &NodeHost) -> Result<Self, CriError> {
+        Self::launch(node, None, CniLayout::Recorded)
+    }
+
+    /// Starts containerd in `node`'s namespace and `root`'s mount namespace (where kubelet and
+    /// the node's other processes run) with the CNI `layout`, waits until its CRI answers, and
+    /// imports the pause image.
+    pub fn start_in(node: &NodeHost, root: &NodeRoot, layout: CniLayout) -> Result<Self, CriError> {
+        Self::launch(node, Some(root), layout)
+    }
+
+    fn launch(
+        node: &NodeHost,
+        root: Option<&NodeRoot>,
+        layout: CniLayout,
+    ) -> Result<Self, CriError> {
         prereqs::require_root()?;
         for (tool, package) in [
             ("containerd", "containerd"),
@@ -241,7 +275,7 @@ impl Containerd {
         let plugin = prereqs::aws_cni()?;
         for p in ["loopback", "portmap"] {
             let path = Path::new(prereqs::SYSTEM_CNI_DIR).join(p);
-            if !path.is_file() {
+            if layout == CniLayout::Recorded && !path.is_file() {
                 return Err(PrereqError::MissingTool {
                     tool: path.display().to_string(),
                     hint: "apt-get install containernetworking-plugins (make deps)".into(),
@@ -256,17 +290,26 @@ impl Containerd {
             .map_err(io_err("cannot create containerd's private directory"))?;
         cleanup::register_dir(dir.path());
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let (conf_dir, bin_dir) = match layout {
+            CniLayout::Recorded => (node.conflist_dir(), dir.path().join("cni-bin")),
+            CniLayout::Node => (
+                PathBuf::from(NODE_CNI_CONF_DIR),
+                PathBuf::from(NODE_CNI_BIN_DIR),
+            ),
+        };
         let mut ctd = Self {
             dir,
             child: None,
             cgroup_parent: format!("/vcni-{}-{n}", std::process::id()),
-            conf_dir: node.conflist_dir(),
+            conf_dir,
+            bin_dir,
+            layout,
             crictl,
             started: Instant::now(),
         };
         teardown::enter();
         ctd.write_setup(&plugin)?;
-        ctd.spawn(node)?;
+        ctd.spawn(node, root)?;
         ctd.wait_ready(Duration::from_secs(30))?;
         ctd.import_pause_image()?;
         Ok(ctd)
@@ -287,9 +330,19 @@ impl Containerd {
         self.dir().join("containerd.log")
     }
 
-    /// The CNI bin dir containerd uses.
+    /// The CNI bin dir containerd uses (a path of its mount namespace).
     pub fn bin_dir(&self) -> PathBuf {
-        self.dir().join("cni-bin")
+        self.bin_dir.clone()
+    }
+
+    /// The CNI conf dir containerd watches (a path of its mount namespace).
+    pub fn conf_dir(&self) -> &Path {
+        &self.conf_dir
+    }
+
+    /// Where its CNI plugins and configuration come from.
+    pub fn layout(&self) -> CniLayout {
+        self.layout
     }
 
     /// Where the recorder writes the calls.
@@ -308,34 +361,9 @@ impl Containerd {
             fs::create_dir_all(d.join(sub)).map_err(io_err(format!("cannot create {sub}")))?;
         }
         let bin = self.bin_dir();
-        let calls = self.calls_dir();
-        fs::create_dir_all(&bin).map_err(io_err("cannot create the CNI bin dir"))?;
-        fs::create_dir_all(&calls).map_err(io_err("cannot create the calls dir"))?;
-        for p in ["loopback", "portmap"] {
-            std::os::unix::fs::symlink(Path::new(prereqs::SYSTEM_CNI_DIR).join(p), bin.join(p))
-                .map_err(io_err(format!("cannot link {p}")))?;
+        if self.layout == CniLayout::Recorded {
+            self.write_recorder(plugin)?;
         }
-        // The recorder: writes the call down, runs the real plugin on the same stdin, and
-        // passes its stdout and exit code back to containerd unchanged.
-        let recorder = format!(
-            "#!/bin/sh\n\
-             # Written by the test harness (tests/src/cri): records one CNI call, then runs aws-cni.\n\
-             f={calls}/$(date +%s%N)-$$\n\
-             env | grep '^CNI_' | sort > \"$f.env\"\n\
-             cat > \"$f.stdin\"\n\
-             {plugin} < \"$f.stdin\" > \"$f.stdout\"\n\
-             rc=$?\n\
-             echo $rc > \"$f.rc\"\n\
-             cat \"$f.stdout\"\n\
-             exit $rc\n",
-            calls = calls.display(),
-            plugin = plugin.display(),
-        );
-        let wrapper = bin.join("aws-cni");
-        fs::write(&wrapper, recorder).map_err(io_err("cannot write the recorder"))?;
-        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
-            .map_err(io_err("cannot make the recorder executable"))?;
-
         let p = |s: &str| d.join(s).display().to_string();
         let config = format!(
             r#"version = 2
@@ -391,10 +419,46 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         fs::write(d.join("crictl.yaml"), crictl_conf).map_err(io_err("cannot write crictl.yaml"))
     }
 
-    fn spawn(&mut self, node: &NodeHost) -> Result<(), CriError> {
+    /// The recorder in front of `aws-cni`, with `loopback` and `portmap`, in the private bin dir.
+    fn write_recorder(&self, plugin: &Path) -> Result<(), CriError> {
+        let bin = self.bin_dir();
+        let calls = self.calls_dir();
+        fs::create_dir_all(&bin).map_err(io_err("cannot create the CNI bin dir"))?;
+        fs::create_dir_all(&calls).map_err(io_err("cannot create the calls dir"))?;
+        for p in ["loopback", "portmap"] {
+            std::os::unix::fs::symlink(Path::new(prereqs::SYSTEM_CNI_DIR).join(p), bin.join(p))
+                .map_err(io_err(format!("cannot link {p}")))?;
+        }
+        // The recorder: writes the call down, runs the real plugin on the same stdin, and
+        // passes its stdout and exit code back to containerd unchanged.
+        let recorder = format!(
+            "#!/bin/sh\n\
+             # Written by the test harness (tests/src/cri): records one CNI call, then runs aws-cni.\n\
+             f={calls}/$(date +%s%N)-$$\n\
+             env | grep '^CNI_' | sort > \"$f.env\"\n\
+             cat > \"$f.stdin\"\n\
+             {plugin} < \"$f.stdin\" > \"$f.stdout\"\n\
+             rc=$?\n\
+             echo $rc > \"$f.rc\"\n\
+             cat \"$f.stdout\"\n\
+             exit $rc\n",
+            calls = calls.display(),
+            plugin = plugin.display(),
+        );
+        let wrapper = bin.join("aws-cni");
+        fs::write(&wrapper, recorder).map_err(io_err("cannot write the recorder"))?;
+        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
+            .map_err(io_err("cannot make the recorder executable"))?;
+        Ok(())
+    }
+
+    fn spawn(&mut self, node: &NodeHost, root: Option<&NodeRoot>) -> Result<(), CriError> {
         let log = fs::File::create(self.log_path()).map_err(io_err("cannot create the log"))?;
         let log2 = log.try_clone().map_err(io_err("cannot clone the log"))?;
-        let mut cmd = node.ns().nsenter_command("containerd");
+        let mut cmd = match root {
+            Some(root) => root.command("containerd"),
+            None => node.ns().nsenter_command("containerd"),
+        };
         cmd.arg("--config")
             .arg(self.dir().join("config.toml"))
             .env_clear()
@@ -460,6 +524,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         if !out.status.success() {
             return Err(CriError::Command {
                 command: format!("ctr images import {}", archive.display()),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Gives the image `from` the further name `to` (`ctr images tag`), as a push of the same
+    /// image under a new tag would.
+    pub fn tag_image(&self, from: &str, to: &str) -> Result<(), CriError> {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(self.socket()).args([
+            "-n",
+            K8S_NAMESPACE,
+            "images",
+            "tag",
+            from,
+            to,
+        ]);
+        let out = run(&mut cmd)?;
+        if !out.status.success() {
+            return Err(CriError::Command {
+                command: format!("ctr images tag {from} {to}"),
                 status: out.status.to_string(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });

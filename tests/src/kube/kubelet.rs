@@ -1,14 +1,14 @@
 //! A real kubelet on a simulated node: kubelet → the node's containerd (CRI) → go-cni →
 //! `aws-cni`, registered with a [`ControlPlane`] as `system:node:<name>`.
 //!
-//! It runs in the node's network namespace (entered with `nsenter --net`, like containerd) and
-//! in a private mount namespace, with its own root dir, pod-log dir and config. Two things keep
-//! it from changing the machine it shares with the other nodes:
+//! It runs in the node's network namespace and the node's mount namespace (its [`NodeRoot`],
+//! shared with the node's containerd), with its own root dir, pod-log dir and config. Two things
+//! keep it from changing the machine it shares with the other nodes:
 //! - kernel settings: kubelet wants `vm.overcommit_memory=1`, `kernel.panic=10` and
 //!   `kernel.panic_on_oops=1`, machine-wide sysctls (not per network namespace). It runs with
-//!   `protectKernelDefaults: true` (it only reads them, never writes) and, in its private mount
-//!   namespace, those three files of `/proc/sys` are covered by files holding the values it wants;
-//!   the machine's own are untouched;
+//!   `protectKernelDefaults: true` (it only reads them, never writes) and, in the node's mount
+//!   namespace, those three files of `/proc/sys` are covered by files holding the values it wants
+//!   ([`kernel_default_binds`]); the machine's own are untouched;
 //! - cgroups: its `cgroupRoot` is the node's containerd's cgroup parent, so every pod it starts
 //!   lives under that subtree, which the containerd harness kills and removes at teardown.
 //!
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::{ControlPlane, KubeError, io_err, kube_bin, spawn_logged};
 use crate::cri::Containerd;
-use crate::node::NodeHost;
+use crate::node::{Bind, NodeRoot};
 use test_support::cleanup;
 use test_support::netns::tail;
 
@@ -45,11 +45,12 @@ pub struct Kubelet {
 }
 
 impl Kubelet {
-    /// Starts kubelet on `node` (its namespace, its primary address `node_ip`) as node `name`,
-    /// with `containerd` as its runtime, registering with `cp`.
+    /// Starts kubelet in the node's `root` (its primary address `node_ip`) as node `name`, with
+    /// `containerd` as its runtime, registering with `cp`. The root must carry
+    /// [`kernel_default_binds`].
     pub fn start(
         cp: &ControlPlane,
-        node: &NodeHost,
+        root: &NodeRoot,
         node_ip: Ipv4Addr,
         name: &str,
         containerd: &Containerd,
@@ -62,7 +63,7 @@ impl Kubelet {
             .map_err(io_err("cannot create kubelet's directory"))?;
         cleanup::register_dir(dir.path());
         let d = dir.path();
-        for sub in ["root", "pod-logs", "sysctl"] {
+        for sub in ["root", "pod-logs"] {
             fs::create_dir_all(d.join(sub)).map_err(io_err(format!("cannot create {sub}")))?;
         }
         make_cgroup_root(containerd.cgroup_parent())?;
@@ -81,35 +82,14 @@ impl Kubelet {
             ),
         )
         .map_err(io_err("cannot write kubelet's config"))?;
-        // The script of the private mount namespace: cover the kernel settings, then exec.
-        let mut script = String::from("set -e\n");
-        for (key, value) in KERNEL_DEFAULTS {
-            let file = d.join("sysctl").join(key.replace('/', "."));
-            fs::write(&file, format!("{value}\n"))
-                .map_err(io_err(format!("cannot write {}", file.display())))?;
-            script.push_str(&format!(
-                "mount --bind {} /proc/sys/{key}\n",
-                file.display()
-            ));
-        }
-        script.push_str(&format!(
-            "exec {} --config={} --kubeconfig={} --root-dir={} --hostname-override={name} --node-ip={node_ip} --v=2\n",
-            kubelet.display(),
-            config.display(),
-            kubeconfig.display(),
-            d.join("root").display(),
-        ));
-        let mut cmd = node.ns().nsenter_command("unshare");
-        cmd.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .env("HOME", d);
+        let mut cmd = root.command(&kubelet);
+        cmd.arg(format!("--config={}", config.display()))
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--root-dir={}", d.join("root").display()))
+            .arg(format!("--hostname-override={name}"))
+            .arg(format!("--node-ip={node_ip}"))
+            .arg("--v=2")
+            .env("HOME", d);
         let child = spawn_logged(cmd, &d.join("kubelet.log"), "kubelet")?;
         Ok(Self {
             name: name.to_owned(),
@@ -141,6 +121,40 @@ impl Kubelet {
         ns: &test_support::netns::Netns,
         timeout: Duration,
     ) -> Result<(), KubeError> {
+        self.wait_node(cp, ns, timeout, "Ready", |s| s.starts_with("True"))
+            .map(drop)
+    }
+
+    /// The Node's Ready condition as `<status> <message>` (empty before it registered).
+    pub fn ready_condition(
+        &self,
+        cp: &ControlPlane,
+        ns: &test_support::netns::Netns,
+    ) -> Result<String, KubeError> {
+        cp.kubectl_ok(ns, &["get", "node", &self.name, "-o", READY_JSONPATH])
+    }
+
+    /// Waits until the Node object exists (registered, Ready or not) and returns its Ready
+    /// condition as `<status> <message>`; fails early when kubelet exited.
+    pub fn wait_registered(
+        &mut self,
+        cp: &ControlPlane,
+        ns: &test_support::netns::Netns,
+        timeout: Duration,
+    ) -> Result<String, KubeError> {
+        self.wait_node(cp, ns, timeout, "registered", |s| {
+            s.starts_with("True") || s.starts_with("False") || s.starts_with("Unknown")
+        })
+    }
+
+    fn wait_node(
+        &mut self,
+        cp: &ControlPlane,
+        ns: &test_support::netns::Netns,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&str) -> bool,
+    ) -> Result<String, KubeError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self
@@ -153,24 +167,15 @@ impl Kubelet {
                     logs: self.log_tail(40),
                 });
             }
-            let last = match cp.kubectl_ok(
-                ns,
-                &[
-                    "get",
-                    "node",
-                    &self.name,
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"Ready\")].message}",
-                ],
-            ) {
-                Ok(s) if s.starts_with("True") => return Ok(()),
+            let last = match self.ready_condition(cp, ns) {
+                Ok(s) if done(&s) => return Ok(s),
                 Ok(s) => s,
                 Err(e) => e.to_string(),
             };
             if Instant::now() >= deadline {
                 return Err(KubeError::NotUp {
                     what: format!(
-                        "node {} not Ready within {timeout:?}; last: {last}",
+                        "node {} not {what} within {timeout:?}; last: {last}",
                         self.name
                     ),
                     logs: self.log_tail(40),
@@ -189,6 +194,23 @@ impl Drop for Kubelet {
         }
     }
 }
+
+/// The binds of a node's root that show kubelet the kernel settings it wants (files written in
+/// `dir`, mounted over the three files of `/proc/sys`).
+pub fn kernel_default_binds(dir: &Path) -> Result<Vec<Bind>, KubeError> {
+    KERNEL_DEFAULTS
+        .iter()
+        .map(|(key, value)| {
+            let file = dir.join(key.replace('/', "."));
+            fs::write(&file, format!("{value}\n"))
+                .map_err(io_err(format!("cannot write {}", file.display())))?;
+            Ok(Bind::new(file, Path::new("/proc/sys").join(key)))
+        })
+        .collect()
+}
+
+/// kubectl's output format for a Node's Ready condition: `<status> <message>`.
+const READY_JSONPATH: &str = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"Ready\")].message}";
 
 /// Creates `root` in every cgroup hierarchy (kubelet wants its `cgroupRoot` to exist in each),
 /// with the parent's CPUs and memory nodes where the hierarchy is cpuset's. The containerd

@@ -15,12 +15,13 @@
 //! Everything the processes write stays in the directory (removed on drop, with the processes
 //! killed); nothing touches the machine's root namespace.
 
+pub mod aws_node;
 mod kubelet;
 mod node;
 mod proxy;
 pub mod workloads;
 
-pub use kubelet::Kubelet;
+pub use kubelet::{Kubelet, kernel_default_binds};
 pub use node::KubeNode;
 pub use proxy::KubeProxy;
 

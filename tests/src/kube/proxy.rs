@@ -1,7 +1,8 @@
 //! kube-proxy (iptables mode) on a simulated node, as on an EKS node: Services' ClusterIPs and
 //! NodePorts as NAT rules in the node's network namespace, the VPC's CIDR as the cluster CIDR.
 //!
-//! It runs in the node's network namespace (`nsenter --net`) as `system:kube-proxy` (bound to
+//! It runs in the node's network and mount namespaces (its [`NodeRoot`], so it shares
+//! `/run/xtables.lock` with ipamd in the aws-node pod) as `system:kube-proxy` (bound to
 //! `system:node-proxier` by the API server's default RBAC). It changes nothing outside the
 //! namespace: the conntrack settings it would raise machine-wide (`nf_conntrack_max` and the
 //! TCP timeouts, which are not per network namespace) are left as they are (`maxPerCore: 0`,
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Child;
 
 use super::{ControlPlane, KubeError, io_err, kube_bin, spawn_logged};
-use crate::node::NodeHost;
+use crate::node::NodeRoot;
 use test_support::cleanup;
 use test_support::netns::tail;
 
@@ -25,11 +26,11 @@ pub struct KubeProxy {
 }
 
 impl KubeProxy {
-    /// Starts kube-proxy on `node` (node name `name`, address `node_ip`) with `cluster_cidr`
+    /// Starts kube-proxy in the node's `root` (node name `name`, address `node_ip`) with `cluster_cidr`
     /// (the VPC's CIDR) against `cp`.
     pub fn start(
         cp: &ControlPlane,
-        node: &NodeHost,
+        root: &NodeRoot,
         node_ip: Ipv4Addr,
         name: &str,
         cluster_cidr: &str,
@@ -70,7 +71,7 @@ conntrack:
             ),
         )
         .map_err(io_err("cannot write kube-proxy's config"))?;
-        let mut cmd = node.ns().nsenter_command(&bin);
+        let mut cmd = root.command(&bin);
         cmd.arg(format!("--config={}", config.display()))
             .arg("--v=2");
         let child = spawn_logged(cmd, &dir.path().join("kube-proxy.log"), "kube-proxy")?;

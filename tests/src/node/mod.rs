@@ -13,6 +13,7 @@
 
 mod host;
 mod inspect;
+mod root;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
@@ -24,6 +25,7 @@ pub use host::{CONFLIST_NAME, DiagFn, HostSettings, NETWORK_NAME, NodeHost, SimN
 pub(crate) use host::{StateDir, io_err};
 pub use inspect::HostState;
 use ipnet::Ipv4Net;
+pub use root::{Bind, NodeRoot};
 
 use test_support::cleanup;
 use test_support::imds::{self, ImdsServer};

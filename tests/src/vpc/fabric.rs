@@ -203,7 +203,7 @@ impl VpcFabric {
             .collect();
         router::build(&router, &internet, &[options.vpc_cidr], &gateways)?;
 
-        let endpoint = format!("http://{EC2_ENDPOINT_ADDR}:{EC2_ENDPOINT_PORT}");
+        let endpoint = router::ec2_endpoint();
         let ec2 = Ec2::connect(&internet, &endpoint, &options.region)?;
         let moto = MotoServer::start_with(
             &internet,

@@ -15,7 +15,7 @@ use super::VpcError;
 use super::ec2::EniRequest;
 use super::fabric::{VpcFabric, fabric_diag};
 use super::model::{EniState, InstanceInfo, SubnetInfo};
-use super::router::{EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT};
+use super::router;
 use super::watcher::{Hypervisor, RegisteredNode};
 use crate::node::{DiagFn, HostSettings, NodeHost};
 use test_support::metadata::NodeDescription;
@@ -212,10 +212,9 @@ impl VpcNode {
         };
         let mut mode_env: Vec<(String, String)> = Vec::new();
         match spec.mode {
-            IpamdMode::Ec2 => mode_env.push((
-                "AWS_ENDPOINT_URL_EC2".into(),
-                format!("http://{EC2_ENDPOINT_ADDR}:{EC2_ENDPOINT_PORT}"),
-            )),
+            IpamdMode::Ec2 => {
+                mode_env.push(("AWS_ENDPOINT_URL_EC2".into(), router::ec2_endpoint()))
+            }
             IpamdMode::ImdsOnly => {
                 mode_env.push(("ENABLE_IMDS_ONLY_MODE".into(), "true".into()));
             }

@@ -40,6 +40,11 @@ pub(crate) const INTERNET_PREFIX: u8 = 24;
 pub const EC2_ENDPOINT_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// Port of the EC2 endpoint.
 pub const EC2_ENDPOINT_PORT: u16 = 80;
+
+/// The EC2 endpoint URL nodes use (`AWS_ENDPOINT_URL_EC2`).
+pub fn ec2_endpoint() -> String {
+    format!("http://{EC2_ENDPOINT_ADDR}:{EC2_ENDPOINT_PORT}")
+}
 /// The instance metadata service's address, served by the router.
 pub const IMDS_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// MTU of ENIs (jumbo frames inside a VPC).

@@ -4,10 +4,13 @@
 //! through the VPC's router with their node credentials. Needs root and the binaries; fails,
 //! never skips, without them.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use harness::kube::workloads::{self, WEB_NODE_PORT};
-use harness::kube::{ControlPlane, KubeNode, kube_version};
+use harness::kube::{ControlPlane, KubeNode, NODE_IMAGE_REPO, aws_node, kube_version};
+use harness::vpc::router::ec2_endpoint;
 use harness::{FabricOptions, NodeSpec, VpcFabric};
 use serde_json::Value;
 
@@ -207,45 +210,6 @@ fn a_kubelet_on_a_vpc_node_registers_and_its_pod_gets_a_vpc_address_through_aws_
         "{args:?}"
     );
 
-    // The project's image, built here from the Dockerfile without a registry, runs on the node.
-    let image = harness::kube::node_image().unwrap_or_else(|e| panic!("{e}"));
-    containerd
-        .import_image(&image, Some(harness::kube::NODE_IMAGE_REPO))
-        .unwrap_or_else(|e| panic!("{e}"));
-    kubectl(&[
-        "run",
-        "image-check",
-        &format!("--image={}:test", harness::kube::NODE_IMAGE_REPO),
-        "--image-pull-policy=Never",
-        "--restart=Never",
-        "--command",
-        "--",
-        "/app/ipamd",
-        "--version",
-    ]);
-    wait_for(
-        "pod image-check to succeed",
-        Duration::from_secs(60),
-        || {
-            let phase = kubectl(&[
-                "get",
-                "pod",
-                "image-check",
-                "-o",
-                "jsonpath={.status.phase}",
-            ]);
-            assert_ne!(
-                phase,
-                "Failed",
-                "{}",
-                kubectl(&["describe", "pod", "image-check"])
-            );
-            (phase == "Succeeded").then_some(())
-        },
-    );
-    let version = kubectl(&["logs", "image-check"]);
-    assert!(version.starts_with("ipamd "), "{version}");
-
     // Deleting the pod gives its address back to ipamd's pool.
     kubectl(&["delete", "pod", "web", "--wait=true", "--timeout=60s"]);
     wait_for(
@@ -258,21 +222,108 @@ fn a_kubelet_on_a_vpc_node_registers_and_its_pod_gets_a_vpc_address_through_aws_
     );
 }
 
+/// The expected plugins in a node's `/opt/cni/bin` after the init container ran.
+const INSTALLED: [&str; 6] = [
+    "aws-cni",
+    "bandwidth",
+    "host-local",
+    "loopback",
+    "portmap",
+    "tuning",
+];
+
+/// Every running pod of `selector` by name, with its node and address.
+fn addresses(pods: &[workloads::RunningPod]) -> BTreeMap<String, (String, Ipv4Addr)> {
+    pods.iter()
+        .map(|p| (p.name.clone(), (p.node.clone(), p.ip)))
+        .collect()
+}
+
 #[test]
-fn a_deployment_spreads_over_two_kubelet_nodes_and_its_pods_reach_each_other() {
+fn aws_node_deployed_from_conf_networks_a_deployment_over_two_nodes_and_survives_restart_and_rollout()
+ {
     let vpc = VpcFabric::start(FabricOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     let cp = ControlPlane::start(vpc.internet()).unwrap_or_else(|e| panic!("{e}"));
-    let nodes: Vec<KubeNode> = ["kube-a", "kube-b"]
+    let ns = vpc.internet();
+    let names = ["kube-a", "kube-b"];
+    // Nodes join with nothing of the CNI on them: registered, not Ready, for lack of a network.
+    let nodes: Vec<KubeNode> = names
         .iter()
         .map(|n| {
-            KubeNode::start(&vpc, &cp, NodeSpec::new(n, "m5.large"), 29)
+            KubeNode::join(&vpc, &cp, NodeSpec::new(n, "m5.large"), 29)
                 .unwrap_or_else(|e| panic!("{e}"))
         })
         .collect();
+    for kn in &nodes {
+        let last = std::cell::RefCell::new(String::new());
+        wait_for_or(
+            &format!("{} reported without a network", kn.name()),
+            Duration::from_secs(30),
+            || {
+                let ready = kn
+                    .ready_condition(&cp, ns)
+                    .unwrap_or_else(|e| e.to_string());
+                let done = ready.contains("NetworkReady=false");
+                *last.borrow_mut() = ready;
+                done.then_some(())
+            },
+            || last.borrow().clone(),
+        );
+        assert!(last.borrow().starts_with("False"), "{}", last.borrow());
+    }
     let kubectl = |args: &[&str]| {
-        cp.kubectl_ok(vpc.internet(), args)
-            .unwrap_or_else(|e| panic!("{e}\n{}", cp.logs()))
+        cp.kubectl_ok(ns, args)
+            .unwrap_or_else(|e| panic!("{e}\n{}", aws_node::describe(&cp, ns)))
     };
+    for kn in &nodes {
+        assert!(!kn.node.conflist_path().exists());
+        let bin: Vec<_> = std::fs::read_dir(kn.cni_bin_dir()).unwrap().collect();
+        assert!(bin.is_empty(), "{}: {bin:?}", kn.name());
+    }
+
+    // kubectl apply -k of conf/ (the image and the EC2 endpoint changed by an overlay).
+    let out = aws_node::deploy(&cp, ns, aws_node::FIRST_TAG, &ec2_endpoint())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("daemonset.apps/aws-node created"), "{out}");
+    let image = format!("{NODE_IMAGE_REPO}:{}", aws_node::FIRST_TAG);
+    let first = aws_node::wait_ready(&cp, ns, &names, &image, Duration::from_secs(180))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (kn, pod) in nodes.iter().zip(&first) {
+        let name = kn.name();
+        wait_for_or(
+            &format!("{name} Ready"),
+            Duration::from_secs(60),
+            || {
+                let ready = kubectl(&[
+                    "get",
+                    "node",
+                    name,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ]);
+                (ready == "True").then_some(())
+            },
+            || kn.kubelet.log_tail(20),
+        );
+        // The init container installed the plugins, ipamd wrote the conflist on the node.
+        let mut bin: Vec<String> = std::fs::read_dir(kn.cni_bin_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        bin.sort();
+        assert_eq!(bin, INSTALLED, "{name}");
+        let conflist = kn.node.conflist().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(conflist["plugins"][0]["type"], "aws-cni", "{conflist}");
+        assert_eq!(pod.restarts, 0, "{pod:?}");
+        // ipamd answers on the node (introspection, checkpoint in /var/run/aws-node).
+        kn.node
+            .pool_status()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(kn.node.checkpoint_path().exists(), "{name}");
+    }
+
+    workloads::wait_service_account(&cp, ns, "default", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
     let apply = |name: &str, manifest: &str| {
         let path = cp.dir().join(name);
         std::fs::write(&path, manifest)
@@ -281,21 +332,20 @@ fn a_deployment_spreads_over_two_kubelet_nodes_and_its_pods_reach_each_other() {
         path
     };
     let running = |selector: &str, n: usize| {
-        workloads::running_pods(&cp, vpc.internet(), selector, n, Duration::from_secs(240))
+        workloads::running_pods(&cp, ns, selector, n, Duration::from_secs(240))
             .unwrap_or_else(|e| panic!("{e}"))
     };
-    workloads::wait_service_account(&cp, vpc.internet(), "default", Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
     apply("spread.yaml", &workloads::spread("spread", 30));
     let pods = running("app=spread", 30);
-    // Spread over both nodes; each pod's address is a VPC address of its node's ENIs in moto,
-    // and no address is used twice.
-    let mut seen = std::collections::BTreeSet::new();
+    // Spread over both nodes; each pod's address is a VPC address of its node's ENIs in moto
+    // that its node's ipamd assigned, and no address is used twice.
+    let mut seen = BTreeSet::new();
     for kn in &nodes {
-        let name = kn.kubelet.name();
+        let name = kn.name();
         let on: Vec<_> = pods.iter().filter(|p| p.node == name).collect();
         assert_eq!(on.len(), 15, "pods on {name}: {on:?}");
         let in_moto = kn.node.secondary_ips().unwrap_or_else(|e| panic!("{e}"));
+        let assigned = kn.node.checkpoint_ips().unwrap_or_else(|e| panic!("{e}"));
         for p in on {
             assert!(
                 in_moto.values().any(|ips| ips.contains(&p.ip)),
@@ -303,16 +353,20 @@ fn a_deployment_spreads_over_two_kubelet_nodes_and_its_pods_reach_each_other() {
                 p.name,
                 p.ip
             );
+            assert!(assigned.contains(&p.ip), "{} not assigned by ipamd", p.ip);
             assert!(seen.insert(p.ip), "{} twice", p.ip);
         }
     }
     // Pods reach each other across the nodes (kubectl exec through the API server and the
     // kubelets, ping in the pod).
-    let a = pods.iter().find(|p| p.node == "kube-a").unwrap();
-    let b = pods.iter().find(|p| p.node == "kube-b").unwrap();
-    for (from, to) in [(a, b), (b, a)] {
-        workloads::ping(&cp, vpc.internet(), from, to).unwrap_or_else(|e| panic!("{e}"));
-    }
+    let ping_across = |pods: &[workloads::RunningPod]| {
+        let a = pods.iter().find(|p| p.node == "kube-a").unwrap();
+        let b = pods.iter().find(|p| p.node == "kube-b").unwrap();
+        for (from, to) in [(a, b), (b, a)] {
+            workloads::ping(&cp, ns, from, to).unwrap_or_else(|e| panic!("{e}"));
+        }
+    };
+    ping_across(&pods);
 
     // Services through kube-proxy: a ClusterIP answers from a pod, a NodePort on every node.
     let web = apply("web.yaml", &workloads::web());
@@ -321,11 +375,19 @@ fn a_deployment_spreads_over_two_kubelet_nodes_and_its_pods_reach_each_other() {
     assert!(cluster_ip.starts_with("10.100."), "{cluster_ip}");
     let last = std::cell::RefCell::new(String::new());
     let script = workloads::http_get(&cluster_ip, 80);
-    let exec = ["exec", &a.name, "--", "/bin/busybox", "sh", "-c", &script];
+    let exec = [
+        "exec",
+        &pods[0].name,
+        "--",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        &script,
+    ];
     let answer = wait_for_or(
         "the ClusterIP answering a pod",
         Duration::from_secs(60),
-        || match cp.kubectl_ok(vpc.internet(), &exec) {
+        || match cp.kubectl_ok(ns, &exec) {
             Ok(out) => {
                 let body = workloads::http_body(&out);
                 *last.borrow_mut() = out;
@@ -345,7 +407,7 @@ fn a_deployment_spreads_over_two_kubelet_nodes_and_its_pods_reach_each_other() {
     for kn in &nodes {
         let script = workloads::http_get(&kn.node.primary_ip().to_string(), WEB_NODE_PORT);
         let answer = wait_for(
-            &format!("NodePort on {}", kn.kubelet.name()),
+            &format!("NodePort on {}", kn.name()),
             Duration::from_secs(60),
             || {
                 let out = kn.node.ns().exec("busybox", &["sh", "-c", &script]).ok()?;
@@ -355,22 +417,101 @@ fn a_deployment_spreads_over_two_kubelet_nodes_and_its_pods_reach_each_other() {
         assert!(
             backends.contains(&answer),
             "NodePort of {} answered {answer:?}, not one of {backends:?}\n{}",
-            kn.kubelet.name(),
+            kn.name(),
             kn.proxy.log_tail(20)
         );
     }
     kubectl(&["delete", "-f", &web.display().to_string(), "--wait=true"]);
 
+    // Deleting aws-node's pod on kube-a: the DaemonSet brings a new one, whose ipamd restores
+    // the checkpoint; running pods keep their addresses and stay reachable.
+    let before = addresses(&pods);
+    let on_a: BTreeSet<Ipv4Addr> = pods
+        .iter()
+        .filter(|p| p.node == "kube-a")
+        .map(|p| p.ip)
+        .collect();
+    let checkpoint_a = || {
+        nodes[0]
+            .node
+            .checkpoint_ips()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    // (The web pods' DELs may still be on their way.)
+    wait_for_or(
+        "kube-a's checkpoint holding exactly its spread pods",
+        Duration::from_secs(30),
+        || (checkpoint_a() == on_a).then_some(()),
+        || format!("{:?}, pods {on_a:?}", checkpoint_a()),
+    );
+    kubectl(&[
+        "-n",
+        aws_node::NAMESPACE,
+        "delete",
+        "pod",
+        &first[0].name,
+        "--wait=true",
+    ]);
+    let second = aws_node::wait_ready(&cp, ns, &names, &image, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(
+        second[0].uid, first[0].uid,
+        "kube-a's aws-node pod was not replaced"
+    );
+    assert_eq!(second[1].uid, first[1].uid, "kube-b's aws-node pod changed");
+    assert_eq!(
+        checkpoint_a(),
+        on_a,
+        "kube-a's ipamd after its pod came back"
+    );
+    let pods = running("app=spread", 30);
+    assert_eq!(addresses(&pods), before, "pods changed address");
+    ping_across(&pods);
+
+    // A rolling update to a new tag of the image (the same image, retagged on every node as a
+    // push would): one node at a time, pods keep their addresses and their network, and the
+    // new ipamds hand out addresses.
+    let rolled = format!("{NODE_IMAGE_REPO}:rolled");
+    for kn in &nodes {
+        kn.containerd
+            .tag_image(&image, &rolled)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    aws_node::roll_to(&cp, ns, "rolled", Duration::from_secs(240))
+        .unwrap_or_else(|e| panic!("{e}\n{}", aws_node::describe(&cp, ns)));
+    let third = aws_node::wait_ready(&cp, ns, &names, &rolled, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (p, old) in third.iter().zip(&second) {
+        assert_ne!(p.uid, old.uid, "{} kept its aws-node pod", p.node);
+    }
+    let pods = running("app=spread", 30);
+    assert_eq!(
+        addresses(&pods),
+        before,
+        "pods changed address in the rollout"
+    );
+    ping_across(&pods);
+    kubectl(&["scale", "deployment", "spread", "--replicas=34"]);
+    let pods = running("app=spread", 34);
+    let mut seen = BTreeSet::new();
+    for p in &pods {
+        assert!(seen.insert(p.ip), "{} twice after the rollout", p.ip);
+    }
+
     // Scaling to zero gives every address back to ipamd on both nodes.
     kubectl(&["scale", "deployment", "spread", "--replicas=0"]);
     for kn in &nodes {
         wait_for(
-            &format!("no address assigned on {}", kn.kubelet.name()),
+            &format!("no address assigned on {}", kn.name()),
             Duration::from_secs(120),
             || {
                 let status = kn.node.pool_status().ok()?;
                 (status.assigned_i_ps == 0).then_some(())
             },
         );
+    }
+    // The aws-node containers never restarted (their probes passed throughout).
+    for p in aws_node::pods(&cp, ns).unwrap_or_else(|e| panic!("{e}")) {
+        assert_eq!(p.restarts, 0, "{p:?}");
     }
 }

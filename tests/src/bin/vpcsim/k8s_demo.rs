@@ -1,20 +1,21 @@
 //! `vpcsim k8s-demo` (`make k8s-demo`): the path of issue 14 with real Kubernetes components on
 //! the VPC simulator. A control plane (etcd, kube-apiserver, kube-controller-manager,
 //! kube-scheduler, v1.37 built by `make kube-bins`) on the VPC's internet side; two m5.large
-//! nodes, each with ipamd in EC2 mode over moto, containerd, kubelet and kube-proxy; a Deployment
-//! of 30 pods spread over them, each pod's address from aws-cni and ipamd, and the checks a user
-//! would make: where each pod landed (node, ENI, address), pods pinging each other across the
-//! nodes, a ClusterIP and a NodePort Service answering. Then everything is torn down.
-//!
-//! Not yet here (issue 14): aws-node deployed as a DaemonSet from conf/ (ipamd is started by the
-//! harness on each node, as in `make demo`).
+//! nodes, each with containerd, kubelet and kube-proxy, NotReady until aws-node runs there; the
+//! aws-node DaemonSet deployed with `kubectl apply -k` from `conf/` (the project's image from
+//! `make node-image`, imported into each node's containerd; ipamd in EC2 mode over moto); a
+//! Deployment of 30 pods spread over the nodes, each pod's address from aws-cni and ipamd, and
+//! the checks a user would make: where each pod landed (node, ENI, address), pods pinging each
+//! other across the nodes, a ClusterIP and a NodePort Service answering. Then everything is torn
+//! down.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use harness::kube::workloads::{self, WEB_NODE_PORT};
-use harness::kube::{ControlPlane, KubeNode, kube_version};
+use harness::kube::{ControlPlane, KubeNode, NODE_IMAGE_REPO, aws_node, kube_version};
+use harness::vpc::router::ec2_endpoint;
 use harness::{FabricOptions, NodeSpec, VpcFabric};
 
 const NODES: [&str; 2] = ["node-a", "node-b"];
@@ -34,21 +35,49 @@ pub fn run() -> anyhow::Result<()> {
         cp.endpoint(),
         started.elapsed().as_secs_f64()
     );
+    let ns = vpc.internet();
+    let kubectl = |args: &[&str]| cp.kubectl_ok(ns, args).context("kubectl");
     let mut nodes = Vec::new();
     for name in NODES {
         let t = Instant::now();
-        let kn = KubeNode::start(&vpc, &cp, NodeSpec::new(name, "m5.large"), 29)
+        let kn = KubeNode::join(&vpc, &cp, NodeSpec::new(name, "m5.large"), 29)
             .with_context(|| format!("starting node {name}"))?;
         say!(
-            "node {name}: instance {} ({}), ipamd, containerd, kubelet and kube-proxy; Ready in {:.1} s",
+            "node {name}: instance {} ({}), containerd with the project's image, kubelet and kube-proxy; registered in {:.1} s",
             kn.node.instance_id(),
             kn.node.primary_ip(),
-            t.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64(),
         );
         nodes.push(kn);
     }
-    let ns = vpc.internet();
-    let kubectl = |args: &[&str]| cp.kubectl_ok(ns, args).context("kubectl");
+    say!("\n$ kubectl get nodes   # no CNI yet");
+    say!("{}", kubectl(&["get", "nodes"])?.trim_end());
+
+    let t = Instant::now();
+    say!(
+        "\n$ kubectl apply -k <overlay of conf/: image {NODE_IMAGE_REPO}:{}, AWS_ENDPOINT_URL_EC2>",
+        aws_node::FIRST_TAG
+    );
+    say!(
+        "{}",
+        aws_node::deploy(&cp, ns, aws_node::FIRST_TAG, &ec2_endpoint())?.trim_end()
+    );
+    let image = format!("{NODE_IMAGE_REPO}:{}", aws_node::FIRST_TAG);
+    aws_node::wait_ready(&cp, ns, &NODES, &image, Duration::from_secs(180))?;
+    for kn in &mut nodes {
+        kn.kubelet
+            .wait_ready(&cp, ns, Duration::from_secs(60))
+            .with_context(|| format!("node {} Ready", kn.name()))?;
+    }
+    say!(
+        "aws-node Ready on both nodes and the nodes Ready {:.1} s after the apply",
+        t.elapsed().as_secs_f64()
+    );
+    say!("\n$ kubectl -n kube-system get pods -o wide");
+    say!(
+        "{}",
+        kubectl(&["-n", "kube-system", "get", "pods", "-o", "wide"])?.trim_end()
+    );
     say!("\n$ kubectl get nodes -o wide");
     say!("{}", kubectl(&["get", "nodes", "-o", "wide"])?.trim_end());
 
