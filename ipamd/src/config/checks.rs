@@ -96,7 +96,45 @@ impl Config {
             Ok(r.raw(var)?.unwrap_or_default())
         };
         let f = &self.features;
-        // Features this build lacks first: checking how they combine with other settings would
+        // The address families as the reference combines them (isConfigValid): one of the two,
+        // and IPv6 only with prefix delegation and without custom networking.
+        if f.ipv4 && f.ipv6 {
+            return Err(ConfigError::Unsupported {
+                var: ENABLE_IPV6,
+                value: raw(ENABLE_IPV6)?,
+                reason: format!(
+                    "{ENABLE_IPV4} and {ENABLE_IPV6} are both true, and dual-stack pods are not supported (as in the reference): for an IPv6 cluster set {ENABLE_IPV4}=false, else unset {ENABLE_IPV6}"
+                ),
+            });
+        }
+        if !f.ipv4 && !f.ipv6 {
+            return Err(ConfigError::Unsupported {
+                var: ENABLE_IPV4,
+                value: raw(ENABLE_IPV4)?,
+                reason: format!(
+                    "{ENABLE_IPV4} and {ENABLE_IPV6} are both false: one of them must be true; unset {ENABLE_IPV4} or set it to true"
+                ),
+            });
+        }
+        if f.ipv6 && !f.prefix_delegation {
+            return Err(ConfigError::Unsupported {
+                var: ENABLE_IPV6,
+                value: raw(ENABLE_IPV6)?,
+                reason: format!(
+                    "IPv6 pods get their addresses from a /80 prefix of the primary ENI, so IPv6 mode needs prefix delegation (as in the reference): set {ENABLE_PREFIX_DELEGATION}=true"
+                ),
+            });
+        }
+        if f.ipv6 && f.custom_network {
+            return Err(ConfigError::Unsupported {
+                var: AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG,
+                value: raw(AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG)?,
+                reason: format!(
+                    "custom networking is not supported in IPv6 mode (as in the reference): unset {AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG} or set {ENABLE_IPV6}=false"
+                ),
+            });
+        }
+        // Features this build lacks next: checking how they combine with other settings would
         // only send the operator to fix a setting that is refused anyway.
         let unsupported = [
             (f.ipv6, ENABLE_IPV6, "IPv6 mode"),
@@ -123,15 +161,6 @@ impl Config {
                     ),
                 });
             }
-        }
-        if !f.ipv4 {
-            return Err(ConfigError::Unsupported {
-                var: ENABLE_IPV4,
-                value: raw(ENABLE_IPV4)?,
-                reason: format!(
-                    "one of {ENABLE_IPV4} and {ENABLE_IPV6} must be true, and IPv6 mode is not available in this build yet; unset {ENABLE_IPV4} or set it to true"
-                ),
-            });
         }
         Ok(())
     }

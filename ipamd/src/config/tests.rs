@@ -333,16 +333,44 @@ fn features_that_change_assignment_are_refused() {
         let msg = err_of(&[(var, "true"), (WARM_IP_TARGET, "1")]);
         assert!(msg.contains(var) && msg.contains("not available"), "{msg}");
     }
-    let msg = err_of(&[(ENABLE_IPV6, "true"), (ENABLE_IPV4, "false")]);
+    let msg = err_of(&[
+        (ENABLE_IPV6, "true"),
+        (ENABLE_IPV4, "false"),
+        (ENABLE_PREFIX_DELEGATION, "true"),
+    ]);
     assert!(
         msg.contains(ENABLE_IPV6) && msg.contains("not available"),
         "{msg}"
     );
+}
+
+#[test]
+fn ipv6_settings_are_combined_as_in_the_reference() {
+    // Dual stack.
     let msg = err_of(&[(ENABLE_IPV6, "true")]);
     assert!(
-        msg.contains(ENABLE_IPV6) && msg.contains("unset ENABLE_IPv6"),
+        msg.contains("dual-stack") && msg.contains("set ENABLE_IPv4=false"),
         "{msg}"
     );
+    // IPv6 without prefix delegation.
+    let msg = err_of(&[(ENABLE_IPV6, "true"), (ENABLE_IPV4, "false")]);
+    assert!(
+        msg.contains(ENABLE_IPV6) && msg.contains("set ENABLE_PREFIX_DELEGATION=true"),
+        "{msg}"
+    );
+    // IPv6 with custom networking.
+    let msg = err_of(&[
+        (ENABLE_IPV6, "true"),
+        (ENABLE_IPV4, "false"),
+        (ENABLE_PREFIX_DELEGATION, "true"),
+        (AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG, "true"),
+    ]);
+    assert!(
+        msg.contains(AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG)
+            && msg.contains("not supported in IPv6 mode"),
+        "{msg}"
+    );
+    // Neither family.
     let msg = err_of(&[(ENABLE_IPV4, "false")]);
     assert!(
         msg.contains("must be true") && msg.contains("unset ENABLE_IPv4 or set it to true"),
