@@ -22,6 +22,7 @@ mod clock;
 #[cfg(test)]
 mod tests;
 mod types;
+pub mod v6;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::Ipv4Addr;
