@@ -3,13 +3,14 @@
 //! the Go ipamd (or restarted) keeps its pods' addresses.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::datastore::v6::V6Assignment;
 use crate::datastore::{Assignment, IpamKey, PodMetadata};
 use crate::fsutil;
 
@@ -98,7 +99,7 @@ pub struct CheckpointEntry {
     /// `ipv4` (absent for IPv6 allocations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4: Option<String>,
-    /// `ipv6` (kept when read, never written by this IPv4-only build).
+    /// `ipv6` (absent for IPv4 allocations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<String>,
     /// `allocationTimestamp`: Unix nanoseconds.
@@ -118,6 +119,23 @@ impl CheckpointEntry {
             if_name: a.key.if_name.clone(),
             ipv4: Some(a.ip.to_string()),
             ipv6: None,
+            allocation_timestamp: unix_nanos(a.assigned_at),
+            metadata: CheckpointMetadata {
+                pod_namespace: a.metadata.namespace.clone(),
+                pod_name: a.metadata.name.clone(),
+                interfaces_count: a.metadata.interfaces_count,
+            },
+        }
+    }
+
+    /// From an IPv6 assignment (the reference writes `ipv6` and no `ipv4`).
+    pub fn from_v6_assignment(a: &V6Assignment) -> Self {
+        Self {
+            network_name: a.key.network_name.clone(),
+            container_id: a.key.container_id.clone(),
+            if_name: a.key.if_name.clone(),
+            ipv4: None,
+            ipv6: Some(a.ip.to_string()),
             allocation_timestamp: unix_nanos(a.assigned_at),
             metadata: CheckpointMetadata {
                 pod_namespace: a.metadata.namespace.clone(),
@@ -148,6 +166,11 @@ impl CheckpointEntry {
     /// The IPv4 address, if present and well-formed.
     pub fn ipv4_addr(&self) -> Option<Ipv4Addr> {
         self.ipv4.as_deref().and_then(|s| s.parse().ok())
+    }
+
+    /// The IPv6 address, if present and well-formed.
+    pub fn ipv6_addr(&self) -> Option<Ipv6Addr> {
+        self.ipv6.as_deref().and_then(|s| s.parse().ok())
     }
 
     /// The allocation time.
@@ -416,6 +439,36 @@ mod tests {
         assert_eq!(data.allocations[1].metadata, CheckpointMetadata::default());
         assert_eq!(data.allocations[2].ipv4_addr(), None);
         assert_eq!(data.allocations[2].ipv6.as_deref(), Some("2600:1f14::5"));
+        assert_eq!(
+            data.allocations[2].ipv6_addr(),
+            Some("2600:1f14::5".parse().unwrap())
+        );
+        assert_eq!(a.ipv6_addr(), None);
+    }
+
+    #[test]
+    fn an_ipv6_assignment_is_written_as_the_reference_writes_it() {
+        let a = V6Assignment {
+            ip: "2600:1f14::5".parse().unwrap(),
+            key: IpamKey {
+                network_name: "aws-cni".into(),
+                container_id: "v6pod".into(),
+                if_name: "eth0".into(),
+            },
+            metadata: PodMetadata {
+                namespace: "kube-system".into(),
+                name: "dns".into(),
+                interfaces_count: 0,
+            },
+            assigned_at: SystemTime::UNIX_EPOCH + Duration::from_nanos(1),
+            eni_id: "eni-a".into(),
+            device_number: 0,
+        };
+        let sample = decode(Path::new("x"), REFERENCE_SAMPLE.as_bytes()).unwrap();
+        assert_eq!(
+            CheckpointEntry::from_v6_assignment(&a),
+            sample.allocations[2]
+        );
     }
 
     #[test]
