@@ -339,6 +339,9 @@ pub fn bench_node(ips: usize) -> NodeDescription {
                 security_group_ids: vec!["sg-0a1b2c3d".into()],
                 local_ipv4s: ips,
                 ipv4_prefixes: Vec::new(),
+                ipv6s: Vec::new(),
+                ipv6_prefixes: Vec::new(),
+                subnet_ipv6_cidr_blocks: Vec::new(),
             }
         })
         .collect();

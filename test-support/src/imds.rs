@@ -479,10 +479,20 @@ fn lookup_at(
     let meta = path.strip_prefix("/latest/meta-data")?;
     let primary = node.primary_interface()?;
     match meta {
-        "" => return Some(lines(META_INDEX)),
+        "" => {
+            let mut index = META_INDEX.to_vec();
+            // Listed only when the instance has an IPv6 address, as on EC2.
+            if node.ipv6().is_some() {
+                index.push("ipv6");
+                index.sort_unstable();
+            }
+            return Some(lines(index));
+        }
         "/instance-id" => return Some(node.instance_id.clone()),
         "/instance-type" => return Some(node.instance_type.clone()),
         "/local-ipv4" => return primary.primary_ip().map(|ip| ip.to_string()),
+        // The primary ENI's first IPv6 address; 404 without one.
+        "/ipv6" => return primary.primary_ipv6().map(|ip| ip.to_string()),
         "/mac" => return Some(primary.mac.clone()),
         "/placement" => return Some(lines(["availability-zone", "region"])),
         "/placement/availability-zone" => return Some(node.availability_zone.clone()),
@@ -506,16 +516,20 @@ fn lookup_at(
     let (mac, field) = rest.split_once('/').unwrap_or((rest, ""));
     let eni = node.interface_by_mac(mac)?;
     let value = match field {
-        "" if eni.ipv4_prefixes.is_empty() => lines(MAC_FIELDS),
-        "" => {
-            let mut fields = MAC_FIELDS.to_vec();
-            fields.push("ipv4-prefix");
-            fields.sort_unstable();
-            lines(fields)
-        }
-        // Absent (404) when the ENI has no prefix, as on EC2.
+        "" => lines(mac_index(node, eni)),
+        // Absent (404) when the ENI has no prefix, address or block of that kind, as on EC2.
         "ipv4-prefix" if eni.ipv4_prefixes.is_empty() => return None,
         "ipv4-prefix" => lines(eni.ipv4_prefixes.iter().map(ToString::to_string)),
+        "ipv6s" if eni.ipv6s.is_empty() => return None,
+        "ipv6s" => lines(eni.ipv6s.iter().map(ToString::to_string)),
+        "ipv6-prefix" if eni.ipv6_prefixes.is_empty() => return None,
+        "ipv6-prefix" => lines(eni.ipv6_prefixes.iter().map(ToString::to_string)),
+        "subnet-ipv6-cidr-blocks" if eni.subnet_ipv6_cidr_blocks.is_empty() => return None,
+        "subnet-ipv6-cidr-blocks" => {
+            lines(eni.subnet_ipv6_cidr_blocks.iter().map(ToString::to_string))
+        }
+        "vpc-ipv6-cidr-blocks" if node.vpc_ipv6_cidr_blocks.is_empty() => return None,
+        "vpc-ipv6-cidr-blocks" => lines(node.vpc_ipv6_cidr_blocks.iter().map(ToString::to_string)),
         "device-number" => eni.device_number.to_string(),
         "interface-id" => eni.interface_id.clone(),
         "local-ipv4s" => lines(eni.local_ipv4s.iter().map(ToString::to_string)),
@@ -531,6 +545,34 @@ fn lookup_at(
         _ => return None,
     };
     Some(value)
+}
+
+/// The directory index of `network/interfaces/macs/<mac>/`: the fields every ENI has, plus
+/// each optional field (prefixes, IPv6) the ENI or its VPC has, sorted as EC2 lists them.
+fn mac_index(
+    node: &crate::metadata::NodeDescription,
+    eni: &InterfaceDescription,
+) -> Vec<&'static str> {
+    let mut fields = MAC_FIELDS.to_vec();
+    for (field, present) in [
+        ("ipv4-prefix", !eni.ipv4_prefixes.is_empty()),
+        ("ipv6s", !eni.ipv6s.is_empty()),
+        ("ipv6-prefix", !eni.ipv6_prefixes.is_empty()),
+        (
+            "subnet-ipv6-cidr-blocks",
+            !eni.subnet_ipv6_cidr_blocks.is_empty(),
+        ),
+        (
+            "vpc-ipv6-cidr-blocks",
+            !node.vpc_ipv6_cidr_blocks.is_empty(),
+        ),
+    ] {
+        if present {
+            fields.push(field);
+        }
+    }
+    fields.sort_unstable();
+    fields
 }
 
 fn identity_document(node: &crate::metadata::NodeDescription) -> String {
@@ -632,6 +674,124 @@ mod tests {
         assert_eq!(doc["privateIp"], "10.0.0.10");
         assert_eq!(doc["region"], "us-west-2");
         assert_eq!(doc["accountId"], crate::metadata::DEFAULT_ACCOUNT_ID);
+    }
+
+    /// [`node`] in an IPv6 VPC: the primary ENI (device 0) has two addresses and a /80, the
+    /// other ENI only the subnet's block.
+    fn ipv6_node() -> NodeDescription {
+        let mut n = node();
+        n.vpc_ipv6_cidr_blocks = vec!["2600:1f14:abc:de00::/56".parse().unwrap()];
+        for eni in &mut n.interfaces {
+            eni.subnet_ipv6_cidr_blocks = vec!["2600:1f14:abc:de00::/64".parse().unwrap()];
+        }
+        let primary = &mut n.interfaces[1];
+        primary.ipv6s = vec![
+            "2600:1f14:abc:de00::a".parse().unwrap(),
+            "2600:1f14:abc:de00::b".parse().unwrap(),
+        ];
+        primary.ipv6_prefixes = vec!["2600:1f14:abc:de00:1::/80".parse().unwrap()];
+        n.validate().unwrap();
+        n
+    }
+
+    #[test]
+    fn ipv6_paths_answer_like_aws() {
+        let n = ipv6_node();
+        let get = |p: &str| lookup(&n, p);
+        let primary = "/latest/meta-data/network/interfaces/macs/02:00:0a:00:00:0a/";
+        let other = "/latest/meta-data/network/interfaces/macs/02:00:0a:00:00:14/";
+        assert_eq!(
+            get("/latest/meta-data/ipv6").unwrap(),
+            "2600:1f14:abc:de00::a"
+        );
+        assert_eq!(
+            get(&format!("{primary}ipv6s")).unwrap(),
+            "2600:1f14:abc:de00::a\n2600:1f14:abc:de00::b"
+        );
+        assert_eq!(
+            get(&format!("{primary}ipv6-prefix")).unwrap(),
+            "2600:1f14:abc:de00:1::/80"
+        );
+        for mac in [primary, other] {
+            assert_eq!(
+                get(&format!("{mac}subnet-ipv6-cidr-blocks")).unwrap(),
+                "2600:1f14:abc:de00::/64"
+            );
+            assert_eq!(
+                get(&format!("{mac}vpc-ipv6-cidr-blocks")).unwrap(),
+                "2600:1f14:abc:de00::/56"
+            );
+        }
+        // The other ENI has no address and no prefix of its own.
+        assert!(get(&format!("{other}ipv6s")).is_none());
+        assert!(get(&format!("{other}ipv6-prefix")).is_none());
+        // Directory indexes list exactly the fields present, sorted.
+        let index = get(primary).unwrap();
+        let fields: Vec<&str> = index.lines().collect();
+        let mut sorted = fields.clone();
+        sorted.sort_unstable();
+        assert_eq!(fields, sorted);
+        for field in [
+            "ipv6-prefix",
+            "ipv6s",
+            "subnet-ipv6-cidr-blocks",
+            "vpc-ipv6-cidr-blocks",
+        ] {
+            assert!(fields.contains(&field), "{index}");
+        }
+        assert!(!fields.contains(&"ipv4-prefix"), "{index}");
+        let index = get(other).unwrap();
+        assert!(
+            !index.lines().any(|l| l == "ipv6s" || l == "ipv6-prefix"),
+            "{index}"
+        );
+        assert!(
+            index.lines().any(|l| l == "subnet-ipv6-cidr-blocks"),
+            "{index}"
+        );
+        let top = get("/latest/meta-data/").unwrap();
+        let top: Vec<&str> = top.lines().collect();
+        assert!(top.contains(&"ipv6"), "{top:?}");
+        let mut sorted = top.clone();
+        sorted.sort_unstable();
+        assert_eq!(top, sorted);
+    }
+
+    #[test]
+    fn ipv6_paths_are_absent_on_an_ipv4_node() {
+        let n = node();
+        let get = |p: &str| lookup(&n, p);
+        assert!(get("/latest/meta-data/ipv6").is_none());
+        assert!(
+            !get("/latest/meta-data/")
+                .unwrap()
+                .lines()
+                .any(|l| l == "ipv6")
+        );
+        let mac = "/latest/meta-data/network/interfaces/macs/02:00:0a:00:00:0a/";
+        for field in [
+            "ipv6s",
+            "ipv6-prefix",
+            "subnet-ipv6-cidr-blocks",
+            "vpc-ipv6-cidr-blocks",
+        ] {
+            assert!(get(&format!("{mac}{field}")).is_none(), "{field}");
+            assert!(
+                !get(mac).unwrap().lines().any(|l| l == field),
+                "{field} listed"
+            );
+        }
+        // The IPv4 index is unchanged: exactly the always-present fields.
+        assert_eq!(get(mac).unwrap(), lines(MAC_FIELDS));
+        // An IPv6 VPC whose primary ENI has no IPv6 address: no `ipv6`, the blocks are shown.
+        let mut n = ipv6_node();
+        n.interfaces[1].ipv6s.clear();
+        assert!(lookup(&n, "/latest/meta-data/ipv6").is_none());
+        assert!(lookup(&n, &format!("{mac}ipv6s")).is_none());
+        assert_eq!(
+            lookup(&n, &format!("{mac}vpc-ipv6-cidr-blocks")).unwrap(),
+            "2600:1f14:abc:de00::/56"
+        );
     }
 
     #[test]

@@ -8,13 +8,13 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 /// Account id reported when the node file does not name one.
@@ -77,6 +77,16 @@ pub struct InterfaceDescription {
     /// IPv4 prefixes (/28) delegated to the ENI (IMDS `ipv4-prefix`, absent when none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ipv4_prefixes: Vec<Ipv4Net>,
+    /// The ENI's IPv6 addresses, in EC2's order (IMDS `ipv6s`, absent when none); the first one
+    /// of the primary ENI is the instance's `ipv6`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6s: Vec<Ipv6Addr>,
+    /// IPv6 prefixes (/80) delegated to the ENI (IMDS `ipv6-prefix`, absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6_prefixes: Vec<Ipv6Net>,
+    /// The subnet's IPv6 CIDR blocks (IMDS `subnet-ipv6-cidr-blocks`, absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnet_ipv6_cidr_blocks: Vec<Ipv6Net>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -117,6 +127,19 @@ impl InterfaceDescription {
     pub fn route_table(&self) -> u32 {
         vpc_cni_contract::dataplane::route_table_for_device(self.device_number)
     }
+
+    /// The ENI's first IPv6 address (for the primary ENI, the instance's `ipv6`).
+    pub fn primary_ipv6(&self) -> Option<Ipv6Addr> {
+        self.ipv6s.first().copied()
+    }
+
+    /// The subnet IPv6 block (if any) that holds `net`.
+    pub fn subnet_ipv6_block_of(&self, net: &Ipv6Net) -> Option<Ipv6Net> {
+        self.subnet_ipv6_cidr_blocks
+            .iter()
+            .copied()
+            .find(|block| block.contains(net))
+    }
 }
 
 /// The whole simulated instance: the JSON file format of `docs/contracts.md`.
@@ -135,6 +158,9 @@ pub struct NodeDescription {
     pub vpc_id: String,
     /// The VPC's IPv4 CIDR blocks, primary first.
     pub vpc_ipv4_cidr_blocks: Vec<Ipv4Net>,
+    /// The VPC's IPv6 CIDR blocks (IMDS `vpc-ipv6-cidr-blocks`, absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vpc_ipv6_cidr_blocks: Vec<Ipv6Net>,
     /// Owner account of the instance and its ENIs (identity document, `owner-id`).
     #[serde(default = "default_account_id")]
     pub account_id: String,
@@ -192,7 +218,9 @@ impl NodeDescription {
     }
 
     /// Checks what AWS guarantees: one device-0 ENI, unique devices, MACs and addresses, every
-    /// address inside its ENI's subnet, every subnet inside the VPC.
+    /// address inside its ENI's subnet, every subnet inside the VPC; the same for IPv6 (every
+    /// IPv6 address and /80 prefix inside one of its subnet's IPv6 blocks, every such block
+    /// inside one of the VPC's).
     pub fn validate(&self) -> Result<(), NodeFileError> {
         let invalid = |msg: String| Err(NodeFileError::Invalid(msg));
         for (field, value) in [
@@ -219,10 +247,19 @@ impl NodeDescription {
         if self.interfaces.is_empty() {
             return invalid("interfaces is empty (the instance needs its primary ENI)".to_owned());
         }
+        for block in &self.vpc_ipv6_cidr_blocks {
+            if block.trunc() != *block {
+                return invalid(format!(
+                    "vpc-ipv6-cidr-blocks entry {block} has host bits set"
+                ));
+            }
+        }
         let mut devices = BTreeSet::new();
         let mut macs = BTreeSet::new();
         let mut ips = BTreeSet::new();
         let mut prefixes: Vec<(String, Ipv4Net)> = Vec::new();
+        let mut ipv6s = BTreeSet::new();
+        let mut ipv6_prefixes: Vec<(String, Ipv6Net)> = Vec::new();
         for eni in &self.interfaces {
             let id = &eni.interface_id;
             if id.trim().is_empty() || eni.subnet_id.trim().is_empty() {
@@ -294,6 +331,7 @@ impl NodeDescription {
                 }
                 prefixes.push((id.to_owned(), *prefix));
             }
+            self.validate_ipv6(eni, &mut ipv6s, &mut ipv6_prefixes)?;
         }
         for (i, (id, prefix)) in prefixes.iter().enumerate() {
             if let Some(ip) = ips.iter().find(|ip| prefix.contains(*ip)) {
@@ -307,8 +345,83 @@ impl NodeDescription {
                 ));
             }
         }
+        for (i, (id, prefix)) in ipv6_prefixes.iter().enumerate() {
+            if let Some(ip) = ipv6s.iter().find(|ip| prefix.contains(*ip)) {
+                return invalid(format!(
+                    "interface {id}: ipv6-prefixes entry {prefix} holds address {ip}, which an \
+                     interface has"
+                ));
+            }
+            if let Some((other, _)) = ipv6_prefixes[i + 1..]
+                .iter()
+                .find(|(_, p)| p.contains(prefix) || prefix.contains(p))
+            {
+                return invalid(format!(
+                    "interface {id}: ipv6-prefixes entry {prefix} is delegated twice (also to \
+                     {other})"
+                ));
+            }
+        }
         if !devices.contains(&(0, 0)) {
             return invalid("no interface has device-number 0 (the primary ENI)".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The IPv6 part of [`NodeDescription::validate`] for one ENI: its subnet's IPv6 blocks
+    /// inside the VPC's, its addresses (collected in `seen`, unique across the node) and /80
+    /// prefixes (collected in `prefixes`) inside one of those blocks.
+    fn validate_ipv6(
+        &self,
+        eni: &InterfaceDescription,
+        seen: &mut BTreeSet<Ipv6Addr>,
+        prefixes: &mut Vec<(String, Ipv6Net)>,
+    ) -> Result<(), NodeFileError> {
+        let invalid = |msg: String| Err(NodeFileError::Invalid(msg));
+        let id = &eni.interface_id;
+        for block in &eni.subnet_ipv6_cidr_blocks {
+            if block.trunc() != *block {
+                return invalid(format!(
+                    "interface {id}: subnet-ipv6-cidr-blocks entry {block} has host bits set"
+                ));
+            }
+            if !self.vpc_ipv6_cidr_blocks.iter().any(|v| v.contains(block)) {
+                return invalid(format!(
+                    "interface {id}: subnet-ipv6-cidr-blocks entry {block} is not inside \
+                     vpc-ipv6-cidr-blocks"
+                ));
+            }
+        }
+        for ip in &eni.ipv6s {
+            let host = Ipv6Net::from(*ip);
+            let Some(block) = eni.subnet_ipv6_block_of(&host) else {
+                return invalid(format!(
+                    "interface {id}: ipv6s entry {ip} is not inside subnet-ipv6-cidr-blocks"
+                ));
+            };
+            if *ip == block.network() {
+                return invalid(format!(
+                    "interface {id}: ipv6s entry {ip} is the network address of subnet block \
+                     {block} (reserved by AWS)"
+                ));
+            }
+            if !seen.insert(*ip) {
+                return invalid(format!("interface {id}: ipv6s entry {ip} is used twice"));
+            }
+        }
+        for prefix in &eni.ipv6_prefixes {
+            if prefix.prefix_len() != 80 || prefix.trunc() != *prefix {
+                return invalid(format!(
+                    "interface {id}: ipv6-prefixes entry {prefix} is not an aligned /80"
+                ));
+            }
+            if eni.subnet_ipv6_block_of(prefix).is_none() {
+                return invalid(format!(
+                    "interface {id}: ipv6-prefixes entry {prefix} is not inside \
+                     subnet-ipv6-cidr-blocks"
+                ));
+            }
+            prefixes.push((id.to_owned(), *prefix));
         }
         Ok(())
     }
@@ -344,6 +457,12 @@ impl NodeDescription {
     /// The instance's `local-ipv4`: the primary ENI's primary address.
     pub fn local_ipv4(&self) -> Option<Ipv4Addr> {
         self.primary_interface().and_then(|e| e.primary_ip())
+    }
+
+    /// The instance's `ipv6`: the primary ENI's first IPv6 address, if it has one.
+    pub fn ipv6(&self) -> Option<Ipv6Addr> {
+        self.primary_interface()
+            .and_then(InterfaceDescription::primary_ipv6)
     }
 
     /// Every secondary address of every ENI (what ipamd may hand out), in device order.
@@ -556,6 +675,163 @@ mod tests {
         ];
         for (mutate, needle) in cases {
             let mut d = sample();
+            mutate(&mut d);
+            let err = d.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+    }
+
+    /// The contract sample with an IPv6 VPC: a /56, the subnet's /64, one address, one /80.
+    fn ipv6_sample() -> NodeDescription {
+        let text = CONTRACT_SAMPLE
+            .replace(
+                r#""vpc-ipv4-cidr-blocks":["10.0.0.0/16"],"#,
+                r#""vpc-ipv4-cidr-blocks":["10.0.0.0/16"],"vpc-ipv6-cidr-blocks":["2600:1f14:abc:de00::/56"],"#,
+            )
+            .replace(
+                r#""local-ipv4s":["10.0.0.10","10.0.0.11","10.0.0.12"]"#,
+                r#""local-ipv4s":["10.0.0.10","10.0.0.11","10.0.0.12"],
+                   "ipv6s":["2600:1f14:abc:de00::a"],"ipv6-prefixes":["2600:1f14:abc:de00:1::/80"],
+                   "subnet-ipv6-cidr-blocks":["2600:1f14:abc:de00::/64"]"#,
+            );
+        NodeDescription::from_json(&text, Path::new("ipv6.json")).unwrap()
+    }
+
+    #[test]
+    fn ipv6_fields_are_optional_and_parsed() {
+        let v4 = sample();
+        assert!(v4.vpc_ipv6_cidr_blocks.is_empty());
+        assert_eq!(v4.ipv6(), None);
+        let eni = v4.primary_interface().unwrap();
+        assert!(eni.ipv6s.is_empty() && eni.ipv6_prefixes.is_empty());
+        assert!(eni.subnet_ipv6_cidr_blocks.is_empty());
+        // An IPv4-only node is written without any IPv6 key, as before.
+        let text = serde_json::to_string(&v4).unwrap();
+        assert!(!text.contains("ipv6"), "{text}");
+
+        let d = ipv6_sample();
+        assert_eq!(d.ipv6(), Some("2600:1f14:abc:de00::a".parse().unwrap()));
+        assert_eq!(
+            d.vpc_ipv6_cidr_blocks,
+            ["2600:1f14:abc:de00::/56".parse::<Ipv6Net>().unwrap()]
+        );
+        let eni = d.primary_interface().unwrap();
+        assert_eq!(
+            eni.ipv6_prefixes,
+            ["2600:1f14:abc:de00:1::/80".parse::<Ipv6Net>().unwrap()]
+        );
+        assert_eq!(
+            eni.subnet_ipv6_cidr_blocks,
+            ["2600:1f14:abc:de00::/64".parse::<Ipv6Net>().unwrap()]
+        );
+        let text = serde_json::to_string(&d).unwrap();
+        for key in [
+            "\"vpc-ipv6-cidr-blocks\"",
+            "\"ipv6s\"",
+            "\"ipv6-prefixes\"",
+            "\"subnet-ipv6-cidr-blocks\"",
+        ] {
+            assert!(text.contains(key), "{key} missing from {text}");
+        }
+        assert_eq!(
+            NodeDescription::from_json(&text, Path::new("again.json")).unwrap(),
+            d
+        );
+    }
+
+    #[test]
+    fn inconsistent_ipv6_descriptions_are_rejected_naming_interface_and_field() {
+        type Mutation = Box<dyn Fn(&mut NodeDescription)>;
+        fn net(s: &str) -> Ipv6Net {
+            s.parse().unwrap()
+        }
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                Box::new(|d| d.vpc_ipv6_cidr_blocks = vec![net("2600:1f14:abc:de00::1/56")]),
+                "vpc-ipv6-cidr-blocks entry 2600:1f14:abc:de00::1/56 has host bits set",
+            ),
+            (
+                Box::new(|d| d.vpc_ipv6_cidr_blocks.clear()),
+                "interface eni-0000000000000000a: subnet-ipv6-cidr-blocks entry \
+                 2600:1f14:abc:de00::/64 is not inside vpc-ipv6-cidr-blocks",
+            ),
+            (
+                Box::new(|d| {
+                    d.interfaces[0].subnet_ipv6_cidr_blocks = vec![net("2600:1f14:abc:ff00::/64")];
+                }),
+                "not inside vpc-ipv6-cidr-blocks",
+            ),
+            (
+                Box::new(|d| {
+                    d.interfaces[0].subnet_ipv6_cidr_blocks = vec![net("2600:1f14:abc:de00::5/64")];
+                }),
+                "subnet-ipv6-cidr-blocks entry 2600:1f14:abc:de00::5/64 has host bits set",
+            ),
+            (
+                Box::new(|d| {
+                    d.interfaces[0]
+                        .ipv6s
+                        .push("2600:1f14:abc:de01::7".parse().unwrap())
+                }),
+                "interface eni-0000000000000000a: ipv6s entry 2600:1f14:abc:de01::7 is not \
+                 inside subnet-ipv6-cidr-blocks",
+            ),
+            (
+                Box::new(|d| {
+                    d.interfaces[0]
+                        .ipv6s
+                        .push("2600:1f14:abc:de00::".parse().unwrap())
+                }),
+                "network address",
+            ),
+            (
+                Box::new(|d| {
+                    d.interfaces[0]
+                        .ipv6s
+                        .push("2600:1f14:abc:de00::a".parse().unwrap())
+                }),
+                "ipv6s entry 2600:1f14:abc:de00::a is used twice",
+            ),
+            (
+                // Addresses need the subnet's IPv6 block.
+                Box::new(|d| d.interfaces[0].subnet_ipv6_cidr_blocks.clear()),
+                "ipv6s entry 2600:1f14:abc:de00::a is not inside subnet-ipv6-cidr-blocks",
+            ),
+            (
+                Box::new(|d| {
+                    d.interfaces[0].ipv6_prefixes = vec![net("2600:1f14:abc:de00:2::/64")]
+                }),
+                "interface eni-0000000000000000a: ipv6-prefixes entry 2600:1f14:abc:de00:2::/64 \
+                 is not an aligned /80",
+            ),
+            (
+                Box::new(|d| {
+                    d.interfaces[0].ipv6_prefixes = vec![net("2600:1f14:abc:de00:2::1/80")];
+                }),
+                "not an aligned /80",
+            ),
+            (
+                Box::new(|d| {
+                    d.interfaces[0].ipv6_prefixes = vec![net("2600:1f14:abc:de01:2::/80")];
+                }),
+                "ipv6-prefixes entry 2600:1f14:abc:de01:2::/80 is not inside \
+                 subnet-ipv6-cidr-blocks",
+            ),
+            (
+                // 2600:1f14:abc:de00::a is the ENI's address.
+                Box::new(|d| d.interfaces[0].ipv6_prefixes = vec![net("2600:1f14:abc:de00::/80")]),
+                "holds address 2600:1f14:abc:de00::a",
+            ),
+            (
+                Box::new(|d| {
+                    let p = net("2600:1f14:abc:de00:3::/80");
+                    d.interfaces[0].ipv6_prefixes = vec![p, p];
+                }),
+                "ipv6-prefixes entry 2600:1f14:abc:de00:3::/80 is delegated twice",
+            ),
+        ];
+        for (mutate, needle) in cases {
+            let mut d = ipv6_sample();
             mutate(&mut d);
             let err = d.validate().unwrap_err().to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");

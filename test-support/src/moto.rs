@@ -1,8 +1,8 @@
 //! moto's EC2 server as a child process inside a test's namespace. The launcher
-//! (`moto_server.py` and the `prefix_delegation.py` and `ec2_latency.py` it imports, embedded
-//! here and written into the caller's directory) runs moto unmodified except where moto 5.2
-//! differs from EC2 in ways the tests depend on, or lacks an EC2 feature ipamd uses (see their
-//! docstrings and docs/moto-ec2-extensions.md). The interpreter is the pinned one of
+//! (`moto_server.py` and the `prefix_delegation.py`, `ipv6_prefixes.py` and `ec2_latency.py` it
+//! imports, embedded here and written into the caller's directory) runs moto unmodified except
+//! where moto 5.2 differs from EC2 in ways the tests depend on, or lacks an EC2 feature ipamd uses
+//! (see their docstrings and docs/moto-ec2-extensions.md). The interpreter is the pinned one of
 //! [`prereqs::python_with_moto`]. Killed on drop.
 //!
 //! For benchmarks, [`MotoServer::start_with`] can make moto answer in EC2's time
@@ -19,9 +19,10 @@ use crate::netns::{CommandError, Netns, NetnsProcess, tail};
 use crate::prereqs::{self, PrereqError};
 
 /// The launcher's files: its name in the directory and its source.
-const LAUNCHER: [(&str, &str); 3] = [
+const LAUNCHER: [(&str, &str); 4] = [
     ("moto_server.py", include_str!("moto_server.py")),
     ("prefix_delegation.py", include_str!("prefix_delegation.py")),
+    ("ipv6_prefixes.py", include_str!("ipv6_prefixes.py")),
     ("ec2_latency.py", include_str!("ec2_latency.py")),
 ];
 /// How long moto may take to listen (importing moto takes 1–2 s, more on a loaded machine).

@@ -16,6 +16,10 @@ moto 5.2 differs and the tests (the simulated VPC above all) depend on it:
 * IPv4 prefix delegation (`Ipv4PrefixCount`, `Ipv4Prefix.N`), which moto ignores, as EC2 does
   it: see prefix_delegation.py (written next to this file). Automatic addresses avoid prefixes and
   subnet CIDR reservations.
+* IPv6 prefixes (`Ipv6PrefixCount`, `Ipv6Prefix.N`), which moto ignores, as EC2 does them: see
+  ipv6_prefixes.py (written next to this file). Automatic IPv6 addresses are free ones (lowest
+  first, never in a prefix), and asking IPv6 of a subnet without an IPv6 CIDR block is EC2's 4xx,
+  not moto's 500.
 
 For benchmarks it can also play EC2's response times and log every EC2 call (ec2_latency.py,
 configured by the VCNI_EC2_LATENCY* and VCNI_EC2_CALL_LOG variables; off unless set).
@@ -30,6 +34,7 @@ import sys
 import threading
 
 import ec2_latency
+import ipv6_prefixes
 import prefix_delegation
 from moto import server
 from moto.ec2.exceptions import EC2ClientError
@@ -212,6 +217,7 @@ _Responses.delete_network_interface = _delete_network_interface
 _Responses.detach_network_interface = _detach_network_interface
 server.DomainDispatcherApplication.__call__ = _serialized_call
 prefix_delegation.install(_held, _PENDING)
+ipv6_prefixes.install()
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:

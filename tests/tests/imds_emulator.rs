@@ -383,6 +383,96 @@ fn identity_document_and_indexes_look_like_aws() {
     }
 }
 
+/// The IPv6 paths the reference reads in IPv6 mode: 404 (and unlisted) on an IPv4-only node,
+/// served through the SDK's client once the node file gives the node an IPv6 VPC.
+#[test]
+fn ipv6_paths_are_absent_until_the_node_has_ipv6() {
+    const PRIMARY: &str = "/latest/meta-data/network/interfaces/macs/02:00:0a:00:00:0a/";
+    const FIELDS: [&str; 4] = [
+        "ipv6s",
+        "ipv6-prefix",
+        "subnet-ipv6-cidr-blocks",
+        "vpc-ipv6-cidr-blocks",
+    ];
+    let fx = Fixture::new();
+    let (top, index, absent) = fx.inside(|addr| {
+        let t = token(addr, "60");
+        let h = [(TOKEN_HEADER, t.as_str())];
+        let top = http(addr, "GET", "/latest/meta-data/ipv6", &h);
+        let index = http(addr, "GET", PRIMARY, &h).body;
+        let absent: Vec<(String, u16)> = FIELDS
+            .iter()
+            .map(|f| {
+                (
+                    f.to_string(),
+                    http(addr, "GET", &format!("{PRIMARY}{f}"), &h).status,
+                )
+            })
+            .collect();
+        (top, index, absent)
+    });
+    assert_eq!(top.status, 404, "{top:?}");
+    assert!(top.body.contains("404 - Not Found"), "{top:?}");
+    for (field, status) in absent {
+        assert_eq!(status, 404, "{field}");
+        assert!(
+            !index.lines().any(|l| l == field),
+            "{field} listed in {index}"
+        );
+    }
+
+    let mut node = fx.node.clone();
+    node.vpc_ipv6_cidr_blocks = vec!["2600:1f14:abc:de00::/56".parse().unwrap()];
+    for eni in &mut node.interfaces {
+        eni.subnet_ipv6_cidr_blocks = vec!["2600:1f14:abc:de00::/64".parse().unwrap()];
+    }
+    let primary = node.interface_by_device_mut(0).unwrap();
+    primary.ipv6s = vec!["2600:1f14:abc:de00::a".parse().unwrap()];
+    primary.ipv6_prefixes = vec!["2600:1f14:abc:de00:1::/80".parse().unwrap()];
+    node.store(&fx.node_file()).unwrap();
+    let endpoint = fx.server.endpoint();
+    let values = fx.inside(move |_| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = aws_config::imds::Client::builder()
+                .endpoint(&endpoint)
+                .unwrap()
+                .build();
+            let mut paths = vec![
+                "/latest/meta-data/".to_owned(),
+                "/latest/meta-data/ipv6".to_owned(),
+                PRIMARY.to_owned(),
+            ];
+            paths.extend(FIELDS.iter().map(|f| format!("{PRIMARY}{f}")));
+            let mut values = Vec::new();
+            for path in paths {
+                let value = client
+                    .get(path.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("SDK GET {path} failed: {e}"));
+                values.push(value.as_ref().to_owned());
+            }
+            values
+        })
+    });
+    assert!(values[0].lines().any(|l| l == "ipv6"), "{}", values[0]);
+    assert_eq!(values[1], "2600:1f14:abc:de00::a");
+    for field in FIELDS {
+        assert!(
+            values[2].lines().any(|l| l == field),
+            "{field} not in {}",
+            values[2]
+        );
+    }
+    assert_eq!(values[3], "2600:1f14:abc:de00::a");
+    assert_eq!(values[4], "2600:1f14:abc:de00:1::/80");
+    assert_eq!(values[5], "2600:1f14:abc:de00::/64");
+    assert_eq!(values[6], "2600:1f14:abc:de00::/56");
+}
+
 #[test]
 fn edits_of_the_node_file_are_served_at_once() {
     let fx = Fixture::new();

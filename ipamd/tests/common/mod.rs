@@ -72,6 +72,9 @@ fn eni(mac: &str, id: &str, device: u32, ips: [[u8; 4]; 3]) -> InterfaceDescript
         security_group_ids: vec!["sg-0a1b2c3d".into()],
         local_ipv4s: ips.into_iter().map(Ipv4Addr::from).collect(),
         ipv4_prefixes: Vec::new(),
+        ipv6s: Vec::new(),
+        ipv6_prefixes: Vec::new(),
+        subnet_ipv6_cidr_blocks: Vec::new(),
     }
 }
 
@@ -92,6 +95,7 @@ pub fn world() -> World {
         availability_zone: "us-west-2a".into(),
         vpc_id: "vpc-0a1b2c3d".into(),
         vpc_ipv4_cidr_blocks: vec!["10.0.0.0/16".parse().unwrap()],
+        vpc_ipv6_cidr_blocks: Vec::new(),
         account_id: DEFAULT_ACCOUNT_ID.into(),
         interfaces: vec![
             eni(

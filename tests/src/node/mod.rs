@@ -103,6 +103,9 @@ pub fn standard_node(secondary_ips: &[u8]) -> NodeDescription {
                     .map(|k| Ipv4Addr::new(10, 0, 0, base.saturating_add(k)))
                     .collect(),
                 ipv4_prefixes: Vec::new(),
+                ipv6s: Vec::new(),
+                ipv6_prefixes: Vec::new(),
+                subnet_ipv6_cidr_blocks: Vec::new(),
             }
         })
         .collect();
@@ -115,6 +118,7 @@ pub fn standard_node(secondary_ips: &[u8]) -> NodeDescription {
         vpc_ipv4_cidr_blocks: vec![
             Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 16).unwrap_or_default(),
         ],
+        vpc_ipv6_cidr_blocks: Vec::new(),
         account_id: test_support::metadata::DEFAULT_ACCOUNT_ID.into(),
         interfaces,
     }

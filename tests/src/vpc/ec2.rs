@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,9 +20,10 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    Filter, InstanceType, NetworkInterface, ResourceType, Tag, TagSpecification,
+    Filter, InstanceType, NetworkInterface, ResourceType, Subnet, SubnetCidrBlockStateCode, Tag,
+    TagSpecification, Vpc, VpcCidrBlockStateCode,
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nix::sched::{CloneFlags, setns};
 
 use super::model::{EniAttachment, EniState, InstanceInfo, SubnetInfo, SubnetState};
@@ -249,8 +250,9 @@ impl Ec2 {
         })
     }
 
-    /// The IPv4 CIDR blocks associated with `vpc_id`, primary first.
-    pub(crate) fn vpc_cidrs(&self, vpc_id: &str) -> Result<Vec<Ipv4Net>, Ec2Error> {
+    /// The CIDR blocks associated with `vpc_id`: its IPv4 blocks, primary first, and its IPv6
+    /// blocks (empty for an IPv4-only VPC).
+    pub(crate) fn vpc_cidrs(&self, vpc_id: &str) -> Result<(Vec<Ipv4Net>, Vec<Ipv6Net>), Ec2Error> {
         let client = self.client();
         let vpc_id = vpc_id.to_owned();
         self.run("DescribeVpcs", async move {
@@ -275,7 +277,7 @@ impl Ec2 {
                     cidrs.push(c);
                 }
             }
-            Ok(cidrs)
+            Ok((cidrs, vpc_ipv6_cidrs(vpc)))
         })
     }
 
@@ -297,13 +299,16 @@ impl Ec2 {
                 .send()
                 .await
                 .map_err(|e| Ec2Error::sdk("CreateSubnet", e))?;
-            let id = out
+            let subnet = out
                 .subnet()
-                .and_then(|s| s.subnet_id())
+                .ok_or_else(|| Ec2Error::missing("CreateSubnet", "Subnet"))?;
+            let id = subnet
+                .subnet_id()
                 .ok_or_else(|| Ec2Error::missing("CreateSubnet", "SubnetId"))?;
             Ok(SubnetInfo {
                 id: id.to_owned(),
                 cidr,
+                ipv6_cidrs: subnet_ipv6_cidrs(subnet),
                 availability_zone: az,
             })
         })
@@ -355,6 +360,7 @@ impl Ec2 {
                         })?;
                     Ok(SubnetState {
                         cidr,
+                        ipv6_cidrs: subnet_ipv6_cidrs(s),
                         availability_zone: s.availability_zone().unwrap_or_default().to_owned(),
                         vpc_id: s.vpc_id().unwrap_or_default().to_owned(),
                         available_ips,
@@ -631,6 +637,76 @@ impl Ec2 {
             .collect())
     }
 
+    /// `AssociateVpcCidrBlock` with `AmazonProvidedIpv6CidrBlock`; returns the VPC's IPv6
+    /// blocks afterwards (EC2 picks the /56).
+    pub fn associate_vpc_ipv6_cidr(&self, vpc_id: &str) -> Result<Vec<Ipv6Net>, Ec2Error> {
+        let client = self.client();
+        let id = vpc_id.to_owned();
+        self.run("AssociateVpcCidrBlock", async move {
+            client
+                .associate_vpc_cidr_block()
+                .vpc_id(id)
+                .amazon_provided_ipv6_cidr_block(true)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Ec2Error::sdk("AssociateVpcCidrBlock", e))
+        })?;
+        Ok(self.vpc_cidrs(vpc_id)?.1)
+    }
+
+    /// `AssociateSubnetCidrBlock` of the IPv6 block `cidr` (inside one of the VPC's).
+    pub fn associate_subnet_ipv6_cidr(
+        &self,
+        subnet_id: &str,
+        cidr: Ipv6Net,
+    ) -> Result<(), Ec2Error> {
+        let client = self.client();
+        let id = subnet_id.to_owned();
+        self.run("AssociateSubnetCidrBlock", async move {
+            client
+                .associate_subnet_cidr_block()
+                .subnet_id(id)
+                .ipv6_cidr_block(cidr.to_string())
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Ec2Error::sdk("AssociateSubnetCidrBlock", e))
+        })
+    }
+
+    /// `AssignIpv6Addresses` with `Ipv6AddressCount`; returns the addresses EC2 picked.
+    pub fn assign_ipv6_addresses(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv6Addr>, Ec2Error> {
+        let before = self
+            .eni(eni_id)?
+            .map(|e| e.ipv6_addresses)
+            .unwrap_or_default();
+        let client = self.client();
+        let id = eni_id.to_owned();
+        self.run("AssignIpv6Addresses", async move {
+            client
+                .assign_ipv6_addresses()
+                .network_interface_id(id)
+                .ipv6_address_count(i32::try_from(count).unwrap_or(i32::MAX))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Ec2Error::sdk("AssignIpv6Addresses", e))
+        })?;
+        let after = self
+            .eni(eni_id)?
+            .map(|e| e.ipv6_addresses)
+            .unwrap_or_default();
+        Ok(after
+            .into_iter()
+            .filter(|ip| !before.contains(ip))
+            .collect())
+    }
+
     /// `AssignPrivateIpAddresses` with explicit addresses.
     pub fn assign_specific_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
         let client = self.client();
@@ -763,6 +839,16 @@ fn eni_state(eni: &NetworkInterface) -> Result<EniState, Ec2Error> {
             .iter()
             .filter_map(|p| p.ipv4_prefix()?.parse().ok())
             .collect(),
+        ipv6_addresses: eni
+            .ipv6_addresses()
+            .iter()
+            .filter_map(|a| a.ipv6_address()?.parse::<Ipv6Addr>().ok())
+            .collect(),
+        ipv6_prefixes: eni
+            .ipv6_prefixes()
+            .iter()
+            .filter_map(|p| p.ipv6_prefix()?.parse().ok())
+            .collect(),
         security_groups: eni
             .groups()
             .iter()
@@ -772,6 +858,40 @@ fn eni_state(eni: &NetworkInterface) -> Result<EniState, Ec2Error> {
         tags: tag_map(eni.tag_set()),
         id,
     })
+}
+
+/// The IPv6 blocks associated with a subnet: every association but those going or gone
+/// (`disassociating`, `disassociated`, `failing`, `failed`). A state EC2 does not name (moto
+/// nests its state object one level too deep) counts as associated.
+fn subnet_ipv6_cidrs(subnet: &Subnet) -> Vec<Ipv6Net> {
+    use SubnetCidrBlockStateCode as Code;
+    subnet
+        .ipv6_cidr_block_association_set()
+        .iter()
+        .filter(|a| {
+            !matches!(
+                a.ipv6_cidr_block_state().and_then(|s| s.state()),
+                Some(Code::Disassociating | Code::Disassociated | Code::Failing | Code::Failed)
+            )
+        })
+        .filter_map(|a| a.ipv6_cidr_block()?.parse().ok())
+        .collect()
+}
+
+/// The IPv6 blocks associated with a VPC, in EC2's order, as [`subnet_ipv6_cidrs`] for a
+/// subnet.
+fn vpc_ipv6_cidrs(vpc: &Vpc) -> Vec<Ipv6Net> {
+    use VpcCidrBlockStateCode as Code;
+    vpc.ipv6_cidr_block_association_set()
+        .iter()
+        .filter(|a| {
+            !matches!(
+                a.ipv6_cidr_block_state().and_then(|s| s.state()),
+                Some(Code::Disassociating | Code::Disassociated | Code::Failing | Code::Failed)
+            )
+        })
+        .filter_map(|a| a.ipv6_cidr_block()?.parse().ok())
+        .collect()
 }
 
 fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {

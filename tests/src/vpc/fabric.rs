@@ -232,7 +232,7 @@ impl VpcFabric {
             subnets.push(created);
         }
         let security_group = ec2.create_security_group(&vpc_id, "vcni-nodes")?;
-        let vpc_cidrs = ec2.vpc_cidrs(&vpc_id)?;
+        let (vpc_cidrs, vpc_ipv6_cidrs) = ec2.vpc_cidrs(&vpc_id)?;
 
         let hypervisor = Arc::new(Hypervisor::new(
             ec2.clone(),
@@ -241,6 +241,7 @@ impl VpcFabric {
             vpc_cidrs,
             options.poll,
         ));
+        hypervisor.set_vpc_ipv6_cidrs(vpc_ipv6_cidrs);
         for s in &subnets {
             hypervisor.add_subnet(s.clone());
         }

@@ -1,15 +1,16 @@
 //! What the simulated VPC knows about EC2's state: ENIs (MAC, attachment, private addresses,
-//! tags), subnets and instances, as read from moto, plus the instance metadata view derived
-//! from it (the [`NodeDescription`] the IMDS emulator serves for one instance).
+//! IPv6 addresses and prefixes, tags), subnets (with their IPv6 blocks) and instances, as read
+//! from moto, plus the instance metadata view derived from it (the [`NodeDescription`] the IMDS
+//! emulator serves for one instance).
 //!
 //! These are the harness's own types, filled from aws-sdk-ec2's, so tests and the watcher never
 //! juggle `Option`s of SDK structs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use test_support::metadata::{DEFAULT_ACCOUNT_ID, InterfaceDescription, NodeDescription};
 
@@ -45,6 +46,10 @@ pub struct EniState {
     pub private_ips: Vec<Ipv4Addr>,
     /// IPv4 prefixes (/28) delegated to the ENI, in EC2's order.
     pub ipv4_prefixes: Vec<Ipv4Net>,
+    /// IPv6 addresses of the ENI (`Ipv6Addresses`), in EC2's order.
+    pub ipv6_addresses: Vec<Ipv6Addr>,
+    /// IPv6 prefixes (/80) delegated to the ENI (`Ipv6Prefixes`), in EC2's order.
+    pub ipv6_prefixes: Vec<Ipv6Net>,
     /// Security group ids.
     pub security_groups: Vec<String>,
     /// The attachment, if attached.
@@ -96,6 +101,8 @@ pub struct SubnetInfo {
     pub id: String,
     /// Its IPv4 CIDR block.
     pub cidr: Ipv4Net,
+    /// Its associated IPv6 CIDR blocks (empty in an IPv4-only subnet).
+    pub ipv6_cidrs: Vec<Ipv6Net>,
     /// Its availability zone.
     pub availability_zone: String,
 }
@@ -126,6 +133,8 @@ pub struct SubnetState {
     pub id: String,
     /// Its IPv4 CIDR block.
     pub cidr: Ipv4Net,
+    /// Its associated IPv6 CIDR blocks (empty in an IPv4-only subnet).
+    pub ipv6_cidrs: Vec<Ipv6Net>,
     /// Its availability zone.
     pub availability_zone: String,
     /// Its VPC.
@@ -143,6 +152,7 @@ impl SubnetState {
         SubnetInfo {
             id: self.id.clone(),
             cidr: self.cidr,
+            ipv6_cidrs: self.ipv6_cidrs.clone(),
             availability_zone: self.availability_zone.clone(),
         }
     }
@@ -183,6 +193,8 @@ pub struct VpcSnapshot {
     pub vpc_id: String,
     /// The VPC's IPv4 CIDR blocks, primary first.
     pub vpc_cidrs: Vec<Ipv4Net>,
+    /// The VPC's associated IPv6 CIDR blocks (empty in an IPv4-only VPC).
+    pub vpc_ipv6_cidrs: Vec<Ipv6Net>,
     /// Every ENI of the VPC, by id.
     pub enis: BTreeMap<String, EniState>,
     /// Subnets by id.
@@ -199,6 +211,7 @@ impl VpcSnapshot {
             region: region.to_owned(),
             vpc_id: vpc_id.to_owned(),
             vpc_cidrs,
+            vpc_ipv6_cidrs: Vec::new(),
             enis: BTreeMap::new(),
             subnets: BTreeMap::new(),
             instances: BTreeMap::new(),
@@ -239,7 +252,8 @@ impl VpcSnapshot {
     }
 
     /// What instance metadata shows for `instance_id`: its attached ENIs with their MACs,
-    /// device numbers, addresses and subnets. `None` for an instance the fabric does not run.
+    /// device numbers, addresses (IPv4 and IPv6), prefixes and subnets, and the VPC's blocks.
+    /// `None` for an instance the fabric does not run.
     pub(crate) fn node_description(&self, instance_id: &str) -> Option<NodeDescription> {
         let instance = self.instances.get(instance_id)?;
         let interfaces = self
@@ -258,6 +272,9 @@ impl VpcSnapshot {
                     security_group_ids: eni.security_groups.clone(),
                     local_ipv4s: eni.private_ips.clone(),
                     ipv4_prefixes: eni.ipv4_prefixes.clone(),
+                    ipv6s: eni.ipv6_addresses.clone(),
+                    ipv6_prefixes: eni.ipv6_prefixes.clone(),
+                    subnet_ipv6_cidr_blocks: subnet.ipv6_cidrs.clone(),
                 })
             })
             .collect();
@@ -268,6 +285,7 @@ impl VpcSnapshot {
             availability_zone: instance.availability_zone.clone(),
             vpc_id: self.vpc_id.clone(),
             vpc_ipv4_cidr_blocks: self.vpc_cidrs.clone(),
+            vpc_ipv6_cidr_blocks: self.vpc_ipv6_cidrs.clone(),
             account_id: DEFAULT_ACCOUNT_ID.to_owned(),
             interfaces,
         })
@@ -292,6 +310,8 @@ mod tests {
             vpc_id: "vpc-1".into(),
             private_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
             ipv4_prefixes: Vec::new(),
+            ipv6_addresses: Vec::new(),
+            ipv6_prefixes: Vec::new(),
             security_groups: vec!["sg-1".into()],
             attachment: instance.map(|(i, d)| EniAttachment {
                 attachment_id: format!("eni-attach-{id}"),
@@ -310,6 +330,7 @@ mod tests {
             SubnetInfo {
                 id: "subnet-1".into(),
                 cidr: "10.0.0.0/24".parse().unwrap(),
+                ipv6_cidrs: Vec::new(),
                 availability_zone: "us-west-2a".into(),
             },
         );
@@ -388,5 +409,40 @@ mod tests {
         let d = s.node_description("i-1").unwrap();
         d.validate().unwrap();
         assert_eq!(d.interfaces[0].ipv4_prefixes, [prefix]);
+    }
+
+    #[test]
+    fn ipv4_only_vpcs_show_no_ipv6_in_metadata() {
+        let d = snapshot().node_description("i-1").unwrap();
+        assert!(d.vpc_ipv6_cidr_blocks.is_empty());
+        assert_eq!(d.ipv6(), None);
+        assert!(d.interfaces.iter().all(|e| e.ipv6s.is_empty()
+            && e.ipv6_prefixes.is_empty()
+            && e.subnet_ipv6_cidr_blocks.is_empty()));
+    }
+
+    #[test]
+    fn ipv6_addresses_prefixes_and_blocks_are_shown_by_metadata() {
+        let mut s = snapshot();
+        let vpc_block: Ipv6Net = "2600:1f14:abc:de00::/56".parse().unwrap();
+        let subnet_block: Ipv6Net = "2600:1f14:abc:de00::/64".parse().unwrap();
+        let prefix: Ipv6Net = "2600:1f14:abc:de00:1::/80".parse().unwrap();
+        let address: Ipv6Addr = "2600:1f14:abc:de00::a".parse().unwrap();
+        s.vpc_ipv6_cidrs = vec![vpc_block];
+        s.subnets.get_mut("subnet-1").unwrap().ipv6_cidrs = vec![subnet_block];
+        let primary = s.enis.get_mut("eni-a").unwrap();
+        primary.ipv6_addresses.push(address);
+        primary.ipv6_prefixes.push(prefix);
+        let d = s.node_description("i-1").unwrap();
+        d.validate().unwrap();
+        assert_eq!(d.vpc_ipv6_cidr_blocks, [vpc_block]);
+        assert_eq!(d.ipv6(), Some(address));
+        let (eni_a, eni_bb) = (&d.interfaces[0], &d.interfaces[1]);
+        assert_eq!(eni_a.ipv6_prefixes, [prefix]);
+        assert_eq!(eni_a.subnet_ipv6_cidr_blocks, [subnet_block]);
+        assert!(eni_bb.ipv6s.is_empty() && eni_bb.ipv6_prefixes.is_empty());
+        assert_eq!(eni_bb.subnet_ipv6_cidr_blocks, [subnet_block]);
+        // IPv6 does not change the IPv4 view.
+        assert_eq!(s.addresses_of("i-1").len(), 4);
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::VpcError;
 use super::ec2::Ec2;
@@ -72,6 +72,8 @@ pub struct Hypervisor {
     region: String,
     vpc_id: String,
     vpc_cidrs: Vec<Ipv4Net>,
+    /// The VPC's IPv6 blocks ([`Hypervisor::set_vpc_ipv6_cidrs`], empty in an IPv4-only VPC).
+    vpc_ipv6_cidrs: Mutex<Vec<Ipv6Net>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,6 +114,7 @@ impl Hypervisor {
             region,
             vpc_id: vpc_id.to_owned(),
             vpc_cidrs,
+            vpc_ipv6_cidrs: Mutex::new(Vec::new()),
         }
     }
 
@@ -120,9 +123,39 @@ impl Hypervisor {
         &self.ec2
     }
 
-    /// Registers a subnet the fabric created (saves the poll a `DescribeSubnets`).
+    /// Registers a subnet the fabric created (saves the poll a `DescribeSubnets`). Its IPv6
+    /// blocks are the ones it has now: one associated later is seen after
+    /// [`Hypervisor::refresh_ipv6_cidrs`].
     pub fn add_subnet(&self, subnet: SubnetInfo) {
         lock(&self.subnets).insert(subnet.id.clone(), subnet);
+    }
+
+    /// Sets the VPC's IPv6 blocks that instance metadata shows (`vpc-ipv6-cidr-blocks`) from
+    /// the next poll on; the fabric sets them from `DescribeVpcs` at start.
+    pub fn set_vpc_ipv6_cidrs(&self, cidrs: Vec<Ipv6Net>) {
+        *lock(&self.vpc_ipv6_cidrs) = cidrs;
+    }
+
+    /// Re-reads the VPC's IPv6 blocks and those of every subnet seen so far from EC2 (after
+    /// `AssociateVpcCidrBlock` or `AssociateSubnetCidrBlock` out of band, which polls do not
+    /// look for); the next poll publishes them.
+    pub fn refresh_ipv6_cidrs(&self) -> Result<(), VpcError> {
+        let (_, vpc_ipv6) = self.ec2.vpc_cidrs(&self.vpc_id)?;
+        let ids: Vec<String> = lock(&self.subnets).keys().cloned().collect();
+        let mut blocks = Vec::with_capacity(ids.len());
+        for id in ids {
+            let subnet = self.ec2.subnet(&id)?;
+            blocks.push((id, subnet.ipv6_cidrs));
+        }
+        let mut subnets = lock(&self.subnets);
+        for (id, ipv6_cidrs) in blocks {
+            if let Some(subnet) = subnets.get_mut(&id) {
+                subnet.ipv6_cidrs = ipv6_cidrs;
+            }
+        }
+        drop(subnets);
+        self.set_vpc_ipv6_cidrs(vpc_ipv6);
+        Ok(())
     }
 
     /// Starts serving `node`: its attached ENIs appear in its namespace from the next poll.
@@ -320,6 +353,7 @@ impl Hypervisor {
             region: self.region.clone(),
             vpc_id: self.vpc_id.clone(),
             vpc_cidrs: self.vpc_cidrs.clone(),
+            vpc_ipv6_cidrs: lock(&self.vpc_ipv6_cidrs).clone(),
             enis: enis.into_iter().map(|e| (e.id.clone(), e)).collect(),
             subnets,
             instances: nodes

@@ -266,6 +266,92 @@ fn hypervisor_follows_moto_and_imds_answers_each_instance_from_moto() {
     assert!(!vpc_ns.exists() && !inet_ns.exists());
 }
 
+/// IPv6 in moto reaches instance metadata through the hypervisor: an IPv4-only VPC shows no
+/// IPv6 path (404, unlisted); once the VPC has an Amazon-provided /56, the node's subnet a /64
+/// of it and the primary ENI two addresses, IMDS shows `ipv6`, `ipv6s`,
+/// `subnet-ipv6-cidr-blocks` and `vpc-ipv6-cidr-blocks` as EC2 does, and still no
+/// `ipv6-prefix` (none is delegated).
+#[test]
+fn ipv6_blocks_and_addresses_in_moto_reach_instance_metadata() {
+    const FIELDS: [&str; 4] = [
+        "ipv6s",
+        "ipv6-prefix",
+        "subnet-ipv6-cidr-blocks",
+        "vpc-ipv6-cidr-blocks",
+    ];
+    let vpc = fabric();
+    let a = node(&vpc, NodeSpec::new("fabric-v6", "t3.small").without_ipamd());
+    let dir = format!(
+        "/latest/meta-data/network/interfaces/macs/{}/",
+        a.instance().mac
+    );
+    let status = |path: &str| {
+        ok(
+            &a,
+            imds_get(a.ns(), SocketAddr::from((IMDS_ADDR, 80)), path),
+        )
+        .status
+    };
+    assert_eq!(status("/latest/meta-data/ipv6"), 404);
+    let index = imds(&a, &dir);
+    for field in FIELDS {
+        assert_eq!(status(&format!("{dir}{field}")), 404, "{field}");
+        assert!(!index.lines().any(|l| l == field), "{field} in {index}");
+    }
+
+    let vpc_blocks = ok(&a, vpc.ec2().associate_vpc_ipv6_cidr(vpc.vpc_id()));
+    assert_eq!(vpc_blocks.len(), 1, "{vpc_blocks:?}");
+    let subnet_block = vpc_blocks[0].subnets(64).unwrap().next().unwrap();
+    ok(
+        &a,
+        vpc.ec2()
+            .associate_subnet_ipv6_cidr(&vpc.subnet().id, subnet_block),
+    );
+    ok(&a, vpc.hypervisor().refresh_ipv6_cidrs());
+    let primary = a.instance().primary_eni.clone();
+    let added = ok(&a, vpc.ec2().assign_ipv6_addresses(&primary, 2));
+    assert_eq!(added.len(), 2, "{added:?}");
+    ok(&a, vpc.sync());
+    let eni = ok(&a, vpc.ec2().eni(&primary)).unwrap();
+    assert_eq!(eni.ipv6_addresses.len(), 2, "{eni:?}");
+    check!(
+        a,
+        eni.ipv6_addresses
+            .iter()
+            .all(|ip| subnet_block.contains(ip)),
+        "moto's addresses {:?} are not in {subnet_block}",
+        eni.ipv6_addresses
+    );
+    assert_eq!(
+        imds(&a, "/latest/meta-data/ipv6"),
+        eni.ipv6_addresses[0].to_string()
+    );
+    let listed: Vec<String> = eni.ipv6_addresses.iter().map(ToString::to_string).collect();
+    assert_eq!(imds(&a, &format!("{dir}ipv6s")), listed.join("\n"));
+    assert_eq!(
+        imds(&a, &format!("{dir}subnet-ipv6-cidr-blocks")),
+        subnet_block.to_string()
+    );
+    assert_eq!(
+        imds(&a, &format!("{dir}vpc-ipv6-cidr-blocks")),
+        vpc_blocks[0].to_string()
+    );
+    assert_eq!(status(&format!("{dir}ipv6-prefix")), 404);
+    let index = imds(&a, &dir);
+    for field in ["ipv6s", "subnet-ipv6-cidr-blocks", "vpc-ipv6-cidr-blocks"] {
+        assert!(index.lines().any(|l| l == field), "{field} not in {index}");
+    }
+    assert!(!index.lines().any(|l| l == "ipv6-prefix"), "{index}");
+    assert!(imds(&a, "/latest/meta-data/").lines().any(|l| l == "ipv6"));
+    // The IPv4 view is unchanged.
+    assert_eq!(
+        imds(&a, "/latest/meta-data/local-ipv4"),
+        a.primary_ip().to_string()
+    );
+    let v4: Vec<String> = eni.private_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(imds(&a, &format!("{dir}local-ipv4s")), v4.join("\n"));
+}
+
 /// Pods of one node, with their addresses.
 struct NodePods {
     pods: Vec<(Pod, Ipv4Addr)>,
