@@ -121,7 +121,7 @@ impl Config {
                 var: ENABLE_IPV6,
                 value: raw(ENABLE_IPV6)?,
                 reason: format!(
-                    "IPv6 pods get their addresses from a /80 prefix of the primary ENI, so IPv6 mode needs prefix delegation (as in the reference): set {ENABLE_PREFIX_DELEGATION}=true"
+                    "IPv6 pods get their addresses from a /80 prefix of the primary ENI, so IPv6 mode needs prefix delegation (as in the reference): set {ENABLE_PREFIX_DELEGATION}=true, or unset {ENABLE_IPV6} for an IPv4 cluster"
                 ),
             });
         }

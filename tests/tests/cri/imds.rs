@@ -474,7 +474,14 @@ fn ipamd_killed_during_churn_gives_no_address_twice_and_leaks_none() {
         node.pool_status(),
         node.checkpoint_ips()
     );
-    let after = ok(&node, &ctd, node.host_state());
+    // A removed sandbox's host veth goes when the kernel destroys its network namespace,
+    // which it does asynchronously (seconds on a loaded machine): give it 10 s.
+    let mut after = ok(&node, &ctd, node.host_state());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while baseline.diff(&after).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        after = ok(&node, &ctd, node.host_state());
+    }
     if let Some(diff) = baseline.diff(&after) {
         fail(
             &node,
