@@ -39,29 +39,15 @@ from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import elastic_network_interfaces as eni_models
 from moto.ec2.responses import elastic_network_interfaces as eni_responses
 from moto.ec2.responses import instances as instance_responses
+from prefix_delegation import (
+    InsufficientCidrBlocks,
+    InvalidParameterCombination,
+    InvalidParameterValue,
+)
 
 PREFIX_LENGTH = 80
 # The block's first four addresses (network, router, DNS, future use) and its last one.
 RESERVED_HEAD = 4
-
-
-class InsufficientCidrBlocks(EC2ClientError):
-    def __init__(self, cidr, wanted):
-        super().__init__(
-            "InsufficientCidrBlocks",
-            f"There are not enough free cidr blocks in the specified subnet ({cidr}) to "
-            f"satisfy the request ({wanted} /{PREFIX_LENGTH} wanted).",
-        )
-
-
-class InvalidParameterCombination(EC2ClientError):
-    def __init__(self, message):
-        super().__init__("InvalidParameterCombination", message)
-
-
-class InvalidParameterValue(EC2ClientError):
-    def __init__(self, message):
-        super().__init__("InvalidParameterValue", message)
 
 
 class NoIpv6CidrBlock(InvalidParameterValue):
@@ -177,7 +163,7 @@ def choose(subnet, count, explicit):
         return chosen
     total = _block_count(block)
     if total - len(busy) < count:
-        raise InsufficientCidrBlocks(str(block), count)
+        raise InsufficientCidrBlocks(str(block), count, PREFIX_LENGTH)
     free = (index for index in range(total) if index not in busy)
     return [_block_at(block, next(free)) for _ in range(count)]
 

@@ -35,11 +35,11 @@ PREFIX_SIZE = 16
 
 
 class InsufficientCidrBlocks(EC2ClientError):
-    def __init__(self, cidr, wanted):
+    def __init__(self, cidr, wanted, prefix_length=PREFIX_LENGTH):
         super().__init__(
             "InsufficientCidrBlocks",
             f"There are not enough free cidr blocks in the specified subnet ({cidr}) to "
-            f"satisfy the request ({wanted} /{PREFIX_LENGTH} wanted).",
+            f"satisfy the request ({wanted} /{prefix_length} wanted).",
         )
 
 
