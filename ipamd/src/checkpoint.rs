@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::datastore::v6::V6Assignment;
 use crate::datastore::{Assignment, IpamKey, PodMetadata};
 use crate::fsutil;
 
@@ -111,31 +110,15 @@ pub struct CheckpointEntry {
 }
 
 impl CheckpointEntry {
-    /// From a datastore assignment.
+    /// From a datastore assignment (an IPv6 one is written with `ipv6` and no `ipv4`, as the
+    /// reference writes it).
     pub fn from_assignment(a: &Assignment) -> Self {
         Self {
             network_name: a.key.network_name.clone(),
             container_id: a.key.container_id.clone(),
             if_name: a.key.if_name.clone(),
-            ipv4: Some(a.ip.to_string()),
-            ipv6: None,
-            allocation_timestamp: unix_nanos(a.assigned_at),
-            metadata: CheckpointMetadata {
-                pod_namespace: a.metadata.namespace.clone(),
-                pod_name: a.metadata.name.clone(),
-                interfaces_count: a.metadata.interfaces_count,
-            },
-        }
-    }
-
-    /// From an IPv6 assignment (the reference writes `ipv6` and no `ipv4`).
-    pub fn from_v6_assignment(a: &V6Assignment) -> Self {
-        Self {
-            network_name: a.key.network_name.clone(),
-            container_id: a.key.container_id.clone(),
-            if_name: a.key.if_name.clone(),
-            ipv4: None,
-            ipv6: Some(a.ip.to_string()),
+            ipv4: a.ip.is_ipv4().then(|| a.ip.to_string()),
+            ipv6: a.ip.is_ipv6().then(|| a.ip.to_string()),
             allocation_timestamp: unix_nanos(a.assigned_at),
             metadata: CheckpointMetadata {
                 pod_namespace: a.metadata.namespace.clone(),
@@ -448,7 +431,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_assignment_is_written_as_the_reference_writes_it() {
-        let a = V6Assignment {
+        let a = Assignment {
             ip: "2600:1f14::5".parse().unwrap(),
             key: IpamKey {
                 network_name: "aws-cni".into(),
@@ -465,10 +448,7 @@ mod tests {
             device_number: 0,
         };
         let sample = decode(Path::new("x"), REFERENCE_SAMPLE.as_bytes()).unwrap();
-        assert_eq!(
-            CheckpointEntry::from_v6_assignment(&a),
-            sample.allocations[2]
-        );
+        assert_eq!(CheckpointEntry::from_assignment(&a), sample.allocations[2]);
     }
 
     #[test]
@@ -484,7 +464,7 @@ mod tests {
         let cp = FileCheckpointer::new(dir.path().join("ipam.json"));
         assert!(cp.load().unwrap().is_none(), "no file = fresh node");
         let a = Assignment {
-            ip: Ipv4Addr::new(10, 0, 0, 11),
+            ip: Ipv4Addr::new(10, 0, 0, 11).into(),
             key: IpamKey {
                 network_name: "aws-cni".into(),
                 container_id: "abc".into(),
@@ -519,7 +499,7 @@ mod tests {
 
     fn sample_assignment(i: u8, name: &str) -> Assignment {
         Assignment {
-            ip: Ipv4Addr::new(10, 0, 0, i),
+            ip: Ipv4Addr::new(10, 0, 0, i).into(),
             key: IpamKey {
                 network_name: "aws-cni".into(),
                 container_id: format!("c{i}\"\\{name}"),

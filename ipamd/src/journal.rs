@@ -19,7 +19,7 @@
 //! never answers with an assignment that may still be rolled back.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::{Arc, PoisonError};
 
 use tokio::sync::{Mutex, MutexGuard, oneshot, watch};
@@ -65,7 +65,7 @@ enum Delta {
     /// The address's allocation is now this one.
     Set(Assignment),
     /// The address has no allocation any more.
-    Remove(Ipv4Addr),
+    Remove(IpAddr),
 }
 
 /// What a request awaits: the outcome of the write that covers its change.
@@ -101,7 +101,7 @@ struct Pool {
 /// The encoded allocations of the last write, by address (the file's order).
 #[derive(Debug, Default)]
 struct Encoded {
-    entries: BTreeMap<Ipv4Addr, Box<[u8]>>,
+    entries: BTreeMap<IpAddr, Box<[u8]>>,
     /// The file of the last write (a reused buffer).
     file: Vec<u8>,
 }
@@ -312,7 +312,7 @@ impl Journal {
                 .collect();
         }
         // The state of each address the changes touched, after the last of them.
-        let mut overlay: BTreeMap<Ipv4Addr, Option<Box<[u8]>>> = BTreeMap::new();
+        let mut overlay: BTreeMap<IpAddr, Option<Box<[u8]>>> = BTreeMap::new();
         for d in deltas.iter().flatten() {
             match d {
                 Delta::Set(a) => overlay.insert(a.ip, Some(encode_entry(a).into_boxed_slice())),
@@ -336,8 +336,8 @@ impl Journal {
 
 /// The entries of `base` with `overlay` applied, in address order.
 fn merge<'a>(
-    base: &'a BTreeMap<Ipv4Addr, Box<[u8]>>,
-    overlay: &'a BTreeMap<Ipv4Addr, Option<Box<[u8]>>>,
+    base: &'a BTreeMap<IpAddr, Box<[u8]>>,
+    overlay: &'a BTreeMap<IpAddr, Option<Box<[u8]>>>,
 ) -> Vec<&'a [u8]> {
     let mut out = Vec::with_capacity(base.len() + overlay.len());
     let mut b = base.iter().peekable();
@@ -448,16 +448,16 @@ mod tests {
 
     use super::*;
 
-    fn entries(list: &[(u8, &str)]) -> BTreeMap<Ipv4Addr, Box<[u8]>> {
+    fn entries(list: &[(u8, &str)]) -> BTreeMap<IpAddr, Box<[u8]>> {
         list.iter()
-            .map(|(i, s)| (Ipv4Addr::new(10, 0, 0, *i), s.as_bytes().into()))
+            .map(|(i, s)| (IpAddr::from([10, 0, 0, *i]), s.as_bytes().into()))
             .collect()
     }
 
     #[test]
     fn merge_applies_sets_and_removals_in_address_order() {
         let base = entries(&[(2, "b"), (4, "d"), (6, "f")]);
-        let overlay: BTreeMap<Ipv4Addr, Option<Box<[u8]>>> = [
+        let overlay: BTreeMap<IpAddr, Option<Box<[u8]>>> = [
             (1, Some("a")),
             (4, None),
             (6, Some("F")),
@@ -465,7 +465,7 @@ mod tests {
             (9, None),
         ]
         .into_iter()
-        .map(|(i, s)| (Ipv4Addr::new(10, 0, 0, i), s.map(|s| s.as_bytes().into())))
+        .map(|(i, s)| (IpAddr::from([10, 0, 0, i]), s.map(|s| s.as_bytes().into())))
         .collect();
         let got: Vec<&str> = merge(&base, &overlay)
             .into_iter()

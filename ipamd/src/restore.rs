@@ -21,11 +21,12 @@
 //! Assignments without pod metadata (written by old reference versions) are never judged: the
 //! restore keeps them, as the reference does, and the sweep leaves them alone.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::checkpoint::{CheckpointData, CheckpointEntry};
+use crate::datastore::v6::V6Error;
 use crate::datastore::{Assignment, Clock, Datastore, DatastoreError};
 use vpc_cni_contract::dataplane::veth_suffix;
 
@@ -44,7 +45,7 @@ pub struct RestoreReport {
     /// Allocations back in the datastore.
     pub restored: Vec<Assignment>,
     /// Allocations whose host veth is gone (their rules must be deleted).
-    pub stale: Vec<(CheckpointEntry, Ipv4Addr)>,
+    pub stale: Vec<(CheckpointEntry, IpAddr)>,
     /// Allocations of addresses that are on no known ENI.
     pub unknown_ip: Vec<CheckpointEntry>,
     /// Allocations that cannot be used, with the reason.
@@ -67,17 +68,13 @@ pub fn restore_allocations(
     let mut report = RestoreReport::default();
     let now = std::time::SystemTime::now();
     for entry in &data.allocations {
-        let Some(ip) = entry.ipv4_addr() else {
-            let why = match (&entry.ipv4, &entry.ipv6) {
-                (Some(v4), _) => format!("ipv4 {v4:?} is not an IPv4 address"),
-                (None, Some(v6)) => {
-                    format!("IPv6 allocation {v6} ignored: this ipamd runs in IPv4 mode")
-                }
-                (None, None) => "no address".to_owned(),
-            };
-            tracing::warn!(key = %entry.key(), reason = %why, "checkpoint allocation dropped");
-            report.invalid.push((entry.clone(), why));
-            continue;
+        let ip = match entry_address(entry, ds.ipv6_mode()) {
+            Ok(ip) => ip,
+            Err(why) => {
+                tracing::warn!(key = %entry.key(), reason = %why, "checkpoint allocation dropped");
+                report.invalid.push((entry.clone(), why));
+                continue;
+            }
         };
         let md = &entry.metadata;
         // An allocation younger than the orphan grace may belong to an ADD whose plugin is
@@ -100,22 +97,59 @@ pub fn restore_allocations(
             report.stale.push((entry.clone(), ip));
             continue;
         }
-        match ds.restore(&entry.key(), entry.pod_metadata(), ip, entry.allocated_at()) {
+        // Err(None): the address is on no known ENI (or outside the /80); Err(Some): unusable.
+        let restored = match ip {
+            IpAddr::V4(v4) => ds
+                .restore(&entry.key(), entry.pod_metadata(), v4, entry.allocated_at())
+                .map_err(|e| match e {
+                    DatastoreError::UnknownIp { .. } => None,
+                    other => Some(other.to_string()),
+                }),
+            IpAddr::V6(v6) => ds
+                .restore_v6(&entry.key(), entry.pod_metadata(), v6, entry.allocated_at())
+                .map_err(|e| match e {
+                    V6Error::OutsidePrefix { .. } => None,
+                    other => Some(other.to_string()),
+                }),
+        };
+        match restored {
             Ok(a) => {
                 tracing::info!(key = %a.key, ip = %a.ip, eni = %a.eni_id, "restored allocation");
                 report.restored.push(a);
             }
-            Err(DatastoreError::UnknownIp { .. }) => {
+            Err(None) => {
                 tracing::warn!(key = %entry.key(), %ip, "checkpoint allocation uses an IP on no known ENI; presuming it stale and dropping it");
                 report.unknown_ip.push(entry.clone());
             }
-            Err(e) => {
+            Err(Some(e)) => {
                 tracing::warn!(key = %entry.key(), %ip, error = %e, "checkpoint allocation dropped");
-                report.invalid.push((entry.clone(), e.to_string()));
+                report.invalid.push((entry.clone(), e));
             }
         }
     }
     report
+}
+
+/// The address of a checkpoint entry in this ipamd's family (IPv6 mode or not), or why it cannot
+/// be used.
+fn entry_address(entry: &CheckpointEntry, ipv6_mode: bool) -> Result<IpAddr, String> {
+    match (&entry.ipv4, &entry.ipv6, ipv6_mode) {
+        (Some(_), _, false) => entry
+            .ipv4_addr()
+            .map(IpAddr::V4)
+            .ok_or_else(|| format!("ipv4 {:?} is not an IPv4 address", entry.ipv4)),
+        (None, Some(v6), false) => Err(format!(
+            "IPv6 allocation {v6} ignored: this ipamd runs in IPv4 mode"
+        )),
+        (_, Some(_), true) => entry
+            .ipv6_addr()
+            .map(IpAddr::V6)
+            .ok_or_else(|| format!("ipv6 {:?} is not an IPv6 address", entry.ipv6)),
+        (Some(v4), None, true) => Err(format!(
+            "IPv4 allocation {v4} ignored: this ipamd runs in IPv6 mode"
+        )),
+        (None, None, _) => Err("no address".to_owned()),
+    }
 }
 
 /// The assignments of `assignments` whose pod has no host veth among `links` and that were made

@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -127,9 +128,13 @@ fn clamp_u32(n: usize) -> u32 {
 }
 
 fn allocation(a: &Assignment) -> IpAllocationMetadata {
+    let (v4, v6) = match a.ip {
+        IpAddr::V4(ip) => (ip.to_string(), String::new()),
+        IpAddr::V6(ip) => (String::new(), ip.to_string()),
+    };
     IpAllocationMetadata {
-        i_pv4_addr: a.ip.to_string(),
-        i_pv6_addr: String::new(),
+        i_pv4_addr: v4,
+        i_pv6_addr: v6,
         device_number: clamp_i32(a.device_number),
         route_table_id: clamp_i32(route_table_for_device(a.device_number)),
     }
@@ -166,11 +171,18 @@ impl CniBackend for Backend {
                 Ok(a) => {
                     tracing::info!(ip = %a.ip, eni = %a.eni_id, device = a.device_number, table = route_table_for_device(a.device_number), "assigned");
                     let egress = self.state.egress();
+                    // As the reference: the IPv4 CIDRs for IPv4 pods, the IPv6 ones for IPv6 pods.
+                    let (v4_cidrs, v6_cidrs) = if a.ip.is_ipv6() {
+                        (Vec::new(), egress.vpc_v6_cidrs.iter().map(ToString::to_string).collect())
+                    } else {
+                        (egress.no_snat_cidrs().map(ToString::to_string).collect(), Vec::new())
+                    };
                     Ok(Response::new(AddNetworkReply {
                         success: true,
                         ip_allocation_metadata: vec![allocation(&a)],
                         use_external_snat: egress.external_snat,
-                        vp_cv4_cid_rs: egress.no_snat_cidrs().map(ToString::to_string).collect(),
+                        vp_cv4_cid_rs: v4_cidrs,
+                        vp_cv6_cid_rs: v6_cidrs,
                         eniid: a.eni_id,
                         ..AddNetworkReply::default()
                     }))

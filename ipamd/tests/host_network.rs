@@ -223,8 +223,8 @@ fn pod_rules_are_deleted_and_others_kept() {
     let (deleted, again) = node
         .block_on_in(move || async move {
             let host = HostNetwork::connect().unwrap();
-            let deleted = host.delete_pod_rules(ip).await.unwrap();
-            let again = host.delete_pod_rules(ip).await.unwrap();
+            let deleted = host.delete_pod_rules(ip.into()).await.unwrap();
+            let again = host.delete_pod_rules(ip.into()).await.unwrap();
             (deleted, again)
         })
         .unwrap();

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
 use crate::mac::MacAddr;
@@ -37,7 +37,8 @@ pub const ENI_DESCRIPTION_PREFIX: &str = "aws-K8S-";
 
 /// The IAM actions behind the [`Ec2Api`] methods, i.e. every EC2 action ipamd can call. The IAM
 /// policy in `conf/` must list exactly these.
-pub const EC2_ACTIONS: [&str; 12] = [
+pub const EC2_ACTIONS: [&str; 13] = [
+    "ec2:AssignIpv6Addresses",
     "ec2:AssignPrivateIpAddresses",
     "ec2:AttachNetworkInterface",
     "ec2:CreateNetworkInterface",
@@ -227,6 +228,8 @@ pub struct NetworkInterface {
     pub private_ips: Vec<Ipv4Addr>,
     /// Its delegated IPv4 prefixes (/28).
     pub ipv4_prefixes: Vec<Ipv4Net>,
+    /// Its delegated IPv6 prefixes (/80).
+    pub ipv6_prefixes: Vec<Ipv6Net>,
     /// Its attachment, if attached.
     pub attachment: Option<EniAttachment>,
     /// Its tags.
@@ -585,6 +588,14 @@ pub trait Ec2Api: Send + Sync + 'static {
         prefixes: &[Ipv4Net],
     ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
 
+    /// `AssignIpv6Addresses` with `Ipv6PrefixCount` (IPv6 mode: the primary ENI's /80);
+    /// returns the new prefixes.
+    fn assign_ipv6_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> impl Future<Output = Result<Vec<Ipv6Net>, Ec2Error>> + Send;
+
     /// `CreateTags` on the given resources.
     fn create_tags(
         &self,
@@ -664,6 +675,10 @@ impl Ec2Api for NoEc2 {
     }
 
     async fn unassign_ipv4_prefixes(&self, _: &str, _: &[Ipv4Net]) -> Result<(), Ec2Error> {
+        match *self {}
+    }
+
+    async fn assign_ipv6_prefixes(&self, _: &str, _: u32) -> Result<Vec<Ipv6Net>, Ec2Error> {
         match *self {}
     }
 
@@ -757,6 +772,7 @@ mod tests {
             primary_ip: Some(Ipv4Addr::new(10, 0, 0, 10)),
             private_ips: vec![Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 11)],
             ipv4_prefixes: vec![],
+            ipv6_prefixes: vec![],
             attachment: None,
             tags: Tags::from([(NO_MANAGE_TAG.to_owned(), "true".to_owned())]),
             security_groups: vec![],

@@ -25,7 +25,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -545,6 +545,17 @@ impl<E: Ec2Api> Ec2Api for Ec2Client<E> {
     ) -> Result<Vec<Ipv4Net>, Ec2Error> {
         self.call("AssignPrivateIpAddresses", false, || {
             self.inner.assign_ipv4_prefixes(eni_id, count)
+        })
+        .await
+    }
+
+    async fn assign_ipv6_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv6Net>, Ec2Error> {
+        self.call("AssignIpv6Addresses", false, || {
+            self.inner.assign_ipv6_prefixes(eni_id, count)
         })
         .await
     }

@@ -24,7 +24,7 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types as sdk;
 use aws_smithy_runtime_api::http::Response as HttpResponse;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::OnceCell;
 
 use super::ec2::{
@@ -209,6 +209,20 @@ fn parse_ip(api: &'static str, what: &str, value: &str) -> Result<Ipv4Addr, Ec2E
     })
 }
 
+fn parse_prefix6(api: &'static str, what: &str, value: &str) -> Result<Ipv6Net, Ec2Error> {
+    value
+        .parse::<Ipv6Net>()
+        .ok()
+        .filter(|p| p.trunc() == *p)
+        .ok_or_else(|| {
+            Ec2Error::new(
+                api,
+                Ec2ErrorKind::InvalidResponse,
+                format!("{what} {value:?} is not an IPv6 prefix"),
+            )
+        })
+}
+
 fn parse_prefix(api: &'static str, what: &str, value: &str) -> Result<Ipv4Net, Ec2Error> {
     value
         .parse::<Ipv4Net>()
@@ -298,6 +312,12 @@ fn network_interface(
         .filter_map(|p| p.ipv4_prefix())
         .map(|p| parse_prefix(api, "Ipv4Prefixes.Ipv4Prefix", p))
         .collect::<Result<Vec<_>, _>>()?;
+    let ipv6_prefixes = eni
+        .ipv6_prefixes()
+        .iter()
+        .filter_map(|p| p.ipv6_prefix())
+        .map(|p| parse_prefix6(api, "Ipv6Prefixes.Ipv6Prefix", p))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(NetworkInterface {
         mac: eni.mac_address().and_then(|m| m.parse().ok()),
         description: eni.description().unwrap_or_default().to_owned(),
@@ -307,6 +327,7 @@ fn network_interface(
         primary_ip,
         private_ips,
         ipv4_prefixes,
+        ipv6_prefixes,
         attachment,
         tags: tags_of(eni.tag_set()),
         security_groups: eni
@@ -693,6 +714,24 @@ impl Ec2Api for SdkEc2 {
             .network_interface_id(eni_id)
             .set_ipv4_prefixes(Some(prefixes.iter().map(ToString::to_string).collect()));
         send(API, request.send()).await.map(drop)
+    }
+
+    async fn assign_ipv6_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv6Net>, Ec2Error> {
+        const API: &str = "AssignIpv6Addresses";
+        let client = self.client(API).await?;
+        let request = client
+            .assign_ipv6_addresses()
+            .network_interface_id(eni_id)
+            .ipv6_prefix_count(i32::try_from(count).unwrap_or(i32::MAX));
+        let out = send(API, request.send()).await?;
+        out.assigned_ipv6_prefixes()
+            .iter()
+            .map(|p| parse_prefix6(API, "AssignedIpv6Prefixes", p))
+            .collect()
     }
 
     async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<(), Ec2Error> {

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
 use crate::mac::MacAddr;
@@ -103,6 +103,17 @@ pub trait Imds: Send + Sync + 'static {
         &self,
         mac: MacAddr,
     ) -> impl Future<Output = Result<Vec<String>, ImdsError>> + Send;
+    /// `network/interfaces/macs/<mac>/ipv6-prefix` (empty when absent). Read in IPv6 mode only.
+    fn ipv6_prefixes(
+        &self,
+        mac: MacAddr,
+    ) -> impl Future<Output = Result<Vec<Ipv6Net>, ImdsError>> + Send;
+    /// `network/interfaces/macs/<mac>/vpc-ipv6-cidr-blocks` (empty when absent). Read in IPv6
+    /// mode only.
+    fn vpc_ipv6_cidr_blocks(
+        &self,
+        mac: MacAddr,
+    ) -> impl Future<Output = Result<Vec<Ipv6Net>, ImdsError>> + Send;
 }
 
 /// Instance metadata over the AWS SDK's IMDSv2 client (token handling, retries, timeouts).
@@ -222,6 +233,13 @@ pub fn parse_ip_list(value: &str) -> Result<Vec<Ipv4Addr>, String> {
     lines(value).map(parse_ip).collect()
 }
 
+/// Parses a newline-separated list of IPv6 CIDRs.
+pub fn parse_net6_list(value: &str) -> Result<Vec<Ipv6Net>, String> {
+    lines(value)
+        .map(|l| l.parse().map_err(|_| format!("{l:?} is not an IPv6 CIDR")))
+        .collect()
+}
+
 /// Parses a newline-separated list of IPv4 CIDRs.
 pub fn parse_net_list(value: &str) -> Result<Vec<Ipv4Net>, String> {
     lines(value).map(parse_net).collect()
@@ -288,6 +306,26 @@ impl Imds for SdkImds {
     async fn ipv4_prefixes(&self, mac: MacAddr) -> Result<Vec<Ipv4Net>, ImdsError> {
         match self
             .get_parsed(&mac_path(mac, "ipv4-prefix"), parse_net_list)
+            .await
+        {
+            Err(ImdsError::NotFound { .. }) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    async fn ipv6_prefixes(&self, mac: MacAddr) -> Result<Vec<Ipv6Net>, ImdsError> {
+        match self
+            .get_parsed(&mac_path(mac, "ipv6-prefix"), parse_net6_list)
+            .await
+        {
+            Err(ImdsError::NotFound { .. }) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    async fn vpc_ipv6_cidr_blocks(&self, mac: MacAddr) -> Result<Vec<Ipv6Net>, ImdsError> {
+        match self
+            .get_parsed(&mac_path(mac, "vpc-ipv6-cidr-blocks"), parse_net6_list)
             .await
         {
             Err(ImdsError::NotFound { .. }) => Ok(Vec::new()),

@@ -134,10 +134,20 @@ impl Config {
                 ),
             });
         }
+        // IPv6 pods reach IPv4 destinations through egress-cni (ENABLE_V4_EGRESS, true by
+        // default), which this build does not have yet.
+        if f.ipv6 && r.bool(ENABLE_V4_EGRESS, true)? {
+            return Err(ConfigError::Unsupported {
+                var: ENABLE_V4_EGRESS,
+                value: raw(ENABLE_V4_EGRESS)?,
+                reason: format!(
+                    "IPv4 egress for IPv6 pods (egress-cni, on by default in IPv6 mode) is not available in this build yet: set {ENABLE_V4_EGRESS}=false (pods then reach IPv6 destinations only), or unset {ENABLE_IPV6}"
+                ),
+            });
+        }
         // Features this build lacks next: checking how they combine with other settings would
         // only send the operator to fix a setting that is refused anyway.
         let unsupported = [
-            (f.ipv6, ENABLE_IPV6, "IPv6 mode"),
             (
                 f.custom_network,
                 AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG,

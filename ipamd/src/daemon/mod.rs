@@ -6,6 +6,7 @@
 //! `:61678` and the introspection endpoint (unless disabled), both answering from the same
 //! shared state.
 
+mod ipv6;
 mod startup;
 mod upkeep;
 
@@ -68,6 +69,9 @@ pub enum DaemonError {
     /// The conflist could not be written.
     #[error(transparent)]
     Conflist(#[from] ConflistError),
+    /// The node cannot run the configuration (e.g. IPv6 mode on a Xen instance type).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// The pool manager of EC2 mode, over the daemon's EC2 client and the node's links.
@@ -385,6 +389,9 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             ProvisioningMode::Ec2 => "",
         };
         let mut ds = Datastore::new(self.config.ip_cooldown, Arc::clone(&self.clock), note);
+        if self.config.features.ipv6 {
+            ds.set_ipv6_mode();
+        }
         // In EC2 mode the pool manager turns this off on a platform without prefixes.
         ds.set_prefix_mode(self.config.features.prefix_delegation);
         ds
@@ -410,5 +417,6 @@ fn startup_failure_reason(e: &DaemonError) -> &'static str {
         DaemonError::HostNetwork(_) => "host_network",
         DaemonError::Checkpoint(_) => "checkpoint",
         DaemonError::Conflist(_) => "conflist",
+        DaemonError::Unsupported(_) => "unsupported",
     }
 }

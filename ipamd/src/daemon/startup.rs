@@ -33,7 +33,7 @@ const INIT_BACKOFF_START: Duration = Duration::from_millis(250);
 const INIT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// A start-up step that failed: retried (IMDS unreachable, link not there yet) or fatal.
-enum InitError {
+pub(super) enum InitError {
     Retry(String),
     Fatal(DaemonError),
 }
@@ -74,6 +74,10 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         manager: &mut Option<Manager<I, E>>,
     ) -> Result<(InstanceMetadata, PrimaryEni), InitError> {
         let md = self.read_metadata(state).await?;
+        if self.config.features.ipv6 {
+            let primary = self.try_initialize_v6(host, node_net, state, &md).await?;
+            return Ok((md, primary));
+        }
         if manager.is_none() {
             *manager = self.start_manager(host, state, &md).await;
         }
@@ -150,7 +154,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
 
     /// Sets the primary ENI's MTU and brings up the secondary ENIs (address, route table,
     /// rule); a link not there yet is retried.
-    async fn bring_up_enis(
+    pub(super) async fn bring_up_enis(
         &self,
         host: &HostNetwork,
         state: &IpamState,
@@ -192,7 +196,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
 
     /// Programs node networking (SNAT, connmark, rules, rp_filter) from the primary ENI and
     /// the VPC's CIDRs; returns what it was programmed from.
-    async fn program_node_network(
+    pub(super) async fn program_node_network(
         &self,
         node_net: &NodeNetwork,
         state: &IpamState,
@@ -240,7 +244,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
 
     /// Puts the checkpoint's allocations of live pods into `ds` and deletes the rules of pods
     /// deleted while ipamd was down. An unreadable checkpoint is fatal.
-    async fn restore_checkpoint(
+    pub(super) async fn restore_checkpoint(
         &self,
         host: &HostNetwork,
         ds: &mut Datastore,

@@ -33,6 +33,8 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         let pool = async {
             match manager {
                 Some(mut m) => self.manage_pool(&mut m, state).await,
+                // IPv6 mode: the /80 is the whole pool; nothing to follow or grow.
+                None if self.config.features.ipv6 => std::future::pending().await,
                 None => self.follow_metadata(host, state, primary_mac).await,
             }
         };

@@ -25,7 +25,7 @@ mod types;
 pub mod v6;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,6 +36,7 @@ pub use self::types::{
     Assignment, CapacityNote, DatastoreError, EniSpec, EniView, IpamKey, NoAssignableIp,
     PodMetadata, PrefixView, Released, Stats,
 };
+use self::v6::{V6Assignment, V6Error, V6Prefix, V6Store};
 
 #[derive(Debug, Clone)]
 struct AssignedInfo {
@@ -113,6 +114,9 @@ pub struct Datastore {
     cooldown: Duration,
     clock: Arc<dyn Clock>,
     capacity_note: Arc<dyn CapacityNote>,
+    /// IPv6 mode: pods' addresses come from this store (the primary ENI's /80) and the IPv4
+    /// part stays empty.
+    v6: Option<V6Store>,
 }
 
 /// The explanation appended to exhaustion messages in instance-metadata-only mode, where the
@@ -165,7 +169,53 @@ impl Datastore {
             cooldown,
             clock,
             capacity_note: Arc::new(capacity_note.into()),
+            v6: None,
         }
+    }
+
+    /// Switches to IPv6 mode (start-up, before anything is restored): pods get /128s of the
+    /// primary ENI's /80 ([`Datastore::set_v6_prefix`]), as `ENABLE_IPv6=true` does.
+    pub fn set_ipv6_mode(&mut self) {
+        self.v6 = Some(V6Store::new(self.cooldown, Arc::clone(&self.clock)));
+    }
+
+    /// Whether pods get IPv6 addresses.
+    pub fn ipv6_mode(&self) -> bool {
+        self.v6.is_some()
+    }
+
+    /// Sets the /80 pods' IPv6 addresses come from.
+    ///
+    /// # Errors
+    /// Not in IPv6 mode, or an address restored already is outside `prefix`.
+    pub fn set_v6_prefix(&mut self, prefix: V6Prefix) -> Result<(), V6Error> {
+        match &mut self.v6 {
+            Some(v6) => v6.set_prefix(prefix),
+            None => Err(V6Error::NotIpv6Mode),
+        }
+    }
+
+    /// The /80 in use (IPv6 mode, once known).
+    pub fn v6_prefix(&self) -> Option<&V6Prefix> {
+        self.v6.as_ref()?.prefix()
+    }
+
+    /// Puts a checkpointed IPv6 assignment back (restart, after [`Datastore::set_v6_prefix`]).
+    ///
+    /// # Errors
+    /// Not in IPv6 mode, outside the prefix, or the address or key is taken.
+    pub fn restore_v6(
+        &mut self,
+        key: &IpamKey,
+        metadata: PodMetadata,
+        ip: std::net::Ipv6Addr,
+        assigned_at: SystemTime,
+    ) -> Result<Assignment, V6Error> {
+        let v6 = self.v6.as_mut().ok_or(V6Error::NotIpv6Mode)?;
+        v6.restore(key, metadata, ip, assigned_at)?;
+        v6.lookup(key)
+            .map(Assignment::from)
+            .ok_or(V6Error::NoPrefix)
     }
 
     /// Replaces what ends exhaustion messages with a note computed when the message is made
@@ -519,7 +569,7 @@ impl Datastore {
             .map(|e| e.spec.id.clone())
             .unwrap_or_default();
         Assignment {
-            ip,
+            ip: IpAddr::V4(ip),
             key: info.key.clone(),
             metadata: info.metadata.clone(),
             assigned_at: info.assigned_at,
@@ -530,6 +580,9 @@ impl Datastore {
 
     /// The assignment of `key`, if any.
     pub fn lookup(&self, key: &IpamKey) -> Option<Assignment> {
+        if let Some(v6) = &self.v6 {
+            return v6.lookup(key).map(Assignment::from);
+        }
         let ip = *self.by_key.get(key)?;
         let addr = self.addrs.get(&ip)?;
         match &addr.state {
@@ -549,6 +602,15 @@ impl Datastore {
         key: &IpamKey,
         metadata: PodMetadata,
     ) -> Result<(Assignment, bool), NoAssignableIp> {
+        if let Some(v6) = &mut self.v6 {
+            return match v6.assign(key, metadata) {
+                Ok((a, fresh)) => Ok((a.into(), fresh)),
+                Err(e) => Err(NoAssignableIp {
+                    message: e.to_string(),
+                    stats: self.stats_now(),
+                }),
+            };
+        }
         if let Some(existing) = self.lookup(key) {
             return Ok((existing, false));
         }
@@ -599,6 +661,10 @@ impl Datastore {
     /// Undoes a fresh [`Datastore::assign`] (the checkpoint could not be written): the address
     /// becomes free again at once, since no pod ever used it.
     pub fn rollback_assign(&mut self, key: &IpamKey) {
+        if let Some(v6) = &mut self.v6 {
+            v6.rollback_assign(key);
+            return;
+        }
         let Some(ip) = self.by_key.remove(key) else {
             return;
         };
@@ -660,8 +726,15 @@ impl Datastore {
     /// Releases the address of `key` into cooldown (or straight to free with a zero cooldown).
     /// `None` when the key holds nothing.
     pub fn release(&mut self, key: &IpamKey) -> Option<Released> {
+        if let Some(v6) = &mut self.v6 {
+            return v6.release(key).map(|a| Released {
+                assignment: a.into(),
+            });
+        }
         let assignment = self.lookup(key)?;
-        let ip = assignment.ip;
+        let IpAddr::V4(ip) = assignment.ip else {
+            return None;
+        };
         self.by_key.remove(key);
         let addr = self.addrs.get_mut(&ip)?;
         let device = addr.device;
@@ -686,13 +759,28 @@ impl Datastore {
     /// Undoes a [`Datastore::release`] (the checkpoint could not be written).
     pub fn rollback_release(&mut self, released: &Released) {
         let a = &released.assignment;
-        let Some(addr) = self.addrs.get_mut(&a.ip) else {
+        let ip = match (a.ip, &mut self.v6) {
+            (IpAddr::V6(ip), Some(v6)) => {
+                v6.rollback_release(&V6Assignment {
+                    ip,
+                    key: a.key.clone(),
+                    metadata: a.metadata.clone(),
+                    assigned_at: a.assigned_at,
+                    eni_id: a.eni_id.clone(),
+                    device_number: a.device_number,
+                });
+                return;
+            }
+            (IpAddr::V4(ip), None) => ip,
+            _ => return,
+        };
+        let Some(addr) = self.addrs.get_mut(&ip) else {
             return;
         };
         let device = addr.device;
         let kind = addr.kind();
         match addr.state {
-            AddrState::Free => self.withdraw(device, a.ip, kind),
+            AddrState::Free => self.withdraw(device, ip, kind),
             AddrState::Cooling { .. } => {
                 // The queue entry goes stale: the state no longer matches its sequence number.
                 if let Some(eni) = self.enis.get_mut(&device) {
@@ -702,8 +790,7 @@ impl Datastore {
             }
             AddrState::Assigned(_) => return,
         }
-        let (Some(addr), Some(eni)) = (self.addrs.get_mut(&a.ip), self.enis.get_mut(&device))
-        else {
+        let (Some(addr), Some(eni)) = (self.addrs.get_mut(&ip), self.enis.get_mut(&device)) else {
             return;
         };
         addr.state = AddrState::Assigned(Box::new(AssignedInfo {
@@ -713,16 +800,22 @@ impl Datastore {
         }));
         eni.assigned += 1;
         self.assigned += 1;
-        self.by_key.insert(a.key.clone(), a.ip);
+        self.by_key.insert(a.key.clone(), ip);
     }
 
     /// Current counts (cooldowns that have passed are applied first).
     pub fn stats(&mut self) -> Stats {
+        if let Some(v6) = &mut self.v6 {
+            v6.stats();
+        }
         self.expire_cooldowns();
         self.stats_now()
     }
 
     fn stats_now(&self) -> Stats {
+        if let Some(v6) = &self.v6 {
+            return v6_stats(v6);
+        }
         Stats {
             enis: self.enis.len(),
             total: self.total,
@@ -752,6 +845,12 @@ impl Datastore {
 
     /// Why nothing is assignable, or `None` when something is.
     pub fn exhaustion_reason(&mut self) -> Option<NoAssignableIp> {
+        if let Some(v6) = &mut self.v6 {
+            return v6.exhaustion().map(|e| NoAssignableIp {
+                message: e.to_string(),
+                stats: v6_stats(v6),
+            });
+        }
         self.expire_cooldowns();
         if self
             .kinds_in_order()
@@ -939,6 +1038,9 @@ impl Datastore {
 
     /// Every assignment (for the checkpoint), ordered by address.
     pub fn assignments(&self) -> Vec<Assignment> {
+        if let Some(v6) = &self.v6 {
+            return v6.assignments().into_iter().map(Assignment::from).collect();
+        }
         let mut out: Vec<Assignment> = self
             .by_key
             .values()
@@ -956,9 +1058,11 @@ impl Datastore {
 
     /// Keys of `network_name` (for CNI GC).
     pub fn keys_of_network(&self, network_name: &str) -> Vec<IpamKey> {
-        let mut keys: Vec<IpamKey> = self
-            .by_key
-            .keys()
+        let keys: Box<dyn Iterator<Item = &IpamKey>> = match &self.v6 {
+            Some(v6) => Box::new(v6.keys()),
+            None => Box::new(self.by_key.keys()),
+        };
+        let mut keys: Vec<IpamKey> = keys
             .filter(|k| k.network_name == network_name)
             .cloned()
             .collect();
@@ -1054,6 +1158,22 @@ impl Datastore {
 
 /// Addresses of one delegated prefix.
 pub const PREFIX_SIZE: usize = 16;
+
+/// The counts of IPv6 mode: the prefix's addresses (its first one is never handed out) as the
+/// total, on one ENI once the prefix is known.
+fn v6_stats(v6: &V6Store) -> Stats {
+    let counts = v6.stats_now();
+    let total = v6.prefix().map_or(0, |p| {
+        usize::try_from(v6::usable_addresses(p.prefix)).unwrap_or(usize::MAX)
+    });
+    Stats {
+        enis: usize::from(v6.prefix().is_some()),
+        total,
+        assigned: counts.assigned,
+        cooling: counts.cooling,
+        assignable: total.saturating_sub(counts.assigned + counts.cooling),
+    }
+}
 
 /// The addresses of `prefix`, lowest first.
 fn prefix_addresses(prefix: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {

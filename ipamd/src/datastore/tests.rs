@@ -71,7 +71,7 @@ fn packs_primary_eni_first_in_address_order_then_next_device() {
     let got: Vec<(Ipv4Addr, u32, String)> = (0..5)
         .map(|i| {
             let (a, _) = ds.assign(&key(&format!("c{i}")), md("p")).unwrap();
-            (a.ip, a.device_number, a.eni_id)
+            (a.ipv4().unwrap(), a.device_number, a.eni_id)
         })
         .collect();
     assert_eq!(
@@ -231,7 +231,7 @@ fn rollbacks_restore_the_previous_state() {
     assert_eq!(ds.lookup(&key("c1")).unwrap().ip, a.ip);
     // The stale cooling entry must not free the address later.
     ds.assign(&key("c2"), md("p2")).unwrap();
-    let all: HashSet<Ipv4Addr> = ds.assignments().iter().map(|x| x.ip).collect();
+    let all: HashSet<Ipv4Addr> = ds.assignments().iter().map(|x| x.ipv4().unwrap()).collect();
     assert_eq!(all.len(), 2);
 }
 
@@ -269,7 +269,13 @@ fn restore_puts_assignments_back_and_checks_conflicts() {
     ));
     // The restored address is not handed out again.
     let ips: Vec<Ipv4Addr> = (0..4)
-        .map(|i| ds.assign(&key(&format!("n{i}")), md("p")).unwrap().0.ip)
+        .map(|i| {
+            ds.assign(&key(&format!("n{i}")), md("p"))
+                .unwrap()
+                .0
+                .ipv4()
+                .unwrap()
+        })
         .collect();
     assert!(!ips.contains(&ip("10.0.0.21")));
     assert!(ds.assign(&key("n9"), md("p")).is_err());
@@ -303,7 +309,7 @@ fn eni_and_ip_bookkeeping_rules() {
     ));
     let (a, _) = ds.assign(&key("c1"), md("p1")).unwrap();
     assert!(matches!(
-        ds.remove_ip(a.ip),
+        ds.remove_ip(a.ipv4().unwrap()),
         Err(DatastoreError::IpAssigned { .. })
     ));
     ds.remove_ip(ip("10.0.0.12")).unwrap();
@@ -332,13 +338,13 @@ fn removing_a_cooling_ip_drops_it_from_the_counts() {
     let (mut ds, clock) = store(30);
     let (a, _) = ds.assign(&key("c1"), md("p1")).unwrap();
     ds.release(&key("c1")).unwrap();
-    ds.remove_ip(a.ip).unwrap();
+    ds.remove_ip(a.ipv4().unwrap()).unwrap();
     assert_eq!(ds.stats().cooling, 0);
     clock.advance(Duration::from_secs(60));
     let s = ds.stats();
     assert_eq!((s.total, s.assignable), (4, 4));
     // Re-adding it later (metadata shows it again) works and does not duplicate it.
-    ds.add_ip("eni-a", a.ip).unwrap();
+    ds.add_ip("eni-a", a.ipv4().unwrap()).unwrap();
     assert_eq!(ds.stats().assignable, 5);
 }
 
@@ -398,7 +404,7 @@ fn randomized_operations_never_double_assign() {
                             if rng.below(8) == 0 {
                                 ds.rollback_assign(&k);
                             } else {
-                                holders.insert(k, a.ip);
+                                holders.insert(k, a.ipv4().unwrap());
                             }
                         }
                     }
@@ -407,7 +413,7 @@ fn randomized_operations_never_double_assign() {
                 4..=6 => {
                     let released = ds.release(&k);
                     assert_eq!(
-                        released.as_ref().map(|r| r.assignment.ip),
+                        released.as_ref().map(|r| r.assignment.ipv4().unwrap()),
                         holders.get(&k).copied()
                     );
                     if let Some(r) = released {
@@ -434,12 +440,13 @@ fn randomized_operations_never_double_assign() {
                     assert_eq!(s.assigned, holders.len(), "seed {seed}");
                     assert_eq!(s.total, 5);
                     assert_eq!(s.assigned + s.cooling + s.assignable, s.total);
-                    let listed: HashSet<Ipv4Addr> = ds.assignments().iter().map(|a| a.ip).collect();
+                    let listed: HashSet<Ipv4Addr> =
+                        ds.assignments().iter().map(|a| a.ipv4().unwrap()).collect();
                     assert_eq!(listed.len(), holders.len(), "seed {seed}");
                 }
             }
             for (k, ip) in &holders {
-                assert_eq!(ds.lookup(k).map(|a| a.ip), Some(*ip));
+                assert_eq!(ds.lookup(k).map(|a| a.ipv4().unwrap()), Some(*ip));
             }
         }
     }
@@ -465,7 +472,10 @@ fn a_prefix_adds_its_16_addresses_and_leaves_whole_once_free_and_cooled() {
 
     ds.set_prefix_mode(true);
     let (a, _) = ds.assign(&key("c1"), md("p")).unwrap();
-    assert_eq!((a.ip, a.eni_id.as_str()), (ip("10.0.0.32"), "eni-b"));
+    assert_eq!(
+        (a.ipv4().unwrap(), a.eni_id.as_str()),
+        (ip("10.0.0.32"), "eni-b")
+    );
     let b = ds.eni("eni-b").unwrap();
     assert_eq!((b.prefixes[0].assigned, b.free_prefixes()), (1, 0));
     assert!(matches!(
@@ -492,7 +502,13 @@ fn the_mode_decides_which_kinds_new_pods_take() {
     ds.add_prefix("eni-b", net("10.0.0.48/28")).unwrap();
     // Secondary mode: the five secondary addresses only, as in the reference.
     let got: Vec<Ipv4Addr> = (0..5)
-        .map(|i| ds.assign(&key(&format!("s{i}")), md("p")).unwrap().0.ip)
+        .map(|i| {
+            ds.assign(&key(&format!("s{i}")), md("p"))
+                .unwrap()
+                .0
+                .ipv4()
+                .unwrap()
+        })
         .collect();
     assert_eq!(
         got,
@@ -517,7 +533,13 @@ fn the_mode_decides_which_kinds_new_pods_take() {
     // Prefix mode: the prefix's 16 first, then the secondary addresses.
     ds.set_prefix_mode(true);
     let got: Vec<Ipv4Addr> = (0..17)
-        .map(|i| ds.assign(&key(&format!("p{i}")), md("p")).unwrap().0.ip)
+        .map(|i| {
+            ds.assign(&key(&format!("p{i}")), md("p"))
+                .unwrap()
+                .0
+                .ipv4()
+                .unwrap()
+        })
         .collect();
     assert_eq!(got[0], ip("10.0.0.48"));
     assert_eq!(got[15], ip("10.0.0.63"));

@@ -1,7 +1,7 @@
 //! The datastore's public types: keys, pod metadata, ENIs, assignments, counts and errors.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::SystemTime;
 
 use ipnet::Ipv4Net;
@@ -55,8 +55,9 @@ pub struct EniSpec {
 /// A pod's address and where it lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
-    /// The address.
-    pub ip: Ipv4Addr,
+    /// The address: IPv4 (a secondary IP or an address of a /28 prefix), or IPv6 in IPv6 mode
+    /// (an address of the primary ENI's /80).
+    pub ip: IpAddr,
     /// Who has it.
     pub key: IpamKey,
     /// About the pod.
@@ -68,6 +69,16 @@ pub struct Assignment {
     /// That ENI's device number (its host route table follows from it:
     /// `vpc_cni_contract::dataplane::route_table_for_device`).
     pub device_number: u32,
+}
+
+impl Assignment {
+    /// The address when it is IPv4 (every assignment outside IPv6 mode).
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        match self.ip {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        }
+    }
 }
 
 /// Counts for PoolStatus and logs.

@@ -85,6 +85,9 @@ pub enum V6Error {
         /// Cooling.
         cooling: usize,
     },
+    /// The datastore is not in IPv6 mode.
+    #[error("ipamd is not in IPv6 mode (ENABLE_IPv6 is not true)")]
+    NotIpv6Mode,
     /// A checkpointed address is not in the prefix.
     #[error("IPv6 address {ip} is not in the node's prefix {prefix}")]
     OutsidePrefix {
@@ -330,10 +333,36 @@ impl V6Store {
     /// Current counts (cooldowns that have passed are applied first).
     pub fn stats(&mut self) -> V6Stats {
         self.expire_cooldowns();
+        self.stats_now()
+    }
+
+    /// Counts as they are, without applying passed cooldowns.
+    pub fn stats_now(&self) -> V6Stats {
         V6Stats {
             assigned: self.assigned.len(),
             cooling: self.cooling_set.len(),
         }
+    }
+
+    /// Why no address can be assigned now, or `None` when one can.
+    pub fn exhaustion(&mut self) -> Option<V6Error> {
+        let Some(prefix) = &self.prefix else {
+            return Some(V6Error::NoPrefix);
+        };
+        let net = prefix.prefix;
+        self.expire_cooldowns();
+        let used = (self.assigned.len() + self.cooling_set.len()) as u128;
+        (used >= usable_addresses(net)).then(|| V6Error::Exhausted {
+            prefix: net,
+            size: usable_addresses(net),
+            assigned: self.assigned.len(),
+            cooling: self.cooling_set.len(),
+        })
+    }
+
+    /// The keys holding an address.
+    pub fn keys(&self) -> impl Iterator<Item = &IpamKey> {
+        self.by_key.keys()
     }
 
     fn expire_cooldowns(&mut self) {
@@ -353,6 +382,24 @@ impl V6Store {
 /// How many addresses `net` has (2^48 for a /80).
 fn prefix_size(net: Ipv6Net) -> u128 {
     1u128 << (128 - u32::from(net.prefix_len()))
+}
+
+/// How many addresses of `net` pods can get (all but the first).
+pub fn usable_addresses(net: Ipv6Net) -> u128 {
+    prefix_size(net) - 1
+}
+
+impl From<V6Assignment> for super::Assignment {
+    fn from(a: V6Assignment) -> Self {
+        Self {
+            ip: std::net::IpAddr::V6(a.ip),
+            key: a.key,
+            metadata: a.metadata,
+            assigned_at: a.assigned_at,
+            eni_id: a.eni_id,
+            device_number: a.device_number,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub mod status;
 pub mod wire;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Json;
@@ -165,11 +165,12 @@ fn metadata_json(a: &Assignment) -> IpamMetadataJson {
 /// `/v1/enis` from the datastore: one network card (0).
 pub fn eni_infos(ds: &mut Datastore) -> BTreeMap<String, EniInfos> {
     let stats = ds.stats();
-    let assigned: BTreeMap<Ipv4Addr, Assignment> =
+    let assigned: BTreeMap<IpAddr, Assignment> =
         ds.assignments().into_iter().map(|a| (a.ip, a)).collect();
+    let v6_prefix = ds.v6_prefix().cloned();
     let mut enis = BTreeMap::new();
     for view in ds.enis() {
-        let address_info = |ip: Ipv4Addr, a: &Assignment| AddressInfo {
+        let address_info = |ip: IpAddr, a: &Assignment| AddressInfo {
             address: ip.to_string(),
             // Scrubbed as the reference does since v1.23: the network name stays.
             ipam_key: IpamKeyJson {
@@ -186,8 +187,8 @@ pub fn eni_infos(ds: &mut Datastore) -> BTreeMap<String, EniInfos> {
         // the reference.
         for (ip, _) in ds.eni_secondary_addresses(&view.spec.id) {
             let addresses = assigned
-                .get(&ip)
-                .map(|a| (ip.to_string(), address_info(ip, a)))
+                .get(&IpAddr::V4(ip))
+                .map(|a| (ip.to_string(), address_info(IpAddr::V4(ip), a)))
                 .into_iter()
                 .collect();
             cidrs.insert(
@@ -202,7 +203,7 @@ pub fn eni_infos(ds: &mut Datastore) -> BTreeMap<String, EniInfos> {
         }
         for p in &view.prefixes {
             let addresses = assigned
-                .range(p.prefix.network()..=p.prefix.broadcast())
+                .range(IpAddr::V4(p.prefix.network())..=IpAddr::V4(p.prefix.broadcast()))
                 .map(|(ip, a)| (ip.to_string(), address_info(*ip, a)))
                 .collect();
             cidrs.insert(
@@ -214,6 +215,34 @@ pub fn eni_infos(ds: &mut Datastore) -> BTreeMap<String, EniInfos> {
                     address_family: "4".into(),
                 },
             );
+        }
+        // IPv6 mode: the primary ENI's /80 with the addresses pods have.
+        let mut ipv6_cidrs = BTreeMap::new();
+        let mut ips = IpCounts {
+            total: view.total,
+            assigned: view.assigned,
+            cooling: view.cooling,
+        };
+        if let Some(p) = v6_prefix.as_ref().filter(|p| p.eni_id == view.spec.id) {
+            let net = p.prefix;
+            let addresses = assigned
+                .range(IpAddr::V6(net.network())..=IpAddr::V6(net.broadcast()))
+                .map(|(ip, a)| (ip.to_string(), address_info(*ip, a)))
+                .collect();
+            ipv6_cidrs.insert(
+                net.to_string(),
+                CidrInfo {
+                    cidr: IpNet::new_v6(net.network(), net.prefix_len()),
+                    ip_addresses: addresses,
+                    is_prefix: true,
+                    address_family: "6".into(),
+                },
+            );
+            ips = IpCounts {
+                total: stats.total,
+                assigned: stats.assigned,
+                cooling: stats.cooling,
+            };
         }
         let device = view.spec.device_number;
         enis.insert(
@@ -228,13 +257,9 @@ pub fn eni_infos(ds: &mut Datastore) -> BTreeMap<String, EniInfos> {
                 route_table_id: route_table_for_device(device),
                 primary_ip: view.spec.primary_ip.to_string(),
                 subnet_cidr: view.spec.subnet.to_string(),
-                ips: IpCounts {
-                    total: view.total,
-                    assigned: view.assigned,
-                    cooling: view.cooling,
-                },
+                ips,
                 available_ipv4_cidrs: cidrs,
-                ipv6_cidrs: BTreeMap::new(),
+                ipv6_cidrs,
             },
         );
     }
@@ -528,7 +553,7 @@ mod tests {
             .unwrap();
         ds.set_prefix_mode(true);
         let (a, _) = ds.assign(&key("c1"), pod("default", "web-0")).unwrap();
-        assert_eq!(a.ip, Ipv4Addr::new(10, 0, 0, 32));
+        assert_eq!(a.ip, std::net::Ipv4Addr::new(10, 0, 0, 32));
         let enis = eni_infos(&mut ds);
         let b = &enis["0"].enis["eni-b"];
         assert_eq!((b.ips.total, b.ips.assigned), (18, 1));

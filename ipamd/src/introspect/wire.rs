@@ -41,6 +41,17 @@ impl IpNet {
             mask: base64(&bits.to_be_bytes()),
         }
     }
+
+    /// `ip/prefix_len` of IPv6 (a 16-byte mask).
+    pub fn new_v6(ip: std::net::Ipv6Addr, prefix_len: u8) -> Self {
+        let bits = u128::MAX
+            .checked_shl(128 - u32::from(prefix_len.min(128)))
+            .unwrap_or(0);
+        Self {
+            ip: ip.to_string(),
+            mask: base64(&bits.to_be_bytes()),
+        }
+    }
 }
 
 fn base64(bytes: &[u8]) -> String {

@@ -7,7 +7,7 @@
 //! Every step is idempotent: addresses, routes and rules are compared with what exists and only
 //! the difference is applied, so running the bring-up twice leaves the same state.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::AddressScope;
@@ -455,9 +455,13 @@ impl HostNetwork {
     ///
     /// # Errors
     /// Every failed deletion (rules already gone count as deleted).
-    pub async fn delete_pod_rules(&self, ip: Ipv4Addr) -> Result<usize, HostNetworkError> {
+    pub async fn delete_pod_rules(&self, ip: IpAddr) -> Result<usize, HostNetworkError> {
         let mut errors = Vec::new();
         let mut deleted = 0;
+        // FIXME(v6-rules): the contract's selectors are IPv4 only until the plugin's IPv6 work lands.
+        let IpAddr::V4(ip) = ip else {
+            return Ok(0);
+        };
         for selector in dataplane::pod_rules(ip) {
             match core::del_rules_matching(&self.handle, &selector).await {
                 Ok(n) => deleted += n,

@@ -79,6 +79,11 @@ pub struct NodeNetworkSettings {
     pub node_port_support: bool,
     /// `AWS_VPC_K8S_CNI_VETHPREFIX`.
     pub veth_prefix: String,
+    /// `ENABLE_IPv6`: pods have IPv6 addresses of the primary ENI's prefix and leave the node
+    /// with them, so there is no SNAT, no connmark and no rule 1024 (as in the reference,
+    /// whose IPv6 mode adds no SNAT or connmark rule; its IPv6 rule 1024 matches a mark that
+    /// nothing sets then).
+    pub ipv6: bool,
 }
 
 /// What a config that sets none of these variables gives: on-node SNAT with a random port
@@ -93,6 +98,7 @@ impl Default for NodeNetworkSettings {
             connmark: 0x80,
             node_port_support: true,
             veth_prefix: "eni".into(),
+            ipv6: false,
         }
     }
 }
@@ -109,17 +115,18 @@ impl NodeNetworkSettings {
             connmark: n.connmark,
             node_port_support: n.node_port_support,
             veth_prefix: config.plugin.veth_prefix.clone(),
+            ipv6: config.features.ipv6,
         }
     }
 
     /// Whether rule 1024 is wanted: NodePort support or on-node SNAT.
     pub fn wants_host_rule(&self) -> bool {
-        self.node_port_support || !self.external_snat
+        !self.ipv6 && (self.node_port_support || !self.external_snat)
     }
 
     /// Whether any iptables rule is wanted.
     pub fn wants_iptables(&self) -> bool {
-        self.node_port_support || !self.external_snat
+        !self.ipv6 && (self.node_port_support || !self.external_snat)
     }
 }
 
@@ -362,7 +369,7 @@ impl NodeNetwork {
         primary: &PrimaryEni,
     ) -> Result<ReconcileReport, NodeNetworkError> {
         let s = &self.settings;
-        if primary.vpc_cidrs.is_empty() && !s.external_snat {
+        if primary.vpc_cidrs.is_empty() && !s.external_snat && !s.ipv6 {
             return Err(NodeNetworkError::NoVpcCidrs {
                 eni: primary.primary_eni.clone(),
             });
@@ -489,7 +496,12 @@ impl NodeNetwork {
         };
         let mut errors = Vec::new();
         for table in Table::ALL {
-            let want = plan::desired(table, &rules, node);
+            // IPv6 mode wants none of these (an earlier IPv4 life's rules are removed).
+            let want = if s.ipv6 {
+                plan::DesiredTable::default()
+            } else {
+                plan::desired(table, &rules, node)
+            };
             match self.apply_table(table, &want).await {
                 Ok(None) => {}
                 Ok(Some((summary, stable))) => {

@@ -345,9 +345,12 @@ mod tests {
         let imds = fake();
         let mut ds = store(&imds).await;
         let (a, _) = ds.assign(&key("c1"), PodMetadata::default()).unwrap();
-        imds.update(|e| e[0].ips.retain(|ip| *ip != a.ip));
+        imds.update(|e| e[0].ips.retain(|ip| Some(*ip) != a.ipv4()));
         let d = diff(&ds, &enis(&imds).await);
-        assert_eq!(d.kept_assigned, vec![("eni-a".into(), a.ip, key("c1"))]);
+        assert_eq!(
+            d.kept_assigned,
+            vec![("eni-a".into(), a.ipv4().unwrap(), key("c1"))]
+        );
         apply(&mut ds, &d);
         assert_eq!(ds.lookup(&key("c1")).unwrap().ip, a.ip);
         assert_eq!(ds.stats().total, 3, "eni-a: .11 (kept) .12, eni-b: .21");

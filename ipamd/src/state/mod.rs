@@ -147,6 +147,8 @@ pub struct PodEgress {
     pub exclude_snat_cidrs: Vec<Ipv4Net>,
     /// `AWS_VPC_K8S_CNI_EXTERNALSNAT`.
     pub external_snat: bool,
+    /// The VPC's IPv6 CIDRs (IPv6 mode), as instance metadata listed them at start-up.
+    pub vpc_v6_cidrs: Vec<ipnet::Ipv6Net>,
 }
 
 impl PodEgress {
@@ -225,6 +227,14 @@ impl IpamState {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .vpc_cidrs = cidrs;
+    }
+
+    /// The VPC's IPv6 CIDRs (IPv6 mode, start-up).
+    pub fn set_vpc_v6_cidrs(&self, cidrs: Vec<ipnet::Ipv6Net>) {
+        self.egress
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .vpc_v6_cidrs = cidrs;
     }
 
     /// Notified whenever an assignment finds no address, so the pool manager (EC2 mode) grows
@@ -393,11 +403,7 @@ impl IpamState {
     ///
     /// # Errors
     /// Not ready, or the checkpoint write failed (rolled back).
-    pub async fn release_if(
-        &self,
-        key: &IpamKey,
-        ip: std::net::Ipv4Addr,
-    ) -> Result<bool, IpamError> {
+    pub async fn release_if(&self, key: &IpamKey, ip: std::net::IpAddr) -> Result<bool, IpamError> {
         self.ensure_ready()?;
         let mut pool = self.journal.lock(Settle::Keys(&[key])).await;
         let ds = pool.datastore();

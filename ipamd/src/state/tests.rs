@@ -245,7 +245,7 @@ async fn an_acknowledged_change_is_in_the_file() {
                     assert!(
                         data.allocations
                             .iter()
-                            .any(|e| e.key() == k && e.ipv4_addr() == Some(a.ip)),
+                            .any(|e| e.key() == k && e.ipv4_addr() == a.ipv4()),
                         "{k} -> {} acknowledged but not in the file",
                         a.ip
                     );

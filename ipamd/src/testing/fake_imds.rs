@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::cloud::imds::{Imds, ImdsError, META_DATA};
 use crate::mac::MacAddr;
@@ -24,6 +24,10 @@ pub struct FakeEni {
     pub ips: Vec<Ipv4Addr>,
     /// Delegated prefixes.
     pub prefixes: Vec<Ipv4Net>,
+    /// Delegated IPv6 /80 prefixes.
+    pub ipv6_prefixes: Vec<Ipv6Net>,
+    /// The VPC's IPv6 CIDRs, as this ENI lists them.
+    pub vpc_ipv6_cidrs: Vec<Ipv6Net>,
 }
 
 impl FakeEni {
@@ -36,6 +40,8 @@ impl FakeEni {
             subnet: subnet.parse().unwrap(),
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
             prefixes: Vec::new(),
+            ipv6_prefixes: Vec::new(),
+            vpc_ipv6_cidrs: Vec::new(),
         }
     }
 }
@@ -223,5 +229,13 @@ impl Imds for FakeImds {
         self.eni(mac, "security-group-ids", |_| {
             vec!["sg-0a1b2c3d".to_owned()]
         })
+    }
+
+    async fn ipv6_prefixes(&self, mac: MacAddr) -> Result<Vec<Ipv6Net>, ImdsError> {
+        self.eni(mac, "ipv6-prefix", |e| e.ipv6_prefixes.clone())
+    }
+
+    async fn vpc_ipv6_cidr_blocks(&self, mac: MacAddr) -> Result<Vec<Ipv6Net>, ImdsError> {
+        self.eni(mac, "vpc-ipv6-cidr-blocks", |e| e.vpc_ipv6_cidrs.clone())
     }
 }

@@ -357,7 +357,7 @@ fn ec2_call_sites() -> BTreeSet<String> {
         let rest = &joined[at + "client.".len()..];
         let op: String = rest
             .chars()
-            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
             .collect();
         if op.is_empty() || !rest[op.len()..].starts_with("()") {
             continue;

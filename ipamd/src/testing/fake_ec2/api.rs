@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::filters::matching;
 use super::{Att, FakeEc2, err};
@@ -319,6 +319,15 @@ impl Ec2Api for FakeEc2 {
     ) -> Result<(), Ec2Error> {
         const API: &str = "UnassignPrivateIpAddresses";
         self.enter(API)?.unassign(eni_id, &[], prefixes, API)
+    }
+
+    async fn assign_ipv6_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv6Net>, Ec2Error> {
+        const API: &str = "AssignIpv6Addresses";
+        self.enter(API)?.assign_ipv6_prefixes(eni_id, count, API)
     }
 
     async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<(), Ec2Error> {

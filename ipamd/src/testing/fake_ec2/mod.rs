@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::cloud::ec2::{
     Ec2Error, Ec2ErrorKind, EniAttachment, EniStatus, InstanceTypeLimits, NetworkInterface, Tags,
@@ -75,6 +75,8 @@ pub struct FakeEni {
     pub ips: Vec<Ipv4Addr>,
     /// Delegated /28 prefixes.
     pub prefixes: Vec<Ipv4Net>,
+    /// Delegated IPv6 /80s.
+    pub ipv6_prefixes: Vec<Ipv6Net>,
     /// Tags.
     pub tags: Tags,
     attachment: Option<Att>,
@@ -128,6 +130,16 @@ impl Default for FakeEc2 {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The fake VPC's IPv6 block.
+pub const VPC_IPV6_CIDR: &str = "2600:1f14:d00:ab00::/56";
+
+/// The /64 of the `ordinal`-th subnet.
+fn subnet_ipv6_block(ordinal: usize) -> Ipv6Net {
+    let vpc: Ipv6Net = VPC_IPV6_CIDR.parse().unwrap_or_default();
+    let base = u128::from(vpc.network()) + ((ordinal as u128 & 0xff) << 64);
+    Ipv6Net::new(std::net::Ipv6Addr::from(base), 64).unwrap_or_default()
 }
 
 fn err(api: &'static str, code: &str, message: impl Into<String>) -> Ec2Error {
@@ -454,6 +466,7 @@ impl World {
                 subnet_id: subnet.to_owned(),
                 ips: Vec::new(),
                 prefixes: Vec::new(),
+                ipv6_prefixes: Vec::new(),
                 tags: Tags::new(),
                 attachment: None,
             },
@@ -693,6 +706,52 @@ impl World {
         Ok(fresh)
     }
 
+    /// Delegates `count` /80s of the subnet's IPv6 /64 (the n-th /64 of [`VPC_IPV6_CIDR`] for the
+    /// n-th subnet), lowest free first.
+    fn assign_ipv6_prefixes(
+        &mut self,
+        eni_id: &str,
+        count: u32,
+        api: &'static str,
+    ) -> Result<Vec<Ipv6Net>, Ec2Error> {
+        let Some(eni) = self.enis.get(eni_id) else {
+            return Err(err(
+                api,
+                "InvalidNetworkInterfaceID.NotFound",
+                format!("The networkInterface ID '{eni_id}' does not exist"),
+            ));
+        };
+        let ordinal = self
+            .subnets
+            .keys()
+            .position(|id| *id == eni.subnet_id)
+            .unwrap_or(0);
+        let block = subnet_ipv6_block(ordinal);
+        let used: BTreeSet<Ipv6Net> = self
+            .enis
+            .values()
+            .flat_map(|e| e.ipv6_prefixes.iter().copied())
+            .collect();
+        let fresh: Vec<Ipv6Net> = block
+            .subnets(80)
+            .into_iter()
+            .flatten()
+            .filter(|p| !used.contains(p))
+            .take(count as usize)
+            .collect();
+        if fresh.len() < count as usize {
+            return Err(err(
+                api,
+                "InsufficientCidrBlocks",
+                format!("There are not enough free cidr blocks in the specified subnet ({block})"),
+            ));
+        }
+        if let Some(e) = self.enis.get_mut(eni_id) {
+            e.ipv6_prefixes.extend(&fresh);
+        }
+        Ok(fresh)
+    }
+
     fn view(&self, e: &FakeEni) -> NetworkInterface {
         NetworkInterface {
             id: e.id.clone(),
@@ -708,6 +767,7 @@ impl World {
             primary_ip: e.ips.first().copied(),
             private_ips: e.ips.clone(),
             ipv4_prefixes: e.prefixes.clone(),
+            ipv6_prefixes: e.ipv6_prefixes.clone(),
             attachment: e.attachment.as_ref().map(|a| EniAttachment {
                 attachment_id: a.id.clone(),
                 instance_id: Some(a.instance.clone()),

@@ -5,9 +5,9 @@
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
-use super::{FakeEc2, FakeEni, SECURITY_GROUP, VPC_CIDR};
+use super::{FakeEc2, FakeEni, SECURITY_GROUP, VPC_CIDR, VPC_IPV6_CIDR};
 use crate::cloud::imds::{Imds, ImdsError, META_DATA};
 use crate::mac::MacAddr;
 use crate::node_network::host::{HostNetworkError, SecondaryEni};
@@ -116,6 +116,16 @@ impl Imds for FakeEc2Imds {
 
     async fn ipv4_prefixes(&self, mac: MacAddr) -> Result<Vec<Ipv4Net>, ImdsError> {
         self.eni(mac, "ipv4-prefix", |e| e.prefixes.clone())
+    }
+
+    async fn ipv6_prefixes(&self, mac: MacAddr) -> Result<Vec<Ipv6Net>, ImdsError> {
+        self.eni(mac, "ipv6-prefix", |e| e.ipv6_prefixes.clone())
+    }
+
+    async fn vpc_ipv6_cidr_blocks(&self, mac: MacAddr) -> Result<Vec<Ipv6Net>, ImdsError> {
+        self.eni(mac, "vpc-ipv6-cidr-blocks", |_| {
+            VPC_IPV6_CIDR.parse().into_iter().collect()
+        })
     }
 
     async fn subnet_id(&self, mac: MacAddr) -> Result<String, ImdsError> {

@@ -163,7 +163,7 @@ impl World {
         self.state
             .add(&key(self.pods), PodMetadata::default())
             .await
-            .map(|a| a.ip)
+            .map(|a| a.ipv4().unwrap())
     }
 
     /// A burst: `pods` new pods (named, as kubelet's are) ask for addresses at once,
@@ -189,7 +189,7 @@ impl World {
                     name: format!("pod-{n}"),
                     interfaces_count: 1,
                 };
-                state.add(&key(n), pod).await.map(|a| a.ip)
+                state.add(&key(n), pod).await.map(|a| a.ipv4().unwrap())
             }
         });
         let all = futures::future::join_all(asks);

@@ -96,7 +96,12 @@ async fn m5_large_serves_110_pods_from_prefixes_of_the_primary_eni() {
     w.assert_prefixes_match_ec2().await;
     let unique: BTreeSet<Ipv4Addr> = w
         .state
-        .with_datastore(|ds| ds.assignments().into_iter().map(|a| a.ip).collect())
+        .with_datastore(|ds| {
+            ds.assignments()
+                .into_iter()
+                .map(|a| a.ipv4().unwrap())
+                .collect()
+        })
         .await;
     assert_eq!(unique.len(), 110, "no address twice");
     // The two spare addresses go, then the node is at max pods.

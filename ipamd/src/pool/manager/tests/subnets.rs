@@ -263,7 +263,7 @@ async fn untagged_enis_are_left_alone_with_manage_untagged_eni_false() {
         .with_datastore(|ds| ds.assignments())
         .await
         .into_iter()
-        .map(|a| a.ip)
+        .map(|a| a.ipv4().unwrap())
         .collect();
     assert!(!assigned.is_empty());
     assert!(
