@@ -15,9 +15,11 @@
 //!    (loose reverse-path filtering, needed for pods on secondary ENIs answering NodePort
 //!    traffic that arrived on the primary ENI), where the primary interface is the link whose
 //!    MAC is instance metadata's `mac`; and `net/ipv4/tcp_early_demux` = 0 when
-//!    `DISABLE_TCP_EARLY_DEMUX=true`, else 1. The IPv6 sysctls the reference sets for IPv6 and
-//!    IPv6 egress are not needed: this build refuses `ENABLE_IPv6` and `ENABLE_V6_EGRESS`, and so
-//!    does this command.
+//!    `DISABLE_TCP_EARLY_DEMUX=true`, else 1. With `ENABLE_IPv6=true`, as the reference:
+//!    `net/ipv6/conf/all/disable_ipv6=0`, `net/ipv6/conf/all/forwarding=1` and
+//!    `net/ipv6/conf/<primary interface>/accept_ra=2` (the node keeps its default route from
+//!    router advertisements although it forwards). `ENABLE_V6_EGRESS` is refused (not in this
+//!    build, as in ipamd).
 
 use std::fs;
 use std::io;
@@ -130,6 +132,8 @@ pub struct InstallConfig {
     pub bin_dir: PathBuf,
     /// `DISABLE_TCP_EARLY_DEMUX`.
     pub disable_tcp_early_demux: bool,
+    /// `ENABLE_IPv6`.
+    pub enable_ipv6: bool,
 }
 
 fn read_bool(env: &(impl Env + ?Sized), var: &'static str) -> Result<bool, ConfigError> {
@@ -147,7 +151,7 @@ impl InstallConfig {
     /// Reads and checks the variables.
     ///
     /// # Errors
-    /// A value that does not parse, or IPv6 / IPv6 egress asked for (not in this build).
+    /// A value that does not parse, or IPv6 egress asked for (not in this build).
     pub fn from_env(env: &(impl Env + ?Sized)) -> Result<Self, ConfigError> {
         let bin_dir = match env.var(HOST_CNI_BIN_PATH)?.filter(|v| !v.is_empty()) {
             None => PathBuf::from(DEFAULT_HOST_CNI_BIN_PATH),
@@ -165,23 +169,19 @@ impl InstallConfig {
                     reason,
                 })?,
         };
-        for (var, what) in [
-            (ENABLE_IPV6, "IPv6 mode"),
-            (ENABLE_V6_EGRESS, "IPv6 egress for pods (egress-cni)"),
-        ] {
-            if read_bool(env, var)? {
-                return Err(ConfigError::Unsupported {
-                    var,
-                    value: env.var(var)?.unwrap_or_default(),
-                    reason: format!(
-                        "{what} is not available in this build yet (ipamd refuses it too); unset {var} or set it to false"
-                    ),
-                });
-            }
+        if read_bool(env, ENABLE_V6_EGRESS)? {
+            return Err(ConfigError::Unsupported {
+                var: ENABLE_V6_EGRESS,
+                value: env.var(ENABLE_V6_EGRESS)?.unwrap_or_default(),
+                reason: format!(
+                    "IPv6 egress for pods (egress-cni) is not available in this build yet (ipamd refuses it too); unset {ENABLE_V6_EGRESS} or set it to false"
+                ),
+            });
         }
         Ok(Self {
             bin_dir,
             disable_tcp_early_demux: read_bool(env, DISABLE_TCP_EARLY_DEMUX)?,
+            enable_ipv6: read_bool(env, ENABLE_IPV6)?,
         })
     }
 }
@@ -347,10 +347,21 @@ pub async fn set_node_sysctls(
         "net/ipv4/tcp_early_demux",
         demux,
     )?;
-    let written = vec![
+    let mut written = vec![
         (rp_filter, "2".to_owned()),
         ("net.ipv4.tcp_early_demux".to_owned(), demux.to_owned()),
     ];
+    if config.enable_ipv6 {
+        for (conf, setting, value) in [
+            ("all", "disable_ipv6", "0"),
+            ("all", "forwarding", "1"),
+            (link.name.as_str(), "accept_ra", "2"),
+        ] {
+            let key = format!("net.ipv6.conf.{conf}.{setting}");
+            write_sysctl(&key, &format!("net/ipv6/conf/{conf}/{setting}"), value)?;
+            written.push((key, value.to_owned()));
+        }
+    }
     Ok(SysctlsSet {
         primary_interface: link.name,
         written,
@@ -383,9 +394,13 @@ mod tests {
                 .starts_with("invalid DISABLE_TCP_EARLY_DEMUX=\"maybe\""),
             "{e}"
         );
-        let e = InstallConfig::from_env(&HashMap::from([("ENABLE_IPv6", "true")])).unwrap_err();
+        let c = InstallConfig::from_env(&HashMap::from([("ENABLE_IPv6", "true")])).unwrap();
+        assert!(c.enable_ipv6);
+        let e =
+            InstallConfig::from_env(&HashMap::from([("ENABLE_V6_EGRESS", "true")])).unwrap_err();
         assert!(
-            e.to_string().contains("ENABLE_IPv6") && e.to_string().contains("unset ENABLE_IPv6"),
+            e.to_string().contains("ENABLE_V6_EGRESS")
+                && e.to_string().contains("unset ENABLE_V6_EGRESS"),
             "{e}"
         );
         let e = InstallConfig::from_env(&HashMap::from([("HOST_CNI_BIN_PATH", "relative/dir")]))

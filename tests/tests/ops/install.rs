@@ -101,6 +101,27 @@ fn install_cni_installs_the_plugins_and_sets_the_node_sysctls() {
     }
     assert_eq!(ns.sysctl_get("net.ipv4.tcp_early_demux").unwrap(), "1");
 
+    // ENABLE_IPv6=true: IPv6 on, forwarding, and router advertisements still accepted on the
+    // primary interface, as the reference's init container sets them.
+    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1").unwrap();
+    ns.sysctl("net.ipv6.conf.all.forwarding", "0").unwrap();
+    ns.sysctl("net.ipv6.conf.eth0.accept_ra", "1").unwrap();
+    let mut v6_env = env("false");
+    v6_env.push(("ENABLE_IPv6", "true"));
+    let out = ipamd_in(ns, &["install-cni", "--from", &shipped_s], &v6_env);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        ns.sysctl_get("net.ipv6.conf.all.disable_ipv6").unwrap(),
+        "0"
+    );
+    assert_eq!(ns.sysctl_get("net.ipv6.conf.all.forwarding").unwrap(), "1");
+    assert_eq!(ns.sysctl_get("net.ipv6.conf.eth0.accept_ra").unwrap(), "2");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("net.ipv6.conf.eth0.accept_ra=2"),
+        "{}",
+        describe(&out)
+    );
+
     // A new image with another portmap: the installed file is replaced by rename (a new inode),
     // so a runtime that opened the old one at that moment still reads the old binary whole.
     let portmap = bin_dir.join("portmap");
@@ -139,11 +160,14 @@ fn install_cni_refuses_what_this_build_cannot_do() {
     let out = ipamd_in(
         node.ns(),
         &["install-cni", "--from", &dir],
-        &[("HOST_CNI_BIN_PATH", dir.as_str()), ("ENABLE_IPv6", "true")],
+        &[
+            ("HOST_CNI_BIN_PATH", dir.as_str()),
+            ("ENABLE_V6_EGRESS", "true"),
+        ],
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("unsupported ENABLE_IPv6=\"true\""),
+        String::from_utf8_lossy(&out.stderr).contains("unsupported ENABLE_V6_EGRESS=\"true\""),
         "{}",
         describe(&out)
     );
