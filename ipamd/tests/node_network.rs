@@ -417,3 +417,51 @@ fn the_backend_the_node_already_uses_is_detected() {
         "and not to nft"
     );
 }
+
+#[test]
+fn ipv6_mode_removes_snat_and_rejects_new_connections_to_the_egress_range_first() {
+    const REJECT: &str = "-A FORWARD -d 169.254.172.0/22 -m conntrack --ctstate NEW -m comment --comment \"Block Node Local Pod access via IPv4\" -j REJECT --reject-with icmp-port-unreachable";
+    for backend in BACKENDS {
+        let (node, _vpc) = node();
+        // An IPv4 life first (its SNAT, connmark and rule 1024), and a foreign FORWARD rule.
+        reconcile(&node, backend, NodeNetworkSettings::default(), facts()).unwrap();
+        restore(
+            &node,
+            backend,
+            "*filter\n-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j ACCEPT\nCOMMIT\n",
+        );
+        let v6 = NodeNetworkSettings {
+            ipv6: true,
+            ..NodeNetworkSettings::default()
+        };
+        let report = reconcile(&node, backend, v6.clone(), facts()).unwrap();
+        assert!(report.unstable.is_empty(), "{backend}: {report:?}");
+
+        let nat = save(&node, backend, "nat");
+        assert!(
+            !nat.iter().any(|l| l.contains("AWS")),
+            "{backend}: IPv6 mode keeps ipamd's nat rules: {nat:#?}"
+        );
+        let mangle = save(&node, backend, "mangle");
+        assert!(!mangle.iter().any(|l| l.contains("AWS")), "{mangle:#?}");
+        let filter = save(&node, backend, "filter");
+        let forward: Vec<&String> = filter
+            .iter()
+            .filter(|l| l.starts_with("-A FORWARD"))
+            .collect();
+        assert_eq!(forward.len(), 2, "{backend}: {filter:#?}");
+        assert_eq!(
+            forward[0], REJECT,
+            "{backend}: the reject goes first: {filter:#?}"
+        );
+        let r = node.rule_lines().unwrap();
+        assert!(
+            !r.iter().any(|l| l.starts_with("1024:")),
+            "{backend}: {r:?}"
+        );
+
+        let again = reconcile(&node, backend, v6, facts()).unwrap();
+        assert!(again.is_empty(), "{backend}: second pass changed {again}");
+        assert_eq!(save(&node, backend, "filter"), filter);
+    }
+}

@@ -126,7 +126,7 @@ impl NodeNetworkSettings {
 
     /// Whether any iptables rule is wanted.
     pub fn wants_iptables(&self) -> bool {
-        !self.ipv6 && (self.node_port_support || !self.external_snat)
+        self.ipv6 || self.node_port_support || !self.external_snat
     }
 }
 
@@ -495,12 +495,18 @@ impl NodeNetwork {
             veth_prefix: s.veth_prefix.clone(),
         };
         let mut errors = Vec::new();
-        for table in Table::ALL {
-            // IPv6 mode wants none of these (an earlier IPv4 life's rules are removed).
-            let want = if s.ipv6 {
-                plan::DesiredTable::default()
-            } else {
-                plan::desired(table, &rules, node)
+        let tables: &[Table] = if s.ipv6 {
+            &Table::ALL_IPV6
+        } else {
+            &Table::ALL
+        };
+        for &table in tables {
+            // IPv6 mode: no SNAT or connmark (an earlier IPv4 life's rules are removed), only
+            // the FORWARD rule that keeps others off the pods' node-local IPv4 addresses.
+            let want = match (s.ipv6, table) {
+                (true, Table::Filter) => plan::desired_ipv6_filter(),
+                (true, _) => plan::DesiredTable::default(),
+                (false, _) => plan::desired(table, &rules, node),
             };
             match self.apply_table(table, &want).await {
                 Ok(None) => {}

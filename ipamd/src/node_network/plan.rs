@@ -31,7 +31,8 @@ pub const CONNMARK_CHAIN: &str = "AWS-CONNMARK-CHAIN-0";
 /// Prefixes of the chains ipamd owns (`-0` is current; higher numbers are stale).
 pub const OWNED_CHAIN_PREFIXES: [&str; 2] = ["AWS-SNAT-CHAIN-", "AWS-CONNMARK-CHAIN-"];
 /// Comments of every rule the reference (any release) put into built-in chains.
-pub const OWNED_COMMENTS: [&str; 7] = [
+pub const OWNED_COMMENTS: [&str; 8] = [
+    "Block Node Local Pod access via IPv4",
     "AWS SNAT CHAIN",
     "AWS SNAT CHAIN EXCLUSION",
     "AWS, SNAT",
@@ -50,17 +51,23 @@ pub enum Table {
     Nat,
     /// `mangle`: NodePort connmark on the primary ENI and the restore on pod veths.
     Mangle,
+    /// `filter`: in IPv6 mode, FORWARD rejects new connections to the pods' node-local IPv4
+    /// addresses (egress-cni's 169.254.172.0/22) coming from elsewhere.
+    Filter,
 }
 
 impl Table {
-    /// Every table ipamd reconciles.
+    /// Every table ipamd reconciles in IPv4 mode.
     pub const ALL: [Table; 2] = [Table::Nat, Table::Mangle];
+    /// Every table ipamd reconciles in IPv6 mode (nat and mangle are kept empty of its rules).
+    pub const ALL_IPV6: [Table; 3] = [Table::Nat, Table::Mangle, Table::Filter];
 
     /// The table's name for `-t`.
     pub fn name(self) -> &'static str {
         match self {
             Table::Nat => "nat",
             Table::Mangle => "mangle",
+            Table::Filter => "filter",
         }
     }
 }
@@ -112,6 +119,25 @@ pub struct DesiredTable {
     pub chains: BTreeMap<String, Vec<String>>,
     /// Owned rules in chains ipamd does not own (built-in ones), by chain.
     pub rules: BTreeMap<String, Vec<String>>,
+    /// Chains whose owned rules go first (inserted at the top) instead of last.
+    pub insert_first: BTreeSet<String>,
+}
+
+/// The node-local IPv4 range egress-cni gives IPv6 pods.
+pub const EGRESS_V4_RANGE: &str = "169.254.172.0/22";
+
+/// IPv6 mode's `filter` rule, as the reference inserts it first in FORWARD: nothing from
+/// elsewhere may open a connection to a pod's node-local IPv4 address.
+pub fn desired_ipv6_filter() -> DesiredTable {
+    let mut out = DesiredTable::default();
+    out.rules.insert(
+        "FORWARD".into(),
+        vec![format!(
+            "-d {EGRESS_V4_RANGE} -m conntrack --ctstate NEW -m comment --comment \"Block Node Local Pod access via IPv4\" -j REJECT --reject-with icmp-port-unreachable"
+        )],
+    );
+    out.insert_first.insert("FORWARD".into());
+    out
 }
 
 /// The `-d` part of a RETURN rule: none for `0.0.0.0/0` (iptables prints no `-d` for it).
@@ -148,6 +174,7 @@ pub fn desired(table: Table, s: &RuleSettings, node: &NodeAddressing) -> Desired
         Table::Nat if s.external_snat => DesiredTable::default(),
         Table::Nat => desired_nat(s, node, &mark, &restore),
         Table::Mangle => desired_mangle(s, node, &mark, &restore),
+        Table::Filter => DesiredTable::default(),
     }
 }
 
@@ -443,7 +470,16 @@ pub fn plan(table: Table, want: &DesiredTable, current: &CurrentTable) -> Option
             continue;
         }
         deletes.extend(now.iter().map(|r| format!("-D {chain} {r}")));
-        appends.extend(wanted.iter().map(|r| format!("-A {chain} {r}")));
+        if want.insert_first.contains(chain) {
+            appends.extend(
+                wanted
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| format!("-I {chain} {} {r}", i + 1)),
+            );
+        } else {
+            appends.extend(wanted.iter().map(|r| format!("-A {chain} {r}")));
+        }
         summary.rules_deleted += now.len();
         summary.rules_added += wanted.len();
     }
