@@ -8,6 +8,7 @@
 //! plugins before them (the bandwidth plugin finds the host veth among its interfaces).
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -92,10 +93,55 @@ const POD_V6_OFF_SYSCTLS: [(&str, &str); 3] = [
     ("net.ipv6.conf.lo.disable_ipv6", "1"),
 ];
 
+/// egress-cni's IPAM: host-local over the node-local range, one route.
+#[derive(Debug, Serialize)]
+struct EgressIpam {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ranges: [[EgressRange; 1]; 1],
+    routes: [EgressRoute; 1],
+    #[serde(rename = "dataDir")]
+    data_dir: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct EgressRange {
+    subnet: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct EgressRoute {
+    dst: &'static str,
+}
+
+/// The reference's `egress-cni` entry in IPv6 mode: pods get a node-local IPv4 address from
+/// 169.254.172.0/22 on `v4if0`, SNATed to the node's IPv4 address.
+#[derive(Debug, Serialize)]
+struct EgressEntry<'a> {
+    name: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    mtu: String,
+    enabled: &'static str,
+    #[serde(rename = "randomizeSNAT")]
+    randomize_snat: &'static str,
+    #[serde(rename = "nodeIP")]
+    node_ip: String,
+    ipam: EgressIpam,
+    #[serde(rename = "pluginLogFile")]
+    plugin_log_file: &'a str,
+    #[serde(rename = "pluginLogLevel")]
+    plugin_log_level: &'a str,
+}
+
+/// Where host-local keeps egress-cni's allocations (the reference's directory).
+pub const EGRESS_V4_IPAM_DATA_DIR: &str = "/run/cni/v6pd/egress-v4-ipam";
+
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 enum Plugin<'a> {
     AwsCni(AwsCniEntry<'a>),
+    Egress(EgressEntry<'a>),
     Portmap(PortmapEntry),
     Bandwidth(BandwidthEntry),
     Tuning(TuningEntry),
@@ -113,30 +159,57 @@ struct Conflist<'a> {
 /// the `aws-cni` entry (MTU as a string, `POD_MTU` else `AWS_VPC_ENI_MTU`), portmap, then
 /// `bandwidth` when `ENABLE_BANDWIDTH_PLUGIN=true` and `tuning` when `DISABLE_POD_V6=true`.
 pub fn render(config: &Config) -> String {
+    render_for_node(config, None)
+}
+
+/// [`render`] for a node whose IPv4 address is `node_ipv4`: in IPv6 mode with
+/// `ENABLE_V4_EGRESS=true` the `egress-cni` entry follows `aws-cni` (as in the reference's
+/// conflist) and SNATs pods' IPv4 traffic to it. The reference also chains a disabled
+/// `egress-cni` in every other case, which does nothing but cost an exec per pod; it is left
+/// out here.
+pub fn render_for_node(config: &Config, node_ipv4: Option<Ipv4Addr>) -> String {
     let p = &config.plugin;
     let mut list = Conflist {
         cni_version: "1.0.0",
         name: "aws-cni",
-        plugins: vec![
-            Plugin::AwsCni(AwsCniEntry {
-                name: "aws-cni",
-                kind: "aws-cni",
-                veth_prefix: &p.veth_prefix,
-                mtu: p.pod_mtu.to_string(),
-                pod_sg_enforcing_mode: &p.pod_sg_enforcing_mode,
-                plugin_log_file: &p.log_file,
-                plugin_log_level: &p.log_level,
-                ipamd_socket: config.socket_path.display().to_string(),
-            }),
-            Plugin::Portmap(PortmapEntry {
-                kind: "portmap",
-                capabilities: Capabilities {
-                    port_mappings: true,
-                },
-                snat: true,
-            }),
-        ],
+        plugins: vec![Plugin::AwsCni(AwsCniEntry {
+            name: "aws-cni",
+            kind: "aws-cni",
+            veth_prefix: &p.veth_prefix,
+            mtu: p.pod_mtu.to_string(),
+            pod_sg_enforcing_mode: &p.pod_sg_enforcing_mode,
+            plugin_log_file: &p.log_file,
+            plugin_log_level: &p.log_level,
+            ipamd_socket: config.socket_path.display().to_string(),
+        })],
     };
+    if let (true, true, Some(node_ip)) = (config.features.ipv6, p.v4_egress, node_ipv4) {
+        list.plugins.push(Plugin::Egress(EgressEntry {
+            name: "egress-cni",
+            kind: "egress-cni",
+            mtu: p.pod_mtu.to_string(),
+            enabled: "true",
+            randomize_snat: config.node_network.randomize_snat.as_str(),
+            node_ip: node_ip.to_string(),
+            ipam: EgressIpam {
+                kind: "host-local",
+                ranges: [[EgressRange {
+                    subnet: "169.254.172.0/22",
+                }]],
+                routes: [EgressRoute { dst: "0.0.0.0/0" }],
+                data_dir: EGRESS_V4_IPAM_DATA_DIR,
+            },
+            plugin_log_file: &p.egress_v4_log_file,
+            plugin_log_level: &p.log_level,
+        }));
+    }
+    list.plugins.push(Plugin::Portmap(PortmapEntry {
+        kind: "portmap",
+        capabilities: Capabilities {
+            port_mappings: true,
+        },
+        snat: true,
+    }));
     if p.bandwidth_plugin {
         list.plugins.push(Plugin::Bandwidth(BandwidthEntry {
             kind: "bandwidth",
@@ -160,18 +233,22 @@ pub fn render(config: &Config) -> String {
 ///
 /// # Errors
 /// The directory or the file could not be written.
-pub fn write(config: &Config, dir: &Path) -> Result<PathBuf, ConflistError> {
+pub fn write(
+    config: &Config,
+    node_ipv4: Option<Ipv4Addr>,
+    dir: &Path,
+) -> Result<PathBuf, ConflistError> {
     let path = dir.join(CONFLIST_NAME);
     std::fs::create_dir_all(dir).map_err(|source| ConflistError {
         path: path.clone(),
         source,
     })?;
-    fsutil::atomic_publish(&path, render(config).as_bytes(), 0o644).map_err(|source| {
-        ConflistError {
+    fsutil::atomic_publish(&path, render_for_node(config, node_ipv4).as_bytes(), 0o644).map_err(
+        |source| ConflistError {
             path: path.clone(),
             source,
-        }
-    })?;
+        },
+    )?;
     Ok(path)
 }
 
@@ -315,9 +392,9 @@ mod tests {
     fn write_creates_the_directory_and_replaces_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let confdir = dir.path().join("etc").join("net.d");
-        let path = write(&config(&[]), &confdir).unwrap();
+        let path = write(&config(&[]), None, &confdir).unwrap();
         assert_eq!(path, confdir.join(CONFLIST_NAME));
-        write(&config(&[("POD_MTU", "1400")]), &confdir).unwrap();
+        write(&config(&[("POD_MTU", "1400")]), None, &confdir).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"mtu\": \"1400\""), "{text}");
         let names: Vec<_> = std::fs::read_dir(&confdir)
@@ -325,5 +402,37 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn ipv6_mode_chains_the_references_egress_entry_after_aws_cni() {
+        let mut c = config(&[
+            ("ENABLE_IPv6", "true"),
+            ("ENABLE_IPv4", "false"),
+            ("ENABLE_PREFIX_DELEGATION", "true"),
+            ("ENABLE_V4_EGRESS", "false"),
+            ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "hashrandom"),
+        ]);
+        let node = Some(Ipv4Addr::new(10, 0, 0, 10));
+        // ENABLE_V4_EGRESS=false: nothing to chain (the reference's disabled entry is a no-op).
+        assert_eq!(render_for_node(&c, node), render(&config(&[])));
+        c.plugin.v4_egress = true;
+        let v: serde_json::Value = serde_json::from_str(&render_for_node(&c, node)).unwrap();
+        let want: serde_json::Value = serde_json::from_str(
+            r#"{"name":"egress-cni","type":"egress-cni","mtu":"9001","enabled":"true",
+                "randomizeSNAT":"hashrandom","nodeIP":"10.0.0.10",
+                "ipam":{"type":"host-local","ranges":[[{"subnet":"169.254.172.0/22"}]],
+                        "routes":[{"dst":"0.0.0.0/0"}],"dataDir":"/run/cni/v6pd/egress-v4-ipam"},
+                "pluginLogFile":"/var/log/aws-routed-eni/egress-v4-plugin.log",
+                "pluginLogLevel":"DEBUG"}"#,
+        )
+        .unwrap();
+        assert_eq!(v["plugins"][0]["type"], "aws-cni");
+        assert_eq!(v["plugins"][1], want);
+        assert_eq!(v["plugins"][2]["type"], "portmap");
+        // Without IPv6 mode the setting changes nothing.
+        let mut v4 = config(&[]);
+        v4.plugin.v4_egress = true;
+        assert_eq!(render_for_node(&v4, node), render(&config(&[])));
     }
 }

@@ -227,6 +227,18 @@ pub enum RandomizeSnat {
     None,
 }
 
+impl RandomizeSnat {
+    /// The setting's value (`prng`, `hashrandom`, `none`), as egress-cni's conflist entry
+    /// carries it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prng => "prng",
+            Self::HashRandom => "hashrandom",
+            Self::None => "none",
+        }
+    }
+}
+
 /// `prng`, `hashrandom` or `none`.
 pub fn parse_randomize_snat(value: &str) -> Result<RandomizeSnat, String> {
     match value {

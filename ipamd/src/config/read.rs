@@ -150,6 +150,12 @@ impl<E: Env + ?Sized> Reader<'_, E> {
             )?,
             disable_pod_v6: self.bool(DISABLE_POD_V6, false)?,
             bandwidth_plugin: self.bool(ENABLE_BANDWIDTH_PLUGIN, false)?,
+            v4_egress: self.bool(ENABLE_V4_EGRESS, true)?,
+            egress_v4_log_file: self.or(
+                AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE,
+                "/var/log/aws-routed-eni/egress-v4-plugin.log".into(),
+                parse::parse_plugin_log_file,
+            )?,
         })
     }
 

@@ -74,6 +74,12 @@ pub struct PluginConfig {
     pub disable_pod_v6: bool,
     /// `ENABLE_BANDWIDTH_PLUGIN` (default false): chain `bandwidth`.
     pub bandwidth_plugin: bool,
+    /// `ENABLE_V4_EGRESS` (default true): in IPv6 mode, chain `egress-cni` so pods reach IPv4
+    /// destinations through the node's IPv4 address.
+    pub v4_egress: bool,
+    /// `AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE` (default
+    /// `/var/log/aws-routed-eni/egress-v4-plugin.log`): egress-cni's log in IPv6 mode.
+    pub egress_v4_log_file: String,
 }
 
 /// Kubernetes-related knobs. This build makes no Kubernetes API call: the settings that need

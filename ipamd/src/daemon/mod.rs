@@ -370,7 +370,8 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
                 return Ok(());
             }
         };
-        self.become_ready(state, reporter, manager.as_mut()).await?;
+        self.become_ready(state, reporter, manager.as_mut(), primary.primary_ip)
+            .await?;
         tokio::select! {
             () = self.upkeep(&host, &node_net, state, manager, md.primary_mac, primary) => Ok(()),
             () = &mut shutdown => {

@@ -294,6 +294,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         state: &IpamState,
         reporter: &HealthReporter,
         manager: Option<&mut Manager<I, E>>,
+        node_ipv4: std::net::Ipv4Addr,
     ) -> Result<(), DaemonError> {
         if let Some(m) = manager {
             state.set_pending("pre-scaling the pool through EC2");
@@ -309,7 +310,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         }
         state.set_phase(Phase::Ready);
         server::set_health(reporter, true).await;
-        let path = match conflist::write(&self.config, &self.config.cni_conf_dir) {
+        let path = match conflist::write(&self.config, Some(node_ipv4), &self.config.cni_conf_dir) {
             Ok(p) => p,
             Err(e) => {
                 self.metrics.startup(
