@@ -14,7 +14,7 @@ use ipamd::cloud::ec2::{
     Platform, Tags,
 };
 use ipamd::cloud::ec2_sdk::SdkEc2;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use test_support::moto::MotoServer;
 use test_support::netns::Netns;
 use test_support::prereqs::require_root;
@@ -438,5 +438,78 @@ fn prefixes_round_trip_against_moto() {
         // Secondary addresses still come: ipamd's fallback.
         let fallback = ec2.assign_private_ip_addresses(&eni.id, 2).await.unwrap();
         assert!(fallback.len() >= 2, "{fallback:?}");
+    });
+}
+
+/// IPv6 mode's one EC2 write through the SDK against moto with the launcher's IPv6 prefix
+/// extension: the VPC gets an Amazon-provided /56, the subnet a /64 of it, and
+/// `AssignIpv6Addresses` with `Ipv6PrefixCount=1` delegates an aligned /80 of the /64, which
+/// `DescribeNetworkInterfaces` then shows; a subnet without IPv6 is EC2's 400 error, not 500.
+#[test]
+fn ipv6_prefix_round_trip_against_moto() {
+    with_moto("moto6", |m| async move {
+        let OnMoto {
+            raw,
+            ec2,
+            subnet,
+            instance,
+            ..
+        } = m;
+        let primary = raw
+            .describe_instances()
+            .instance_ids(&instance)
+            .send()
+            .await
+            .unwrap()
+            .reservations()[0]
+            .instances()[0]
+            .network_interfaces()[0]
+            .network_interface_id()
+            .unwrap()
+            .to_owned();
+        // No IPv6 CIDR on the subnet yet: a client error naming the parameter.
+        let e = ec2.assign_ipv6_prefixes(&primary, 1).await.unwrap_err();
+        assert_eq!(e.code, "InvalidParameterValue", "{e:?}");
+
+        let vpc_id = raw
+            .describe_subnets()
+            .subnet_ids(&subnet)
+            .send()
+            .await
+            .unwrap()
+            .subnets()[0]
+            .vpc_id()
+            .unwrap()
+            .to_owned();
+        let vpc_block: Ipv6Net = raw
+            .associate_vpc_cidr_block()
+            .vpc_id(&vpc_id)
+            .amazon_provided_ipv6_cidr_block(true)
+            .send()
+            .await
+            .unwrap()
+            .ipv6_cidr_block_association()
+            .and_then(|a| a.ipv6_cidr_block())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let subnet_block = vpc_block.subnets(64).unwrap().next().unwrap();
+        raw.associate_subnet_cidr_block()
+            .subnet_id(&subnet)
+            .ipv6_cidr_block(subnet_block.to_string())
+            .send()
+            .await
+            .unwrap();
+
+        let assigned = ec2.assign_ipv6_prefixes(&primary, 1).await.unwrap();
+        assert_eq!(assigned.len(), 1, "{assigned:?}");
+        let prefix = assigned[0];
+        assert_eq!(prefix.prefix_len(), 80);
+        assert!(
+            subnet_block.contains(&prefix),
+            "{prefix} outside {subnet_block}"
+        );
+        let shown = describe_one(&ec2, &primary).await;
+        assert_eq!(shown.ipv6_prefixes, vec![prefix]);
     });
 }
