@@ -79,6 +79,19 @@ async fn seed(client: &aws_sdk_ec2::Client) -> (String, String, String) {
     (subnet_id, sg_id, instance)
 }
 
+/// The VPC of `subnet`.
+async fn vpc_of(raw: &aws_sdk_ec2::Client, subnet: &str) -> String {
+    raw.describe_subnets()
+        .subnet_ids(subnet)
+        .send()
+        .await
+        .unwrap()
+        .subnets()[0]
+        .vpc_id()
+        .unwrap()
+        .to_owned()
+}
+
 /// The ENI `id` as DescribeNetworkInterfaces shows it.
 async fn describe_one(ec2: &SdkEc2, id: &str) -> NetworkInterface {
     ec2.describe_network_interfaces(&[id.to_owned()])
@@ -147,16 +160,7 @@ fn every_call_ipamd_makes_works_against_moto() {
         } = m;
 
         // DescribeSubnets with subnet discovery's filters, tags and free addresses.
-        let vpc_id = raw
-            .describe_subnets()
-            .subnet_ids(&subnet)
-            .send()
-            .await
-            .unwrap()
-            .subnets()[0]
-            .vpc_id()
-            .unwrap()
-            .to_owned();
+        let vpc_id = vpc_of(&raw, &subnet).await;
         let tagged = raw
             .create_subnet()
             .vpc_id(&vpc_id)
@@ -471,16 +475,7 @@ fn ipv6_prefix_round_trip_against_moto() {
         let e = ec2.assign_ipv6_prefixes(&primary, 1).await.unwrap_err();
         assert_eq!(e.code, "InvalidParameterValue", "{e:?}");
 
-        let vpc_id = raw
-            .describe_subnets()
-            .subnet_ids(&subnet)
-            .send()
-            .await
-            .unwrap()
-            .subnets()[0]
-            .vpc_id()
-            .unwrap()
-            .to_owned();
+        let vpc_id = vpc_of(&raw, &subnet).await;
         let vpc_block: Ipv6Net = raw
             .associate_vpc_cidr_block()
             .vpc_id(&vpc_id)

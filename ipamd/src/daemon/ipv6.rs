@@ -62,12 +62,7 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             prefix,
         })
         .map_err(|e| InitError::Retry(e.to_string()))?;
-        self.restore_checkpoint(host, &mut ds).await?;
-        state.with_datastore(|current| *current = ds).await;
-        state
-            .write_checkpoint()
-            .await
-            .map_err(|e| InitError::Fatal(e.into()))?;
+        self.restore_into_pool(host, state, ds).await?;
         tracing::info!(eni = %eni.id, %prefix, vpc_ipv6_cidrs = ?vpc_v6, "IPv6 mode: pods get addresses from the primary ENI's prefix");
         state.set_vpc_v6_cidrs(vpc_v6);
         Ok(primary)

@@ -86,13 +86,8 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         let primary = self.program_node_network(node_net, state, &md).await?;
 
         state.set_pending("restoring the checkpoint");
-        let mut ds = self.pool_from_metadata(&managed, manager.as_mut());
-        self.restore_checkpoint(host, &mut ds).await?;
-        state.with_datastore(|current| *current = ds).await;
-        state
-            .write_checkpoint()
-            .await
-            .map_err(|e| InitError::Fatal(e.into()))?;
+        let ds = self.pool_from_metadata(&managed, manager.as_mut());
+        self.restore_into_pool(host, state, ds).await?;
 
         state.set_vpc_cidrs(primary.vpc_cidrs.clone());
         Ok((md, primary))
@@ -242,9 +237,26 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         ds
     }
 
+    /// Restores the checkpoint into `ds`, makes it the pool and writes the checkpoint again from
+    /// it (what was dropped is gone from the file).
+    pub(super) async fn restore_into_pool(
+        &self,
+        host: &HostNetwork,
+        state: &IpamState,
+        mut ds: Datastore,
+    ) -> Result<(), InitError> {
+        self.restore_checkpoint(host, &mut ds).await?;
+        state.with_datastore(|current| *current = ds).await;
+        state
+            .write_checkpoint()
+            .await
+            .map(drop)
+            .map_err(|e| InitError::Fatal(e.into()))
+    }
+
     /// Puts the checkpoint's allocations of live pods into `ds` and deletes the rules of pods
     /// deleted while ipamd was down. An unreadable checkpoint is fatal.
-    pub(super) async fn restore_checkpoint(
+    async fn restore_checkpoint(
         &self,
         host: &HostNetwork,
         ds: &mut Datastore,
