@@ -406,13 +406,14 @@ mod tests {
 
     #[test]
     fn ipv6_mode_chains_the_references_egress_entry_after_aws_cni() {
+        // ipamd refuses ENABLE_IPv6 until the plugin builds IPv6 pods: IPv6 mode is set here.
         let mut c = config(&[
-            ("ENABLE_IPv6", "true"),
-            ("ENABLE_IPv4", "false"),
             ("ENABLE_PREFIX_DELEGATION", "true"),
             ("ENABLE_V4_EGRESS", "false"),
             ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "hashrandom"),
         ]);
+        c.features.ipv4 = false;
+        c.features.ipv6 = true;
         let node = Some(Ipv4Addr::new(10, 0, 0, 10));
         // ENABLE_V4_EGRESS=false: nothing to chain (the reference's disabled entry is a no-op).
         assert_eq!(render_for_node(&c, node), render(&config(&[])));

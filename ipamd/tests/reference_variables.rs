@@ -104,7 +104,8 @@ const REFERENCE_VARIABLES: [&str; 59] = [
 ];
 
 /// The refused variables `ipamd install-cni` reads too (the reference's init container does).
-const INSTALL_CNI_REFUSES: [&str; 2] = [cfg::ENABLE_IPV6, cfg::ENABLE_V6_EGRESS];
+/// What install-cni refuses too (it honours `ENABLE_IPv6`: the reference's IPv6 sysctls).
+const INSTALL_CNI_REFUSES: [&str; 1] = [cfg::ENABLE_V6_EGRESS];
 
 /// How long a refusal may take (it happens before anything is started).
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -559,6 +560,17 @@ fn no_op_settings_change_nothing_but_are_validated() {
             cfg::ENI_CONFIG_LABEL_DEF => {
                 assert_eq!(c.kubernetes.eni_config_label, valid);
                 c.kubernetes.eni_config_label = base.kubernetes.eni_config_label.clone();
+            }
+            // Read for egress-cni's conflist entry, which only IPv6 mode writes.
+            cfg::AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE => {
+                assert_eq!(c.plugin.egress_v4_log_file, valid);
+                assert_eq!(ipamd::conflist::render(&c), ipamd::conflist::render(&base));
+                c.plugin.egress_v4_log_file = base.plugin.egress_v4_log_file.clone();
+            }
+            cfg::ENABLE_V4_EGRESS => {
+                assert_eq!(c.plugin.v4_egress.to_string(), valid);
+                assert_eq!(ipamd::conflist::render(&c), ipamd::conflist::render(&base));
+                c.plugin.v4_egress = base.plugin.v4_egress;
             }
             cfg::POD_SECURITY_GROUP_ENFORCING_MODE => {
                 // Written into the conflist as the reference does, and nothing else changes.

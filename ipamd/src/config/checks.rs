@@ -134,6 +134,17 @@ impl Config {
                 ),
             });
         }
+        // ipamd's IPv6 mode is built; the plugin does not build IPv6 pods yet, so a node in
+        // IPv6 mode would fail every ADD.
+        if f.ipv6 {
+            return Err(ConfigError::Unsupported {
+                var: ENABLE_IPV6,
+                value: raw(ENABLE_IPV6)?,
+                reason: format!(
+                    "IPv6 mode is not complete in this build yet: ipamd serves IPv6 addresses, but the aws-cni plugin does not build IPv6 pod networking yet, so every pod would fail; unset {ENABLE_IPV6} or set it to false"
+                ),
+            });
+        }
         // IPv6 pods reach IPv4 destinations through egress-cni (ENABLE_V4_EGRESS, true by
         // default), which this build does not have yet.
         if f.ipv6 && r.bool(ENABLE_V4_EGRESS, true)? {
