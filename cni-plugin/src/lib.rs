@@ -5,6 +5,7 @@
 //! `main.rs` only reads the environment and stdin and prints; [`plugin::run`] does the rest.
 
 pub mod cni;
+pub mod egress;
 pub mod ipamd_client;
 pub mod logging;
 pub mod netlink;
