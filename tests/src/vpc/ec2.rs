@@ -233,13 +233,15 @@ impl Ec2 {
         }
     }
 
-    /// `CreateVpc`; returns the VPC id.
-    pub(crate) fn create_vpc(&self, cidr: Ipv4Net) -> Result<String, Ec2Error> {
+    /// `CreateVpc`; with `ipv6` also `AmazonProvidedIpv6CidrBlock` (EC2 picks the /56).
+    /// Returns the VPC id.
+    pub(crate) fn create_vpc(&self, cidr: Ipv4Net, ipv6: bool) -> Result<String, Ec2Error> {
         let client = self.client();
         self.run("CreateVpc", async move {
             let out = client
                 .create_vpc()
                 .cidr_block(cidr.to_string())
+                .set_amazon_provided_ipv6_cidr_block(ipv6.then_some(true))
                 .send()
                 .await
                 .map_err(|e| Ec2Error::sdk("CreateVpc", e))?;
@@ -281,11 +283,12 @@ impl Ec2 {
         })
     }
 
-    /// `CreateSubnet`.
+    /// `CreateSubnet`, with the IPv6 block `ipv6_cidr` (a /64 of the VPC's) when given.
     pub(crate) fn create_subnet(
         &self,
         vpc_id: &str,
         cidr: Ipv4Net,
+        ipv6_cidr: Option<Ipv6Net>,
         availability_zone: &str,
     ) -> Result<SubnetInfo, Ec2Error> {
         let client = self.client();
@@ -295,6 +298,7 @@ impl Ec2 {
                 .create_subnet()
                 .vpc_id(vpc_id)
                 .cidr_block(cidr.to_string())
+                .set_ipv6_cidr_block(ipv6_cidr.map(|c| c.to_string()))
                 .availability_zone(&az)
                 .send()
                 .await
@@ -403,6 +407,7 @@ impl Ec2 {
         subnet: &SubnetInfo,
         security_group: &str,
         name: &str,
+        ipv6_addresses: u32,
     ) -> Result<InstanceInfo, Ec2Error> {
         let client = self.client();
         let (instance_type, sg, name) = (
@@ -420,6 +425,9 @@ impl Ec2 {
                 .max_count(1)
                 .subnet_id(&subnet.id)
                 .security_group_ids(sg)
+                .set_ipv6_address_count(
+                    (ipv6_addresses > 0).then(|| i32::try_from(ipv6_addresses).unwrap_or(i32::MAX)),
+                )
                 .tag_specifications(
                     TagSpecification::builder()
                         .resource_type(ResourceType::Instance)
@@ -705,6 +713,64 @@ impl Ec2 {
             .into_iter()
             .filter(|ip| !before.contains(ip))
             .collect())
+    }
+
+    /// `AssignIpv6Addresses` with `Ipv6PrefixCount`; returns the /80s EC2 picked.
+    pub fn assign_ipv6_prefixes(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv6Net>, Ec2Error> {
+        let client = self.client();
+        let id = eni_id.to_owned();
+        let out = self.run("AssignIpv6Addresses", async move {
+            client
+                .assign_ipv6_addresses()
+                .network_interface_id(id)
+                .ipv6_prefix_count(i32::try_from(count).unwrap_or(i32::MAX))
+                .send()
+                .await
+                .map_err(|e| Ec2Error::sdk("AssignIpv6Addresses", e))
+        })?;
+        Ok(out
+            .assigned_ipv6_prefixes()
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect())
+    }
+
+    /// `UnassignIpv6Addresses` of the prefixes `prefixes`.
+    pub fn unassign_ipv6_prefixes(
+        &self,
+        eni_id: &str,
+        prefixes: &[Ipv6Net],
+    ) -> Result<(), Ec2Error> {
+        let client = self.client();
+        let id = eni_id.to_owned();
+        let prefixes: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
+        self.run("UnassignIpv6Addresses", async move {
+            client
+                .unassign_ipv6_addresses()
+                .network_interface_id(id)
+                .set_ipv6_prefixes(Some(prefixes))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Ec2Error::sdk("UnassignIpv6Addresses", e))
+        })
+    }
+
+    /// `UnassignIpv6Addresses` of the addresses `ips`.
+    pub fn unassign_ipv6_addresses(&self, eni_id: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
+        let client = self.client();
+        let id = eni_id.to_owned();
+        let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+        self.run("UnassignIpv6Addresses", async move {
+            client
+                .unassign_ipv6_addresses()
+                .network_interface_id(id)
+                .set_ipv6_addresses(Some(ips))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Ec2Error::sdk("UnassignIpv6Addresses", e))
+        })
     }
 
     /// `AssignPrivateIpAddresses` with explicit addresses.

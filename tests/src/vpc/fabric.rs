@@ -10,13 +10,19 @@
 //! tags at run time, read a subnet's `AvailableIpAddressCount`, and fill a subnet with
 //! unattached ENIs ([`VpcFabric::fill_subnet`]) to leave it exactly as many free addresses as
 //! they need.
+//!
+//! An IPv6 VPC ([`FabricOptions::with_ipv6`], as EKS IPv6 clusters use) also gets an
+//! Amazon-provided /56 (moto picks it), every subnet the n-th /64 of it in creation order (the
+//! nodes' subnet the first), every instance one IPv6 address on its primary ENI, and a router
+//! that routes IPv6 (see [`super::router`]). IPv4 stays as it is: nodes keep their private IPv4
+//! addresses, and instance metadata stays on 169.254.169.254.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::VpcError;
 use super::ec2::{Ec2, EniRequest};
@@ -89,6 +95,8 @@ pub struct FabricOptions {
     pub ec2_latency: Option<Ec2Latency>,
     /// Log every EC2 call in moto's log, for [`VpcFabric::ec2_calls`].
     pub ec2_call_log: bool,
+    /// An IPv6 VPC: an Amazon-provided /56, a /64 per subnet, IPv6 routed (module docs).
+    pub ipv6: bool,
 }
 
 impl Default for FabricOptions {
@@ -102,6 +110,7 @@ impl Default for FabricOptions {
             poll: DEFAULT_POLL,
             ec2_latency: None,
             ec2_call_log: false,
+            ipv6: false,
         }
     }
 }
@@ -116,6 +125,12 @@ impl FabricOptions {
     /// Adds a further subnet.
     pub fn with_subnet(mut self, subnet: SubnetSpec) -> Self {
         self.extra_subnets.push(subnet);
+        self
+    }
+
+    /// Makes it an IPv6 VPC (dual stack, as EKS IPv6 clusters have it).
+    pub fn with_ipv6(mut self) -> Self {
+        self.ipv6 = true;
         self
     }
 
@@ -148,6 +163,18 @@ impl FabricOptions {
         }
         Ok(())
     }
+}
+
+/// The `n`-th /64 of the VPC's first IPv6 block: the IPv6 block of its `n`-th subnet.
+fn subnet_ipv6_block(vpc_blocks: &[Ipv6Net], n: usize) -> Result<Ipv6Net, VpcError> {
+    vpc_blocks
+        .first()
+        .and_then(|block| block.subnets(64).ok()?.nth(n))
+        .ok_or_else(|| {
+            VpcError::Invalid(format!(
+                "the VPC's IPv6 blocks {vpc_blocks:?} have no /64 number {n} for a subnet"
+            ))
+        })
 }
 
 fn validate_subnet(vpc: Ipv4Net, cidr: Ipv4Net) -> Result<(), VpcError> {
@@ -192,6 +219,9 @@ impl VpcFabric {
         prereqs::require_tool("ip", "apt-get install iproute2")?;
         prereqs::require_tool("sysctl", "apt-get install procps")?;
         prereqs::python_with_moto()?;
+        if options.ipv6 {
+            prereqs::require_tool("ip6tables", "apt-get install iptables")?;
+        }
         cleanup::install_signal_cleanup();
         options.validate()?;
         let dir = StateDir::create("vpc")?;
@@ -201,7 +231,13 @@ impl VpcFabric {
             .chain(options.extra_subnets.iter().map(|s| s.cidr))
             .map(gateway_of)
             .collect();
-        router::build(&router, &internet, &[options.vpc_cidr], &gateways)?;
+        router::build(
+            &router,
+            &internet,
+            &[options.vpc_cidr],
+            &gateways,
+            options.ipv6,
+        )?;
 
         let endpoint = router::ec2_endpoint();
         let ec2 = Ec2::connect(&internet, &endpoint, &options.region)?;
@@ -217,22 +253,42 @@ impl VpcFabric {
                 moto.listen()
             ))
         })?;
-        let vpc_id = ec2.create_vpc(options.vpc_cidr)?;
-        let subnet = ec2.create_subnet(&vpc_id, options.subnet_cidr, &options.availability_zone)?;
+        let vpc_id = ec2.create_vpc(options.vpc_cidr, options.ipv6)?;
+        let (vpc_cidrs, vpc_ipv6_cidrs) = ec2.vpc_cidrs(&vpc_id)?;
+        if options.ipv6 && vpc_ipv6_cidrs.is_empty() {
+            return Err(VpcError::Invalid(format!(
+                "CreateVpc with AmazonProvidedIpv6CidrBlock left {vpc_id} without an IPv6 block"
+            )));
+        }
+        let ipv6_block = |n: usize| -> Result<Option<Ipv6Net>, VpcError> {
+            if !options.ipv6 {
+                return Ok(None);
+            }
+            subnet_ipv6_block(&vpc_ipv6_cidrs, n).map(Some)
+        };
+        let subnet = ec2.create_subnet(
+            &vpc_id,
+            options.subnet_cidr,
+            ipv6_block(0)?,
+            &options.availability_zone,
+        )?;
         let mut subnets = vec![subnet.clone()];
         for spec in &options.extra_subnets {
             let zone = spec
                 .availability_zone
                 .as_deref()
                 .unwrap_or(&options.availability_zone);
-            let created = ec2.create_subnet(&vpc_id, spec.cidr, zone)?;
+            let created =
+                ec2.create_subnet(&vpc_id, spec.cidr, ipv6_block(subnets.len())?, zone)?;
             if !spec.tags.is_empty() {
                 ec2.create_tags(&created.id, &spec.tags)?;
             }
             subnets.push(created);
         }
         let security_group = ec2.create_security_group(&vpc_id, "vcni-nodes")?;
-        let (vpc_cidrs, vpc_ipv6_cidrs) = ec2.vpc_cidrs(&vpc_id)?;
+        if options.ipv6 {
+            router::route_vpc_ipv6(&router, &internet, &vpc_ipv6_cidrs)?;
+        }
 
         let hypervisor = Arc::new(Hypervisor::new(
             ec2.clone(),
@@ -240,6 +296,7 @@ impl VpcFabric {
             &vpc_id,
             vpc_cidrs,
             options.poll,
+            options.ipv6,
         ));
         hypervisor.set_vpc_ipv6_cidrs(vpc_ipv6_cidrs);
         for s in &subnets {
@@ -298,6 +355,12 @@ impl VpcFabric {
         &self.vpc_id
     }
 
+    /// The VPC's IPv6 blocks as instance metadata shows them (the Amazon-provided /56 of an
+    /// IPv6 VPC; empty in an IPv4-only VPC until one is associated out of band).
+    pub fn ipv6_cidrs(&self) -> Vec<Ipv6Net> {
+        self.hypervisor.vpc_ipv6_cidrs()
+    }
+
     /// The nodes' subnet (the first one).
     pub fn subnet(&self) -> &SubnetInfo {
         &self.subnet
@@ -327,15 +390,28 @@ impl VpcFabric {
             .ok_or_else(|| VpcError::Invalid(format!("the VPC has no subnet {id}")))
     }
 
-    /// Creates a further subnet at run time (in moto, tagged), makes the router answer for its
-    /// router address and tells the hypervisor.
+    /// Creates a further subnet at run time (in moto, tagged; in an IPv6 VPC with the next
+    /// /64), makes the router answer for its router address and tells the hypervisor.
     pub fn add_subnet(&self, spec: &SubnetSpec) -> Result<SubnetInfo, VpcError> {
         validate_subnet(self.options.vpc_cidr, spec.cidr)?;
         let zone = spec
             .availability_zone
             .as_deref()
             .unwrap_or(&self.options.availability_zone);
-        let created = self.ec2.create_subnet(&self.vpc_id, spec.cidr, zone)?;
+        let ipv6 = if self.options.ipv6 {
+            Some(subnet_ipv6_block(
+                &self.ipv6_cidrs(),
+                self.subnets
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len(),
+            )?)
+        } else {
+            None
+        };
+        let created = self
+            .ec2
+            .create_subnet(&self.vpc_id, spec.cidr, ipv6, zone)?;
         if !spec.tags.is_empty() {
             self.ec2.create_tags(&created.id, &spec.tags)?;
         }
@@ -409,7 +485,8 @@ impl VpcFabric {
         &self.router
     }
 
-    /// The internet namespace (203.0.113.0/24; moto listens there).
+    /// The internet namespace (203.0.113.0/24, and 2001:db8::/64 in an IPv6 VPC; moto listens
+    /// there).
     pub fn internet(&self) -> &Netns {
         &self.internet
     }
@@ -537,6 +614,22 @@ mod tests {
                 .to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn ipv6_subnets_take_the_vpcs_64s_in_order() {
+        let vpc: Vec<Ipv6Net> = vec!["2400:6500:ab:cd00::/56".parse().unwrap()];
+        assert_eq!(
+            subnet_ipv6_block(&vpc, 0).unwrap(),
+            "2400:6500:ab:cd00::/64".parse::<Ipv6Net>().unwrap()
+        );
+        assert_eq!(
+            subnet_ipv6_block(&vpc, 2).unwrap(),
+            "2400:6500:ab:cd02::/64".parse::<Ipv6Net>().unwrap()
+        );
+        assert!(subnet_ipv6_block(&vpc, 256).is_err());
+        assert!(subnet_ipv6_block(&[], 0).is_err());
+        assert!(FabricOptions::default().with_ipv6().ipv6);
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! exactly as on an EC2 instance: endpoints from the SDK's standard settings, credentials from
 //! the instance profile.
 //!
+//! An IPv6 VPC ([`FabricOptions::with_ipv6`]) is dual stack as EKS IPv6 clusters have it: an
+//! Amazon-provided /56, a /64 per subnet, an IPv6 address per node, and the router delivering
+//! every IPv6 address and /80 prefix moto shows on an ENI to that ENI; `2001:db8::1` in the
+//! internet namespace stands for the IPv6 world beyond (no NAT).
+//!
 //! The VPC may have several subnets in several Availability Zones (tagged for subnet
 //! discovery); a node's primary ENI sits in the subnet its [`NodeSpec`] names, the nodes'
 //! subnet by default, and ipamd may put further ENIs into any subnet of the node's zone.
@@ -30,7 +35,10 @@ pub use ec2::{Ec2, Ec2Error, EniRequest};
 pub use fabric::{FabricOptions, SubnetSpec, VpcFabric};
 pub use model::{EniAttachment, EniState, InstanceInfo, SubnetInfo, SubnetState, VpcSnapshot};
 pub use node::{IpamdMode, NodeSpec, VpcNode};
-pub use router::{EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT, IMDS_ADDR, INTERNET_HOST};
+pub use router::{
+    EC2_ENDPOINT_ADDR, EC2_ENDPOINT_PORT, IMDS_ADDR, INTERNET_HOST, INTERNET_HOST_V6,
+    ROUTER_LINK_LOCAL,
+};
 /// EC2's response times and call counts of [`FabricOptions::ec2_latency`] and
 /// [`VpcFabric::ec2_calls`].
 pub use test_support::moto::{Ec2CallCount, Ec2Latency};

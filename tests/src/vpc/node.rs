@@ -4,9 +4,15 @@
 //! runs inside in EC2 mode against the VPC's moto, with instance metadata from 169.254.169.254
 //! and credentials from the instance profile, as on EC2 (or in IMDS-only mode on ENIs the test
 //! pre-provisions in moto). Derefs to [`NodeHost`] for ipamd and the plugin.
+//!
+//! In an IPv6 VPC the instance gets one IPv6 address on its primary ENI, and `eth0` gets what
+//! DHCPv6 and router advertisements give an EKS node: that address as a `/128` and a default
+//! route via the VPC router's link-local `fe80::1`. The subnet's /64 is never on-link: the node
+//! sends everything through the router, as on EC2. IPv6 forwarding is left to the CNI (ipamd's
+//! `install-cni`), as on a node.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,6 +142,8 @@ pub struct VpcNode {
     instance: InstanceInfo,
     subnet: SubnetInfo,
     hypervisor: Arc<Hypervisor>,
+    /// The primary ENI's first IPv6 address, configured on `eth0` at boot (IPv6 VPCs).
+    ipv6: Option<Ipv6Addr>,
 }
 
 impl Deref for VpcNode {
@@ -160,7 +168,14 @@ impl VpcNode {
             None => fabric.subnet().clone(),
         };
         let sg = fabric.security_group().to_owned();
-        let instance = ec2.run_instance(&spec.instance_type, &subnet, &sg, &spec.name)?;
+        let ipv6_addresses = u32::from(fabric.options().ipv6 && !subnet.ipv6_cidrs.is_empty());
+        let instance = ec2.run_instance(
+            &spec.instance_type,
+            &subnet,
+            &sg,
+            &spec.name,
+            ipv6_addresses,
+        )?;
         if spec.primary_secondary_ips > 0 {
             ec2.assign_private_ips(&instance.primary_eni, spec.primary_secondary_ips)?;
         }
@@ -240,17 +255,19 @@ impl VpcNode {
             instance,
             subnet,
             hypervisor,
+            ipv6: None,
         };
-        node.boot()?;
+        node.ipv6 = node.boot()?;
         if spec.start_ipamd {
             node.host.start_ipamd()?;
         }
         Ok(node)
     }
 
-    /// What the node OS does at boot once the hypervisor plugged the primary ENI in.
-    fn boot(&self) -> Result<(), VpcError> {
-        self.hypervisor.sync()?;
+    /// What the node OS does at boot once the hypervisor plugged the primary ENI in. Returns
+    /// the IPv6 address it configured, if the primary ENI has one (an IPv6 VPC).
+    fn boot(&self) -> Result<Option<Ipv6Addr>, VpcError> {
+        let snapshot = self.hypervisor.sync()?;
         let ns = self.host.ns();
         let eth0 = ns.link("eth0")?.ok_or_else(|| {
             VpcError::Hypervisor(format!(
@@ -273,6 +290,21 @@ impl VpcNode {
             self.subnet.cidr.prefix_len()
         );
         ns.ip(&["addr", "add", &address, "dev", "eth0"])?;
+        // DHCPv6's address, only in an IPv6 VPC (the router routes IPv6 only there).
+        let ipv6 = if self.hypervisor.routes_ipv6() {
+            snapshot
+                .enis
+                .get(&self.instance.primary_eni)
+                .and_then(|eni| eni.ipv6_addresses.first().copied())
+        } else {
+            None
+        };
+        if let Some(ip) = ipv6 {
+            // EC2 hands out unique addresses: skipping duplicate address detection saves the
+            // node a second before its addresses (the link-local too) can be used.
+            ns.sysctl("net.ipv6.conf.eth0.accept_dad", "0")?;
+            ns.ip(&["addr", "add", &format!("{ip}/128"), "dev", "eth0", "nodad"])?;
+        }
         ns.ip(&["link", "set", "eth0", "up"])?;
         ns.ip(&[
             "route",
@@ -283,8 +315,20 @@ impl VpcNode {
             "dev",
             "eth0",
         ])?;
+        if ipv6.is_some() {
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &router::ROUTER_LINK_LOCAL.to_string(),
+                "dev",
+                "eth0",
+            ])?;
+        }
         ns.sysctl("net.ipv4.ip_forward", "1")?;
-        Ok(())
+        Ok(ipv6)
     }
 
     /// The instance.
@@ -300,6 +344,12 @@ impl VpcNode {
     /// The node's primary address (`eth0`, `local-ipv4`).
     pub fn primary_ip(&self) -> Ipv4Addr {
         self.instance.private_ip
+    }
+
+    /// The node's IPv6 address (`eth0`'s `/128`, instance metadata's `ipv6`): the primary ENI's
+    /// first IPv6 address, in an IPv6 VPC.
+    pub fn primary_ipv6(&self) -> Option<Ipv6Addr> {
+        self.ipv6
     }
 
     /// The node's subnet (its primary ENI's).

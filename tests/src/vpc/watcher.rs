@@ -2,7 +2,8 @@
 //! simulated VPC in step with it, the way EC2's hypervisor and VPC fabric follow the EC2 API:
 //! an ENI attached to a node's instance appears in the node as `eth<device>` with the ENI's MAC
 //! (and goes away on detach), and the router routes every private address moto shows on an ENI
-//! to that ENI. Each poll that was applied to the kernel is then published to the instance
+//! to that ENI (in an IPv6 VPC also its IPv6 addresses and /80 prefixes, added and removed as
+//! moto changes). Each poll that was applied to the kernel is then published to the instance
 //! metadata view ([`MotoSource`]), so IMDS never shows an ENI or address the fabric does not
 //! deliver yet (ipamd waits for both), optionally with a lag to simulate stale IMDS.
 //!
@@ -74,6 +75,8 @@ pub struct Hypervisor {
     vpc_cidrs: Vec<Ipv4Net>,
     /// The VPC's IPv6 blocks ([`Hypervisor::set_vpc_ipv6_cidrs`], empty in an IPv4-only VPC).
     vpc_ipv6_cidrs: Mutex<Vec<Ipv6Net>>,
+    /// The router routes the ENIs' IPv6 addresses and prefixes (an IPv6 VPC).
+    route_ipv6: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,13 +84,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hypervisor {
-    /// Shared state for the VPC `vpc_id`; nothing runs until `Watcher::start`.
+    /// Shared state for the VPC `vpc_id`; nothing runs until `Watcher::start`. With
+    /// `route_ipv6` the router also routes the ENIs' IPv6 addresses and prefixes.
     pub fn new(
         ec2: Ec2,
         router: Arc<Netns>,
         vpc_id: &str,
         vpc_cidrs: Vec<Ipv4Net>,
         period: Duration,
+        route_ipv6: bool,
     ) -> Self {
         let region = ec2.region().to_owned();
         let empty = Arc::new(VpcSnapshot::empty(&region, vpc_id, vpc_cidrs.clone()));
@@ -115,6 +120,7 @@ impl Hypervisor {
             vpc_id: vpc_id.to_owned(),
             vpc_cidrs,
             vpc_ipv6_cidrs: Mutex::new(Vec::new()),
+            route_ipv6,
         }
     }
 
@@ -134,6 +140,16 @@ impl Hypervisor {
     /// the next poll on; the fabric sets them from `DescribeVpcs` at start.
     pub fn set_vpc_ipv6_cidrs(&self, cidrs: Vec<Ipv6Net>) {
         *lock(&self.vpc_ipv6_cidrs) = cidrs;
+    }
+
+    /// Whether the router routes the ENIs' IPv6 addresses and prefixes (an IPv6 VPC).
+    pub fn routes_ipv6(&self) -> bool {
+        self.route_ipv6
+    }
+
+    /// The VPC's IPv6 blocks as the next poll publishes them.
+    pub fn vpc_ipv6_cidrs(&self) -> Vec<Ipv6Net> {
+        lock(&self.vpc_ipv6_cidrs).clone()
     }
 
     /// Re-reads the VPC's IPv6 blocks and those of every subnet seen so far from EC2 (after
@@ -370,7 +386,7 @@ impl Hypervisor {
     }
 
     fn run(&self) {
-        let mut router_state = RouterState::default();
+        let mut router_state = RouterState::new(self.route_ipv6);
         let mut next = Instant::now();
         loop {
             let request = {

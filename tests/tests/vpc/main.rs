@@ -5,12 +5,15 @@
 //! cleanup) wait on the reference's timers and are kept few. `subnets` covers subnet discovery
 //! (several subnets, tags, `CLUSTER_NAME`), the low-address report and unmanaged ENIs;
 //! `prefixes` prefix delegation (moto's prefix extension, max pods, prefixes given back).
+//! `ipv6` the simulator in IPv6 (addresses and /80 prefixes routed to their ENIs, the
+//! source/destination check, the IPv6 internet host).
 //!
 //! They must run as root with moto installed and fail (never skip) when something is missing.
 #![allow(clippy::unwrap_used)]
 
 mod connectivity;
 mod fabric;
+mod ipv6;
 mod limits;
 mod maintenance;
 mod prefixes;
