@@ -1,6 +1,7 @@
 //! `aws-cni`: the CNI plugin of the Rust AWS VPC CNI. It asks ipamd (over gRPC on a Unix socket)
-//! for a VPC address and wires it into the pod: a veth pair, a /32 address, a link-local gateway
-//! with a static neighbour, and the host routes and policy rules of the reference plugin.
+//! for a VPC address and wires it into the pod: a veth pair, a /32 address (a /128 in an IPv6
+//! cluster), a link-local gateway with a static neighbour, and the host routes and policy rules of
+//! the reference plugin.
 //!
 //! `main.rs` only reads the environment and stdin and prints; [`plugin::run`] does the rest.
 
@@ -12,4 +13,5 @@ pub mod netlink;
 pub mod netns;
 pub mod plugin;
 pub mod pod_network;
+pub mod sysctl;
 pub mod timing;

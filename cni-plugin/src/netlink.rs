@@ -3,17 +3,18 @@
 //! the pod data plane needs. Errno outcomes ("already there", "already gone"), the structs dumps
 //! are read into and the requests ipamd makes too come from the contract crate's rtnetlink core
 //! ([`vpc_cni_contract::netlink`]); the veth pair, pod addresses and the gateway's neighbour
-//! entry are the plugin's own.
+//! entry are the plugin's own. Addresses are [`IpAddr`]: an IPv4 and an IPv6 pod go through the
+//! same requests.
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
 use nix::errno::Errno;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -21,7 +22,7 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 use vpc_cni_contract::dataplane::MAIN_TABLE;
 use vpc_cni_contract::netlink::{self as core, GONE};
-pub use vpc_cni_contract::netlink::{Link, Route, Rule, RuleSelector, RuleSpec};
+pub use vpc_cni_contract::netlink::{Family, Link, Route, Rule, RuleSelector, RuleSpec};
 
 use crate::netns::{Netns, NetnsError};
 
@@ -67,13 +68,13 @@ impl NetlinkError {
     }
 }
 
-/// An IPv4 neighbour entry.
+/// A neighbour entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Neighbour {
     /// Interface index.
     pub ifindex: u32,
     /// IP address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Link-layer address.
     pub mac: Option<[u8; 6]>,
     /// Whether the entry is PERMANENT.
@@ -249,12 +250,12 @@ impl Netlink {
         &self,
         index: u32,
         name: &str,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         prefix: u8,
     ) -> Result<(), NetlinkError> {
         self.handle
             .address()
-            .add(index, IpAddr::V4(ip), prefix)
+            .add(index, ip, prefix)
             .replace()
             .execute()
             .await
@@ -266,37 +267,57 @@ impl Netlink {
         &self,
         index: u32,
         name: &str,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         prefix: u8,
     ) -> Result<bool, NetlinkError> {
         // Built from the address alone: no dump is needed (see `core::del_address`).
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = Family::of(ip).address_family();
         msg.header.prefix_len = prefix;
         msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
-        msg.attributes
-            .push(AddressAttribute::Address(IpAddr::V4(ip)));
+        msg.attributes.push(AddressAttribute::Local(ip));
+        msg.attributes.push(AddressAttribute::Address(ip));
         core::del_address(&self.handle, msg)
             .await
             .map_err(self.failed(format_args!("delete address {ip}/{prefix} from {name}")))
     }
 
-    /// The IPv4 addresses (with prefix lengths) on a link.
-    pub async fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
-        let msgs = core::addresses(&self.handle, index)
+    /// The addresses (with prefix lengths) on a link: of `family`, or of every family.
+    pub async fn addresses(
+        &self,
+        index: u32,
+        family: Option<Family>,
+    ) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+        Ok(self
+            .address_states(index, family)
+            .await?
+            .into_iter()
+            .map(|(ip, len, _)| (ip, len))
+            .collect())
+    }
+
+    /// The addresses on a link with their prefix lengths and `IFA_F_*` flags (tentative,
+    /// dadfailed: the state of duplicate address detection).
+    pub async fn address_states(
+        &self,
+        index: u32,
+        family: Option<Family>,
+    ) -> Result<Vec<(IpAddr, u8, AddressFlags)>, NetlinkError> {
+        let msgs = core::addresses(&self.handle, index, family)
             .await
             .map_err(self.failed("list addresses"))?;
         Ok(msgs
             .iter()
-            .filter_map(|m| core::address_of(m).map(|ip| (ip, m.header.prefix_len)))
+            .filter_map(|m| {
+                core::address_of(m).map(|ip| (ip, m.header.prefix_len, core::address_flags(m)))
+            })
             .collect())
     }
 
     /// Adds or replaces `dst/prefix dev <oif> scope link` in `table`.
     pub async fn replace_link_route(
         &self,
-        dst: Ipv4Addr,
+        dst: IpAddr,
         prefix: u8,
         oif: u32,
         table: u32,
@@ -308,18 +329,23 @@ impl Netlink {
             )))
     }
 
-    /// Adds or replaces `default via <gw> dev <oif> onlink` in the main table.
-    pub async fn replace_default_route(&self, gw: Ipv4Addr, oif: u32) -> Result<(), NetlinkError> {
-        core::replace_default_route(&self.handle, gw, oif, MAIN_TABLE, true)
+    /// Adds or replaces `default via <gw> dev <oif>` in the main table, `onlink` if asked.
+    pub async fn replace_default_route(
+        &self,
+        gw: IpAddr,
+        oif: u32,
+        onlink: bool,
+    ) -> Result<(), NetlinkError> {
+        core::replace_default_route(&self.handle, gw, oif, MAIN_TABLE, onlink)
             .await
             .map_err(self.failed(format_args!("add default route via {gw} dev #{oif}")))
     }
 
-    /// Every IPv4 route of every table.
-    pub async fn routes(&self) -> Result<Vec<Route>, NetlinkError> {
-        core::routes(&self.handle)
+    /// Every route of `family`, of every table.
+    pub async fn routes(&self, family: Family) -> Result<Vec<Route>, NetlinkError> {
+        core::routes(&self.handle, family)
             .await
-            .map_err(self.failed("list routes"))
+            .map_err(self.failed(format_args!("list {family} routes")))
     }
 
     /// Deletes a route read back by [`Netlink::routes`]; `Ok(false)` if already gone.
@@ -337,12 +363,12 @@ impl Netlink {
     pub async fn replace_permanent_neighbour(
         &self,
         index: u32,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         mac: [u8; 6],
     ) -> Result<(), NetlinkError> {
         self.handle
             .neighbours()
-            .add(index, IpAddr::V4(ip))
+            .add(index, ip)
             .link_layer_address(&mac)
             .state(NeighbourState::Permanent)
             .replace()
@@ -354,13 +380,13 @@ impl Netlink {
             )))
     }
 
-    /// Every IPv4 neighbour entry.
-    pub async fn neighbours(&self) -> Result<Vec<Neighbour>, NetlinkError> {
+    /// Every neighbour entry: of `family`, or of both IP families (one dump).
+    pub async fn neighbours(&self, family: Option<Family>) -> Result<Vec<Neighbour>, NetlinkError> {
         let msgs: Vec<NeighbourMessage> = self
             .handle
             .neighbours()
             .get()
-            .set_address_family(AddressFamily::Inet)
+            .set_address_family(family.map_or(AddressFamily::Unspec, Family::address_family))
             .execute()
             .try_collect()
             .await
@@ -372,7 +398,12 @@ impl Netlink {
                 let mut mac = None;
                 for a in &m.attributes {
                     match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(*i),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => {
+                            ip = Some(IpAddr::V4(*i));
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(i)) => {
+                            ip = Some(IpAddr::V6(*i));
+                        }
                         NeighbourAttribute::LinkLayerAddress(l) => {
                             mac = <[u8; 6]>::try_from(l.as_slice()).ok();
                         }
@@ -396,14 +427,14 @@ impl Netlink {
             .map_err(self.failed(format_args!("add rule {spec}")))
     }
 
-    /// Every IPv4 rule.
-    pub async fn rules(&self) -> Result<Vec<Rule>, NetlinkError> {
-        core::rules(&self.handle)
+    /// Every rule of `family`.
+    pub async fn rules(&self, family: Family) -> Result<Vec<Rule>, NetlinkError> {
+        core::rules(&self.handle, family)
             .await
-            .map_err(self.failed("list rules"))
+            .map_err(self.failed(format_args!("list {family} rules")))
     }
 
-    /// Deletes every IPv4 rule `selector` matches, in any table, by value (no dump); returns
+    /// Deletes every rule `selector` matches, in any table, by value (no dump); returns
     /// how many went.
     pub async fn del_rules_matching(&self, selector: RuleSelector) -> Result<usize, NetlinkError> {
         core::del_rules_matching(&self.handle, &selector)

@@ -5,12 +5,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
 use common::fake_ipamd::FakeIpamd;
 use common::{
-    LINK_GONE_TIMEOUT, assert_no_addresses, cni_env, conf, exec_plugin, pings, pod_rules, routes_to,
+    LINK_GONE_TIMEOUT, assert_no_addresses, cni_env, conf, exec_plugin, has_tentative_v6, pings,
+    pings6, pod_rules, routes_to, silent6, v6_addresses_of, v6_routes_added,
 };
 use serde_json::{Value, json};
 use test_support::netns::Netns;
@@ -31,6 +32,9 @@ fn host_veth(name: &str) -> String {
     aws_cni::pod_network::host_veth_name("eni", "default", name)
 }
 
+/// The node's IPv6 address in an IPv6 cluster (on the host namespace's `lo`).
+const NODE_V6: &str = "2600:1f14:abc:de00::10";
+
 struct Node {
     host: Netns,
     ipamd: FakeIpamd,
@@ -38,7 +42,7 @@ struct Node {
 }
 
 impl Node {
-    fn new(pool: &[(Ipv4Addr, i32)]) -> Self {
+    fn new(pool: &[(IpAddr, i32)]) -> Self {
         let host = Netns::new("host").unwrap();
         host.ip(&["addr", "add", "10.0.0.10/32", "dev", "lo"])
             .unwrap();
@@ -49,6 +53,19 @@ impl Node {
             ipamd,
             log: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// A node of an IPv6 cluster: the host namespace also holds the node's IPv6 address and
+    /// forwards IPv6 (as `ipamd install-cni` sets it); ipamd hands out /128s.
+    fn v6(pool: &[(IpAddr, i32)]) -> Self {
+        let node = Self::new(pool);
+        node.host
+            .ip(&["-6", "addr", "add", &format!("{NODE_V6}/128"), "dev", "lo"])
+            .unwrap();
+        node.host
+            .sysctl("net.ipv6.conf.all.forwarding", "1")
+            .unwrap();
+        node
     }
 
     fn conf(&self, version: &str) -> Value {
@@ -98,7 +115,7 @@ fn mac_of(ns: &Netns, name: &str) -> String {
     link["address"].as_str().unwrap().to_string()
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
@@ -351,7 +368,7 @@ fn status_reports_whether_add_can_be_served() {
 
 /// Asserts the data plane ADD made for `ip` (design.md §1): pod address, routes and gateway
 /// neighbour, host route and rules. Returns the host veth's MAC.
-fn assert_attached(node: &Node, pod: &Netns, veth: &str, ip: Ipv4Addr, table: u32) -> String {
+fn assert_attached(node: &Node, pod: &Netns, veth: &str, ip: IpAddr, table: u32) -> String {
     let host_mac = mac_of(&node.host, veth);
     assert_eq!(pod.addresses_of("eth0").unwrap(), vec![format!("{ip}/32")]);
     let routes = pod.routes_all().unwrap();
@@ -401,7 +418,7 @@ fn assert_attached(node: &Node, pod: &Netns, veth: &str, ip: Ipv4Addr, table: u3
 
 /// Asserts DEL left the host neither routing `ip` nor holding its rules, and the pod's eth0
 /// without the address.
-fn assert_detached(node: &Node, pod: &Netns, ip: Ipv4Addr) {
+fn assert_detached(node: &Node, pod: &Netns, ip: IpAddr) {
     assert!(
         pod_rules(&node.host, ip).is_empty(),
         "{:?}",
@@ -561,4 +578,301 @@ fn late_0_3_1_del_of_an_old_sandbox_without_ipamd_keeps_the_new_sandbox() {
         .with(|s| assert_eq!(s.rules_at_release, vec![(ip("10.0.2.94"), 0)]));
     assert_attached(&node, &new_ns, &veth, ip("10.0.2.95"), 2);
     assert!(pings(&node.host, "10.0.2.95"));
+}
+
+/// Asserts the data plane ADD made for the IPv6 pod address `addr` (docs/ipv6.md): the settled
+/// /128 on eth0, `fe80::1` as gateway with its PERMANENT neighbour, and on the host the /128
+/// route to the veth and rule 512 only (table main). Returns the host veth's MAC.
+fn assert_attached_v6(node: &Node, pod: &Netns, veth: &str, addr: &str) -> String {
+    let host_mac = mac_of(&node.host, veth);
+    assert_eq!(
+        v6_addresses_of(pod, "eth0"),
+        vec![(format!("{addr}/128"), Vec::<String>::new())]
+    );
+    assert!(
+        !has_tentative_v6(pod, "eth0"),
+        "ADD returned before DAD ended"
+    );
+    let routes = v6_routes_added(pod);
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["dst"] == "fe80::1" && r["dev"] == "eth0"),
+        "{routes:?}"
+    );
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == "fe80::1" && r["dev"] == "eth0"),
+        "{routes:?}"
+    );
+    let neigh = pod.ip_json(&["-6", "neigh", "show"]).unwrap();
+    assert!(
+        neigh.iter().any(|n| n["dst"] == "fe80::1"
+            && n["lladdr"] == host_mac.as_str()
+            && n["state"].to_string().contains("PERMANENT")),
+        "{neigh:?}"
+    );
+    let host_routes = routes_to(&node.host, addr);
+    assert!(
+        host_routes.iter().any(|r| r["dev"] == veth),
+        "{host_routes:?}"
+    );
+    let rules = pod_rules(&node.host, ip(addr));
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert!(
+        rules[0]["priority"] == 512 && rules[0]["dst"] == addr && rules[0]["table"] == "main",
+        "{rules:?}"
+    );
+    host_mac
+}
+
+/// Asserts DEL left the host neither routing the IPv6 `addr` nor holding its rule, and the
+/// pod's eth0 without it.
+fn assert_detached_v6(node: &Node, pod: &Netns, addr: &str) {
+    assert!(pod_rules(&node.host, ip(addr)).is_empty());
+    let routes = routes_to(&node.host, addr);
+    assert!(routes.is_empty(), "{routes:?}");
+    let left = v6_addresses_of(pod, "eth0");
+    assert!(left.is_empty(), "the pod keeps {left:?}");
+}
+
+#[test]
+fn ipv6_add_check_del_cycle_against_ipamd() {
+    let addr = "2600:1f14:abc:de01:9f3c::20";
+    let node = Node::v6(&[(ip(addr), 254)]);
+    let pod = Netns::new("pod").unwrap();
+    let result = node.add_ok("1.0.0", "cid-a", &pod, "web-0");
+    let veth = host_veth("web-0");
+    let host_mac = assert_attached_v6(&node, &pod, &veth, addr);
+    let pod_mac = mac_of(&pod, "eth0");
+    assert_eq!(
+        result,
+        json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": veth, "mac": host_mac},
+                           {"name": "eth0", "mac": pod_mac, "sandbox": pod.path()}],
+            "ips": [{"address": format!("{addr}/128"), "interface": 1, "gateway": "fe80::1"}],
+            "routes": [{"dst": "::/0", "gw": "fe80::1"}],
+            "dns": {}
+        })
+    );
+    assert!(pings6(&node.host, addr), "node -> pod");
+    assert!(pings6(&pod, NODE_V6), "pod -> node");
+    assert_eq!(
+        node.host
+            .sysctl_get(&format!("net.ipv6.conf.{veth}.accept_ra"))
+            .unwrap(),
+        "0",
+        "the host veth takes no router advertisement from the pod"
+    );
+
+    let check_env = pod_env("CHECK", "cid-a", &pod.path(), "web-0");
+    let r = node.exec(&check_env, &node.with_prev("1.0.0", &result));
+    r.assert_ok();
+    assert_eq!(r.stdout, "");
+
+    // The pod's address removed: CHECK names it, with the code of any data-plane difference.
+    pod.ip(&["-6", "addr", "del", &format!("{addr}/128"), "dev", "eth0"])
+        .unwrap();
+    let r = node.exec(&check_env, &node.with_prev("1.0.0", &result));
+    r.assert_error(100, &format!("address {addr}/128 is missing on eth0"));
+
+    // DEL: the host's route and rule go before ipamd is told.
+    let del_env = pod_env("DEL", "cid-a", &pod.path(), "web-0");
+    node.exec(&del_env, &node.with_prev("1.0.0", &result))
+        .assert_ok();
+    assert_detached_v6(&node, &pod, addr);
+    assert!(silent6(&node.host, addr), "node -> deleted pod");
+    node.ipamd.with(|s| {
+        assert_eq!(s.rules_at_release, vec![(ip(addr), 0)]);
+        assert_eq!(s.del_requests[0].reason, "PodDeleted");
+        assert!(s.assigned.is_empty());
+    });
+    node.exec(&del_env, &node.with_prev("1.0.0", &result))
+        .assert_ok();
+    let r = node.exec(&check_env, &node.with_prev("1.0.0", &result));
+    assert_eq!(r.code(), 101, "{}", r.stdout);
+    drop(pod);
+    assert!(node.host.wait_link_gone(&veth, LINK_GONE_TIMEOUT).unwrap());
+}
+
+#[test]
+fn ipv6_results_of_0_3_1_and_0_4_0_carry_version_6() {
+    let a31 = "2600:1f14:abc:de01:9f3c::31";
+    let a40 = "2600:1f14:abc:de01:9f3c::40";
+    let node = Node::v6(&[(ip(a31), 254), (ip(a40), 254)]);
+    for (version, addr, name, with_prev) in [
+        ("0.3.1", a31, "web-31", false),
+        ("0.4.0", a40, "web-40", true),
+    ] {
+        let pod = Netns::new("pod").unwrap();
+        let cid = format!("cid-{name}");
+        let result = node.add_ok(version, &cid, &pod, name);
+        let veth = host_veth(name);
+        let host_mac = assert_attached_v6(&node, &pod, &veth, addr);
+        assert_eq!(
+            result,
+            json!({
+                "cniVersion": version,
+                "interfaces": [{"name": veth, "mac": host_mac},
+                               {"name": "eth0", "mac": mac_of(&pod, "eth0"), "sandbox": pod.path()}],
+                "ips": [{"version": "6", "address": format!("{addr}/128"), "interface": 1,
+                         "gateway": "fe80::1"}],
+                "routes": [{"dst": "::/0", "gw": "fe80::1"}],
+                "dns": {}
+            }),
+            "{version}"
+        );
+        assert!(pings6(&node.host, addr), "{version}: node -> pod");
+        if with_prev {
+            let check_env = pod_env("CHECK", &cid, &pod.path(), name);
+            node.exec(&check_env, &node.with_prev(version, &result))
+                .assert_ok();
+        }
+        // 0.3.1 DEL has no prevResult: ipamd names the address.
+        let conf = if with_prev {
+            node.with_prev(version, &result)
+        } else {
+            node.conf(version)
+        };
+        let del_env = pod_env("DEL", &cid, &pod.path(), name);
+        node.exec(&del_env, &conf).assert_ok();
+        assert_detached_v6(&node, &pod, addr);
+        node.ipamd
+            .with(|s| assert_eq!(s.rules_at_release.last(), Some(&(ip(addr), 0))));
+    }
+}
+
+#[test]
+fn two_ipv6_pods_on_one_node_ping_each_other() {
+    let (a, b) = ("2600:1f14:abc:de01:9f3c::a", "2600:1f14:abc:de01:9f3c::b");
+    let node = Node::v6(&[(ip(a), 254), (ip(b), 254)]);
+    let pod_a = Netns::new("pod").unwrap();
+    let pod_b = Netns::new("pod").unwrap();
+    node.add_ok("1.0.0", "cid-a", &pod_a, "web-a");
+    node.add_ok("1.0.0", "cid-b", &pod_b, "web-b");
+    assert!(pings6(&pod_a, b), "a -> b");
+    assert!(pings6(&pod_b, a), "b -> a");
+}
+
+#[test]
+fn ipv6_del_without_ipamd_cleans_up_from_prev_result_or_the_pod() {
+    let (a, b, c) = (
+        "2600:1f14:abc:de01:9f3c::50",
+        "2600:1f14:abc:de01:9f3c::51",
+        "2600:1f14:abc:de01:9f3c::52",
+    );
+    let node = Node::v6(&[(ip(a), 254), (ip(b), 254), (ip(c), 254)]);
+    let pod_a = Netns::new("pod").unwrap();
+    let pod_b = Netns::new("pod").unwrap();
+    let pod_c = Netns::new("pod").unwrap();
+    let result_a = node.add_ok("1.0.0", "cid-a", &pod_a, "web-a");
+    node.add_ok("0.3.1", "cid-b", &pod_b, "web-b");
+    let veth_c = node.attach("1.0.0", "cid-c", &pod_c, "web-c");
+
+    // ipamd unreachable: the cached result names the address.
+    let mut conf = node.conf_without_ipamd("1.0.0");
+    conf["prevResult"] = result_a;
+    node.exec(&pod_env("DEL", "cid-a", &pod_a.path(), "web-a"), &conf)
+        .assert_ok();
+    assert_detached_v6(&node, &pod_a, a);
+    // Neither prevResult (0.3.1) nor ipamd: the pod's eth0 names it.
+    node.exec(
+        &pod_env("DEL", "cid-b", &pod_b.path(), "web-b"),
+        &node.conf_without_ipamd("0.3.1"),
+    )
+    .assert_ok();
+    assert_detached_v6(&node, &pod_b, b);
+    // ipamd was not told; the third pod is untouched.
+    node.ipamd.with(|s| {
+        assert!(s.del_requests.is_empty());
+        assert_eq!(s.assigned.len(), 3);
+    });
+    assert_attached_v6(&node, &pod_c, &veth_c, c);
+    assert!(pings6(&node.host, c));
+}
+
+#[test]
+fn ipv6_gc_releases_attachments_not_in_the_valid_list() {
+    let (keep_ip, gone_ip) = ("2600:1f14:abc:de01:9f3c::70", "2600:1f14:abc:de01:9f3c::71");
+    let node = Node::v6(&[(ip(keep_ip), 254), (ip(gone_ip), 254)]);
+    let keep = Netns::new("pod").unwrap();
+    let gone = Netns::new("pod").unwrap();
+    let kept = node.add_ok("1.1.0", "cid-keep", &keep, "keep");
+    let gone_veth = node.attach("1.1.0", "cid-gone", &gone, "gone");
+    let mut c = node.conf("1.1.0");
+    c["cni.dev/valid-attachments"] = json!([{"containerID": "cid-keep", "ifname": "eth0"}]);
+    let env = HashMap::from([
+        ("CNI_COMMAND", "GC".to_string()),
+        ("CNI_PATH", "/opt/cni/bin".to_string()),
+    ]);
+    node.exec(&env, &c).assert_ok();
+    assert!(node.host.link(&gone_veth).unwrap().is_none());
+    assert!(pod_rules(&node.host, ip(gone_ip)).is_empty());
+    assert!(routes_to(&node.host, gone_ip).is_empty());
+    node.ipamd
+        .with(|s| assert_eq!(s.free, vec![(ip(gone_ip), 254)]));
+    let check_env = pod_env("CHECK", "cid-keep", &keep.path(), "keep");
+    node.exec(&check_env, &node.with_prev("1.1.0", &kept))
+        .assert_ok();
+}
+
+#[test]
+fn a_failed_ipv6_setup_rolls_back_and_returns_the_address() {
+    let addr = "2600:1f14:abc:de01:9f3c::60";
+    let node = Node::v6(&[(ip(addr), 254)]);
+    // A host whose new links come with IPv6 off: the route to the pod's host veth is refused
+    // (EACCES, "IPv6 is disabled on nexthop device") after the pod side was built.
+    node.host
+        .sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+        .unwrap();
+    let pod = Netns::new("pod").unwrap();
+    let links = node.host.link_names().unwrap();
+    let r = node.add("1.0.0", "cid-a", &pod, "web-0");
+    r.assert_error(120, &format!("add route {addr}/128"));
+    // Nothing of the pod is left: no veth (host or pod end), route or rule; the address is back.
+    assert_eq!(node.host.link_names().unwrap(), links);
+    assert_eq!(pod.link_names().unwrap(), vec!["lo".to_string()]);
+    assert!(pod_rules(&node.host, ip(addr)).is_empty());
+    assert!(routes_to(&node.host, addr).is_empty());
+    node.ipamd.with(|s| {
+        assert_eq!(s.del_requests.len(), 1);
+        assert_eq!(s.del_requests[0].reason, "SetupNSFailed");
+        assert!(s.assigned.is_empty());
+        assert_eq!(s.free, vec![(ip(addr), 254)]);
+    });
+}
+
+/// An edit of AddNetwork's allocation by the fake ipamd.
+type Mangle = fn(&mut common::fake_ipamd::rpc::IpAllocationMetadata);
+
+#[test]
+fn dual_stack_or_empty_replies_are_refused_and_the_address_returned() {
+    let addr = "2600:1f14:abc:de01:9f3c::61";
+    let node = Node::v6(&[(ip(addr), 254)]);
+    let pod = Netns::new("pod").unwrap();
+    let links = node.host.link_names().unwrap();
+    let cases: [(Mangle, &str); 2] = [
+        (
+            |m| m.i_pv4_addr = "10.0.2.99".into(),
+            "dual-stack pods are not supported",
+        ),
+        (
+            |m| m.i_pv6_addr.clear(),
+            "no address (neither IPv4 nor IPv6)",
+        ),
+    ];
+    for (i, (mangle, needle)) in cases.into_iter().enumerate() {
+        node.ipamd.with(|s| s.mangle_add_reply = Some(mangle));
+        let r = node.add("1.0.0", "cid-a", &pod, "web-0");
+        r.assert_error(110, needle);
+        assert_eq!(node.host.link_names().unwrap(), links);
+        assert_eq!(pod.link_names().unwrap(), vec!["lo".to_string()]);
+        node.ipamd.with(|s| {
+            assert_eq!(s.del_requests.len(), i + 1);
+            assert_eq!(s.del_requests[i].reason, "SetupNSFailed");
+            assert!(s.assigned.is_empty());
+        });
+    }
 }

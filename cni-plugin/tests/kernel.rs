@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use aws_cni::netlink::{Netlink, format_mac};
@@ -13,24 +13,29 @@ use aws_cni::netns::Netns;
 use aws_cni::pod_network::{
     self, HostVethRef, PodNetworkError, PodSpec, SetupOutcome, host_veth_name,
 };
-use common::{LINK_GONE_TIMEOUT, assert_no_addresses, pings, pod_rules, routes_to};
+use common::{
+    LINK_GONE_TIMEOUT, assert_no_addresses, has_tentative_v6, pings, pings6, pod_rules, routes_to,
+    silent6, v6_addresses_of, v6_routes_added,
+};
 use serde_json::Value;
 use test_support::netns::Netns as TestNetns;
 
 const HOST_ADDR: &str = "10.200.0.1";
+/// The node's IPv6 address (on `lo` of the host namespace, as [`HOST_ADDR`]).
+const HOST_ADDR_V6: &str = "2600:1f14:abc:de00::10";
 
 #[derive(Clone)]
 struct Pod {
-    ip: Ipv4Addr,
+    ip: IpAddr,
     table: u32,
     veth: String,
     ifname: String,
 }
 
 impl Pod {
-    fn new(ip: [u8; 4], table: u32, name: &str) -> Self {
+    fn new(ip: impl Into<IpAddr>, table: u32, name: &str) -> Self {
         Self {
-            ip: Ipv4Addr::from(ip),
+            ip: ip.into(),
             table,
             veth: host_veth_name("eni", "default", name),
             ifname: "eth0".into(),
@@ -86,8 +91,9 @@ fn setup(host: &TestNetns, pod_ns: &TestNetns, pod: &Pod) -> Result<SetupOutcome
     let (path, pod) = (pod_ns.path(), pod.clone());
     host.block_on_in(move || async move {
         let host_ns = Netns::current().unwrap();
+        let pod_ns = Netns::open(&path).unwrap();
         let (h, p) = connections(&path);
-        pod_network::setup(&h, &host_ns, &p, &pod.spec()).await
+        pod_network::setup(&h, &host_ns, &p, &pod_ns, &pod.spec()).await
     })
     .unwrap()
 }
@@ -216,6 +222,8 @@ fn setup_builds_the_reference_data_plane_and_traffic_flows() {
     assert_eq!(veth["mtu"], 9001);
     assert_eq!(veth["address"], host_mac.as_str());
     assert_eq!(pod.veth, "eni0d7763386da");
+    // The reference's IPv6 hardening of every host veth, whatever the pod's family.
+    assert_host_veth_hardened(&host, &pod.veth);
     let host_routes = host.routes_all().unwrap();
     assert!(
         host_routes.iter().any(|r| r["dst"] == "10.200.0.5"
@@ -612,4 +620,382 @@ fn a_node_link_with_the_veth_name_is_never_replaced() {
         "nothing made in the pod"
     );
     assert!(pod_rules(&host, pod.ip).is_empty());
+}
+
+/// The host end's IPv6 sysctls as the reference sets them before it comes up: no router
+/// advertisements from the pod, redirects accepted, no forwarding on the link.
+fn assert_host_veth_hardened(host: &TestNetns, veth: &str) {
+    for (key, want) in [
+        ("accept_ra", "0"),
+        ("accept_redirects", "1"),
+        ("forwarding", "0"),
+    ] {
+        let k = format!("net.ipv6.conf.{veth}.{key}");
+        assert_eq!(host.sysctl_get(&k).unwrap(), want, "{k}");
+    }
+}
+
+/// A node for IPv6 pods: the host namespace holds the node's IPv6 address and forwards IPv6 (as
+/// `ipamd install-cni` sets it); the pod namespace comes with IPv6 off on its interfaces, which
+/// the plugin must turn on for the pod's interface and `lo`.
+fn v6_node() -> (TestNetns, TestNetns) {
+    let (host, pod) = node();
+    host.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{HOST_ADDR_V6}/128"),
+        "dev",
+        "lo",
+    ])
+    .unwrap();
+    host.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    v6_off(&pod);
+    (host, pod)
+}
+
+/// Turns IPv6 off for `lo` and every interface created from now on in `ns`.
+fn v6_off(ns: &TestNetns) {
+    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+        .unwrap();
+    ns.sysctl("net.ipv6.conf.lo.disable_ipv6", "1").unwrap();
+}
+
+fn v6(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// An IPv6 pod as ipamd's IPv6 mode assigns it: a /128 of the primary ENI's /80, table main.
+fn v6_pod(ip: &str, name: &str) -> Pod {
+    Pod::new(v6(ip), 254, name)
+}
+
+#[test]
+fn ipv6_setup_builds_the_reference_data_plane_and_traffic_flows() {
+    let (host, pod_ns) = v6_node();
+    let pod = v6_pod("2600:1f14:abc:de01:9f3c::5", "web-v6");
+    let out = setup(&host, &pod_ns, &pod).unwrap();
+    let host_mac = format_mac(&out.host_mac);
+    let ip = pod.ip.to_string();
+
+    // Pod side: the /128, settled (setup waited for duplicate address detection), on an
+    // interface with IPv6 turned on, like the pod's lo.
+    let eth0 = pod_ns.link("eth0").unwrap().expect("eth0 in pod");
+    assert!(has_flag(&eth0, "UP"), "{eth0}");
+    assert_eq!(eth0["mtu"], 9001);
+    assert_eq!(eth0["address"], format_mac(&out.container_mac).as_str());
+    assert_eq!(
+        v6_addresses_of(&pod_ns, "eth0"),
+        vec![(format!("{ip}/128"), Vec::<String>::new())]
+    );
+    assert!(
+        !has_tentative_v6(&pod_ns, "eth0"),
+        "{:?}",
+        pod_ns.ip_json(&["-6", "addr", "show", "dev", "eth0"])
+    );
+    // No IPv4 address on an IPv6 pod.
+    assert_no_addresses(&pod_ns, "eth0");
+    for key in [
+        "net.ipv6.conf.eth0.disable_ipv6",
+        "net.ipv6.conf.lo.disable_ipv6",
+    ] {
+        assert_eq!(pod_ns.sysctl_get(key).unwrap(), "0", "{key}");
+    }
+    // Routes: fe80::1/128 on the link and the default through it (no `onlink`), nothing else
+    // but what the kernel adds for the addresses.
+    let routes = v6_routes_added(&pod_ns)
+        .into_iter()
+        .filter(|r| r["protocol"] != "kernel")
+        .collect::<Vec<_>>();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["dst"] == "fe80::1" && r["dev"] == "eth0" && r.get("gateway").is_none()),
+        "{routes:?}"
+    );
+    assert!(
+        routes.iter().any(|r| r["dst"] == "default"
+            && r["gateway"] == "fe80::1"
+            && r["dev"] == "eth0"
+            && !has_flag(r, "onlink")),
+        "{routes:?}"
+    );
+    assert!(
+        common::routes_all(&pod_ns, "-4").is_empty(),
+        "no IPv4 route in an IPv6 pod"
+    );
+    let neigh = pod_ns.ip_json(&["-6", "neigh", "show"]).unwrap();
+    assert!(
+        neigh.iter().any(|n| n["dst"] == "fe80::1"
+            && n["dev"] == "eth0"
+            && n["lladdr"] == host_mac.as_str()
+            && n["state"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x == "PERMANENT"))),
+        "neighbour: {neigh:?}"
+    );
+
+    // Host side: the veth, hardened; the /128 to it in main; rule 512 in the IPv6 rule table
+    // and no 1536 rule (table main).
+    let veth = host.link(&pod.veth).unwrap().expect("host veth");
+    assert!(has_flag(&veth, "UP"), "{veth}");
+    assert_eq!(veth["mtu"], 9001);
+    assert_eq!(veth["address"], host_mac.as_str());
+    assert_host_veth_hardened(&host, &pod.veth);
+    let host_routes = routes_to(&host, &ip);
+    assert_eq!(host_routes.len(), 1, "{host_routes:?}");
+    assert_eq!(host_routes[0]["dev"], pod.veth.as_str());
+    assert!(host_routes[0].get("gateway").is_none(), "{host_routes:?}");
+    let rules = pod_rules(&host, pod.ip);
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["priority"], 512);
+    assert_eq!(rules[0]["dst"], ip.as_str());
+    assert_eq!(rules[0]["table"], "main");
+    assert!(
+        host.rule_lines().unwrap().iter().all(|l| !l.contains(&ip)),
+        "nothing of the pod in the IPv4 rules"
+    );
+
+    assert!(pings6(&host, &ip), "host -> pod ping -6");
+    assert!(pings6(&pod_ns, HOST_ADDR_V6), "pod -> host ping -6");
+    assert_checks(&host, &pod_ns, &pod);
+}
+
+#[test]
+fn two_ipv6_pods_on_one_node_reach_each_other() {
+    let (host, a_ns) = v6_node();
+    let b_ns = TestNetns::new("pod2").unwrap();
+    v6_off(&b_ns);
+    let a = v6_pod("2600:1f14:abc:de01:9f3c::a", "web-a");
+    let b = v6_pod("2600:1f14:abc:de01:9f3c::b", "web-b");
+    setup(&host, &a_ns, &a).unwrap();
+    setup(&host, &b_ns, &b).unwrap();
+    assert!(pings6(&a_ns, &b.ip.to_string()), "a -> b");
+    assert!(pings6(&b_ns, &a.ip.to_string()), "b -> a");
+    assert_checks(&host, &a_ns, &a);
+    assert_checks(&host, &b_ns, &b);
+}
+
+#[test]
+fn ipv6_check_names_a_removed_address_route_and_neighbour() {
+    let (host, pod_ns) = v6_node();
+    let pod = v6_pod("2600:1f14:abc:de01:9f3c::7", "web-v6c");
+    setup(&host, &pod_ns, &pod).unwrap();
+    assert_checks(&host, &pod_ns, &pod);
+
+    let ip = pod.ip.to_string();
+    pod_ns
+        .ip(&["-6", "addr", "del", &format!("{ip}/128"), "dev", "eth0"])
+        .unwrap();
+    let diffs = check(&host, &pod_ns, &pod);
+    assert_eq!(
+        diffs,
+        vec![format!("address {ip}/128 is missing on eth0")],
+        "{diffs:?}"
+    );
+
+    pod_ns.ip(&["-6", "route", "del", "default"]).unwrap();
+    pod_ns
+        .ip(&["-6", "neigh", "del", "fe80::1", "dev", "eth0"])
+        .unwrap();
+    host.ip(&["-6", "rule", "del", "priority", "512", "to", &ip])
+        .unwrap();
+    host.ip(&["-6", "route", "del", &ip]).unwrap();
+    let diffs = check(&host, &pod_ns, &pod);
+    for want in [
+        format!("host route {ip}/128 dev {} scope link is missing", pod.veth),
+        format!("rule 512 `to {ip} lookup main` is missing"),
+        "pod default route via fe80::1 dev eth0 is missing".to_string(),
+        "neighbour fe80::1 on eth0 is missing".to_string(),
+    ] {
+        assert!(diffs.contains(&want), "{want:?} not in {diffs:?}");
+    }
+}
+
+#[test]
+fn ipv6_teardown_leaves_nothing_of_the_pod_on_the_host() {
+    let (host, pod_ns) = v6_node();
+    let pod = v6_pod("2600:1f14:abc:de01:9f3c::8", "web-v6d");
+    let other_ns = TestNetns::new("pod2").unwrap();
+    let other = v6_pod("2600:1f14:abc:de01:9f3c::9", "web-v6e");
+    let out = setup(&host, &pod_ns, &pod).unwrap();
+    setup(&host, &other_ns, &other).unwrap();
+    let ip = pod.ip.to_string();
+
+    let errors = teardown_with_mac(&host, Some(pod_ns.path()), &pod, Some(out.host_mac));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_host_unrouted(&host, &pod);
+    assert!(
+        v6_addresses_of(&pod_ns, "eth0").is_empty(),
+        "the pod keeps {:?}",
+        v6_addresses_of(&pod_ns, "eth0")
+    );
+    assert!(silent6(&host, &ip), "the host still reaches the pod");
+    // The neighbour pod is untouched.
+    assert_eq!(pod_rules(&host, other.ip).len(), 1);
+    assert_checks(&host, &other_ns, &other);
+    assert!(pings6(&host, &other.ip.to_string()));
+
+    // Again: nothing left, no error. The namespace's removal frees the pair.
+    assert!(teardown(&host, Some(pod_ns.path()), &pod).is_empty());
+    drop(pod_ns);
+    assert!(host.wait_link_gone(&pod.veth, LINK_GONE_TIMEOUT).unwrap());
+    assert_host_clean(&host, &pod);
+}
+
+#[test]
+fn ipv6_gc_teardown_removes_the_rule_route_and_veth() {
+    let (host, _pod_ns) = v6_node();
+    let pod = v6_pod("2600:1f14:abc:de01:9f3c::c", "web-v6f");
+    setup(&host, &_pod_ns, &pod).unwrap();
+    let ip = pod.ip;
+    let errors = host
+        .block_on_in(move || async move {
+            let h = Netlink::current().unwrap();
+            pod_network::teardown_released(&h, &[ip]).await
+        })
+        .unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_host_clean(&host, &pod);
+}
+
+#[test]
+fn the_ipv6_pod_interface_names_its_address_and_host_veth_for_a_del_without_prev_result() {
+    let (host, pod_ns) = v6_node();
+    let pod = v6_pod("2600:1f14:abc:de01:9f3c::d", "web-v6g");
+    let out = setup(&host, &pod_ns, &pod).unwrap();
+    let side = read_pod_side(&pod_ns, "eth0").expect("eth0 exists");
+    // The /128 only: the kernel's fe80:: of eth0 is not the pod's address.
+    assert_eq!(
+        side,
+        pod_network::PodSide {
+            ips: vec![pod.ip],
+            mac: Some(out.container_mac),
+            host_veth_mac: Some(out.host_mac),
+        }
+    );
+    let errors = teardown_with_mac(&host, Some(pod_ns.path()), &pod, side.host_veth_mac);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_host_unrouted(&host, &pod);
+    assert!(read_pod_side(&pod_ns, "eth0").unwrap().ips.is_empty());
+}
+
+#[test]
+fn ipv6_rules_are_deleted_by_value_and_ipv4_ones_stay() {
+    let (host, _pod_ns) = node();
+    let ip = "2600:1f14:abc:de01:9f3c::e";
+    for args in [
+        vec![
+            "-6", "rule", "add", "to", ip, "lookup", "main", "priority", "512",
+        ],
+        vec![
+            "-6", "rule", "add", "from", ip, "lookup", "2", "priority", "1536",
+        ],
+        vec![
+            "-6", "rule", "add", "from", ip, "lookup", "3", "priority", "1536",
+        ],
+        vec![
+            "-6", "rule", "add", "from", ip, "lookup", "2", "priority", "1537",
+        ],
+        vec![
+            "-4",
+            "rule",
+            "add",
+            "to",
+            "10.200.0.43",
+            "lookup",
+            "main",
+            "priority",
+            "512",
+        ],
+    ] {
+        host.ip(&args).unwrap();
+    }
+    let errors = delete_rules_for(&host, ip);
+    assert!(errors.is_empty(), "{errors:?}");
+    let left: Vec<String> = host
+        .ip(&["-6", "rule", "show"])
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(ip))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with("1537:"), "{left:?}");
+    assert_eq!(pod_rules(&host, "10.200.0.43".parse().unwrap()).len(), 1);
+}
+
+/// `pod_network::wait_until_addresses_settle` on `eth0` of `ns` with a short timeout.
+fn settle(ns: &TestNetns, timeout_ms: u64) -> (Result<(), PodNetworkError>, std::time::Duration) {
+    let path = ns.path();
+    ns.block_on_in(move || async move {
+        let pod_ns = Netns::open(&path).unwrap();
+        let p = Netlink::in_netns(&pod_ns).unwrap();
+        let idx = p.link_by_name("eth0").await.unwrap().unwrap().index;
+        let start = std::time::Instant::now();
+        let res = pod_network::wait_until_addresses_settle(
+            &p,
+            idx,
+            "eth0",
+            std::time::Duration::from_millis(timeout_ms),
+            pod_network::DAD_POLL_INTERVAL,
+        )
+        .await;
+        (res, start.elapsed())
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_dad_wait_times_out_naming_the_tentative_addresses() {
+    let (_host, pod_ns) = node();
+    // The peer stays down: no carrier, so duplicate address detection never completes.
+    pod_ns
+        .ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+        ])
+        .unwrap();
+    pod_ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    pod_ns
+        .ip(&["-6", "addr", "add", "2600:1f14::1/128", "dev", "eth0"])
+        .unwrap();
+    let (res, took) = settle(&pod_ns, 300);
+    match res {
+        Err(e @ PodNetworkError::DadTimeout { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("2600:1f14::1")
+                    && msg.contains("on eth0")
+                    && msg.contains("tentative")
+                    && msg.contains("300ms"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected DadTimeout, got {other:?}"),
+    }
+    assert!(took >= std::time::Duration::from_millis(300), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn a_duplicate_address_ends_the_dad_wait_at_once() {
+    let (_host, pod_ns) = node();
+    for line in [
+        "link add eth0 type veth peer name peer0",
+        "link set peer0 up",
+        "-6 addr add 2600:1f14::2/128 dev peer0 nodad",
+        "link set eth0 up",
+        "-6 addr add 2600:1f14::2/128 dev eth0",
+    ] {
+        common::ip(&pod_ns, line);
+    }
+    let (res, took) = settle(&pod_ns, 5000);
+    match res {
+        Err(e @ PodNetworkError::DadFailed { .. }) => {
+            assert!(e.to_string().contains("2600:1f14::2 on eth0"), "{e}");
+        }
+        other => panic!("expected DadFailed, got {other:?}"),
+    }
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
 }

@@ -7,16 +7,20 @@
 //! Outcomes follow the errno (never the message text): on teardown ENOENT, ESRCH, ENODEV and
 //! EADDRNOTAVAIL mean "already gone" and count as done (`Ok(false)`); adding a rule that exists
 //! (EEXIST) is `Ok(false)` too.
+//!
+//! Both address families go through the same requests: addresses are [`IpAddr`] and prefixes
+//! [`IpNet`], and a dump names the [`Family`] it reads (an IPv4 pod's requests are the bytes
+//! they were before IPv6 existed here).
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use nix::errno::Errno;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoKind, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -25,6 +29,58 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+
+/// An address family of the data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4 (`AF_INET`).
+    V4,
+    /// IPv6 (`AF_INET6`).
+    V6,
+}
+
+impl Family {
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    /// The prefix length of one address: 32 or 128.
+    pub fn host_prefix_len(self) -> u8 {
+        match self {
+            Self::V4 => 32,
+            Self::V6 => 128,
+        }
+    }
+
+    /// The rtnetlink address family.
+    pub fn address_family(self) -> AddressFamily {
+        match self {
+            Self::V4 => AddressFamily::Inet,
+            Self::V6 => AddressFamily::Inet6,
+        }
+    }
+
+    fn ip_version(self) -> IpVersion {
+        match self {
+            Self::V4 => IpVersion::V4,
+            Self::V6 => IpVersion::V6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    /// `IPv4` or `IPv6`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        })
+    }
+}
 
 /// Errnos meaning "the object is already gone" on teardown.
 pub const GONE: [Errno; 4] = [
@@ -142,15 +198,15 @@ pub async fn links(handle: &Handle) -> Result<Vec<Link>, rtnetlink::Error> {
         .await
 }
 
-/// An IPv4 route as read back from the kernel.
+/// An IPv4 or IPv6 route as read back from the kernel.
 #[derive(Clone, Debug)]
 pub struct Route {
     /// Destination (`None`: the default route).
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
     /// Destination prefix length.
     pub prefix_len: u8,
     /// Gateway.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// Output interface index.
     pub oif: Option<u32>,
     /// Scope.
@@ -163,9 +219,12 @@ pub struct Route {
 }
 
 impl Route {
-    /// Reads an IPv4 route message; `None` for another family.
+    /// Reads an IPv4 or IPv6 route message; `None` for another family.
     pub fn from_message(m: RouteMessage) -> Option<Self> {
-        if m.header.address_family != AddressFamily::Inet {
+        if !matches!(
+            m.header.address_family,
+            AddressFamily::Inet | AddressFamily::Inet6
+        ) {
             return None;
         }
         let mut r = Self {
@@ -180,8 +239,8 @@ impl Route {
         };
         for a in &m.attributes {
             match a {
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => r.dst = Some(*ip),
-                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => r.gateway = Some(*ip),
+                RouteAttribute::Destination(a) => r.dst = route_address(a),
+                RouteAttribute::Gateway(a) => r.gateway = route_address(a),
                 RouteAttribute::Oif(i) => r.oif = Some(*i),
                 // Tables above 255 only fit the attribute; it wins over the header's byte.
                 RouteAttribute::Table(t) => r.table = *t,
@@ -190,6 +249,15 @@ impl Route {
         }
         r.message = m;
         Some(r)
+    }
+
+    /// Its family.
+    pub fn family(&self) -> Family {
+        if self.message.header.address_family == AddressFamily::Inet6 {
+            Family::V6
+        } else {
+            Family::V4
+        }
     }
 
     /// The destination as `ip route` shows it: `default` or `<ip>/<len>`.
@@ -201,33 +269,58 @@ impl Route {
     }
 }
 
-/// Every IPv4 route of every table.
+fn route_address(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
+}
+
+/// A route request of `family` (the defaults of rtnetlink's typed builders: main table,
+/// protocol static, scope universe, unicast).
+fn route_message(family: Family) -> RouteMessageBuilder<IpAddr> {
+    let mut b = RouteMessageBuilder::<IpAddr>::new();
+    b.get_mut().header.address_family = family.address_family();
+    b
+}
+
+/// A route the builder refused (a prefix longer than the family's): a caller's bug, reported
+/// as rtnetlink reports a bad attribute.
+fn invalid_route(e: impl fmt::Display) -> rtnetlink::Error {
+    rtnetlink::Error::InvalidNla(e.to_string())
+}
+
+/// Every route of `family`, of every table.
 ///
 /// # Errors
 /// The dump failed.
-pub async fn routes(handle: &Handle) -> Result<Vec<Route>, rtnetlink::Error> {
+pub async fn routes(handle: &Handle, family: Family) -> Result<Vec<Route>, rtnetlink::Error> {
     let msgs: Vec<_> = handle
         .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .get(route_message(family).build())
         .execute()
         .try_collect()
         .await?;
     Ok(msgs.into_iter().filter_map(Route::from_message).collect())
 }
 
-/// Adds or replaces `dst/prefix dev <oif> scope link` in `table`.
+/// Adds or replaces `dst/prefix dev <oif> scope link` in `table` (the kernel keeps no scope
+/// for IPv6 routes: it reads them back as `universe`).
 ///
 /// # Errors
 /// The kernel refused it.
 pub async fn replace_link_route(
     handle: &Handle,
-    dst: Ipv4Addr,
+    dst: impl Into<IpAddr>,
     prefix: u8,
     oif: u32,
     table: u32,
 ) -> Result<(), rtnetlink::Error> {
-    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+    let dst = dst.into();
+    let msg = route_message(Family::of(dst))
         .destination_prefix(dst, prefix)
+        .map_err(invalid_route)?
         .output_interface(oif)
         .scope(RouteScope::Link)
         .table_id(table)
@@ -235,20 +328,23 @@ pub async fn replace_link_route(
     handle.route().add(msg).replace().execute().await
 }
 
-/// Adds or replaces `default via <gw> dev <oif>` in `table`, `onlink` when the gateway is on no
-/// subnet of the link (the pod's 169.254.1.1).
+/// Adds or replaces `default via <gw> dev <oif>` in `table` (of `gw`'s family), `onlink` when
+/// the gateway is on no subnet of the link (the pod's 169.254.1.1; an IPv6 link-local gateway
+/// such as the pod's fe80::1 needs no flag).
 ///
 /// # Errors
 /// The kernel refused it.
 pub async fn replace_default_route(
     handle: &Handle,
-    gw: Ipv4Addr,
+    gw: impl Into<IpAddr>,
     oif: u32,
     table: u32,
     onlink: bool,
 ) -> Result<(), rtnetlink::Error> {
-    let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
+    let gw = gw.into();
+    let mut msg = route_message(Family::of(gw))
         .gateway(gw)
+        .map_err(invalid_route)?
         .output_interface(oif)
         .table_id(table);
     if onlink {
@@ -268,15 +364,15 @@ pub async fn del_route(handle: &Handle, route: &Route) -> Result<bool, rtnetlink
     )
 }
 
-/// An IPv4 policy-routing rule as read back from the kernel.
+/// An IPv4 or IPv6 policy-routing rule as read back from the kernel.
 #[derive(Clone, Debug)]
 pub struct Rule {
     /// Priority (0 when the kernel reports none).
     pub priority: u32,
     /// `from` prefix.
-    pub src: Option<(Ipv4Addr, u8)>,
+    pub src: Option<(IpAddr, u8)>,
     /// `to` prefix.
-    pub dst: Option<(Ipv4Addr, u8)>,
+    pub dst: Option<(IpAddr, u8)>,
     /// `lookup` table.
     pub table: u32,
     /// Action.
@@ -298,10 +394,8 @@ impl Rule {
         for a in &m.attributes {
             match a {
                 RuleAttribute::Priority(p) => r.priority = *p,
-                RuleAttribute::Source(IpAddr::V4(ip)) => r.src = Some((*ip, m.header.src_len)),
-                RuleAttribute::Destination(IpAddr::V4(ip)) => {
-                    r.dst = Some((*ip, m.header.dst_len));
-                }
+                RuleAttribute::Source(ip) => r.src = Some((*ip, m.header.src_len)),
+                RuleAttribute::Destination(ip) => r.dst = Some((*ip, m.header.dst_len)),
                 // Tables above 255 only fit the attribute; it wins over the header's byte.
                 RuleAttribute::Table(t) => r.table = *t,
                 _ => {}
@@ -318,38 +412,47 @@ impl Rule {
     }
 }
 
-/// Every IPv4 rule.
+/// Every rule of `family`.
 ///
 /// # Errors
 /// The dump failed.
-pub async fn rules(handle: &Handle) -> Result<Vec<Rule>, rtnetlink::Error> {
+pub async fn rules(handle: &Handle, family: Family) -> Result<Vec<Rule>, rtnetlink::Error> {
     let msgs: Vec<RuleMessage> = handle
         .rule()
-        .get(IpVersion::V4)
+        .get(family.ip_version())
         .execute()
         .try_collect()
         .await?;
     Ok(msgs.into_iter().map(Rule::from_message).collect())
 }
 
-/// An IPv4 rule to add, with action `lookup <table>`.
+/// A rule to add, with action `lookup <table>`, in the family of its prefixes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuleSpec {
     /// Priority.
     pub priority: u32,
     /// `from <prefix>`.
-    pub src: Option<Ipv4Net>,
+    pub src: Option<IpNet>,
     /// `to <prefix>`.
-    pub dst: Option<Ipv4Net>,
+    pub dst: Option<IpNet>,
     /// `fwmark <value>/<mask>`.
     pub fwmark: Option<(u32, u32)>,
     /// `lookup <table>`.
     pub table: u32,
 }
 
-/// A prefix as `ip rule` shows it: a /32 as the bare address.
-fn prefix(net: &Ipv4Net) -> String {
-    if net.prefix_len() == 32 {
+impl RuleSpec {
+    /// The family of its prefixes; IPv4 when it has none (a `fwmark` rule).
+    pub fn family(&self) -> Family {
+        self.src
+            .or(self.dst)
+            .map_or(Family::V4, |n| Family::of(n.addr()))
+    }
+}
+
+/// A prefix as `ip rule` shows it: a /32 (or /128) as the bare address.
+fn prefix(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
         net.addr().to_string()
     } else {
         net.to_string()
@@ -381,22 +484,25 @@ pub async fn add_rule(handle: &Handle, spec: &RuleSpec) -> Result<bool, rtnetlin
     let mut req = handle
         .rule()
         .add()
-        .v4()
         .priority(spec.priority)
         .table_id(spec.table)
         // Without an explicit action the kernel stores an action-less rule (`... none`).
         .action(RuleAction::ToTable);
+    // The attributes in the order rtnetlink's typed `v4()`/`v6()` requests push them.
+    let msg = req.message_mut();
+    msg.header.family = spec.family().address_family();
     if let Some(src) = spec.src {
-        req = req.source_prefix(src.network(), src.prefix_len());
+        msg.header.src_len = src.prefix_len();
+        msg.attributes.push(RuleAttribute::Source(src.network()));
     }
     if let Some(dst) = spec.dst {
-        req = req.destination_prefix(dst.network(), dst.prefix_len());
+        msg.header.dst_len = dst.prefix_len();
+        msg.attributes
+            .push(RuleAttribute::Destination(dst.network()));
     }
     if let Some((mark, mask)) = spec.fwmark {
-        req = req.fw_mark(mark);
-        req.message_mut()
-            .attributes
-            .push(RuleAttribute::FwMask(mask));
+        msg.attributes.push(RuleAttribute::FwMark(mark));
+        msg.attributes.push(RuleAttribute::FwMask(mask));
     }
     tolerating(req.execute().await, &[Errno::EEXIST])
 }
@@ -412,16 +518,24 @@ pub async fn del_rule(handle: &Handle, rule: &Rule) -> Result<bool, rtnetlink::E
     )
 }
 
-/// Which rules to delete by value: those of `priority` whose `from` is `src/32` (when given) and
-/// whose `to` is `dst/32` (when given), in any table.
+/// Which rules to delete by value: those of `priority` whose `from` is `src/32` (`/128`) when
+/// given and whose `to` is `dst/32` (`/128`) when given, in any table. `src` and `dst` are of
+/// one family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuleSelector {
     /// Priority.
     pub priority: u32,
-    /// `from <ip>/32`.
-    pub src: Option<Ipv4Addr>,
-    /// `to <ip>/32`.
-    pub dst: Option<Ipv4Addr>,
+    /// `from <ip>/32` (`/128`).
+    pub src: Option<IpAddr>,
+    /// `to <ip>/32` (`/128`).
+    pub dst: Option<IpAddr>,
+}
+
+impl RuleSelector {
+    /// The family of its addresses; IPv4 when it has none.
+    pub fn family(&self) -> Family {
+        self.src.or(self.dst).map_or(Family::V4, Family::of)
+    }
 }
 
 impl fmt::Display for RuleSelector {
@@ -438,7 +552,7 @@ impl fmt::Display for RuleSelector {
     }
 }
 
-/// Deletes every IPv4 rule `selector` matches, in any table; returns how many went. The kernel
+/// Deletes every rule `selector` matches, in any table; returns how many went. The kernel
 /// matches a delete request on the attributes it carries only (fib_rules `rule_find`), so no
 /// dump is needed (a dump grows with the pods on the node, two rules each); the loop takes
 /// duplicates too and ends at "already gone".
@@ -452,18 +566,18 @@ pub async fn del_rules_matching(
     // A node never holds more than a handful of copies of one rule; the bound only keeps a
     // misbehaving kernel from spinning the caller.
     const MAX_COPIES: usize = 64;
+    let family = selector.family();
     let mut msg = RuleMessage::default();
-    msg.header.family = AddressFamily::Inet;
+    msg.header.family = family.address_family();
     msg.attributes
         .push(RuleAttribute::Priority(selector.priority));
     if let Some(src) = selector.src {
-        msg.header.src_len = 32;
-        msg.attributes.push(RuleAttribute::Source(IpAddr::V4(src)));
+        msg.header.src_len = family.host_prefix_len();
+        msg.attributes.push(RuleAttribute::Source(src));
     }
     if let Some(dst) = selector.dst {
-        msg.header.dst_len = 32;
-        msg.attributes
-            .push(RuleAttribute::Destination(IpAddr::V4(dst)));
+        msg.header.dst_len = family.host_prefix_len();
+        msg.attributes.push(RuleAttribute::Destination(dst));
     }
     for deleted in 0..MAX_COPIES {
         if !tolerating(handle.rule().del(msg.clone()).execute().await, &GONE)? {
@@ -473,13 +587,14 @@ pub async fn del_rules_matching(
     Ok(MAX_COPIES)
 }
 
-/// The IPv4 address messages of the link `index`.
+/// The address messages of the link `index`: of `family`, or of every family (one dump).
 ///
 /// # Errors
 /// The dump failed.
 pub async fn addresses(
     handle: &Handle,
     index: u32,
+    family: Option<Family>,
 ) -> Result<Vec<AddressMessage>, rtnetlink::Error> {
     let msgs: Vec<AddressMessage> = handle
         .address()
@@ -490,19 +605,36 @@ pub async fn addresses(
         .await?;
     Ok(msgs
         .into_iter()
-        .filter(|m| m.header.family == AddressFamily::Inet && m.header.index == index)
+        .filter(|m| {
+            m.header.index == index
+                && family.map_or(
+                    matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6),
+                    |f| m.header.family == f.address_family(),
+                )
+        })
         .collect())
 }
 
-/// The IPv4 address an address message carries (its first `IFA_ADDRESS` or `IFA_LOCAL`: the
-/// same address unless the link is point-to-point, which no link here is).
-pub fn address_of(msg: &AddressMessage) -> Option<Ipv4Addr> {
+/// The address an address message carries (its first `IFA_ADDRESS` or `IFA_LOCAL`: the same
+/// address unless the link is point-to-point, which no link here is; the kernel sends IPv6
+/// addresses as `IFA_ADDRESS` only).
+pub fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
     msg.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
-            Some(*ip)
-        }
+        AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
         _ => None,
     })
+}
+
+/// An address message's `IFA_F_*` flags: the 32-bit `IFA_FLAGS` attribute when the kernel sent
+/// one, else the header's byte.
+pub fn address_flags(msg: &AddressMessage) -> AddressFlags {
+    msg.attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Flags(f) => Some(*f),
+            _ => None,
+        })
+        .unwrap_or_else(|| AddressFlags::from_bits_retain(u32::from(msg.header.flags.bits())))
 }
 
 /// Deletes an address; `Ok(false)` if it was already gone. The kernel matches a delete on

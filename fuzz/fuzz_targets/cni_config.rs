@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(!conf.veth_prefix.is_empty() && conf.veth_prefix.len() <= 4);
             let _ = conf.network_name();
             if let Some(prev) = &conf.prev_result {
-                let _ = prev.pod_ipv4s("eth0");
+                let _ = prev.pod_ips("eth0");
                 let _ = prev.host_interface_names().count();
             }
             let result = AddResult {
@@ -46,8 +46,8 @@ fuzz_target!(|data: &[u8]| {
                 container_mac: "02:00:00:00:00:02".into(),
                 netns: "/run/netns/x".into(),
                 mtu: conf.mtu,
-                ip: Ipv4Addr::new(10, 0, 0, 11),
-                gateway: Ipv4Addr::new(169, 254, 1, 1),
+                ip: Ipv4Addr::new(10, 0, 0, 11).into(),
+                gateway: Ipv4Addr::new(169, 254, 1, 1).into(),
             };
             let rendered = result.render(conf.cni_version, conf.prev_result.as_ref());
             assert!(serde_json::to_string(&rendered).is_ok());

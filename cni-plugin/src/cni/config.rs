@@ -598,8 +598,8 @@ mod tests {
                 .prev_result
                 .unwrap_or_else(|| panic!("{v}: no prevResult"));
             assert_eq!(
-                prev.pod_ipv4s("eth0"),
-                vec![std::net::Ipv4Addr::new(10, 0, 2, 20)]
+                prev.pod_ips("eth0"),
+                vec![std::net::IpAddr::from([10, 0, 2, 20])]
             );
         }
     }

@@ -3,9 +3,10 @@
 //!
 //! 0.3.0, 0.3.1 and 0.4.0 share one result format (`ips[].version` required, no `mtu` on
 //! interfaces, routes of `dst` and `gw` only); 1.0.0 drops `ips[].version`; 1.1.0 adds
-//! `interfaces[].mtu` and more route keys.
+//! `interfaces[].mtu` and more route keys. An IPv6 pod's result is the IPv4 one in its family:
+//! `<ip>/128`, `version` "6" where the format has it, gateway and default route `fe80::1`.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
@@ -26,11 +27,11 @@ pub struct AddResult {
     pub netns: String,
     /// MTU of both ends.
     pub mtu: u32,
-    /// The pod's address (a /32).
-    pub ip: Ipv4Addr,
-    /// The gateway the pod routes through (the data plane's link-local 169.254.1.1; this module
-    /// only renders it).
-    pub gateway: Ipv4Addr,
+    /// The pod's address (a /32, or a /128 for an IPv6 pod).
+    pub ip: IpAddr,
+    /// The gateway the pod routes through (the data plane's link-local 169.254.1.1 or fe80::1;
+    /// this module only renders it).
+    pub gateway: IpAddr,
 }
 
 impl AddResult {
@@ -70,16 +71,20 @@ impl AddResult {
         interfaces.push(host);
         interfaces.push(container);
 
+        let (host_len, family, default_dst) = match self.ip {
+            IpAddr::V4(_) => (32, "4", "0.0.0.0/0"),
+            IpAddr::V6(_) => (128, "6", "::/0"),
+        };
         let mut ip = json!({
-            "address": format!("{}/32", self.ip),
+            "address": format!("{}/{host_len}", self.ip),
             "interface": base + 1,
             "gateway": self.gateway.to_string(),
         });
         if version.ip_has_version_field() {
-            ip["version"] = json!("4");
+            ip["version"] = json!(family);
         }
         ips.push(ip);
-        routes.push(json!({"dst": "0.0.0.0/0", "gw": self.gateway.to_string()}));
+        routes.push(json!({"dst": default_dst, "gw": self.gateway.to_string()}));
 
         json!({
             "cniVersion": version.as_str(),
@@ -145,11 +150,11 @@ pub struct PrevInterface {
     pub sandbox: Option<String>,
 }
 
-/// One IPv4 address of a cached result.
+/// One address of a cached result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrevIp {
-    /// The address part of `address`.
-    pub address: Ipv4Addr,
+    /// The address part of `address` (IPv4 or IPv6).
+    pub address: IpAddr,
     /// `interface` (index into `interfaces`), if present.
     pub interface: Option<usize>,
 }
@@ -160,7 +165,7 @@ pub struct PrevIp {
 pub struct PrevResult {
     /// The interfaces that have a `name`.
     pub interfaces: Vec<PrevInterface>,
-    /// The IPv4 addresses that parse.
+    /// The addresses that parse.
     pub ips: Vec<PrevIp>,
     raw: Value,
 }
@@ -196,7 +201,7 @@ impl PrevResult {
                 list.iter()
                     .filter_map(|i| {
                         let addr = i.get("address")?.as_str()?;
-                        let address = addr.split('/').next()?.parse::<Ipv4Addr>().ok()?;
+                        let address = addr.split('/').next()?.parse::<IpAddr>().ok()?;
                         let interface = i
                             .get("interface")
                             .and_then(Value::as_u64)
@@ -221,12 +226,12 @@ impl PrevResult {
             .unwrap_or_default()
     }
 
-    /// The IPv4 addresses of the container interface `ifname`. Addresses without an
+    /// The addresses (IPv4 or IPv6) of the container interface `ifname`. Addresses without an
     /// `interface` index are counted when no address names an interface at all (abbreviated
     /// results).
-    pub fn pod_ipv4s(&self, ifname: &str) -> Vec<Ipv4Addr> {
+    pub fn pod_ips(&self, ifname: &str) -> Vec<IpAddr> {
         let indexed = self.ips.iter().any(|ip| ip.interface.is_some());
-        let mut out: Vec<Ipv4Addr> = self
+        let mut out: Vec<IpAddr> = self
             .ips
             .iter()
             .filter(|ip| match ip.interface {
@@ -274,8 +279,78 @@ mod tests {
             container_mac: "02:aa:bb:cc:dd:ee".into(),
             netns: "/run/netns/p1".into(),
             mtu: 9001,
-            ip: Ipv4Addr::new(10, 0, 2, 20),
-            gateway: Ipv4Addr::new(169, 254, 1, 1),
+            ip: IpAddr::from([10, 0, 2, 20]),
+            gateway: IpAddr::from([169, 254, 1, 1]),
+        }
+    }
+
+    /// An IPv6 pod's result (IPv6 cluster): a /128 of the node's /80 and gateway fe80::1.
+    fn sample_v6() -> AddResult {
+        AddResult {
+            ip: "2600:1f14:abc:de01:9f3c::5"
+                .parse()
+                .unwrap_or(IpAddr::from([0; 16])),
+            gateway: "fe80::1".parse().unwrap_or(IpAddr::from([0; 16])),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn ipv6_results_carry_the_128_and_version_6_where_the_format_has_it() {
+        for version in [CniVersion::V0_3_0, CniVersion::V0_3_1, CniVersion::V0_4_0] {
+            assert_eq!(
+                sample_v6().render(version, None),
+                json!({
+                    "cniVersion": version.as_str(),
+                    "interfaces": [
+                        {"name": "eni0123456789a", "mac": "02:11:22:33:44:55"},
+                        {"name": "eth0", "mac": "02:aa:bb:cc:dd:ee", "sandbox": "/run/netns/p1"}
+                    ],
+                    "ips": [{
+                        "version": "6", "address": "2600:1f14:abc:de01:9f3c::5/128",
+                        "gateway": "fe80::1", "interface": 1
+                    }],
+                    "routes": [{"dst": "::/0", "gw": "fe80::1"}],
+                    "dns": {}
+                }),
+                "{version}"
+            );
+        }
+        assert_eq!(
+            sample_v6().render(CniVersion::V1_0_0, None),
+            json!({
+                "cniVersion": "1.0.0",
+                "interfaces": [
+                    {"name": "eni0123456789a", "mac": "02:11:22:33:44:55"},
+                    {"name": "eth0", "mac": "02:aa:bb:cc:dd:ee", "sandbox": "/run/netns/p1"}
+                ],
+                "ips": [{"address": "2600:1f14:abc:de01:9f3c::5/128", "interface": 1,
+                         "gateway": "fe80::1"}],
+                "routes": [{"dst": "::/0", "gw": "fe80::1"}],
+                "dns": {}
+            })
+        );
+        let v = sample_v6().render(CniVersion::V1_1_0, None);
+        assert!(v["ips"][0].get("version").is_none());
+        assert_eq!(v["interfaces"][1]["mtu"], 9001);
+    }
+
+    #[test]
+    fn an_ipv6_prev_result_yields_the_pod_address_in_every_version() {
+        for version in ["0.4.0", "1.0.0", "1.1.0"] {
+            let cached = sample_v6().render(
+                CniVersion::parse(version).unwrap_or(CniVersion::LATEST),
+                None,
+            );
+            let p = PrevResult::from_value(&cached);
+            assert_eq!(
+                p.pod_ips("eth0")
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+                vec!["2600:1f14:abc:de01:9f3c::5"],
+                "{version}"
+            );
         }
     }
 
@@ -400,11 +475,11 @@ mod tests {
             );
             let p = PrevResult::from_value(&cached);
             assert_eq!(
-                p.pod_ipv4s("eth0"),
-                vec![Ipv4Addr::new(10, 0, 2, 20)],
+                p.pod_ips("eth0"),
+                vec![IpAddr::from([10, 0, 2, 20])],
                 "{version}"
             );
-            assert_eq!(p.pod_ipv4s("eth1"), Vec::<Ipv4Addr>::new());
+            assert_eq!(p.pod_ips("eth1"), Vec::<IpAddr>::new());
             assert_eq!(
                 p.host_interface_names().collect::<Vec<_>>(),
                 vec!["eni0123456789a"]
@@ -425,6 +500,12 @@ mod tests {
             "ips": [{"address": "not-an-ip"}, {"address": "fd00::1/128"}, {"address": "10.1.1.1/32"}, 5]
         }));
         assert!(p.interfaces.is_empty());
-        assert_eq!(p.pod_ipv4s("eth0"), vec![Ipv4Addr::new(10, 1, 1, 1)]);
+        assert_eq!(
+            p.pod_ips("eth0")
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec!["fd00::1", "10.1.1.1"]
+        );
     }
 }

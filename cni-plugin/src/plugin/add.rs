@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use tracing::{debug, info, warn};
-use vpc_cni_contract::dataplane::{POD_GATEWAY, host_veth_name};
+use vpc_cni_contract::dataplane::{host_veth_name, pod_gateway};
 
 use super::{
     Allocation, allocation_from, current_netns, del_request, ipamd_error, netlink_error,
@@ -14,7 +14,7 @@ use crate::cni::env::{Attachment, CNI_NETNS};
 use crate::cni::error::CniError;
 use crate::cni::result::AddResult;
 use crate::ipamd_client::{IpamdClient, REASON_SETUP_FAILED, rpc};
-use crate::netlink::{Netlink, format_mac};
+use crate::netlink::{Family, Netlink, format_mac};
 use crate::netns::Netns;
 use crate::pod_network::{self, PodNetworkError, PodSpec};
 use crate::timing;
@@ -33,6 +33,7 @@ struct Pod<'a> {
 struct Handles {
     host_ns: Netns,
     host: Netlink,
+    pod_ns: Netns,
     pod: Netlink,
 }
 
@@ -91,6 +92,7 @@ async fn open(pod: &Pod<'_>) -> Result<Handles, CniError> {
     Ok(Handles {
         host_ns,
         host,
+        pod_ns,
         pod: pod_nl,
     })
 }
@@ -151,7 +153,7 @@ async fn setup(
         ifname,
         mtu: conf.mtu,
     };
-    let outcome = pod_network::setup(&h.host, &h.host_ns, &h.pod, &spec)
+    let outcome = pod_network::setup(&h.host, &h.host_ns, &h.pod, &h.pod_ns, &spec)
         .await
         .map_err(|e| match e {
             PodNetworkError::InterfaceExists { ifname } => CniError::InterfaceExists {
@@ -170,7 +172,7 @@ async fn setup(
         netns: pod.netns_path.to_string(),
         mtu: conf.mtu,
         ip: alloc.ip,
-        gateway: POD_GATEWAY,
+        gateway: pod_gateway(Family::of(alloc.ip)),
     };
     let rendered = result.render(conf.cni_version, conf.prev_result.as_ref());
     timing::mark("result_render");

@@ -22,11 +22,11 @@ pub(super) async fn check(conf: &NetConf, a: &Attachment) -> Result<(), CniError
         reason: "CHECK needs the cached ADD result".into(),
     })?;
     let ip = *prev
-        .pod_ipv4s(&a.ifname)
+        .pod_ips(&a.ifname)
         .first()
         .ok_or_else(|| CniError::InvalidConfig {
             key: "prevResult",
-            reason: format!("has no IPv4 address for interface {}", a.ifname),
+            reason: format!("has no address for interface {}", a.ifname),
         })?;
     let netns_path = a.netns.as_deref().ok_or(CniError::InvalidEnv {
         var: CNI_NETNS,

@@ -3,12 +3,14 @@
 //! then release the address to ipamd. The veth pair stays for the runtime's removal of the
 //! namespace (docs/contracts.md, DEL). Every step carries on after a failure and reports them all.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use tracing::{debug, info, warn};
 use vpc_cni_contract::dataplane::host_veth_name;
 
-use super::{check_request, current_netns, del_request, netlink_error, pod_identity};
+use super::{
+    allocated_addresses, check_request, current_netns, del_request, netlink_error, pod_identity,
+};
 use crate::cni::config::NetConf;
 use crate::cni::env::Attachment;
 use crate::cni::error::CniError;
@@ -22,7 +24,7 @@ use crate::timing;
 /// ownership check), and the container interface's MAC.
 #[derive(Debug, Default)]
 struct Targets {
-    ips: Vec<Ipv4Addr>,
+    ips: Vec<IpAddr>,
     veths: Vec<HostVethRef>,
     container_mac: Option<[u8; 6]>,
 }
@@ -96,7 +98,7 @@ fn from_prev_result(
     let Some(prev) = &conf.prev_result else {
         return t;
     };
-    t.ips = prev.pod_ipv4s(&a.ifname);
+    t.ips = prev.pod_ips(&a.ifname);
     t.container_mac = prev
         .container_interface(&a.ifname)
         .and_then(|i| i.mac.as_deref())
@@ -143,13 +145,11 @@ async fn addresses_from_ipamd(
     client: &mut IpamdClient,
     network: &str,
     a: &Attachment,
-) -> Vec<Ipv4Addr> {
+) -> Vec<IpAddr> {
     let ips = match client.check_network(check_request(network, a)).await {
-        Ok(reply) => reply
-            .ip_allocation_metadata
-            .iter()
-            .filter_map(|m| m.i_pv4_addr.parse().ok())
-            .collect(),
+        Ok(reply) => allocated_addresses(&reply.ip_allocation_metadata, |e| {
+            warn!("CheckNetwork returned {e}; skipped");
+        }),
         Err(e) if e.is_not_found() => {
             debug!("ipamd has no assignment for this attachment");
             Vec::new()
@@ -232,23 +232,17 @@ async fn teardown(
 async fn release(
     client: &mut IpamdClient,
     request: crate::ipamd_client::rpc::DelNetworkRequest,
-    torn_down: &[Ipv4Addr],
+    torn_down: &[IpAddr],
 ) -> Result<(), String> {
     match client.del_network(request).await {
         Ok(reply) => {
             timing::mark("del_network_rpc");
-            let released: Vec<&str> = reply
-                .ip_allocation_metadata
-                .iter()
-                .map(|m| m.i_pv4_addr.as_str())
-                .collect();
+            let released = allocated_addresses(&reply.ip_allocation_metadata, |e| {
+                warn!("DelNetwork returned {e}");
+            });
             info!(?released, "released");
-            for r in &released {
-                if let Ok(ip) = r.parse::<Ipv4Addr>()
-                    && !torn_down.contains(&ip)
-                {
-                    warn!(%ip, "ipamd released an address the cached result did not name");
-                }
+            for ip in released.iter().filter(|ip| !torn_down.contains(ip)) {
+                warn!(%ip, "ipamd released an address the cached result did not name");
             }
             Ok(())
         }

@@ -1,11 +1,9 @@
 //! GC (CNI 1.1.0): ipamd releases every assignment of the network that is not in the runtime's
 //! list of valid attachments; the plugin removes the host's routing state of what was released.
 
-use std::net::Ipv4Addr;
-
 use tracing::info;
 
-use super::{ipamd_error, netlink_error};
+use super::{allocated_addresses, ipamd_error, netlink_error};
 use crate::cni::config::{GcAttachment, NetConf, VALID_ATTACHMENTS_KEY};
 use crate::cni::error::CniError;
 use crate::ipamd_client::{IpamdClient, rpc};
@@ -39,17 +37,9 @@ pub(super) async fn gc(conf: &NetConf) -> Result<(), CniError> {
         .await
         .map_err(ipamd_error)?;
     let mut errors = Vec::new();
-    let mut ips = Vec::new();
-    for m in &reply.released {
-        match m.i_pv4_addr.parse::<Ipv4Addr>() {
-            Ok(ip) => ips.push(ip),
-            Err(_) if m.i_pv4_addr.is_empty() => {}
-            Err(_) => errors.push(format!(
-                "ipamd released an invalid address {:?}",
-                m.i_pv4_addr
-            )),
-        }
-    }
+    let ips = allocated_addresses(&reply.released, |e| {
+        errors.push(format!("ipamd released {e}"));
+    });
     info!(released = ?ips, kept = valid.len(), "garbage collected");
     let host = Netlink::current().map_err(netlink_error)?;
     errors.extend(pod_network::teardown_released(&host, &ips).await);

@@ -8,7 +8,7 @@ mod check;
 mod del;
 mod gc;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::Value;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -222,23 +222,60 @@ fn current_netns() -> Result<Netns, CniError> {
 }
 
 struct Allocation {
-    ip: Ipv4Addr,
+    ip: IpAddr,
     route_table: u32,
+}
+
+/// The address of one allocation: its `IPv4Addr` or, in an IPv6 cluster, its `IPv6Addr`;
+/// `Ok(None)` when it has neither. Both at once is refused: dual-stack pods are not supported
+/// (neither by the reference).
+fn allocated_address(m: &rpc::IpAllocationMetadata) -> Result<Option<IpAddr>, String> {
+    match (m.i_pv4_addr.as_str(), m.i_pv6_addr.as_str()) {
+        ("", "") => Ok(None),
+        (v4, "") => v4
+            .parse::<Ipv4Addr>()
+            .map(|ip| Some(IpAddr::V4(ip)))
+            .map_err(|_| format!("an invalid IPv4 address {v4:?}")),
+        ("", v6) => v6
+            .parse::<Ipv6Addr>()
+            .map(|ip| Some(IpAddr::V6(ip)))
+            .map_err(|_| format!("an invalid IPv6 address {v6:?}")),
+        (v4, v6) => Err(format!(
+            "both an IPv4 ({v4}) and an IPv6 ({v6}) address; dual-stack pods are not supported"
+        )),
+    }
+}
+
+/// The addresses of a reply's allocations; unusable entries are reported through `bad` and
+/// skipped (teardown goes on with the others).
+fn allocated_addresses(
+    meta: &[rpc::IpAllocationMetadata],
+    mut bad: impl FnMut(String),
+) -> Vec<IpAddr> {
+    meta.iter()
+        .filter_map(|m| {
+            allocated_address(m).unwrap_or_else(|e| {
+                bad(e);
+                None
+            })
+        })
+        .collect()
 }
 
 fn allocation_from(meta: &[rpc::IpAllocationMetadata], rpc: &str) -> Result<Allocation, CniError> {
     let m = meta
         .iter()
-        .find(|m| !m.i_pv4_addr.is_empty())
+        .find(|m| !m.i_pv4_addr.is_empty() || !m.i_pv6_addr.is_empty())
         .ok_or_else(|| CniError::Ipamd {
-            msg: format!("ipamd {rpc} returned no IPv4 address"),
+            msg: format!("ipamd {rpc} returned no address (neither IPv4 nor IPv6)"),
         })?;
-    let ip: Ipv4Addr = m.i_pv4_addr.parse().map_err(|_| CniError::Ipamd {
-        msg: format!(
-            "ipamd {rpc} returned an invalid IPv4 address {:?}",
-            m.i_pv4_addr
-        ),
-    })?;
+    let ip = allocated_address(m)
+        .map_err(|e| CniError::Ipamd {
+            msg: format!("ipamd {rpc} returned {e}"),
+        })?
+        .ok_or_else(|| CniError::Ipamd {
+            msg: format!("ipamd {rpc} returned no address (neither IPv4 nor IPv6)"),
+        })?;
     let route_table = match u32::try_from(m.route_table_id) {
         Ok(0) => MAIN_TABLE,
         Ok(t) => t,
@@ -318,6 +355,75 @@ mod tests {
             let e = check_verb_version(cmd, v).err().map(|e| e.cni_code());
             assert_eq!(e, Some(1), "{cmd:?} {v}");
         }
+    }
+
+    fn meta(v4: &str, v6: &str, table: i32) -> rpc::IpAllocationMetadata {
+        rpc::IpAllocationMetadata {
+            i_pv4_addr: v4.into(),
+            i_pv6_addr: v6.into(),
+            device_number: 0,
+            route_table_id: table,
+        }
+    }
+
+    fn outcome(meta: &[rpc::IpAllocationMetadata]) -> Result<(String, u32), (u32, String)> {
+        allocation_from(meta, "AddNetwork")
+            .map(|a| (a.ip.to_string(), a.route_table))
+            .map_err(|e| (e.cni_code(), e.to_string()))
+    }
+
+    #[test]
+    fn an_allocation_is_ipv4_or_ipv6_never_both_nor_neither() {
+        assert_eq!(
+            outcome(&[meta("10.0.2.20", "", 2)]),
+            Ok(("10.0.2.20".into(), 2))
+        );
+        // IPv6 mode: IPv6Addr, route table 254 (0 means main too).
+        assert_eq!(
+            outcome(&[meta("", "2600:1f14:abc:de01:9f3c::5", 254)]),
+            Ok(("2600:1f14:abc:de01:9f3c::5".into(), MAIN_TABLE))
+        );
+        assert_eq!(
+            outcome(&[meta("", "2600:1f14::5", 0)]),
+            Ok(("2600:1f14::5".into(), MAIN_TABLE))
+        );
+        let err = |m: &[rpc::IpAllocationMetadata]| outcome(m).err().unwrap_or_default();
+        let (code, msg) = err(&[meta("10.0.2.20", "2600:1f14::5", 254)]);
+        assert_eq!(code, 110);
+        assert!(msg.contains("dual-stack pods are not supported"), "{msg}");
+        assert!(
+            msg.contains("10.0.2.20") && msg.contains("2600:1f14::5"),
+            "{msg}"
+        );
+        for none in [&[][..], &[meta("", "", 254)][..]] {
+            let (code, msg) = err(none);
+            assert_eq!(code, 110);
+            assert!(msg.contains("no address (neither IPv4 nor IPv6)"), "{msg}");
+        }
+        // Each field holds its own family.
+        let (_, msg) = err(&[meta("2600:1f14::5", "", 254)]);
+        assert!(msg.contains("invalid IPv4 address"), "{msg}");
+        let (_, msg) = err(&[meta("", "10.0.2.20", 254)]);
+        assert!(msg.contains("invalid IPv6 address"), "{msg}");
+    }
+
+    #[test]
+    fn released_addresses_of_either_family_are_read_and_bad_ones_reported() {
+        let mut bad = Vec::new();
+        let ips = allocated_addresses(
+            &[
+                meta("10.0.2.20", "", 2),
+                meta("", "2600:1f14::5", 254),
+                meta("", "", 254),
+                meta("10.0.2.21", "2600:1f14::6", 254),
+            ],
+            |e| bad.push(e),
+        );
+        assert_eq!(
+            ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec!["10.0.2.20", "2600:1f14::5"]
+        );
+        assert_eq!(bad.len(), 1, "{bad:?}");
     }
 
     #[test]

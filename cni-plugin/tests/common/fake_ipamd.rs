@@ -3,11 +3,12 @@
 //! a key keeps its address, released addresses return to the pool, exhaustion and "not ready"
 //! are reported with the contract's status codes. It also records, at each DelNetwork, how many
 //! priority-512/1536 rules still named the released address in the host namespace, which proves
-//! the plugin's teardown-before-release order.
+//! the plugin's teardown-before-release order. An IPv6 address in the pool is answered as ipamd's
+//! IPv6 mode answers it: `IPv6Addr` set, `IPv4Addr` empty.
 #![allow(clippy::unwrap_used, missing_docs, missing_debug_implementations)]
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -23,22 +24,24 @@ type Key = (String, String, String);
 #[derive(Default)]
 pub struct State {
     /// Free addresses with their route table.
-    pub free: Vec<(Ipv4Addr, i32)>,
-    pub assigned: HashMap<Key, (Ipv4Addr, i32)>,
+    pub free: Vec<(IpAddr, i32)>,
+    pub assigned: HashMap<Key, (IpAddr, i32)>,
     pub ready: bool,
     /// PodVlanId returned by AddNetwork (non-zero = branch ENI).
     pub pod_vlan_id: i32,
     pub add_requests: Vec<rpc::AddNetworkRequest>,
     pub del_requests: Vec<rpc::DelNetworkRequest>,
     /// (address, rules naming it in the host namespace) at each release by DelNetwork.
-    pub rules_at_release: Vec<(Ipv4Addr, usize)>,
+    pub rules_at_release: Vec<(IpAddr, usize)>,
+    /// Edits AddNetwork's allocation before it is sent (a reply ipamd should never give).
+    pub mangle_add_reply: Option<fn(&mut rpc::IpAllocationMetadata)>,
     /// Host namespace to inspect at release time.
     pub host_ns: Option<String>,
 }
 
 impl State {
     /// Ends `key`'s assignment; its address (with its route table) returns to the pool.
-    fn release(&mut self, key: &Key) -> Option<(Ipv4Addr, i32)> {
+    fn release(&mut self, key: &Key) -> Option<(IpAddr, i32)> {
         let released = self.assigned.remove(key)?;
         self.free.push(released);
         Some(released)
@@ -59,18 +62,23 @@ fn key(network_name: &str, container_id: &str, if_name: &str) -> Key {
     )
 }
 
-fn meta((ip, table): (Ipv4Addr, i32)) -> rpc::IpAllocationMetadata {
+fn meta((ip, table): (IpAddr, i32)) -> rpc::IpAllocationMetadata {
+    let (v4, v6) = match ip {
+        IpAddr::V4(_) => (ip.to_string(), String::new()),
+        IpAddr::V6(_) => (String::new(), ip.to_string()),
+    };
     rpc::IpAllocationMetadata {
-        i_pv4_addr: ip.to_string(),
-        i_pv6_addr: String::new(),
+        i_pv4_addr: v4,
+        i_pv6_addr: v6,
         device_number: if table == 254 { 0 } else { table - 1 },
         route_table_id: table,
     }
 }
 
-fn count_rules(ns: &str, ip: Ipv4Addr) -> usize {
+fn count_rules(ns: &str, ip: IpAddr) -> usize {
+    let family = if ip.is_ipv6() { "-6" } else { "-4" };
     let out = std::process::Command::new("ip")
-        .args(["-n", ns, "-j", "-4", "rule", "show"])
+        .args(["-n", ns, "-j", family, "rule", "show"])
         .output()
         .unwrap();
     let rules: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -113,9 +121,13 @@ impl CniBackend for Service {
                 v
             }
         };
+        let mut allocation = meta(assigned);
+        if let Some(mangle) = s.mangle_add_reply {
+            mangle(&mut allocation);
+        }
         Ok(Response::new(rpc::AddNetworkReply {
             success: true,
-            ip_allocation_metadata: vec![meta(assigned)],
+            ip_allocation_metadata: vec![allocation],
             pod_vlan_id: s.pod_vlan_id,
             eniid: ENI_ID.into(),
             ..Default::default()
@@ -207,7 +219,7 @@ pub struct FakeIpamd {
 
 impl FakeIpamd {
     /// Serves `pool` (address, route table) on a fresh socket, ready.
-    pub fn start(pool: &[(Ipv4Addr, i32)]) -> Self {
+    pub fn start(pool: &[(IpAddr, i32)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("ipamd.sock");
         let state = Arc::new(Mutex::new(State {

@@ -8,7 +8,7 @@ pub mod fake_ipamd;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -21,10 +21,16 @@ use vpc_cni_contract::dataplane::{FROM_POD_RULE_PRIORITY, TO_POD_RULE_PRIORITY};
 /// its cleanup workqueue, shortly after the namespace is removed.
 pub const LINK_GONE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The rules naming `ip` as `to` or `from` at the pod priorities (to the pod, from the pod).
-pub fn pod_rules(ns: &Netns, ip: Ipv4Addr) -> Vec<Value> {
+/// `-4` or `-6`: the `ip` option of `addr`'s family (an address or a prefix).
+pub fn family_flag(addr: &str) -> &'static str {
+    if addr.contains(':') { "-6" } else { "-4" }
+}
+
+/// The rules naming `ip` as `to` or `from` at the pod priorities (to the pod, from the pod), in
+/// its family's rule table.
+pub fn pod_rules(ns: &Netns, ip: IpAddr) -> Vec<Value> {
     let ip = ip.to_string();
-    ns.rules()
+    ns.ip_json(&[family_flag(&ip), "rule", "show"])
         .unwrap()
         .into_iter()
         .filter(|r| {
@@ -35,13 +41,102 @@ pub fn pod_rules(ns: &Netns, ip: Ipv4Addr) -> Vec<Value> {
         .collect()
 }
 
-/// The routes of every table in `ns` whose destination is `dst`.
+/// The routes of every table in `ns` whose destination is `dst` (an address of either family),
+/// but the kernel's own (`local` table).
 pub fn routes_to(ns: &Netns, dst: &str) -> Vec<Value> {
-    ns.routes_all()
-        .unwrap()
+    routes_all(ns, family_flag(dst))
         .into_iter()
         .filter(|r| r["dst"] == dst)
         .collect()
+}
+
+/// Every route of the family `flag` (`-4`, `-6`) in every table but the kernel's own (the
+/// `local` table, broadcast, local and multicast routes): what a data plane added. IPv6 also
+/// keeps the kernel's `fe80::/64` of each interface with IPv6 on; see [`v6_routes_added`].
+pub fn routes_all(ns: &Netns, flag: &str) -> Vec<Value> {
+    ns.ip_json(&[flag, "route", "show", "table", "all"])
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            r["table"] != "local"
+                && r["type"] != "broadcast"
+                && r["type"] != "local"
+                && r["type"] != "multicast"
+        })
+        .collect()
+}
+
+/// The IPv6 routes a data plane added: [`routes_all`] without the `fe80::/64` the kernel adds
+/// for every interface with IPv6 on.
+pub fn v6_routes_added(ns: &Netns) -> Vec<Value> {
+    routes_all(ns, "-6")
+        .into_iter()
+        .filter(|r| !(r["dst"] == "fe80::/64" && r["protocol"] == "kernel"))
+        .collect()
+}
+
+/// The global (not link-local) IPv6 addresses of `ifname` as `addr/len`, with their flags
+/// (`tentative`, `dadfailed`, ...) as `ip` shows them.
+pub fn v6_addresses_of(ns: &Netns, ifname: &str) -> Vec<(String, Vec<String>)> {
+    ns.ip_json(&["-6", "addr", "show", "dev", ifname])
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["scope"] != "link")
+        .map(|a| {
+            let flags = ["tentative", "dadfailed", "optimistic", "deprecated"]
+                .iter()
+                .filter(|f| a[**f].as_bool() == Some(true))
+                .map(|f| (*f).to_string())
+                .collect();
+            (
+                format!(
+                    "{}/{}",
+                    a["local"].as_str().unwrap_or_default(),
+                    a["prefixlen"]
+                ),
+                flags,
+            )
+        })
+        .collect()
+}
+
+/// Whether any IPv6 address of `ifname` (link-local ones included) is still tentative.
+pub fn has_tentative_v6(ns: &Netns, ifname: &str) -> bool {
+    ns.ip_json(&["-6", "addr", "show", "dev", ifname])
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .any(|a| a["tentative"].as_bool() == Some(true) || a["dadfailed"].as_bool() == Some(true))
+}
+
+/// Whether `dst` (IPv6) answers `ping -6` from inside `ns`. The first echo may wait for the
+/// host end's own link-local address to finish duplicate address detection (the kernel sends
+/// no neighbour solicitation from a tentative source), so a few rounds are allowed.
+pub fn pings6(ns: &Netns, dst: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    loop {
+        let out = ns
+            .exec("ping", &["-6", "-n", "-c", "1", "-W", "1", dst])
+            .unwrap();
+        if out.status.success() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+/// Whether `dst` (IPv6) stays silent to `ping -6` from inside `ns` (two probes, 1 s each).
+pub fn silent6(ns: &Netns, dst: &str) -> bool {
+    !ns.exec(
+        "ping",
+        &["-6", "-n", "-c", "2", "-i", "0.2", "-W", "1", dst],
+    )
+    .unwrap()
+    .status
+    .success()
 }
 
 /// Asserts that `ifname` in `ns` holds no address.

@@ -18,7 +18,7 @@ use thiserror::Error;
 use vpc_cni_contract::dataplane::{
     self, FROM_ENI_PRIMARY_IP_RULE_PRIORITY, MAIN_TABLE, route_table_for_device,
 };
-use vpc_cni_contract::netlink::{self as core, Route, Rule, RuleSpec};
+use vpc_cni_contract::netlink::{self as core, Family, Route, Rule, RuleSpec};
 
 use crate::mac::MacAddr;
 
@@ -109,7 +109,7 @@ impl SecondaryEni {
 
 /// True when a rule's `from` (or its `to`) is exactly `ip/32`.
 fn rule_is_for(rule: &Rule, ip: Ipv4Addr, by_source: bool) -> bool {
-    let want = Some((ip, 32));
+    let want = Some((IpAddr::V4(ip), 32));
     if by_source {
         rule.src == want
     } else {
@@ -259,9 +259,9 @@ impl HostNetwork {
         link: &HostLink,
         eni: &SecondaryEni,
     ) -> Result<(), HostNetworkError> {
-        let want = (eni.primary_ip, eni.subnet.prefix_len());
+        let want = (IpAddr::V4(eni.primary_ip), eni.subnet.prefix_len());
         let mut present = false;
-        let msgs = core::addresses(&self.handle, link.index)
+        let msgs = core::addresses(&self.handle, link.index, Some(Family::V4))
             .await
             .map_err(netlink_error(format!("list addresses of {}", link.name)))?;
         for msg in msgs {
@@ -300,7 +300,7 @@ impl HostNetwork {
     }
 
     async fn routes_v4(&self) -> Result<Vec<Route>, HostNetworkError> {
-        core::routes(&self.handle)
+        core::routes(&self.handle, Family::V4)
             .await
             .map_err(netlink_error("list IPv4 routes"))
     }
@@ -317,7 +317,7 @@ impl HostNetwork {
             let is_subnet_route = route.table == MAIN_TABLE
                 && route.oif == Some(link.index)
                 && route.prefix_len == subnet.prefix_len()
-                && route.dst == Some(subnet.network())
+                && route.dst == Some(IpAddr::V4(subnet.network()))
                 && route.protocol == RouteProtocol::Kernel;
             if !is_subnet_route {
                 continue;
@@ -337,7 +337,7 @@ impl HostNetwork {
     /// # Errors
     /// The dump failed.
     pub async fn rules_v4(&self) -> Result<Vec<Rule>, HostNetworkError> {
-        core::rules(&self.handle)
+        core::rules(&self.handle, Family::V4)
             .await
             .map_err(netlink_error("list IPv4 rules"))
     }
@@ -458,10 +458,6 @@ impl HostNetwork {
     pub async fn delete_pod_rules(&self, ip: IpAddr) -> Result<usize, HostNetworkError> {
         let mut errors = Vec::new();
         let mut deleted = 0;
-        // FIXME(v6-rules): the contract's selectors are IPv4 only until the plugin's IPv6 work lands.
-        let IpAddr::V4(ip) = ip else {
-            return Ok(0);
-        };
         for selector in dataplane::pod_rules(ip) {
             match core::del_rules_matching(&self.handle, &selector).await {
                 Ok(n) => deleted += n,
@@ -485,7 +481,7 @@ impl HostNetwork {
     pub async fn table_routes(
         &self,
         table: u32,
-    ) -> Result<Vec<(Option<Ipv4Addr>, u8, Option<Ipv4Addr>, Option<u32>)>, HostNetworkError> {
+    ) -> Result<Vec<(Option<IpAddr>, u8, Option<IpAddr>, Option<u32>)>, HostNetworkError> {
         Ok(self
             .routes_v4()
             .await?

@@ -7,9 +7,10 @@
 //! marks, old CIDRs, duplicates) are deleted, the missing ones added, the rest left alone.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags};
 use vpc_cni_contract::dataplane::MAIN_TABLE;
 pub use vpc_cni_contract::dataplane::{EXTERNAL_SERVICE_RULE_PRIORITY, HOST_RULE_PRIORITY};
@@ -60,7 +61,7 @@ impl PolicyRule {
         RuleSpec {
             priority: self.priority,
             src: None,
-            dst: self.destination,
+            dst: self.destination.map(IpNet::V4),
             fwmark: self.fwmark,
             table: self.table,
         }
@@ -92,7 +93,10 @@ impl PolicyRule {
             && rule.action == RuleAction::ToTable
             && !msg.header.flags.contains(RuleFlags::Invert)
             && rule.src.is_none()
-            && rule.dst == self.destination.map(|d| (d.network(), d.prefix_len()))
+            && rule.dst
+                == self
+                    .destination
+                    .map(|d| (IpAddr::V4(d.network()), d.prefix_len()))
             && fwmark == self.fwmark
             && !has_interface
     }
