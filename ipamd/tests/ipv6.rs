@@ -280,7 +280,7 @@ fn the_binary_refuses_ipv6_mode_until_the_plugin_builds_ipv6_pods() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("unsupported ENABLE_IPv6=\"true\"")
-            && stderr.contains("plugin does not build IPv6 pod networking yet"),
+            && stderr.contains("not yet proven end to end"),
         "{stderr}"
     );
     assert!(!w.paths.socket().exists() && !w.paths.conflist().exists());

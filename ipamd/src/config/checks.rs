@@ -134,14 +134,14 @@ impl Config {
                 ),
             });
         }
-        // ipamd's IPv6 mode is built; the plugin does not build IPv6 pods yet, so a node in
-        // IPv6 mode would fail every ADD.
+        // ipamd's and the plugin's IPv6 parts are built and tested each on its own, but not yet
+        // together on a node; until then IPv6 mode is refused rather than half-promised.
         if f.ipv6 {
             return Err(ConfigError::Unsupported {
                 var: ENABLE_IPV6,
                 value: raw(ENABLE_IPV6)?,
                 reason: format!(
-                    "IPv6 mode is not complete in this build yet: ipamd serves IPv6 addresses, but the aws-cni plugin does not build IPv6 pod networking yet, so every pod would fail; unset {ENABLE_IPV6} or set it to false"
+                    "IPv6 mode is not complete in this build yet: ipamd and the aws-cni plugin each build their IPv6 part, but IPv6 pods are not yet proven end to end on a node (and egress-cni is not shipped); unset {ENABLE_IPV6} or set it to false"
                 ),
             });
         }

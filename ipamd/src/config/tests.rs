@@ -339,7 +339,7 @@ fn features_that_change_assignment_are_refused() {
         (ENABLE_PREFIX_DELEGATION, "true"),
     ]);
     assert!(
-        msg.contains(ENABLE_IPV6) && msg.contains("plugin does not build IPv6 pod networking yet"),
+        msg.contains(ENABLE_IPV6) && msg.contains("not yet proven end to end"),
         "{msg}"
     );
 }
