@@ -132,6 +132,17 @@ pub fn decode_object(bytes: &[u8]) -> Result<Map<String, Value>, CniError> {
     }
 }
 
+/// The version replies to a request are written in: the request's when it can be read, else
+/// the latest.
+pub fn request_version(stdin: &Result<Vec<u8>, super::error::CniError>) -> CniVersion {
+    stdin
+        .as_ref()
+        .ok()
+        .and_then(|b| peek_version(b))
+        .and_then(|v| CniVersion::parse(&v))
+        .unwrap_or(CniVersion::LATEST)
+}
+
 /// The request's `cniVersion` if it can be read at all (used for VERSION and to stamp errors).
 pub fn peek_version(bytes: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]

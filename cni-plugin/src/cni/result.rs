@@ -118,7 +118,9 @@ fn downgrade_route(mut v: Value, version: CniVersion) -> Value {
     v
 }
 
-fn adapt_ip(mut v: Value, version: CniVersion) -> Value {
+/// One `ips[]` entry for `version`: `version` (4 or 6, from the address) only where the spec
+/// has it.
+pub(crate) fn adapt_ip(mut v: Value, version: CniVersion) -> Value {
     if let Some(o) = v.as_object_mut() {
         if version.ip_has_version_field() {
             if !o.contains_key("version") {

@@ -3,10 +3,9 @@
 //! reference copies "interfaces over to result, but not IPs"): the pod's addresses stay the ones
 //! the cluster knows.
 
-use std::net::IpAddr;
-
 use serde_json::{Map, Value, json};
 
+use crate::cni::result::adapt_ip;
 use crate::cni::version::CniVersion;
 
 /// One interface the plugin made.
@@ -57,24 +56,7 @@ pub fn render(prev: &Value, version: CniVersion, appended: &[MadeInterface]) -> 
     if out.contains_key("ips") {
         let ips: Vec<Value> = list(&out, "ips")
             .into_iter()
-            .map(|mut ip| {
-                if let Some(o) = ip.as_object_mut() {
-                    if version.ip_has_version_field() {
-                        let family = o
-                            .get("address")
-                            .and_then(Value::as_str)
-                            .and_then(|a| a.split('/').next())
-                            .and_then(|a| a.parse::<IpAddr>().ok())
-                            .map(|a| if a.is_ipv4() { "4" } else { "6" });
-                        if let Some(f) = family {
-                            o.insert("version".into(), json!(f));
-                        }
-                    } else {
-                        o.remove("version");
-                    }
-                }
-                ip
-            })
+            .map(|ip| adapt_ip(ip, version))
             .collect();
         out.insert("ips".into(), Value::Array(ips));
     }

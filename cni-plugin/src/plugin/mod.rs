@@ -14,7 +14,7 @@ use serde_json::Value;
 use tracing::{Instrument, debug, info, info_span, warn};
 use vpc_cni_contract::dataplane::MAIN_TABLE;
 
-use crate::cni::config::{NetConf, peek_version};
+use crate::cni::config::{NetConf, peek_version, request_version};
 use crate::cni::env::{Attachment, CNI_NETNS, CniEnv, Command};
 use crate::cni::error::CniError;
 use crate::cni::version::{CniVersion, version_reply};
@@ -35,12 +35,7 @@ pub struct Outcome {
 /// Runs one invocation. `get_env` reads `CNI_*` variables; `stdin` is the request as read (or
 /// the error reading it).
 pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: Result<Vec<u8>, CniError>) -> Outcome {
-    let version = stdin
-        .as_ref()
-        .ok()
-        .and_then(|b| peek_version(b))
-        .and_then(|v| CniVersion::parse(&v))
-        .unwrap_or(CniVersion::LATEST);
+    let version = request_version(&stdin);
     Outcome {
         version,
         result: run_inner(get_env, stdin),
