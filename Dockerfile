@@ -7,6 +7,7 @@
 #   /app/ipamd              the daemon; also `ipamd probe`, `ipamd status`, `ipamd install-cni`
 #   /app/cni/bin/aws-cni    the CNI plugin, static (musl); `ipamd install-cni` copies every file of
 #                           /app/cni/bin into the host's /opt/cni/bin
+#   /app/cni/bin/egress-cni the chained plugin giving IPv6 pods IPv4 egress, static (musl)
 #   /app/cni/bin/{bandwidth,host-local,loopback,portmap,tuning}
 #                           Debian's upstream plugins, as the reference's init image ships them:
 #                           those the conflist chains, and loopback, which containerd requires
@@ -42,7 +43,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 ARG VERSION=v0.1.0
 LABEL org.opencontainers.image.title="aws-vpc-cni-rs" \
-      org.opencontainers.image.description="Rust drop-in for the AWS VPC CNI: aws-cni plugin and ipamd node daemon" \
+      org.opencontainers.image.description="Rust drop-in for the AWS VPC CNI: aws-cni and egress-cni plugins and ipamd node daemon" \
       org.opencontainers.image.source="https://github.com/example/aws-vpc-cni-rs" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}"

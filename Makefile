@@ -261,10 +261,10 @@ deps:
 
 # The image's binaries, as the Dockerfile's build stage and CI build them: ipamd in release
 # (only its package: the test harness is not built in release here) and the plugin static for
-# x86_64 musl, staged with the conf files and Debian's upstream plugins the conflist can chain
+# x86_64 musl (aws-cni and egress-cni), staged with the conf files and Debian's upstream plugins the conflist can chain
 # (CNI_PLUGINS from /usr/lib/cni: containernetworking-plugins, installed by `make deps`
 # and by the Dockerfile's build stage) in target/image, which becomes /app in the image:
-#   ipamd, cni/bin/{aws-cni,bandwidth,host-local,loopback,portmap,tuning} (copied to the host
+#   ipamd, cni/bin/{aws-cni,egress-cni,bandwidth,host-local,loopback,portmap,tuning} (copied to the host
 #   by `ipamd install-cni`), conf/*.
 # `make image-test` also checks that tree (the layout tests need the release build, so they
 # are not part of `make test`).
@@ -283,11 +283,12 @@ image-binaries:
 	fi
 	rustup target add $(IMAGE_MUSL_TARGET)
 	$(CARGO) build --release --locked -p ipamd --bin ipamd
-	$(CARGO) build --release --locked --target $(IMAGE_MUSL_TARGET) -p aws-cni --bin aws-cni
+	$(CARGO) build --release --locked --target $(IMAGE_MUSL_TARGET) -p aws-cni --bin aws-cni --bin egress-cni
 	rm -rf $(IMAGE_DIR)
 	install -d $(IMAGE_DIR)/cni/bin $(IMAGE_DIR)/conf
 	install -m 0755 $(TARGET_DIR)/release/ipamd $(IMAGE_DIR)/ipamd
 	install -m 0755 $(TARGET_DIR)/$(IMAGE_MUSL_TARGET)/release/aws-cni $(IMAGE_DIR)/cni/bin/aws-cni
+	install -m 0755 $(TARGET_DIR)/$(IMAGE_MUSL_TARGET)/release/egress-cni $(IMAGE_DIR)/cni/bin/egress-cni
 	install -m 0755 $(addprefix $(SYSTEM_CNI_DIR)/,$(CNI_PLUGINS)) $(IMAGE_DIR)/cni/bin/
 	install -m 0644 $(IMAGE_CONF) $(IMAGE_DIR)/conf/
 

@@ -185,8 +185,8 @@ pub fn render_for_node(config: &Config, node_ipv4: Option<Ipv4Addr>) -> String {
     };
     if let (true, true, Some(node_ip)) = (config.features.ipv6, p.v4_egress, node_ipv4) {
         list.plugins.push(Plugin::Egress(EgressEntry {
-            name: "egress-cni",
-            kind: "egress-cni",
+            name: crate::install::EGRESS_PLUGIN,
+            kind: crate::install::EGRESS_PLUGIN,
             mtu: p.pod_mtu.to_string(),
             enabled: "true",
             randomize_snat: config.node_network.randomize_snat.as_str(),
@@ -406,7 +406,6 @@ mod tests {
 
     #[test]
     fn ipv6_mode_chains_the_references_egress_entry_after_aws_cni() {
-        // ipamd refuses ENABLE_IPv6 until the plugin builds IPv6 pods: IPv6 mode is set here.
         let mut c = config(&[
             ("ENABLE_PREFIX_DELEGATION", "true"),
             ("ENABLE_V4_EGRESS", "false"),

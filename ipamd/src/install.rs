@@ -4,7 +4,8 @@
 //! 1. Copies every plugin binary shipped in the image into `HOST_CNI_BIN_PATH` (default
 //!    `/host/opt/cni/bin`), each through a temp file in the target directory, fsync and rename,
 //!    so a kubelet or runtime exec'ing a plugin at that moment runs the old binary or the new
-//!    one, never a half-written file. The image ships [`SHIPPED_PLUGINS`]: `aws-cni` and, as
+//!    one, never a half-written file. The image ships [`SHIPPED_PLUGINS`]: `aws-cni`,
+//!    `egress-cni` (IPv4 egress for IPv6 pods, chained when `ENABLE_V4_EGRESS`) and, as
 //!    the reference's init image does, the upstream plugins the written conflist chains
 //!    (`portmap`, `bandwidth`, `tuning`), `loopback` (containerd runs it for every pod's `lo`
 //!    and requires it in the CNI bin dir) and `host-local`, so a node whose OS image lacks them
@@ -43,13 +44,19 @@ pub const DISABLE_TCP_EARLY_DEMUX: &str = "DISABLE_TCP_EARLY_DEMUX";
 pub const DEFAULT_HOST_CNI_BIN_PATH: &str = "/host/opt/cni/bin";
 /// The plugin that must be among the installed binaries.
 pub const PLUGIN: &str = "aws-cni";
+/// The chained plugin giving IPv6 pods IPv4 egress (the reference's type name), built from
+/// this workspace next to [`PLUGIN`].
+pub const EGRESS_PLUGIN: &str = "egress-cni";
+/// The binaries this project builds, among [`SHIPPED_PLUGINS`].
+pub const OWN_PLUGINS: [&str; 2] = [PLUGIN, EGRESS_PLUGIN];
 /// Every binary the image ships in `/app/cni/bin` and this command requires in its source
-/// directory: [`PLUGIN`] and the upstream plugins (Debian's `containernetworking-plugins`,
+/// directory: [`OWN_PLUGINS`] and the upstream plugins (Debian's `containernetworking-plugins`,
 /// staged by `make image-binaries`) that a conflist ipamd writes can chain, plus `loopback`
-/// and `host-local`.
-pub const SHIPPED_PLUGINS: [&str; 6] = [
+/// and `host-local` (which egress-cni delegates its IPv4 addresses to).
+pub const SHIPPED_PLUGINS: [&str; 7] = [
     PLUGIN,
     "bandwidth",
+    EGRESS_PLUGIN,
     "host-local",
     "loopback",
     "portmap",
@@ -501,7 +508,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             format!(
-                "{} has no aws-cni, bandwidth, host-local, loopback, tuning binary to install",
+                "{} has no aws-cni, bandwidth, egress-cni, host-local, loopback, tuning binary to install",
                 src.path().display()
             )
         );

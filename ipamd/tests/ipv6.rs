@@ -3,9 +3,9 @@
 //! allocations in the reference's layout, a restart keeps them, no IPv4 SNAT is programmed, and
 //! a node without a prefix is not ready with a message that says how to give it one.
 //!
-//! The binary refuses `ENABLE_IPv6=true` until the plugin builds IPv6 pod networking (the
-//! refusal is checked too), so the daemon runs in this process, in the node's namespace, with
-//! the configuration the binary would read plus IPv6 mode.
+//! The settings the reference refuses with IPv6 (dual stack, no prefix delegation, a Xen
+//! instance type) stop the binary at start-up saying what to change. Pods end to end in IPv6
+//! (the plugin, egress-cni, EC2 mode): `tests/tests/vpc/ipv6_pods.rs`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -13,14 +13,7 @@ mod common;
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use common::world;
-use ipamd::checkpoint::FileCheckpointer;
-use ipamd::cloud::imds::SdkImds;
-use ipamd::config::Config;
-use ipamd::daemon::Daemon;
 use ipamd::rpc::{AddNetworkRequest, CheckNetworkRequest, DelNetworkRequest, PoolStatusRequest};
 use ipnet::Ipv6Net;
 use test_support::ipamd_client::client;
@@ -29,7 +22,7 @@ const VPC_V6: &str = "2600:1f14:d00:ab00::/56";
 const SUBNET_V6: &str = "2600:1f14:d00:ab00::/64";
 const PREFIX: &str = "2600:1f14:d00:ab00:4a6b::/80";
 
-/// What ENABLE_IPv6=true needs besides it (IPv6 only, prefixes, no IPv4 egress yet).
+/// What ENABLE_IPv6=true needs besides it (IPv6 only, prefixes; no egress-cni here).
 const IPV6_MODE: [(&str, &str); 4] = [
     ("ENABLE_IPv6", "true"),
     ("ENABLE_IPv4", "false"),
@@ -37,78 +30,12 @@ const IPV6_MODE: [(&str, &str); 4] = [
     ("ENABLE_V4_EGRESS", "false"),
 ];
 
-/// ipamd running in this process inside the node's namespace; stopped (drained) on drop.
-struct InProcess {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl InProcess {
-    /// The configuration `common::daemon::command` gives the binary, with `cooldown`, in IPv6
-    /// mode.
-    fn start(w: &common::World, cooldown: &str) -> Self {
-        let paths = &w.paths;
-        let env: HashMap<&str, String> = HashMap::from([
-            ("ENABLE_IMDS_ONLY_MODE", "true".to_owned()),
-            ("AWS_VPC_K8S_CNI_IPAMD_SOCKET", path(&paths.socket())),
-            ("AWS_VPC_K8S_CNI_BACKING_STORE", path(&paths.checkpoint())),
-            ("HOST_CNI_CONFDIR_PATH", path(&paths.confdir())),
-            ("MY_NODE_NAME", "node-1".to_owned()),
-            ("IP_COOLDOWN_PERIOD", cooldown.to_owned()),
-            ("ENABLE_PREFIX_DELEGATION", "true".to_owned()),
-            ("ENABLE_V4_EGRESS", "false".to_owned()),
-        ]);
-        let env: HashMap<&str, &str> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut config = Config::from_env(&env).unwrap();
-        config.features.ipv4 = false;
-        config.features.ipv6 = true;
-        std::fs::create_dir_all(paths.socket().parent().unwrap()).unwrap();
-        let imds = SdkImds::new(
-            aws_config::imds::Client::builder()
-                .endpoint(w.imds.endpoint())
-                .unwrap()
-                .build(),
-        );
-        let checkpointer = Arc::new(FileCheckpointer::new(paths.checkpoint()));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let ns = std::fs::File::open(w.node.path()).unwrap();
-        let thread = std::thread::spawn(move || {
-            // Threads the runtime starts from here inherit the namespace.
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    Daemon::new(config, imds, checkpointer)
-                        .run(async {
-                            let _ = stopped.await;
-                        })
-                        .await
-                        .unwrap();
-                });
-        });
-        Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn path(p: &std::path::Path) -> String {
-    p.display().to_string()
+/// The ipamd binary in IPv6 mode in the world's node namespace (killed on drop), with
+/// `IP_COOLDOWN_PERIOD=cooldown`.
+fn start(w: &common::World, cooldown: &str) -> common::daemon::Ipamd {
+    let mut env = IPV6_MODE.to_vec();
+    env.push(("IP_COOLDOWN_PERIOD", cooldown));
+    common::daemon::Ipamd::start(&w.node, &w.paths, &w.imds.endpoint(), &env)
 }
 
 /// Waits for the conflist, written once ipamd is ready.
@@ -168,7 +95,7 @@ fn in_prefix(n: u128) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_mode_hands_out_the_primary_enis_prefix_and_keeps_it_across_a_restart() {
     let w = v6_world(true);
-    let ipamd = InProcess::start(&w, "30");
+    let ipamd = start(&w, "30");
     wait_ready(&w);
     let mut c = client(&w.paths.socket()).await.unwrap();
 
@@ -245,7 +172,7 @@ async fn ipv6_mode_hands_out_the_primary_enis_prefix_and_keeps_it_across_a_resta
     drop(ipamd);
     // wait_ready waits for the conflist ipamd writes once ready.
     std::fs::remove_file(w.paths.conflist()).unwrap();
-    let ipamd = InProcess::start(&w, "30");
+    let ipamd = start(&w, "30");
     wait_ready(&w);
     let mut c = client(&w.paths.socket()).await.unwrap();
     for (cid, ip) in [
@@ -270,26 +197,52 @@ async fn ipv6_mode_hands_out_the_primary_enis_prefix_and_keeps_it_across_a_resta
     drop(ipamd);
 }
 
+/// Settings the reference refuses with IPv6 are refused by the binary at start-up, naming
+/// what to change, before it binds its socket or writes a conflist: dual stack, IPv6 without
+/// prefix delegation, and a Xen instance type (no prefixes on its ENIs).
 #[test]
-fn the_binary_refuses_ipv6_mode_until_the_plugin_builds_ipv6_pods() {
+fn the_binary_refuses_bad_ipv6_settings_saying_what_to_change() {
     let w = v6_world(true);
-    let out = common::daemon::command(&w.node, &w.paths, &w.imds.endpoint(), &IPV6_MODE)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let run = |extra: &[(&str, &str)]| {
+        let out = common::daemon::command(&w.node, &w.paths, &w.imds.endpoint(), extra)
+            .output()
+            .unwrap();
+        assert!(!w.paths.socket().exists() && !w.paths.conflist().exists());
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&[("ENABLE_IPv6", "true")]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("unsupported ENABLE_IPv6=\"true\"")
-            && stderr.contains("not yet proven end to end"),
+            && stderr.contains("dual-stack")
+            && stderr.contains("set ENABLE_IPv4=false"),
         "{stderr}"
     );
-    assert!(!w.paths.socket().exists() && !w.paths.conflist().exists());
+    let (code, stderr) = run(&[("ENABLE_IPv6", "true"), ("ENABLE_IPv4", "false")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("set ENABLE_PREFIX_DELEGATION=true"),
+        "{stderr}"
+    );
+    w.edit_metadata(|d| d.instance_type = "m4.large".into());
+    let (code, stderr) = run(&IPV6_MODE);
+    let log = w.paths.log_tail();
+    assert!(code.is_some_and(|c| c != 0), "{stderr}\n{log}");
+    assert!(
+        [&stderr, &log]
+            .iter()
+            .any(|t| t.contains("m4.large") && t.contains("Nitro") && t.contains("ENABLE_IPv6")),
+        "{stderr}\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_eni_without_a_prefix_keeps_ipamd_not_ready_saying_how_to_add_one() {
     let w = v6_world(false);
-    let ipamd = InProcess::start(&w, "0");
+    let ipamd = start(&w, "0");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let message = loop {
         if let Ok(mut c) = client(&w.paths.socket()).await

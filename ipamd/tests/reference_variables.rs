@@ -496,20 +496,14 @@ fn configuration_page_shows_the_table() {
 // ------------------------------------------------------------------------------------------
 
 /// No-op variables with a valid value other than the default, and an invalid one.
-const NO_OPS: [(&str, &str, &str); 8] = [
+const NO_OPS: [(&str, &str, &str); 6] = [
     (cfg::AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER, "false", "maybe"),
-    (
-        cfg::AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE,
-        "/var/log/v4.log",
-        "v4.log",
-    ),
     (
         cfg::AWS_VPC_K8S_EGRESS_V6_PLUGIN_LOG_FILE,
         "/var/log/v6.log",
         "v6.log",
     ),
     (cfg::ENABLE_NFTABLES, "true", "maybe"),
-    (cfg::ENABLE_V4_EGRESS, "false", "maybe"),
     (cfg::ENI_CONFIG_ANNOTATION_DEF, "example.com/eni", "a b"),
     (cfg::ENI_CONFIG_LABEL_DEF, "example.com/eni", "a b"),
     (cfg::POD_SECURITY_GROUP_ENFORCING_MODE, "standard", "loose"),
@@ -561,17 +555,6 @@ fn no_op_settings_change_nothing_but_are_validated() {
                 assert_eq!(c.kubernetes.eni_config_label, valid);
                 c.kubernetes.eni_config_label = base.kubernetes.eni_config_label.clone();
             }
-            // Read for egress-cni's conflist entry, which only IPv6 mode writes.
-            cfg::AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE => {
-                assert_eq!(c.plugin.egress_v4_log_file, valid);
-                assert_eq!(ipamd::conflist::render(&c), ipamd::conflist::render(&base));
-                c.plugin.egress_v4_log_file = base.plugin.egress_v4_log_file.clone();
-            }
-            cfg::ENABLE_V4_EGRESS => {
-                assert_eq!(c.plugin.v4_egress.to_string(), valid);
-                assert_eq!(ipamd::conflist::render(&c), ipamd::conflist::render(&base));
-                c.plugin.v4_egress = base.plugin.v4_egress;
-            }
             cfg::POD_SECURITY_GROUP_ENFORCING_MODE => {
                 // Written into the conflist as the reference does, and nothing else changes.
                 let want = ipamd::conflist::render(&base).replace(
@@ -590,6 +573,78 @@ fn no_op_settings_change_nothing_but_are_validated() {
             err.contains(&format!("{var}={invalid:?}")),
             "{var}={invalid} must be rejected naming it: {err}"
         );
+    }
+}
+
+/// `ENABLE_V4_EGRESS` and `AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE` in an IPv6 cluster: the
+/// conflist chains egress-cni after aws-cni (true, the default), with its log file, SNAT to
+/// the node's IPv4 address and host-local in the reference's range; false leaves it out. In an
+/// IPv4 cluster neither changes the conflist (egress-cni is for IPv6 pods). Pods through the
+/// chained egress-cni: `tests/tests/vpc/ipv6_pods.rs`.
+#[test]
+fn ipv4_egress_settings_shape_the_ipv6_conflist() {
+    let node_ip = std::net::Ipv4Addr::new(10, 0, 0, 5);
+    let ipv6 = [
+        (cfg::ENABLE_IPV6, "true"),
+        (cfg::ENABLE_IPV4, "false"),
+        (cfg::ENABLE_PREFIX_DELEGATION, "true"),
+    ];
+    let conflist = |pairs: &[(&str, &str)]| -> serde_json::Value {
+        let c = config_of(pairs).unwrap_or_else(|e| panic!("{pairs:?}: {e}"));
+        serde_json::from_str(&ipamd::conflist::render_for_node(&c, Some(node_ip))).unwrap()
+    };
+    let types = |v: &serde_json::Value| -> Vec<String> {
+        v["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let default = conflist(&ipv6);
+    assert_eq!(types(&default), ["aws-cni", "egress-cni", "portmap"]);
+    let egress = &default["plugins"][1];
+    assert_eq!(egress["nodeIP"], "10.0.0.5");
+    assert_eq!(egress["enabled"], "true");
+    assert_eq!(
+        egress["pluginLogFile"],
+        "/var/log/aws-routed-eni/egress-v4-plugin.log"
+    );
+    assert_eq!(
+        egress["ipam"]["ranges"][0][0]["subnet"], "169.254.172.0/22",
+        "{egress}"
+    );
+
+    let mut logged = ipv6.to_vec();
+    logged.push((
+        cfg::AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE,
+        "/var/log/v4.log",
+    ));
+    assert_eq!(
+        conflist(&logged)["plugins"][1]["pluginLogFile"],
+        "/var/log/v4.log"
+    );
+
+    let mut off = ipv6.to_vec();
+    off.push((cfg::ENABLE_V4_EGRESS, "false"));
+    assert_eq!(types(&conflist(&off)), ["aws-cni", "portmap"]);
+
+    let ipv4 = conflist(&[]);
+    for pairs in [
+        vec![(cfg::ENABLE_V4_EGRESS, "false")],
+        vec![(
+            cfg::AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE,
+            "/var/log/v4.log",
+        )],
+    ] {
+        assert_eq!(conflist(&pairs), ipv4, "{pairs:?}");
+    }
+    for (var, bad) in [
+        (cfg::ENABLE_V4_EGRESS, "maybe"),
+        (cfg::AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE, "v4.log"),
+    ] {
+        let err = config_of(&[(var, bad)]).unwrap_err().to_string();
+        assert!(err.contains(&format!("{var}={bad:?}")), "{err}");
     }
 }
 

@@ -11,6 +11,8 @@ use std::process::Command;
 
 /// Env var overriding the path of the plugin binary.
 const AWS_CNI_BIN_ENV: &str = "AWS_CNI_BIN";
+/// Env var overriding the path of the egress-cni binary.
+const EGRESS_CNI_BIN_ENV: &str = "EGRESS_CNI_BIN";
 /// Env var overriding the path of the ipamd binary.
 const IPAMD_BIN_ENV: &str = "IPAMD_BIN";
 /// Where Debian's containernetworking-plugins installs portmap and friends.
@@ -111,6 +113,45 @@ fn locate(what: &'static str, env: &str, file: &str) -> Result<PathBuf, PrereqEr
 /// The `aws-cni` plugin binary.
 pub fn aws_cni() -> Result<PathBuf, PrereqError> {
     locate("the aws-cni plugin", AWS_CNI_BIN_ENV, "aws-cni")
+}
+
+/// The `egress-cni` plugin binary (IPv4 egress for IPv6 pods, chained after `aws-cni`).
+pub fn egress_cni() -> Result<PathBuf, PrereqError> {
+    locate("the egress-cni plugin", EGRESS_CNI_BIN_ENV, "egress-cni")
+}
+
+/// Copies the plugins `names` into `dir` as the image ships them in `/app/cni/bin`: `aws-cni`
+/// and `egress-cni` from this build, every other name from Debian's
+/// containernetworking-plugins in [`SYSTEM_CNI_DIR`].
+///
+/// # Errors
+/// A binary is missing (named, with how to get it) or cannot be copied.
+pub fn stage_plugins(dir: &Path, names: &[&str]) -> Result<(), PrereqError> {
+    let copy_failed = |path: PathBuf, e: std::io::Error| PrereqError::Missing {
+        what: "a plugin to stage",
+        path,
+        hint: format!("cannot copy it into {}: {e}", dir.display()),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| copy_failed(dir.to_owned(), e))?;
+    for name in names {
+        let from = match *name {
+            "aws-cni" => aws_cni()?,
+            "egress-cni" => egress_cni()?,
+            upstream => {
+                let path = Path::new(SYSTEM_CNI_DIR).join(upstream);
+                if !path.is_file() {
+                    return Err(PrereqError::Missing {
+                        what: "an upstream CNI plugin",
+                        path,
+                        hint: "install containernetworking-plugins (make deps)".into(),
+                    });
+                }
+                path
+            }
+        };
+        std::fs::copy(&from, dir.join(name)).map_err(|e| copy_failed(from.clone(), e))?;
+    }
+    Ok(())
 }
 
 /// The `ipamd` binary.

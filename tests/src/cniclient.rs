@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use crate::cni::{CniOutcome, Pod, run_with_stdin};
-use crate::node::{SimNode, SimNodeError};
+use crate::node::{NodeHost, NodeRoot, SimNodeError};
 use test_support::prereqs::{self, PrereqError};
 
 /// Env var overriding the path of the libcni front end.
@@ -21,17 +21,18 @@ const DEBIAN_GOPATH: &str = "/usr/share/gocode";
 /// libcni driven against one node, with its own result cache directory.
 #[derive(Debug)]
 pub struct CniClient<'a> {
-    node: &'a SimNode,
+    node: &'a NodeHost,
     binary: PathBuf,
     confdir: PathBuf,
     cache_dir: PathBuf,
     cap_args: Option<String>,
+    root: Option<&'a NodeRoot>,
 }
 
 impl<'a> CniClient<'a> {
     /// A client reading conflists from ipamd's `net.d` and caching results under the node's
     /// state directory.
-    pub fn new(node: &'a SimNode) -> Result<Self, SimNodeError> {
+    pub fn new(node: &'a NodeHost) -> Result<Self, SimNodeError> {
         let cache_dir = node.dir().join("cni-cache");
         std::fs::create_dir_all(&cache_dir).map_err(|source| SimNodeError::Io {
             context: format!("cannot create {}", cache_dir.display()),
@@ -43,6 +44,7 @@ impl<'a> CniClient<'a> {
             confdir: node.conflist_dir(),
             cache_dir,
             cap_args: None,
+            root: None,
         })
     }
 
@@ -59,6 +61,13 @@ impl<'a> CniClient<'a> {
         self
     }
 
+    /// Runs libcni (and so the plugins) in `root`'s mount namespace: the node's host paths
+    /// (e.g. egress-cni's host-local `dataDir` under `/run/cni`) are the node's own.
+    pub fn in_root(mut self, root: &'a NodeRoot) -> Self {
+        self.root = Some(root);
+        self
+    }
+
     /// libcni's result cache directory (`CNI_CACHE_DIR`).
     pub fn cache_dir(&self) -> &Path {
         &self.cache_dir
@@ -71,7 +80,10 @@ impl<'a> CniClient<'a> {
         network: &str,
         pod: Option<&Pod>,
     ) -> Result<CniOutcome, SimNodeError> {
-        let mut cmd = self.node.ns().command(&self.binary);
+        let mut cmd = match self.root {
+            Some(root) => root.command(&self.binary),
+            None => self.node.ns().command(&self.binary),
+        };
         cmd.arg(verb).arg(network);
         cmd.env_clear()
             .env("PATH", test_support::netns::default_path())

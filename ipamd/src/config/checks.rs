@@ -134,28 +134,6 @@ impl Config {
                 ),
             });
         }
-        // ipamd's and the plugin's IPv6 parts are built and tested each on its own, but not yet
-        // together on a node; until then IPv6 mode is refused rather than half-promised.
-        if f.ipv6 {
-            return Err(ConfigError::Unsupported {
-                var: ENABLE_IPV6,
-                value: raw(ENABLE_IPV6)?,
-                reason: format!(
-                    "IPv6 mode is not complete in this build yet: ipamd and the aws-cni plugin each build their IPv6 part, but IPv6 pods are not yet proven end to end on a node (and egress-cni is not shipped); unset {ENABLE_IPV6} or set it to false"
-                ),
-            });
-        }
-        // IPv6 pods reach IPv4 destinations through egress-cni (ENABLE_V4_EGRESS, true by
-        // default), which this build does not have yet.
-        if f.ipv6 && r.bool(ENABLE_V4_EGRESS, true)? {
-            return Err(ConfigError::Unsupported {
-                var: ENABLE_V4_EGRESS,
-                value: raw(ENABLE_V4_EGRESS)?,
-                reason: format!(
-                    "IPv4 egress for IPv6 pods (egress-cni, on by default in IPv6 mode) is not available in this build yet: set {ENABLE_V4_EGRESS}=false (pods then reach IPv6 destinations only), or unset {ENABLE_IPV6}"
-                ),
-            });
-        }
         // Features this build lacks next: checking how they combine with other settings would
         // only send the operator to fix a setting that is refused anyway.
         let unsupported = [

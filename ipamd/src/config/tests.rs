@@ -333,15 +333,21 @@ fn features_that_change_assignment_are_refused() {
         let msg = err_of(&[(var, "true"), (WARM_IP_TARGET, "1")]);
         assert!(msg.contains(var) && msg.contains("not available"), "{msg}");
     }
-    let msg = err_of(&[
+}
+
+#[test]
+fn an_ipv6_cluster_is_accepted_with_ipv4_egress_on_by_default() {
+    let ipv6 = [
         (ENABLE_IPV6, "true"),
         (ENABLE_IPV4, "false"),
         (ENABLE_PREFIX_DELEGATION, "true"),
-    ]);
-    assert!(
-        msg.contains(ENABLE_IPV6) && msg.contains("not yet proven end to end"),
-        "{msg}"
-    );
+    ];
+    let c = with(&ipv6).unwrap();
+    assert!(c.features.ipv6 && !c.features.ipv4 && c.features.prefix_delegation);
+    assert!(c.plugin.v4_egress);
+    let mut off = ipv6.to_vec();
+    off.push((ENABLE_V4_EGRESS, "false"));
+    assert!(!with(&off).unwrap().plugin.v4_egress);
 }
 
 #[test]

@@ -214,6 +214,8 @@ pub struct NodeHost {
     dir: StateDir,
     settings: HostSettings,
     ipamd_bin: PathBuf,
+    /// The `aws-cni` binary plugin calls exec.
+    plugin: PathBuf,
     cni_path: String,
 }
 
@@ -223,6 +225,7 @@ impl NodeHost {
         prereqs::require_node_prerequisites()?;
         let ipamd_bin = prereqs::ipamd()?;
         let cni_path = prereqs::cni_path()?;
+        let plugin = prereqs::aws_cni()?;
         let dir = StateDir::create("node")?;
         let host = Self {
             ipamd: None,
@@ -230,6 +233,7 @@ impl NodeHost {
             dir,
             settings,
             ipamd_bin,
+            plugin,
             cni_path,
         };
         fs::create_dir_all(host.conflist_dir()).map_err(io_err("cannot create net.d"))?;
@@ -309,7 +313,8 @@ impl NodeHost {
         self.dir().join("plugin.log")
     }
 
-    /// `CNI_PATH` for plugin calls: aws-cni's directory, then /usr/lib/cni.
+    /// `CNI_PATH` for plugin calls: aws-cni's directory, then /usr/lib/cni; after
+    /// [`NodeHost::install_cni`], the directory it installed into.
     pub fn cni_path(&self) -> &str {
         &self.cni_path
     }
@@ -354,6 +359,40 @@ impl NodeHost {
             env.push((k, v));
         }
         env
+    }
+
+    /// Runs `ipamd install-cni` in the node's namespace as the aws-node init container does,
+    /// with ipamd's environment (so `ENABLE_IPv6` etc. mean the same): copies every plugin of
+    /// `image_plugins` (a directory staged like the image's `/app/cni/bin`) into the node's
+    /// `opt/cni/bin` and sets the node's sysctls. Plugin calls use that directory as `CNI_PATH`
+    /// afterwards, as a runtime on the node does.
+    ///
+    /// # Errors
+    /// install-cni failed (its output is in the error).
+    pub fn install_cni(&mut self, image_plugins: &Path) -> Result<(), SimNodeError> {
+        let bin_dir = self.dir().join("opt").join("cni").join("bin");
+        let bin_dir_s = bin_dir.to_string_lossy().into_owned();
+        let env = self.ipamd_env(&[("HOST_CNI_BIN_PATH", &bin_dir_s)]);
+        let mut cmd = self.ns.command(&self.ipamd_bin);
+        cmd.arg("install-cni")
+            .arg("--from")
+            .arg(image_plugins)
+            .env_clear()
+            .env("PATH", test_support::netns::default_path())
+            .envs(env);
+        let out = cmd
+            .output()
+            .map_err(io_err("cannot run ipamd install-cni"))?;
+        if !out.status.success() {
+            return Err(SimNodeError::PluginFailed {
+                what: "ipamd install-cni".into(),
+                outcome: format!("{}\n{}", out.status, String::from_utf8_lossy(&out.stderr)),
+                diag: self.diag(),
+            });
+        }
+        self.plugin = bin_dir.join("aws-cni");
+        self.cni_path = bin_dir_s;
+        Ok(())
     }
 
     /// Starts ipamd with `extra` environment without waiting for readiness (config-error
@@ -504,10 +543,10 @@ impl NodeHost {
         Ok(Value::Object(conf))
     }
 
-    /// Execs the plugin inside the node namespace, as a runtime on the node would.
+    /// Execs the plugin inside the node namespace, as a runtime on the node would (the one
+    /// install-cni installed, once it ran).
     pub fn exec_plugin(&self, request: &CniRequest) -> Result<CniOutcome, SimNodeError> {
-        let plugin = prereqs::aws_cni()?;
-        Ok(request.run_in(&self.ns, plugin, &self.cni_path)?)
+        Ok(request.run_in(&self.ns, &self.plugin, &self.cni_path)?)
     }
 
     /// Direct-exec `command` for `pod` with the written conflist at `cni_version`.

@@ -59,6 +59,18 @@ impl NodeRoot {
     /// Creates the mount namespace of a node whose network namespace is `ns`, with `binds`
     /// (sources must exist; a file source needs a file target).
     pub fn create(ns: &Netns, binds: &[Bind]) -> Result<Self, SimNodeError> {
+        Self::create_with(ns, binds, "private")
+    }
+
+    /// [`NodeRoot::create`], but the node's mounts follow the machine's (propagation `slave`):
+    /// a network namespace a test creates later under `/run/netns` shows in the node too, so
+    /// a runtime on the node (libcni through `cniclient`) can hand it to plugins, while the
+    /// node's own bind mounts still never show outside.
+    pub fn create_following(ns: &Netns, binds: &[Bind]) -> Result<Self, SimNodeError> {
+        Self::create_with(ns, binds, "slave")
+    }
+
+    fn create_with(ns: &Netns, binds: &[Bind], propagation: &str) -> Result<Self, SimNodeError> {
         let dir = tempfile::Builder::new()
             .prefix("vcni-noderoot-")
             .tempdir()
@@ -92,7 +104,7 @@ impl NodeRoot {
         cmd.args([
             "--mount",
             "--propagation",
-            "private",
+            propagation,
             "--",
             "sh",
             "-c",

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +64,10 @@ pub struct NodeSpec {
     /// The subnet of the instance's primary ENI (an id of [`VpcFabric::subnets`]); `None`: the
     /// nodes' subnet. The instance's Availability Zone is that subnet's.
     pub subnet_id: Option<String>,
+    /// Runs `ipamd install-cni` from this directory (staged like the image's `/app/cni/bin`)
+    /// before ipamd starts, as the aws-node init container does; plugin calls then use the
+    /// installed directory.
+    pub install_cni_from: Option<PathBuf>,
 }
 
 impl NodeSpec {
@@ -80,7 +85,14 @@ impl NodeSpec {
             primary_prefixes: 0,
             extra_enis: Vec::new(),
             subnet_id: None,
+            install_cni_from: None,
         }
+    }
+
+    /// Runs `ipamd install-cni --from image_plugins` before ipamd starts (the init container).
+    pub fn with_install_cni(mut self, image_plugins: &Path) -> Self {
+        self.install_cni_from = Some(image_plugins.to_owned());
+        self
     }
 
     /// Runs the instance in `subnet` (one of [`VpcFabric::subnets`]).
@@ -258,6 +270,9 @@ impl VpcNode {
             ipv6: None,
         };
         node.ipv6 = node.boot()?;
+        if let Some(from) = &spec.install_cni_from {
+            node.host.install_cni(from)?;
+        }
         if spec.start_ipamd {
             node.host.start_ipamd()?;
         }

@@ -223,9 +223,10 @@ fn a_kubelet_on_a_vpc_node_registers_and_its_pod_gets_a_vpc_address_through_aws_
 }
 
 /// The expected plugins in a node's `/opt/cni/bin` after the init container ran.
-const INSTALLED: [&str; 6] = [
+const INSTALLED: [&str; 7] = [
     "aws-cni",
     "bandwidth",
+    "egress-cni",
     "host-local",
     "loopback",
     "portmap",

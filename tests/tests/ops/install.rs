@@ -1,6 +1,6 @@
 //! `ipamd install-cni`, the init container's work, run the way the init container runs it: in
 //! the node's network namespace, against instance metadata, from a directory holding what the
-//! image ships (`aws-cni` and Debian's upstream plugins) into a directory standing for the
+//! image ships (`aws-cni`, `egress-cni` and Debian's upstream plugins) into a directory standing for the
 //! host's /opt/cni/bin. Sysctls change only inside the simulated node.
 
 use std::io::Read;
@@ -185,7 +185,7 @@ fn install_cni_refuses_what_this_build_cannot_do() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!(
-            "{empty_s} has no aws-cni, bandwidth, host-local, loopback, portmap, tuning binary to install"
+            "{empty_s} has no aws-cni, bandwidth, egress-cni, host-local, loopback, portmap, tuning binary to install"
         )),
         "{}",
         describe(&out)

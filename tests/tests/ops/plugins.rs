@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use ipamd::install::{PLUGIN, SHIPPED_PLUGINS};
+use ipamd::install::{EGRESS_PLUGIN, OWN_PLUGINS, PLUGIN, SHIPPED_PLUGINS};
 use serde_json::Value;
 
 use super::{describe, read, workspace};
@@ -20,20 +20,34 @@ const CHAINING_VARIABLES: [&str; 2] = ["DISABLE_POD_V6", "ENABLE_BANDWIDTH_PLUGI
 /// Where Debian's containernetworking-plugins installs the plugins.
 const SYSTEM_CNI_DIR: &str = test_support::prereqs::SYSTEM_CNI_DIR;
 
+/// The settings of an IPv6 node, whose conflist chains `egress-cni` (`ENABLE_V4_EGRESS`
+/// defaults to true there).
+const IPV6_NODE: [(&str, &str); 3] = [
+    ("ENABLE_IPv6", "true"),
+    ("ENABLE_IPv4", "false"),
+    ("ENABLE_PREFIX_DELEGATION", "true"),
+];
+
 /// Every `type` of every conflist ipamd can write (all combinations of the chaining
-/// variables), plus `loopback`.
+/// variables, in IPv4 and in IPv6 mode), plus `loopback`.
 pub fn plugins_a_node_needs() -> BTreeSet<String> {
     let mut types = BTreeSet::from(["loopback".to_owned()]);
-    for combination in 0..1u32 << CHAINING_VARIABLES.len() {
+    for combination in 0..1u32 << (CHAINING_VARIABLES.len() + 1) {
         let mut env: HashMap<String, String> =
             HashMap::from([("MY_NODE_NAME".to_owned(), "node-1".to_owned())]);
+        if combination & (1 << CHAINING_VARIABLES.len()) != 0 {
+            env.extend(IPV6_NODE.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        }
         for (bit, var) in CHAINING_VARIABLES.iter().enumerate() {
             let on = combination & (1 << bit) != 0;
             env.insert((*var).to_owned(), on.to_string());
         }
         let config = ipamd::config::Config::from_env(&env)
             .unwrap_or_else(|e| panic!("ipamd refuses {env:?}: {e}"));
-        let conflist: Value = serde_json::from_str(&ipamd::conflist::render(&config)).unwrap();
+        let node_ip = std::net::Ipv4Addr::new(10, 0, 0, 10);
+        let conflist: Value =
+            serde_json::from_str(&ipamd::conflist::render_for_node(&config, Some(node_ip)))
+                .unwrap();
         let plugins = conflist["plugins"].as_array().unwrap();
         assert!(!plugins.is_empty(), "{conflist}");
         for plugin in plugins {
@@ -44,26 +58,16 @@ pub fn plugins_a_node_needs() -> BTreeSet<String> {
         }
     }
     assert!(
-        types.contains(PLUGIN) && types.contains("portmap"),
+        types.contains(PLUGIN) && types.contains(EGRESS_PLUGIN) && types.contains("portmap"),
         "{types:?}"
     );
     types
 }
 
-/// Copies what the image ships into `dir`: the `aws-cni` under test and the system's upstream
+/// Copies what the image ships into `dir`: the plugins under test and the system's upstream
 /// plugins of [`SHIPPED_PLUGINS`] (`make deps` installs them).
 pub fn stage_shipped(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::copy(test_support::prereqs::aws_cni().unwrap(), dir.join(PLUGIN)).unwrap();
-    for name in SHIPPED_PLUGINS.into_iter().filter(|n| *n != PLUGIN) {
-        let system = Path::new(SYSTEM_CNI_DIR).join(name);
-        std::fs::copy(&system, dir.join(name)).unwrap_or_else(|e| {
-            panic!(
-                "cannot copy {}: {e} (install containernetworking-plugins: make deps)",
-                system.display()
-            )
-        });
-    }
+    test_support::prereqs::stage_plugins(dir, &SHIPPED_PLUGINS).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Runs `CNI_COMMAND=VERSION` on a plugin binary, as a runtime would, and returns its
@@ -103,7 +107,10 @@ fn install_cni_requires_every_plugin_a_conflist_can_chain() {
     );
     // The system has them (the e2e tests chain them from there and the image is staged from
     // there), and they are plugins a runtime can call.
-    for name in SHIPPED_PLUGINS.into_iter().filter(|n| *n != PLUGIN) {
+    for name in SHIPPED_PLUGINS
+        .into_iter()
+        .filter(|n| !OWN_PLUGINS.contains(n))
+    {
         let path = Path::new(SYSTEM_CNI_DIR).join(name);
         assert!(
             path.is_file(),
@@ -135,17 +142,19 @@ fn image_binaries_stages_the_shipped_plugins_from_debians_package() {
         .collect();
     let upstream: BTreeSet<String> = SHIPPED_PLUGINS
         .iter()
-        .filter(|n| **n != PLUGIN)
+        .filter(|n| !OWN_PLUGINS.contains(n))
         .map(|n| (*n).to_owned())
         .collect();
     assert_eq!(
         staged, upstream,
         "make image-binaries must stage exactly the upstream plugins of SHIPPED_PLUGINS:\n{plan}"
     );
-    assert!(
-        plan.contains("target/image/cni/bin/aws-cni"),
-        "aws-cni is staged too:\n{plan}"
-    );
+    for own in OWN_PLUGINS {
+        assert!(
+            plan.contains(&format!("target/image/cni/bin/{own}")),
+            "{own} is staged too:\n{plan}"
+        );
+    }
 
     // The Dockerfile's build stage has the package, so the same target finds them there.
     let dockerfile = read("Dockerfile");

@@ -490,7 +490,7 @@ fn ipamd_cases(dir: &Path) -> Vec<(&'static str, String, &'static str)> {
         ("ADDITIONAL_ENI_TAGS", "{bad".into(), "JSON"),
         ("AWS_VPC_K8S_CNI_CONNMARK", "0".into(), "0"),
         ("HTTP_TIMEOUT", "ten".into(), "integer"),
-        ("ENABLE_IPv6", "true".into(), "ENABLE_IPv6"),
+        ("ENABLE_IPv6", "true".into(), "dual-stack"),
     ]
 }
 

@@ -112,7 +112,7 @@ fn bare_node(vpc: &VpcFabric, name: &str) -> VpcNode {
 }
 
 /// The node's primary ENI in moto now.
-fn primary_eni(vpc: &VpcFabric, node: &VpcNode) -> EniState {
+pub(crate) fn primary_eni(vpc: &VpcFabric, node: &VpcNode) -> EniState {
     ok(node, vpc.ec2().eni(&node.instance().primary_eni)).unwrap()
 }
 
@@ -201,7 +201,7 @@ fn ping(node: &VpcNode, ns: &Netns, dst: Ipv6Addr) -> (bool, String) {
 
 /// Adds a rule to the internet namespace's raw PREROUTING that counts echo requests from
 /// `src` (no target: it only counts), tagged `tag`.
-fn count_echo_requests_from(node: &VpcNode, vpc: &VpcFabric, src: Ipv6Addr, tag: &str) {
+pub(crate) fn count_echo_requests_from(node: &VpcNode, vpc: &VpcFabric, src: Ipv6Addr, tag: &str) {
     ok(
         node,
         vpc.internet().exec_checked(
@@ -228,7 +228,7 @@ fn count_echo_requests_from(node: &VpcNode, vpc: &VpcFabric, src: Ipv6Addr, tag:
 }
 
 /// Packets counted by the raw-table rule of `ns` whose text contains `needle`.
-fn raw_rule_packets(node: &VpcNode, ns: &Netns, needle: &str) -> u64 {
+pub(crate) fn raw_rule_packets(node: &VpcNode, ns: &Netns, needle: &str) -> u64 {
     let out = ok(
         node,
         ns.exec_checked("ip6tables-save", &["-c", "-t", "raw"]),

@@ -6,7 +6,8 @@
 //! (several subnets, tags, `CLUSTER_NAME`), the low-address report and unmanaged ENIs;
 //! `prefixes` prefix delegation (moto's prefix extension, max pods, prefixes given back).
 //! `ipv6` the simulator in IPv6 (addresses and /80 prefixes routed to their ENIs, the
-//! source/destination check, the IPv6 internet host).
+//! source/destination check, the IPv6 internet host); `ipv6_pods` IPv6 pods end to end (ipamd
+//! in IPv6 mode, aws-cni and egress-cni installed by install-cni and chained by libcni).
 //!
 //! They must run as root with moto installed and fail (never skip) when something is missing.
 #![allow(clippy::unwrap_used)]
@@ -14,6 +15,7 @@
 mod connectivity;
 mod fabric;
 mod ipv6;
+mod ipv6_pods;
 mod limits;
 mod maintenance;
 mod prefixes;
