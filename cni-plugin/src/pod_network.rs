@@ -290,19 +290,20 @@ async fn configure(
     let len = family.host_prefix_len();
     let gateway = pod_gateway(family);
     let host_link = created_link(host, spec.host_veth).await?;
+    if family == Family::V6 {
+        // The address, routes and neighbour below need IPv6 on (EACCES otherwise); detection
+        // of duplicates goes off before the link has carrier (the host end comes up below).
+        sysctl::enable_ipv6_in_pod(pod_ns, spec.ifname).map_err(sysctl_failed)?;
+        timing::mark("pod_sysctls");
+    }
     // Before the host end comes up: it must never take a router advertisement from the pod.
-    sysctl::harden_host_veth(spec.host_veth).map_err(sysctl_failed)?;
+    sysctl::harden_host_veth(spec.host_veth, family == Family::V6).map_err(sysctl_failed)?;
     host.set_up(host_link.index, spec.host_veth)
         .await
         .map_err(kernel)?;
     timing::mark("host_veth_up");
     let idx = created_link(pod, spec.ifname).await?.index;
     timing::mark("pod_link_lookup");
-    if family == Family::V6 {
-        // The address, routes and neighbour below need IPv6 on (EACCES otherwise).
-        sysctl::enable_ipv6_in_pod(pod_ns, spec.ifname).map_err(sysctl_failed)?;
-        timing::mark("pod_sysctls");
-    }
 
     pod.add_address(idx, spec.ifname, spec.ip, len)
         .await
@@ -323,7 +324,8 @@ async fn configure(
     timing::mark("pod_neigh");
     if family == Family::V6 {
         // A tentative address cannot be used yet (bind fails, packets from it are dropped):
-        // the pod would start without a working address.
+        // the pod would start without a working address. With detection off (above) nothing
+        // is tentative and this returns at once; it stays as the reference's guard.
         wait_until_addresses_settle(pod, idx, spec.ifname, DAD_TIMEOUT, DAD_POLL_INTERVAL).await?;
         timing::mark("pod_dad");
     }
@@ -360,7 +362,8 @@ fn sysctl_failed(source: SysctlError) -> PodNetworkError {
 }
 
 /// Waits until no IPv6 address of the link `index` (`ifname`) in the pod is tentative, looking
-/// every `interval` for up to `timeout` (the reference's `WaitForAddressesToBeStable`). An
+/// after 1 ms, then twice as long each time up to every `interval`, for up to `timeout` (the
+/// reference's `WaitForAddressesToBeStable`, which looks every `interval`). An
 /// address whose detection failed ends the wait at once: it never becomes usable.
 ///
 /// # Errors
@@ -374,6 +377,9 @@ pub async fn wait_until_addresses_settle(
     interval: Duration,
 ) -> Result<(), PodNetworkError> {
     let deadline = Instant::now() + timeout;
+    // Detection is off on a pod's link, so an address is tentative only until the kernel's
+    // address work runs (well under a millisecond): look again soon, then every `interval`.
+    let mut pause = Duration::from_millis(1).min(interval);
     loop {
         let addrs = pod
             .address_states(index, Some(Family::V6))
@@ -405,7 +411,8 @@ pub async fn wait_until_addresses_settle(
                 rollback: Vec::new(),
             });
         }
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(interval);
     }
 }
 

@@ -1,7 +1,9 @@
 //! The per-interface IPv6 sysctls of a pod's veth pair (`/proc/sys/net/ipv6/conf/<if>/<key>`),
 //! as the reference writes them: on the host end `accept_ra=0`, `accept_redirects=1` and
 //! `forwarding=0` before it comes up (it must never take a router advertisement from the pod
-//! side), and for an IPv6 pod `disable_ipv6=0` on the pod's interface and its `lo`.
+//! side), and for an IPv6 pod `disable_ipv6=0` on the pod's interface and its `lo`. Beyond the
+//! reference, an IPv6 pod's two ends get `accept_dad=0` before the link has carrier, so its
+//! addresses are usable at once (the reference waits 1–2 s for detection on every IPv6 ADD).
 //!
 //! `/proc/sys/net` shows the network namespace of the calling *thread* (sysctl tables are
 //! looked up in `current->nsproxy->net_ns`), so the pod's are written from inside the pod
@@ -77,25 +79,39 @@ pub fn set_ipv6_conf(
 }
 
 /// The host end's settings ([`HOST_VETH_IPV6`]), written in the calling thread's namespace (the
-/// host's).
+/// host's). For an IPv6 pod also `accept_dad=0`: the host end's link-local address is the
+/// source of its neighbour solicitations for the pod's address, and the kernel sends none from
+/// a tentative one, so traffic to the pod would wait the 1–2 s of detection (see
+/// [`enable_ipv6_in_pod`] for why detection finds nothing on this link).
 ///
 /// # Errors
 /// A write failed (other than for a kernel without IPv6).
-pub fn harden_host_veth(host_veth: &str) -> Result<(), SysctlError> {
-    for (key, value) in HOST_VETH_IPV6 {
+pub fn harden_host_veth(host_veth: &str, ipv6_pod: bool) -> Result<(), SysctlError> {
+    let dad = ipv6_pod.then_some(("accept_dad", "0"));
+    for (key, value) in HOST_VETH_IPV6.into_iter().chain(dad) {
         set_ipv6_conf(host_veth, key, value, "the host network namespace")?;
     }
     Ok(())
 }
 
-/// Enables IPv6 on `ifname` and on `lo` inside `pod_ns` (a pod namespace may come with IPv6
-/// off, e.g. `net.ipv6.conf.default.disable_ipv6=1`; the address of an IPv6 pod needs it on).
+/// Turns duplicate address detection off for `ifname` inside `pod_ns` (`accept_dad=0`), then
+/// enables IPv6 on it and on `lo` (a pod namespace may come with IPv6 off, e.g.
+/// `net.ipv6.conf.default.disable_ipv6=1`; the address of an IPv6 pod needs it on).
+///
+/// Without detection the pod's addresses are usable at once instead of after the 1–2 s the
+/// kernel's detection takes (the reference waits that long for every IPv6 pod). Nothing can be
+/// detected on that link: it is a veth with two ends (the host end's link-local address is
+/// derived from another random MAC), and the pod's /128 is unique in the VPC by construction
+/// (EC2 delegated the /80 to this node's ENI; ipamd hands each address to one pod). Calico
+/// disables detection on its pod veths for the same reason. Must run before the link gets
+/// carrier (the host end comes up), so the link-local address skips detection too.
 ///
 /// # Errors
 /// The namespace could not be entered or a write failed.
 pub fn enable_ipv6_in_pod(pod_ns: &Netns, ifname: &str) -> Result<(), SysctlError> {
     let netns = pod_ns.path().display().to_string();
     let _guard = pod_ns.enter()?;
+    set_ipv6_conf(ifname, "accept_dad", "0", &netns)?;
     for name in [ifname, "lo"] {
         set_ipv6_conf(name, "disable_ipv6", "0", &netns)?;
     }

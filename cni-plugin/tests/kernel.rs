@@ -678,8 +678,9 @@ fn ipv6_setup_builds_the_reference_data_plane_and_traffic_flows() {
     let host_mac = format_mac(&out.host_mac);
     let ip = pod.ip.to_string();
 
-    // Pod side: the /128, settled (setup waited for duplicate address detection), on an
-    // interface with IPv6 turned on, like the pod's lo.
+    // Pod side: the /128, usable at once (duplicate address detection is off on eth0, so
+    // nothing is tentative, the link-local address neither), on an interface with IPv6 turned
+    // on, like the pod's lo.
     let eth0 = pod_ns.link("eth0").unwrap().expect("eth0 in pod");
     assert!(has_flag(&eth0, "UP"), "{eth0}");
     assert_eq!(eth0["mtu"], 9001);
@@ -698,6 +699,7 @@ fn ipv6_setup_builds_the_reference_data_plane_and_traffic_flows() {
     for key in [
         "net.ipv6.conf.eth0.disable_ipv6",
         "net.ipv6.conf.lo.disable_ipv6",
+        "net.ipv6.conf.eth0.accept_dad",
     ] {
         assert_eq!(pod_ns.sysctl_get(key).unwrap(), "0", "{key}");
     }
@@ -743,6 +745,12 @@ fn ipv6_setup_builds_the_reference_data_plane_and_traffic_flows() {
     assert_eq!(veth["mtu"], 9001);
     assert_eq!(veth["address"], host_mac.as_str());
     assert_host_veth_hardened(&host, &pod.veth);
+    assert_eq!(
+        host.sysctl_get(&format!("net.ipv6.conf.{}.accept_dad", pod.veth))
+            .unwrap(),
+        "0",
+        "no duplicate address detection on an IPv6 pod's host end"
+    );
     let host_routes = routes_to(&host, &ip);
     assert_eq!(host_routes.len(), 1, "{host_routes:?}");
     assert_eq!(host_routes[0]["dev"], pod.veth.as_str());
