@@ -10,6 +10,7 @@ mod direct;
 mod enis;
 mod fabric;
 mod ipamd_lifecycle;
+mod ipv6;
 mod libcni;
 mod pool;
 mod restart;
