@@ -3,6 +3,8 @@
 #   make build    cargo build --workspace --locked, plus the libcni front end (Go) into target/go
 #   make test     deps, build, kube-bins, node-image, then cargo test --workspace --locked  (root, Debian 12)
 #   make demo     deps, build, then `vpcsim vpc-demo`: a VPC on moto, 2 nodes, 24 pods (root)
+#   make demo-ipv6  the same as an IPv6 cluster (`vpcsim vpc-demo --ipv6`): install-cni, ipamd with
+#                 ENABLE_IPv6, 24 pods through libcni with aws-cni and egress-cni (root)
 #   make k8s-demo the VPC with a real Kubernetes: 2 kubelet nodes, aws-node from conf/ (kubectl
 #                 apply -k), 30 pods, ping, Services (root)
 #   make lint     rustfmt --check, clippy -D warnings, gofmt
@@ -71,10 +73,10 @@ TOOLS := ip:iproute2 ping:iputils-ping sysctl:procps nsenter:util-linux iptables
 	containerd-shim-runc-v2:containerd sha256sum:coreutils openssl:openssl \
 	debootstrap:debootstrap
 
-.PHONY: build cniclient test demo lint release deps check-root check-tools help bench crictl kube-bins k8s-demo node-image
+.PHONY: build cniclient test demo demo-ipv6 lint release deps check-root check-tools help bench crictl kube-bins k8s-demo node-image
 
 help:
-	@sed -n '3,24p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,26p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 build: cniclient
 	$(CARGO) build --workspace --locked
@@ -187,6 +189,10 @@ test: check-root check-tools build kube-bins node-image
 # PREFIX_DELEGATION=true: ipamd with ENABLE_PREFIX_DELEGATION=true (pods on /28 prefixes).
 demo: check-root check-tools build
 	$(TARGET_DIR)/debug/vpcsim vpc-demo $(if $(filter true,$(PREFIX_DELEGATION)),--prefix-delegation)
+
+# An IPv6 cluster: ENABLE_IPv6=true, ENABLE_IPv4=false, ENABLE_PREFIX_DELEGATION=true.
+demo-ipv6: check-root check-tools build
+	$(TARGET_DIR)/debug/vpcsim vpc-demo --ipv6
 
 # The VPC with a real Kubernetes (control plane, two nodes with kubelet, containerd, kube-proxy).
 k8s-demo: check-root check-tools build kube-bins node-image

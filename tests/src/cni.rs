@@ -93,6 +93,16 @@ pub fn result_ip(result: &Value) -> Option<Ipv4Addr> {
     addr.split('/').next()?.parse().ok()
 }
 
+/// The address (`a/len`) of a CNI result's `ips` on the interface called `ifname`.
+pub fn result_address(result: &Value, ifname: &str) -> Option<String> {
+    let interfaces = result["interfaces"].as_array()?;
+    result["ips"].as_array()?.iter().find_map(|ip| {
+        let index = usize::try_from(ip["interface"].as_u64()?).ok()?;
+        (interfaces.get(index)?["name"] == ifname)
+            .then(|| ip["address"].as_str().map(str::to_owned))?
+    })
+}
+
 /// Runs `cmd` with `stdin` and collects a [`CniOutcome`].
 pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Result<CniOutcome, PluginRunError> {
     let mut line = cmd.get_program().to_string_lossy().into_owned();

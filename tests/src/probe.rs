@@ -4,7 +4,7 @@
 //! saw (so tests can prove no address translation happened inside the VPC).
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use test_support::netns::{CommandError, Netns};
@@ -100,13 +100,15 @@ pub fn ping_matrix(
     Ok(failures)
 }
 
-/// A TCP connection from `client` to a server listening on `server_ip` inside `server`: the
-/// client sends a line, the server echoes it. Returns the client address the server saw.
+/// A TCP connection from `client` to a server listening on `server_ip` (IPv4 or IPv6) inside
+/// `server`: the client sends a line, the server echoes it. Returns the client address the
+/// server saw.
 pub fn tcp_round_trip(
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     client: &Netns,
 ) -> Result<SocketAddr, ConnectivityError> {
+    let server_ip: IpAddr = server_ip.into();
     let listener = server
         .run_in(move || TcpListener::bind((server_ip, 0)))?
         .map_err(|source| ConnectivityError::Io {

@@ -1,5 +1,6 @@
 //! The demos of the simulator. `vpcsim vpc-demo` ([`vpc_demo`]): a moto-backed VPC with two
-//! nodes in EC2 mode (what `make demo` runs). `vpcsim demo`: builds one simulated EC2 node with
+//! nodes in EC2 mode (what `make demo` runs); `vpcsim vpc-demo --ipv6` ([`vpc_demo_ipv6`]): the
+//! same as an IPv6 cluster (`make demo-ipv6`). `vpcsim demo`: builds one simulated EC2 node with
 //! two ENIs from a metadata file (network namespaces, a VPC router, the IMDS emulator), starts
 //! ipamd on it, adds three pods through the aws-cni plugin exactly as a container runtime would
 //! (CNI ADD by exec), prints where each pod landed, proves the data path with pings, and tears
@@ -16,11 +17,14 @@ use harness::node::CONFLIST_NAME;
 use harness::{NodeOptions, Pod, SimNode, standard_node};
 use serde_json::Value;
 
-const USAGE: &str = "usage: vpcsim demo | vpcsim vpc-demo [--prefix-delegation] | vpcsim k8s-demo\n\n\
+const USAGE: &str = "usage: vpcsim demo | vpcsim vpc-demo [--prefix-delegation | --ipv6] | vpcsim k8s-demo\n\n\
   vpc-demo  a simulated VPC on moto: two m5.large nodes with ipamd in EC2 mode, 12 pods each\n\
             through aws-cni (some on ENIs ipamd attaches), where they landed, a connectivity\n\
             matrix, teardown (needs root and moto); --prefix-delegation: ipamd with\n\
-            ENABLE_PREFIX_DELEGATION=true, pods on /28 prefixes\n\
+            ENABLE_PREFIX_DELEGATION=true, pods on /28 prefixes; --ipv6: an IPv6 cluster\n\
+            (install-cni, then ipamd with ENABLE_IPv6=true), pods through libcni with\n\
+            aws-cni and egress-cni: each pod's /128 of the node's /80 and egress IPv4, an\n\
+            IPv6 matrix, what the IPv6 and IPv4 internet see, DEL leaving nothing\n\
   k8s-demo  the VPC with a real Kubernetes control plane and two nodes running kubelet,\n\
             containerd and kube-proxy (make kube-bins), aws-node deployed from conf/ with\n\
             kubectl apply -k (make node-image): 30 pods through aws-cni,\n\
@@ -44,6 +48,8 @@ macro_rules! say {
 mod k8s_demo;
 #[path = "vpcsim/vpc_demo.rs"]
 mod vpc_demo;
+#[path = "vpcsim/vpc_demo_ipv6.rs"]
+mod vpc_demo_ipv6;
 
 fn main() {
     tracing_subscriber::fmt()
@@ -63,15 +69,23 @@ fn main() {
                 1
             }
         },
-        Some("vpc-demo")
-            if args.len() == 1 || (args.len() == 2 && args[1] == "--prefix-delegation") =>
-        {
-            match vpc_demo::run(args.len() == 2) {
-                Ok(()) => 0,
-                Err(_) if test_support::cleanup::interrupted() => 130,
-                Err(err) => {
-                    eprintln!("\nvpcsim vpc-demo failed: {err:#}");
+        Some("vpc-demo") if args.len() <= 2 => {
+            let run = match args.get(1).map(String::as_str) {
+                None => Some(vpc_demo::run(false)),
+                Some("--prefix-delegation") => Some(vpc_demo::run(true)),
+                Some("--ipv6") => Some(vpc_demo_ipv6::run()),
+                Some(_) => None,
+            };
+            match run {
+                Some(Ok(())) => 0,
+                Some(Err(_)) if test_support::cleanup::interrupted() => 130,
+                Some(Err(err)) => {
+                    eprintln!("\nvpcsim {} failed: {err:#}", args.join(" "));
                     1
+                }
+                None => {
+                    eprintln!("{USAGE}");
+                    2
                 }
             }
         }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde_json::Value;
 use vpc_cni_contract::rpc::PoolStatusReply;
@@ -147,6 +147,18 @@ impl NodeHost {
             .map(|a| {
                 a.iter()
                     .filter_map(|al| al["ipv4"].as_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The IPv6 addresses the checkpoint lists (pods of an IPv6 cluster).
+    pub fn checkpoint_ipv6s(&self) -> Result<BTreeSet<Ipv6Addr>, SimNodeError> {
+        Ok(self.checkpoint()?["allocations"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|al| al["ipv6"].as_str()?.parse().ok())
                     .collect()
             })
             .unwrap_or_default())

@@ -11,7 +11,8 @@
 //! An IPv6 VPC ([`FabricOptions::with_ipv6`]) is dual stack as EKS IPv6 clusters have it: an
 //! Amazon-provided /56, a /64 per subnet, an IPv6 address per node, and the router delivering
 //! every IPv6 address and /80 prefix moto shows on an ENI to that ENI; `2001:db8::1` in the
-//! internet namespace stands for the IPv6 world beyond (no NAT).
+//! internet namespace stands for the IPv6 world beyond (no NAT). [`ipv6`] has what the nodes
+//! and pods of an IPv6 cluster need on top (the cluster's settings, egress-cni's leases).
 //!
 //! The VPC may have several subnets in several Availability Zones (tagged for subnet
 //! discovery); a node's primary ENI sits in the subnet its [`NodeSpec`] names, the nodes'
@@ -24,6 +25,7 @@
 
 mod ec2;
 mod fabric;
+pub mod ipv6;
 mod model;
 mod node;
 pub mod router;

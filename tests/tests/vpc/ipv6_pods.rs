@@ -12,12 +12,13 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use harness::node::{Bind, NETWORK_NAME, NodeRoot};
+use harness::cni::result_address;
+use harness::node::NETWORK_NAME;
 use harness::probe::ping_matrix;
 use harness::vpc::INTERNET_HOST_V6;
+use harness::vpc::ipv6::{self, EGRESS_RANGE};
 use harness::{CniClient, FabricOptions, Pod, VpcFabric, VpcNode};
 use ipnet::{Ipv4Net, Ipv6Net};
-use serde_json::Value;
 use test_support::netns::Netns;
 
 use crate::ipv6::{count_echo_requests_from, primary_eni, raw_rule_packets};
@@ -26,32 +27,10 @@ use crate::{check, ec2_node, fabric_with, node, ok, pod};
 
 /// Pods per node (50 in all).
 const PODS_PER_NODE: usize = 25;
-/// Where egress-cni's host-local keeps its leases (`dataDir` of ipamd's conflist, the
-/// reference's path, under this mount point).
-const EGRESS_RUN_DIR: &str = "/run/cni/v6pd";
-/// The node-local range egress-cni gives pods their IPv4 address from.
-const EGRESS_RANGE: &str = "169.254.172.0/22";
 
 /// A node of an IPv6 cluster, its plugins installed from `image` by install-cni.
 fn ipv6_node(vpc: &VpcFabric, name: &str, image: &Path) -> VpcNode {
-    node(
-        vpc,
-        ec2_node(name, "m5.large")
-            .env("ENABLE_IPv6", "true")
-            .env("ENABLE_IPv4", "false")
-            .env("ENABLE_PREFIX_DELEGATION", "true")
-            .with_install_cni(image),
-    )
-}
-
-/// The node's mount namespace: its own `/run/cni/v6pd`, the machine's everything else.
-fn node_root(node: &VpcNode) -> NodeRoot {
-    let run = node.dir().join("run-cni-v6pd");
-    ok(node, std::fs::create_dir_all(&run));
-    ok(
-        node,
-        NodeRoot::create_following(node.ns(), &[Bind::new(run, EGRESS_RUN_DIR)]),
-    )
+    node(vpc, ipv6::cluster_spec(ec2_node(name, "m5.large"), image))
 }
 
 /// One pod: its sandbox, IPv6 address (eth0) and egress IPv4 address (v4if0).
@@ -65,16 +44,6 @@ impl V6Pod {
     fn ns(&self) -> &Netns {
         self.pod.ns().unwrap()
     }
-}
-
-/// The address of `result`'s `ips` on the interface called `ifname`.
-fn result_address(result: &Value, ifname: &str) -> Option<String> {
-    let interfaces = result["interfaces"].as_array()?;
-    result["ips"].as_array()?.iter().find_map(|ip| {
-        let index = usize::try_from(ip["interface"].as_u64()?).ok()?;
-        (interfaces.get(index)?["name"] == ifname)
-            .then(|| ip["address"].as_str().map(str::to_owned))?
-    })
 }
 
 /// ADD through libcni with the node's conflist: the result (egress-cni passes aws-cni's on,
@@ -102,8 +71,7 @@ fn add(node: &VpcNode, client: &CniClient<'_>, prefix: Ipv6Net, name: &str) -> V
         names.len() == 4 && names[1] == "eth0" && names[3] == "v4if0",
         "{name}: interfaces {names:?}"
     );
-    let v4 = ok(node, pod.ns().and_then(|ns| ns.addresses_of("v4if0")));
-    let v4 = v4.first().and_then(|a| a.parse::<Ipv4Net>().ok());
+    let v4 = ok(node, ipv6::egress_ipv4(&pod));
     let range: Ipv4Net = EGRESS_RANGE.parse().unwrap();
     check!(
         node,
@@ -145,32 +113,7 @@ fn host_side(node: &VpcNode) -> (BTreeSet<String>, BTreeSet<String>, Vec<String>
 
 /// The IPv6 addresses of the node's checkpoint.
 fn checkpoint_v6(node: &VpcNode) -> BTreeSet<Ipv6Addr> {
-    ok(node, node.checkpoint())["allocations"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|al| al["ipv6"].as_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Leases host-local holds in the node's egress `dataDir` (its lock and last-reserved files
-/// are not leases).
-fn egress_leases(node: &VpcNode) -> Vec<String> {
-    let dir = node
-        .dir()
-        .join("run-cni-v6pd")
-        .join("egress-v4-ipam")
-        .join(NETWORK_NAME);
-    std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
-                .collect()
-        })
-        .unwrap_or_default()
+    ok(node, node.checkpoint_ipv6s())
 }
 
 /// The node as aws-node left it: install-cni's plugins and sysctls, one /80 on the primary
@@ -258,8 +201,8 @@ fn ipv6_pods_on_two_nodes_reach_each_other_and_both_internets_and_leave_nothing(
     check!(&a, prefix_a != prefix_b, "both nodes got {prefix_a}");
     let before_a = host_side(&a);
     let before_b = host_side(&b);
-    let root_a = node_root(&a);
-    let root_b = node_root(&b);
+    let root_a = ok(&a, ipv6::node_root(&a));
+    let root_b = ok(&b, ipv6::node_root(&b));
 
     let (mut pods_a, mut pods_b) = {
         let client_a = ok(&a, CniClient::new(&a)).in_root(&root_a);
@@ -419,7 +362,7 @@ fn ipv6_pods_on_two_nodes_reach_each_other_and_both_internets_and_leave_nothing(
             "the checkpoint still holds {:?}",
             checkpoint_v6(n)
         );
-        let leases = egress_leases(n);
+        let leases = ipv6::egress_leases(n);
         check!(n, leases.is_empty(), "egress leases left: {leases:?}");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut after = host_side(n);

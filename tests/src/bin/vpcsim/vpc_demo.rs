@@ -310,39 +310,61 @@ pub fn run(prefix_delegation: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bail_panic<T>() -> anyhow::Result<T> {
+/// The error of a demo thread that panicked.
+pub(crate) fn bail_panic<T>() -> anyhow::Result<T> {
     bail!("a demo thread panicked")
 }
 
 /// Pings every destination from every pod, prints the matrix by group, returns the failures.
 fn matrix(nodes: &[VpcNode], pods: &[DemoPod]) -> anyhow::Result<usize> {
+    let sources: Vec<(String, &Netns, IpAddr)> = pods
+        .iter()
+        .map(|p| Ok((p.group(), p.pod.ns()?, IpAddr::from(p.ip))))
+        .collect::<anyhow::Result<_>>()?;
+    let mut hosts: Vec<(IpAddr, String)> = NODES
+        .iter()
+        .zip(nodes)
+        .map(|(name, n)| (n.primary_ip().into(), format!("{name} host")))
+        .collect();
+    hosts.push((INTERNET_HOST.into(), "internet".into()));
+    print_matrix(&sources, &hosts)
+}
+
+/// Pings every pod address of `sources` (`(group, namespace, the pod's address)`) and every
+/// address of `hosts` (`(address, column label)`) from every source, prints the matrix (rows
+/// and the first columns: the pod groups, sorted; then the hosts in order) and returns the
+/// number of failed probes. Shared by the IPv4 and the IPv6 demo.
+pub(crate) fn print_matrix(
+    sources: &[(String, &Netns, IpAddr)],
+    hosts: &[(IpAddr, String)],
+) -> anyhow::Result<usize> {
     let mut group_of: BTreeMap<IpAddr, String> = BTreeMap::new();
     let mut columns: Vec<String> = Vec::new();
-    for p in pods {
-        group_of.insert(p.ip.into(), p.group());
-        if !columns.contains(&p.group()) {
-            columns.push(p.group());
+    for (group, _, ip) in sources {
+        group_of.insert(*ip, group.clone());
+        if !columns.contains(group) {
+            columns.push(group.clone());
         }
     }
     columns.sort();
-    for (name, n) in NODES.iter().zip(nodes) {
-        group_of.insert(n.primary_ip().into(), format!("{name} host"));
-        columns.push(format!("{name} host"));
+    for (ip, label) in hosts {
+        group_of.insert(*ip, label.clone());
+        columns.push(label.clone());
     }
-    group_of.insert(INTERNET_HOST.into(), "internet".into());
-    columns.push("internet".into());
     let destinations: Vec<IpAddr> = group_of.keys().copied().collect();
-    let sources: Vec<(String, &Netns, Vec<IpAddr>)> = pods
+    let probes: Vec<(String, &Netns, Vec<IpAddr>)> = sources
         .iter()
-        .map(|p| Ok((p.group(), p.pod.ns()?, vec![IpAddr::from(p.ip)])))
-        .collect::<anyhow::Result<_>>()?;
-    let failed = ping_matrix(&sources, &destinations, 8)?;
+        .map(|(group, ns, ip)| (group.clone(), *ns, vec![*ip]))
+        .collect();
+    let failed = ping_matrix(&probes, &destinations, 8)?;
 
     let mut total: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for p in pods {
+    for (group, _, ip) in sources {
         for d in &destinations {
-            if *d != IpAddr::from(p.ip) {
-                *total.entry((p.group(), group_of[d].clone())).or_default() += 1;
+            if d != ip {
+                *total
+                    .entry((group.clone(), group_of[d].clone()))
+                    .or_default() += 1;
             }
         }
     }
@@ -355,7 +377,7 @@ fn matrix(nodes: &[VpcNode], pods: &[DemoPod]) -> anyhow::Result<usize> {
         let _ = write!(header, " {c:>12}");
     }
     say!("{header}");
-    let mut rows: Vec<String> = pods.iter().map(DemoPod::group).collect();
+    let mut rows: Vec<String> = sources.iter().map(|(group, _, _)| group.clone()).collect();
     rows.sort();
     rows.dedup();
     for r in &rows {
