@@ -321,17 +321,35 @@ fn demo() -> anyhow::Result<()> {
     let namespaces = [node.ns().path(), node.vpc().path()];
     let state_dir = node.dir().to_owned();
     drop(node);
-    let left: Vec<String> = namespaces
-        .iter()
-        .chain(std::iter::once(&state_dir))
+    let left = still_there(namespaces.iter().chain(std::iter::once(&state_dir)));
+    finish(left, started, "namespaces and state", failures)
+}
+
+/// The paths of `paths` that still exist, for [`finish`].
+fn still_there<'a, P: AsRef<std::path::Path> + 'a>(
+    paths: impl IntoIterator<Item = &'a P>,
+) -> Vec<String> {
+    paths
+        .into_iter()
+        .map(AsRef::as_ref)
         .filter(|p| p.exists())
         .map(|p| p.display().to_string())
-        .collect();
+        .collect()
+}
+
+/// A demo's last words: fails if teardown `left` something or a connectivity check failed,
+/// else says how long it took and what was `removed`.
+fn finish(
+    left: Vec<String>,
+    started: Instant,
+    removed: &str,
+    failures: usize,
+) -> anyhow::Result<()> {
     if !left.is_empty() {
         bail!("teardown left {}", left.join(", "));
     }
     say!(
-        "      done in {:.1} s; namespaces and state removed",
+        "      done in {:.1} s; {removed} removed",
         started.elapsed().as_secs_f64()
     );
     if failures > 0 {

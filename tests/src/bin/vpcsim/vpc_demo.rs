@@ -291,23 +291,8 @@ pub fn run(prefix_delegation: bool) -> anyhow::Result<()> {
     drop(pods);
     drop(nodes);
     drop(vpc);
-    let left: Vec<String> = namespaces
-        .iter()
-        .chain(&dirs)
-        .filter(|p| p.exists())
-        .map(|p| p.display().to_string())
-        .collect();
-    if !left.is_empty() {
-        bail!("teardown left {}", left.join(", "));
-    }
-    say!(
-        "      done in {:.1} s; namespaces, moto and state removed",
-        started.elapsed().as_secs_f64()
-    );
-    if failures > 0 {
-        bail!("{failures} connectivity check(s) failed");
-    }
-    Ok(())
+    let left = crate::still_there(namespaces.iter().chain(&dirs));
+    crate::finish(left, started, "namespaces, moto and state", failures)
 }
 
 /// The error of a demo thread that panicked.

@@ -443,24 +443,14 @@ pub fn run() -> anyhow::Result<()> {
     drop(roots);
     drop(nodes);
     drop(vpc);
-    let mut left: Vec<String> = namespaces
-        .iter()
-        .chain(&dirs)
-        .filter(|p| p.exists())
-        .map(|p| p.display().to_string())
-        .collect();
+    let mut left = crate::still_there(namespaces.iter().chain(&dirs));
     if !run_cni_existed && Path::new(RUN_CNI).exists() {
         left.push(RUN_CNI.to_owned());
     }
-    if !left.is_empty() {
-        bail!("teardown left {}", left.join(", "));
-    }
-    say!(
-        "      done in {:.1} s; namespaces, moto, state and the nodes' {EGRESS_RUN_DIR} mounts removed",
-        started.elapsed().as_secs_f64()
-    );
-    if failures > 0 {
-        bail!("{failures} connectivity check(s) failed");
-    }
-    Ok(())
+    crate::finish(
+        left,
+        started,
+        &format!("namespaces, moto, state and the nodes' {EGRESS_RUN_DIR} mounts"),
+        failures,
+    )
 }
