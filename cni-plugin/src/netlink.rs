@@ -245,7 +245,8 @@ impl Netlink {
             .map_err(self.failed(format_args!("set link {name} up")))
     }
 
-    /// Adds (or replaces) `ip/prefix` on a link.
+    /// Adds (or replaces) `ip/prefix` on a link; an IPv6 address without duplicate address
+    /// detection (`IFA_F_NODAD`).
     pub async fn add_address(
         &self,
         index: u32,
@@ -253,10 +254,16 @@ impl Netlink {
         ip: IpAddr,
         prefix: u8,
     ) -> Result<(), NetlinkError> {
-        self.handle
-            .address()
-            .add(index, ip, prefix)
-            .replace()
+        let mut request = self.handle.address().add(index, ip, prefix).replace();
+        if ip.is_ipv6() {
+            // Usable at once: never tentative, not even until the kernel's address work runs
+            // (duplicate address detection is off on pod links, see `sysctl`).
+            request
+                .message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        request
             .execute()
             .await
             .map_err(self.failed(format_args!("add address {ip}/{prefix} to {name}")))
