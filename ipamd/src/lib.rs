@@ -10,7 +10,8 @@
 //! - [`checkpoint`] the checkpoint file; [`journal`] its group commit around the datastore;
 //!   [`state`] what every part shares (phase, pool, node report, what replies say about SNAT);
 //!   [`metrics`] the metric families and the `/metrics` route;
-//! - [`cloud`] instance metadata and EC2; [`limits`] the instance's limits; [`node_network`]
+//! - [`cloud`] instance metadata and EC2; [`k8s`] the Kubernetes API (only when a setting needs
+//!   it); [`limits`] the instance's limits; [`node_network`]
 //!   everything ipamd programs in the node's namespace (netlink, SNAT and connmark, policy
 //!   rules);
 //! - [`socket`] Unix socket setup; [`server`] the plugin's gRPC service; [`http`] the HTTP server
@@ -32,6 +33,7 @@ pub mod http;
 pub mod install;
 pub mod introspect;
 pub mod journal;
+pub mod k8s;
 pub mod limits;
 pub mod logging;
 pub mod mac;

@@ -233,15 +233,21 @@ fn run(config: Config, started: Instant) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    if let Some(dir) = config
-        .backing_store
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the checkpoint directory {}", dir.display()))?;
-    }
     runtime.block_on(async {
+        // Only when a setting needs the API; fails before anything is bound or written.
+        let pods = ipamd::k8s::client_for(&config.kubernetes)?.map(|client| {
+            tracing::info!(server = client.server(), "Kubernetes client ready");
+            Arc::new(client) as Arc<dyn ipamd::k8s::PodApi>
+        });
+        if let Some(dir) = config
+            .backing_store
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("cannot create the checkpoint directory {}", dir.display())
+            })?;
+        }
         let checkpointer = Arc::new(FileCheckpointer::new(config.backing_store.clone()));
         let shutdown = shutdown_signal()?;
         if config.provisioning == ProvisioningMode::Ec2 {
@@ -252,12 +258,14 @@ fn run(config: Config, started: Instant) -> anyhow::Result<()> {
             Daemon::with_ec2(config, SdkImds::from_env(), ec2, checkpointer)
                 .with_registry(registry)
                 .with_start_time(started)
+                .with_pod_api(pods)
                 .run(shutdown)
                 .await
                 .map_err(anyhow::Error::from)
         } else {
             Daemon::new(config, SdkImds::from_env(), checkpointer)
                 .with_start_time(started)
+                .with_pod_api(pods)
                 .run(shutdown)
                 .await
                 .map_err(anyhow::Error::from)

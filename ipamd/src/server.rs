@@ -23,6 +23,7 @@ use tracing::Instrument;
 use vpc_cni_contract::dataplane::route_table_for_device;
 
 use crate::datastore::{Assignment, IpamKey, PodMetadata};
+use crate::k8s::{Cleared, POD_IPS_ANNOTATION, PodApi, PodRef};
 use crate::metrics::IpamdMetrics;
 use crate::rpc::cni_backend_server::{CniBackend, CniBackendServer};
 use crate::rpc::{
@@ -65,6 +66,8 @@ pub async fn set_health(reporter: &HealthReporter, serving: bool) {
 pub struct Backend {
     state: Arc<IpamState>,
     metrics: IpamdMetrics,
+    /// `ANNOTATE_POD_IP=true`: the API that annotates pods with their address.
+    pods: Option<Arc<dyn PodApi>>,
 }
 
 impl Backend {
@@ -74,6 +77,59 @@ impl Backend {
         Self {
             state,
             metrics: IpamdMetrics::new(&mut prometheus_client::registry::Registry::default()),
+            pods: None,
+        }
+    }
+
+    /// Annotates every pod AddNetwork gives an address with it ([`POD_IPS_ANNOTATION`],
+    /// `ANNOTATE_POD_IP=true`), and empties the annotation on DelNetwork.
+    #[must_use]
+    pub fn with_pod_annotations(mut self, pods: Arc<dyn PodApi>) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
+    /// `ANNOTATE_POD_IP`: the pod gets its address as an annotation before the reply, so
+    /// controllers see it before the kubelet reports it. A pod that cannot be annotated gets no
+    /// address: it is released (never leaked) and the ADD fails saying why; the kubelet retries.
+    async fn annotate(
+        &self,
+        key: &IpamKey,
+        pod: Option<PodRef>,
+        a: &Assignment,
+    ) -> Result<(), Status> {
+        let (Some(api), Some(pod)) = (&self.pods, pod) else {
+            return Ok(());
+        };
+        let Err(e) = api.annotate_pod_ip(&pod, a.ip).await else {
+            tracing::debug!(%pod, ip = %a.ip, "annotated {POD_IPS_ANNOTATION}");
+            return Ok(());
+        };
+        let released = match self.state.del(key).await {
+            Ok(_) => "the address was released".to_owned(),
+            Err(del) => format!("releasing the address failed too ({del})"),
+        };
+        tracing::warn!(error = %e, %pod, ip = %a.ip, "{released}");
+        Err(Status::unavailable(format!(
+            "ANNOTATE_POD_IP=true and {e}; {released} (check the API server and the aws-node ClusterRole: pods patch)"
+        )))
+    }
+
+    /// DelNetwork's side of [`Backend::annotate`]: the annotation is emptied if it still holds
+    /// the released address (a newer pod of the same name keeps its own). A failure is logged:
+    /// the pod is going away and its address is already back in the pool.
+    async fn clear_annotation(&self, pod: Option<PodRef>, released: Option<&Assignment>) {
+        let (Some(api), Some(pod), Some(a)) = (&self.pods, pod, released) else {
+            return;
+        };
+        match api.clear_pod_ip(&pod, a.ip).await {
+            Ok(Cleared::Cleared) => {
+                tracing::debug!(%pod, ip = %a.ip, "{POD_IPS_ANNOTATION} emptied")
+            }
+            Ok(outcome) => {
+                tracing::debug!(%pod, ip = %a.ip, ?outcome, "{POD_IPS_ANNOTATION} left alone")
+            }
+            Err(e) => tracing::warn!(error = %e, %pod, "cannot empty {POD_IPS_ANNOTATION}"),
         }
     }
 
@@ -116,6 +172,14 @@ fn key_of(network: &str, container: &str, ifname: &str) -> Result<IpamKey, Statu
         network_name: network.to_owned(),
         container_id: container.to_owned(),
         if_name: ifname.to_owned(),
+    })
+}
+
+/// The pod of a request, when the runtime said which (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`).
+fn pod_of(namespace: &str, name: &str) -> Option<PodRef> {
+    (!namespace.is_empty() && !name.is_empty()).then(|| PodRef {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
     })
 }
 
@@ -170,6 +234,7 @@ impl CniBackend for Backend {
             match self.state.add(&key, metadata).await {
                 Ok(a) => {
                     tracing::info!(ip = %a.ip, eni = %a.eni_id, device = a.device_number, table = route_table_for_device(a.device_number), "assigned");
+                    self.annotate(&key, pod_of(&req.k8s_pod_namespace, &req.k8s_pod_name), &a).await?;
                     let egress = self.state.egress();
                     // As the reference: the IPv4 CIDRs for IPv4 pods, the IPv6 ones for IPv6 pods.
                     let (v4_cidrs, v6_cidrs) = if a.ip.is_ipv6() {
@@ -223,6 +288,11 @@ impl CniBackend for Backend {
                         Some(a) => tracing::info!(ip = %a.ip, eni = %a.eni_id, "released"),
                         None => tracing::info!("nothing assigned to this key (already released)"),
                     }
+                    self.clear_annotation(
+                        pod_of(&req.k8s_pod_namespace, &req.k8s_pod_name),
+                        released.as_ref(),
+                    )
+                    .await;
                     Ok(Response::new(DelNetworkReply {
                         success: true,
                         ip_allocation_metadata: released.iter().map(allocation).collect(),
@@ -347,4 +417,114 @@ pub async fn serve(
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .map_err(|source| ServerError::Serve { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::checkpoint::NullCheckpointer;
+    use crate::k8s::{ApiFuture, KubeError};
+    use crate::state::Phase;
+    use crate::testing::pools;
+
+    /// Records annotation calls; fails them while `fail` is set.
+    #[derive(Debug, Default)]
+    struct FakePods {
+        calls: Mutex<Vec<String>>,
+        fail: Mutex<bool>,
+    }
+
+    impl PodApi for FakePods {
+        fn annotate_pod_ip<'a>(&'a self, pod: &'a PodRef, ip: IpAddr) -> ApiFuture<'a, ()> {
+            Box::pin(async move {
+                if *self.fail.lock().unwrap() {
+                    return Err(KubeError::Config("API server unreachable".into()));
+                }
+                self.calls.lock().unwrap().push(format!("set {pod} {ip}"));
+                Ok(())
+            })
+        }
+
+        fn clear_pod_ip<'a>(&'a self, pod: &'a PodRef, ip: IpAddr) -> ApiFuture<'a, Cleared> {
+            Box::pin(async move {
+                self.calls.lock().unwrap().push(format!("clear {pod} {ip}"));
+                Ok(Cleared::Cleared)
+            })
+        }
+    }
+
+    fn backend(pods: &Arc<FakePods>) -> Backend {
+        let ds = pools::datastore(
+            Duration::ZERO,
+            &[("eni-a", 0, "10.0.0.10", &["10.0.0.11", "10.0.0.12"])],
+        );
+        let state = Arc::new(IpamState::new(ds, Arc::new(NullCheckpointer)));
+        state.set_phase(Phase::Ready);
+        Backend::new(state).with_pod_annotations(Arc::clone(pods) as Arc<dyn PodApi>)
+    }
+
+    fn add(container: &str, pod: &str) -> Request<AddNetworkRequest> {
+        Request::new(AddNetworkRequest {
+            container_id: container.into(),
+            if_name: "eth0".into(),
+            network_name: "aws-cni".into(),
+            k8s_pod_namespace: "default".into(),
+            k8s_pod_name: pod.into(),
+            ..AddNetworkRequest::default()
+        })
+    }
+
+    fn del(container: &str, pod: &str) -> Request<DelNetworkRequest> {
+        Request::new(DelNetworkRequest {
+            container_id: container.into(),
+            if_name: "eth0".into(),
+            network_name: "aws-cni".into(),
+            k8s_pod_namespace: "default".into(),
+            k8s_pod_name: pod.into(),
+            ..DelNetworkRequest::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn annotate_pod_ip_sets_the_address_on_add_and_clears_it_on_del() {
+        let pods = Arc::new(FakePods::default());
+        let b = backend(&pods);
+        let reply = b.add_network(add("c1", "web")).await.unwrap().into_inner();
+        let ip = reply.ip_allocation_metadata[0].i_pv4_addr.clone();
+        b.del_network(del("c1", "web")).await.unwrap();
+        // A request without the pod's identity (not from a kubelet) annotates nothing.
+        b.add_network(add("c2", "")).await.unwrap();
+        assert_eq!(
+            *pods.calls.lock().unwrap(),
+            vec![
+                format!("set default/web {ip}"),
+                format!("clear default/web {ip}")
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_cannot_be_annotated_gets_no_address_and_none_leaks() {
+        let pods = Arc::new(FakePods::default());
+        let b = backend(&pods);
+        *pods.fail.lock().unwrap() = true;
+        let e = b.add_network(add("c1", "web")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert!(
+            e.message().contains("ANNOTATE_POD_IP=true")
+                && e.message().contains("API server unreachable")
+                && e.message().contains("the address was released"),
+            "{}",
+            e.message()
+        );
+        let status = b.state.status().await;
+        assert_eq!(status.stats.assigned, 0, "{status:?}");
+        // Once the API answers, the kubelet's retry gets an address.
+        *pods.fail.lock().unwrap() = false;
+        b.add_network(add("c1", "web")).await.unwrap();
+        assert_eq!(b.state.status().await.stats.assigned, 1);
+    }
 }

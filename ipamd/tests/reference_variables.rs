@@ -438,7 +438,31 @@ fn refused_settings_stop_ipamd_and_install_cni_before_anything_is_written() {
             }
         }
     }
-    assert!(runs >= 10, "only {runs} refused runs");
+    assert!(runs >= 8, "only {runs} refused runs");
+}
+
+/// `ANNOTATE_POD_IP=true` needs the Kubernetes API: without a service account (this test
+/// process runs outside any pod) ipamd stops at start-up, before anything is bound or written,
+/// saying how to give it one. On a cluster the annotation itself is checked by
+/// `tests/tests/kube/main.rs`.
+#[test]
+fn annotate_pod_ip_without_a_service_account_stops_ipamd_saying_what_to_mount() {
+    require_root().unwrap();
+    let ns = Netns::new("annotate").unwrap();
+    let r = run_refused(
+        &ns,
+        false,
+        &[(cfg::ANNOTATE_POD_IP.to_owned(), "true".to_owned())],
+    );
+    assert!(r.code.is_some_and(|c| c != 0), "{:?}: {}", r.code, r.stderr);
+    assert!(
+        r.stderr
+            .contains("ANNOTATE_POD_IP=true needs the Kubernetes API")
+            && r.stderr.contains("automountServiceAccountToken: true"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.written.is_empty(), "wrote {:?}", r.written);
 }
 
 // ------------------------------------------------------------------------------------------

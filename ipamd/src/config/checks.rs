@@ -29,23 +29,15 @@ impl Config {
                 "with this setting the reference's plugin calls the network policy agent (aws-eks-nodeagent, /var/run/aws-node/npa.sock) on every pod ADD and DEL, and the agent enforces the mode; this build does not call the agent yet, so no policy would be enforced: unset NETWORK_POLICY_ENFORCING_MODE (and remove the aws-eks-nodeagent container), or keep the reference's aws-node where network policies are needed",
             ));
         }
-        if r.bool(ANNOTATE_POD_IP, false)? {
-            return Err(refuse(
-                ANNOTATE_POD_IP,
-                r.raw(ANNOTATE_POD_IP)?.unwrap_or_default(),
-                "annotating pods with vpc.amazonaws.com/pod-ips needs the Kubernetes API, which this build does not call yet: unset ANNOTATE_POD_IP or set it to false",
-            ));
-        }
-        if let Some(url) = r.raw(CLUSTER_ENDPOINT)? {
-            parse::parse_url(&url).map_err(|reason| ConfigError::Invalid {
-                var: CLUSTER_ENDPOINT,
-                value: url.clone(),
-                reason,
-            })?;
+        if let Some(url) = &self.kubernetes.cluster_endpoint
+            && !self.kubernetes.uses_api()
+        {
             return Err(refuse(
                 CLUSTER_ENDPOINT,
-                url,
-                "this build makes no Kubernetes API call (max pods comes from the instance's ENI x IP limits, not the Node), so an API server address would be ignored: unset CLUSTER_ENDPOINT",
+                url.clone(),
+                &format!(
+                    "it only tells ipamd's Kubernetes client where the API server is, and no setting here uses the API (only {ANNOTATE_POD_IP}=true does in this build): unset CLUSTER_ENDPOINT"
+                ),
             ));
         }
         if !self.cloud.manage_untagged_eni && self.provisioning != ProvisioningMode::Ec2 {

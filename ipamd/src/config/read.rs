@@ -180,6 +180,8 @@ impl<E: Env + ?Sized> Reader<'_, E> {
                 "k8s.amazonaws.com/eniConfig".into(),
                 parse::parse_k8s_key,
             )?,
+            annotate_pod_ip: self.bool(ANNOTATE_POD_IP, false)?,
+            cluster_endpoint: self.parse(CLUSTER_ENDPOINT, parse::parse_url)?,
         })
     }
 

@@ -398,11 +398,6 @@ fn settings_that_need_missing_parts_are_refused_with_what_to_do() {
             "network policy agent",
         ),
         (
-            ANNOTATE_POD_IP,
-            "true",
-            "unset ANNOTATE_POD_IP or set it to false",
-        ),
-        (
             CLUSTER_ENDPOINT,
             "https://api.example.internal",
             "unset CLUSTER_ENDPOINT",
@@ -428,6 +423,18 @@ fn settings_that_need_missing_parts_are_refused_with_what_to_do() {
         (NETWORK_POLICY_ENFORCING_MODE, ""),
     ])
     .unwrap();
+    // The API server of the Kubernetes client, once a setting uses the API.
+    let c = with(&[
+        (ANNOTATE_POD_IP, "true"),
+        (CLUSTER_ENDPOINT, "https://api.example.internal"),
+    ])
+    .unwrap();
+    assert!(c.kubernetes.annotate_pod_ip && c.kubernetes.uses_api());
+    assert_eq!(
+        c.kubernetes.cluster_endpoint.as_deref(),
+        Some("https://api.example.internal")
+    );
+    assert!(!with(&[]).unwrap().kubernetes.uses_api());
     // MANAGE_UNTAGGED_ENI=false is honoured in EC2 mode.
     let env = HashMap::from([(MY_NODE_NAME, "node-1"), (MANAGE_UNTAGGED_ENI, "false")]);
     assert!(!Config::from_env(&env).unwrap().cloud.manage_untagged_eni);

@@ -82,8 +82,8 @@ pub struct PluginConfig {
     pub egress_v4_log_file: String,
 }
 
-/// Kubernetes-related knobs. This build makes no Kubernetes API call: the settings that need
-/// one (`CLUSTER_ENDPOINT`, `ANNOTATE_POD_IP=true`) are refused at start-up.
+/// Kubernetes-related knobs. ipamd calls the Kubernetes API only when a setting needs it
+/// ([`KubernetesConfig::uses_api`]); otherwise it makes no API call and needs no token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesConfig {
     /// `MY_NODE_NAME` (required).
@@ -96,6 +96,20 @@ pub struct KubernetesConfig {
     pub eni_config_annotation: String,
     /// `ENI_CONFIG_LABEL_DEF` (read by custom networking only, as in the reference).
     pub eni_config_label: String,
+    /// `ANNOTATE_POD_IP` (default false): annotate each pod with its address
+    /// (`vpc.amazonaws.com/pod-ips`) as soon as AddNetwork assigns it.
+    pub annotate_pod_ip: bool,
+    /// `CLUSTER_ENDPOINT`: the API server to call instead of the in-cluster one
+    /// (`KUBERNETES_SERVICE_HOST`, which needs kube-proxy).
+    pub cluster_endpoint: Option<String>,
+}
+
+impl KubernetesConfig {
+    /// Whether a setting needs the Kubernetes API (then ipamd builds its client at start-up,
+    /// from the pod's service account).
+    pub fn uses_api(&self) -> bool {
+        self.annotate_pod_ip
+    }
 }
 
 /// EC2-side knobs (EC2 mode).

@@ -36,6 +36,7 @@ use crate::datastore::{
 };
 use crate::http;
 use crate::introspect;
+use crate::k8s::PodApi;
 use crate::metrics::server::{METRICS_ADDRESS, Scrape};
 use crate::metrics::{IpamdMetrics, StartupOutcome};
 use crate::node_network::host::{HostNetwork, HostNetworkError, SecondaryEni};
@@ -94,6 +95,8 @@ pub struct Daemon<I: Imds, E: Ec2Api = NoEc2> {
     node_network_interval: Duration,
     metrics_address: SocketAddr,
     started_at: Instant,
+    /// The Kubernetes API for pods, when a setting needs it (`ANNOTATE_POD_IP`).
+    pods: Option<Arc<dyn PodApi>>,
 }
 
 impl<I: Imds> Daemon<I, NoEc2> {
@@ -140,7 +143,16 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             node_network_interval: node_network::RECONCILE_INTERVAL,
             metrics_address: METRICS_ADDRESS,
             started_at: Instant::now(),
+            pods: None,
         }
+    }
+
+    /// Calls the Kubernetes API about pods through `pods` (`ANNOTATE_POD_IP=true`: built by
+    /// [`crate::k8s::client_for`]); `None` makes no API call.
+    #[must_use]
+    pub fn with_pod_api(mut self, pods: Option<Arc<dyn PodApi>>) -> Self {
+        self.pods = pods;
+        self
     }
 
     /// Serves `registry` on `/metrics`: the daemon's one registry, into which the components
@@ -221,10 +233,14 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let registry = Arc::new(std::mem::take(&mut self.registry));
         let side_servers = self.spawn_http_endpoints(&state, registry, &stop_rx);
+        let mut backend = Backend::new(Arc::clone(&state)).with_metrics(self.metrics.clone());
+        if let Some(pods) = &self.pods {
+            backend = backend.with_pod_annotations(Arc::clone(pods));
+        }
         let mut server_task = tokio::spawn(server::serve(
             listener,
             socket.clone(),
-            Backend::new(Arc::clone(&state)).with_metrics(self.metrics.clone()),
+            backend,
             health,
             async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;

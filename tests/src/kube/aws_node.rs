@@ -180,12 +180,48 @@ pub fn describe(cp: &ControlPlane, ns: &Netns) -> String {
         .unwrap_or_else(|e| e.to_string())
 }
 
-/// Rolls the DaemonSet to `<NODE_IMAGE_REPO>:<tag>` (both containers) and waits until the
-/// rollout finished (`kubectl rollout status`).
+/// What a rolling update changes besides the image.
+#[derive(Debug, Clone, Default)]
+pub struct Rollout<'a> {
+    /// Variables added to the aws-node container.
+    pub env: Vec<(&'a str, &'a str)>,
+    /// Mount the service account's token (`automountServiceAccountToken: true`), as settings
+    /// that call the Kubernetes API need.
+    pub mount_token: bool,
+}
+
+/// The JSON Patch of the DaemonSet for a rollout to `image` with `change`: both containers'
+/// image, the aws-node container's added variables and the token mount, in one template
+/// change (one rollout).
+pub fn rollout_patch(image: &str, change: &Rollout<'_>) -> Value {
+    let mut ops = vec![
+        serde_json::json!({"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": image}),
+        serde_json::json!({"op": "replace", "path": "/spec/template/spec/initContainers/0/image", "value": image}),
+    ];
+    for (name, value) in &change.env {
+        ops.push(serde_json::json!({
+            "op": "add",
+            "path": "/spec/template/spec/containers/0/env/-",
+            "value": {"name": name, "value": value},
+        }));
+    }
+    if change.mount_token {
+        ops.push(serde_json::json!({
+            "op": "replace",
+            "path": "/spec/template/spec/automountServiceAccountToken",
+            "value": true,
+        }));
+    }
+    Value::Array(ops)
+}
+
+/// Rolls the DaemonSet to `<NODE_IMAGE_REPO>:<tag>` (both containers) with `change`, and waits
+/// until the rollout finished (`kubectl rollout status`).
 pub fn roll_to(
     cp: &ControlPlane,
     ns: &Netns,
     tag: &str,
+    change: &Rollout<'_>,
     timeout: Duration,
 ) -> Result<(), KubeError> {
     let image = format!("{NODE_IMAGE_REPO}:{tag}");
@@ -194,11 +230,11 @@ pub fn roll_to(
         &[
             "-n",
             NAMESPACE,
-            "set",
-            "image",
+            "patch",
             &format!("daemonset/{DAEMONSET}"),
-            &format!("aws-node={image}"),
-            &format!("aws-vpc-cni-init={image}"),
+            "--type=json",
+            "-p",
+            &rollout_patch(&image, change).to_string(),
         ],
     )?;
     cp.kubectl_ok(
@@ -231,6 +267,29 @@ mod tests {
         assert_eq!(
             relative(Path::new("/work/x"), Path::new("/work/main/conf")),
             Path::new("../main/conf")
+        );
+    }
+
+    #[test]
+    fn a_rollout_patch_changes_image_env_and_token_in_one_go() {
+        let p = rollout_patch(
+            "localhost/aws-vpc-cni-rs:v2",
+            &Rollout {
+                env: vec![("ANNOTATE_POD_IP", "true")],
+                mount_token: true,
+            },
+        );
+        let ops = p.as_array().unwrap();
+        assert_eq!(ops.len(), 4, "{p}");
+        assert_eq!(ops[1]["path"], "/spec/template/spec/initContainers/0/image");
+        assert_eq!(ops[2]["value"]["name"], "ANNOTATE_POD_IP");
+        assert_eq!(ops[3]["value"], true);
+        assert_eq!(
+            rollout_patch("i", &Rollout::default())
+                .as_array()
+                .unwrap()
+                .len(),
+            2
         );
     }
 

@@ -323,6 +323,40 @@ fn aws_node_deployed_from_conf_networks_a_deployment_over_two_nodes_and_survives
         assert!(kn.node.checkpoint_path().exists(), "{name}");
     }
 
+    // The aws-node service account may do exactly what ipamd's Kubernetes calls need, beyond
+    // what every service account may (measured on one that does not exist).
+    let can = |who: &str| -> BTreeSet<String> {
+        kubectl(&[
+            "auth",
+            "can-i",
+            "--list",
+            &format!("--as=system:serviceaccount:kube-system:{who}"),
+        ])
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+    };
+    let extra: Vec<String> = can("aws-node")
+        .difference(&can("vcni-nobody"))
+        .cloned()
+        .collect();
+    let needed: Vec<String> = ipamd::k8s::KUBE_PERMISSIONS
+        .iter()
+        .map(|p| {
+            let resource = if p.group.is_empty() {
+                p.resource.to_owned()
+            } else {
+                format!("{}.{}", p.resource, p.group)
+            };
+            format!("{resource} [] [] [{}]", p.verb)
+        })
+        .collect();
+    assert_eq!(
+        extra, needed,
+        "what aws-node may do beyond any service account"
+    );
+
     workloads::wait_service_account(&cp, ns, "default", Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}"));
     let apply = |name: &str, manifest: &str| {
@@ -470,15 +504,20 @@ fn aws_node_deployed_from_conf_networks_a_deployment_over_two_nodes_and_survives
     ping_across(&pods);
 
     // A rolling update to a new tag of the image (the same image, retagged on every node as a
-    // push would): one node at a time, pods keep their addresses and their network, and the
-    // new ipamds hand out addresses.
+    // push would) that also turns ANNOTATE_POD_IP on, with the service account token it needs:
+    // one node at a time, pods keep their addresses and their network, and the new ipamds
+    // hand out addresses, annotating each new pod with it.
     let rolled = format!("{NODE_IMAGE_REPO}:rolled");
     for kn in &nodes {
         kn.containerd
             .tag_image(&image, &rolled)
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    aws_node::roll_to(&cp, ns, "rolled", Duration::from_secs(240))
+    let annotate = aws_node::Rollout {
+        env: vec![("ANNOTATE_POD_IP", "true")],
+        mount_token: true,
+    };
+    aws_node::roll_to(&cp, ns, "rolled", &annotate, Duration::from_secs(240))
         .unwrap_or_else(|e| panic!("{e}\n{}", aws_node::describe(&cp, ns)));
     let third = aws_node::wait_ready(&cp, ns, &names, &rolled, Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -498,6 +537,26 @@ fn aws_node_deployed_from_conf_networks_a_deployment_over_two_nodes_and_survives
     for p in &pods {
         assert!(seen.insert(p.ip), "{} twice after the rollout", p.ip);
     }
+    // ANNOTATE_POD_IP: each pod started after the rollout carries its address
+    // (status.podIP) as vpc.amazonaws.com/pod-ips; the older ones were never annotated.
+    let listed: serde_json::Value =
+        serde_json::from_str(&kubectl(&["get", "pods", "-l", "app=spread", "-o", "json"])).unwrap();
+    let mut annotated = 0;
+    for item in listed["items"].as_array().unwrap() {
+        let name = item["metadata"]["name"].as_str().unwrap();
+        let annotation = item["metadata"]["annotations"]["vpc.amazonaws.com/pod-ips"].as_str();
+        if before.contains_key(name) {
+            assert_eq!(annotation, None, "{name} predates the rollout: {item}");
+        } else {
+            assert_eq!(
+                annotation,
+                item["status"]["podIP"].as_str(),
+                "{name}'s annotation is not its address"
+            );
+            annotated += 1;
+        }
+    }
+    assert_eq!(annotated, 4, "{listed}");
 
     // Scaling to zero gives every address back to ipamd on both nodes.
     kubectl(&["scale", "deployment", "spread", "--replicas=0"]);

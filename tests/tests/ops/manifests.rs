@@ -303,32 +303,83 @@ fn dependency_names(manifest: &str) -> BTreeSet<String> {
     names
 }
 
-#[test]
-fn rbac_grants_only_what_the_code_calls() {
-    // The code talks to the Kubernetes API only through a Kubernetes client crate; neither
-    // binary has one, so the ClusterRole must grant nothing.
-    for crate_manifest in ["ipamd/Cargo.toml", "cni-plugin/Cargo.toml"] {
-        let deps = dependency_names(crate_manifest);
-        assert!(
-            deps.contains("tonic"),
-            "cannot read {crate_manifest}: {deps:?}"
-        );
-        for client in ["kube", "kube-client", "k8s-openapi"] {
-            assert!(
-                !deps.contains(client),
-                "{crate_manifest} now depends on {client}: give conf/aws-k8s-cni.yaml's ClusterRole exactly the verbs the new code uses, and update this test"
-            );
-        }
+/// The `permission!(group, resource, verb)` markers of ipamd's Kubernetes client: one before
+/// every API call it makes.
+fn kube_call_sites() -> BTreeSet<(String, String, String)> {
+    let text = read("ipamd/src/k8s/client.rs");
+    let mut found = BTreeSet::new();
+    for (i, _) in text.match_indices("permission!(\"") {
+        let args = &text[i + "permission!(".len()..];
+        let args = &args[..args.find(')').unwrap()];
+        let parts: Vec<String> = args
+            .split(',')
+            .map(|p| p.trim().trim_matches('"').to_owned())
+            .collect();
+        assert_eq!(parts.len(), 3, "permission!({args})");
+        found.insert((parts[0].clone(), parts[1].clone(), parts[2].clone()));
     }
+    assert!(!found.is_empty(), "no API call in ipamd/src/k8s/client.rs");
+    found
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_kubernetes_calls_need() {
+    // Only ipamd talks to the API, and only through ipamd::k8s; the plugin has no client.
+    let plugin = dependency_names("cni-plugin/Cargo.toml");
+    assert!(
+        plugin.contains("tonic"),
+        "cannot read cni-plugin/Cargo.toml: {plugin:?}"
+    );
+    for client in ["kube", "kube-client", "k8s-openapi"] {
+        assert!(!plugin.contains(client), "the plugin depends on {client}");
+    }
+    let declared: BTreeSet<(String, String, String)> = ipamd::k8s::KUBE_PERMISSIONS
+        .iter()
+        .map(|p| (p.group.to_owned(), p.resource.to_owned(), p.verb.to_owned()))
+        .collect();
+    assert_eq!(
+        kube_call_sites(),
+        declared,
+        "ipamd::k8s::KUBE_PERMISSIONS differs from the calls in ipamd/src/k8s/client.rs"
+    );
     let docs = docs();
     let role = kind(&docs, "ClusterRole");
-    assert_eq!(role["rules"], serde_json::json!([]), "{role}");
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        let list = |k: &str| -> Vec<String> {
+            rule[k]
+                .as_array()
+                .unwrap_or_else(|| panic!("a rule without {k}: {rule}"))
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
+        };
+        for group in list("apiGroups") {
+            for resource in list("resources") {
+                for verb in list("verbs") {
+                    assert!(
+                        ![&group, &resource, &verb].iter().any(|s| s.contains('*')),
+                        "wildcard in {rule}"
+                    );
+                    assert!(
+                        granted.insert((group.clone(), resource.clone(), verb.clone())),
+                        "({group}, {resource}, {verb}) granted twice"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(
+        granted, declared,
+        "conf/aws-k8s-cni.yaml's ClusterRole differs from what ipamd's Kubernetes calls need"
+    );
     let binding = kind(&docs, "ClusterRoleBinding");
     assert_eq!(binding["roleRef"]["name"], "aws-node");
     assert_eq!(
         binding["subjects"],
         serde_json::json!([{"kind": "ServiceAccount", "name": "aws-node", "namespace": "kube-system"}])
     );
+    // No token unless a setting needs the API (ANNOTATE_POD_IP is off in the manifest).
     let sa = kind(&docs, "ServiceAccount");
     assert_eq!(sa["automountServiceAccountToken"], false);
 }
