@@ -1,6 +1,6 @@
 //! The comparison with the previous run, read from the JSON that run left (never from figures
 //! kept in the source): only targets with the same key, i.e. measured the same way, are
-//! compared.
+//! compared, then the IPv6 pods' ratios when both runs measured them (older results have none).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::BenchResults;
-use super::format::{shown, verdict};
+use super::format::{fine_ratio_text, shown, verdict};
+use super::ipv6::Ipv6Figure;
 
 /// The previous run, as its JSON (`cnibench run --json`) left it.
 #[derive(Debug, Clone)]
@@ -92,7 +93,45 @@ pub fn comparison_markdown(res: &BenchResults, previous: &Previous) -> String {
         return s;
     };
     target_changes(w, res, before);
+    if let Some(v6) = &res.ipv6 {
+        ipv6_changes(w, &v6.figures, prev);
+    }
     s
+}
+
+/// This run's IPv6 ratios (ADD, DEL + netns removal) next to the previous run's, by
+/// concurrency; a sentence when the previous run measured no IPv6 pods.
+fn ipv6_changes(w: &mut String, now: &[Ipv6Figure], prev: &Value) {
+    let Some(before) = prev["ipv6"]["figures"].as_array() else {
+        let _ = writeln!(
+            w,
+            "\nThe previous run measured no IPv6 pods, so their figures have nothing to compare with."
+        );
+        return;
+    };
+    let _ = writeln!(
+        w,
+        "\n| IPv6 pods, ours/ptp median | previous run | this run | change |"
+    );
+    let _ = writeln!(w, "| --- | ---: | ---: | ---: |");
+    for f in now.iter().filter(|f| f.op != "DEL") {
+        let p = before
+            .iter()
+            .find(|p| {
+                p["concurrency"].as_u64() == u64::try_from(f.concurrency).ok()
+                    && p["op"].as_str() == Some(f.op.as_str())
+            })
+            .and_then(|p| p["ratio_median"].as_f64());
+        let _ = writeln!(
+            w,
+            "| {} (C={}) | {} | {} | {} |",
+            f.op,
+            f.concurrency,
+            fine_ratio_text(p),
+            fine_ratio_text(f.ratio_median),
+            change_text(p, f.ratio_median)
+        );
+    }
 }
 
 fn text(v: &Value) -> String {
@@ -198,6 +237,51 @@ mod tests {
         assert_eq!(change_text(Some(2.0), Some(3.0)), "+50 %");
         assert_eq!(change_text(None, Some(3.0)), "–");
         assert_eq!(change_text(Some(0.0), Some(3.0)), "–");
+    }
+
+    fn figure(conc: usize, op: &str, r: f64) -> Ipv6Figure {
+        Ipv6Figure {
+            concurrency: conc,
+            op: op.into(),
+            ours: None,
+            ptp: None,
+            ratio_median: Some(r),
+            ratio_p99: None,
+            ipv4_ratio_median: None,
+            failures: 0,
+        }
+    }
+
+    #[test]
+    fn ipv6_ratios_are_compared_when_both_runs_have_them() {
+        let now = [
+            figure(1, "ADD", 0.002),
+            figure(1, "DEL", 0.1),
+            figure(1, "DEL + netns removal", 1.2),
+            figure(8, "ADD", 0.01),
+        ];
+        let prev = serde_json::json!({"ipv6": {"figures": [
+            {"concurrency": 1, "op": "ADD", "ratio_median": 0.004},
+            {"concurrency": 1, "op": "DEL + netns removal", "ratio_median": null},
+        ]}});
+        let mut w = String::new();
+        ipv6_changes(&mut w, &now, &prev);
+        assert!(
+            w.contains("| ADD (C=1) | 0.0040× | 0.0020× | -50 % |"),
+            "{w}"
+        );
+        assert!(
+            w.contains("| DEL + netns removal (C=1) | – | 1.20× | – |"),
+            "{w}"
+        );
+        assert!(w.contains("| ADD (C=8) | – | 0.010× | – |"), "{w}");
+        // Bare DEL is shown in the report's table, not compared (as the targets do).
+        assert!(!w.contains("| DEL (C=1)"), "{w}");
+        // Results of a run before IPv6 was measured: said so, nothing compared.
+        let mut w = String::new();
+        ipv6_changes(&mut w, &now, &serde_json::json!({"targets": []}));
+        assert!(w.contains("measured no IPv6 pods"), "{w}");
+        assert!(!w.contains('|'), "{w}");
     }
 
     #[test]

@@ -62,6 +62,21 @@ pub(super) fn ratio_text(r: Option<f64>) -> String {
     r.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"))
 }
 
+/// A ratio as [`ratio_text`] writes it, but with two significant digits below 0.1 (`0.0021×`),
+/// where two decimals would round it to nothing (IPv6 ADD against ptp's address detection).
+pub(super) fn fine_ratio_text(r: Option<f64>) -> String {
+    match r {
+        Some(r) if r > 0.0 && r < 0.1 => {
+            // r is in (0, 0.1): its decimal exponent is negative and finite; the second
+            // significant digit is one place after it (at most 12 decimals).
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let decimals = ((-r.log10().floor()) as usize + 1).min(12);
+            format!("{r:.decimals$}×")
+        }
+        _ => ratio_text(r),
+    }
+}
+
 /// A rate, or a dash when it was not measured (0).
 pub(super) fn rate_or_dash(v: f64) -> String {
     if v > 0.0 { f2(v) } else { "–".into() }
@@ -104,5 +119,16 @@ mod tests {
         assert_eq!(f2(234.56), "235");
         assert_eq!(ratio_text(Some(0.256)), "0.26×");
         assert_eq!(ratio_text(None), "–");
+    }
+
+    #[test]
+    fn small_ratios_keep_two_significant_digits() {
+        assert_eq!(fine_ratio_text(Some(0.002_13)), "0.0021×");
+        assert_eq!(fine_ratio_text(Some(0.06)), "0.060×");
+        assert_eq!(fine_ratio_text(Some(0.01)), "0.010×");
+        assert_eq!(fine_ratio_text(Some(0.256)), "0.26×");
+        assert_eq!(fine_ratio_text(Some(1.5)), "1.50×");
+        assert_eq!(fine_ratio_text(Some(0.0)), "0.00×");
+        assert_eq!(fine_ratio_text(None), "–");
     }
 }

@@ -237,17 +237,20 @@ fn node_ip_json(ctx: &Ctx, args: &[&str]) -> Result<Vec<Value>, BenchError> {
     })
 }
 
-/// The node's links and IPv4 policy rules, as comparable strings.
+/// The node's links and policy rules of both families (IPv6 pods have their rule 512 in the
+/// IPv6 family), as comparable strings.
 fn node_state(ctx: &Ctx) -> Result<Vec<String>, BenchError> {
     let mut state: Vec<String> = node_ip_json(ctx, &["link", "show"])?
         .iter()
         .filter_map(|l| l["ifname"].as_str().map(|n| format!("link {n}")))
         .collect();
-    state.extend(
-        node_ip_json(ctx, &["-4", "rule", "show"])?
-            .iter()
-            .map(|r| format!("rule {r}")),
-    );
+    for family in ["-4", "-6"] {
+        state.extend(
+            node_ip_json(ctx, &[family, "rule", "show"])?
+                .iter()
+                .map(|r| format!("rule {family} {r}")),
+        );
+    }
     Ok(state)
 }
 

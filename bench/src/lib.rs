@@ -12,7 +12,10 @@
 //! 2. the per-phase breakdown of ADD and DEL, exec floors, the kernel floor in one process;
 //! 3. ipamd: AddNetwork/DelNetwork service time under concurrent clients (checkpoint on tmpfs
 //!    and on disk), start-up-to-ready with a checkpoint of many pods, resident memory;
-//! 4. binary sizes, peak RSS per ADD, the image estimate; criterion's datastore results.
+//! 4. IPv6 pods' ADD and DEL latency and phases, aws-cni against ptp + host-local again, on a
+//!    second node whose ipamd runs in IPv6 mode (module [`ipv6`]);
+//! 5. the cold-node bursts on the simulated VPC;
+//! 6. binary sizes, peak RSS per ADD, the image estimate; criterion's datastore results.
 //!
 //! Every plugin call runs with the simulated node's namespace as its host namespace; nothing
 //! touches the machine's root namespace. Timings are reported, never asserted.
@@ -28,6 +31,7 @@ mod daemon;
 mod exec;
 mod figures;
 mod format;
+pub mod ipv6;
 pub mod latency;
 mod phases;
 pub mod plugins;
@@ -170,6 +174,8 @@ pub struct BenchConfig {
     pub progress: bool,
     /// The cold-node bursts (prefix delegation and secondary IPs); `None`: not run.
     pub burst: Option<burst::BurstConfig>,
+    /// IPv6 pods' latency; `None`: not run.
+    pub ipv6: Option<ipv6::Ipv6Config>,
 }
 
 impl BenchConfig {
@@ -198,6 +204,7 @@ impl BenchConfig {
             command: "make bench".into(),
             progress: true,
             burst: Some(burst::BurstConfig::default()),
+            ipv6: Some(ipv6::Ipv6Config::default()),
         }
     }
 
@@ -226,6 +233,19 @@ impl BenchConfig {
                 "burst sizes {}/{} at concurrency {}, {} runs, are out of range (1..=110 pods with prefixes, 1..=27 with secondary IPs: an m5.large's pod addresses; at least one run)",
                 b.prefix_pods, b.secondary_pods, b.concurrency, b.reps
             ));
+        }
+        if let Some(v6) = &self.ipv6 {
+            let pods = v6.pods(self.pods);
+            let concs = v6.concurrency(&self.concurrency);
+            if pods == 0 || pods > 1_000 || v6.reps == 0 || concs.is_empty() {
+                return bad(format!(
+                    "IPv6 rounds of {pods} pods, {} runs, at concurrency {concs:?} are out of range (1..=1000 pods, at least one run and one concurrency)",
+                    v6.reps
+                ));
+            }
+            if let Some(c) = concs.iter().find(|&&c| c == 0 || c > 256) {
+                return bad(format!("IPv6 concurrency {c} is out of range 1..=256"));
+            }
         }
         if self.exec_floor_reps == 0
             || self.load_iterations == 0
@@ -296,6 +316,9 @@ pub struct BenchResults {
     pub image: Option<ImageEstimate>,
     /// The cold-node bursts.
     pub bursts: Vec<burst::BurstResult>,
+    /// IPv6 pods' latency and phases (absent from the results of runs that did not measure it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<ipv6::Ipv6Results>,
     /// The targets evaluated on this run (what the next run compares itself with).
     pub targets: Vec<targets::Target>,
 }
@@ -308,6 +331,7 @@ impl BenchResults {
             + self.cycles.iter().map(|c| c.failures.len()).sum::<usize>()
             + self.rss.iter().map(|r| r.failures.len()).sum::<usize>()
             + self.bursts.iter().map(|b| b.unserved).sum::<usize>()
+            + self.ipv6.as_ref().map_or(0, ipv6::Ipv6Results::failures)
     }
 }
 
@@ -643,13 +667,27 @@ pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
     }
     drop(node);
 
-    // 4. The cold-node bursts, on the simulated VPC.
+    // 4. IPv6 pods, on a node of their own.
+    let ipv6 = match &config.ipv6 {
+        Some(v6) => Some(ipv6::run(
+            config,
+            v6,
+            &tmp.0,
+            machine.cpus,
+            &mut round_id,
+            &rounds,
+            &|m| say(config, m),
+        )?),
+        None => None,
+    };
+
+    // 5. The cold-node bursts, on the simulated VPC.
     let bursts = match &config.burst {
         Some(b) => burst::run(b, &|m| say(config, m))?,
         None => Vec::new(),
     };
 
-    // 5. Sizes, criterion, image.
+    // 6. Sizes, criterion, image.
     let mut binaries = Vec::new();
     let ws = test_support::prereqs::workspace_dir();
     for (what, p) in [
@@ -708,6 +746,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchResults, BenchError> {
         criterion_note,
         image,
         bursts,
+        ipv6,
         targets: Vec::new(),
     };
     results.targets = targets::targets(&results);
@@ -761,5 +800,18 @@ mod tests {
         c.concurrency = vec![0];
         let e = c.validate().err().unwrap().to_string();
         assert!(e.contains("concurrency 0"), "{e}");
+        c.concurrency = vec![1, 8];
+        c.ipv6 = Some(ipv6::Ipv6Config {
+            concurrency: Some(vec![1, 300]),
+            ..ipv6::Ipv6Config::default()
+        });
+        let e = c.validate().err().unwrap().to_string();
+        assert!(e.contains("IPv6 concurrency 300"), "{e}");
+        c.ipv6 = Some(ipv6::Ipv6Config {
+            reps: 0,
+            ..ipv6::Ipv6Config::default()
+        });
+        let e = c.validate().err().unwrap().to_string();
+        assert!(e.contains("IPv6 rounds of 40 pods, 0 runs"), "{e}");
     }
 }

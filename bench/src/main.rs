@@ -9,6 +9,7 @@
 //!              [--startup-pods 250] [--startup-reps 5] [--idle-seconds 30] [--criterion-dir target/criterion]
 //!              [--glibc-plugin target/release/aws-cni] [--dockerfile Dockerfile] [--command "make bench"]
 //!              [--previous results.json | --no-previous] [--burst-pods 110,27] [--burst-conc 16] [--burst-reps 3 | --no-burst]
+//!              [--v6-pods 40] [--v6-conc 1,2,8] [--v6-reps 1 | --no-v6]
 //! ```
 //! ipamd is the one next to `cnibench` (or `IPAMD_BIN`). The report compares the run with the
 //! previous run's results: `--previous`, by default the `--json` file as it is before this run
@@ -29,6 +30,7 @@ const USAGE: &str = "usage: cnibench run --plugin <aws-cni> --floor <kernel-floo
   [--startup-reps N] [--idle-seconds N] [--criterion-dir DIR] [--glibc-plugin FILE] [--dockerfile FILE] [--command TEXT] [--quiet]\n\
   [--previous FILE.json | --no-previous]  (default: the --json file, read before it is overwritten)\n\
   [--burst-pods PREFIX,SECONDARY] [--burst-conc N] [--burst-reps R | --no-burst]  (the cold-node bursts, default 110,27 at 16, 3 runs)\n\
+  [--v6-pods N] [--v6-conc LIST] [--v6-reps R | --no-v6]  (IPv6 pods, default min(--pods, 40) pods at the --conc list, 1 run)\n\
   Runs as root; builds a simulated node in network namespaces and removes it afterwards.";
 
 struct Cli {
@@ -42,6 +44,11 @@ struct Cli {
 fn number(flag: &str, v: &str) -> anyhow::Result<usize> {
     v.parse::<usize>()
         .with_context(|| format!("{flag} wants a whole number, got {v:?}"))
+}
+
+/// A comma-separated list of whole numbers (`1,2,8`).
+fn numbers(flag: &str, v: &str) -> anyhow::Result<Vec<usize>> {
+    v.split(',').map(|c| number(flag, c.trim())).collect()
 }
 
 /// What the command line asks for.
@@ -67,14 +74,15 @@ fn parse(args: &[String]) -> anyhow::Result<Parsed> {
     let mut it = args[1..].iter();
     while let Some(flag) = it.next() {
         match flag.as_str() {
-            "--no-disk-checkpoint" | "--quiet" | "--no-previous" | "--no-burst" => {
+            "--no-disk-checkpoint" | "--quiet" | "--no-previous" | "--no-burst" | "--no-v6" => {
                 rest.push((flag.clone(), None));
             }
             "--plugin" | "--floor" | "--peak-rss" | "--out" | "--json" | "--pods" | "--conc"
             | "--reps" | "--cycle-conc" | "--ptp-dir" | "--exec-reps" | "--load-clients"
             | "--load-iterations" | "--rss-pods" | "--startup-pods" | "--startup-reps"
             | "--idle-seconds" | "--criterion-dir" | "--glibc-plugin" | "--dockerfile"
-            | "--command" | "--previous" | "--burst-pods" | "--burst-conc" | "--burst-reps" => {
+            | "--command" | "--previous" | "--burst-pods" | "--burst-conc" | "--burst-reps"
+            | "--v6-pods" | "--v6-conc" | "--v6-reps" => {
                 let v = it
                     .next()
                     .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -118,18 +126,24 @@ fn parse(args: &[String]) -> anyhow::Result<Parsed> {
                     .get_or_insert_with(Default::default)
                     .concurrency = number(&flag, &v)?;
             }
+            "--no-v6" => config.ipv6 = None,
+            "--v6-pods" => {
+                config.ipv6.get_or_insert_with(Default::default).pods = Some(number(&flag, &v)?);
+            }
+            "--v6-conc" => {
+                config.ipv6.get_or_insert_with(Default::default).concurrency =
+                    Some(numbers(&flag, &v)?);
+            }
+            "--v6-reps" => {
+                config.ipv6.get_or_insert_with(Default::default).reps = number(&flag, &v)?;
+            }
             "--quiet" => config.progress = false,
             "--out" => out = Some(PathBuf::from(v)),
             "--json" => json = Some(PathBuf::from(v)),
             "--previous" => previous = Some(PathBuf::from(v)),
             "--no-previous" => no_previous = true,
             "--pods" => config.pods = number(&flag, &v)?,
-            "--conc" => {
-                config.concurrency = v
-                    .split(',')
-                    .map(|c| number(&flag, c.trim()))
-                    .collect::<anyhow::Result<_>>()?;
-            }
+            "--conc" => config.concurrency = numbers(&flag, &v)?,
             "--reps" => config.reps = number(&flag, &v)?,
             "--cycle-conc" => config.cycle_concurrency = number(&flag, &v)?,
             "--ptp-dir" => config.ptp_dir = PathBuf::from(v),
@@ -150,6 +164,9 @@ fn parse(args: &[String]) -> anyhow::Result<Parsed> {
             _ => unreachable!("flags are matched above"),
         }
     }
+    if excludes_v6_sizes(args) {
+        bail!("--no-v6 excludes --v6-pods, --v6-conc and --v6-reps\n{USAGE}");
+    }
     if no_previous && previous.is_some() {
         bail!("--previous and --no-previous exclude each other\n{USAGE}");
     }
@@ -164,6 +181,14 @@ fn parse(args: &[String]) -> anyhow::Result<Parsed> {
         json,
         previous,
     })))
+}
+
+/// Whether the command line both turns the IPv6 rounds off and sizes them.
+fn excludes_v6_sizes(args: &[String]) -> bool {
+    args.iter().any(|a| a == "--no-v6")
+        && args
+            .iter()
+            .any(|a| matches!(a.as_str(), "--v6-pods" | "--v6-conc" | "--v6-reps"))
 }
 
 fn write(path: &PathBuf, text: &str) -> anyhow::Result<()> {
@@ -250,6 +275,18 @@ fn main() -> ExitCode {
             t.measured
         );
     }
+    if let Some(v6) = &results.ipv6 {
+        for f in v6.figures.iter().filter(|f| f.op != "DEL") {
+            let r = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |r| format!("{r:.3}×"));
+            eprintln!(
+                "cnibench: IPv6 pods C={} {}: ours/ptp median {} (IPv4: {})",
+                f.concurrency,
+                f.op,
+                r(f.ratio_median),
+                r(f.ipv4_ratio_median)
+            );
+        }
+    }
     if results.failures() > 0 {
         eprintln!(
             "cnibench: {} calls failed or left links behind (see the report)",
@@ -293,6 +330,31 @@ mod tests {
         assert_eq!(previous(&["--json", "/t/r.json", "--no-previous"]), None);
         assert_eq!(previous(&[]), None);
         assert!(run_args(&["--previous", "/a", "--no-previous"]).is_err());
+    }
+
+    fn ipv6(extra: &[&str]) -> Option<vpc_cni_bench::ipv6::Ipv6Config> {
+        match run_args(extra).unwrap() {
+            Parsed::Run(cli) => cli.config.ipv6,
+            Parsed::Help => panic!("help"),
+        }
+    }
+
+    #[test]
+    fn ipv6_rounds_follow_the_ipv4_ones_unless_sized_or_turned_off() {
+        let default = ipv6(&["--pods", "40", "--conc", "1,8"]).unwrap();
+        assert_eq!(default, vpc_cni_bench::ipv6::Ipv6Config::default());
+        assert_eq!(
+            (default.pods(40), default.concurrency(&[1, 8])),
+            (40, &[1, 8][..])
+        );
+        let sized = ipv6(&["--v6-pods", "20", "--v6-conc", "1, 8", "--v6-reps", "2"]).unwrap();
+        assert_eq!(
+            (sized.pods, sized.concurrency, sized.reps),
+            (Some(20), Some(vec![1, 8]), 2)
+        );
+        assert_eq!(ipv6(&["--no-v6"]), None);
+        assert!(run_args(&["--no-v6", "--v6-pods", "3"]).is_err());
+        assert!(run_args(&["--v6-conc", "1,x"]).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The plugins under comparison and how each is called: `aws-cni` with the conflist entry ipamd
 //! wrote, and the baseline, Debian's `ptp` with `host-local` IPAM (bench-ptp.sh's config: its
-//! own /16, `ipMasq: false`, a fresh IPAM store per round). Both get the same `CNI_*`
-//! environment and `CNI_ARGS` and run with the simulated node's namespace as their host.
+//! own /16, `ipMasq: false`, a fresh IPAM store per round; for IPv6 pods the same with a /64 of
+//! documentation space). Both get the same `CNI_*` environment and `CNI_ARGS` and run with the
+//! simulated node's namespace as their host.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,10 @@ impl Flavor {
 /// The subnet host-local hands out in baseline rounds (inside the node namespace only).
 pub const PTP_SUBNET: &str = "10.231.0.0/16";
 
+/// The subnet host-local hands out in the IPv6 baseline rounds: documentation space (RFC 3849),
+/// inside the IPv6 node's namespace only.
+pub const PTP_SUBNET_V6: &str = "2001:db8:231::/64";
+
 /// A plugin ready to be exec'd.
 #[derive(Debug, Clone)]
 pub struct Plugin {
@@ -65,8 +70,23 @@ impl Plugin {
         }
     }
 
-    /// `ptp` from `dir` (which must also hold `host-local`).
+    /// `ptp` from `dir` (which must also hold `host-local`), IPv4 pods from [`PTP_SUBNET`].
     pub fn ptp(dir: &Path, cni_version: &str, state_dir: &Path) -> Result<Self, BenchError> {
+        Self::ptp_with(dir, cni_version, state_dir, PTP_SUBNET, "0.0.0.0/0")
+    }
+
+    /// `ptp` as [`Plugin::ptp`], IPv6 pods from [`PTP_SUBNET_V6`] with a default route `::/0`.
+    pub fn ptp_v6(dir: &Path, cni_version: &str, state_dir: &Path) -> Result<Self, BenchError> {
+        Self::ptp_with(dir, cni_version, state_dir, PTP_SUBNET_V6, "::/0")
+    }
+
+    fn ptp_with(
+        dir: &Path,
+        cni_version: &str,
+        state_dir: &Path,
+        subnet: &str,
+        default_route: &str,
+    ) -> Result<Self, BenchError> {
         for p in ["ptp", "host-local"] {
             if !dir.join(p).is_file() {
                 return Err(BenchError::Missing {
@@ -88,8 +108,8 @@ impl Plugin {
                 "mtu": 1500,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": PTP_SUBNET}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "ranges": [[{"subnet": subnet}]],
+                    "routes": [{"dst": default_route}],
                 },
             }),
             state_dir: state_dir.to_owned(),
@@ -194,7 +214,7 @@ impl Plugin {
     }
 }
 
-/// The first IPv4 address of an ADD result, if it has one.
+/// The first address of an ADD result (`<ip>/<prefix>`, either family), if it has one.
 pub fn result_address(result: &Value) -> Option<&str> {
     result.get("ips")?.get(0)?.get("address")?.as_str()
 }
@@ -242,6 +262,33 @@ mod tests {
         assert_eq!(b["ipam"]["dataDir"], "/dev/shm/x/ptp-ipam-2");
         assert_eq!(a["ipam"]["ranges"][0][0]["subnet"], PTP_SUBNET);
         assert_eq!(a["cniVersion"], "1.0.0");
+    }
+
+    #[test]
+    fn the_ipv6_baseline_has_its_own_range_and_default_route() {
+        let dir = tempfile::tempdir().unwrap();
+        for p in ["ptp", "host-local"] {
+            std::fs::write(dir.path().join(p), b"").unwrap();
+        }
+        let v4 = Plugin::ptp(dir.path(), "1.0.0", Path::new("/dev/shm/x")).unwrap();
+        let v6 = Plugin::ptp_v6(dir.path(), "1.0.0", Path::new("/dev/shm/x")).unwrap();
+        let conf = v6.conf_for_round(7);
+        assert_eq!(conf["ipam"]["ranges"][0][0]["subnet"], PTP_SUBNET_V6);
+        assert_eq!(conf["ipam"]["routes"][0]["dst"], "::/0");
+        assert_eq!(conf["ipam"]["dataDir"], "/dev/shm/x/ptp-ipam-7");
+        assert_eq!(
+            v4.conf_for_round(7)["ipam"]["routes"][0]["dst"],
+            "0.0.0.0/0"
+        );
+        // Everything but the range and the route is the IPv4 baseline's.
+        let mut same = conf.clone();
+        same["ipam"]["ranges"] = v4.conf_for_round(7)["ipam"]["ranges"].clone();
+        same["ipam"]["routes"] = v4.conf_for_round(7)["ipam"]["routes"].clone();
+        assert_eq!(same, v4.conf_for_round(7));
+        assert_eq!(
+            result_address(&json!({"ips": [{"address": "2001:db8:231::2/64"}]})),
+            Some("2001:db8:231::2/64")
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ use super::plugins::Flavor;
 use super::stats::{Summary, median_ns, ratio};
 use super::targets::targets;
 
+mod ipv6;
+
 /// Where this run's results went and what to compare them with.
 #[derive(Debug, Clone)]
 pub struct ReportInputs {
@@ -92,6 +94,9 @@ fn run_table(w: &mut String, res: &BenchResults) {
             .join(", "),
         res.reps
     );
+    if let Some(v6) = &res.ipv6 {
+        ipv6::rounds_row(w, v6);
+    }
     noise_row(w, res);
     let failures = res.failures();
     if failures > 0 {
@@ -187,6 +192,9 @@ fn latency_section(w: &mut String, res: &BenchResults) {
     );
     for conc in concurrencies(&res.rounds) {
         latency_table(w, res, conc);
+    }
+    if let Some(v6) = &res.ipv6 {
+        ipv6::latency_table(w, v6);
     }
     cycle_table(w, res);
 }
@@ -342,6 +350,9 @@ fn time_section(w: &mut String, res: &BenchResults) {
             );
         }
         let _ = writeln!(w);
+    }
+    if let Some(v6) = &res.ipv6 {
+        ipv6::phase_table(w, &res.phases, v6);
     }
     exec_floor_table(w, res);
     kernel_floor_table(w, res);

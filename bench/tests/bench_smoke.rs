@@ -1,6 +1,7 @@
 //! Smoke run of the benchmark driver (`make bench`, issue 6) with tiny N, so its harness is
 //! compiled and exercised by `make test`: a simulated node, both plugins through every kind of
-//! round, the phase breakdown, the floors, ipamd's load, start-up and memory, and the report.
+//! round, the phase breakdown, the floors, ipamd's load, start-up and memory, IPv6 pods on a
+//! node whose ipamd runs in IPv6 mode, and the report.
 //! It asserts what every figure is made of (sample counts, phases, restored pods, the report's
 //! sections, DEL + netns removal ending no earlier than DEL, the veth left by aws-cni's DEL and
 //! deleted by ptp's, the comparison with a previous run's JSON), never how fast anything was. Needs root, like every end-to-end test; run
@@ -168,6 +169,42 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
         "the floor's DEL does what the plugin's does"
     );
 
+    // IPv6 pods: the IPv4 rounds' sizes (3 pods, C=1 and 2, one run), both plugins, every pod
+    // added with an address of its family and deleted, the phases of the IPv6 data plane.
+    let v6 = r.ipv6.as_ref().unwrap_or_else(|| panic!("no IPv6 section"));
+    assert_eq!(
+        (v6.pods, v6.reps, v6.concurrency.as_slice()),
+        (3, 1, &[1, 2][..])
+    );
+    assert_eq!(v6.rounds.len(), 4, "{:#?}", v6.rounds);
+    for round in &v6.rounds {
+        assert_eq!(round.add.latencies_ns.len(), 3, "{round:#?}");
+        assert!(round.leaked_links.is_empty(), "{round:#?}");
+        let left = if round.flavor == Flavor::Ours { 3 } else { 0 };
+        assert_del_netns_is_sane(round, left);
+    }
+    assert_eq!(v6.figures.len(), 6, "{:#?}", v6.figures);
+    assert!(
+        v6.figures
+            .iter()
+            .all(|f| f.ratio_median.is_some() && f.ipv4_ratio_median.is_some()),
+        "{:#?}",
+        v6.figures
+    );
+    let v6_add = v6
+        .phases
+        .iter()
+        .find(|t| t.command == "ADD")
+        .unwrap_or_else(|| panic!("no IPv6 ADD phases"));
+    let v6_names: Vec<&str> = v6_add.phases.iter().map(|p| p.name.as_str()).collect();
+    for phase in ["pod_sysctls", "pod_dad", "host_rules"] {
+        assert!(
+            v6_names.contains(&phase),
+            "IPv6 ADD phases {v6_names:?} lack {phase}"
+        );
+    }
+    assert!(v6.wall_s > 0.0);
+
     // ipamd: load with the checkpoint on tmpfs (2 clients, 1 client) and in /var/tmp (disk).
     assert_eq!(r.loads.len(), 3);
     assert_eq!(r.loads[0].add.n, 8);
@@ -213,6 +250,11 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
         "| ptp+host-local | DEL + netns removal |",
         "| **ours/ptp** | DEL + netns removal |",
         "Parts of DEL + netns removal",
+        "### IPv6 pods",
+        "| IPv6 rounds | 3 pods per round; concurrency 1, 2;",
+        "| 2 | DEL + netns removal |",
+        "### IPv6 pods: where the time goes",
+        "| pod_dad | – |",
         "### ADD+DEL cycle throughput",
         "ADD → DEL median ms",
         "DEL + netns removal median",
@@ -299,6 +341,11 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
     let json = serde_json::to_value(&r).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(json["rounds"].as_array().map(Vec::len), Some(4));
     assert_eq!(
+        json["ipv6"]["figures"].as_array().map(Vec::len),
+        Some(6),
+        "the IPv6 figures are in the JSON"
+    );
+    assert_eq!(
         json["targets"].as_array().map(Vec::len),
         Some(targets.len())
     );
@@ -318,7 +365,27 @@ fn benchmark_driver_runs_every_measurement_with_tiny_n() {
         compared.contains("## Compared with the previous run") && compared.contains("| +0 % |"),
         "{compared}"
     );
+    assert!(
+        compared.contains("| IPv6 pods, ours/ptp median |"),
+        "{compared}"
+    );
+    // Results of a run before IPv6 pods were measured are still compared, target by target.
     let mut old = json.clone();
+    if let Some(o) = old.as_object_mut() {
+        o.remove("ipv6");
+    }
+    std::fs::write(&prev, old.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let before_v6 = bench::report::markdown(
+        &r,
+        &ReportInputs {
+            json: None,
+            previous: Previous::load(&prev),
+        },
+    );
+    assert!(
+        before_v6.contains("| +0 % |") && before_v6.contains("measured no IPv6 pods"),
+        "{before_v6}"
+    );
     if let Some(o) = old.as_object_mut() {
         o.remove("targets");
     }
