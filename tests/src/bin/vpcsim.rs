@@ -302,14 +302,7 @@ fn demo() -> anyhow::Result<()> {
     );
     // As a runtime does after DEL: the pods' namespaces go, and their veth pairs with them.
     drop(pods);
-    let veths = || -> anyhow::Result<usize> {
-        Ok(node
-            .ns()
-            .link_names()?
-            .iter()
-            .filter(|n| n.starts_with("eni"))
-            .count())
-    };
+    let veths = || host_veths(&node);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while veths()? > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -323,6 +316,16 @@ fn demo() -> anyhow::Result<()> {
     drop(node);
     let left = still_there(namespaces.iter().chain(std::iter::once(&state_dir)));
     finish(left, started, "namespaces and state", failures)
+}
+
+/// The host veths of the node's pods (named with the conflist's `eni` prefix).
+fn host_veths(node: &harness::node::NodeHost) -> anyhow::Result<usize> {
+    Ok(node
+        .ns()
+        .link_names()?
+        .iter()
+        .filter(|n| n.starts_with("eni"))
+        .count())
 }
 
 /// The paths of `paths` that still exist, for [`finish`].

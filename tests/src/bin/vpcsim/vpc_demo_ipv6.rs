@@ -125,16 +125,6 @@ fn plugin_chain(node: &VpcNode) -> anyhow::Result<Vec<String>> {
         .unwrap_or_default())
 }
 
-/// The host veths of the node's pods.
-fn host_veths(node: &VpcNode) -> anyhow::Result<usize> {
-    Ok(node
-        .ns()
-        .link_names()?
-        .iter()
-        .filter(|n| n.starts_with("eni"))
-        .count())
-}
-
 /// Runs the demo; fails on the first error (everything built so far is torn down on the way
 /// out), or at the end if a connectivity check failed or something was left behind.
 pub fn run() -> anyhow::Result<()> {
@@ -407,10 +397,10 @@ pub fn run() -> anyhow::Result<()> {
         let held = n.checkpoint_ipv6s()?;
         let leases = ipv6::egress_leases(n);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while host_veths(n)? > 0 && Instant::now() < deadline {
+        while crate::host_veths(n)? > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let veths = host_veths(n)?;
+        let veths = crate::host_veths(n)?;
         say!(
             "      {name}: checkpoint holds {} IPv6 addresses, egress-cni holds {} leases, host veths left: {veths}",
             held.len(),
