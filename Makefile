@@ -303,7 +303,8 @@ image-binaries:
 # bookworm base made by debootstrap (no registry; cached in target/kube/bookworm-rootfs), its
 # `build` stage replaced by image-binaries' output (--build-context build=...); RUN steps use
 # the host's network as apt-get in make deps does (no network set up). Saved as an OCI archive
-# for `ctr import` into the nodes' containerd.
+# for `ctr import` into the nodes' containerd. The build is tried up to three times: its RUN
+# steps fetch from Debian's mirrors, which fail now and then; each failure prints its log's end.
 NODE_IMAGE := $(TARGET_DIR)/kube/aws-vpc-cni-rs.oci.tar
 NODE_IMAGE_REPO := localhost/aws-vpc-cni-rs
 KUBE_DIR := $(TARGET_DIR)/kube
@@ -324,9 +325,18 @@ node-image: image-binaries
 	@cp -r $(IMAGE_DIR) $(KUBE_DIR)/context/src/target/image
 	@tar -C $(KUBE_DIR)/bookworm-rootfs -c . | \
 		$(PODMAN_PRIVATE) import - docker.io/library/debian:bookworm-slim > /dev/null
-	@$(PODMAN_PRIVATE) build --network=host --build-context build=$(KUBE_DIR)/context \
-		-t $(NODE_IMAGE_REPO):test -f $(CURDIR)/Dockerfile $(KUBE_DIR)/context > $(KUBE_DIR)/build.log 2>&1 || \
-		{ echo "error: podman build of the Dockerfile failed (see $(KUBE_DIR)/build.log)" >&2; exit 1; }
+	@for attempt in 1 2 3; do \
+		$(PODMAN_PRIVATE) build --network=host --build-context build=$(KUBE_DIR)/context \
+			-t $(NODE_IMAGE_REPO):test -f $(CURDIR)/Dockerfile $(KUBE_DIR)/context \
+			> $(KUBE_DIR)/build.log 2>&1 && break; \
+		echo "node-image: podman build attempt $$attempt failed; its log ends with:" >&2; \
+		tail -n 25 $(KUBE_DIR)/build.log | sed 's/^/  | /' >&2; \
+		if [ $$attempt = 3 ]; then \
+			echo "error: podman build of the Dockerfile failed 3 times (full log: $(KUBE_DIR)/build.log)" >&2; \
+			exit 1; \
+		fi; \
+		sleep 10; \
+	done
 	@rm -f $(NODE_IMAGE)
 	@$(PODMAN_PRIVATE) save --quiet --format oci-archive -o $(NODE_IMAGE) $(NODE_IMAGE_REPO):test
 	@rm -rf $(KUBE_DIR)/podman $(KUBE_DIR)/context
