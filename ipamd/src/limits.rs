@@ -155,6 +155,9 @@ pub struct Limits {
     /// (the reference's `eni-max-pods.txt`); with prefixes `instance_max_enis × slots_per_eni × 16
     /// + 2`, capped at 110 for up to 30 vCPUs and 250 above.
     pub max_pods: u32,
+    /// `max_pods` is the Node's capacity (the kubelet's `--max-pods`), read from the
+    /// Kubernetes API, not the formula.
+    pub max_pods_from_node: bool,
     /// Where the numbers came from.
     pub source: LimitsSource,
 }
@@ -202,8 +205,19 @@ impl Limits {
             prefix_delegation,
             ips_per_eni,
             max_pods,
+            max_pods_from_node: false,
             source,
         }
+    }
+
+    /// These limits with the Node's max pods (its `status.capacity.pods`), which the reference
+    /// uses instead of the formula when it has the Kubernetes API. The ENI × IP limit still
+    /// holds.
+    #[must_use]
+    pub fn with_node_max_pods(mut self, max_pods: u32) -> Self {
+        self.max_pods = max_pods;
+        self.max_pods_from_node = true;
+        self
     }
 
     /// Addresses one slot gives: 16 with prefix delegation, else 1.

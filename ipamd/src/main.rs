@@ -234,10 +234,11 @@ fn run(config: Config, started: Instant) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        // Only when a setting needs the API; fails before anything is bound or written.
-        let pods = ipamd::k8s::client_for(&config.kubernetes)?.map(|client| {
+        // With the service account; a setting that needs the API without one fails here,
+        // before anything is bound or written.
+        let kube = ipamd::k8s::client_for(&config.kubernetes)?.map(|client| {
             tracing::info!(server = client.server(), "Kubernetes client ready");
-            Arc::new(client) as Arc<dyn ipamd::k8s::PodApi>
+            ipamd::k8s::KubeApis::of(client)
         });
         if let Some(dir) = config
             .backing_store
@@ -258,14 +259,14 @@ fn run(config: Config, started: Instant) -> anyhow::Result<()> {
             Daemon::with_ec2(config, SdkImds::from_env(), ec2, checkpointer)
                 .with_registry(registry)
                 .with_start_time(started)
-                .with_pod_api(pods)
+                .with_kube(kube.clone())
                 .run(shutdown)
                 .await
                 .map_err(anyhow::Error::from)
         } else {
             Daemon::new(config, SdkImds::from_env(), checkpointer)
                 .with_start_time(started)
-                .with_pod_api(pods)
+                .with_kube(kube)
                 .run(shutdown)
                 .await
                 .map_err(anyhow::Error::from)

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use vpc_cni_contract::dataplane::route_table_for_device;
 
 use crate::datastore::{Assignment, IpamKey, PodMetadata};
+use crate::k8s::events::NoAddressEvents;
 use crate::k8s::{Cleared, POD_IPS_ANNOTATION, PodApi, PodRef};
 use crate::metrics::IpamdMetrics;
 use crate::rpc::cni_backend_server::{CniBackend, CniBackendServer};
@@ -68,6 +69,8 @@ pub struct Backend {
     metrics: IpamdMetrics,
     /// `ANNOTATE_POD_IP=true`: the API that annotates pods with their address.
     pods: Option<Arc<dyn PodApi>>,
+    /// With the Kubernetes API: a Warning Event on each pod that gets no address.
+    events: Option<NoAddressEvents>,
 }
 
 impl Backend {
@@ -78,7 +81,15 @@ impl Backend {
             state,
             metrics: IpamdMetrics::new(&mut prometheus_client::registry::Registry::default()),
             pods: None,
+            events: None,
         }
+    }
+
+    /// Records why on each pod AddNetwork has no address for (rate-limited Warning Events).
+    #[must_use]
+    pub fn with_no_address_events(mut self, events: NoAddressEvents) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Annotates every pod AddNetwork gives an address with it ([`POD_IPS_ANNOTATION`],
@@ -253,8 +264,11 @@ impl CniBackend for Backend {
                     }))
                 }
                 Err(e) => {
-                    if matches!(e, IpamError::Exhausted(_)) {
+                    if let IpamError::Exhausted(why) = &e {
                         self.metrics.no_available_ip.inc();
+                        if let (Some(events), Some(pod)) = (&self.events, pod_of(&req.k8s_pod_namespace, &req.k8s_pod_name)) {
+                            events.record(pod, &why.message);
+                        }
                     }
                     tracing::warn!(error = %e, "AddNetwork failed");
                     Err(to_status(&e))
@@ -454,6 +468,20 @@ mod tests {
                 Ok(Cleared::Cleared)
             })
         }
+
+        fn warn_pod<'a>(
+            &'a self,
+            pod: &'a PodRef,
+            warning: &'a crate::k8s::PodWarning,
+        ) -> ApiFuture<'a, ()> {
+            Box::pin(async move {
+                self.calls.lock().unwrap().push(format!(
+                    "event {pod} {} on {}: {}",
+                    warning.reason, warning.node, warning.message
+                ));
+                Ok(())
+            })
+        }
     }
 
     fn backend(pods: &Arc<FakePods>) -> Backend {
@@ -526,5 +554,39 @@ mod tests {
         *pods.fail.lock().unwrap() = false;
         b.add_network(add("c1", "web")).await.unwrap();
         assert_eq!(b.state.status().await.stats.assigned, 1);
+    }
+
+    #[tokio::test]
+    async fn a_pod_without_an_address_gets_one_event_saying_why() {
+        let pods = Arc::new(FakePods::default());
+        let b = Backend::new(backend(&pods).state.clone()).with_no_address_events(
+            NoAddressEvents::new(Arc::clone(&pods) as Arc<dyn PodApi>, "node-1".into()),
+        );
+        b.add_network(add("c1", "a")).await.unwrap();
+        b.add_network(add("c2", "b")).await.unwrap();
+        // The pool (two addresses) is empty: the third pod and its retries get none.
+        for _ in 0..3 {
+            let e = b.add_network(add("c3", "c")).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        }
+        // The Event goes out on its own task.
+        for _ in 0..100 {
+            if !pods.calls.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let calls = pods.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls.len(),
+            1,
+            "one Event for the pod and its retries: {calls:?}"
+        );
+        assert!(
+            calls[0].starts_with("event default/c FailedToAssignIP on node-1: aws-node on node-1 has no IP address for this pod: "),
+            "{calls:?}"
+        );
+        // Without the annotation setting the pods are not annotated.
+        assert!(!calls[0].contains("set "), "{calls:?}");
     }
 }

@@ -446,23 +446,34 @@ fn refused_settings_stop_ipamd_and_install_cni_before_anything_is_written() {
 /// saying how to give it one. On a cluster the annotation itself is checked by
 /// `tests/tests/kube/main.rs`.
 #[test]
-fn annotate_pod_ip_without_a_service_account_stops_ipamd_saying_what_to_mount() {
+fn settings_that_need_the_api_without_a_service_account_stop_ipamd_saying_what_to_mount() {
     require_root().unwrap();
-    let ns = Netns::new("annotate").unwrap();
-    let r = run_refused(
-        &ns,
-        false,
-        &[(cfg::ANNOTATE_POD_IP.to_owned(), "true".to_owned())],
-    );
-    assert!(r.code.is_some_and(|c| c != 0), "{:?}: {}", r.code, r.stderr);
-    assert!(
-        r.stderr
-            .contains("ANNOTATE_POD_IP=true needs the Kubernetes API")
-            && r.stderr.contains("automountServiceAccountToken: true"),
-        "{}",
-        r.stderr
-    );
-    assert!(r.written.is_empty(), "wrote {:?}", r.written);
+    let ns = Netns::new("needsapi").unwrap();
+    for (var, value, says) in [
+        (cfg::ANNOTATE_POD_IP, "true", "set ANNOTATE_POD_IP=false"),
+        (
+            cfg::AWS_MANAGE_ENIS_NON_SCHEDULABLE,
+            "false",
+            "unset AWS_MANAGE_ENIS_NON_SCHEDULABLE",
+        ),
+        (
+            cfg::CLUSTER_ENDPOINT,
+            "https://10.0.0.1:6443",
+            "unset CLUSTER_ENDPOINT",
+        ),
+    ] {
+        let r = run_refused(&ns, false, &[(var.to_owned(), value.to_owned())]);
+        assert!(r.code.is_some_and(|c| c != 0), "{:?}: {}", r.code, r.stderr);
+        assert!(
+            r.stderr.contains(var)
+                && r.stderr.contains("needs the Kubernetes API")
+                && r.stderr.contains("automountServiceAccountToken: true")
+                && r.stderr.contains(says),
+            "{}",
+            r.stderr
+        );
+        assert!(r.written.is_empty(), "{var}: wrote {:?}", r.written);
+    }
 }
 
 // ------------------------------------------------------------------------------------------

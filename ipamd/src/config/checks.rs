@@ -29,17 +29,6 @@ impl Config {
                 "with this setting the reference's plugin calls the network policy agent (aws-eks-nodeagent, /var/run/aws-node/npa.sock) on every pod ADD and DEL, and the agent enforces the mode; this build does not call the agent yet, so no policy would be enforced: unset NETWORK_POLICY_ENFORCING_MODE (and remove the aws-eks-nodeagent container), or keep the reference's aws-node where network policies are needed",
             ));
         }
-        if let Some(url) = &self.kubernetes.cluster_endpoint
-            && !self.kubernetes.uses_api()
-        {
-            return Err(refuse(
-                CLUSTER_ENDPOINT,
-                url.clone(),
-                &format!(
-                    "it only tells ipamd's Kubernetes client where the API server is, and no setting here uses the API (only {ANNOTATE_POD_IP}=true does in this build): unset CLUSTER_ENDPOINT"
-                ),
-            ));
-        }
         if !self.cloud.manage_untagged_eni && self.provisioning != ProvisioningMode::Ec2 {
             let mode = match self.provisioning {
                 ProvisioningMode::ImdsOnly => ENABLE_IMDS_ONLY_MODE,

@@ -80,6 +80,10 @@ impl Config {
             features: r.features()?,
             warnings,
         };
+        // Only EC2 mode grows and frees ENIs, which a cordon holds back.
+        config.kubernetes.cordon_check_asked = config.provisioning == ProvisioningMode::Ec2
+            && r.raw(AWS_MANAGE_ENIS_NON_SCHEDULABLE)?.is_some()
+            && !config.cloud.manage_enis_non_schedulable;
         config.validate(&r)?;
         config.refuse_what_needs_missing_parts(&r)?;
         config.check_no_op_settings(&r)?;

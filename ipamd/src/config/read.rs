@@ -182,6 +182,8 @@ impl<E: Env + ?Sized> Reader<'_, E> {
             )?,
             annotate_pod_ip: self.bool(ANNOTATE_POD_IP, false)?,
             cluster_endpoint: self.parse(CLUSTER_ENDPOINT, parse::parse_url)?,
+            // Settled by `Config::from_env` once the mode is known.
+            cordon_check_asked: false,
         })
     }
 

@@ -397,11 +397,6 @@ fn settings_that_need_missing_parts_are_refused_with_what_to_do() {
             "standard",
             "network policy agent",
         ),
-        (
-            CLUSTER_ENDPOINT,
-            "https://api.example.internal",
-            "unset CLUSTER_ENDPOINT",
-        ),
         (MANAGE_UNTAGGED_ENI, "false", "ENABLE_IMDS_ONLY_MODE=true"),
     ] {
         let err = with(&[(var, value)]).unwrap_err();
@@ -423,18 +418,40 @@ fn settings_that_need_missing_parts_are_refused_with_what_to_do() {
         (NETWORK_POLICY_ENFORCING_MODE, ""),
     ])
     .unwrap();
-    // The API server of the Kubernetes client, once a setting uses the API.
+    // The settings that cannot work without the Kubernetes API (start-up refuses them when no
+    // service account is mounted: crate::k8s::client_for).
+    let needs = |pairs: &[(&str, &str)]| with(pairs).unwrap().kubernetes.needs_api().map(|n| n.0);
+    assert_eq!(needs(&[]), None);
+    assert_eq!(
+        needs(&[(ANNOTATE_POD_IP, "true")]),
+        Some("ANNOTATE_POD_IP=true")
+    );
+    assert_eq!(
+        needs(&[(CLUSTER_ENDPOINT, "https://api.example.internal")]),
+        Some("CLUSTER_ENDPOINT")
+    );
+    // The cordon check when asked for in EC2 mode; its default (false, unset) and true do not
+    // need the API, nor does false in the modes that never grow the pool (base: IMDS-only).
+    let ec2 = (ENABLE_IMDS_ONLY_MODE, "false");
+    assert_eq!(
+        needs(&[ec2, (AWS_MANAGE_ENIS_NON_SCHEDULABLE, "false")]),
+        Some("AWS_MANAGE_ENIS_NON_SCHEDULABLE=false")
+    );
+    assert_eq!(needs(&[ec2]), None);
+    assert_eq!(
+        needs(&[ec2, (AWS_MANAGE_ENIS_NON_SCHEDULABLE, "true")]),
+        None
+    );
+    assert_eq!(needs(&[(AWS_MANAGE_ENIS_NON_SCHEDULABLE, "false")]), None);
     let c = with(&[
         (ANNOTATE_POD_IP, "true"),
         (CLUSTER_ENDPOINT, "https://api.example.internal"),
     ])
     .unwrap();
-    assert!(c.kubernetes.annotate_pod_ip && c.kubernetes.uses_api());
     assert_eq!(
         c.kubernetes.cluster_endpoint.as_deref(),
         Some("https://api.example.internal")
     );
-    assert!(!with(&[]).unwrap().kubernetes.uses_api());
     // MANAGE_UNTAGGED_ENI=false is honoured in EC2 mode.
     let env = HashMap::from([(MY_NODE_NAME, "node-1"), (MANAGE_UNTAGGED_ENI, "false")]);
     assert!(!Config::from_env(&env).unwrap().cloud.manage_untagged_eni);

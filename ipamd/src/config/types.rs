@@ -82,8 +82,9 @@ pub struct PluginConfig {
     pub egress_v4_log_file: String,
 }
 
-/// Kubernetes-related knobs. ipamd calls the Kubernetes API only when a setting needs it
-/// ([`KubernetesConfig::uses_api`]); otherwise it makes no API call and needs no token.
+/// Kubernetes-related knobs. ipamd uses the Kubernetes API when its service account is mounted
+/// (see [`crate::k8s`]); [`KubernetesConfig::needs_api`] names the settings that cannot work
+/// without it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesConfig {
     /// `MY_NODE_NAME` (required).
@@ -102,13 +103,32 @@ pub struct KubernetesConfig {
     /// `CLUSTER_ENDPOINT`: the API server to call instead of the in-cluster one
     /// (`KUBERNETES_SERVICE_HOST`, which needs kube-proxy).
     pub cluster_endpoint: Option<String>,
+    /// `AWS_MANAGE_ENIS_NON_SCHEDULABLE=false` set explicitly in EC2 mode: the operator asked
+    /// for the cordon check, which needs the Node (left unset, a node without the API manages
+    /// ENIs as the reference does when it cannot read the Node).
+    pub cordon_check_asked: bool,
 }
 
 impl KubernetesConfig {
-    /// Whether a setting needs the Kubernetes API (then ipamd builds its client at start-up,
-    /// from the pod's service account).
-    pub fn uses_api(&self) -> bool {
-        self.annotate_pod_ip
+    /// The first setting that cannot work without the Kubernetes API, and what else the
+    /// operator may do; `None` when ipamd can run without the API.
+    pub fn needs_api(&self) -> Option<(&'static str, &'static str)> {
+        if self.annotate_pod_ip {
+            return Some(("ANNOTATE_POD_IP=true", "set ANNOTATE_POD_IP=false"));
+        }
+        if self.cordon_check_asked {
+            return Some((
+                "AWS_MANAGE_ENIS_NON_SCHEDULABLE=false",
+                "unset AWS_MANAGE_ENIS_NON_SCHEDULABLE (or set it to true): ipamd then manages ENIs whether or not the node is cordoned",
+            ));
+        }
+        if self.cluster_endpoint.is_some() {
+            return Some((
+                "CLUSTER_ENDPOINT",
+                "unset CLUSTER_ENDPOINT (it only tells the Kubernetes client where the API server is)",
+            ));
+        }
+        None
     }
 }
 

@@ -36,7 +36,8 @@ use crate::datastore::{
 };
 use crate::http;
 use crate::introspect;
-use crate::k8s::PodApi;
+use crate::k8s::KubeApis;
+use crate::k8s::events::NoAddressEvents;
 use crate::metrics::server::{METRICS_ADDRESS, Scrape};
 use crate::metrics::{IpamdMetrics, StartupOutcome};
 use crate::node_network::host::{HostNetwork, HostNetworkError, SecondaryEni};
@@ -95,8 +96,8 @@ pub struct Daemon<I: Imds, E: Ec2Api = NoEc2> {
     node_network_interval: Duration,
     metrics_address: SocketAddr,
     started_at: Instant,
-    /// The Kubernetes API for pods, when a setting needs it (`ANNOTATE_POD_IP`).
-    pods: Option<Arc<dyn PodApi>>,
+    /// The Kubernetes API, when the service account is mounted.
+    kube: Option<KubeApis>,
 }
 
 impl<I: Imds> Daemon<I, NoEc2> {
@@ -143,15 +144,16 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             node_network_interval: node_network::RECONCILE_INTERVAL,
             metrics_address: METRICS_ADDRESS,
             started_at: Instant::now(),
-            pods: None,
+            kube: None,
         }
     }
 
-    /// Calls the Kubernetes API about pods through `pods` (`ANNOTATE_POD_IP=true`: built by
-    /// [`crate::k8s::client_for`]); `None` makes no API call.
+    /// Calls the Kubernetes API through `kube` (built by [`crate::k8s::client_for`]): Events on
+    /// pods without an address, the Node's max pods and cordon, and with `ANNOTATE_POD_IP=true`
+    /// the pods' annotations. `None` makes no API call.
     #[must_use]
-    pub fn with_pod_api(mut self, pods: Option<Arc<dyn PodApi>>) -> Self {
-        self.pods = pods;
+    pub fn with_kube(mut self, kube: Option<KubeApis>) -> Self {
+        self.kube = kube;
         self
     }
 
@@ -234,8 +236,14 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
         let registry = Arc::new(std::mem::take(&mut self.registry));
         let side_servers = self.spawn_http_endpoints(&state, registry, &stop_rx);
         let mut backend = Backend::new(Arc::clone(&state)).with_metrics(self.metrics.clone());
-        if let Some(pods) = &self.pods {
-            backend = backend.with_pod_annotations(Arc::clone(pods));
+        if let Some(kube) = &self.kube {
+            backend = backend.with_no_address_events(NoAddressEvents::new(
+                Arc::clone(&kube.pods),
+                self.config.kubernetes.node_name.clone(),
+            ));
+            if self.config.kubernetes.annotate_pod_ip {
+                backend = backend.with_pod_annotations(Arc::clone(&kube.pods));
+            }
         }
         let mut server_task = tokio::spawn(server::serve(
             listener,

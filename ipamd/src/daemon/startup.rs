@@ -22,7 +22,7 @@ use crate::datastore::Datastore;
 use crate::metrics::StartupOutcome;
 use crate::node_network::host::HostNetwork;
 use crate::node_network::{NodeNetwork, PrimaryEni};
-use crate::pool::manager::{ManagerConfig, NodeInfo, PoolManager};
+use crate::pool::manager::{ManagerConfig, NodeCheck, NodeInfo, PoolManager};
 use crate::pool::reconcile;
 use crate::pool::situation::PoolSituation;
 use crate::restore::restore_allocations;
@@ -142,6 +142,13 @@ impl<I: Imds, E: Ec2Api> Daemon<I, E> {
             health,
         )
         .with_metrics(self.metrics.clone());
+        if let Some(kube) = &self.kube {
+            m = m.with_node(NodeCheck::new(
+                Arc::clone(&kube.nodes),
+                self.config.kubernetes.node_name.clone(),
+                self.config.cloud.manage_enis_non_schedulable,
+            ));
+        }
         state.set_pending("reading the instance's limits and ENIs from EC2");
         m.discover(&md.enis).await;
         Some(m)

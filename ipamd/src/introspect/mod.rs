@@ -341,6 +341,7 @@ pub async fn pool_report(state: &IpamState, mode: &str) -> PoolReport {
                 one_node_takes: s.one_node_takes,
             })
             .collect(),
+        unschedulable: node.unschedulable,
     }
 }
 

@@ -258,6 +258,12 @@ fn write_summary(out: &mut String, pool: &PoolReport) {
             );
         }
     }
+    if pool.unschedulable {
+        let _ = writeln!(
+            out,
+            "cordoned:       the pool neither grows nor frees ENIs (AWS_MANAGE_ENIS_NON_SCHEDULABLE=false)"
+        );
+    }
     match &pool.last_ec2_error {
         Some(e) => {
             let _ = writeln!(
@@ -408,6 +414,7 @@ mod tests {
                 time: "2026-11-27T10:00:00Z".into(),
             }),
             subnets: Vec::new(),
+            unschedulable: false,
         }
     }
 
@@ -486,6 +493,18 @@ mod tests {
                 "eni-a  0       main   10.0.0.10   10.0.0.0/24  3    3         0        0     0",
                 "eni-b  1       2      10.0.0.20   10.0.0.0/24  6    2         1        3     0",
             ]
+        );
+    }
+
+    #[test]
+    fn renders_a_cordoned_node() {
+        let mut r = report();
+        assert!(!render(&r, &BTreeMap::new()).contains("cordoned"));
+        r.unschedulable = true;
+        let text = render(&r, &BTreeMap::new());
+        assert!(
+            text.contains("cordoned:       the pool neither grows nor frees ENIs"),
+            "{text}"
         );
     }
 

@@ -307,6 +307,10 @@ pub struct PoolReport {
     /// The subnets new ENIs may go into, most free addresses first (EC2 mode).
     #[serde(default)]
     pub subnets: Vec<SubnetJson>,
+    /// The node is cordoned and `AWS_MANAGE_ENIS_NON_SCHEDULABLE=false`: the pool neither
+    /// grows nor frees ENIs.
+    #[serde(default)]
+    pub unschedulable: bool,
 }
 
 /// One subnet new ENIs may go into, in `/v1/pool`.

@@ -1,15 +1,20 @@
-//! [`KubeClient`]: the [`PodApi`] calls over kube-rs. Each call names the permission it needs
+//! [`KubeClient`]: the [`PodApi`] and [`NodeApi`] calls over kube-rs. Each call names the permission it needs
 //! with [`permission!`], which `tests/tests/ops/manifests.rs` reads to keep
 //! [`super::KUBE_PERMISSIONS`] and the ClusterRole equal to the calls made here.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use super::{ApiFuture, Cleared, KubeError, POD_IPS_ANNOTATION, PodApi, PodRef};
+use super::{
+    ApiFuture, Cleared, KubeError, NodeApi, NodeFacts, POD_IPS_ANNOTATION, PodApi, PodRef,
+    PodWarning,
+};
 
 /// Names the RBAC permission (group, resource, verb) of the call that follows; expands to
 /// nothing.
@@ -76,6 +81,74 @@ impl KubeClient {
 
     fn pods(&self, namespace: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), namespace)
+    }
+}
+
+/// The taint of a cordoned Node (the node lifecycle controller turns `spec.unschedulable` into
+/// it), which the reference looks for.
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// What ipamd needs of a Node.
+pub fn node_facts(node: Node) -> NodeFacts {
+    // The reference looks for the taint only, which the node lifecycle controller adds a moment
+    // after `kubectl cordon` sets spec.unschedulable; the field counts at once.
+    let unschedulable = node.spec.as_ref().is_some_and(|s| {
+        s.unschedulable == Some(true)
+            || s.taints.as_ref().is_some_and(|taints| {
+                taints
+                    .iter()
+                    .any(|t| t.key == UNSCHEDULABLE_TAINT && t.effect == "NoSchedule")
+            })
+    });
+    let max_pods = node
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("pods"))
+        .and_then(|q| q.0.parse::<u32>().ok());
+    NodeFacts {
+        unschedulable,
+        max_pods,
+        labels: node.metadata.labels.unwrap_or_default(),
+        annotations: node.metadata.annotations.unwrap_or_default(),
+    }
+}
+
+/// The Warning Event `warning` on the pod `pod` (uid `uid`), as the kubelet's recorder writes
+/// them (core/v1, a generated name, count 1, the node as the source's host).
+pub fn pod_event(pod: &PodRef, uid: Option<String>, warning: &PodWarning) -> Event {
+    let now = Timestamp::now();
+    Event {
+        metadata: ObjectMeta {
+            name: Some(format!(
+                "{}.{:x}",
+                pod.name,
+                now.as_nanosecond().unsigned_abs()
+            )),
+            namespace: Some(pod.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.name.clone()),
+            namespace: Some(pod.namespace.clone()),
+            uid,
+            ..ObjectReference::default()
+        },
+        reason: Some(warning.reason.to_owned()),
+        message: Some(warning.message.clone()),
+        type_: Some("Warning".into()),
+        source: Some(EventSource {
+            component: Some("aws-node".into()),
+            host: Some(warning.node.clone()),
+        }),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        count: Some(1),
+        reporting_component: Some("aws-node".into()),
+        reporting_instance: Some(warning.node.clone()),
+        ..Event::default()
     }
 }
 
@@ -152,6 +225,48 @@ impl PodApi for KubeClient {
                     source,
                 }),
             }
+        })
+    }
+
+    fn warn_pod<'a>(&'a self, pod: &'a PodRef, warning: &'a PodWarning) -> ApiFuture<'a, ()> {
+        Box::pin(async move {
+            permission!("", "pods", "get");
+            let uid = match self.pods(&pod.namespace).get_metadata(&pod.name).await {
+                Ok(p) => p.metadata.uid,
+                Err(e) if is_not_found(&e) => return Ok(()),
+                Err(source) => {
+                    return Err(KubeError::Api {
+                        what: format!("reading pod {pod}"),
+                        source,
+                    });
+                }
+            };
+            let event = pod_event(pod, uid, warning);
+            permission!("", "events", "create");
+            Api::<Event>::namespaced(self.client.clone(), &pod.namespace)
+                .create(&PostParams::default(), &event)
+                .await
+                .map(|_| ())
+                .map_err(|source| KubeError::Api {
+                    what: format!("recording a {} Event on pod {pod}", warning.reason),
+                    source,
+                })
+        })
+    }
+}
+
+impl NodeApi for KubeClient {
+    fn node<'a>(&'a self, name: &'a str) -> ApiFuture<'a, NodeFacts> {
+        Box::pin(async move {
+            permission!("", "nodes", "get");
+            Api::<Node>::all(self.client.clone())
+                .get(name)
+                .await
+                .map(node_facts)
+                .map_err(|source| KubeError::Api {
+                    what: format!("reading node {name}"),
+                    source,
+                })
         })
     }
 }

@@ -1,17 +1,25 @@
-//! The Kubernetes API, used only when a setting needs it ([`KubernetesConfig::uses_api`]):
-//! without those settings ipamd builds no client, makes no API call and needs no service
-//! account token. With them it builds one client at start-up from the pod's service account
-//! (in-cluster: `KUBERNETES_SERVICE_HOST`, the token and CA under
-//! `/var/run/secrets/kubernetes.io/serviceaccount`), the API server being `CLUSTER_ENDPOINT`
-//! when set, and fails start-up saying what to change when that is not possible.
+//! The Kubernetes API. ipamd builds one client at start-up when the pod's service account is
+//! mounted (in-cluster: `KUBERNETES_SERVICE_HOST`, the token and CA under
+//! `/var/run/secrets/kubernetes.io/serviceaccount`; the API server is `CLUSTER_ENDPOINT` when
+//! set), as the reference's aws-node has one. Without a service account it makes no API call,
+//! and the settings that cannot work without one ([`KubernetesConfig::uses_api`]) stop start-up
+//! saying what to change.
 //!
-//! Every call goes through [`PodApi`]; [`KUBE_PERMISSIONS`] lists the permission each needs, and
-//! the ClusterRole in `conf/aws-k8s-cni.yaml` grants exactly those (`tests/tests/ops/manifests.rs`
-//! checks both against the calls in [`client`]). The TLS stack is rustls with aws-lc, the AWS
-//! SDK's provider: one crypto provider for the process.
+//! With the client ipamd reads its own Node ([`NodeApi`]: max pods from its capacity, and
+//! whether it is cordoned for `AWS_MANAGE_ENIS_NON_SCHEDULABLE=false`), records a Warning Event
+//! on a pod that gets no address ([`PodApi::warn_pod`], rate-limited by [`events`]), and with
+//! `ANNOTATE_POD_IP=true` annotates pods with their address.
+//!
+//! [`KUBE_PERMISSIONS`] lists the permission each call needs, and the ClusterRole in
+//! `conf/aws-k8s-cni.yaml` grants exactly those (`tests/tests/ops/manifests.rs` checks both
+//! against the calls in [`client`]). The TLS stack is rustls with aws-lc, the AWS SDK's
+//! provider: one crypto provider for the process.
 
 pub mod client;
+pub mod eniconfig;
+pub mod events;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -37,9 +45,27 @@ pub struct Permission {
     pub verb: &'static str,
 }
 
-/// Every permission ipamd's calls need, whichever settings are on. The aws-node ClusterRole
-/// grants exactly these.
-pub const KUBE_PERMISSIONS: [Permission; 1] = [
+/// Every permission ipamd's calls need, whichever settings are on, sorted by group, resource
+/// and verb. The aws-node ClusterRole grants exactly these.
+pub const KUBE_PERMISSIONS: [Permission; 4] = [
+    // A Warning Event on a pod that gets no address (why, in `kubectl describe pod`).
+    Permission {
+        group: "",
+        resource: "events",
+        verb: "create",
+    },
+    // The node's own Node: max pods (capacity), cordoned (the unschedulable taint).
+    Permission {
+        group: "",
+        resource: "nodes",
+        verb: "get",
+    },
+    // The pod's uid, which its Event refers to.
+    Permission {
+        group: "",
+        resource: "pods",
+        verb: "get",
+    },
     // ANNOTATE_POD_IP: set and clear the pod's address annotation (one patch each).
     Permission {
         group: "",
@@ -90,8 +116,22 @@ pub enum Cleared {
     Gone,
 }
 
-/// A boxed future of the API calls (the trait is used as `dyn`).
+/// A boxed future of the API calls (the traits are used as `dyn`).
 pub type ApiFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, KubeError>> + Send + 'a>>;
+
+/// The reason of the Event on a pod that got no address.
+pub const NO_ADDRESS_REASON: &str = "FailedToAssignIP";
+
+/// A Warning Event about a pod, from ipamd on `node`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodWarning {
+    /// CamelCase reason (`kubectl describe`'s Reason column).
+    pub reason: &'static str,
+    /// What happened and what to do.
+    pub message: String,
+    /// The node ipamd runs on (the Event's source host).
+    pub node: String,
+}
 
 /// The calls ipamd makes about pods.
 pub trait PodApi: Send + Sync + fmt::Debug {
@@ -102,22 +142,75 @@ pub trait PodApi: Send + Sync + fmt::Debug {
     /// (a JSON Patch whose `test` operation makes the API server check the value), as the
     /// reference does on DEL.
     fn clear_pod_ip<'a>(&'a self, pod: &'a PodRef, ip: IpAddr) -> ApiFuture<'a, Cleared>;
+
+    /// Records `warning` as a Warning Event on the pod (read first for its uid, which
+    /// `kubectl describe pod` matches Events by). A pod that is gone gets none.
+    fn warn_pod<'a>(&'a self, pod: &'a PodRef, warning: &'a PodWarning) -> ApiFuture<'a, ()>;
 }
 
-/// The client the configuration needs: `None` when no setting uses the API.
+/// What ipamd reads of its own Node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// It carries the taint `node.kubernetes.io/unschedulable:NoSchedule` (`kubectl cordon`),
+    /// the reference's test.
+    pub unschedulable: bool,
+    /// `status.capacity.pods` (the kubelet's max pods), when it is a number.
+    pub max_pods: Option<u32>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The calls ipamd makes about its Node.
+pub trait NodeApi: Send + Sync + fmt::Debug {
+    /// The Node `name`.
+    fn node<'a>(&'a self, name: &'a str) -> ApiFuture<'a, NodeFacts>;
+}
+
+/// Where the API server is (for logs), and both views of one client.
+#[derive(Debug, Clone)]
+pub struct KubeApis {
+    /// The API server.
+    pub server: String,
+    /// Calls about pods.
+    pub pods: std::sync::Arc<dyn PodApi>,
+    /// Calls about the node.
+    pub nodes: std::sync::Arc<dyn NodeApi>,
+}
+
+impl KubeApis {
+    /// Both views of `client`.
+    pub fn of(client: KubeClient) -> Self {
+        let client = std::sync::Arc::new(client);
+        Self {
+            server: client.server().to_owned(),
+            pods: std::sync::Arc::clone(&client) as std::sync::Arc<dyn PodApi>,
+            nodes: client,
+        }
+    }
+}
+
+/// The client of this pod: `None` without a mounted service account when no setting needs
+/// the API (ipamd then makes no API call).
 ///
 /// # Errors
-/// A setting needs the API and no client can be built; the message names the setting and says
-/// what to change.
+/// A setting needs the API ([`KubernetesConfig::needs_api`] names it) and no client can be
+/// built; the message says what to change.
 pub fn client_for(config: &KubernetesConfig) -> Result<Option<KubeClient>, KubeError> {
-    if !config.uses_api() {
-        return Ok(None);
+    match KubeClient::in_cluster(config.cluster_endpoint.as_deref()) {
+        Ok(client) => Ok(Some(client)),
+        Err(e) => match config.needs_api() {
+            None => {
+                tracing::info!(
+                    reason = %e,
+                    "no Kubernetes API: max pods from the instance type, cordons not seen, no Events on pods without an address (mount the service account token for them)"
+                );
+                Ok(None)
+            }
+            Some((setting, otherwise)) => Err(KubeError::Config(format!(
+                "{setting} needs the Kubernetes API, and {e}: give the aws-node pod its service account token (automountServiceAccountToken: true in conf/aws-k8s-cni.yaml, or a projected token volume), or {otherwise}"
+            ))),
+        },
     }
-    KubeClient::in_cluster(config.cluster_endpoint.as_deref())
-        .map(Some)
-        .map_err(|e| {
-            KubeError::Config(format!(
-                "ANNOTATE_POD_IP=true needs the Kubernetes API, and {e}: give the aws-node pod its service account token (automountServiceAccountToken: true in conf/aws-k8s-cni.yaml, or a projected token volume), or set ANNOTATE_POD_IP=false"
-            ))
-        })
 }

@@ -20,6 +20,8 @@ struct Inner {
     unmanaged_enis: u32,
     /// Which subnets are out of addresses, when that holds growth back (set by the manager).
     subnet_note: Option<String>,
+    /// The node is cordoned and `AWS_MANAGE_ENIS_NON_SCHEDULABLE=false`: no growth.
+    unschedulable: bool,
 }
 
 /// The pool's situation, shared by the pool manager (which updates it) and the datastore
@@ -82,6 +84,16 @@ impl PoolSituation {
     /// that no longer holds growth back.
     pub fn set_subnet_note(&self, note: Option<String>) {
         self.write().subnet_note = note;
+    }
+
+    /// Whether a cordon holds the pool (set by the manager).
+    pub fn set_unschedulable(&self, held: bool) {
+        self.write().unschedulable = held;
+    }
+
+    /// Whether a cordon holds the pool.
+    pub fn unschedulable(&self) -> bool {
+        self.read().unschedulable
     }
 
     /// The limits, when known.
@@ -149,6 +161,15 @@ impl CapacityNote for PoolSituation {
         let full = total >= enis.saturating_mul(limits.ips_per_eni);
         if full && !policy::has_room_for_eni(enis, cap) {
             return Some(Self::limit_text(limits, r.unmanaged_enis));
+        }
+        if r.unschedulable {
+            return Some("the node is cordoned (unschedulable) and AWS_MANAGE_ENIS_NON_SCHEDULABLE=false, so ipamd adds no addresses to it: uncordon the node (kubectl uncordon), or set AWS_MANAGE_ENIS_NON_SCHEDULABLE=true".to_owned());
+        }
+        if total >= limits.max_pods && limits.max_pods_from_node {
+            return Some(format!(
+                "the node holds its max pods' worth of IPs ({}, the Node's capacity: the kubelet's --max-pods)",
+                limits.max_pods
+            ));
         }
         if total >= limits.max_pods {
             return Some(if limits.prefix_delegation {

@@ -134,6 +134,8 @@ pub struct NodeReport {
     pub last_cloud_error: Option<CloudErrorReport>,
     /// The subnets new ENIs may go into (EC2 mode), most free addresses first.
     pub subnets: Vec<SubnetReport>,
+    /// The node is cordoned and `AWS_MANAGE_ENIS_NON_SCHEDULABLE=false`: the pool is held.
+    pub unschedulable: bool,
 }
 
 /// What every AddNetwork reply tells the plugin besides the address: which destinations pods

@@ -72,6 +72,17 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 /// Writes the overlay into `<cp dir>/aws-node` and applies it (`kubectl apply -k`); `ec2` is
 /// the EC2 endpoint the nodes use. Returns kubectl's output.
 pub fn deploy(cp: &ControlPlane, ns: &Netns, tag: &str, ec2: &str) -> Result<String, KubeError> {
+    deploy_with(cp, ns, tag, ec2, &[])
+}
+
+/// [`deploy`] with `env` added to the aws-node container.
+pub fn deploy_with(
+    cp: &ControlPlane,
+    ns: &Netns,
+    tag: &str,
+    ec2: &str,
+    env: &[(&str, &str)],
+) -> Result<String, KubeError> {
     let overlay = cp.dir().join("aws-node");
     fs::create_dir_all(&overlay).map_err(io_err("cannot create the overlay's directory"))?;
     let conf = prereqs::workspace_dir().join("conf");
@@ -81,7 +92,7 @@ pub fn deploy(cp: &ControlPlane, ns: &Netns, tag: &str, ec2: &str) -> Result<Str
         kustomization(
             &base.display().to_string(),
             tag,
-            &[("AWS_ENDPOINT_URL_EC2", ec2)],
+            &[&[("AWS_ENDPOINT_URL_EC2", ec2)], env].concat(),
         ),
     )
     .map_err(io_err("cannot write the overlay"))?;

@@ -45,6 +45,33 @@ spec:
     )
 }
 
+/// A Deployment `name` of `replicas` idle pods bound to `node` by `spec.nodeName`: the kubelet
+/// runs them without the scheduler, so also on a cordoned node, as DaemonSet and static pods
+/// are.
+pub fn pinned(name: &str, node: &str, replicas: usize) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      nodeName: {node}
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: box
+        image: {PAUSE_IMAGE}
+        imagePullPolicy: Never
+"#
+    )
+}
+
 /// Two busybox httpd pods answering their hostname on 8080, behind Service `web` (ClusterIP,
 /// port 80) and `web-nodeport` (NodePort [`WEB_NODE_PORT`]).
 pub fn web() -> String {

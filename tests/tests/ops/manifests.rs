@@ -303,10 +303,17 @@ fn dependency_names(manifest: &str) -> BTreeSet<String> {
     names
 }
 
-/// The `permission!(group, resource, verb)` markers of ipamd's Kubernetes client: one before
-/// every API call it makes.
+/// The `permission!(group, resource, verb)` markers of ipamd's Kubernetes client (the files of
+/// ipamd/src/k8s): one before every API call it makes.
 fn kube_call_sites() -> BTreeSet<(String, String, String)> {
-    let text = read("ipamd/src/k8s/client.rs");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ipamd/src/k8s");
+    let mut text = String::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            text.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
     let mut found = BTreeSet::new();
     for (i, _) in text.match_indices("permission!(\"") {
         let args = &text[i + "permission!(".len()..];
@@ -318,7 +325,7 @@ fn kube_call_sites() -> BTreeSet<(String, String, String)> {
         assert_eq!(parts.len(), 3, "permission!({args})");
         found.insert((parts[0].clone(), parts[1].clone(), parts[2].clone()));
     }
-    assert!(!found.is_empty(), "no API call in ipamd/src/k8s/client.rs");
+    assert!(!found.is_empty(), "no API call in ipamd/src/k8s");
     found
 }
 
@@ -340,7 +347,7 @@ fn rbac_grants_exactly_what_the_kubernetes_calls_need() {
     assert_eq!(
         kube_call_sites(),
         declared,
-        "ipamd::k8s::KUBE_PERMISSIONS differs from the calls in ipamd/src/k8s/client.rs"
+        "ipamd::k8s::KUBE_PERMISSIONS differs from the calls in ipamd/src/k8s"
     );
     let docs = docs();
     let role = kind(&docs, "ClusterRole");
@@ -379,9 +386,16 @@ fn rbac_grants_exactly_what_the_kubernetes_calls_need() {
         binding["subjects"],
         serde_json::json!([{"kind": "ServiceAccount", "name": "aws-node", "namespace": "kube-system"}])
     );
-    // No token unless a setting needs the API (ANNOTATE_POD_IP is off in the manifest).
-    let sa = kind(&docs, "ServiceAccount");
-    assert_eq!(sa["automountServiceAccountToken"], false);
+    // The pod mounts its token (ipamd's client; docs/kubernetes.md), as the reference's does.
+    let ds = kind(&docs, "DaemonSet");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        true
+    );
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["serviceAccountName"],
+        "aws-node"
+    );
 }
 
 /// The EC2 operations the SDK implementation of `Ec2Api` really calls: every

@@ -442,6 +442,9 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         let candidate =
             policy::deletable_eni(&enis, self.cfg.targets, cap, self.cfg.timings.min_eni_age)?
                 .clone();
+        if self.held_by_cordon().await {
+            return None;
+        }
         tracing::info!(
             eni = %candidate.id, device = candidate.device_number, ips = candidate.total,
             "freeing an ENI the pool no longer needs"

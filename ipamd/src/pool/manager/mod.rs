@@ -16,6 +16,7 @@
 //! long when EC2 fails: ipamd then serves what metadata shows and keeps trying here.
 
 mod enis;
+mod node;
 mod placement;
 mod sync;
 #[cfg(test)]
@@ -47,6 +48,8 @@ use crate::limits;
 use crate::mac::MacAddr;
 use crate::metrics::IpamdMetrics;
 use crate::state::{CloudErrorReport, IpamState, NodeLimits};
+
+pub use node::NodeCheck;
 
 /// The manager's timings. The defaults are the reference's; tests shorten them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +200,16 @@ pub struct GrowReport {
     pub failed: bool,
     /// Not tried: the subnet was out of addresses less than the back-off ago.
     pub subnet_backoff: bool,
+    /// Not tried: the node is cordoned (`AWS_MANAGE_ENIS_NON_SCHEDULABLE=false`).
+    pub unschedulable: bool,
+}
+
+impl GrowReport {
+    /// Growing stopped short of the targets for a reason that the next try soon will not
+    /// change (the next one waits [`Timings::min_gap`]).
+    fn held_back(&self) -> bool {
+        self.failed || self.at_limit || self.subnet_backoff || self.unschedulable
+    }
 }
 
 /// Why no new ENI joined the pool.
@@ -307,6 +320,8 @@ pub struct PoolManager<E, I, H> {
     /// every cycle instead of waiting for the hourly leaked-ENI cleanup.
     to_remove: BTreeSet<String>,
     at_limit_logged: bool,
+    /// The Kubernetes Node (max pods, cordons), when ipamd has the API.
+    node_check: Option<NodeCheck>,
 }
 
 impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
@@ -358,6 +373,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             uncertain: HashSet::new(),
             to_remove: BTreeSet::new(),
             at_limit_logged: false,
+            node_check: None,
         }
     }
 
@@ -542,6 +558,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         );
         match limits.await {
             Ok(l) => {
+                let l = self.with_node_max_pods(l).await;
                 tracing::info!(
                     instance_type = %l.instance_type, max_enis = l.max_enis, instance_max_enis = l.instance_max_enis,
                     ips_per_eni = l.ips_per_eni, max_pods = l.max_pods, prefix_delegation = l.prefix_delegation,
@@ -636,7 +653,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             return report;
         };
         let max_steps = cap.max_enis.saturating_mul(2).saturating_add(4);
-        let (mut full, mut announced) = (false, 0);
+        let (mut full, mut announced, mut cordon_checked) = (false, 0, false);
         for _ in 0..max_steps {
             if report.ips_added > announced {
                 // Pods waiting in AddNetwork take what the last step added.
@@ -646,7 +663,16 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             let (enis, counts) = self.snapshot().await;
             full = counts.total >= cap.max_pods;
             let short = policy::shortfall(counts, self.cfg.targets, cap);
-            match policy::next_grow_step(short, &enis, cap) {
+            let step = policy::next_grow_step(short, &enis, cap);
+            if matches!(step, Some(Grow::Assign { .. } | Grow::CreateEni { .. })) && !cordon_checked
+            {
+                cordon_checked = true;
+                if self.held_by_cordon().await {
+                    report.unschedulable = true;
+                    break;
+                }
+            }
+            match step {
                 None => {
                     self.at_limit_logged = false;
                     break;
@@ -717,9 +743,9 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             self.publish_subnets();
         }
         // Waiting AddNetworks give up at once when nothing more can come.
-        self.state
-            .demand()
-            .set_may_grow(!full && !report.at_limit && !report.subnet_backoff);
+        self.state.demand().set_may_grow(
+            !full && !report.at_limit && !report.subnet_backoff && !report.unschedulable,
+        );
         report
     }
 
@@ -1030,12 +1056,16 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
     /// or shrink, then free at most one ENI. Returns what growing did.
     pub async fn cycle(&mut self) -> GrowReport {
         self.refresh_limits().await;
+        if self.situation.unschedulable() {
+            // Uncordoned while the pool needed nothing: say so.
+            self.held_by_cordon().await;
+        }
         self.retry_removals().await;
         self.reconcile().await;
         self.report_subnets().await;
         self.handle_excluded().await;
         let report = self.grow().await;
-        if report.ips_added == 0 && !report.failed && !report.at_limit && !report.subnet_backoff {
+        if report.ips_added == 0 && !report.held_back() {
             self.shrink().await;
         }
         self.free_one_eni().await;
@@ -1060,7 +1090,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 }
             };
             last = tokio::time::Instant::now();
-            calm_until = if report.failed || report.at_limit || report.subnet_backoff {
+            calm_until = if report.held_back() {
                 last + self.cfg.timings.min_gap
             } else {
                 last

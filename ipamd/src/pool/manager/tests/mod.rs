@@ -79,6 +79,17 @@ async fn start_with(
     cfg: ManagerConfig,
     cooldown: Duration,
 ) -> (World, Manager) {
+    start_with_node(ec2, instance, cfg, cooldown, None).await
+}
+
+/// [`start_with`], the manager reading its Kubernetes Node through `node`.
+async fn start_with_node(
+    ec2: FakeEc2,
+    instance: &str,
+    cfg: ManagerConfig,
+    cooldown: Duration,
+    node_check: Option<super::NodeCheck>,
+) -> (World, Manager) {
     let imds = ec2.imds(instance);
     let host = ec2.host(instance);
     let md = fetch_instance(&imds).await.unwrap();
@@ -104,6 +115,9 @@ async fn start_with(
         client.health(),
     )
     .with_metrics(metrics);
+    if let Some(check) = node_check {
+        m = m.with_node(check);
+    }
     m.discover(&md.enis).await;
     let unmanaged = m.unmanaged().clone();
     let managed: Vec<_> = md
@@ -980,12 +994,10 @@ async fn additional_eni_tags_and_cluster_name_tag_every_managed_eni() {
     }
 }
 
-/// `AWS_MANAGE_ENIS_NON_SCHEDULABLE`: the reference skips growing and freeing ENIs while its
-/// Node carries the `node.kubernetes.io/unschedulable` taint, unless this is `true`; when it
-/// cannot read the Node it manages them. This build reads no Node (no Kubernetes API), so it
-/// manages ENIs with either value, as the reference does with `true`.
+/// Without the Kubernetes API no Node can be read: ENIs are managed with either value of
+/// `AWS_MANAGE_ENIS_NON_SCHEDULABLE`, as the reference does when it cannot read its Node.
 #[tokio::test]
-async fn enis_are_managed_whatever_aws_manage_enis_non_schedulable_says() {
+async fn without_the_api_enis_are_managed_whatever_aws_manage_enis_non_schedulable_says() {
     use crate::config::AWS_MANAGE_ENIS_NON_SCHEDULABLE;
     for value in ["false", "true"] {
         let cfg = config_from_env(&[(AWS_MANAGE_ENIS_NON_SCHEDULABLE, value)]);
@@ -1002,6 +1014,152 @@ async fn enis_are_managed_whatever_aws_manage_enis_non_schedulable_says() {
         m.cycle().await;
         assert_eq!(w.ec2_shape(), (1, 3), "{value}: the spare ENI freed");
     }
+}
+
+/// A Kubernetes Node whose facts the test changes; counts the reads, fails while `down`.
+#[derive(Debug, Default)]
+struct FakeNode {
+    facts: std::sync::Mutex<crate::k8s::NodeFacts>,
+    reads: std::sync::atomic::AtomicU32,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl FakeNode {
+    fn cordon(&self, on: bool) {
+        self.facts.lock().unwrap().unschedulable = on;
+    }
+
+    fn reads(&self) -> u32 {
+        self.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl crate::k8s::NodeApi for FakeNode {
+    fn node<'a>(&'a self, name: &'a str) -> crate::k8s::ApiFuture<'a, crate::k8s::NodeFacts> {
+        Box::pin(async move {
+            assert_eq!(name, "node-1");
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::k8s::KubeError::Config(
+                    "API server unreachable".into(),
+                ));
+            }
+            Ok(self.facts.lock().unwrap().clone())
+        })
+    }
+}
+
+async fn start_with_fake_node(
+    instance_type: &str,
+    cfg: ManagerConfig,
+    manage_when_unschedulable: bool,
+    node: &Arc<FakeNode>,
+) -> (World, Manager) {
+    let ec2 = FakeEc2::new();
+    let instance = ec2.launch(instance_type);
+    let check = super::NodeCheck::new(
+        Arc::clone(node) as Arc<dyn crate::k8s::NodeApi>,
+        "node-1".into(),
+        manage_when_unschedulable,
+    );
+    start_with_node(ec2, &instance, cfg, Duration::ZERO, Some(check)).await
+}
+
+/// `AWS_MANAGE_ENIS_NON_SCHEDULABLE=false` (the default) with the Node readable: a cordoned
+/// node neither grows its pool nor frees ENIs, and says why; uncordoned, both resume. A Node
+/// that cannot be read counts as schedulable (the reference's choice).
+#[tokio::test]
+async fn a_cordoned_node_neither_grows_nor_frees_enis_until_uncordoned() {
+    let node = Arc::new(FakeNode::default());
+    let (mut w, mut m) =
+        start_with_fake_node("t3.small", config(targets(1, 0, 0)), false, &node).await;
+    m.grow().await;
+    assert_eq!(w.pool().await, (1, 3));
+    node.cordon(true);
+    w.add_pods(3).await;
+    let r = m.cycle().await;
+    assert!(r.unschedulable && r.ips_added == 0, "{r:?}");
+    assert_eq!(w.ec2_shape(), (1, 3), "no ENI while cordoned");
+    assert!(w.state.node_report().unschedulable);
+    w.assert_pod_refused(&[
+        "cordoned",
+        "AWS_MANAGE_ENIS_NON_SCHEDULABLE=false",
+        "kubectl uncordon",
+    ])
+    .await;
+    // The Node is read only when the pool would change.
+    let reads = node.reads();
+    node.cordon(false);
+    m.cycle().await;
+    assert!(node.reads() > reads);
+    assert_eq!(w.ec2_shape(), (3, 9), "uncordoned: the pool grows");
+    assert!(!w.state.node_report().unschedulable);
+    // Empty again (pod 4 was refused), and old enough: freeing the spare ENIs waits for the
+    // uncordon too.
+    for n in 1..=3 {
+        w.del_pod(n).await;
+    }
+    w.clock.advance(Duration::from_secs(120));
+    node.cordon(true);
+    m.cycle().await;
+    m.cycle().await;
+    assert_eq!(w.ec2_shape(), (3, 9), "no ENI freed while cordoned");
+    node.cordon(false);
+    m.cycle().await;
+    m.cycle().await;
+    assert_eq!(w.ec2_shape(), (1, 3), "uncordoned: the spare ENIs freed");
+    // The API down: managed as schedulable.
+    node.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    node.cordon(true);
+    w.add_pods(3).await;
+    m.cycle().await;
+    assert_eq!(
+        w.ec2_shape(),
+        (3, 9),
+        "an unreadable Node counts as schedulable"
+    );
+}
+
+/// `AWS_MANAGE_ENIS_NON_SCHEDULABLE=true`: the Node's cordon is not even read.
+#[tokio::test]
+async fn with_manage_enis_non_schedulable_a_cordon_changes_nothing() {
+    let node = Arc::new(FakeNode::default());
+    node.cordon(true);
+    let (mut w, mut m) =
+        start_with_fake_node("t3.small", config(targets(1, 0, 0)), true, &node).await;
+    let reads = node.reads();
+    m.grow().await;
+    w.add_pods(3).await;
+    m.cycle().await;
+    assert_eq!(w.ec2_shape(), (2, 6));
+    assert_eq!(node.reads(), reads, "no cordon check");
+}
+
+/// Max pods is the Node's capacity when the Node says (the reference with the API), else the
+/// instance type's formula; the ENI x IP limit holds either way.
+#[tokio::test]
+async fn max_pods_comes_from_the_nodes_capacity() {
+    let node = Arc::new(FakeNode::default());
+    node.facts.lock().unwrap().max_pods = Some(4);
+    let (mut w, mut m) =
+        start_with_fake_node("t3.small", config(targets(1, 0, 0)), false, &node).await;
+    let limits = m.situation().limits().unwrap();
+    assert_eq!((limits.max_pods, limits.max_pods_from_node), (4, true));
+    assert_eq!(w.state.node_report().limits.unwrap().max_pods, 4);
+    m.grow().await;
+    w.add_pods(3).await;
+    m.cycle().await;
+    // 4 max pods: the pool stops at 4 addresses, not at the formula's 11.
+    w.add_pod().await.unwrap();
+    m.cycle().await;
+    assert_eq!(w.ec2_shape(), (2, 4));
+    w.assert_pod_refused(&["max pods' worth of IPs (4, the Node's capacity"])
+        .await;
+    // Without a number in the Node, the formula.
+    let node = Arc::new(FakeNode::default());
+    let (_, m) = start_with_fake_node("t3.small", config(targets(1, 0, 0)), false, &node).await;
+    let limits = m.situation().limits().unwrap();
+    assert_eq!((limits.max_pods, limits.max_pods_from_node), (11, false));
 }
 
 mod prefixes;
