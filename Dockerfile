@@ -11,7 +11,7 @@
 #   /app/cni/bin/{bandwidth,host-local,loopback,portmap,tuning}
 #                           Debian's upstream plugins, as the reference's init image ships them:
 #                           those the conflist chains, and loopback, which containerd requires
-#   /app/conf/              10-aws.conflist (what ipamd writes), aws-k8s-cni.yaml,
+#   /app/conf/              10-aws.conflist (what ipamd writes), aws-k8s-cni.yaml, eniconfig-crd.yaml,
 #                           kustomization.yaml, iam-policy.json
 #
 # The build stage runs `make image-binaries`, the same target CI runs (.ci/run), with the pinned

@@ -276,7 +276,7 @@ deps:
 # are not part of `make test`).
 IMAGE_MUSL_TARGET := x86_64-unknown-linux-musl
 IMAGE_DIR := $(TARGET_DIR)/image
-IMAGE_CONF := conf/10-aws.conflist conf/aws-k8s-cni.yaml conf/kustomization.yaml conf/iam-policy.json
+IMAGE_CONF := conf/10-aws.conflist conf/aws-k8s-cni.yaml conf/eniconfig-crd.yaml conf/kustomization.yaml conf/iam-policy.json
 
 .PHONY: image-binaries image-test
 

@@ -158,6 +158,9 @@ pub struct Limits {
     /// `max_pods` is the Node's capacity (the kubelet's `--max-pods`), read from the
     /// Kubernetes API, not the formula.
     pub max_pods_from_node: bool,
+    /// Custom networking: the primary ENI holds no pod address, so the pods' ENIs are
+    /// `max_enis − 1`.
+    pub primary_eni_unused: bool,
     /// Where the numbers came from.
     pub source: LimitsSource,
 }
@@ -206,7 +209,38 @@ impl Limits {
             ips_per_eni,
             max_pods,
             max_pods_from_node: false,
+            primary_eni_unused: false,
             source,
+        }
+    }
+
+    /// These limits with custom networking: pods get no address of the primary ENI, and max pods
+    /// is the EKS AMI calculator's for custom networking, `(instance_max_enis − 1) ×
+    /// slots_per_eni (× 16 with prefixes, capped as above) + 2`.
+    #[must_use]
+    pub fn with_primary_eni_unused(mut self) -> Self {
+        self.primary_eni_unused = true;
+        if !self.max_pods_from_node {
+            let formula = self
+                .instance_max_enis
+                .saturating_sub(1)
+                .saturating_mul(self.ips_per_eni)
+                .saturating_add(2);
+            self.max_pods = if self.prefix_delegation {
+                formula.min(max_pods_ceiling(self.vcpus))
+            } else {
+                formula
+            };
+        }
+        self
+    }
+
+    /// ENIs whose addresses go to pods: `max_enis`, less the primary with custom networking.
+    pub fn pod_enis(&self) -> u32 {
+        if self.primary_eni_unused {
+            self.max_enis.saturating_sub(1)
+        } else {
+            self.max_enis
         }
     }
 
@@ -229,9 +263,9 @@ impl Limits {
         }
     }
 
-    /// Pod addresses ipamd may hold: `max_enis × ips_per_eni`.
+    /// Pod addresses ipamd may hold: `max_enis × ips_per_eni` ([`Limits::pod_enis`]).
     pub fn pod_ip_capacity(&self) -> u32 {
-        self.max_enis.saturating_mul(self.ips_per_eni)
+        self.pod_enis().saturating_mul(self.ips_per_eni)
     }
 }
 
@@ -451,5 +485,22 @@ mod tests {
             assert_eq!(l.prefix_delegation, in_force, "{t}");
             assert_eq!(l.source, LimitsSource::Ec2);
         }
+    }
+
+    #[test]
+    fn custom_networking_takes_the_primary_eni_out_of_the_formula() {
+        // m5.large: 3 ENIs x 9 pod addresses; the AMI's calculator gives 2 x 9 + 2 = 20.
+        let l = Limits::new(&info("m5.large"), None, false, LimitsSource::Ec2)
+            .with_primary_eni_unused();
+        assert_eq!((l.max_pods, l.pod_enis(), l.pod_ip_capacity()), (20, 2, 18));
+        // With prefixes: 2 x 9 x 16 + 2, capped at 110 for 2 vCPUs.
+        let l =
+            Limits::new(&info("m5.large"), None, true, LimitsSource::Ec2).with_primary_eni_unused();
+        assert_eq!(l.max_pods, 110);
+        // The Node's number wins whichever comes first.
+        let l = Limits::new(&info("m5.large"), None, false, LimitsSource::Ec2)
+            .with_node_max_pods(29)
+            .with_primary_eni_unused();
+        assert_eq!((l.max_pods, l.pod_ip_capacity()), (29, 18));
     }
 }

@@ -438,7 +438,8 @@ fn refused_settings_stop_ipamd_and_install_cni_before_anything_is_written() {
             }
         }
     }
-    assert!(runs >= 8, "only {runs} refused runs");
+    // Every refused row ran (some under several environments, some through install-cni too).
+    assert!(runs >= 6, "only {runs} refused runs");
 }
 
 /// `ANNOTATE_POD_IP=true` needs the Kubernetes API: without a service account (this test
@@ -531,7 +532,7 @@ fn configuration_page_shows_the_table() {
 // ------------------------------------------------------------------------------------------
 
 /// No-op variables with a valid value other than the default, and an invalid one.
-const NO_OPS: [(&str, &str, &str); 6] = [
+const NO_OPS: [(&str, &str, &str); 4] = [
     (cfg::AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER, "false", "maybe"),
     (
         cfg::AWS_VPC_K8S_EGRESS_V6_PLUGIN_LOG_FILE,
@@ -539,8 +540,6 @@ const NO_OPS: [(&str, &str, &str); 6] = [
         "v6.log",
     ),
     (cfg::ENABLE_NFTABLES, "true", "maybe"),
-    (cfg::ENI_CONFIG_ANNOTATION_DEF, "example.com/eni", "a b"),
-    (cfg::ENI_CONFIG_LABEL_DEF, "example.com/eni", "a b"),
     (cfg::POD_SECURITY_GROUP_ENFORCING_MODE, "standard", "loose"),
 ];
 
@@ -581,25 +580,14 @@ fn no_op_settings_change_nothing_but_are_validated() {
             );
             c.warnings.clear();
         }
-        match var {
-            cfg::ENI_CONFIG_ANNOTATION_DEF => {
-                assert_eq!(c.kubernetes.eni_config_annotation, valid);
-                c.kubernetes.eni_config_annotation = base.kubernetes.eni_config_annotation.clone();
-            }
-            cfg::ENI_CONFIG_LABEL_DEF => {
-                assert_eq!(c.kubernetes.eni_config_label, valid);
-                c.kubernetes.eni_config_label = base.kubernetes.eni_config_label.clone();
-            }
-            cfg::POD_SECURITY_GROUP_ENFORCING_MODE => {
-                // Written into the conflist as the reference does, and nothing else changes.
-                let want = ipamd::conflist::render(&base).replace(
-                    "\"podSGEnforcingMode\": \"strict\"",
-                    "\"podSGEnforcingMode\": \"standard\"",
-                );
-                assert_eq!(ipamd::conflist::render(&c), want);
-                c.plugin.pod_sg_enforcing_mode = base.plugin.pod_sg_enforcing_mode.clone();
-            }
-            _ => {}
+        if var == cfg::POD_SECURITY_GROUP_ENFORCING_MODE {
+            // Written into the conflist as the reference does, and nothing else changes.
+            let want = ipamd::conflist::render(&base).replace(
+                "\"podSGEnforcingMode\": \"strict\"",
+                "\"podSGEnforcingMode\": \"standard\"",
+            );
+            assert_eq!(ipamd::conflist::render(&c), want);
+            c.plugin.pod_sg_enforcing_mode = base.plugin.pod_sg_enforcing_mode.clone();
         }
         assert_eq!(c, base, "{var}={valid} changed what ipamd does");
 

@@ -115,14 +115,22 @@ impl Config {
                 ),
             });
         }
+        if f.custom_network && self.provisioning != ProvisioningMode::Ec2 {
+            let mode = match self.provisioning {
+                ProvisioningMode::ImdsOnly => ENABLE_IMDS_ONLY_MODE,
+                _ => DISABLE_NETWORK_RESOURCE_PROVISIONING,
+            };
+            return Err(ConfigError::Unsupported {
+                var: AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG,
+                value: raw(AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG)?,
+                reason: format!(
+                    "custom networking puts the ENIs ipamd creates into the ENIConfig's subnet, and with {mode}=true ipamd creates none (this build does not take pods off the primary ENI of ENIs made by others): unset {mode} or {AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG}"
+                ),
+            });
+        }
         // Features this build lacks next: checking how they combine with other settings would
         // only send the operator to fix a setting that is refused anyway.
         let unsupported = [
-            (
-                f.custom_network,
-                AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG,
-                "custom networking (ENIConfig)",
-            ),
             (f.pod_eni, ENABLE_POD_ENI, "security groups for pods"),
             (f.multi_nic, ENABLE_MULTI_NIC, "multiple network cards"),
             (

@@ -84,6 +84,7 @@ impl Config {
         config.kubernetes.cordon_check_asked = config.provisioning == ProvisioningMode::Ec2
             && r.raw(AWS_MANAGE_ENIS_NON_SCHEDULABLE)?.is_some()
             && !config.cloud.manage_enis_non_schedulable;
+        config.kubernetes.custom_network = config.features.custom_network;
         config.validate(&r)?;
         config.refuse_what_needs_missing_parts(&r)?;
         config.check_no_op_settings(&r)?;

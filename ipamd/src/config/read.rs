@@ -184,6 +184,7 @@ impl<E: Env + ?Sized> Reader<'_, E> {
             cluster_endpoint: self.parse(CLUSTER_ENDPOINT, parse::parse_url)?,
             // Settled by `Config::from_env` once the mode is known.
             cordon_check_asked: false,
+            custom_network: false,
         })
     }
 

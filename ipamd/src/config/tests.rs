@@ -323,13 +323,31 @@ fn provisioning_disabled_behaves_like_imds_only() {
 }
 
 #[test]
+fn custom_networking_is_taken_in_ec2_mode_and_needs_the_api() {
+    let ec2 = (ENABLE_IMDS_ONLY_MODE, "false");
+    let c = with(&[ec2, (AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG, "true")]).unwrap();
+    assert!(c.features.custom_network && c.kubernetes.custom_network);
+    assert_eq!(
+        c.kubernetes.needs_api().map(|n| n.0),
+        Some("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true")
+    );
+    // The metadata-only modes create no ENI for it to place.
+    for mode in [ENABLE_IMDS_ONLY_MODE, DISABLE_NETWORK_RESOURCE_PROVISIONING] {
+        let msg = err_of(&[
+            (ENABLE_IMDS_ONLY_MODE, "false"),
+            (mode, "true"),
+            (AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG, "true"),
+        ]);
+        assert!(
+            msg.contains(AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG) && msg.contains(mode),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
 fn features_that_change_assignment_are_refused() {
-    for var in [
-        AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG,
-        ENABLE_POD_ENI,
-        ENABLE_MULTI_NIC,
-        ENABLE_V6_EGRESS,
-    ] {
+    for var in [ENABLE_POD_ENI, ENABLE_MULTI_NIC, ENABLE_V6_EGRESS] {
         let msg = err_of(&[(var, "true"), (WARM_IP_TARGET, "1")]);
         assert!(msg.contains(var) && msg.contains("not available"), "{msg}");
     }

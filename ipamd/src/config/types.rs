@@ -107,12 +107,21 @@ pub struct KubernetesConfig {
     /// for the cordon check, which needs the Node (left unset, a node without the API manages
     /// ENIs as the reference does when it cannot read the Node).
     pub cordon_check_asked: bool,
+    /// `AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true` (a copy of [`Features::custom_network`]): the
+    /// node's ENIConfig comes from the API.
+    pub custom_network: bool,
 }
 
 impl KubernetesConfig {
     /// The first setting that cannot work without the Kubernetes API, and what else the
     /// operator may do; `None` when ipamd can run without the API.
     pub fn needs_api(&self) -> Option<(&'static str, &'static str)> {
+        if self.custom_network {
+            return Some((
+                "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true",
+                "set AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=false",
+            ));
+        }
         if self.annotate_pod_ip {
             return Some(("ANNOTATE_POD_IP=true", "set ANNOTATE_POD_IP=false"));
         }

@@ -255,7 +255,47 @@ impl PodApi for KubeClient {
     }
 }
 
+/// The Warning Event `warning` on the Node `warning.node`, as the kubelet records its own:
+/// namespace `default`, the node's name as uid.
+pub fn node_event(warning: &PodWarning) -> Event {
+    let node = PodRef {
+        namespace: "default".into(),
+        name: warning.node.clone(),
+    };
+    let mut event = pod_event(&node, Some(warning.node.clone()), warning);
+    event.involved_object.kind = Some("Node".into());
+    event.involved_object.namespace = None;
+    event
+}
+
 impl NodeApi for KubeClient {
+    fn eni_config<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> ApiFuture<'a, Option<super::eniconfig::EniConfigSpec>> {
+        Box::pin(async move {
+            permission!("crd.k8s.amazonaws.com", "eniconfigs", "get");
+            super::eniconfig::get(&self.client, name).await
+        })
+    }
+
+    fn warn_node<'a>(&'a self, warning: &'a PodWarning) -> ApiFuture<'a, ()> {
+        Box::pin(async move {
+            permission!("", "events", "create");
+            Api::<Event>::namespaced(self.client.clone(), "default")
+                .create(&PostParams::default(), &node_event(warning))
+                .await
+                .map(|_| ())
+                .map_err(|source| KubeError::Api {
+                    what: format!(
+                        "recording a {} Event on node {}",
+                        warning.reason, warning.node
+                    ),
+                    source,
+                })
+        })
+    }
+
     fn node<'a>(&'a self, name: &'a str) -> ApiFuture<'a, NodeFacts> {
         Box::pin(async move {
             permission!("", "nodes", "get");

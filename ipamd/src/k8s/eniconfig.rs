@@ -275,7 +275,7 @@ fn spec_of(object: &DynamicObject) -> Result<EniConfigSpec, serde_json::Error> {
 pub async fn get(client: &kube::Client, name: &str) -> Result<Option<EniConfigSpec>, KubeError> {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource());
     let what = || format!("reading ENIConfig {name}");
-    // permission: crd.k8s.amazonaws.com eniconfigs get
+    // The caller marks this call's permission (`permission!` in client.rs).
     let Some(object) = api.get_opt(name).await.map_err(|source| KubeError::Api {
         what: what(),
         source,
@@ -323,6 +323,41 @@ mod tests {
     #[test]
     fn default_keys_are_the_references() {
         assert_eq!(default_keys(), (KEY.to_owned(), KEY.to_owned()));
+    }
+
+    /// `ENI_CONFIG_ANNOTATION_DEF` and `ENI_CONFIG_LABEL_DEF` set the keys the node is read
+    /// with: the annotation's first, then the label's.
+    #[test]
+    fn eni_config_annotation_def_and_label_def_choose_the_keys() {
+        use crate::config::{ENI_CONFIG_ANNOTATION_DEF, ENI_CONFIG_LABEL_DEF};
+        let env = HashMap::from([
+            (ENABLE_IMDS_ONLY_MODE, "true"),
+            (MY_NODE_NAME, "node-1"),
+            (ENI_CONFIG_ANNOTATION_DEF, "example.com/eni"),
+            (ENI_CONFIG_LABEL_DEF, "topology.kubernetes.io/zone"),
+        ]);
+        let k = Config::from_env(&env).unwrap().kubernetes;
+        let labels = map(&[
+            (KEY, "default-key"),
+            ("topology.kubernetes.io/zone", "us-west-2a"),
+        ]);
+        let by_label = node_eniconfig_name(
+            &BTreeMap::new(),
+            &labels,
+            &k.eni_config_annotation,
+            &k.eni_config_label,
+        )
+        .unwrap();
+        assert_eq!(by_label.name, "us-west-2a");
+        let annotations = map(&[("example.com/eni", "pods-b")]);
+        let by_annotation = node_eniconfig_name(
+            &annotations,
+            &labels,
+            &k.eni_config_annotation,
+            &k.eni_config_label,
+        )
+        .unwrap();
+        assert_eq!(by_annotation.name, "pods-b");
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub struct Permission {
 
 /// Every permission ipamd's calls need, whichever settings are on, sorted by group, resource
 /// and verb. The aws-node ClusterRole grants exactly these.
-pub const KUBE_PERMISSIONS: [Permission; 4] = [
+pub const KUBE_PERMISSIONS: [Permission; 5] = [
     // A Warning Event on a pod that gets no address (why, in `kubectl describe pod`).
     Permission {
         group: "",
@@ -71,6 +71,12 @@ pub const KUBE_PERMISSIONS: [Permission; 4] = [
         group: "",
         resource: "pods",
         verb: "patch",
+    },
+    // Custom networking: the node's ENIConfig.
+    Permission {
+        group: "crd.k8s.amazonaws.com",
+        resource: "eniconfigs",
+        verb: "get",
     },
 ];
 
@@ -122,7 +128,7 @@ pub type ApiFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, KubeError>> + 
 /// The reason of the Event on a pod that got no address.
 pub const NO_ADDRESS_REASON: &str = "FailedToAssignIP";
 
-/// A Warning Event about a pod, from ipamd on `node`.
+/// A Warning Event about a pod or the node, from ipamd on `node`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodWarning {
     /// CamelCase reason (`kubectl describe`'s Reason column).
@@ -166,6 +172,14 @@ pub struct NodeFacts {
 pub trait NodeApi: Send + Sync + fmt::Debug {
     /// The Node `name`.
     fn node<'a>(&'a self, name: &'a str) -> ApiFuture<'a, NodeFacts>;
+
+    /// The spec of the ENIConfig `name` (custom networking); `None` when there is none.
+    fn eni_config<'a>(&'a self, name: &'a str) -> ApiFuture<'a, Option<eniconfig::EniConfigSpec>>;
+
+    /// Records `warning` as a Warning Event on the Node `warning.node` (as the kubelet's, in
+    /// the `default` namespace with the node's name as uid, which `kubectl describe node`
+    /// matches).
+    fn warn_node<'a>(&'a self, warning: &'a PodWarning) -> ApiFuture<'a, ()>;
 }
 
 /// Where the API server is (for logs), and both views of one client.

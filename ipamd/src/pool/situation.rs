@@ -22,6 +22,8 @@ struct Inner {
     subnet_note: Option<String>,
     /// The node is cordoned and `AWS_MANAGE_ENIS_NON_SCHEDULABLE=false`: no growth.
     unschedulable: bool,
+    /// Custom networking: why the node's ENIConfig cannot be used (no ENI can be created).
+    eni_config_note: Option<String>,
 }
 
 /// The pool's situation, shared by the pool manager (which updates it) and the datastore
@@ -91,6 +93,16 @@ impl PoolSituation {
         self.write().unschedulable = held;
     }
 
+    /// Why the node's ENIConfig cannot be used, in words; `None` once it can.
+    pub fn set_eni_config_note(&self, note: Option<String>) {
+        self.write().eni_config_note = note;
+    }
+
+    /// Why the node's ENIConfig cannot be used.
+    pub fn eni_config_note(&self) -> Option<String> {
+        self.read().eni_config_note.clone()
+    }
+
     /// Whether a cordon holds the pool.
     pub fn unschedulable(&self) -> bool {
         self.read().unschedulable
@@ -122,10 +134,13 @@ impl PoolSituation {
         };
         let mut s = format!(
             "the node is at its limit of {} ENIs x {per_eni} = {} pod IPs ({}",
-            l.max_enis,
+            l.pod_enis(),
             l.pod_ip_capacity(),
             l.instance_type
         );
+        if l.primary_eni_unused {
+            s.push_str("; custom networking: the primary ENI's addresses are not used for pods");
+        }
         if l.max_enis < l.instance_max_enis {
             s.push_str(&format!(
                 ", MAX_ENI={} of the instance's {} ENIs",
@@ -158,12 +173,20 @@ impl CapacityNote for PoolSituation {
         let enis = u32_of(stats.enis);
         let total = u32_of(stats.total);
         let cap = Capacity::new(limits, r.unmanaged_enis);
-        let full = total >= enis.saturating_mul(limits.ips_per_eni);
+        let pod_enis = if limits.primary_eni_unused {
+            enis.saturating_sub(1)
+        } else {
+            enis
+        };
+        let full = total >= pod_enis.saturating_mul(limits.ips_per_eni);
         if full && !policy::has_room_for_eni(enis, cap) {
             return Some(Self::limit_text(limits, r.unmanaged_enis));
         }
         if r.unschedulable {
             return Some("the node is cordoned (unschedulable) and AWS_MANAGE_ENIS_NON_SCHEDULABLE=false, so ipamd adds no addresses to it: uncordon the node (kubectl uncordon), or set AWS_MANAGE_ENIS_NON_SCHEDULABLE=true".to_owned());
+        }
+        if let Some(why) = &r.eni_config_note {
+            return Some(format!("{why}; ipamd creates no ENI for pods until it can"));
         }
         if total >= limits.max_pods && limits.max_pods_from_node {
             return Some(format!(
@@ -172,12 +195,18 @@ impl CapacityNote for PoolSituation {
             ));
         }
         if total >= limits.max_pods {
+            // The calculator leaves the primary ENI out with custom networking.
+            let formula_enis = if limits.primary_eni_unused {
+                limits.instance_max_enis.saturating_sub(1)
+            } else {
+                limits.instance_max_enis
+            };
             return Some(if limits.prefix_delegation {
                 format!(
                     "the node holds its max pods' worth of IPs (max pods {} for {} with prefix delegation: {} ENIs x {} prefixes x 16 IPs + 2, at most {} for {} vCPUs)",
                     limits.max_pods,
                     limits.instance_type,
-                    limits.instance_max_enis,
+                    formula_enis,
                     limits.slots_per_eni,
                     crate::limits::max_pods_ceiling(limits.vcpus),
                     limits.vcpus
@@ -185,10 +214,7 @@ impl CapacityNote for PoolSituation {
             } else {
                 format!(
                     "the node holds its max pods' worth of IPs ({} = {} ENIs x {} IPs + 2, {})",
-                    limits.max_pods,
-                    limits.instance_max_enis,
-                    limits.ips_per_eni,
-                    limits.instance_type
+                    limits.max_pods, formula_enis, limits.ips_per_eni, limits.instance_type
                 )
             });
         }

@@ -16,6 +16,7 @@
 //! killed); nothing touches the machine's root namespace.
 
 pub mod aws_node;
+pub mod eniconfig;
 mod kubelet;
 mod node;
 mod proxy;

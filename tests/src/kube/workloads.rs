@@ -197,7 +197,18 @@ pub fn ping(
     from: &RunningPod,
     to: &RunningPod,
 ) -> Result<(), KubeError> {
-    let ip = to.ip.to_string();
+    ping_ip(cp, ns, from, to.ip)
+}
+
+/// Pings address `to` (another pod, a node, the simulated internet's
+/// [`crate::vpc::INTERNET_HOST`]) from inside `from`, as [`ping`] does.
+pub fn ping_ip(
+    cp: &ControlPlane,
+    ns: &Netns,
+    from: &RunningPod,
+    to: Ipv4Addr,
+) -> Result<(), KubeError> {
+    let ip = to.to_string();
     let out = cp.kubectl_ok(
         ns,
         &[

@@ -14,6 +14,8 @@ use harness::vpc::router::ec2_endpoint;
 use harness::{FabricOptions, NodeSpec, VpcFabric};
 use serde_json::Value;
 
+mod custom_networking;
+
 /// Polls `probe` every 250 ms until it returns `Some`, or panics after `timeout` with `what`.
 fn wait_for<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Option<T>) -> T {
     wait_for_or(what, timeout, probe, String::new)

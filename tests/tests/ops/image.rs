@@ -229,6 +229,7 @@ fn image_tree_has_the_layout_the_manifest_expects() {
     for f in [
         "10-aws.conflist",
         "aws-k8s-cni.yaml",
+        "eniconfig-crd.yaml",
         "kustomization.yaml",
         "iam-policy.json",
     ] {

@@ -97,10 +97,13 @@ fn kustomize_renders_the_install_and_it_validates() {
         BTreeSet::from([
             "ClusterRole",
             "ClusterRoleBinding",
+            "CustomResourceDefinition",
             "DaemonSet",
             "ServiceAccount"
         ])
     );
+    let crd = kind(&docs, "CustomResourceDefinition");
+    assert_eq!(crd["metadata"]["name"], "eniconfigs.crd.k8s.amazonaws.com");
     let ds = kind(&docs, "DaemonSet");
     assert_eq!(ds["metadata"]["namespace"], "kube-system");
     assert_eq!(

@@ -49,12 +49,16 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         &mut self,
         request: &mut CreateEni,
     ) -> Result<(NetworkInterface, Ipv4Net), CreateFailed> {
-        let (mut candidates, any_full) = self.candidates_for_new_eni().await;
+        let (mut candidates, any_full) = if self.custom_networking() {
+            self.custom_candidates(&mut request.security_groups).await?
+        } else {
+            self.candidates_for_new_eni().await
+        };
         if request.prefix_count > 0 {
             self.fragmented_last(&mut candidates);
         }
         if candidates.is_empty() {
-            if !any_full {
+            if !any_full && !self.custom_networking() {
                 let read: Vec<String> = self
                     .subnets
                     .subnets()

@@ -15,6 +15,7 @@
 //! ENIs) and [`PoolManager::prescale`] before ipamd reports ready; neither blocks readiness for
 //! long when EC2 fails: ipamd then serves what metadata shows and keeps trying here.
 
+mod custom;
 mod enis;
 mod node;
 mod placement;
@@ -49,6 +50,7 @@ use crate::mac::MacAddr;
 use crate::metrics::IpamdMetrics;
 use crate::state::{CloudErrorReport, IpamState, NodeLimits};
 
+pub use custom::{EniConfigKeys, NOT_USABLE_REASON};
 pub use node::NodeCheck;
 
 /// The manager's timings. The defaults are the reference's; tests shorten them.
@@ -122,6 +124,8 @@ pub struct ManagerConfig {
     /// `ENABLE_PREFIX_DELEGATION` (in force only on Nitro and bare-metal types: see
     /// [`limits::Limits::prefix_delegation`]).
     pub prefix_delegation: bool,
+    /// `AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true`: where the node's ENIConfig is named.
+    pub custom_network: Option<EniConfigKeys>,
     /// Timings.
     pub timings: Timings,
 }
@@ -144,6 +148,10 @@ impl ManagerConfig {
             cluster_name: config.kubernetes.cluster_name.clone(),
             manage_untagged_eni: config.cloud.manage_untagged_eni,
             prefix_delegation: config.features.prefix_delegation,
+            custom_network: config.features.custom_network.then(|| EniConfigKeys {
+                annotation: config.kubernetes.eni_config_annotation.clone(),
+                label: config.kubernetes.eni_config_label.clone(),
+            }),
             timings: Timings::default(),
         }
     }
@@ -320,8 +328,12 @@ pub struct PoolManager<E, I, H> {
     /// every cycle instead of waiting for the hourly leaked-ENI cleanup.
     to_remove: BTreeSet<String>,
     at_limit_logged: bool,
-    /// The Kubernetes Node (max pods, cordons), when ipamd has the API.
+    /// The Kubernetes Node (max pods, cordons, its ENIConfig), when ipamd has the API.
     node_check: Option<NodeCheck>,
+    /// Custom networking: the last reason the ENIConfig could not be used (`None` once it
+    /// could), and when it was last recorded on the Node.
+    eni_config_logged: Option<String>,
+    eni_config_evented: Option<Instant>,
 }
 
 impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
@@ -374,6 +386,8 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             to_remove: BTreeSet::new(),
             at_limit_logged: false,
             node_check: None,
+            eni_config_logged: None,
+            eni_config_evented: None,
         }
     }
 
@@ -558,6 +572,11 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
         );
         match limits.await {
             Ok(l) => {
+                let l = if self.custom_networking() {
+                    l.with_primary_eni_unused()
+                } else {
+                    l
+                };
                 let l = self.with_node_max_pods(l).await;
                 tracing::info!(
                     instance_type = %l.instance_type, max_enis = l.max_enis, instance_max_enis = l.instance_max_enis,
@@ -618,13 +637,16 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                         .fold((0, 0), |(a, c), p| (a + p.assigned, c + p.cooling))
                 };
                 let total = if prefix_mode { v.total } else { v.secondary };
-                let subnet_full = self
-                    .eni_subnets
-                    .get(&v.spec.id)
-                    .is_some_and(|s| full.contains(s) || self.subnets.is_excluded(s));
+                let is_primary = v.spec.device_number == 0 || v.spec.id == self.node.primary_eni;
+                // Custom networking: no address is ever added to the primary ENI.
+                let subnet_full = (is_primary && self.custom_networking())
+                    || self
+                        .eni_subnets
+                        .get(&v.spec.id)
+                        .is_some_and(|s| full.contains(s) || self.subnets.is_excluded(s));
                 EniState {
                     subnet_full,
-                    is_primary: v.spec.device_number == 0 || v.spec.id == self.node.primary_eni,
+                    is_primary,
                     device_number: v.spec.device_number,
                     age: now.saturating_duration_since(added),
                     total: u(total),

@@ -33,6 +33,16 @@ impl NodeCheck {
             manage_when_unschedulable,
         }
     }
+
+    /// The API.
+    pub fn api(&self) -> &dyn NodeApi {
+        &*self.api
+    }
+
+    /// The Node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {

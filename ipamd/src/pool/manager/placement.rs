@@ -94,7 +94,7 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
     }
 
     /// Re-reads the subnets when the last read is older than `max_age`.
-    async fn refresh_subnets(&mut self, max_age: std::time::Duration) {
+    pub(super) async fn refresh_subnets(&mut self, max_age: std::time::Duration) {
         let now = self.clock.now();
         if self.subnets.is_fresh(now, max_age) {
             return;
@@ -163,7 +163,10 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
             .map(|(e, s)| (e.clone(), s.clone()))
             .collect();
         for (eni, subnet) in eni_subnets {
-            let excluded = self.subnets.is_excluded(&subnet);
+            let is_primary = eni == self.node.primary_eni;
+            // Custom networking: the primary ENI's addresses never go to pods.
+            let custom_primary = is_primary && self.custom_networking();
+            let excluded = custom_primary || self.subnets.is_excluded(&subnet);
             let (was, taken) = self
                 .state
                 .with_datastore(|ds| {
@@ -181,7 +184,9 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                 })
                 .await;
             let Some(was) = was else { continue };
-            if excluded && !was {
+            if custom_primary && !was {
+                tracing::info!(%eni, "custom networking: the primary ENI's addresses are not used for pods; pods that hold one keep it");
+            } else if excluded && !was {
                 tracing::warn!(%eni, %subnet, "the ENI's subnet is excluded from pod addresses (kubernetes.io/role/cni=0 or another cluster's tag): no new pod gets one of its addresses; pods that hold one keep it");
             } else if !excluded && was {
                 tracing::info!(%eni, %subnet, "the ENI's subnet is no longer excluded; its addresses go to pods again");
@@ -207,7 +212,6 @@ impl<E: Ec2Api, I: Imds, H: EniHost> PoolManager<E, I, H> {
                     }
                 }
             }
-            let is_primary = eni == self.node.primary_eni;
             if excluded && !is_primary && self.free_eni(&eni).await {
                 tracing::info!(%eni, %subnet, "ENI of an excluded subnet freed (no pod uses it)");
             }

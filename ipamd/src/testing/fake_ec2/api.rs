@@ -128,7 +128,9 @@ impl Ec2Api for FakeEc2 {
             request.secondary_ip_count,
             request.prefix_count,
         )?;
-        w.enis.get_mut(&id).unwrap().tags = request.tags.clone();
+        let eni = w.enis.get_mut(&id).unwrap();
+        eni.tags = request.tags.clone();
+        eni.security_groups = request.security_groups.clone();
         w.tokens.insert(request.client_token.clone(), id.clone());
         let e = w.enis.get(&id).unwrap();
         Ok(w.view(e))

@@ -79,6 +79,8 @@ pub struct FakeEni {
     pub ipv6_prefixes: Vec<Ipv6Net>,
     /// Tags.
     pub tags: Tags,
+    /// Security groups (the instance's for its primary ENI).
+    pub security_groups: Vec<String>,
     attachment: Option<Att>,
 }
 
@@ -468,6 +470,7 @@ impl World {
                 prefixes: Vec::new(),
                 ipv6_prefixes: Vec::new(),
                 tags: Tags::new(),
+                security_groups: vec![SECURITY_GROUP.to_owned()],
                 attachment: None,
             },
         );
@@ -777,7 +780,7 @@ impl World {
                 delete_on_termination: a.delete_on_termination,
             }),
             tags: e.tags.clone(),
-            security_groups: vec![SECURITY_GROUP.to_owned()],
+            security_groups: e.security_groups.clone(),
         }
     }
 }

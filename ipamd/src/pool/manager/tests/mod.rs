@@ -51,6 +51,7 @@ fn config(t: Targets) -> ManagerConfig {
         cluster_name: None,
         manage_untagged_eni: true,
         prefix_delegation: false,
+        custom_network: None,
         timings: Timings {
             cycle: Duration::from_millis(50),
             min_gap: Duration::from_millis(200),
@@ -1016,12 +1017,16 @@ async fn without_the_api_enis_are_managed_whatever_aws_manage_enis_non_schedulab
     }
 }
 
-/// A Kubernetes Node whose facts the test changes; counts the reads, fails while `down`.
+/// A Kubernetes Node whose facts the test changes, and the cluster's ENIConfigs; counts the
+/// Node's reads, fails them while `down`, records the Node's Events.
 #[derive(Debug, Default)]
 struct FakeNode {
     facts: std::sync::Mutex<crate::k8s::NodeFacts>,
     reads: std::sync::atomic::AtomicU32,
     down: std::sync::atomic::AtomicBool,
+    eni_configs:
+        std::sync::Mutex<std::collections::BTreeMap<String, crate::k8s::eniconfig::EniConfigSpec>>,
+    events: std::sync::Mutex<Vec<String>>,
 }
 
 impl FakeNode {
@@ -1045,6 +1050,26 @@ impl crate::k8s::NodeApi for FakeNode {
                 ));
             }
             Ok(self.facts.lock().unwrap().clone())
+        })
+    }
+
+    fn eni_config<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> crate::k8s::ApiFuture<'a, Option<crate::k8s::eniconfig::EniConfigSpec>> {
+        Box::pin(async move { Ok(self.eni_configs.lock().unwrap().get(name).cloned()) })
+    }
+
+    fn warn_node<'a>(
+        &'a self,
+        warning: &'a crate::k8s::PodWarning,
+    ) -> crate::k8s::ApiFuture<'a, ()> {
+        Box::pin(async move {
+            self.events.lock().unwrap().push(format!(
+                "{} {}: {}",
+                warning.node, warning.reason, warning.message
+            ));
+            Ok(())
         })
     }
 }
@@ -1164,3 +1189,117 @@ async fn max_pods_comes_from_the_nodes_capacity() {
 
 mod prefixes;
 mod subnets;
+
+/// Custom networking (`AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true`): ENIs go into the ENIConfig's subnet with its groups, the primary ENI's
+/// addresses never go to pods, and a missing ENIConfig holds the pool back (situation, one Node
+/// Event per 5 minutes) until it is created.
+#[tokio::test]
+async fn custom_networking_puts_enis_in_the_eniconfig_subnet_and_waits_for_a_missing_one() {
+    const KEY: &str = "k8s.amazonaws.com/eniConfig";
+    let node = Arc::new(FakeNode::default());
+    node.facts
+        .lock()
+        .unwrap()
+        .labels
+        .insert(KEY.into(), "pods-a".into());
+    let ec2 = FakeEc2::new();
+    ec2.add_subnet(
+        "subnet-0a0b0c0d",
+        "10.0.4.0/24",
+        crate::testing::fake_ec2::AVAILABILITY_ZONE,
+        &[],
+    );
+    let instance = ec2.launch("t3.small");
+    // Addresses on the primary ENI from before custom networking: given back, never to pods.
+    let primary = ec2.primary_eni(&instance).id;
+    let old = ec2.assign_out_of_band(&primary, 2);
+    let mut cfg = config(targets(1, 0, 0));
+    cfg.custom_network = Some(super::EniConfigKeys {
+        annotation: KEY.into(),
+        label: KEY.into(),
+    });
+    let check = super::NodeCheck::new(
+        Arc::clone(&node) as Arc<dyn crate::k8s::NodeApi>,
+        "node-1".into(),
+        false,
+    );
+    let (mut w, mut m) = start_with_node(ec2, &instance, cfg, Duration::ZERO, Some(check)).await;
+    // t3.small with custom networking: 2 ENIs x 3 IPs for pods, max pods 2 x 3 + 2.
+    let limits = m.situation().limits().unwrap();
+    assert_eq!((limits.max_pods, limits.pod_ip_capacity()), (8, 6));
+
+    // No ENIConfig "pods-a" yet: no ENI, the reason everywhere.
+    let r = m.cycle().await;
+    assert!(r.subnet_backoff && r.enis_added == 0, "{r:?}");
+    assert_eq!(w.ec2.attached(&w.instance).len(), 1);
+    assert_eq!(
+        w.ec2.primary_eni(&w.instance).ips.len(),
+        1,
+        "the primary ENI's old addresses {old:?} were given back"
+    );
+    let says = [
+        "custom networking: ENIConfig \"pods-a\" (named by node label k8s.amazonaws.com/eniConfig) does not exist",
+        "ipamd creates no ENI for pods",
+    ];
+    w.assert_pod_refused(&says).await;
+    let events = node.events.lock().unwrap().clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0].starts_with("node-1 ENIConfigNotUsable: aws-node on node-1 creates no ENI for pods: ENIConfig \"pods-a\""),
+        "{events:?}"
+    );
+    m.cycle().await;
+    assert_eq!(
+        node.events.lock().unwrap().len(),
+        1,
+        "one Event per 5 minutes"
+    );
+    w.clock.advance(Duration::from_secs(301));
+    m.cycle().await;
+    assert_eq!(node.events.lock().unwrap().len(), 2);
+
+    // A bad ENIConfig is named with what to fix.
+    node.eni_configs.lock().unwrap().insert(
+        "pods-a".into(),
+        crate::k8s::eniconfig::EniConfigSpec {
+            subnet: "subnet-0fff".into(),
+            security_groups: vec!["sg-0123".into()],
+        },
+    );
+    w.clock.advance(Duration::from_secs(5));
+    m.cycle().await;
+    w.assert_pod_refused(&["subnet-0fff is not a subnet of the node's VPC"])
+        .await;
+
+    // Fixed: the next cycle creates the ENI there, with the ENIConfig's groups.
+    node.eni_configs.lock().unwrap().insert(
+        "pods-a".into(),
+        crate::k8s::eniconfig::EniConfigSpec {
+            subnet: "subnet-0a0b0c0d".into(),
+            security_groups: vec!["sg-0123".into()],
+        },
+    );
+    m.cycle().await;
+    let mut ips = Vec::new();
+    for _ in 0..4 {
+        ips.push(w.add_pod().await.unwrap());
+        m.cycle().await;
+    }
+    let enis = w.ec2.attached(&w.instance);
+    assert_eq!(enis.len(), 3, "{enis:?}");
+    let cidr: ipnet::Ipv4Net = "10.0.4.0/24".parse().unwrap();
+    for e in &enis[1..] {
+        assert_eq!(e.subnet_id, "subnet-0a0b0c0d", "{e:?}");
+        assert_eq!(e.security_groups, vec!["sg-0123".to_owned()]);
+        assert!(e.ips.iter().all(|ip| cidr.contains(ip)), "{e:?}");
+    }
+    assert_eq!(enis[0].ips.len(), 1, "nothing added to the primary ENI");
+    assert!(ips.iter().all(|ip| cidr.contains(ip)), "{ips:?}");
+    // Full: the limit says the primary ENI is not used.
+    w.add_pods(2).await;
+    m.cycle().await;
+    w.assert_pod_refused(&[
+        "at its limit of 2 ENIs x 3 IPs = 6 pod IPs (t3.small; custom networking: the primary ENI's addresses are not used for pods",
+    ])
+    .await;
+}
