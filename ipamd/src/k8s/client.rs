@@ -61,6 +61,23 @@ impl KubeClient {
         Self::from_config(config)
     }
 
+    /// The client of a kubeconfig file's current context (`ipamd` itself always runs
+    /// in-cluster; tests and tools call the API server with an admin's kubeconfig).
+    ///
+    /// # Errors
+    /// The file cannot be read or names no usable cluster.
+    pub async fn from_kubeconfig(path: &std::path::Path) -> Result<Self, KubeError> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+            .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?;
+        Self::from_config(config)
+    }
+
     /// A client for `config` (tests point it at their own API server).
     ///
     /// # Errors
@@ -275,7 +292,16 @@ impl NodeApi for KubeClient {
     ) -> ApiFuture<'a, Option<super::eniconfig::EniConfigSpec>> {
         Box::pin(async move {
             permission!("crd.k8s.amazonaws.com", "eniconfigs", "get");
-            super::eniconfig::get(&self.client, name).await
+            match super::eniconfig::get(&self.client, name).await {
+                // An ENIConfig that does not exist is Ok(None); a 404 here is the API server's
+                // plain "404 page not found" for a resource it does not know.
+                Err(KubeError::Api { source, .. }) if is_not_found(&source) => {
+                    Err(KubeError::NotServed(
+                        "the API server does not know the ENIConfig resource: install its CRD (kubectl apply -f conf/eniconfig-crd.yaml, or kubectl apply -k conf/)".into(),
+                    ))
+                }
+                other => other,
+            }
         })
     }
 

@@ -86,6 +86,9 @@ pub enum KubeError {
     /// No client could be built (no service account, a bad endpoint).
     #[error("cannot build the Kubernetes client: {0}")]
     Config(String),
+    /// The API server does not serve a resource ipamd needs (its CRD is not installed).
+    #[error("{0}")]
+    NotServed(String),
     /// The API server refused or did not answer.
     #[error("{what}: {source}")]
     Api {

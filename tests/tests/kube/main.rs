@@ -14,6 +14,7 @@ use harness::vpc::router::ec2_endpoint;
 use harness::{FabricOptions, NodeSpec, VpcFabric};
 use serde_json::Value;
 
+mod api_calls;
 mod custom_networking;
 
 /// Polls `probe` every 250 ms until it returns `Some`, or panics after `timeout` with `what`.

@@ -1190,40 +1190,108 @@ async fn max_pods_comes_from_the_nodes_capacity() {
 mod prefixes;
 mod subnets;
 
-/// Custom networking (`AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true`): ENIs go into the ENIConfig's subnet with its groups, the primary ENI's
-/// addresses never go to pods, and a missing ENIConfig holds the pool back (situation, one Node
-/// Event per 5 minutes) until it is created.
-#[tokio::test]
-async fn custom_networking_puts_enis_in_the_eniconfig_subnet_and_waits_for_a_missing_one() {
-    const KEY: &str = "k8s.amazonaws.com/eniConfig";
-    let node = Arc::new(FakeNode::default());
-    node.facts
-        .lock()
-        .unwrap()
-        .labels
-        .insert(KEY.into(), "pods-a".into());
-    let ec2 = FakeEc2::new();
+/// The node label naming the ENIConfig in the custom networking tests (both keys' default).
+const ENICONFIG_KEY: &str = "k8s.amazonaws.com/eniConfig";
+
+/// A manager with custom networking on `instance` of `ec2` (which gets the subnet
+/// `subnet-0a0b0c0d`, 10.0.4.0/24, in the node's zone), the Node labelled for the ENIConfig
+/// `pods-a`.
+async fn start_custom(
+    ec2: FakeEc2,
+    instance: &str,
+    mut cfg: ManagerConfig,
+    node: &Arc<FakeNode>,
+) -> (World, Manager) {
     ec2.add_subnet(
         "subnet-0a0b0c0d",
         "10.0.4.0/24",
         crate::testing::fake_ec2::AVAILABILITY_ZONE,
         &[],
     );
+    node.facts
+        .lock()
+        .unwrap()
+        .labels
+        .insert(ENICONFIG_KEY.into(), "pods-a".into());
+    cfg.custom_network = Some(super::EniConfigKeys {
+        annotation: ENICONFIG_KEY.into(),
+        label: ENICONFIG_KEY.into(),
+    });
+    let check = super::NodeCheck::new(
+        Arc::clone(node) as Arc<dyn crate::k8s::NodeApi>,
+        "node-1".into(),
+        false,
+    );
+    start_with_node(ec2, instance, cfg, Duration::ZERO, Some(check)).await
+}
+
+/// Custom networking wins over subnet discovery (a tagged subnet with more room is not used),
+/// and with prefix delegation the ENIConfig subnet's ENIs take /28 prefixes; the primary ENI
+/// gets none.
+#[tokio::test]
+async fn custom_networking_wins_over_subnet_discovery_and_takes_prefixes() {
+    let node = Arc::new(FakeNode::default());
+    node.eni_configs.lock().unwrap().insert(
+        "pods-a".into(),
+        crate::k8s::eniconfig::EniConfigSpec {
+            subnet: "subnet-0a0b0c0d".into(),
+            security_groups: Vec::new(),
+        },
+    );
+    let ec2 = FakeEc2::new();
+    ec2.add_subnet(
+        "subnet-0e0e0e0e",
+        "10.0.8.0/22",
+        crate::testing::fake_ec2::AVAILABILITY_ZONE,
+        &[(crate::pool::subnets::ROLE_CNI_TAG, "1")],
+    );
+    let instance = ec2.launch("m5.large");
+    let mut cfg = config(Targets {
+        warm_prefix: 1,
+        ..targets(0, 0, 0)
+    });
+    cfg.subnet_discovery = true;
+    cfg.prefix_delegation = true;
+    let (mut w, mut m) = start_custom(ec2, &instance, cfg, &node).await;
+    m.cycle().await;
+    let cidr: ipnet::Ipv4Net = "10.0.4.0/24".parse().unwrap();
+    let mut ips = Vec::new();
+    for _ in 0..20 {
+        ips.push(w.add_pod().await.unwrap());
+        m.cycle().await;
+    }
+    assert!(ips.iter().all(|ip| cidr.contains(ip)), "{ips:?}");
+    let enis = w.ec2.attached(&w.instance);
+    assert!(enis.len() >= 2, "{enis:?}");
+    assert!(
+        enis[0].prefixes.is_empty() && enis[0].ips.len() == 1,
+        "the primary ENI: {:?}",
+        enis[0]
+    );
+    for e in &enis[1..] {
+        assert_eq!(e.subnet_id, "subnet-0a0b0c0d", "{e:?}");
+        assert!(!e.prefixes.is_empty(), "{e:?}");
+        assert!(
+            e.prefixes.iter().all(|p| cidr.contains(&p.network())),
+            "{e:?}"
+        );
+        // No groups in the ENIConfig: the primary ENI's.
+        assert_eq!(e.security_groups, enis[0].security_groups, "{e:?}");
+    }
+}
+
+/// Custom networking (`AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true`): ENIs go into the ENIConfig's subnet with its groups, the primary ENI's
+/// addresses never go to pods, and a missing ENIConfig holds the pool back (situation, one Node
+/// Event per 5 minutes) until it is created.
+#[tokio::test]
+async fn custom_networking_puts_enis_in_the_eniconfig_subnet_and_waits_for_a_missing_one() {
+    let node = Arc::new(FakeNode::default());
+    let ec2 = FakeEc2::new();
     let instance = ec2.launch("t3.small");
     // Addresses on the primary ENI from before custom networking: given back, never to pods.
     let primary = ec2.primary_eni(&instance).id;
     let old = ec2.assign_out_of_band(&primary, 2);
-    let mut cfg = config(targets(1, 0, 0));
-    cfg.custom_network = Some(super::EniConfigKeys {
-        annotation: KEY.into(),
-        label: KEY.into(),
-    });
-    let check = super::NodeCheck::new(
-        Arc::clone(&node) as Arc<dyn crate::k8s::NodeApi>,
-        "node-1".into(),
-        false,
-    );
-    let (mut w, mut m) = start_with_node(ec2, &instance, cfg, Duration::ZERO, Some(check)).await;
+    let (mut w, mut m) = start_custom(ec2, &instance, config(targets(1, 0, 0)), &node).await;
     // t3.small with custom networking: 2 ENIs x 3 IPs for pods, max pods 2 x 3 + 2.
     let limits = m.situation().limits().unwrap();
     assert_eq!((limits.max_pods, limits.pod_ip_capacity()), (8, 6));
