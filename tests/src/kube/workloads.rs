@@ -15,8 +15,9 @@ use test_support::netns::Netns;
 /// The NodePort of [`web`]'s NodePort Service.
 pub const WEB_NODE_PORT: u16 = 30080;
 
-/// A Deployment `name` of `replicas` idle pods, spread evenly over the nodes.
-pub fn spread(name: &str, replicas: usize) -> String {
+/// A Deployment `name` of `replicas` idle pods whose pod spec starts with `spec` (YAML lines
+/// indented by six spaces, each ending in a newline).
+fn idle_deployment(name: &str, replicas: usize, spec: &str) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -31,13 +32,7 @@ spec:
       labels: {{app: {name}}}
     spec:
       terminationGracePeriodSeconds: 0
-      topologySpreadConstraints:
-      - maxSkew: 1
-        topologyKey: kubernetes.io/hostname
-        whenUnsatisfiable: DoNotSchedule
-        labelSelector:
-          matchLabels: {{app: {name}}}
-      containers:
+{spec}      containers:
       - name: box
         image: {PAUSE_IMAGE}
         imagePullPolicy: Never
@@ -45,31 +40,46 @@ spec:
     )
 }
 
+/// A Deployment `name` of `replicas` idle pods, spread evenly over the nodes.
+pub fn spread(name: &str, replicas: usize) -> String {
+    idle_deployment(
+        name,
+        replicas,
+        &format!(
+            "      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector:
+          matchLabels: {{app: {name}}}
+"
+        ),
+    )
+}
+
 /// A Deployment `name` of `replicas` idle pods bound to `node` by `spec.nodeName`: the kubelet
 /// runs them without the scheduler, so also on a cordoned node, as DaemonSet and static pods
 /// are.
 pub fn pinned(name: &str, node: &str, replicas: usize) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      nodeName: {node}
-      terminationGracePeriodSeconds: 0
-      containers:
-      - name: box
-        image: {PAUSE_IMAGE}
-        imagePullPolicy: Never
-"#
-    )
+    idle_deployment(name, replicas, &format!("      nodeName: {node}\n"))
+}
+
+/// Every Event of `reason` in the cluster now.
+pub fn events(cp: &ControlPlane, ns: &Netns, reason: &str) -> Result<Vec<Value>, KubeError> {
+    let text = cp.kubectl_ok(
+        ns,
+        &[
+            "get",
+            "events",
+            "--all-namespaces",
+            "--field-selector",
+            &format!("reason={reason}"),
+            "-o",
+            "json",
+        ],
+    )?;
+    let list: Value = serde_json::from_str(&text).unwrap_or_default();
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
 }
 
 /// Two busybox httpd pods answering their hostname on 8080, behind Service `web` (ClusterIP,

@@ -125,17 +125,9 @@ fn ipamds_kubernetes_calls_behave_as_the_code_expects_on_the_real_api_server() {
     });
     assert_eq!(out, "Ok(()) Ok(())");
     let uid = kubectl(&["get", "pod", "parked", "-o", "jsonpath={.metadata.uid}"]);
-    let events: Value = serde_json::from_str(&kubectl(&[
-        "get",
-        "events",
-        "--field-selector",
-        "reason=FailedToAssignIP",
-        "-o",
-        "json",
-    ]))
-    .unwrap();
-    let items = events["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1, "{events}");
+    let items = harness::kube::workloads::events(&cp, ns, "FailedToAssignIP")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(items.len(), 1, "{items:?}");
     assert_eq!(items[0]["involvedObject"]["uid"], uid.as_str());
     assert!(
         kubectl(&["describe", "pod", "parked"]).contains("no address for a test"),

@@ -38,22 +38,7 @@ fn cidr(text: &str) -> Ipv4Net {
 
 /// Every Event of `reason` in the cluster now.
 fn events(cp: &ControlPlane, ns: &Netns, reason: &str) -> Vec<Value> {
-    let text = cp
-        .kubectl_ok(
-            ns,
-            &[
-                "get",
-                "events",
-                "--all-namespaces",
-                "--field-selector",
-                &format!("reason={reason}"),
-                "-o",
-                "json",
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    let list: Value = serde_json::from_str(&text).unwrap_or_default();
-    list["items"].as_array().cloned().unwrap_or_default()
+    workloads::events(cp, ns, reason).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Asserts custom networking's layout on `kn` as moto shows it: the primary ENI holds no address

@@ -713,17 +713,8 @@ fn a_cordoned_node_holds_its_pool_and_a_full_node_tells_its_pods_why() {
         "{describe}"
     );
     // One Event per pod (rate-limited), from aws-node on the node.
-    let events: Value = serde_json::from_str(&kubectl(&[
-        "get",
-        "events",
-        "--field-selector",
-        "reason=FailedToAssignIP",
-        "-o",
-        "json",
-    ]))
-    .unwrap();
-    let items = events["items"].as_array().unwrap();
-    for e in items {
+    let items = workloads::events(&cp, ns, "FailedToAssignIP").unwrap_or_else(|e| panic!("{e}"));
+    for e in &items {
         assert_eq!(e["type"], "Warning", "{e}");
         assert_eq!(e["source"]["component"], "aws-node", "{e}");
         assert_eq!(e["source"]["host"], name, "{e}");
@@ -740,7 +731,7 @@ fn a_cordoned_node_holds_its_pool_and_a_full_node_tells_its_pods_why() {
         );
     }
     let mut per_pod: BTreeMap<&str, usize> = BTreeMap::new();
-    for e in items {
+    for e in &items {
         *per_pod
             .entry(e["involvedObject"]["name"].as_str().unwrap())
             .or_default() += 1;
